@@ -1,0 +1,38 @@
+// Digests used for keys: SHA-256 (collision-safe, for long keys; HMAC for identities)
+// and SipHash-2-4 (seeded, for hash-table buckets that a client cannot flood).
+// Pure C++, no nginx header (layer: core).
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+
+namespace throttle::core {
+
+using Sha256Digest = std::array<uint8_t, 32>;
+
+Sha256Digest sha256(const void* data, size_t len) noexcept;
+Sha256Digest hmac_sha256(const void* key, size_t key_len, const void* data, size_t len) noexcept;
+
+// Incremental SHA-256, for digests over several pieces.
+class Sha256 {
+   public:
+    Sha256() noexcept;
+    void update(const void* data, size_t len) noexcept;
+    Sha256Digest finish() noexcept;
+
+   private:
+    uint32_t h_[8];
+    uint64_t total_ = 0;
+    uint8_t block_[64];
+    size_t used_ = 0;
+};
+
+struct SipKey {
+    uint64_t k0 = 0;
+    uint64_t k1 = 0;
+};
+
+uint64_t siphash24(const SipKey& key, const void* data, size_t len) noexcept;
+
+}  // namespace throttle::core

@@ -1,0 +1,65 @@
+// The rate algorithms, over explicit state and an explicit clock.
+// Pure C++, no nginx header (layer: core). State is trivially copyable and lives in
+// shared memory; an all-zero State is a key never seen before.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "core/rate.hpp"
+
+namespace throttle::core {
+
+enum class Algorithm : uint8_t {
+    sliding = 0,  // sliding-window counter: current and previous fixed windows, weighted
+    gcra = 1,     // generic cell rate algorithm: a token bucket of `burst` requests
+};
+
+struct Policy {
+    Algorithm algorithm = Algorithm::sliding;
+    Rate rate;
+    // gcra only: the bucket holds this many requests (admitted back to back when it is full).
+    // 0 means rate.limit. Ignored by the sliding window.
+    uint64_t burst = 0;
+};
+
+// Per-key state, 16 bytes.
+//   sliding: stamp = start of the current fixed window (epoch ms, a multiple of period_ms),
+//            cur = requests counted in that window, prev = requests counted in the window before.
+//            Counts are plain sums (they add up across hosts, which a Redis flush needs).
+//   gcra:    stamp = theoretical arrival time in epoch nanoseconds (0 = never seen);
+//            cur and prev unused (0).
+struct State {
+    int64_t stamp = 0;
+    uint32_t cur = 0;
+    uint32_t prev = 0;
+};
+static_assert(sizeof(State) == 16);
+static_assert(std::is_trivially_copyable_v<State>);
+
+struct Decision {
+    bool allowed = false;
+    uint64_t limit = 0;          // the quota shown to clients (RateLimit-Policy q=)
+    uint64_t remaining = 0;      // requests still admitted after this one (0 when rejected)
+    int64_t reset_ms = 0;        // ms until the quota is fully available again (RateLimit t=)
+    int64_t retry_after_ms = 0;  // rejected: ms until one request would be admitted; else 0
+};
+
+// Would one more request be admitted at now_ms? Does not change state.
+// Robust against now_ms stepping backwards (never underflows, never admits more than the
+// limit because of it) and against counters near their maximum (saturating arithmetic).
+Decision evaluate(const Policy& policy, const State& state, int64_t now_ms) noexcept;
+
+// Counts one admitted request. Call only after evaluate() said allowed, with the same now_ms
+// and with no other change to state in between (the caller holds the zone's lock).
+void record(const Policy& policy, State& state, int64_t now_ms) noexcept;
+
+// True when forgetting this state changes no future decision (the key can be evicted
+// without losing counts).
+bool is_idle(const Policy& policy, const State& state, int64_t now_ms) noexcept;
+
+// What RateLimit-Policy shows: q= (requests) and w= (seconds).
+uint64_t quota(const Policy& policy) noexcept;
+int64_t window_seconds(const Policy& policy) noexcept;
+
+}  // namespace throttle::core
