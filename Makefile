@@ -1,0 +1,85 @@
+# ngx_http_throttle_module
+#
+#   make            build build/ngx_http_throttle_module.so against Debian's nginx-dev
+#                   (or: make NGINX_SRC=/path/to/nginx-x.y.z for an upstream source tree)
+#   make run        install what is missing, build, start nginx on 127.0.0.1:8080 (foreground)
+#   make test       install what is missing, build, run unit and integration tests
+#   make bench      benchmark against plain nginx and limit_req
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+
+NGINX_SRC ?= /usr/share/nginx/src
+NGINX_BIN ?= /usr/sbin/nginx
+BUILD     ?= build
+MODULE    := $(BUILD)/ngx_http_throttle_module.so
+NGX_TREE  := $(BUILD)/nginx-src
+TOP       := $(CURDIR)
+
+# Debian packages the build, tests, demo and benchmark need.
+DEB_PACKAGES := build-essential g++ cmake make perl nginx nginx-dev libpcre2-dev libssl-dev \
+                zlib1g-dev libhiredis-dev libevent-dev libgtest-dev redis-server wrk curl
+
+SOURCES := $(wildcard src/*/*.cpp src/*/*.hpp) config
+
+.PHONY: all deps run test unit integration bench clean format
+all: $(MODULE)
+
+deps:
+	missing=()
+	for p in $(DEB_PACKAGES); do
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$$p")
+	done
+	if [ $${#missing[@]} -gt 0 ]; then
+	  echo "installing: $${missing[*]}"
+	  export DEBIAN_FRONTEND=noninteractive
+	  apt-get update -qq
+	  apt-get install -y -qq --no-install-recommends "$${missing[@]}" >/dev/null
+	fi
+
+# nginx's configure writes into its source tree: configure a private copy of it.
+$(NGX_TREE)/objs/Makefile: config Makefile $(BUILD)/sources.list | deps
+	rm -rf $(NGX_TREE)
+	mkdir -p $(NGX_TREE)
+	cp -a $(NGINX_SRC)/. $(NGX_TREE)/
+	rm -rf $(NGX_TREE)/objs
+	cd $(NGX_TREE)
+	if [ -f conf_flags ]; then source ./conf_flags; else NGX_CONF_FLAGS=(--with-compat); fi
+	./configure "$${NGX_CONF_FLAGS[@]}" --with-cc-opt=-O2 --add-dynamic-module=$(TOP) > configure.log 2>&1 \
+	  || { tail -30 configure.log; exit 1; }
+
+# The source list is fixed at configure time: reconfigure when files are added or removed.
+$(BUILD)/sources.list: FORCE
+	mkdir -p $(BUILD)
+	echo "$(sort $(SOURCES))" | cmp -s - $@ || echo "$(sort $(SOURCES))" > $@
+
+$(MODULE): $(SOURCES) $(NGX_TREE)/objs/Makefile
+	$(MAKE) --no-print-directory -C $(NGX_TREE) -f objs/Makefile modules
+	cp $(NGX_TREE)/objs/ngx_http_throttle_module.so $@
+
+FORCE:
+
+unit: | deps
+	cmake -S . -B $(BUILD)/unit -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
+	cmake --build $(BUILD)/unit -j2
+	cd $(BUILD)/unit && ctest --output-on-failure
+
+integration: $(MODULE)
+	prove -I t/lib t/
+
+test: unit integration
+
+run: $(MODULE)
+	mkdir -p $(BUILD)/run
+	$(NGINX_BIN) -p $(TOP)/ -c conf.examples/demo.conf -t
+	echo "throttle demo on http://127.0.0.1:8080/ (Ctrl-C stops); try: curl -i http://127.0.0.1:8080/api/items/"
+	exec $(NGINX_BIN) -p $(TOP)/ -c conf.examples/demo.conf -g 'daemon off;'
+
+bench: $(MODULE)
+	bash bench/run.sh
+
+format:
+	clang-format -i $(wildcard src/*/*.cpp src/*/*.hpp t/unit/*.cpp)
+
+clean:
+	rm -rf $(BUILD)

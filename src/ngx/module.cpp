@@ -1,0 +1,134 @@
+// Module definition: directives table, configuration create/merge, phase registration.
+#include <new>
+
+#include "ngx/conf.hpp"
+
+namespace throttle::ngx {
+namespace {
+
+ngx_conf_enum_t log_levels[] = {
+    {ngx_string("info"), NGX_LOG_INFO},
+    {ngx_string("notice"), NGX_LOG_NOTICE},
+    {ngx_string("warn"), NGX_LOG_WARN},
+    {ngx_string("error"), NGX_LOG_ERR},
+    {ngx_null_string, 0},
+};
+
+ngx_conf_num_bounds_t status_bounds = {ngx_conf_check_num_bounds, 400, 599};
+
+ngx_command_t commands[] = {
+    {ngx_string("throttle_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_2MORE, throttle_zone_directive, 0,
+     0, nullptr},
+    {ngx_string("throttle"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     throttle_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("throttle_status"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, status), &status_bounds},
+    {ngx_string("throttle_dry_run"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
+     ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, dry_run), nullptr},
+    {ngx_string("throttle_headers"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
+     ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, headers), nullptr},
+    {ngx_string("throttle_log_level"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, log_level), log_levels},
+    ngx_null_command,
+};
+
+void* create_main_conf(ngx_conf_t* cf) noexcept {
+    void* mem = ngx_pcalloc(cf->pool, sizeof(MainConf));
+    if (mem == nullptr) {
+        return nullptr;
+    }
+    auto* mcf = new (mem) MainConf{};
+    if (ngx_array_init(&mcf->zones, cf->pool, 4, sizeof(ZoneConf*)) != NGX_OK) {
+        return nullptr;
+    }
+    return mcf;
+}
+
+char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept {
+    auto* mcf = static_cast<MainConf*>(conf);
+    auto** zones = static_cast<ZoneConf**>(mcf->zones.elts);
+    for (ngx_uint_t i = 0; i < mcf->zones.nelts; i++) {
+        if (zones[i]->key.value.data == nullptr) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "unknown throttle_zone \"%V\" in %V:%ui",
+                          &zones[i]->name, &zones[i]->first_use_file, zones[i]->first_use_line);
+            return static_cast<char*>(NGX_CONF_ERROR);
+        }
+    }
+    return NGX_CONF_OK;
+}
+
+void* create_loc_conf(ngx_conf_t* cf) noexcept {
+    void* mem = ngx_pcalloc(cf->pool, sizeof(LocConf));
+    if (mem == nullptr) {
+        return nullptr;
+    }
+    auto* lcf = new (mem) LocConf{};
+    lcf->zones = static_cast<ngx_array_t*>(NGX_CONF_UNSET_PTR);
+    lcf->status = NGX_CONF_UNSET_UINT;
+    lcf->dry_run = NGX_CONF_UNSET;
+    lcf->headers = NGX_CONF_UNSET;
+    lcf->log_level = NGX_CONF_UNSET_UINT;
+    return lcf;
+}
+
+char* merge_loc_conf(ngx_conf_t*, void* parent, void* child) noexcept {
+    auto* prev = static_cast<LocConf*>(parent);
+    auto* conf = static_cast<LocConf*>(child);
+    ngx_conf_merge_ptr_value(conf->zones, prev->zones, nullptr);
+    ngx_conf_merge_uint_value(conf->status, prev->status, 429);
+    ngx_conf_merge_value(conf->dry_run, prev->dry_run, 0);
+    ngx_conf_merge_value(conf->headers, prev->headers, 1);
+    ngx_conf_merge_uint_value(conf->log_level, prev->log_level, NGX_LOG_ERR);
+    return NGX_CONF_OK;
+}
+
+ngx_int_t postconfiguration(ngx_conf_t* cf) noexcept {
+    auto* cmcf = static_cast<ngx_http_core_main_conf_t*>(
+        ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module));
+    // Pre-access, like limit_req: a rejection here cannot be overridden by `satisfy any`.
+    auto* h = static_cast<ngx_http_handler_pt*>(
+        ngx_array_push(&cmcf->phases[NGX_HTTP_PREACCESS_PHASE].handlers));
+    if (h == nullptr) {
+        return NGX_ERROR;
+    }
+    *h = access_handler;
+    return install_header_filter();
+}
+
+ngx_int_t preconfiguration(ngx_conf_t* cf) noexcept { return add_variables(cf); }
+
+ngx_http_module_t module_ctx = {
+    preconfiguration, postconfiguration, create_main_conf, init_main_conf, nullptr,
+    nullptr,          create_loc_conf,   merge_loc_conf,
+};
+
+}  // namespace
+}  // namespace throttle::ngx
+
+extern "C" {
+ngx_module_t ngx_http_throttle_module = {
+    NGX_MODULE_UNSET_INDEX,
+    NGX_MODULE_UNSET_INDEX,
+    nullptr,
+    0,
+    0,
+    nginx_version,
+    const_cast<char*>(NGX_MODULE_SIGNATURE),
+    &throttle::ngx::module_ctx,
+    throttle::ngx::commands,
+    NGX_HTTP_MODULE,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr,
+    NGX_MODULE_V1_PADDING,
+};
+}

@@ -1,0 +1,44 @@
+// Per-request decision, kept on the main request. nginx clears module contexts on an
+// internal redirect (try_files, error_page, rewrite ... last); the decision must survive it,
+// or a redirected request would be counted twice. As the realip module does, the context is
+// allocated as a pool cleanup entry and found again through the pool's cleanup list.
+#include <new>
+
+#include "ngx/conf.hpp"
+
+namespace throttle::ngx {
+namespace {
+
+void ctx_marker(void*) noexcept {}
+
+}  // namespace
+
+RequestCtx* get_ctx(ngx_http_request_t* r) noexcept {
+    r = r->main;
+    auto* ctx = static_cast<RequestCtx*>(ngx_http_get_module_ctx(r, ngx_http_throttle_module));
+    if (ctx != nullptr || !(r->internal || r->filter_finalize)) {
+        return ctx;
+    }
+    for (ngx_pool_cleanup_t* c = r->pool->cleanup; c != nullptr; c = c->next) {
+        if (c->handler == ctx_marker) {
+            ctx = static_cast<RequestCtx*>(c->data);
+            ngx_http_set_ctx(r, ctx, ngx_http_throttle_module);
+            return ctx;
+        }
+    }
+    return nullptr;
+}
+
+RequestCtx* create_ctx(ngx_http_request_t* r) noexcept {
+    r = r->main;
+    ngx_pool_cleanup_t* c = ngx_pool_cleanup_add(r->pool, sizeof(RequestCtx));
+    if (c == nullptr) {
+        return nullptr;
+    }
+    c->handler = ctx_marker;
+    auto* ctx = new (c->data) RequestCtx{};
+    ngx_http_set_ctx(r, ctx, ngx_http_throttle_module);
+    return ctx;
+}
+
+}  // namespace throttle::ngx

@@ -1,0 +1,55 @@
+// throttle zone=NAME;  (http, server, location; several allowed; inherited like limit_req)
+#include "ngx/conf.hpp"
+
+namespace throttle::ngx {
+
+char* throttle_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
+    auto* lcf = static_cast<LocConf*>(conf);
+    auto* mcf = static_cast<MainConf*>(
+        ngx_http_conf_get_module_main_conf(cf, ngx_http_throttle_module));
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+
+    const ngx_str_t& arg = value[1];
+    if (arg.len <= 5 || ngx_strncmp(arg.data, "zone=", 5) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter \"%V\"", &arg);
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    ngx_str_t name{arg.len - 5, arg.data + 5};
+
+    ZoneConf* zone = find_or_add_zone(cf, mcf, name);
+    if (zone == nullptr) {
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    if (zone->first_use_file.data == nullptr) {
+        zone->first_use_file = cf->conf_file->file.name;
+        zone->first_use_line = cf->conf_file->line;
+    }
+
+    if (lcf->zones == NGX_CONF_UNSET_PTR) {
+        lcf->zones = ngx_array_create(cf->pool, 2, sizeof(ZoneConf*));
+        if (lcf->zones == nullptr) {
+            return static_cast<char*>(NGX_CONF_ERROR);
+        }
+    }
+    auto** zones = static_cast<ZoneConf**>(lcf->zones->elts);
+    for (ngx_uint_t i = 0; i < lcf->zones->nelts; i++) {
+        if (zones[i] == zone) {
+            return const_cast<char*>("is duplicate");
+        }
+    }
+    if (ngx_array_push(lcf->zones) == nullptr) {
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
+    // Keep the list in declaration order of the zones: every request locks its zones in
+    // that one global order, so two locations can never deadlock each other.
+    zones = static_cast<ZoneConf**>(lcf->zones->elts);
+    ngx_uint_t i = lcf->zones->nelts - 1;
+    while (i > 0 && zones[i - 1]->index > zone->index) {
+        zones[i] = zones[i - 1];
+        i--;
+    }
+    zones[i] = zone;
+    return NGX_CONF_OK;
+}
+
+}  // namespace throttle::ngx

@@ -1,0 +1,72 @@
+// $throttle_status and $throttle_remaining.
+#include "ngx/conf.hpp"
+
+namespace throttle::ngx {
+namespace {
+
+ngx_str_t outcome_names[] = {
+    ngx_null_string,
+    ngx_string("PASSED"),
+    ngx_string("REJECTED"),
+    ngx_string("REJECTED_DRY_RUN"),
+};
+
+void set_not_found(ngx_http_variable_value_t* v) noexcept { v->not_found = 1; }
+
+ngx_int_t status_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
+                          uintptr_t) noexcept {
+    RequestCtx* ctx = get_ctx(r);
+    if (ctx == nullptr || ctx->outcome == Outcome::none) {
+        set_not_found(v);
+        return NGX_OK;
+    }
+    const ngx_str_t& name = outcome_names[static_cast<ngx_uint_t>(ctx->outcome)];
+    v->len = name.len;
+    v->data = name.data;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+    return NGX_OK;
+}
+
+ngx_int_t remaining_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
+                             uintptr_t) noexcept {
+    RequestCtx* ctx = get_ctx(r);
+    if (ctx == nullptr || ctx->outcome == Outcome::none) {
+        set_not_found(v);
+        return NGX_OK;
+    }
+    auto* p = static_cast<u_char*>(ngx_pnalloc(r->pool, NGX_INT64_LEN));
+    if (p == nullptr) {
+        return NGX_ERROR;
+    }
+    v->len = ngx_sprintf(p, "%uL", ctx->remaining) - p;
+    v->data = p;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+    return NGX_OK;
+}
+
+ngx_http_variable_t variables[] = {
+    {ngx_string("throttle_status"), nullptr, status_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
+    {ngx_string("throttle_remaining"), nullptr, remaining_variable, 0, NGX_HTTP_VAR_NOCACHEABLE,
+     0},
+    ngx_http_null_variable,
+};
+
+}  // namespace
+
+ngx_int_t add_variables(ngx_conf_t* cf) noexcept {
+    for (ngx_http_variable_t* v = variables; v->name.len; v++) {
+        ngx_http_variable_t* var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == nullptr) {
+            return NGX_ERROR;
+        }
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+    return NGX_OK;
+}
+
+}  // namespace throttle::ngx

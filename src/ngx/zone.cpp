@@ -1,0 +1,149 @@
+// Shared-memory zones: one SlotTable per throttle_zone, shared by every worker, kept across
+// reloads while the zone's name, size and key stay the same.
+#include <sys/random.h>
+
+#include <new>
+
+#include "ngx/conf.hpp"
+
+namespace throttle::ngx {
+namespace {
+
+// The table's tag word: the algorithm in the low byte, "full" already logged in bit 8.
+constexpr uint64_t tag_algorithm_mask = 0xff;
+
+core::SipKey random_seed(ngx_log_t* log) noexcept {
+    core::SipKey seed;
+    if (getrandom(&seed, sizeof(seed), 0) != static_cast<ssize_t>(sizeof(seed))) {
+        ngx_log_error(NGX_LOG_WARN, log, ngx_errno, "getrandom() failed, seeding from time");
+        seed.k0 = static_cast<uint64_t>(ngx_time()) ^ (static_cast<uint64_t>(ngx_pid) << 32);
+        seed.k1 = reinterpret_cast<uintptr_t>(&seed) ^ static_cast<uint64_t>(ngx_random());
+    }
+    return seed;
+}
+
+// A reload that changes a zone's size makes nginx allocate a fresh zone: say so.
+void note_size_change(ngx_shm_zone_t* shm_zone) noexcept {
+    ngx_list_part_t* part = &const_cast<ngx_cycle_t*>(ngx_cycle)->shared_memory.part;
+    auto* zones = static_cast<ngx_shm_zone_t*>(part->elts);
+    for (ngx_uint_t i = 0;; i++) {
+        if (i >= part->nelts) {
+            if (part->next == nullptr) {
+                return;
+            }
+            part = part->next;
+            zones = static_cast<ngx_shm_zone_t*>(part->elts);
+            i = 0;
+            if (part->nelts == 0) {
+                return;
+            }
+        }
+        ngx_shm_zone_t* old = &zones[i];
+        if (old->tag == shm_zone->tag && old->shm.name.len == shm_zone->shm.name.len &&
+            ngx_strncmp(old->shm.name.data, shm_zone->shm.name.data, old->shm.name.len) == 0 &&
+            old->shm.size != shm_zone->shm.size) {
+            ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
+                          "throttle_zone \"%V\" changed size from %uz to %uz bytes, "
+                          "its counts start over",
+                          &shm_zone->shm.name, old->shm.size, shm_zone->shm.size);
+            return;
+        }
+    }
+}
+
+}  // namespace
+
+int64_t now_ms() noexcept {
+    ngx_time_t* tp = ngx_timeofday();
+    return static_cast<int64_t>(tp->sec) * 1000 + static_cast<int64_t>(tp->msec);
+}
+
+ZoneConf* find_or_add_zone(ngx_conf_t* cf, MainConf* mcf, const ngx_str_t& name) noexcept {
+    auto** zones = static_cast<ZoneConf**>(mcf->zones.elts);
+    for (ngx_uint_t i = 0; i < mcf->zones.nelts; i++) {
+        if (zones[i]->name.len == name.len &&
+            ngx_strncmp(zones[i]->name.data, name.data, name.len) == 0) {
+            return zones[i];
+        }
+    }
+    void* mem = ngx_pcalloc(cf->pool, sizeof(ZoneConf));
+    auto** slot = static_cast<ZoneConf**>(ngx_array_push(&mcf->zones));
+    if (mem == nullptr || slot == nullptr) {
+        return nullptr;
+    }
+    auto* zone = new (mem) ZoneConf{};
+    zone->name = name;
+    zone->index = mcf->zones.nelts - 1;
+    // Size 0 until throttle_zone gives it one, as limit_req does.
+    zone->shm_zone =
+        ngx_shared_memory_add(cf, &zone->name, 0, &ngx_http_throttle_module);
+    if (zone->shm_zone == nullptr) {
+        return nullptr;
+    }
+    *slot = zone;
+    return zone;
+}
+
+ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept {
+    auto* zone = static_cast<ZoneConf*>(shm_zone->data);
+    auto* old = static_cast<ZoneConf*>(data);
+    const uint64_t algorithm = static_cast<uint64_t>(zone->policy.algorithm);
+
+    if (old != nullptr) {  // reload, same name and size: keep the counts
+        if (old->key.value.len != zone->key.value.len ||
+            ngx_strncmp(old->key.value.data, zone->key.value.data, zone->key.value.len) != 0) {
+            ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                          "throttle_zone \"%V\" uses the \"%V\" key "
+                          "while previously it used the \"%V\" key",
+                          &shm_zone->shm.name, &zone->key.value, &old->key.value);
+            return NGX_ERROR;
+        }
+        zone->shpool = old->shpool;
+        zone->table = old->table;
+        ngx_shmtx_lock(&zone->shpool->mutex);
+        if ((zone->table->tag() & tag_algorithm_mask) != algorithm) {
+            zone->table->clear();
+            zone->table->set_tag(algorithm);
+            ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
+                          "throttle_zone \"%V\" changed its algorithm, its counts start over",
+                          &shm_zone->shm.name);
+        }
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+        return NGX_OK;
+    }
+
+    auto* shpool = reinterpret_cast<ngx_slab_pool_t*>(shm_zone->shm.addr);
+    zone->shpool = shpool;
+    if (shm_zone->shm.exists) {
+        zone->table = static_cast<core::SlotTable*>(shpool->data);
+        return NGX_OK;
+    }
+    note_size_change(shm_zone);
+
+    static const char log_fmt[] = " in throttle_zone \"\"";
+    size_t log_len = sizeof(log_fmt) + shm_zone->shm.name.len;
+    shpool->log_ctx = static_cast<u_char*>(ngx_slab_alloc(shpool, log_len));
+    if (shpool->log_ctx == nullptr) {
+        return NGX_ERROR;
+    }
+    ngx_sprintf(shpool->log_ctx, " in throttle_zone \"%V\"%Z", &shm_zone->shm.name);
+
+    // The table takes every page left: one contiguous run of whole pages.
+    size_t bytes = shpool->pfree * ngx_pagesize;
+    void* mem = ngx_slab_alloc(shpool, bytes);
+    core::SlotTable* table =
+        mem ? core::SlotTable::create(mem, bytes, random_seed(shm_zone->shm.log)) : nullptr;
+    if (table == nullptr) {
+        ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0, "zone \"%V\" is too small",
+                      &shm_zone->shm.name);
+        return NGX_ERROR;
+    }
+    table->set_tag(algorithm);
+    shpool->data = table;
+    zone->table = table;
+    ngx_log_error(NGX_LOG_INFO, shm_zone->shm.log, 0, "throttle_zone \"%V\" holds %uz keys",
+                  &shm_zone->shm.name, table->capacity());
+    return NGX_OK;
+}
+
+}  // namespace throttle::ngx
