@@ -1,0 +1,359 @@
+// The slot table: one block of memory, 32-bit links, no allocation. See slot_table.hpp.
+#include "core/slot_table.hpp"
+
+#include <cstring>
+#include <initializer_list>
+#include <new>
+#include <type_traits>
+
+namespace throttle::core {
+
+namespace {
+
+constexpr uint32_t none = UINT32_MAX;  // "no slot" in every link
+constexpr size_t min_capacity = 8;
+// Indices must stay below the sentinel.
+constexpr size_t max_capacity = UINT32_MAX - 1;
+constexpr size_t max_buckets = size_t{1} << 31;
+
+constexpr size_t align8(size_t n) {
+    return (n + 7) & ~size_t{7};
+}
+
+}  // namespace
+
+struct SlotTable::Header {
+    uint32_t magic;
+    uint32_t nbuckets;  // power of two
+    uint32_t capacity;
+    uint32_t used;
+    uint32_t lru_head;  // most recently used
+    uint32_t lru_tail;  // least recently used
+    uint32_t free_head;
+    uint32_t reserved;
+    uint64_t size;  // bytes of the whole block, checked by attach()
+    uint64_t slots_offset;
+    uint64_t evictions;
+    uint64_t tag;
+    SipKey seed;
+};
+
+struct SlotTable::Slot {
+    uint32_t next;      // bucket chain (or free list when not in use)
+    uint32_t lru_prev;  // towards the most recently used
+    uint32_t lru_next;  // towards the least recently used
+    uint8_t len;
+    uint8_t digested;
+    uint8_t in_use;
+    uint8_t pad;
+    uint64_t hash;
+    State state;
+    uint8_t key[key_inline_max];
+};
+
+namespace {
+
+struct Layout {
+    size_t nbuckets = 0;
+    size_t capacity = 0;
+    size_t slots_offset = 0;
+};
+
+// The one layout a block of `size` bytes gets; create() and attach() must agree on it.
+// Buckets: the largest power of two not above the number of slots that would fit with one
+// bucket head each, so chains average between 1 and 2 entries and a key costs at most
+// sizeof(Slot) + 4 bytes.
+template <typename Header, typename Slot>
+bool compute_layout(size_t size, Layout& out) {
+    if (size <= sizeof(Header)) {
+        return false;
+    }
+    size_t avail = size - sizeof(Header);
+    size_t estimate = avail / (sizeof(Slot) + sizeof(uint32_t));
+    size_t nbuckets = 1;
+    while (nbuckets * 2 <= estimate && nbuckets * 2 <= max_buckets) {
+        nbuckets *= 2;
+    }
+    size_t slots_offset = align8(sizeof(Header) + nbuckets * sizeof(uint32_t));
+    if (slots_offset > size) {
+        return false;
+    }
+    size_t capacity = (size - slots_offset) / sizeof(Slot);
+    if (capacity < min_capacity) {
+        return false;
+    }
+    if (capacity > max_capacity) {
+        capacity = max_capacity;
+    }
+    out.nbuckets = nbuckets;
+    out.capacity = capacity;
+    out.slots_offset = slots_offset;
+    return true;
+}
+
+}  // namespace
+
+static_assert(sizeof(State) == 16);
+static_assert(std::is_trivially_copyable_v<State>);
+
+SlotTable::Header* SlotTable::header() noexcept {
+    return reinterpret_cast<Header*>(this);
+}
+
+const SlotTable::Header* SlotTable::header() const noexcept {
+    return reinterpret_cast<const Header*>(this);
+}
+
+namespace {
+
+// Views of the block's three regions, computed from the table's own address every time
+// (nothing absolute is stored, so the block may be mapped anywhere).
+template <typename Header, typename Slot>
+struct View {
+    Header* h;
+    uint32_t* buckets;
+    Slot* slots;
+
+    explicit View(Header* hdr)
+        : h(hdr),
+          buckets(
+              reinterpret_cast<uint32_t*>(reinterpret_cast<unsigned char*>(hdr) + sizeof(Header))),
+          slots(
+              reinterpret_cast<Slot*>(reinterpret_cast<unsigned char*>(hdr) + hdr->slots_offset)) {}
+
+    uint32_t& bucket_of(uint64_t hash) { return buckets[hash & (h->nbuckets - 1)]; }
+
+    void lru_unlink(uint32_t i) {
+        Slot& s = slots[i];
+        if (s.lru_prev != none) {
+            slots[s.lru_prev].lru_next = s.lru_next;
+        } else {
+            h->lru_head = s.lru_next;
+        }
+        if (s.lru_next != none) {
+            slots[s.lru_next].lru_prev = s.lru_prev;
+        } else {
+            h->lru_tail = s.lru_prev;
+        }
+        s.lru_prev = none;
+        s.lru_next = none;
+    }
+
+    void lru_push_front(uint32_t i) {
+        Slot& s = slots[i];
+        s.lru_prev = none;
+        s.lru_next = h->lru_head;
+        if (h->lru_head != none) {
+            slots[h->lru_head].lru_prev = i;
+        } else {
+            h->lru_tail = i;
+        }
+        h->lru_head = i;
+    }
+
+    void chain_unlink(uint32_t i) {
+        uint32_t* link = &bucket_of(slots[i].hash);
+        while (*link != none) {
+            if (*link == i) {
+                *link = slots[i].next;
+                slots[i].next = none;
+                return;
+            }
+            link = &slots[*link].next;
+        }
+    }
+
+    uint32_t chain_find(const StoredKey& k) {
+        for (uint32_t i = bucket_of(k.hash); i != none; i = slots[i].next) {
+            const Slot& s = slots[i];
+            if (s.hash == k.hash && s.digested == k.digested && s.len == k.len &&
+                std::memcmp(s.key, k.bytes, k.len) == 0) {
+                return i;
+            }
+        }
+        return none;
+    }
+
+    // Empties every bucket and slot and threads all slots on the free list.
+    void reset() {
+        std::memset(static_cast<void*>(buckets), 0xff, h->nbuckets * sizeof(uint32_t));
+        std::memset(static_cast<void*>(slots), 0, size_t{h->capacity} * sizeof(Slot));
+        for (uint32_t i = 0; i < h->capacity; i++) {
+            slots[i].next = i + 1 < h->capacity ? i + 1 : none;
+            slots[i].lru_prev = none;
+            slots[i].lru_next = none;
+        }
+        h->free_head = 0;
+        h->lru_head = none;
+        h->lru_tail = none;
+        h->used = 0;
+        h->evictions = 0;
+    }
+};
+
+}  // namespace
+
+SlotTable* SlotTable::create(void* mem, size_t size, const SipKey& seed) noexcept {
+    static_assert(sizeof(Slot) == 72, "a slot is 72 bytes");
+    static_assert(sizeof(Header) % 8 == 0);
+    static_assert(alignof(Header) <= 8 && alignof(Slot) <= 8);
+    static_assert(std::is_trivially_copyable_v<Header> && std::is_trivially_copyable_v<Slot>);
+
+    if (mem == nullptr || reinterpret_cast<uintptr_t>(mem) % 8 != 0) {
+        return nullptr;
+    }
+    Layout l;
+    if (!compute_layout<Header, Slot>(size, l)) {
+        return nullptr;
+    }
+
+    Header* h = ::new (mem) Header();
+    h->nbuckets = static_cast<uint32_t>(l.nbuckets);
+    h->capacity = static_cast<uint32_t>(l.capacity);
+    h->size = size;
+    h->slots_offset = l.slots_offset;
+    h->tag = 0;
+    h->seed = seed;
+    View<Header, Slot>(h).reset();
+    h->magic = magic_value;  // last: a half-built table never attaches
+    return reinterpret_cast<SlotTable*>(mem);
+}
+
+SlotTable* SlotTable::attach(void* mem, size_t size) noexcept {
+    if (mem == nullptr || reinterpret_cast<uintptr_t>(mem) % 8 != 0) {
+        return nullptr;
+    }
+    Layout l;
+    if (!compute_layout<Header, Slot>(size, l)) {
+        return nullptr;
+    }
+    Header* h = reinterpret_cast<Header*>(mem);
+    if (h->magic != magic_value || h->size != size || h->nbuckets != l.nbuckets ||
+        h->capacity != l.capacity || h->slots_offset != l.slots_offset || h->used > h->capacity) {
+        return nullptr;
+    }
+    for (uint32_t link : {h->lru_head, h->lru_tail, h->free_head}) {
+        if (link != none && link >= h->capacity) {
+            return nullptr;
+        }
+    }
+    return reinterpret_cast<SlotTable*>(mem);
+}
+
+size_t SlotTable::bytes_per_key() noexcept {
+    return sizeof(Slot) + sizeof(uint32_t);
+}
+
+StoredKey SlotTable::make_key(const void* key, size_t len) const noexcept {
+    StoredKey k;
+    if (len <= key_inline_max) {
+        if (len > 0) {
+            std::memcpy(k.bytes, key, len);
+        }
+        k.len = static_cast<uint8_t>(len);
+        k.digested = 0;
+    } else {
+        Sha256Digest d = sha256(key, len);
+        static_assert(sizeof(d) == key_inline_max);
+        std::memcpy(k.bytes, d.data(), d.size());
+        k.len = static_cast<uint8_t>(key_inline_max);
+        k.digested = 1;
+    }
+    k.hash = siphash24(header()->seed, k.bytes, k.len) ^ k.digested;
+    return k;
+}
+
+LookupResult SlotTable::lookup(const void* key, size_t len) noexcept {
+    View<Header, Slot> v(header());
+    Header* h = v.h;
+    StoredKey k = make_key(key, len);
+    LookupResult r;
+
+    uint32_t i = v.chain_find(k);
+    if (i != none) {
+        if (h->lru_head != i) {
+            v.lru_unlink(i);
+            v.lru_push_front(i);
+        }
+        r.state = &v.slots[i].state;
+        return r;
+    }
+
+    if (h->free_head != none) {
+        i = h->free_head;
+        h->free_head = v.slots[i].next;
+    } else {
+        i = h->lru_tail;
+        Slot& victim = v.slots[i];
+        v.chain_unlink(i);
+        v.lru_unlink(i);
+        r.evicted = true;
+        std::memcpy(static_cast<void*>(&r.victim), &victim.state, sizeof(State));
+        h->evictions++;
+        h->used--;
+    }
+
+    Slot& s = v.slots[i];
+    std::memset(static_cast<void*>(&s), 0, sizeof s);
+    s.hash = k.hash;
+    s.len = k.len;
+    s.digested = k.digested;
+    s.in_use = 1;
+    std::memcpy(s.key, k.bytes, sizeof s.key);
+    uint32_t& head = v.bucket_of(k.hash);
+    s.next = head;
+    head = i;
+    v.lru_push_front(i);
+    h->used++;
+
+    r.state = &s.state;
+    r.inserted = true;
+    return r;
+}
+
+State* SlotTable::find(const void* key, size_t len) noexcept {
+    View<Header, Slot> v(header());
+    uint32_t i = v.chain_find(make_key(key, len));
+    return i == none ? nullptr : &v.slots[i].state;
+}
+
+void SlotTable::clear() noexcept {
+    View<Header, Slot>(header()).reset();
+}
+
+size_t SlotTable::capacity() const noexcept {
+    return header()->capacity;
+}
+
+size_t SlotTable::size() const noexcept {
+    return header()->used;
+}
+
+uint64_t SlotTable::evictions() const noexcept {
+    return header()->evictions;
+}
+
+uint64_t SlotTable::tag() const noexcept {
+    return header()->tag;
+}
+
+void SlotTable::set_tag(uint64_t tag) noexcept {
+    header()->tag = tag;
+}
+
+void SlotTable::visit(void (*cb)(void*, const StoredKey&, State&), void* arg) noexcept {
+    View<Header, Slot> v(header());
+    for (uint32_t i = v.h->lru_head; i != none;) {
+        Slot& s = v.slots[i];
+        uint32_t next = s.lru_next;
+        StoredKey k;
+        k.hash = s.hash;
+        k.len = s.len;
+        k.digested = s.digested;
+        std::memcpy(k.bytes, s.key, sizeof k.bytes);
+        cb(arg, k, s.state);
+        i = next;
+    }
+}
+
+}  // namespace throttle::core

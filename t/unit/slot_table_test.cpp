@@ -1,0 +1,587 @@
+// The slot table: lookups, LRU eviction, long keys, attach after reload, position
+// independence, and a randomized comparison against a straightforward model.
+#include "core/slot_table.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstring>
+#include <list>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace {
+
+using throttle::core::key_inline_max;
+using throttle::core::LookupResult;
+using throttle::core::SipKey;
+using throttle::core::SlotTable;
+using throttle::core::State;
+using throttle::core::StoredKey;
+
+// An 8-byte aligned block.
+struct Block {
+    explicit Block(size_t bytes) : words((bytes + 7) / 8), size(bytes) {}
+    void* data() { return words.data(); }
+    std::vector<uint64_t> words;
+    size_t size;
+};
+
+const SipKey test_seed{0x0123456789abcdefULL, 0xfedcba9876543210ULL};
+
+SlotTable* make_table(Block& b) {
+    return SlotTable::create(b.data(), b.size, test_seed);
+}
+
+// The smallest block that gives a table of at least `slots` slots.
+size_t block_for(size_t slots) {
+    size_t size = 64;
+    Block probe(1 << 16);
+    while (SlotTable::create(probe.data(), size, test_seed) == nullptr ||
+           SlotTable::create(probe.data(), size, test_seed)->capacity() < slots) {
+        size += 8;
+    }
+    return size;
+}
+
+std::string key_of(int i) {
+    return "key-" + std::to_string(i);
+}
+
+LookupResult lookup(SlotTable* t, const std::string& k) {
+    return t->lookup(k.data(), k.size());
+}
+
+State* find(SlotTable* t, const std::string& k) {
+    return t->find(k.data(), k.size());
+}
+
+bool same(const State& a, const State& b) {
+    return a.stamp == b.stamp && a.cur == b.cur && a.prev == b.prev;
+}
+
+bool is_zero(const State& s) {
+    return same(s, State{});
+}
+
+bool same_key(const StoredKey& a, const StoredKey& b) {
+    return a.hash == b.hash && a.len == b.len && a.digested == b.digested &&
+           std::memcmp(a.bytes, b.bytes, a.len) == 0;
+}
+
+TEST(SlotTable, InsertAndFindMany) {
+    Block b(1 << 20);
+    SlotTable* t = make_table(b);
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(static_cast<void*>(t), b.data());
+    const int n = static_cast<int>(t->capacity());
+    for (int i = 0; i < n; i++) {
+        LookupResult r = lookup(t, key_of(i));
+        ASSERT_NE(r.state, nullptr);
+        ASSERT_TRUE(r.inserted) << i;
+        ASSERT_FALSE(r.evicted) << i;
+        ASSERT_TRUE(is_zero(*r.state));
+        r.state->stamp = i;
+        r.state->cur = static_cast<uint32_t>(i * 3);
+        r.state->prev = static_cast<uint32_t>(i * 7);
+    }
+    EXPECT_EQ(t->size(), static_cast<size_t>(n));
+    EXPECT_EQ(t->evictions(), 0u);
+    for (int i = 0; i < n; i++) {
+        State* s = find(t, key_of(i));
+        ASSERT_NE(s, nullptr) << i;
+        EXPECT_EQ(s->stamp, i);
+        EXPECT_EQ(s->cur, static_cast<uint32_t>(i * 3));
+        EXPECT_EQ(s->prev, static_cast<uint32_t>(i * 7));
+
+        LookupResult r = lookup(t, key_of(i));
+        EXPECT_FALSE(r.inserted);
+        EXPECT_FALSE(r.evicted);
+        EXPECT_EQ(r.state, s);
+    }
+    EXPECT_EQ(find(t, key_of(n)), nullptr);
+    EXPECT_EQ(find(t, "key-"), nullptr);
+    EXPECT_EQ(t->size(), static_cast<size_t>(n));
+}
+
+TEST(SlotTable, Density) {
+    Block b(1 << 20);
+    SlotTable* t = make_table(b);
+    ASSERT_NE(t, nullptr);
+    std::printf("capacity per MiB: %zu keys, bytes_per_key: %zu\n", t->capacity(),
+                SlotTable::bytes_per_key());
+    EXPECT_GE(t->capacity(), 12000u);
+    EXPECT_LE(SlotTable::bytes_per_key(), 76u);
+    // bytes_per_key() counts a whole bucket head per slot; there are fewer heads than slots,
+    // so it is an upper bound and the table holds at least size / bytes_per_key() keys.
+    EXPECT_GE(t->capacity(), (b.size - 256) / SlotTable::bytes_per_key());
+    // Density holds at other sizes too: every byte but the header is worth a slot and a head.
+    for (size_t size : {size_t{32} << 10, size_t{100} << 10, size_t{10} << 20}) {
+        Block big(size);
+        SlotTable* u = make_table(big);
+        ASSERT_NE(u, nullptr);
+        EXPECT_GE(u->capacity(), (size - 256) / SlotTable::bytes_per_key()) << size;
+    }
+}
+
+TEST(SlotTable, CreateTooSmall) {
+    Block b(4096);
+    for (size_t size : {size_t{0}, size_t{8}, size_t{64}, size_t{200}, size_t{500}}) {
+        EXPECT_EQ(SlotTable::create(b.data(), size, test_seed), nullptr) << size;
+    }
+    EXPECT_EQ(SlotTable::create(nullptr, 4096, test_seed), nullptr);
+
+    size_t min = block_for(8);
+    SlotTable* t = SlotTable::create(b.data(), min, test_seed);
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(t->capacity(), 8u);
+    EXPECT_EQ(SlotTable::create(b.data(), min - 8, test_seed), nullptr);
+    EXPECT_LE(min, 8 * SlotTable::bytes_per_key() + 256);
+}
+
+TEST(SlotTable, CreateRejectsMisalignedMemory) {
+    Block b(8192);
+    void* odd = static_cast<unsigned char*>(b.data()) + 4;
+    EXPECT_EQ(SlotTable::create(odd, 4096, test_seed), nullptr);
+    EXPECT_EQ(SlotTable::attach(odd, 4096), nullptr);
+}
+
+TEST(SlotTable, LruEvictionOrderIsExact) {
+    Block b(block_for(8));
+    SlotTable* t = make_table(b);
+    ASSERT_NE(t, nullptr);
+    const int cap = static_cast<int>(t->capacity());
+    ASSERT_EQ(cap, 8);
+
+    for (int i = 0; i < cap; i++) {
+        LookupResult r = lookup(t, key_of(i));
+        ASSERT_TRUE(r.inserted);
+        ASSERT_FALSE(r.evicted);
+        r.state->stamp = 1000 + i;
+    }
+    // Touch key 0 and key 2: the oldest untouched key is now 1, then 3, 4, ...
+    EXPECT_FALSE(lookup(t, key_of(0)).inserted);
+    EXPECT_FALSE(lookup(t, key_of(2)).inserted);
+    // find() does not protect a key.
+    ASSERT_NE(find(t, key_of(1)), nullptr);
+
+    const int expected_victims[] = {1, 3, 4, 5, 6, 7, 0, 2};
+    int next = cap;
+    for (int v : expected_victims) {
+        ASSERT_NE(find(t, key_of(v)), nullptr) << v;
+        LookupResult r = lookup(t, key_of(next));
+        EXPECT_TRUE(r.inserted);
+        ASSERT_TRUE(r.evicted);
+        EXPECT_EQ(r.victim.stamp, 1000 + v) << "expected victim " << v;
+        EXPECT_TRUE(is_zero(*r.state));
+        EXPECT_EQ(find(t, key_of(v)), nullptr) << v;
+        r.state->stamp = 1000 + next;
+        next++;
+        EXPECT_EQ(t->size(), static_cast<size_t>(cap));
+    }
+    EXPECT_EQ(t->evictions(), 8u);
+    for (int i = cap; i < next; i++) {
+        State* s = find(t, key_of(i));
+        ASSERT_NE(s, nullptr);
+        EXPECT_EQ(s->stamp, 1000 + i);
+    }
+}
+
+TEST(SlotTable, EvictionReportsVictimState) {
+    Block b(block_for(8));
+    SlotTable* t = make_table(b);
+    ASSERT_NE(t, nullptr);
+    for (size_t i = 0; i < t->capacity(); i++) {
+        State* s = lookup(t, key_of(static_cast<int>(i))).state;
+        s->stamp = -5 - static_cast<int64_t>(i);
+        s->cur = 0xdeadbeef;
+        s->prev = static_cast<uint32_t>(i);
+    }
+    LookupResult r = lookup(t, "newcomer");
+    ASSERT_TRUE(r.evicted);
+    EXPECT_EQ(r.victim.stamp, -5);
+    EXPECT_EQ(r.victim.cur, 0xdeadbeefu);
+    EXPECT_EQ(r.victim.prev, 0u);
+    EXPECT_TRUE(is_zero(*r.state));
+    // A hit or an insert into a free slot reports no victim.
+    LookupResult hit = lookup(t, "newcomer");
+    EXPECT_FALSE(hit.evicted);
+    EXPECT_FALSE(hit.inserted);
+    EXPECT_TRUE(is_zero(hit.victim));
+}
+
+TEST(SlotTable, LongKeys) {
+    Block b(64 << 10);
+    SlotTable* t = make_table(b);
+    ASSERT_NE(t, nullptr);
+
+    std::string a(10 * 1024, 'x');
+    for (size_t i = 0; i < a.size(); i++) {
+        a[i] = static_cast<char>('a' + i % 26);
+    }
+    std::string a2 = a;
+    a2.back() = static_cast<char>(a2.back() + 1);  // differs only in the last byte
+    std::string prefix = a.substr(0, a.size() - 1);
+
+    StoredKey ka = t->make_key(a.data(), a.size());
+    EXPECT_EQ(ka.digested, 1);
+    EXPECT_EQ(ka.len, key_inline_max);
+
+    LookupResult ra = lookup(t, a);
+    ASSERT_TRUE(ra.inserted);
+    ra.state->stamp = 1;
+    LookupResult ra2 = lookup(t, a2);
+    ASSERT_TRUE(ra2.inserted);
+    ra2.state->stamp = 2;
+    LookupResult rp = lookup(t, prefix);
+    ASSERT_TRUE(rp.inserted);
+    rp.state->stamp = 3;
+
+    EXPECT_EQ(find(t, a)->stamp, 1);
+    EXPECT_EQ(find(t, a2)->stamp, 2);
+    EXPECT_EQ(find(t, prefix)->stamp, 3);
+    EXPECT_FALSE(lookup(t, a).inserted);
+    EXPECT_EQ(t->size(), 3u);
+
+    // 32 bytes is stored raw; 33 is digested.
+    std::string k32(32, 'q'), k33(33, 'q');
+    EXPECT_EQ(t->make_key(k32.data(), k32.size()).digested, 0);
+    EXPECT_EQ(t->make_key(k33.data(), k33.size()).digested, 1);
+    EXPECT_TRUE(lookup(t, k32).inserted);
+    EXPECT_TRUE(lookup(t, k33).inserted);
+    EXPECT_EQ(t->size(), 5u);
+}
+
+TEST(SlotTable, RawKeyEqualToDigestIsDistinct) {
+    Block b(64 << 10);
+    SlotTable* t = make_table(b);
+    ASSERT_NE(t, nullptr);
+
+    std::string long_key(10 * 1024, 'L');
+    throttle::core::Sha256Digest d = throttle::core::sha256(long_key.data(), long_key.size());
+    std::string raw(reinterpret_cast<const char*>(d.data()), d.size());
+
+    StoredKey kl = t->make_key(long_key.data(), long_key.size());
+    StoredKey kr = t->make_key(raw.data(), raw.size());
+    EXPECT_EQ(std::memcmp(kl.bytes, kr.bytes, key_inline_max), 0);
+    EXPECT_EQ(kl.len, kr.len);
+    EXPECT_NE(kl.digested, kr.digested);
+    EXPECT_FALSE(same_key(kl, kr));
+
+    lookup(t, long_key).state->stamp = 10;
+    LookupResult r = lookup(t, raw);
+    EXPECT_TRUE(r.inserted);
+    r.state->stamp = 20;
+    EXPECT_EQ(find(t, long_key)->stamp, 10);
+    EXPECT_EQ(find(t, raw)->stamp, 20);
+    EXPECT_EQ(t->size(), 2u);
+}
+
+TEST(SlotTable, EmptyKey) {
+    Block b(16 << 10);
+    SlotTable* t = make_table(b);
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(t->find("", 0), nullptr);
+    LookupResult r = t->lookup("", 0);
+    ASSERT_TRUE(r.inserted);
+    r.state->cur = 7;
+    EXPECT_EQ(t->find(nullptr, 0), r.state);
+    EXPECT_FALSE(t->lookup(nullptr, 0).inserted);
+    // Not confused with a one-byte NUL key.
+    EXPECT_EQ(t->find("\0", 1), nullptr);
+    EXPECT_TRUE(t->lookup("\0", 1).inserted);
+    EXPECT_EQ(t->size(), 2u);
+}
+
+TEST(SlotTable, AttachSeesKeysAndTag) {
+    Block b(256 << 10);
+    SlotTable* t = make_table(b);
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(t->tag(), 0u);
+    t->set_tag(0x1122334455667788ULL);
+    for (int i = 0; i < 1000; i++) {
+        lookup(t, key_of(i)).state->stamp = i;
+    }
+
+    SlotTable* u = SlotTable::attach(b.data(), b.size);
+    ASSERT_EQ(u, t);
+    EXPECT_EQ(u->tag(), 0x1122334455667788ULL);
+    EXPECT_EQ(u->size(), 1000u);
+    EXPECT_EQ(u->capacity(), t->capacity());
+    for (int i = 0; i < 1000; i++) {
+        State* s = find(u, key_of(i));
+        ASSERT_NE(s, nullptr);
+        EXPECT_EQ(s->stamp, i);
+    }
+    // The seed survives: the same key hashes the same way.
+    EXPECT_EQ(u->make_key("abc", 3).hash, t->make_key("abc", 3).hash);
+}
+
+TEST(SlotTable, AttachRejectsGarbageAndWrongSize) {
+    Block b(256 << 10);
+    EXPECT_EQ(SlotTable::attach(b.data(), b.size), nullptr);  // all zero
+
+    std::mt19937_64 rng(7);
+    for (auto& w : b.words) {
+        w = rng();
+    }
+    EXPECT_EQ(SlotTable::attach(b.data(), b.size), nullptr);
+
+    SlotTable* t = make_table(b);
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(SlotTable::attach(b.data(), b.size - 8), nullptr);
+    EXPECT_EQ(SlotTable::attach(b.data(), b.size / 2), nullptr);
+    EXPECT_EQ(SlotTable::attach(b.data(), 0), nullptr);
+    EXPECT_EQ(SlotTable::attach(nullptr, b.size), nullptr);
+    EXPECT_EQ(SlotTable::attach(b.data(), b.size), t);
+
+    // A corrupted magic word is refused.
+    uint32_t magic;
+    std::memcpy(&magic, b.data(), sizeof magic);
+    EXPECT_EQ(magic, SlotTable::magic_value);
+    magic ^= 1;
+    std::memcpy(b.data(), &magic, sizeof magic);
+    EXPECT_EQ(SlotTable::attach(b.data(), b.size), nullptr);
+}
+
+TEST(SlotTable, Clear) {
+    Block b(block_for(16));
+    SlotTable* t = make_table(b);
+    ASSERT_NE(t, nullptr);
+    t->set_tag(42);
+    uint64_t h = t->make_key("abc", 3).hash;
+    const size_t cap = t->capacity();
+    for (size_t i = 0; i < cap + 5; i++) {
+        lookup(t, key_of(static_cast<int>(i))).state->stamp = 1;
+    }
+    EXPECT_EQ(t->size(), cap);
+    EXPECT_EQ(t->evictions(), 5u);
+
+    t->clear();
+    EXPECT_EQ(t->size(), 0u);
+    EXPECT_EQ(t->evictions(), 0u);
+    EXPECT_EQ(t->tag(), 42u);
+    EXPECT_EQ(t->make_key("abc", 3).hash, h);
+    for (size_t i = 0; i < cap + 5; i++) {
+        EXPECT_EQ(find(t, key_of(static_cast<int>(i))), nullptr);
+    }
+    int visited = 0;
+    t->for_each([&](const StoredKey&, State&) { visited++; });
+    EXPECT_EQ(visited, 0);
+    // Full capacity is available again without eviction.
+    for (size_t i = 0; i < cap; i++) {
+        LookupResult r = lookup(t, "again-" + std::to_string(i));
+        EXPECT_TRUE(r.inserted);
+        EXPECT_FALSE(r.evicted);
+        EXPECT_TRUE(is_zero(*r.state));
+    }
+    EXPECT_TRUE(lookup(t, "one-more").evicted);
+}
+
+TEST(SlotTable, ForEachIsMostRecentFirst) {
+    Block b(16 << 10);
+    SlotTable* t = make_table(b);
+    ASSERT_NE(t, nullptr);
+    for (int i = 0; i < 5; i++) {
+        lookup(t, key_of(i)).state->stamp = i;
+    }
+    lookup(t, key_of(2));
+    find(t, key_of(0));  // no effect on the order
+    std::vector<int64_t> order;
+    t->for_each([&](const StoredKey& k, State& s) {
+        order.push_back(s.stamp);
+        std::string name = key_of(static_cast<int>(s.stamp));
+        EXPECT_TRUE(same_key(k, t->make_key(name.data(), name.size())));
+        s.cur = 99;  // states are writable through for_each
+    });
+    EXPECT_EQ(order, (std::vector<int64_t>{2, 4, 3, 1, 0}));
+    EXPECT_EQ(find(t, key_of(3))->cur, 99u);
+}
+
+TEST(SlotTable, SeedChangesHashes) {
+    Block b1(16 << 10), b2(16 << 10);
+    SlotTable* t1 = SlotTable::create(b1.data(), b1.size, SipKey{1, 2});
+    SlotTable* t2 = SlotTable::create(b2.data(), b2.size, SipKey{3, 4});
+    ASSERT_NE(t1, nullptr);
+    ASSERT_NE(t2, nullptr);
+    EXPECT_NE(t1->make_key("abc", 3).hash, t2->make_key("abc", 3).hash);
+}
+
+TEST(SlotTable, PositionIndependent) {
+    Block a(block_for(64));
+    SlotTable* t = make_table(a);
+    ASSERT_NE(t, nullptr);
+    const int cap = static_cast<int>(t->capacity());
+    t->set_tag(9);
+    for (int i = 0; i < cap; i++) {
+        lookup(t, key_of(i)).state->stamp = i;
+    }
+    lookup(t, key_of(0));  // protect key 0: key 1 is now the oldest
+
+    Block copy(a.size);
+    std::memcpy(copy.data(), a.data(), a.size);
+    std::memset(a.data(), 0xa5, a.size);  // the original is gone
+
+    SlotTable* u = SlotTable::attach(copy.data(), copy.size);
+    ASSERT_NE(u, nullptr);
+    EXPECT_EQ(static_cast<void*>(u), copy.data());
+    EXPECT_EQ(u->tag(), 9u);
+    EXPECT_EQ(u->size(), static_cast<size_t>(cap));
+    for (int i = 0; i < cap; i++) {
+        State* s = find(u, key_of(i));
+        ASSERT_NE(s, nullptr);
+        EXPECT_EQ(s->stamp, i);
+    }
+    LookupResult r = lookup(u, "fresh");
+    ASSERT_TRUE(r.evicted);
+    EXPECT_EQ(r.victim.stamp, 1);
+    r = lookup(u, "fresh2");
+    ASSERT_TRUE(r.evicted);
+    EXPECT_EQ(r.victim.stamp, 2);
+}
+
+// A model the table must agree with exactly: a map plus a list, front = most recent.
+class Model {
+   public:
+    explicit Model(size_t capacity) : capacity_(capacity) {}
+
+    struct Result {
+        bool inserted = false;
+        bool evicted = false;
+        State victim;
+        State* state = nullptr;
+    };
+
+    Result lookup(const std::string& k) {
+        Result r;
+        auto it = map_.find(k);
+        if (it != map_.end()) {
+            order_.splice(order_.begin(), order_, it->second.pos);
+            r.state = &it->second.state;
+            return r;
+        }
+        if (map_.size() == capacity_) {
+            const std::string& old = order_.back();
+            auto victim = map_.find(old);
+            r.evicted = true;
+            r.victim = victim->second.state;
+            map_.erase(victim);
+            order_.pop_back();
+            evictions_++;
+        }
+        order_.push_front(k);
+        Entry& e = map_[k];
+        e.pos = order_.begin();
+        r.inserted = true;
+        r.state = &e.state;
+        return r;
+    }
+
+    State* find(const std::string& k) {
+        auto it = map_.find(k);
+        return it == map_.end() ? nullptr : &it->second.state;
+    }
+
+    void clear() {
+        map_.clear();
+        order_.clear();
+        evictions_ = 0;
+    }
+
+    size_t size() const { return map_.size(); }
+    uint64_t evictions() const { return evictions_; }
+    const std::list<std::string>& order() const { return order_; }
+
+   private:
+    struct Entry {
+        State state;
+        std::list<std::string>::iterator pos;
+    };
+    size_t capacity_;
+    std::unordered_map<std::string, Entry> map_;
+    std::list<std::string> order_;
+    uint64_t evictions_ = 0;
+};
+
+TEST(SlotTable, RandomizedAgainstModel) {
+    Block b(block_for(16));
+    SlotTable* t = make_table(b);
+    ASSERT_NE(t, nullptr);
+    Model m(t->capacity());
+
+    std::mt19937_64 rng(20240601);
+    // A key pool three times the capacity, of all shapes: empty, short, exactly 32 bytes,
+    // 33 bytes, long, and pairs that differ only in the last byte.
+    std::vector<std::string> pool;
+    pool.push_back("");
+    while (pool.size() < 3 * t->capacity()) {
+        size_t shape = rng() % 5;
+        size_t len = shape == 0   ? rng() % 8
+                     : shape == 1 ? 32
+                     : shape == 2 ? 33
+                     : shape == 3 ? rng() % 40
+                                  : 100 + rng() % 400;
+        std::string k(len, '\0');
+        for (auto& c : k) {
+            c = static_cast<char>('a' + rng() % 3);  // few letters: many near misses
+        }
+        pool.push_back(k);
+        if (len > 0 && rng() % 4 == 0) {
+            k.back() = static_cast<char>(k.back() ^ 0x40);
+            pool.push_back(k);
+        }
+    }
+
+    int64_t stamp = 0;
+    uint64_t total_evictions = 0;
+    for (int op = 0; op < 100000; op++) {
+        const std::string& k = pool[rng() % pool.size()];
+        unsigned what = static_cast<unsigned>(rng() % 100);
+        if (what < 70) {
+            LookupResult r = lookup(t, k);
+            Model::Result e = m.lookup(k);
+            ASSERT_EQ(r.inserted, e.inserted) << "op " << op;
+            ASSERT_EQ(r.evicted, e.evicted) << "op " << op;
+            if (e.evicted) {
+                ASSERT_TRUE(same(r.victim, e.victim)) << "op " << op;
+            }
+            ASSERT_NE(r.state, nullptr);
+            ASSERT_TRUE(same(*r.state, *e.state)) << "op " << op;
+            stamp++;
+            r.state->stamp = e.state->stamp = stamp;
+            r.state->cur = e.state->cur = static_cast<uint32_t>(r.state->cur + 1);
+            r.state->prev = e.state->prev = static_cast<uint32_t>(rng());
+        } else if (what < 99) {
+            State* s = find(t, k);
+            State* e = m.find(k);
+            ASSERT_EQ(s == nullptr, e == nullptr) << "op " << op;
+            if (e != nullptr) {
+                ASSERT_TRUE(same(*s, *e)) << "op " << op;
+            }
+        } else if (rng() % 20 == 0) {
+            total_evictions += m.evictions();
+            t->clear();
+            m.clear();
+        }
+        ASSERT_EQ(t->size(), m.size());
+        ASSERT_EQ(t->evictions(), m.evictions());
+
+        if (op % 97 == 0) {
+            std::vector<StoredKey> seen;
+            t->for_each([&](const StoredKey& sk, State&) { seen.push_back(sk); });
+            ASSERT_EQ(seen.size(), m.order().size());
+            size_t i = 0;
+            for (const std::string& mk : m.order()) {
+                ASSERT_TRUE(same_key(seen[i], t->make_key(mk.data(), mk.size())))
+                    << "op " << op << " position " << i;
+                i++;
+            }
+        }
+    }
+    total_evictions += m.evictions();
+    EXPECT_GT(total_evictions, 10000u);  // eviction was exercised, not just lookups
+}
+
+}  // namespace
