@@ -26,7 +26,7 @@ SOURCES := $(wildcard src/*/*.cpp src/*/*.hpp) config
 all: $(MODULE)
 
 deps:
-	missing=()
+	@missing=()
 	for p in $(DEB_PACKAGES); do
 	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$$p")
 	done
@@ -50,7 +50,7 @@ $(NGX_TREE)/objs/Makefile: config Makefile $(BUILD)/sources.list | deps
 
 # The source list is fixed at configure time: reconfigure when files are added or removed.
 $(BUILD)/sources.list: FORCE
-	mkdir -p $(BUILD)
+	@mkdir -p $(BUILD)
 	echo "$(sort $(SOURCES))" | cmp -s - $@ || echo "$(sort $(SOURCES))" > $@
 
 $(MODULE): $(SOURCES) $(NGX_TREE)/objs/Makefile
