@@ -1,0 +1,141 @@
+// The sliding-window counter; semantics in sliding_window.hpp.
+// Pure C++, no nginx header (layer: core).
+#include "core/sliding_window.hpp"
+
+#include <cstdint>
+#include <limits>
+
+namespace throttle::core::sliding_window {
+
+namespace {
+
+__extension__ typedef __int128 i128;
+__extension__ typedef unsigned __int128 u128;
+
+constexpr int64_t int64_max = std::numeric_limits<int64_t>::max();
+constexpr uint32_t count_max = std::numeric_limits<uint32_t>::max();
+
+int64_t period_of(const Rate& rate) noexcept {
+    return rate.period_ms > 0 ? rate.period_ms : 1;
+}
+
+uint64_t limit_of(const Rate& rate) noexcept {
+    return rate.limit > 0 ? rate.limit : 1;
+}
+
+// A duration in ms, clamped to 0 .. INT64_MAX.
+int64_t to_ms(i128 v) noexcept {
+    if (v < 0) {
+        return 0;
+    }
+    return v > int64_max ? int64_max : static_cast<int64_t>(v);
+}
+
+// The smallest w >= 1 (ms after window start + elapsed) at which one request is admitted,
+// given that it is refused now. P, L >= 1.
+i128 retry_after(u128 P, u128 L, u128 e, u128 cur, u128 prev) noexcept {
+    if (cur + 1 <= L) {
+        // Still in this window (or exactly at its end): solve prev * (P - e - w) <= R.
+        // Refused now means prev * (P - e) > R >= 0, so prev > 0 and q < P - e, so w >= 1.
+        // If q == 0 then w = P - e: the next window starts, where prev becomes cur and
+        // (cur + 1) * P <= L * P admits.
+        u128 R = (L - cur - 1) * P;
+        u128 q = R / prev;
+        return static_cast<i128>(P - e - q);
+    }
+    // cur >= L: refused for the rest of this window whatever prev is. In the next window the
+    // old cur becomes prev and the new cur is 0: solve cur * (P - e') <= (L - 1) * P for the
+    // smallest e'. cur >= L > L - 1 means q < P, so e' is in 1 .. P; e' == P is the start of
+    // the window after the next one, where both counts are 0 and L >= 1 admits.
+    u128 q = (L - 1) * P / cur;
+    u128 e_next = P - q;
+    return static_cast<i128>(P - e + e_next);
+}
+
+}  // namespace
+
+Rolled roll(const Rate& rate, const State& state, int64_t now_ms) noexcept {
+    const i128 P = period_of(rate);
+    const i128 now = now_ms > 0 ? now_ms : 0;
+    const i128 stamp = state.stamp;
+
+    Rolled r;
+    if (now < stamp) {
+        // The clock stepped backwards: keep everything, pretend we are at the stamp.
+        r.start = state.stamp;
+        r.elapsed = 0;
+        r.lead = to_ms(stamp - now);
+        r.cur = state.cur;
+        r.prev = state.prev;
+    } else if (now < stamp + P) {
+        r.start = state.stamp;
+        r.elapsed = static_cast<int64_t>(now - stamp);
+        r.cur = state.cur;
+        r.prev = state.prev;
+    } else if (now < stamp + 2 * P) {
+        // stamp + P <= now <= INT64_MAX, so it fits.
+        r.start = static_cast<int64_t>(stamp + P);
+        r.elapsed = static_cast<int64_t>(now - (stamp + P));
+        r.cur = 0;
+        r.prev = state.cur;
+    } else {
+        r.start = static_cast<int64_t>(now - now % P);
+        r.elapsed = static_cast<int64_t>(now % P);
+        r.cur = 0;
+        r.prev = 0;
+    }
+    return r;
+}
+
+Decision evaluate(const Rate& rate, const State& state, int64_t now_ms) noexcept {
+    const u128 P = static_cast<u128>(period_of(rate));
+    const u128 L = limit_of(rate);
+    const Rolled r = roll(rate, state, now_ms);
+    const u128 e = static_cast<u128>(r.elapsed);
+    const u128 cur = r.cur;
+    const u128 prev = r.prev;
+
+    const u128 weighted = prev * (P - e) + (cur + 1) * P;
+    const u128 allowance = L * P;
+
+    Decision d;
+    d.limit = static_cast<uint64_t>(L);
+    d.allowed = weighted <= allowance;
+
+    if (d.allowed) {
+        d.remaining = static_cast<uint64_t>((allowance - weighted) / P);
+        // This request is counted in cur, which is therefore > 0.
+        d.reset_ms = to_ms(static_cast<i128>(r.lead) + static_cast<i128>(2 * P - e));
+        d.retry_after_ms = 0;
+        return d;
+    }
+
+    d.remaining = 0;
+    if (cur > 0) {
+        d.reset_ms = to_ms(static_cast<i128>(r.lead) + static_cast<i128>(2 * P - e));
+    } else if (prev > 0) {
+        d.reset_ms = to_ms(static_cast<i128>(r.lead) + static_cast<i128>(P - e));
+    } else {
+        d.reset_ms = 0;  // not reached: with both counts 0 and L >= 1 the request is admitted
+    }
+    const int64_t w = to_ms(static_cast<i128>(r.lead) + retry_after(P, L, e, cur, prev));
+    d.retry_after_ms = w > 0 ? w : 1;
+    return d;
+}
+
+void record(const Rate& rate, State& state, int64_t now_ms) noexcept {
+    const Rolled r = roll(rate, state, now_ms);
+    state.stamp = r.start;
+    state.prev = r.prev;
+    state.cur = r.cur < count_max ? r.cur + 1 : count_max;
+}
+
+bool is_idle(const Rate& rate, const State& state, int64_t now_ms) noexcept {
+    if (state.cur == 0 && state.prev == 0) {
+        return true;  // rolls to zero counts at any now, like a fresh state
+    }
+    const i128 now = now_ms > 0 ? now_ms : 0;
+    return now >= static_cast<i128>(state.stamp) + 2 * static_cast<i128>(period_of(rate));
+}
+
+}  // namespace throttle::core::sliding_window
