@@ -355,6 +355,9 @@ sub stop {
     return $self;
 }
 
+# Process ids of the running worker processes.
+sub worker_pids { $_[0]->_workers(1) }
+
 # Live (not zombie) child processes of the master; with $workers_only, worker processes only.
 sub _workers {
     my ($self, $workers_only) = @_;
