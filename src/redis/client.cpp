@@ -1,0 +1,760 @@
+// The Redis client (layer: redis). See client.hpp for the contract.
+//
+// Connection life: connect() -> Connecting (connect_timer_ bounds it) -> on_connect ->
+// Connected: handshake [AUTH] [SELECT] [SCRIPT LOAD...] PING, then the commands that waited.
+// Any failure (connect error or timeout, a handshake error, a lost connection, a command past
+// its deadline) goes through connection_lost(): the hiredis context is freed (late replies are
+// never read), every pending command fails, and count_failure() schedules the next attempt:
+// a backoff, or -- after failure_threshold consecutive failures -- the circuit breaker's
+// cool-down, after which one connection (half-open) probes the server. The first successful
+// reply closes the circuit and resets the backoff.
+//
+// hiredis contexts point back at the client through ac->data; it is cleared before a context
+// is dropped, so callbacks hiredis runs while freeing it (NULL replies, disconnect) are ignored.
+#include "redis/client.hpp"
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <strings.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <stdexcept>
+#include <type_traits>
+#include <utility>
+
+namespace throttle::redis {
+namespace {
+
+void append_part(std::string& s, std::string_view part) {
+    s.append(part.data(), part.size());
+}
+
+void append_part(std::string& s, const char* part) {
+    s.append(part);
+}
+
+template <typename Int, typename = std::enable_if_t<std::is_integral_v<Int>>>
+void append_part(std::string& s, Int n) {
+    char buf[24];
+    auto res = std::to_chars(buf, buf + sizeof(buf), n);
+    s.append(buf, res.ptr);
+}
+
+// Concatenates message parts; never throws (an empty message if memory runs out).
+template <typename... Parts>
+std::string cat(const Parts&... parts) noexcept {
+    try {
+        std::string s;
+        (append_part(s, parts), ...);
+        return s;
+    } catch (...) {
+        return std::string();
+    }
+}
+
+bool iequals(std::string_view a, const char* b) noexcept {
+    size_t n = std::strlen(b);
+    return a.size() == n && strncasecmp(a.data(), b, n) == 0;
+}
+
+// Commands that would change the connection's state behind the client's back.
+bool refused(const std::string_view* argv, size_t argc) noexcept {
+    static const char* const names[] = {"subscribe",    "psubscribe",   "ssubscribe", "unsubscribe",
+                                        "punsubscribe", "sunsubscribe", "monitor",    "select",
+                                        "auth",         "hello",        "reset",      "sync",
+                                        "psync"};
+    for (const char* name : names) {
+        if (iequals(argv[0], name)) {
+            return true;
+        }
+    }
+    return argc >= 2 && iequals(argv[0], "client") && iequals(argv[1], "reply");
+}
+
+void convert(const redisReply* r, Reply& out) {
+    switch (r->type) {
+        case REDIS_REPLY_STRING:
+            out.type = Reply::Type::String;
+            out.str.assign(r->str, r->len);
+            break;
+        case REDIS_REPLY_STATUS:
+            out.type = Reply::Type::Status;
+            out.str.assign(r->str, r->len);
+            break;
+        case REDIS_REPLY_ERROR:
+            out.type = Reply::Type::Error;
+            out.str.assign(r->str, r->len);
+            break;
+        case REDIS_REPLY_INTEGER:
+            out.type = Reply::Type::Integer;
+            out.integer = r->integer;
+            break;
+        case REDIS_REPLY_ARRAY:
+            out.type = Reply::Type::Array;
+            out.elements.resize(r->elements);
+            for (size_t i = 0; i < r->elements; i++) {
+                convert(r->element[i], out.elements[i]);
+            }
+            break;
+        default:
+            out.type = Reply::Type::Nil;
+            break;
+    }
+}
+
+// The argv/argvlen arrays redisAsyncCommandArgv wants, on the stack for short commands.
+class ArgvArrays {
+   public:
+    bool init(size_t n) noexcept {
+        if (n <= kInline) {
+            ptrs_ = inline_ptrs_;
+            lens_ = inline_lens_;
+            return true;
+        }
+        heap_ptrs_.reset(new (std::nothrow) const char*[n]);
+        heap_lens_.reset(new (std::nothrow) size_t[n]);
+        ptrs_ = heap_ptrs_.get();
+        lens_ = heap_lens_.get();
+        return ptrs_ != nullptr && lens_ != nullptr;
+    }
+    void set(size_t i, const char* p, size_t len) noexcept {
+        ptrs_[i] = p;
+        lens_[i] = len;
+    }
+    const char** ptrs() noexcept { return ptrs_; }
+    const size_t* lens() noexcept { return lens_; }
+
+   private:
+    static constexpr size_t kInline = 16;
+    const char* inline_ptrs_[kInline];
+    size_t inline_lens_[kInline];
+    std::unique_ptr<const char*[]> heap_ptrs_;
+    std::unique_ptr<size_t[]> heap_lens_;
+    const char** ptrs_ = nullptr;
+    size_t* lens_ = nullptr;
+};
+
+}  // namespace
+
+Client::Client(Loop& loop, Config config, Logger logger)
+    : loop_(loop), cfg_(std::move(config)), logger_(std::move(logger)) {
+    if (!cfg_.address.valid()) {
+        throw std::invalid_argument("invalid redis address \"" + cfg_.address.to_string() +
+                                    "\": a numeric IPv4/IPv6 address and a port, or unix:PATH");
+    }
+    cfg_.backoff_initial_ms = std::max<uint32_t>(cfg_.backoff_initial_ms, 1);
+    cfg_.backoff_max_ms = std::max(cfg_.backoff_max_ms, cfg_.backoff_initial_ms);
+    cfg_.cooldown_initial_ms = std::max<uint32_t>(cfg_.cooldown_initial_ms, 1);
+    cfg_.cooldown_max_ms = std::max(cfg_.cooldown_max_ms, cfg_.cooldown_initial_ms);
+    backoff_ms_ = cfg_.backoff_initial_ms;
+    cooldown_ms_ = cfg_.cooldown_initial_ms;
+    name_ = "redis " + cfg_.address.to_string();
+
+    connect_timer_ = loop_.create_timer([this] {
+        connection_lost(
+            Failure::Disconnected,
+            cat("cannot connect: no connection within ", cfg_.connect_timeout_ms, " ms"), false);
+    });
+    deadline_timer_ = loop_.create_timer([this] { on_deadline(); });
+    retry_timer_ = loop_.create_timer([this] {
+        if (closed_ || ac_ != nullptr) {
+            return;
+        }
+        stats_.reconnects++;
+        if (breaker_ == Breaker::Open) {
+            breaker_ = Breaker::HalfOpen;
+            log(LogLevel::Debug, cat(name_, ": circuit half-open, probing"));
+        }
+        connect();
+    });
+    defer_timer_ = loop_.create_timer([this] { deliver(); });
+}
+
+Client::~Client() {
+    close();
+    // Everything outstanding is in done_ now; callbacks that issue commands add to it.
+    while (!done_.empty()) {
+        deliver();
+    }
+}
+
+void Client::start() {
+    if (closed_ || conn_ != Conn::None || retry_timer_->active()) {
+        return;
+    }
+    connect();
+}
+
+bool Client::available() const noexcept {
+    return !closed_ && breaker_ == Breaker::Closed &&
+           (conn_ != Conn::None || !retry_timer_->active());
+}
+
+void Client::log(LogLevel level, std::string_view message) const noexcept {
+    if (!logger_) {
+        return;
+    }
+    try {
+        logger_(level, message);
+    } catch (...) {
+    }
+}
+
+void Client::invoke(Callback& cb, Result&& result, const Client* self) noexcept {
+    if (!cb) {
+        return;
+    }
+    try {
+        cb(std::move(result));
+    } catch (...) {
+        if (self != nullptr) {
+            self->log(LogLevel::Error, cat(self->name_, ": a command callback threw an exception"));
+        }
+    }
+}
+
+// ---- connection ------------------------------------------------------------------------------
+
+void Client::connect() noexcept {
+    stats_.connects++;
+    const Address& a = cfg_.address;
+    redisAsyncContext* ac = a.is_unix() ? redisAsyncConnectUnix(a.unix_path.c_str())
+                                        : redisAsyncConnect(a.host.c_str(), a.port);
+    if (ac == nullptr) {
+        count_failure("cannot connect: out of memory");
+        return;
+    }
+    if (ac->err != 0) {
+        std::string what = cat("cannot connect: ", ac->c.errstr);
+        redisAsyncFree(ac);
+        count_failure(what);
+        return;
+    }
+    ac->data = this;
+    if (!loop_.attach(ac)) {
+        ac->data = nullptr;
+        redisAsyncFree(ac);
+        count_failure("cannot connect: the event loop did not take the socket");
+        return;
+    }
+    // Setting the connect callback also asks for write readiness (connect completion).
+    redisAsyncSetConnectCallback(ac, &Client::on_connect);
+    redisAsyncSetDisconnectCallback(ac, &Client::on_disconnect);
+    ac_ = ac;
+    conn_ = Conn::Connecting;
+    connect_timer_->start(cfg_.connect_timeout_ms);
+}
+
+void Client::on_connect(const redisAsyncContext* ac, int status) noexcept {
+    auto* self = static_cast<Client*>(ac->data);
+    if (self == nullptr) {
+        return;
+    }
+    if (status != REDIS_OK) {
+        // hiredis frees the context after this returns.
+        self->connection_lost(Failure::Disconnected, cat("cannot connect: ", ac->c.errstr), true);
+        return;
+    }
+    self->connected_now();
+}
+
+void Client::on_disconnect(const redisAsyncContext* ac, int) noexcept {
+    auto* self = static_cast<Client*>(ac->data);
+    if (self == nullptr) {
+        return;
+    }
+    const char* why = ac->c.errstr[0] != '\0' ? ac->c.errstr : "closed";
+    self->connection_lost(Failure::Disconnected, cat("connection lost: ", why), true);
+}
+
+// Called from hiredis' connect callback: the context must not be freed here (hiredis goes on
+// using it), so a handshake that cannot be sent is failed from connect_timer_ at once.
+void Client::connected_now() noexcept {
+    connect_timer_->stop();
+    conn_ = Conn::Connected;
+    bool ok = true;
+    try {
+        if (!cfg_.password.empty()) {
+            if (!cfg_.username.empty()) {
+                send_internal(Kind::Auth, {"AUTH", cfg_.username, cfg_.password});
+            } else {
+                send_internal(Kind::Auth, {"AUTH", cfg_.password});
+            }
+        }
+        if (cfg_.db != 0) {
+            std::string db = std::to_string(cfg_.db);
+            send_internal(Kind::Select, {"SELECT", db});
+        }
+        for (const ScriptEntry& s : scripts_) {
+            send_internal(Kind::ScriptLoad, {"SCRIPT", "LOAD", s.source});
+        }
+        send_internal(Kind::Ping, {"PING"});
+    } catch (...) {
+        ok = false;
+    }
+    if (!ok) {
+        connect_timer_->start(0);
+        return;
+    }
+    uint64_t now = loop_.now_ms();
+    while (!waiting_.empty()) {
+        Pending& p = waiting_.front();
+        if (p.deadline <= now) {
+            stats_.timeouts++;
+            fail(waiting_, p, Failure::Timeout);
+            continue;
+        }
+        inflight_.splice(inflight_.end(), waiting_, p.self);
+        if (!send_kept(p)) {
+            fail(inflight_, p, Failure::Disconnected);
+        }
+    }
+    if (!done_.empty() && !defer_timer_->active()) {
+        defer_timer_->start(0);
+    }
+}
+
+void Client::connection_lost(Failure why, std::string_view detail, bool hiredis_frees) noexcept {
+    if (ac_ == nullptr) {
+        return;
+    }
+    redisAsyncContext* ac = ac_;
+    ac_ = nullptr;
+    conn_ = Conn::None;
+    ac->data = nullptr;
+    connect_timer_->stop();
+    if (!hiredis_frees) {
+        redisAsyncFree(ac);  // deferred by hiredis when inside one of its callbacks
+    }
+    size_t pending_before = pending();
+    fail_all(why, true);
+    if (pending_before > 0) {
+        count_failure(cat(detail, " (", pending_before, " pending command(s) failed)"));
+    } else {
+        count_failure(detail);
+    }
+}
+
+void Client::count_failure(std::string_view what) noexcept {
+    stats_.failures++;
+    consecutive_failures_++;
+    if (breaker_ == Breaker::HalfOpen) {
+        cooldown_ms_ = std::min(cooldown_ms_ * 2, cfg_.cooldown_max_ms);
+        breaker_ = Breaker::Open;
+        stats_.circuit_opens++;
+        log(LogLevel::Info,
+            cat(name_, ": probe failed: ", what, "; circuit open for ", cooldown_ms_, " ms"));
+        retry_timer_->start(cooldown_ms_);
+        return;
+    }
+    if (consecutive_failures_ == 1) {
+        log(LogLevel::Error, cat(name_, ": ", what));
+    } else {
+        log(LogLevel::Debug, cat(name_, ": ", what));
+    }
+    if (cfg_.failure_threshold > 0 && consecutive_failures_ >= cfg_.failure_threshold) {
+        breaker_ = Breaker::Open;
+        stats_.circuit_opens++;
+        cooldown_ms_ = cfg_.cooldown_initial_ms;
+        log(LogLevel::Error, cat(name_, ": ", consecutive_failures_,
+                                 " consecutive failures, circuit open for ", cooldown_ms_, " ms"));
+        retry_timer_->start(cooldown_ms_);
+        return;
+    }
+    retry_timer_->start(backoff_ms_);
+    backoff_ms_ = std::min(backoff_ms_ * 2, cfg_.backoff_max_ms);
+}
+
+void Client::healthy() noexcept {
+    if (consecutive_failures_ == 0 && breaker_ == Breaker::Closed) {
+        return;
+    }
+    log(LogLevel::Info,
+        cat(name_, ": connection restored after ", consecutive_failures_, " failure(s)"));
+    consecutive_failures_ = 0;
+    breaker_ = Breaker::Closed;
+    backoff_ms_ = cfg_.backoff_initial_ms;
+    cooldown_ms_ = cfg_.cooldown_initial_ms;
+}
+
+void Client::close() noexcept {
+    if (closed_) {
+        return;
+    }
+    closed_ = true;
+    connect_timer_->stop();
+    retry_timer_->stop();
+    deadline_timer_->stop();
+    if (ac_ != nullptr) {
+        redisAsyncContext* ac = ac_;
+        ac_ = nullptr;
+        conn_ = Conn::None;
+        ac->data = nullptr;
+        redisAsyncFree(ac);
+    }
+    fail_all(Failure::Shutdown, false);
+}
+
+// ---- commands --------------------------------------------------------------------------------
+
+Client::Pending& Client::new_pending(std::list<Pending>& list, Kind kind, Callback cb,
+                                     uint64_t deadline) {
+    list.emplace_back();
+    Pending& p = list.back();
+    p.self = std::prev(list.end());
+    p.kind = kind;
+    p.deadline = deadline;
+    p.cb = std::move(cb);
+    return p;
+}
+
+void Client::keep_args(Pending& p, const std::string_view* argv, size_t argc) {
+    size_t total = 0;
+    for (size_t i = 0; i < argc; i++) {
+        total += argv[i].size();
+    }
+    p.args.reserve(total);
+    p.lens.reserve(argc);
+    for (size_t i = 0; i < argc; i++) {
+        p.args.append(argv[i].data(), argv[i].size());
+        p.lens.push_back(argv[i].size());
+    }
+}
+
+bool Client::send(Pending& p, const std::string_view* argv, size_t argc) noexcept {
+    if (ac_ == nullptr || argc > size_t(std::numeric_limits<int>::max())) {
+        return false;
+    }
+    ArgvArrays a;
+    if (!a.init(argc)) {
+        return false;
+    }
+    for (size_t i = 0; i < argc; i++) {
+        a.set(i, argv[i].data(), argv[i].size());
+    }
+    if (redisAsyncCommandArgv(ac_, &Client::on_reply, &p, int(argc), a.ptrs(), a.lens()) !=
+        REDIS_OK) {
+        return false;
+    }
+    stats_.sent++;
+    arm_deadline(p.deadline);
+    return true;
+}
+
+bool Client::send_kept(Pending& p) noexcept {
+    size_t argc = p.lens.size();
+    if (ac_ == nullptr || argc > size_t(std::numeric_limits<int>::max())) {
+        return false;
+    }
+    ArgvArrays a;
+    if (!a.init(argc)) {
+        return false;
+    }
+    const char* at = p.args.data();
+    for (size_t i = 0; i < argc; i++) {
+        a.set(i, at, p.lens[i]);
+        at += p.lens[i];
+    }
+    if (redisAsyncCommandArgv(ac_, &Client::on_reply, &p, int(argc), a.ptrs(), a.lens()) !=
+        REDIS_OK) {
+        return false;
+    }
+    stats_.sent++;
+    arm_deadline(p.deadline);
+    return true;
+}
+
+// Handshake and reload commands; throws std::bad_alloc or std::runtime_error when not sent.
+void Client::send_internal(Kind kind, std::initializer_list<std::string_view> argv) {
+    Pending& p = new_pending(inflight_, kind, nullptr, loop_.now_ms() + cfg_.command_timeout_ms);
+    if (!send(p, argv.begin(), argv.size())) {
+        inflight_.erase(p.self);
+        throw std::runtime_error("not sent");
+    }
+}
+
+void Client::fail(std::list<Pending>& from, Pending& p, Failure why) noexcept {
+    if (p.kind == Kind::User || p.kind == Kind::EvalSha) {
+        p.failure = why;
+        done_.splice(done_.end(), from, p.self);
+    } else {
+        from.erase(p.self);
+    }
+}
+
+void Client::fail_all(Failure why, bool by_deadline) noexcept {
+    uint64_t now = loop_.now_ms();
+    for (std::list<Pending>* list : {&inflight_, &waiting_}) {
+        while (!list->empty()) {
+            Pending& p = list->front();
+            Failure f = why;
+            if (by_deadline && p.deadline <= now) {
+                f = Failure::Timeout;
+                stats_.timeouts++;
+            }
+            fail(*list, p, f);
+        }
+    }
+    if (!done_.empty() && !defer_timer_->active()) {
+        defer_timer_->start(0);
+    }
+}
+
+void Client::fail_soon(Callback cb, Failure why) {
+    Pending& p = new_pending(done_, Kind::User, std::move(cb), 0);
+    p.failure = why;
+    if (!defer_timer_->active()) {
+        defer_timer_->start(0);
+    }
+}
+
+void Client::deliver() noexcept {
+    std::list<Pending> batch;
+    batch.swap(done_);
+    while (!batch.empty()) {
+        Pending& p = batch.front();
+        Callback cb = std::move(p.cb);
+        Result result;
+        result.failure = p.failure;
+        batch.pop_front();
+        stats_.failed++;
+        invoke(cb, std::move(result), this);
+    }
+}
+
+// Checks what every command goes through; false when `cb` was failed already.
+bool Client::admit(Callback& cb) {
+    stats_.commands++;
+    if (closed_) {
+        fail_soon(std::move(cb), Failure::Shutdown);
+        return false;
+    }
+    if (breaker_ != Breaker::Closed) {
+        fail_soon(std::move(cb), Failure::CircuitOpen);
+        return false;
+    }
+    if (conn_ == Conn::None) {
+        if (!retry_timer_->active()) {
+            connect();
+        }
+        if (conn_ == Conn::None) {
+            fail_soon(std::move(cb),
+                      breaker_ != Breaker::Closed ? Failure::CircuitOpen : Failure::Disconnected);
+            return false;
+        }
+    }
+    return true;
+}
+
+void Client::command(const std::string_view* argv, size_t argc, Callback cb) {
+    if (argc == 0 || refused(argv, argc)) {
+        stats_.commands++;
+        fail_soon(std::move(cb), Failure::Invalid);
+        return;
+    }
+    if (!admit(cb)) {
+        return;
+    }
+    uint64_t deadline = loop_.now_ms() + cfg_.command_timeout_ms;
+    if (conn_ == Conn::Connecting) {
+        Pending& p = new_pending(waiting_, Kind::User, std::move(cb), deadline);
+        try {
+            keep_args(p, argv, argc);
+        } catch (...) {
+            waiting_.erase(p.self);
+            throw;
+        }
+        arm_deadline(deadline);
+        return;
+    }
+    Pending& p = new_pending(inflight_, Kind::User, std::move(cb), deadline);
+    if (!send(p, argv, argc)) {
+        fail(inflight_, p, Failure::Disconnected);
+        if (!defer_timer_->active()) {
+            defer_timer_->start(0);
+        }
+    }
+}
+
+size_t Client::script_index(const Script& script) {
+    for (size_t i = 0; i < scripts_.size(); i++) {
+        if (scripts_[i].sha == script.sha()) {
+            return i;
+        }
+    }
+    scripts_.push_back(ScriptEntry{script.sha(), script.source()});
+    if (conn_ == Conn::Connected) {
+        try {
+            send_internal(Kind::ScriptLoad, {"SCRIPT", "LOAD", script.source()});
+        } catch (...) {
+            // EVALSHA will meet NOSCRIPT and reload it.
+        }
+    }
+    return scripts_.size() - 1;
+}
+
+void Client::add_script(const Script& script) {
+    script_index(script);
+}
+
+void Client::evalsha(const Script& script, const std::string_view* keys, size_t nkeys,
+                     const std::string_view* args, size_t nargs, Callback cb) {
+    size_t index = script_index(script);
+    if (!admit(cb)) {
+        return;
+    }
+    uint64_t deadline = loop_.now_ms() + cfg_.command_timeout_ms;
+    std::list<Pending>& list = conn_ == Conn::Connecting ? waiting_ : inflight_;
+    Pending& p = new_pending(list, Kind::EvalSha, std::move(cb), deadline);
+    p.script = index;
+    try {
+        char numkeys[24];
+        auto res = std::to_chars(numkeys, numkeys + sizeof(numkeys), nkeys);
+        std::string_view head[] = {"EVALSHA", scripts_[index].sha,
+                                   std::string_view(numkeys, size_t(res.ptr - numkeys))};
+        size_t total = 3 + nkeys + nargs;
+        p.lens.reserve(total);
+        keep_args(p, head, 3);
+        keep_args(p, keys, nkeys);
+        keep_args(p, args, nargs);
+    } catch (...) {
+        list.erase(p.self);
+        throw;
+    }
+    if (&list == &waiting_) {
+        arm_deadline(deadline);
+        return;
+    }
+    if (!send_kept(p)) {
+        fail(inflight_, p, Failure::Disconnected);
+        if (!defer_timer_->active()) {
+            defer_timer_->start(0);
+        }
+    }
+}
+
+void Client::on_reply(redisAsyncContext* ac, void* reply, void* privdata) noexcept {
+    auto* self = static_cast<Client*>(ac->data);
+    if (self == nullptr || privdata == nullptr) {
+        return;  // a dropped connection: late or freeing
+    }
+    self->handle_reply(*static_cast<Pending*>(privdata), static_cast<redisReply*>(reply));
+}
+
+void Client::handle_reply(Pending& p, redisReply* r) noexcept {
+    if (r == nullptr) {
+        // hiredis is freeing the context after an error; it frees it itself.
+        const char* why = ac_->c.errstr[0] != '\0' ? ac_->c.errstr : "closed";
+        connection_lost(Failure::Disconnected, cat("connection lost: ", why), true);
+        return;
+    }
+    stats_.replies++;
+    bool error = r->type == REDIS_REPLY_ERROR;
+    std::string_view text(r->str != nullptr ? r->str : "", r->str != nullptr ? r->len : 0);
+    switch (p.kind) {
+        case Kind::Auth:
+        case Kind::Select:
+        case Kind::Ping:
+            if (error) {
+                const char* what = p.kind == Kind::Auth     ? "AUTH"
+                                   : p.kind == Kind::Select ? "SELECT"
+                                                            : "PING";
+                connection_lost(Failure::Disconnected, cat(what, " failed: ", text), false);
+                return;
+            }
+            healthy();
+            inflight_.erase(p.self);
+            return;
+        case Kind::ScriptLoad:
+            if (error) {
+                log(LogLevel::Error, cat(name_, ": SCRIPT LOAD failed: ", text));
+            } else {
+                healthy();
+            }
+            inflight_.erase(p.self);
+            return;
+        case Kind::EvalSha:
+            if (error && !p.retried && text.substr(0, 9) == "NOSCRIPT ") {
+                healthy();
+                stats_.noscript_reloads++;
+                p.retried = true;
+                log(LogLevel::Info,
+                    cat(name_, ": NOSCRIPT, reloading script ", scripts_[p.script].sha));
+                try {
+                    send_internal(Kind::ScriptLoad, {"SCRIPT", "LOAD", scripts_[p.script].source});
+                } catch (...) {
+                }
+                inflight_.splice(inflight_.end(), inflight_, p.self);
+                if (!send_kept(p)) {
+                    fail(inflight_, p, Failure::Disconnected);
+                    if (!defer_timer_->active()) {
+                        defer_timer_->start(0);
+                    }
+                }
+                return;
+            }
+            break;
+        case Kind::User:
+            break;
+    }
+    healthy();
+    Result result;
+    try {
+        convert(r, result.reply);
+    } catch (...) {
+        result.reply = Reply();
+        result.failure = Failure::Disconnected;
+        stats_.failed++;
+    }
+    Callback cb = std::move(p.cb);
+    inflight_.erase(p.self);
+    invoke(cb, std::move(result), this);  // last: the callback may call close()
+}
+
+// ---- deadlines -------------------------------------------------------------------------------
+
+void Client::arm_deadline(uint64_t deadline) noexcept {
+    if (deadline_timer_->active() && armed_deadline_ <= deadline) {
+        return;
+    }
+    uint64_t now = loop_.now_ms();
+    armed_deadline_ = deadline;
+    deadline_timer_->start(deadline > now ? deadline - now : 0);
+}
+
+void Client::on_deadline() noexcept {
+    uint64_t now = loop_.now_ms();
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+        auto next = std::next(it);
+        if (it->deadline <= now) {
+            stats_.timeouts++;
+            fail(waiting_, *it, Failure::Timeout);
+        }
+        it = next;
+    }
+    bool expired = std::any_of(inflight_.begin(), inflight_.end(),
+                               [now](const Pending& p) { return p.deadline <= now; });
+    if (expired) {
+        connection_lost(Failure::Disconnected,
+                        cat("no reply within ", cfg_.command_timeout_ms, " ms, connection dropped"),
+                        false);
+    }
+    uint64_t next = std::numeric_limits<uint64_t>::max();
+    for (const std::list<Pending>* list : {&inflight_, &waiting_}) {
+        for (const Pending& p : *list) {
+            next = std::min(next, p.deadline);
+        }
+    }
+    if (next != std::numeric_limits<uint64_t>::max()) {
+        arm_deadline(next);
+    }
+    if (!done_.empty() && !defer_timer_->active()) {
+        defer_timer_->start(0);
+    }
+}
+
+}  // namespace throttle::redis

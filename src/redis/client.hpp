@@ -1,0 +1,191 @@
+// The Redis client (layer: redis): one connection driven by a Loop, pipelined commands with
+// deadlines, EVALSHA with transparent NOSCRIPT reload, reconnect with exponential backoff and a
+// circuit breaker. hiredis is an implementation detail: callers see Reply/Result only.
+//
+// Contract, for every command(), evalsha():
+//   - the callback is called exactly once: with the reply, or with the reason there is none;
+//   - never from inside command()/evalsha(): a failure known at once (circuit open, backoff,
+//     closed) is delivered from a 0 ms timer; replies come from the loop;
+//   - arguments are binary safe and copied when needed: they need not outlive the call;
+//   - commands issued in the same loop turn leave in one write (pipelining);
+//   - a command without a reply by its deadline (now + command_timeout_ms) fails with Timeout;
+//     the connection is then dropped (every later reply on it would be late too), every command
+//     pending on it fails, and the client reconnects after a backoff.
+// If command()/evalsha() throws (std::bad_alloc only), nothing was queued and the callback is
+// never called. Single-threaded, like its Loop. A Client must not be destroyed from inside one
+// of its own callbacks; close() may be called from anywhere.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <initializer_list>
+#include <list>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "redis/address.hpp"
+#include "redis/loop.hpp"
+#include "redis/reply.hpp"
+#include "redis/script.hpp"
+
+struct redisAsyncContext;
+struct redisReply;
+
+namespace throttle::redis {
+
+struct Config {
+    Address address;
+    int db = 0;            // SELECT db on connect unless 0
+    std::string username;  // AUTH username password (Redis 6 ACL) when both are set
+    std::string password;  // AUTH password when set
+    uint32_t connect_timeout_ms = 1000;
+    uint32_t command_timeout_ms = 1000;
+    uint32_t backoff_initial_ms = 50;  // delay before reconnecting, doubling per failure
+    uint32_t backoff_max_ms = 5000;
+    uint32_t failure_threshold = 3;       // consecutive failures that open the circuit; 0: never
+    uint32_t cooldown_initial_ms = 1000;  // open time, doubling per failed probe
+    uint32_t cooldown_max_ms = 30000;
+};
+
+enum class LogLevel : uint8_t { Debug, Info, Warn, Error };
+using Logger = std::function<void(LogLevel, std::string_view message)>;
+using Callback = std::function<void(Result&& result)>;
+
+struct Stats {
+    uint64_t commands = 0;       // command()/evalsha() calls
+    uint64_t sent = 0;           // commands handed to the connection, handshake ones included
+    uint64_t replies = 0;        // replies received (error replies included)
+    uint64_t failed = 0;         // callbacks called with a failure
+    uint64_t timeouts = 0;       // commands that reached their deadline
+    uint64_t connects = 0;       // connection attempts
+    uint64_t reconnects = 0;     // connection attempts after a failure (backoff or probe)
+    uint64_t failures = 0;       // connection incidents counted by the breaker
+    uint64_t circuit_opens = 0;  // closed/half-open -> open transitions
+    uint64_t noscript_reloads = 0;
+};
+
+class Client {
+   public:
+    // Throws std::invalid_argument if config.address is not valid() (not numeric, no port).
+    // Does not touch the network: start() or the first command connects.
+    Client(Loop& loop, Config config, Logger logger = nullptr);
+    ~Client();  // close(), then delivers every outstanding callback (Shutdown) synchronously
+    Client(const Client&) = delete;
+    Client& operator=(const Client&) = delete;
+
+    // Starts connecting now, if not connected or connecting already (and not closed).
+    void start();
+
+    // Sends argv[0..argc) (argv[0] is the command name). (P|S)SUBSCRIBE, MONITOR, SELECT, AUTH,
+    // HELLO, SYNC, PSYNC, CLIENT REPLY are refused with Failure::Invalid: they would change the
+    // connection's state behind the client's back.
+    void command(const std::string_view* argv, size_t argc, Callback cb);
+    void command(std::initializer_list<std::string_view> argv, Callback cb) {
+        command(argv.begin(), argv.size(), std::move(cb));
+    }
+    void command(const std::vector<std::string_view>& argv, Callback cb) {
+        command(argv.data(), argv.size(), std::move(cb));
+    }
+
+    // EVALSHA script.sha() nkeys keys... args...; the script is loaded (SCRIPT LOAD) on every
+    // (re)connect from its first use on, and reloaded once, transparently, on NOSCRIPT.
+    void evalsha(const Script& script, const std::string_view* keys, size_t nkeys,
+                 const std::string_view* args, size_t nargs, Callback cb);
+    void evalsha(const Script& script, const std::vector<std::string_view>& keys,
+                 const std::vector<std::string_view>& args, Callback cb) {
+        evalsha(script, keys.data(), keys.size(), args.data(), args.size(), std::move(cb));
+    }
+    // Registers a script so that it is loaded on connect, before it is first used.
+    void add_script(const Script& script);
+
+    // Drops the connection, fails everything pending with Shutdown (from a 0 ms timer); later
+    // commands fail with Shutdown too. Idempotent.
+    void close() noexcept;
+
+    // False while a command would fail at once without touching the network: circuit open or
+    // half-open (probing), waiting to reconnect (backoff), or closed.
+    bool available() const noexcept;
+    // True once a connection is established (its handshake may still be in flight).
+    bool connected() const noexcept { return conn_ == Conn::Connected; }
+    bool circuit_open() const noexcept { return breaker_ != Breaker::Closed; }
+    const Stats& stats() const noexcept { return stats_; }
+    const Config& config() const noexcept { return cfg_; }
+    size_t pending() const noexcept { return inflight_.size() + waiting_.size(); }
+
+   private:
+    enum class Conn : uint8_t { None, Connecting, Connected };
+    enum class Breaker : uint8_t { Closed, Open, HalfOpen };
+    enum class Kind : uint8_t { User, EvalSha, Auth, Select, ScriptLoad, Ping };
+
+    struct Pending {
+        Kind kind = Kind::User;
+        bool retried = false;             // EVALSHA already reloaded its script once
+        Failure failure = Failure::None;  // set when moved to done_
+        size_t script = 0;                // EvalSha: index in scripts_
+        uint64_t deadline = 0;
+        Callback cb;
+        std::string args;          // argument bytes, when kept (waiting, EVALSHA)
+        std::vector<size_t> lens;  // their lengths
+        std::list<Pending>::iterator self;
+    };
+    struct ScriptEntry {
+        std::string sha;
+        std::string source;
+    };
+
+    static void on_reply(redisAsyncContext* ac, void* reply, void* privdata) noexcept;
+    static void on_connect(const redisAsyncContext* ac, int status) noexcept;
+    static void on_disconnect(const redisAsyncContext* ac, int status) noexcept;
+
+    void connect() noexcept;
+    void connected_now() noexcept;
+    void handle_reply(Pending& p, redisReply* r) noexcept;
+    void connection_lost(Failure why, std::string_view detail, bool hiredis_frees) noexcept;
+    void count_failure(std::string_view what) noexcept;
+    void healthy() noexcept;
+
+    Pending& new_pending(std::list<Pending>& list, Kind kind, Callback cb, uint64_t deadline);
+    static void keep_args(Pending& p, const std::string_view* argv, size_t argc);
+    bool send(Pending& p, const std::string_view* argv, size_t argc) noexcept;
+    bool send_kept(Pending& p) noexcept;
+    void send_internal(Kind kind, std::initializer_list<std::string_view> argv);
+    void fail(std::list<Pending>& from, Pending& p, Failure why) noexcept;  // moves p to done_
+    void fail_all(Failure why, bool by_deadline) noexcept;
+    void fail_soon(Callback cb, Failure why);  // may throw std::bad_alloc
+    bool admit(Callback& cb);
+    void arm_deadline(uint64_t deadline) noexcept;
+    void on_deadline() noexcept;
+    void deliver() noexcept;
+    static void invoke(Callback& cb, Result&& result, const Client* self) noexcept;
+    void log(LogLevel level, std::string_view message) const noexcept;
+    size_t script_index(const Script& script);
+
+    Loop& loop_;
+    Config cfg_;
+    Logger logger_;
+    std::string name_;  // "redis 127.0.0.1:6379"
+
+    redisAsyncContext* ac_ = nullptr;
+    Conn conn_ = Conn::None;
+    Breaker breaker_ = Breaker::Closed;
+    bool closed_ = false;
+    uint32_t consecutive_failures_ = 0;
+    uint32_t backoff_ms_;
+    uint32_t cooldown_ms_;
+    uint64_t armed_deadline_ = 0;
+
+    std::list<Pending> inflight_;  // handed to hiredis, awaiting a reply
+    std::list<Pending> waiting_;   // issued while connecting: sent once connected
+    std::list<Pending> done_;      // failures to deliver from defer_timer_
+    std::vector<ScriptEntry> scripts_;
+    Stats stats_;
+
+    std::unique_ptr<Timer> connect_timer_;
+    std::unique_ptr<Timer> deadline_timer_;
+    std::unique_ptr<Timer> retry_timer_;  // backoff, or the breaker's cool-down
+    std::unique_ptr<Timer> defer_timer_;
+};
+
+}  // namespace throttle::redis

@@ -1,0 +1,62 @@
+// Loop over libevent (layer: redis).
+#include "redis/libevent_loop.hpp"
+
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <time.h>
+
+#include <new>
+#include <utility>
+
+namespace throttle::redis {
+namespace {
+
+class LibeventTimer final : public Timer {
+   public:
+    LibeventTimer(event_base* base, std::function<void()> handler) : handler_(std::move(handler)) {
+        ev_ = evtimer_new(base, &LibeventTimer::fire, this);
+        if (ev_ == nullptr) {
+            throw std::bad_alloc();
+        }
+    }
+    ~LibeventTimer() override { event_free(ev_); }
+    LibeventTimer(const LibeventTimer&) = delete;
+    LibeventTimer& operator=(const LibeventTimer&) = delete;
+
+    void start(uint64_t ms) noexcept override {
+        timeval tv;
+        tv.tv_sec = static_cast<time_t>(ms / 1000);
+        tv.tv_usec = static_cast<suseconds_t>((ms % 1000) * 1000);
+        evtimer_add(ev_, &tv);
+    }
+    void stop() noexcept override { evtimer_del(ev_); }
+    bool active() const noexcept override { return evtimer_pending(ev_, nullptr) != 0; }
+
+   private:
+    static void fire(evutil_socket_t, short, void* arg) noexcept {
+        // The handler may destroy this timer: nothing touches `this` afterwards.
+        static_cast<LibeventTimer*>(arg)->handler_();
+    }
+
+    std::function<void()> handler_;
+    event* ev_;
+};
+
+}  // namespace
+
+uint64_t LibeventLoop::now_ms() noexcept {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
+}
+
+std::unique_ptr<Timer> LibeventLoop::create_timer(std::function<void()> handler) {
+    return std::make_unique<LibeventTimer>(base_, std::move(handler));
+}
+
+bool LibeventLoop::attach(redisAsyncContext* ac) noexcept {
+    return redisLibeventAttach(ac, base_) == REDIS_OK;
+}
+
+}  // namespace throttle::redis

@@ -1,0 +1,49 @@
+// Reply helpers (layer: redis).
+#include "redis/reply.hpp"
+
+namespace throttle::redis {
+
+bool Reply::is_error(std::string_view code) const noexcept {
+    if (type != Type::Error || str.size() < code.size() || str.compare(0, code.size(), code) != 0) {
+        return false;
+    }
+    return str.size() == code.size() || str[code.size()] == ' ';
+}
+
+const char* to_string(Failure f) noexcept {
+    switch (f) {
+        case Failure::None:
+            return "ok";
+        case Failure::Timeout:
+            return "timeout";
+        case Failure::Disconnected:
+            return "disconnected";
+        case Failure::CircuitOpen:
+            return "circuit open";
+        case Failure::Shutdown:
+            return "shutdown";
+        case Failure::Invalid:
+            return "invalid command";
+    }
+    return "unknown";
+}
+
+const char* to_string(Reply::Type t) noexcept {
+    switch (t) {
+        case Reply::Type::Nil:
+            return "nil";
+        case Reply::Type::Integer:
+            return "integer";
+        case Reply::Type::String:
+            return "string";
+        case Reply::Type::Status:
+            return "status";
+        case Reply::Type::Error:
+            return "error";
+        case Reply::Type::Array:
+            return "array";
+    }
+    return "unknown";
+}
+
+}  // namespace throttle::redis
