@@ -99,6 +99,18 @@ module_check() {
     }
 }
 
+# The module is copied into the temp dir and loaded from there: a rebuild
+# that rewrites build/*.so in place while nginx has it mapped kills the workers
+# (SIGBUS), and the copy also pins the exact binary that was measured.
+module_loaded='' module_info=''
+module_setup() {
+    [[ -z $module_loaded ]] || return 0
+    module_loaded=$tmp/$(basename "$MODULE")
+    cp "$MODULE" "$module_loaded"
+    module_info="$MODULE (built $(stat -c %y "$MODULE" | cut -d. -f1),"
+    module_info+=" sha256 $(sha256sum "$module_loaded" | cut -c1-12))"
+}
+
 module_verify() {
     # throttle_headers is on by default: a response that went through the
     # module carries RateLimit-Policy; without it we would be measuring nothing.
@@ -115,7 +127,8 @@ variant_throttle() {
             'throttle zone=bench;  (sliding window, local mode)'
         ;;
     check) module_check ;;
-    main) echo "load_module $MODULE;" ;;
+    setup) module_setup ;;
+    main) echo "load_module $module_loaded;" ;;
     http) echo 'throttle_zone $binary_remote_addr zone=bench:10m rate=1000000000r/s;' ;;
     location) echo 'throttle zone=bench;' ;;
     verify) module_verify "$2" ;;
@@ -129,7 +142,8 @@ variant_throttle_gcra() {
             'algorithm=gcra burst=1000000;  throttle zone=bench_gcra;  (local mode)'
         ;;
     check) module_check ;;
-    main) echo "load_module $MODULE;" ;;
+    setup) module_setup ;;
+    main) echo "load_module $module_loaded;" ;;
     http)
         echo 'throttle_zone $binary_remote_addr zone=bench_gcra:10m rate=1000000000r/s' \
             'algorithm=gcra burst=1000000;'
@@ -145,7 +159,8 @@ variant_throttle_nohdr() {
     case $1 in
     describe) echo 'as throttle, plus throttle_headers off;' ;;
     check) module_check ;;
-    main) echo "load_module $MODULE;" ;;
+    setup) module_setup ;;
+    main) echo "load_module $module_loaded;" ;;
     http) echo 'throttle_zone $binary_remote_addr zone=bench_nohdr:10m rate=1000000000r/s;' ;;
     location) printf '%s\n' 'throttle zone=bench_nohdr;' 'throttle_headers off;' ;;
     esac
@@ -185,17 +200,27 @@ spread() {
 # ratio A B, formatted as 0.98
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
+# nginx_trouble: show what nginx's error log says went wrong, if anything
+nginx_trouble() {
+    if grep -qE '\[(crit|alert|emerg)\]' "$tmp/error.log" 2>/dev/null; then
+        echo "nginx's error log says:" >&2
+        grep -E '\[(crit|alert|emerg)\]' "$tmp/error.log" | head -5 >&2
+    fi
+}
+
 # parse_wrk FILE: prints "RPS P99_MS REQUESTS"; fails loudly on non-2xx
 # responses or socket errors.
 parse_wrk() {
     local f=$1 what=$2
     if grep -q 'Non-2xx or 3xx responses' "$f"; then
         cat "$f" >&2
+        nginx_trouble
         die "$what: $(grep 'Non-2xx or 3xx responses' "$f" | xargs) -- a limit rejected" \
             "requests (429/503) or the file was not served; the numbers would be meaningless"
     fi
     if grep -q 'Socket errors' "$f"; then
         cat "$f" >&2
+        nginx_trouble
         die "$what: $(grep 'Socket errors' "$f" | xargs)"
     fi
     awk '
@@ -471,8 +496,9 @@ wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
     echo "load:    $load_before (1/5/15-min load average before measuring; other busy processes add noise)"
     echo "nginx:   worker_processes $WORKERS, ${nginx_cpus:+pinned to CPU $nginx_cpus}${nginx_cpus:-not pinned}," \
         "static file of $BODY_BYTES bytes, access_log off"
+    [[ -z $module_info ]] || echo "module:  $module_info"
     echo "wrk:     wrk ${wrk_args[*]} http://127.0.0.1:PORT/bench.txt${wrk_cpus:+ (pinned to CPU $wrk_cpus)}"
-    echo "method:  $WARMUP warm-up per variant, $ROUNDS interleaved round(s) of $DURATION each, median per variant"
+    echo "method:  ${WARMUP/#0/no} warm-up per variant, $ROUNDS interleaved round(s) of $DURATION each, median per variant"
     echo
     # req/s and p99 columns, then one req/s ratio and one p99 ratio per peer
     header=$(printf '%-14s %10s %8s %7s' variant 'req/s' 'p99 ms' spread)
