@@ -474,11 +474,12 @@ fi
 # Report.
 # --------------------------------------------------------------------------
 
-declare -A rps_med=() p99_med=() rps_spread=()
+declare -A rps_med=() p99_med=() rps_spread=() rps_best=()
 for v in "${variants[@]}"; do
     rps_med[$v]=$(tr ' ' '\n' <<<"${rps_all[$v]}" | grep . | median)
     p99_med[$v]=$(tr ' ' '\n' <<<"${p99_all[$v]}" | grep . | median)
     rps_spread[$v]=$(tr ' ' '\n' <<<"${rps_all[$v]}" | grep . | spread)
+    rps_best[$v]=$(tr ' ' '\n' <<<"${rps_all[$v]}" | grep . | sort -g | tail -1)
 done
 
 peers=()
@@ -520,11 +521,14 @@ wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
         [[ $v == "${peers[0]:-}" ]] && continue
         for p in "${peers[@]}"; do
             [[ $v == "$p" ]] && continue
-            echo "$v/$p = $(ratio "${rps_med[$v]}" "${rps_med[$p]}")x req/s"
+            echo "$v/$p = $(ratio "${rps_med[$v]}" "${rps_med[$p]}")x req/s" \
+                "(best round vs best round: $(ratio "${rps_best[$v]}" "${rps_best[$p]}")x)"
         done
     done
     echo
-    echo "spread = (max - min) / median of req/s over the rounds; ratios of medians."
+    echo "spread = (max - min) / median of req/s over the rounds; ratios are of medians."
+    echo "Other load on the machine only ever slows a round down, so when the spread is"
+    echo "large the best-round ratio is the better estimate of the cost."
     echo "per-round req/s:"
     for v in "${variants[@]}"; do
         printf '  %-14s %s\n' "$v" "$(for x in ${rps_all[$v]}; do printf '%.0f ' "$x"; done)"
