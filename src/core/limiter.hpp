@@ -23,18 +23,23 @@ struct Policy {
     uint64_t burst = 0;
 };
 
-// Per-key state, 16 bytes.
+// Per-key state, 24 bytes.
 //   sliding: stamp = start of the current fixed window (epoch ms, a multiple of period_ms),
 //            cur = requests counted in that window, prev = requests counted in the window before.
 //            Counts are plain sums (they add up across hosts, which a Redis flush needs).
+//            unsent_cur / unsent_prev = the part of cur / prev this host counted and has not
+//            sent to Redis yet (mode=sync, see sync.hpp); every mode keeps them, only sync
+//            mode sends them.
 //   gcra:    stamp = theoretical arrival time in epoch nanoseconds (0 = never seen);
-//            cur and prev unused (0).
+//            cur and prev unused (0); unsent_* unused.
 struct State {
     int64_t stamp = 0;
     uint32_t cur = 0;
     uint32_t prev = 0;
+    uint32_t unsent_cur = 0;
+    uint32_t unsent_prev = 0;
 };
-static_assert(sizeof(State) == 16);
+static_assert(sizeof(State) == 24);
 static_assert(std::is_trivially_copyable_v<State>);
 
 struct Decision {

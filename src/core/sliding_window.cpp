@@ -67,17 +67,22 @@ Rolled roll(const Rate& rate, const State& state, int64_t now_ms) noexcept {
         r.lead = to_ms(stamp - now);
         r.cur = state.cur;
         r.prev = state.prev;
+        r.unsent_cur = state.unsent_cur;
+        r.unsent_prev = state.unsent_prev;
     } else if (now < stamp + P) {
         r.start = state.stamp;
         r.elapsed = static_cast<int64_t>(now - stamp);
         r.cur = state.cur;
         r.prev = state.prev;
+        r.unsent_cur = state.unsent_cur;
+        r.unsent_prev = state.unsent_prev;
     } else if (now < stamp + 2 * P) {
         // stamp + P <= now <= INT64_MAX, so it fits.
         r.start = static_cast<int64_t>(stamp + P);
         r.elapsed = static_cast<int64_t>(now - (stamp + P));
         r.cur = 0;
         r.prev = state.cur;
+        r.unsent_prev = state.unsent_cur;
     } else {
         r.start = static_cast<int64_t>(now - now % P);
         r.elapsed = static_cast<int64_t>(now % P);
@@ -128,6 +133,8 @@ void record(const Rate& rate, State& state, int64_t now_ms) noexcept {
     state.stamp = r.start;
     state.prev = r.prev;
     state.cur = r.cur < count_max ? r.cur + 1 : count_max;
+    state.unsent_prev = r.unsent_prev;
+    state.unsent_cur = r.unsent_cur < count_max ? r.unsent_cur + 1 : count_max;
 }
 
 bool is_idle(const Rate& rate, const State& state, int64_t now_ms) noexcept {

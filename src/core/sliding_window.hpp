@@ -54,13 +54,16 @@ struct Rolled {
     int64_t lead = 0;     // ms the clock is behind start (clock stepped backwards), else 0
     uint32_t cur = 0;
     uint32_t prev = 0;
+    uint32_t unsent_cur = 0;   // unsent counts move with their windows; counts of windows
+    uint32_t unsent_prev = 0;  // older than the previous one are dropped (nobody reads them)
 };
 
 Rolled roll(const Rate& rate, const State& state, int64_t now_ms) noexcept;
 
 Decision evaluate(const Rate& rate, const State& state, int64_t now_ms) noexcept;
 
-// Rolls the state to now_ms, then counts one request in the current window (saturating).
+// Rolls the state to now_ms, then counts one request in the current window (saturating),
+// in cur and in unsent_cur.
 void record(const Rate& rate, State& state, int64_t now_ms) noexcept;
 
 // Both counts are zero (whatever the stamp), or both windows are past

@@ -93,7 +93,7 @@ bool compute_layout(size_t size, Layout& out) {
 
 }  // namespace
 
-static_assert(sizeof(State) == 16);
+static_assert(sizeof(State) == 24);
 static_assert(std::is_trivially_copyable_v<State>);
 
 SlotTable::Header* SlotTable::header() noexcept {
@@ -194,7 +194,7 @@ struct View {
 }  // namespace
 
 SlotTable* SlotTable::create(void* mem, size_t size, const SipKey& seed) noexcept {
-    static_assert(sizeof(Slot) == 72, "a slot is 72 bytes");
+    static_assert(sizeof(Slot) == 80, "a slot is 80 bytes");
     static_assert(sizeof(Header) % 8 == 0);
     static_assert(alignof(Header) <= 8 && alignof(Slot) <= 8);
     static_assert(std::is_trivially_copyable_v<Header> && std::is_trivially_copyable_v<Slot>);

@@ -18,6 +18,7 @@ struct ZoneConf {
     ngx_uint_t index;  // declaration order: zones are always locked in this order
     ngx_slab_pool_t* shpool;
     core::SlotTable* table;
+    size_t table_bytes;
     ngx_str_t first_use_file;  // where `throttle` first named it, for "unknown zone"
     ngx_uint_t first_use_line;
 };

@@ -99,9 +99,19 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept {
             return NGX_ERROR;
         }
         zone->shpool = old->shpool;
-        zone->table = old->table;
+        zone->table_bytes = old->table_bytes;
         ngx_shmtx_lock(&zone->shpool->mutex);
-        if ((zone->table->tag() & tag_algorithm_mask) != algorithm) {
+        zone->table = core::SlotTable::attach(old->table, old->table_bytes);
+        if (zone->table == nullptr) {  // laid out by a module build with another layout
+            zone->table = core::SlotTable::create(old->table, old->table_bytes,
+                                                  random_seed(shm_zone->shm.log));
+            zone->table->set_tag(algorithm);
+            zone->shpool->data = zone->table;
+            ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
+                          "throttle_zone \"%V\" was laid out by another module version, "
+                          "its counts start over",
+                          &shm_zone->shm.name);
+        } else if ((zone->table->tag() & tag_algorithm_mask) != algorithm) {
             zone->table->clear();
             zone->table->set_tag(algorithm);
             ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
@@ -114,9 +124,8 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept {
 
     auto* shpool = reinterpret_cast<ngx_slab_pool_t*>(shm_zone->shm.addr);
     zone->shpool = shpool;
-    if (shm_zone->shm.exists) {
-        zone->table = static_cast<core::SlotTable*>(shpool->data);
-        return NGX_OK;
+    if (shm_zone->shm.exists) {  // Windows only; never on Linux
+        return NGX_ERROR;
     }
     note_size_change(shm_zone);
 
@@ -141,6 +150,7 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept {
     table->set_tag(algorithm);
     shpool->data = table;
     zone->table = table;
+    zone->table_bytes = bytes;
     ngx_log_error(NGX_LOG_INFO, shm_zone->shm.log, 0, "throttle_zone \"%V\" holds %uz keys",
                   &shm_zone->shm.name, table->capacity());
     return NGX_OK;
