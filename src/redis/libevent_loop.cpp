@@ -4,7 +4,6 @@
 #include <event2/event.h>
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
-#include <time.h>
 
 #include <new>
 #include <utility>
@@ -45,10 +44,14 @@ class LibeventTimer final : public Timer {
 
 }  // namespace
 
+// The base's own monotonic clock (CLOCK_MONOTONIC_COARSE unless the base was created with
+// EVENT_BASE_FLAG_PRECISE_TIMER), the one its timers run on.
 uint64_t LibeventLoop::now_ms() noexcept {
-    timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
+    timeval tv;
+    if (event_gettime_monotonic(base_, &tv) != 0) {
+        return 0;
+    }
+    return static_cast<uint64_t>(tv.tv_sec) * 1000 + static_cast<uint64_t>(tv.tv_usec) / 1000;
 }
 
 std::unique_ptr<Timer> LibeventLoop::create_timer(std::function<void()> handler) {
