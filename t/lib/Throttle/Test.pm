@@ -31,6 +31,7 @@ use warnings;
 use Cwd ();
 use Errno qw(EINPROGRESS EWOULDBLOCK EAGAIN EINTR EISCONN EALREADY);
 use File::Basename ();
+use File::Copy ();
 use File::Path ();
 use File::Spec;
 use File::Temp ();
@@ -87,6 +88,16 @@ sub new {
         CLEANUP => !$ENV{TEST_NGINX_LEAVE});
     $self->{dir} = "$self->{tmp}";
     chmod 0755, $self->{dir};
+
+    # Load a private copy: a rebuild of the module while the test runs (a reload loads the
+    # file again) must not mix two builds in one test.
+    if ($self->{module}) {
+        my $copy = "$self->{dir}/" . File::Basename::basename($self->{module_path});
+        File::Copy::copy($self->{module_path}, $copy)
+            or die "copy $self->{module_path}: $!\n";
+        $self->{module_source} = $self->{module_path};
+        $self->{module_path} = $copy;
+    }
 
     $SIG{INT}  //= sub { exit 130 };
     $SIG{TERM} //= sub { exit 143 };
