@@ -15,7 +15,9 @@ http {
     log_format pids "$pid $status";
 
     server {
-        listen 127.0.0.1:%%PORT%% backlog=4096;
+        # reuseport: each worker has its own socket and the kernel spreads connections
+        # over them, so the requests are sure to be handled by several workers at once.
+        listen 127.0.0.1:%%PORT%% backlog=4096 reuseport;
         location /sliding/ { throttle zone=sliding; root %%TESTDIR%%; access_log %%TESTDIR%%/pids.log pids; }
         location /gcra/    { throttle zone=gcra; proxy_pass http://127.0.0.1:%%PORT_2%%; }
         location /keys/    { throttle zone=keys; root %%TESTDIR%%; }
