@@ -12,6 +12,8 @@ http {
     throttle_zone $binary_remote_addr zone=sliding:1m rate=100r/h;
     throttle_zone $binary_remote_addr zone=gcra:1m    rate=100r/h algorithm=gcra;
     throttle_zone $http_x_key         zone=keys:1m    rate=10r/m;
+    throttle_zone $binary_remote_addr zone=x:1m       rate=50r/h;
+    throttle_zone $binary_remote_addr zone=y:1m       rate=20r/h;
     log_format pids "$pid $status";
 
     server {
@@ -21,6 +23,8 @@ http {
         location /sliding/ { throttle zone=sliding; root %%TESTDIR%%; access_log %%TESTDIR%%/pids.log pids; }
         location /gcra/    { throttle zone=gcra; proxy_pass http://127.0.0.1:%%PORT_2%%; }
         location /keys/    { throttle zone=keys; root %%TESTDIR%%; }
+        location /xy/      { throttle zone=x; throttle zone=y; root %%TESTDIR%%; }
+        location /x/       { throttle zone=x; root %%TESTDIR%%; }
     }
     server {
         listen 127.0.0.1:%%PORT_2%% backlog=4096;
@@ -28,7 +32,7 @@ http {
     }
 }
 EOF
-$t->write_file("$_/f", "ok\n") for qw(sliding gcra keys);
+$t->write_file("$_/f", "ok\n") for qw(sliding gcra keys xy x);
 
 is(scalar(my @w = $t->worker_pids), 4, 'four worker processes');
 
@@ -60,5 +64,11 @@ my %pass;
 $pass{ $_ % 50 } += $r[$_]{status} == 200 for 0 .. $#r;
 is(scalar(grep { $pass{$_} == 10 } keys %pass), 50, 'keys: exactly 10 pass for each of 50 keys');
 is($t->tally(@r)->{429} // 0, 100, 'keys: 100 rejected');
+
+# --- two zones at once: requests rejected by y consume nothing in x, even when racing
+@r = $t->concurrent(300, sub { ['GET', '/xy/f'] });
+is($t->tally(@r)->{200} // 0, 20, 'x+y: exactly 20 of 300 concurrent requests pass (y is 20r/h)');
+@r = $t->concurrent(100, sub { ['GET', '/x/f'] });
+is($t->tally(@r)->{200} // 0, 30, 'x alone: exactly 30 more pass (x counted only the 20)');
 
 $t->done;
