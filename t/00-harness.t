@@ -29,7 +29,7 @@ $t->write_file('html/index.html', "hello\n");
 ok(-s $t->conf_path, 'config written');
 my $conf = $t->read_file('nginx.conf');
 like($conf, qr/^worker_processes 4;$/m, 'four workers by default');
-like($conf, qr/^error_log \S+\/error\.log info;$/m, 'error log in the test directory');
+like($conf, qr/^error_log \S+\/error\.log \w+;$/m, 'error log in the test directory');
 unlike($conf, qr/load_module/, 'no load_module when module => 0');
 unlike($conf, qr/%%/, 'every placeholder replaced');
 isnt($t->port(1), $t->port(2), 'two distinct ports');
