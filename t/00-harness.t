@@ -96,6 +96,23 @@ like($out, qr/invalid rate "rate=100r\/x"/, 'nginx -t output has the message');
 $t->log_like(qr/start worker process/, 'log_like');
 $t->log_unlike(qr/invalid rate/, 'nginx -t errors stay out of error.log');
 
+# The response parser.
+$r = Throttle::Test::parse_response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+    . "X-A: 1\r\nx-a: 2\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n");
+is($r->{body}, 'hello world', 'chunked body decoded');
+is($r->{headers}{'x-a'}, '1, 2', 'repeated headers joined whatever their case');
+$r = Throttle::Test::parse_response("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
+is($r->{error}, 'short body', 'a short body is reported');
+$r = Throttle::Test::parse_response("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", 1);
+ok(!$r->{error} && $r->{body} eq '', 'HEAD: no body expected');
+$r = $t->request('HEAD', '/index.html');
+is_deeply([$r->{status}, $r->{body}, $r->{error}], [200, '', undef], 'HEAD request');
+$r = $t->get('/', Connection => 'close');
+is($r->{status}, 200, 'index served (explicit Connection header is not doubled)');
+$r = $t->request('GET', '/', {}, undef, port => $t->port(9));
+is($r->{status}, 0, 'connection refused: status 0');
+like($r->{error}, qr/connect/, 'connection refused: error says so');
+
 # The teardown check, on a made-up log.
 my $u = Throttle::Test->new(module => 0);
 my $log = join "\n",
