@@ -206,7 +206,8 @@ sub _full_conf {
 sub write_conf {
     my ($self, $text) = @_;
     $self->{conf_text} = $text;
-    $self->{expect_workers} = $text =~ /^worker_processes\s+(\d+)/m ? $1 : $self->{workers};
+    $self->{expect_workers} = $text =~ /^master_process\s+off/m ? 0
+        : $text =~ /^worker_processes\s+(\d+)/m ? $1 : $self->{workers};
     $self->write_file('nginx.conf', $self->_full_conf($text, "$self->{dir}/error.log"));
     return $self;
 }
