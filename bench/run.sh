@@ -197,6 +197,14 @@ spread() {
         printf "%.1f\n", (m > 0) ? (v[NR] - v[1]) * 100 / m : 0 }'
 }
 
+# paired_ratios "A1 A2 .." "B1 B2 ..": "A1/B1 A2/B2 .." formatted as 0.98
+paired_ratios() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " ")
+        for (i = 1; i <= n; i++) printf "%s%.2f", (i > 1 ? " " : ""), (y[i] > 0 ? x[i] / y[i] : 0)
+    }'
+}
+
 # ratio A B, formatted as 0.98
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
@@ -474,12 +482,11 @@ fi
 # Report.
 # --------------------------------------------------------------------------
 
-declare -A rps_med=() p99_med=() rps_spread=() rps_best=()
+declare -A rps_med=() p99_med=() rps_spread=()
 for v in "${variants[@]}"; do
     rps_med[$v]=$(tr ' ' '\n' <<<"${rps_all[$v]}" | grep . | median)
     p99_med[$v]=$(tr ' ' '\n' <<<"${p99_all[$v]}" | grep . | median)
     rps_spread[$v]=$(tr ' ' '\n' <<<"${rps_all[$v]}" | grep . | spread)
-    rps_best[$v]=$(tr ' ' '\n' <<<"${rps_all[$v]}" | grep . | sort -g | tail -1)
 done
 
 peers=()
@@ -522,13 +529,13 @@ wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
         for p in "${peers[@]}"; do
             [[ $v == "$p" ]] && continue
             echo "$v/$p = $(ratio "${rps_med[$v]}" "${rps_med[$p]}")x req/s" \
-                "(best round vs best round: $(ratio "${rps_best[$v]}" "${rps_best[$p]}")x)"
+                "(round by round: $(paired_ratios "${rps_all[$v]}" "${rps_all[$p]}"))"
         done
     done
     echo
     echo "spread = (max - min) / median of req/s over the rounds; ratios are of medians."
-    echo "Other load on the machine only ever slows a round down, so when the spread is"
-    echo "large the best-round ratio is the better estimate of the cost."
+    echo "A ratio closer to 1.00x than the spread is noise; the round-by-round ratios"
+    echo "show whether it holds in every round."
     echo "per-round req/s:"
     for v in "${variants[@]}"; do
         printf '  %-14s %s\n' "$v" "$(for x in ${rps_all[$v]}; do printf '%.0f ' "$x"; done)"
