@@ -82,7 +82,7 @@ char* throttle_zone_directive(ngx_conf_t* cf, ngx_command_t*, void*) noexcept {
                 return conf_error();
             }
             if (size < static_cast<ssize_t>(8 * ngx_pagesize)) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "zone \"%V\" is too small", &v);
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "zone \"%V\" is too small", &name);
                 return conf_error();
             }
             continue;
