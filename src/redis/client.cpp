@@ -146,6 +146,8 @@ Client::Client(Loop& loop, Config config, Logger logger)
         throw std::invalid_argument("invalid redis address \"" + cfg_.address.to_string() +
                                     "\": a numeric IPv4/IPv6 address and a port, or unix:PATH");
     }
+    cfg_.connect_timeout_ms = std::max<uint32_t>(cfg_.connect_timeout_ms, 1);
+    cfg_.command_timeout_ms = std::max<uint32_t>(cfg_.command_timeout_ms, 1);
     cfg_.backoff_initial_ms = std::max<uint32_t>(cfg_.backoff_initial_ms, 1);
     cfg_.backoff_max_ms = std::max(cfg_.backoff_max_ms, cfg_.backoff_initial_ms);
     cfg_.cooldown_initial_ms = std::max<uint32_t>(cfg_.cooldown_initial_ms, 1);
@@ -187,6 +189,16 @@ void Client::start() {
         return;
     }
     connect();
+}
+
+size_t Client::pending() const noexcept {
+    size_t n = 0;
+    for (const std::list<Pending>* list : {&inflight_, &waiting_}) {
+        for (const Pending& p : *list) {
+            n += p.kind == Kind::User || p.kind == Kind::EvalSha;
+        }
+    }
+    return n;
 }
 
 bool Client::available() const noexcept {

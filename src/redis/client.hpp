@@ -112,7 +112,8 @@ class Client {
     bool circuit_open() const noexcept { return breaker_ != Breaker::Closed; }
     const Stats& stats() const noexcept { return stats_; }
     const Config& config() const noexcept { return cfg_; }
-    size_t pending() const noexcept { return inflight_.size() + waiting_.size(); }
+    // Commands of the caller's awaiting a reply or a connection.
+    size_t pending() const noexcept;
 
    private:
     enum class Conn : uint8_t { None, Connecting, Connected };

@@ -176,6 +176,27 @@ TEST_F(RedisClientTest, UnixSocket) {
     rmdir(dir.c_str());
 }
 
+TEST_F(RedisClientTest, Ipv6Loopback) {
+    int probe = socket(AF_INET6, SOCK_STREAM, 0);
+    sockaddr_in6 sin6{};
+    sin6.sin6_family = AF_INET6;
+    sin6.sin6_addr = in6addr_loopback;
+    bool have_ipv6 =
+        probe >= 0 && bind(probe, reinterpret_cast<sockaddr*>(&sin6), sizeof(sin6)) == 0;
+    if (probe >= 0) {
+        close(probe);
+    }
+    if (!have_ipv6) {
+        GTEST_SKIP() << "no IPv6 loopback here";
+    }
+    RedisServer server({"--bind", "127.0.0.1", "::1"});
+    ASSERT_TRUE(server.start());
+    Config cfg = config(server);
+    ASSERT_TRUE(Address::parse("[::1]:" + std::to_string(server.port()), cfg.address));
+    Client client(ev.loop(), cfg, logger());
+    EXPECT_EQ(call(client, {"PING"}).result.reply.str, "PONG");
+}
+
 // Commands issued in one loop turn leave in one write: the server sees them in one read
 // (INFO stats total_reads_processed), where the same commands issued one per turn take one
 // read each.
