@@ -12,6 +12,8 @@ namespace throttle::ngx {
 class RedisLoop final : public redis::Loop {
    public:
     explicit RedisLoop(ngx_log_t* log) noexcept;
+    RedisLoop(const RedisLoop&) = delete;
+    RedisLoop& operator=(const RedisLoop&) = delete;
 
     uint64_t now_ms() noexcept override { return uint64_t(ngx_current_msec); }
     std::unique_ptr<redis::Timer> create_timer(std::function<void()> handler) override;
