@@ -23,7 +23,7 @@ struct Policy {
     uint64_t burst = 0;
 };
 
-// Per-key state, 24 bytes.
+// Per-key state, 32 bytes.
 //   sliding: stamp = start of the current fixed window (epoch ms, a multiple of period_ms),
 //            cur = requests counted in that window, prev = requests counted in the window before.
 //            Counts are plain sums (they add up across hosts, which a Redis flush needs).
@@ -32,14 +32,17 @@ struct Policy {
 //            mode sends them.
 //   gcra:    stamp = theoretical arrival time in epoch nanoseconds (0 = never seen);
 //            cur and prev unused (0); unsent_* unused.
+//   blocked_until (both, mode=strict): epoch ms until which Redis said this key is over its
+//            limit; the key is rejected locally until then without asking Redis again.
 struct State {
     int64_t stamp = 0;
     uint32_t cur = 0;
     uint32_t prev = 0;
     uint32_t unsent_cur = 0;
     uint32_t unsent_prev = 0;
+    int64_t blocked_until = 0;
 };
-static_assert(sizeof(State) == 24);
+static_assert(sizeof(State) == 32);
 static_assert(std::is_trivially_copyable_v<State>);
 
 struct Decision {

@@ -93,7 +93,7 @@ bool compute_layout(size_t size, Layout& out) {
 
 }  // namespace
 
-static_assert(sizeof(State) == 24);
+static_assert(sizeof(State) == 32);
 static_assert(std::is_trivially_copyable_v<State>);
 
 SlotTable::Header* SlotTable::header() noexcept {
@@ -194,7 +194,7 @@ struct View {
 }  // namespace
 
 SlotTable* SlotTable::create(void* mem, size_t size, const SipKey& seed) noexcept {
-    static_assert(sizeof(Slot) == 80, "a slot is 80 bytes");
+    static_assert(sizeof(Slot) == 88, "a slot is 88 bytes");
     static_assert(sizeof(Header) % 8 == 0);
     static_assert(alignof(Header) <= 8 && alignof(Slot) <= 8);
     static_assert(std::is_trivially_copyable_v<Header> && std::is_trivially_copyable_v<Slot>);
@@ -311,9 +311,11 @@ LookupResult SlotTable::lookup(const void* key, size_t len) noexcept {
     return r;
 }
 
-State* SlotTable::find(const void* key, size_t len) noexcept {
+State* SlotTable::find(const void* key, size_t len) noexcept { return find(make_key(key, len)); }
+
+State* SlotTable::find(const StoredKey& key) noexcept {
     View<Header, Slot> v(header());
-    uint32_t i = v.chain_find(make_key(key, len));
+    uint32_t i = v.chain_find(key);
     return i == none ? nullptr : &v.slots[i].state;
 }
 

@@ -3,7 +3,7 @@
 // Pure C++, no nginx header (layer: core). Not thread-safe: the caller holds the zone's lock.
 //
 // Layout: [Header][bucket heads: uint32 x nbuckets][Slot x capacity]. Links are 32-bit
-// indices, not pointers, so the block is position independent. Every slot is 80 bytes and
+// indices, not pointers, so the block is position independent. Every slot is 88 bytes and
 // holds everything for a key: bucket-chain link, LRU links, hash, State and the key bytes.
 // Keys up to 32 bytes are stored as they are; longer keys are stored as their SHA-256 digest
 // (flagged, so a 32-byte key never equals the digest of a long one). Bucket hashes are
@@ -39,7 +39,7 @@ struct LookupResult {
 
 class SlotTable {
    public:
-    static constexpr uint32_t magic_value = 0x54484c32;  // "THL2" (24-byte State)
+    static constexpr uint32_t magic_value = 0x54484c33;  // "THL3" (32-byte State)
 
     // Lays out an empty table in [mem, mem + size). mem must be 8-byte aligned.
     // Returns nullptr when size cannot hold at least 8 slots.
@@ -56,6 +56,8 @@ class SlotTable {
     LookupResult lookup(const void* key, size_t len) noexcept;
     // Finds the key without inserting or touching the LRU order; nullptr when absent.
     State* find(const void* key, size_t len) noexcept;
+    // The same, for a key as make_key() or for_each() gave it.
+    State* find(const StoredKey& key) noexcept;
     // Forgets every key (keeps the seed).
     void clear() noexcept;
 
