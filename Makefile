@@ -55,7 +55,7 @@ $(BUILD)/sources.list: FORCE
 
 $(MODULE): $(SOURCES) $(NGX_TREE)/objs/Makefile
 	$(MAKE) --no-print-directory -C $(NGX_TREE) -f objs/Makefile modules
-	cp $(NGX_TREE)/objs/ngx_http_throttle_module.so $@
+	cp $(NGX_TREE)/objs/ngx_http_throttle_module.so $@.tmp && mv -f $@.tmp $@  # running nginx keep the old file
 
 FORCE:
 

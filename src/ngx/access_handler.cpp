@@ -1,70 +1,150 @@
 // The pre-access phase check: every zone of the location whose key is not empty must admit
 // the request; only then is it counted, in all of them at once.
+//
+// Local and sync zones are decided in shared memory. Strict zones are decided in Redis, by
+// one script call for all of them (all-or-nothing), while the request waits on nginx's event
+// loop; when Redis cannot answer (down, slow, circuit open), each strict zone follows its
+// fallback: local (decide on this host's counts), open (skip it) or closed (reject).
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+
 #include "ngx/conf.hpp"
+#include "ngx/worker.hpp"
+#include "redis/scripts.hpp"
 
 namespace throttle::ngx {
 namespace {
 
 constexpr uint64_t tag_full_logged = 0x100;
 
+enum class Role : uint8_t {
+    local,   // decided here (local and sync zones; strict zones falling back to local)
+    remote,  // decided by Redis (strict zones)
+    open,    // strict zone, Redis unavailable, fallback=open: not applied
+    closed,  // strict zone, Redis unavailable, fallback=closed: rejects
+};
+
 struct Applied {
     ZoneConf* zone;
     ngx_str_t key;
+    Role role;
     core::State* state;
     core::Decision decision;
     bool full;  // this request found the zone full of unexpired keys (first time)
 };
 
+struct Check {
+    Applied* applied;
+    ngx_uint_t n;
+    bool fallback;  // some strict zone could not ask Redis
+};
+
 int64_t ceil_seconds(int64_t ms) noexcept { return ms <= 0 ? 0 : (ms + 999) / 1000; }
 
-// Locks the zones (already in their global order), decides, and counts only if all admit.
-// Returns false when some zone rejects.
-bool decide(Applied* applied, ngx_uint_t n, int64_t now) noexcept {
-    for (ngx_uint_t i = 0; i < n; i++) {
-        ngx_shmtx_lock(&applied[i].zone->shpool->mutex);
+void lock(Check& c) noexcept {
+    for (ngx_uint_t i = 0; i < c.n; i++) {
+        ngx_shmtx_lock(&c.applied[i].zone->shpool->mutex);
     }
+}
+
+void unlock(Check& c) noexcept {
+    for (ngx_uint_t i = c.n; i-- > 0;) {
+        ngx_shmtx_unlock(&c.applied[i].zone->shpool->mutex);
+    }
+}
+
+// Under the locks: finds every key's state and decides what can be decided here.
+// Returns false when some zone rejects. A remote zone is rejected here only while Redis said
+// its key is over the limit (blocked_until).
+bool decide_here(Check& c, int64_t now) noexcept {
     bool all = true;
-    for (ngx_uint_t i = 0; i < n; i++) {
-        ZoneConf* z = applied[i].zone;
-        core::LookupResult res = z->table->lookup(applied[i].key.data, applied[i].key.len);
+    for (ngx_uint_t i = 0; i < c.n; i++) {
+        Applied& a = c.applied[i];
+        ZoneConf* z = a.zone;
+        core::LookupResult res = z->table->lookup(a.key.data, a.key.len);
         if (res.evicted && !core::is_idle(z->policy, res.victim, now) &&
             !(z->table->tag() & tag_full_logged)) {
             z->table->set_tag(z->table->tag() | tag_full_logged);
-            applied[i].full = true;
+            a.full = true;
         }
-        applied[i].state = res.state;
-        applied[i].decision = core::evaluate(z->policy, *res.state, now);
-        all = all && applied[i].decision.allowed;
-    }
-    if (all) {
-        for (ngx_uint_t i = 0; i < n; i++) {
-            core::record(applied[i].zone->policy, *applied[i].state, now);
+        a.state = res.state;
+        switch (a.role) {
+            case Role::local:
+                a.decision = core::evaluate(z->policy, *a.state, now);
+                break;
+            case Role::remote:
+                a.decision = core::Decision{};
+                a.decision.allowed = a.state->blocked_until <= now;
+                a.decision.limit = core::quota(z->policy);
+                a.decision.remaining = a.decision.limit;
+                if (!a.decision.allowed) {
+                    a.decision.retry_after_ms = a.state->blocked_until - now;
+                    a.decision.reset_ms = a.decision.retry_after_ms;
+                    a.decision.remaining = 0;
+                }
+                break;
+            case Role::open:
+                a.decision = core::Decision{};
+                a.decision.allowed = true;
+                a.decision.limit = core::quota(z->policy);
+                a.decision.remaining = a.decision.limit;
+                break;
+            case Role::closed:
+                a.decision = core::Decision{};
+                a.decision.allowed = false;
+                a.decision.limit = core::quota(z->policy);
+                a.decision.retry_after_ms = 1000;
+                break;
         }
-    }
-    for (ngx_uint_t i = n; i-- > 0;) {
-        ngx_shmtx_unlock(&applied[i].zone->shpool->mutex);
+        all = all && a.decision.allowed;
     }
     return all;
 }
 
+// Under the locks: counts the request in every zone decided here; strict zones also count
+// it locally, so that a fallback to local later starts from this host's real traffic.
+void record_here(Check& c, int64_t now) noexcept {
+    for (ngx_uint_t i = 0; i < c.n; i++) {
+        Applied& a = c.applied[i];
+        if (a.role == Role::local || a.role == Role::remote) {
+            core::record(a.zone->policy, *a.state, now);
+        }
+    }
+}
+
+void log_full(ngx_http_request_t* r, const Check& c) noexcept {
+    for (ngx_uint_t i = 0; i < c.n; i++) {
+        if (c.applied[i].full) {
+            ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                          "throttle_zone \"%V\" is full: evicting keys whose counts have not "
+                          "expired yet, increase its size",
+                          &c.applied[i].zone->name);
+        }
+    }
+}
+
 // Picks the zone the response describes: the rejecting zone that asks the longest wait,
-// or, when all admitted, the one with the fewest requests left.
-const Applied& most_restrictive(const Applied* applied, ngx_uint_t n, bool admitted) noexcept {
+// or, when all admitted, the one with the fewest requests left (open zones excluded).
+const Applied* most_restrictive(const Check& c, bool admitted) noexcept {
     const Applied* best = nullptr;
-    for (ngx_uint_t i = 0; i < n; i++) {
-        const core::Decision& d = applied[i].decision;
+    for (ngx_uint_t i = 0; i < c.n; i++) {
+        const Applied& a = c.applied[i];
+        const core::Decision& d = a.decision;
         if (!admitted) {
             if (!d.allowed &&
                 (best == nullptr || d.retry_after_ms > best->decision.retry_after_ms)) {
-                best = &applied[i];
+                best = &a;
             }
-        } else if (best == nullptr || d.remaining < best->decision.remaining ||
-                   (d.remaining == best->decision.remaining &&
-                    d.reset_ms > best->decision.reset_ms)) {
-            best = &applied[i];
+        } else if (a.role != Role::open &&
+                   (best == nullptr || d.remaining < best->decision.remaining ||
+                    (d.remaining == best->decision.remaining &&
+                     d.reset_ms > best->decision.reset_ms))) {
+            best = &a;
         }
     }
-    return *best;
+    return best;
 }
 
 const char* title_for(ngx_uint_t status) noexcept {
@@ -125,6 +205,191 @@ ngx_int_t reject(ngx_http_request_t* r, const LocConf* lcf, const RequestCtx* ct
     return NGX_DONE;
 }
 
+// Records the decision in the request's context and logs a rejection. Returns whether the
+// request is to be answered with the reject status now.
+bool conclude(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, const Check& c,
+              bool admitted) noexcept {
+    log_full(r, c);
+    const Applied* shown = most_restrictive(c, admitted);
+    if (admitted) {
+        ctx->outcome = c.fallback ? Outcome::passed_fallback : Outcome::passed;
+    } else if (lcf->dry_run) {
+        ctx->outcome = Outcome::rejected_dry_run;
+    } else {
+        ctx->outcome = c.fallback ? Outcome::rejected_fallback : Outcome::rejected;
+    }
+    ctx->headers = lcf->headers && shown != nullptr;
+    if (shown != nullptr) {
+        ctx->zone_name = &shown->zone->name;
+        ctx->limit = shown->decision.limit;
+        ctx->remaining = shown->decision.remaining;
+        ctx->window_s = core::window_seconds(shown->zone->policy);
+        ctx->reset_s = ceil_seconds(shown->decision.reset_ms);
+        ctx->retry_after_s =
+            admitted ? 0 : ngx_max(1, ceil_seconds(shown->decision.retry_after_ms));
+    }
+    if (admitted) {
+        return false;
+    }
+    ngx_log_error(lcf->log_level, r->connection->log, 0,
+                  "limiting request%s%s by zone \"%V\", retry after %Ls",
+                  lcf->dry_run ? ", dry run," : "", c.fallback ? " (redis fallback)" : "",
+                  &shown->zone->name, ctx->retry_after_s);
+    return !lcf->dry_run;
+}
+
+// Decides everything here (no remote zone left). Returns whether the request was admitted.
+bool decide_locally(Check& c, int64_t now) noexcept {
+    lock(c);
+    bool admitted = decide_here(c, now);
+    if (admitted) {
+        record_here(c, now);
+    }
+    unlock(c);
+    return admitted;
+}
+
+// Redis could not answer: every remote zone takes its fallback.
+void fall_back(Check& c) noexcept {
+    for (ngx_uint_t i = 0; i < c.n; i++) {
+        Applied& a = c.applied[i];
+        if (a.role == Role::remote) {
+            a.role = a.zone->fallback == Fallback::local  ? Role::local
+                     : a.zone->fallback == Fallback::open ? Role::open
+                                                          : Role::closed;
+            c.fallback = true;
+        }
+    }
+}
+
+// A request waiting for Redis. Lives on the heap: the request may be gone (client closed,
+// worker terminating) before the reply; the request pool's cleanup tells it so.
+struct Waiting {
+    ngx_http_request_t* r;
+    Check check;
+    bool request_gone = false;
+    bool reply_done = false;
+};
+
+void waiting_cleanup(void* data) noexcept {
+    auto* w = static_cast<Waiting*>(data);
+    if (w->reply_done) {
+        delete w;
+    } else {
+        w->request_gone = true;
+    }
+}
+
+void resume(ngx_http_request_t* r) noexcept {
+    ngx_connection_t* c = r->connection;
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler = ngx_http_core_run_phases;
+    ngx_http_core_run_phases(r);
+    ngx_http_finalize_request(r, NGX_DONE);  // the reference taken while waiting
+    ngx_http_run_posted_requests(c);
+}
+
+// Redis answered (or could not): decide, then let the request go on.
+void on_strict_reply(Waiting* w, redis::Result&& result) noexcept {
+    if (w->request_gone || worker_exiting()) {
+        if (w->request_gone) {
+            delete w;
+        }
+        return;
+    }
+    w->reply_done = true;
+    ngx_http_request_t* r = w->r;
+    Check& c = w->check;
+    auto* lcf = static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_throttle_module));
+    RequestCtx* ctx = get_ctx(r);
+    int64_t now = now_ms();
+
+    size_t remote = 0;
+    for (ngx_uint_t i = 0; i < c.n; i++) {
+        remote += c.applied[i].role == Role::remote;
+    }
+    std::vector<redis::StrictDecision> decisions;
+    int64_t redis_now = 0;
+    bool good = false;
+    try {
+        good = result.ok() &&
+               redis::parse_strict_reply(result.reply, remote, redis_now, decisions);
+    } catch (...) {
+    }
+
+    bool admitted;
+    if (!good) {
+        fall_back(c);
+        admitted = decide_locally(c, now);
+    } else {
+        lock(c);
+        admitted = decide_here(c, now);  // local zones again: time has passed
+        size_t k = 0;
+        for (ngx_uint_t i = 0; i < c.n; i++) {
+            Applied& a = c.applied[i];
+            if (a.role != Role::remote) {
+                continue;
+            }
+            const redis::StrictDecision& d = decisions[k++];
+            a.decision.allowed = d.allowed;
+            a.decision.remaining = d.allowed ? d.remaining : 0;
+            a.decision.reset_ms = d.reset_ms;
+            a.decision.retry_after_ms = d.allowed ? 0 : d.retry_after_ms;
+            if (!d.allowed) {
+                // Over the limit in Redis: reject locally until then, without asking.
+                a.state->blocked_until = now + ngx_max(d.retry_after_ms, 1);
+                admitted = false;
+            }
+        }
+        if (admitted) {
+            record_here(c, now);
+        }
+        unlock(c);
+    }
+    ctx->respond = conclude(r, lcf, ctx, c, admitted);
+    resume(r);
+}
+
+// Asks Redis for the remote zones. Returns false when the request could not be sent.
+bool ask_redis(ngx_http_request_t* r, Check& c, redis::Client* client) noexcept {
+    const RedisSettings* rs = redis_settings();
+    Waiting* w = nullptr;
+    try {
+        ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, 0);
+        if (cln == nullptr) {
+            return false;
+        }
+        std::vector<redis::StrictZone> zones;
+        for (ngx_uint_t i = 0; i < c.n; i++) {
+            const Applied& a = c.applied[i];
+            if (a.role != Role::remote) {
+                continue;
+            }
+            const core::Policy& p = a.zone->policy;
+            core::StoredKey key = a.zone->table->make_key(a.key.data, a.key.len);
+            zones.push_back(redis::StrictZone{static_cast<uint8_t>(p.algorithm), p.rate.limit,
+                                              p.rate.period_ms, p.burst,
+                                              redis_base(*rs, *a.zone, key)});
+        }
+        w = new Waiting{r, c};
+        cln->handler = waiting_cleanup;
+        cln->data = w;
+        redis::EvalArgs call;
+        if (!redis::build_strict_args(zones, call)) {
+            w->reply_done = true;  // the pool cleanup frees it
+            return false;
+        }
+        client->evalsha(redis::strict_script(), call.keys(), call.args(),
+                        [w](redis::Result&& result) { on_strict_reply(w, std::move(result)); });
+        return true;
+    } catch (...) {
+        if (w != nullptr) {
+            w->reply_done = true;  // the pool cleanup frees it
+        }
+        return false;
+    }
+}
+
 }  // namespace
 
 ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
@@ -132,8 +397,19 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
         return NGX_DECLINED;
     }
     auto* lcf = static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_throttle_module));
-    if (lcf->zones == nullptr || lcf->zones->nelts == 0 || get_ctx(r) != nullptr) {
-        return NGX_DECLINED;  // nothing to check, or decided before an internal redirect
+    if (lcf->zones == nullptr || lcf->zones->nelts == 0) {
+        return NGX_DECLINED;
+    }
+    if (RequestCtx* ctx = get_ctx(r)) {
+        // Decided already: before an internal redirect, or while waiting for Redis.
+        if (ctx->outcome == Outcome::pending) {
+            return NGX_AGAIN;
+        }
+        if (ctx->respond) {
+            ctx->respond = false;
+            return reject(r, lcf, ctx);
+        }
+        return NGX_DECLINED;
     }
 
     ngx_uint_t total = lcf->zones->nelts;
@@ -142,7 +418,10 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
     if (applied == nullptr) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    ngx_uint_t n = 0;
+    redis::Client* client = redis_client();
+    bool redis_up = client != nullptr && client->available();
+    Check c{applied, 0, false};
+    bool remote = false;
     for (ngx_uint_t i = 0; i < total; i++) {
         ngx_str_t key;
         if (ngx_http_complex_value(r, &zones[i]->key, &key) != NGX_OK) {
@@ -151,47 +430,49 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
         if (key.len == 0) {
             continue;  // an empty key: this zone does not apply to the request
         }
-        applied[n++] = Applied{zones[i], key, nullptr, core::Decision{}, false};
+        Role role = zones[i]->mode == Mode::strict ? Role::remote : Role::local;
+        remote = remote || role == Role::remote;
+        applied[c.n++] = Applied{zones[i], key, role, nullptr, core::Decision{}, false};
     }
-    if (n == 0) {
+    if (c.n == 0) {
         return NGX_DECLINED;
     }
-
-    int64_t now = now_ms();
-    bool admitted = decide(applied, n, now);
-
-    for (ngx_uint_t i = 0; i < n; i++) {
-        if (applied[i].full) {
-            ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
-                          "throttle_zone \"%V\" is full: evicting keys whose counts have not "
-                          "expired yet, increase its size",
-                          &applied[i].zone->name);
-        }
+    if (remote && !redis_up) {
+        fall_back(c);
+        remote = false;
     }
 
     RequestCtx* ctx = create_ctx(r);
     if (ctx == nullptr) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    const Applied& shown = most_restrictive(applied, n, admitted);
-    ctx->outcome = admitted         ? Outcome::passed
-                   : lcf->dry_run ? Outcome::rejected_dry_run
-                                  : Outcome::rejected;
-    ctx->headers = lcf->headers;
-    ctx->zone_name = &shown.zone->name;
-    ctx->limit = shown.decision.limit;
-    ctx->remaining = shown.decision.remaining;
-    ctx->window_s = core::window_seconds(shown.zone->policy);
-    ctx->reset_s = ceil_seconds(shown.decision.reset_ms);
-    ctx->retry_after_s = admitted ? 0 : ngx_max(1, ceil_seconds(shown.decision.retry_after_ms));
+    int64_t now = now_ms();
 
-    if (admitted) {
-        return NGX_DECLINED;
+    if (remote) {
+        // Zones decided here first: a request they reject costs Redis nothing.
+        lock(c);
+        bool admitted = decide_here(c, now);
+        unlock(c);
+        if (admitted) {
+            if (ask_redis(r, c, client)) {
+                ctx->outcome = Outcome::pending;
+                r->main->count++;
+                r->read_event_handler = ngx_http_test_reading;
+                r->write_event_handler = ngx_http_request_empty_handler;
+                return NGX_DONE;
+            }
+            fall_back(c);
+        }
+        if (!admitted) {
+            if (!conclude(r, lcf, ctx, c, false)) {
+                return NGX_DECLINED;
+            }
+            return reject(r, lcf, ctx);
+        }
     }
-    ngx_log_error(lcf->log_level, r->connection->log, 0,
-                  "limiting request%s by zone \"%V\", retry after %Ls",
-                  lcf->dry_run ? ", dry run," : "", &shown.zone->name, ctx->retry_after_s);
-    if (lcf->dry_run) {
+
+    bool admitted = decide_locally(c, now);
+    if (!conclude(r, lcf, ctx, c, admitted)) {
         return NGX_DECLINED;
     }
     return reject(r, lcf, ctx);

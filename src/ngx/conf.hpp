@@ -7,7 +7,21 @@
 #include "core/slot_table.hpp"
 #include "ngx/ngx.hpp"
 
+namespace throttle::redis {
+struct Config;
+}
+
 namespace throttle::ngx {
+
+enum class Mode : uint8_t { local = 0, sync, strict };
+enum class Fallback : uint8_t { local = 0, open, closed };
+
+// What every worker of a host shares for one zone (in the zone's shared memory).
+struct ZoneShared {
+    ngx_atomic_t next_flush_ms;  // mode=sync: the worker that moves this on flushes
+    core::SlotTable* table;
+    size_t table_bytes;
+};
 
 // One `throttle_zone` (or a zone named by `throttle` before its `throttle_zone` was read).
 struct ZoneConf {
@@ -16,15 +30,27 @@ struct ZoneConf {
     ngx_http_complex_value_t key;  // key.value.data == nullptr until throttle_zone is read
     core::Policy policy;
     ngx_uint_t index;  // declaration order: zones are always locked in this order
+    Mode mode;
+    Fallback fallback;
+    ngx_msec_t sync_interval;
     ngx_slab_pool_t* shpool;
-    core::SlotTable* table;
-    size_t table_bytes;
+    ZoneShared* shared;
+    core::SlotTable* table;  // shared->table
     ngx_str_t first_use_file;  // where `throttle` first named it, for "unknown zone"
     ngx_uint_t first_use_line;
 };
 
+// `throttle_redis`: owned by the configuration's pool (destroyed by a pool cleanup).
+struct RedisSettings {
+    redis::Config* client;  // address resolved at configuration time
+    ngx_str_t prefix;       // default "throttle:"
+    ngx_str_t text;         // the address as written, for logs
+};
+
 struct MainConf {
-    ngx_array_t zones;  // of ZoneConf*
+    ngx_array_t zones;     // of ZoneConf*
+    RedisSettings* redis;  // nullptr without throttle_redis
+    bool remote_zones;     // some zone has mode=sync or mode=strict
 };
 
 struct LocConf {
@@ -35,11 +61,20 @@ struct LocConf {
     ngx_uint_t log_level;
 };
 
-enum class Outcome : ngx_uint_t { none = 0, passed, rejected, rejected_dry_run };
+enum class Outcome : ngx_uint_t {
+    none = 0,
+    passed,
+    rejected,
+    rejected_dry_run,
+    passed_fallback,    // passed while Redis could not answer for a strict zone
+    rejected_fallback,  // rejected by the fallback while Redis could not answer
+    pending,            // waiting for Redis
+};
 
 // Decided once per main request, kept across internal redirects (see request_ctx.cpp).
 struct RequestCtx {
     Outcome outcome;
+    bool respond;                // decided while waiting: the handler still has to answer
     bool headers;                // throttle_headers of the location that decided
     const ngx_str_t* zone_name;  // the zone the RateLimit fields describe
     uint64_t limit;
@@ -59,9 +94,14 @@ ZoneConf* find_or_add_zone(ngx_conf_t* cf, MainConf* mcf, const ngx_str_t& name)
 ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept;
 int64_t now_ms() noexcept;
 
-// directives (zone_directive.cpp, throttle_directive.cpp)
+// directives (zone_directive.cpp, throttle_directive.cpp, redis_directive.cpp)
 char* throttle_zone_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
 char* throttle_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* throttle_redis_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+
+// worker.cpp: the per-worker Redis client and sync timers
+ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept;
+void exit_worker(ngx_cycle_t* cycle) noexcept;
 
 // handlers (access_handler.cpp, header_filter.cpp, variables.cpp)
 ngx_int_t access_handler(ngx_http_request_t* r) noexcept;

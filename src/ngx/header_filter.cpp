@@ -26,10 +26,10 @@ ngx_int_t header_filter(ngx_http_request_t* r) noexcept {
         return next_header_filter(r);
     }
     RequestCtx* ctx = get_ctx(r);
-    if (ctx == nullptr || ctx->outcome == Outcome::none) {
+    if (ctx == nullptr || ctx->outcome == Outcome::none || ctx->outcome == Outcome::pending) {
         return next_header_filter(r);
     }
-    size_t len = 2 * (ctx->zone_name->len + 2 * NGX_INT64_LEN + sizeof("\"\";q=;w="));
+    size_t len = 2 * ((ctx->zone_name ? ctx->zone_name->len : 0) + 2 * NGX_INT64_LEN + sizeof("\"\";q=;w="));
     auto* buf = static_cast<u_char*>(ngx_pnalloc(r->pool, len + NGX_INT64_LEN));
     if (buf == nullptr) {
         return NGX_ERROR;
@@ -48,7 +48,7 @@ ngx_int_t header_filter(ngx_http_request_t* r) noexcept {
         }
         p = end;
     }
-    if (ctx->outcome == Outcome::rejected) {
+    if (ctx->outcome == Outcome::rejected || ctx->outcome == Outcome::rejected_fallback) {
         u_char* end = ngx_sprintf(p, "%L", ctx->retry_after_s);
         if (add_header(r, "Retry-After", p, end) != NGX_OK) {
             return NGX_ERROR;

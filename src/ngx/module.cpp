@@ -19,6 +19,8 @@ ngx_conf_num_bounds_t status_bounds = {ngx_conf_check_num_bounds, 400, 599};
 ngx_command_t commands[] = {
     {ngx_string("throttle_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_2MORE, throttle_zone_directive, 0,
      0, nullptr},
+    {ngx_string("throttle_redis"), NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE, throttle_redis_directive,
+     0, 0, nullptr},
     {ngx_string("throttle"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      throttle_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
@@ -56,6 +58,13 @@ char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept {
         if (zones[i]->key.value.data == nullptr) {
             ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "unknown throttle_zone \"%V\" in %V:%ui",
                           &zones[i]->name, &zones[i]->first_use_file, zones[i]->first_use_line);
+            return static_cast<char*>(NGX_CONF_ERROR);
+        }
+        if (zones[i]->mode != Mode::local && mcf->redis == nullptr) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "throttle_zone \"%V\" has \"mode=%s\" but \"throttle_redis\" is not "
+                          "configured",
+                          &zones[i]->name, zones[i]->mode == Mode::sync ? "sync" : "strict");
             return static_cast<char*>(NGX_CONF_ERROR);
         }
     }
@@ -124,10 +133,10 @@ ngx_module_t ngx_http_throttle_module = {
     NGX_HTTP_MODULE,
     nullptr,
     nullptr,
+    throttle::ngx::init_worker,
     nullptr,
     nullptr,
-    nullptr,
-    nullptr,
+    throttle::ngx::exit_worker,
     nullptr,
     NGX_MODULE_V1_PADDING,
 };

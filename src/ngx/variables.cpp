@@ -9,6 +9,9 @@ ngx_str_t outcome_names[] = {
     ngx_string("PASSED"),
     ngx_string("REJECTED"),
     ngx_string("REJECTED_DRY_RUN"),
+    ngx_string("PASSED_FALLBACK"),
+    ngx_string("REJECTED_FALLBACK"),
+    ngx_string("PENDING"),
 };
 
 void set_not_found(ngx_http_variable_value_t* v) noexcept { v->not_found = 1; }
@@ -32,7 +35,7 @@ ngx_int_t status_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
 ngx_int_t remaining_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
                              uintptr_t) noexcept {
     RequestCtx* ctx = get_ctx(r);
-    if (ctx == nullptr || ctx->outcome == Outcome::none) {
+    if (ctx == nullptr || ctx->outcome == Outcome::none || ctx->zone_name == nullptr) {
         set_not_found(v);
         return NGX_OK;
     }

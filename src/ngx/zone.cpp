@@ -99,32 +99,34 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept {
             return NGX_ERROR;
         }
         zone->shpool = old->shpool;
-        zone->table_bytes = old->table_bytes;
+        zone->shared = old->shared;
+        ZoneShared* sh = zone->shared;
         ngx_shmtx_lock(&zone->shpool->mutex);
-        zone->table = core::SlotTable::attach(old->table, old->table_bytes);
-        if (zone->table == nullptr) {  // laid out by a module build with another layout
-            zone->table = core::SlotTable::create(old->table, old->table_bytes,
-                                                  random_seed(shm_zone->shm.log));
-            zone->table->set_tag(algorithm);
-            zone->shpool->data = zone->table;
+        core::SlotTable* table = core::SlotTable::attach(sh->table, sh->table_bytes);
+        if (table == nullptr) {  // laid out by a module build with another layout
+            table = core::SlotTable::create(sh->table, sh->table_bytes,
+                                            random_seed(shm_zone->shm.log));
+            table->set_tag(algorithm);
             ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
                           "throttle_zone \"%V\" was laid out by another module version, "
                           "its counts start over",
                           &shm_zone->shm.name);
-        } else if ((zone->table->tag() & tag_algorithm_mask) != algorithm) {
-            zone->table->clear();
-            zone->table->set_tag(algorithm);
+        } else if ((table->tag() & tag_algorithm_mask) != algorithm) {
+            table->clear();
+            table->set_tag(algorithm);
             ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
                           "throttle_zone \"%V\" changed its algorithm, its counts start over",
                           &shm_zone->shm.name);
         }
+        sh->table = table;
+        zone->table = table;
         ngx_shmtx_unlock(&zone->shpool->mutex);
         return NGX_OK;
     }
 
     auto* shpool = reinterpret_cast<ngx_slab_pool_t*>(shm_zone->shm.addr);
     zone->shpool = shpool;
-    if (shm_zone->shm.exists) {  // Windows only; never on Linux
+    if (shm_zone->shm.exists) {  // Windows only
         return NGX_ERROR;
     }
     note_size_change(shm_zone);
@@ -132,7 +134,8 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept {
     static const char log_fmt[] = " in throttle_zone \"\"";
     size_t log_len = sizeof(log_fmt) + shm_zone->shm.name.len;
     shpool->log_ctx = static_cast<u_char*>(ngx_slab_alloc(shpool, log_len));
-    if (shpool->log_ctx == nullptr) {
+    auto* sh = static_cast<ZoneShared*>(ngx_slab_calloc(shpool, sizeof(ZoneShared)));
+    if (shpool->log_ctx == nullptr || sh == nullptr) {
         return NGX_ERROR;
     }
     ngx_sprintf(shpool->log_ctx, " in throttle_zone \"%V\"%Z", &shm_zone->shm.name);
@@ -148,9 +151,11 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept {
         return NGX_ERROR;
     }
     table->set_tag(algorithm);
-    shpool->data = table;
+    sh->table = table;
+    sh->table_bytes = bytes;
+    shpool->data = sh;
+    zone->shared = sh;
     zone->table = table;
-    zone->table_bytes = bytes;
     ngx_log_error(NGX_LOG_INFO, shm_zone->shm.log, 0, "throttle_zone \"%V\" holds %uz keys",
                   &shm_zone->shm.name, table->capacity());
     return NGX_OK;

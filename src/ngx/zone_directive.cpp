@@ -3,6 +3,7 @@
 
 #include "core/rate.hpp"
 #include "ngx/conf.hpp"
+#include "redis/scripts.hpp"
 
 namespace throttle::ngx {
 namespace {
@@ -58,6 +59,10 @@ char* throttle_zone_directive(ngx_conf_t* cf, ngx_command_t*, void*) noexcept {
     bool have_rate = false;
     bool have_burst = false;
     const ngx_str_t* burst_arg = nullptr;
+    Mode mode = Mode::local;
+    Fallback fallback = Fallback::local;
+    ngx_msec_t sync_interval = 1000;
+    const ngx_str_t* sync_arg = nullptr;
 
     for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
         const ngx_str_t& v = value[i];
@@ -119,6 +124,46 @@ char* throttle_zone_directive(ngx_conf_t* cf, ngx_command_t*, void*) noexcept {
             burst_arg = &v;
             continue;
         }
+        if (starts_with(v, "mode=")) {
+            std::string_view m = after(v, 5);
+            if (m == "local") {
+                mode = Mode::local;
+            } else if (m == "sync") {
+                mode = Mode::sync;
+            } else if (m == "strict") {
+                mode = Mode::strict;
+            } else {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid mode \"%V\"", &v);
+                return conf_error();
+            }
+            continue;
+        }
+        if (starts_with(v, "sync=")) {
+            ngx_str_t t{v.len - 5, v.data + 5};
+            ngx_msec_t ms = ngx_parse_time(&t, 0);
+            if (ms == static_cast<ngx_msec_t>(NGX_ERROR) || ms < 10) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid sync interval \"%V\" (10ms at least)", &v);
+                return conf_error();
+            }
+            sync_interval = ms;
+            sync_arg = &v;
+            continue;
+        }
+        if (starts_with(v, "fallback=")) {
+            std::string_view f = after(v, 9);
+            if (f == "local") {
+                fallback = Fallback::local;
+            } else if (f == "open") {
+                fallback = Fallback::open;
+            } else if (f == "closed") {
+                fallback = Fallback::closed;
+            } else {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid fallback \"%V\"", &v);
+                return conf_error();
+            }
+            continue;
+        }
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter \"%V\"", &v);
         return conf_error();
     }
@@ -137,6 +182,25 @@ char* throttle_zone_directive(ngx_conf_t* cf, ngx_command_t*, void*) noexcept {
         return conf_error();
     }
 
+    if (sync_arg != nullptr && mode != Mode::sync) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" requires \"mode=sync\"", sync_arg);
+        return conf_error();
+    }
+    if (mode == Mode::sync && policy.algorithm != core::Algorithm::sliding) {
+        // A GCRA arrival time is not a count: hosts cannot add theirs up.
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"mode=sync\" requires \"algorithm=sliding\" (use \"mode=strict\" "
+                           "for gcra across hosts)");
+        return conf_error();
+    }
+    if (mode == Mode::strict &&
+        !redis::strict_exact(static_cast<uint8_t>(policy.algorithm), policy.rate.limit,
+                             policy.rate.period_ms, policy.burst)) {
+        // Redis' Lua computes in doubles: exact below 2^53 only.
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "rate too large for \"mode=strict\"");
+        return conf_error();
+    }
+
     ZoneConf* zone = find_or_add_zone(cf, mcf, name);
     if (zone == nullptr) {
         return conf_error();
@@ -152,6 +216,12 @@ char* throttle_zone_directive(ngx_conf_t* cf, ngx_command_t*, void*) noexcept {
     }
     zone->key = key;
     zone->policy = policy;
+    zone->mode = mode;
+    zone->fallback = fallback;
+    zone->sync_interval = sync_interval;
+    if (mode != Mode::local) {
+        mcf->remote_zones = true;
+    }
     zone->shm_zone = shm_zone;
     shm_zone->init = init_zone;
     shm_zone->data = zone;

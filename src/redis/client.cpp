@@ -13,8 +13,11 @@
 // is dropped, so callbacks hiredis runs while freeing it (NULL replies, disconnect) are ignored.
 #include "redis/client.hpp"
 
+#include "redis/hiredis_reply.hpp"
+
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+
 #include <strings.h>
 
 #include <algorithm>
@@ -73,37 +76,6 @@ bool refused(const std::string_view* argv, size_t argc) noexcept {
         }
     }
     return argc >= 2 && iequals(argv[0], "client") && iequals(argv[1], "reply");
-}
-
-void convert(const redisReply* r, Reply& out) {
-    switch (r->type) {
-        case REDIS_REPLY_STRING:
-            out.type = Reply::Type::String;
-            out.str.assign(r->str, r->len);
-            break;
-        case REDIS_REPLY_STATUS:
-            out.type = Reply::Type::Status;
-            out.str.assign(r->str, r->len);
-            break;
-        case REDIS_REPLY_ERROR:
-            out.type = Reply::Type::Error;
-            out.str.assign(r->str, r->len);
-            break;
-        case REDIS_REPLY_INTEGER:
-            out.type = Reply::Type::Integer;
-            out.integer = r->integer;
-            break;
-        case REDIS_REPLY_ARRAY:
-            out.type = Reply::Type::Array;
-            out.elements.resize(r->elements);
-            for (size_t i = 0; i < r->elements; i++) {
-                convert(r->element[i], out.elements[i]);
-            }
-            break;
-        default:
-            out.type = Reply::Type::Nil;
-            break;
-    }
 }
 
 // The argv/argvlen arrays redisAsyncCommandArgv wants, on the stack for short commands.
@@ -716,7 +688,7 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
     healthy();
     Result result;
     try {
-        convert(r, result.reply);
+        convert_reply(r, result.reply);
     } catch (...) {
         result.reply = Reply();
         result.failure = Failure::Disconnected;

@@ -47,3 +47,40 @@ const char* to_string(Reply::Type t) noexcept {
 }
 
 }  // namespace throttle::redis
+
+#include "redis/hiredis_reply.hpp"
+
+namespace throttle::redis {
+
+void convert_reply(const redisReply* r, Reply& out) {
+    switch (r->type) {
+        case REDIS_REPLY_STRING:
+            out.type = Reply::Type::String;
+            out.str.assign(r->str, r->len);
+            break;
+        case REDIS_REPLY_STATUS:
+            out.type = Reply::Type::Status;
+            out.str.assign(r->str, r->len);
+            break;
+        case REDIS_REPLY_ERROR:
+            out.type = Reply::Type::Error;
+            out.str.assign(r->str, r->len);
+            break;
+        case REDIS_REPLY_INTEGER:
+            out.type = Reply::Type::Integer;
+            out.integer = r->integer;
+            break;
+        case REDIS_REPLY_ARRAY:
+            out.type = Reply::Type::Array;
+            out.elements.resize(r->elements);
+            for (size_t i = 0; i < r->elements; i++) {
+                convert_reply(r->element[i], out.elements[i]);
+            }
+            break;
+        default:
+            out.type = Reply::Type::Nil;
+            break;
+    }
+}
+
+}  // namespace throttle::redis
