@@ -6,20 +6,12 @@
 #include <string_view>
 
 #include "ngx/conf.hpp"
+#include "ngx/directive_args.hpp"
 #include "redis/client.hpp"
 
 namespace throttle::ngx {
 namespace {
 
-char* conf_error() noexcept { return static_cast<char*>(NGX_CONF_ERROR); }
-
-bool starts_with(const ngx_str_t& v, std::string_view prefix) noexcept {
-    return v.len >= prefix.size() && ngx_strncmp(v.data, prefix.data(), prefix.size()) == 0;
-}
-
-std::string after(const ngx_str_t& v, size_t n) {
-    return std::string(reinterpret_cast<const char*>(v.data) + n, v.len - n);
-}
 
 void destroy_settings(void* data) noexcept {
     delete static_cast<redis::Config*>(data);
@@ -74,7 +66,7 @@ char* parse(ngx_conf_t* cf, MainConf* mcf) {
     // The address: unix:/path, or host[:port] resolved now.
     const ngx_str_t& addr = value[1];
     if (starts_with(addr, "unix:")) {
-        cfg->address.unix_path = after(addr, 5);
+        cfg->address.unix_path = std::string(after(addr, 5));
         if (cfg->address.unix_path.empty()) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid address \"%V\"", &addr);
             return conf_error();
@@ -106,16 +98,16 @@ char* parse(ngx_conf_t* cf, MainConf* mcf) {
             }
             cfg->db = static_cast<int>(db);
         } else if (starts_with(v, "username=")) {
-            cfg->username = after(v, 9);
+            cfg->username = std::string(after(v, 9));
         } else if (starts_with(v, "password=")) {
-            cfg->password = after(v, 9);
+            cfg->password = std::string(after(v, 9));
         } else if (starts_with(v, "password_file=")) {
             if (!read_password_file(cf, v, cfg->password)) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "cannot read \"%V\"", &v);
                 return conf_error();
             }
         } else if (starts_with(v, "password_env=")) {
-            std::string name = after(v, 13);
+            std::string name(after(v, 13));
             const char* secret = name.empty() ? nullptr : getenv(name.c_str());
             if (secret == nullptr) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,

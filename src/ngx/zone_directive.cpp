@@ -3,18 +3,11 @@
 
 #include "core/rate.hpp"
 #include "ngx/conf.hpp"
+#include "ngx/directive_args.hpp"
 #include "redis/scripts.hpp"
 
 namespace throttle::ngx {
 namespace {
-
-bool starts_with(const ngx_str_t& v, std::string_view prefix) noexcept {
-    return v.len >= prefix.size() && ngx_strncmp(v.data, prefix.data(), prefix.size()) == 0;
-}
-
-std::string_view after(const ngx_str_t& v, size_t n) noexcept {
-    return {reinterpret_cast<const char*>(v.data) + n, v.len - n};
-}
 
 // Zone names appear quoted in response headers (RFC 8941 strings) and JSON bodies.
 bool valid_zone_name(const ngx_str_t& name) noexcept {
@@ -28,8 +21,6 @@ bool valid_zone_name(const ngx_str_t& name) noexcept {
     }
     return true;
 }
-
-char* conf_error() noexcept { return static_cast<char*>(NGX_CONF_ERROR); }
 
 }  // namespace
 
