@@ -566,30 +566,37 @@ sub get {
 
 # Opens $n connections at once (non-blocking), sends every request, then reads every
 # response. $make->($i) returns [$method, $path, \%headers or \@pairs, $body] for
-# request $i (0-based). Options: timeout => 60 (overall deadline), port =>.
-# Returns the responses in request order.
+# request $i (0-based); it may add `port => $p` after the body to send that request to
+# another port (e.g. a second instance). Options: timeout => 60 (overall deadline), port =>.
+# Returns the responses in request order; each has `elapsed`, seconds from connect to close.
 sub concurrent {
     my ($self, $n, $make, %opt) = @_;
     my $limit = _nofile_limit();
     die "concurrent($n): RLIMIT_NOFILE is $limit, too low; raise it with ulimit -n "
         . "(or call need_fds($n) to skip)\n"
         if defined $limit && $limit < $n + 64;
-    my @reqs = map { _build_request(@{ $make->($_) }) } 0 .. $n - 1;
-    return $self->_exchange(\@reqs, $opt{port}, $opt{timeout} // 60);
+    my (@reqs, @ports);
+    for my $i (0 .. $n - 1) {
+        my ($method, $path, $headers, $body, %ropt) = @{ $make->($i) };
+        push @reqs, _build_request($method, $path, $headers, $body);
+        push @ports, $ropt{port} // $opt{port};
+    }
+    return $self->_exchange(\@reqs, \@ports, $opt{timeout} // 60);
 }
 
+# $port: one port for every request, or an array of ports (one per request, undef: PORT).
 sub _exchange {
     my ($self, $reqs, $port, $timeout) = @_;
-    $port //= $self->port(1);
+    my @port = ref $port eq 'ARRAY' ? @$port : ($port) x @$reqs;
     my $deadline = time + $timeout;
-    my $addr = sockaddr_in($port, inet_aton('127.0.0.1'));
     my (@c, %by_fd);
     my $rsel = IO::Select->new;
     my $wsel = IO::Select->new;
 
     for my $i (0 .. $#$reqs) {
-        my $c = { i => $i, out => $reqs->[$i], in => '' };
+        my $c = { i => $i, out => $reqs->[$i], in => '', t0 => time };
         push @c, $c;
+        my $addr = sockaddr_in($port[$i] // $self->port(1), inet_aton('127.0.0.1'));
         my $fh;
         unless (socket $fh, PF_INET, SOCK_STREAM, 0) {
             $c->{error} = "socket: $!";
@@ -647,6 +654,7 @@ sub _exchange {
                 $c->{done} = 1;
             }
             if ($c->{done}) {
+                $c->{t1} = time;
                 $rsel->remove($fh);
                 close $fh;
             }
@@ -662,6 +670,7 @@ sub _exchange {
         my $resp = parse_response($c->{in}, $reqs->[$c->{i}] =~ /^HEAD /);
         $resp->{error} = $c->{error} if $c->{error};
         $resp->{status} = 0 if $c->{error};
+        $resp->{elapsed} = ($c->{t1} // time) - $c->{t0};
         push @out, $resp;
     }
     return @out;

@@ -1,0 +1,372 @@
+package Throttle::Redis;
+
+# A real redis-server for the integration tests (core Perl only).
+#
+#   my $t = Throttle::Test->new;
+#   my $redis = Throttle::Redis->new(t => $t);          # started, PING answered
+#   $t->write_conf($redis->fill(<<'EOF'))->run;
+#   http {
+#       throttle_redis %%REDIS%% timeout=50ms;          # 127.0.0.1:PORT
+#       ...
+#   }
+#   EOF
+#   is($redis->get('throttle:{z:k}:...'), 100);
+#   $redis->pause; ... $redis->resume;                  # SIGSTOP / SIGCONT
+#   $redis->kill;  ... $redis->restart;                 # same port, empty
+#
+# The server listens on a free loopback port (and, with unixsocket => 1, on a socket in its
+# directory), persists nothing (--save '' --appendonly no) and runs in its own directory
+# (under the Throttle::Test's temp directory when given t =>). It is stopped when the object
+# goes away and, whatever happens to the test, at END.
+#
+# Several Throttle::Test objects may run at once in one test (each has its own temp directory,
+# pid file and ports): two nginx instances sharing one Redis are two Throttle::Test objects
+# whose configurations both say `throttle_redis %%REDIS%%`.
+
+use strict;
+use warnings;
+
+use File::Path ();
+use File::Spec;
+use File::Temp ();
+use IO::Select;
+use IO::Socket::INET;
+use POSIX qw(WNOHANG);
+use Scalar::Util ();
+use Test::More ();
+use Time::HiRes qw(time sleep);
+
+my %LIVE;    # "pid" => weakened object, for END
+my $SEQ = 0;
+
+# Options: t => Throttle::Test (directory under its temp dir), dir => directory,
+# password => 'secret' (--requirepass), users => ['alice on >pw ~* &* +@all', ...] (ACL
+# users), unixsocket => 1, args => [extra redis-server arguments], start => 0 (do not start).
+# Skips the test file when redis-server or redis-cli is missing.
+sub new {
+    my ($class, %opt) = @_;
+    my $server = $ENV{TEST_REDIS_SERVER} // '/usr/bin/redis-server';
+    my $cli    = $ENV{TEST_REDIS_CLI}    // '/usr/bin/redis-cli';
+    Test::More::plan(skip_all => "no redis-server at $server (apt-get install redis-server)")
+        unless -x $server;
+    Test::More::plan(skip_all => "no redis-cli at $cli") unless -x $cli;
+
+    my $self = bless {
+        server   => $server,
+        cli_path => $cli,
+        password => $opt{password},
+        users    => $opt{users} // [],
+        args     => $opt{args} // [],
+        owner    => $$,
+        starts   => 0,
+    }, $class;
+
+    my $n = ++$SEQ;
+    if ($opt{dir}) {
+        $self->{dir} = $opt{dir};
+    } elsif ($opt{t}) {
+        $self->{dir} = $opt{t}->testdir . "/redis-$n";
+    } else {
+        my $base = $ENV{TEST_NGINX_TMPDIR} // File::Spec->tmpdir;
+        $self->{tmp} = File::Temp->newdir('throttle-redis-XXXXXX', DIR => $base,
+            CLEANUP => !$ENV{TEST_NGINX_LEAVE});
+        $self->{dir} = "$self->{tmp}";
+    }
+    File::Path::make_path($self->{dir});
+    $self->{socket} = "$self->{dir}/redis.sock" if $opt{unixsocket};
+    $self->{port} = $opt{port} // (
+        $opt{t} ? $opt{t}->port("redis$n") : Throttle::Redis::_free_port());
+
+    $self->start unless defined $opt{start} && !$opt{start};
+    return $self;
+}
+
+sub port     { $_[0]{port} }
+sub pid      { $_[0]{pid} }
+sub dir      { $_[0]{dir} }
+sub socket   { $_[0]{socket} }
+sub address  { "127.0.0.1:$_[0]{port}" }
+sub running  { defined $_[0]{pid} }
+sub log_path { "$_[0]{dir}/redis.log" }
+
+# Replaces %%REDIS%% (127.0.0.1:PORT), %%REDIS_PORT%% and %%REDIS_SOCKET%% in a config.
+sub fill {
+    my ($self, $text) = @_;
+    my $addr = $self->address;
+    $text =~ s/%%REDIS%%/$addr/g;
+    $text =~ s/%%REDIS_PORT%%/$self->{port}/g;
+    $text =~ s/%%REDIS_SOCKET%%/$self->{socket} \/\/ die "no unixsocket\n"/ge;
+    return $text;
+}
+
+sub _free_port {
+    for (1 .. 1000) {
+        my $port = 20000 + int(rand(12000));
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $port,
+            Proto => 'tcp', Listen => 1, ReuseAddr => 1) or next;
+        close $s;
+        return $port;
+    }
+    die "no free port found\n";
+}
+
+# ---------------------------------------------------------------------------------------
+# process
+
+# Starts redis-server (empty) and waits until it answers PING (10 s at most).
+sub start {
+    my ($self) = @_;
+    die "redis already running\n" if $self->{pid};
+    my @cmd = ($self->{server},
+        '--port', $self->{port}, '--bind', '127.0.0.1', '--protected-mode', 'no',
+        '--save', '', '--appendonly', 'no', '--daemonize', 'no',
+        '--dir', $self->{dir}, '--dbfilename', 'dump.rdb',
+        '--logfile', $self->log_path, '--loglevel', 'notice');
+    push @cmd, '--unixsocket', $self->{socket}, '--unixsocketperm', '700' if $self->{socket};
+    push @cmd, '--requirepass', $self->{password} if defined $self->{password};
+    push @cmd, map { ('--user', split ' ') } @{ $self->{users} };
+    push @cmd, @{ $self->{args} };
+
+    my $pid = fork // die "fork: $!\n";
+    if ($pid == 0) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', "$self->{dir}/redis.out" or POSIX::_exit(126);
+        open STDERR, '>&', \*STDOUT or POSIX::_exit(126);
+        exec { $cmd[0] } @cmd or POSIX::_exit(127);
+    }
+    $self->{pid} = $pid;
+    $self->{starts}++;
+    $LIVE{$pid} = $self;
+    Scalar::Util::weaken($LIVE{$pid});
+
+    my $deadline = time + 10;
+    while (1) {
+        if (waitpid($pid, WNOHANG) == $pid) {
+            delete $LIVE{$pid};
+            delete $self->{pid};
+            die "redis-server exited at start (status $?):\n" . _slurp($self->log_path)
+                . _slurp("$self->{dir}/redis.out");
+        }
+        my $pong = eval { $self->cli({ timeout => 1 }, 'PING') } // '';
+        last if $pong eq 'PONG';
+        if (time > $deadline) {
+            $self->stop;
+            die "redis-server did not answer PING within 10s:\n" . _slurp($self->log_path);
+        }
+        sleep 0.01;
+    }
+    return $self;
+}
+
+# Stops the server (SIGCONT in case it is paused, SIGTERM, then SIGKILL) and reaps it.
+sub stop {
+    my ($self) = @_;
+    my $pid = $self->{pid} or return $self;
+    return $self if $$ != $self->{owner};
+    CORE::kill 'CONT', $pid;
+    CORE::kill 'TERM', $pid;
+    my $deadline = time + 5;
+    while (time < $deadline) {
+        last if waitpid($pid, WNOHANG) == $pid;
+        sleep 0.01;
+    }
+    if (CORE::kill 0, $pid) {
+        CORE::kill 'KILL', $pid;
+        waitpid $pid, 0;
+    }
+    delete $LIVE{$pid};
+    delete $self->{pid};
+    delete $self->{paused};
+    return $self;
+}
+
+# SIGKILL: the server is gone at once (connections reset, the port refuses).
+sub kill {
+    my ($self) = @_;
+    my $pid = $self->{pid} or return $self;
+    CORE::kill 'KILL', $pid;
+    waitpid $pid, 0;
+    delete $LIVE{$pid};
+    delete $self->{pid};
+    delete $self->{paused};
+    return $self;
+}
+
+# Starts again on the same port, with no data.
+sub restart {
+    my ($self) = @_;
+    $self->kill if $self->{pid};
+    unlink "$self->{dir}/dump.rdb";
+    return $self->start;
+}
+
+# SIGSTOP: the server hangs (connections are accepted by the kernel, nothing answers).
+sub pause {
+    my ($self) = @_;
+    CORE::kill 'STOP', $self->{pid} or die "pause: no redis process\n";
+    $self->{paused} = 1;
+    return $self;
+}
+
+sub resume {
+    my ($self) = @_;
+    CORE::kill 'CONT', $self->{pid} or die "resume: no redis process\n";
+    delete $self->{paused};
+    return $self;
+}
+
+sub DESTROY {
+    my ($self) = @_;
+    return if $$ != ($self->{owner} // 0);
+    local ($?, $!, $@);
+    $self->stop if $self->{pid};
+}
+
+END {
+    for my $r (grep { defined } values %LIVE) {
+        local $?;
+        $r->stop;
+    }
+}
+
+# ---------------------------------------------------------------------------------------
+# commands
+
+# Runs redis-cli -p PORT @args and returns its output (raw: one value per line), chomped;
+# in list context, the lines. An optional first argument { timeout => 5, db => N } sets a
+# deadline (the client is killed then, and cli dies) and the database. Dies when redis-cli
+# fails to run; a Redis error reply is returned as text ("ERR ...", "WRONGPASS ...").
+sub cli {
+    my ($self, @args) = @_;
+    my $opt = ref $args[0] eq 'HASH' ? shift @args : {};
+    my $timeout = $opt->{timeout} // 5;
+    my @cmd = ($self->{cli_path}, '-h', '127.0.0.1', '-p', $self->{port});
+    push @cmd, '-n', $opt->{db} if defined $opt->{db};
+    push @cmd, @args;
+
+    pipe my $rd, my $wr or die "pipe: $!\n";
+    my $pid = fork // die "fork: $!\n";
+    if ($pid == 0) {
+        close $rd;
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>&', $wr or POSIX::_exit(126);
+        open STDERR, '>&', $wr or POSIX::_exit(126);
+        if (defined $self->{password}) {
+            $ENV{REDISCLI_AUTH} = $self->{password};
+        } else {
+            delete $ENV{REDISCLI_AUTH};
+        }
+        exec { $cmd[0] } @cmd or POSIX::_exit(127);
+    }
+    close $wr;
+    my $out = '';
+    my $deadline = time + $timeout;
+    my $sel = IO::Select->new($rd);
+    while (1) {
+        my $left = $deadline - time;
+        if ($left <= 0) {
+            CORE::kill 'KILL', $pid;
+            waitpid $pid, 0;
+            close $rd;
+            die "redis-cli @args: no answer within ${timeout}s\n";
+        }
+        next unless $sel->can_read($left);
+        my $n = sysread $rd, $out, 65536, length $out;
+        last if !$n;
+    }
+    close $rd;
+    waitpid $pid, 0;
+    die "redis-cli @args: could not run (status $?)\n" if $? >> 8 == 126 || $? >> 8 == 127;
+    $out =~ s/\n\z//;
+    return wantarray ? split(/\n/, $out) : $out;
+}
+
+# Value of a string key (undef when missing).
+sub get {
+    my ($self, $key, %opt) = @_;
+    my $v = $self->cli({ db => $opt{db} }, 'GET', $key);
+    return $v eq '' ? undef : $v;
+}
+
+# Keys matching a pattern (KEYS), sorted.
+sub keys {
+    my ($self, $pattern, %opt) = @_;
+    my @k = grep { length } $self->cli({ db => $opt{db} }, 'KEYS', $pattern // '*');
+    return sort @k;
+}
+
+# { key => value } of the keys matching a pattern, and their sum (second value in list context).
+sub values_of {
+    my ($self, $pattern, %opt) = @_;
+    my %v;
+    for my $k ($self->keys($pattern, %opt)) {
+        $v{$k} = $self->cli({ db => $opt{db} }, 'GET', $k);
+    }
+    my $sum = 0;
+    $sum += $_ =~ /^\d+$/ ? $_ : 0 for values %v;
+    return wantarray ? (\%v, $sum) : \%v;
+}
+
+# Sum of the integer values of the keys matching a pattern (0 when there are none).
+sub sum {
+    my ($self, $pattern, %opt) = @_;
+    my (undef, $sum) = $self->values_of($pattern, %opt);
+    return $sum;
+}
+
+# INFO commandstats as { command => calls } (lowercase names: evalsha, eval, script|load, ...).
+sub info_commandstats {
+    my ($self) = @_;
+    my %calls;
+    for ($self->cli('INFO', 'commandstats')) {
+        $calls{$1} = $2 if /^cmdstat_([^:]+):calls=(\d+)/;
+    }
+    return \%calls;
+}
+
+# Script calls so far (EVALSHA + EVAL).
+sub script_calls {
+    my ($self) = @_;
+    my $s = $self->info_commandstats;
+    return ($s->{evalsha} // 0) + ($s->{eval} // 0);
+}
+
+# CONFIG RESETSTAT: commandstats start from zero.
+sub reset_stats {
+    my ($self) = @_;
+    $self->cli('CONFIG', 'RESETSTAT');
+    return $self;
+}
+
+# Connected clients other than redis-cli itself (INFO clients).
+sub clients {
+    my ($self) = @_;
+    my ($n) = map { /^connected_clients:(\d+)/ ? $1 : () } $self->cli('INFO', 'clients');
+    return ($n // 1) - 1;
+}
+
+# ---------------------------------------------------------------------------------------
+# polling
+
+# Calls $cond until it returns true or $timeout seconds pass (polling every $step s).
+# Returns the last value of $cond (false on timeout).
+sub wait_for {
+    my ($cond, %opt) = @_;
+    my $deadline = time + ($opt{timeout} // 10);
+    my $step = $opt{step} // 0.02;
+    while (1) {
+        my $v = $cond->();
+        return $v if $v;
+        return $v if time > $deadline;
+        sleep $step;
+    }
+}
+
+sub _slurp {
+    my ($path) = @_;
+    open my $fh, '<', $path or return '';
+    local $/;
+    return <$fh> // '';
+}
+
+1;
