@@ -362,6 +362,17 @@ sub wait_for {
     }
 }
 
+# Windows are aligned to the epoch (r/h: each UTC hour). A test that checks exact counts in
+# one window calls this first: if fewer than $needed seconds are left in the current window
+# of $period seconds, it waits for the next one (at most $needed seconds).
+sub clear_of_window_edge {
+    my ($period, $needed) = @_;
+    my $now = time;
+    my $left = $period - ($now - $period * int($now / $period));
+    sleep $left + 0.05 if $left < $needed;
+    return;
+}
+
 sub _slurp {
     my ($path) = @_;
     open my $fh, '<', $path or return '';
