@@ -1,0 +1,181 @@
+// The two Lua scripts the module runs in Redis (7.0), their argument builders and reply parsers
+// (layer: redis). No nginx header, no hiredis type: arguments go to Client::evalsha(), replies
+// come back as Reply.
+//
+// Key layout (hash-tag friendly: every key of one client key shares the tag {ZONE:KEY}, so a
+// later Redis Cluster needs no migration):
+//   BASE            = PREFIX "{" ZONE ":" KEY "}"        (base_key(); KEY: the stored key bytes,
+//                     binary safe, may hold NUL, '{', '}', ':'; PREFIX should hold no '{',
+//                     which would move the tag into it, and "{}" would make Redis hash whole
+//                     names, putting a key's windows in different slots)
+//   BASE ":" W      = sliding window starting at W (epoch ms, decimal, no sign, no leading zero):
+//                     the number of requests counted in it over all hosts (a string integer)
+//   BASE ":gcra"    = GCRA theoretical arrival time, epoch microseconds (a string integer)
+// The scripts touch only these names, built from their KEYS. Both start with "#!lua" (Redis 7
+// script flags, none set): in a cluster Redis refuses a script that touches a name outside its
+// KEYS' slot (t/redis/scripts_test.cpp runs both on a one-node cluster). A strict call over
+// several zones, or a flush batch, spans several slots: cluster support will need one call per
+// slot (and strict's all-or-nothing then only holds within a slot).
+//
+// STRICT (mode=strict; one atomic round trip per request, all-or-nothing over its zones)
+//   KEYS = BASE of each of the n zones the request applies to
+//   ARGV = n groups of 4: algorithm (0 sliding, 1 gcra), limit, period_ms, burst (0 = limit);
+//          an optional ARGV[4n+1] replaces the clock (epoch ms), for tests only: the module never
+//          sends it.
+//   now = Redis' TIME in whole ms (every host agrees on window edges). Each zone decides like
+//   core::evaluate() at that now (src/core/sliding_window.hpp, gcra.hpp), with Redis' keys as
+//   the state:
+//     sliding  W = now - now % P; cur = GET BASE:W, prev = GET BASE:(W - P) (missing: 0); the
+//              same decision as core's, field for field (no clock-behind case: the keys are
+//              per window).
+//     gcra     core's formulas in µs instead of ns: TAT in µs (missing: 0),
+//              T = max(1, floor(P * 1000 / L)) µs, C = burst ? burst : L (clamped to 1 .. 1e9),
+//              now in µs = now_ms * 1000. Identical to core's decision whenever P * 1e6 / L is a
+//              whole number of µs; otherwise T is rounded down to the µs (at most 1 µs per
+//              request faster than written, core: 1 ns).
+//   Only if every zone admits is the request counted, in all of them:
+//     sliding  INCR BASE:W; when that created the key (INCR returned 1), PEXPIRE BASE:W
+//              2P + 1000 (set once at creation, never refreshed).
+//     gcra     SET BASE:gcra new_tat PX ceil((new_tat - now) / 1000) + 1000.
+//   A rejected request is counted nowhere. Zones that would have admitted still report the
+//   decision core::evaluate() gives (allowed, remaining as if counted), like local mode does.
+//   Reply: [now_ms, then per zone: allowed (1/0), remaining, reset_ms, retry_after_ms].
+//   Exactness: Lua numbers are doubles (exact integers below 2^53). Every decision is exact
+//   while strict_exact() holds for each zone: sliding L * P < 2^53; gcra C * T < 2^52 µs (with
+//   now < 2^52 µs, i.e. until 2112, every TAT stays below 2^53). The sliding script compares
+//   prev * (P - e) <= (L - cur - 1) * P, whose right side is an exact integer below 2^53 (a
+//   left side rounded above 2^53 still compares right), and every division goes through fmod,
+//   which is exact. The module refuses mode=strict for a zone beyond that (1e9r/d sliding, for
+//   example, is 8.64e16 > 2^53; 1e8r/d is fine).
+//
+// FLUSH (mode=sync; one call per batch of at most flush_batch_max keys, sliding window only)
+//   KEYS = BASE of each key in the batch
+//   ARGV = period_ms, then per key 3 values: W (window start, epoch ms), delta_cur, delta_prev
+//   Per key: if delta_cur > 0, INCRBY BASE:W delta_cur and, if that created the key (the result
+//   equals delta_cur), PEXPIREAT BASE:W W + 2P + 1000; likewise delta_prev on BASE:(W - P) with
+//   PEXPIREAT (W - P) + 2P + 1000. Then both totals are read (missing: 0). A window whose
+//   expiry time has already passed (a delta held through a long outage) is deleted at once by
+//   its PEXPIREAT and reads 0: it no longer weighs in any decision anyway.
+//   Reply: [g_cur, g_prev] per key, flat: core::sync::apply_global()'s inputs.
+//
+// Both scripts check their arguments and answer an error reply when they are malformed (wrong
+// count, not a number); a key holding something else than an integer is an error reply too. The
+// parsers turn any reply that is not exactly the expected shape into false, which the module
+// treats as a Redis failure.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "redis/reply.hpp"
+#include "redis/script.hpp"
+
+namespace throttle::redis {
+
+// PREFIX "{" ZONE ":" KEY "}". May throw std::bad_alloc.
+std::string base_key(std::string_view prefix, std::string_view zone, std::string_view key);
+
+// KEYS and ARGV of one script call: owned bytes and views of them for Client::evalsha()
+// (which copies them, so an EvalArgs need only live until evalsha() returns). Views stay valid
+// when more is added and when the EvalArgs is moved; it cannot be copied.
+class EvalArgs {
+   public:
+    EvalArgs() = default;
+    EvalArgs(EvalArgs&&) = default;
+    EvalArgs& operator=(EvalArgs&&) = default;
+    EvalArgs(const EvalArgs&) = delete;
+    EvalArgs& operator=(const EvalArgs&) = delete;
+
+    // May throw std::bad_alloc.
+    void add_key(std::string_view key);
+    void add_arg(std::string_view arg);
+    void add_arg(int64_t value);
+    void add_arg(uint64_t value);
+    void add_arg(uint32_t value) { add_arg(static_cast<uint64_t>(value)); }
+    void clear() noexcept;
+
+    const std::vector<std::string_view>& keys() const noexcept { return keys_; }
+    const std::vector<std::string_view>& args() const noexcept { return args_; }
+
+   private:
+    std::deque<std::string> bytes_;  // a deque never moves its elements when it grows
+    std::vector<std::string_view> keys_;
+    std::vector<std::string_view> args_;
+};
+
+// ---- STRICT ----
+
+struct StrictZone {
+    uint8_t algorithm = 0;  // core::Algorithm: 0 sliding, 1 gcra
+    uint64_t limit = 0;     // requests per period (0 is sent as 1, like core)
+    int64_t period_ms = 0;  // (< 1 is sent as 1, like core)
+    uint64_t burst = 0;     // gcra: bucket size, 0 = limit
+    std::string base;       // base_key(prefix, zone, key)
+};
+
+struct StrictDecision {
+    bool allowed = false;
+    uint64_t remaining = 0;
+    int64_t reset_ms = 0;
+    int64_t retry_after_ms = 0;
+};
+
+// The script, built on first use (may throw std::bad_alloc then) and never destroyed.
+const Script& strict_script();
+
+// True when the strict script's arithmetic is exact for this policy (see above): sliding
+// L * P < 2^53, gcra C * T_us <= 2^52 (limit, period and burst clamped like the script does).
+bool strict_exact(uint8_t algorithm, uint64_t limit, int64_t period_ms, uint64_t burst) noexcept;
+inline bool strict_exact(const StrictZone& z) noexcept {
+    return strict_exact(z.algorithm, z.limit, z.period_ms, z.burst);
+}
+
+// Fills `out` (cleared first) with the KEYS and ARGV of a strict call over zones[0..n).
+// False when n == 0 or memory runs out.
+bool build_strict_args(const StrictZone* zones, size_t n, EvalArgs& out) noexcept;
+inline bool build_strict_args(const std::vector<StrictZone>& zones, EvalArgs& out) noexcept {
+    return build_strict_args(zones.data(), zones.size(), out);
+}
+
+// Parses the reply of a strict call over n zones into now_ms (Redis' clock, epoch ms) and
+// out[0..n) (resized to n). False, with now_ms and out unspecified, unless the reply is an
+// array of exactly 1 + 4n non-negative integers, each allowed 0 or 1, a rejected zone with
+// remaining 0 and retry_after_ms >= 1, an admitted one with retry_after_ms 0.
+bool parse_strict_reply(const Reply& reply, size_t n, int64_t& now_ms,
+                        std::vector<StrictDecision>& out) noexcept;
+
+// ---- FLUSH ----
+
+inline constexpr size_t flush_batch_max = 256;
+
+struct FlushEntry {
+    std::string base;         // base_key(prefix, zone, key)
+    int64_t window = 0;       // core::sync::Delta::window
+    uint32_t delta_cur = 0;   // added to BASE:window
+    uint32_t delta_prev = 0;  // added to BASE:(window - period)
+};
+
+// Built on first use (may throw std::bad_alloc then) and never destroyed.
+const Script& flush_script();
+
+// Fills `out` (cleared first) with the KEYS and ARGV of a flush of entries[0..n) for a zone of
+// period_ms (< 1 is sent as 1). False when n == 0 or memory runs out. Any n works; the module
+// sends at most flush_batch_max per call to keep each script short.
+bool build_flush_args(int64_t period_ms, const FlushEntry* entries, size_t n,
+                      EvalArgs& out) noexcept;
+inline bool build_flush_args(int64_t period_ms, const std::vector<FlushEntry>& entries,
+                             EvalArgs& out) noexcept {
+    return build_flush_args(period_ms, entries.data(), entries.size(), out);
+}
+
+// Parses the reply of a flush of n keys into totals[0..n) = (g_cur, g_prev) (resized to n).
+// False unless the reply is an array of exactly 2n non-negative integers.
+bool parse_flush_reply(const Reply& reply, size_t n,
+                       std::vector<std::pair<uint64_t, uint64_t>>& totals) noexcept;
+
+}  // namespace throttle::redis
