@@ -171,7 +171,7 @@ for my $v (@variants) {
 }
 is(scalar(() = $r->keys('*')), 4, 'db 0 holds only the four TCP variants\' keys');
 
-# --- a wrong password: requests are answered from the local zone; logged once per worker
+# --- a wrong password: requests are answered from the local zone; logged once per incident
 $t->allow(qr/\[error\].*throttle_redis: redis 127\.0\.0\.1:\d+: /);
 my $mark = $t->log_mark;
 (my $c = $app) =~ s/REDIS_LINE/$r->fill('throttle_redis %%REDIS%% password=wrong timeout=50ms;')/e;
