@@ -3,14 +3,16 @@
 # shellcheck disable=SC2016
 # bench/run.sh: measure what ngx_http_throttle_module costs per request.
 #
-# One nginx serves the same small static file on one loopback port per variant
-# (no limit, nginx's own limit_req, our throttle, ...), each with a rate so high
-# that nothing is ever rejected. wrk is run against every variant in several
+# nginx serves the same small static file on one loopback port per variant
+# (no limit, nginx's own limit_req, our throttle in local, sync and strict
+# mode, an OpenResty-style Lua + Redis peer), each with a rate so high that
+# nothing is ever rejected. wrk is run against every variant in several
 # interleaved rounds; the median requests/s and p99 latency per variant are
-# printed with ratios against the peers measured in the same run.
+# printed with ratios against the peers measured in the same run, and, for the
+# variants that use Redis, the Redis commands per request (INFO commandstats).
 #
 # Invoked by `make bench` after the module is built. Knobs (environment):
-#   BENCH_VARIANTS     variants to run, in order  (plain limit_req throttle throttle_gcra)
+#   BENCH_VARIANTS     variants to run, in order  (plain limit_req throttle sync strict openresty)
 #   BENCH_WORKERS      nginx worker_processes     (1)
 #   BENCH_THREADS      wrk -t                     (1)
 #   BENCH_CONNECTIONS  wrk -c                     (32)
@@ -25,7 +27,11 @@
 #   BENCH_OUT          also write the result table to this file
 #   BENCH_KEEP=1       keep the temp directory (config, error log, raw wrk output)
 #
-# All traffic goes to 127.0.0.1 and is bounded by BENCH_DURATION.
+# Missing Debian packages (wrk, curl, redis-server, and for the openresty peer
+# libnginx-mod-http-lua, lua-nginx-redis, lua-resty-core) are installed with
+# apt-get when run as root. All traffic goes to 127.0.0.1 (nginx and a
+# redis-server the script starts on a free port) and is bounded by
+# BENCH_DURATION.
 
 set -euo pipefail
 
@@ -34,7 +40,7 @@ root=$(cd "$here/.." && pwd)
 
 NGINX=${BENCH_NGINX:-/usr/sbin/nginx}
 MODULE=${BENCH_MODULE:-$root/build/ngx_http_throttle_module.so}
-VARIANTS=${BENCH_VARIANTS:-plain limit_req throttle throttle_gcra}
+VARIANTS=${BENCH_VARIANTS:-plain limit_req throttle sync strict openresty}
 WORKERS=${BENCH_WORKERS:-1}
 THREADS=${BENCH_THREADS:-1}
 CONNECTIONS=${BENCH_CONNECTIONS:-32}
@@ -48,6 +54,11 @@ KEEP=${BENCH_KEEP:-0}
 
 # Ratios are printed against these variants when they are part of the run.
 PEERS="plain limit_req"
+# Goals from the issues, "A B MIN": A/B req/s should be at least MIN. Printed
+# (met or not) when both variants are part of the run.
+GOALS="throttle plain 0.97
+sync throttle 0.95
+strict openresty 2.5"
 
 die() {
     printf 'bench: error: %s\n' "$*" >&2
@@ -61,6 +72,7 @@ say() { printf 'bench: %s\n' "$*" >&2; }
 # A variant is a function `variant_NAME ACTION` that prints nginx
 # configuration or does a job, by ACTION:
 #   describe  one line: what this variant configures (printed under the table)
+#   packages  Debian packages it needs (installed with apt-get when missing)
 #   check     fail (non-zero, message on stderr) if it cannot run here
 #   setup     start whatever it needs before nginx starts (e.g. a redis-server
 #             on a free port; register its pid with `cleanup_pid PID`)
@@ -69,9 +81,13 @@ say() { printf 'bench: %s\n' "$*" >&2; }
 #   location  lines inside the variant's own `location = /bench.txt`
 #   verify    given the response headers file as $2, fail if the variant's
 #             machinery visibly did not run
-# Unknown actions print nothing. To add a variant (Redis sync/strict modes,
-# an OpenResty Lua+Redis peer via libnginx-mod-http-lua), write one more
-# function and add its name to BENCH_VARIANTS.
+#   instance  the name of the nginx instance it runs in (default: main); a
+#             variant that loads other modules (the Lua peer) gets its own
+#             nginx, so the others are measured without them
+#   redis     print "yes" if it talks to the benchmark's redis-server: its
+#             Redis commands per request are measured
+# Unknown actions print nothing. To add a variant, write one more function and
+# add its name to BENCH_VARIANTS.
 # --------------------------------------------------------------------------
 
 variant_plain() {
@@ -167,6 +183,186 @@ variant_throttle_nohdr() {
 }
 
 # --------------------------------------------------------------------------
+# Redis variants. They share one redis-server, started by the first of them on
+# a free port (no persistence) and stopped on exit. Their Redis commands per
+# request are read from INFO commandstats around each measured run.
+# --------------------------------------------------------------------------
+
+redis_port='' redis_pid='' redis_info=''
+redis_check() {
+    if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+        echo "redis-server and redis-cli are needed (apt-get install redis-server)" >&2
+        return 1
+    fi
+}
+
+redis_cli() { redis-cli -h 127.0.0.1 -p "$redis_port" "$@"; }
+
+redis_setup() {
+    [[ -z $redis_port ]] || return 0
+    local i pid
+    redis_port=$(free_ports 1)
+    mkdir -p "$tmp/redis"
+    redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
+        --dir "$tmp/redis" --logfile "$tmp/redis/redis.log" --daemonize no </dev/null &
+    pid=$!
+    redis_pid=$pid
+    cleanup_pid "$pid"
+    for ((i = 0; i < 100; i++)); do
+        [[ $(redis_cli ping 2>/dev/null) == PONG ]] && break
+        kill -0 "$pid" 2>/dev/null || {
+            cat "$tmp/redis/redis.log" >&2
+            die "redis-server exited during startup"
+        }
+        sleep 0.05
+    done
+    [[ $(redis_cli ping 2>/dev/null) == PONG ]] || die "redis-server on port $redis_port does not answer"
+    redis_info="redis-server $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')"
+    redis_info+=" on 127.0.0.1:$redis_port, --save '' --appendonly no, not pinned"
+}
+
+# redis_snapshot FILE: "COMMAND CALLS" per command since redis-server started,
+# plus "connections N" (connections accepted).
+redis_snapshot() {
+    redis_cli info everything | tr -d '\r' | awk -F'[:,=]' '
+        /^cmdstat_/ { sub(/^cmdstat_/, "", $1); print $1, $3 }
+        /^total_connections_received:/ { print "connections", $2 }' >"$1"
+}
+
+# redis_delta BEFORE AFTER: "COMMAND DELTA" for what changed in between, and
+# "connections DELTA"; the INFO command and the connection of the second
+# snapshot left out.
+redis_delta() {
+    awk 'NR == FNR { b[$1] = $2; next }
+         $1 == "connections" { print $1, $2 - b[$1] - 1; next }
+         $1 != "info" && $2 - b[$1] > 0 { print $1, $2 - b[$1] }' "$1" "$2"
+}
+
+# redis_calls NAME: wait up to 3 s until redis-server has seen NAME at least once
+redis_calls() {
+    local i
+    for ((i = 0; i < 60; i++)); do
+        redis_cli info commandstats | grep -q "^cmdstat_$1:calls=" && return 0
+        sleep 0.05
+    done
+    echo "redis-server never saw $1" >&2
+    return 1
+}
+
+variant_sync() {
+    case $1 in
+    describe)
+        echo 'throttle_zone $binary_remote_addr zone=bsync:10m rate=1000000000r/s mode=sync' \
+            'sync=250ms;  throttle zone=bsync;  (throttle_redis on the benchmark'"'"'s redis-server)'
+        ;;
+    packages) echo redis-server ;;
+    check) module_check && redis_check ;;
+    setup) module_setup && redis_setup ;;
+    redis) echo yes ;;
+    main) echo "load_module $module_loaded;" ;;
+    http)
+        echo "throttle_redis 127.0.0.1:$redis_port;"
+        echo 'throttle_zone $binary_remote_addr zone=bsync:10m rate=1000000000r/s mode=sync sync=250ms;'
+        ;;
+    location) echo 'throttle zone=bsync;' ;;
+    verify) module_verify "$2" && redis_calls evalsha ;; # the first flush, within 250 ms
+    esac
+}
+
+variant_strict() {
+    case $1 in
+    describe)
+        # 1e8r/d is the largest sliding rate strict mode takes exactly
+        # (N x period_ms < 2^53: Redis' Lua computes in doubles).
+        echo 'throttle_zone $binary_remote_addr zone=bstrict:10m rate=100000000r/d mode=strict;' \
+            'throttle zone=bstrict;  (one EVALSHA per request)'
+        ;;
+    packages) echo redis-server ;;
+    check) module_check && redis_check ;;
+    setup) module_setup && redis_setup ;;
+    redis) echo yes ;;
+    main) echo "load_module $module_loaded;" ;;
+    http)
+        echo "throttle_redis 127.0.0.1:$redis_port;"
+        echo 'throttle_zone $binary_remote_addr zone=bstrict:10m rate=100000000r/d mode=strict;'
+        ;;
+    location) echo 'throttle zone=bstrict;' ;;
+    verify) module_verify "$2" && redis_calls evalsha ;;
+    esac
+}
+
+# The peer: the common OpenResty rate-limit pattern, one INCR per request on a
+# per-client key (EXPIRE when the INCR created it: a fixed window of 1 s),
+# through Debian's libnginx-mod-http-lua and lua-nginx-redis (lua-resty-redis,
+# installed as nginx.redis), connections kept in the cosocket pool. It runs in
+# an nginx of its own so that the other variants are measured without LuaJIT.
+# Redis errors are logged ([error] fails the run) and let the request through.
+LUA_POOL_SIZE=100 # set_keepalive pool per worker; raised to BENCH_CONNECTIONS if below
+variant_openresty() {
+    case $1 in
+    describe)
+        echo "access_by_lua_block: resty.redis connect, INCR rl:\$binary_remote_addr" \
+            "(+ EXPIRE 1 when 1), set_keepalive(60000, $(lua_pool_size)), 429 over 1000000000 per s" \
+            "(libnginx-mod-http-lua $(lua_module_version), own nginx instance)"
+        ;;
+    packages) printf '%s\n' redis-server libnginx-mod-http-lua lua-nginx-redis lua-resty-core ;;
+    check)
+        redis_check || return 1
+        local f
+        for f in /usr/lib/nginx/modules/ndk_http_module.so /usr/lib/nginx/modules/ngx_http_lua_module.so \
+            /usr/share/lua/5.1/nginx/redis.lua /usr/share/lua/5.1/resty/core.lua; do
+            [[ -r $f ]] || {
+                echo "$f not found (apt-get install libnginx-mod-http-lua lua-nginx-redis lua-resty-core)" >&2
+                return 1
+            }
+        done
+        ;;
+    setup) redis_setup ;;
+    instance) echo lua ;;
+    redis) echo yes ;;
+    main)
+        echo 'load_module /usr/lib/nginx/modules/ndk_http_module.so;'
+        echo 'load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;'
+        ;;
+    http) echo 'lua_package_path "/usr/share/lua/5.1/?.lua;;";' ;;
+    location)
+        cat <<LUA
+access_by_lua_block {
+    local redis = require "nginx.redis"  -- Debian's name for resty.redis
+    local red = redis:new()
+    red:set_timeout(1000)
+    local ok, err = red:connect("127.0.0.1", $redis_port)
+    if not ok then
+        ngx.log(ngx.ERR, "redis connect: ", err)
+        return
+    end
+    local key = "rl:" .. ngx.var.binary_remote_addr
+    local n, err = red:incr(key)
+    if not n then
+        ngx.log(ngx.ERR, "redis incr: ", err)
+        return
+    end
+    if n == 1 then
+        red:expire(key, 1)
+    end
+    local ok, err = red:set_keepalive(60000, $(lua_pool_size))
+    if not ok then
+        ngx.log(ngx.ERR, "redis set_keepalive: ", err)
+    end
+    if n > 1000000000 then
+        return ngx.exit(429)
+    end
+}
+LUA
+        ;;
+    verify) redis_calls incr ;;
+    esac
+}
+
+lua_pool_size() { echo $((CONNECTIONS > LUA_POOL_SIZE ? CONNECTIONS : LUA_POOL_SIZE)); }
+lua_module_version() { dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null || echo '?'; }
+
+# --------------------------------------------------------------------------
 # Helpers.
 # --------------------------------------------------------------------------
 
@@ -207,6 +403,17 @@ paired_ratios() {
 
 # ratio A B, formatted as 0.98
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+
+# cpu_ticks PID...: user + system CPU time of these processes, in clock ticks
+cpu_ticks() {
+    local pid sum=0 t
+    for pid; do
+        # fields after the ") " that closes the command name: utime is the 12th, stime the 13th
+        t=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }') || t=0
+        sum=$((sum + ${t:-0}))
+    done
+    echo "$sum"
+}
 
 # nginx_trouble: show what nginx's error log says went wrong, if anything
 nginx_trouble() {
@@ -263,13 +470,39 @@ done
 ((CONNECTIONS >= THREADS)) || die "BENCH_CONNECTIONS ($CONNECTIONS) must be >= BENCH_THREADS ($THREADS)"
 [[ $PIN =~ ^(auto|0|1)$ ]] || die "BENCH_PIN must be auto, 0 or 1, not \"$PIN\""
 
+read -r -a variants <<<"$VARIANTS"
+((${#variants[@]})) || die "BENCH_VARIANTS is empty"
+for v in "${variants[@]}"; do
+    if ! [[ $v =~ ^[a-z][a-z0-9_]*$ ]] || ! declare -F "variant_$v" >/dev/null; then
+        die "unknown variant \"$v\" (known:$(declare -F | awk '$3 ~ /^variant_/ { sub(/^variant_/, "", $3); printf " %s", $3 }'))"
+    fi
+done
+
+# Debian packages: wrk and curl, and what the variants need. Checked with
+# dpkg-query, so that `make bench` works on a fresh machine; elsewhere the
+# variants' own checks say what is missing.
+packages=(wrk curl)
+for v in "${variants[@]}"; do
+    read -r -a p <<<"$("variant_$v" packages | xargs)"
+    packages+=("${p[@]}")
+done
 missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v curl >/dev/null || missing+=(curl)
+for p in $(printf '%s\n' "${packages[@]}" | awk '!seen[$0]++'); do
+    if command -v dpkg-query >/dev/null; then
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    elif [[ $p == wrk || $p == curl ]]; then
+        command -v "$p" >/dev/null || missing+=("$p")
+    fi
+done
 if ((${#missing[@]})); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        # lua-nginx-redis depends on nginx-extras, which also installs Debian's
+        # other dynamic modules and enables them in /etc/nginx/modules-enabled
+        # (the benchmark's own configs load only what they name).
         say "installing ${missing[*]}"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2 ||
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >&2 || true
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 ||
             die "could not install ${missing[*]}"
     else
         die "missing ${missing[*]} (apt-get install ${missing[*]})"
@@ -277,13 +510,8 @@ if ((${#missing[@]})); then
 fi
 [[ -x $NGINX ]] || die "nginx not found at $NGINX (apt-get install nginx, or set BENCH_NGINX)"
 
-read -r -a variants <<<"$VARIANTS"
-((${#variants[@]})) || die "BENCH_VARIANTS is empty"
 declare -A seen=()
 for v in "${variants[@]}"; do
-    if ! [[ $v =~ ^[a-z][a-z0-9_]*$ ]] || ! declare -F "variant_$v" >/dev/null; then
-        die "unknown variant \"$v\" (known:$(declare -F | awk '$3 ~ /^variant_/ { sub(/^variant_/, "", $3); printf " %s", $3 }'))"
-    fi
     [[ -z ${seen[$v]:-} ]] || die "variant \"$v\" is listed twice"
     seen[$v]=1
     "variant_$v" check || die "variant \"$v\" cannot run"
@@ -294,14 +522,15 @@ done
 # --------------------------------------------------------------------------
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/throttle-bench.XXXXXX")
-nginx_pid=
+nginx_pids=()
 extra_pids=()
 cleanup_pid() { extra_pids+=("$1"); }
 
 cleanup() {
     local rc=$? pid i
     trap - EXIT INT TERM
-    for pid in $nginx_pid "${extra_pids[@]}"; do
+    # nginx first: its workers flush sync counts to Redis when they exit
+    for pid in "${nginx_pids[@]}" "${extra_pids[@]}"; do
         kill -TERM "$pid" 2>/dev/null || continue
         for ((i = 0; i < 50; i++)); do
             kill -0 "$pid" 2>/dev/null || break
@@ -361,18 +590,32 @@ for i in "${!variants[@]}"; do
     port[${variants[$i]}]=${ports[$i]}
 done
 
-mkdir -p "$tmp/html" "$tmp/tmp"
+mkdir -p "$tmp/html"
 head -c "$BODY_BYTES" /dev/zero | tr '\0' 'x' >"$tmp/html/bench.txt"
 
+# One nginx per instance (main, and lua for the OpenResty peer); they share the
+# error log.
+declare -A instance_of=()
+instances=()
+for v in "${variants[@]}"; do
+    i=$("variant_$v" instance)
+    instance_of[$v]=${i:-main}
+    [[ " ${instances[*]} " == *" ${instance_of[$v]} "* ]] || instances+=("${instance_of[$v]}")
+done
+conf_of() { if [[ $1 == main ]]; then echo "$tmp/nginx.conf"; else echo "$tmp/nginx-$1.conf"; fi; }
+
 indent() { sed 's/^/    /'; }
-{
-    echo "# generated by bench/run.sh"
+write_conf() { # write_conf INSTANCE VARIANT...
+    local inst=$1 v t
+    shift
+    mkdir -p "$tmp/tmp/$inst"
+    echo "# generated by bench/run.sh: nginx instance \"$inst\""
     echo "user root;"
     echo "daemon off;"
     echo "worker_processes $WORKERS;"
-    echo "pid $tmp/nginx.pid;"
+    echo "pid $tmp/nginx-$inst.pid;"
     echo "error_log $tmp/error.log warn;"
-    for v in "${variants[@]}"; do "variant_$v" main; done | awk '!seen[$0]++'
+    for v in "$@"; do "variant_$v" main; done | awk '!seen[$0]++'
     echo
     echo "events { worker_connections $((CONNECTIONS * 2 + 512)); }"
     echo
@@ -380,10 +623,11 @@ indent() { sed 's/^/    /'; }
     echo "    access_log off;"
     echo "    default_type text/plain;"
     for t in client_body proxy fastcgi uwsgi scgi; do
-        echo "    ${t}_temp_path $tmp/tmp/$t;"
+        echo "    ${t}_temp_path $tmp/tmp/$inst/$t;"
     done
-    for v in "${variants[@]}"; do "variant_$v" http; done | indent
-    for v in "${variants[@]}"; do
+    # shared directives (throttle_redis) once; closing braces are not directives
+    for v in "$@"; do "variant_$v" http; done | awk '!/;$/ || !seen[$0]++' | indent
+    for v in "$@"; do
         echo
         echo "    server {  # $v"
         echo "        listen 127.0.0.1:${port[$v]};"
@@ -394,17 +638,28 @@ indent() { sed 's/^/    /'; }
         echo "    }"
     done
     echo "}"
-} >"$tmp/nginx.conf"
-
-"$NGINX" -t -q -p "$tmp/" -e "$tmp/error.log" -c "$tmp/nginx.conf" 2>"$tmp/nginx-t.err" || {
-    cat "$tmp/nginx-t.err" >&2
-    cat -n "$tmp/nginx.conf" >&2
-    die "nginx -t failed on the generated config (above)"
 }
 
-"${nginx_on_cpus[@]}" "$NGINX" -p "$tmp/" -e "$tmp/error.log" -c "$tmp/nginx.conf" \
-    </dev/null >>"$tmp/nginx.stderr" 2>&1 &
-nginx_pid=$!
+declare -A nginx_pid_of=()
+for inst in "${instances[@]}"; do
+    members=()
+    for v in "${variants[@]}"; do
+        [[ ${instance_of[$v]} == "$inst" ]] && members+=("$v")
+    done
+    conf=$(conf_of "$inst")
+    write_conf "$inst" "${members[@]}" >"$conf"
+
+    "$NGINX" -t -q -p "$tmp/" -e "$tmp/error.log" -c "$conf" 2>"$tmp/nginx-t.err" || {
+        cat "$tmp/nginx-t.err" >&2
+        cat -n "$conf" >&2
+        die "nginx -t failed on the generated config (above)"
+    }
+
+    "${nginx_on_cpus[@]}" "$NGINX" -p "$tmp/" -e "$tmp/error.log" -c "$conf" \
+        </dev/null >>"$tmp/nginx.stderr" 2>&1 &
+    nginx_pid_of[$inst]=$!
+    nginx_pids+=("$!")
+done
 
 url() { echo "http://127.0.0.1:${port[$1]}/bench.txt"; }
 
@@ -412,7 +667,7 @@ url() { echo "http://127.0.0.1:${port[$1]}/bench.txt"; }
 for v in "${variants[@]}"; do
     code=000
     for ((i = 0; i < 100; i++)); do
-        kill -0 "$nginx_pid" 2>/dev/null || {
+        kill -0 "${nginx_pid_of[${instance_of[$v]}]}" 2>/dev/null || {
             cat "$tmp/nginx.stderr" "$tmp/error.log" >&2 2>/dev/null || true
             die "nginx exited during startup"
         }
@@ -451,8 +706,14 @@ if [[ ! $WARMUP =~ ^0+[smh]?$ ]]; then
     done
 fi
 
+declare -A uses_redis=()
+for v in "${variants[@]}"; do
+    [[ $("variant_$v" redis) != yes ]] || uses_redis[$v]=1
+done
+
 load_before=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')
-declare -A rps_all=() p99_all=()
+declare -A rps_all=() p99_all=() requests=() cpu_nginx=() cpu_redis=()
+clk_tck=$(getconf CLK_TCK 2>/dev/null || echo 100)
 nv=${#variants[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
     # Rotate the order each round so no variant always runs first or last.
@@ -463,10 +724,26 @@ for ((r = 1; r <= ROUNDS; r++)); do
     say "round $r/$ROUNDS: ${order[*]}"
     for v in "${order[@]}"; do
         f=$tmp/wrk.$v.$r
+        [[ -z ${uses_redis[$v]:-} ]] || redis_snapshot "$f.redis-before"
+        read -r -a workers <<<"$(pgrep -P "${nginx_pid_of[${instance_of[$v]}]}" | xargs)"
+        ng0=$(cpu_ticks "${workers[@]}") rd0=$(cpu_ticks ${redis_pid:+"$redis_pid"})
         run_wrk "$f" "$DURATION" "$v"
+        ng1=$(cpu_ticks "${workers[@]}") rd1=$(cpu_ticks ${redis_pid:+"$redis_pid"})
+        [[ -z ${uses_redis[$v]:-} ]] || redis_snapshot "$f.redis-after"
         res=$(parse_wrk "$f" "$v (round $r)") || exit 1
-        read -r rps p99 _ <<<"$res"
-        say "  $(printf '%-14s %10.0f req/s  p99 %7.3f ms' "$v" "$rps" "$p99")"
+        read -r rps p99 n <<<"$res"
+        requests[$v]=$((${requests[$v]:-0} + n))
+        cpu_nginx[$v]=$((${cpu_nginx[$v]:-0} + ng1 - ng0))
+        cpu_redis[$v]=$((${cpu_redis[$v]:-0} + rd1 - rd0))
+        extra=''
+        if [[ -n ${uses_redis[$v]:-} ]]; then
+            redis_delta "$f.redis-before" "$f.redis-after" >>"$tmp/redis-calls.$v"
+            echo "requests $n" >>"$tmp/redis-calls.$v"
+            extra=$(redis_delta "$f.redis-before" "$f.redis-after" |
+                awk -v n="$n" '$1 != "connections" { c += $2 } END {
+                    x = c / n; printf "  redis %s cmd/req", (x >= 0.01 || x == 0) ? sprintf("%.3f", x) : sprintf("%.2g", x) }')
+        fi
+        say "  $(printf '%-14s %10.0f req/s  p99 %7.3f ms' "$v" "$rps" "$p99")$extra"
         rps_all[$v]+="$rps "
         p99_all[$v]+="$p99 "
     done
@@ -532,6 +809,60 @@ wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
                 "(round by round: $(paired_ratios "${rps_all[$v]}" "${rps_all[$p]}"))"
         done
     done
+    goal_lines=$(while read -r a b min; do
+        [[ -n $a && -n ${seen[$a]:-} && -n ${seen[$b]:-} ]] || continue
+        x=$(ratio "${rps_med[$a]}" "${rps_med[$b]}")
+        met=$(awk -v x="$x" -v m="$min" 'BEGIN { print (x >= m) ? "met" : "NOT met" }')
+        printf '  %s/%s = %sx req/s, goal >= %sx: %s (round by round: %s)\n' "$a" "$b" "$x" \
+            "$(awk -v m="$min" 'BEGIN { printf "%.2f", m }')" "$met" "$(paired_ratios "${rps_all[$a]}" "${rps_all[$b]}")"
+    done <<<"$GOALS")
+    if [[ -n $goal_lines ]]; then
+        echo
+        echo "goals:"
+        echo "$goal_lines"
+    fi
+    echo
+    echo "CPU time per request (user + system time of the nginx workers, and of redis-server,"
+    echo "during the measured runs, over all requests; wrk's own time is not counted):"
+    printf '  %-12s %13s %13s %13s\n' variant 'nginx us/req' 'redis us/req' 'total us/req'
+    for v in "${variants[@]}"; do
+        awk -v v="$v" -v n="${requests[$v]}" -v a="${cpu_nginx[$v]}" -v b="${cpu_redis[$v]}" \
+            -v hz="$clk_tck" -v redis="${uses_redis[$v]:-}" 'BEGIN {
+                ng = a * 1e6 / hz / n; rd = b * 1e6 / hz / n
+                printf "  %-12s %13.2f %13s %13.2f\n", v, ng, redis ? sprintf("%.2f", rd) : "-", ng + (redis ? rd : 0)
+            }'
+    done
+    if ((${#uses_redis[@]})); then
+        echo
+        echo "Redis commands per request (INFO commandstats before and after every measured run):"
+        printf '  %-12s %10s %10s %10s %6s  %s\n' variant requests 'trips/req' 'cmds/req' conns \
+            'by command, per request'
+        for v in "${variants[@]}"; do
+            [[ -n ${uses_redis[$v]:-} ]] || continue
+            awk -v v="$v" '
+                function f(x) { return (x >= 0.01 || x == 0) ? sprintf("%.3f", x) : sprintf("%.2g", x) }
+                $1 == "requests" { n += $2; next }
+                $1 == "connections" { conns += $2; next }
+                { c[$1] += $2; all += $2 }
+                $1 ~ /^(eval|evalsha|eval_ro|evalsha_ro|fcall|fcall_ro)$/ { scripted += $2 }
+                END {
+                    trips = scripted > 0 ? scripted : all
+                    by = ""
+                    for (;;) { # most frequent first
+                        best = ""
+                        for (k in c) if (best == "" || c[k] > c[best]) best = k
+                        if (best == "") break
+                        by = by sprintf(" %s %s", best, f(c[best] / n))
+                        delete c[best]
+                    }
+                    printf "  %-12s %10d %10s %10s %6d %s\n", v, n, f(trips / n), f(all / n), conns, by
+                }' "$tmp/redis-calls.$v"
+        done
+        echo "  trips = commands nginx sent (for a variant that calls scripts, its EVALSHAs; the"
+        echo "  commands the scripts run inside Redis count in cmds/req and in the breakdown);"
+        echo "  conns = connections Redis accepted during the measured runs."
+        echo "  $redis_info"
+    fi
     echo
     echo "spread = (max - min) / median of req/s over the rounds; ratios are of medians."
     echo "A ratio closer to 1.00x than the spread is noise; the round-by-round ratios"
