@@ -31,6 +31,7 @@ my @cases = (
     ['timeout=abc',        "$redis timeout=abc;", '',     qr/invalid timeout "timeout=abc"/],
     ['connect_timeout=0',  "$redis connect_timeout=0;", '', qr/invalid timeout "connect_timeout=0"/],
     ['unknown parameter',  "$redis foo=1;", '',           qr/invalid parameter "foo=1"/],
+    ['prefix with a brace', qq[$redis "prefix=a{b:";], '', qr/invalid prefix "prefix=a\{b:": no braces/],
     ['password_env unset', "$redis password_env=$env_name;", '',
         qr/environment variable in "password_env=$env_name" is not set/],
     ['password_file missing', "$redis password_file=/nonexistent;", '',

@@ -16,11 +16,39 @@ Decision evaluate(const Policy& policy, const State& state, int64_t now_ms) noex
     return d;
 }
 
-void record(const Policy& policy, State& state, int64_t now_ms) noexcept {
+int64_t record(const Policy& policy, State& state, int64_t now_ms) noexcept {
     if (policy.algorithm == Algorithm::gcra) {
         gcra::record(policy, state, now_ms);
     } else {
         sliding_window::record(policy.rate, state, now_ms);
+    }
+    return state.stamp;
+}
+
+namespace {
+uint32_t minus_one(uint32_t v) noexcept { return v > 0 ? v - 1 : 0; }
+}  // namespace
+
+void unrecord(const Policy& policy, State& state, int64_t token) noexcept {
+    if (policy.algorithm == Algorithm::gcra) {
+        // token is the arrival time right after this request: the one before it was token - T.
+        if (state.stamp < token) {
+            return;  // not the state it was counted in (the key was evicted and came back)
+        }
+        const int64_t t = gcra::emission_interval_ns(policy.rate);
+        const int64_t before = token - t;  // max(old arrival time, now) when it was counted
+        const int64_t back = state.stamp - t;
+        state.stamp = back > before ? back : before;
+        return;
+    }
+    // token is the start of the window the request was counted in.
+    const int64_t period = policy.rate.period_ms > 0 ? policy.rate.period_ms : 1;
+    if (state.stamp == token) {
+        state.cur = minus_one(state.cur);
+        state.unsent_cur = minus_one(state.unsent_cur);
+    } else if (state.stamp - period == token) {
+        state.prev = minus_one(state.prev);
+        state.unsent_prev = minus_one(state.unsent_prev);
     }
 }
 

@@ -60,7 +60,15 @@ Decision evaluate(const Policy& policy, const State& state, int64_t now_ms) noex
 
 // Counts one admitted request. Call only after evaluate() said allowed, with the same now_ms
 // and with no other change to state in between (the caller holds the zone's lock).
-void record(const Policy& policy, State& state, int64_t now_ms) noexcept;
+// Returns a token for unrecord(): state.stamp right after counting.
+int64_t record(const Policy& policy, State& state, int64_t now_ms) noexcept;
+
+// Takes back one request record() counted (a reservation that another check then refused),
+// given record()'s token, even if other requests were counted since. Sliding: the count of
+// the window it was counted in drops by one (nothing when that window is older than the
+// previous one). GCRA: the arrival time moves back by one emission interval, never below
+// what it would be had the request not come (exact unless the bucket drained in between).
+void unrecord(const Policy& policy, State& state, int64_t token) noexcept;
 
 // True when forgetting this state changes no future decision (the key can be evicted
 // without losing counts).

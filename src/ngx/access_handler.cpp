@@ -32,7 +32,8 @@ struct Applied {
     Role role;
     core::State* state;
     core::Decision decision;
-    bool full;  // this request found the zone full of unexpired keys (first time)
+    int64_t token;  // record()'s token while a local zone holds a reservation
+    bool full;      // this request found the zone full of unexpired keys (first time)
 };
 
 struct Check {
@@ -58,8 +59,7 @@ void unlock(Check& c) noexcept {
 // Under the locks: finds every key's state and decides what can be decided here.
 // Returns false when some zone rejects. A remote zone is rejected here only while Redis said
 // its key is over the limit (blocked_until).
-bool decide_here(Check& c, int64_t now) noexcept {
-    bool all = true;
+void find_states(Check& c, int64_t now) noexcept {
     for (ngx_uint_t i = 0; i < c.n; i++) {
         Applied& a = c.applied[i];
         ZoneConf* z = a.zone;
@@ -70,6 +70,15 @@ bool decide_here(Check& c, int64_t now) noexcept {
             a.full = true;
         }
         a.state = res.state;
+    }
+}
+
+bool decide_here(Check& c, int64_t now) noexcept {
+    find_states(c, now);
+    bool all = true;
+    for (ngx_uint_t i = 0; i < c.n; i++) {
+        Applied& a = c.applied[i];
+        ZoneConf* z = a.zone;
         switch (a.role) {
             case Role::local:
                 a.decision = core::evaluate(z->policy, *a.state, now);
@@ -105,11 +114,21 @@ bool decide_here(Check& c, int64_t now) noexcept {
 
 // Under the locks: counts the request in every zone decided here; strict zones also count
 // it locally, so that a fallback to local later starts from this host's real traffic.
-void record_here(Check& c, int64_t now) noexcept {
+void record_here(Check& c, int64_t now, bool local, bool remote) noexcept {
     for (ngx_uint_t i = 0; i < c.n; i++) {
         Applied& a = c.applied[i];
-        if (a.role == Role::local || a.role == Role::remote) {
-            core::record(a.zone->policy, *a.state, now);
+        if ((local && a.role == Role::local) || (remote && a.role == Role::remote)) {
+            a.token = core::record(a.zone->policy, *a.state, now);
+        }
+    }
+}
+
+// Under the locks: gives back the reservations record_here() made in local zones.
+void unrecord_local(Check& c) noexcept {
+    for (ngx_uint_t i = 0; i < c.n; i++) {
+        Applied& a = c.applied[i];
+        if (a.role == Role::local) {
+            core::unrecord(a.zone->policy, *a.state, a.token);
         }
     }
 }
@@ -231,6 +250,10 @@ bool conclude(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, const 
     if (admitted) {
         return false;
     }
+    if (shown == nullptr) {  // not reached: a rejection always names its zone
+        shown = &c.applied[0];
+        ctx->zone_name = &shown->zone->name;
+    }
     ngx_log_error(lcf->log_level, r->connection->log, 0,
                   "limiting request%s%s by zone \"%V\", retry after %Ls",
                   lcf->dry_run ? ", dry run," : "", c.fallback ? " (redis fallback)" : "",
@@ -243,10 +266,18 @@ bool decide_locally(Check& c, int64_t now) noexcept {
     lock(c);
     bool admitted = decide_here(c, now);
     if (admitted) {
-        record_here(c, now);
+        record_here(c, now, true, true);
     }
     unlock(c);
     return admitted;
+}
+
+// Gives back the local zones' reservations (Redis rejected, or could not answer).
+void release_local(Check& c, int64_t now) noexcept {
+    lock(c);
+    find_states(c, now);
+    unrecord_local(c);
+    unlock(c);
 }
 
 // Redis could not answer: every remote zone takes its fallback.
@@ -317,13 +348,16 @@ void on_strict_reply(Waiting* w, redis::Result&& result) noexcept {
     } catch (...) {
     }
 
-    bool admitted;
+    bool admitted = true;
     if (!good) {
+        release_local(c, now);
         fall_back(c);
         admitted = decide_locally(c, now);
     } else {
+        // Redis decided (and counted, if it admitted): its answer stands. The local zones hold
+        // a reservation since the request was sent; it is given back if Redis rejected.
         lock(c);
-        admitted = decide_here(c, now);  // local zones again: time has passed
+        find_states(c, now);
         size_t k = 0;
         for (ngx_uint_t i = 0; i < c.n; i++) {
             Applied& a = c.applied[i];
@@ -342,7 +376,9 @@ void on_strict_reply(Waiting* w, redis::Result&& result) noexcept {
             }
         }
         if (admitted) {
-            record_here(c, now);
+            record_here(c, now, false, true);  // this host's share, for a later fallback
+        } else {
+            unrecord_local(c);
         }
         unlock(c);
     }
@@ -432,7 +468,7 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
         }
         Role role = zones[i]->mode == Mode::strict ? Role::remote : Role::local;
         remote = remote || role == Role::remote;
-        applied[c.n++] = Applied{zones[i], key, role, nullptr, core::Decision{}, false};
+        applied[c.n++] = Applied{zones[i], key, role, nullptr, core::Decision{}, 0, false};
     }
     if (c.n == 0) {
         return NGX_DECLINED;
@@ -450,8 +486,13 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
 
     if (remote) {
         // Zones decided here first: a request they reject costs Redis nothing.
+        // Local zones reserve the request meanwhile, so that concurrent requests cannot
+        // all pass them while Redis is asked.
         lock(c);
         bool admitted = decide_here(c, now);
+        if (admitted) {
+            record_here(c, now, true, false);
+        }
         unlock(c);
         if (admitted) {
             if (ask_redis(r, c, client)) {
@@ -461,6 +502,7 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
                 r->write_event_handler = ngx_http_request_empty_handler;
                 return NGX_DONE;
             }
+            release_local(c, now);
             fall_back(c);
         }
         if (!admitted) {

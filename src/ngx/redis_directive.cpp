@@ -118,6 +118,12 @@ char* parse(ngx_conf_t* cf, MainConf* mcf) {
         } else if (starts_with(v, "prefix=")) {
             settings->prefix.data = v.data + 7;
             settings->prefix.len = v.len - 7;
+            // A brace would move the {ZONE:KEY} hash tag into the prefix (Redis Cluster).
+            if (after(v, 7).find_first_of("{}") != std::string_view::npos) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid prefix \"%V\": no braces",
+                                   &v);
+                return conf_error();
+            }
         } else if (starts_with(v, "connect_timeout=") || starts_with(v, "timeout=")) {
             bool connect = v.data[0] == 'c';
             size_t skip = connect ? 16 : 8;

@@ -16,12 +16,9 @@
 
 #include "support.hpp"
 
-// throttle_redis_tests does not link throttle_core: the cross-check compiles the algorithms in.
-// (If CMakeLists.txt ever links throttle_core into throttle_redis_tests, these three lines go
-// and "core/limiter.hpp", "core/sliding_window.hpp" are included instead.)
-#include "core/gcra.cpp"
-#include "core/limiter.cpp"
-#include "core/sliding_window.cpp"
+#include "core/limiter.hpp"
+#include "core/gcra.hpp"
+#include "core/sliding_window.hpp"
 
 namespace throttle::redis::test {
 namespace {

@@ -339,3 +339,47 @@ TEST(Gcra, RetryAfterAndResetAreExactInManyStates) {
 
 }  // namespace
 }  // namespace throttle::core
+
+namespace throttle::core {
+namespace {
+
+TEST(Unrecord, GcraGivesBackOneInterval) {
+    Policy p{Algorithm::gcra, Rate{10, ms_per_second}, 3};
+    State s;
+    const int64_t now = 1000000;
+    int64_t t1 = record(p, s, now);
+    record(p, s, now);
+    record(p, s, now);
+    EXPECT_FALSE(evaluate(p, s, now).allowed);
+    unrecord(p, s, t1);  // the first reservation is given back, even after two more
+    EXPECT_TRUE(evaluate(p, s, now).allowed);
+    record(p, s, now);
+    EXPECT_FALSE(evaluate(p, s, now).allowed);
+}
+
+TEST(Unrecord, SlidingGivesBackInTheWindowItWasCountedIn) {
+    Policy p{Algorithm::sliding, Rate{2, ms_per_minute}, 0};
+    State s;
+    const int64_t now = 10 * ms_per_minute + 5;
+    int64_t t1 = record(p, s, now);
+    record(p, s, now);
+    EXPECT_FALSE(evaluate(p, s, now).allowed);
+    unrecord(p, s, t1);
+    EXPECT_TRUE(evaluate(p, s, now).allowed);
+    EXPECT_EQ(s.cur, 1u);
+    EXPECT_EQ(s.unsent_cur, 1u);
+    // Counted in one window, given back after the next one began: it leaves prev.
+    int64_t t2 = record(p, s, now);
+    record(p, s, now + ms_per_minute);  // rolls: prev = 2, cur = 1
+    unrecord(p, s, t2);
+    EXPECT_EQ(s.prev, 1u);
+    EXPECT_EQ(s.cur, 1u);
+    // Older than the previous window: nothing to give back.
+    State old = s;
+    unrecord(p, s, t2 - 5 * ms_per_minute);
+    EXPECT_EQ(s.prev, old.prev);
+    EXPECT_EQ(s.cur, old.cur);
+}
+
+}  // namespace
+}  // namespace throttle::core
