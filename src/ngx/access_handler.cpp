@@ -240,9 +240,8 @@ bool conclude(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, const 
     ctx->headers = lcf->headers && shown != nullptr;
     if (shown != nullptr) {
         ctx->zone_name = &shown->zone->name;
-        ctx->limit = shown->decision.limit;
+        ctx->policy = &shown->zone->policy_header;
         ctx->remaining = shown->decision.remaining;
-        ctx->window_s = core::window_seconds(shown->zone->policy);
         ctx->reset_s = ceil_seconds(shown->decision.reset_ms);
         ctx->retry_after_s =
             admitted ? 0 : ngx_max(1, ceil_seconds(shown->decision.retry_after_ms));
@@ -253,6 +252,7 @@ bool conclude(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, const 
     if (shown == nullptr) {  // not reached: a rejection always names its zone
         shown = &c.applied[0];
         ctx->zone_name = &shown->zone->name;
+        ctx->policy = &shown->zone->policy_header;
     }
     ngx_log_error(lcf->log_level, r->connection->log, 0,
                   "limiting request%s%s by zone \"%V\", retry after %Ls",

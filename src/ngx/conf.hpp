@@ -30,6 +30,7 @@ struct ZoneConf {
     ngx_http_complex_value_t key;  // key.value.data == nullptr until throttle_zone is read
     core::Policy policy;
     ngx_uint_t index;  // declaration order: zones are always locked in this order
+    ngx_str_t policy_header;  // RateLimit-Policy value, fixed per zone: "NAME";q=Q;w=W
     Mode mode;
     Fallback fallback;
     ngx_msec_t sync_interval;
@@ -77,9 +78,8 @@ struct RequestCtx {
     bool respond;                // decided while waiting: the handler still has to answer
     bool headers;                // throttle_headers of the location that decided
     const ngx_str_t* zone_name;  // the zone the RateLimit fields describe
-    uint64_t limit;
+    const ngx_str_t* policy;     // its RateLimit-Policy value
     uint64_t remaining;
-    int64_t window_s;
     int64_t reset_s;
     int64_t retry_after_s;
 };

@@ -207,6 +207,15 @@ char* throttle_zone_directive(ngx_conf_t* cf, ngx_command_t*, void*) noexcept {
     }
     zone->key = key;
     zone->policy = policy;
+    size_t len = zone->name.len + sizeof("\"\";q=;w=") + 2 * NGX_INT64_LEN;
+    zone->policy_header.data = static_cast<u_char*>(ngx_pnalloc(cf->pool, len));
+    if (zone->policy_header.data == nullptr) {
+        return conf_error();
+    }
+    zone->policy_header.len =
+        ngx_sprintf(zone->policy_header.data, "\"%V\";q=%uL;w=%L", &zone->name,
+                    core::quota(policy), core::window_seconds(policy)) -
+        zone->policy_header.data;
     zone->mode = mode;
     zone->fallback = fallback;
     zone->sync_interval = sync_interval;
