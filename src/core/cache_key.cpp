@@ -1,0 +1,167 @@
+#include "core/cache_key.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <utility>
+#include <vector>
+
+namespace throttle::core::cache {
+
+namespace {
+
+constexpr char identity_label[] = "throttle-cache-identity";  // with its NUL, see the header
+constexpr char key_label[] = "throttle-cache-key";
+constexpr uint8_t key_version = 1;
+constexpr char hex_digits[] = "0123456789abcdef";
+
+void put_u64(Sha256& h, uint64_t v) noexcept {
+    uint8_t b[8];
+    for (int i = 7; i >= 0; --i) {
+        b[i] = static_cast<uint8_t>(v);
+        v >>= 8;
+    }
+    h.update(b, sizeof(b));
+}
+
+void put_field(Sha256& h, std::string_view s) noexcept {
+    put_u64(h, s.size());
+    h.update(s.data(), s.size());
+}
+
+struct Arg {
+    std::string_view name;
+    std::string_view value;
+    bool has_value;
+};
+
+void append_u64(std::string& s, uint64_t v) {
+    char buf[24];
+    auto res = std::to_chars(buf, buf + sizeof(buf), v);
+    s.append(buf, static_cast<size_t>(res.ptr - buf));
+}
+
+// PREFIX "{" NS ":" ID "}"
+std::string user_tag(std::string_view prefix, std::string_view ns, std::string_view id,
+                     size_t extra) {
+    std::string s;
+    s.reserve(prefix.size() + ns.size() + id.size() + 3 + extra);
+    s.append(prefix);
+    s.push_back('{');
+    s.append(ns);
+    s.push_back(':');
+    s.append(id);
+    s.push_back('}');
+    return s;
+}
+
+}  // namespace
+
+bool valid_namespace(std::string_view ns) noexcept {
+    if (ns.empty() || ns.size() > namespace_max_len) return false;
+    for (char c : ns) {
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '_' || c == '.' || c == '-';
+        if (!ok) return false;
+    }
+    return true;
+}
+
+std::string identity_digest(std::string_view secret, std::string_view identity) {
+    if (identity.empty()) return std::string(anonymous_identity);
+    std::string msg;
+    msg.reserve(sizeof(identity_label) + identity.size());
+    msg.append(identity_label, sizeof(identity_label));  // the label and its NUL
+    msg.append(identity);
+    return digest_hex(hmac_sha256(secret.data(), secret.size(), msg.data(), msg.size()));
+}
+
+std::string_view method_class(std::string_view method) noexcept {
+    if (method == "GET" || method == "HEAD") return "GET";
+    return method;
+}
+
+Sha256Digest cache_key(const CacheKeyInput& in) {
+    std::vector<Arg> args;
+    if (!in.query.empty()) {
+        args.reserve(static_cast<size_t>(std::count(in.query.begin(), in.query.end(), '&')) + 1);
+        std::string_view q = in.query;
+        for (;;) {
+            size_t amp = q.find('&');
+            std::string_view piece = q.substr(0, amp);
+            size_t eq = piece.find('=');
+            if (eq == std::string_view::npos) {
+                args.push_back(Arg{piece, {}, false});
+            } else {
+                args.push_back(Arg{piece.substr(0, eq), piece.substr(eq + 1), true});
+            }
+            if (amp == std::string_view::npos) break;
+            q.remove_prefix(amp + 1);
+        }
+        // string_view compares as unsigned bytes (char_traits<char>::compare is memcmp).
+        std::stable_sort(args.begin(), args.end(),
+                         [](const Arg& a, const Arg& b) { return a.name < b.name; });
+    }
+
+    Sha256 h;
+    h.update(key_label, sizeof(key_label));
+    h.update(&key_version, 1);
+    put_field(h, in.ns);
+    put_field(h, in.identity_digest);
+    put_field(h, method_class(in.method));
+    put_field(h, in.path);
+    put_u64(h, args.size());
+    for (const Arg& a : args) {
+        put_field(h, a.name);
+        uint8_t flag = a.has_value ? 1 : 0;
+        h.update(&flag, 1);
+        put_field(h, a.value);
+    }
+    return h.finish();
+}
+
+std::string digest_hex(const Sha256Digest& d) {
+    std::string s(d.size() * 2, '0');
+    for (size_t i = 0; i < d.size(); ++i) {
+        s[2 * i] = hex_digits[d[i] >> 4];
+        s[2 * i + 1] = hex_digits[d[i] & 15];
+    }
+    return s;
+}
+
+std::string generation_key(std::string_view prefix, std::string_view ns, std::string_view id) {
+    std::string s = user_tag(prefix, ns, id, 2);
+    s.append(":g");
+    return s;
+}
+
+std::string namespace_generation_key(std::string_view prefix, std::string_view ns) {
+    std::string s;
+    s.reserve(prefix.size() + ns.size() + 4);
+    s.append(prefix);
+    s.push_back('{');
+    s.append(ns);
+    s.append("}:g");
+    return s;
+}
+
+std::string entry_key(std::string_view prefix, std::string_view ns, std::string_view id,
+                      const Generation& gen, const Sha256Digest& key) {
+    std::string s = user_tag(prefix, ns, id, 3 + 20 + 1 + 20 + 1 + 64);
+    s.append(":e:");
+    append_u64(s, gen.ns);
+    s.push_back('.');
+    append_u64(s, gen.user);
+    s.push_back(':');
+    s.append(digest_hex(key));
+    return s;
+}
+
+std::string fill_lock_key(std::string_view entry_key) {
+    std::string s;
+    s.reserve(entry_key.size() + 2);
+    s.append(entry_key);
+    s.append(":l");
+    return s;
+}
+
+}  // namespace throttle::core::cache
