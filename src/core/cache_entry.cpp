@@ -1,0 +1,546 @@
+#include "core/cache_entry.hpp"
+
+#include <limits>
+#include <new>
+#include <utility>
+
+namespace throttle::core::cache {
+
+namespace {
+
+constexpr char magic[3] = {'T', 'C', 'E'};
+constexpr uint8_t flag_gzip = 1;
+constexpr int64_t max_delta_seconds = int64_t{1} << 31;  // RFC 9111 5.2.2.1
+constexpr int64_t int64_max = std::numeric_limits<int64_t>::max();
+
+char lower(char c) noexcept {
+    return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+}
+
+bool iequals(std::string_view a, std::string_view b) noexcept {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i)
+        if (lower(a[i]) != lower(b[i])) return false;
+    return true;
+}
+
+bool istarts_with(std::string_view s, std::string_view prefix) noexcept {
+    return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
+}
+
+// RFC 9110 tchar
+bool is_tchar(char c) noexcept {
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+    switch (c) {
+        case '!':
+        case '#':
+        case '$':
+        case '%':
+        case '&':
+        case '\'':
+        case '*':
+        case '+':
+        case '-':
+        case '.':
+        case '^':
+        case '_':
+        case '`':
+        case '|':
+        case '~':
+            return true;
+        default:
+            return false;
+    }
+}
+
+bool valid_name(std::string_view name) noexcept {
+    if (name.empty() || name.size() > entry_max_name) return false;
+    for (char c : name)
+        if (!is_tchar(c)) return false;
+    return header_storable(name);
+}
+
+bool valid_value(std::string_view value) noexcept {
+    if (value.size() > entry_max_value) return false;
+    for (char c : value)
+        if (c == '\r' || c == '\n' || c == '\0') return false;
+    return true;
+}
+
+// The checks decode() makes on what it read, shared with valid().
+bool valid_fields(const EntryView& v, const DecodeLimits& limits) noexcept {
+    if (v.status < 100 || v.status > 599) return false;
+    if (v.stored_at_ms < 0 || v.fresh_until_ms < v.stored_at_ms ||
+        v.stale_until_ms < v.fresh_until_ms)
+        return false;
+    if (v.header_count > entry_max_headers) return false;
+    size_t header_bytes = 0;
+    for (size_t i = 0; i < v.header_count; ++i) {
+        const HeaderView& h = v.headers[i];
+        if (!valid_name(h.name) || !valid_value(h.value)) return false;
+        header_bytes += h.name.size() + h.value.size();  // each bounded: cannot overflow
+        if (header_bytes > entry_max_header_bytes) return false;
+    }
+    if (v.body.size() > limits.max_size || v.plain_size > limits.max_size) return false;
+    if (!v.gzip && v.plain_size != v.body.size()) return false;
+    return true;
+}
+
+void put(std::string& s, uint64_t v, int bytes) {
+    for (int i = bytes - 1; i >= 0; --i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+class Reader {
+   public:
+    explicit Reader(std::string_view in) noexcept : in_(in) {}
+    bool u(int bytes, uint64_t& v) noexcept {
+        if (in_.size() < static_cast<size_t>(bytes)) return false;
+        v = 0;
+        for (int i = 0; i < bytes; ++i) v = (v << 8) | static_cast<uint8_t>(in_[i]);
+        in_.remove_prefix(static_cast<size_t>(bytes));
+        return true;
+    }
+    bool i64(int64_t& v) noexcept {
+        uint64_t u64;
+        if (!u(8, u64)) return false;
+        v = static_cast<int64_t>(u64);  // two's complement (C++20 guarantees it, gcc always)
+        return true;
+    }
+    bool bytes(uint64_t len, std::string_view& out) noexcept {
+        if (len > in_.size()) return false;
+        out = in_.substr(0, static_cast<size_t>(len));
+        in_.remove_prefix(static_cast<size_t>(len));
+        return true;
+    }
+    bool done() const noexcept { return in_.empty(); }
+
+   private:
+    std::string_view in_;
+};
+
+int64_t sat_add(int64_t a, int64_t b) noexcept {  // b >= 0
+    return a > int64_max - b ? int64_max : a + b;
+}
+
+// Digits only, saturating at max_delta_seconds. false when empty or not all digits.
+bool parse_seconds(std::string_view s, int64_t& out) noexcept {
+    if (s.empty()) return false;
+    int64_t v = 0;
+    for (char c : s) {
+        if (c < '0' || c > '9') return false;
+        if (v < max_delta_seconds) v = v * 10 + (c - '0');
+    }
+    out = v < max_delta_seconds ? v : max_delta_seconds;
+    return true;
+}
+
+bool is_ows(char c) noexcept {
+    return c == ' ' || c == '\t';
+}
+
+std::string_view trim(std::string_view s) noexcept {
+    while (!s.empty() && is_ows(s.front())) s.remove_prefix(1);
+    while (!s.empty() && is_ows(s.back())) s.remove_suffix(1);
+    return s;
+}
+
+struct CacheControl {
+    bool no_store = false;
+    bool no_cache = false;
+    bool private_ = false;
+    bool revalidate = false;  // must-revalidate, proxy-revalidate
+    bool bad = false;
+    int64_t max_age = -1;  // seconds; -1: absent
+    int64_t s_maxage = -1;
+};
+
+void min_into(int64_t& slot, int64_t v) noexcept {
+    if (slot < 0 || v < slot) slot = v;
+}
+
+// One Cache-Control field value: #( token [ "=" ( token / quoted-string ) ] ).
+void parse_cache_control(std::string_view s, CacheControl& cc) noexcept {
+    size_t i = 0;
+    const size_t n = s.size();
+    while (i < n) {
+        while (i < n && (is_ows(s[i]) || s[i] == ',')) ++i;
+        if (i == n) break;
+        size_t start = i;
+        while (i < n && is_tchar(s[i])) ++i;
+        std::string_view name = s.substr(start, i - start);
+        if (name.empty()) {
+            cc.bad = true;
+            return;
+        }
+        while (i < n && is_ows(s[i])) ++i;
+        std::string_view value;
+        bool has_value = false;
+        if (i < n && s[i] == '=') {
+            has_value = true;
+            ++i;
+            while (i < n && is_ows(s[i])) ++i;
+            if (i < n && s[i] == '"') {
+                ++i;
+                size_t vstart = i;
+                bool escaped = false;
+                while (i < n && (escaped || s[i] != '"')) {
+                    escaped = !escaped && s[i] == '\\';
+                    ++i;
+                }
+                if (i == n) {  // unterminated
+                    cc.bad = true;
+                    return;
+                }
+                value = s.substr(vstart, i - vstart);  // escapes kept: only numbers are read
+                ++i;
+            } else {
+                size_t vstart = i;
+                while (i < n && is_tchar(s[i])) ++i;
+                value = s.substr(vstart, i - vstart);
+            }
+        }
+        while (i < n && is_ows(s[i])) ++i;
+        if (i < n && s[i] != ',') {
+            cc.bad = true;
+            return;
+        }
+
+        if (iequals(name, "no-store")) {
+            cc.no_store = true;
+        } else if (iequals(name, "no-cache")) {
+            cc.no_cache = true;
+        } else if (iequals(name, "private")) {
+            cc.private_ = true;
+        } else if (iequals(name, "must-revalidate") || iequals(name, "proxy-revalidate")) {
+            cc.revalidate = true;
+        } else if (iequals(name, "max-age") || iequals(name, "s-maxage")) {
+            int64_t secs;
+            if (!has_value || !parse_seconds(value, secs)) {
+                cc.bad = true;
+                return;
+            }
+            min_into(iequals(name, "max-age") ? cc.max_age : cc.s_maxage, secs);
+        }
+    }
+}
+
+// Vary: "*" or #field-name
+Verdict check_vary(std::string_view s, const Policy& p) noexcept {
+    while (!s.empty()) {
+        size_t comma = s.find(',');
+        std::string_view item = trim(s.substr(0, comma));
+        s = comma == std::string_view::npos ? std::string_view() : s.substr(comma + 1);
+        if (item.empty()) continue;
+        if (item == "*") return Verdict::vary_star;
+        if (iequals(item, "accept-encoding")) continue;
+        if ((iequals(item, "cookie") || iequals(item, "authorization")) && p.user_identity)
+            continue;
+        if (p.strict_vary) return Verdict::vary_other;
+    }
+    return Verdict::store;
+}
+
+Decision refuse(Verdict v) noexcept {
+    Decision d;
+    d.verdict = v;
+    return d;
+}
+
+template <class E>
+void set_times_impl(E& e, const Decision& d, int64_t now_ms) noexcept {
+    int64_t now = now_ms < 0 ? 0 : now_ms;
+    e.stored_at_ms = now;
+    e.fresh_until_ms = sat_add(now, d.ttl_ms < 0 ? 0 : d.ttl_ms);
+    e.stale_until_ms = sat_add(e.fresh_until_ms, d.stale_ms < 0 ? 0 : d.stale_ms);
+}
+
+}  // namespace
+
+// ---- format ----
+
+std::string encode_head(const EntryView& v, uint64_t body_size) {
+    size_t size = entry_fixed_size + 8;
+    for (size_t i = 0; i < v.header_count && i < entry_max_headers; ++i)
+        size += 6 + v.headers[i].name.size() + v.headers[i].value.size();
+    std::string s;
+    s.reserve(size);
+    s.append(magic, sizeof(magic));
+    s.push_back(static_cast<char>(entry_version));
+    put(s, v.gzip ? flag_gzip : 0, 1);
+    put(s, v.status, 2);
+    put(s, static_cast<uint64_t>(v.stored_at_ms), 8);
+    put(s, static_cast<uint64_t>(v.fresh_until_ms), 8);
+    put(s, static_cast<uint64_t>(v.stale_until_ms), 8);
+    put(s, v.plain_size, 8);
+    size_t count = v.header_count < entry_max_headers ? v.header_count : entry_max_headers;
+    put(s, count, 2);
+    for (size_t i = 0; i < count; ++i) {
+        put(s, v.headers[i].name.size(), 2);
+        s.append(v.headers[i].name);
+        put(s, v.headers[i].value.size(), 4);
+        s.append(v.headers[i].value);
+    }
+    put(s, body_size, 8);
+    return s;
+}
+
+std::string encode(const EntryView& v) {
+    std::string s = encode_head(v, v.body.size());
+    s.append(v.body);
+    return s;
+}
+
+std::string encode(const Entry& e) {
+    EntryView v;
+    view_of(e, v);  // more than entry_max_headers: the rest is dropped (valid() says false)
+    return encode(v);
+}
+
+bool decode(std::string_view in, EntryView& out, const DecodeLimits& limits) noexcept {
+    Reader r(in);
+    std::string_view head;
+    if (!r.bytes(4, head) || head.substr(0, 3) != std::string_view(magic, 3) ||
+        static_cast<uint8_t>(head[3]) != entry_version)
+        return false;
+    uint64_t flags, status, plain, count;
+    EntryView v;
+    if (!r.u(1, flags) || (flags & ~uint64_t{flag_gzip}) != 0) return false;
+    if (!r.u(2, status) || !r.i64(v.stored_at_ms) || !r.i64(v.fresh_until_ms) ||
+        !r.i64(v.stale_until_ms) || !r.u(8, plain) || !r.u(2, count))
+        return false;
+    if (count > entry_max_headers) return false;
+    v.gzip = (flags & flag_gzip) != 0;
+    v.status = static_cast<uint16_t>(status);
+    v.plain_size = plain;
+    v.header_count = static_cast<size_t>(count);
+    for (size_t i = 0; i < v.header_count; ++i) {
+        uint64_t nlen, vlen;
+        if (!r.u(2, nlen) || !r.bytes(nlen, v.headers[i].name)) return false;
+        if (!r.u(4, vlen) || !r.bytes(vlen, v.headers[i].value)) return false;
+    }
+    uint64_t blen;
+    if (!r.u(8, blen) || !r.bytes(blen, v.body) || !r.done()) return false;
+    if (!valid_fields(v, limits)) return false;
+    out = v;
+    return true;
+}
+
+bool decode(std::string_view in, Entry& out, const DecodeLimits& limits) noexcept {
+    EntryView v;
+    if (!decode(in, v, limits)) return false;
+    try {
+        Entry e;
+        e.status = v.status;
+        e.gzip = v.gzip;
+        e.stored_at_ms = v.stored_at_ms;
+        e.fresh_until_ms = v.fresh_until_ms;
+        e.stale_until_ms = v.stale_until_ms;
+        e.plain_size = v.plain_size;
+        e.headers.reserve(v.header_count);
+        for (size_t i = 0; i < v.header_count; ++i)
+            e.headers.push_back(
+                Header{std::string(v.headers[i].name), std::string(v.headers[i].value)});
+        e.body.assign(v.body);
+        out = std::move(e);
+    } catch (const std::bad_alloc&) {
+        return false;
+    }
+    return true;
+}
+
+bool view_of(const Entry& e, EntryView& out) noexcept {
+    out.status = e.status;
+    out.gzip = e.gzip;
+    out.stored_at_ms = e.stored_at_ms;
+    out.fresh_until_ms = e.fresh_until_ms;
+    out.stale_until_ms = e.stale_until_ms;
+    out.plain_size = e.plain_size;
+    out.header_count = e.headers.size() < entry_max_headers ? e.headers.size() : entry_max_headers;
+    for (size_t i = 0; i < out.header_count; ++i)
+        out.headers[i] = HeaderView{e.headers[i].name, e.headers[i].value};
+    out.body = e.body;
+    return e.headers.size() <= entry_max_headers;
+}
+
+bool valid(const EntryView& v, const DecodeLimits& limits) noexcept {
+    return valid_fields(v, limits);
+}
+
+bool valid(const Entry& e, const DecodeLimits& limits) noexcept {
+    EntryView v;
+    return view_of(e, v) && valid_fields(v, limits);
+}
+
+bool header_storable(std::string_view name) noexcept {
+    static constexpr std::string_view refused[] = {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "date",
+        "age",
+        "set-cookie",
+        "set-cookie2",
+    };
+    for (std::string_view r : refused)
+        if (iequals(name, r)) return false;
+    return !istarts_with(name, "x-accel-");
+}
+
+// ---- serving ----
+
+Freshness freshness(const EntryView& v, int64_t now_ms) noexcept {
+    if (now_ms < v.fresh_until_ms) return Freshness::fresh;
+    if (now_ms < v.stale_until_ms) return Freshness::stale;
+    return Freshness::expired;
+}
+
+int64_t age_seconds(const EntryView& v, int64_t now_ms) noexcept {
+    if (now_ms <= v.stored_at_ms) return 0;
+    // Both are >= 0 here (stored_at_ms >= 0 in a valid entry): no overflow.
+    return (now_ms - v.stored_at_ms) / 1000;
+}
+
+// ---- what to store ----
+
+Decision decide(const Policy& p, const Response& r) noexcept {
+    if (r.method != "GET") return refuse(Verdict::not_get);
+    if (r.status < 200 || r.status == 206 || r.status == 304) return refuse(Verdict::status_never);
+    if (r.status >= 500) return refuse(Verdict::server_error);
+
+    int64_t configured = -1;
+    for (size_t i = 0; i < p.valid_count; ++i) {
+        if (p.valid[i].status == r.status) {
+            configured = p.valid[i].ttl_ms;
+            break;
+        }
+        if (p.valid[i].status == 0 && configured < 0) configured = p.valid[i].ttl_ms;
+    }
+    if (configured < 0) return refuse(Verdict::status_not_configured);
+
+    CacheControl cc;
+    std::string_view accel;
+    bool has_accel = false;
+    for (size_t i = 0; i < r.header_count; ++i) {
+        const HeaderView& h = r.headers[i];
+        if (iequals(h.name, "set-cookie") || iequals(h.name, "set-cookie2"))
+            return refuse(Verdict::set_cookie);
+    }
+    for (size_t i = 0; i < r.header_count; ++i) {
+        const HeaderView& h = r.headers[i];
+        if (iequals(h.name, "vary")) {
+            Verdict v = check_vary(h.value, p);
+            if (v != Verdict::store) return refuse(v);
+        }
+    }
+    for (size_t i = 0; i < r.header_count; ++i) {
+        const HeaderView& h = r.headers[i];
+        if (iequals(h.name, "content-encoding")) {
+            std::string_view v = trim(h.value);
+            if (!v.empty() && !iequals(v, "identity")) return refuse(Verdict::content_encoding);
+        }
+    }
+    if (r.content_length >= 0 && !fits(p, static_cast<uint64_t>(r.content_length)))
+        return refuse(Verdict::too_large);
+
+    for (size_t i = 0; i < r.header_count; ++i) {
+        const HeaderView& h = r.headers[i];
+        if (iequals(h.name, "cache-control")) {
+            parse_cache_control(h.value, cc);
+        } else if (iequals(h.name, "x-accel-expires")) {
+            if (has_accel) return refuse(Verdict::bad_accel_expires);  // two: ambiguous
+            has_accel = true;
+            accel = trim(h.value);
+        }
+    }
+    if (cc.no_store) return refuse(Verdict::no_store);
+    if (cc.no_cache) return refuse(Verdict::no_cache);
+    if (cc.private_ && !p.user_identity) return refuse(Verdict::private_without_identity);
+    if (cc.bad) return refuse(Verdict::bad_cache_control);
+
+    int64_t ttl_ms = configured;
+    if (has_accel) {
+        int64_t secs;
+        if (!accel.empty() && accel.front() == '@') {
+            // Absolute epoch seconds, taken up to the year 2038 and a bit (2^31 s).
+            if (!parse_seconds(accel.substr(1), secs)) return refuse(Verdict::bad_accel_expires);
+            int64_t at_ms = secs * 1000;
+            ttl_ms = at_ms > r.now_ms ? at_ms - (r.now_ms < 0 ? 0 : r.now_ms) : 0;
+        } else {
+            if (!parse_seconds(accel, secs)) return refuse(Verdict::bad_accel_expires);
+            ttl_ms = secs * 1000;
+        }
+    } else if (cc.s_maxage >= 0) {
+        ttl_ms = cc.s_maxage * 1000;
+    } else if (cc.max_age >= 0) {
+        ttl_ms = cc.max_age * 1000;
+    }
+    if (ttl_ms <= 0) return refuse(Verdict::zero_ttl);
+
+    Decision d;
+    d.verdict = Verdict::store;
+    d.ttl_ms = ttl_ms;
+    d.stale_ms = cc.revalidate || p.stale_ms < 0 ? 0 : p.stale_ms;
+    return d;
+}
+
+const char* verdict_name(Verdict v) noexcept {
+    switch (v) {
+        case Verdict::store:
+            return "store";
+        case Verdict::not_get:
+            return "not-get";
+        case Verdict::status_never:
+            return "status-never";
+        case Verdict::server_error:
+            return "server-error";
+        case Verdict::status_not_configured:
+            return "status-not-configured";
+        case Verdict::set_cookie:
+            return "set-cookie";
+        case Verdict::vary_star:
+            return "vary-star";
+        case Verdict::vary_other:
+            return "vary-other";
+        case Verdict::content_encoding:
+            return "content-encoding";
+        case Verdict::too_large:
+            return "too-large";
+        case Verdict::no_store:
+            return "no-store";
+        case Verdict::no_cache:
+            return "no-cache";
+        case Verdict::private_without_identity:
+            return "private-without-identity";
+        case Verdict::bad_cache_control:
+            return "bad-cache-control";
+        case Verdict::bad_accel_expires:
+            return "bad-accel-expires";
+        case Verdict::zero_ttl:
+            return "zero-ttl";
+    }
+    return "unknown";
+}
+
+bool request_cacheable(std::string_view method, bool has_credentials,
+                       bool has_user_identity) noexcept {
+    if (method != "GET" && method != "HEAD") return false;
+    return !has_credentials || has_user_identity;
+}
+
+void set_times(EntryView& v, const Decision& d, int64_t now_ms) noexcept {
+    set_times_impl(v, d, now_ms);
+}
+
+void set_times(Entry& e, const Decision& d, int64_t now_ms) noexcept {
+    set_times_impl(e, d, now_ms);
+}
+
+}  // namespace throttle::core::cache
