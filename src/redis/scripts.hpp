@@ -14,32 +14,48 @@
 // The scripts touch only these names, built from their KEYS. Both start with "#!lua" (Redis 7
 // script flags, none set): in a cluster Redis refuses a script that touches a name outside its
 // KEYS' slot (t/redis/scripts_test.cpp runs both on a one-node cluster). A strict call over
-// several zones, or a flush batch, spans several slots: cluster support will need one call per
-// slot (and strict's all-or-nothing then only holds within a slot).
+// several zones or keys (a batch), or a flush batch, spans several slots: cluster support will
+// need one call per slot (and strict's all-or-nothing then only holds within a slot).
 //
-// STRICT (mode=strict; one atomic round trip per request, all-or-nothing over its zones)
-//   KEYS = BASE of each of the n zones the request applies to
-//   ARGV = n groups of 4: algorithm (0 sliding, 1 gcra), limit, period_ms, burst (0 = limit);
-//          an optional ARGV[4n+1] replaces the clock (epoch ms), for tests only: the module never
-//          sends it.
-//   now = Redis' TIME in whole ms (every host agrees on window edges). Each zone decides like
-//   core::evaluate() at that now (src/core/sliding_window.hpp, gcra.hpp), with Redis' keys as
-//   the state:
-//     sliding  W = now - now % P; cur = GET BASE:W, prev = GET BASE:(W - P) (missing: 0); the
-//              same decision as core's, field for field (no clock-behind case: the keys are
-//              per window).
-//     gcra     core's formulas in µs instead of ns: TAT in µs (missing: 0),
+// STRICT (mode=strict; one atomic call decides a batch of m >= 1 requests, in order, each
+// all-or-nothing over its zones; a single request is a batch of one)
+//   KEYS = the BASE of each distinct (zone key, policy) the batch uses, grouped by policy
+//   ARGV[1] = the clock: "" for Redis' TIME (what the module sends), or epoch ms replacing it
+//             (tests only)
+//   then per policy 5 values: algorithm (0 sliding, 1 gcra), limit, period_ms, burst (0 =
+//             limit; sliding ignores it, the builder sends 0), n: the next n KEYS use this
+//             policy (the n's add up to #KEYS)
+//   then the requests: per request, the KEYS index (1-based) of each of its zones, the first
+//             one negated. Requests {A, B}, {C}, {A, B} over KEYS = A, B, C: -1 2 -3 -1 2.
+//   now = Redis' TIME in whole ms (every host agrees on window edges), read once per call: every
+//   request in the batch is decided at the same now. Each zone decides like core::evaluate() at
+//   that now (src/core/sliding_window.hpp, gcra.hpp), with Redis' keys as the state, as left by
+//   the requests before it in the batch:
+//     sliding  W = now - now % P; cur = BASE:W, prev = BASE:(W - P) (missing: 0); the same
+//              decision as core's, field for field (no clock-behind case: the keys are per
+//              window).
+//     gcra     core's formulas in µs instead of ns: TAT = BASE:gcra in µs (missing: 0),
 //              T = max(1, floor(P * 1000 / L)) µs, C = burst ? burst : L (clamped to 1 .. 1e9),
 //              now in µs = now_ms * 1000. Identical to core's decision whenever P * 1e6 / L is a
 //              whole number of µs; otherwise T is rounded down to the µs (at most 1 µs per
 //              request faster than written, core: 1 ns).
-//   Only if every zone admits is the request counted, in all of them:
-//     sliding  INCR BASE:W; when that created the key (INCR returned 1), PEXPIRE BASE:W
-//              2P + 1000 (set once at creation, never refreshed).
-//     gcra     SET BASE:gcra new_tat PX ceil((new_tat - now) / 1000) + 1000.
-//   A rejected request is counted nowhere. Zones that would have admitted still report the
-//   decision core::evaluate() gives (allowed, remaining as if counted), like local mode does.
-//   Reply: [now_ms, then per zone: allowed (1/0), remaining, reset_ms, retry_after_ms].
+//   Only if every zone of a request admits is the request counted, in all of them (sliding:
+//   cur + 1; gcra: TAT = new TAT); the next requests see it. A rejected request is counted
+//   nowhere. Zones that would have admitted still report the decision core::evaluate() gives
+//   (allowed, remaining as if counted), like local mode does. The end state is exactly what one
+//   call per request at the same now would leave (one INCR per counted request, PEXPIRE 2P +
+//   1000 when that INCR created the window key, SET BASE:gcra TAT PX ceil((TAT - now) / 1000) +
+//   1000 per counted request), but each key is written once:
+//     sliding  created by the batch (it held 0 or was missing): SET BASE:W count PX 2P + 1000;
+//              otherwise INCR / INCRBY BASE:W, which keeps its expiry (set once at creation,
+//              never refreshed).
+//     gcra     SET BASE:gcra last_tat PX ceil((last_tat - now) / 1000) + 1000.
+//   Redis work per call: TIME, one MGET of every key the batch reads (each once), one EXISTS of
+//   those MGET found missing (a key of another type reads as missing there and must be an
+//   error), then one write per key the batch counted in. (With a single KEYS entry, two GETs
+//   replace MGET and EXISTS: cheaper for a lone request.)
+//   Reply: [now_ms, then per request, per zone: v, reset_ms], flat, 1 + 2 * (zones in all),
+//   where v = remaining when the zone admits (>= 0), -retry_after_ms when it refuses (<= -1).
 //   Exactness: Lua numbers are doubles (exact integers below 2^53). Every decision is exact
 //   while strict_exact() holds for each zone: sliding L * P < 2^53; gcra C * T < 2^52 µs (with
 //   now < 2^52 µs, i.e. until 2112, every TAT stays below 2^53). The sliding script compares
@@ -125,8 +141,17 @@ struct StrictDecision {
     int64_t retry_after_ms = 0;
 };
 
-// The script, built on first use (may throw std::bad_alloc then) and never destroyed.
+// The script (batch form; one request is a batch of one), built on first use (may throw
+// std::bad_alloc then) and never destroyed.
 const Script& strict_script();
+inline const Script& strict_batch_script() {
+    return strict_script();
+}
+
+// The most requests the module should put in one strict call: the script runs atomically, so
+// a long batch delays every other Redis client (it costs Redis about 1 to 4 µs per request,
+// more when it creates many keys: see StrictBatchCostPerDecision in t/redis/scripts_test.cpp).
+inline constexpr size_t strict_batch_max = 128;
 
 // True when the strict script's arithmetic is exact for this policy (see above): sliding
 // L * P < 2^53, gcra C * T_us <= 2^52 (limit, period and burst clamped like the script does).
@@ -135,19 +160,35 @@ inline bool strict_exact(const StrictZone& z) noexcept {
     return strict_exact(z.algorithm, z.limit, z.period_ms, z.burst);
 }
 
-// Fills `out` (cleared first) with the KEYS and ARGV of a strict call over zones[0..n).
-// False when n == 0 or memory runs out.
+// Fills `out` (cleared first) with the KEYS and ARGV of a strict call deciding one request over
+// zones[0..n) (a batch of one). False when n == 0 or memory runs out.
 bool build_strict_args(const StrictZone* zones, size_t n, EvalArgs& out) noexcept;
 inline bool build_strict_args(const std::vector<StrictZone>& zones, EvalArgs& out) noexcept {
     return build_strict_args(zones.data(), zones.size(), out);
 }
 
-// Parses the reply of a strict call over n zones into now_ms (Redis' clock, epoch ms) and
-// out[0..n) (resized to n). False, with now_ms and out unspecified, unless the reply is an
-// array of exactly 1 + 4n non-negative integers, each allowed 0 or 1, a rejected zone with
-// remaining 0 and retry_after_ms >= 1, an admitted one with retry_after_ms 0.
+// Fills `out` (cleared first) with the KEYS and ARGV of one strict call deciding
+// requests[0..m), in that order, each a list of zones. Zones with the same base and policy
+// (within a request or across requests) share one KEYS entry. False when m == 0, a request is
+// null or has no zone, or memory runs out. Any m works; the module should send at most
+// strict_batch_max.
+bool build_strict_batch_args(const std::vector<const std::vector<StrictZone>*>& requests,
+                             EvalArgs& out) noexcept;
+
+// Parses the reply of a strict call over one request of n zones into now_ms (Redis' clock,
+// epoch ms) and out[0..n) (resized to n). False, with now_ms and out unspecified, unless the
+// reply is an array of exactly 1 + 2n integers: now_ms >= 0, then per zone v (any integer but
+// LLONG_MIN) and reset_ms >= 0.
 bool parse_strict_reply(const Reply& reply, size_t n, int64_t& now_ms,
                         std::vector<StrictDecision>& out) noexcept;
+
+// Parses the reply of a strict batch call: out[i] gets requests[i]'s decisions (zone_counts[i]
+// of them; out is resized to zone_counts.size()). False, with now_ms and out unspecified, when
+// zone_counts is empty or holds a 0, or the reply is not exactly what parse_strict_reply()
+// takes for sum(zone_counts) zones.
+bool parse_strict_batch_reply(const Reply& reply, const std::vector<size_t>& zone_counts,
+                              int64_t& now_ms,
+                              std::vector<std::vector<StrictDecision>>& out) noexcept;
 
 // ---- FLUSH ----
 

@@ -3,11 +3,15 @@
 // admission, all-or-nothing, GCRA spacing, expiry set once, binary keys, the same key layout
 // for both scripts, a one-node Redis Cluster (derived keys share their slot), and a cross-check
 // of the strict script's decisions against core::evaluate() over a few thousand random states
-// (the script takes an optional trailing clock argument for this; the module never sends it).
+// (the script's first argument can replace Redis' clock for this; the module never does).
+// Then batches: many requests decided in one call, in order, each all-or-nothing, the same as
+// one call per request and as core deciding them one after the other; and what a decision
+// costs Redis in calls of 1, 8 and 32 requests (printed).
 #include "redis/scripts.hpp"
 
 #include <gtest/gtest.h>
 
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <deque>
@@ -73,6 +77,19 @@ int64_t window_of(int64_t now, int64_t period) {
     return now - now % period;
 }
 
+// The same call with the test-only clock `now` in place of Redis' TIME (ARGV[1]).
+EvalArgs with_clock(const EvalArgs& a, int64_t now) {
+    EvalArgs b;
+    for (std::string_view k : a.keys()) {
+        b.add_key(k);
+    }
+    b.add_arg(now);
+    for (size_t i = 1; i < a.args().size(); i++) {
+        b.add_arg(a.args()[i]);
+    }
+    return b;
+}
+
 int64_t wall_ms() {
     timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -117,20 +134,91 @@ TEST(RedisScriptsUnit, EvalArgsViewsSurviveGrowthAndMove) {
 
 TEST(RedisScriptsUnit, StrictArguments) {
     std::vector<StrictZone> zones = {sliding("b1", 100, hour_ms), gcra("b2", 5, 1000, 2),
-                                     sliding("b3", 0, 0), gcra("b4", 7, 60000, 0)};
+                                     sliding("b3", 0, 0), gcra("b4", 7, 60000, 0),
+                                     sliding("b5", 100, hour_ms)};
     zones[2].algorithm = 9;  // unknown: sliding, as in core
+    zones[2].burst = 4;      // sliding ignores its burst: sent as 0
     EvalArgs a;
     ASSERT_TRUE(build_strict_args(zones, a));
-    EXPECT_EQ(strings(a.keys()), (std::vector<std::string>{"b1", "b2", "b3", "b4"}));
+    // KEYS grouped by policy: b1 and b5 share one.
+    EXPECT_EQ(strings(a.keys()), (std::vector<std::string>{"b1", "b5", "b2", "b3", "b4"}));
     EXPECT_EQ(strings(a.args()),
-              (std::vector<std::string>{"0", "100", "3600000", "0", "1", "5", "1000", "2", "0", "1",
-                                        "1", "0", "1", "7", "60000", "0"}));
+              (std::vector<std::string>{"",                                   // clock: TIME
+                                        "0",  "100", "3600000", "0", "2",     // b1 b5
+                                        "1",  "5",   "1000",    "2", "1",     // b2
+                                        "0",  "1",   "1",       "0", "1",     // b3
+                                        "1",  "7",   "60000",   "0", "1",     // b4
+                                        "-1", "3",   "4",       "5", "2"}));  // b1 b2 b3 b4 b5
     // Filling again starts over; nothing is an error.
     ASSERT_TRUE(build_strict_args(zones.data(), 1, a));
-    EXPECT_EQ(a.keys().size(), 1u);
-    EXPECT_EQ(a.args().size(), 4u);
+    EXPECT_EQ(strings(a.keys()), (std::vector<std::string>{"b1"}));
+    EXPECT_EQ(strings(a.args()),
+              (std::vector<std::string>{"", "0", "100", "3600000", "0", "1", "-1"}));
     EXPECT_FALSE(build_strict_args(zones.data(), 0, a));
     EXPECT_TRUE(a.keys().empty());
+    EXPECT_TRUE(a.args().empty());
+    // The same zone twice in one request is one key, referenced twice.
+    ASSERT_TRUE(build_strict_args({zones[0], zones[0]}, a));
+    EXPECT_EQ(strings(a.keys()), (std::vector<std::string>{"b1"}));
+    EXPECT_EQ(strings(a.args()),
+              (std::vector<std::string>{"", "0", "100", "3600000", "0", "1", "-1", "1"}));
+    // The same base under two policies is two keys.
+    ASSERT_TRUE(build_strict_args({sliding("b", 5, 1000), sliding("b", 6, 1000)}, a));
+    EXPECT_EQ(strings(a.keys()), (std::vector<std::string>{"b", "b"}));
+    EXPECT_EQ(strings(a.args()), (std::vector<std::string>{"", "0", "5", "1000", "0", "1", "0", "6",
+                                                           "1000", "0", "1", "-1", "2"}));
+}
+
+TEST(RedisScriptsUnit, StrictBatchArguments) {
+    const StrictZone a = sliding("a", 10, 1000), b = sliding("b", 10, 1000),
+                     g = gcra("g", 3, 1000, 0), ab = sliding("a", 20, 60000);
+    const std::vector<StrictZone> r1 = {a, g}, r2 = {b}, r3 = {ab, a, g}, r4 = {b, b};
+    EvalArgs x;
+    ASSERT_TRUE(build_strict_batch_args({&r1, &r2, &r1, &r3, &r4}, x));
+    // Policies in order of first use: (10, 1000) for a and b, gcra for g, (20, 60000) for a.
+    EXPECT_EQ(strings(x.keys()), (std::vector<std::string>{"a", "b", "g", "a"}));
+    EXPECT_EQ(
+        strings(x.args()),
+        (std::vector<std::string>{"",                              // clock
+                                  "0",  "10", "1000",  "0",  "2",  // a b
+                                  "1",  "3",  "1000",  "0",  "1",  // g
+                                  "0",  "20", "60000", "0",  "1",  // a (other policy)
+                                  "-1", "3",  "-2",    "-1", "3", "-4", "1", "3", "-2", "2"}));
+
+    // One request: the same as build_strict_args.
+    EvalArgs y;
+    ASSERT_TRUE(build_strict_batch_args({&r3}, x));
+    ASSERT_TRUE(build_strict_args(r3, y));
+    EXPECT_EQ(strings(x.keys()), strings(y.keys()));
+    EXPECT_EQ(strings(x.args()), strings(y.args()));
+
+    // Many distinct keys (past the linear search): each once, in order, references in order.
+    std::vector<std::vector<StrictZone>> many;
+    for (int i = 0; i < 100; i++) {
+        many.push_back({sliding("k" + std::to_string(i % 40), 10, 1000)});
+    }
+    std::vector<const std::vector<StrictZone>*> ptrs;
+    for (const auto& r : many) {
+        ptrs.push_back(&r);
+    }
+    ASSERT_TRUE(build_strict_batch_args(ptrs, x));
+    ASSERT_EQ(x.keys().size(), 40u);
+    ASSERT_EQ(x.args().size(), 1u + 5u + 100u);
+    EXPECT_EQ(x.args()[5], "40");
+    for (int i = 0; i < 100; i++) {
+        EXPECT_EQ(x.keys()[size_t(i % 40)], "k" + std::to_string(i % 40));
+        EXPECT_EQ(x.args()[6 + size_t(i)], std::to_string(-(i % 40 + 1)));
+    }
+
+    // No request, a null request or one without zones: nothing.
+    const std::vector<StrictZone> none;
+    EXPECT_FALSE(build_strict_batch_args({}, x));
+    EXPECT_TRUE(x.keys().empty());
+    EXPECT_FALSE(build_strict_batch_args({&r1, nullptr}, x));
+    EXPECT_TRUE(x.keys().empty());
+    EXPECT_TRUE(x.args().empty());
+    EXPECT_FALSE(build_strict_batch_args({&r1, &none}, x));
+    EXPECT_TRUE(x.args().empty());
 }
 
 TEST(RedisScriptsUnit, FlushArguments) {
@@ -156,8 +244,7 @@ TEST(RedisScriptsUnit, FlushArguments) {
 TEST(RedisScriptsUnit, ParseStrictReply) {
     int64_t now = -1;
     std::vector<StrictDecision> d;
-    ASSERT_TRUE(
-        parse_strict_reply(array_of({1700000000123, 1, 4, 7000, 0, 0, 0, 500, 250}), 2, now, d));
+    ASSERT_TRUE(parse_strict_reply(array_of({1700000000123, 4, 7000, -250, 500}), 2, now, d));
     EXPECT_EQ(now, 1700000000123);
     ASSERT_EQ(d.size(), 2u);
     EXPECT_TRUE(d[0].allowed);
@@ -168,36 +255,44 @@ TEST(RedisScriptsUnit, ParseStrictReply) {
     EXPECT_EQ(d[1].remaining, 0u);
     EXPECT_EQ(d[1].reset_ms, 500);
     EXPECT_EQ(d[1].retry_after_ms, 250);
+    ASSERT_TRUE(parse_strict_reply(array_of({0, 0, 0, -1, 0}), 2, now, d));
+    EXPECT_TRUE(d[0].allowed);  // 0 remaining, admitted
+    EXPECT_EQ(d[0].remaining, 0u);
+    EXPECT_FALSE(d[1].allowed);
+    EXPECT_EQ(d[1].retry_after_ms, 1);
+    ASSERT_TRUE(parse_strict_reply(array_of({5, LLONG_MAX, 0}), 1, now, d));
+    EXPECT_EQ(d[0].remaining, uint64_t(LLONG_MAX));
+    ASSERT_TRUE(parse_strict_reply(array_of({5, -LLONG_MAX, 0}), 1, now, d));
+    EXPECT_EQ(d[0].retry_after_ms, LLONG_MAX);
 
-    const Reply good = array_of({5, 1, 4, 7000, 0});
+    const Reply good = array_of({5, 4, 7000});
     ASSERT_TRUE(parse_strict_reply(good, 1, now, d));
     EXPECT_FALSE(parse_strict_reply(good, 2, now, d));  // length
     EXPECT_FALSE(parse_strict_reply(good, 0, now, d));
-    EXPECT_FALSE(parse_strict_reply(array_of({5, 1, 4, 7000}), 1, now, d));
-    EXPECT_FALSE(parse_strict_reply(array_of({5, 1, 4, 7000, 0, 0}), 1, now, d));
-    EXPECT_FALSE(parse_strict_reply(array_of({-1, 1, 4, 7000, 0}), 1, now, d));  // negative
-    EXPECT_FALSE(parse_strict_reply(array_of({5, 1, -4, 7000, 0}), 1, now, d));
-    EXPECT_FALSE(parse_strict_reply(array_of({5, 1, 4, -1, 0}), 1, now, d));
-    EXPECT_FALSE(parse_strict_reply(array_of({5, 0, 0, 10, -3}), 1, now, d));
-    EXPECT_FALSE(parse_strict_reply(array_of({5, 2, 4, 7000, 0}), 1, now, d));  // allowed 0/1
-    EXPECT_FALSE(parse_strict_reply(array_of({5, 1, 4, 7000, 9}), 1, now, d));  // retry if allowed
-    EXPECT_FALSE(parse_strict_reply(array_of({5, 0, 3, 7000, 9}), 1, now, d));  // remaining if not
-    EXPECT_FALSE(parse_strict_reply(array_of({5, 0, 0, 7000, 0}), 1, now, d));  // no retry if not
+    EXPECT_FALSE(parse_strict_reply(array_of({5, 4}), 1, now, d));
+    EXPECT_FALSE(parse_strict_reply(array_of({5, 4, 7000, 0}), 1, now, d));
+    EXPECT_FALSE(parse_strict_reply(array_of({5, 1, 4, 7000, 0}), 1, now, d));  // the old shape
+    EXPECT_FALSE(parse_strict_reply(array_of({-1, 4, 7000}), 1, now, d));       // negative clock
+    EXPECT_FALSE(parse_strict_reply(array_of({5, 4, -1}), 1, now, d));          // negative reset
+    EXPECT_FALSE(parse_strict_reply(array_of({5, LLONG_MIN, 0}), 1, now, d));   // no -LLONG_MIN
 
     Reply r = good;
-    r.elements[2].type = Reply::Type::String;  // "4" as a bulk string is not an integer
-    r.elements[2].str = "4";
+    r.elements[1].type = Reply::Type::String;  // "4" as a bulk string is not an integer
+    r.elements[1].str = "4";
     EXPECT_FALSE(parse_strict_reply(r, 1, now, d));
     r = good;
-    r.elements[3] = Reply();  // nil
+    r.elements[2] = Reply();  // nil
     EXPECT_FALSE(parse_strict_reply(r, 1, now, d));
     r = good;
     r.elements[1] = array_of({1});  // nested
     EXPECT_FALSE(parse_strict_reply(r, 1, now, d));
+    r = good;
+    r.elements[0].type = Reply::Type::Status;
+    EXPECT_FALSE(parse_strict_reply(r, 1, now, d));
 
     Reply err;
     err.type = Reply::Type::Error;
-    err.str = "ERR throttle strict: bad arguments for key 1";
+    err.str = "ERR throttle strict: bad policy at argument 2";
     EXPECT_FALSE(parse_strict_reply(err, 1, now, d));
     EXPECT_FALSE(parse_strict_reply(Reply(), 1, now, d));
     EXPECT_FALSE(parse_strict_reply(integer(1), 1, now, d));
@@ -205,6 +300,77 @@ TEST(RedisScriptsUnit, ParseStrictReply) {
     status.type = Reply::Type::Status;
     status.str = "OK";
     EXPECT_FALSE(parse_strict_reply(status, 1, now, d));
+}
+
+TEST(RedisScriptsUnit, ParseStrictBatchReply) {
+    int64_t now = -1;
+    std::vector<std::vector<StrictDecision>> d;
+    // Three requests of 2, 1 and 1 zones.
+    const Reply r = array_of({1700000000123, 4, 7000, -250, 500, 0, 100, -3, 0});
+    ASSERT_TRUE(parse_strict_batch_reply(r, {2, 1, 1}, now, d));
+    EXPECT_EQ(now, 1700000000123);
+    ASSERT_EQ(d.size(), 3u);
+    ASSERT_EQ(d[0].size(), 2u);
+    ASSERT_EQ(d[1].size(), 1u);
+    ASSERT_EQ(d[2].size(), 1u);
+    EXPECT_TRUE(d[0][0].allowed);
+    EXPECT_EQ(d[0][0].remaining, 4u);
+    EXPECT_EQ(d[0][0].reset_ms, 7000);
+    EXPECT_FALSE(d[0][1].allowed);
+    EXPECT_EQ(d[0][1].retry_after_ms, 250);
+    EXPECT_EQ(d[0][1].reset_ms, 500);
+    EXPECT_TRUE(d[1][0].allowed);
+    EXPECT_EQ(d[1][0].remaining, 0u);
+    EXPECT_EQ(d[1][0].reset_ms, 100);
+    EXPECT_FALSE(d[2][0].allowed);
+    EXPECT_EQ(d[2][0].retry_after_ms, 3);
+    EXPECT_EQ(d[2][0].reset_ms, 0);
+    // The same reply read as other shapes of 4 zones.
+    ASSERT_TRUE(parse_strict_batch_reply(r, {1, 1, 1, 1}, now, d));
+    ASSERT_EQ(d.size(), 4u);
+    EXPECT_FALSE(d[1][0].allowed);
+    ASSERT_TRUE(parse_strict_batch_reply(r, {4}, now, d));
+    ASSERT_EQ(d.size(), 1u);
+    ASSERT_EQ(d[0].size(), 4u);
+    // One request: the same as parse_strict_reply.
+    std::vector<StrictDecision> one;
+    int64_t now1 = -1;
+    ASSERT_TRUE(parse_strict_reply(r, 4, now1, one));
+    EXPECT_EQ(now1, now);
+    for (size_t k = 0; k < 4; k++) {
+        EXPECT_EQ(one[k].allowed, d[0][k].allowed);
+        EXPECT_EQ(one[k].remaining, d[0][k].remaining);
+        EXPECT_EQ(one[k].reset_ms, d[0][k].reset_ms);
+        EXPECT_EQ(one[k].retry_after_ms, d[0][k].retry_after_ms);
+    }
+
+    // Counts that do not add up to the reply, an empty request, no request.
+    EXPECT_FALSE(parse_strict_batch_reply(r, {2, 1}, now, d));
+    EXPECT_FALSE(parse_strict_batch_reply(r, {2, 1, 1, 1}, now, d));
+    EXPECT_FALSE(parse_strict_batch_reply(r, {2, 0, 1, 1}, now, d));
+    EXPECT_FALSE(parse_strict_batch_reply(r, {}, now, d));
+    EXPECT_FALSE(parse_strict_batch_reply(r, {SIZE_MAX, 5}, now, d));  // no overflow
+    EXPECT_FALSE(parse_strict_batch_reply(r, {2, SIZE_MAX}, now, d));
+    // A bad element anywhere.
+    for (size_t i = 0; i < r.elements.size(); i++) {
+        Reply bad = r;
+        bad.elements[i] = Reply();
+        EXPECT_FALSE(parse_strict_batch_reply(bad, {2, 1, 1}, now, d)) << i;
+        bad.elements[i] = array_of({1});
+        EXPECT_FALSE(parse_strict_batch_reply(bad, {2, 1, 1}, now, d)) << i;
+    }
+    Reply bad = r;
+    bad.elements[7] = integer(LLONG_MIN);
+    EXPECT_FALSE(parse_strict_batch_reply(bad, {2, 1, 1}, now, d));
+    bad = r;
+    bad.elements[6] = integer(-100);  // a negative reset
+    EXPECT_FALSE(parse_strict_batch_reply(bad, {2, 1, 1}, now, d));
+    Reply err;
+    err.type = Reply::Type::Error;
+    err.str = "ERR throttle strict: bad zone reference at argument 7";
+    EXPECT_FALSE(parse_strict_batch_reply(err, {1}, now, d));
+    EXPECT_FALSE(parse_strict_batch_reply(Reply(), {1}, now, d));
+    EXPECT_FALSE(parse_strict_batch_reply(array_of({}), {1}, now, d));
 }
 
 TEST(RedisScriptsUnit, ParseFlushReply) {
@@ -251,6 +417,7 @@ TEST(RedisScriptsUnit, StrictExactBounds) {
 
 TEST(RedisScriptsUnit, ScriptsAreBuiltOnce) {
     EXPECT_EQ(&strict_script(), &strict_script());
+    EXPECT_EQ(&strict_batch_script(), &strict_script());  // one script for one and many
     EXPECT_EQ(&flush_script(), &flush_script());
     EXPECT_NE(strict_script().sha(), flush_script().sha());
     EXPECT_EQ(strict_script().source().compare(0, 6, "#!lua\n"), 0);
@@ -264,6 +431,13 @@ struct StrictOut {
     bool ok = false;
     int64_t now = 0;
     std::vector<StrictDecision> d;
+    Reply reply;
+};
+
+struct StrictBatchOut {
+    bool ok = false;
+    int64_t now = 0;
+    std::vector<std::vector<StrictDecision>> d;
     Reply reply;
 };
 
@@ -322,11 +496,32 @@ class RedisScriptsTest : public ::testing::Test {
         EvalArgs a;
         EXPECT_TRUE(build_strict_args(zones, a));
         if (now_override >= 0) {
-            a.add_arg(now_override);
+            a = with_clock(a, now_override);
         }
         StrictOut out;
         out.reply = eval(*client, strict_script(), a).reply;
         out.ok = parse_strict_reply(out.reply, zones.size(), out.now, out.d);
+        EXPECT_TRUE(out.ok) << to_string(out.reply.type) << " " << out.reply.str;
+        return out;
+    }
+
+    // One strict call deciding a batch of requests; now_override >= 0 replaces Redis' clock.
+    StrictBatchOut strict_batch(const std::vector<std::vector<StrictZone>>& requests,
+                                int64_t now_override = -1) {
+        std::vector<const std::vector<StrictZone>*> ptrs;
+        std::vector<size_t> counts;
+        for (const auto& r : requests) {
+            ptrs.push_back(&r);
+            counts.push_back(r.size());
+        }
+        EvalArgs a;
+        EXPECT_TRUE(build_strict_batch_args(ptrs, a));
+        if (now_override >= 0) {
+            a = with_clock(a, now_override);
+        }
+        StrictBatchOut out;
+        out.reply = eval(*client, strict_batch_script(), a).reply;
+        out.ok = parse_strict_batch_reply(out.reply, counts, out.now, out.d);
         EXPECT_TRUE(out.ok) << to_string(out.reply.type) << " " << out.reply.str;
         return out;
     }
@@ -572,14 +767,26 @@ TEST_F(RedisScriptsTest, StrictBinaryKeys) {
 // Malformed arguments and foreign values are error replies, which the parsers refuse.
 TEST_F(RedisScriptsTest, ScriptsRefuseBadArgumentsAndValues) {
     std::vector<std::pair<std::vector<std::string_view>, std::vector<std::string_view>>> bad = {
-        {{"k"}, {"0", "10", "1000"}},                 // 3 of 4
-        {{"k"}, {"0", "10", "1000", "0", "1", "2"}},  // 6
-        {{"k"}, {"2", "10", "1000", "0"}},            // algorithm
-        {{"k"}, {"0", "-1", "1000", "0"}},            // negative
-        {{"k"}, {"0", "ten", "1000", "0"}},           // not a number
-        {{"k"}, {"0", "1.5", "1000", "0"}},           // not an integer
-        {{"k"}, {"0", "10", "1000", "0", "x"}},       // clock
-        {{}, {}},                                     // no key
+        {{"k"}, {"", "0", "10", "1000", "0", "1"}},             // no request
+        {{"k"}, {"", "0", "10", "1000", "0"}},                  // 4 of 5
+        {{"k"}, {"0", "10", "1000", "0", "-1"}},                // no clock (the old shape)
+        {{"k"}, {"", "2", "10", "1000", "0", "1", "-1"}},       // algorithm
+        {{"k"}, {"", "0", "-1", "1000", "0", "1", "-1"}},       // negative
+        {{"k"}, {"", "0", "ten", "1000", "0", "1", "-1"}},      // not a number
+        {{"k"}, {"", "0", "1.5", "1000", "0", "1", "-1"}},      // not an integer
+        {{"k"}, {"", "0", "10", "1000", "0", "0", "-1"}},       // a policy of no key
+        {{"k"}, {"", "0", "10", "1000", "0", "2", "-1"}},       // more keys than KEYS
+        {{"k", "j"}, {"", "0", "10", "1000", "0", "1", "-1"}},  // fewer
+        {{"k"}, {"x", "0", "10", "1000", "0", "1", "-1"}},      // clock
+        {{"k"}, {"-5", "0", "10", "1000", "0", "1", "-1"}},     // clock
+        {{"k"}, {"", "0", "10", "1000", "0", "1", "1"}},        // the first zone not negated
+        {{"k"}, {"", "0", "10", "1000", "0", "1", "-1", "2"}},  // no such key
+        {{"k"}, {"", "0", "10", "1000", "0", "1", "-2"}},
+        {{"k"}, {"", "0", "10", "1000", "0", "1", "-1", "0"}},
+        {{"k"}, {"", "0", "10", "1000", "0", "1", "-1", "1.5"}},
+        {{"k"}, {"", "0", "10", "1000", "0", "1", "-1", "nan"}},
+        {{"k"}, {"", "0", "10", "1000", "0", "1", "-1", "x"}},
+        {{}, {}},  // no key
     };
     for (auto& [k, a] : bad) {
         Result r = evalsha(*client, strict_script(), k, a);
@@ -609,8 +816,7 @@ TEST_F(RedisScriptsTest, ScriptsRefuseBadArgumentsAndValues) {
                      [&] {
                          EvalArgs a;
                          build_strict_args({sliding("x", 5, 1000)}, a);
-                         a.add_arg(t);
-                         return a;
+                         return with_clock(a, t);
                      }())
                     .reply.is_error());
     EXPECT_TRUE(eval(*client, strict_script(),
@@ -766,6 +972,334 @@ TEST_F(RedisScriptsTest, FlushAndStrictShareTheLayout) {
     EXPECT_EQ(ctl->run({"DBSIZE"}), "1");
 }
 
+// ---- batches: one call decides many requests, in order ----
+
+// Calls of each command Redis ran since the last CONFIG RESETSTAT ("evalsha", "mget", ...).
+long long command_calls(Control& ctl, const std::string& name) {
+    const std::string text = ctl.run({"INFO", "commandstats"});
+    const std::string key = "cmdstat_" + name + ":calls=";
+    const size_t at = text.find(key);
+    return at == std::string::npos ? 0 : std::atoll(text.c_str() + at + key.size());
+}
+
+// 3L requests on one key with limit L in one call: exactly the first L pass, each seeing the
+// ones before it; the key holds L, written once, with its expiry; no TIME with a fixed clock.
+TEST_F(RedisScriptsTest, StrictBatchAdmitsExactlyTheLimitInBatch) {
+    const uint64_t L = 10;
+    const int64_t t = 1700000000000 + 12345;
+    const int64_t w = window_of(t, day_ms), e = t - w;
+    const std::string base = base_key("throttle:", "login", "1.2.3.4");
+    const std::vector<std::vector<StrictZone>> batch(3 * L, {sliding(base, L, day_ms)});
+    ctl->run({"CONFIG", "RESETSTAT"});
+    StrictBatchOut o = strict_batch(batch, t);
+    ASSERT_TRUE(o.ok);
+    EXPECT_EQ(command_calls(*ctl, "evalsha"), 1);
+    EXPECT_EQ(command_calls(*ctl, "time"), 0);  // the fixed clock
+    EXPECT_EQ(command_calls(*ctl, "get"), 2);   // both windows, once (one key: GET, not MGET)
+    EXPECT_EQ(command_calls(*ctl, "set"), 1);   // the window created: count and expiry at once
+    EXPECT_EQ(command_calls(*ctl, "mget") + command_calls(*ctl, "exists") +
+                  command_calls(*ctl, "incr") + command_calls(*ctl, "incrby") +
+                  command_calls(*ctl, "pexpire"),
+              0);
+    EXPECT_EQ(o.now, t);
+    ASSERT_EQ(o.d.size(), 3 * L);
+    for (uint64_t i = 0; i < 3 * L; i++) {
+        ASSERT_EQ(o.d[i].size(), 1u);
+        const StrictDecision& d = o.d[i][0];
+        EXPECT_EQ(d.allowed, i < L) << i;
+        EXPECT_EQ(d.reset_ms, 2 * day_ms - e) << i;
+        if (i < L) {
+            EXPECT_EQ(d.remaining, L - 1 - i);
+            EXPECT_EQ(d.retry_after_ms, 0);
+        } else {
+            EXPECT_EQ(d.remaining, 0u);
+            EXPECT_EQ(d.retry_after_ms, (day_ms - e) + day_ms / 10) << i;
+        }
+    }
+    EXPECT_EQ(get(window_key(base, w)), std::to_string(L));
+    const long long pttl = number(ctl->run({"PTTL", window_key(base, w)}));
+    EXPECT_GT(pttl, 2 * day_ms);
+    EXPECT_LE(pttl, 2 * day_ms + 1000);
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "1");
+}
+
+// Batches of 7 with Redis' clock, limit 10: 7, then 3 of 7, then none; TIME once per call.
+TEST_F(RedisScriptsTest, StrictBatchAdmitsExactlyTheLimitAcrossBatches) {
+    const uint64_t L = 10;
+    const std::string base = base_key("t:", "z", "across");
+    const std::vector<std::vector<StrictZone>> batch(7, {sliding(base, L, day_ms)});
+    ctl->run({"CONFIG", "RESETSTAT"});
+    std::vector<StrictBatchOut> outs;
+    for (int b = 0; b < 3; b++) {
+        outs.push_back(strict_batch(batch));
+        ASSERT_TRUE(outs.back().ok);
+    }
+    const int64_t w = window_of(outs[0].now, day_ms);
+    if (window_of(outs[2].now, day_ms) != w) {
+        GTEST_SKIP() << "crossed a window edge (UTC midnight) during the test";
+    }
+    EXPECT_LT(std::llabs(outs[0].now - wall_ms()), 5000);
+    uint64_t n = 0;
+    for (const StrictBatchOut& o : outs) {
+        for (const auto& d : o.d) {
+            EXPECT_EQ(d[0].allowed, n < L) << n;
+            EXPECT_EQ(d[0].remaining, n < L ? L - 1 - n : 0) << n;
+            n++;
+        }
+    }
+    EXPECT_EQ(get(window_key(base, w)), std::to_string(L));
+    EXPECT_EQ(command_calls(*ctl, "evalsha"), 3);
+    EXPECT_EQ(command_calls(*ctl, "time"), 3);    // once per call, not per request
+    EXPECT_EQ(command_calls(*ctl, "set"), 1);     // the first batch created the window
+    EXPECT_EQ(command_calls(*ctl, "incrby"), 1);  // the second added its 3 at once
+    EXPECT_EQ(command_calls(*ctl, "incr"), 0);    // the third counted nothing
+}
+
+// Inside a batch, each request is all-or-nothing over its zones: request 2, refused by B, is
+// counted in A neither, and request 3 sees A as request 1 left it.
+TEST_F(RedisScriptsTest, StrictBatchAllOrNothingPerRequest) {
+    const int64_t t = 1700000000000 + 500;
+    const int64_t w = window_of(t, day_ms);
+    const StrictZone A = sliding(base_key("t:", "a", "user"), 5, day_ms);
+    const StrictZone B = sliding(base_key("t:", "b", "user"), 1, day_ms);
+    const StrictZone G = gcra(base_key("t:", "g", "user"), 1, 1000, 1);
+    ctl->run({"CONFIG", "RESETSTAT"});
+    StrictBatchOut o = strict_batch({{A, B}, {A, B}, {A}, {A}, {A, G}, {G, A}, {A}, {A}}, t);
+    ASSERT_TRUE(o.ok);
+    ASSERT_EQ(o.d.size(), 8u);
+    // One MGET of the 5 names (G's twice), one EXISTS of the missing ones, one SET per key.
+    EXPECT_EQ(command_calls(*ctl, "mget"), 1);
+    EXPECT_EQ(command_calls(*ctl, "exists"), 1);
+    EXPECT_EQ(command_calls(*ctl, "set"), 3);
+    EXPECT_EQ(command_calls(*ctl, "get") + command_calls(*ctl, "incr") +
+                  command_calls(*ctl, "incrby") + command_calls(*ctl, "time"),
+              0);
+    auto admitted = [](const std::vector<StrictDecision>& r) {
+        bool all = true;
+        for (const StrictDecision& d : r) {
+            all = all && d.allowed;
+        }
+        return all;
+    };
+    // 1: counted in A and B.
+    EXPECT_TRUE(admitted(o.d[0]));
+    EXPECT_EQ(o.d[0][0].remaining, 4u);
+    EXPECT_EQ(o.d[0][1].remaining, 0u);
+    // 2: B refuses; A would admit (remaining as if counted), counts nothing.
+    EXPECT_TRUE(o.d[1][0].allowed);
+    EXPECT_EQ(o.d[1][0].remaining, 3u);
+    EXPECT_FALSE(o.d[1][1].allowed);
+    EXPECT_GT(o.d[1][1].retry_after_ms, 0);
+    // 3 and 4 see A at 1, then 2: 3 does not see 2.
+    EXPECT_TRUE(admitted(o.d[2]));
+    EXPECT_EQ(o.d[2][0].remaining, 3u);
+    EXPECT_TRUE(admitted(o.d[3]));
+    EXPECT_EQ(o.d[3][0].remaining, 2u);
+    // 5: A (at 3) and G (its only token). 6: G refuses, A at 4 not counted. 7: A's last.
+    // 8: refused.
+    EXPECT_TRUE(admitted(o.d[4]));
+    EXPECT_EQ(o.d[4][0].remaining, 1u);
+    EXPECT_EQ(o.d[4][1].reset_ms, 1000);
+    EXPECT_FALSE(o.d[5][0].allowed);
+    EXPECT_EQ(o.d[5][0].retry_after_ms, 1000);
+    EXPECT_EQ(o.d[5][0].reset_ms, 1000);
+    EXPECT_TRUE(o.d[5][1].allowed);
+    EXPECT_EQ(o.d[5][1].remaining, 0u);
+    EXPECT_TRUE(admitted(o.d[6]));
+    EXPECT_EQ(o.d[6][0].remaining, 0u);
+    EXPECT_FALSE(o.d[7][0].allowed);
+    EXPECT_EQ(get(window_key(A.base, w)), "5");
+    EXPECT_EQ(get(window_key(B.base, w)), "1");
+    EXPECT_EQ(number(get(G.base + ":gcra")), t * 1000 + 1000000);
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "3");
+}
+
+// Expiry as one INCR per request would leave it: a window created by the batch gets 2P + 1000,
+// one that existed keeps its own, one holding 0 gets a fresh one (INCR returned 1); GCRA's
+// follows its last arrival time.
+TEST_F(RedisScriptsTest, StrictBatchExpiryRules) {
+    const int64_t P = hour_ms;
+    const int64_t t = redis_now_ms();
+    const int64_t w = window_of(t, P);
+    const StrictZone fresh = sliding(base_key("t:", "z", "fresh"), 100, P);
+    const StrictZone old = sliding(base_key("t:", "z", "old"), 100, P);
+    const StrictZone zero = sliding(base_key("t:", "z", "zero"), 100, P);
+    const StrictZone g = gcra(base_key("t:", "z", "g"), 10, 1000, 5);  // T = 100 ms
+    ctl->run({"SET", window_key(old.base, w), "7"});
+    ctl->run({"PEXPIREAT", window_key(old.base, w), std::to_string(w + 5 * P)});
+    ctl->run({"SET", window_key(zero.base, w), "0"});
+    ctl->run({"PEXPIREAT", window_key(zero.base, w), std::to_string(w + 6 * P)});
+    ctl->run({"SET", window_key(zero.base, w - P), "0"});  // read, never written
+    ctl->run({"PEXPIREAT", window_key(zero.base, w - P), std::to_string(w + 7 * P)});
+    std::vector<std::vector<StrictZone>> batch;
+    for (int i = 0; i < 3; i++) {
+        batch.push_back({fresh, old, zero, g});
+    }
+    StrictBatchOut o = strict_batch(batch, t);
+    ASSERT_TRUE(o.ok);
+    for (const auto& r : o.d) {
+        for (const StrictDecision& d : r) {
+            EXPECT_TRUE(d.allowed);
+        }
+    }
+    EXPECT_EQ(get(window_key(fresh.base, w)), "3");
+    EXPECT_EQ(get(window_key(old.base, w)), "10");
+    EXPECT_EQ(get(window_key(zero.base, w)), "3");
+    EXPECT_EQ(get(g.base + ":gcra"), std::to_string(t * 1000 + 300000));
+    const long long now = redis_now_ms();
+    const long long fresh_at = number(ctl->run({"PEXPIRETIME", window_key(fresh.base, w)}));
+    EXPECT_GE(fresh_at, t + 2 * P + 1000);  // set at Redis' time, which is >= t
+    EXPECT_LE(fresh_at, now + 2 * P + 1000);
+    EXPECT_EQ(number(ctl->run({"PEXPIRETIME", window_key(old.base, w)})), w + 5 * P);
+    const long long zero_at = number(ctl->run({"PEXPIRETIME", window_key(zero.base, w)}));
+    EXPECT_GE(zero_at, t + 2 * P + 1000);
+    EXPECT_LE(zero_at, now + 2 * P + 1000);
+    EXPECT_EQ(number(ctl->run({"PEXPIRETIME", window_key(zero.base, w - P)})), w + 7 * P);
+    // GCRA: ceil((TAT - now) / 1000) + 1000 ms from the call, for the last TAT (300 ms ahead).
+    const long long g_at = number(ctl->run({"PEXPIRETIME", g.base + ":gcra"}));
+    EXPECT_GE(g_at, t + 300 + 1000);
+    EXPECT_LE(g_at, now + 300 + 1000);
+}
+
+// A request naming the same sliding zone twice counts twice, as one call per request did.
+TEST_F(RedisScriptsTest, StrictBatchSameZoneTwiceInARequest) {
+    const int64_t t = 1700000000000;
+    const StrictZone z = sliding(base_key("t:", "z", "twice"), 5, day_ms);
+    StrictBatchOut o = strict_batch({{z, z}, {z}, {z, z}, {z, z}}, t);
+    ASSERT_TRUE(o.ok);
+    EXPECT_TRUE(o.d[0][0].allowed && o.d[0][1].allowed);
+    EXPECT_EQ(o.d[0][1].remaining, 4u);  // both decided before either is counted
+    EXPECT_EQ(o.d[1][0].remaining, 2u);
+    EXPECT_TRUE(o.d[2][0].allowed && o.d[2][1].allowed);
+    EXPECT_EQ(o.d[2][0].remaining, 1u);
+    EXPECT_FALSE(o.d[3][0].allowed);
+    EXPECT_EQ(get(window_key(z.base, window_of(t, day_ms))), "5");
+}
+
+// A foreign value anywhere in the batch is an error reply, and the batch writes nothing.
+TEST_F(RedisScriptsTest, StrictBatchForeignValueWritesNothing) {
+    const int64_t t = 1700000000000;
+    const int64_t w = window_of(t, 1000);
+    const StrictZone a = sliding("a", 5, 1000), b = sliding("b", 5, 1000),
+                     g = gcra("g", 5, 1000, 0);
+    for (int kind = 0; kind < 3; kind++) {
+        ctl->run({"FLUSHALL"});
+        if (kind == 0) {
+            ctl->run({"LPUSH", window_key("b", w - 1000), "1"});  // b's previous window: a list
+        } else if (kind == 1) {
+            ctl->run({"SET", window_key("b", w), "1.5"});
+        } else {
+            ctl->run({"HSET", "g:gcra", "f", "1"});
+        }
+        EvalArgs args;
+        const std::vector<StrictZone> r1 = {a}, r2 = {b, g}, r3 = {a};
+        ASSERT_TRUE(build_strict_batch_args({&r1, &r2, &r3}, args));
+        Result r = eval(*client, strict_script(), with_clock(args, t));
+        EXPECT_TRUE(r.reply.is_error("ERR")) << kind << " " << r.reply.str;
+        EXPECT_EQ(ctl->run({"DBSIZE"}), "1") << kind;
+        EXPECT_EQ(ctl->run({"EXISTS", window_key("a", w)}), "0") << kind;
+    }
+}
+
+// The same random batches decided in one call and one call per request (the same clock, the
+// same starting state, under two prefixes): the same decisions, the same keys, values and
+// expiry times afterwards.
+TEST_F(RedisScriptsTest, StrictBatchEqualsOneCallPerRequest) {
+    std::mt19937_64 rng(7);
+    auto pick = [&](uint64_t n) {
+        return size_t(std::uniform_int_distribution<uint64_t>(0, n - 1)(rng));
+    };
+    const int64_t t0 = redis_now_ms();
+    size_t admitted = 0, refused = 0, partly = 0;  // partly: refused, though some zone admitted
+    for (int round = 0; round < 20; round++) {
+        ctl->run({"FLUSHALL"});
+        const int64_t t = t0 + round * 777;
+        // Zones over 4 keys; two sliding periods that can share a window key name.
+        std::vector<std::function<StrictZone(const std::string&)>> kinds = {
+            [](const std::string& p) { return sliding(base_key(p, "s", "k1"), 3, 1000); },
+            [](const std::string& p) { return sliding(base_key(p, "s", "k2"), 4, 1000); },
+            [](const std::string& p) { return sliding(base_key(p, "s", "k1"), 6, 60000); },
+            [](const std::string& p) { return gcra(base_key(p, "g", "k1"), 10, 1000, 3); },
+            [](const std::string& p) { return gcra(base_key(p, "g", "k2"), 2, 1000, 0); },
+            [](const std::string& p) { return sliding(base_key(p, "s", "k3"), 100, hour_ms); },
+        };
+        std::vector<std::vector<size_t>> shape(1 + pick(30));
+        for (auto& r : shape) {
+            const size_t n = 1 + pick(3);
+            for (size_t k = 0; k < n; k++) {
+                r.push_back(pick(kinds.size()));
+            }
+        }
+        auto requests = [&](const std::string& prefix) {
+            std::vector<std::vector<StrictZone>> rs;
+            for (const auto& r : shape) {
+                rs.emplace_back();
+                for (size_t k : r) {
+                    rs.back().push_back(kinds[k](prefix));
+                }
+            }
+            return rs;
+        };
+        // A starting state: some counts in both windows, with expiry marks.
+        for (const std::string prefix : {"b:", "s:"}) {
+            int i = 0;
+            for (const char* key : {"k1", "k2", "k3"}) {
+                for (int64_t P : {int64_t(1000), int64_t(60000), hour_ms}) {
+                    for (int64_t back : {int64_t(0), P}) {
+                        if ((round + i++) % 3 == 0) {
+                            const std::string k =
+                                window_key(base_key(prefix, "s", key), window_of(t, P) - back);
+                            ctl->run({"SET", k, std::to_string(i % 4)});
+                            ctl->run({"PEXPIREAT", k, std::to_string(t0 + 100000 + i)});
+                        }
+                    }
+                }
+            }
+        }
+        const auto batch = requests("b:"), single = requests("s:");
+        StrictBatchOut b = strict_batch(batch, t);
+        ASSERT_TRUE(b.ok);
+        for (size_t i = 0; i < single.size(); i++) {
+            StrictOut o = strict(single[i], t);
+            ASSERT_TRUE(o.ok);
+            size_t yes = 0;
+            for (const StrictDecision& d : o.d) {
+                yes += d.allowed;
+            }
+            (yes == o.d.size() ? admitted : refused)++;
+            partly += yes > 0 && yes < o.d.size();
+            for (size_t k = 0; k < single[i].size(); k++) {
+                const StrictDecision &x = b.d[i][k], &y = o.d[k];
+                EXPECT_EQ(x.allowed, y.allowed) << round << " " << i << " " << k;
+                EXPECT_EQ(x.remaining, y.remaining) << round << " " << i << " " << k;
+                EXPECT_EQ(x.reset_ms, y.reset_ms) << round << " " << i << " " << k;
+                EXPECT_EQ(x.retry_after_ms, y.retry_after_ms) << round << " " << i << " " << k;
+            }
+        }
+        // Every key: same value, expiry times within the few ms the single calls took.
+        std::string keys = ctl->run({"KEYS", "b:*"});
+        std::vector<std::string> names;
+        std::stringstream ss(keys.substr(1, keys.size() - 2));
+        for (std::string k; std::getline(ss, k, ',');) {
+            names.push_back(k);
+        }
+        EXPECT_EQ(ctl->run({"DBSIZE"}), std::to_string(2 * names.size()));
+        for (const std::string& k : names) {
+            const std::string other = "s:" + k.substr(2);
+            EXPECT_EQ(get(k), get(other)) << k;
+            const long long x = number(ctl->run({"PEXPIRETIME", k}));
+            const long long y = number(ctl->run({"PEXPIRETIME", other}));
+            EXPECT_LE(std::llabs(x - y), 1000) << k << " " << x << " " << y;
+        }
+        ASSERT_FALSE(HasFailure()) << "round " << round;
+    }
+    EXPECT_GT(admitted, 20u);
+    EXPECT_GT(refused, 20u);
+    EXPECT_GT(partly, 5u);
+    std::printf("%zu requests admitted, %zu refused (%zu of them by some zones only)\n", admitted,
+                refused, partly);
+}
+
 // ---- a one-node Redis Cluster: every key a script touches is in its KEYS' slot ----
 
 class RedisScriptsClusterTest : public RedisScriptsTest {
@@ -795,6 +1329,11 @@ TEST_F(RedisScriptsClusterTest, DerivedKeysShareTheirSlot) {
         EXPECT_TRUE(s.ok && s.d[0].allowed && s.d[1].allowed);
         StrictOut live = strict({sliding(base, 3, 60000)});
         EXPECT_TRUE(live.ok);
+        // A batch over one key's windows, its arrival time and a second period (MGET, EXISTS).
+        const StrictZone sw = sliding(base, 3, 60000), g = gcra(base, 3, 60000, 0),
+                         hour = sliding(base, 5, hour_ms);
+        StrictBatchOut b = strict_batch({{sw, g}, {hour}, {g, hour}, {sw}});
+        EXPECT_TRUE(b.ok);
         FlushEntry e;
         e.base = base;
         e.window = window_of(redis_now_ms(), 60000);
@@ -1062,7 +1601,7 @@ TEST_F(RedisScriptsTest, StrictDecisionsMatchCore) {
             }
             EvalArgs a;
             ASSERT_TRUE(build_strict_args(zones, a));
-            a.add_arg(call.now);
+            a = with_clock(a, call.now);
             client->evalsha(strict_script(), a.keys(), a.args(), track(call.outcome));
         }
         ASSERT_TRUE(wait_all(*client, [&] { return todo.back().outcome.calls > 0; }));
@@ -1137,6 +1676,316 @@ TEST_F(RedisScriptsTest, StrictDecisionsMatchCore) {
     EXPECT_GT(gcra_zones, compared / 6);
     std::printf("compared %zu zone decisions in %zu calls (%zu admitted, %zu refused)\n", compared,
                 calls, admitted, refused);
+}
+
+// The same cross-check over batches: each call decides up to 40 requests over a pool of up to
+// 8 zones (random policies and states as above, all at the call's clock), each request 1 to 3
+// of them. core decides the requests one after the other, recording the admitted ones in every
+// zone: the script must give the same decisions and leave the same counts.
+struct BatchCall {
+    size_t index = 0;
+    int64_t now = 0;
+    std::vector<CheckZone> pool;
+    std::vector<std::vector<size_t>> requests;  // indices into pool
+    Outcome outcome;
+    bool parsed = false;
+};
+
+TEST_F(RedisScriptsTest, StrictBatchDecisionsMatchCore) {
+    const uint64_t seed = 20261126;
+    CaseMaker make(seed);
+    const size_t calls = 400, group = 50;
+    size_t compared = 0, admitted = 0, refused = 0, flips = 0;
+    std::deque<BatchCall> todo;
+    std::deque<Outcome> setup, after;
+    for (size_t first = 0; first < calls; first += group) {
+        todo.clear();
+        setup.clear();
+        after.clear();
+        for (size_t c = first; c < first + group; c++) {
+            BatchCall& call = todo.emplace_back();
+            call.index = c;
+            const size_t np = make.uniform(1, 8);
+            for (size_t j = 0; j < np; j++) {
+                std::string key("b\0", 2);
+                key += std::to_string(c) + "." + std::to_string(j);
+                const std::string base = base_key("x:", "z", key);
+                if (j == 0 || make.chance(0.5)) {
+                    int64_t now = 0;
+                    CheckZone z = make.sliding_zone(base, now);
+                    if (call.now == 0) {
+                        call.now = now;
+                    } else {
+                        const int64_t P = z.policy.rate.period_ms;
+                        z.state.stamp = window_of(call.now, P) - (now - z.state.stamp) / P * P;
+                    }
+                    call.pool.push_back(std::move(z));
+                } else {
+                    call.pool.push_back(make.gcra_zone(base, call.now));
+                }
+            }
+            for (CheckZone& z : call.pool) {
+                const std::string& base = z.zone.base;
+                if (z.policy.algorithm == core::Algorithm::sliding) {
+                    const int64_t P = z.policy.rate.period_ms;
+                    if (z.state.cur > 0) {
+                        issue(*client,
+                              {"SET", window_key(base, z.state.stamp), std::to_string(z.state.cur)},
+                              setup.emplace_back());
+                    }
+                    if (z.state.prev > 0) {
+                        issue(*client,
+                              {"SET", window_key(base, z.state.stamp - P),
+                               std::to_string(z.state.prev)},
+                              setup.emplace_back());
+                    }
+                    z.count_key = window_key(base, window_of(call.now, P));
+                } else {
+                    z.count_key = base + ":gcra";
+                    if (z.state.stamp > 0) {
+                        issue(*client, {"SET", z.count_key, std::to_string(z.state.stamp / 1000)},
+                              setup.emplace_back());
+                    }
+                }
+            }
+            const size_t m = make.uniform(1, 40);
+            std::vector<std::vector<StrictZone>> requests;
+            for (size_t i = 0; i < m; i++) {
+                std::vector<size_t> order(np);
+                for (size_t j = 0; j < np; j++) {
+                    order[j] = j;
+                }
+                for (size_t j = np; j > 1; j--) {
+                    std::swap(order[j - 1], order[make.uniform(0, j - 1)]);
+                }
+                order.resize(make.uniform(1, std::min<size_t>(3, np)));
+                requests.emplace_back();
+                for (size_t j : order) {
+                    requests.back().push_back(call.pool[j].zone);
+                }
+                call.requests.push_back(std::move(order));
+            }
+            std::vector<const std::vector<StrictZone>*> ptrs;
+            for (const auto& r : requests) {
+                ptrs.push_back(&r);
+            }
+            EvalArgs a;
+            ASSERT_TRUE(build_strict_batch_args(ptrs, a));
+            a = with_clock(a, call.now);
+            client->evalsha(strict_batch_script(), a.keys(), a.args(), track(call.outcome));
+        }
+        ASSERT_TRUE(wait_all(*client, [&] { return todo.back().outcome.calls > 0; }));
+
+        for (BatchCall& call : todo) {
+            ASSERT_EQ(call.outcome.calls, 1);
+            ASSERT_TRUE(call.outcome.result.ok());
+            std::vector<size_t> counts;
+            for (const auto& r : call.requests) {
+                counts.push_back(r.size());
+            }
+            int64_t now = 0;
+            std::vector<std::vector<StrictDecision>> got;
+            if (!parse_strict_batch_reply(call.outcome.result.reply, counts, now, got)) {
+                ADD_FAILURE() << "seed " << seed << " call " << call.index << ": reply "
+                              << to_string(call.outcome.result.reply.type) << " "
+                              << call.outcome.result.reply.str;
+                continue;
+            }
+            call.parsed = true;
+            EXPECT_EQ(now, call.now);
+            // core, one request after the other.
+            std::vector<core::State> states;
+            for (const CheckZone& z : call.pool) {
+                states.push_back(z.state);
+            }
+            bool last = true;
+            for (size_t i = 0; i < call.requests.size(); i++) {
+                bool all = true;
+                for (size_t k = 0; k < call.requests[i].size(); k++) {
+                    const size_t j = call.requests[i][k];
+                    const CheckZone& z = call.pool[j];
+                    const core::Decision want = core::evaluate(z.policy, states[j], call.now);
+                    const StrictDecision& d = got[i][k];
+                    std::ostringstream what;
+                    what << "seed " << seed << " call " << call.index << " request " << i
+                         << " zone " << j << ": algorithm " << int(z.zone.algorithm) << " L "
+                         << z.zone.limit << " P " << z.zone.period_ms << " burst " << z.zone.burst
+                         << " stamp " << states[j].stamp << " cur " << states[j].cur << " prev "
+                         << states[j].prev << " now " << call.now;
+                    EXPECT_EQ(d.allowed, want.allowed) << what.str();
+                    EXPECT_EQ(d.remaining, want.remaining) << what.str();
+                    EXPECT_EQ(d.reset_ms, want.reset_ms) << what.str();
+                    EXPECT_EQ(d.retry_after_ms, want.retry_after_ms) << what.str();
+                    all = all && want.allowed;
+                    compared++;
+                }
+                if (all) {
+                    for (size_t j : call.requests[i]) {
+                        core::record(call.pool[j].policy, states[j], call.now);
+                    }
+                }
+                (all ? admitted : refused)++;
+                flips += i > 0 && all != last;
+                last = all;
+            }
+            for (size_t j = 0; j < call.pool.size(); j++) {
+                CheckZone& z = call.pool[j];
+                const core::State& st = states[j];
+                if (z.policy.algorithm == core::Algorithm::sliding) {
+                    const uint32_t c = core::sliding_window::roll(z.policy.rate, st, call.now).cur;
+                    z.expect_after = c == 0 ? "(nil)" : std::to_string(c);
+                } else {
+                    z.expect_after = st.stamp == 0 ? "(nil)" : std::to_string(st.stamp / 1000);
+                }
+                issue(*client, {"GET", z.count_key}, after.emplace_back());
+            }
+        }
+        ASSERT_TRUE(wait_all(*client, [&] { return after.empty() || after.back().calls > 0; }));
+        size_t k = 0;
+        for (const BatchCall& call : todo) {
+            if (!call.parsed) {
+                continue;
+            }
+            for (const CheckZone& z : call.pool) {
+                const Outcome& o = after[k++];
+                ASSERT_TRUE(o.result.ok());
+                const std::string v = o.result.reply.is_nil() ? "(nil)" : o.result.reply.str;
+                EXPECT_EQ(v, z.expect_after) << "call " << call.index << " algorithm "
+                                             << int(z.zone.algorithm) << " now " << call.now;
+            }
+        }
+        ASSERT_FALSE(HasFailure()) << "stopping at the first failing group";
+        ctl->run({"FLUSHALL"});
+    }
+    EXPECT_GT(admitted, compared / 20);
+    EXPECT_GT(refused, compared / 20);
+    EXPECT_GT(flips, calls);  // requests admitted, then refused, inside batches
+    std::printf(
+        "compared %zu zone decisions in %zu batch calls (%zu requests admitted, %zu "
+        "refused, %zu changes of outcome within a batch)\n",
+        compared, calls, admitted, refused, flips);
+}
+
+// ---- what a decision costs Redis ----
+
+// A numeric field of INFO (decimals kept), or -1.
+double info_number(Control& ctl, const std::string& section, const std::string& field) {
+    const std::string text = ctl.run({"INFO", section});
+    const std::string key = "\r\n" + field + ":";
+    const size_t at = text.find(key);
+    return at == std::string::npos ? -1 : std::strtod(text.c_str() + at + key.size(), nullptr);
+}
+
+struct RedisCost {
+    double usec = 0;      // INFO commandstats: usec of the measured command, per decision
+    double cpu_usec = 0;  // INFO cpu: used_cpu_user + used_cpu_sys, per decision
+    double commands = 0;  // commands the scripts ran (TIME, MGET, SET, ...), per decision
+};
+
+// The measured command's line of INFO commandstats: usec; and the calls of every other command
+// except the test's own (INFO, CONFIG).
+void commandstats(Control& ctl, const std::string& measured, double& usec, double& inner) {
+    const std::string text = ctl.run({"INFO", "commandstats"});
+    usec = 0;
+    inner = 0;
+    std::stringstream ss(text);
+    for (std::string line; std::getline(ss, line);) {
+        if (line.compare(0, 8, "cmdstat_") != 0) {
+            continue;
+        }
+        const size_t colon = line.find(':');
+        const std::string name = line.substr(8, colon - 8);
+        const long long calls = std::atoll(line.c_str() + line.find("calls=") + 6);
+        if (name == measured) {
+            usec = std::strtod(line.c_str() + line.find(",usec=") + 6, nullptr);
+        } else if (name != "info" && name.compare(0, 6, "config") != 0) {
+            inner += double(calls);
+        }
+    }
+}
+
+TEST_F(RedisScriptsTest, StrictBatchCostPerDecision) {
+    const size_t N = 20000, wave = 64;  // decisions per run; calls in flight at once
+    const StrictZone policy = sliding("", 100000000, day_ms);  // 1e8r/d, as bench/ runs it
+    // Runs N decisions in calls of `batch` requests (batch 0: N plain INCRs, the peer's one
+    // command per request); the best of 3 runs.
+    auto run = [&](size_t batch, size_t nkeys) -> RedisCost {
+        RedisCost best;
+        best.usec = 1e9;
+        for (int rep = 0; rep < 3; rep++) {
+            ctl->run({"FLUSHALL"});
+            std::vector<std::vector<StrictZone>> reqs;
+            for (size_t i = 0; i < std::max<size_t>(batch, 1); i++) {
+                reqs.push_back({policy});
+            }
+            size_t next_key = 0;
+            auto fill = [&](EvalArgs& a) {
+                std::vector<const std::vector<StrictZone>*> ptrs;
+                for (auto& r : reqs) {
+                    r[0].base =
+                        base_key("t:", "bench", "10.0." + std::to_string(next_key++ % nkeys));
+                    ptrs.push_back(&r);
+                }
+                EXPECT_TRUE(build_strict_batch_args(ptrs, a));
+            };
+            ctl->run({"CONFIG", "RESETSTAT"});
+            const double cpu0 = info_number(*ctl, "cpu", "used_cpu_user") +
+                                info_number(*ctl, "cpu", "used_cpu_sys");
+            for (size_t done = 0; done < N;) {
+                std::deque<Outcome> outs;
+                for (size_t c = 0; c < wave && done < N; c++) {
+                    Outcome& o = outs.emplace_back();
+                    if (batch == 0) {
+                        const std::string key = "rl:10.0." + std::to_string(next_key++ % nkeys);
+                        client->command({"INCR", key}, track(o));
+                        done++;
+                    } else {
+                        EvalArgs a;
+                        fill(a);
+                        client->evalsha(strict_batch_script(), a.keys(), a.args(), track(o));
+                        done += batch;
+                    }
+                }
+                if (!wait_all(*client, [&] { return outs.back().calls > 0; })) {
+                    return best;
+                }
+                for (const Outcome& o : outs) {
+                    EXPECT_TRUE(o.result.ok() && !o.result.reply.is_error()) << o.result.reply.str;
+                }
+            }
+            const double cpu1 = info_number(*ctl, "cpu", "used_cpu_user") +
+                                info_number(*ctl, "cpu", "used_cpu_sys");
+            RedisCost c;
+            commandstats(*ctl, batch == 0 ? "incr" : "evalsha", c.usec, c.commands);
+            c.usec /= double(N);
+            c.commands /= double(N);
+            c.cpu_usec = (cpu1 - cpu0) * 1e6 / double(N);
+            if (c.usec < best.usec) {
+                best = c;
+            }
+        }
+        return best;
+    };
+    std::printf(
+        "Redis cost per decision, %zu decisions per run, %zu calls in flight (best of 3)\n"
+        "  workload                   in-script usec   Redis CPU usec   commands\n",
+        N, wave);
+    for (size_t nkeys : {size_t(1000), size_t(1)}) {
+        const RedisCost incr = run(0, nkeys);
+        std::printf("  %4zu key(s), plain INCR      %8.2f         %8.2f        %5.2f\n", nkeys,
+                    incr.usec, incr.cpu_usec, 1.0);
+        RedisCost cost[3];
+        const size_t sizes[3] = {1, 8, 32};
+        for (int i = 0; i < 3; i++) {
+            cost[i] = run(sizes[i], nkeys);
+            std::printf("  %4zu key(s), batch of %2zu     %8.2f         %8.2f        %5.2f\n",
+                        nkeys, sizes[i], cost[i].usec, cost[i].cpu_usec, cost[i].commands);
+        }
+        // Generous bounds: the costs move with the machine, their order should not.
+        EXPECT_LT(cost[1].usec, cost[0].usec * 0.9) << nkeys;
+        EXPECT_LT(cost[2].usec, cost[0].usec * 0.75) << nkeys;
+        EXPECT_LE(cost[2].usec, cost[1].usec * 1.1) << nkeys;
+    }
 }
 
 }  // namespace
