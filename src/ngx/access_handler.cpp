@@ -293,24 +293,6 @@ void fall_back(Check& c) noexcept {
     }
 }
 
-// A request waiting for Redis. Lives on the heap: the request may be gone (client closed,
-// worker terminating) before the reply; the request pool's cleanup tells it so.
-struct Waiting {
-    ngx_http_request_t* r;
-    Check check;
-    bool request_gone = false;
-    bool reply_done = false;
-};
-
-void waiting_cleanup(void* data) noexcept {
-    auto* w = static_cast<Waiting*>(data);
-    if (w->reply_done) {
-        delete w;
-    } else {
-        w->request_gone = true;
-    }
-}
-
 void resume(ngx_http_request_t* r) noexcept {
     ngx_connection_t* c = r->connection;
     r->read_event_handler = ngx_http_block_reading;
@@ -320,36 +302,14 @@ void resume(ngx_http_request_t* r) noexcept {
     ngx_http_run_posted_requests(c);
 }
 
-// Redis answered (or could not): decide, then let the request go on.
-void on_strict_reply(Waiting* w, redis::Result&& result) noexcept {
-    if (w->request_gone || worker_exiting()) {
-        if (w->request_gone) {
-            delete w;
-        }
-        return;
-    }
-    w->reply_done = true;
-    ngx_http_request_t* r = w->r;
-    Check& c = w->check;
+// Redis answered for the remote zones (decisions in their order), or could not (nullptr):
+// decide, then let the request go on.
+void settle(ngx_http_request_t* r, Check& c, const redis::StrictDecision* decisions) noexcept {
     auto* lcf = static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_throttle_module));
     RequestCtx* ctx = get_ctx(r);
     int64_t now = now_ms();
-
-    size_t remote = 0;
-    for (ngx_uint_t i = 0; i < c.n; i++) {
-        remote += c.applied[i].role == Role::remote;
-    }
-    std::vector<redis::StrictDecision> decisions;
-    int64_t redis_now = 0;
-    bool good = false;
-    try {
-        good = result.ok() &&
-               redis::parse_strict_reply(result.reply, remote, redis_now, decisions);
-    } catch (...) {
-    }
-
     bool admitted = true;
-    if (!good) {
+    if (decisions == nullptr) {
         release_local(c, now);
         fall_back(c);
         admitted = decide_locally(c, now);
@@ -386,10 +346,51 @@ void on_strict_reply(Waiting* w, redis::Result&& result) noexcept {
     resume(r);
 }
 
-// Asks Redis for the remote zones. Returns false when the request could not be sent.
-bool ask_redis(ngx_http_request_t* r, Check& c, redis::Client* client) noexcept {
+// A request waiting for Redis. Lives on the heap: the request may be gone (client closed,
+// worker terminating) before the reply; the request pool's cleanup tells it so.
+class Waiting final : public StrictWaiter {
+   public:
+    Waiting(ngx_http_request_t* r, const Check& c, std::vector<redis::StrictZone>&& zones)
+        : r_(r), check_(c), zones_(std::move(zones)) {}
+
+    bool gone() const noexcept override { return request_gone_; }
+    const std::vector<redis::StrictZone>& zones() const noexcept override { return zones_; }
+
+    void decided(const redis::StrictDecision* decisions) noexcept override {
+        if (request_gone_) {
+            delete this;
+            return;
+        }
+        if (worker_exiting()) {
+            return;  // the process ends; the request with it
+        }
+        answered_ = true;  // from here on the pool cleanup frees this
+        settle(r_, check_, decisions);
+    }
+
+    // The request pool's cleanup.
+    static void cleanup(void* data) noexcept {
+        auto* w = static_cast<Waiting*>(data);
+        if (w->answered_) {
+            delete w;
+        } else {
+            w->request_gone_ = true;
+        }
+    }
+
+    void abandon() noexcept { answered_ = true; }  // never queued: the pool cleanup frees it
+
+   private:
+    ngx_http_request_t* r_;
+    Check check_;
+    std::vector<redis::StrictZone> zones_;
+    bool request_gone_ = false;
+    bool answered_ = false;
+};
+
+// Queues the remote zones' decision. Returns false when that was not possible.
+bool ask_redis(ngx_http_request_t* r, Check& c) noexcept {
     const RedisSettings* rs = redis_settings();
-    Waiting* w = nullptr;
     try {
         ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, 0);
         if (cln == nullptr) {
@@ -407,21 +408,15 @@ bool ask_redis(ngx_http_request_t* r, Check& c, redis::Client* client) noexcept 
                                               p.rate.period_ms, p.burst,
                                               redis_base(*rs, *a.zone, key)});
         }
-        w = new Waiting{r, c};
-        cln->handler = waiting_cleanup;
+        auto* w = new Waiting(r, c, std::move(zones));
+        cln->handler = Waiting::cleanup;
         cln->data = w;
-        redis::EvalArgs call;
-        if (!redis::build_strict_args(zones, call)) {
-            w->reply_done = true;  // the pool cleanup frees it
+        if (!strict_submit(w)) {
+            w->abandon();
             return false;
         }
-        client->evalsha(redis::strict_script(), call.keys(), call.args(),
-                        [w](redis::Result&& result) { on_strict_reply(w, std::move(result)); });
         return true;
     } catch (...) {
-        if (w != nullptr) {
-            w->reply_done = true;  // the pool cleanup frees it
-        }
         return false;
     }
 }
@@ -495,7 +490,7 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
         }
         unlock(c);
         if (admitted) {
-            if (ask_redis(r, c, client)) {
+            if (ask_redis(r, c)) {
                 ctx->outcome = Outcome::pending;
                 r->main->count++;
                 r->read_event_handler = ngx_http_test_reading;

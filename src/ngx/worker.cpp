@@ -20,6 +20,14 @@ struct SyncTimer {
     std::unique_ptr<redis::Timer> timer;
 };
 
+// Strict decisions queued during one event-loop turn, sent together at its end.
+struct StrictBatch {
+    std::vector<StrictWaiter*> queue;
+    ngx_event_t event;
+    ngx_connection_t ident;  // what event.data points at (nginx's debug log reads its fd)
+};
+
+
 struct Worker {
     explicit Worker(ngx_cycle_t* cycle, MainConf* m)
         : mcf(m),
@@ -43,6 +51,7 @@ struct Worker {
     RedisLoop loop;
     std::unique_ptr<redis::Client> client;  // reset first at exit: its callbacks run then
     std::vector<SyncTimer> timers;
+    StrictBatch strict;
 };
 
 Worker* worker = nullptr;  // owned; deleted in exit_worker (no static destructor)
@@ -192,6 +201,77 @@ void final_flush(ZoneConf* zone) noexcept {
     }
 }
 
+void fail_all(const std::vector<StrictWaiter*>& waiters) noexcept {
+    for (StrictWaiter* w : waiters) {
+        w->decided(nullptr);
+    }
+}
+
+// Sends the waiters' strict decisions as one script call.
+void send_strict(std::vector<StrictWaiter*>&& batch) noexcept {
+    auto waiters = std::make_shared<std::vector<StrictWaiter*>>(std::move(batch));
+    try {
+        std::vector<const std::vector<redis::StrictZone>*> requests;
+        requests.reserve(waiters->size());
+        for (StrictWaiter* w : *waiters) {
+            requests.push_back(&w->zones());
+        }
+        redis::EvalArgs call;
+        if (!redis::build_strict_batch_args(requests, call)) {
+            throw std::bad_alloc();
+        }
+        worker->client->evalsha(
+            redis::strict_batch_script(), call.keys(), call.args(),
+            [waiters](redis::Result&& r) noexcept {
+                std::vector<size_t> counts;
+                std::vector<std::vector<redis::StrictDecision>> out;
+                int64_t redis_now = 0;
+                bool good = false;
+                try {
+                    for (StrictWaiter* w : *waiters) {
+                        counts.push_back(w->zones().size());
+                    }
+                    good = r.ok() &&
+                           redis::parse_strict_batch_reply(r.reply, counts, redis_now, out);
+                } catch (...) {
+                }
+                if (!good) {
+                    fail_all(*waiters);
+                    return;
+                }
+                for (size_t i = 0; i < waiters->size(); i++) {
+                    (*waiters)[i]->decided(out[i].data());
+                }
+            });
+    } catch (...) {
+        fail_all(*waiters);
+    }
+}
+
+// The end of an event-loop turn: what was queued goes to Redis.
+void flush_strict(ngx_event_t*) noexcept {
+    if (worker == nullptr) {
+        return;
+    }
+    std::vector<StrictWaiter*> queue;
+    queue.swap(worker->strict.queue);
+    std::vector<StrictWaiter*> batch;
+    for (StrictWaiter* w : queue) {
+        if (w->gone()) {
+            w->decided(nullptr);  // nothing to ask for a request that ended
+            continue;
+        }
+        batch.push_back(w);
+        if (batch.size() == redis::strict_batch_max) {
+            send_strict(std::move(batch));
+            batch.clear();
+        }
+    }
+    if (!batch.empty()) {
+        send_strict(std::move(batch));
+    }
+}
+
 MainConf* main_conf(ngx_cycle_t* cycle) noexcept {
     auto* ctx = reinterpret_cast<ngx_http_conf_ctx_t*>(ngx_get_conf(cycle->conf_ctx, ngx_http_module));
     if (ctx == nullptr) {
@@ -207,6 +287,22 @@ redis::Client* redis_client() noexcept {
 }
 
 bool worker_exiting() noexcept { return exiting; }
+
+bool strict_submit(StrictWaiter* waiter) noexcept {
+    if (worker == nullptr || !worker->client) {
+        return false;
+    }
+    StrictBatch& b = worker->strict;
+    try {
+        b.queue.push_back(waiter);
+    } catch (...) {
+        return false;
+    }
+    if (!b.event.posted) {
+        ngx_post_event(&b.event, &ngx_posted_events);
+    }
+    return true;
+}
 
 const RedisSettings* redis_settings() noexcept { return worker ? worker->mcf->redis : nullptr; }
 
@@ -239,7 +335,14 @@ ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
     }
     try {
         worker = new Worker(cycle, mcf);
-        worker->client->add_script(redis::strict_script());
+        StrictBatch& b = worker->strict;
+        ngx_memzero(&b.event, sizeof(b.event));
+        ngx_memzero(&b.ident, sizeof(b.ident));
+        b.ident.fd = static_cast<ngx_socket_t>(-1);
+        b.event.data = &b.ident;
+        b.event.log = cycle->log;
+        b.event.handler = flush_strict;
+        worker->client->add_script(redis::strict_batch_script());
         worker->client->add_script(redis::flush_script());
         auto** zones = static_cast<ZoneConf**>(mcf->zones.elts);
         for (ngx_uint_t i = 0; i < mcf->zones.nelts; i++) {
@@ -274,6 +377,11 @@ void exit_worker(ngx_cycle_t*) noexcept {
         return;
     }
     exiting = true;
+    if (worker->strict.event.posted) {
+        ngx_delete_posted_event(&worker->strict.event);
+    }
+    fail_all(worker->strict.queue);
+    worker->strict.queue.clear();
     for (SyncTimer& t : worker->timers) {
         t.timer->stop();
     }
