@@ -69,7 +69,11 @@ Throttle::Redis::clear_of_window_edge(3600, 30);
 # --- one key, 400 requests at once across both instances, 100r/h: exactly 100, three times
 for my $round (1 .. 3) {
     my $key = "k$round";
+    my $before = $redis->script_calls;
     my @r = both(400, '/s/', $key);
+    my $trips = $redis->script_calls - $before;
+    # Requests that arrive in one event-loop turn share one script call.
+    cmp_ok($trips, '<', 400, "round $round: batched, $trips script calls for 400 requests");
     is(statuses(@r), '200:PASSED x 100, 429:REJECTED x 300',
         "round $round: exactly 100 of 400 pass, across two instances");
     my %by = (1 => 0, 2 => 0);
