@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "core/limiter.hpp"
+#include "limiter_test_util.hpp"
 
 namespace throttle::core {
 namespace {
@@ -27,30 +28,9 @@ Policy sliding(uint64_t limit, int64_t period_ms) {
     return p;
 }
 
-// One request: admitted ones are recorded.
-bool hit(const Policy& p, State& s, int64_t now) {
-    Decision d = evaluate(p, s, now);
-    if (d.allowed) {
-        record(p, s, now);
-    }
-    return d.allowed;
-}
-
-// Requests at one instant until the first refusal (at most `cap`); returns the admitted count.
-uint64_t burst_at(const Policy& p, State& s, int64_t now, uint64_t cap = 10000000) {
-    uint64_t n = 0;
-    while (n < cap && hit(p, s, now)) {
-        ++n;
-    }
-    return n;
-}
-
-uint64_t splitmix64(uint64_t& x) {
-    uint64_t z = (x += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
+using test::burst_at;
+using test::hit;
+using test::splitmix64;
 
 TEST(SlidingWindow, FreshStateAdmitsExactlyLimitInOneWindow) {
     const Policy policies[] = {sliding(1, ms_per_second), sliding(7, ms_per_second),
