@@ -4,7 +4,7 @@
 #                   (or: make NGINX_SRC=/path/to/nginx-x.y.z for an upstream source tree)
 #   make run        install what is missing, build, start nginx on 127.0.0.1:8080 (foreground)
 #   make test       install what is missing, build, run unit and integration tests
-#   make bench      benchmark against plain nginx and limit_req
+#   make bench      benchmark: plain, limit_req, throttle local/sync/strict, OpenResty+Redis
 SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -eu -o pipefail -c
