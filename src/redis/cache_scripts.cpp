@@ -1,0 +1,335 @@
+// The response cache's LOOKUP, STORE and INVALIDATE scripts, their arguments and replies;
+// semantics in cache_scripts.hpp. No nginx header (layer: redis).
+#include "redis/cache_scripts.hpp"
+
+#include <utility>
+
+namespace throttle::redis {
+namespace {
+
+// Helpers shared by the three scripts:
+//   int(s)   a non-negative integer argument below 2^53, or nil
+//   gen(k)   the generation at k as (number, canonical decimal bytes); missing: 0, "0"; raises
+//            an error reply for anything that is not a canonical decimal below 2^53
+constexpr std::string_view lua_helpers = R"lua(
+local floor, find, sf = math.floor, string.find, string.format
+local function int(s)
+  local v = tonumber(s)
+  if v == nil or v ~= v or v < 0 or v >= 9007199254740992 or v ~= floor(v) then
+    return nil
+  end
+  return v
+end
+local function gen(k)
+  local v = redis.call('GET', k)
+  if not v then
+    return 0, '0'
+  end
+  if #v > 16 or not (v == '0' or find(v, '^[1-9]%d*$')) or tonumber(v) >= 9007199254740992 then
+    error({err = 'ERR throttle cache: a generation key holds no generation'})
+  end
+  return tonumber(v), v
+end
+)lua";
+
+constexpr std::string_view lua_lookup = R"lua(
+local E = 'ERR throttle cache lookup: '
+if #KEYS ~= 2 or #ARGV ~= 6 then
+  return redis.error_reply(E .. 'expected 2 keys and 6 arguments')
+end
+local prefix, ns, id, hex, want = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6]
+local tag = prefix .. '{' .. ns .. ':' .. id .. '}'
+if KEYS[1] ~= tag .. ':g' or KEYS[2] ~= prefix .. '{' .. ns .. '}:g' then
+  return redis.error_reply(E .. 'keys are not the generation keys of prefix, namespace, id')
+end
+if #hex ~= 64 or find(hex, '[^0-9a-f]') then
+  return redis.error_reply(E .. 'the key is not 64 lowercase hex digits')
+end
+if want ~= '0' and want ~= '1' then
+  return redis.error_reply(E .. 'want_lock is not 0 or 1')
+end
+local lt = int(ARGV[5])
+if want == '1' and (lt == nil or lt < 1) then
+  return redis.error_reply(E .. 'bad lock ttl')
+end
+local ng, ns_text = gen(KEYS[2])
+local ug, user_text = gen(KEYS[1])
+local ek = tag .. ':e:' .. ns_text .. '.' .. user_text .. ':' .. hex
+local entry = redis.call('GET', ek)
+local lock = 0
+if not entry and want == '1' and redis.call('SET', ek .. ':l', '1', 'NX', 'PX', sf('%d', lt)) then
+  lock = 1
+end
+return {ng, ug, entry, lock}
+)lua";
+
+constexpr std::string_view lua_store = R"lua(
+local E = 'ERR throttle cache store: '
+if #KEYS ~= 4 or #ARGV ~= 5 then
+  return redis.error_reply(E .. 'expected 4 keys and 5 arguments')
+end
+if KEYS[2] ~= KEYS[1] .. ':l' then
+  return redis.error_reply(E .. 'the second key is not the lock of the first')
+end
+local ttl, gttl = int(ARGV[2]), int(ARGV[5])
+if #ARGV[1] == 0 or ttl == nil or ttl < 1 or gttl == nil or ttl > gttl then
+  return redis.error_reply(E .. 'empty entry or bad ttl')
+end
+local _, user_text = gen(KEYS[3])
+local _, ns_text = gen(KEYS[4])
+if ns_text ~= ARGV[3] or user_text ~= ARGV[4] then
+  redis.call('DEL', KEYS[2])
+  return 0
+end
+local gx = sf('%d', gttl)
+redis.call('SET', KEYS[1], ARGV[1], 'PX', sf('%d', ttl))
+redis.call('PEXPIRE', KEYS[3], gx)
+redis.call('PEXPIRE', KEYS[4], gx)
+redis.call('DEL', KEYS[2])
+return 1
+)lua";
+
+constexpr std::string_view lua_invalidate = R"lua(
+local n = #KEYS
+local gttl = int(ARGV[1])
+if n == 0 or #ARGV ~= 1 or gttl == nil or gttl < 1 then
+  return redis.error_reply('ERR throttle cache invalidate: expected keys and a generation ttl')
+end
+local out = {}
+for i = 1, n do
+  local v = redis.call('INCR', KEYS[i])
+  redis.call('PEXPIRE', KEYS[i], sf('%d', gttl))
+  if v >= 9007199254740992 then
+    return redis.error_reply('ERR throttle cache invalidate: generation at 2^53')
+  end
+  out[i] = v
+end
+return out
+)lua";
+
+std::string source_of(std::string_view body) {
+    constexpr std::string_view shebang = "#!lua";
+    std::string s;
+    s.reserve(shebang.size() + lua_helpers.size() + body.size());
+    s.append(shebang);
+    s.append(lua_helpers);  // starts with a newline
+    s.append(body);         // starts with a newline
+    return s;
+}
+
+// An integer element in [lo, cache_generation_limit).
+bool generation_at(const Reply& r, size_t i, uint64_t lo, uint64_t& v) noexcept {
+    const Reply& e = r.elements[i];
+    if (e.type != Reply::Type::Integer || e.integer < 0 || uint64_t(e.integer) < lo ||
+        uint64_t(e.integer) >= cache_generation_limit) {
+        return false;
+    }
+    v = uint64_t(e.integer);
+    return true;
+}
+
+// Everything of a lookup reply but the entry's bytes.
+bool parse_lookup_shape(const Reply& reply, CacheLookup& out) noexcept {
+    if (reply.type != Reply::Type::Array || reply.elements.size() != 4 ||
+        !generation_at(reply, 0, 0, out.ns_gen) || !generation_at(reply, 1, 0, out.user_gen)) {
+        return false;
+    }
+    const Reply& entry = reply.elements[2];
+    const Reply& lock = reply.elements[3];
+    if (entry.type == Reply::Type::Nil) {
+        out.hit = false;
+    } else if (entry.type == Reply::Type::String && !entry.str.empty()) {
+        out.hit = true;
+    } else {
+        return false;
+    }
+    if (lock.type != Reply::Type::Integer || (lock.integer != 0 && lock.integer != 1) ||
+        (out.hit && lock.integer == 1)) {
+        return false;
+    }
+    out.lock_taken = lock.integer == 1;
+    return true;
+}
+
+}  // namespace
+
+const Script& cache_lookup_script() {
+    static const Script* script = new Script(source_of(lua_lookup));
+    return *script;
+}
+
+const Script& cache_store_script() {
+    static const Script* script = new Script(source_of(lua_store));
+    return *script;
+}
+
+const Script& cache_invalidate_script() {
+    static const Script* script = new Script(source_of(lua_invalidate));
+    return *script;
+}
+
+// ---- LOOKUP ----
+
+bool build_cache_lookup_args(const CacheTarget& t, int64_t lock_ttl_ms, bool want_lock,
+                             EvalArgs& out) noexcept {
+    out.clear();
+    if (!core::cache::valid_namespace(t.ns) || (want_lock && lock_ttl_ms < 1)) {
+        return false;
+    }
+    try {
+        out.add_key(core::cache::generation_key(t.prefix, t.ns, t.id));
+        out.add_key(core::cache::namespace_generation_key(t.prefix, t.ns));
+        out.add_arg(t.prefix);
+        out.add_arg(t.ns);
+        out.add_arg(t.id);
+        out.add_arg(core::cache::digest_hex(t.key));
+        out.add_arg(want_lock ? lock_ttl_ms : int64_t(0));
+        out.add_arg(std::string_view(want_lock ? "1" : "0"));
+    } catch (...) {
+        out.clear();
+        return false;
+    }
+    return true;
+}
+
+bool parse_cache_lookup_reply(const Reply& reply, CacheLookup& out) noexcept {
+    if (!parse_lookup_shape(reply, out)) {
+        return false;
+    }
+    try {
+        out.entry = out.hit ? reply.elements[2].str : std::string();
+    } catch (...) {
+        return false;
+    }
+    return true;
+}
+
+bool parse_cache_lookup_reply(Reply&& reply, CacheLookup& out) noexcept {
+    if (!parse_lookup_shape(reply, out)) {
+        return false;
+    }
+    out.entry = out.hit ? std::move(reply.elements[2].str) : std::string();
+    return true;
+}
+
+std::string cache_entry_key(const CacheTarget& t, const core::cache::Generation& gen) {
+    return core::cache::entry_key(t.prefix, t.ns, t.id, gen, t.key);
+}
+
+std::vector<std::string> cache_fill_lock_argv(const CacheTarget& t,
+                                              const core::cache::Generation& gen,
+                                              int64_t lock_ttl_ms) {
+    if (lock_ttl_ms < 1) {
+        return {};
+    }
+    return {"SET", core::cache::fill_lock_key(cache_entry_key(t, gen)), "1", "NX", "PX",
+            std::to_string(lock_ttl_ms)};
+}
+
+bool parse_cache_fill_lock_reply(const Reply& reply, bool& taken) noexcept {
+    if (reply.type == Reply::Type::Nil) {
+        taken = false;
+        return true;
+    }
+    if (reply.type == Reply::Type::Status && reply.str == "OK") {
+        taken = true;
+        return true;
+    }
+    return false;
+}
+
+// ---- STORE ----
+
+bool build_cache_store_args(const CacheTarget& t, const core::cache::Generation& gen,
+                            std::string_view entry, int64_t ttl_ms, EvalArgs& out) noexcept {
+    out.clear();
+    if (!core::cache::valid_namespace(t.ns) || entry.empty() || ttl_ms < 1 ||
+        ttl_ms > cache_generation_ttl_ms) {
+        return false;
+    }
+    try {
+        const std::string key = cache_entry_key(t, gen);
+        out.add_key(key);
+        out.add_key(core::cache::fill_lock_key(key));
+        out.add_key(core::cache::generation_key(t.prefix, t.ns, t.id));
+        out.add_key(core::cache::namespace_generation_key(t.prefix, t.ns));
+        out.add_arg(entry);
+        out.add_arg(ttl_ms);
+        out.add_arg(gen.ns);
+        out.add_arg(gen.user);
+        out.add_arg(cache_generation_ttl_ms);
+    } catch (...) {
+        out.clear();
+        return false;
+    }
+    return true;
+}
+
+bool parse_cache_store_reply(const Reply& reply, bool& stored) noexcept {
+    if (reply.type != Reply::Type::Integer || (reply.integer != 0 && reply.integer != 1)) {
+        return false;
+    }
+    stored = reply.integer == 1;
+    return true;
+}
+
+// ---- INVALIDATE ----
+
+bool build_cache_invalidate_args(std::string_view prefix, std::string_view id,
+                                 const std::string_view* namespaces, size_t n,
+                                 EvalArgs& out) noexcept {
+    out.clear();
+    if (n == 0) {
+        return false;
+    }
+    try {
+        for (size_t i = 0; i < n; i++) {
+            if (!core::cache::valid_namespace(namespaces[i])) {
+                out.clear();
+                return false;
+            }
+            out.add_key(core::cache::generation_key(prefix, namespaces[i], id));
+        }
+        out.add_arg(cache_generation_ttl_ms);
+    } catch (...) {
+        out.clear();
+        return false;
+    }
+    return true;
+}
+
+bool build_cache_invalidate_namespace_args(std::string_view prefix, std::string_view ns,
+                                           EvalArgs& out) noexcept {
+    out.clear();
+    if (!core::cache::valid_namespace(ns)) {
+        return false;
+    }
+    try {
+        out.add_key(core::cache::namespace_generation_key(prefix, ns));
+        out.add_arg(cache_generation_ttl_ms);
+    } catch (...) {
+        out.clear();
+        return false;
+    }
+    return true;
+}
+
+bool parse_cache_invalidate_reply(const Reply& reply, size_t n,
+                                  std::vector<uint64_t>& generations) noexcept {
+    if (reply.type != Reply::Type::Array || n == 0 || reply.elements.size() != n) {
+        return false;
+    }
+    try {
+        generations.resize(n);
+    } catch (...) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!generation_at(reply, i, 1, generations[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+}  // namespace throttle::redis

@@ -1,0 +1,170 @@
+// The response cache's three Lua scripts (issue 4, sections 1, 4 and 5), their argument builders
+// and reply parsers (layer: redis). No nginx header, no hiredis type: arguments go to
+// Client::evalsha() through EvalArgs (scripts.hpp), replies come back as Reply. Key layout and
+// entry format: src/core/cache_key.hpp, src/core/cache_entry.hpp.
+//
+// Single Redis only. LOOKUP reads the user's generation PREFIX{NS:ID}:g and the namespace's
+// PREFIX{NS}:g in one script: two hash slots, which Redis Cluster refuses (CROSSSLOT). STORE
+// reads both too. Every other name a script touches shares the slot of PREFIX{NS:ID}.
+//
+// Generations are exact integers below 2^53 (Lua numbers are doubles; INCR from 0 never gets
+// there). A generation key holding anything else than a canonical decimal ("0", "7", not "07",
+// "+7" or " 7") below 2^53 makes LOOKUP and STORE answer an error reply, which the module treats
+// as a Redis failure (BYPASS): never a wrong key.
+//
+// LOOKUP (one round trip: both generations and the entry, plus the fill lock on a miss)
+//   KEYS = generation_key(PREFIX, NS, ID), namespace_generation_key(PREFIX, NS)
+//   ARGV = PREFIX, NS, ID, KEYHEX (64 lowercase hex digits of cache_key()), lock_ttl_ms (>= 1),
+//          want_lock ("1": take the fill lock on a miss, "0": never)
+//   The script checks that KEYS are exactly the generation keys of PREFIX, NS and ID (else an
+//   error reply), reads both generations (missing: 0), builds
+//     E = PREFIX "{" NS ":" ID "}:e:" NSGEN "." USERGEN ":" KEYHEX
+//   byte for byte as core::cache::entry_key() does, and GETs it. On a miss with want_lock "1"
+//   it runs SET E":l" 1 NX PX lock_ttl_ms (core::cache::fill_lock_key(E)).
+//   Reply: [ns_gen, user_gen, entry (bulk) or nil, lock_taken 0/1] (integers but the entry).
+//   lock_taken is 1 only on a miss. The entry's freshness is decided in C++ from the decoded
+//   entry (core::cache::freshness()); a present entry is fresh or stale (its Redis expiry is its
+//   stale_until), so the fill lock for refreshing a stale entry, which is served at once
+//   anyway, is a separate SET fill_lock_key 1 NX PX lock_ttl_ms (cache_fill_lock_argv()).
+//
+// STORE (after the fill: the whole response arrived and decide() said store)
+//   KEYS = E, E":l", generation_key(PREFIX, NS, ID), namespace_generation_key(PREFIX, NS)
+//   ARGV = entry bytes (non-empty), ttl_ms (1 .. generation_ttl_ms), NSGEN, USERGEN (those
+//          LOOKUP returned, from which E was built), generation_ttl_ms
+//   If both generation keys still hold NSGEN and USERGEN (missing reads "0"): SET E entry PX
+//   ttl_ms, PEXPIRE both generation keys (those that exist) to generation_ttl_ms, DEL E":l";
+//   reply 1. Otherwise an invalidation happened since the lookup: DEL E":l" only; reply 0.
+//   Invalidation safety: an entry is reachable only under the generations it was stored with
+//   (the C++ side builds E from the generations LOOKUP returned), and INVALIDATE moves a
+//   generation forward, so after an invalidation no lookup builds the key of an entry stored
+//   before it. A fill that looked up before a write and stores after its INCR is refused here
+//   (0; stored anyway it would only sit under the old generations, unreachable; scripts are
+//   atomic, so no STORE interleaves with an INCR). Generations must outlive entries: a
+//   generation key that expired would read 0 again, count up again, and could meet an old
+//   entry's generation. So STORE refuses ttl_ms > generation_ttl_ms and pushes the generation
+//   keys' expiry to generation_ttl_ms from now whenever it stores; INVALIDATE does the same at
+//   every INCR. A generation key therefore expires only after every entry stored under it (a missing key is
+//   generation 0: an entry stored under 0 expires before any INCR'd key that follows it does).
+//
+// INVALIDATE (a user's write, an upstream's header, an operator)
+//   KEYS = generation keys (any number >= 1; the user's keys in several namespaces, or one
+//          namespace_generation_key for everyone in a namespace)
+//   ARGV = generation_ttl_ms (>= 1)
+//   INCR each key, then PEXPIRE it to generation_ttl_ms (every time). Reply: the new values,
+//   in KEYS order. A key holding no integer is an error reply (INCR's); so is a value at or
+//   above 2^53 (keys before it were already incremented: harmless, it only invalidates more).
+//
+// All three check their arguments and answer an error reply when malformed; the parsers turn
+// any reply that is not exactly the expected shape into false, which the module treats as a
+// Redis failure. Scripts start with "#!lua" like scripts.cpp's (Redis 7 flags, none set).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/cache_key.hpp"
+#include "redis/reply.hpp"
+#include "redis/script.hpp"
+#include "redis/scripts.hpp"
+
+namespace throttle::redis {
+
+// How long a generation key lives after its last INCR or STORE: 30 days. Every entry's TTL
+// (fresh + stale) must be at most this (build_cache_store_args() refuses more).
+inline constexpr int64_t cache_generation_ttl_ms = int64_t(30) * 86400 * 1000;
+// Generations are exact below this (2^53).
+inline constexpr uint64_t cache_generation_limit = uint64_t(1) << 53;
+
+// What names one entry, apart from the generations.
+struct CacheTarget {
+    std::string_view prefix;         // the cache's key prefix
+    std::string_view ns;             // the namespace (core::cache::valid_namespace())
+    std::string_view id;             // core::cache::identity_digest()'s result
+    core::Sha256Digest key{};        // core::cache::cache_key()'s result
+};
+
+// The three scripts, built on first use (may throw std::bad_alloc then) and never destroyed.
+const Script& cache_lookup_script();
+const Script& cache_store_script();
+const Script& cache_invalidate_script();
+
+// ---- LOOKUP ----
+
+struct CacheLookup {
+    uint64_t ns_gen = 0;    // the namespace's generation (0: its key was missing)
+    uint64_t user_gen = 0;  // the user's generation in the namespace
+    bool hit = false;       // an entry was found
+    std::string entry;      // its bytes (core::cache::decode() them), empty unless hit
+    bool lock_taken = false;  // this caller holds the fill lock (only on a miss)
+
+    core::cache::Generation generation() const noexcept {
+        core::cache::Generation g;
+        g.ns = ns_gen;
+        g.user = user_gen;
+        return g;
+    }
+};
+
+// Fills `out` (cleared first). False when the namespace is not valid_namespace(), want_lock
+// is set with lock_ttl_ms < 1, or memory runs out.
+bool build_cache_lookup_args(const CacheTarget& t, int64_t lock_ttl_ms, bool want_lock,
+                             EvalArgs& out) noexcept;
+
+// False, with `out` unspecified, unless the reply is an array of exactly 4: two integers in
+// [0, 2^53), a nil or a non-empty bulk string, an integer 0 or 1 (1 only with a nil entry).
+// The rvalue form moves the entry's bytes out of the reply instead of copying them.
+bool parse_cache_lookup_reply(const Reply& reply, CacheLookup& out) noexcept;
+bool parse_cache_lookup_reply(Reply&& reply, CacheLookup& out) noexcept;
+
+// The entry key LOOKUP read (core::cache::entry_key() with these generations). May throw
+// std::bad_alloc.
+std::string cache_entry_key(const CacheTarget& t, const core::cache::Generation& gen);
+
+// SET fill_lock_key(E) 1 NX PX lock_ttl_ms: the fill lock for refreshing a stale entry
+// (Client::command()). Empty when lock_ttl_ms < 1. May throw std::bad_alloc. The reply is
+// Status "OK" when taken, Nil when another holds it: parse_cache_fill_lock_reply().
+std::vector<std::string> cache_fill_lock_argv(const CacheTarget& t,
+                                              const core::cache::Generation& gen,
+                                              int64_t lock_ttl_ms);
+bool parse_cache_fill_lock_reply(const Reply& reply, bool& taken) noexcept;
+
+// ---- STORE ----
+
+// Fills `out` (cleared first) to store `entry` (core::cache::encode()'s bytes) under the
+// generations LOOKUP returned, for ttl_ms (stale_until - now). False when the namespace is not
+// valid, the entry is empty, ttl_ms is outside 1 .. cache_generation_ttl_ms, or memory runs out.
+bool build_cache_store_args(const CacheTarget& t, const core::cache::Generation& gen,
+                            std::string_view entry, int64_t ttl_ms, EvalArgs& out) noexcept;
+
+// `stored`: 1 (stored) or 0 (a generation moved since the lookup: not stored). False unless the
+// reply is the integer 0 or 1.
+bool parse_cache_store_reply(const Reply& reply, bool& stored) noexcept;
+
+// ---- INVALIDATE ----
+
+// The user's generation in each of namespaces[0..n) (the location's own and those
+// throttle_cache_invalidate names). False when n == 0, a namespace is not valid, or memory runs
+// out.
+bool build_cache_invalidate_args(std::string_view prefix, std::string_view id,
+                                 const std::string_view* namespaces, size_t n,
+                                 EvalArgs& out) noexcept;
+inline bool build_cache_invalidate_args(std::string_view prefix, std::string_view id,
+                                        const std::vector<std::string_view>& namespaces,
+                                        EvalArgs& out) noexcept {
+    return build_cache_invalidate_args(prefix, id, namespaces.data(), namespaces.size(), out);
+}
+
+// The namespace's generation: every user's entries in it at once. False when the namespace is
+// not valid or memory runs out.
+bool build_cache_invalidate_namespace_args(std::string_view prefix, std::string_view ns,
+                                           EvalArgs& out) noexcept;
+
+// The new generations, one per key (resized to n). False unless the reply is an array of
+// exactly n integers in [1, 2^53).
+bool parse_cache_invalidate_reply(const Reply& reply, size_t n,
+                                  std::vector<uint64_t>& generations) noexcept;
+
+}  // namespace throttle::redis
