@@ -1,0 +1,629 @@
+// The response cache's scripts (src/redis/cache_scripts.hpp): argument builders and reply
+// parsers on their own, then the scripts in a real redis-server driven through the Client and
+// libevent: miss, store, hit with the exact bytes (binary, 1 MB); a user's invalidation makes
+// only their entries unreachable; a namespace's reaches everyone in it and no one else; the fill
+// lock is taken once; entry and generation expiries; a store after an invalidation is refused;
+// the Lua entry key is core::cache::entry_key() byte for byte; malformed calls are error replies.
+#include "redis/cache_scripts.hpp"
+
+#include <gtest/gtest.h>
+
+#include <climits>
+
+#include "support.hpp"
+
+#include "core/cache_key.hpp"
+
+namespace throttle::redis::test {
+namespace {
+
+namespace cc = core::cache;
+
+Reply integer(long long v) {
+    Reply r;
+    r.type = Reply::Type::Integer;
+    r.integer = v;
+    return r;
+}
+
+Reply bulk(std::string s) {
+    Reply r;
+    r.type = Reply::Type::String;
+    r.str = std::move(s);
+    return r;
+}
+
+Reply array(std::vector<Reply> e) {
+    Reply r;
+    r.type = Reply::Type::Array;
+    r.elements = std::move(e);
+    return r;
+}
+
+std::vector<std::string> strings(const std::vector<std::string_view>& v) {
+    return std::vector<std::string>(v.begin(), v.end());
+}
+
+core::Sha256Digest digest_of(std::string_view path) {
+    cc::CacheKeyInput in;
+    in.ns = "review";
+    in.identity_digest = "anon";
+    in.method = "GET";
+    in.path = path;
+    return cc::cache_key(in);
+}
+
+CacheTarget target(std::string_view prefix, std::string_view ns, std::string_view id,
+                   std::string_view path) {
+    CacheTarget t;
+    t.prefix = prefix;
+    t.ns = ns;
+    t.id = id;
+    t.key = digest_of(path);
+    return t;
+}
+
+cc::Generation gen(uint64_t ns, uint64_t user) {
+    cc::Generation g;
+    g.ns = ns;
+    g.user = user;
+    return g;
+}
+
+const std::string user_a = cc::identity_digest("secret", "session-a");
+const std::string user_b = cc::identity_digest("secret", "session-b");
+
+// ---- without Redis ----
+
+TEST(RedisCacheScriptsUnit, LookupArguments) {
+    const CacheTarget t = target("tc:", "review", user_a, "/api/review/today/");
+    EvalArgs a;
+    ASSERT_TRUE(build_cache_lookup_args(t, 5000, true, a));
+    EXPECT_EQ(strings(a.keys()),
+              (std::vector<std::string>{"tc:{review:" + user_a + "}:g", "tc:{review}:g"}));
+    EXPECT_EQ(strings(a.args()), (std::vector<std::string>{"tc:", "review", user_a,
+                                                           cc::digest_hex(t.key), "5000", "1"}));
+    ASSERT_TRUE(build_cache_lookup_args(t, 0, false, a));  // no lock: its ttl does not matter
+    EXPECT_EQ(a.args()[4], "0");
+    EXPECT_EQ(a.args()[5], "0");
+    EXPECT_FALSE(build_cache_lookup_args(t, 0, true, a));
+    EXPECT_TRUE(a.keys().empty());
+    EXPECT_TRUE(a.args().empty());
+    EXPECT_FALSE(build_cache_lookup_args(target("tc:", "a:b", "anon", "/"), 5000, true, a));
+    EXPECT_FALSE(build_cache_lookup_args(target("tc:", "", "anon", "/"), 5000, true, a));
+    EXPECT_FALSE(build_cache_lookup_args(target("tc:", "{x}", "anon", "/"), 5000, true, a));
+}
+
+TEST(RedisCacheScriptsUnit, StoreArguments) {
+    const CacheTarget t = target("tc:", "review", "anon", "/x");
+    const std::string entry("TCE\x01\0body", 9);
+    EvalArgs a;
+    ASSERT_TRUE(build_cache_store_args(t, gen(3, 9007199254740991), entry, 60000, a));
+    const std::string e = cc::entry_key("tc:", "review", "anon", gen(3, 9007199254740991), t.key);
+    EXPECT_EQ(e, "tc:{review:anon}:e:3.9007199254740991:" + cc::digest_hex(t.key));
+    EXPECT_EQ(strings(a.keys()), (std::vector<std::string>{e, e + ":l", "tc:{review:anon}:g",
+                                                           "tc:{review}:g"}));
+    EXPECT_EQ(strings(a.args()), (std::vector<std::string>{entry, "60000", "3",
+                                                           "9007199254740991", "2592000000"}));
+    EXPECT_EQ(cache_entry_key(t, gen(3, 9007199254740991)), e);
+    EXPECT_TRUE(build_cache_store_args(t, gen(0, 0), entry, cache_generation_ttl_ms, a));
+    EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), entry, cache_generation_ttl_ms + 1, a));
+    EXPECT_TRUE(a.keys().empty());
+    EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), entry, 0, a));
+    EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), "", 1000, a));
+    EXPECT_FALSE(build_cache_store_args(target("tc:", "a b", "anon", "/"), gen(0, 0), entry,
+                                        1000, a));
+}
+
+TEST(RedisCacheScriptsUnit, InvalidateArguments) {
+    EvalArgs a;
+    ASSERT_TRUE(build_cache_invalidate_args("tc:", user_a, {"review", "analytics"}, a));
+    EXPECT_EQ(strings(a.keys()),
+              (std::vector<std::string>{"tc:{review:" + user_a + "}:g",
+                                        "tc:{analytics:" + user_a + "}:g"}));
+    EXPECT_EQ(strings(a.args()), (std::vector<std::string>{"2592000000"}));
+    EXPECT_FALSE(build_cache_invalidate_args("tc:", user_a, {}, a));
+    EXPECT_FALSE(build_cache_invalidate_args("tc:", user_a, {"review", "bad:ns"}, a));
+    EXPECT_TRUE(a.keys().empty());
+    EXPECT_TRUE(a.args().empty());
+    ASSERT_TRUE(build_cache_invalidate_namespace_args("tc:", "review", a));
+    EXPECT_EQ(strings(a.keys()), (std::vector<std::string>{"tc:{review}:g"}));
+    EXPECT_EQ(strings(a.args()), (std::vector<std::string>{"2592000000"}));
+    EXPECT_FALSE(build_cache_invalidate_namespace_args("tc:", "", a));
+}
+
+TEST(RedisCacheScriptsUnit, ParseLookupReply) {
+    CacheLookup l;
+    ASSERT_TRUE(parse_cache_lookup_reply(array({integer(2), integer(5), Reply(), integer(1)}), l));
+    EXPECT_EQ(l.ns_gen, 2u);
+    EXPECT_EQ(l.user_gen, 5u);
+    EXPECT_FALSE(l.hit);
+    EXPECT_TRUE(l.entry.empty());
+    EXPECT_TRUE(l.lock_taken);
+    EXPECT_EQ(l.generation().ns, 2u);
+    EXPECT_EQ(l.generation().user, 5u);
+    const std::string bytes("TCE\x01\0\xff", 6);
+    const Reply hit = array({integer(0), integer(9007199254740991), bulk(bytes), integer(0)});
+    ASSERT_TRUE(parse_cache_lookup_reply(hit, l));
+    EXPECT_TRUE(l.hit);
+    EXPECT_EQ(l.entry, bytes);
+    EXPECT_FALSE(l.lock_taken);
+    EXPECT_EQ(l.user_gen, 9007199254740991u);
+    Reply moved = hit;
+    CacheLookup m;
+    ASSERT_TRUE(parse_cache_lookup_reply(std::move(moved), m));
+    EXPECT_EQ(m.entry, bytes);
+    ASSERT_TRUE(parse_cache_lookup_reply(array({integer(0), integer(0), Reply(), integer(0)}), l));
+    EXPECT_FALSE(l.hit);
+    EXPECT_TRUE(l.entry.empty());  // the previous entry is gone
+
+    const std::vector<Reply> bad = {
+        Reply(),
+        integer(1),
+        bulk("x"),
+        array({}),
+        array({integer(0), integer(0), Reply()}),                              // short
+        array({integer(0), integer(0), Reply(), integer(0), integer(0)}),      // long
+        array({integer(-1), integer(0), Reply(), integer(0)}),                 // negative gen
+        array({integer(0), integer(9007199254740992), Reply(), integer(0)}),   // 2^53
+        array({integer(0), integer(LLONG_MIN), Reply(), integer(0)}),
+        array({bulk("0"), integer(0), Reply(), integer(0)}),                   // gen as string
+        array({integer(0), integer(0), bulk(""), integer(0)}),                 // empty entry
+        array({integer(0), integer(0), integer(7), integer(0)}),               // entry integer
+        array({integer(0), integer(0), array({}), integer(0)}),                // entry array
+        array({integer(0), integer(0), Reply(), integer(2)}),                  // lock 2
+        array({integer(0), integer(0), Reply(), Reply()}),                     // lock nil
+        array({integer(0), integer(0), bulk("e"), integer(1)}),                // lock on a hit
+    };
+    for (size_t i = 0; i < bad.size(); i++) {
+        EXPECT_FALSE(parse_cache_lookup_reply(bad[i], l)) << i;
+        Reply copy = bad[i];
+        EXPECT_FALSE(parse_cache_lookup_reply(std::move(copy), l)) << i;
+    }
+    Reply err;
+    err.type = Reply::Type::Error;
+    err.str = "ERR throttle cache lookup: bad lock ttl";
+    EXPECT_FALSE(parse_cache_lookup_reply(err, l));
+}
+
+TEST(RedisCacheScriptsUnit, ParseStoreAndInvalidateReplies) {
+    bool stored = false;
+    ASSERT_TRUE(parse_cache_store_reply(integer(1), stored));
+    EXPECT_TRUE(stored);
+    ASSERT_TRUE(parse_cache_store_reply(integer(0), stored));
+    EXPECT_FALSE(stored);
+    EXPECT_FALSE(parse_cache_store_reply(integer(2), stored));
+    EXPECT_FALSE(parse_cache_store_reply(integer(-1), stored));
+    EXPECT_FALSE(parse_cache_store_reply(bulk("1"), stored));
+    EXPECT_FALSE(parse_cache_store_reply(Reply(), stored));
+    Reply ok;
+    ok.type = Reply::Type::Status;
+    ok.str = "OK";
+    EXPECT_FALSE(parse_cache_store_reply(ok, stored));
+    EXPECT_FALSE(parse_cache_store_reply(array({integer(1)}), stored));
+
+    std::vector<uint64_t> g;
+    ASSERT_TRUE(parse_cache_invalidate_reply(array({integer(1), integer(9007199254740991)}), 2, g));
+    EXPECT_EQ(g, (std::vector<uint64_t>{1, 9007199254740991}));
+    EXPECT_FALSE(parse_cache_invalidate_reply(array({integer(1)}), 2, g));
+    EXPECT_FALSE(parse_cache_invalidate_reply(array({integer(1), integer(2)}), 1, g));
+    EXPECT_FALSE(parse_cache_invalidate_reply(array({}), 0, g));
+    EXPECT_FALSE(parse_cache_invalidate_reply(array({integer(0)}), 1, g));  // INCR gives >= 1
+    EXPECT_FALSE(parse_cache_invalidate_reply(array({integer(9007199254740992)}), 1, g));
+    EXPECT_FALSE(parse_cache_invalidate_reply(array({bulk("1")}), 1, g));
+    EXPECT_FALSE(parse_cache_invalidate_reply(array({Reply()}), 1, g));
+    EXPECT_FALSE(parse_cache_invalidate_reply(integer(1), 1, g));
+    EXPECT_FALSE(parse_cache_invalidate_reply(ok, 1, g));
+
+    bool taken = false;
+    ASSERT_TRUE(parse_cache_fill_lock_reply(ok, taken));
+    EXPECT_TRUE(taken);
+    ASSERT_TRUE(parse_cache_fill_lock_reply(Reply(), taken));
+    EXPECT_FALSE(taken);
+    EXPECT_FALSE(parse_cache_fill_lock_reply(bulk("OK"), taken));
+    EXPECT_FALSE(parse_cache_fill_lock_reply(integer(1), taken));
+    Reply queued;
+    queued.type = Reply::Type::Status;
+    queued.str = "QUEUED";
+    EXPECT_FALSE(parse_cache_fill_lock_reply(queued, taken));
+}
+
+TEST(RedisCacheScriptsUnit, ScriptsAreBuiltOnce) {
+    EXPECT_EQ(&cache_lookup_script(), &cache_lookup_script());
+    EXPECT_EQ(&cache_store_script(), &cache_store_script());
+    EXPECT_EQ(&cache_invalidate_script(), &cache_invalidate_script());
+    EXPECT_NE(cache_lookup_script().sha(), cache_store_script().sha());
+    EXPECT_NE(cache_store_script().sha(), cache_invalidate_script().sha());
+    EXPECT_EQ(cache_lookup_script().source().compare(0, 6, "#!lua\n"), 0);
+    EXPECT_EQ(cache_lookup_script().sha(), sha1_hex(cache_lookup_script().source()));
+}
+
+// ---- against redis-server ----
+
+class RedisCacheScriptsTest : public ::testing::Test {
+   protected:
+    void SetUp() override {
+        if (!have_redis_server()) {
+            GTEST_SKIP() << "redis-server not found (set THROTTLE_REDIS_SERVER)";
+        }
+        server = std::make_unique<RedisServer>();
+        ASSERT_TRUE(server->start());
+        ctl = std::make_unique<Control>(server->port());
+        ASSERT_TRUE(ctl->ok());
+        Config c;
+        c.address = server->address();
+        c.command_timeout_ms = 5000;
+        client = std::make_unique<Client>(ev.loop(), c);
+    }
+
+    Reply eval(const Script& s, const EvalArgs& a) {
+        Outcome o;
+        inside_call() = true;
+        client->evalsha(s, a.keys(), a.args(), track(o));
+        inside_call() = false;
+        if (!ev.run_until([&] { return o.calls > 0; }, 30000)) {
+            ADD_FAILURE() << "no reply";
+            client->close();
+            ev.run_until([&] { return o.calls > 0; }, 5000);
+        }
+        EXPECT_FALSE(o.synchronous);
+        EXPECT_TRUE(o.result.ok()) << to_string(o.result.failure);
+        return std::move(o.result.reply);
+    }
+
+    CacheLookup lookup(const CacheTarget& t, bool want_lock = false, int64_t lock_ttl_ms = 5000) {
+        EvalArgs a;
+        EXPECT_TRUE(build_cache_lookup_args(t, lock_ttl_ms, want_lock, a));
+        Reply r = eval(cache_lookup_script(), a);
+        CacheLookup l;
+        EXPECT_TRUE(parse_cache_lookup_reply(std::move(r), l))
+            << to_string(r.type) << " " << r.str;
+        return l;
+    }
+
+    // Stores under the generations `l` returned; whether the script stored it.
+    bool store(const CacheTarget& t, const CacheLookup& l, std::string_view entry,
+               int64_t ttl_ms = 60000) {
+        EvalArgs a;
+        EXPECT_TRUE(build_cache_store_args(t, l.generation(), entry, ttl_ms, a));
+        Reply r = eval(cache_store_script(), a);
+        bool stored = false;
+        EXPECT_TRUE(parse_cache_store_reply(r, stored)) << to_string(r.type) << " " << r.str;
+        return stored;
+    }
+
+    std::vector<uint64_t> invalidate(std::string_view prefix, std::string_view id,
+                                     const std::vector<std::string_view>& namespaces) {
+        EvalArgs a;
+        EXPECT_TRUE(build_cache_invalidate_args(prefix, id, namespaces, a));
+        Reply r = eval(cache_invalidate_script(), a);
+        std::vector<uint64_t> g;
+        EXPECT_TRUE(parse_cache_invalidate_reply(r, namespaces.size(), g))
+            << to_string(r.type) << " " << r.str;
+        return g;
+    }
+
+    std::vector<uint64_t> invalidate_namespace(std::string_view prefix, std::string_view ns) {
+        EvalArgs a;
+        EXPECT_TRUE(build_cache_invalidate_namespace_args(prefix, ns, a));
+        Reply r = eval(cache_invalidate_script(), a);
+        std::vector<uint64_t> g;
+        EXPECT_TRUE(parse_cache_invalidate_reply(r, 1, g)) << to_string(r.type) << " " << r.str;
+        return g;
+    }
+
+    // A raw call with hand-made KEYS and ARGV (malformed on purpose).
+    Reply raw(const Script& s, const std::vector<std::string>& keys,
+              const std::vector<std::string>& args) {
+        EvalArgs a;
+        for (const std::string& k : keys) {
+            a.add_key(k);
+        }
+        for (const std::string& v : args) {
+            a.add_arg(v);
+        }
+        return eval(s, a);
+    }
+
+    long long number(const std::string& text) { return std::atoll(text.c_str()); }
+
+    EventLoop ev;
+    std::unique_ptr<RedisServer> server;
+    std::unique_ptr<Control> ctl;
+    std::unique_ptr<Client> client;
+};
+
+std::string binary_body(size_t n) {
+    std::string s(n, '\0');
+    for (size_t i = 0; i < n; i++) {
+        s[i] = char((i * 131 + i / 7) & 0xff);  // every byte value, NUL included
+    }
+    return s;
+}
+
+TEST_F(RedisCacheScriptsTest, MissStoreHitExactBytes) {
+    const CacheTarget t = target("tc:", "review", user_a, "/api/review/today/");
+    CacheLookup l = lookup(t);
+    EXPECT_FALSE(l.hit);
+    EXPECT_FALSE(l.lock_taken);  // not asked for
+    EXPECT_EQ(l.ns_gen, 0u);
+    EXPECT_EQ(l.user_gen, 0u);
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "0");  // a lookup creates nothing
+
+    const std::string entry = std::string("TCE\x01\0", 5) + binary_body(1 << 20);
+    ASSERT_TRUE(store(t, l, entry));
+    CacheLookup h = lookup(t, true);
+    EXPECT_TRUE(h.hit);
+    EXPECT_FALSE(h.lock_taken);  // never on a hit
+    ASSERT_EQ(h.entry.size(), entry.size());
+    EXPECT_TRUE(h.entry == entry);
+    EXPECT_EQ(ctl->run({"GET", cache_entry_key(t, gen(0, 0))}), entry);
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "1");  // the entry only: no generation key yet
+    // Another path of the same user misses.
+    EXPECT_FALSE(lookup(target("tc:", "review", user_a, "/api/review/other/")).hit);
+}
+
+TEST_F(RedisCacheScriptsTest, UserInvalidationReachesThatUserOnly) {
+    const CacheTarget a = target("tc:", "review", user_a, "/today/");
+    const CacheTarget b = target("tc:", "review", user_b, "/today/");
+    const CacheTarget a_other = target("tc:", "analytics", user_a, "/today/");
+    ASSERT_TRUE(store(a, lookup(a), "entry a"));
+    ASSERT_TRUE(store(b, lookup(b), "entry b"));
+    ASSERT_TRUE(store(a_other, lookup(a_other), "entry a analytics"));
+    EXPECT_EQ(lookup(a).entry, "entry a");
+    EXPECT_EQ(lookup(b).entry, "entry b");
+
+    EXPECT_EQ(invalidate("tc:", user_a, {"review"}), (std::vector<uint64_t>{1}));
+    CacheLookup l = lookup(a);
+    EXPECT_FALSE(l.hit);  // the old entry still exists but is unreachable
+    EXPECT_EQ(l.user_gen, 1u);
+    EXPECT_EQ(l.ns_gen, 0u);
+    EXPECT_EQ(ctl->run({"GET", cache_entry_key(a, gen(0, 0))}), "entry a");
+    EXPECT_EQ(lookup(b).entry, "entry b");                  // another user: untouched
+    EXPECT_EQ(lookup(a_other).entry, "entry a analytics");  // another namespace: untouched
+    // The generation key lives 30 days, set at every INCR.
+    const long long pttl = number(ctl->run({"PTTL", cc::generation_key("tc:", "review", user_a)}));
+    EXPECT_GT(pttl, cache_generation_ttl_ms - 60000);
+    EXPECT_LE(pttl, cache_generation_ttl_ms);
+
+    // A new fill under generation 1 hits again; a second invalidation over two namespaces.
+    ASSERT_TRUE(store(a, l, "entry a, after the write"));
+    EXPECT_EQ(lookup(a).entry, "entry a, after the write");
+    EXPECT_EQ(invalidate("tc:", user_a, {"review", "analytics"}), (std::vector<uint64_t>{2, 1}));
+    EXPECT_FALSE(lookup(a).hit);
+    EXPECT_FALSE(lookup(a_other).hit);
+    EXPECT_EQ(lookup(b).entry, "entry b");
+}
+
+TEST_F(RedisCacheScriptsTest, NamespaceInvalidationReachesEveryoneInItOnly) {
+    const CacheTarget a = target("tc:", "review", user_a, "/today/");
+    const CacheTarget b = target("tc:", "review", "anon", "/today/");
+    const CacheTarget other = target("tc:", "analytics", user_a, "/today/");
+    const CacheTarget other_prefix = target("tc2:", "review", user_a, "/today/");
+    for (const CacheTarget* t : {&a, &b, &other, &other_prefix}) {
+        ASSERT_TRUE(store(*t, lookup(*t), "e"));
+    }
+    EXPECT_EQ(invalidate("tc:", user_a, {"review"}), (std::vector<uint64_t>{1}));
+    ASSERT_TRUE(store(a, lookup(a), "e"));
+    EXPECT_EQ(invalidate_namespace("tc:", "review"), (std::vector<uint64_t>{1}));
+    CacheLookup la = lookup(a), lb = lookup(b);
+    EXPECT_FALSE(la.hit);
+    EXPECT_FALSE(lb.hit);
+    EXPECT_EQ(la.ns_gen, 1u);
+    EXPECT_EQ(la.user_gen, 1u);
+    EXPECT_EQ(lb.ns_gen, 1u);
+    EXPECT_EQ(lb.user_gen, 0u);
+    EXPECT_TRUE(lookup(other).hit);
+    EXPECT_TRUE(lookup(other_prefix).hit);
+    ASSERT_TRUE(store(b, lb, "after"));
+    EXPECT_EQ(lookup(b).entry, "after");
+    EXPECT_EQ(ctl->run({"GET", cc::entry_key("tc:", "review", "anon", gen(1, 0), b.key)}),
+              "after");
+}
+
+TEST_F(RedisCacheScriptsTest, FillLockTakenOnceUntilStoreOrExpiry) {
+    const CacheTarget t = target("tc:", "review", user_a, "/today/");
+    const std::string lock = cc::fill_lock_key(cache_entry_key(t, gen(0, 0)));
+    CacheLookup first = lookup(t, true, 60000);
+    EXPECT_FALSE(first.hit);
+    EXPECT_TRUE(first.lock_taken);
+    EXPECT_EQ(ctl->run({"GET", lock}), "1");
+    const long long pttl = number(ctl->run({"PTTL", lock}));
+    EXPECT_GT(pttl, 50000);
+    EXPECT_LE(pttl, 60000);
+    for (int i = 0; i < 3; i++) {
+        CacheLookup again = lookup(t, true, 60000);
+        EXPECT_FALSE(again.hit);
+        EXPECT_FALSE(again.lock_taken);
+    }
+    // STORE deletes the lock; the next miss (after the entry is gone) can take it again.
+    ASSERT_TRUE(store(t, first, "filled"));
+    EXPECT_EQ(ctl->run({"EXISTS", lock}), "0");
+    EXPECT_TRUE(lookup(t, true).hit);
+    ctl->run({"DEL", cache_entry_key(t, gen(0, 0))});
+    EXPECT_TRUE(lookup(t, true, 100).lock_taken);
+    EXPECT_FALSE(lookup(t, true, 100).lock_taken);
+    // It expires by its own PX.
+    usleep(250000);
+    EXPECT_TRUE(lookup(t, true, 100).lock_taken);
+    // A lock is per entry key: another path, or the same path after an invalidation, is free.
+    EXPECT_TRUE(lookup(target("tc:", "review", user_a, "/other/"), true).lock_taken);
+    invalidate("tc:", user_a, {"review"});
+    EXPECT_TRUE(lookup(t, true).lock_taken);
+
+    // The separate lock for refreshing a stale entry: the same key, the same NX semantics.
+    const std::vector<std::string> argv = cache_fill_lock_argv(t, gen(0, 1), 5000);
+    EXPECT_EQ(argv, (std::vector<std::string>{"SET", cc::fill_lock_key(cache_entry_key(t, gen(0, 1))),
+                                              "1", "NX", "PX", "5000"}));
+    EXPECT_TRUE(cache_fill_lock_argv(t, gen(0, 1), 0).empty());
+    EXPECT_EQ(ctl->run(argv), "(nil)");  // the lookup above holds it
+}
+
+TEST_F(RedisCacheScriptsTest, EntryExpiryIsHonoured) {
+    const CacheTarget t = target("tc:", "review", user_a, "/today/");
+    ASSERT_TRUE(store(t, lookup(t), "short", 150));
+    const std::string key = cache_entry_key(t, gen(0, 0));
+    const long long pttl = number(ctl->run({"PTTL", key}));
+    EXPECT_GT(pttl, 0);
+    EXPECT_LE(pttl, 150);
+    EXPECT_TRUE(lookup(t).hit);
+    usleep(300000);
+    EXPECT_FALSE(lookup(t).hit);
+
+    ASSERT_TRUE(store(t, lookup(t), "long", 3600000));
+    const long long long_pttl = number(ctl->run({"PTTL", key}));
+    EXPECT_GT(long_pttl, 3590000);
+    EXPECT_LE(long_pttl, 3600000);
+}
+
+// Generations outlive entries: a store pushes the existing generation keys' expiry to 30 days
+// (and does not create missing ones).
+TEST_F(RedisCacheScriptsTest, StoreRefreshesGenerationExpiry) {
+    const CacheTarget t = target("tc:", "review", user_a, "/today/");
+    const std::string ug = cc::generation_key("tc:", "review", user_a);
+    const std::string ng = cc::namespace_generation_key("tc:", "review");
+    ASSERT_TRUE(store(t, lookup(t), "e"));
+    EXPECT_EQ(ctl->run({"EXISTS", ug}), "0");
+    EXPECT_EQ(ctl->run({"EXISTS", ng}), "0");
+    ctl->run({"SET", ug, "4", "PX", "10000"});
+    ctl->run({"SET", ng, "2"});  // no expiry at all: gets one
+    CacheLookup l = lookup(t);
+    EXPECT_EQ(l.user_gen, 4u);
+    EXPECT_EQ(l.ns_gen, 2u);
+    ASSERT_TRUE(store(t, l, "e"));
+    EXPECT_GT(number(ctl->run({"PTTL", ug})), cache_generation_ttl_ms - 60000);
+    EXPECT_GT(number(ctl->run({"PTTL", ng})), cache_generation_ttl_ms - 60000);
+}
+
+// A fill that looked up before a write and stores after it is refused (and drops its lock).
+TEST_F(RedisCacheScriptsTest, StoreAfterInvalidationIsRefused) {
+    const CacheTarget t = target("tc:", "review", user_a, "/today/");
+    CacheLookup before = lookup(t, true);
+    ASSERT_TRUE(before.lock_taken);
+    invalidate("tc:", user_a, {"review"});
+    EXPECT_FALSE(store(t, before, "from before the write"));
+    EXPECT_EQ(ctl->run({"EXISTS", cache_entry_key(t, gen(0, 0))}), "0");
+    EXPECT_EQ(ctl->run({"EXISTS", cc::fill_lock_key(cache_entry_key(t, gen(0, 0)))}), "0");
+    EXPECT_FALSE(lookup(t).hit);
+    // The same with the namespace's generation.
+    CacheLookup mid = lookup(t);
+    invalidate_namespace("tc:", "review");
+    EXPECT_FALSE(store(t, mid, "x"));
+    CacheLookup now = lookup(t);
+    EXPECT_EQ(now.ns_gen, 1u);
+    EXPECT_EQ(now.user_gen, 1u);
+    EXPECT_TRUE(store(t, now, "fresh"));
+    EXPECT_EQ(lookup(t).entry, "fresh");
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "3");  // two generations and one entry
+}
+
+// The Lua entry key is core::cache::entry_key() byte for byte: an entry SET under the C++ key
+// is what the lookup finds, and the lock the lookup takes is at fill_lock_key() of it.
+TEST_F(RedisCacheScriptsTest, LuaEntryKeyIsCoreEntryKey) {
+    struct Case {
+        std::string prefix, ns, id, path;
+        uint64_t ns_gen, user_gen;
+    };
+    const std::vector<Case> cases = {
+        {"tc:", "review", user_a, "/a", 0, 0},
+        {"", "r", "anon", "/", 1, 0},
+        {"tc:", "review", "anon", "/b", 0, 7},
+        {std::string("p\0x:\xff", 5), "A-Z_a.z-09", std::string("i\0d}{:", 6), "/c", 10, 99},
+        {"tc:", std::string(64, 'n'), user_b, "/d", 9007199254740991, 123456789012345},
+        {"x{y}:", "ns", "}{", "/e", 18, 1000000},
+        {"%s%d\r\n", "review", "\n\r\t ", "/f", 3, 1},
+    };
+    for (const Case& c : cases) {
+        SCOPED_TRACE(c.path);
+        const CacheTarget t = target(c.prefix, c.ns, c.id, c.path);
+        const cc::Generation g = gen(c.ns_gen, c.user_gen);
+        if (c.ns_gen != 0) {
+            ctl->run({"SET", cc::namespace_generation_key(c.prefix, c.ns), std::to_string(c.ns_gen)});
+        }
+        if (c.user_gen != 0) {
+            ctl->run({"SET", cc::generation_key(c.prefix, c.ns, c.id), std::to_string(c.user_gen)});
+        }
+        const std::string key = cc::entry_key(c.prefix, c.ns, c.id, g, t.key);
+        // The lock the miss takes sits at the C++ lock key.
+        CacheLookup miss = lookup(t, true);
+        EXPECT_FALSE(miss.hit);
+        EXPECT_TRUE(miss.lock_taken);
+        EXPECT_EQ(miss.ns_gen, c.ns_gen);
+        EXPECT_EQ(miss.user_gen, c.user_gen);
+        EXPECT_EQ(ctl->run({"EXISTS", cc::fill_lock_key(key)}), "1");
+        // An entry SET by hand under the C++ key is found.
+        ctl->run({"SET", key, "by hand " + c.path});
+        EXPECT_EQ(lookup(t).entry, "by hand " + c.path);
+        // And STORE writes there too.
+        ASSERT_TRUE(store(t, miss, "stored " + c.path));
+        EXPECT_EQ(ctl->run({"GET", key}), "stored " + c.path);
+        EXPECT_EQ(ctl->run({"EXISTS", cc::fill_lock_key(key)}), "0");
+    }
+}
+
+// Malformed calls and corrupt generation keys are error replies, which the parsers refuse.
+TEST_F(RedisCacheScriptsTest, MalformedCallsAreErrors) {
+    const CacheTarget t = target("tc:", "review", "anon", "/x");
+    const std::string hex = cc::digest_hex(t.key);
+    const std::string ug = "tc:{review:anon}:g", ng = "tc:{review}:g";
+    CacheLookup l;
+    auto lookup_error = [&](const std::vector<std::string>& keys,
+                            const std::vector<std::string>& args) {
+        Reply r = raw(cache_lookup_script(), keys, args);
+        EXPECT_TRUE(r.is_error()) << to_string(r.type);
+        EXPECT_FALSE(parse_cache_lookup_reply(r, l));
+    };
+    lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "5000"});
+    lookup_error({ug}, {"tc:", "review", "anon", hex, "5000", "1"});
+    lookup_error({ng, ug}, {"tc:", "review", "anon", hex, "5000", "1"});  // swapped
+    lookup_error({ug, ng}, {"tc:", "review", "anon2", hex, "5000", "1"});  // not its keys
+    lookup_error({ug, ng}, {"tc:", "review", "anon", hex.substr(1), "5000", "1"});
+    std::string upper = hex;
+    upper[0] = 'A';
+    lookup_error({ug, ng}, {"tc:", "review", "anon", upper, "5000", "1"});
+    lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "0", "1"});
+    lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "x", "1"});
+    lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "5000", "yes"});
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "0");
+    for (const std::string bad : {"07", "-1", "1.5", " 1", "abc", "9007199254740992", ""}) {
+        ctl->run({"SET", ug, bad});
+        lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "5000", "1"});
+        Reply r = raw(cache_store_script(),
+                      {"e", "e:l", ug, ng}, {"x", "1000", "0", "0", "2592000000"});
+        EXPECT_TRUE(r.is_error()) << bad;
+    }
+    ctl->run({"DEL", ug});
+    ctl->run({"HSET", ng, "f", "v"});  // a generation of the wrong type
+    lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "5000", "1"});
+    ctl->run({"DEL", ng});
+
+    bool stored = false;
+    auto store_error = [&](const std::vector<std::string>& keys,
+                           const std::vector<std::string>& args) {
+        Reply r = raw(cache_store_script(), keys, args);
+        EXPECT_TRUE(r.is_error()) << to_string(r.type);
+        EXPECT_FALSE(parse_cache_store_reply(r, stored));
+    };
+    store_error({"e", "e:l", ug, ng}, {"x", "1000", "0", "0"});
+    store_error({"e", "e:x", ug, ng}, {"x", "1000", "0", "0", "2592000000"});
+    store_error({"e", "e:l", ug, ng}, {"", "1000", "0", "0", "2592000000"});
+    store_error({"e", "e:l", ug, ng}, {"x", "0", "0", "0", "2592000000"});
+    store_error({"e", "e:l", ug, ng}, {"x", "2592000001", "0", "0", "2592000000"});
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "0");
+
+    std::vector<uint64_t> g;
+    Reply r = raw(cache_invalidate_script(), {ug}, {});
+    EXPECT_TRUE(r.is_error());
+    r = raw(cache_invalidate_script(), {ug}, {"0"});
+    EXPECT_TRUE(r.is_error());
+    ctl->run({"SET", ug, "not a number"});
+    r = raw(cache_invalidate_script(), {ug}, {"1000"});
+    EXPECT_TRUE(r.is_error());
+    EXPECT_FALSE(parse_cache_invalidate_reply(r, 1, g));
+    ctl->run({"SET", ug, "9007199254740991"});
+    r = raw(cache_invalidate_script(), {ug}, {"1000"});
+    EXPECT_TRUE(r.is_error());  // would reach 2^53
+}
+
+}  // namespace
+}  // namespace throttle::redis::test
