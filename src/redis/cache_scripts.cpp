@@ -222,8 +222,9 @@ std::vector<std::string> cache_fill_lock_argv(const CacheTarget& t,
     if (lock_ttl_ms < 1) {
         return {};
     }
-    return {"SET", core::cache::fill_lock_key(cache_entry_key(t, gen)), "1", "NX", "PX",
-            std::to_string(lock_ttl_ms)};
+    return {"SET", core::cache::fill_lock_key(cache_entry_key(t, gen)),
+            "1",   "NX",
+            "PX",  std::to_string(lock_ttl_ms)};
 }
 
 bool parse_cache_fill_lock_reply(const Reply& reply, bool& taken) noexcept {

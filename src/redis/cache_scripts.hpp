@@ -43,8 +43,9 @@
 //   generation key that expired would read 0 again, count up again, and could meet an old
 //   entry's generation. So STORE refuses ttl_ms > generation_ttl_ms and pushes the generation
 //   keys' expiry to generation_ttl_ms from now whenever it stores; INVALIDATE does the same at
-//   every INCR. A generation key therefore expires only after every entry stored under it (a missing key is
-//   generation 0: an entry stored under 0 expires before any INCR'd key that follows it does).
+//   every INCR. A generation key therefore expires only after every entry stored under it (a
+//   missing key is generation 0: an entry stored under 0 expires before any INCR'd key that follows
+//   it does).
 //
 // INVALIDATE (a user's write, an upstream's header, an operator)
 //   KEYS = generation keys (any number >= 1; the user's keys in several namespaces, or one
@@ -80,10 +81,10 @@ inline constexpr uint64_t cache_generation_limit = uint64_t(1) << 53;
 
 // What names one entry, apart from the generations.
 struct CacheTarget {
-    std::string_view prefix;         // the cache's key prefix
-    std::string_view ns;             // the namespace (core::cache::valid_namespace())
-    std::string_view id;             // core::cache::identity_digest()'s result
-    core::Sha256Digest key{};        // core::cache::cache_key()'s result
+    std::string_view prefix;   // the cache's key prefix
+    std::string_view ns;       // the namespace (core::cache::valid_namespace())
+    std::string_view id;       // core::cache::identity_digest()'s result
+    core::Sha256Digest key{};  // core::cache::cache_key()'s result
 };
 
 // The three scripts, built on first use (may throw std::bad_alloc then) and never destroyed.
@@ -94,10 +95,10 @@ const Script& cache_invalidate_script();
 // ---- LOOKUP ----
 
 struct CacheLookup {
-    uint64_t ns_gen = 0;    // the namespace's generation (0: its key was missing)
-    uint64_t user_gen = 0;  // the user's generation in the namespace
-    bool hit = false;       // an entry was found
-    std::string entry;      // its bytes (core::cache::decode() them), empty unless hit
+    uint64_t ns_gen = 0;      // the namespace's generation (0: its key was missing)
+    uint64_t user_gen = 0;    // the user's generation in the namespace
+    bool hit = false;         // an entry was found
+    std::string entry;        // its bytes (core::cache::decode() them), empty unless hit
     bool lock_taken = false;  // this caller holds the fill lock (only on a miss)
 
     core::cache::Generation generation() const noexcept {

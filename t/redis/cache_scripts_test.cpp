@@ -10,9 +10,8 @@
 
 #include <climits>
 
-#include "support.hpp"
-
 #include "core/cache_key.hpp"
+#include "support.hpp"
 
 namespace throttle::redis::test {
 namespace {
@@ -101,26 +100,25 @@ TEST(RedisCacheScriptsUnit, StoreArguments) {
     ASSERT_TRUE(build_cache_store_args(t, gen(3, 9007199254740991), entry, 60000, a));
     const std::string e = cc::entry_key("tc:", "review", "anon", gen(3, 9007199254740991), t.key);
     EXPECT_EQ(e, "tc:{review:anon}:e:3.9007199254740991:" + cc::digest_hex(t.key));
-    EXPECT_EQ(strings(a.keys()), (std::vector<std::string>{e, e + ":l", "tc:{review:anon}:g",
-                                                           "tc:{review}:g"}));
-    EXPECT_EQ(strings(a.args()), (std::vector<std::string>{entry, "60000", "3",
-                                                           "9007199254740991", "2592000000"}));
+    EXPECT_EQ(strings(a.keys()),
+              (std::vector<std::string>{e, e + ":l", "tc:{review:anon}:g", "tc:{review}:g"}));
+    EXPECT_EQ(strings(a.args()),
+              (std::vector<std::string>{entry, "60000", "3", "9007199254740991", "2592000000"}));
     EXPECT_EQ(cache_entry_key(t, gen(3, 9007199254740991)), e);
     EXPECT_TRUE(build_cache_store_args(t, gen(0, 0), entry, cache_generation_ttl_ms, a));
     EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), entry, cache_generation_ttl_ms + 1, a));
     EXPECT_TRUE(a.keys().empty());
     EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), entry, 0, a));
     EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), "", 1000, a));
-    EXPECT_FALSE(build_cache_store_args(target("tc:", "a b", "anon", "/"), gen(0, 0), entry,
-                                        1000, a));
+    EXPECT_FALSE(
+        build_cache_store_args(target("tc:", "a b", "anon", "/"), gen(0, 0), entry, 1000, a));
 }
 
 TEST(RedisCacheScriptsUnit, InvalidateArguments) {
     EvalArgs a;
     ASSERT_TRUE(build_cache_invalidate_args("tc:", user_a, {"review", "analytics"}, a));
-    EXPECT_EQ(strings(a.keys()),
-              (std::vector<std::string>{"tc:{review:" + user_a + "}:g",
-                                        "tc:{analytics:" + user_a + "}:g"}));
+    EXPECT_EQ(strings(a.keys()), (std::vector<std::string>{"tc:{review:" + user_a + "}:g",
+                                                           "tc:{analytics:" + user_a + "}:g"}));
     EXPECT_EQ(strings(a.args()), (std::vector<std::string>{"2592000000"}));
     EXPECT_FALSE(build_cache_invalidate_args("tc:", user_a, {}, a));
     EXPECT_FALSE(build_cache_invalidate_args("tc:", user_a, {"review", "bad:ns"}, a));
@@ -162,18 +160,18 @@ TEST(RedisCacheScriptsUnit, ParseLookupReply) {
         integer(1),
         bulk("x"),
         array({}),
-        array({integer(0), integer(0), Reply()}),                              // short
-        array({integer(0), integer(0), Reply(), integer(0), integer(0)}),      // long
-        array({integer(-1), integer(0), Reply(), integer(0)}),                 // negative gen
-        array({integer(0), integer(9007199254740992), Reply(), integer(0)}),   // 2^53
+        array({integer(0), integer(0), Reply()}),                             // short
+        array({integer(0), integer(0), Reply(), integer(0), integer(0)}),     // long
+        array({integer(-1), integer(0), Reply(), integer(0)}),                // negative gen
+        array({integer(0), integer(9007199254740992), Reply(), integer(0)}),  // 2^53
         array({integer(0), integer(LLONG_MIN), Reply(), integer(0)}),
-        array({bulk("0"), integer(0), Reply(), integer(0)}),                   // gen as string
-        array({integer(0), integer(0), bulk(""), integer(0)}),                 // empty entry
-        array({integer(0), integer(0), integer(7), integer(0)}),               // entry integer
-        array({integer(0), integer(0), array({}), integer(0)}),                // entry array
-        array({integer(0), integer(0), Reply(), integer(2)}),                  // lock 2
-        array({integer(0), integer(0), Reply(), Reply()}),                     // lock nil
-        array({integer(0), integer(0), bulk("e"), integer(1)}),                // lock on a hit
+        array({bulk("0"), integer(0), Reply(), integer(0)}),      // gen as string
+        array({integer(0), integer(0), bulk(""), integer(0)}),    // empty entry
+        array({integer(0), integer(0), integer(7), integer(0)}),  // entry integer
+        array({integer(0), integer(0), array({}), integer(0)}),   // entry array
+        array({integer(0), integer(0), Reply(), integer(2)}),     // lock 2
+        array({integer(0), integer(0), Reply(), Reply()}),        // lock nil
+        array({integer(0), integer(0), bulk("e"), integer(1)}),   // lock on a hit
     };
     for (size_t i = 0; i < bad.size(); i++) {
         EXPECT_FALSE(parse_cache_lookup_reply(bad[i], l)) << i;
@@ -276,8 +274,7 @@ class RedisCacheScriptsTest : public ::testing::Test {
         EXPECT_TRUE(build_cache_lookup_args(t, lock_ttl_ms, want_lock, a));
         Reply r = eval(cache_lookup_script(), a);
         CacheLookup l;
-        EXPECT_TRUE(parse_cache_lookup_reply(std::move(r), l))
-            << to_string(r.type) << " " << r.str;
+        EXPECT_TRUE(parse_cache_lookup_reply(std::move(r), l)) << to_string(r.type) << " " << r.str;
         return l;
     }
 
@@ -417,8 +414,7 @@ TEST_F(RedisCacheScriptsTest, NamespaceInvalidationReachesEveryoneInItOnly) {
     EXPECT_TRUE(lookup(other_prefix).hit);
     ASSERT_TRUE(store(b, lb, "after"));
     EXPECT_EQ(lookup(b).entry, "after");
-    EXPECT_EQ(ctl->run({"GET", cc::entry_key("tc:", "review", "anon", gen(1, 0), b.key)}),
-              "after");
+    EXPECT_EQ(ctl->run({"GET", cc::entry_key("tc:", "review", "anon", gen(1, 0), b.key)}), "after");
 }
 
 TEST_F(RedisCacheScriptsTest, FillLockTakenOnceUntilStoreOrExpiry) {
@@ -453,8 +449,9 @@ TEST_F(RedisCacheScriptsTest, FillLockTakenOnceUntilStoreOrExpiry) {
 
     // The separate lock for refreshing a stale entry: the same key, the same NX semantics.
     const std::vector<std::string> argv = cache_fill_lock_argv(t, gen(0, 1), 5000);
-    EXPECT_EQ(argv, (std::vector<std::string>{"SET", cc::fill_lock_key(cache_entry_key(t, gen(0, 1))),
-                                              "1", "NX", "PX", "5000"}));
+    EXPECT_EQ(argv,
+              (std::vector<std::string>{"SET", cc::fill_lock_key(cache_entry_key(t, gen(0, 1))),
+                                        "1", "NX", "PX", "5000"}));
     EXPECT_TRUE(cache_fill_lock_argv(t, gen(0, 1), 0).empty());
     EXPECT_EQ(ctl->run(argv), "(nil)");  // the lookup above holds it
 }
@@ -538,7 +535,8 @@ TEST_F(RedisCacheScriptsTest, LuaEntryKeyIsCoreEntryKey) {
         const CacheTarget t = target(c.prefix, c.ns, c.id, c.path);
         const cc::Generation g = gen(c.ns_gen, c.user_gen);
         if (c.ns_gen != 0) {
-            ctl->run({"SET", cc::namespace_generation_key(c.prefix, c.ns), std::to_string(c.ns_gen)});
+            ctl->run(
+                {"SET", cc::namespace_generation_key(c.prefix, c.ns), std::to_string(c.ns_gen)});
         }
         if (c.user_gen != 0) {
             ctl->run({"SET", cc::generation_key(c.prefix, c.ns, c.id), std::to_string(c.user_gen)});
@@ -575,7 +573,7 @@ TEST_F(RedisCacheScriptsTest, MalformedCallsAreErrors) {
     };
     lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "5000"});
     lookup_error({ug}, {"tc:", "review", "anon", hex, "5000", "1"});
-    lookup_error({ng, ug}, {"tc:", "review", "anon", hex, "5000", "1"});  // swapped
+    lookup_error({ng, ug}, {"tc:", "review", "anon", hex, "5000", "1"});   // swapped
     lookup_error({ug, ng}, {"tc:", "review", "anon2", hex, "5000", "1"});  // not its keys
     lookup_error({ug, ng}, {"tc:", "review", "anon", hex.substr(1), "5000", "1"});
     std::string upper = hex;
@@ -588,8 +586,8 @@ TEST_F(RedisCacheScriptsTest, MalformedCallsAreErrors) {
     for (const std::string bad : {"07", "-1", "1.5", " 1", "abc", "9007199254740992", ""}) {
         ctl->run({"SET", ug, bad});
         lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "5000", "1"});
-        Reply r = raw(cache_store_script(),
-                      {"e", "e:l", ug, ng}, {"x", "1000", "0", "0", "2592000000"});
+        Reply r =
+            raw(cache_store_script(), {"e", "e:l", ug, ng}, {"x", "1000", "0", "0", "2592000000"});
         EXPECT_TRUE(r.is_error()) << bad;
     }
     ctl->run({"DEL", ug});
