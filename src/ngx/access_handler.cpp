@@ -397,6 +397,7 @@ bool ask_redis(ngx_http_request_t* r, Check& c) noexcept {
             return false;
         }
         std::vector<redis::StrictZone> zones;
+        zones.reserve(c.n);
         for (ngx_uint_t i = 0; i < c.n; i++) {
             const Applied& a = c.applied[i];
             if (a.role != Role::remote) {

@@ -1,6 +1,7 @@
 // Per-worker Redis client and sync-mode flushes (see worker.hpp).
 #include "ngx/worker.hpp"
 
+#include <algorithm>
 #include <memory>
 #include <new>
 #include <vector>
@@ -23,6 +24,7 @@ struct SyncTimer {
 // Strict decisions queued during one event-loop turn, sent together at its end.
 struct StrictBatch {
     std::vector<StrictWaiter*> queue;
+    std::vector<StrictWaiter*> spare;  // the queue being sent, kept for its capacity
     ngx_event_t event;
     ngx_connection_t ident;  // what event.data points at (nginx's debug log reads its fd)
 };
@@ -253,9 +255,12 @@ void flush_strict(ngx_event_t*) noexcept {
     if (worker == nullptr) {
         return;
     }
-    std::vector<StrictWaiter*> queue;
+    // The queue keeps its capacity from turn to turn; `queue` is refilled meanwhile only by
+    // requests of the next turn (a reply never submits), so swapping with a kept spare is safe.
+    std::vector<StrictWaiter*>& queue = worker->strict.spare;
     queue.swap(worker->strict.queue);
     std::vector<StrictWaiter*> batch;
+    batch.reserve(std::min(queue.size(), redis::strict_batch_max));
     for (StrictWaiter* w : queue) {
         if (w->gone()) {
             w->decided(nullptr);  // nothing to ask for a request that ended
@@ -270,6 +275,7 @@ void flush_strict(ngx_event_t*) noexcept {
     if (!batch.empty()) {
         send_strict(std::move(batch));
     }
+    queue.clear();
 }
 
 MainConf* main_conf(ngx_cycle_t* cycle) noexcept {
