@@ -447,7 +447,7 @@ class RedisScriptsTest : public ::testing::Test {
         if (!have_redis_server()) {
             GTEST_SKIP() << "redis-server not found (set THROTTLE_REDIS_SERVER)";
         }
-        server = std::make_unique<RedisServer>(server_args());
+        server = std::make_unique<RedisServer>(server_args(), server_port());
         ASSERT_TRUE(server->start());
         ctl = std::make_unique<Control>(server->port());
         ASSERT_TRUE(ctl->ok());
@@ -455,6 +455,7 @@ class RedisScriptsTest : public ::testing::Test {
     }
 
     virtual std::vector<std::string> server_args() { return {}; }
+    virtual uint16_t server_port() { return 0; }  // 0: any free port
 
     std::unique_ptr<Client> make_client() {
         Config c;
@@ -1307,6 +1308,7 @@ class RedisScriptsClusterTest : public RedisScriptsTest {
     std::vector<std::string> server_args() override {
         return {"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"};
     }
+    uint16_t server_port() override { return free_cluster_port(); }
 };
 
 TEST_F(RedisScriptsClusterTest, DerivedKeysShareTheirSlot) {

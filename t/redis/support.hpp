@@ -61,6 +61,29 @@ inline uint16_t free_port() {
     return ntohs(sin.sin_port);
 }
 
+inline bool port_is_free(uint16_t port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sin.sin_port = htons(port);
+    bool ok = bind(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0;
+    close(fd);
+    return ok;
+}
+
+// A free port P for a cluster-enabled redis-server: its cluster bus listens on P + 10000,
+// which must be free too and below 65536 (an ephemeral port above 55535 would not start).
+inline uint16_t free_cluster_port() {
+    for (int attempt = 0; attempt < 1000; attempt++) {
+        uint16_t p = free_port();
+        if (p <= 55535 && port_is_free(static_cast<uint16_t>(p + 10000))) {
+            return p;
+        }
+    }
+    return 0;
+}
+
 inline int count_open_fds() {
     int n = 0;
     DIR* d = opendir("/proc/self/fd");
