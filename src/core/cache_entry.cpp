@@ -4,54 +4,22 @@
 #include <new>
 #include <utility>
 
+#include "core/http_text.hpp"
+
 namespace throttle::core::cache {
 
 namespace {
+
+using http::iequals;
+using http::is_ows;
+using http::is_tchar;
+using http::istarts_with;
+using http::trim;
 
 constexpr char magic[3] = {'T', 'C', 'E'};
 constexpr uint8_t flag_gzip = 1;
 constexpr int64_t max_delta_seconds = int64_t{1} << 31;  // RFC 9111 5.2.2.1
 constexpr int64_t int64_max = std::numeric_limits<int64_t>::max();
-
-char lower(char c) noexcept {
-    return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
-bool iequals(std::string_view a, std::string_view b) noexcept {
-    if (a.size() != b.size()) return false;
-    for (size_t i = 0; i < a.size(); ++i)
-        if (lower(a[i]) != lower(b[i])) return false;
-    return true;
-}
-
-bool istarts_with(std::string_view s, std::string_view prefix) noexcept {
-    return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
-}
-
-// RFC 9110 tchar
-bool is_tchar(char c) noexcept {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
-    switch (c) {
-        case '!':
-        case '#':
-        case '$':
-        case '%':
-        case '&':
-        case '\'':
-        case '*':
-        case '+':
-        case '-':
-        case '.':
-        case '^':
-        case '_':
-        case '`':
-        case '|':
-        case '~':
-            return true;
-        default:
-            return false;
-    }
-}
 
 bool valid_name(std::string_view name) noexcept {
     if (name.empty() || name.size() > entry_max_name) return false;
@@ -132,16 +100,6 @@ bool parse_seconds(std::string_view s, int64_t& out) noexcept {
     }
     out = v < max_delta_seconds ? v : max_delta_seconds;
     return true;
-}
-
-bool is_ows(char c) noexcept {
-    return c == ' ' || c == '\t';
-}
-
-std::string_view trim(std::string_view s) noexcept {
-    while (!s.empty() && is_ows(s.front())) s.remove_prefix(1);
-    while (!s.empty() && is_ows(s.back())) s.remove_suffix(1);
-    return s;
 }
 
 struct CacheControl {
