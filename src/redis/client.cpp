@@ -13,11 +13,8 @@
 // is dropped, so callbacks hiredis runs while freeing it (NULL replies, disconnect) are ignored.
 #include "redis/client.hpp"
 
-#include "redis/hiredis_reply.hpp"
-
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
-
 #include <strings.h>
 
 #include <algorithm>
@@ -28,6 +25,8 @@
 #include <stdexcept>
 #include <type_traits>
 #include <utility>
+
+#include "redis/hiredis_reply.hpp"
 
 namespace throttle::redis {
 namespace {
@@ -420,8 +419,12 @@ bool Client::send(Pending& p, const std::string_view* argv, size_t argc) noexcep
     for (size_t i = 0; i < argc; i++) {
         a.set(i, argv[i].data(), argv[i].size());
     }
-    if (redisAsyncCommandArgv(ac_, &Client::on_reply, &p, int(argc), a.ptrs(), a.lens()) !=
-        REDIS_OK) {
+    return submit(p, argc, a.ptrs(), a.lens());
+}
+
+// Hands one prepared command to hiredis and starts its deadline.
+bool Client::submit(Pending& p, size_t argc, const char** argv, const size_t* lens) noexcept {
+    if (redisAsyncCommandArgv(ac_, &Client::on_reply, &p, int(argc), argv, lens) != REDIS_OK) {
         return false;
     }
     stats_.sent++;
@@ -443,13 +446,7 @@ bool Client::send_kept(Pending& p) noexcept {
         a.set(i, at, p.lens[i]);
         at += p.lens[i];
     }
-    if (redisAsyncCommandArgv(ac_, &Client::on_reply, &p, int(argc), a.ptrs(), a.lens()) !=
-        REDIS_OK) {
-        return false;
-    }
-    stats_.sent++;
-    arm_deadline(p.deadline);
-    return true;
+    return submit(p, argc, a.ptrs(), a.lens());
 }
 
 // Handshake and reload commands; throws std::bad_alloc or std::runtime_error when not sent.

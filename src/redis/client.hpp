@@ -151,6 +151,7 @@ class Client {
     static void keep_args(Pending& p, const std::string_view* argv, size_t argc);
     bool send(Pending& p, const std::string_view* argv, size_t argc) noexcept;
     bool send_kept(Pending& p) noexcept;
+    bool submit(Pending& p, size_t argc, const char** argv, const size_t* lens) noexcept;
     void send_internal(Kind kind, std::initializer_list<std::string_view> argv);
     void fail(std::list<Pending>& from, Pending& p, Failure why) noexcept;  // moves p to done_
     void fail_all(Failure why, bool by_deadline) noexcept;
