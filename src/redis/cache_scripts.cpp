@@ -1,5 +1,5 @@
-// The response cache's LOOKUP, STORE and INVALIDATE scripts, their arguments and replies;
-// semantics in cache_scripts.hpp. No nginx header (layer: redis).
+// The response cache's LOOKUP, STORE, RELEASE and INVALIDATE scripts, their arguments and
+// replies; semantics in cache_scripts.hpp. No nginx header (layer: redis).
 #include "redis/cache_scripts.hpp"
 
 #include <utility>
@@ -7,7 +7,7 @@
 namespace throttle::redis {
 namespace {
 
-// Helpers shared by the three scripts:
+// Helpers shared by the scripts:
 //   int(s)   a non-negative integer argument below 2^53, or nil
 //   gen(k)   the generation at k as (number, canonical decimal bytes); missing: 0, "0"; raises
 //            an error reply for anything that is not a canonical decimal below 2^53
@@ -57,36 +57,66 @@ local ug, user_text = gen(KEYS[1])
 local ek = tag .. ':e:' .. ns_text .. '.' .. user_text .. ':' .. hex
 local entry = redis.call('GET', ek)
 local lock = 0
-if not entry and want == '1' and redis.call('SET', ek .. ':l', '1', 'NX', 'PX', sf('%d', lt)) then
-  lock = 1
+if not entry and want == '1' then
+  if redis.call('SET', ek .. ':l', '1', 'NX', 'PX', sf('%d', lt)) then
+    lock = 1
+  else
+    redis.call('SET', ek .. ':w', '1', 'PX', sf('%d', lt))
+  end
 end
 return {ng, ug, entry, lock}
 )lua";
 
 constexpr std::string_view lua_store = R"lua(
 local E = 'ERR throttle cache store: '
-if #KEYS ~= 4 or #ARGV ~= 5 then
-  return redis.error_reply(E .. 'expected 4 keys and 5 arguments')
+if #KEYS ~= 5 or #ARGV ~= 6 then
+  return redis.error_reply(E .. 'expected 5 keys and 6 arguments')
 end
-if KEYS[2] ~= KEYS[1] .. ':l' then
-  return redis.error_reply(E .. 'the second key is not the lock of the first')
+if KEYS[2] ~= KEYS[1] .. ':l' or KEYS[3] ~= KEYS[1] .. ':w' then
+  return redis.error_reply(E .. 'keys 2 and 3 are not the lock and waiter mark of key 1')
 end
 local ttl, gttl = int(ARGV[2]), int(ARGV[5])
 if #ARGV[1] == 0 or ttl == nil or ttl < 1 or gttl == nil or ttl > gttl then
   return redis.error_reply(E .. 'empty entry or bad ttl')
 end
-local _, user_text = gen(KEYS[3])
-local _, ns_text = gen(KEYS[4])
-if ns_text ~= ARGV[3] or user_text ~= ARGV[4] then
-  redis.call('DEL', KEYS[2])
-  return 0
+if #ARGV[6] == 0 then
+  return redis.error_reply(E .. 'empty channel')
 end
-local gx = sf('%d', gttl)
-redis.call('SET', KEYS[1], ARGV[1], 'PX', sf('%d', ttl))
-redis.call('PEXPIRE', KEYS[3], gx)
-redis.call('PEXPIRE', KEYS[4], gx)
+local _, user_text = gen(KEYS[4])
+local _, ns_text = gen(KEYS[5])
+local stored, flag = 0, '0'
+if ns_text == ARGV[3] and user_text == ARGV[4] then
+  local gx = sf('%d', gttl)
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', sf('%d', ttl))
+  redis.call('PEXPIRE', KEYS[4], gx)
+  redis.call('PEXPIRE', KEYS[5], gx)
+  stored, flag = 1, '1'
+end
 redis.call('DEL', KEYS[2])
-return 1
+if redis.call('DEL', KEYS[3]) == 1 then
+  redis.call('PUBLISH', ARGV[6], flag .. KEYS[1])
+end
+return stored
+)lua";
+
+constexpr std::string_view lua_release = R"lua(
+local E = 'ERR throttle cache release: '
+if #KEYS ~= 2 or #ARGV ~= 2 then
+  return redis.error_reply(E .. 'expected 2 keys and 2 arguments')
+end
+local channel, entry = ARGV[1], ARGV[2]
+if #channel == 0 or #entry == 0 then
+  return redis.error_reply(E .. 'empty channel or entry key')
+end
+if KEYS[1] ~= entry .. ':l' or KEYS[2] ~= entry .. ':w' then
+  return redis.error_reply(E .. 'keys are not the lock and waiter mark of the entry key')
+end
+redis.call('DEL', KEYS[1])
+if redis.call('DEL', KEYS[2]) == 1 then
+  redis.call('PUBLISH', channel, '0' .. entry)
+  return 1
+end
+return 0
 )lua";
 
 constexpr std::string_view lua_invalidate = R"lua(
@@ -128,6 +158,15 @@ bool generation_at(const Reply& r, size_t i, uint64_t lo, uint64_t& v) noexcept 
     return true;
 }
 
+// E":w": set by LOOKUP when a miss finds the fill lock taken (someone waits for the fill).
+std::string fill_waiter_key(std::string_view entry_key) {
+    std::string s;
+    s.reserve(entry_key.size() + 2);
+    s.append(entry_key);
+    s.append(":w");
+    return s;
+}
+
 // Everything of a lookup reply but the entry's bytes.
 bool parse_lookup_shape(const Reply& reply, CacheLookup& out) noexcept {
     if (reply.type != Reply::Type::Array || reply.elements.size() != 4 ||
@@ -160,6 +199,11 @@ const Script& cache_lookup_script() {
 
 const Script& cache_store_script() {
     static const Script* script = new Script(source_of(lua_store));
+    return *script;
+}
+
+const Script& cache_release_script() {
+    static const Script* script = new Script(source_of(lua_release));
     return *script;
 }
 
@@ -242,16 +286,18 @@ bool parse_cache_fill_lock_reply(const Reply& reply, bool& taken) noexcept {
 // ---- STORE ----
 
 bool build_cache_store_args(const CacheTarget& t, const core::cache::Generation& gen,
-                            std::string_view entry, int64_t ttl_ms, EvalArgs& out) noexcept {
+                            std::string_view entry, int64_t ttl_ms, std::string_view channel,
+                            EvalArgs& out) noexcept {
     out.clear();
     if (!core::cache::valid_namespace(t.ns) || entry.empty() || ttl_ms < 1 ||
-        ttl_ms > cache_generation_ttl_ms) {
+        ttl_ms > cache_generation_ttl_ms || channel.empty()) {
         return false;
     }
     try {
         const std::string key = cache_entry_key(t, gen);
         out.add_key(key);
         out.add_key(core::cache::fill_lock_key(key));
+        out.add_key(fill_waiter_key(key));
         out.add_key(core::cache::generation_key(t.prefix, t.ns, t.id));
         out.add_key(core::cache::namespace_generation_key(t.prefix, t.ns));
         out.add_arg(entry);
@@ -259,6 +305,7 @@ bool build_cache_store_args(const CacheTarget& t, const core::cache::Generation&
         out.add_arg(gen.ns);
         out.add_arg(gen.user);
         out.add_arg(cache_generation_ttl_ms);
+        out.add_arg(channel);
     } catch (...) {
         out.clear();
         return false;
@@ -271,6 +318,56 @@ bool parse_cache_store_reply(const Reply& reply, bool& stored) noexcept {
         return false;
     }
     stored = reply.integer == 1;
+    return true;
+}
+
+// ---- RELEASE ----
+
+bool build_cache_release_args(const CacheTarget& t, const core::cache::Generation& gen,
+                              std::string_view channel, EvalArgs& out) noexcept {
+    out.clear();
+    if (!core::cache::valid_namespace(t.ns) || channel.empty()) {
+        return false;
+    }
+    try {
+        const std::string key = cache_entry_key(t, gen);
+        out.add_key(core::cache::fill_lock_key(key));
+        out.add_key(fill_waiter_key(key));
+        out.add_arg(channel);
+        out.add_arg(key);
+    } catch (...) {
+        out.clear();
+        return false;
+    }
+    return true;
+}
+
+bool parse_cache_release_reply(const Reply& reply, bool& had_waiters) noexcept {
+    if (reply.type != Reply::Type::Integer || (reply.integer != 0 && reply.integer != 1)) {
+        return false;
+    }
+    had_waiters = reply.integer == 1;
+    return true;
+}
+
+// ---- wake-up messages ----
+
+std::string cache_fill_channel(std::string_view prefix) {
+    constexpr std::string_view suffix = "cache:filled";
+    std::string s;
+    s.reserve(prefix.size() + suffix.size());
+    s.append(prefix);
+    s.append(suffix);
+    return s;
+}
+
+bool parse_cache_fill_message(std::string_view msg, bool& stored,
+                              std::string_view& entry_key) noexcept {
+    if (msg.size() < 2 || (msg[0] != '0' && msg[0] != '1')) {
+        return false;
+    }
+    stored = msg[0] == '1';
+    entry_key = msg.substr(1);
     return true;
 }
 

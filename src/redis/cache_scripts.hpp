@@ -1,11 +1,12 @@
-// The response cache's three Lua scripts (issue 4, sections 1, 4 and 5), their argument builders
+// The response cache's four Lua scripts (issue 4, sections 1, 4 and 5), their argument builders
 // and reply parsers (layer: redis). No nginx header, no hiredis type: arguments go to
 // Client::evalsha() through EvalArgs (scripts.hpp), replies come back as Reply. Key layout and
 // entry format: src/core/cache_key.hpp, src/core/cache_entry.hpp.
 //
 // Single Redis only. LOOKUP reads the user's generation PREFIX{NS:ID}:g and the namespace's
 // PREFIX{NS}:g in one script: two hash slots, which Redis Cluster refuses (CROSSSLOT). STORE
-// reads both too. Every other name a script touches shares the slot of PREFIX{NS:ID}.
+// reads both too. Every other name a script touches shares the slot of PREFIX{NS:ID}. PUBLISH
+// (STORE, RELEASE) reaches every subscriber of the channel wherever the script runs.
 //
 // Generations are exact integers below 2^53 (Lua numbers are doubles; INCR from 0 never gets
 // there). A generation key holding anything else than a canonical decimal ("0", "7", not "07",
@@ -20,7 +21,9 @@
 //   error reply), reads both generations (missing: 0), builds
 //     E = PREFIX "{" NS ":" ID "}:e:" NSGEN "." USERGEN ":" KEYHEX
 //   byte for byte as core::cache::entry_key() does, and GETs it. On a miss with want_lock "1"
-//   it runs SET E":l" 1 NX PX lock_ttl_ms (core::cache::fill_lock_key(E)).
+//   it runs SET E":l" 1 NX PX lock_ttl_ms (core::cache::fill_lock_key(E)); when that lock is
+//   held already (another process or host is filling), it also runs SET E":w" 1 PX lock_ttl_ms:
+//   the waiter mark, which tells the filler's STORE or RELEASE to publish a wake-up.
 //   Reply: [ns_gen, user_gen, entry (bulk) or nil, lock_taken 0/1] (integers but the entry).
 //   lock_taken is 1 only on a miss. The entry's freshness is decided in C++ from the decoded
 //   entry (core::cache::freshness()); a present entry is fresh or stale (its Redis expiry is its
@@ -28,12 +31,15 @@
 //   anyway, is a separate SET fill_lock_key 1 NX PX lock_ttl_ms (cache_fill_lock_argv()).
 //
 // STORE (after the fill: the whole response arrived and decide() said store)
-//   KEYS = E, E":l", generation_key(PREFIX, NS, ID), namespace_generation_key(PREFIX, NS)
+//   KEYS = E, E":l", E":w", generation_key(PREFIX, NS, ID), namespace_generation_key(PREFIX, NS)
 //   ARGV = entry bytes (non-empty), ttl_ms (1 .. generation_ttl_ms), NSGEN, USERGEN (those
-//          LOOKUP returned, from which E was built), generation_ttl_ms
+//          LOOKUP returned, from which E was built), generation_ttl_ms, CHANNEL (non-empty:
+//          cache_fill_channel(PREFIX))
 //   If both generation keys still hold NSGEN and USERGEN (missing reads "0"): SET E entry PX
 //   ttl_ms, PEXPIRE both generation keys (those that exist) to generation_ttl_ms, DEL E":l";
 //   reply 1. Otherwise an invalidation happened since the lookup: DEL E":l" only; reply 0.
+//   Either way, last: if the waiter mark E":w" exists, DEL it and PUBLISH CHANNEL "1" E (stored)
+//   or "0" E (refused). Without a waiter nothing is published.
 //   Invalidation safety: an entry is reachable only under the generations it was stored with
 //   (the C++ side builds E from the generations LOOKUP returned), and INVALIDATE moves a
 //   generation forward, so after an invalidation no lookup builds the key of an entry stored
@@ -47,6 +53,19 @@
 //   missing key is generation 0: an entry stored under 0 expires before any INCR'd key that follows
 //   it does).
 //
+// RELEASE (the filler gave up: the response is not cacheable, the upstream failed, the client
+// went away)
+//   KEYS = E":l", E":w"
+//   ARGV = CHANNEL (non-empty), E (non-empty)
+//   DEL E":l". If the waiter mark E":w" exists, DEL it and PUBLISH CHANNEL "0" E; reply 1.
+//   Otherwise reply 0. The lock is deleted whoever holds it (it names no owner, like STORE's DEL).
+//
+// Wake-up messages (STORE, RELEASE): on cache_fill_channel(PREFIX), one flag byte, '1' (stored:
+// a lookup now hits) or '0' (nothing stored: look up again, take the lock, fill), then E. A waiter
+// that receives E it waits on stops waiting; one that receives nothing (the message is lost, the
+// subscriber is disconnected) waits until its own timeout: a wake-up is a shortcut, never needed
+// for correctness. A waiter mark lives lock_ttl_ms from the last waiter's LOOKUP.
+//
 // INVALIDATE (a user's write, an upstream's header, an operator)
 //   KEYS = generation keys (any number >= 1; the user's keys in several namespaces, or one
 //          namespace_generation_key for everyone in a namespace)
@@ -55,7 +74,7 @@
 //   in KEYS order. A key holding no integer is an error reply (INCR's); so is a value at or
 //   above 2^53 (keys before it were already incremented: harmless, it only invalidates more).
 //
-// All three check their arguments and answer an error reply when malformed; the parsers turn
+// All four check their arguments and answer an error reply when malformed; the parsers turn
 // any reply that is not exactly the expected shape into false, which the module treats as a
 // Redis failure. Scripts start with "#!lua" like scripts.cpp's (Redis 7 flags, none set).
 #pragma once
@@ -87,9 +106,10 @@ struct CacheTarget {
     core::Sha256Digest key{};  // core::cache::cache_key()'s result
 };
 
-// The three scripts, built on first use (may throw std::bad_alloc then) and never destroyed.
+// The four scripts, built on first use (may throw std::bad_alloc then) and never destroyed.
 const Script& cache_lookup_script();
 const Script& cache_store_script();
+const Script& cache_release_script();
 const Script& cache_invalidate_script();
 
 // ---- LOOKUP ----
@@ -135,14 +155,39 @@ bool parse_cache_fill_lock_reply(const Reply& reply, bool& taken) noexcept;
 // ---- STORE ----
 
 // Fills `out` (cleared first) to store `entry` (core::cache::encode()'s bytes) under the
-// generations LOOKUP returned, for ttl_ms (stale_until - now). False when the namespace is not
-// valid, the entry is empty, ttl_ms is outside 1 .. cache_generation_ttl_ms, or memory runs out.
+// generations LOOKUP returned, for ttl_ms (stale_until - now), waking waiters on `channel`
+// (cache_fill_channel()). False when the namespace is not valid, the entry or the channel is
+// empty, ttl_ms is outside 1 .. cache_generation_ttl_ms, or memory runs out.
 bool build_cache_store_args(const CacheTarget& t, const core::cache::Generation& gen,
-                            std::string_view entry, int64_t ttl_ms, EvalArgs& out) noexcept;
+                            std::string_view entry, int64_t ttl_ms, std::string_view channel,
+                            EvalArgs& out) noexcept;
 
 // `stored`: 1 (stored) or 0 (a generation moved since the lookup: not stored). False unless the
 // reply is the integer 0 or 1.
 bool parse_cache_store_reply(const Reply& reply, bool& stored) noexcept;
+
+// ---- RELEASE ----
+
+// Fills `out` (cleared first) to drop the fill lock of the entry under the generations LOOKUP
+// returned and wake its waiters on `channel`. False when the namespace is not valid, the
+// channel is empty, or memory runs out.
+bool build_cache_release_args(const CacheTarget& t, const core::cache::Generation& gen,
+                              std::string_view channel, EvalArgs& out) noexcept;
+
+// `had_waiters`: 1 (a waiter mark existed: "0" E was published) or 0. False unless the reply is
+// the integer 0 or 1.
+bool parse_cache_release_reply(const Reply& reply, bool& had_waiters) noexcept;
+
+// ---- wake-up messages ----
+
+// The pub/sub channel STORE and RELEASE publish on: prefix "cache:filled". May throw
+// std::bad_alloc.
+std::string cache_fill_channel(std::string_view prefix);
+
+// Splits a message received on that channel: `stored` from the flag byte, `entry_key` (a view
+// into `msg`) the rest. False unless the first byte is '0' or '1' and the rest is non-empty.
+bool parse_cache_fill_message(std::string_view msg, bool& stored,
+                              std::string_view& entry_key) noexcept;
 
 // ---- INVALIDATE ----
 

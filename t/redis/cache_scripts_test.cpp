@@ -4,6 +4,9 @@
 // only their entries unreachable; a namespace's reaches everyone in it and no one else; the fill
 // lock is taken once; entry and generation expiries; a store after an invalidation is refused;
 // the Lua entry key is core::cache::entry_key() byte for byte; malformed calls are error replies.
+// The stampede wake-up: a lookup that finds the fill lock taken leaves a waiter mark; STORE and
+// RELEASE publish "1" E / "0" E on the fill channel only when one exists (seen by a real
+// SUBSCRIBE on a blocking connection); RELEASE drops the lock.
 #include "redis/cache_scripts.hpp"
 
 #include <gtest/gtest.h>
@@ -96,22 +99,58 @@ TEST(RedisCacheScriptsUnit, LookupArguments) {
 TEST(RedisCacheScriptsUnit, StoreArguments) {
     const CacheTarget t = target("tc:", "review", "anon", "/x");
     const std::string entry("TCE\x01\0body", 9);
+    const std::string ch = "tc:cache:filled";
     EvalArgs a;
-    ASSERT_TRUE(build_cache_store_args(t, gen(3, 9007199254740991), entry, 60000, a));
+    ASSERT_TRUE(build_cache_store_args(t, gen(3, 9007199254740991), entry, 60000, ch, a));
     const std::string e = cc::entry_key("tc:", "review", "anon", gen(3, 9007199254740991), t.key);
     EXPECT_EQ(e, "tc:{review:anon}:e:3.9007199254740991:" + cc::digest_hex(t.key));
-    EXPECT_EQ(strings(a.keys()),
-              (std::vector<std::string>{e, e + ":l", "tc:{review:anon}:g", "tc:{review}:g"}));
-    EXPECT_EQ(strings(a.args()),
-              (std::vector<std::string>{entry, "60000", "3", "9007199254740991", "2592000000"}));
+    EXPECT_EQ(strings(a.keys()), (std::vector<std::string>{e, e + ":l", e + ":w",
+                                                           "tc:{review:anon}:g", "tc:{review}:g"}));
+    EXPECT_EQ(strings(a.args()), (std::vector<std::string>{entry, "60000", "3", "9007199254740991",
+                                                           "2592000000", ch}));
     EXPECT_EQ(cache_entry_key(t, gen(3, 9007199254740991)), e);
-    EXPECT_TRUE(build_cache_store_args(t, gen(0, 0), entry, cache_generation_ttl_ms, a));
-    EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), entry, cache_generation_ttl_ms + 1, a));
+    EXPECT_TRUE(build_cache_store_args(t, gen(0, 0), entry, cache_generation_ttl_ms, ch, a));
+    EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), entry, cache_generation_ttl_ms + 1, ch, a));
     EXPECT_TRUE(a.keys().empty());
-    EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), entry, 0, a));
-    EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), "", 1000, a));
+    EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), entry, 0, ch, a));
+    EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), "", 1000, ch, a));
+    EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), entry, 1000, "", a));
+    EXPECT_TRUE(a.args().empty());
     EXPECT_FALSE(
-        build_cache_store_args(target("tc:", "a b", "anon", "/"), gen(0, 0), entry, 1000, a));
+        build_cache_store_args(target("tc:", "a b", "anon", "/"), gen(0, 0), entry, 1000, ch, a));
+}
+
+TEST(RedisCacheScriptsUnit, ReleaseArguments) {
+    const CacheTarget t = target("tc:", "review", "anon", "/x");
+    EvalArgs a;
+    ASSERT_TRUE(build_cache_release_args(t, gen(2, 5), "tc:cache:filled", a));
+    const std::string e = cc::entry_key("tc:", "review", "anon", gen(2, 5), t.key);
+    EXPECT_EQ(strings(a.keys()), (std::vector<std::string>{cc::fill_lock_key(e), e + ":w"}));
+    EXPECT_EQ(strings(a.args()), (std::vector<std::string>{"tc:cache:filled", e}));
+    EXPECT_FALSE(build_cache_release_args(t, gen(2, 5), "", a));
+    EXPECT_TRUE(a.keys().empty());
+    EXPECT_TRUE(a.args().empty());
+    EXPECT_FALSE(build_cache_release_args(target("tc:", "", "anon", "/"), gen(0, 0), "c", a));
+}
+
+TEST(RedisCacheScriptsUnit, FillChannelAndMessages) {
+    EXPECT_EQ(cache_fill_channel("tc:"), "tc:cache:filled");
+    EXPECT_EQ(cache_fill_channel(""), "cache:filled");
+    EXPECT_EQ(cache_fill_channel(std::string_view("a\0b", 3)), std::string("a\0bcache:filled", 15));
+
+    bool stored = false;
+    std::string_view key;
+    const std::string one = "1tc:{review:anon}:e:0.0:ab";
+    ASSERT_TRUE(parse_cache_fill_message(one, stored, key));
+    EXPECT_TRUE(stored);
+    EXPECT_EQ(key, "tc:{review:anon}:e:0.0:ab");
+    EXPECT_EQ(key.data(), one.data() + 1);  // a view into the message
+    ASSERT_TRUE(parse_cache_fill_message(std::string_view("0\0", 2), stored, key));
+    EXPECT_FALSE(stored);
+    EXPECT_EQ(key, std::string_view("\0", 1));
+    for (std::string_view bad : {"", "0", "1", "2x", "x1", " 1x", "\x01x"}) {
+        EXPECT_FALSE(parse_cache_fill_message(bad, stored, key)) << bad;
+    }
 }
 
 TEST(RedisCacheScriptsUnit, InvalidateArguments) {
@@ -184,7 +223,7 @@ TEST(RedisCacheScriptsUnit, ParseLookupReply) {
     EXPECT_FALSE(parse_cache_lookup_reply(err, l));
 }
 
-TEST(RedisCacheScriptsUnit, ParseStoreAndInvalidateReplies) {
+TEST(RedisCacheScriptsUnit, ParseStoreReleaseAndInvalidateReplies) {
     bool stored = false;
     ASSERT_TRUE(parse_cache_store_reply(integer(1), stored));
     EXPECT_TRUE(stored);
@@ -199,6 +238,15 @@ TEST(RedisCacheScriptsUnit, ParseStoreAndInvalidateReplies) {
     ok.str = "OK";
     EXPECT_FALSE(parse_cache_store_reply(ok, stored));
     EXPECT_FALSE(parse_cache_store_reply(array({integer(1)}), stored));
+
+    bool had = false;
+    ASSERT_TRUE(parse_cache_release_reply(integer(1), had));
+    EXPECT_TRUE(had);
+    ASSERT_TRUE(parse_cache_release_reply(integer(0), had));
+    EXPECT_FALSE(had);
+    for (const Reply& bad : {integer(2), integer(-1), bulk("0"), Reply(), ok}) {
+        EXPECT_FALSE(parse_cache_release_reply(bad, had));
+    }
 
     std::vector<uint64_t> g;
     ASSERT_TRUE(parse_cache_invalidate_reply(array({integer(1), integer(9007199254740991)}), 2, g));
@@ -229,9 +277,13 @@ TEST(RedisCacheScriptsUnit, ParseStoreAndInvalidateReplies) {
 TEST(RedisCacheScriptsUnit, ScriptsAreBuiltOnce) {
     EXPECT_EQ(&cache_lookup_script(), &cache_lookup_script());
     EXPECT_EQ(&cache_store_script(), &cache_store_script());
+    EXPECT_EQ(&cache_release_script(), &cache_release_script());
     EXPECT_EQ(&cache_invalidate_script(), &cache_invalidate_script());
     EXPECT_NE(cache_lookup_script().sha(), cache_store_script().sha());
     EXPECT_NE(cache_store_script().sha(), cache_invalidate_script().sha());
+    EXPECT_NE(cache_release_script().sha(), cache_store_script().sha());
+    EXPECT_NE(cache_release_script().sha(), cache_invalidate_script().sha());
+    EXPECT_EQ(cache_release_script().source().compare(0, 6, "#!lua\n"), 0);
     EXPECT_EQ(cache_lookup_script().source().compare(0, 6, "#!lua\n"), 0);
     EXPECT_EQ(cache_lookup_script().sha(), sha1_hex(cache_lookup_script().source()));
 }
@@ -282,11 +334,22 @@ class RedisCacheScriptsTest : public ::testing::Test {
     bool store(const CacheTarget& t, const CacheLookup& l, std::string_view entry,
                int64_t ttl_ms = 60000) {
         EvalArgs a;
-        EXPECT_TRUE(build_cache_store_args(t, l.generation(), entry, ttl_ms, a));
+        EXPECT_TRUE(build_cache_store_args(t, l.generation(), entry, ttl_ms,
+                                           cache_fill_channel(t.prefix), a));
         Reply r = eval(cache_store_script(), a);
         bool stored = false;
         EXPECT_TRUE(parse_cache_store_reply(r, stored)) << to_string(r.type) << " " << r.str;
         return stored;
+    }
+
+    // Releases the fill lock of the entry under `l`'s generations; whether a waiter was marked.
+    bool release(const CacheTarget& t, const CacheLookup& l) {
+        EvalArgs a;
+        EXPECT_TRUE(build_cache_release_args(t, l.generation(), cache_fill_channel(t.prefix), a));
+        Reply r = eval(cache_release_script(), a);
+        bool had = false;
+        EXPECT_TRUE(parse_cache_release_reply(r, had)) << to_string(r.type) << " " << r.str;
+        return had;
     }
 
     std::vector<uint64_t> invalidate(std::string_view prefix, std::string_view id,
@@ -328,6 +391,57 @@ class RedisCacheScriptsTest : public ::testing::Test {
     std::unique_ptr<RedisServer> server;
     std::unique_ptr<Control> ctl;
     std::unique_ptr<Client> client;
+};
+
+// A blocking SUBSCRIBE connection: what was published on one channel, in order. To show that
+// nothing was published, the test publishes a marker itself and expects it next (a client gets
+// messages in the order the server published them).
+class Listener {
+   public:
+    Listener(uint16_t port, const std::string& channel) {
+        timeval tv{5, 0};
+        c_ = redisConnectWithTimeout("127.0.0.1", port, tv);
+        if (c_ == nullptr || c_->err != 0) {
+            return;
+        }
+        redisSetTimeout(c_, tv);
+        auto* r = static_cast<redisReply*>(
+            redisCommand(c_, "SUBSCRIBE %b", channel.data(), channel.size()));
+        ok_ = r != nullptr && r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+              Control::text(r->element[0]) == "subscribe";
+        if (r != nullptr) {
+            freeReplyObject(r);
+        }
+    }
+    ~Listener() {
+        if (c_ != nullptr) {
+            redisFree(c_);
+        }
+    }
+    Listener(const Listener&) = delete;
+    Listener& operator=(const Listener&) = delete;
+
+    bool ok() const { return ok_; }
+
+    // The next message's payload, or "(none)" after 5 s.
+    std::string next() {
+        void* p = nullptr;
+        if (c_ == nullptr || redisGetReply(c_, &p) != REDIS_OK || p == nullptr) {
+            return "(none)";
+        }
+        auto* r = static_cast<redisReply*>(p);
+        std::string out = "(not a message)";
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+            Control::text(r->element[0]) == "message") {
+            out = Control::text(r->element[2]);
+        }
+        freeReplyObject(r);
+        return out;
+    }
+
+   private:
+    redisContext* c_ = nullptr;
+    bool ok_ = false;
 };
 
 std::string binary_body(size_t n) {
@@ -514,6 +628,146 @@ TEST_F(RedisCacheScriptsTest, StoreAfterInvalidationIsRefused) {
     EXPECT_EQ(ctl->run({"DBSIZE"}), "3");  // two generations and one entry
 }
 
+// A lookup that finds the fill lock taken marks that someone waits, for the lock's ttl; no other
+// lookup does (no lock wanted, the lock taken by this very lookup, a hit).
+TEST_F(RedisCacheScriptsTest, WaiterMarkOnlyWhenLockContended) {
+    const CacheTarget t = target("tc:", "review", user_a, "/today/");
+    const std::string e = cache_entry_key(t, gen(0, 0));
+    const std::string mark = e + ":w";
+    EXPECT_FALSE(lookup(t).hit);
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "0");
+    CacheLookup filler = lookup(t, true, 60000);
+    ASSERT_TRUE(filler.lock_taken);
+    EXPECT_EQ(ctl->run({"EXISTS", mark}), "0");  // the lock's taker waits for no one
+    EXPECT_FALSE(lookup(t).lock_taken);          // no lock wanted: no mark either
+    EXPECT_EQ(ctl->run({"EXISTS", mark}), "0");
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "1");
+
+    CacheLookup waiter = lookup(t, true, 30000);
+    EXPECT_FALSE(waiter.hit);
+    EXPECT_FALSE(waiter.lock_taken);
+    EXPECT_EQ(ctl->run({"GET", mark}), "1");
+    long long pttl = number(ctl->run({"PTTL", mark}));
+    EXPECT_GT(pttl, 25000);
+    EXPECT_LE(pttl, 30000);
+    // Each further waiter pushes its expiry to its own lock ttl.
+    EXPECT_FALSE(lookup(t, true, 120000).lock_taken);
+    pttl = number(ctl->run({"PTTL", mark}));
+    EXPECT_GT(pttl, 110000);
+    EXPECT_LE(pttl, 120000);
+    // It expires by itself like the lock.
+    EXPECT_FALSE(lookup(t, true, 100).lock_taken);
+    usleep(250000);
+    EXPECT_EQ(ctl->run({"EXISTS", mark}), "0");
+
+    // A hit marks nothing.
+    ASSERT_TRUE(store(t, filler, "e"));
+    EXPECT_TRUE(lookup(t, true).hit);
+    EXPECT_EQ(ctl->run({"EXISTS", mark}), "0");
+    EXPECT_EQ(ctl->run({"EXISTS", cc::fill_lock_key(e)}), "0");
+}
+
+// STORE publishes "1" E (stored) or "0" E (refused) on the prefix's fill channel, and deletes the
+// mark, only when a waiter marked the entry; without one it publishes nothing.
+TEST_F(RedisCacheScriptsTest, StorePublishesOnlyToMarkedWaiters) {
+    const std::string ch = cache_fill_channel("tc:");
+    Listener listener(server->port(), ch);
+    ASSERT_TRUE(listener.ok());
+    Listener other_prefix(server->port(), cache_fill_channel("tc2:"));
+    ASSERT_TRUE(other_prefix.ok());
+    const CacheTarget t = target("tc:", "review", user_a, "/today/");
+    const std::string e = cache_entry_key(t, gen(0, 0));
+
+    // No waiter: nothing published.
+    CacheLookup filler = lookup(t, true);
+    ASSERT_TRUE(filler.lock_taken);
+    ASSERT_TRUE(store(t, filler, "quiet"));
+    EXPECT_EQ(ctl->run({"PUBLISH", ch, "marker 1"}), "1");  // one subscriber: the listener
+    EXPECT_EQ(listener.next(), "marker 1");
+
+    // A waiter: the store wakes it with "1" E and removes the mark and the lock.
+    ctl->run({"DEL", e});
+    filler = lookup(t, true);
+    ASSERT_TRUE(filler.lock_taken);
+    ASSERT_FALSE(lookup(t, true).lock_taken);
+    ASSERT_FALSE(lookup(t, true).lock_taken);  // two waiters, one mark, one message
+    ASSERT_TRUE(store(t, filler, "filled"));
+    EXPECT_EQ(listener.next(), "1" + e);
+    bool stored = false;
+    std::string_view key;
+    const std::string msg = "1" + e;
+    ASSERT_TRUE(parse_cache_fill_message(msg, stored, key));
+    EXPECT_TRUE(stored);
+    EXPECT_EQ(key, e);
+    EXPECT_EQ(ctl->run({"EXISTS", e + ":w"}), "0");
+    EXPECT_EQ(ctl->run({"EXISTS", cc::fill_lock_key(e)}), "0");
+    EXPECT_EQ(lookup(t).entry, "filled");
+    ctl->run({"PUBLISH", ch, "marker 2"});
+    EXPECT_EQ(listener.next(), "marker 2");  // exactly one message
+
+    // Refused (a write moved the generation since the lookup): "0" E, under the old generations.
+    ctl->run({"DEL", e});
+    filler = lookup(t, true);
+    ASSERT_TRUE(filler.lock_taken);
+    ASSERT_FALSE(lookup(t, true).lock_taken);
+    invalidate("tc:", user_a, {"review"});
+    EXPECT_FALSE(store(t, filler, "stale"));
+    EXPECT_EQ(listener.next(), "0" + e);
+    EXPECT_EQ(ctl->run({"EXISTS", e + ":w"}), "0");
+    EXPECT_EQ(ctl->run({"EXISTS", cc::fill_lock_key(e)}), "0");
+
+    // Refused without a waiter: nothing.
+    filler = lookup(t, true);
+    ASSERT_TRUE(filler.lock_taken);
+    invalidate("tc:", user_a, {"review"});
+    EXPECT_FALSE(store(t, filler, "stale"));
+    ctl->run({"PUBLISH", ch, "marker 3"});
+    EXPECT_EQ(listener.next(), "marker 3");
+
+    // Another prefix's channel heard none of it.
+    ctl->run({"PUBLISH", cache_fill_channel("tc2:"), "marker 4"});
+    EXPECT_EQ(other_prefix.next(), "marker 4");
+}
+
+// RELEASE drops the fill lock (whoever took it) and wakes marked waiters with "0" E, so that one
+// of them takes the lock and fills; unmarked, it publishes nothing and answers 0.
+TEST_F(RedisCacheScriptsTest, ReleaseDropsLockAndWakesOnlyMarkedWaiters) {
+    const std::string ch = cache_fill_channel("tc:");
+    Listener listener(server->port(), ch);
+    ASSERT_TRUE(listener.ok());
+    const CacheTarget t = target("tc:", "review", user_a, "/today/");
+    const std::string e = cache_entry_key(t, gen(0, 0));
+
+    CacheLookup filler = lookup(t, true);
+    ASSERT_TRUE(filler.lock_taken);
+    EXPECT_FALSE(release(t, filler));
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "0");
+    ctl->run({"PUBLISH", ch, "marker 1"});
+    EXPECT_EQ(listener.next(), "marker 1");
+
+    filler = lookup(t, true);
+    ASSERT_TRUE(filler.lock_taken);  // free again after the release
+    CacheLookup waiter = lookup(t, true);
+    ASSERT_FALSE(waiter.lock_taken);
+    EXPECT_TRUE(release(t, filler));
+    EXPECT_EQ(listener.next(), "0" + e);
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "0");
+    EXPECT_FALSE(release(t, filler));  // twice: nothing left to do
+    ctl->run({"PUBLISH", ch, "marker 2"});
+    EXPECT_EQ(listener.next(), "marker 2");
+
+    // The woken waiter looks up again and becomes the filler.
+    CacheLookup again = lookup(t, true);
+    EXPECT_FALSE(again.hit);
+    EXPECT_TRUE(again.lock_taken);
+    // A release of another entry leaves this lock alone.
+    const CacheTarget other = target("tc:", "review", user_a, "/other/");
+    EXPECT_FALSE(release(other, lookup(other)));
+    EXPECT_EQ(ctl->run({"EXISTS", cc::fill_lock_key(e)}), "1");
+    EXPECT_FALSE(release(t, lookup(t)));
+    EXPECT_EQ(ctl->run({"EXISTS", cc::fill_lock_key(e)}), "0");
+}
+
 // The Lua entry key is core::cache::entry_key() byte for byte: an entry SET under the C++ key
 // is what the lookup finds, and the lock the lookup takes is at fill_lock_key() of it.
 TEST_F(RedisCacheScriptsTest, LuaEntryKeyIsCoreEntryKey) {
@@ -549,6 +803,9 @@ TEST_F(RedisCacheScriptsTest, LuaEntryKeyIsCoreEntryKey) {
         EXPECT_EQ(miss.ns_gen, c.ns_gen);
         EXPECT_EQ(miss.user_gen, c.user_gen);
         EXPECT_EQ(ctl->run({"EXISTS", cc::fill_lock_key(key)}), "1");
+        // The waiter mark a second miss leaves sits next to it.
+        EXPECT_FALSE(lookup(t, true).lock_taken);
+        EXPECT_EQ(ctl->run({"EXISTS", key + ":w"}), "1");
         // An entry SET by hand under the C++ key is found.
         ctl->run({"SET", key, "by hand " + c.path});
         EXPECT_EQ(lookup(t).entry, "by hand " + c.path);
@@ -556,6 +813,7 @@ TEST_F(RedisCacheScriptsTest, LuaEntryKeyIsCoreEntryKey) {
         ASSERT_TRUE(store(t, miss, "stored " + c.path));
         EXPECT_EQ(ctl->run({"GET", key}), "stored " + c.path);
         EXPECT_EQ(ctl->run({"EXISTS", cc::fill_lock_key(key)}), "0");
+        EXPECT_EQ(ctl->run({"EXISTS", key + ":w"}), "0");
     }
 }
 
@@ -586,8 +844,8 @@ TEST_F(RedisCacheScriptsTest, MalformedCallsAreErrors) {
     for (const std::string bad : {"07", "-1", "1.5", " 1", "abc", "9007199254740992", ""}) {
         ctl->run({"SET", ug, bad});
         lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "5000", "1"});
-        Reply r =
-            raw(cache_store_script(), {"e", "e:l", ug, ng}, {"x", "1000", "0", "0", "2592000000"});
+        Reply r = raw(cache_store_script(), {"e", "e:l", "e:w", ug, ng},
+                      {"x", "1000", "0", "0", "2592000000", "ch"});
         EXPECT_TRUE(r.is_error()) << bad;
     }
     ctl->run({"DEL", ug});
@@ -602,12 +860,37 @@ TEST_F(RedisCacheScriptsTest, MalformedCallsAreErrors) {
         EXPECT_TRUE(r.is_error()) << to_string(r.type);
         EXPECT_FALSE(parse_cache_store_reply(r, stored));
     };
-    store_error({"e", "e:l", ug, ng}, {"x", "1000", "0", "0"});
-    store_error({"e", "e:x", ug, ng}, {"x", "1000", "0", "0", "2592000000"});
-    store_error({"e", "e:l", ug, ng}, {"", "1000", "0", "0", "2592000000"});
-    store_error({"e", "e:l", ug, ng}, {"x", "0", "0", "0", "2592000000"});
-    store_error({"e", "e:l", ug, ng}, {"x", "2592000001", "0", "0", "2592000000"});
-    EXPECT_EQ(ctl->run({"DBSIZE"}), "0");
+    const std::string ch = "tc:cache:filled";
+    store_error({"e", "e:l", "e:w", ug, ng}, {"x", "1000", "0", "0", "2592000000"});  // no channel
+    store_error({"e", "e:l", ug, ng}, {"x", "1000", "0", "0", "2592000000", ch});     // 4 keys
+    store_error({"e", "e:x", "e:w", ug, ng}, {"x", "1000", "0", "0", "2592000000", ch});
+    store_error({"e", "e:l", "e:x", ug, ng}, {"x", "1000", "0", "0", "2592000000", ch});
+    store_error({"e", "e:w", "e:l", ug, ng}, {"x", "1000", "0", "0", "2592000000", ch});
+    store_error({"e", "e:l", "e:w", ug, ng}, {"", "1000", "0", "0", "2592000000", ch});
+    store_error({"e", "e:l", "e:w", ug, ng}, {"x", "0", "0", "0", "2592000000", ch});
+    store_error({"e", "e:l", "e:w", ug, ng}, {"x", "2592000001", "0", "0", "2592000000", ch});
+    store_error({"e", "e:l", "e:w", ug, ng}, {"x", "1000", "0", "0", "2592000000", ""});
+    ctl->run({"SET", "e:l", "1"});
+    ctl->run({"SET", "e:w", "1"});
+    store_error({"e", "e:l", "e:w", ug, ng}, {"x", "1000", "0", "0", "2592000000", ""});
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "2");  // an error reply touches nothing
+
+    bool had = false;
+    auto release_error = [&](const std::vector<std::string>& keys,
+                             const std::vector<std::string>& args) {
+        Reply r = raw(cache_release_script(), keys, args);
+        EXPECT_TRUE(r.is_error()) << to_string(r.type);
+        EXPECT_FALSE(parse_cache_release_reply(r, had));
+    };
+    release_error({"e:l", "e:w"}, {ch});
+    release_error({"e:l"}, {ch, "e"});
+    release_error({"e:l", "e:w", "e:x"}, {ch, "e"});
+    release_error({"e:w", "e:l"}, {ch, "e"});
+    release_error({"e:l", "e:w"}, {ch, "f"});
+    release_error({"e:l", "e:w"}, {"", "e"});
+    release_error({":l", ":w"}, {ch, ""});
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "2");
+    ctl->run({"DEL", "e:l", "e:w"});
 
     std::vector<uint64_t> g;
     Reply r = raw(cache_invalidate_script(), {ug}, {});
