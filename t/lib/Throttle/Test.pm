@@ -18,7 +18,8 @@ package Throttle::Test;
 # column 0); the harness writes the rest of the main context: load_module, daemon off,
 # worker_processes, user root, pid, error_log, events, and temp paths and an access log
 # inside the http block. Placeholders: %%PORT%% (= %%PORT_1%%), %%PORT_2%%, ... (free
-# loopback ports), %%TESTDIR%% (the temp directory), %%MODULE%% (the module's path).
+# loopback ports), %%TESTDIR%% (the temp directory), %%MODULE%% (the module's path),
+# %%APP_PORT%% / %%APP%% (port / 127.0.0.1:port of the Throttle::App given to app()).
 #
 # Environment: TEST_NGINX_BINARY (default /usr/sbin/nginx), TEST_NGINX_MODULE (default
 # <repo>/build/ngx_http_throttle_module.so), TEST_NGINX_LEAVE=1 (keep the temp dir),
@@ -44,7 +45,9 @@ use Time::HiRes qw(time sleep);
 
 our $REPO = Cwd::abs_path(File::Basename::dirname(__FILE__) . '/../../..');
 
-my %SEEN_PORT;    # ports handed out in this process (several instances per test file)
+# Ports handed out in this process (several instances per test file; Throttle::App marks
+# its ports here too).
+our %SEEN_PORT;
 
 my @BAD_LOG = (
     qr/\[(?:alert|crit|emerg)\]/,
@@ -117,6 +120,24 @@ sub workers    { $_[0]{workers} = $_[1]; $_[0] }
 sub no_module  { $_[0]{module} = 0; $_[0] }
 sub log_level  { $_[0]{log_level} = $_[1]; $_[0] }
 
+# A Throttle::App (or anything with a port method) whose port fills %%APP_PORT%% and
+# 127.0.0.1:port %%APP%% in configs; app($app, 2) fills %%APP_PORT_2%% and %%APP_2%%.
+# Without an object, returns the app of that index (default 1).
+sub app {
+    my ($self, $app, $i) = @_;
+    return $self->{apps}{ $app // 1 } unless ref $app;
+    $self->{apps}{ $i // 1 } = $app;
+    return $self;
+}
+
+sub _app_subst {
+    my ($self, $port_only, $i) = @_;
+    my $name = '%%APP' . ($port_only ? '_PORT' : '') . (defined $i ? "_$i" : '') . '%%';
+    my $app = $self->{apps}{ $i // 1 }
+        or die "placeholder $name in config but no app registered (\$t->app(\$app))\n";
+    return $port_only ? $app->port : '127.0.0.1:' . $app->port;
+}
+
 # Skips the whole test file unless this process may open $n more descriptors.
 sub need_fds {
     my ($self, $n) = @_;
@@ -168,6 +189,7 @@ sub _subst {
     $text =~ s/%%PORT_(\d+)%%/$self->port($1)/ge;
     $text =~ s/%%TESTDIR%%/$self->{dir}/g;
     $text =~ s/%%MODULE%%/$self->{module_path}/g;
+    $text =~ s/%%APP(_PORT)?(?:_(\d+))?%%/$self->_app_subst($1, $2)/ge;
     die "unknown placeholder $1 in config\n" if $text =~ /(%%\w+%%)/;
     return $text;
 }
