@@ -432,7 +432,8 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
     if (lcf->zones == nullptr || lcf->zones->nelts == 0) {
         return NGX_DECLINED;
     }
-    if (RequestCtx* ctx = get_ctx(r)) {
+    RequestCtx* existing = get_ctx(r);
+    if (RequestCtx* ctx = existing; ctx != nullptr && ctx->outcome != Outcome::none) {
         // Decided already: before an internal redirect, or while waiting for Redis.
         if (ctx->outcome == Outcome::pending) {
             return NGX_AGAIN;
@@ -474,7 +475,7 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
         remote = false;
     }
 
-    RequestCtx* ctx = create_ctx(r);
+    RequestCtx* ctx = existing != nullptr ? existing : create_ctx(r);  // the cache's, perhaps
     if (ctx == nullptr) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }

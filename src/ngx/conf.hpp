@@ -52,6 +52,11 @@ struct MainConf {
     ngx_array_t zones;     // of ZoneConf*
     RedisSettings* redis;  // nullptr without throttle_redis
     bool remote_zones;     // some zone has mode=sync or mode=strict
+    // The response cache (cache_directive.cpp)
+    bool cache_used;          // some location uses a throttle_cache* directive
+    ngx_str_t cache_secret;   // throttle_cache_secret; data == nullptr when not set
+    ngx_str_t cache_user_file;  // where throttle_cache_user was first used (secret check)
+    ngx_uint_t cache_user_line;
 };
 
 struct LocConf {
@@ -60,6 +65,18 @@ struct LocConf {
     ngx_flag_t dry_run;
     ngx_flag_t headers;
     ngx_uint_t log_level;
+    // The response cache (cache_directive.cpp). Unset values are NGX_CONF_UNSET*.
+    ngx_str_t cache_ns;                    // throttle_cache NAME; len 0: off; data null: unset
+    ngx_http_complex_value_t* cache_user;  // throttle_cache_user; nullptr: anonymous
+    ngx_array_t* cache_valid;              // of core::cache::ValidTime; nullptr: none
+    ngx_msec_t cache_stale;
+    size_t cache_max_size;
+    size_t cache_min_compress;
+    ngx_msec_t cache_lock_timeout;
+    ngx_array_t* cache_credentials;        // of ngx_str_t, lowercase names; nullptr: off
+    ngx_array_t* cache_invalidate;         // of ngx_str_t namespaces; nullptr: none
+    ngx_str_t cache_invalidate_header;     // len 0: off; data null: unset
+    ngx_http_complex_value_t* cache_purge; // throttle_cache_purge's namespace
 };
 
 enum class Outcome : ngx_uint_t {
@@ -72,6 +89,11 @@ enum class Outcome : ngx_uint_t {
     pending,            // waiting for Redis
 };
 
+struct CacheRequest;
+
+// $throttle_cache_status
+enum class CacheStatus : uint8_t { none = 0, hit, miss, expired, stale, updating, bypass, error };
+
 // Decided once per main request, kept across internal redirects (see request_ctx.cpp).
 struct RequestCtx {
     Outcome outcome;
@@ -82,6 +104,8 @@ struct RequestCtx {
     uint64_t remaining;
     int64_t reset_s;
     int64_t retry_after_s;
+    CacheStatus cache_status;
+    CacheRequest* cache;  // the response cache's state (cache_request.hpp), or nullptr
 };
 static_assert(std::is_trivially_destructible_v<RequestCtx>);
 
@@ -102,6 +126,25 @@ char* throttle_redis_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) n
 // worker.cpp: the per-worker Redis client and sync timers
 ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept;
 void exit_worker(ngx_cycle_t* cycle) noexcept;
+
+// cache_directive.cpp
+char* throttle_cache_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* throttle_cache_user_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* throttle_cache_valid_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* throttle_cache_list_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* throttle_cache_purge_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* throttle_cache_secret_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* throttle_cache_header_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+void init_cache_loc_conf(LocConf* lcf) noexcept;
+char* merge_cache_loc_conf(ngx_conf_t* cf, LocConf* prev, LocConf* conf) noexcept;
+char* check_cache_main_conf(ngx_conf_t* cf, MainConf* mcf) noexcept;
+// Whether the location looks up and stores responses / acts on writes.
+inline bool cache_enabled(const LocConf* lcf) noexcept { return lcf->cache_ns.len > 0; }
+
+// cache_handler.cpp, cache_filter.cpp, cache_purge.cpp
+ngx_int_t cache_handler(ngx_http_request_t* r) noexcept;
+ngx_int_t install_cache_filters() noexcept;
+ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept;
 
 // handlers (access_handler.cpp, header_filter.cpp, variables.cpp)
 ngx_int_t access_handler(ngx_http_request_t* r) noexcept;

@@ -36,6 +36,43 @@ ngx_command_t commands[] = {
     {ngx_string("throttle_log_level"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, log_level), log_levels},
+    {ngx_string("throttle_cache_secret"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+     throttle_cache_secret_directive, 0, 0, nullptr},
+    {ngx_string("throttle_cache"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     throttle_cache_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("throttle_cache_user"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     throttle_cache_user_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("throttle_cache_valid"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
+     throttle_cache_valid_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("throttle_cache_stale"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, cache_stale), nullptr},
+    {ngx_string("throttle_cache_max_size"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, cache_max_size),
+     nullptr},
+    {ngx_string("throttle_cache_gzip_min_length"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, cache_min_compress),
+     nullptr},
+    {ngx_string("throttle_cache_lock_timeout"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, cache_lock_timeout),
+     nullptr},
+    {ngx_string("throttle_cache_credentials"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
+     throttle_cache_list_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("throttle_cache_invalidate"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
+     throttle_cache_list_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("throttle_cache_invalidate_header"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     throttle_cache_header_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("throttle_cache_purge"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     throttle_cache_purge_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     ngx_null_command,
 };
 
@@ -68,7 +105,7 @@ char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept {
             return static_cast<char*>(NGX_CONF_ERROR);
         }
     }
-    return NGX_CONF_OK;
+    return check_cache_main_conf(cf, mcf);
 }
 
 void* create_loc_conf(ngx_conf_t* cf) noexcept {
@@ -82,10 +119,11 @@ void* create_loc_conf(ngx_conf_t* cf) noexcept {
     lcf->dry_run = NGX_CONF_UNSET;
     lcf->headers = NGX_CONF_UNSET;
     lcf->log_level = NGX_CONF_UNSET_UINT;
+    init_cache_loc_conf(lcf);
     return lcf;
 }
 
-char* merge_loc_conf(ngx_conf_t*, void* parent, void* child) noexcept {
+char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) noexcept {
     auto* prev = static_cast<LocConf*>(parent);
     auto* conf = static_cast<LocConf*>(child);
     ngx_conf_merge_ptr_value(conf->zones, prev->zones, nullptr);
@@ -93,7 +131,7 @@ char* merge_loc_conf(ngx_conf_t*, void* parent, void* child) noexcept {
     ngx_conf_merge_value(conf->dry_run, prev->dry_run, 0);
     ngx_conf_merge_value(conf->headers, prev->headers, 1);
     ngx_conf_merge_uint_value(conf->log_level, prev->log_level, NGX_LOG_ERR);
-    return NGX_CONF_OK;
+    return merge_cache_loc_conf(cf, prev, conf);
 }
 
 ngx_int_t postconfiguration(ngx_conf_t* cf) noexcept {
@@ -106,7 +144,19 @@ ngx_int_t postconfiguration(ngx_conf_t* cf) noexcept {
         return NGX_ERROR;
     }
     *h = access_handler;
-    return install_header_filter();
+    // The cache looks up before the content phase, where proxy_pass & co. take the request.
+    h = static_cast<ngx_http_handler_pt*>(
+        ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers));
+    if (h == nullptr) {
+        return NGX_ERROR;
+    }
+    *h = cache_handler;
+    // The cache's filters go on top: they see the upstream's headers before the RateLimit
+    // fields are added.
+    if (install_header_filter() != NGX_OK) {
+        return NGX_ERROR;
+    }
+    return install_cache_filters();
 }
 
 ngx_int_t preconfiguration(ngx_conf_t* cf) noexcept { return add_variables(cf); }

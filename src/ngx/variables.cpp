@@ -1,4 +1,4 @@
-// $throttle_status and $throttle_remaining.
+// $throttle_status, $throttle_remaining and $throttle_cache_status.
 #include "ngx/conf.hpp"
 
 namespace throttle::ngx {
@@ -51,7 +51,31 @@ ngx_int_t remaining_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v
     return NGX_OK;
 }
 
+ngx_str_t cache_status_names[] = {
+    ngx_null_string,         ngx_string("HIT"),      ngx_string("MISS"),
+    ngx_string("EXPIRED"),   ngx_string("STALE"),    ngx_string("UPDATING"),
+    ngx_string("BYPASS"),    ngx_string("ERROR"),
+};
+
+ngx_int_t cache_status_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
+                                uintptr_t) noexcept {
+    RequestCtx* ctx = get_ctx(r);
+    if (ctx == nullptr || ctx->cache_status == CacheStatus::none) {
+        set_not_found(v);
+        return NGX_OK;
+    }
+    const ngx_str_t& name = cache_status_names[static_cast<ngx_uint_t>(ctx->cache_status)];
+    v->len = name.len;
+    v->data = name.data;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+    return NGX_OK;
+}
+
 ngx_http_variable_t variables[] = {
+    {ngx_string("throttle_cache_status"), nullptr, cache_status_variable, 0,
+     NGX_HTTP_VAR_NOCACHEABLE, 0},
     {ngx_string("throttle_status"), nullptr, status_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
     {ngx_string("throttle_remaining"), nullptr, remaining_variable, 0, NGX_HTTP_VAR_NOCACHEABLE,
      0},

@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "core/sync.hpp"
+#include "ngx/cache_request.hpp"
+#include "redis/cache_scripts.hpp"
 #include "ngx/redis_loop.hpp"
 #include "redis/blocking.hpp"
 #include "redis/scripts.hpp"
@@ -336,7 +338,7 @@ ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
         return NGX_OK;
     }
     MainConf* mcf = main_conf(cycle);
-    if (mcf == nullptr || mcf->redis == nullptr || !mcf->remote_zones) {
+    if (mcf == nullptr || mcf->redis == nullptr || !(mcf->remote_zones || mcf->cache_used)) {
         return NGX_OK;
     }
     try {
@@ -350,6 +352,13 @@ ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
         b.event.handler = flush_strict;
         worker->client->add_script(redis::strict_batch_script());
         worker->client->add_script(redis::flush_script());
+        if (mcf->cache_used) {
+            worker->client->add_script(redis::cache_lookup_script());
+            worker->client->add_script(redis::cache_store_script());
+            worker->client->add_script(redis::cache_release_script());
+            worker->client->add_script(redis::cache_invalidate_script());
+            cache_worker_init(cycle, mcf, worker->loop);
+        }
         auto** zones = static_cast<ZoneConf**>(mcf->zones.elts);
         for (ngx_uint_t i = 0; i < mcf->zones.nelts; i++) {
             ZoneConf* zone = zones[i];
@@ -383,6 +392,7 @@ void exit_worker(ngx_cycle_t*) noexcept {
         return;
     }
     exiting = true;
+    cache_worker_exit();
     if (worker->strict.event.posted) {
         ngx_delete_posted_event(&worker->strict.event);
     }

@@ -1,0 +1,332 @@
+// The response cache's directives (grammar in README.md, "Response cache"):
+//   throttle_cache_secret STRING;                          http
+//   throttle_cache NAME | off;                             http, server, location
+//   throttle_cache_user VALUE;                             (variables allowed)
+//   throttle_cache_valid [CODE ... | any] TIME;            like proxy_cache_valid
+//   throttle_cache_stale TIME;  throttle_cache_max_size SIZE;
+//   throttle_cache_gzip_min_length SIZE;  throttle_cache_lock_timeout TIME;
+//   throttle_cache_credentials HEADER ... | off;
+//   throttle_cache_invalidate NAME ...;
+//   throttle_cache_invalidate_header NAME | off;
+//   throttle_cache_purge VALUE;                            location
+#include <new>
+
+#include "core/cache_entry.hpp"
+#include "core/cache_key.hpp"
+#include "ngx/conf.hpp"
+#include "ngx/directive_args.hpp"
+#include "redis/cache_scripts.hpp"
+
+namespace throttle::ngx {
+namespace {
+
+MainConf* main_conf(ngx_conf_t* cf) noexcept {
+    return static_cast<MainConf*>(
+        ngx_http_conf_get_module_main_conf(cf, ngx_http_throttle_module));
+}
+
+void mark_used(ngx_conf_t* cf) noexcept { main_conf(cf)->cache_used = true; }
+
+bool check_namespace(ngx_conf_t* cf, const ngx_str_t& v) noexcept {
+    std::string_view ns(reinterpret_cast<const char*>(v.data), v.len);
+    if (!core::cache::valid_namespace(ns)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid namespace \"%V\": 1 to 64 of A-Z a-z 0-9 _ . -", &v);
+        return false;
+    }
+    return true;
+}
+
+ngx_array_t* default_credentials(ngx_conf_t* cf) noexcept {
+    ngx_array_t* a = ngx_array_create(cf->pool, 2, sizeof(ngx_str_t));
+    if (a == nullptr) {
+        return nullptr;
+    }
+    auto* c = static_cast<ngx_str_t*>(ngx_array_push_n(a, 2));
+    if (c == nullptr) {
+        return nullptr;
+    }
+    ngx_str_set(&c[0], "cookie");
+    ngx_str_set(&c[1], "authorization");
+    return a;
+}
+
+// Compiles the directive's argument into a complex value (variables allowed).
+char* complex_value(ngx_conf_t* cf, ngx_http_complex_value_t*& out) noexcept {
+    if (out != NGX_CONF_UNSET_PTR && out != nullptr) {
+        return const_cast<char*>("is duplicate");
+    }
+    auto* cv = static_cast<ngx_http_complex_value_t*>(
+        ngx_pcalloc(cf->pool, sizeof(ngx_http_complex_value_t)));
+    if (cv == nullptr) {
+        return conf_error();
+    }
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    ngx_http_compile_complex_value_t ccv;
+    ngx_memzero(&ccv, sizeof(ccv));
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = cv;
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return conf_error();
+    }
+    out = cv;
+    return NGX_CONF_OK;
+}
+
+}  // namespace
+
+char* throttle_cache_secret_directive(ngx_conf_t* cf, ngx_command_t*, void*) noexcept {
+    MainConf* mcf = main_conf(cf);
+    if (mcf->cache_secret.data != nullptr) {
+        return const_cast<char*>("is duplicate");
+    }
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    if (value[1].len < 16) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"throttle_cache_secret\" must be at least 16 bytes long");
+        return conf_error();
+    }
+    mcf->cache_secret = value[1];
+    return NGX_CONF_OK;
+}
+
+char* throttle_cache_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
+    auto* lcf = static_cast<LocConf*>(conf);
+    if (lcf->cache_ns.data != nullptr) {
+        return const_cast<char*>("is duplicate");
+    }
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+        lcf->cache_ns.data = value[1].data;
+        lcf->cache_ns.len = 0;
+        return NGX_CONF_OK;
+    }
+    if (!check_namespace(cf, value[1])) {
+        return conf_error();
+    }
+    lcf->cache_ns = value[1];
+    mark_used(cf);
+    return NGX_CONF_OK;
+}
+
+char* throttle_cache_user_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
+    MainConf* mcf = main_conf(cf);
+    if (mcf->cache_user_file.data == nullptr) {
+        mcf->cache_user_file = cf->conf_file->file.name;
+        mcf->cache_user_line = cf->conf_file->line;
+    }
+    return complex_value(cf, static_cast<LocConf*>(conf)->cache_user);
+}
+
+char* throttle_cache_valid_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
+    auto* lcf = static_cast<LocConf*>(conf);
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    ngx_uint_t n = cf->args->nelts;
+    ngx_str_t& time = value[n - 1];
+    ngx_int_t ms = ngx_parse_time(&time, 0);
+    if (ms == NGX_ERROR || ms <= 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid time value \"%V\"", &time);
+        return conf_error();
+    }
+    if (ms > redis::cache_generation_ttl_ms) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "time \"%V\" is longer than 30 days", &time);
+        return conf_error();
+    }
+    if (lcf->cache_valid == NGX_CONF_UNSET_PTR) {
+        lcf->cache_valid = ngx_array_create(cf->pool, 4, sizeof(core::cache::ValidTime));
+        if (lcf->cache_valid == nullptr) {
+            return conf_error();
+        }
+    }
+    auto add = [&](uint16_t status) -> bool {
+        auto* v = static_cast<core::cache::ValidTime*>(ngx_array_push(lcf->cache_valid));
+        if (v == nullptr) {
+            return false;
+        }
+        v->status = status;
+        v->ttl_ms = ms;
+        return true;
+    };
+    if (n == 2) {  // only a time: 200, 301 and 302, as proxy_cache_valid
+        return add(200) && add(301) && add(302) ? NGX_CONF_OK : conf_error();
+    }
+    for (ngx_uint_t i = 1; i < n - 1; i++) {
+        if (value[i].len == 3 && ngx_strncmp(value[i].data, "any", 3) == 0) {
+            if (!add(0)) {
+                return conf_error();
+            }
+            continue;
+        }
+        ngx_int_t status = ngx_atoi(value[i].data, value[i].len);
+        if (status < 200 || status > 599) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid status \"%V\"", &value[i]);
+            return conf_error();
+        }
+        if (status >= 500 || status == 206 || status == 304) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "status \"%V\" is never stored (5xx, 206 and 304 are not)",
+                               &value[i]);
+            return conf_error();
+        }
+        if (!add(static_cast<uint16_t>(status))) {
+            return conf_error();
+        }
+    }
+    return NGX_CONF_OK;
+}
+
+// throttle_cache_credentials and throttle_cache_invalidate: lists of names.
+char* throttle_cache_list_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept {
+    auto* lcf = static_cast<LocConf*>(conf);
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    bool credentials = cmd->name.len == sizeof("throttle_cache_credentials") - 1;
+    ngx_array_t*& list = credentials ? lcf->cache_credentials : lcf->cache_invalidate;
+    if (list != NGX_CONF_UNSET_PTR) {
+        return const_cast<char*>("is duplicate");
+    }
+    if (credentials && cf->args->nelts == 2 && value[1].len == 3 &&
+        ngx_strncmp(value[1].data, "off", 3) == 0) {
+        list = nullptr;
+        return NGX_CONF_OK;
+    }
+    list = ngx_array_create(cf->pool, cf->args->nelts - 1, sizeof(ngx_str_t));
+    if (list == nullptr) {
+        return conf_error();
+    }
+    for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
+        if (!credentials && !check_namespace(cf, value[i])) {
+            return conf_error();
+        }
+        if (credentials && value[i].len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid header name \"%V\"", &value[i]);
+            return conf_error();
+        }
+        auto* s = static_cast<ngx_str_t*>(ngx_array_push(list));
+        if (s == nullptr) {
+            return conf_error();
+        }
+        *s = value[i];
+        if (credentials) {
+            s->data = static_cast<u_char*>(ngx_pnalloc(cf->pool, value[i].len));
+            if (s->data == nullptr) {
+                return conf_error();
+            }
+            ngx_strlow(s->data, value[i].data, value[i].len);
+        }
+    }
+    if (!credentials) {
+        mark_used(cf);
+    }
+    return NGX_CONF_OK;
+}
+
+char* throttle_cache_header_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
+    auto* lcf = static_cast<LocConf*>(conf);
+    if (lcf->cache_invalidate_header.data != nullptr) {
+        return const_cast<char*>("is duplicate");
+    }
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+        lcf->cache_invalidate_header.data = value[1].data;
+        lcf->cache_invalidate_header.len = 0;
+        return NGX_CONF_OK;
+    }
+    for (size_t i = 0; i < value[1].len; i++) {
+        u_char ch = value[1].data[i];
+        bool alnum = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
+        if (!(alnum || ch == '-' || ch == '_')) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid header name \"%V\"", &value[1]);
+            return conf_error();
+        }
+    }
+    lcf->cache_invalidate_header = value[1];
+    return NGX_CONF_OK;
+}
+
+char* throttle_cache_purge_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
+    auto* lcf = static_cast<LocConf*>(conf);
+    char* rv = complex_value(cf, lcf->cache_purge);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+    auto* clcf = static_cast<ngx_http_core_loc_conf_t*>(
+        ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+    clcf->handler = cache_purge_handler;
+    mark_used(cf);
+    return NGX_CONF_OK;
+}
+
+void init_cache_loc_conf(LocConf* lcf) noexcept {
+    lcf->cache_user = static_cast<ngx_http_complex_value_t*>(NGX_CONF_UNSET_PTR);
+    lcf->cache_valid = static_cast<ngx_array_t*>(NGX_CONF_UNSET_PTR);
+    lcf->cache_stale = NGX_CONF_UNSET_MSEC;
+    lcf->cache_max_size = NGX_CONF_UNSET_SIZE;
+    lcf->cache_min_compress = NGX_CONF_UNSET_SIZE;
+    lcf->cache_lock_timeout = NGX_CONF_UNSET_MSEC;
+    lcf->cache_credentials = static_cast<ngx_array_t*>(NGX_CONF_UNSET_PTR);
+    lcf->cache_invalidate = static_cast<ngx_array_t*>(NGX_CONF_UNSET_PTR);
+    lcf->cache_purge = nullptr;  // not inherited: it is the location's handler
+}
+
+char* merge_cache_loc_conf(ngx_conf_t* cf, LocConf* prev, LocConf* conf) noexcept {
+    if (conf->cache_ns.data == nullptr) {
+        conf->cache_ns = prev->cache_ns;
+    }
+    ngx_conf_merge_ptr_value(conf->cache_user, prev->cache_user, nullptr);
+    ngx_conf_merge_ptr_value(conf->cache_valid, prev->cache_valid, nullptr);
+    ngx_conf_merge_msec_value(conf->cache_stale, prev->cache_stale, 0);
+    ngx_conf_merge_size_value(conf->cache_max_size, prev->cache_max_size, 1024 * 1024);
+    ngx_conf_merge_size_value(conf->cache_min_compress, prev->cache_min_compress, 1024);
+    ngx_conf_merge_msec_value(conf->cache_lock_timeout, prev->cache_lock_timeout, 5000);
+    if (conf->cache_credentials == NGX_CONF_UNSET_PTR) {
+        conf->cache_credentials = prev->cache_credentials;
+    }
+    if (conf->cache_credentials == NGX_CONF_UNSET_PTR) {
+        conf->cache_credentials = default_credentials(cf);
+        if (conf->cache_credentials == nullptr) {
+            return conf_error();
+        }
+    }
+    ngx_conf_merge_ptr_value(conf->cache_invalidate, prev->cache_invalidate, nullptr);
+    if (conf->cache_invalidate_header.data == nullptr) {
+        conf->cache_invalidate_header = prev->cache_invalidate_header;
+    }
+    if (conf->cache_invalidate_header.data == nullptr) {
+        ngx_str_set(&conf->cache_invalidate_header, "X-Throttle-Invalidate");
+    }
+
+    if (conf->cache_max_size == 0 || conf->cache_max_size > 64 * 1024 * 1024) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"throttle_cache_max_size\" must be between 1 and 64m");
+        return conf_error();
+    }
+    if (conf->cache_lock_timeout == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"throttle_cache_lock_timeout\" must not be 0");
+        return conf_error();
+    }
+    if (conf->cache_stale > static_cast<ngx_msec_t>(redis::cache_generation_ttl_ms)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"throttle_cache_stale\" must not be longer than 30 days");
+        return conf_error();
+    }
+    return NGX_CONF_OK;
+}
+
+char* check_cache_main_conf(ngx_conf_t* cf, MainConf* mcf) noexcept {
+    if (mcf->cache_used && mcf->redis == nullptr) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "the response cache (\"throttle_cache\") needs \"throttle_redis\"");
+        return conf_error();
+    }
+    if (mcf->cache_user_file.data != nullptr && mcf->cache_secret.data == nullptr) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"throttle_cache_user\" in %V:%ui needs \"throttle_cache_secret\" (the "
+                      "key that hashes identities before they reach Redis)",
+                      &mcf->cache_user_file, mcf->cache_user_line);
+        return conf_error();
+    }
+    return NGX_CONF_OK;
+}
+
+}  // namespace throttle::ngx

@@ -1,0 +1,210 @@
+// The response cache's per-worker state (layer: ngx): the key prefix, the fills this worker
+// runs, the requests waiting for a fill, and the subscription to the fill channel through
+// which fills in other workers and on other hosts announce that they stored or gave up.
+//
+// A waiter is registered under the entry key E its lookup found locked. It is woken:
+//   - by this worker's filler, directly, with the stored bytes (cache_fill_end());
+//   - by a message on the fill channel ("1"+E stored, "0"+E gave up) for fills elsewhere; the
+//     STORE and RELEASE scripts publish only when a lookup marked E as waited for;
+//   - by its own timer (throttle_cache_lock_timeout), in cache_handler.cpp.
+// A message can overtake the lookup reply that makes a request wait (two connections): the
+// last messages that found nobody waiting are kept for a second and wake a late waiter at once.
+#include <array>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "ngx/cache_request.hpp"
+#include "ngx/worker.hpp"
+#include "redis/client.hpp"
+#include "redis/subscriber.hpp"
+
+namespace throttle::ngx {
+namespace {
+
+constexpr uint64_t recent_ms = 1000;
+
+struct Recent {
+    std::string e;
+    bool stored = false;
+    uint64_t at = 0;
+};
+
+struct CacheWorker {
+    std::string prefix;
+    std::string channel;
+    redis::Loop* loop = nullptr;
+    std::unique_ptr<redis::Subscriber> sub;
+    std::unordered_map<std::string, std::vector<std::shared_ptr<CacheRequest>>> waiters;
+    std::unordered_map<std::string, unsigned> filling;
+    std::array<Recent, 32> recent;
+    size_t next_recent = 0;
+};
+
+CacheWorker* cw = nullptr;  // owned; deleted in cache_worker_exit (no static destructor)
+const std::string empty;
+
+void wake(const std::string& e, bool stored, const std::shared_ptr<const std::string>& entry,
+          bool from_channel) noexcept {
+    auto it = cw->waiters.find(e);
+    if (it == cw->waiters.end()) {
+        if (from_channel) {
+            Recent& r = cw->recent[cw->next_recent++ % cw->recent.size()];
+            try {
+                r.e = e;
+                r.stored = stored;
+                r.at = cw->loop->now_ms();
+            } catch (...) {
+                r.e.clear();
+            }
+        }
+        return;
+    }
+    std::vector<std::shared_ptr<CacheRequest>> list = std::move(it->second);
+    cw->waiters.erase(it);
+    for (const auto& w : list) {
+        cache_woken(w, stored, entry);
+    }
+}
+
+void on_message(std::string_view msg) noexcept {
+    if (cw == nullptr || worker_exiting()) {
+        return;
+    }
+    bool stored = false;
+    std::string_view e;
+    if (!redis::parse_cache_fill_message(msg, stored, e)) {
+        return;
+    }
+    try {
+        wake(std::string(e), stored, nullptr, true);
+    } catch (...) {
+    }
+}
+
+}  // namespace
+
+const std::string& cache_prefix() noexcept { return cw ? cw->prefix : empty; }
+const std::string& cache_channel() noexcept { return cw ? cw->channel : empty; }
+
+void cache_worker_init(ngx_cycle_t* cycle, MainConf* mcf, redis::Loop& loop) noexcept {
+    if (!mcf->cache_used || mcf->redis == nullptr) {
+        return;
+    }
+    try {
+        auto w = std::make_unique<CacheWorker>();
+        std::string base(reinterpret_cast<const char*>(mcf->redis->prefix.data),
+                         mcf->redis->prefix.len);
+        w->prefix = base + "cache:";
+        w->channel = redis::cache_fill_channel(base);
+        w->loop = &loop;
+        ngx_log_t* log = cycle->log;
+        w->sub = std::make_unique<redis::Subscriber>(
+            loop, *mcf->redis->client, w->channel, on_message,
+            [log](redis::LogLevel level, std::string_view m) {
+                ngx_uint_t l = level == redis::LogLevel::Error  ? NGX_LOG_ERR
+                               : level == redis::LogLevel::Warn ? NGX_LOG_WARN
+                               : level == redis::LogLevel::Info ? NGX_LOG_NOTICE
+                                                                : NGX_LOG_DEBUG;
+                ngx_log_error(l, log, 0, "throttle_cache: fill channel: %*s", m.size(),
+                              m.data());
+            });
+        cw = w.release();
+        cw->sub->start();
+    } catch (const std::exception& e) {
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
+                      "throttle_cache: no fill channel (%s): concurrent misses are not "
+                      "coalesced across workers",
+                      e.what());
+    }
+}
+
+void cache_worker_exit() noexcept {
+    if (cw == nullptr) {
+        return;
+    }
+    if (cw->sub) {
+        cw->sub->close();
+    }
+    CacheWorker* w = cw;
+    cw = nullptr;
+    delete w;
+}
+
+bool cache_can_wait(const std::string& e) noexcept {
+    if (cw == nullptr) {
+        return false;
+    }
+    return cw->filling.count(e) > 0 || (cw->sub && cw->sub->subscribed());
+}
+
+bool cache_wait(const std::string& e, const std::shared_ptr<CacheRequest>& cr) noexcept {
+    if (cw == nullptr) {
+        return false;
+    }
+    uint64_t now = cw->loop->now_ms();
+    for (const Recent& r : cw->recent) {
+        if (!r.e.empty() && r.e == e && now - r.at <= recent_ms && cw->filling.count(e) == 0) {
+            cache_woken(cr, r.stored, nullptr);
+            return true;
+        }
+    }
+    try {
+        cw->waiters[e].push_back(cr);
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
+void cache_unwait(const std::string& e, const CacheRequest* cr) noexcept {
+    if (cw == nullptr) {
+        return;
+    }
+    auto it = cw->waiters.find(e);
+    if (it == cw->waiters.end()) {
+        return;
+    }
+    auto& list = it->second;
+    for (size_t i = 0; i < list.size(); i++) {
+        if (list[i].get() == cr) {
+            list.erase(list.begin() + static_cast<std::ptrdiff_t>(i));
+            break;
+        }
+    }
+    if (list.empty()) {
+        cw->waiters.erase(it);
+    }
+}
+
+void cache_fill_begin(const std::string& e) noexcept {
+    if (cw == nullptr) {
+        return;
+    }
+    try {
+        cw->filling[e]++;
+    } catch (...) {
+    }
+}
+
+void cache_fill_end(const std::string& e, bool stored,
+                    const std::shared_ptr<const std::string>& entry) noexcept {
+    if (cw == nullptr) {
+        return;
+    }
+    auto it = cw->filling.find(e);
+    if (it != cw->filling.end() && --it->second == 0) {
+        cw->filling.erase(it);
+    }
+    if (worker_exiting()) {
+        return;
+    }
+    wake(e, stored, entry, false);
+}
+
+bool cache_filling_here(const std::string& e) noexcept {
+    return cw != nullptr && cw->filling.count(e) > 0;
+}
+
+}  // namespace throttle::ngx
