@@ -1,0 +1,94 @@
+// A Redis pub/sub subscriber (layer: redis): one dedicated connection, driven by a Loop like
+// Client's, subscribed to one channel, handing every message's payload to a callback. Used by
+// the response cache to hear cache_fill_channel()'s wake-ups (cache_scripts.hpp).
+//
+// Connection life: start() connects (connect_timeout_ms bounds the TCP connect), then sends
+// [AUTH] SUBSCRIBE channel in one write (no SELECT: pub/sub ignores the db); command_timeout_ms
+// bounds the wait for Redis' confirmation, after which subscribed() is true. Any failure (connect
+// error or timeout, AUTH refused, no confirmation in time, the connection lost) clears
+// subscribed() and reconnects after a backoff, backoff_initial_ms doubling up to backoff_max_ms,
+// reset once subscribed again; no circuit breaker (one idle connection costs nothing). The first
+// failure of an incident is logged at Error, the next ones at Debug, the recovery at Info. TCP
+// keepalive is on, so a peer that vanished silently is noticed too (after about 30 s).
+//
+// Messages published while no connection is subscribed are lost: pub/sub keeps nothing. The
+// payload view passed to on_message is valid only during the call. on_message is never called
+// from inside start() or close(), nor after close(); it may call close(). An exception it throws
+// is caught and logged. Single-threaded, like its Loop. A Subscriber must not be destroyed from
+// inside its own on_message; close() may be called from anywhere.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "redis/client.hpp"
+#include "redis/loop.hpp"
+
+struct redisAsyncContext;
+
+namespace throttle::redis {
+
+class Subscriber {
+   public:
+    using OnMessage = std::function<void(std::string_view payload)>;
+
+    // Throws std::invalid_argument if config.address is not valid() or the channel is empty.
+    // Uses config's address, username, password, connect_timeout_ms, command_timeout_ms,
+    // backoff_initial_ms and backoff_max_ms. Does not touch the network: start() connects.
+    Subscriber(Loop& loop, Config config, std::string channel, OnMessage on_message,
+               Logger logger = nullptr);
+    ~Subscriber();  // close()
+    Subscriber(const Subscriber&) = delete;
+    Subscriber& operator=(const Subscriber&) = delete;
+
+    // Starts connecting, unless connected, connecting, waiting to reconnect or closed.
+    void start();
+    // Drops the connection and stops reconnecting; no callback after it. Idempotent.
+    void close() noexcept;
+
+    // True once Redis confirmed the SUBSCRIBE on the current connection.
+    bool subscribed() const noexcept { return state_ == State::Subscribed; }
+    // Messages received (handed to on_message) since construction.
+    uint64_t messages() const noexcept { return messages_; }
+    const std::string& channel() const noexcept { return channel_; }
+
+   private:
+    enum class State : uint8_t { Idle, Connecting, Handshake, Subscribed };
+
+    static void on_connect(const redisAsyncContext* ac, int status) noexcept;
+    static void on_disconnect(const redisAsyncContext* ac, int status) noexcept;
+    static void on_auth(redisAsyncContext* ac, void* reply, void* privdata) noexcept;
+    static void on_subscribe(redisAsyncContext* ac, void* reply, void* privdata) noexcept;
+
+    void connect() noexcept;
+    void connected_now() noexcept;
+    void on_timeout() noexcept;
+    void lost(std::string_view what, bool hiredis_frees) noexcept;
+    void failure(std::string_view what) noexcept;
+    void healthy() noexcept;
+    void deliver(std::string_view payload) noexcept;
+    void log(LogLevel level, std::string_view message) const noexcept;
+
+    Loop& loop_;
+    Config cfg_;
+    std::string channel_;
+    OnMessage on_message_;
+    Logger logger_;
+    std::string name_;  // "redis 127.0.0.1:6379 subscriber"
+
+    redisAsyncContext* ac_ = nullptr;
+    State state_ = State::Idle;
+    bool closed_ = false;
+    bool send_failed_ = false;  // the handshake could not be queued: fail from the timer
+    uint32_t failures_ = 0;     // consecutive failures (this incident)
+    uint32_t backoff_ms_;
+    uint64_t messages_ = 0;
+
+    std::unique_ptr<Timer> timeout_timer_;  // connect, then confirmation
+    std::unique_ptr<Timer> retry_timer_;    // backoff
+};
+
+}  // namespace throttle::redis
