@@ -69,11 +69,18 @@ integration: $(MODULE)
 
 test: unit integration
 
+# The demo's Redis (for the response cache) listens on a unix socket under build/run only, and
+# stops with the demo.
 run: $(MODULE)
 	mkdir -p $(BUILD)/run
 	$(NGINX_BIN) -p $(TOP)/ -c conf.examples/demo.conf -t
+	redis-server --port 0 --unixsocket $(TOP)/$(BUILD)/run/redis.sock --unixsocketperm 666 \
+	    --save '' --appendonly no \
+	    --daemonize yes --pidfile $(TOP)/$(BUILD)/run/redis.pid --logfile $(TOP)/$(BUILD)/run/redis.log
+	trap 'kill $$(cat $(TOP)/$(BUILD)/run/redis.pid) 2>/dev/null' EXIT
+	trap 'exit 130' INT TERM
 	echo "throttle demo on http://127.0.0.1:8080/ (Ctrl-C stops); try: curl -i http://127.0.0.1:8080/api/items/"
-	exec $(NGINX_BIN) -p $(TOP)/ -c conf.examples/demo.conf -g 'daemon off;'
+	$(NGINX_BIN) -p $(TOP)/ -c conf.examples/demo.conf -g 'daemon off;'
 
 bench: $(MODULE)
 	bash bench/run.sh
