@@ -87,31 +87,10 @@ void invalidate(ngx_http_request_t* r, const LocConf* lcf,
                        "throttle_cache: a write without a user identity invalidates nothing");
         return;
     }
-    redis::Client* client = redis_client();
-    if (client == nullptr) {
-        return;
-    }
     auto* mcf = static_cast<MainConf*>(
         ngx_http_get_module_main_conf(r, ngx_http_throttle_module));
-    std::string id = core::cache::identity_digest(view(mcf->cache_secret), view(identity));
-    redis::EvalArgs args;
-    if (!redis::build_cache_invalidate_args(cache_prefix(), id, namespaces, args)) {
-        return;
-    }
-    size_t n = namespaces.size();
-    client->evalsha(redis::cache_invalidate_script(), args.keys(), args.args(),
-                    [n](redis::Result&& res) noexcept {
-                        std::vector<uint64_t> gens;
-                        bool good = false;
-                        try {
-                            good = res.ok() && redis::parse_cache_invalidate_reply(res.reply, n,
-                                                                                   gens);
-                        } catch (...) {
-                        }
-                        if (!good) {
-                            log_redis_failure("invalidation", res);
-                        }
-                    });
+    cache_invalidate(core::cache::identity_digest(view(mcf->cache_secret), view(identity)),
+                     std::vector<std::string>(namespaces.begin(), namespaces.end()));
 }
 
 bool unsafe_method(ngx_http_request_t* r) noexcept {

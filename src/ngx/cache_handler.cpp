@@ -532,6 +532,12 @@ ngx_int_t cache_handler(ngx_http_request_t* r) noexcept {
         in.query = view(r->args);
         cr->key = core::cache::cache_key(in);
 
+        if (cache_invalidation_pending(in.ns, cr->id)) {
+            // This user's write is not confirmed by Redis yet: their entries may be stale.
+            ctx->cache_status = CacheStatus::bypass;
+            return NGX_DECLINED;
+        }
+
         holder = new std::shared_ptr<CacheRequest>(cr);
         cln->handler = cleanup;
         cln->data = holder;

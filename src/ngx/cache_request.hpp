@@ -97,5 +97,10 @@ void cache_fill_end(const std::string& e, bool stored,
 bool cache_filling_here(const std::string& e) noexcept;
 // The pub/sub channel of fills, or empty without a subscriber.
 const std::string& cache_channel() noexcept;
+// Invalidates the user's generation in these namespaces. An invalidation Redis did not confirm
+// is retried every second until it is; meanwhile this worker does not look up that user's
+// entries in those namespaces (BYPASS), so a worker never serves what a write made stale.
+void cache_invalidate(std::string id, std::vector<std::string> namespaces) noexcept;
+bool cache_invalidation_pending(std::string_view ns, std::string_view id) noexcept;
 
 }  // namespace throttle::ngx

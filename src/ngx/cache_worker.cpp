@@ -7,6 +7,7 @@
 //   - by a message on the fill channel ("1"+E stored, "0"+E gave up) for fills elsewhere; the
 //     STORE and RELEASE scripts publish only when a lookup marked E as waited for;
 //   - by its own timer (throttle_cache_lock_timeout), in cache_handler.cpp.
+// Invalidations Redis did not confirm are retried every second (see cache_invalidate()).
 // A message can overtake the lookup reply that makes a request wait (two connections): the
 // last messages that found nobody waiting are kept for a second and wake a late waiter at once.
 #include <array>
@@ -31,6 +32,15 @@ struct Recent {
     uint64_t at = 0;
 };
 
+// An invalidation waiting to be confirmed by Redis.
+struct PendingInvalidation {
+    std::string id;
+    std::vector<std::string> namespaces;
+};
+
+constexpr size_t pending_max = 10000;
+constexpr uint64_t retry_ms = 1000;
+
 struct CacheWorker {
     std::string prefix;
     std::string channel;
@@ -40,6 +50,10 @@ struct CacheWorker {
     std::unordered_map<std::string, unsigned> filling;
     std::array<Recent, 32> recent;
     size_t next_recent = 0;
+    std::vector<PendingInvalidation> pending;
+    std::unordered_map<std::string, unsigned> pending_keys;  // id "\n" ns -> count
+    std::unique_ptr<redis::Timer> retry_timer;
+    bool pending_full_logged = false;
 };
 
 CacheWorker* cw = nullptr;  // owned; deleted in cache_worker_exit (no static destructor)
@@ -83,7 +97,120 @@ void on_message(std::string_view msg) noexcept {
     }
 }
 
+std::string pending_key(std::string_view ns, std::string_view id) {
+    std::string k;
+    k.reserve(id.size() + 1 + ns.size());
+    k.append(id).append(1, '\n').append(ns);
+    return k;
+}
+
+void forget_pending(const PendingInvalidation& p) noexcept {
+    for (const std::string& ns : p.namespaces) {
+        try {
+            auto it = cw->pending_keys.find(pending_key(ns, p.id));
+            if (it != cw->pending_keys.end() && --it->second == 0) {
+                cw->pending_keys.erase(it);
+            }
+        } catch (...) {
+        }
+    }
+}
+
+void keep_pending(PendingInvalidation&& p) noexcept {
+    if (cw == nullptr) {
+        return;
+    }
+    try {
+        if (cw->pending.size() >= pending_max) {
+            if (!cw->pending_full_logged) {
+                cw->pending_full_logged = true;
+                ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                              "throttle_cache: %uz invalidations wait for Redis, dropping the "
+                              "oldest: those users' older entries live until their TTL",
+                              cw->pending.size());
+            }
+            forget_pending(cw->pending.front());
+            cw->pending.erase(cw->pending.begin());
+        }
+        for (const std::string& ns : p.namespaces) {
+            cw->pending_keys[pending_key(ns, p.id)]++;
+        }
+        cw->pending.push_back(std::move(p));
+        if (!cw->retry_timer->active()) {
+            cw->retry_timer->start(retry_ms);
+        }
+    } catch (...) {
+    }
+}
+
+// Sends one invalidation; one Redis did not confirm goes (back) to the pending list.
+void send_invalidation(PendingInvalidation&& p) noexcept {
+    redis::Client* client = redis_client();
+    try {
+        std::vector<std::string_view> names(p.namespaces.begin(), p.namespaces.end());
+        redis::EvalArgs args;
+        if (client == nullptr || !client->available() ||
+            !redis::build_cache_invalidate_args(cw->prefix, p.id, names, args)) {
+            keep_pending(std::move(p));
+            return;
+        }
+        auto held = std::make_shared<PendingInvalidation>(std::move(p));
+        client->evalsha(redis::cache_invalidate_script(), args.keys(), args.args(),
+                        [held](redis::Result&& res) noexcept {
+                            std::vector<uint64_t> gens;
+                            bool good = false;
+                            try {
+                                good = res.ok() && redis::parse_cache_invalidate_reply(
+                                                       res.reply, held->namespaces.size(), gens);
+                            } catch (...) {
+                            }
+                            if (good || worker_exiting()) {
+                                return;
+                            }
+                            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                                          "throttle_cache: invalidation failed (%s), retrying",
+                                          res.ok() ? "unexpected reply"
+                                                   : redis::to_string(res.failure));
+                            keep_pending(std::move(*held));
+                        });
+    } catch (...) {
+        keep_pending(std::move(p));
+    }
+}
+
+void retry_pending() noexcept {
+    if (cw == nullptr || worker_exiting()) {
+        return;
+    }
+    std::vector<PendingInvalidation> batch;
+    batch.swap(cw->pending);
+    for (const PendingInvalidation& p : batch) {
+        forget_pending(p);
+    }
+    for (PendingInvalidation& p : batch) {
+        send_invalidation(std::move(p));
+    }
+}
+
 }  // namespace
+
+void cache_invalidate(std::string id, std::vector<std::string> namespaces) noexcept {
+    if (cw == nullptr || namespaces.empty()) {
+        return;
+    }
+    send_invalidation(PendingInvalidation{std::move(id), std::move(namespaces)});
+}
+
+bool cache_invalidation_pending(std::string_view ns, std::string_view id) noexcept {
+    if (cw == nullptr || cw->pending_keys.empty()) {
+        return false;
+    }
+    try {
+        return cw->pending_keys.count(pending_key(ns, id)) > 0;
+    } catch (...) {
+        return true;
+    }
+}
 
 const std::string& cache_prefix() noexcept { return cw ? cw->prefix : empty; }
 const std::string& cache_channel() noexcept { return cw ? cw->channel : empty; }
@@ -99,6 +226,7 @@ void cache_worker_init(ngx_cycle_t* cycle, MainConf* mcf, redis::Loop& loop) noe
         w->prefix = base + "cache:";
         w->channel = redis::cache_fill_channel(base);
         w->loop = &loop;
+        w->retry_timer = loop.create_timer([]() noexcept { retry_pending(); });
         ngx_log_t* log = cycle->log;
         w->sub = std::make_unique<redis::Subscriber>(
             loop, *mcf->redis->client, w->channel, on_message,
@@ -126,6 +254,11 @@ void cache_worker_exit() noexcept {
     }
     if (cw->sub) {
         cw->sub->close();
+    }
+    if (!cw->pending.empty()) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "throttle_cache: %uz invalidations not confirmed by Redis at exit",
+                      cw->pending.size());
     }
     CacheWorker* w = cw;
     cw = nullptr;
