@@ -16,6 +16,25 @@ ngx_conf_enum_t log_levels[] = {
 
 ngx_conf_num_bounds_t status_bounds = {ngx_conf_check_num_bounds, 400, 599};
 
+// Range checks run when the directive is read, so nginx -t points at its line.
+char* check_max_size(ngx_conf_t*, void*, void* data) noexcept {
+    size_t v = *static_cast<size_t*>(data);
+    return v == 0 || v > 64 * 1024 * 1024 ? const_cast<char*>("must be between 1 and 64m")
+                                          : NGX_CONF_OK;
+}
+char* check_lock_timeout(ngx_conf_t*, void*, void* data) noexcept {
+    return *static_cast<ngx_msec_t*>(data) == 0 ? const_cast<char*>("must not be 0")
+                                                : NGX_CONF_OK;
+}
+char* check_stale(ngx_conf_t*, void*, void* data) noexcept {
+    return *static_cast<ngx_msec_t*>(data) > 30ULL * 86400 * 1000
+               ? const_cast<char*>("must not be longer than 30 days")
+               : NGX_CONF_OK;
+}
+ngx_conf_post_t max_size_post = {check_max_size};
+ngx_conf_post_t lock_timeout_post = {check_lock_timeout};
+ngx_conf_post_t stale_post = {check_stale};
+
 ngx_command_t commands[] = {
     {ngx_string("throttle_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_2MORE, throttle_zone_directive, 0,
      0, nullptr},
@@ -49,11 +68,12 @@ ngx_command_t commands[] = {
      throttle_cache_valid_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("throttle_cache_stale"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, cache_stale), nullptr},
+     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, cache_stale),
+     &stale_post},
     {ngx_string("throttle_cache_max_size"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, cache_max_size),
-     nullptr},
+     &max_size_post},
     {ngx_string("throttle_cache_gzip_min_length"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, cache_min_compress),
@@ -61,7 +81,7 @@ ngx_command_t commands[] = {
     {ngx_string("throttle_cache_lock_timeout"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, cache_lock_timeout),
-     nullptr},
+     &lock_timeout_post},
     {ngx_string("throttle_cache_credentials"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
      throttle_cache_list_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
