@@ -75,22 +75,92 @@ void add_header_namespaces(std::vector<std::string_view>& out, std::string_view 
     }
 }
 
-void invalidate(ngx_http_request_t* r, const LocConf* lcf,
+}  // namespace
+
+// A response held until Redis answered its invalidation (read-your-writes on any connection,
+// worker or host). Shared with the invalidation's callback; the request's pool cleanup says
+// when the request is gone.
+struct CacheHold {
+    ngx_http_request_t* r = nullptr;
+    bool gone = false;
+    bool active = false;
+    ngx_chain_t* out = nullptr;  // body links held meanwhile (links copied, buffers shared)
+};
+
+namespace {
+
+constexpr unsigned hold_buffered = 0x08;  // r->buffered bit while held
+
+void hold_cleanup(void* data) noexcept {
+    auto* holder = static_cast<std::shared_ptr<CacheHold>*>(data);
+    (*holder)->gone = true;
+    delete holder;
+}
+
+// Redis answered (or could not): the response goes on.
+void release_hold(CacheHold& h) noexcept {
+    if (h.gone || !h.active || worker_exiting()) {
+        return;
+    }
+    h.active = false;
+    ngx_http_request_t* r = h.r;
+    ngx_connection_t* c = r->connection;
+    r->buffered &= ~hold_buffered;
+    ngx_int_t rc = next_header_filter(r);
+    if (rc == NGX_ERROR || rc > NGX_OK) {
+        ngx_http_finalize_request(r, rc == NGX_ERROR ? NGX_ERROR : rc);
+        ngx_http_run_posted_requests(c);
+        return;
+    }
+    ngx_chain_t* out = h.out;
+    h.out = nullptr;
+    if (out != nullptr && !r->header_only && next_body_filter(r, out) == NGX_ERROR) {
+        ngx_http_finalize_request(r, NGX_ERROR);
+        ngx_http_run_posted_requests(c);
+        return;
+    }
+    // Whoever drives the response (the upstream, or nginx's writer once it finalized) goes on.
+    ngx_post_event(c->write, &ngx_posted_events);
+}
+
+// Sends the invalidation; returns whether the response is to be held until it is answered.
+bool invalidate(ngx_http_request_t* r, const LocConf* lcf,
                 const std::vector<std::string_view>& namespaces) {
     if (namespaces.empty()) {
-        return;
+        return false;
     }
     ngx_str_t identity = ngx_null_string;
     if (lcf->cache_user == nullptr ||
         ngx_http_complex_value(r, lcf->cache_user, &identity) != NGX_OK || identity.len == 0) {
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "throttle_cache: a write without a user identity invalidates nothing");
-        return;
+        return false;
+    }
+    RequestCtx* ctx = get_ctx(r);
+    if (ctx == nullptr && (ctx = create_ctx(r)) == nullptr) {
+        return false;
     }
     auto* mcf = static_cast<MainConf*>(
         ngx_http_get_module_main_conf(r, ngx_http_throttle_module));
-    cache_invalidate(core::cache::identity_digest(view(mcf->cache_secret), view(identity)),
-                     std::vector<std::string>(namespaces.begin(), namespaces.end()));
+    std::string id = core::cache::identity_digest(view(mcf->cache_secret), view(identity));
+    std::vector<std::string> names(namespaces.begin(), namespaces.end());
+    ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == nullptr) {
+        cache_invalidate(std::move(id), std::move(names));
+        return false;
+    }
+    auto hold = std::make_shared<CacheHold>();
+    hold->r = r;
+    cln->data = new std::shared_ptr<CacheHold>(hold);
+    cln->handler = hold_cleanup;
+    if (!cache_invalidate(std::move(id), std::move(names),
+                          [hold]() noexcept { release_hold(*hold); })) {
+        return false;  // queued for a retry; this worker bypasses the user's entries meanwhile
+    }
+    hold->active = true;
+    ctx->hold = hold.get();
+    r->buffered |= hold_buffered;
+    return true;
 }
 
 bool unsafe_method(ngx_http_request_t* r) noexcept {
@@ -98,7 +168,8 @@ bool unsafe_method(ngx_http_request_t* r) noexcept {
 }
 
 // Removes the upstream's invalidation header; on a 2xx, and on a 2xx to a write, invalidates.
-void handle_invalidation(ngx_http_request_t* r, const LocConf* lcf) {
+// Returns whether the response is held until Redis answered.
+bool handle_invalidation(ngx_http_request_t* r, const LocConf* lcf) {
     bool ok = r->headers_out.status >= 200 && r->headers_out.status < 300;
     std::vector<std::string_view> namespaces;
     if (lcf->cache_invalidate_header.len > 0) {
@@ -126,7 +197,7 @@ void handle_invalidation(ngx_http_request_t* r, const LocConf* lcf) {
             }
         }
     }
-    invalidate(r, lcf, namespaces);
+    return invalidate(r, lcf, namespaces);
 }
 
 // ---- storing ----
@@ -290,8 +361,9 @@ ngx_int_t header_filter(ngx_http_request_t* r) noexcept {
         return next_header_filter(r);
     }
     auto* lcf = static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_throttle_module));
+    bool held = false;
     try {
-        handle_invalidation(r, lcf);
+        held = handle_invalidation(r, lcf);
         if (RequestCtx* ctx = filler_ctx(r)) {
             CacheRequest& cr = *ctx->cache;
             if (cr.filler && !cr.fill_over && !cr.capture) {
@@ -308,16 +380,27 @@ ngx_int_t header_filter(ngx_http_request_t* r) noexcept {
             cache_release(*ctx->cache);
         }
     }
-    return next_header_filter(r);
+    return held ? NGX_OK : next_header_filter(r);
+}
+
+// While a response is held, its body links are kept (and nothing is written).
+ngx_int_t pass_body(ngx_http_request_t* r, RequestCtx* ctx, ngx_chain_t* in) noexcept {
+    if (ctx != nullptr && ctx->hold != nullptr && ctx->hold->active) {
+        if (in != nullptr && ngx_chain_add_copy(r->pool, &ctx->hold->out, in) != NGX_OK) {
+            return NGX_ERROR;
+        }
+        return NGX_OK;
+    }
+    return next_body_filter(r, in);
 }
 
 ngx_int_t body_filter(ngx_http_request_t* r, ngx_chain_t* in) noexcept {
-    if (r != r->main || in == nullptr) {
+    if (r != r->main) {
         return next_body_filter(r, in);
     }
-    RequestCtx* ctx = filler_ctx(r);
-    if (ctx == nullptr || !ctx->cache->capture) {
-        return next_body_filter(r, in);
+    RequestCtx* ctx = get_ctx(r);
+    if (in == nullptr || ctx == nullptr || ctx->cache == nullptr || !ctx->cache->capture) {
+        return pass_body(r, ctx, in);
     }
     CacheRequest& cr = *ctx->cache;
     try {
@@ -341,7 +424,7 @@ ngx_int_t body_filter(ngx_http_request_t* r, ngx_chain_t* in) noexcept {
         cr.capture = false;
         cache_release(cr);
     }
-    return next_body_filter(r, in);
+    return pass_body(r, ctx, in);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 // instead of freed memory. RequestCtx::cache points at it while the request lives.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -100,7 +101,10 @@ const std::string& cache_channel() noexcept;
 // Invalidates the user's generation in these namespaces. An invalidation Redis did not confirm
 // is retried every second until it is; meanwhile this worker does not look up that user's
 // entries in those namespaces (BYPASS), so a worker never serves what a write made stale.
-void cache_invalidate(std::string id, std::vector<std::string> namespaces) noexcept;
+// `answered` (if set) is called once when Redis answered the first attempt or failed to; the
+// return value says whether it will be (false: not sent now, queued for a retry).
+bool cache_invalidate(std::string id, std::vector<std::string> namespaces,
+                      std::function<void()> answered = nullptr) noexcept;
 bool cache_invalidation_pending(std::string_view ns, std::string_view id) noexcept;
 
 }  // namespace throttle::ngx

@@ -143,8 +143,9 @@ void keep_pending(PendingInvalidation&& p) noexcept {
     }
 }
 
-// Sends one invalidation; one Redis did not confirm goes (back) to the pending list.
-void send_invalidation(PendingInvalidation&& p) noexcept {
+// Sends one invalidation; one Redis did not confirm goes (back) to the pending list. Returns
+// whether it was sent (`answered` is then called once with Redis' answer or failure).
+bool send_invalidation(PendingInvalidation&& p, std::function<void()> answered) noexcept {
     redis::Client* client = redis_client();
     try {
         std::vector<std::string_view> names(p.namespaces.begin(), p.namespaces.end());
@@ -152,11 +153,19 @@ void send_invalidation(PendingInvalidation&& p) noexcept {
         if (client == nullptr || !client->available() ||
             !redis::build_cache_invalidate_args(cw->prefix, p.id, names, args)) {
             keep_pending(std::move(p));
-            return;
+            return false;
         }
         auto held = std::make_shared<PendingInvalidation>(std::move(p));
         client->evalsha(redis::cache_invalidate_script(), args.keys(), args.args(),
-                        [held](redis::Result&& res) noexcept {
+                        [held, answered = std::move(answered)](redis::Result&& res) noexcept {
+                            struct Answer {
+                                const std::function<void()>& f;
+                                ~Answer() {
+                                    if (f) {
+                                        f();
+                                    }
+                                }
+                            } answer{answered};
                             std::vector<uint64_t> gens;
                             bool good = false;
                             try {
@@ -173,8 +182,10 @@ void send_invalidation(PendingInvalidation&& p) noexcept {
                                                    : redis::to_string(res.failure));
                             keep_pending(std::move(*held));
                         });
+        return true;
     } catch (...) {
         keep_pending(std::move(p));
+        return false;
     }
 }
 
@@ -188,17 +199,19 @@ void retry_pending() noexcept {
         forget_pending(p);
     }
     for (PendingInvalidation& p : batch) {
-        send_invalidation(std::move(p));
+        send_invalidation(std::move(p), nullptr);
     }
 }
 
 }  // namespace
 
-void cache_invalidate(std::string id, std::vector<std::string> namespaces) noexcept {
+bool cache_invalidate(std::string id, std::vector<std::string> namespaces,
+                      std::function<void()> answered) noexcept {
     if (cw == nullptr || namespaces.empty()) {
-        return;
+        return false;
     }
-    send_invalidation(PendingInvalidation{std::move(id), std::move(namespaces)});
+    return send_invalidation(PendingInvalidation{std::move(id), std::move(namespaces)},
+                             std::move(answered));
 }
 
 bool cache_invalidation_pending(std::string_view ns, std::string_view id) noexcept {

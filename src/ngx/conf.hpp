@@ -90,6 +90,7 @@ enum class Outcome : ngx_uint_t {
 };
 
 struct CacheRequest;
+struct CacheHold;
 
 // $throttle_cache_status
 enum class CacheStatus : uint8_t { none = 0, hit, miss, expired, stale, updating, bypass, error };
@@ -105,6 +106,7 @@ struct RequestCtx {
     int64_t reset_s;
     int64_t retry_after_s;
     CacheStatus cache_status;
+    CacheHold* hold;      // a write's response held until its invalidation is answered
     CacheRequest* cache;  // the response cache's state (cache_request.hpp), or nullptr
 };
 static_assert(std::is_trivially_destructible_v<RequestCtx>);
