@@ -298,13 +298,39 @@ void refresh_or_serve_stale(const std::shared_ptr<CacheRequest>& cr,
     }
 }
 
-void on_lookup(const std::shared_ptr<CacheRequest>& cr, redis::Result&& res) noexcept {
-    if (cr->gone || worker_exiting()) {
+// A lock this request took, but it will not fill (it ended, or the worker exits).
+void release_unused_lock(CacheRequest& c, const redis::CacheLookup& out) noexcept {
+    if (!out.lock_taken || worker_exiting()) {
         return;
     }
+    try {
+        c.gen = out.generation();
+        c.entry_key = redis::cache_entry_key(c.target(), c.gen);
+        c.filler = true;
+        c.fill_over = false;
+        cache_fill_begin(c.entry_key);
+        cache_release(c);
+    } catch (...) {
+    }
+}
+
+void on_lookup(const std::shared_ptr<CacheRequest>& cr, redis::Result&& res,
+               bool want_lock) noexcept {
     CacheRequest& c = *cr;
     redis::CacheLookup out;
-    if (!res.ok() || !redis::parse_cache_lookup_reply(std::move(res.reply), out)) {
+    bool parsed = res.ok() && redis::parse_cache_lookup_reply(std::move(res.reply), out);
+    if (!parsed && want_lock &&
+        (res.failure == redis::Failure::Timeout || res.failure == redis::Failure::Disconnected)) {
+        // Redis may have run the lookup and taken the lock after all.
+        cache_abandon_lock(c.target(), c.lcf->cache_lock_timeout);
+    }
+    if (c.gone || worker_exiting()) {
+        if (parsed) {
+            release_unused_lock(c, out);
+        }
+        return;
+    }
+    if (!parsed) {
         if (res.ok()) {
             ngx_log_error(NGX_LOG_WARN, c.r->connection->log, 0,
                           "throttle_cache: unexpected lookup reply");
@@ -379,7 +405,9 @@ bool send_lookup(const std::shared_ptr<CacheRequest>& cr, bool want_lock) noexce
             return false;
         }
         client->evalsha(redis::cache_lookup_script(), args.keys(), args.args(),
-                        [cr](redis::Result&& res) noexcept { on_lookup(cr, std::move(res)); });
+                        [cr, want_lock](redis::Result&& res) noexcept {
+                            on_lookup(cr, std::move(res), want_lock);
+                        });
         return true;
     } catch (...) {
         return false;

@@ -106,5 +106,8 @@ const std::string& cache_channel() noexcept;
 bool cache_invalidate(std::string id, std::vector<std::string> namespaces,
                       std::function<void()> answered = nullptr) noexcept;
 bool cache_invalidation_pending(std::string_view ns, std::string_view id) noexcept;
+// A lookup that asked for the fill lock got no answer: Redis may hold a lock nobody will fill.
+// ABANDON it (now, or when Redis is back, until the lock would have expired anyway).
+void cache_abandon_lock(const redis::CacheTarget& t, ngx_msec_t lock_ttl) noexcept;
 
 }  // namespace throttle::ngx

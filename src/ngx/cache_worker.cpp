@@ -38,7 +38,16 @@ struct PendingInvalidation {
     std::vector<std::string> namespaces;
 };
 
+// A fill lock an unanswered lookup may have taken.
+struct Orphan {
+    std::string ns;
+    std::string id;
+    core::Sha256Digest key{};
+    uint64_t until = 0;  // loop time after which the lock has expired anyway
+};
+
 constexpr size_t pending_max = 10000;
+constexpr size_t orphans_max = 1000;
 constexpr uint64_t retry_ms = 1000;
 
 struct CacheWorker {
@@ -52,6 +61,7 @@ struct CacheWorker {
     size_t next_recent = 0;
     std::vector<PendingInvalidation> pending;
     std::unordered_map<std::string, unsigned> pending_keys;  // id "\n" ns -> count
+    std::vector<Orphan> orphans;
     std::unique_ptr<redis::Timer> retry_timer;
     bool pending_full_logged = false;
 };
@@ -189,9 +199,60 @@ bool send_invalidation(PendingInvalidation&& p, std::function<void()> answered) 
     }
 }
 
+void keep_orphan(Orphan&& o) noexcept {
+    try {
+        if (cw->orphans.size() >= orphans_max) {
+            cw->orphans.erase(cw->orphans.begin());
+        }
+        cw->orphans.push_back(std::move(o));
+        if (!cw->retry_timer->active()) {
+            cw->retry_timer->start(retry_ms);
+        }
+    } catch (...) {
+    }
+}
+
+void send_abandon(Orphan&& o) noexcept {
+    if (cw->loop->now_ms() >= o.until) {
+        return;  // expired by itself
+    }
+    redis::Client* client = redis_client();
+    try {
+        redis::CacheTarget t;
+        t.prefix = cw->prefix;
+        t.ns = o.ns;
+        t.id = o.id;
+        t.key = o.key;
+        redis::EvalArgs args;
+        if (client == nullptr || !client->available() ||
+            !redis::build_cache_abandon_args(t, cw->channel, args)) {
+            keep_orphan(std::move(o));
+            return;
+        }
+        auto held = std::make_shared<Orphan>(std::move(o));
+        client->evalsha(redis::cache_abandon_script(), args.keys(), args.args(),
+                        [held](redis::Result&& res) noexcept {
+                            bool released = false;
+                            if (res.ok() && redis::parse_cache_abandon_reply(res.reply, released)) {
+                                return;
+                            }
+                            if (cw != nullptr && !worker_exiting()) {
+                                keep_orphan(std::move(*held));
+                            }
+                        });
+    } catch (...) {
+        keep_orphan(std::move(o));
+    }
+}
+
 void retry_pending() noexcept {
     if (cw == nullptr || worker_exiting()) {
         return;
+    }
+    std::vector<Orphan> orphans;
+    orphans.swap(cw->orphans);
+    for (Orphan& o : orphans) {
+        send_abandon(std::move(o));
     }
     std::vector<PendingInvalidation> batch;
     batch.swap(cw->pending);
@@ -212,6 +273,21 @@ bool cache_invalidate(std::string id, std::vector<std::string> namespaces,
     }
     return send_invalidation(PendingInvalidation{std::move(id), std::move(namespaces)},
                              std::move(answered));
+}
+
+void cache_abandon_lock(const redis::CacheTarget& t, ngx_msec_t lock_ttl) noexcept {
+    if (cw == nullptr || worker_exiting()) {
+        return;
+    }
+    try {
+        Orphan o;
+        o.ns.assign(t.ns);
+        o.id.assign(t.id);
+        o.key = t.key;
+        o.until = cw->loop->now_ms() + lock_ttl;
+        send_abandon(std::move(o));
+    } catch (...) {
+    }
 }
 
 bool cache_invalidation_pending(std::string_view ns, std::string_view id) noexcept {

@@ -356,6 +356,7 @@ ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
             worker->client->add_script(redis::cache_lookup_script());
             worker->client->add_script(redis::cache_store_script());
             worker->client->add_script(redis::cache_release_script());
+            worker->client->add_script(redis::cache_abandon_script());
             worker->client->add_script(redis::cache_invalidate_script());
             cache_worker_init(cycle, mcf, worker->loop);
         }

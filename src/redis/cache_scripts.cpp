@@ -119,6 +119,32 @@ end
 return 0
 )lua";
 
+constexpr std::string_view lua_abandon = R"lua(
+local E = 'ERR throttle cache abandon: '
+if #KEYS ~= 2 or #ARGV ~= 5 then
+  return redis.error_reply(E .. 'expected 2 keys and 5 arguments')
+end
+local prefix, ns, id, hex, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local tag = prefix .. '{' .. ns .. ':' .. id .. '}'
+if KEYS[1] ~= tag .. ':g' or KEYS[2] ~= prefix .. '{' .. ns .. '}:g' then
+  return redis.error_reply(E .. 'keys are not the generation keys of prefix, namespace, id')
+end
+if #hex ~= 64 or find(hex, '[^0-9a-f]') then
+  return redis.error_reply(E .. 'the key is not 64 lowercase hex digits')
+end
+if #channel == 0 then
+  return redis.error_reply(E .. 'empty channel')
+end
+local _, ns_text = gen(KEYS[2])
+local _, user_text = gen(KEYS[1])
+local ek = tag .. ':e:' .. ns_text .. '.' .. user_text .. ':' .. hex
+local released = redis.call('DEL', ek .. ':l')
+if redis.call('DEL', ek .. ':w') == 1 then
+  redis.call('PUBLISH', channel, '0' .. ek)
+end
+return released
+)lua";
+
 constexpr std::string_view lua_invalidate = R"lua(
 local n = #KEYS
 local gttl = int(ARGV[1])
@@ -204,6 +230,11 @@ const Script& cache_store_script() {
 
 const Script& cache_release_script() {
     static const Script* script = new Script(source_of(lua_release));
+    return *script;
+}
+
+const Script& cache_abandon_script() {
+    static const Script* script = new Script(source_of(lua_abandon));
     return *script;
 }
 
@@ -339,6 +370,35 @@ bool build_cache_release_args(const CacheTarget& t, const core::cache::Generatio
         out.clear();
         return false;
     }
+    return true;
+}
+
+bool build_cache_abandon_args(const CacheTarget& t, std::string_view channel,
+                              EvalArgs& out) noexcept {
+    out.clear();
+    if (!core::cache::valid_namespace(t.ns) || channel.empty()) {
+        return false;
+    }
+    try {
+        out.add_key(core::cache::generation_key(t.prefix, t.ns, t.id));
+        out.add_key(core::cache::namespace_generation_key(t.prefix, t.ns));
+        out.add_arg(t.prefix);
+        out.add_arg(t.ns);
+        out.add_arg(t.id);
+        out.add_arg(core::cache::digest_hex(t.key));
+        out.add_arg(channel);
+    } catch (...) {
+        out.clear();
+        return false;
+    }
+    return true;
+}
+
+bool parse_cache_abandon_reply(const Reply& reply, bool& released) noexcept {
+    if (reply.type != Reply::Type::Integer || (reply.integer != 0 && reply.integer != 1)) {
+        return false;
+    }
+    released = reply.integer == 1;
     return true;
 }
 

@@ -110,6 +110,7 @@ struct CacheTarget {
 const Script& cache_lookup_script();
 const Script& cache_store_script();
 const Script& cache_release_script();
+const Script& cache_abandon_script();
 const Script& cache_invalidate_script();
 
 // ---- LOOKUP ----
@@ -179,6 +180,19 @@ bool build_cache_release_args(const CacheTarget& t, const core::cache::Generatio
 bool parse_cache_release_reply(const Reply& reply, bool& had_waiters) noexcept;
 
 // ---- wake-up messages ----
+
+// ---- ABANDON ----
+// A LOOKUP that wanted the fill lock got no answer (timeout, connection lost): Redis may still
+// have run it and taken the lock for a filler that will never fill. ABANDON recomputes E from
+// the current generations (as LOOKUP does), DELs E":l" whoever holds it, and wakes marked
+// waiters with "0"+E (they go upstream). Releasing a lock another request legitimately holds
+// only lets a second fill happen; leaving an orphan lock would make every request for the key
+// wait throttle_cache_lock_timeout.
+//   KEYS = generation_key(PREFIX, NS, ID), namespace_generation_key(PREFIX, NS)
+//   ARGV = PREFIX, NS, ID, KEYHEX, channel     Reply: 1 if a lock was deleted, else 0.
+bool build_cache_abandon_args(const CacheTarget& t, std::string_view channel,
+                              EvalArgs& out) noexcept;
+bool parse_cache_abandon_reply(const Reply& reply, bool& released) noexcept;
 
 // The pub/sub channel STORE and RELEASE publish on: prefix "cache:filled". May throw
 // std::bad_alloc.

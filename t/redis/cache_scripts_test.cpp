@@ -768,6 +768,46 @@ TEST_F(RedisCacheScriptsTest, ReleaseDropsLockAndWakesOnlyMarkedWaiters) {
     EXPECT_EQ(ctl->run({"EXISTS", cc::fill_lock_key(e)}), "0");
 }
 
+// A lookup whose reply never came may have taken the lock: ABANDON finds the entry key from
+// the current generations, drops the lock and wakes marked waiters.
+TEST_F(RedisCacheScriptsTest, AbandonDropsAnOrphanLockAndWakesWaiters) {
+    const std::string ch = cache_fill_channel("tc:");
+    Listener listener(server->port(), ch);
+    ASSERT_TRUE(listener.ok());
+    const CacheTarget t = target("tc:", "review", user_a, "/orphan/");
+    auto abandon = [&](const CacheTarget& x) {
+        EvalArgs a;
+        EXPECT_TRUE(build_cache_abandon_args(x, ch, a));
+        Reply r = eval(cache_abandon_script(), a);
+        bool released = false;
+        EXPECT_TRUE(parse_cache_abandon_reply(r, released)) << to_string(r.type) << " " << r.str;
+        return released;
+    };
+    EXPECT_FALSE(abandon(t));  // no lock: nothing to do, nothing published
+    ctl->run({"PUBLISH", ch, "marker 1"});
+    EXPECT_EQ(listener.next(), "marker 1");
+
+    ASSERT_TRUE(lookup(t, true).lock_taken);  // the orphan
+    invalidate("tc:", "anon", {"review"});    // another user's generation: same E for user_a
+    CacheLookup waiter = lookup(t, true);
+    ASSERT_FALSE(waiter.lock_taken);
+    const std::string e = cache_entry_key(t, waiter.generation());
+    EXPECT_TRUE(abandon(t));
+    EXPECT_EQ(listener.next(), "0" + e);
+    EXPECT_EQ(ctl->run({"EXISTS", cc::fill_lock_key(e)}), "0");
+    EXPECT_TRUE(lookup(t, true).lock_taken);  // free for the next filler
+
+    // Under moved generations the orphan's E is not the current one: nothing current to drop.
+    invalidate("tc:", user_a, {"review"});
+    EXPECT_FALSE(abandon(t));
+
+    EvalArgs bad;
+    EXPECT_FALSE(build_cache_abandon_args(t, "", bad));
+    CacheTarget badns = t;
+    badns.ns = "a:b";
+    EXPECT_FALSE(build_cache_abandon_args(badns, ch, bad));
+}
+
 // The Lua entry key is core::cache::entry_key() byte for byte: an entry SET under the C++ key
 // is what the lookup finds, and the lock the lookup takes is at fill_lock_key() of it.
 TEST_F(RedisCacheScriptsTest, LuaEntryKeyIsCoreEntryKey) {
