@@ -884,3 +884,13 @@ if [[ -n $OUT ]]; then
     cp "$tmp/results.txt" "$OUT"
     say "table written to $OUT"
 fi
+
+# `make bench` goes on with the response-cache benchmark (bench/cache.sh) once
+# this run's nginx and redis-server are stopped; BENCH_CACHE=1 runs it after a
+# plain `bash bench/run.sh` too, BENCH_CACHE=0 never.
+if [[ ${BENCH_CACHE:-${MAKELEVEL:+1}} == 1 ]]; then
+    for pid in "${nginx_pids[@]}" "${extra_pids[@]}"; do
+        if kill -TERM "$pid" 2>/dev/null; then wait "$pid" 2>/dev/null || true; fi
+    done
+    bash "$here/cache.sh"
+fi

@@ -1,0 +1,712 @@
+#!/usr/bin/env bash
+# nginx variables in single-quoted config lines are meant literally:
+# shellcheck disable=SC2016
+# bench/cache.sh: what a response-cache hit of ngx_http_throttle_module costs.
+#
+# One nginx binary, these scenarios on their own loopback ports, all answering
+# GET /api/items?sort=name&page=2 (Cookie: sessionid=...) with the same ~2 KB
+# JSON file (application/json):
+#   upstream     proxy_pass (keepalive) to the "origin": a second server block of
+#                the same nginx that serves the file -- what a miss costs at least
+#   static       nginx serving the file itself -- "close to a static file"
+#   throttle     throttle_cache + throttle_cache_user $cookie_sessionid +
+#                throttle_cache_valid 200 1h in front of the same origin; warmed,
+#                every measured request is a HIT. The entry is stored gzip'd (the
+#                default, >= 1k) and wrk sends no Accept-Encoding: inflated per hit
+#   throttle_gz  the same, the client sends Accept-Encoding: gzip (as browsers do):
+#                the stored gzip body is sent as it is
+#   throttle_plain  (not in the default set) as throttle with
+#                throttle_cache_gzip_min_length 100m: stored and sent uncompressed
+#   lua          the OpenResty peer (Debian's libnginx-mod-http-lua + lua-resty-redis,
+#                own nginx instance): cache-aside in content_by_lua (bench/cache_peer.lua),
+#                GET per request, SET EX on a miss; warmed, every request is a hit
+# wrk runs against each in interleaved rounds; medians of req/s, p50 and p99 are
+# printed with the ratios throttle/lua and throttle_gz/lua (goal >= 2x), throttle/static,
+# throttle/upstream, CPU and Redis commands per request, and the origin's request
+# count during the hit scenarios (must stay 0). Then Redis bytes per entry:
+# a ~2 KB and a ~20 KB JSON stored with the default gzip (>= 1k) and with
+# throttle_cache_gzip_min_length 100m (MEMORY USAGE and STRLEN of the entry keys).
+#
+# `make bench` runs it after bench/run.sh; alone: bash bench/cache.sh.
+# Knobs (environment):
+#   BENCH_CACHE_SCENARIOS   scenarios, in order           (upstream static throttle throttle_gz lua)
+#   BENCH_WORKERS           nginx worker_processes        (1)
+#   BENCH_THREADS           wrk -t                        (1)
+#   BENCH_CONNECTIONS       wrk -c                        (32)
+#   BENCH_CACHE_DURATION    wrk -d per measurement        (8s)
+#   BENCH_WARMUP            wrk -d warm-up per scenario   (1s; 0 to skip)
+#   BENCH_ROUNDS            interleaved rounds            (3)
+#   BENCH_CACHE_BODY_BYTES  size of the JSON body, about  (2048)
+#   BENCH_MODULE            module path                   (<repo>/build/ngx_http_throttle_module.so)
+#   BENCH_NGINX             nginx binary                  (/usr/sbin/nginx)
+#   BENCH_CACHE_OUT         also write the result table to this file
+#   BENCH_KEEP=1            keep the temp directory (configs, logs, raw wrk output)
+# Missing Debian packages (wrk, curl, redis-server, libnginx-mod-http-lua,
+# lua-nginx-redis, lua-resty-core) are installed with apt-get when run as root.
+# All traffic goes to 127.0.0.1: nginx and a redis-server started on a free port.
+
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+
+NGINX=${BENCH_NGINX:-/usr/sbin/nginx}
+MODULE=${BENCH_MODULE:-$root/build/ngx_http_throttle_module.so}
+SCENARIOS=${BENCH_CACHE_SCENARIOS:-upstream static throttle throttle_gz lua}
+WORKERS=${BENCH_WORKERS:-1}
+THREADS=${BENCH_THREADS:-1}
+CONNECTIONS=${BENCH_CONNECTIONS:-32}
+DURATION=${BENCH_CACHE_DURATION:-8s}
+WARMUP=${BENCH_WARMUP:-1s}
+ROUNDS=${BENCH_ROUNDS:-3}
+BODY_BYTES=${BENCH_CACHE_BODY_BYTES:-2048}
+OUT=${BENCH_CACHE_OUT:-}
+KEEP=${BENCH_KEEP:-0}
+
+SESSION='sessionid=b3f1c0de5eed4a11'
+REQ_PATH='/api/items?sort=name&page=2'
+GOAL_LUA=2 # throttle/lua req/s
+
+die() {
+    printf 'bench-cache: error: %s\n' "$*" >&2
+    exit 1
+}
+say() { printf 'bench-cache: %s\n' "$*" >&2; }
+
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+
+# --------------------------------------------------------------------------
+# Helpers (as in run.sh).
+# --------------------------------------------------------------------------
+
+# free_ports N: N distinct free TCP ports on 127.0.0.1
+free_ports() {
+    perl -MIO::Socket::INET -e '
+        my @s = map { IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0,
+                                            Proto => "tcp", Listen => 1, ReuseAddr => 1)
+                      or die "bind: $!\n" } 1 .. $ARGV[0];
+        print join(" ", map { $_->sockport } @s), "\n";' "$1"
+}
+
+median() {
+    sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "nan"; exit }
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+spread() {
+    sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "nan"; exit }
+        m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+        printf "%.1f\n", (m > 0) ? (v[NR] - v[1]) * 100 / m : 0 }'
+}
+
+paired_ratios() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " ")
+        for (i = 1; i <= n; i++) printf "%s%.2f", (i > 1 ? " " : ""), (y[i] > 0 ? x[i] / y[i] : 0)
+    }'
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+
+cpu_ticks() {
+    local pid sum=0 t
+    for pid; do
+        t=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }') || t=0
+        sum=$((sum + ${t:-0}))
+    done
+    echo "$sum"
+}
+
+# parse_wrk FILE WHAT: "RPS P50_MS P99_MS REQUESTS"; fails on non-2xx or socket errors
+parse_wrk() {
+    local f=$1 what=$2
+    if grep -qE 'Non-2xx or 3xx responses|Socket errors' "$f"; then
+        cat "$f" >&2
+        die "$what: $(grep -E 'Non-2xx or 3xx responses|Socket errors' "$f" | xargs)"
+    fi
+    awk '
+        function ms(v,   unit) {
+            unit = v; sub(/^[0-9.]+/, "", unit); sub(/[a-z]+$/, "", v)
+            if (unit == "us") return v / 1000; if (unit == "ms") return v
+            if (unit == "s") return v * 1000; if (unit == "m") return v * 60000
+            bad = 1; return 0
+        }
+        /^Requests\/sec:/ { rps = $2 }
+        $1 == "50%" { p50 = ms($2) }
+        $1 == "99%" { p99 = ms($2) }
+        / requests in / { n = $1 }
+        END {
+            if (rps == "" || p50 == "" || p99 == "" || n == "" || n == 0 || bad) exit 1
+            printf "%s %.3f %.3f %s\n", rps, p50, p99, n
+        }' "$f" || {
+        cat "$f" >&2
+        die "$what: could not read requests/s and latencies from wrk's output"
+    }
+}
+
+# --------------------------------------------------------------------------
+# Checks, packages.
+# --------------------------------------------------------------------------
+
+for n in WORKERS THREADS CONNECTIONS ROUNDS BODY_BYTES; do
+    if ! is_uint "${!n}" || ((${!n} == 0)); then
+        die "BENCH_$n must be a positive integer, not \"${!n}\""
+    fi
+done
+[[ $DURATION =~ ^[1-9][0-9]*[smh]?$ ]] || die "BENCH_CACHE_DURATION must look like 8s, not \"$DURATION\""
+[[ $WARMUP =~ ^[0-9]+[smh]?$ ]] || die "BENCH_WARMUP must look like 1s or 0, not \"$WARMUP\""
+((CONNECTIONS >= THREADS)) || die "BENCH_CONNECTIONS must be >= BENCH_THREADS"
+
+known='upstream static throttle throttle_gz throttle_plain lua'
+read -r -a scenarios <<<"$SCENARIOS"
+((${#scenarios[@]})) || die "BENCH_CACHE_SCENARIOS is empty"
+declare -A seen=()
+for s in "${scenarios[@]}"; do
+    [[ " $known " == *" $s "* ]] || die "unknown scenario \"$s\" (known: $known)"
+    [[ -z ${seen[$s]:-} ]] || die "scenario \"$s\" is listed twice"
+    seen[$s]=1
+done
+want_lua=${seen[lua]:-}
+
+packages=(wrk curl redis-server)
+[[ -z $want_lua ]] || packages+=(libnginx-mod-http-lua lua-nginx-redis lua-resty-core)
+missing=()
+for p in "${packages[@]}"; do
+    if command -v dpkg-query >/dev/null; then
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    elif [[ $p == wrk || $p == curl ]]; then
+        command -v "$p" >/dev/null || missing+=("$p")
+    fi
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        say "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >&2 || true
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 ||
+            die "could not install ${missing[*]}"
+    else
+        die "missing ${missing[*]} (apt-get install ${missing[*]})"
+    fi
+fi
+[[ -x $NGINX ]] || die "nginx not found at $NGINX (apt-get install nginx, or set BENCH_NGINX)"
+[[ -r $MODULE ]] || die "module not found: $MODULE (build it with \`make\`)"
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    die "redis-server and redis-cli are needed (apt-get install redis-server)"
+fi
+LUA_MODULES=(/usr/lib/nginx/modules/ndk_http_module.so /usr/lib/nginx/modules/ngx_http_lua_module.so)
+if [[ -n $want_lua ]]; then
+    for f in "${LUA_MODULES[@]}" /usr/share/lua/5.1/nginx/redis.lua /usr/share/lua/5.1/resty/core.lua; do
+        [[ -r $f ]] || die "$f not found (apt-get install libnginx-mod-http-lua lua-nginx-redis lua-resty-core)"
+    done
+fi
+
+# --------------------------------------------------------------------------
+# Temp dir, cleanup: every process started here is stopped on exit.
+# --------------------------------------------------------------------------
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/throttle-bench-cache.XXXXXX")
+pids=()
+cleanup() {
+    local rc=$? pid i
+    trap - EXIT INT TERM
+    for pid in "${pids[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || continue
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ $KEEP == 1 ]]; then say "kept $tmp"; else rm -rf "$tmp"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# The module is copied: a rebuild of build/*.so during the run cannot pull it
+# out from under nginx, and the table names the exact binary measured.
+module=$tmp/$(basename "$MODULE")
+cp "$MODULE" "$module"
+module_info="$MODULE (built $(stat -c %y "$MODULE" | cut -d. -f1), sha256 $(sha256sum "$module" | cut -c1-12))"
+
+# --------------------------------------------------------------------------
+# redis-server, no persistence.
+# --------------------------------------------------------------------------
+
+read -r redis_port <<<"$(free_ports 1)"
+mkdir -p "$tmp/redis"
+redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
+    --dir "$tmp/redis" --logfile "$tmp/redis/redis.log" --daemonize no </dev/null &
+redis_pid=$!
+pids+=("$redis_pid")
+rcli() { redis-cli -h 127.0.0.1 -p "$redis_port" "$@"; }
+for ((i = 0; i < 100; i++)); do
+    [[ $(rcli ping 2>/dev/null) == PONG ]] && break
+    kill -0 "$redis_pid" 2>/dev/null || { cat "$tmp/redis/redis.log" >&2; die "redis-server exited"; }
+    sleep 0.05
+done
+[[ $(rcli ping 2>/dev/null) == PONG ]] || die "redis-server on port $redis_port does not answer"
+redis_version=$(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')
+
+redis_snapshot() {
+    rcli info everything | tr -d '\r' | awk -F'[:,=]' '
+        /^cmdstat_/ { sub(/^cmdstat_/, "", $1); print $1, $3 }' >"$1"
+}
+redis_delta() {
+    awk 'NR == FNR { b[$1] = $2; next } $1 != "info" && $2 - b[$1] > 0 { print $1, $2 - b[$1] }' "$1" "$2"
+}
+
+# --------------------------------------------------------------------------
+# The JSON bodies: an API-like list of items, deterministic, about N bytes.
+# --------------------------------------------------------------------------
+
+make_json() { # make_json BYTES
+    perl -e '
+        srand(7);
+        my @w = qw(alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima
+                   mike november oscar papa quebec romeo sierra tango uniform victor whiskey);
+        my ($target, @items, $s) = ($ARGV[0]);
+        do {
+            push @items, sprintf(q({"id":%d,"sku":"%08x","name":"%s %s","price":%.2f,) .
+                q("stock":%d,"tags":["%s","%s"],"updated":"2026-11-%02dT%02d:%02d:00Z"}),
+                scalar(@items) + 1, int(rand(2**32)), $w[rand @w], $w[rand @w], rand(500),
+                int(rand(1000)), $w[rand @w], $w[rand @w], 1 + int(rand(28)), int(rand(24)),
+                int(rand(60)));
+            $s = sprintf(q({"page":2,"per_page":%d,"items":[%s]}), scalar(@items), join(",", @items));
+        } while (length($s) < $target);
+        print $s, "\n";' "$1"
+}
+mkdir -p "$tmp/html/api"
+make_json "$BODY_BYTES" >"$tmp/html/api/items.json"
+make_json 20480 >"$tmp/html/api/items20k.json"
+body_bytes=$(wc -c <"$tmp/html/api/items.json")
+gz_bytes=$(gzip -6 -c "$tmp/html/api/items.json" | wc -c)
+
+# --------------------------------------------------------------------------
+# nginx configs. Ports: the origin's two listeners (one for the "upstream"
+# scenario, one only the caches use on a miss: its access log counts those),
+# and one per scenario.
+# --------------------------------------------------------------------------
+
+read -r p_origin p_origin_cache p_upstream p_static p_throttle p_plain p_lua <<<"$(free_ports 7)"
+declare -A port=([upstream]=$p_upstream [static]=$p_static [throttle]=$p_throttle
+    [throttle_gz]=$p_throttle [throttle_plain]=$p_plain [lua]=$p_lua)
+declare -A instance_of=([upstream]=main [static]=main [throttle]=main [throttle_gz]=main
+    [throttle_plain]=main [lua]=lua)
+# request headers besides the cookie
+declare -A accept=([throttle_gz]='Accept-Encoding: gzip')
+is_cache() { [[ $1 == throttle* || $1 == lua ]]; }
+pool_size=$((CONNECTIONS > 100 ? CONNECTIONS : 100))
+origin_log=$tmp/origin-cache.log
+: >"$origin_log"
+
+conf_head() { # conf_head INSTANCE
+    mkdir -p "$tmp/tmp/$1"
+    cat <<EOF
+# generated by bench/cache.sh: nginx instance "$1"
+user root;
+daemon off;
+worker_processes $WORKERS;
+pid $tmp/nginx-$1.pid;
+error_log $tmp/error.log warn;
+EOF
+}
+conf_http_head() { # conf_http_head INSTANCE
+    local t
+    echo "events { worker_connections $((CONNECTIONS * 4 + 512)); }"
+    echo "http {"
+    echo "    access_log off;"
+    echo "    default_type application/octet-stream;"
+    echo "    types { application/json json; }"
+    for t in client_body proxy fastcgi uwsgi scgi; do
+        echo "    ${t}_temp_path $tmp/tmp/$1/$t;"
+    done
+    echo "    upstream origin_cache { server 127.0.0.1:$p_origin_cache; keepalive 64; }"
+}
+
+{
+    conf_head main
+    echo "load_module $module;"
+    conf_http_head main
+    cat <<EOF
+    upstream origin { server 127.0.0.1:$p_origin; keepalive 64; }
+    log_format origin '\$request';
+    map \$server_port \$origin_logged { $p_origin_cache 1; default 0; }
+
+    throttle_redis 127.0.0.1:$redis_port;
+    throttle_cache_secret "bench-cache-secret-0123456789abcdef";
+
+    server {  # the origin: a fast upstream, nginx serving the JSON files
+        listen 127.0.0.1:$p_origin;
+        listen 127.0.0.1:$p_origin_cache;
+        access_log $origin_log origin if=\$origin_logged;
+        root $tmp/html;
+        location = /api/items { try_files /api/items.json =404; }
+        location = /api/items20k { try_files /api/items20k.json =404; }
+    }
+
+    server {  # upstream: proxy_pass alone
+        listen 127.0.0.1:$p_upstream;
+        location /api/ {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+
+    server {  # static: the file itself
+        listen 127.0.0.1:$p_static;
+        root $tmp/html;
+        location = /api/items { try_files /api/items.json =404; }
+    }
+
+    server {  # throttle_plain: the same, entries stored uncompressed
+        listen 127.0.0.1:$p_plain;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        add_header X-Cache \$throttle_cache_status always;
+        throttle_cache_user \$cookie_sessionid;
+        throttle_cache_valid 200 1h;
+        throttle_cache_gzip_min_length 100m;
+        location /api/ {
+            throttle_cache bench_plain;
+            proxy_pass http://origin_cache;
+        }
+    }
+
+    server {  # throttle, throttle_gz: the response cache in front of the origin
+        listen 127.0.0.1:$p_throttle;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        add_header X-Cache \$throttle_cache_status always;
+        throttle_cache_user \$cookie_sessionid;
+        throttle_cache_valid 200 1h;
+        location /api/ {
+            throttle_cache bench;
+            proxy_pass http://origin_cache;
+        }
+EOF
+    # entry sizes: default compression (gzip >= 1k) and none, one namespace each
+    for item in items items20k; do
+        cat <<EOF
+        location = /sizes/gz/$item {
+            throttle_cache size_gz_$item;
+            proxy_pass http://origin_cache/api/$item;
+        }
+        location = /sizes/plain/$item {
+            throttle_cache size_plain_$item;
+            throttle_cache_gzip_min_length 100m;
+            proxy_pass http://origin_cache/api/$item;
+        }
+EOF
+    done
+    echo "    }"
+    echo "}"
+} >"$tmp/nginx-main.conf"
+
+if [[ -n $want_lua ]]; then
+    sed -e "s/%%REDIS_PORT%%/$redis_port/" -e "s/%%POOL_SIZE%%/$pool_size/" \
+        "$here/cache_peer.lua" >"$tmp/cache_peer.lua"
+    {
+        conf_head lua
+        for f in "${LUA_MODULES[@]}"; do echo "load_module $f;"; done
+        conf_http_head lua
+        cat <<EOF
+    lua_package_path "/usr/share/lua/5.1/?.lua;;";
+
+    server {  # lua: cache-aside in content_by_lua, lua-resty-redis
+        listen 127.0.0.1:$p_lua;
+        location /api/ {
+            content_by_lua_file $tmp/cache_peer.lua;
+        }
+        location /_origin/ {
+            internal;
+            rewrite ^/_origin(/.*)\$ \$1 break;
+            proxy_pass http://origin_cache;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    } >"$tmp/nginx-lua.conf"
+fi
+
+instances=(main)
+[[ -z $want_lua ]] || instances+=(lua)
+declare -A nginx_pid_of=()
+for inst in "${instances[@]}"; do
+    conf=$tmp/nginx-$inst.conf
+    "$NGINX" -t -q -p "$tmp/" -e "$tmp/error.log" -c "$conf" 2>"$tmp/nginx-t.err" || {
+        cat "$tmp/nginx-t.err" >&2
+        cat -n "$conf" >&2
+        die "nginx -t failed on the generated config (above)"
+    }
+    "$NGINX" -p "$tmp/" -e "$tmp/error.log" -c "$conf" </dev/null >>"$tmp/nginx.stderr" 2>&1 &
+    nginx_pid_of[$inst]=$!
+    pids+=("$!")
+done
+
+url() { echo "http://127.0.0.1:${port[$1]}$REQ_PATH"; }
+
+# get NAME URL: GET with the session cookie; headers to $tmp/h.NAME, body to
+# $tmp/b.NAME; prints the status code
+get() {
+    curl -s -H "Cookie: $SESSION" ${accept[$1]:+-H "${accept[$1]}"} -D "$tmp/h.$1" -o "$tmp/b.$1" \
+        -w '%{http_code}' "$2" || true
+}
+# same_body NAME: the body is the JSON file (gunzipped if it came gzip'd)
+same_body() {
+    if tr -d '\r' <"$tmp/h.$1" | grep -qi '^content-encoding: *gzip'; then
+        gzip -dc <"$tmp/b.$1" | cmp -s - "$tmp/html/api/items.json"
+    else
+        cmp -s "$tmp/b.$1" "$tmp/html/api/items.json"
+    fi
+}
+xcache() { tr -d '\r' <"$tmp/h.$1" | awk 'tolower($1) == "x-cache:" { print $2 }'; }
+
+# Every scenario answers 200 with the file; the caches are warmed (MISS, then HIT).
+for s in "${scenarios[@]}"; do
+    code=000
+    for ((i = 0; i < 200; i++)); do
+        kill -0 "${nginx_pid_of[${instance_of[$s]}]}" 2>/dev/null || {
+            cat "$tmp/nginx.stderr" "$tmp/error.log" >&2 2>/dev/null || true
+            die "nginx exited during startup"
+        }
+        code=$(get "$s" "$(url "$s")")
+        [[ $code == 000 ]] || break
+        sleep 0.05
+    done
+    [[ $code == 200 ]] || {
+        cat "$tmp/h.$s" "$tmp/error.log" >&2 2>/dev/null || true
+        die "$s: GET $(url "$s") answered $code"
+    }
+    same_body "$s" || die "$s: the body is not the JSON file"
+    if is_cache "$s"; then
+        for ((i = 0; i < 100; i++)); do
+            get "$s" "$(url "$s")" >/dev/null
+            [[ $(xcache "$s") == HIT ]] && break
+            sleep 0.02
+        done
+        [[ $(xcache "$s") == HIT ]] || { cat "$tmp/h.$s" >&2; die "$s: never answered X-Cache: HIT"; }
+        same_body "$s" || die "$s: the HIT body is not the JSON file"
+        if [[ $s == throttle_gz ]] && ! grep -qi '^content-encoding: *gzip' <(tr -d '\r' <"$tmp/h.$s"); then
+            die "throttle_gz: the hit was not sent gzip'd"
+        fi
+        tr -d '\r' <"$tmp/h.$s" >"$tmp/sample.$s"
+    fi
+done
+
+# --------------------------------------------------------------------------
+# Measure.
+# --------------------------------------------------------------------------
+
+run_wrk() { # run_wrk OUTFILE DURATION SCENARIO
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$2" --latency -H "Cookie: $SESSION" \
+        ${accept[$3]:+-H "${accept[$3]}"} "$(url "$3")" >"$1" 2>&1 ||
+        { cat "$1" >&2; die "$3: wrk failed"; }
+}
+origin_count() { wc -l <"$origin_log"; }
+
+if [[ ! $WARMUP =~ ^0+[smh]?$ ]]; then
+    say "warm-up: $WARMUP per scenario"
+    for s in "${scenarios[@]}"; do
+        run_wrk "$tmp/wrk.$s.warmup" "$WARMUP" "$s"
+        parse_wrk "$tmp/wrk.$s.warmup" "$s (warm-up)" >/dev/null
+    done
+fi
+
+load_before=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')
+clk_tck=$(getconf CLK_TCK 2>/dev/null || echo 100)
+declare -A rps_all=() p50_all=() p99_all=() requests=() cpu_nginx=() cpu_redis=() origin_hits=()
+ns=${#scenarios[@]}
+for ((r = 1; r <= ROUNDS; r++)); do
+    order=()
+    for ((i = 0; i < ns; i++)); do order+=("${scenarios[$(((i + r - 1) % ns))]}"); done
+    say "round $r/$ROUNDS: ${order[*]}"
+    for s in "${order[@]}"; do
+        f=$tmp/wrk.$s.$r
+        read -r -a workers <<<"$(pgrep -P "${nginx_pid_of[${instance_of[$s]}]}" | xargs)"
+        redis_snapshot "$f.redis-before"
+        o0=$(origin_count)
+        ng0=$(cpu_ticks "${workers[@]}") rd0=$(cpu_ticks "$redis_pid")
+        run_wrk "$f" "$DURATION" "$s"
+        ng1=$(cpu_ticks "${workers[@]}") rd1=$(cpu_ticks "$redis_pid")
+        o1=$(origin_count)
+        redis_snapshot "$f.redis-after"
+        read -r rps p50 p99 n <<<"$(parse_wrk "$f" "$s (round $r)")"
+        requests[$s]=$((${requests[$s]:-0} + n))
+        cpu_nginx[$s]=$((${cpu_nginx[$s]:-0} + ng1 - ng0))
+        cpu_redis[$s]=$((${cpu_redis[$s]:-0} + rd1 - rd0))
+        origin_hits[$s]=$((${origin_hits[$s]:-0} + o1 - o0))
+        redis_delta "$f.redis-before" "$f.redis-after" >>"$tmp/redis-calls.$s"
+        echo "requests $n" >>"$tmp/redis-calls.$s"
+        say "  $(printf '%-14s %9.0f req/s  p50 %6.3f ms  p99 %6.3f ms  origin +%d' "$s" "$rps" "$p50" "$p99" $((o1 - o0)))"
+        rps_all[$s]+="$rps "
+        p50_all[$s]+="$p50 "
+        p99_all[$s]+="$p99 "
+    done
+done
+
+if grep -E '\[(error|crit|alert|emerg)\]' "$tmp/error.log" >"$tmp/error.bad"; then
+    head -20 "$tmp/error.bad" >&2
+    die "nginx logged errors during the run (first lines above)"
+fi
+for s in "${scenarios[@]}"; do
+    is_cache "$s" || continue
+    # every measured request must have been a hit: the origin saw (about) none
+    ((${origin_hits[$s]} * 1000 <= ${requests[$s]})) ||
+        die "$s: the origin served ${origin_hits[$s]} of ${requests[$s]} requests: not all hits"
+done
+
+# --------------------------------------------------------------------------
+# Redis bytes per entry, with and without compression.
+# --------------------------------------------------------------------------
+
+# entry_key NAMESPACE: the entry key of this namespace (waits for the store)
+entry_key() {
+    local k i
+    for ((i = 0; i < 100; i++)); do
+        k=$(rcli --scan --pattern "throttle:cache:{$1:*}:e:*" | grep -vE ':[lw]$' | head -1 || true)
+        [[ -n $k ]] && { echo "$k"; return 0; }
+        sleep 0.02
+    done
+    die "no entry key for namespace $1 in Redis"
+}
+sizes=''
+size_row() { # size_row LABEL BODY_BYTES KEY
+    local mem len
+    mem=$(rcli memory usage "$3")
+    len=$(rcli strlen "$3")
+    sizes+=$(printf '  %-46s %7s %8s %8s' "$1" "$2" "$mem" "$len")$'\n'
+}
+for item in items items20k; do
+    b=$(wc -c <"$tmp/html/api/$item.json")
+    for mode in gz plain; do
+        code=$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $SESSION" \
+            "http://127.0.0.1:$p_throttle/sizes/$mode/$item")
+        [[ $code == 200 ]] || die "GET /sizes/$mode/$item answered $code"
+        if [[ $mode == gz ]]; then label="throttle, default (gzip >= 1k)"; else label="throttle, gzip_min_length 100m"; fi
+        size_row "$label" "$b" "$(entry_key "size_${mode}_$item")"
+    done
+done
+if [[ -n $want_lua ]]; then
+    lua_key=$(rcli --scan --pattern 'luacache:*' | head -1)
+    [[ -z $lua_key ]] || size_row "lua peer (content type + body)" "$body_bytes" "$lua_key"
+fi
+
+# --------------------------------------------------------------------------
+# Report.
+# --------------------------------------------------------------------------
+
+declare -A rps_med=() p50_med=() p99_med=() rps_spread=()
+for s in "${scenarios[@]}"; do
+    rps_med[$s]=$(tr ' ' '\n' <<<"${rps_all[$s]}" | grep . | median)
+    p50_med[$s]=$(tr ' ' '\n' <<<"${p50_all[$s]}" | grep . | median)
+    p99_med[$s]=$(tr ' ' '\n' <<<"${p99_all[$s]}" | grep . | median)
+    rps_spread[$s]=$(tr ' ' '\n' <<<"${rps_all[$s]}" | grep . | spread)
+done
+
+describe() {
+    case $1 in
+    upstream) echo "proxy_pass (keepalive 64) to the origin, a second server block of the same nginx serving the JSON file" ;;
+    static) echo "the same nginx serving the JSON file directly (try_files)" ;;
+    throttle) echo "throttle_cache bench; throttle_cache_user \$cookie_sessionid; throttle_cache_valid 200 1h; proxy_pass to the origin; add_header X-Cache \$throttle_cache_status; entry stored gzip'd (default gzip_min_length 1k), inflated for this client" ;;
+    throttle_gz) echo "the same location, the client sends Accept-Encoding: gzip: the stored gzip body is sent as it is (its Content-Length in the sample below)" ;;
+    throttle_plain) echo "as throttle, plus throttle_cache_gzip_min_length 100m: entry stored uncompressed, nothing to inflate" ;;
+    lua) echo "content_by_lua_file bench/cache_peer.lua: md5(cookie, uri, sorted args) -> GET (set_keepalive 60s, pool $pool_size); miss: location.capture + SET EX (libnginx-mod-http-lua $(dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null || echo '?'), own nginx instance)" ;;
+    esac
+}
+
+cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
+nginx_version=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')
+wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
+
+{
+    echo "ngx_http_throttle_module response-cache benchmark ($(date -u '+%Y-%m-%d %H:%M UTC'))"
+    echo "machine: nproc=$(nproc)${cpu_model:+ ($cpu_model)}, $(uname -sr), $nginx_version, wrk $wrk_version"
+    echo "load:    $load_before (1/5/15-min load average before measuring)"
+    echo "nginx:   worker_processes $WORKERS in every instance, not pinned, access_log off; body $body_bytes bytes of JSON ($gz_bytes gzip'd)"
+    echo "module:  $module_info"
+    echo "redis:   redis-server $redis_version on 127.0.0.1:$redis_port, --save '' --appendonly no, not pinned"
+    echo "wrk:     wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency -H 'Cookie: $SESSION' 'http://127.0.0.1:PORT$REQ_PATH'"
+    echo "         (one user; no Accept-Encoding, so every scenario sends the same $body_bytes-byte body,"
+    echo "         except throttle_gz: wrk ... -H 'Accept-Encoding: gzip', answered with the stored gzip body)"
+    echo "method:  ${WARMUP/#0/no} warm-up per scenario, $ROUNDS interleaved round(s) of $DURATION each, median per scenario"
+    echo
+    printf '%-14s %8s %7s %7s %7s %9s %9s %9s %6s\n' scenario 'req/s' 'p50 ms' 'p99 ms' spread \
+        'nginx us' 'redis us' 'total us' 'trips'
+    for s in "${scenarios[@]}"; do
+        # trips: commands nginx sent (EVALSHA for a script; the GETs it runs inside do not count)
+        trips=$(awk '$1 == "requests" { n += $2; next } { c += $2 }
+            $1 ~ /^eval/ { e += $2 } END { printf "%.2f", n ? (e ? e : c) / n : 0 }' "$tmp/redis-calls.$s")
+        awk -v s="$s" -v rps="${rps_med[$s]}" -v p50="${p50_med[$s]}" -v p99="${p99_med[$s]}" \
+            -v sp="${rps_spread[$s]}" -v n="${requests[$s]}" -v a="${cpu_nginx[$s]}" \
+            -v b="${cpu_redis[$s]}" -v hz="$clk_tck" -v trips="$trips" 'BEGIN {
+                x = a * 1e6 / hz / n; y = b * 1e6 / hz / n
+                printf "%-14s %8.0f %7.3f %7.3f %6s%% %9.2f %9.2f %9.2f %6s\n", s, rps, p50, p99, sp,
+                    x, y, x + y, trips }'
+    done
+    echo
+    for pair in "throttle lua" "throttle static" "throttle upstream" "throttle_gz lua" "throttle_gz static" \
+        "throttle_gz throttle" "throttle_plain lua" "throttle_plain throttle" "lua static" "lua upstream" \
+        "static upstream"; do
+        read -r a b <<<"$pair"
+        [[ -n ${seen[$a]:-} && -n ${seen[$b]:-} ]] || continue
+        line="$a/$b = $(ratio "${rps_med[$a]}" "${rps_med[$b]}")x req/s"
+        line+=" (round by round: $(paired_ratios "${rps_all[$a]}" "${rps_all[$b]}"))"
+        line+=", p50 $(ratio "${p50_med[$a]}" "${p50_med[$b]}")x, p99 $(ratio "${p99_med[$a]}" "${p99_med[$b]}")x"
+        if [[ $b == lua && $a == throttle* ]]; then
+            x=$(ratio "${rps_med[$a]}" "${rps_med[$b]}")
+            line+=$(awk -v x="$x" -v g="$GOAL_LUA" 'BEGIN { printf "; goal >= %.2fx: %s", g, (x >= g) ? "met" : "NOT met" }')
+        fi
+        echo "$line"
+    done
+    # CPU per request moves far less than req/s on a busy machine
+    for pair in "lua throttle" "lua throttle_gz" "lua throttle_plain" "throttle static" "throttle_gz static"; do
+        read -r a b <<<"$pair"
+        [[ -n ${seen[$a]:-} && -n ${seen[$b]:-} ]] || continue
+        awk -v a="$a" -v b="$b" -v na="${requests[$a]}" -v nb="${requests[$b]}" -v hz="$clk_tck" \
+            -v ga="${cpu_nginx[$a]}" -v ra="${cpu_redis[$a]}" -v gb="${cpu_nginx[$b]}" -v rb="${cpu_redis[$b]}" 'BEGIN {
+                x = (ga + ra) * 1e6 / hz / na; y = (gb + rb) * 1e6 / hz / nb
+                u = ga * 1e6 / hz / na; v = gb * 1e6 / hz / nb
+                printf "CPU per request %s/%s = %.2fx nginx + redis (%.1f / %.1f us), %.2fx nginx alone\n",
+                    a, b, x / y, x, y, u / v }'
+    done
+    echo
+    for s in "${scenarios[@]}"; do
+        is_cache "$s" || continue
+        echo "$s: the origin served ${origin_hits[$s]} of ${requests[$s]} measured requests;" \
+            "redis commands per request:$(awk '$1 == "requests" { n += $2; next } { c[$1] += $2 }
+                END { for (k in c) printf " %s %.3f", k, c[k] / n }' "$tmp/redis-calls.$s")"
+        echo "  sample response: $(grep -iE '^(HTTP/|x-cache|content-type|content-length|age|vary|content-encoding)' "$tmp/sample.$s" | paste -sd'|' | sed 's/|/ | /g')"
+    done
+    echo
+    echo "Redis bytes per entry (one entry per row, read after the run):"
+    printf '  %-46s %7s %8s %8s\n' 'entry' 'body B' 'MEMORY' 'STRLEN'
+    printf '%s' "$sizes"
+    echo "  MEMORY = MEMORY USAGE of the key (value, key name and Redis overhead); STRLEN = the stored value"
+    echo
+    echo "spread = (max - min) / median of req/s over the rounds; nginx us, redis us = CPU time (user +"
+    echo "system) per request of the scenario's nginx workers (the origin included) and of redis-server,"
+    echo "over all measured requests (wrk's own CPU not counted); trips = Redis commands sent per request"
+    echo "per-round req/s:"
+    for s in "${scenarios[@]}"; do
+        printf '  %-14s %s\n' "$s" "$(for x in ${rps_all[$s]}; do printf '%.0f ' "$x"; done)"
+    done
+    echo "scenarios:"
+    for s in "${scenarios[@]}"; do printf '  %-14s %s\n' "$s" "$(describe "$s")"; done
+} >"$tmp/results.txt"
+
+echo
+cat "$tmp/results.txt"
+if [[ -n $OUT ]]; then
+    mkdir -p "$(dirname "$OUT")"
+    cp "$tmp/results.txt" "$OUT"
+    say "table written to $OUT"
+fi
