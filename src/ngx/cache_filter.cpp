@@ -142,7 +142,7 @@ bool invalidate(ngx_http_request_t* r, const LocConf* lcf,
     }
     auto* mcf = static_cast<MainConf*>(
         ngx_http_get_module_main_conf(r, ngx_http_throttle_module));
-    std::string id = core::cache::identity_digest(view(mcf->cache_secret), view(identity));
+    std::string id = cache_identity(view(mcf->cache_secret), view(identity));
     std::vector<std::string> names(namespaces.begin(), namespaces.end());
     ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, 0);
     if (cln == nullptr) {

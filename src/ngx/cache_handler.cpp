@@ -107,27 +107,25 @@ bool mentions_accept_encoding(std::string_view vary) noexcept {
 // phase handler; finalizes the request.
 ngx_int_t serve(ngx_http_request_t* r, CacheRequest& cr) noexcept {
     cr.step = CacheRequest::Step::done;
-    void* mem = ngx_palloc(r->pool, sizeof(core::cache::EntryView));
-    if (mem == nullptr) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (!cr.view_valid) {
+        core::cache::DecodeLimits limits;
+        limits.max_size = cr.lcf->cache_max_size;
+        if (!core::cache::decode(*cr.entry, cr.decoded, limits)) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;  // not reached: checked when fetched
+        }
+        cr.view_valid = true;
     }
-    auto* v = new (mem) core::cache::EntryView{};
-    core::cache::DecodeLimits limits;
-    limits.max_size = cr.lcf->cache_max_size;
-    if (!core::cache::decode(*cr.entry, *v, limits)) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;  // not reached: checked when fetched
-    }
+    const core::cache::EntryView* v = &cr.decoded;
     bool gz = v->gzip && client_accepts_gzip(r);
     std::string_view body = v->body;
     if (v->gzip && !gz) {
-        auto plain = std::make_shared<std::string>();
-        if (!core::gzip_decompress(v->body, *plain, v->plain_size)) {
+        cr.plain = cache_plain_body(cr.entry_key, *v);
+        if (!cr.plain) {
             ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                           "throttle_cache: a stored body does not decompress");
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
-        body = *plain;
-        cr.plain = std::move(plain);  // lives as long as the request
+        body = *cr.plain;  // lives as long as the request
     }
 
     r->headers_out.status = v->status;
@@ -231,6 +229,9 @@ void pass(CacheRequest& cr, CacheStatus s) noexcept {
 void serve_later(CacheRequest& cr, CacheStatus s,
                  std::shared_ptr<const std::string> entry) noexcept {
     set_status(cr, s);
+    if (entry != cr.entry) {
+        cr.view_valid = false;  // decoded again from these bytes when served
+    }
     cr.entry = std::move(entry);
     cr.step = CacheRequest::Step::serve;
     resume(cr);
@@ -348,11 +349,12 @@ void on_lookup(const std::shared_ptr<CacheRequest>& cr, redis::Result&& res,
     }
     if (out.hit) {
         std::shared_ptr<const std::string> entry;
-        core::cache::EntryView v;
+        core::cache::EntryView& v = c.decoded;
         core::cache::DecodeLimits limits;
         limits.max_size = c.lcf->cache_max_size;
         try {
             entry = std::make_shared<const std::string>(std::move(out.entry));
+            c.entry = entry;  // the bytes c.decoded points into
         } catch (...) {
             pass(c, CacheStatus::error);
             return;
@@ -363,6 +365,7 @@ void on_lookup(const std::shared_ptr<CacheRequest>& cr, redis::Result&& res,
             pass(c, CacheStatus::miss);
             return;
         }
+        c.view_valid = true;  // `entry` is what serve_later() keeps
         switch (core::cache::freshness(v, now_ms())) {
             case core::cache::Freshness::fresh:
                 serve_later(c, CacheStatus::hit, std::move(entry));
@@ -540,7 +543,7 @@ ngx_int_t cache_handler(ngx_http_request_t* r) noexcept {
         cr->wait_timer.ev.handler = wait_timeout;
         cr->wait_timer.ev.data = r->connection;
         cr->wait_timer.ev.log = r->connection->log;
-        cr->id = core::cache::identity_digest(view(mcf->cache_secret), view(identity));
+        cr->id = cache_identity(view(mcf->cache_secret), view(identity));
         // The path as the client sent it when nothing rewrote it (what proxy_pass without a
         // URI forwards); the normalised one otherwise. Either way a different path is a
         // different key; only spelling variants cost a miss.

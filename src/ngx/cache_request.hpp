@@ -46,7 +46,9 @@ struct CacheRequest {
     bool fill_over = false;  // stored, or released: nothing more to do for the fill
 
     std::shared_ptr<const std::string> entry;  // what to serve (Step::serve)
-    std::shared_ptr<std::string> plain;        // its body decompressed, when served so
+    core::cache::EntryView decoded;             // entry, decoded (valid while `entry` lives)
+    bool view_valid = false;
+    std::shared_ptr<const std::string> plain;  // its body decompressed, when served so
 
     // Capture of the upstream's response (filler only)
     bool capture = false;
@@ -67,6 +69,15 @@ struct CacheRequest {
 
     ~CacheRequest();
 };
+
+// identity_digest(secret, identity) through a small per-worker memo (an HMAC per request is
+// two SHA-256 passes; a session's requests repeat the same identity).
+std::string cache_identity(std::string_view secret, std::string_view identity);
+// The plain body of a gzip entry, from a small per-worker memo of recently inflated bodies
+// (keyed by the entry key, its store time and the gzip trailer: only that exact entry's bytes
+// can match). nullptr when the body does not inflate.
+std::shared_ptr<const std::string> cache_plain_body(std::string_view entry_key,
+                                                    const core::cache::EntryView& v);
 
 // The cache's Redis key prefix in this worker: the throttle_redis prefix followed by "cache:".
 const std::string& cache_prefix() noexcept;

@@ -16,6 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/gzip.hpp"
 #include "ngx/cache_request.hpp"
 #include "ngx/worker.hpp"
 #include "redis/client.hpp"
@@ -50,6 +51,22 @@ constexpr size_t pending_max = 10000;
 constexpr size_t orphans_max = 1000;
 constexpr uint64_t retry_ms = 1000;
 
+struct IdentityMemo {
+    std::string identity;
+    std::string digest;
+};
+
+struct PlainMemo {
+    std::string entry_key;
+    int64_t stored_at_ms = 0;
+    std::string trailer;  // the gzip member's last 8 bytes (CRC-32, length)
+    std::shared_ptr<const std::string> body;
+};
+
+constexpr size_t identity_slots = 512;
+constexpr size_t plain_slots = 64;
+constexpr size_t plain_max_bytes = 256 * 1024;  // bodies larger than this are not kept
+
 struct CacheWorker {
     std::string prefix;
     std::string channel;
@@ -63,6 +80,9 @@ struct CacheWorker {
     std::unordered_map<std::string, unsigned> pending_keys;  // id "\n" ns -> count
     std::vector<Orphan> orphans;
     std::unique_ptr<redis::Timer> retry_timer;
+    std::string secret;  // the one identities in `identities` were hashed with
+    std::array<IdentityMemo, identity_slots> identities;
+    std::array<PlainMemo, plain_slots> plain;
     bool pending_full_logged = false;
 };
 
@@ -299,6 +319,53 @@ bool cache_invalidation_pending(std::string_view ns, std::string_view id) noexce
     } catch (...) {
         return true;
     }
+}
+
+std::string cache_identity(std::string_view secret, std::string_view identity) {
+    if (cw == nullptr || identity.empty()) {
+        return core::cache::identity_digest(secret, identity);
+    }
+    if (cw->secret != secret) {  // never mix digests of two secrets
+        cw->secret.assign(secret);
+        for (IdentityMemo& m : cw->identities) {
+            m.identity.clear();
+            m.digest.clear();
+        }
+    }
+    IdentityMemo& m = cw->identities[std::hash<std::string_view>{}(identity) % identity_slots];
+    if (!m.digest.empty() && m.identity == identity) {
+        return m.digest;
+    }
+    std::string d = core::cache::identity_digest(secret, identity);
+    m.identity.assign(identity);
+    m.digest = d;
+    return d;
+}
+
+std::shared_ptr<const std::string> cache_plain_body(std::string_view entry_key,
+                                                    const core::cache::EntryView& v) {
+    std::string_view trailer = v.body.size() >= 8 ? v.body.substr(v.body.size() - 8) : v.body;
+    PlainMemo* m = nullptr;
+    if (cw != nullptr && v.plain_size <= plain_max_bytes) {
+        size_t h = std::hash<std::string_view>{}(entry_key) ^
+                   std::hash<int64_t>{}(v.stored_at_ms);
+        m = &cw->plain[h % plain_slots];
+        if (m->body && m->stored_at_ms == v.stored_at_ms && m->entry_key == entry_key &&
+            m->trailer == trailer) {
+            return m->body;
+        }
+    }
+    auto out = std::make_shared<std::string>();
+    if (!core::gzip_decompress(v.body, *out, v.plain_size)) {
+        return nullptr;
+    }
+    if (m != nullptr) {
+        m->entry_key.assign(entry_key);
+        m->stored_at_ms = v.stored_at_ms;
+        m->trailer.assign(trailer);
+        m->body = out;
+    }
+    return out;
 }
 
 const std::string& cache_prefix() noexcept { return cw ? cw->prefix : empty; }
