@@ -1,5 +1,5 @@
-// The response cache's LOOKUP, STORE, RELEASE and INVALIDATE scripts, their arguments and
-// replies; semantics in cache_scripts.hpp. No nginx header (layer: redis).
+// The response cache's LOOKUP (single and batch), STORE, RELEASE, ABANDON and INVALIDATE scripts,
+// their arguments and replies; semantics in cache_scripts.hpp. No nginx header (layer: redis).
 #include "redis/cache_scripts.hpp"
 
 #include <utility>
@@ -9,8 +9,10 @@ namespace {
 
 // Helpers shared by the scripts:
 //   int(s)   a non-negative integer argument below 2^53, or nil
-//   gen(k)   the generation at k as (number, canonical decimal bytes); missing: 0, "0"; raises
-//            an error reply for anything that is not a canonical decimal below 2^53
+//   genv(v)  a generation key's value (GET's: false when missing) as (number, canonical decimal
+//            bytes); missing: 0, "0"; raises an error reply for anything that is not a canonical
+//            decimal below 2^53
+//   gen(k)   genv() of GET k
 constexpr std::string_view lua_helpers = R"lua(
 local floor, find, sf = math.floor, string.find, string.format
 local function int(s)
@@ -20,8 +22,7 @@ local function int(s)
   end
   return v
 end
-local function gen(k)
-  local v = redis.call('GET', k)
+local function genv(v)
   if not v then
     return 0, '0'
   end
@@ -29,6 +30,9 @@ local function gen(k)
     error({err = 'ERR throttle cache: a generation key holds no generation'})
   end
   return tonumber(v), v
+end
+local function gen(k)
+  return genv(redis.call('GET', k))
 end
 )lua";
 
@@ -65,6 +69,75 @@ if not entry and want == '1' then
   end
 end
 return {ng, ug, entry, lock}
+)lua";
+
+// The batch: n LOOKUPs as if run one after another in one script. No lookup writes a key any
+// lookup reads (generation keys end in ":g", entry keys in a hex digit, locks and waiter marks in
+// ":l" and ":w"), so every read is hoisted: one MGET of all generation keys, one MGET of all
+// entry keys, and, when either MGET found a key missing, one EXISTS of all 3n keys whose count
+// must be what the MGETs found (MGET answers nil for a key of another type, where LOOKUP's GET
+// raised WRONGTYPE). Then, in order, the SETs of the misses
+// that want the lock, which is where one lookup sees another's: the order matters only there.
+// Every check and every read comes before the first write: an error reply writes nothing.
+// (64: cache_lookup_batch_max.)
+constexpr std::string_view lua_lookup_batch = R"lua(
+local E = 'ERR throttle cache lookup batch: '
+local n = #ARGV / 6
+if n < 1 or n > 64 or n ~= floor(n) or #KEYS ~= 2 * n then
+  return redis.error_reply(E .. 'expected 1 to 64 lookups of 2 keys and 6 arguments each')
+end
+local gv = redis.call('MGET', unpack(KEYS))
+local ks, out, found = {unpack(ARGV, 1, 3 * n)}, {unpack(ARGV, 1, 4 * n)}, 0  -- sized once
+for i = 1, n do
+  local a, k = 6 * i - 6, 2 * i
+  local prefix, ns, id, hex, want = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 6]
+  if KEYS[k - 1] ~= prefix .. '{' .. ns .. ':' .. id .. '}:g' or
+     KEYS[k] ~= prefix .. '{' .. ns .. '}:g' then
+    return redis.error_reply(sf('%slookup %d: keys are not the generation keys of prefix, ' ..
+                                'namespace, id', E, i))
+  end
+  if #hex ~= 64 or not find(hex, '^[0-9a-f]*$') then  -- 5 times cheaper than '[^0-9a-f]'
+    return redis.error_reply(sf('%slookup %d: the key is not 64 lowercase hex digits', E, i))
+  end
+  if want == '1' then
+    local lt = int(ARGV[a + 5])
+    if lt == nil or lt < 1 then
+      return redis.error_reply(sf('%slookup %d: bad lock ttl', E, i))
+    end
+  elseif want ~= '0' then
+    return redis.error_reply(sf('%slookup %d: want_lock is not 0 or 1', E, i))
+  end
+  local uv, nv = gv[k - 1], gv[k]
+  if uv then found = found + 1 end
+  if nv then found = found + 1 end
+  local ng, ns_text = genv(nv)
+  local ug, user_text = genv(uv)
+  ks[i] = prefix .. '{' .. ns .. ':' .. id .. '}:e:' .. ns_text .. '.' .. user_text .. ':' .. hex
+  out[4 * i - 3] = ng
+  out[4 * i - 2] = ug
+end
+local ev = redis.call('MGET', unpack(ks, 1, n))
+for i = 1, n do
+  if ev[i] then found = found + 1 end
+  ks[n + i], ks[2 * n + i] = KEYS[2 * i - 1], KEYS[2 * i]
+end
+if found < 3 * n and redis.call('EXISTS', unpack(ks)) ~= found then
+  return redis.error_reply(E .. 'a generation or entry key holds another type')
+end
+for i = 1, n do
+  local entry, lock = ev[i], 0
+  if not entry and ARGV[6 * i] == '1' then
+    local ek, px = ks[i], sf('%d', int(ARGV[6 * i - 1]))
+    if redis.call('SET', ek .. ':l', '1', 'NX', 'PX', px) then
+      lock = 1
+    else
+      redis.call('SET', ek .. ':w', '1', 'PX', px)
+    end
+  end
+  out[4 * i - 1] = entry
+  out[4 * i] = lock
+end
+return out
 )lua";
 
 constexpr std::string_view lua_store = R"lua(
@@ -173,15 +246,18 @@ std::string source_of(std::string_view body) {
     return s;
 }
 
-// An integer element in [lo, cache_generation_limit).
-bool generation_at(const Reply& r, size_t i, uint64_t lo, uint64_t& v) noexcept {
-    const Reply& e = r.elements[i];
+// An integer in [lo, cache_generation_limit).
+bool generation_of(const Reply& e, uint64_t lo, uint64_t& v) noexcept {
     if (e.type != Reply::Type::Integer || e.integer < 0 || uint64_t(e.integer) < lo ||
         uint64_t(e.integer) >= cache_generation_limit) {
         return false;
     }
     v = uint64_t(e.integer);
     return true;
+}
+
+bool generation_at(const Reply& r, size_t i, uint64_t lo, uint64_t& v) noexcept {
+    return generation_of(r.elements[i], lo, v);
 }
 
 // E":w": set by LOOKUP when a miss finds the fill lock taken (someone waits for the fill).
@@ -193,14 +269,13 @@ std::string fill_waiter_key(std::string_view entry_key) {
     return s;
 }
 
-// Everything of a lookup reply but the entry's bytes.
-bool parse_lookup_shape(const Reply& reply, CacheLookup& out) noexcept {
-    if (reply.type != Reply::Type::Array || reply.elements.size() != 4 ||
-        !generation_at(reply, 0, 0, out.ns_gen) || !generation_at(reply, 1, 0, out.user_gen)) {
+// Everything of a lookup's 4 elements e[0..4) but the entry's bytes.
+bool parse_lookup_elements(const Reply* e, CacheLookup& out) noexcept {
+    if (!generation_of(e[0], 0, out.ns_gen) || !generation_of(e[1], 0, out.user_gen)) {
         return false;
     }
-    const Reply& entry = reply.elements[2];
-    const Reply& lock = reply.elements[3];
+    const Reply& entry = e[2];
+    const Reply& lock = e[3];
     if (entry.type == Reply::Type::Nil) {
         out.hit = false;
     } else if (entry.type == Reply::Type::String && !entry.str.empty()) {
@@ -216,10 +291,38 @@ bool parse_lookup_shape(const Reply& reply, CacheLookup& out) noexcept {
     return true;
 }
 
+// Everything of a single lookup's reply but the entry's bytes.
+bool parse_lookup_shape(const Reply& reply, CacheLookup& out) noexcept {
+    return reply.type == Reply::Type::Array && reply.elements.size() == 4 &&
+           parse_lookup_elements(reply.elements.data(), out);
+}
+
+// A lookup's KEYS and ARGV, appended to `out` (single and batch alike). May throw
+// std::bad_alloc.
+bool add_lookup_args(const CacheTarget& t, int64_t lock_ttl_ms, bool want_lock, EvalArgs& out) {
+    if (!core::cache::valid_namespace(t.ns) || (want_lock && lock_ttl_ms < 1)) {
+        return false;
+    }
+    out.add_key(core::cache::generation_key(t.prefix, t.ns, t.id));
+    out.add_key(core::cache::namespace_generation_key(t.prefix, t.ns));
+    out.add_arg(t.prefix);
+    out.add_arg(t.ns);
+    out.add_arg(t.id);
+    out.add_arg(core::cache::digest_hex(t.key));
+    out.add_arg(want_lock ? lock_ttl_ms : int64_t(0));
+    out.add_arg(std::string_view(want_lock ? "1" : "0"));
+    return true;
+}
+
 }  // namespace
 
 const Script& cache_lookup_script() {
     static const Script* script = new Script(source_of(lua_lookup));
+    return *script;
+}
+
+const Script& cache_lookup_batch_script() {
+    static const Script* script = new Script(source_of(lua_lookup_batch));
     return *script;
 }
 
@@ -248,23 +351,14 @@ const Script& cache_invalidate_script() {
 bool build_cache_lookup_args(const CacheTarget& t, int64_t lock_ttl_ms, bool want_lock,
                              EvalArgs& out) noexcept {
     out.clear();
-    if (!core::cache::valid_namespace(t.ns) || (want_lock && lock_ttl_ms < 1)) {
-        return false;
-    }
     try {
-        out.add_key(core::cache::generation_key(t.prefix, t.ns, t.id));
-        out.add_key(core::cache::namespace_generation_key(t.prefix, t.ns));
-        out.add_arg(t.prefix);
-        out.add_arg(t.ns);
-        out.add_arg(t.id);
-        out.add_arg(core::cache::digest_hex(t.key));
-        out.add_arg(want_lock ? lock_ttl_ms : int64_t(0));
-        out.add_arg(std::string_view(want_lock ? "1" : "0"));
+        if (add_lookup_args(t, lock_ttl_ms, want_lock, out)) {
+            return true;
+        }
     } catch (...) {
-        out.clear();
-        return false;
     }
-    return true;
+    out.clear();
+    return false;
 }
 
 bool parse_cache_lookup_reply(const Reply& reply, CacheLookup& out) noexcept {
@@ -284,6 +378,53 @@ bool parse_cache_lookup_reply(Reply&& reply, CacheLookup& out) noexcept {
         return false;
     }
     out.entry = out.hit ? std::move(reply.elements[2].str) : std::string();
+    return true;
+}
+
+bool build_cache_lookup_batch_args(const CacheLookupRequest* reqs, size_t n,
+                                   EvalArgs& out) noexcept {
+    out.clear();
+    if (n == 0 || n > cache_lookup_batch_max) {
+        return false;
+    }
+    try {
+        size_t i = 0;
+        while (i < n &&
+               add_lookup_args(reqs[i].target, reqs[i].lock_ttl_ms, reqs[i].want_lock, out)) {
+            i++;
+        }
+        if (i == n) {
+            return true;
+        }
+    } catch (...) {
+    }
+    out.clear();
+    return false;
+}
+
+bool parse_cache_lookup_batch_reply(Reply&& reply, size_t n,
+                                    std::vector<CacheLookup>& out) noexcept {
+    if (reply.type != Reply::Type::Array || n == 0 || n > cache_lookup_batch_max ||
+        reply.elements.size() != 4 * n) {
+        return false;
+    }
+    try {
+        out.resize(n);
+    } catch (...) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        Reply* e = reply.elements.data() + 4 * i;
+        CacheLookup& l = out[i];
+        if (!parse_lookup_elements(e, l)) {
+            return false;
+        }
+        if (l.hit) {
+            l.entry = std::move(e[2].str);
+        } else {
+            l.entry.clear();
+        }
+    }
     return true;
 }
 

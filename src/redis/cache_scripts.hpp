@@ -1,4 +1,4 @@
-// The response cache's four Lua scripts (issue 4, sections 1, 4 and 5), their argument builders
+// The response cache's Lua scripts (issue 4, sections 1, 4 and 5), their argument builders
 // and reply parsers (layer: redis). No nginx header, no hiredis type: arguments go to
 // Client::evalsha() through EvalArgs (scripts.hpp), replies come back as Reply. Key layout and
 // entry format: src/core/cache_key.hpp, src/core/cache_entry.hpp.
@@ -29,6 +29,22 @@
 //   entry (core::cache::freshness()); a present entry is fresh or stale (its Redis expiry is its
 //   stale_until), so the fill lock for refreshing a stale entry, which is served at once
 //   anyway, is a separate SET fill_lock_key 1 NX PX lock_ttl_ms (cache_fill_lock_argv()).
+//
+// LOOKUP BATCH (every lookup queued during one event-loop turn, in one call)
+//   n lookups, 1 <= n <= cache_lookup_batch_max (64), each with LOOKUP's KEYS and ARGV:
+//   KEYS = 2 per lookup, ARGV = 6 per lookup, lookup i at KEYS[2i-1..2i], ARGV[6i-5..6i].
+//   The effect and the answers are exactly those of the n LOOKUPs run one after another in
+//   order (atomically): two lookups of one key in a batch that want the lock and miss, the first
+//   takes it (lock_taken 1), the second finds it held (lock_taken 0) and sets the waiter mark.
+//   Reply: a flat array of 4n, lookup i's LOOKUP reply at [4i-4 .. 4i) (0-based).
+//   All or nothing: a malformed lookup (any check LOOKUP makes; the message names it), a wrong
+//   count of KEYS or ARGV, n outside 1..64, a generation key that holds no generation, or a
+//   generation or entry key of another type make the whole call an error reply, and an error
+//   reply writes nothing (every check and read comes before the first SET).
+//   Redis work per call: one MGET of the 2n generation keys, one MGET of the n entry keys, one
+//   EXISTS of all 3n (only when a key was missing: tells a missing key from one of another
+//   type), then LOOKUP's SETs for each miss that wants the lock (LOOKUP's reads are hoisted: no
+//   lookup writes a key a lookup reads).
 //
 // STORE (after the fill: the whole response arrived and decide() said store)
 //   KEYS = E, E":l", E":w", generation_key(PREFIX, NS, ID), namespace_generation_key(PREFIX, NS)
@@ -74,7 +90,7 @@
 //   in KEYS order. A key holding no integer is an error reply (INCR's); so is a value at or
 //   above 2^53 (keys before it were already incremented: harmless, it only invalidates more).
 //
-// All four check their arguments and answer an error reply when malformed; the parsers turn
+// All of them check their arguments and answer an error reply when malformed; the parsers turn
 // any reply that is not exactly the expected shape into false, which the module treats as a
 // Redis failure. Scripts start with "#!lua" like scripts.cpp's (Redis 7 flags, none set).
 #pragma once
@@ -106,8 +122,9 @@ struct CacheTarget {
     core::Sha256Digest key{};  // core::cache::cache_key()'s result
 };
 
-// The four scripts, built on first use (may throw std::bad_alloc then) and never destroyed.
+// The scripts, built on first use (may throw std::bad_alloc then) and never destroyed.
 const Script& cache_lookup_script();
+const Script& cache_lookup_batch_script();
 const Script& cache_store_script();
 const Script& cache_release_script();
 const Script& cache_abandon_script();
@@ -140,6 +157,32 @@ bool build_cache_lookup_args(const CacheTarget& t, int64_t lock_ttl_ms, bool wan
 // The rvalue form moves the entry's bytes out of the reply instead of copying them.
 bool parse_cache_lookup_reply(const Reply& reply, CacheLookup& out) noexcept;
 bool parse_cache_lookup_reply(Reply&& reply, CacheLookup& out) noexcept;
+
+// ---- LOOKUP BATCH ----
+
+// At most this many lookups per batch call: a longer script delays every other Redis client.
+inline constexpr size_t cache_lookup_batch_max = 64;
+
+// One lookup of a batch: build_cache_lookup_args()'s arguments.
+struct CacheLookupRequest {
+    CacheTarget target;
+    int64_t lock_ttl_ms = 0;
+    bool want_lock = false;
+};
+
+// Fills `out` (cleared first) with reqs[0..n)'s lookups, in order. False, with `out` cleared,
+// when n is 0 or above cache_lookup_batch_max, or for any lookup build_cache_lookup_args()
+// refuses (a namespace that is not valid, want_lock with lock_ttl_ms < 1), or when memory runs
+// out.
+bool build_cache_lookup_batch_args(const CacheLookupRequest* reqs, size_t n,
+                                   EvalArgs& out) noexcept;
+
+// `out` resized to n; out[i] is exactly what parse_cache_lookup_reply() gives for lookup i's
+// reply alone (its entry's bytes moved out of `reply`). False, with `out` unspecified, unless
+// 1 <= n <= cache_lookup_batch_max and the reply is an array of exactly 4n elements whose every
+// group of 4 is a valid LOOKUP reply.
+bool parse_cache_lookup_batch_reply(Reply&& reply, size_t n,
+                                    std::vector<CacheLookup>& out) noexcept;
 
 // The entry key LOOKUP read (core::cache::entry_key() with these generations). May throw
 // std::bad_alloc.

@@ -12,6 +12,11 @@
 #include <gtest/gtest.h>
 
 #include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <random>
+#include <set>
 
 #include "core/cache_key.hpp"
 #include "support.hpp"
@@ -223,6 +228,156 @@ TEST(RedisCacheScriptsUnit, ParseLookupReply) {
     EXPECT_FALSE(parse_cache_lookup_reply(err, l));
 }
 
+TEST(RedisCacheScriptsUnit, LookupBatchArguments) {
+    const CacheTarget t1 = target("tc:", "review", user_a, "/a");
+    const CacheTarget t2 = target("p:", "analytics", "anon", "/b");
+    std::vector<CacheLookupRequest> reqs(3);
+    reqs[0].target = t1;
+    reqs[0].lock_ttl_ms = 5000;
+    reqs[0].want_lock = true;
+    reqs[1].target = t2;
+    reqs[1].lock_ttl_ms = 0;  // no lock: its ttl does not matter
+    reqs[2].target = t1;
+    reqs[2].lock_ttl_ms = 700;
+    reqs[2].want_lock = true;
+    EvalArgs a;
+    ASSERT_TRUE(build_cache_lookup_batch_args(reqs.data(), reqs.size(), a));
+    // Each lookup's KEYS and ARGV are the single LOOKUP's, in order.
+    std::vector<std::string> keys, args;
+    for (const CacheLookupRequest& r : reqs) {
+        EvalArgs one;
+        ASSERT_TRUE(build_cache_lookup_args(r.target, r.lock_ttl_ms, r.want_lock, one));
+        for (std::string_view k : one.keys()) {
+            keys.emplace_back(k);
+        }
+        for (std::string_view v : one.args()) {
+            args.emplace_back(v);
+        }
+    }
+    EXPECT_EQ(strings(a.keys()), keys);
+    EXPECT_EQ(strings(a.args()), args);
+    EXPECT_EQ(a.keys().size(), 6u);
+    EXPECT_EQ(a.args().size(), 18u);
+    EXPECT_EQ(a.args()[17], "1");
+    EXPECT_EQ(a.args()[16], "700");
+
+    ASSERT_TRUE(build_cache_lookup_batch_args(reqs.data(), 1, a));
+    EXPECT_EQ(a.keys().size(), 2u);
+    std::vector<CacheLookupRequest> max(cache_lookup_batch_max, reqs[1]);
+    ASSERT_TRUE(build_cache_lookup_batch_args(max.data(), max.size(), a));
+    EXPECT_EQ(a.keys().size(), 2 * cache_lookup_batch_max);
+    EXPECT_EQ(a.args().size(), 6 * cache_lookup_batch_max);
+
+    // Refused, `out` cleared: 0, 65, one bad lookup anywhere.
+    auto refused = [&](const CacheLookupRequest* r, size_t n) {
+        ASSERT_TRUE(build_cache_lookup_batch_args(reqs.data(), 1, a));
+        EXPECT_FALSE(build_cache_lookup_batch_args(r, n, a));
+        EXPECT_TRUE(a.keys().empty());
+        EXPECT_TRUE(a.args().empty());
+    };
+    refused(reqs.data(), 0);
+    refused(nullptr, 0);
+    max.push_back(reqs[1]);
+    refused(max.data(), max.size());
+    std::vector<CacheLookupRequest> bad = reqs;
+    bad[2].lock_ttl_ms = 0;  // wants the lock with no ttl
+    refused(bad.data(), bad.size());
+    bad = reqs;
+    bad[1].target.ns = "a:b";
+    refused(bad.data(), bad.size());
+    bad = reqs;
+    bad[0].target.ns = "";
+    refused(bad.data(), bad.size());
+}
+
+TEST(RedisCacheScriptsUnit, ParseLookupBatchReply) {
+    const std::string bytes("TCE\x01\0\xff", 6);
+    auto good = [&] {
+        return array({integer(2), integer(5), Reply(), integer(1),                     //
+                      integer(0), integer(9007199254740991), bulk(bytes), integer(0),  //
+                      integer(2), integer(5), Reply(), integer(0)});
+    };
+    std::vector<CacheLookup> out(7);
+    out[1].entry = "stale";
+    ASSERT_TRUE(parse_cache_lookup_batch_reply(good(), 3, out));
+    ASSERT_EQ(out.size(), 3u);
+    Reply r = good();
+    for (size_t i = 0; i < 3; i++) {
+        // Each is what the single parser gives for its 4 elements.
+        CacheLookup one;
+        ASSERT_TRUE(parse_cache_lookup_reply(array({r.elements[4 * i], r.elements[4 * i + 1],
+                                                    r.elements[4 * i + 2], r.elements[4 * i + 3]}),
+                                             one));
+        EXPECT_EQ(out[i].ns_gen, one.ns_gen) << i;
+        EXPECT_EQ(out[i].user_gen, one.user_gen) << i;
+        EXPECT_EQ(out[i].hit, one.hit) << i;
+        EXPECT_EQ(out[i].entry, one.entry) << i;
+        EXPECT_EQ(out[i].lock_taken, one.lock_taken) << i;
+    }
+    EXPECT_TRUE(out[0].lock_taken);
+    EXPECT_TRUE(out[1].hit);
+    EXPECT_EQ(out[1].entry, bytes);
+    EXPECT_FALSE(out[2].hit);
+    EXPECT_TRUE(out[2].entry.empty());
+    // The entry's bytes are moved out of the reply.
+    const std::string big(1000, 'x');
+    Reply moved = array({integer(0), integer(0), bulk(big), integer(0)});
+    const char* data = moved.elements[2].str.data();
+    ASSERT_TRUE(parse_cache_lookup_batch_reply(std::move(moved), 1, out));
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].entry.data(), data);
+    std::vector<Reply> max;
+    for (size_t i = 0; i < cache_lookup_batch_max; i++) {
+        for (const Reply& e : {integer(1), integer(2), Reply(), integer(0)}) {
+            max.push_back(e);
+        }
+    }
+    ASSERT_TRUE(parse_cache_lookup_batch_reply(array(max), cache_lookup_batch_max, out));
+    EXPECT_EQ(out.size(), cache_lookup_batch_max);
+
+    // Wrong shapes.
+    EXPECT_FALSE(parse_cache_lookup_batch_reply(good(), 2, out));  // n does not match
+    EXPECT_FALSE(parse_cache_lookup_batch_reply(good(), 4, out));
+    EXPECT_FALSE(parse_cache_lookup_batch_reply(good(), 0, out));
+    EXPECT_FALSE(parse_cache_lookup_batch_reply(array({}), 0, out));
+    for (const Reply& e : {integer(1), integer(2), Reply(), integer(0)}) {
+        max.push_back(e);
+    }
+    EXPECT_FALSE(parse_cache_lookup_batch_reply(array(max), cache_lookup_batch_max + 1, out));
+    Reply err;
+    err.type = Reply::Type::Error;
+    err.str = "ERR throttle cache lookup batch: lookup 1: bad lock ttl";
+    EXPECT_FALSE(parse_cache_lookup_batch_reply(std::move(err), 1, out));
+    EXPECT_FALSE(parse_cache_lookup_batch_reply(Reply(), 1, out));
+    EXPECT_FALSE(parse_cache_lookup_batch_reply(integer(1), 1, out));
+    // Nested (one array per lookup) is not the shape.
+    EXPECT_FALSE(parse_cache_lookup_batch_reply(
+        array({array({integer(0), integer(0), Reply(), integer(0)})}), 1, out));
+    // One bad element anywhere spoils the batch (the single parser's bad shapes, in lookup 2).
+    const std::vector<std::vector<Reply>> bad_items = {
+        {integer(-1), integer(0), Reply(), integer(0)},
+        {integer(0), integer(9007199254740992), Reply(), integer(0)},
+        {bulk("0"), integer(0), Reply(), integer(0)},
+        {integer(0), integer(0), bulk(""), integer(0)},
+        {integer(0), integer(0), integer(7), integer(0)},
+        {integer(0), integer(0), array({}), integer(0)},
+        {integer(0), integer(0), Reply(), integer(2)},
+        {integer(0), integer(0), Reply(), Reply()},
+        {integer(0), integer(0), bulk("e"), integer(1)},
+    };
+    for (size_t b = 0; b < bad_items.size(); b++) {
+        Reply x = good();
+        for (size_t j = 0; j < 4; j++) {
+            x.elements[4 + j] = bad_items[b][j];
+        }
+        EXPECT_FALSE(parse_cache_lookup_batch_reply(std::move(x), 3, out)) << b;
+    }
+    Reply shifted = good();  // 12 elements but lookup 1 is short and lookup 3 long
+    shifted.elements.erase(shifted.elements.begin() + 3);
+    shifted.elements.push_back(integer(0));
+    EXPECT_FALSE(parse_cache_lookup_batch_reply(std::move(shifted), 3, out));
+}
+
 TEST(RedisCacheScriptsUnit, ParseStoreReleaseAndInvalidateReplies) {
     bool stored = false;
     ASSERT_TRUE(parse_cache_store_reply(integer(1), stored));
@@ -276,6 +431,9 @@ TEST(RedisCacheScriptsUnit, ParseStoreReleaseAndInvalidateReplies) {
 
 TEST(RedisCacheScriptsUnit, ScriptsAreBuiltOnce) {
     EXPECT_EQ(&cache_lookup_script(), &cache_lookup_script());
+    EXPECT_EQ(&cache_lookup_batch_script(), &cache_lookup_batch_script());
+    EXPECT_NE(cache_lookup_script().sha(), cache_lookup_batch_script().sha());
+    EXPECT_EQ(cache_lookup_batch_script().source().compare(0, 6, "#!lua\n"), 0);
     EXPECT_EQ(&cache_store_script(), &cache_store_script());
     EXPECT_EQ(&cache_release_script(), &cache_release_script());
     EXPECT_EQ(&cache_invalidate_script(), &cache_invalidate_script());
@@ -328,6 +486,45 @@ class RedisCacheScriptsTest : public ::testing::Test {
         CacheLookup l;
         EXPECT_TRUE(parse_cache_lookup_reply(std::move(r), l)) << to_string(r.type) << " " << r.str;
         return l;
+    }
+
+    std::vector<CacheLookup> lookup_batch(const std::vector<CacheLookupRequest>& reqs) {
+        EvalArgs a;
+        EXPECT_TRUE(build_cache_lookup_batch_args(reqs.data(), reqs.size(), a));
+        Reply r = eval(cache_lookup_batch_script(), a);
+        const std::string what = std::string(to_string(r.type)) + " " + r.str;
+        std::vector<CacheLookup> out;
+        EXPECT_TRUE(parse_cache_lookup_batch_reply(std::move(r), reqs.size(), out)) << what;
+        return out;
+    }
+
+    // Every key in Redis (all strings), sorted: its name, value and PTTL (-1: no expiry).
+    struct Stored {
+        std::string key, value;
+        long long pttl = 0;
+    };
+    std::vector<Stored> snapshot() {
+        static const Script* dump = new Script(R"lua(#!lua
+local ks = redis.call('KEYS', '*')
+table.sort(ks)
+local out = {}
+for i, k in ipairs(ks) do
+  out[3 * i - 2], out[3 * i - 1], out[3 * i] = k, redis.call('GET', k), redis.call('PTTL', k)
+end
+return out
+)lua");
+        Reply r = eval(*dump, EvalArgs());
+        std::vector<Stored> out;
+        EXPECT_EQ(r.type, Reply::Type::Array);
+        EXPECT_EQ(r.elements.size() % 3, 0u);
+        for (size_t i = 0; i + 2 < r.elements.size(); i += 3) {
+            Stored st;
+            st.key = r.elements[i].str;
+            st.value = r.elements[i + 1].str;
+            st.pttl = r.elements[i + 2].integer;
+            out.push_back(std::move(st));
+        }
+        return out;
     }
 
     // Stores under the generations `l` returned; whether the script stored it.
@@ -944,6 +1141,422 @@ TEST_F(RedisCacheScriptsTest, MalformedCallsAreErrors) {
     ctl->run({"SET", ug, "9007199254740991"});
     r = raw(cache_invalidate_script(), {ug}, {"1000"});
     EXPECT_TRUE(r.is_error());  // would reach 2^53
+}
+
+// ---- LOOKUP BATCH against redis-server ----
+
+bool same_lookup(const CacheLookup& a, const CacheLookup& b) {
+    return a.ns_gen == b.ns_gen && a.user_gen == b.user_gen && a.hit == b.hit &&
+           a.entry == b.entry && a.lock_taken == b.lock_taken;
+}
+
+CacheLookupRequest request(const CacheTarget& t, bool want_lock, int64_t lock_ttl_ms = 5000) {
+    CacheLookupRequest r;
+    r.target = t;
+    r.want_lock = want_lock;
+    r.lock_ttl_ms = lock_ttl_ms;
+    return r;
+}
+
+// The batch is n single LOOKUPs run in order: on identical datasets (generations set, some bumped
+// after entries were stored under them, entries under current and old generations, fill locks and
+// waiter marks held by others), every answer and every key left in Redis (value and expiry) are
+// the same. Few targets per case, so lookups of one key repeat within a batch.
+TEST_F(RedisCacheScriptsTest, BatchEqualsSingleLookupsInOrder) {
+    const std::vector<std::string> prefixes = {"tc:", "x{y}:"};
+    const std::vector<std::string> namespaces = {"review", "analytics", "n"};
+    const std::vector<std::string> ids = {user_a, user_b, "anon"};
+    std::vector<CacheTarget> universe;
+    for (const std::string& p : prefixes) {
+        for (const std::string& ns : namespaces) {
+            for (const std::string& id : ids) {
+                for (std::string_view path : {"/a", "/b", "/c"}) {
+                    universe.push_back(target(p, ns, id, path));
+                }
+            }
+        }
+    }
+    std::mt19937 rng(20240611);
+    auto pick = [&](size_t n) { return size_t(rng() % n); };
+    auto chance = [&](size_t pct) { return pick(100) < pct; };
+    size_t lookups = 0, hits = 0, taken = 0, held_by_other = 0, held_in_batch = 0, no_lock = 0;
+    size_t bumped = 0, full = 0;
+    constexpr int cases = 400;
+    for (int c = 0; c < cases; c++) {
+        SCOPED_TRACE("case " + std::to_string(c));
+        std::vector<const CacheTarget*> hot;
+        for (size_t i = 1 + pick(6); i > 0; i--) {
+            hot.push_back(&universe[pick(universe.size())]);
+        }
+        // The dataset: commands applied before each run.
+        std::vector<std::vector<std::string>> data;
+        std::map<std::string, uint64_t> gens;  // generation key -> value (missing: 0)
+        auto gen_of = [&](const CacheTarget& t) {
+            return gen(gens[cc::namespace_generation_key(t.prefix, t.ns)],
+                       gens[cc::generation_key(t.prefix, t.ns, t.id)]);
+        };
+        for (const CacheTarget* t : hot) {
+            for (const std::string& k : {cc::namespace_generation_key(t->prefix, t->ns),
+                                         cc::generation_key(t->prefix, t->ns, t->id)}) {
+                if (chance(35)) {
+                    gens[k] = 1 + pick(5);
+                    data.push_back({"SET", k, std::to_string(gens[k]), "PX", "600000"});
+                }
+            }
+        }
+        std::set<std::string> locked;  // fill locks held before the batch
+        for (const CacheTarget* t : hot) {
+            const std::string e = cache_entry_key(*t, gen_of(*t));
+            if (chance(45)) {
+                data.push_back({"SET", e, "entry " + e, "PX", "600000"});
+            }
+            if (chance(25)) {
+                data.push_back({"SET", cc::fill_lock_key(e), "1", "PX", "600000"});
+                locked.insert(e);
+            }
+            if (chance(15)) {
+                data.push_back({"SET", e + ":w", "1", "PX", "600000"});
+            }
+        }
+        for (const CacheTarget* t : hot) {  // bumped after the stores: those entries are orphans
+            for (const std::string& k : {cc::namespace_generation_key(t->prefix, t->ns),
+                                         cc::generation_key(t->prefix, t->ns, t->id)}) {
+                if (chance(12)) {
+                    gens[k]++;
+                    data.push_back({"INCR", k});
+                    bumped++;
+                }
+            }
+        }
+        const size_t n = c % 40 == 0 ? cache_lookup_batch_max : 1 + pick(16);
+        full += n == cache_lookup_batch_max;
+        std::vector<CacheLookupRequest> reqs;
+        for (size_t i = 0; i < n; i++) {
+            const bool want = chance(70);
+            const int64_t ttl[] = {1500, 5000, 30000};
+            reqs.push_back(request(*hot[pick(hot.size())], want, want ? ttl[pick(3)] : 0));
+        }
+        auto prepare = [&] {
+            ctl->run({"FLUSHALL"});
+            for (const std::vector<std::string>& cmd : data) {
+                ctl->run(cmd);
+            }
+        };
+        prepare();
+        const std::vector<CacheLookup> batch = lookup_batch(reqs);
+        const std::vector<Stored> after_batch = snapshot();
+        prepare();
+        std::vector<CacheLookup> singles;
+        for (const CacheLookupRequest& r : reqs) {
+            singles.push_back(lookup(r.target, r.want_lock, r.lock_ttl_ms));
+        }
+        const std::vector<Stored> after_singles = snapshot();
+
+        ASSERT_EQ(batch.size(), n);
+        std::set<std::string> taken_here;
+        for (size_t i = 0; i < n; i++) {
+            const CacheLookup& b = batch[i];
+            EXPECT_TRUE(same_lookup(b, singles[i]))
+                << "lookup " << i << ": batch " << b.ns_gen << "." << b.user_gen << " hit " << b.hit
+                << " lock " << b.lock_taken << ", single " << singles[i].ns_gen << "."
+                << singles[i].user_gen << " hit " << singles[i].hit << " lock "
+                << singles[i].lock_taken;
+            const std::string e = cache_entry_key(reqs[i].target, b.generation());
+            lookups++;
+            hits += b.hit;
+            taken += b.lock_taken;
+            if (!b.hit && !reqs[i].want_lock) {
+                no_lock++;
+            } else if (!b.hit && !b.lock_taken) {
+                held_in_batch += taken_here.count(e) != 0;
+                held_by_other += locked.count(e) != 0;
+            }
+            if (b.lock_taken) {
+                taken_here.insert(e);
+            }
+        }
+        ASSERT_EQ(after_batch.size(), after_singles.size());
+        for (size_t i = 0; i < after_batch.size(); i++) {
+            const Stored& x = after_batch[i];
+            const Stored& y = after_singles[i];
+            EXPECT_EQ(x.key, y.key);
+            EXPECT_EQ(x.value, y.value) << x.key;
+            EXPECT_EQ(x.pttl < 0, y.pttl < 0) << x.key;
+            EXPECT_LE(std::llabs(x.pttl - y.pttl), 2000) << x.key;
+        }
+    }
+    // Every path was taken, many times.
+    EXPECT_GT(hits, 300u);
+    EXPECT_GT(taken, 300u);
+    EXPECT_GT(held_in_batch, 300u);  // the lock an earlier lookup of the batch took
+    EXPECT_GT(held_by_other, 100u);  // a lock held before the batch
+    EXPECT_GT(no_lock, 300u);
+    EXPECT_GT(bumped, 100u);
+    EXPECT_EQ(full, 10u);
+    EXPECT_GT(lookups - hits, 1000u);
+}
+
+// Two lookups of one key in a batch: the first takes the lock, the second finds it held and
+// leaves the waiter mark, so the filler's STORE wakes it.
+TEST_F(RedisCacheScriptsTest, BatchLookupsOfOneKeyTakeTheLockOnce) {
+    const CacheTarget t = target("tc:", "review", user_a, "/same");
+    const CacheTarget other = target("tc:", "review", user_b, "/same");
+    const std::string e = cache_entry_key(t, gen(0, 0));
+    std::vector<CacheLookup> l =
+        lookup_batch({request(t, false), request(t, true, 4000), request(other, true),
+                      request(t, true, 3000), request(t, false)});
+    ASSERT_EQ(l.size(), 5u);
+    EXPECT_FALSE(l[0].lock_taken);  // not asked for
+    EXPECT_TRUE(l[1].lock_taken);
+    EXPECT_TRUE(l[2].lock_taken);  // another user: another key
+    EXPECT_FALSE(l[3].lock_taken);
+    EXPECT_FALSE(l[4].lock_taken);
+    for (const CacheLookup& x : l) {
+        EXPECT_FALSE(x.hit);
+    }
+    EXPECT_EQ(ctl->run({"EXISTS", cc::fill_lock_key(e)}), "1");
+    EXPECT_EQ(ctl->run({"EXISTS", e + ":w"}), "1");
+    EXPECT_EQ(ctl->run({"EXISTS", cache_entry_key(other, gen(0, 0)) + ":w"}), "0");
+    const long long lock_ttl = number(ctl->run({"PTTL", cc::fill_lock_key(e)}));
+    const long long mark_ttl = number(ctl->run({"PTTL", e + ":w"}));
+    EXPECT_GT(lock_ttl, 3000);  // the first lookup's ttl
+    EXPECT_LE(lock_ttl, 4000);
+    EXPECT_GT(mark_ttl, 2000);  // the waiter's
+    EXPECT_LE(mark_ttl, 3000);
+
+    Listener listener(server->port(), cache_fill_channel("tc:"));
+    ASSERT_TRUE(listener.ok());
+    ASSERT_TRUE(store(t, l[1], "filled"));
+    EXPECT_EQ(listener.next(), "1" + e);
+    l = lookup_batch({request(t, true), request(t, false)});
+    ASSERT_EQ(l.size(), 2u);
+    EXPECT_EQ(l[0].entry, "filled");
+    EXPECT_EQ(l[1].entry, "filled");
+    EXPECT_FALSE(l[0].lock_taken);
+}
+
+TEST_F(RedisCacheScriptsTest, BatchOfOneAndOfMaxOnly) {
+    const CacheTarget t = target("tc:", "review", "anon", "/one");
+    std::vector<CacheLookup> l = lookup_batch({request(t, true)});
+    ASSERT_EQ(l.size(), 1u);
+    EXPECT_TRUE(l[0].lock_taken);
+    ASSERT_TRUE(store(t, l[0], "one"));
+    l = lookup_batch({request(t, true)});
+    ASSERT_EQ(l.size(), 1u);
+    EXPECT_EQ(l[0].entry, "one");
+    ctl->run({"FLUSHALL"});
+
+    // 64 different keys: stored for the even ones, a lock taken for each odd one; then the same
+    // batch again finds the odd ones' locks held and marks them all.
+    std::vector<CacheLookupRequest> reqs;
+    for (size_t i = 0; i < cache_lookup_batch_max; i++) {
+        const CacheTarget ti =
+            target("tc:", "review", i % 3 ? user_a : user_b, "/p" + std::to_string(i));
+        if (i % 2 == 0) {
+            ctl->run({"SET", cache_entry_key(ti, gen(0, 0)), "e" + std::to_string(i)});
+        }
+        reqs.push_back(request(ti, true));
+    }
+    for (int round = 0; round < 2; round++) {
+        l = lookup_batch(reqs);
+        ASSERT_EQ(l.size(), cache_lookup_batch_max);
+        for (size_t i = 0; i < l.size(); i++) {
+            EXPECT_EQ(l[i].hit, i % 2 == 0) << i;
+            EXPECT_EQ(l[i].entry, i % 2 == 0 ? "e" + std::to_string(i) : "") << i;
+            EXPECT_EQ(l[i].lock_taken, round == 0 && i % 2 == 1) << i;
+        }
+        // entries, locks, and (after the second round) waiter marks
+        EXPECT_EQ(number(ctl->run({"DBSIZE"})), round == 0 ? 64 : 96);
+    }
+
+    // 0 and 65 lookups: refused by the builder and by the script.
+    EvalArgs a;
+    EXPECT_FALSE(build_cache_lookup_batch_args(reqs.data(), 0, a));
+    reqs.push_back(reqs[0]);
+    EXPECT_FALSE(build_cache_lookup_batch_args(reqs.data(), reqs.size(), a));
+    ctl->run({"FLUSHALL"});
+    Reply r = raw(cache_lookup_batch_script(), {}, {});
+    EXPECT_TRUE(r.is_error()) << to_string(r.type);
+    std::vector<std::string> keys, args;
+    EvalArgs one;
+    ASSERT_TRUE(build_cache_lookup_args(t, 5000, true, one));
+    for (size_t i = 0; i < cache_lookup_batch_max + 1; i++) {
+        keys.insert(keys.end(), one.keys().begin(), one.keys().end());
+        args.insert(args.end(), one.args().begin(), one.args().end());
+    }
+    r = raw(cache_lookup_batch_script(), keys, args);
+    EXPECT_TRUE(r.is_error()) << to_string(r.type);
+    EXPECT_NE(r.str.find("expected 1 to 64 lookups"), std::string::npos) << r.str;
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "0");
+    keys.resize(2 * cache_lookup_batch_max);
+    args.resize(6 * cache_lookup_batch_max);
+    r = raw(cache_lookup_batch_script(), keys, args);
+    std::vector<CacheLookup> out;
+    EXPECT_TRUE(parse_cache_lookup_batch_reply(std::move(r), cache_lookup_batch_max, out));
+}
+
+// A malformed lookup anywhere, a corrupt generation or a key of another type make the whole
+// batch an error reply, which writes nothing (lookup 1 would have taken its fill lock).
+TEST_F(RedisCacheScriptsTest, MalformedBatchesAreErrorsThatWriteNothing) {
+    const CacheTarget t1 = target("tc:", "review", "anon", "/x");
+    const CacheTarget t2 = target("tc:", "review", user_a, "/y");
+    const std::vector<CacheLookupRequest> reqs = {request(t1, true), request(t2, true)};
+    EvalArgs a;
+    ASSERT_TRUE(build_cache_lookup_batch_args(reqs.data(), reqs.size(), a));
+    const std::vector<std::string> keys = strings(a.keys()), args = strings(a.args());
+    std::string dbsize = "0";
+    std::vector<CacheLookup> out;
+    auto batch_error = [&](const std::vector<std::string>& k, const std::vector<std::string>& v,
+                           std::string_view says) {
+        Reply r = raw(cache_lookup_batch_script(), k, v);
+        EXPECT_TRUE(r.is_error()) << to_string(r.type);
+        EXPECT_NE(r.str.find(says), std::string::npos) << r.str;
+        EXPECT_FALSE(parse_cache_lookup_batch_reply(std::move(r), 2, out));
+        EXPECT_EQ(ctl->run({"DBSIZE"}), dbsize);
+    };
+    auto with = [](std::vector<std::string> v, size_t i, std::string x) {
+        v[i] = std::move(x);
+        return v;
+    };
+    const std::string counts = "expected 1 to 64 lookups of 2 keys and 6 arguments";
+    batch_error({keys.begin(), keys.end() - 1}, args, counts);
+    batch_error(with(keys, 3, keys[3]), {args.begin(), args.end() - 1}, counts);
+    std::vector<std::string> more = args;
+    more.insert(more.end(), args.begin(), args.begin() + 6);
+    batch_error(keys, more, counts);
+    more = keys;
+    more.push_back(keys[0]);
+    batch_error(more, args, counts);
+    batch_error({}, args, counts);
+    batch_error(keys, {}, counts);
+
+    // Lookup 2 malformed: ARGV[7..12] = prefix, ns, id, hex, ttl, want.
+    std::vector<std::string> swapped = keys;
+    std::swap(swapped[2], swapped[3]);
+    const std::string not_keys = "lookup 2: keys are not the generation keys";
+    batch_error(swapped, args, not_keys);
+    batch_error(keys, with(args, 8, "anon"), not_keys);
+    batch_error(keys, with(args, 6, "tc"), not_keys);
+    batch_error(keys, with(args, 7, "analytics"), not_keys);
+    batch_error(keys, with(args, 9, args[9].substr(1)), "lookup 2: the key is not 64");
+    std::string upper = args[9];
+    upper[63] = 'A';
+    batch_error(keys, with(args, 9, upper), "lookup 2: the key is not 64");
+    batch_error(keys, with(args, 9, args[9] + "0"), "lookup 2: the key is not 64");
+    batch_error(keys, with(args, 10, "0"), "lookup 2: bad lock ttl");
+    batch_error(keys, with(args, 10, "x"), "lookup 2: bad lock ttl");
+    batch_error(keys, with(args, 10, "1.5"), "lookup 2: bad lock ttl");
+    batch_error(keys, with(args, 11, "yes"), "lookup 2: want_lock is not 0 or 1");
+    batch_error(keys, with(args, 11, ""), "lookup 2: want_lock is not 0 or 1");
+    batch_error(keys, with(args, 5, "2"), "lookup 1: want_lock is not 0 or 1");
+    // Without the lock its ttl is not looked at, as in LOOKUP.
+    Reply r = raw(cache_lookup_batch_script(), keys, with(with(args, 11, "0"), 10, "x"));
+    ASSERT_TRUE(parse_cache_lookup_batch_reply(std::move(r), 2, out));
+    EXPECT_TRUE(out[0].lock_taken);
+    EXPECT_FALSE(out[1].lock_taken);
+    ctl->run({"FLUSHALL"});
+
+    // Corrupt generations and keys of another type, in lookup 2's keys: LOOKUP alone fails too.
+    const std::string ug2 = keys[2], ng = keys[1];
+    dbsize = "1";
+    const std::string corrupt = "a generation key holds no generation";
+    for (const std::string bad : {"07", "-1", "1.5", " 1", "abc", "9007199254740992", ""}) {
+        ctl->run({"SET", ug2, bad});
+        batch_error(keys, args, corrupt);
+        EXPECT_TRUE(raw(cache_lookup_script(), {keys[2], keys[3]}, {args.begin() + 6, args.end()})
+                        .is_error());
+    }
+    ctl->run({"DEL", ug2});
+    const std::string type = "a generation or entry key holds another type";
+    for (const std::string& k : {ug2, ng, cache_entry_key(t2, gen(0, 0))}) {
+        ctl->run({"HSET", k, "f", "v"});
+        batch_error(keys, args, type);
+        EXPECT_TRUE(raw(cache_lookup_script(), {keys[2], keys[3]}, {args.begin() + 6, args.end()})
+                        .is_error());
+        ctl->run({"DEL", k});
+    }
+    // A generation present and an entry of another type: still found.
+    ctl->run({"SET", ug2, "3"});
+    ctl->run({"HSET", cache_entry_key(t2, gen(0, 3)), "f", "v"});
+    dbsize = "2";
+    batch_error(keys, args, type);
+}
+
+// Redis CPU of 64 single LOOKUPs against one batch of 64. Not run by default:
+//   throttle_redis_tests --gtest_also_run_disabled_tests --gtest_filter='*BatchRedisCpu*'
+// Per lookup: the scripts' time (INFO commandstats, cmdstat_evalsha usec) and the whole
+// redis-server process' CPU (INFO cpu: the scripts plus reading, parsing and answering).
+TEST_F(RedisCacheScriptsTest, DISABLED_BatchRedisCpu) {
+    const size_t n = cache_lookup_batch_max;
+    const int rounds = 300;
+    std::vector<CacheTarget> ts;
+    for (size_t i = 0; i < n; i++) {
+        ts.push_back(target("tc:", "review", i % 2 ? user_a : user_b, "/p" + std::to_string(i)));
+    }
+    auto field = [](const std::string& text, const std::string& key) {
+        size_t at = text.find(key);
+        return at == std::string::npos ? -1.0 : std::atof(text.c_str() + at + key.size());
+    };
+    auto cpu_us = [&] {
+        const std::string cpu = ctl->run({"INFO", "cpu"});
+        return 1e6 * (field(cpu, "used_cpu_user:") + field(cpu, "used_cpu_sys:"));
+    };
+    struct Scenario {
+        const char* name;
+        bool stored, want_lock;
+    };
+    for (const Scenario& sc :
+         {Scenario{"hit (1 KB entry)", true, true}, Scenario{"miss, no lock", false, false},
+          Scenario{"miss, lock held (waiter)", false, true}}) {
+        double script[2] = {0, 0}, process[2] = {0, 0}, wall[2] = {0, 0};
+        for (int batch = 0; batch < 2; batch++) {
+            ctl->run({"FLUSHALL"});
+            std::vector<CacheLookupRequest> reqs;
+            std::vector<EvalArgs> singles(n);
+            for (size_t i = 0; i < n; i++) {
+                if (sc.stored) {
+                    ctl->run({"SET", cache_entry_key(ts[i], gen(0, 0)), std::string(1024, 'e')});
+                }
+                reqs.push_back(request(ts[i], sc.want_lock));
+                ASSERT_TRUE(build_cache_lookup_args(ts[i], 5000, sc.want_lock, singles[i]));
+            }
+            EvalArgs all;
+            ASSERT_TRUE(build_cache_lookup_batch_args(reqs.data(), n, all));
+            lookup_batch(reqs);  // loads the scripts, takes the locks
+            lookup(ts[0]);
+            ctl->run({"CONFIG", "RESETSTAT"});
+            const double cpu0 = cpu_us();
+            const uint64_t t0 = mono_ms();
+            for (int r = 0; r < rounds; r++) {
+                std::vector<Outcome> o(batch ? 1 : n);
+                if (batch) {
+                    client->evalsha(cache_lookup_batch_script(), all.keys(), all.args(),
+                                    track(o[0]));
+                } else {
+                    for (size_t i = 0; i < n; i++) {  // pipelined, as nginx would send them
+                        client->evalsha(cache_lookup_script(), singles[i].keys(), singles[i].args(),
+                                        track(o[i]));
+                    }
+                }
+                ASSERT_TRUE(ev.run_until([&] { return o.back().calls > 0; }, 30000));
+                for (const Outcome& x : o) {
+                    ASSERT_TRUE(x.result.ok());
+                    ASSERT_FALSE(x.result.reply.is_error()) << x.result.reply.str;
+                }
+            }
+            wall[batch] = 1000.0 * double(mono_ms() - t0) / (rounds * n);
+            process[batch] = (cpu_us() - cpu0) / (rounds * n);
+            const std::string stats = ctl->run({"INFO", "commandstats"});
+            const size_t at = stats.find("cmdstat_evalsha:");
+            ASSERT_NE(at, std::string::npos);
+            script[batch] = field(stats.substr(at), "usec=") / (rounds * n);
+        }
+        std::printf(
+            "%-26s per lookup: script %.2f us single, %.2f us batch (x%.1f); "
+            "redis-server cpu %.2f us / %.2f us (x%.1f); client wall %.2f us / %.2f us\n",
+            sc.name, script[0], script[1], script[0] / script[1], process[0], process[1],
+            process[0] / process[1], wall[0], wall[1]);
+    }
 }
 
 }  // namespace
