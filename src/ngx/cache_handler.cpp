@@ -315,13 +315,15 @@ void release_unused_lock(CacheRequest& c, const redis::CacheLookup& out) noexcep
     }
 }
 
-void on_lookup(const std::shared_ptr<CacheRequest>& cr, redis::Result&& res,
-               bool want_lock) noexcept {
+}  // namespace
+
+void cache_lookup_done(const std::shared_ptr<CacheRequest>& cr, redis::Failure failure,
+                       redis::CacheLookup* answer, bool want_lock) noexcept {
     CacheRequest& c = *cr;
-    redis::CacheLookup out;
-    bool parsed = res.ok() && redis::parse_cache_lookup_reply(std::move(res.reply), out);
+    bool parsed = answer != nullptr;
+    redis::CacheLookup& out = *answer;
     if (!parsed && want_lock &&
-        (res.failure == redis::Failure::Timeout || res.failure == redis::Failure::Disconnected)) {
+        (failure == redis::Failure::Timeout || failure == redis::Failure::Disconnected)) {
         // Redis may have run the lookup and taken the lock after all.
         cache_abandon_lock(c.target(), c.lcf->cache_lock_timeout);
     }
@@ -332,12 +334,12 @@ void on_lookup(const std::shared_ptr<CacheRequest>& cr, redis::Result&& res,
         return;
     }
     if (!parsed) {
-        if (res.ok()) {
+        if (failure == redis::Failure::None) {
             ngx_log_error(NGX_LOG_WARN, c.r->connection->log, 0,
                           "throttle_cache: unexpected lookup reply");
         }
-        pass(c, res.failure == redis::Failure::CircuitOpen ? CacheStatus::bypass
-                                                             : CacheStatus::error);
+        pass(c, failure == redis::Failure::CircuitOpen ? CacheStatus::bypass
+                                                         : CacheStatus::error);
         return;
     }
     try {
@@ -395,26 +397,10 @@ void on_lookup(const std::shared_ptr<CacheRequest>& cr, redis::Result&& res,
     }
 }
 
+namespace {
+
 bool send_lookup(const std::shared_ptr<CacheRequest>& cr, bool want_lock) noexcept {
-    redis::Client* client = redis_client();
-    if (client == nullptr) {
-        return false;
-    }
-    try {
-        redis::EvalArgs args;
-        if (!redis::build_cache_lookup_args(cr->target(),
-                                            static_cast<int64_t>(cr->lcf->cache_lock_timeout),
-                                            want_lock, args)) {
-            return false;
-        }
-        client->evalsha(redis::cache_lookup_script(), args.keys(), args.args(),
-                        [cr, want_lock](redis::Result&& res) noexcept {
-                            on_lookup(cr, std::move(res), want_lock);
-                        });
-        return true;
-    } catch (...) {
-        return false;
-    }
+    return cache_lookup_submit(cr, want_lock);
 }
 
 // The request pool's cleanup: the request ended (answered, or aborted while waiting).

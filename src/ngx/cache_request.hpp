@@ -83,6 +83,9 @@ std::shared_ptr<const std::string> cache_plain_body(std::string_view entry_key,
 const std::string& cache_prefix() noexcept;
 
 // ---- cache_handler.cpp ----
+// A lookup's answer (nullptr: none; `failure` says why, None for a malformed reply).
+void cache_lookup_done(const std::shared_ptr<CacheRequest>& cr, redis::Failure failure,
+                       redis::CacheLookup* answer, bool want_lock) noexcept;
 // A wait ended: the filler stored (`entry` is its bytes when the filler ran in this worker,
 // else nullptr: look up again) or gave up (stored false).
 void cache_woken(const std::shared_ptr<CacheRequest>& cr, bool stored,
@@ -93,6 +96,10 @@ void cache_woken(const std::shared_ptr<CacheRequest>& cr, bool stored,
 void cache_release(CacheRequest& cr) noexcept;
 
 // ---- cache_worker.cpp: per-worker registry of fills and waiters ----
+// Queues a lookup; every lookup queued in one event-loop turn goes to Redis in one batch
+// script call at the end of the turn; cache_lookup_done() is called for each, never from inside
+// this call. False when it could not be queued.
+bool cache_lookup_submit(const std::shared_ptr<CacheRequest>& cr, bool want_lock) noexcept;
 void cache_worker_init(ngx_cycle_t* cycle, MainConf* mcf, redis::Loop& loop) noexcept;
 void cache_worker_exit() noexcept;
 // Whether a waiter for E will be woken: E is filled by this worker, or the fill channel is

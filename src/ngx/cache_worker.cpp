@@ -10,6 +10,7 @@
 // Invalidations Redis did not confirm are retried every second (see cache_invalidate()).
 // A message can overtake the lookup reply that makes a request wait (two connections): the
 // last messages that found nobody waiting are kept for a second and wake a late waiter at once.
+#include <algorithm>
 #include <array>
 #include <memory>
 #include <string>
@@ -67,6 +68,11 @@ constexpr size_t identity_slots = 512;
 constexpr size_t plain_slots = 64;
 constexpr size_t plain_max_bytes = 256 * 1024;  // bodies larger than this are not kept
 
+struct QueuedLookup {
+    std::shared_ptr<CacheRequest> cr;
+    bool want_lock;
+};
+
 struct CacheWorker {
     std::string prefix;
     std::string channel;
@@ -84,6 +90,10 @@ struct CacheWorker {
     std::array<IdentityMemo, identity_slots> identities;
     std::array<PlainMemo, plain_slots> plain;
     bool pending_full_logged = false;
+    std::vector<QueuedLookup> lookups;  // queued during this event-loop turn
+    std::vector<QueuedLookup> sending;  // kept for its capacity
+    ngx_event_t lookup_event;
+    ngx_connection_t lookup_ident;  // what lookup_event.data points at (debug log reads its fd)
 };
 
 CacheWorker* cw = nullptr;  // owned; deleted in cache_worker_exit (no static destructor)
@@ -284,7 +294,96 @@ void retry_pending() noexcept {
     }
 }
 
+void fail_lookups(std::vector<QueuedLookup>& batch, redis::Failure why) noexcept {
+    for (QueuedLookup& q : batch) {
+        cache_lookup_done(q.cr, why, nullptr, q.want_lock);
+    }
+}
+
+// Sends lookups [0, n) of `batch` (moved out) as one script call.
+void send_lookups(std::vector<QueuedLookup>&& batch) noexcept {
+    auto held = std::make_shared<std::vector<QueuedLookup>>(std::move(batch));
+    redis::Client* client = redis_client();
+    try {
+        std::vector<redis::CacheLookupRequest> reqs;
+        reqs.reserve(held->size());
+        for (const QueuedLookup& q : *held) {
+            redis::CacheLookupRequest rq;
+            rq.target = q.cr->target();
+            rq.lock_ttl_ms = static_cast<int64_t>(q.cr->lcf->cache_lock_timeout);
+            rq.want_lock = q.want_lock;
+            reqs.push_back(rq);
+        }
+        redis::EvalArgs args;
+        if (client == nullptr ||
+            !redis::build_cache_lookup_batch_args(reqs.data(), reqs.size(), args)) {
+            fail_lookups(*held, redis::Failure::Invalid);
+            return;
+        }
+        client->evalsha(redis::cache_lookup_batch_script(), args.keys(), args.args(),
+                        [held](redis::Result&& res) noexcept {
+                            std::vector<redis::CacheLookup> out;
+                            bool good = false;
+                            try {
+                                good = res.ok() && redis::parse_cache_lookup_batch_reply(
+                                                       std::move(res.reply), held->size(), out);
+                            } catch (...) {
+                            }
+                            if (!good) {
+                                fail_lookups(*held, res.failure);
+                                return;
+                            }
+                            for (size_t i = 0; i < held->size(); i++) {
+                                cache_lookup_done((*held)[i].cr, redis::Failure::None, &out[i],
+                                                  (*held)[i].want_lock);
+                            }
+                        });
+    } catch (...) {
+        fail_lookups(*held, redis::Failure::Invalid);
+    }
+}
+
+// The end of an event-loop turn: what was queued goes to Redis.
+void flush_lookups(ngx_event_t*) noexcept {
+    if (cw == nullptr) {
+        return;
+    }
+    std::vector<QueuedLookup>& queue = cw->sending;
+    queue.swap(cw->lookups);
+    std::vector<QueuedLookup> batch;
+    batch.reserve(std::min(queue.size(), redis::cache_lookup_batch_max));
+    for (QueuedLookup& q : queue) {
+        if (q.cr->gone) {
+            continue;  // nothing to ask for a request that ended
+        }
+        batch.push_back(std::move(q));
+        if (batch.size() == redis::cache_lookup_batch_max) {
+            send_lookups(std::move(batch));
+            batch.clear();
+        }
+    }
+    if (!batch.empty()) {
+        send_lookups(std::move(batch));
+    }
+    queue.clear();
+}
+
 }  // namespace
+
+bool cache_lookup_submit(const std::shared_ptr<CacheRequest>& cr, bool want_lock) noexcept {
+    if (cw == nullptr || redis_client() == nullptr) {
+        return false;
+    }
+    try {
+        cw->lookups.push_back(QueuedLookup{cr, want_lock});
+    } catch (...) {
+        return false;
+    }
+    if (!cw->lookup_event.posted) {
+        ngx_post_event(&cw->lookup_event, &ngx_posted_events);
+    }
+    return true;
+}
 
 bool cache_invalidate(std::string id, std::vector<std::string> namespaces,
                       std::function<void()> answered) noexcept {
@@ -383,6 +482,12 @@ void cache_worker_init(ngx_cycle_t* cycle, MainConf* mcf, redis::Loop& loop) noe
         w->channel = redis::cache_fill_channel(base);
         w->loop = &loop;
         w->retry_timer = loop.create_timer([]() noexcept { retry_pending(); });
+        ngx_memzero(&w->lookup_event, sizeof(w->lookup_event));
+        ngx_memzero(&w->lookup_ident, sizeof(w->lookup_ident));
+        w->lookup_ident.fd = static_cast<ngx_socket_t>(-1);
+        w->lookup_event.data = &w->lookup_ident;
+        w->lookup_event.log = cycle->log;
+        w->lookup_event.handler = flush_lookups;
         ngx_log_t* log = cycle->log;
         w->sub = std::make_unique<redis::Subscriber>(
             loop, *mcf->redis->client, w->channel, on_message,
@@ -410,6 +515,9 @@ void cache_worker_exit() noexcept {
     }
     if (cw->sub) {
         cw->sub->close();
+    }
+    if (cw->lookup_event.posted) {
+        ngx_delete_posted_event(&cw->lookup_event);
     }
     if (!cw->pending.empty()) {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,

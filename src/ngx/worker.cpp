@@ -353,7 +353,7 @@ ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
         worker->client->add_script(redis::strict_batch_script());
         worker->client->add_script(redis::flush_script());
         if (mcf->cache_used) {
-            worker->client->add_script(redis::cache_lookup_script());
+            worker->client->add_script(redis::cache_lookup_batch_script());
             worker->client->add_script(redis::cache_store_script());
             worker->client->add_script(redis::cache_release_script());
             worker->client->add_script(redis::cache_abandon_script());
