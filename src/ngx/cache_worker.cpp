@@ -492,12 +492,8 @@ void cache_worker_init(ngx_cycle_t* cycle, MainConf* mcf, redis::Loop& loop) noe
         w->sub = std::make_unique<redis::Subscriber>(
             loop, *mcf->redis->client, w->channel, on_message,
             [log](redis::LogLevel level, std::string_view m) {
-                ngx_uint_t l = level == redis::LogLevel::Error  ? NGX_LOG_ERR
-                               : level == redis::LogLevel::Warn ? NGX_LOG_WARN
-                               : level == redis::LogLevel::Info ? NGX_LOG_NOTICE
-                                                                : NGX_LOG_DEBUG;
-                ngx_log_error(l, log, 0, "throttle_cache: fill channel: %*s", m.size(),
-                              m.data());
+                ngx_log_error(log_level_of(level), log, 0, "throttle_cache: fill channel: %*s",
+                              m.size(), m.data());
             });
         cw = w.release();
         cw->sub->start();

@@ -43,11 +43,8 @@ struct Worker {
               })) {}
 
     void log_message(redis::LogLevel level, std::string_view msg) noexcept {
-        ngx_uint_t l = level == redis::LogLevel::Error  ? NGX_LOG_ERR
-                       : level == redis::LogLevel::Warn ? NGX_LOG_WARN
-                       : level == redis::LogLevel::Info ? NGX_LOG_NOTICE
-                                                        : NGX_LOG_DEBUG;
-        ngx_log_error(l, log, 0, "throttle_redis: %*s", msg.size(), msg.data());
+        ngx_log_error(log_level_of(level), log, 0, "throttle_redis: %*s", msg.size(),
+                      msg.data());
     }
 
     MainConf* mcf;
@@ -289,6 +286,13 @@ MainConf* main_conf(ngx_cycle_t* cycle) noexcept {
 }
 
 }  // namespace
+
+ngx_uint_t log_level_of(redis::LogLevel level) noexcept {
+    return level == redis::LogLevel::Error  ? NGX_LOG_ERR
+           : level == redis::LogLevel::Warn ? NGX_LOG_WARN
+           : level == redis::LogLevel::Info ? NGX_LOG_NOTICE
+                                            : NGX_LOG_DEBUG;
+}
 
 redis::Client* redis_client() noexcept {
     return worker && worker->client ? worker->client.get() : nullptr;

@@ -13,6 +13,9 @@
 
 namespace throttle::ngx {
 
+// nginx's log level for a message of the Redis layer.
+ngx_uint_t log_level_of(redis::LogLevel level) noexcept;
+
 // This worker's Redis client; nullptr when no zone needs Redis (or outside workers).
 redis::Client* redis_client() noexcept;
 const RedisSettings* redis_settings() noexcept;

@@ -28,35 +28,12 @@
 
 #include "redis/hiredis_reply.hpp"
 
+#include "redis/message.hpp"
+
 namespace throttle::redis {
 namespace {
 
-void append_part(std::string& s, std::string_view part) {
-    s.append(part.data(), part.size());
-}
-
-void append_part(std::string& s, const char* part) {
-    s.append(part);
-}
-
-template <typename Int, typename = std::enable_if_t<std::is_integral_v<Int>>>
-void append_part(std::string& s, Int n) {
-    char buf[24];
-    auto res = std::to_chars(buf, buf + sizeof(buf), n);
-    s.append(buf, res.ptr);
-}
-
-// Concatenates message parts; never throws (an empty message if memory runs out).
-template <typename... Parts>
-std::string cat(const Parts&... parts) noexcept {
-    try {
-        std::string s;
-        (append_part(s, parts), ...);
-        return s;
-    } catch (...) {
-        return std::string();
-    }
-}
+using message::cat;
 
 bool iequals(std::string_view a, const char* b) noexcept {
     size_t n = std::strlen(b);

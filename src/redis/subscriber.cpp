@@ -23,35 +23,12 @@
 #include <type_traits>
 #include <utility>
 
+#include "redis/message.hpp"
+
 namespace throttle::redis {
 namespace {
 
-void append_part(std::string& s, std::string_view part) {
-    s.append(part.data(), part.size());
-}
-
-void append_part(std::string& s, const char* part) {
-    s.append(part);
-}
-
-template <typename Int, typename = std::enable_if_t<std::is_integral_v<Int>>>
-void append_part(std::string& s, Int n) {
-    char buf[24];
-    auto res = std::to_chars(buf, buf + sizeof(buf), n);
-    s.append(buf, res.ptr);
-}
-
-// Concatenates message parts; never throws (an empty message if memory runs out).
-template <typename... Parts>
-std::string cat(const Parts&... parts) noexcept {
-    try {
-        std::string s;
-        (append_part(s, parts), ...);
-        return s;
-    } catch (...) {
-        return std::string();
-    }
-}
+using message::cat;
 
 std::string_view text_of(const redisReply* r) noexcept {
     return r->str != nullptr ? std::string_view(r->str, r->len) : std::string_view();
