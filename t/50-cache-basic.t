@@ -292,13 +292,28 @@ for my $c (@not_stored) {
 }
 
 {
+    # An upstream that compresses (Django's GZipMiddleware): stored inflated, then served gzip'd
+    # to clients that accept it and plain to the others, all from the one upstream answer.
     my $u = '/ns/gz?_gzip=1&_size=5000';
     my @r = map { $t->get($u, 'Accept-Encoding' => 'gzip') } 1 .. 2;
-    is(hits($u), 2, 'upstream gzip: not stored');
-    is($r[1]{headers}{'content-encoding'}, 'gzip', 'upstream gzip: passed on gzip\'d');
-    my $p = Throttle::App::parse_body(gunzip_str($r[1]{body}));
-    ok($p && $p->{length} == 5000 && $p->{pattern_ok} && $p->{n} != n_of({ body => gunzip_str($r[0]{body}) }),
-        'upstream gzip: each its own whole body');
+    my $plain = $t->get($u);
+    is(hits($u), 1, 'upstream gzip: stored (one upstream request for three)');
+    is(xc($r[0]), 'MISS', 'upstream gzip: first is a MISS');
+    is(xc($r[1]), 'HIT', 'upstream gzip: second is a HIT');
+    is(xc($plain), 'HIT', 'upstream gzip: a plain client hits too');
+    is($r[0]{headers}{'content-encoding'}, 'gzip', 'upstream gzip: the miss is passed on gzip\'d');
+    is($r[1]{headers}{'content-encoding'}, 'gzip', 'upstream gzip: the gzip client gets gzip');
+    ok(!exists $plain->{headers}{'content-encoding'}, 'upstream gzip: the plain client gets plain');
+    my $first = gunzip_str($r[0]{body});
+    my $p = Throttle::App::parse_body($first);
+    ok($p && $p->{length} == 5000 && $p->{pattern_ok}, 'upstream gzip: the whole body');
+    is(gunzip_str($r[1]{body}), $first, 'upstream gzip: the hit inflates to the same bytes');
+    is($plain->{body}, $first, 'upstream gzip: the plain hit is the same bytes');
+
+    # A coding the module cannot inflate is not stored.
+    $u = '/ns/br?_hdr=Content-Encoding:br&_size=3000';
+    $t->get($u) for 1 .. 2;
+    is(hits($u), 2, 'Content-Encoding: br: not stored');
 
     my $mark = $t->log_mark;
     $u = '/ns/abort?_abort=1000&_size=100000';

@@ -398,11 +398,17 @@ Decision decide(const Policy& p, const Response& r) noexcept {
             if (v != Verdict::store) return refuse(v);
         }
     }
+    bool gzip_body = false;
     for (size_t i = 0; i < r.header_count; ++i) {
         const HeaderView& h = r.headers[i];
         if (iequals(h.name, "content-encoding")) {
             std::string_view v = trim(h.value);
-            if (!v.empty() && !iequals(v, "identity")) return refuse(Verdict::content_encoding);
+            if (v.empty() || iequals(v, "identity")) continue;
+            if (p.accept_gzip && !gzip_body && (iequals(v, "gzip") || iequals(v, "x-gzip"))) {
+                gzip_body = true;  // one gzip coding; a second Content-Encoding refuses
+                continue;
+            }
+            return refuse(Verdict::content_encoding);
         }
     }
     if (r.content_length >= 0 && !fits(p, static_cast<uint64_t>(r.content_length)))
@@ -446,6 +452,7 @@ Decision decide(const Policy& p, const Response& r) noexcept {
     d.verdict = Verdict::store;
     d.ttl_ms = ttl_ms;
     d.stale_ms = cc.revalidate || p.stale_ms < 0 ? 0 : p.stale_ms;
+    d.gzip_body = gzip_body;
     return d;
 }
 

@@ -30,7 +30,10 @@
 //               per-user identity (which stands for the credentials); any other header only
 //               when the policy is not strict_vary (the key does not hold that header)
 //   encoding    a Content-Encoding other than identity is not stored (the module compresses
-//               bodies itself and must be able to serve them plain)
+//               bodies itself and must be able to serve them plain), except, when the policy
+//               says accept_gzip, exactly one "gzip" (or "x-gzip") coding: the decision then
+//               says gzip_body and the caller inflates the body before storing it
+//               (Decision::gzip_body; "gzip, br", "deflate", "br" are still refused)
 //   size        a Content-Length above max_entry_size (the body is counted again while it
 //               streams: fits())
 //   Cache-Control (all such headers together; names case-insensitive, quoted values allowed)
@@ -149,6 +152,7 @@ struct Policy {
     uint64_t max_entry_size = 1 << 20;
     int64_t stale_ms = 0;     // throttle_cache_stale
     bool strict_vary = true;  // refuse Vary on headers the key does not hold
+    bool accept_gzip = false;  // a gzip-coded response is stored (inflated by the caller)
 };
 
 struct Response {
@@ -183,6 +187,7 @@ struct Decision {
     Verdict verdict = Verdict::store;
     int64_t ttl_ms = 0;    // fresh for this long (when stored)
     int64_t stale_ms = 0;  // then stale for this long
+    bool gzip_body = false;  // the body is gzip-coded: inflate it before storing
     bool store() const noexcept { return verdict == Verdict::store; }
 };
 

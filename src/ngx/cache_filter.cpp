@@ -231,6 +231,7 @@ void start_capture(ngx_http_request_t* r, CacheRequest& cr, const LocConf* lcf) 
     policy.user_identity = cr.id != core::cache::anonymous_identity;
     policy.max_entry_size = lcf->cache_max_size;
     policy.stale_ms = static_cast<int64_t>(lcf->cache_stale);
+    policy.accept_gzip = true;  // inflated in store(), stored in the module's own format
     core::cache::Response resp;
     resp.status = static_cast<uint16_t>(r->headers_out.status);
     resp.method = "GET";
@@ -288,6 +289,18 @@ void store(ngx_http_request_t* r, CacheRequest& cr) {
         return;
     }
     const LocConf* lcf = cr.lcf;
+    if (cr.decision.gzip_body) {
+        // The upstream compressed it (Django's GZipMiddleware): keep the plain bytes.
+        std::string plain;
+        if (!core::gzip_decompress(cr.body, plain, lcf->cache_max_size)) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "throttle_cache: response not stored: its gzip body does not inflate "
+                          "within throttle_cache_max_size");
+            cache_release(cr);
+            return;
+        }
+        cr.body.swap(plain);
+    }
     std::string gz;
     bool compressed = false;
     if (cr.body.size() >= lcf->cache_min_compress && core::gzip_compress(cr.body, gz) &&

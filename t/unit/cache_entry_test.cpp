@@ -490,6 +490,39 @@ TEST(CacheDecide, ContentEncoding) {
     EXPECT_EQ(verdict(with({{"Content-Encoding", "br"}})), Verdict::content_encoding);
     EXPECT_TRUE(run(with({{"Content-Encoding", "identity"}})).store());
     EXPECT_TRUE(run(with({{"Content-Encoding", ""}})).store());
+    EXPECT_FALSE(run(with({{"Content-Encoding", "identity"}})).gzip_body);
+}
+
+TEST(CacheDecide, UpstreamGzipWhenAccepted) {
+    ValidTime valid[] = {{200, 60000}};
+    Policy p;
+    p.valid = valid;
+    p.valid_count = 1;
+    p.accept_gzip = true;
+    auto decide_with = [&](std::vector<HeaderView> hs) {
+        Response r;
+        r.status = 200;
+        r.method = "GET";
+        r.headers = hs.data();
+        r.header_count = hs.size();
+        return decide(p, r);
+    };
+    for (const char* v : {"gzip", "GZIP", " x-gzip ", "X-Gzip"}) {
+        SCOPED_TRACE(v);
+        Decision d = decide_with({{"Content-Encoding", v}});
+        EXPECT_TRUE(d.store());
+        EXPECT_TRUE(d.gzip_body);
+    }
+    for (const char* v : {"br", "deflate", "gzip, br", "gzip,gzip", "compress"}) {
+        SCOPED_TRACE(v);
+        EXPECT_EQ(decide_with({{"Content-Encoding", v}}).verdict, Verdict::content_encoding);
+    }
+    // Two Content-Encoding fields are two codings: refused.
+    EXPECT_EQ(decide_with({{"Content-Encoding", "gzip"}, {"Content-Encoding", "gzip"}}).verdict,
+              Verdict::content_encoding);
+    EXPECT_FALSE(decide_with({}).gzip_body);
+    p.accept_gzip = false;
+    EXPECT_EQ(decide_with({{"Content-Encoding", "gzip"}}).verdict, Verdict::content_encoding);
 }
 
 TEST(CacheDecide, MaxEntrySize) {
