@@ -91,6 +91,14 @@ ngx_table_elt_t* push_header(ngx_http_request_t* r, std::string_view name,
     return h;
 }
 
+// Whether a header name is `lower` (given in lowercase), case-insensitively.
+bool named(std::string_view name, std::string_view lower) noexcept {
+    return name.size() == lower.size() &&
+           ngx_strncasecmp(reinterpret_cast<u_char*>(const_cast<char*>(name.data())),
+                           reinterpret_cast<u_char*>(const_cast<char*>(lower.data())),
+                           lower.size()) == 0;
+}
+
 bool mentions_accept_encoding(std::string_view vary) noexcept {
     static constexpr std::string_view ae = "accept-encoding";
     for (size_t i = 0; i + ae.size() <= vary.size(); i++) {
@@ -132,10 +140,7 @@ ngx_int_t serve(ngx_http_request_t* r, CacheRequest& cr) noexcept {
     bool vary_ae = false;
     for (size_t i = 0; i < v->header_count; i++) {
         const core::cache::HeaderView& h = v->headers[i];
-        if (h.name.size() == 12 &&
-            ngx_strncasecmp(reinterpret_cast<u_char*>(const_cast<char*>(h.name.data())),
-                            reinterpret_cast<u_char*>(const_cast<char*>("content-type")),
-                            12) == 0) {
+        if (named(h.name, "content-type")) {
             r->headers_out.content_type.data =
                 reinterpret_cast<u_char*>(const_cast<char*>(h.value.data()));
             r->headers_out.content_type.len = h.value.size();
@@ -147,14 +152,22 @@ ngx_int_t serve(ngx_http_request_t* r, CacheRequest& cr) noexcept {
             r->headers_out.content_type_lowcase = nullptr;
             continue;
         }
-        if (h.name.size() == 4 &&
-            ngx_strncasecmp(reinterpret_cast<u_char*>(const_cast<char*>(h.name.data())),
-                            reinterpret_cast<u_char*>(const_cast<char*>("vary")), 4) == 0 &&
-            mentions_accept_encoding(h.value)) {
+        if (named(h.name, "vary") && mentions_accept_encoding(h.value)) {
             vary_ae = true;
         }
-        if (push_header(r, h.name, h.value) == nullptr) {
+        ngx_table_elt_t* t = push_header(r, h.name, h.value);
+        if (t == nullptr) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        // nginx's not_modified filter answers If-None-Match / If-Modified-Since from these.
+        if (named(h.name, "etag")) {
+            r->headers_out.etag = t;
+        } else if (named(h.name, "last-modified")) {
+            time_t lm = ngx_parse_http_time(t->value.data, t->value.len);
+            if (lm != NGX_ERROR) {
+                r->headers_out.last_modified = t;
+                r->headers_out.last_modified_time = lm;
+            }
         }
     }
     auto* age = static_cast<u_char*>(ngx_pnalloc(r->pool, NGX_INT64_LEN));
