@@ -115,6 +115,12 @@ bool mentions_accept_encoding(std::string_view vary) noexcept {
 // phase handler; finalizes the request.
 ngx_int_t serve(ngx_http_request_t* r, CacheRequest& cr) noexcept {
     cr.step = CacheRequest::Step::done;
+    // A body the client sent with its GET must be read away, or nginx would parse it as the
+    // connection's next request (request smuggling).
+    ngx_int_t rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
     if (!cr.view_valid) {
         core::cache::DecodeLimits limits;
         limits.max_size = cr.lcf->cache_max_size;
@@ -191,7 +197,7 @@ ngx_int_t serve(ngx_http_request_t* r, CacheRequest& cr) noexcept {
     r->headers_out.content_length_n = static_cast<off_t>(body.size());
     r->allow_ranges = v->status == NGX_HTTP_OK;
 
-    ngx_int_t rc = ngx_http_send_header(r);
+    rc = ngx_http_send_header(r);
     if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
         ngx_http_finalize_request(r, rc);
         return NGX_DONE;
@@ -546,11 +552,15 @@ ngx_int_t cache_handler(ngx_http_request_t* r) noexcept {
         // The path as the client sent it when nothing rewrote it (what proxy_pass without a
         // URI forwards); the normalised one otherwise. Either way a different path is a
         // different key; only spelling variants cost a miss.
+        // The query likewise: raw, as sent on (a "#..." nginx leaves out of $args included).
         std::string_view path = view(r->uri);
+        std::string_view query = view(r->args);
         if (r->valid_unparsed_uri && r->unparsed_uri.len > 0) {
             path = view(r->unparsed_uri);
+            query = {};
             size_t q = path.find('?');
             if (q != std::string_view::npos) {
+                query = path.substr(q + 1);
                 path = path.substr(0, q);
             }
         }
@@ -559,7 +569,7 @@ ngx_int_t cache_handler(ngx_http_request_t* r) noexcept {
         in.identity_digest = cr->id;
         in.method = view(r->method_name);
         in.path = path;
-        in.query = view(r->args);
+        in.query = query;
         cr->key = core::cache::cache_key(in);
 
         if (cache_invalidation_pending(in.ns, cr->id)) {
