@@ -20,20 +20,32 @@
 #   lua          the OpenResty peer (Debian's libnginx-mod-http-lua + lua-resty-redis,
 #                own nginx instance): cache-aside in content_by_lua (bench/cache_peer.lua),
 #                GET per request, SET EX on a miss; warmed, every request is a hit
+# Many users: the scenarios above send one cookie, so the module's per-worker memos (the
+# identity HMAC, 512 slots; inflated gzip bodies, 64 slots) always hit. These send
+# BENCH_CACHE_USERS distinct cookies in turn (wrk -s bench/cache_users.lua:
+# sessionid=u<i>-<suffix>, one after the other), same URL, same locations:
+#   throttle_users, throttle_gz_users, lua_users   as throttle, throttle_gz, lua
+#   static_users                                   as static: what the wrk script costs
+#   throttle_plain_users (not in the default set)  as throttle_plain
+# Every user's entry is stored before measuring: wrk passes of the same script at -c8 until
+# a pass that sent every user at least once left the origin's request count unchanged.
 # wrk runs against each in interleaved rounds; medians of req/s, p50 and p99 are
 # printed with the ratios throttle/lua and throttle_gz/lua (goal >= 2x), throttle/static,
-# throttle/upstream, CPU and Redis commands per request, and the origin's request
-# count during the hit scenarios (must stay 0). Then Redis bytes per entry:
+# throttle/upstream, the same for the *_users scenarios, many users / one user, CPU and
+# Redis commands per request, and the origin's request count during the hit scenarios
+# (must stay 0). Then Redis bytes per entry:
 # a ~2 KB and a ~20 KB JSON stored with the default gzip (>= 1k) and with
 # throttle_cache_gzip_min_length 100m (MEMORY USAGE and STRLEN of the entry keys).
 #
 # `make bench` runs it after bench/run.sh; alone: bash bench/cache.sh.
 # Knobs (environment):
-#   BENCH_CACHE_SCENARIOS   scenarios, in order           (upstream static throttle throttle_gz lua)
+#   BENCH_CACHE_SCENARIOS   scenarios, in order           (upstream static throttle throttle_gz lua static_users
+#                                                          throttle_users throttle_gz_users lua_users)
+#   BENCH_CACHE_USERS       distinct users of *_users     (2000)
 #   BENCH_WORKERS           nginx worker_processes        (1)
 #   BENCH_THREADS           wrk -t                        (1)
 #   BENCH_CONNECTIONS       wrk -c                        (32)
-#   BENCH_CACHE_DURATION    wrk -d per measurement        (8s)
+#   BENCH_CACHE_DURATION    wrk -d per measurement        (6s)
 #   BENCH_WARMUP            wrk -d warm-up per scenario   (1s; 0 to skip)
 #   BENCH_ROUNDS            interleaved rounds            (3)
 #   BENCH_CACHE_BODY_BYTES  size of the JSON body, about  (2048)
@@ -52,11 +64,12 @@ root=$(cd "$here/.." && pwd)
 
 NGINX=${BENCH_NGINX:-/usr/sbin/nginx}
 MODULE=${BENCH_MODULE:-$root/build/ngx_http_throttle_module.so}
-SCENARIOS=${BENCH_CACHE_SCENARIOS:-upstream static throttle throttle_gz lua}
+SCENARIOS=${BENCH_CACHE_SCENARIOS:-upstream static throttle throttle_gz lua static_users throttle_users throttle_gz_users lua_users}
+USERS=${BENCH_CACHE_USERS:-2000}
 WORKERS=${BENCH_WORKERS:-1}
 THREADS=${BENCH_THREADS:-1}
 CONNECTIONS=${BENCH_CONNECTIONS:-32}
-DURATION=${BENCH_CACHE_DURATION:-8s}
+DURATION=${BENCH_CACHE_DURATION:-6s}
 WARMUP=${BENCH_WARMUP:-1s}
 ROUNDS=${BENCH_ROUNDS:-3}
 BODY_BYTES=${BENCH_CACHE_BODY_BYTES:-2048}
@@ -64,6 +77,8 @@ OUT=${BENCH_CACHE_OUT:-}
 KEEP=${BENCH_KEEP:-0}
 
 SESSION='sessionid=b3f1c0de5eed4a11'
+USER_SUFFIX='9c41e07a2d5fb863' # *_users: Cookie: sessionid=u<i>-$USER_SUFFIX, i = 1 .. USERS
+USERS_SCRIPT=$here/cache_users.lua
 REQ_PATH='/api/items?sort=name&page=2'
 GOAL_LUA=2 # throttle/lua req/s
 
@@ -150,9 +165,9 @@ parse_wrk() {
 # Checks, packages.
 # --------------------------------------------------------------------------
 
-for n in WORKERS THREADS CONNECTIONS ROUNDS BODY_BYTES; do
+for n in WORKERS THREADS CONNECTIONS ROUNDS BODY_BYTES USERS; do
     if ! is_uint "${!n}" || ((${!n} == 0)); then
-        die "BENCH_$n must be a positive integer, not \"${!n}\""
+        die "BENCH_${n/#USERS/CACHE_USERS} must be a positive integer, not \"${!n}\""
     fi
 done
 [[ $DURATION =~ ^[1-9][0-9]*[smh]?$ ]] || die "BENCH_CACHE_DURATION must look like 8s, not \"$DURATION\""
@@ -160,6 +175,7 @@ done
 ((CONNECTIONS >= THREADS)) || die "BENCH_CONNECTIONS must be >= BENCH_THREADS"
 
 known='upstream static throttle throttle_gz throttle_plain lua'
+known+=' static_users throttle_users throttle_gz_users throttle_plain_users lua_users'
 read -r -a scenarios <<<"$SCENARIOS"
 ((${#scenarios[@]})) || die "BENCH_CACHE_SCENARIOS is empty"
 declare -A seen=()
@@ -168,7 +184,7 @@ for s in "${scenarios[@]}"; do
     [[ -z ${seen[$s]:-} ]] || die "scenario \"$s\" is listed twice"
     seen[$s]=1
 done
-want_lua=${seen[lua]:-}
+want_lua=${seen[lua]:-}${seen[lua_users]:-}
 
 packages=(wrk curl redis-server)
 [[ -z $want_lua ]] || packages+=(libnginx-mod-http-lua lua-nginx-redis lua-resty-core)
@@ -295,12 +311,18 @@ gz_bytes=$(gzip -6 -c "$tmp/html/api/items.json" | wc -c)
 
 read -r p_origin p_origin_cache p_upstream p_static p_throttle p_plain p_lua <<<"$(free_ports 7)"
 declare -A port=([upstream]=$p_upstream [static]=$p_static [throttle]=$p_throttle
-    [throttle_gz]=$p_throttle [throttle_plain]=$p_plain [lua]=$p_lua)
+    [throttle_gz]=$p_throttle [throttle_plain]=$p_plain [lua]=$p_lua [static_users]=$p_static
+    [throttle_users]=$p_throttle [throttle_gz_users]=$p_throttle [throttle_plain_users]=$p_plain
+    [lua_users]=$p_lua)
 declare -A instance_of=([upstream]=main [static]=main [throttle]=main [throttle_gz]=main
-    [throttle_plain]=main [lua]=lua)
+    [throttle_plain]=main [lua]=lua [static_users]=main [throttle_users]=main
+    [throttle_gz_users]=main [throttle_plain_users]=main [lua_users]=lua)
 # request headers besides the cookie
-declare -A accept=([throttle_gz]='Accept-Encoding: gzip')
-is_cache() { [[ $1 == throttle* || $1 == lua ]]; }
+declare -A accept=([throttle_gz]='Accept-Encoding: gzip' [throttle_gz_users]='Accept-Encoding: gzip')
+is_cache() { [[ $1 == throttle* || $1 == lua* ]]; }
+is_users() { [[ $1 == *_users ]]; }
+# cookie NAME: the session cookie of the first request (*_users: of user 1)
+cookie() { if is_users "$1"; then echo "sessionid=u1-$USER_SUFFIX"; else echo "$SESSION"; fi; }
 pool_size=$((CONNECTIONS > 100 ? CONNECTIONS : 100))
 origin_log=$tmp/origin-cache.log
 : >"$origin_log"
@@ -457,7 +479,7 @@ url() { echo "http://127.0.0.1:${port[$1]}$REQ_PATH"; }
 # get NAME URL: GET with the session cookie; headers to $tmp/h.NAME, body to
 # $tmp/b.NAME; prints the status code
 get() {
-    curl -s -H "Cookie: $SESSION" ${accept[$1]:+-H "${accept[$1]}"} -D "$tmp/h.$1" -o "$tmp/b.$1" \
+    curl -s -H "Cookie: $(cookie "$1")" ${accept[$1]:+-H "${accept[$1]}"} -D "$tmp/h.$1" -o "$tmp/b.$1" \
         -w '%{http_code}' "$2" || true
 }
 # same_body NAME: the body is the JSON file (gunzipped if it came gzip'd)
@@ -495,8 +517,8 @@ for s in "${scenarios[@]}"; do
         done
         [[ $(xcache "$s") == HIT ]] || { cat "$tmp/h.$s" >&2; die "$s: never answered X-Cache: HIT"; }
         same_body "$s" || die "$s: the HIT body is not the JSON file"
-        if [[ $s == throttle_gz ]] && ! grep -qi '^content-encoding: *gzip' <(tr -d '\r' <"$tmp/h.$s"); then
-            die "throttle_gz: the hit was not sent gzip'd"
+        if [[ $s == throttle_gz* ]] && ! grep -qi '^content-encoding: *gzip' <(tr -d '\r' <"$tmp/h.$s"); then
+            die "$s: the hit was not sent gzip'd"
         fi
         tr -d '\r' <"$tmp/h.$s" >"$tmp/sample.$s"
     fi
@@ -506,12 +528,40 @@ done
 # Measure.
 # --------------------------------------------------------------------------
 
-run_wrk() { # run_wrk OUTFILE DURATION SCENARIO
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$2" --latency -H "Cookie: $SESSION" \
-        ${accept[$3]:+-H "${accept[$3]}"} "$(url "$3")" >"$1" 2>&1 ||
-        { cat "$1" >&2; die "$3: wrk failed"; }
+run_wrk() { # run_wrk OUTFILE DURATION SCENARIO [THREADS CONNECTIONS]
+    local t=${4:-$THREADS} c=${5:-$CONNECTIONS}
+    if is_users "$3"; then
+        wrk -t"$t" -c"$c" -d"$2" --latency -s "$USERS_SCRIPT" ${accept[$3]:+-H "${accept[$3]}"} \
+            "$(url "$3")" -- "$USERS" "$USER_SUFFIX" "$t" >"$1" 2>&1
+    else
+        wrk -t"$t" -c"$c" -d"$2" --latency -H "Cookie: $SESSION" \
+            ${accept[$3]:+-H "${accept[$3]}"} "$(url "$3")" >"$1" 2>&1
+    fi || { cat "$1" >&2; die "$3: wrk failed"; }
 }
 origin_count() { wc -l <"$origin_log"; }
+
+# Many users: every user's entry is stored (the first pass sends the misses), then a pass
+# that sent every user at least once (-t1: one wrk thread goes through the users in turn)
+# must leave the origin's count unchanged. A scenario sharing its cache with an earlier
+# one (throttle_gz_users: throttle_users' location) only has to pass the check.
+users_warm_s=$SECONDS
+users_list=()
+for s in "${scenarios[@]}"; do is_users "$s" && users_list+=("$s"); done
+for s in "${scenarios[@]}"; do
+    if ! is_users "$s" || ! is_cache "$s"; then continue; fi
+    ok=
+    for ((pass = 1; pass <= 12; pass++)); do
+        f=$tmp/wrk.$s.fill.$pass
+        o0=$(origin_count)
+        run_wrk "$f" 1s "$s" 1 8
+        o1=$(origin_count)
+        read -r _ _ _ n <<<"$(parse_wrk "$f" "$s (users warm-up, pass $pass)")"
+        say "$(printf 'users warm-up: %-20s pass %2d: %6d requests, origin +%d' "$s" "$pass" "$n" $((o1 - o0)))"
+        if ((n >= USERS && o1 == o0)); then ok=1; break; fi
+    done
+    [[ -n $ok ]] || die "$s: the caches of the $USERS users are still missing after $((pass - 1)) passes"
+done
+users_warm_s=$((SECONDS - users_warm_s))
 
 if [[ ! $WARMUP =~ ^0+[smh]?$ ]]; then
     say "warm-up: $WARMUP per scenario"
@@ -546,7 +596,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         origin_hits[$s]=$((${origin_hits[$s]:-0} + o1 - o0))
         redis_delta "$f.redis-before" "$f.redis-after" >>"$tmp/redis-calls.$s"
         echo "requests $n" >>"$tmp/redis-calls.$s"
-        say "  $(printf '%-14s %9.0f req/s  p50 %6.3f ms  p99 %6.3f ms  origin +%d' "$s" "$rps" "$p50" "$p99" $((o1 - o0)))"
+        say "  $(printf '%-20s %9.0f req/s  p50 %6.3f ms  p99 %6.3f ms  origin +%d' "$s" "$rps" "$p50" "$p99" $((o1 - o0)))"
         rps_all[$s]+="$rps "
         p50_all[$s]+="$p50 "
         p99_all[$s]+="$p99 "
@@ -596,7 +646,7 @@ for item in items items20k; do
     done
 done
 if [[ -n $want_lua ]]; then
-    lua_key=$(rcli --scan --pattern 'luacache:*' | head -1)
+    lua_key=$(rcli --scan --pattern 'luacache:*' | head -1 || true) # head may cut --scan short (SIGPIPE)
     [[ -z $lua_key ]] || size_row "lua peer (content type + body)" "$body_bytes" "$lua_key"
 fi
 
@@ -620,6 +670,11 @@ describe() {
     throttle_gz) echo "the same location, the client sends Accept-Encoding: gzip: the stored gzip body is sent as it is (its Content-Length in the sample below)" ;;
     throttle_plain) echo "as throttle, plus throttle_cache_gzip_min_length 100m: entry stored uncompressed, nothing to inflate" ;;
     lua) echo "content_by_lua_file bench/cache_peer.lua: md5(cookie, uri, sorted args) -> GET (set_keepalive 60s, pool $pool_size); miss: location.capture + SET EX (libnginx-mod-http-lua $(dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null || echo '?'), own nginx instance)" ;;
+    static_users) echo "static, requested with the $USERS users' cookies in turn (the cost of wrk's script)" ;;
+    throttle_users) echo "throttle, $USERS users in turn: one entry per user, each stored gzip'd and inflated per hit; the per-worker memos (identity HMAC 512 slots, inflated bodies 64) miss" ;;
+    throttle_gz_users) echo "throttle_gz, $USERS users in turn: the stored gzip body sent as it is; the identity memo misses" ;;
+    throttle_plain_users) echo "throttle_plain, $USERS users in turn: entries stored uncompressed, nothing to inflate; the identity memo misses" ;;
+    lua_users) echo "lua, $USERS users in turn: one key per user" ;;
     esac
 }
 
@@ -637,9 +692,14 @@ wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
     echo "wrk:     wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency -H 'Cookie: $SESSION' 'http://127.0.0.1:PORT$REQ_PATH'"
     echo "         (one user; no Accept-Encoding, so every scenario sends the same $body_bytes-byte body,"
     echo "         except throttle_gz: wrk ... -H 'Accept-Encoding: gzip', answered with the stored gzip body)"
+    if ((${#users_list[@]})); then
+        echo "users:   ${users_list[*]}: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency -s bench/cache_users.lua ['-H Accept-Encoding: gzip'] URL -- $USERS $USER_SUFFIX $THREADS"
+        echo "         ($USERS users: Cookie: sessionid=u<i>-$USER_SUFFIX, i = 1 .. $USERS in turn; every user's entry"
+        echo "         stored and checked first: ${users_warm_s}s of wrk -t1 -c8 passes, the last one all hits)"
+    fi
     echo "method:  ${WARMUP/#0/no} warm-up per scenario, $ROUNDS interleaved round(s) of $DURATION each, median per scenario"
     echo
-    printf '%-14s %8s %7s %7s %7s %9s %9s %9s %6s\n' scenario 'req/s' 'p50 ms' 'p99 ms' spread \
+    printf '%-20s %8s %7s %7s %7s %9s %9s %9s %6s\n' scenario 'req/s' 'p50 ms' 'p99 ms' spread \
         'nginx us' 'redis us' 'total us' 'trips'
     for s in "${scenarios[@]}"; do
         # trips: commands nginx sent (EVALSHA for a script; the GETs it runs inside do not count)
@@ -649,26 +709,32 @@ wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
             -v sp="${rps_spread[$s]}" -v n="${requests[$s]}" -v a="${cpu_nginx[$s]}" \
             -v b="${cpu_redis[$s]}" -v hz="$clk_tck" -v trips="$trips" 'BEGIN {
                 x = a * 1e6 / hz / n; y = b * 1e6 / hz / n
-                printf "%-14s %8.0f %7.3f %7.3f %6s%% %9.2f %9.2f %9.2f %6s\n", s, rps, p50, p99, sp,
+                printf "%-20s %8.0f %7.3f %7.3f %6s%% %9.2f %9.2f %9.2f %6s\n", s, rps, p50, p99, sp,
                     x, y, x + y, trips }'
     done
     echo
     for pair in "throttle lua" "throttle static" "throttle upstream" "throttle_gz lua" "throttle_gz static" \
         "throttle_gz throttle" "throttle_plain lua" "throttle_plain throttle" "lua static" "lua upstream" \
-        "static upstream"; do
+        "static upstream" "throttle_users lua_users" "throttle_gz_users lua_users" "throttle_users static" \
+        "throttle_gz_users static" "lua_users static" "static_users static" "throttle_users throttle" \
+        "throttle_gz_users throttle_gz" "throttle_plain_users lua_users" "throttle_plain_users throttle_users" \
+        "throttle_plain_users throttle_plain" "lua_users lua"; do
         read -r a b <<<"$pair"
         [[ -n ${seen[$a]:-} && -n ${seen[$b]:-} ]] || continue
         line="$a/$b = $(ratio "${rps_med[$a]}" "${rps_med[$b]}")x req/s"
         line+=" (round by round: $(paired_ratios "${rps_all[$a]}" "${rps_all[$b]}"))"
         line+=", p50 $(ratio "${p50_med[$a]}" "${p50_med[$b]}")x, p99 $(ratio "${p99_med[$a]}" "${p99_med[$b]}")x"
-        if [[ $b == lua && $a == throttle* ]]; then
+        if [[ $b == lua* && $a == throttle* ]]; then
             x=$(ratio "${rps_med[$a]}" "${rps_med[$b]}")
             line+=$(awk -v x="$x" -v g="$GOAL_LUA" 'BEGIN { printf "; goal >= %.2fx: %s", g, (x >= g) ? "met" : "NOT met" }')
         fi
         echo "$line"
     done
     # CPU per request moves far less than req/s on a busy machine
-    for pair in "lua throttle" "lua throttle_gz" "lua throttle_plain" "throttle static" "throttle_gz static"; do
+    for pair in "lua throttle" "lua throttle_gz" "lua throttle_plain" "throttle static" "throttle_gz static" \
+        "lua_users throttle_users" "lua_users throttle_gz_users" "throttle_users static" \
+        "throttle_gz_users static" "throttle_users throttle" "throttle_gz_users throttle_gz" \
+        "lua_users throttle_plain_users" "throttle_plain_users throttle_users" "lua_users lua"; do
         read -r a b <<<"$pair"
         [[ -n ${seen[$a]:-} && -n ${seen[$b]:-} ]] || continue
         awk -v a="$a" -v b="$b" -v na="${requests[$a]}" -v nb="${requests[$b]}" -v hz="$clk_tck" \
@@ -697,10 +763,10 @@ wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
     echo "over all measured requests (wrk's own CPU not counted); trips = Redis commands sent per request"
     echo "per-round req/s:"
     for s in "${scenarios[@]}"; do
-        printf '  %-14s %s\n' "$s" "$(for x in ${rps_all[$s]}; do printf '%.0f ' "$x"; done)"
+        printf '  %-20s %s\n' "$s" "$(for x in ${rps_all[$s]}; do printf '%.0f ' "$x"; done)"
     done
     echo "scenarios:"
-    for s in "${scenarios[@]}"; do printf '  %-14s %s\n' "$s" "$(describe "$s")"; done
+    for s in "${scenarios[@]}"; do printf '  %-20s %s\n' "$s" "$(describe "$s")"; done
 } >"$tmp/results.txt"
 
 echo
