@@ -66,13 +66,15 @@ bool valid_namespace(std::string_view ns) noexcept {
     return true;
 }
 
-std::string identity_digest(std::string_view secret, std::string_view identity) {
+std::string identity_digest(const HmacSha256Key& secret, std::string_view identity) {
     if (identity.empty()) return std::string(anonymous_identity);
-    std::string msg;
-    msg.reserve(sizeof(identity_label) + identity.size());
-    msg.append(identity_label, sizeof(identity_label));  // the label and its NUL
-    msg.append(identity);
-    return digest_hex(hmac_sha256(secret.data(), secret.size(), msg.data(), msg.size()));
+    // The label and its NUL, then the identity.
+    return digest_hex(
+        secret.mac(identity_label, sizeof(identity_label), identity.data(), identity.size()));
+}
+
+std::string identity_digest(std::string_view secret, std::string_view identity) {
+    return identity_digest(HmacSha256Key(secret.data(), secret.size()), identity);
 }
 
 std::string_view method_class(std::string_view method) noexcept {

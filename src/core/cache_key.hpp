@@ -61,6 +61,8 @@ bool valid_namespace(std::string_view ns) noexcept;
 
 // "anon" for an empty identity, else 64 lowercase hex digits (see above).
 std::string identity_digest(std::string_view secret, std::string_view identity);
+// The same with the secret prepared once (HmacSha256Key(secret)): two compressions fewer.
+std::string identity_digest(const HmacSha256Key& secret, std::string_view identity);
 
 // "GET" for GET and HEAD, else the method itself.
 std::string_view method_class(std::string_view method) noexcept;

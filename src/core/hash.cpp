@@ -163,7 +163,7 @@ Sha256Digest sha256(const void* data, size_t len) noexcept {
     return ctx.finish();
 }
 
-Sha256Digest hmac_sha256(const void* key, size_t key_len, const void* data, size_t len) noexcept {
+HmacSha256Key::HmacSha256Key(const void* key, size_t key_len) noexcept {
     uint8_t k[64] = {};
     if (key_len > sizeof k) {
         Sha256Digest kd = sha256(key, key_len);
@@ -171,23 +171,30 @@ Sha256Digest hmac_sha256(const void* key, size_t key_len, const void* data, size
     } else if (key_len > 0) {
         std::memcpy(k, key, key_len);
     }
-
     uint8_t pad[64];
     for (size_t i = 0; i < sizeof pad; i++) {
         pad[i] = static_cast<uint8_t>(k[i] ^ 0x36);
     }
-    Sha256 inner;
-    inner.update(pad, sizeof pad);
-    inner.update(data, len);
-    Sha256Digest ih = inner.finish();
-
+    inner_.update(pad, sizeof pad);
     for (size_t i = 0; i < sizeof pad; i++) {
         pad[i] = static_cast<uint8_t>(k[i] ^ 0x5c);
     }
-    Sha256 outer;
-    outer.update(pad, sizeof pad);
+    outer_.update(pad, sizeof pad);
+}
+
+Sha256Digest HmacSha256Key::mac(const void* a, size_t a_len, const void* b,
+                                 size_t b_len) const noexcept {
+    Sha256 inner = inner_;
+    inner.update(a, a_len);
+    inner.update(b, b_len);
+    Sha256Digest ih = inner.finish();
+    Sha256 outer = outer_;
     outer.update(ih.data(), ih.size());
     return outer.finish();
+}
+
+Sha256Digest hmac_sha256(const void* key, size_t key_len, const void* data, size_t len) noexcept {
+    return HmacSha256Key(key, key_len).mac(data, len);
 }
 
 uint64_t siphash24(const SipKey& key, const void* data, size_t len) noexcept {

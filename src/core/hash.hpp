@@ -28,6 +28,20 @@ class Sha256 {
     size_t used_ = 0;
 };
 
+// HMAC-SHA256 (RFC 2104) under one key, with the key's two padded blocks hashed once: each MAC
+// then costs two SHA-256 compressions fewer than hmac_sha256(). Copyable, no heap.
+class HmacSha256Key {
+   public:
+    HmacSha256Key(const void* key, size_t key_len) noexcept;
+    // HMAC of the concatenation a || b.
+    Sha256Digest mac(const void* a, size_t a_len, const void* b = nullptr,
+                     size_t b_len = 0) const noexcept;
+
+   private:
+    Sha256 inner_;  // after K ^ ipad
+    Sha256 outer_;  // after K ^ opad
+};
+
 struct SipKey {
     uint64_t k0 = 0;
     uint64_t k1 = 0;

@@ -87,6 +87,7 @@ struct CacheWorker {
     std::vector<Orphan> orphans;
     std::unique_ptr<redis::Timer> retry_timer;
     std::string secret;  // the one identities in `identities` were hashed with
+    std::unique_ptr<core::HmacSha256Key> secret_key;  // `secret`, prepared
     std::array<IdentityMemo, identity_slots> identities;
     std::array<PlainMemo, plain_slots> plain;
     bool pending_full_logged = false;
@@ -424,8 +425,9 @@ std::string cache_identity(std::string_view secret, std::string_view identity) {
     if (cw == nullptr || identity.empty()) {
         return core::cache::identity_digest(secret, identity);
     }
-    if (cw->secret != secret) {  // never mix digests of two secrets
+    if (!cw->secret_key || cw->secret != secret) {  // never mix digests of two secrets
         cw->secret.assign(secret);
+        cw->secret_key = std::make_unique<core::HmacSha256Key>(secret.data(), secret.size());
         for (IdentityMemo& m : cw->identities) {
             m.identity.clear();
             m.digest.clear();
@@ -435,7 +437,7 @@ std::string cache_identity(std::string_view secret, std::string_view identity) {
     if (!m.digest.empty() && m.identity == identity) {
         return m.digest;
     }
-    std::string d = core::cache::identity_digest(secret, identity);
+    std::string d = core::cache::identity_digest(*cw->secret_key, identity);
     m.identity.assign(identity);
     m.digest = d;
     return d;

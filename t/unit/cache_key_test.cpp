@@ -134,6 +134,16 @@ TEST(CacheKey, IdentityDigest) {
     EXPECT_NE(identity_digest(secret, "anon"), anonymous_identity);
 }
 
+TEST(CacheKey, IdentityDigestWithPreparedSecret) {
+    const std::string secret = "0123456789abcdef-secret";
+    throttle::core::HmacSha256Key prepared(secret.data(), secret.size());
+    for (std::string id : {std::string(), std::string("a"), std::string("sessionid-token"),
+                           std::string(4096, 'x'), std::string("\0\xff\n", 3)}) {
+        EXPECT_EQ(identity_digest(prepared, id), identity_digest(secret, id));
+    }
+    EXPECT_EQ(identity_digest(prepared, ""), "anon");
+}
+
 TEST(CacheKey, IdentityNeverAppearsInRedisKeys) {
     std::string token = "sessionid-0123456789-secret";
     std::string id = identity_digest(secret, token);

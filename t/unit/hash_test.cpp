@@ -133,6 +133,35 @@ TEST(HmacSha256, Rfc4231) {
               "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2");
 }
 
+// A prepared key gives hmac_sha256()'s MAC, for any split of the message into two pieces and
+// keys shorter than, equal to and longer than a block; and it can be reused.
+TEST(HmacSha256, PreparedKeyMatchesOneShot) {
+    std::mt19937 rng(4231);
+    for (size_t key_len : {0, 1, 20, 63, 64, 65, 131}) {
+        std::string key(key_len, '\0');
+        for (char& c : key) {
+            c = static_cast<char>(rng());
+        }
+        throttle::core::HmacSha256Key prepared(key.data(), key.size());
+        for (int i = 0; i < 40; i++) {
+            std::string msg(rng() % 200, '\0');
+            for (char& c : msg) {
+                c = static_cast<char>(rng());
+            }
+            size_t cut = msg.empty() ? 0 : rng() % (msg.size() + 1);
+            Sha256Digest want = hmac_sha256(key.data(), key.size(), msg.data(), msg.size());
+            EXPECT_EQ(prepared.mac(msg.data(), cut, msg.data() + cut, msg.size() - cut), want)
+                << "key " << key_len << " msg " << msg.size() << " cut " << cut;
+            EXPECT_EQ(prepared.mac(msg.data(), msg.size()), want);
+        }
+    }
+    // RFC 4231 test case 2 through a prepared key.
+    throttle::core::HmacSha256Key jefe("Jefe", 4);
+    const char* m = "what do ya want for nothing?";
+    EXPECT_EQ(jefe.mac(m, 10, m + 10, std::strlen(m) - 10),
+              hmac_sha256("Jefe", 4, m, std::strlen(m)));
+}
+
 // The reference implementation's vectors.h (vectors_sip64): key 00 01 .. 0f, message
 // 00 01 .. (n-1) for n = 0..63, output as little-endian bytes.
 const uint8_t sip64_vectors[64][8] = {
