@@ -28,8 +28,7 @@ MainConf* main_conf(ngx_conf_t* cf) noexcept {
 void mark_used(ngx_conf_t* cf) noexcept { main_conf(cf)->cache_used = true; }
 
 bool check_namespace(ngx_conf_t* cf, const ngx_str_t& v) noexcept {
-    std::string_view ns(reinterpret_cast<const char*>(v.data), v.len);
-    if (!core::cache::valid_namespace(ns)) {
+    if (!core::cache::valid_namespace(view(v))) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid namespace \"%V\": 1 to 64 of A-Z a-z 0-9 _ . -", &v);
         return false;

@@ -18,6 +18,7 @@
 #include <new>
 
 #include "core/gzip.hpp"
+#include "core/http_text.hpp"
 #include "ngx/cache_request.hpp"
 #include "ngx/worker.hpp"
 
@@ -26,16 +27,6 @@ namespace {
 
 ngx_http_output_header_filter_pt next_header_filter;
 ngx_http_output_body_filter_pt next_body_filter;
-
-std::string_view view(const ngx_str_t& s) noexcept {
-    return {reinterpret_cast<const char*>(s.data), s.len};
-}
-
-bool iequal(const ngx_str_t& a, std::string_view b) noexcept {
-    return a.len == b.size() &&
-           ngx_strncasecmp(a.data, reinterpret_cast<u_char*>(const_cast<char*>(b.data())),
-                           b.size()) == 0;
-}
 
 void log_redis_failure(const char* what, const redis::Result& res) noexcept {
     ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0, "throttle_cache: %s failed: %s", what,
@@ -176,7 +167,8 @@ bool handle_invalidation(ngx_http_request_t* r, const LocConf* lcf) {
         for (ngx_list_part_t* part = &r->headers_out.headers.part; part; part = part->next) {
             auto* h = static_cast<ngx_table_elt_t*>(part->elts);
             for (ngx_uint_t i = 0; i < part->nelts; i++) {
-                if (h[i].hash == 0 || !iequal(h[i].key, view(lcf->cache_invalidate_header))) {
+                if (h[i].hash == 0 ||
+                    !core::http::iequals(view(h[i].key), view(lcf->cache_invalidate_header))) {
                     continue;
                 }
                 h[i].hash = 0;  // never reaches the client

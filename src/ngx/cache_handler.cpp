@@ -16,6 +16,7 @@
 #include <new>
 
 #include "core/gzip.hpp"
+#include "core/http_text.hpp"
 #include "ngx/cache_request.hpp"
 #include "ngx/worker.hpp"
 
@@ -24,10 +25,6 @@ namespace {
 
 MainConf* main_conf(ngx_http_request_t* r) noexcept {
     return static_cast<MainConf*>(ngx_http_get_module_main_conf(r, ngx_http_throttle_module));
-}
-
-std::string_view view(const ngx_str_t& s) noexcept {
-    return {reinterpret_cast<const char*>(s.data), s.len};
 }
 
 // Whether the request carries one of the configured credential headers.
@@ -91,14 +88,6 @@ ngx_table_elt_t* push_header(ngx_http_request_t* r, std::string_view name,
     return h;
 }
 
-// Whether a header name is `lower` (given in lowercase), case-insensitively.
-bool named(std::string_view name, std::string_view lower) noexcept {
-    return name.size() == lower.size() &&
-           ngx_strncasecmp(reinterpret_cast<u_char*>(const_cast<char*>(name.data())),
-                           reinterpret_cast<u_char*>(const_cast<char*>(lower.data())),
-                           lower.size()) == 0;
-}
-
 bool mentions_accept_encoding(std::string_view vary) noexcept {
     static constexpr std::string_view ae = "accept-encoding";
     for (size_t i = 0; i + ae.size() <= vary.size(); i++) {
@@ -146,7 +135,7 @@ ngx_int_t serve(ngx_http_request_t* r, CacheRequest& cr) noexcept {
     bool vary_ae = false;
     for (size_t i = 0; i < v->header_count; i++) {
         const core::cache::HeaderView& h = v->headers[i];
-        if (named(h.name, "content-type")) {
+        if (core::http::iequals(h.name, "content-type")) {
             r->headers_out.content_type.data =
                 reinterpret_cast<u_char*>(const_cast<char*>(h.value.data()));
             r->headers_out.content_type.len = h.value.size();
@@ -158,7 +147,7 @@ ngx_int_t serve(ngx_http_request_t* r, CacheRequest& cr) noexcept {
             r->headers_out.content_type_lowcase = nullptr;
             continue;
         }
-        if (named(h.name, "vary") && mentions_accept_encoding(h.value)) {
+        if (core::http::iequals(h.name, "vary") && mentions_accept_encoding(h.value)) {
             vary_ae = true;
         }
         ngx_table_elt_t* t = push_header(r, h.name, h.value);
@@ -166,9 +155,9 @@ ngx_int_t serve(ngx_http_request_t* r, CacheRequest& cr) noexcept {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
         // nginx's not_modified filter answers If-None-Match / If-Modified-Since from these.
-        if (named(h.name, "etag")) {
+        if (core::http::iequals(h.name, "etag")) {
             r->headers_out.etag = t;
-        } else if (named(h.name, "last-modified")) {
+        } else if (core::http::iequals(h.name, "last-modified")) {
             time_t lm = ngx_parse_http_time(t->value.data, t->value.len);
             if (lm != NGX_ERROR) {
                 r->headers_out.last_modified = t;

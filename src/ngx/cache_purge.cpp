@@ -55,7 +55,7 @@ ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept {
     if (ngx_http_complex_value(r, lcf->cache_purge, &ns) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    if (!core::cache::valid_namespace({reinterpret_cast<const char*>(ns.data), ns.len})) {
+    if (!core::cache::valid_namespace(view(ns))) {
         ngx_str_t shown = ns;
         shown.len = ngx_min(shown.len, 64);
         for (size_t i = 0; i < shown.len; i++) {
@@ -80,7 +80,7 @@ ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept {
         }
         redis::EvalArgs args;
         if (!redis::build_cache_invalidate_namespace_args(
-                cache_prefix(), {reinterpret_cast<const char*>(ns.data), ns.len}, args)) {
+                cache_prefix(), view(ns), args)) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
         auto p = std::make_shared<Purge>();

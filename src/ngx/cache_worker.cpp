@@ -478,8 +478,7 @@ void cache_worker_init(ngx_cycle_t* cycle, MainConf* mcf, redis::Loop& loop) noe
     }
     try {
         auto w = std::make_unique<CacheWorker>();
-        std::string base(reinterpret_cast<const char*>(mcf->redis->prefix.data),
-                         mcf->redis->prefix.len);
+        std::string base(view(mcf->redis->prefix));
         w->prefix = base + "cache:";
         w->channel = redis::cache_fill_channel(base);
         w->loop = &loop;

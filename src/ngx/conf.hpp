@@ -1,6 +1,7 @@
 // Configuration and per-request state shared by the ngx-layer files.
 #pragma once
 
+#include <string_view>
 #include <type_traits>
 
 #include "core/limiter.hpp"
@@ -12,6 +13,11 @@ struct Config;
 }
 
 namespace throttle::ngx {
+
+// The bytes of an nginx string.
+inline std::string_view view(const ngx_str_t& s) noexcept {
+    return {reinterpret_cast<const char*>(s.data), s.len};
+}
 
 enum class Mode : uint8_t { local = 0, sync, strict };
 enum class Fallback : uint8_t { local = 0, open, closed };

@@ -333,8 +333,7 @@ std::string redis_base(const RedisSettings& settings, const ZoneConf& zone,
         k.assign(reinterpret_cast<const char*>(key.bytes), key.len);
     }
     return redis::base_key(
-        std::string_view(reinterpret_cast<const char*>(settings.prefix.data), settings.prefix.len),
-        std::string_view(reinterpret_cast<const char*>(zone.name.data), zone.name.len), k);
+        view(settings.prefix), view(zone.name), k);
 }
 
 ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
