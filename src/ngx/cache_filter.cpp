@@ -334,30 +334,19 @@ void store(ngx_http_request_t* r, CacheRequest& cr) {
         cache_release(cr);
         return;
     }
+    FillLock lock = cr.fill_lock();
     cr.fill_over = true;
-    struct Fill {
-        std::string e, ns, id;
-        core::Sha256Digest key;
-        ngx_msec_t lock_ttl;
-    };
-    auto fill = std::make_shared<Fill>(Fill{cr.entry_key, std::string(view(lcf->cache_ns)), cr.id,
-                                            cr.key, lcf->cache_lock_timeout});
     client->evalsha(redis::cache_store_script(), args.keys(), args.args(),
-                    [fill, entry](redis::Result&& res) noexcept {
+                    [e = cr.entry_key, lock = std::move(lock), entry](redis::Result&& res) noexcept {
                         bool stored = false;
                         if (!res.ok() || !redis::parse_cache_store_reply(res.reply, stored)) {
                             log_redis_failure("store", res);
                             if (!res.ok()) {
                                 // The lock (and waiters elsewhere) may be left: free them.
-                                redis::CacheTarget t;
-                                t.prefix = cache_prefix();
-                                t.ns = fill->ns;
-                                t.id = fill->id;
-                                t.key = fill->key;
-                                cache_abandon_lock(t, fill->lock_ttl);
+                                cache_abandon_lock(lock);
                             }
                         }
-                        cache_fill_end(fill->e, stored, stored ? entry : nullptr);
+                        cache_fill_end(e, stored, stored ? entry : nullptr);
                     });
     cr.body.clear();
     cr.body.shrink_to_fit();
@@ -460,24 +449,15 @@ void cache_release(CacheRequest& cr) noexcept {
         redis::EvalArgs args;
         if (client != nullptr && !worker_exiting() &&
             redis::build_cache_release_args(cr.target(), cr.gen, cache_channel(), args)) {
-            auto ns = std::make_shared<std::string>(view(cr.lcf->cache_ns));
-            std::string id = cr.id;
-            core::Sha256Digest key = cr.key;
-            ngx_msec_t ttl = cr.lcf->cache_lock_timeout;
             client->evalsha(redis::cache_release_script(), args.keys(), args.args(),
-                            [ns, id = std::move(id), key, ttl](redis::Result&& res) noexcept {
+                            [lock = cr.fill_lock()](redis::Result&& res) noexcept {
                                 bool had = false;
                                 if (res.ok() && redis::parse_cache_release_reply(res.reply, had)) {
                                     return;
                                 }
                                 log_redis_failure("fill lock release", res);
                                 if (!res.ok()) {
-                                    redis::CacheTarget t;
-                                    t.prefix = cache_prefix();
-                                    t.ns = *ns;
-                                    t.id = id;
-                                    t.key = key;
-                                    cache_abandon_lock(t, ttl);
+                                    cache_abandon_lock(lock);
                                 }
                             });
         }

@@ -333,7 +333,11 @@ void cache_lookup_done(const std::shared_ptr<CacheRequest>& cr, redis::Failure f
     if (!parsed && want_lock &&
         (failure == redis::Failure::Timeout || failure == redis::Failure::Disconnected)) {
         // Redis may have run the lookup and taken the lock after all.
-        cache_abandon_lock(c.target(), c.lcf->cache_lock_timeout);
+        try {
+            cache_abandon_lock(c.fill_lock());
+        } catch (...) {
+            // The lock expires by itself (throttle_cache_lock_timeout).
+        }
     }
     if (c.gone || worker_exiting()) {
         if (parsed) {
@@ -434,6 +438,10 @@ CacheRequest::~CacheRequest() {
     if (wait_timer.ev.timer_set) {
         ngx_del_timer(&wait_timer.ev);
     }
+}
+
+FillLock CacheRequest::fill_lock() const {
+    return FillLock{std::string(view(lcf->cache_ns)), id, key, lcf->cache_lock_timeout};
 }
 
 redis::CacheTarget CacheRequest::target() const noexcept {

@@ -19,6 +19,15 @@
 
 namespace throttle::ngx {
 
+// A fill lock in owned bytes (it outlives the request): what ABANDON needs to find it under the
+// current generations.
+struct FillLock {
+    std::string ns;
+    std::string id;
+    core::Sha256Digest key{};
+    ngx_msec_t ttl = 0;  // throttle_cache_lock_timeout: the lock is gone by itself after it
+};
+
 struct CacheRequest {
     enum class Step : uint8_t {
         asking,   // LOOKUP (or the refresh lock, or a re-lookup) in flight
@@ -66,6 +75,7 @@ struct CacheRequest {
     std::weak_ptr<CacheRequest> self;
 
     redis::CacheTarget target() const noexcept;  // prefix, namespace, id, key
+    FillLock fill_lock() const;                  // may throw std::bad_alloc
 
     ~CacheRequest();
 };
@@ -126,6 +136,6 @@ bool cache_invalidate(std::string id, std::vector<std::string> namespaces,
 bool cache_invalidation_pending(std::string_view ns, std::string_view id) noexcept;
 // A lookup that asked for the fill lock got no answer: Redis may hold a lock nobody will fill.
 // ABANDON it (now, or when Redis is back, until the lock would have expired anyway).
-void cache_abandon_lock(const redis::CacheTarget& t, ngx_msec_t lock_ttl) noexcept;
+void cache_abandon_lock(const FillLock& lock) noexcept;
 
 }  // namespace throttle::ngx

@@ -42,9 +42,7 @@ struct PendingInvalidation {
 
 // A fill lock an unanswered lookup may have taken.
 struct Orphan {
-    std::string ns;
-    std::string id;
-    core::Sha256Digest key{};
+    FillLock lock;
     uint64_t until = 0;  // loop time after which the lock has expired anyway
 };
 
@@ -251,9 +249,9 @@ void send_abandon(Orphan&& o) noexcept {
     try {
         redis::CacheTarget t;
         t.prefix = cw->prefix;
-        t.ns = o.ns;
-        t.id = o.id;
-        t.key = o.key;
+        t.ns = o.lock.ns;
+        t.id = o.lock.id;
+        t.key = o.lock.key;
         redis::EvalArgs args;
         if (client == nullptr || !client->available() ||
             !redis::build_cache_abandon_args(t, cw->channel, args)) {
@@ -395,17 +393,12 @@ bool cache_invalidate(std::string id, std::vector<std::string> namespaces,
                              std::move(answered));
 }
 
-void cache_abandon_lock(const redis::CacheTarget& t, ngx_msec_t lock_ttl) noexcept {
+void cache_abandon_lock(const FillLock& lock) noexcept {
     if (cw == nullptr || worker_exiting()) {
         return;
     }
     try {
-        Orphan o;
-        o.ns.assign(t.ns);
-        o.id.assign(t.id);
-        o.key = t.key;
-        o.until = cw->loop->now_ms() + lock_ttl;
-        send_abandon(std::move(o));
+        send_abandon(Orphan{lock, cw->loop->now_ms() + lock.ttl});
     } catch (...) {
     }
 }
