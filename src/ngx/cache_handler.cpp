@@ -265,8 +265,6 @@ void wait_timeout(ngx_event_t* ev) noexcept {
     pass(*cr, CacheStatus::miss);
 }
 
-bool send_lookup(const std::shared_ptr<CacheRequest>& cr, bool want_lock) noexcept;
-
 void on_refresh_lock(const std::shared_ptr<CacheRequest>& cr, redis::Result&& res,
                      std::shared_ptr<const std::string>&& entry) noexcept {
     if (cr->gone || worker_exiting()) {
@@ -411,10 +409,6 @@ void cache_lookup_done(const std::shared_ptr<CacheRequest>& cr, redis::Failure f
 
 namespace {
 
-bool send_lookup(const std::shared_ptr<CacheRequest>& cr, bool want_lock) noexcept {
-    return cache_lookup_submit(cr, want_lock);
-}
-
 // The request pool's cleanup: the request ended (answered, or aborted while waiting).
 void cleanup(void* data) noexcept {
     auto* holder = static_cast<std::shared_ptr<CacheRequest>*>(data);
@@ -472,7 +466,7 @@ void cache_woken(const std::shared_ptr<CacheRequest>& cr, bool stored,
     // Filled by another worker or host: read it (once; a miss now goes upstream).
     cr->step = CacheRequest::Step::asking;
     cr->relookup = true;
-    if (!send_lookup(cr, false)) {
+    if (!cache_lookup_submit(cr, false)) {
         pass(*cr, CacheStatus::error);
     }
 }
@@ -580,7 +574,7 @@ ngx_int_t cache_handler(ngx_http_request_t* r) noexcept {
         cln->data = holder;
         ctx->cache = cr.get();
 
-        if (!send_lookup(cr, !cr->head)) {
+        if (!cache_lookup_submit(cr, !cr->head)) {
             cr->step = CacheRequest::Step::done;
             ctx->cache_status = CacheStatus::error;
             return NGX_DECLINED;

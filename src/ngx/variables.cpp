@@ -16,6 +16,15 @@ ngx_str_t outcome_names[] = {
 
 void set_not_found(ngx_http_variable_value_t* v) noexcept { v->not_found = 1; }
 
+ngx_int_t set_value(ngx_http_variable_value_t* v, const ngx_str_t& value) noexcept {
+    v->len = value.len;
+    v->data = value.data;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+    return NGX_OK;
+}
+
 ngx_int_t status_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
                           uintptr_t) noexcept {
     RequestCtx* ctx = get_ctx(r);
@@ -23,13 +32,7 @@ ngx_int_t status_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
         set_not_found(v);
         return NGX_OK;
     }
-    const ngx_str_t& name = outcome_names[static_cast<ngx_uint_t>(ctx->outcome)];
-    v->len = name.len;
-    v->data = name.data;
-    v->valid = 1;
-    v->no_cacheable = 0;
-    v->not_found = 0;
-    return NGX_OK;
+    return set_value(v, outcome_names[static_cast<ngx_uint_t>(ctx->outcome)]);
 }
 
 ngx_int_t remaining_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
@@ -43,12 +46,7 @@ ngx_int_t remaining_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v
     if (p == nullptr) {
         return NGX_ERROR;
     }
-    v->len = ngx_sprintf(p, "%uL", ctx->remaining) - p;
-    v->data = p;
-    v->valid = 1;
-    v->no_cacheable = 0;
-    v->not_found = 0;
-    return NGX_OK;
+    return set_value(v, {static_cast<size_t>(ngx_sprintf(p, "%uL", ctx->remaining) - p), p});
 }
 
 ngx_str_t cache_status_names[] = {
@@ -64,13 +62,7 @@ ngx_int_t cache_status_variable(ngx_http_request_t* r, ngx_http_variable_value_t
         set_not_found(v);
         return NGX_OK;
     }
-    const ngx_str_t& name = cache_status_names[static_cast<ngx_uint_t>(ctx->cache_status)];
-    v->len = name.len;
-    v->data = name.data;
-    v->valid = 1;
-    v->no_cacheable = 0;
-    v->not_found = 0;
-    return NGX_OK;
+    return set_value(v, cache_status_names[static_cast<ngx_uint_t>(ctx->cache_status)]);
 }
 
 ngx_http_variable_t variables[] = {
