@@ -82,12 +82,6 @@ namespace {
 
 constexpr unsigned hold_buffered = 0x08;  // r->buffered bit while held
 
-void hold_cleanup(void* data) noexcept {
-    auto* holder = static_cast<std::shared_ptr<CacheHold>*>(data);
-    (*holder)->gone = true;
-    delete holder;
-}
-
 // Redis answered (or could not): the response goes on.
 void release_hold(CacheHold& h) noexcept {
     if (h.gone || !h.active || worker_exiting()) {
@@ -135,15 +129,12 @@ bool invalidate(ngx_http_request_t* r, const LocConf* lcf,
         ngx_http_get_module_main_conf(r, ngx_http_throttle_module));
     std::string id = cache_identity(view(mcf->cache_secret), view(identity));
     std::vector<std::string> names(namespaces.begin(), namespaces.end());
-    ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == nullptr) {
+    auto hold = std::make_shared<CacheHold>();
+    hold->r = r;
+    if (!share_with_pool(r->pool, hold)) {
         cache_invalidate(std::move(id), std::move(names));
         return false;
     }
-    auto hold = std::make_shared<CacheHold>();
-    hold->r = r;
-    cln->data = new std::shared_ptr<CacheHold>(hold);
-    cln->handler = hold_cleanup;
     if (!cache_invalidate(std::move(id), std::move(names),
                           [hold]() noexcept { release_hold(*hold); })) {
         return false;  // queued for a retry; this worker bypasses the user's entries meanwhile

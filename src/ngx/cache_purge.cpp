@@ -16,12 +16,6 @@ struct Purge {
     bool gone = false;
 };
 
-void purge_cleanup(void* data) noexcept {
-    auto* holder = static_cast<std::shared_ptr<Purge>*>(data);
-    (*holder)->gone = true;
-    delete holder;
-}
-
 ngx_int_t respond(ngx_http_request_t* r, ngx_uint_t status, const char* fmt,
                   const ngx_str_t& ns, uint64_t gen) noexcept {
     size_t len = ngx_strlen(fmt) + ns.len + NGX_INT64_LEN;
@@ -74,10 +68,6 @@ ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept {
                        "{\"error\":\"redis unavailable\",\"namespace\":\"%V\"}\n", ns, 0);
     }
     try {
-        ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, 0);
-        if (cln == nullptr) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
         redis::EvalArgs args;
         if (!redis::build_cache_invalidate_namespace_args(
                 cache_prefix(), view(ns), args)) {
@@ -85,8 +75,9 @@ ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept {
         }
         auto p = std::make_shared<Purge>();
         p->r = r;
-        cln->data = new std::shared_ptr<Purge>(p);
-        cln->handler = purge_cleanup;
+        if (!share_with_pool(r->pool, p)) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
         client->evalsha(
             redis::cache_invalidate_script(), args.keys(), args.args(),
             [p, ns](redis::Result&& res) noexcept {

@@ -92,6 +92,24 @@ std::shared_ptr<const std::string> cache_plain_body(std::string_view entry_key,
 // The cache's Redis key prefix in this worker: the throttle_redis prefix followed by "cache:".
 const std::string& cache_prefix() noexcept;
 
+// Shares `obj` with the request's pool: when the pool is destroyed (the request ended),
+// obj->gone is set and the pool's share is dropped, so a callback still holding obj knows not to
+// touch the request. False when the pool cannot take a cleanup. May throw std::bad_alloc.
+template <typename T>
+bool share_with_pool(ngx_pool_t* pool, const std::shared_ptr<T>& obj) {
+    ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(pool, 0);
+    if (cln == nullptr) {
+        return false;
+    }
+    cln->data = new std::shared_ptr<T>(obj);
+    cln->handler = [](void* data) noexcept {
+        auto* held = static_cast<std::shared_ptr<T>*>(data);
+        (*held)->gone = true;
+        delete held;
+    };
+    return true;
+}
+
 // ---- cache_handler.cpp ----
 // A lookup's answer (nullptr: none; `failure` says why, None for a malformed reply).
 void cache_lookup_done(const std::shared_ptr<CacheRequest>& cr, redis::Failure failure,
