@@ -353,8 +353,10 @@ ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
         b.event.data = &b.ident;
         b.event.log = cycle->log;
         b.event.handler = flush_strict;
-        worker->client->add_script(redis::strict_batch_script());
-        worker->client->add_script(redis::flush_script());
+        if (mcf->remote_zones) {  // loaded on every connect: only what this configuration uses
+            worker->client->add_script(redis::strict_batch_script());
+            worker->client->add_script(redis::flush_script());
+        }
         if (mcf->cache_used) {
             worker->client->add_script(redis::cache_lookup_batch_script());
             worker->client->add_script(redis::cache_store_script());
