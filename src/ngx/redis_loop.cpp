@@ -62,6 +62,47 @@ class Timer final : public redis::Timer {
     std::function<void()> handler_;
 };
 
+// A posted event: nginx runs ngx_posted_events after the events of the current turn.
+class Deferred final : public redis::Deferred {
+   public:
+    Deferred(ngx_log_t* log, ngx_connection_t* ident, std::function<void()> handler)
+        : handler_(std::move(handler)) {
+        ngx_memzero(&slot_.ev, sizeof(slot_.ev));
+        slot_.ev.handler = &Deferred::fire;
+        slot_.ev.data = ident;
+        slot_.ev.log = log;
+        slot_.owner = this;
+    }
+    ~Deferred() override { cancel(); }
+    Deferred(const Deferred&) = delete;
+    Deferred& operator=(const Deferred&) = delete;
+
+    void post() noexcept override {
+        if (!slot_.ev.posted) {
+            ngx_post_event(&slot_.ev, &ngx_posted_events);
+        }
+    }
+    void cancel() noexcept override {
+        if (slot_.ev.posted) {
+            ngx_delete_posted_event(&slot_.ev);
+        }
+    }
+    bool posted() const noexcept override { return slot_.ev.posted; }
+
+   private:
+    struct Slot {
+        ngx_event_t ev;  // first member: an ngx_event_t* is a Slot*
+        Deferred* owner;
+    };
+
+    static void fire(ngx_event_t* ev) noexcept {
+        reinterpret_cast<Slot*>(ev)->owner->handler_();
+    }
+
+    Slot slot_;
+    std::function<void()> handler_;
+};
+
 ngx_connection_t* connection(void* privdata) noexcept {
     return static_cast<ngx_connection_t*>(privdata);
 }
@@ -147,6 +188,10 @@ RedisLoop::RedisLoop(ngx_log_t* log) noexcept : log_(log) {
 
 std::unique_ptr<redis::Timer> RedisLoop::create_timer(std::function<void()> handler) {
     return std::make_unique<Timer>(log_, &ident_, std::move(handler));
+}
+
+std::unique_ptr<redis::Deferred> RedisLoop::create_deferred(std::function<void()> handler) {
+    return std::make_unique<Deferred>(log_, &ident_, std::move(handler));
 }
 
 bool RedisLoop::attach(redisAsyncContext* ac) noexcept {

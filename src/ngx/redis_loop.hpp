@@ -1,6 +1,7 @@
 // The Redis client's event loop inside nginx (layer: ngx): the hiredis socket wrapped in an
 // nginx connection (ngx_get_connection), level-triggered read/write events that call
-// redisAsyncHandleRead/Write, and ngx_event_t timers. One per worker, created in init_process;
+// redisAsyncHandleRead/Write, ngx_event_t timers, and posted events for end-of-turn work
+// (Deferred). One per worker, created in init_process;
 // it must outlive every redis::Client that uses it.
 #pragma once
 
@@ -17,6 +18,7 @@ class RedisLoop final : public redis::Loop {
 
     uint64_t now_ms() noexcept override { return uint64_t(ngx_current_msec); }
     std::unique_ptr<redis::Timer> create_timer(std::function<void()> handler) override;
+    std::unique_ptr<redis::Deferred> create_deferred(std::function<void()> handler) override;
     bool attach(redisAsyncContext* ac) noexcept override;
 
    private:

@@ -42,6 +42,44 @@ class LibeventTimer final : public Timer {
     event* ev_;
 };
 
+// An event with no fd, made active by post(): libevent runs it in the current dispatch round.
+class LibeventDeferred final : public Deferred {
+   public:
+    LibeventDeferred(event_base* base, std::function<void()> handler)
+        : handler_(std::move(handler)) {
+        ev_ = event_new(base, -1, 0, &LibeventDeferred::fire, this);
+        if (ev_ == nullptr) {
+            throw std::bad_alloc();
+        }
+    }
+    ~LibeventDeferred() override { event_free(ev_); }
+    LibeventDeferred(const LibeventDeferred&) = delete;
+    LibeventDeferred& operator=(const LibeventDeferred&) = delete;
+
+    void post() noexcept override {
+        if (!posted_) {
+            posted_ = true;
+            event_active(ev_, EV_TIMEOUT, 0);
+        }
+    }
+    void cancel() noexcept override {
+        posted_ = false;
+        event_del(ev_);
+    }
+    bool posted() const noexcept override { return posted_; }
+
+   private:
+    static void fire(evutil_socket_t, short, void* arg) noexcept {
+        auto* self = static_cast<LibeventDeferred*>(arg);
+        self->posted_ = false;
+        self->handler_();  // may destroy this: nothing touches `self` afterwards
+    }
+
+    std::function<void()> handler_;
+    event* ev_;
+    bool posted_ = false;
+};
+
 }  // namespace
 
 // The base's own monotonic clock (CLOCK_MONOTONIC_COARSE unless the base was created with
@@ -56,6 +94,10 @@ uint64_t LibeventLoop::now_ms() noexcept {
 
 std::unique_ptr<Timer> LibeventLoop::create_timer(std::function<void()> handler) {
     return std::make_unique<LibeventTimer>(base_, std::move(handler));
+}
+
+std::unique_ptr<Deferred> LibeventLoop::create_deferred(std::function<void()> handler) {
+    return std::make_unique<LibeventDeferred>(base_, std::move(handler));
 }
 
 bool LibeventLoop::attach(redisAsyncContext* ac) noexcept {

@@ -16,6 +16,7 @@ class LibeventLoop final : public Loop {
 
     uint64_t now_ms() noexcept override;
     std::unique_ptr<Timer> create_timer(std::function<void()> handler) override;
+    std::unique_ptr<Deferred> create_deferred(std::function<void()> handler) override;
     bool attach(redisAsyncContext* ac) noexcept override;
 
     event_base* base() const noexcept { return base_; }

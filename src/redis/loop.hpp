@@ -23,6 +23,18 @@ class Timer {
     virtual bool active() const noexcept = 0;
 };
 
+// Work for the end of the current event-loop turn: after the events being handled now, before
+// the loop waits again (nginx: a posted event). post() while posted does nothing; the handler
+// runs from the loop, never from inside post(), and may post again (it then runs again in the
+// same turn's end). cancel() or destroying it drops a pending run.
+class Deferred {
+   public:
+    virtual ~Deferred() = default;
+    virtual void post() noexcept = 0;
+    virtual void cancel() noexcept = 0;
+    virtual bool posted() const noexcept = 0;
+};
+
 class Loop {
    public:
     virtual ~Loop() = default;
@@ -32,6 +44,10 @@ class Loop {
 
     // A timer whose expiry calls `handler` (which must not throw). May throw std::bad_alloc.
     virtual std::unique_ptr<Timer> create_timer(std::function<void()> handler) = 0;
+
+    // Work run at the end of a turn when posted (`handler` must not throw). May throw
+    // std::bad_alloc.
+    virtual std::unique_ptr<Deferred> create_deferred(std::function<void()> handler) = 0;
 
     // Attaches a freshly created context (ac->c.fd valid, ac->ev.data null): installs the
     // ev.addRead/delRead/addWrite/delWrite hooks and starts watching the socket for both read

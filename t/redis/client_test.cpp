@@ -21,6 +21,9 @@ class CountingLoop final : public Loop {
     std::unique_ptr<Timer> create_timer(std::function<void()> h) override {
         return inner_.create_timer(std::move(h));
     }
+    std::unique_ptr<Deferred> create_deferred(std::function<void()> h) override {
+        return inner_.create_deferred(std::move(h));
+    }
     bool attach(redisAsyncContext* ac) noexcept override {
         attaches++;
         return inner_.attach(ac);

@@ -326,10 +326,33 @@ class EventLoop {
     event* tick_;
 };
 
-// A loop with a virtual clock: timers fire only when the test advances time. It takes no
-// socket (attach() fails), so it suits clients whose every connection attempt fails at once.
+// A loop with a virtual clock: timers fire only when the test advances time, deferred work
+// when the test ends the turn (end_turn(), or advance_to()). It takes no socket (attach()
+// fails), so it suits clients whose every connection attempt fails at once.
 class FakeLoop final : public Loop {
    public:
+    std::unique_ptr<Deferred> create_deferred(std::function<void()> handler) override {
+        auto d = std::make_unique<FakeDeferred>(this, std::move(handler));
+        deferred_.push_back(d.get());
+        return d;
+    }
+    // The end of the turn: runs posted work, in posting order, until none is posted.
+    void end_turn() {
+        for (;;) {
+            FakeDeferred* next = nullptr;
+            for (FakeDeferred* d : deferred_) {
+                if (d->is_posted && (next == nullptr || d->seq < next->seq)) {
+                    next = d;
+                }
+            }
+            if (next == nullptr) {
+                return;
+            }
+            next->is_posted = false;
+            next->handler();
+        }
+    }
+
     uint64_t now_ms() noexcept override { return now_; }
     bool attach(redisAsyncContext*) noexcept override {
         attaches++;
@@ -351,8 +374,9 @@ class FakeLoop final : public Loop {
         }
         return at;
     }
-    // Fires, in order, every timer due by `t`; the clock ends at `t`.
+    // Fires, in order, every timer due by `t` (each its own turn); the clock ends at `t`.
     void advance_to(uint64_t t) {
+        end_turn();
         for (;;) {
             FakeTimer* next = nullptr;
             for (FakeTimer* timer : timers_) {
@@ -366,6 +390,7 @@ class FakeLoop final : public Loop {
             now_ = std::max(now_, next->at);
             next->armed = false;
             next->handler();
+            end_turn();
         }
         now_ = std::max(now_, t);
     }
@@ -392,8 +417,31 @@ class FakeLoop final : public Loop {
         uint64_t at = 0;
     };
 
+    struct FakeDeferred final : Deferred {
+        FakeDeferred(FakeLoop* l, std::function<void()> h) : loop(l), handler(std::move(h)) {}
+        ~FakeDeferred() override {
+            auto& v = loop->deferred_;
+            v.erase(std::remove(v.begin(), v.end(), this), v.end());
+        }
+        void post() noexcept override {
+            if (!is_posted) {
+                is_posted = true;
+                seq = ++loop->posts_;
+            }
+        }
+        void cancel() noexcept override { is_posted = false; }
+        bool posted() const noexcept override { return is_posted; }
+
+        FakeLoop* loop;
+        std::function<void()> handler;
+        bool is_posted = false;
+        uint64_t seq = 0;
+    };
+
     uint64_t now_ = 0;
+    uint64_t posts_ = 0;
     std::vector<FakeTimer*> timers_;
+    std::vector<FakeDeferred*> deferred_;
 };
 
 // Records what a command's callback got, how often, and whether it came from inside the call.
