@@ -1,5 +1,6 @@
-// SHA-256 (FIPS 180-4), HMAC-SHA256 (RFC 2104) and SipHash-2-4 (Aumasson & Bernstein,
-// reference algorithm). Portable C++: byte order is handled explicitly, no unaligned loads.
+// SHA-256 and SHA-1 (FIPS 180-4), HMAC-SHA256 (RFC 2104), SipHash-2-4 (Aumasson & Bernstein,
+// reference algorithm) and the hex encoder. Portable C++: byte order is handled explicitly, no
+// unaligned loads.
 #include "core/hash.hpp"
 
 #include <cstring>
@@ -25,6 +26,10 @@ constexpr uint32_t sha256_h0[8] = {
 
 inline uint32_t rotr32(uint32_t x, unsigned n) {
     return (x >> n) | (x << (32 - n));
+}
+
+inline uint32_t rotl32(uint32_t x, unsigned n) {
+    return (x << n) | (x >> (32 - n));
 }
 
 inline uint64_t rotl64(uint64_t x, unsigned n) {
@@ -89,7 +94,89 @@ void sha256_compress(uint32_t h[8], const uint8_t block[64]) {
     h[7] += hh;
 }
 
+void sha1_compress(uint32_t h[5], const uint8_t block[64]) {
+    uint32_t w[80];
+    for (int t = 0; t < 16; t++) {
+        w[t] = load_be32(block + 4 * t);
+    }
+    for (int t = 16; t < 80; t++) {
+        w[t] = rotl32(w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16], 1);
+    }
+
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
+    for (int t = 0; t < 80; t++) {
+        uint32_t f, k;
+        if (t < 20) {
+            f = (b & c) | (~b & d);
+            k = 0x5a827999;
+        } else if (t < 40) {
+            f = b ^ c ^ d;
+            k = 0x6ed9eba1;
+        } else if (t < 60) {
+            f = (b & c) | (b & d) | (c & d);
+            k = 0x8f1bbcdc;
+        } else {
+            f = b ^ c ^ d;
+            k = 0xca62c1d6;
+        }
+        uint32_t tmp = rotl32(a, 5) + f + e + k + w[t];
+        e = d;
+        d = c;
+        c = rotl32(b, 30);
+        b = a;
+        a = tmp;
+    }
+    h[0] += a;
+    h[1] += b;
+    h[2] += c;
+    h[3] += d;
+    h[4] += e;
+}
+
 }  // namespace
+
+std::string hex(const void* data, size_t len) {
+    static constexpr char digits[] = "0123456789abcdef";
+    const uint8_t* p = static_cast<const uint8_t*>(data);
+    std::string s(2 * len, '0');
+    for (size_t i = 0; i < len; i++) {
+        s[2 * i] = digits[p[i] >> 4];
+        s[2 * i + 1] = digits[p[i] & 0xf];
+    }
+    return s;
+}
+
+Sha1Digest sha1(const void* data, size_t len) noexcept {
+    uint32_t h[5] = {0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476, 0xc3d2e1f0};
+    const uint8_t* p = static_cast<const uint8_t*>(data);
+    size_t left = len;
+    for (; left >= 64; left -= 64, p += 64) {
+        sha1_compress(h, p);
+    }
+
+    // The last bytes, 0x80, zeros, the length in bits: one block, or two when fewer than 9
+    // bytes are free after the message.
+    uint8_t tail[128] = {};
+    if (left > 0) {
+        std::memcpy(tail, p, left);  // data may be null when len is 0
+    }
+    tail[left] = 0x80;
+    size_t tail_len = left < 56 ? 64 : 128;
+    uint64_t bits = static_cast<uint64_t>(len) * 8;
+    for (int i = 0; i < 8; i++) {
+        tail[tail_len - 1 - i] = static_cast<uint8_t>(bits >> (8 * i));
+    }
+    sha1_compress(h, tail);
+    if (tail_len == 128) {
+        sha1_compress(h, tail + 64);
+    }
+
+    Sha1Digest out;
+    for (int i = 0; i < 5; i++) {
+        store_be32(out.data() + 4 * i, h[i]);
+    }
+    return out;
+}
 
 Sha256::Sha256() noexcept : block_{} {
     std::memcpy(h_, sha256_h0, sizeof h_);

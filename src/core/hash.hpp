@@ -1,13 +1,28 @@
-// Digests used for keys: SHA-256 (collision-safe, for long keys; HMAC for identities)
-// and SipHash-2-4 (seeded, for hash-table buckets that a client cannot flood).
-// Pure C++, no nginx header (layer: core).
+// Digests used for keys: SHA-256 (collision-safe, for long keys; HMAC for identities),
+// SipHash-2-4 (seeded, for hash-table buckets that a client cannot flood) and SHA-1 (only the
+// name Redis gives a Lua script, for EVALSHA). hex() is the one hex encoder: every digest that
+// becomes text goes through it. Pure C++, no nginx or hiredis header (layer: core).
 #pragma once
 
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace throttle::core {
+
+// Two lowercase hex digits per byte, in order ("01ab..."). May throw std::bad_alloc.
+std::string hex(const void* data, size_t len);
+template <size_t N>
+std::string hex(const std::array<uint8_t, N>& bytes) {
+    return hex(bytes.data(), N);
+}
+
+using Sha1Digest = std::array<uint8_t, 20>;
+
+// SHA-1 (FIPS 180-4). Broken for collisions: use it only where a peer demands it (a script's
+// EVALSHA name is hex(sha1(source)), as Redis computes it).
+Sha1Digest sha1(const void* data, size_t len) noexcept;
 
 using Sha256Digest = std::array<uint8_t, 32>;
 

@@ -1,4 +1,4 @@
-// SHA-256, HMAC-SHA256 and SipHash-2-4 against published vectors.
+// SHA-256, SHA-1, HMAC-SHA256 and SipHash-2-4 against published vectors; the hex encoder.
 #include "core/hash.hpp"
 
 #include <gtest/gtest.h>
@@ -10,21 +10,57 @@
 
 namespace {
 
+using throttle::core::hex;
 using throttle::core::hmac_sha256;
+using throttle::core::sha1;
 using throttle::core::Sha256;
 using throttle::core::sha256;
 using throttle::core::Sha256Digest;
 using throttle::core::siphash24;
 using throttle::core::SipKey;
 
-std::string hex(const Sha256Digest& d) {
-    static const char digits[] = "0123456789abcdef";
-    std::string s;
-    for (uint8_t b : d) {
-        s += digits[b >> 4];
-        s += digits[b & 15];
+TEST(Hex, LowercaseTwoDigitsPerByte) {
+    EXPECT_EQ(hex(nullptr, 0), "");
+    EXPECT_EQ(hex("\x01\xab\x00\xff\x10", 5), "01ab00ff10");
+    std::string all;
+    for (int i = 0; i < 256; i++) {
+        all += static_cast<char>(i);
     }
-    return s;
+    std::string h = hex(all.data(), all.size());
+    ASSERT_EQ(h.size(), 512u);
+    for (int i = 0; i < 256; i++) {
+        EXPECT_EQ(std::stoi(h.substr(2 * static_cast<size_t>(i), 2), nullptr, 16), i);
+    }
+    EXPECT_EQ(h.find_first_not_of("0123456789abcdef"), std::string::npos);
+
+    Sha256Digest d{};
+    d[0] = 0x01;
+    d[1] = 0xab;
+    d[31] = 0xff;
+    EXPECT_EQ(hex(d), "01ab" + std::string(56, '0') + "00ff");
+}
+
+std::string sha1_hex(const std::string& m) {
+    return hex(sha1(m.data(), m.size()));
+}
+
+// FIPS 180 examples (NIST CSRC "SHA1.pdf", FIPS 180-1 appendix A-C) and padding edges.
+TEST(Sha1, NistVectors) {
+    EXPECT_EQ(sha1_hex(""), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+    EXPECT_EQ(sha1_hex("abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+    EXPECT_EQ(sha1_hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+              "84983e441c3bd26ebaae4aa1f95129e5e54670f1");
+    EXPECT_EQ(sha1_hex(std::string(1000000, 'a')), "34aa973cd4c4daa4f61eeb2bdbad27316534016f");
+    EXPECT_EQ(sha1_hex("The quick brown fox jumps over the lazy dog"),
+              "2fd4e1c67a2d28fced849ee1bb76e7391b93eb12");
+    EXPECT_EQ(hex(sha1(nullptr, 0)), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+}
+
+// 55 bytes fit the length in the last block, 56 need a second one; 64 is a whole block.
+TEST(Sha1, PaddingBoundaries) {
+    EXPECT_EQ(sha1_hex(std::string(55, 'a')), "c1c8bbdc22796e28c0e15163d20899b65621d65a");
+    EXPECT_EQ(sha1_hex(std::string(56, 'a')), "c2db330f6083854c99d4b5bfb6e8f29f201be699");
+    EXPECT_EQ(sha1_hex(std::string(64, 'a')), "0098ba824b5c16427bd7a1122a5a442a25ec644d");
 }
 
 std::string sha_hex(const std::string& m) {
