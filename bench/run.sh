@@ -36,21 +36,18 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-root=$(cd "$here/.." && pwd)
+prog=bench
+# The helpers and knobs shared with cache.sh (BENCH_WORKERS, BENCH_THREADS,
+# BENCH_CONNECTIONS, BENCH_WARMUP, BENCH_ROUNDS, BENCH_MODULE, BENCH_NGINX,
+# BENCH_KEEP are read there).
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 
-NGINX=${BENCH_NGINX:-/usr/sbin/nginx}
-MODULE=${BENCH_MODULE:-$root/build/ngx_http_throttle_module.so}
 VARIANTS=${BENCH_VARIANTS:-plain limit_req throttle sync strict openresty}
-WORKERS=${BENCH_WORKERS:-1}
-THREADS=${BENCH_THREADS:-1}
-CONNECTIONS=${BENCH_CONNECTIONS:-32}
 DURATION=${BENCH_DURATION:-5s}
-WARMUP=${BENCH_WARMUP:-1s}
-ROUNDS=${BENCH_ROUNDS:-3}
 PIN=${BENCH_PIN:-auto}
 BODY_BYTES=${BENCH_BODY_BYTES:-100}
 OUT=${BENCH_OUT:-}
-KEEP=${BENCH_KEEP:-0}
 
 # Ratios are printed against these variants when they are part of the run.
 PEERS="plain limit_req"
@@ -59,12 +56,6 @@ PEERS="plain limit_req"
 GOALS="throttle plain 0.97
 sync throttle 0.95
 strict openresty 2.5"
-
-die() {
-    printf 'bench: error: %s\n' "$*" >&2
-    exit 1
-}
-say() { printf 'bench: %s\n' "$*" >&2; }
 
 # --------------------------------------------------------------------------
 # Variants.
@@ -107,25 +98,9 @@ variant_limit_req() {
     esac
 }
 
-module_check() {
-    [[ -r $MODULE ]] || {
-        echo "module not found: $MODULE (build it with \`make\`, or leave it out:" \
-            "BENCH_VARIANTS='plain limit_req')" >&2
-        return 1
-    }
-}
-
-# The module is copied into the temp dir and loaded from there: a rebuild
-# that rewrites build/*.so in place while nginx has it mapped kills the workers
-# (SIGBUS), and the copy also pins the exact binary that was measured.
-module_loaded='' module_info=''
-module_setup() {
-    [[ -z $module_loaded ]] || return 0
-    module_loaded=$tmp/$(basename "$MODULE")
-    cp "$MODULE" "$module_loaded"
-    module_info="$MODULE (built $(stat -c %y "$MODULE" | cut -d. -f1),"
-    module_info+=" sha256 $(sha256sum "$module_loaded" | cut -c1-12))"
-}
+# module_check and module_setup (the private copy of the module) are in lib.sh.
+# Without the module, the variants that do not need it still run:
+module_missing_hint=", or leave it out: BENCH_VARIANTS='plain limit_req'"
 
 module_verify() {
     # throttle_headers is on by default: a response that went through the
@@ -184,58 +159,15 @@ variant_throttle_nohdr() {
 
 # --------------------------------------------------------------------------
 # Redis variants. They share one redis-server, started by the first of them on
-# a free port (no persistence) and stopped on exit. Their Redis commands per
-# request are read from INFO commandstats around each measured run.
+# a free port (no persistence) and stopped on exit (redis_start, lib.sh). Their
+# Redis commands per request are read from INFO commandstats around each
+# measured run.
 # --------------------------------------------------------------------------
 
-redis_port='' redis_pid='' redis_info=''
-redis_check() {
-    if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-        echo "redis-server and redis-cli are needed (apt-get install redis-server)" >&2
-        return 1
-    fi
-}
-
-redis_cli() { redis-cli -h 127.0.0.1 -p "$redis_port" "$@"; }
-
+redis_info=''
 redis_setup() {
-    [[ -z $redis_port ]] || return 0
-    local i pid
-    redis_port=$(free_ports 1)
-    mkdir -p "$tmp/redis"
-    redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
-        --dir "$tmp/redis" --logfile "$tmp/redis/redis.log" --daemonize no </dev/null &
-    pid=$!
-    redis_pid=$pid
-    cleanup_pid "$pid"
-    for ((i = 0; i < 100; i++)); do
-        [[ $(redis_cli ping 2>/dev/null) == PONG ]] && break
-        kill -0 "$pid" 2>/dev/null || {
-            cat "$tmp/redis/redis.log" >&2
-            die "redis-server exited during startup"
-        }
-        sleep 0.05
-    done
-    [[ $(redis_cli ping 2>/dev/null) == PONG ]] || die "redis-server on port $redis_port does not answer"
-    redis_info="redis-server $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')"
-    redis_info+=" on 127.0.0.1:$redis_port, --save '' --appendonly no, not pinned"
-}
-
-# redis_snapshot FILE: "COMMAND CALLS" per command since redis-server started,
-# plus "connections N" (connections accepted).
-redis_snapshot() {
-    redis_cli info everything | tr -d '\r' | awk -F'[:,=]' '
-        /^cmdstat_/ { sub(/^cmdstat_/, "", $1); print $1, $3 }
-        /^total_connections_received:/ { print "connections", $2 }' >"$1"
-}
-
-# redis_delta BEFORE AFTER: "COMMAND DELTA" for what changed in between, and
-# "connections DELTA"; the INFO command and the connection of the second
-# snapshot left out.
-redis_delta() {
-    awk 'NR == FNR { b[$1] = $2; next }
-         $1 == "connections" { print $1, $2 - b[$1] - 1; next }
-         $1 != "info" && $2 - b[$1] > 0 { print $1, $2 - b[$1] }' "$1" "$2"
+    redis_start
+    redis_info="redis-server $redis_version on 127.0.0.1:$redis_port, --save '' --appendonly no, not pinned"
 }
 
 # redis_calls NAME: wait up to 3 s until redis-server has seen NAME at least once
@@ -297,7 +229,7 @@ variant_strict() {
 # installed as nginx.redis), connections kept in the cosocket pool. It runs in
 # an nginx of its own so that the other variants are measured without LuaJIT.
 # Redis errors are logged ([error] fails the run) and let the request through.
-LUA_POOL_SIZE=100 # set_keepalive pool per worker; raised to BENCH_CONNECTIONS if below
+# The pool per worker is lua_pool_size (lib.sh).
 variant_openresty() {
     case $1 in
     describe)
@@ -305,25 +237,12 @@ variant_openresty() {
             "(+ EXPIRE 1 when 1), set_keepalive(60000, $(lua_pool_size)), 429 over 1000000000 per s" \
             "(libnginx-mod-http-lua $(lua_module_version), own nginx instance)"
         ;;
-    packages) printf '%s\n' redis-server libnginx-mod-http-lua lua-nginx-redis lua-resty-core ;;
-    check)
-        redis_check || return 1
-        local f
-        for f in /usr/lib/nginx/modules/ndk_http_module.so /usr/lib/nginx/modules/ngx_http_lua_module.so \
-            /usr/share/lua/5.1/nginx/redis.lua /usr/share/lua/5.1/resty/core.lua; do
-            [[ -r $f ]] || {
-                echo "$f not found (apt-get install libnginx-mod-http-lua lua-nginx-redis lua-resty-core)" >&2
-                return 1
-            }
-        done
-        ;;
+    packages) printf '%s\n' redis-server "${LUA_PACKAGES[@]}" ;;
+    check) redis_check && lua_check ;;
     setup) redis_setup ;;
     instance) echo lua ;;
     redis) echo yes ;;
-    main)
-        echo 'load_module /usr/lib/nginx/modules/ndk_http_module.so;'
-        echo 'load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;'
-        ;;
+    main) printf 'load_module %s;\n' "${LUA_MODULES[@]}" ;;
     http) echo 'lua_package_path "/usr/share/lua/5.1/?.lua;;";' ;;
     location)
         cat <<LUA
@@ -359,115 +278,13 @@ LUA
     esac
 }
 
-lua_pool_size() { echo $((CONNECTIONS > LUA_POOL_SIZE ? CONNECTIONS : LUA_POOL_SIZE)); }
-lua_module_version() { dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null || echo '?'; }
-
-# --------------------------------------------------------------------------
-# Helpers.
-# --------------------------------------------------------------------------
-
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
-
-# free_ports N: N distinct free TCP ports on 127.0.0.1, held open together
-# while chosen so they differ.
-free_ports() {
-    perl -MIO::Socket::INET -e '
-        my @s = map { IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0,
-                                            Proto => "tcp", Listen => 1, ReuseAddr => 1)
-                      or die "bind: $!\n" } 1 .. $ARGV[0];
-        print join(" ", map { $_->sockport } @s), "\n";' "$1"
-}
-
-# median of the numbers on stdin
-median() {
-    sort -g | awk '{ v[NR] = $1 } END {
-        if (NR == 0) { print "nan"; exit }
-        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
-# spread of the numbers on stdin, (max - min) / median, in percent
-spread() {
-    sort -g | awk '{ v[NR] = $1 } END {
-        if (NR == 0) { print "nan"; exit }
-        m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-        printf "%.1f\n", (m > 0) ? (v[NR] - v[1]) * 100 / m : 0 }'
-}
-
-# paired_ratios "A1 A2 .." "B1 B2 ..": "A1/B1 A2/B2 .." formatted as 0.98
-paired_ratios() {
-    awk -v a="$1" -v b="$2" 'BEGIN {
-        n = split(a, x, " "); split(b, y, " ")
-        for (i = 1; i <= n; i++) printf "%s%.2f", (i > 1 ? " " : ""), (y[i] > 0 ? x[i] / y[i] : 0)
-    }'
-}
-
-# ratio A B, formatted as 0.98
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-
-# cpu_ticks PID...: user + system CPU time of these processes, in clock ticks
-cpu_ticks() {
-    local pid sum=0 t
-    for pid; do
-        # fields after the ") " that closes the command name: utime is the 12th, stime the 13th
-        t=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }') || t=0
-        sum=$((sum + ${t:-0}))
-    done
-    echo "$sum"
-}
-
-# nginx_trouble: show what nginx's error log says went wrong, if anything
-nginx_trouble() {
-    if grep -qE '\[(crit|alert|emerg)\]' "$tmp/error.log" 2>/dev/null; then
-        echo "nginx's error log says:" >&2
-        grep -E '\[(crit|alert|emerg)\]' "$tmp/error.log" | head -5 >&2
-    fi
-}
-
-# parse_wrk FILE: prints "RPS P99_MS REQUESTS"; fails loudly on non-2xx
-# responses or socket errors.
-parse_wrk() {
-    local f=$1 what=$2
-    if grep -q 'Non-2xx or 3xx responses' "$f"; then
-        cat "$f" >&2
-        nginx_trouble
-        die "$what: $(grep 'Non-2xx or 3xx responses' "$f" | xargs) -- a limit rejected" \
-            "requests (429/503) or the file was not served; the numbers would be meaningless"
-    fi
-    if grep -q 'Socket errors' "$f"; then
-        cat "$f" >&2
-        nginx_trouble
-        die "$what: $(grep 'Socket errors' "$f" | xargs)"
-    fi
-    awk '
-        /^Requests\/sec:/ { rps = $2 }
-        $1 == "99%" {
-            v = $2; unit = v; sub(/^[0-9.]+/, "", unit); sub(/[a-z]+$/, "", v)
-            if (unit == "us") p99 = v / 1000; else if (unit == "ms") p99 = v
-            else if (unit == "s") p99 = v * 1000; else if (unit == "m") p99 = v * 60000
-            else bad = 1
-        }
-        / requests in / { n = $1 }
-        END {
-            if (rps == "" || p99 == "" || n == "" || n == 0 || bad) exit 1
-            printf "%s %.3f %s\n", rps, p99, n
-        }' "$f" || {
-        cat "$f" >&2
-        die "$what: could not read requests/s and p99 from wrk's output"
-    }
-}
-
 # --------------------------------------------------------------------------
 # Checks.
 # --------------------------------------------------------------------------
 
-for n in WORKERS THREADS CONNECTIONS ROUNDS BODY_BYTES; do
-    if ! is_uint "${!n}" || ((${!n} == 0)); then
-        die "BENCH_$n must be a positive integer, not \"${!n}\""
-    fi
-done
-[[ $DURATION =~ ^[1-9][0-9]*[smh]?$ ]] || die "BENCH_DURATION must look like 5s, not \"$DURATION\""
-[[ $WARMUP =~ ^[0-9]+[smh]?$ ]] || die "BENCH_WARMUP must look like 1s or 0, not \"$WARMUP\""
-((CONNECTIONS >= THREADS)) || die "BENCH_CONNECTIONS ($CONNECTIONS) must be >= BENCH_THREADS ($THREADS)"
+check_shared_knobs
+need_count BENCH_BODY_BYTES "$BODY_BYTES"
+need_duration BENCH_DURATION "$DURATION"
 [[ $PIN =~ ^(auto|0|1)$ ]] || die "BENCH_PIN must be auto, 0 or 1, not \"$PIN\""
 
 read -r -a variants <<<"$VARIANTS"
@@ -478,37 +295,15 @@ for v in "${variants[@]}"; do
     fi
 done
 
-# Debian packages: wrk and curl, and what the variants need. Checked with
-# dpkg-query, so that `make bench` works on a fresh machine; elsewhere the
-# variants' own checks say what is missing.
+# Debian packages: wrk and curl, and what the variants need; the variants'
+# own checks say what is still missing.
 packages=(wrk curl)
 for v in "${variants[@]}"; do
     read -r -a p <<<"$("variant_$v" packages | xargs)"
     packages+=("${p[@]}")
 done
-missing=()
-for p in $(printf '%s\n' "${packages[@]}" | awk '!seen[$0]++'); do
-    if command -v dpkg-query >/dev/null; then
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-    elif [[ $p == wrk || $p == curl ]]; then
-        command -v "$p" >/dev/null || missing+=("$p")
-    fi
-done
-if ((${#missing[@]})); then
-    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-        # lua-nginx-redis depends on nginx-extras, which also installs Debian's
-        # other dynamic modules and enables them in /etc/nginx/modules-enabled
-        # (the benchmark's own configs load only what they name).
-        say "installing ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >&2 || true
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 ||
-            die "could not install ${missing[*]}"
-    else
-        die "missing ${missing[*]} (apt-get install ${missing[*]})"
-    fi
-fi
-[[ -x $NGINX ]] || die "nginx not found at $NGINX (apt-get install nginx, or set BENCH_NGINX)"
+install_missing "${packages[@]}"
+need_nginx
 
 declare -A seen=()
 for v in "${variants[@]}"; do
@@ -518,37 +313,10 @@ for v in "${variants[@]}"; do
 done
 
 # --------------------------------------------------------------------------
-# Temp dir, cleanup.
+# Temp dir; everything started from here on is stopped on exit (lib.sh).
 # --------------------------------------------------------------------------
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/throttle-bench.XXXXXX")
-nginx_pids=()
-extra_pids=()
-cleanup_pid() { extra_pids+=("$1"); }
-
-cleanup() {
-    local rc=$? pid i
-    trap - EXIT INT TERM
-    # nginx first: its workers flush sync counts to Redis when they exit
-    for pid in "${nginx_pids[@]}" "${extra_pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || continue
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ $KEEP == 1 ]]; then
-        say "kept $tmp"
-    else
-        rm -rf "$tmp"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+start_tmp throttle-bench
 
 # --------------------------------------------------------------------------
 # CPU placement: when there is a CPU to spare for everything else, nginx and
@@ -571,8 +339,7 @@ if [[ $PIN == 1 || ($PIN == auto && $ncpu -gt $((WORKERS + THREADS))) ]]; then
         die "BENCH_PIN=1 needs taskset (util-linux)"
     fi
 fi
-# command prefixes; not functions, so that `$!` is nginx itself
-nginx_on_cpus=() wrk_on_cpus=()
+# command prefixes (lib.sh); not functions, so that `$!` is nginx itself
 [[ -z $nginx_cpus ]] || nginx_on_cpus=(taskset -c "$nginx_cpus")
 [[ -z $wrk_cpus ]] || wrk_on_cpus=(taskset -c "$wrk_cpus")
 
@@ -606,15 +373,9 @@ conf_of() { if [[ $1 == main ]]; then echo "$tmp/nginx.conf"; else echo "$tmp/ng
 
 indent() { sed 's/^/    /'; }
 write_conf() { # write_conf INSTANCE VARIANT...
-    local inst=$1 v t
+    local inst=$1 v
     shift
-    mkdir -p "$tmp/tmp/$inst"
-    echo "# generated by bench/run.sh: nginx instance \"$inst\""
-    echo "user root;"
-    echo "daemon off;"
-    echo "worker_processes $WORKERS;"
-    echo "pid $tmp/nginx-$inst.pid;"
-    echo "error_log $tmp/error.log warn;"
+    conf_head "$inst"
     for v in "$@"; do "variant_$v" main; done | awk '!seen[$0]++'
     echo
     echo "events { worker_connections $((CONNECTIONS * 2 + 512)); }"
@@ -622,9 +383,7 @@ write_conf() { # write_conf INSTANCE VARIANT...
     echo "http {"
     echo "    access_log off;"
     echo "    default_type text/plain;"
-    for t in client_body proxy fastcgi uwsgi scgi; do
-        echo "    ${t}_temp_path $tmp/tmp/$inst/$t;"
-    done
+    conf_temp_paths "$inst"
     # shared directives (throttle_redis) once; closing braces are not directives
     for v in "$@"; do "variant_$v" http; done | awk '!/;$/ || !seen[$0]++' | indent
     for v in "$@"; do
@@ -640,7 +399,6 @@ write_conf() { # write_conf INSTANCE VARIANT...
     echo "}"
 }
 
-declare -A nginx_pid_of=()
 for inst in "${instances[@]}"; do
     members=()
     for v in "${variants[@]}"; do
@@ -648,33 +406,15 @@ for inst in "${instances[@]}"; do
     done
     conf=$(conf_of "$inst")
     write_conf "$inst" "${members[@]}" >"$conf"
-
-    "$NGINX" -t -q -p "$tmp/" -e "$tmp/error.log" -c "$conf" 2>"$tmp/nginx-t.err" || {
-        cat "$tmp/nginx-t.err" >&2
-        cat -n "$conf" >&2
-        die "nginx -t failed on the generated config (above)"
-    }
-
-    "${nginx_on_cpus[@]}" "$NGINX" -p "$tmp/" -e "$tmp/error.log" -c "$conf" \
-        </dev/null >>"$tmp/nginx.stderr" 2>&1 &
-    nginx_pid_of[$inst]=$!
-    nginx_pids+=("$!")
+    nginx_start "$inst" "$conf"
 done
 
 url() { echo "http://127.0.0.1:${port[$1]}/bench.txt"; }
 
 # Every variant must answer 200 with the whole file before we measure.
 for v in "${variants[@]}"; do
-    code=000
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "${nginx_pid_of[${instance_of[$v]}]}" 2>/dev/null || {
-            cat "$tmp/nginx.stderr" "$tmp/error.log" >&2 2>/dev/null || true
-            die "nginx exited during startup"
-        }
-        code=$(curl -s -o "$tmp/body.$v" -D "$tmp/headers.$v" -w '%{http_code}' "$(url "$v")") || true
-        [[ $code == 000 ]] || break
-        sleep 0.05
-    done
+    code=$(await_answer "${instance_of[$v]}" \
+        curl -s -o "$tmp/body.$v" -D "$tmp/headers.$v" -w '%{http_code}' "$(url "$v")")
     [[ $code == 200 ]] || {
         cat "$tmp/headers.$v" >&2 2>/dev/null || true
         die "$v: GET $(url "$v") answered $code, expected 200"
@@ -691,20 +431,12 @@ done
 
 wrk_args=(-t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency)
 run_wrk() { # run_wrk OUTFILE DURATION VARIANT
-    "${wrk_on_cpus[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$2" --latency "$(url "$3")" >"$1" 2>&1 ||
-        {
-            cat "$1" >&2
-            die "$3: wrk failed"
-        }
+    wrk_to "$1" "$3" -t"$THREADS" -c"$CONNECTIONS" -d"$2" --latency "$(url "$3")"
 }
+# A 429 or 503 in wrk's report means a limit kicked in.
+wrk_non2xx_why=' -- a limit rejected requests (429/503) or the file was not served; the numbers would be meaningless'
 
-if [[ ! $WARMUP =~ ^0+[smh]?$ ]]; then
-    say "warm-up: $WARMUP per variant"
-    for v in "${variants[@]}"; do
-        run_wrk "$tmp/wrk.$v.warmup" "$WARMUP" "$v"
-        parse_wrk "$tmp/wrk.$v.warmup" "$v (warm-up)" >/dev/null
-    done
-fi
+warm_up variant "${variants[@]}"
 
 declare -A uses_redis=()
 for v in "${variants[@]}"; do
@@ -713,25 +445,20 @@ done
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')
 declare -A rps_all=() p99_all=() requests=() cpu_nginx=() cpu_redis=()
-clk_tck=$(getconf CLK_TCK 2>/dev/null || echo 100)
-nv=${#variants[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
     # Rotate the order each round so no variant always runs first or last.
-    order=()
-    for ((i = 0; i < nv; i++)); do
-        order+=("${variants[$(((i + r - 1) % nv))]}")
-    done
+    mapfile -t order < <(rotated "$r" "${variants[@]}")
     say "round $r/$ROUNDS: ${order[*]}"
     for v in "${order[@]}"; do
         f=$tmp/wrk.$v.$r
         [[ -z ${uses_redis[$v]:-} ]] || redis_snapshot "$f.redis-before"
-        read -r -a workers <<<"$(pgrep -P "${nginx_pid_of[${instance_of[$v]}]}" | xargs)"
+        read -r -a workers <<<"$(nginx_workers "${instance_of[$v]}")"
         ng0=$(cpu_ticks "${workers[@]}") rd0=$(cpu_ticks ${redis_pid:+"$redis_pid"})
         run_wrk "$f" "$DURATION" "$v"
         ng1=$(cpu_ticks "${workers[@]}") rd1=$(cpu_ticks ${redis_pid:+"$redis_pid"})
         [[ -z ${uses_redis[$v]:-} ]] || redis_snapshot "$f.redis-after"
         res=$(parse_wrk "$f" "$v (round $r)") || exit 1
-        read -r rps p99 n <<<"$res"
+        read -r rps _ p99 n <<<"$res"
         requests[$v]=$((${requests[$v]:-0} + n))
         cpu_nginx[$v]=$((${cpu_nginx[$v]:-0} + ng1 - ng0))
         cpu_redis[$v]=$((${cpu_redis[$v]:-0} + rd1 - rd0))
@@ -749,11 +476,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     done
 done
 
-# Nothing may have been limited or gone wrong on the nginx side either.
-if grep -E '\[(error|crit|alert|emerg)\]' "$tmp/error.log" >"$tmp/error.bad"; then
-    head -20 "$tmp/error.bad" >&2
-    die "nginx logged errors during the run (first lines above)"
-fi
+no_nginx_errors
 
 # --------------------------------------------------------------------------
 # Report.
@@ -761,9 +484,9 @@ fi
 
 declare -A rps_med=() p99_med=() rps_spread=()
 for v in "${variants[@]}"; do
-    rps_med[$v]=$(tr ' ' '\n' <<<"${rps_all[$v]}" | grep . | median)
-    p99_med[$v]=$(tr ' ' '\n' <<<"${p99_all[$v]}" | grep . | median)
-    rps_spread[$v]=$(tr ' ' '\n' <<<"${rps_all[$v]}" | grep . | spread)
+    rps_med[$v]=$(median "${rps_all[$v]}")
+    p99_med[$v]=$(median "${p99_all[$v]}")
+    rps_spread[$v]=$(spread "${rps_all[$v]}")
 done
 
 peers=()
@@ -771,13 +494,9 @@ for p in $PEERS; do
     [[ -n ${seen[$p]:-} ]] && peers+=("$p")
 done
 
-cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
-nginx_version=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')
-wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
-
 {
     echo "ngx_http_throttle_module benchmark ($(date -u '+%Y-%m-%d %H:%M UTC'))"
-    echo "machine: nproc=$ncpu${cpu_model:+ ($cpu_model)}, $(uname -sr), $nginx_version, wrk $wrk_version"
+    echo "machine: $(machine)"
     echo "load:    $load_before (1/5/15-min load average before measuring; other busy processes add noise)"
     echo "nginx:   worker_processes $WORKERS, ${nginx_cpus:+pinned to CPU $nginx_cpus}${nginx_cpus:-not pinned}," \
         "static file of $BODY_BYTES bytes, access_log off"
@@ -869,7 +588,7 @@ wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
     echo "show whether it holds in every round."
     echo "per-round req/s:"
     for v in "${variants[@]}"; do
-        printf '  %-14s %s\n' "$v" "$(for x in ${rps_all[$v]}; do printf '%.0f ' "$x"; done)"
+        round_row 14 "$v" "${rps_all[$v]}"
     done
     echo "variants:"
     for v in "${variants[@]}"; do
@@ -877,20 +596,12 @@ wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
     done
 } >"$tmp/results.txt"
 
-echo
-cat "$tmp/results.txt"
-if [[ -n $OUT ]]; then
-    mkdir -p "$(dirname "$OUT")"
-    cp "$tmp/results.txt" "$OUT"
-    say "table written to $OUT"
-fi
+show_results "$OUT"
 
 # `make bench` goes on with the response-cache benchmark (bench/cache.sh) once
 # this run's nginx and redis-server are stopped; BENCH_CACHE=1 runs it after a
 # plain `bash bench/run.sh` too, BENCH_CACHE=0 never.
 if [[ ${BENCH_CACHE:-${MAKELEVEL:+1}} == 1 ]]; then
-    for pid in "${nginx_pids[@]}" "${extra_pids[@]}"; do
-        if kill -TERM "$pid" 2>/dev/null; then wait "$pid" 2>/dev/null || true; fi
-    done
+    stop_started
     bash "$here/cache.sh"
 fi
