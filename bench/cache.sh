@@ -60,21 +60,18 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-root=$(cd "$here/.." && pwd)
+prog=bench-cache
+# The helpers and knobs shared with run.sh (BENCH_WORKERS, BENCH_THREADS,
+# BENCH_CONNECTIONS, BENCH_WARMUP, BENCH_ROUNDS, BENCH_MODULE, BENCH_NGINX,
+# BENCH_KEEP are read there).
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 
-NGINX=${BENCH_NGINX:-/usr/sbin/nginx}
-MODULE=${BENCH_MODULE:-$root/build/ngx_http_throttle_module.so}
 SCENARIOS=${BENCH_CACHE_SCENARIOS:-upstream static throttle throttle_gz lua static_users throttle_users throttle_gz_users lua_users}
 USERS=${BENCH_CACHE_USERS:-2000}
-WORKERS=${BENCH_WORKERS:-1}
-THREADS=${BENCH_THREADS:-1}
-CONNECTIONS=${BENCH_CONNECTIONS:-32}
 DURATION=${BENCH_CACHE_DURATION:-6s}
-WARMUP=${BENCH_WARMUP:-1s}
-ROUNDS=${BENCH_ROUNDS:-3}
 BODY_BYTES=${BENCH_CACHE_BODY_BYTES:-2048}
 OUT=${BENCH_CACHE_OUT:-}
-KEEP=${BENCH_KEEP:-0}
 
 SESSION='sessionid=b3f1c0de5eed4a11'
 USER_SUFFIX='9c41e07a2d5fb863' # *_users: Cookie: sessionid=u<i>-$USER_SUFFIX, i = 1 .. USERS
@@ -82,97 +79,14 @@ USERS_SCRIPT=$here/cache_users.lua
 REQ_PATH='/api/items?sort=name&page=2'
 GOAL_LUA=2 # throttle/lua req/s
 
-die() {
-    printf 'bench-cache: error: %s\n' "$*" >&2
-    exit 1
-}
-say() { printf 'bench-cache: %s\n' "$*" >&2; }
-
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
-
-# --------------------------------------------------------------------------
-# Helpers (as in run.sh).
-# --------------------------------------------------------------------------
-
-# free_ports N: N distinct free TCP ports on 127.0.0.1
-free_ports() {
-    perl -MIO::Socket::INET -e '
-        my @s = map { IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0,
-                                            Proto => "tcp", Listen => 1, ReuseAddr => 1)
-                      or die "bind: $!\n" } 1 .. $ARGV[0];
-        print join(" ", map { $_->sockport } @s), "\n";' "$1"
-}
-
-median() {
-    sort -g | awk '{ v[NR] = $1 } END {
-        if (NR == 0) { print "nan"; exit }
-        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
-spread() {
-    sort -g | awk '{ v[NR] = $1 } END {
-        if (NR == 0) { print "nan"; exit }
-        m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-        printf "%.1f\n", (m > 0) ? (v[NR] - v[1]) * 100 / m : 0 }'
-}
-
-paired_ratios() {
-    awk -v a="$1" -v b="$2" 'BEGIN {
-        n = split(a, x, " "); split(b, y, " ")
-        for (i = 1; i <= n; i++) printf "%s%.2f", (i > 1 ? " " : ""), (y[i] > 0 ? x[i] / y[i] : 0)
-    }'
-}
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-
-cpu_ticks() {
-    local pid sum=0 t
-    for pid; do
-        t=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }') || t=0
-        sum=$((sum + ${t:-0}))
-    done
-    echo "$sum"
-}
-
-# parse_wrk FILE WHAT: "RPS P50_MS P99_MS REQUESTS"; fails on non-2xx or socket errors
-parse_wrk() {
-    local f=$1 what=$2
-    if grep -qE 'Non-2xx or 3xx responses|Socket errors' "$f"; then
-        cat "$f" >&2
-        die "$what: $(grep -E 'Non-2xx or 3xx responses|Socket errors' "$f" | xargs)"
-    fi
-    awk '
-        function ms(v,   unit) {
-            unit = v; sub(/^[0-9.]+/, "", unit); sub(/[a-z]+$/, "", v)
-            if (unit == "us") return v / 1000; if (unit == "ms") return v
-            if (unit == "s") return v * 1000; if (unit == "m") return v * 60000
-            bad = 1; return 0
-        }
-        /^Requests\/sec:/ { rps = $2 }
-        $1 == "50%" { p50 = ms($2) }
-        $1 == "99%" { p99 = ms($2) }
-        / requests in / { n = $1 }
-        END {
-            if (rps == "" || p50 == "" || p99 == "" || n == "" || n == 0 || bad) exit 1
-            printf "%s %.3f %.3f %s\n", rps, p50, p99, n
-        }' "$f" || {
-        cat "$f" >&2
-        die "$what: could not read requests/s and latencies from wrk's output"
-    }
-}
-
 # --------------------------------------------------------------------------
 # Checks, packages.
 # --------------------------------------------------------------------------
 
-for n in WORKERS THREADS CONNECTIONS ROUNDS BODY_BYTES USERS; do
-    if ! is_uint "${!n}" || ((${!n} == 0)); then
-        die "BENCH_${n/#USERS/CACHE_USERS} must be a positive integer, not \"${!n}\""
-    fi
-done
-[[ $DURATION =~ ^[1-9][0-9]*[smh]?$ ]] || die "BENCH_CACHE_DURATION must look like 8s, not \"$DURATION\""
-[[ $WARMUP =~ ^[0-9]+[smh]?$ ]] || die "BENCH_WARMUP must look like 1s or 0, not \"$WARMUP\""
-((CONNECTIONS >= THREADS)) || die "BENCH_CONNECTIONS must be >= BENCH_THREADS"
+check_shared_knobs
+need_count BENCH_CACHE_BODY_BYTES "$BODY_BYTES"
+need_count BENCH_CACHE_USERS "$USERS"
+need_duration BENCH_CACHE_DURATION "$DURATION"
 
 known='upstream static throttle throttle_gz throttle_plain lua'
 known+=' static_users throttle_users throttle_gz_users throttle_plain_users lua_users'
@@ -187,95 +101,21 @@ done
 want_lua=${seen[lua]:-}${seen[lua_users]:-}
 
 packages=(wrk curl redis-server)
-[[ -z $want_lua ]] || packages+=(libnginx-mod-http-lua lua-nginx-redis lua-resty-core)
-missing=()
-for p in "${packages[@]}"; do
-    if command -v dpkg-query >/dev/null; then
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-    elif [[ $p == wrk || $p == curl ]]; then
-        command -v "$p" >/dev/null || missing+=("$p")
-    fi
-done
-if ((${#missing[@]})); then
-    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-        say "installing ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >&2 || true
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 ||
-            die "could not install ${missing[*]}"
-    else
-        die "missing ${missing[*]} (apt-get install ${missing[*]})"
-    fi
-fi
-[[ -x $NGINX ]] || die "nginx not found at $NGINX (apt-get install nginx, or set BENCH_NGINX)"
-[[ -r $MODULE ]] || die "module not found: $MODULE (build it with \`make\`)"
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-    die "redis-server and redis-cli are needed (apt-get install redis-server)"
-fi
-LUA_MODULES=(/usr/lib/nginx/modules/ndk_http_module.so /usr/lib/nginx/modules/ngx_http_lua_module.so)
-if [[ -n $want_lua ]]; then
-    for f in "${LUA_MODULES[@]}" /usr/share/lua/5.1/nginx/redis.lua /usr/share/lua/5.1/resty/core.lua; do
-        [[ -r $f ]] || die "$f not found (apt-get install libnginx-mod-http-lua lua-nginx-redis lua-resty-core)"
-    done
-fi
+[[ -z $want_lua ]] || packages+=("${LUA_PACKAGES[@]}")
+install_missing "${packages[@]}"
+need_nginx
+need module_check
+need redis_check
+[[ -z $want_lua ]] || need lua_check
 
 # --------------------------------------------------------------------------
-# Temp dir, cleanup: every process started here is stopped on exit.
+# Temp dir; everything started from here on is stopped on exit (lib.sh). The
+# module is copied into it (module_setup); redis-server, no persistence.
 # --------------------------------------------------------------------------
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/throttle-bench-cache.XXXXXX")
-pids=()
-cleanup() {
-    local rc=$? pid i
-    trap - EXIT INT TERM
-    for pid in "${pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || continue
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ $KEEP == 1 ]]; then say "kept $tmp"; else rm -rf "$tmp"; fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# The module is copied: a rebuild of build/*.so during the run cannot pull it
-# out from under nginx, and the table names the exact binary measured.
-module=$tmp/$(basename "$MODULE")
-cp "$MODULE" "$module"
-module_info="$MODULE (built $(stat -c %y "$MODULE" | cut -d. -f1), sha256 $(sha256sum "$module" | cut -c1-12))"
-
-# --------------------------------------------------------------------------
-# redis-server, no persistence.
-# --------------------------------------------------------------------------
-
-read -r redis_port <<<"$(free_ports 1)"
-mkdir -p "$tmp/redis"
-redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
-    --dir "$tmp/redis" --logfile "$tmp/redis/redis.log" --daemonize no </dev/null &
-redis_pid=$!
-pids+=("$redis_pid")
-rcli() { redis-cli -h 127.0.0.1 -p "$redis_port" "$@"; }
-for ((i = 0; i < 100; i++)); do
-    [[ $(rcli ping 2>/dev/null) == PONG ]] && break
-    kill -0 "$redis_pid" 2>/dev/null || { cat "$tmp/redis/redis.log" >&2; die "redis-server exited"; }
-    sleep 0.05
-done
-[[ $(rcli ping 2>/dev/null) == PONG ]] || die "redis-server on port $redis_port does not answer"
-redis_version=$(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')
-
-redis_snapshot() {
-    rcli info everything | tr -d '\r' | awk -F'[:,=]' '
-        /^cmdstat_/ { sub(/^cmdstat_/, "", $1); print $1, $3 }' >"$1"
-}
-redis_delta() {
-    awk 'NR == FNR { b[$1] = $2; next } $1 != "info" && $2 - b[$1] > 0 { print $1, $2 - b[$1] }' "$1" "$2"
-}
+start_tmp throttle-bench-cache
+module_setup
+redis_start
 
 # --------------------------------------------------------------------------
 # The JSON bodies: an API-like list of items, deterministic, about N bytes.
@@ -323,37 +163,22 @@ is_cache() { [[ $1 == throttle* || $1 == lua* ]]; }
 is_users() { [[ $1 == *_users ]]; }
 # cookie NAME: the session cookie of the first request (*_users: of user 1)
 cookie() { if is_users "$1"; then echo "sessionid=u1-$USER_SUFFIX"; else echo "$SESSION"; fi; }
-pool_size=$((CONNECTIONS > 100 ? CONNECTIONS : 100))
 origin_log=$tmp/origin-cache.log
 : >"$origin_log"
 
-conf_head() { # conf_head INSTANCE
-    mkdir -p "$tmp/tmp/$1"
-    cat <<EOF
-# generated by bench/cache.sh: nginx instance "$1"
-user root;
-daemon off;
-worker_processes $WORKERS;
-pid $tmp/nginx-$1.pid;
-error_log $tmp/error.log warn;
-EOF
-}
 conf_http_head() { # conf_http_head INSTANCE
-    local t
     echo "events { worker_connections $((CONNECTIONS * 4 + 512)); }"
     echo "http {"
     echo "    access_log off;"
     echo "    default_type application/octet-stream;"
     echo "    types { application/json json; }"
-    for t in client_body proxy fastcgi uwsgi scgi; do
-        echo "    ${t}_temp_path $tmp/tmp/$1/$t;"
-    done
+    conf_temp_paths "$1"
     echo "    upstream origin_cache { server 127.0.0.1:$p_origin_cache; keepalive 64; }"
 }
 
 {
     conf_head main
-    echo "load_module $module;"
+    echo "load_module $module_loaded;"
     conf_http_head main
     cat <<EOF
     upstream origin { server 127.0.0.1:$p_origin; keepalive 64; }
@@ -432,7 +257,7 @@ EOF
 } >"$tmp/nginx-main.conf"
 
 if [[ -n $want_lua ]]; then
-    sed -e "s/%%REDIS_PORT%%/$redis_port/" -e "s/%%POOL_SIZE%%/$pool_size/" \
+    sed -e "s/%%REDIS_PORT%%/$redis_port/" -e "s/%%POOL_SIZE%%/$(lua_pool_size)/" \
         "$here/cache_peer.lua" >"$tmp/cache_peer.lua"
     {
         conf_head lua
@@ -459,20 +284,8 @@ EOF
     } >"$tmp/nginx-lua.conf"
 fi
 
-instances=(main)
-[[ -z $want_lua ]] || instances+=(lua)
-declare -A nginx_pid_of=()
-for inst in "${instances[@]}"; do
-    conf=$tmp/nginx-$inst.conf
-    "$NGINX" -t -q -p "$tmp/" -e "$tmp/error.log" -c "$conf" 2>"$tmp/nginx-t.err" || {
-        cat "$tmp/nginx-t.err" >&2
-        cat -n "$conf" >&2
-        die "nginx -t failed on the generated config (above)"
-    }
-    "$NGINX" -p "$tmp/" -e "$tmp/error.log" -c "$conf" </dev/null >>"$tmp/nginx.stderr" 2>&1 &
-    nginx_pid_of[$inst]=$!
-    pids+=("$!")
-done
+nginx_start main "$tmp/nginx-main.conf"
+[[ -z $want_lua ]] || nginx_start lua "$tmp/nginx-lua.conf"
 
 url() { echo "http://127.0.0.1:${port[$1]}$REQ_PATH"; }
 
@@ -494,16 +307,7 @@ xcache() { tr -d '\r' <"$tmp/h.$1" | awk 'tolower($1) == "x-cache:" { print $2 }
 
 # Every scenario answers 200 with the file; the caches are warmed (MISS, then HIT).
 for s in "${scenarios[@]}"; do
-    code=000
-    for ((i = 0; i < 200; i++)); do
-        kill -0 "${nginx_pid_of[${instance_of[$s]}]}" 2>/dev/null || {
-            cat "$tmp/nginx.stderr" "$tmp/error.log" >&2 2>/dev/null || true
-            die "nginx exited during startup"
-        }
-        code=$(get "$s" "$(url "$s")")
-        [[ $code == 000 ]] || break
-        sleep 0.05
-    done
+    code=$(await_answer "${instance_of[$s]}" get "$s" "$(url "$s")")
     [[ $code == 200 ]] || {
         cat "$tmp/h.$s" "$tmp/error.log" >&2 2>/dev/null || true
         die "$s: GET $(url "$s") answered $code"
@@ -531,12 +335,12 @@ done
 run_wrk() { # run_wrk OUTFILE DURATION SCENARIO [THREADS CONNECTIONS]
     local t=${4:-$THREADS} c=${5:-$CONNECTIONS}
     if is_users "$3"; then
-        wrk -t"$t" -c"$c" -d"$2" --latency -s "$USERS_SCRIPT" ${accept[$3]:+-H "${accept[$3]}"} \
-            "$(url "$3")" -- "$USERS" "$USER_SUFFIX" "$t" >"$1" 2>&1
+        wrk_to "$1" "$3" -t"$t" -c"$c" -d"$2" --latency -s "$USERS_SCRIPT" ${accept[$3]:+-H "${accept[$3]}"} \
+            "$(url "$3")" -- "$USERS" "$USER_SUFFIX" "$t"
     else
-        wrk -t"$t" -c"$c" -d"$2" --latency -H "Cookie: $SESSION" \
-            ${accept[$3]:+-H "${accept[$3]}"} "$(url "$3")" >"$1" 2>&1
-    fi || { cat "$1" >&2; die "$3: wrk failed"; }
+        wrk_to "$1" "$3" -t"$t" -c"$c" -d"$2" --latency -H "Cookie: $SESSION" \
+            ${accept[$3]:+-H "${accept[$3]}"} "$(url "$3")"
+    fi
 }
 origin_count() { wc -l <"$origin_log"; }
 
@@ -563,25 +367,16 @@ for s in "${scenarios[@]}"; do
 done
 users_warm_s=$((SECONDS - users_warm_s))
 
-if [[ ! $WARMUP =~ ^0+[smh]?$ ]]; then
-    say "warm-up: $WARMUP per scenario"
-    for s in "${scenarios[@]}"; do
-        run_wrk "$tmp/wrk.$s.warmup" "$WARMUP" "$s"
-        parse_wrk "$tmp/wrk.$s.warmup" "$s (warm-up)" >/dev/null
-    done
-fi
+warm_up scenario "${scenarios[@]}"
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')
-clk_tck=$(getconf CLK_TCK 2>/dev/null || echo 100)
 declare -A rps_all=() p50_all=() p99_all=() requests=() cpu_nginx=() cpu_redis=() origin_hits=()
-ns=${#scenarios[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
-    order=()
-    for ((i = 0; i < ns; i++)); do order+=("${scenarios[$(((i + r - 1) % ns))]}"); done
+    mapfile -t order < <(rotated "$r" "${scenarios[@]}")
     say "round $r/$ROUNDS: ${order[*]}"
     for s in "${order[@]}"; do
         f=$tmp/wrk.$s.$r
-        read -r -a workers <<<"$(pgrep -P "${nginx_pid_of[${instance_of[$s]}]}" | xargs)"
+        read -r -a workers <<<"$(nginx_workers "${instance_of[$s]}")"
         redis_snapshot "$f.redis-before"
         o0=$(origin_count)
         ng0=$(cpu_ticks "${workers[@]}") rd0=$(cpu_ticks "$redis_pid")
@@ -594,7 +389,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
         cpu_nginx[$s]=$((${cpu_nginx[$s]:-0} + ng1 - ng0))
         cpu_redis[$s]=$((${cpu_redis[$s]:-0} + rd1 - rd0))
         origin_hits[$s]=$((${origin_hits[$s]:-0} + o1 - o0))
-        redis_delta "$f.redis-before" "$f.redis-after" >>"$tmp/redis-calls.$s"
+        # commands only: this table does not list the connections Redis accepted
+        redis_delta "$f.redis-before" "$f.redis-after" | awk '$1 != "connections"' >>"$tmp/redis-calls.$s"
         echo "requests $n" >>"$tmp/redis-calls.$s"
         say "  $(printf '%-20s %9.0f req/s  p50 %6.3f ms  p99 %6.3f ms  origin +%d' "$s" "$rps" "$p50" "$p99" $((o1 - o0)))"
         rps_all[$s]+="$rps "
@@ -603,10 +399,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
     done
 done
 
-if grep -E '\[(error|crit|alert|emerg)\]' "$tmp/error.log" >"$tmp/error.bad"; then
-    head -20 "$tmp/error.bad" >&2
-    die "nginx logged errors during the run (first lines above)"
-fi
+no_nginx_errors
 for s in "${scenarios[@]}"; do
     is_cache "$s" || continue
     # every measured request must have been a hit: the origin saw (about) none
@@ -622,7 +415,7 @@ done
 entry_key() {
     local k i
     for ((i = 0; i < 100; i++)); do
-        k=$(rcli --scan --pattern "throttle:cache:{$1:*}:e:*" | grep -vE ':[lw]$' | head -1 || true)
+        k=$(redis_cli --scan --pattern "throttle:cache:{$1:*}:e:*" | grep -vE ':[lw]$' | head -1 || true)
         [[ -n $k ]] && { echo "$k"; return 0; }
         sleep 0.02
     done
@@ -631,8 +424,8 @@ entry_key() {
 sizes=''
 size_row() { # size_row LABEL BODY_BYTES KEY
     local mem len
-    mem=$(rcli memory usage "$3")
-    len=$(rcli strlen "$3")
+    mem=$(redis_cli memory usage "$3")
+    len=$(redis_cli strlen "$3")
     sizes+=$(printf '  %-46s %7s %8s %8s' "$1" "$2" "$mem" "$len")$'\n'
 }
 for item in items items20k; do
@@ -646,7 +439,7 @@ for item in items items20k; do
     done
 done
 if [[ -n $want_lua ]]; then
-    lua_key=$(rcli --scan --pattern 'luacache:*' | head -1 || true) # head may cut --scan short (SIGPIPE)
+    lua_key=$(redis_cli --scan --pattern 'luacache:*' | head -1 || true) # head may cut --scan short (SIGPIPE)
     [[ -z $lua_key ]] || size_row "lua peer (content type + body)" "$body_bytes" "$lua_key"
 fi
 
@@ -656,10 +449,10 @@ fi
 
 declare -A rps_med=() p50_med=() p99_med=() rps_spread=()
 for s in "${scenarios[@]}"; do
-    rps_med[$s]=$(tr ' ' '\n' <<<"${rps_all[$s]}" | grep . | median)
-    p50_med[$s]=$(tr ' ' '\n' <<<"${p50_all[$s]}" | grep . | median)
-    p99_med[$s]=$(tr ' ' '\n' <<<"${p99_all[$s]}" | grep . | median)
-    rps_spread[$s]=$(tr ' ' '\n' <<<"${rps_all[$s]}" | grep . | spread)
+    rps_med[$s]=$(median "${rps_all[$s]}")
+    p50_med[$s]=$(median "${p50_all[$s]}")
+    p99_med[$s]=$(median "${p99_all[$s]}")
+    rps_spread[$s]=$(spread "${rps_all[$s]}")
 done
 
 describe() {
@@ -669,7 +462,7 @@ describe() {
     throttle) echo "throttle_cache bench; throttle_cache_user \$cookie_sessionid; throttle_cache_valid 200 1h; proxy_pass to the origin; add_header X-Cache \$throttle_cache_status; entry stored gzip'd (default gzip_min_length 1k), inflated for this client" ;;
     throttle_gz) echo "the same location, the client sends Accept-Encoding: gzip: the stored gzip body is sent as it is (its Content-Length in the sample below)" ;;
     throttle_plain) echo "as throttle, plus throttle_cache_gzip_min_length 100m: entry stored uncompressed, nothing to inflate" ;;
-    lua) echo "content_by_lua_file bench/cache_peer.lua: md5(cookie, uri, sorted args) -> GET (set_keepalive 60s, pool $pool_size); miss: location.capture + SET EX (libnginx-mod-http-lua $(dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null || echo '?'), own nginx instance)" ;;
+    lua) echo "content_by_lua_file bench/cache_peer.lua: md5(cookie, uri, sorted args) -> GET (set_keepalive 60s, pool $(lua_pool_size)); miss: location.capture + SET EX (libnginx-mod-http-lua $(lua_module_version), own nginx instance)" ;;
     static_users) echo "static, requested with the $USERS users' cookies in turn (the cost of wrk's script)" ;;
     throttle_users) echo "throttle, $USERS users in turn: one entry per user, each stored gzip'd and inflated per hit; the per-worker memos (identity HMAC 512 slots, inflated bodies 64) miss" ;;
     throttle_gz_users) echo "throttle_gz, $USERS users in turn: the stored gzip body sent as it is; the identity memo misses" ;;
@@ -678,13 +471,9 @@ describe() {
     esac
 }
 
-cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
-nginx_version=$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')
-wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
-
 {
     echo "ngx_http_throttle_module response-cache benchmark ($(date -u '+%Y-%m-%d %H:%M UTC'))"
-    echo "machine: nproc=$(nproc)${cpu_model:+ ($cpu_model)}, $(uname -sr), $nginx_version, wrk $wrk_version"
+    echo "machine: $(machine)"
     echo "load:    $load_before (1/5/15-min load average before measuring)"
     echo "nginx:   worker_processes $WORKERS in every instance, not pinned, access_log off; body $body_bytes bytes of JSON ($gz_bytes gzip'd)"
     echo "module:  $module_info"
@@ -763,16 +552,10 @@ wrk_version=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true)
     echo "over all measured requests (wrk's own CPU not counted); trips = Redis commands sent per request"
     echo "per-round req/s:"
     for s in "${scenarios[@]}"; do
-        printf '  %-20s %s\n' "$s" "$(for x in ${rps_all[$s]}; do printf '%.0f ' "$x"; done)"
+        round_row 20 "$s" "${rps_all[$s]}"
     done
     echo "scenarios:"
     for s in "${scenarios[@]}"; do printf '  %-20s %s\n' "$s" "$(describe "$s")"; done
 } >"$tmp/results.txt"
 
-echo
-cat "$tmp/results.txt"
-if [[ -n $OUT ]]; then
-    mkdir -p "$(dirname "$OUT")"
-    cp "$tmp/results.txt" "$OUT"
-    say "table written to $OUT"
-fi
+show_results "$OUT"
