@@ -20,7 +20,7 @@ TOP       := $(CURDIR)
 DEB_PACKAGES := build-essential g++ cmake make perl nginx nginx-dev libpcre2-dev libssl-dev \
                 zlib1g-dev libhiredis-dev libevent-dev libgtest-dev redis-server wrk curl
 
-SOURCES := $(wildcard src/*/*.cpp src/*/*.hpp) config
+SOURCES := $(wildcard src/*/*.cpp src/*/*.hpp src/*/*/*.cpp src/*/*/*.hpp) config
 
 .PHONY: all deps run test unit integration bench clean format
 all: $(MODULE)

@@ -1,7 +1,11 @@
-// Module definition: directives table, configuration create/merge, phase registration.
+// Module definition: directives table, configuration create/merge (each feature merges its
+// own part), phase and filter registration.
 #include <new>
 
+#include "ngx/cache/cache.hpp"
 #include "ngx/conf.hpp"
+#include "ngx/limit/limit.hpp"
+#include "ngx/worker.hpp"
 
 namespace throttle::ngx {
 namespace {
@@ -16,25 +20,6 @@ ngx_conf_enum_t log_levels[] = {
 
 ngx_conf_num_bounds_t status_bounds = {ngx_conf_check_num_bounds, 400, 599};
 
-// Range checks run when the directive is read, so nginx -t points at its line.
-char* check_max_size(ngx_conf_t*, void*, void* data) noexcept {
-    size_t v = *static_cast<size_t*>(data);
-    return v == 0 || v > 64 * 1024 * 1024 ? const_cast<char*>("must be between 1 and 64m")
-                                          : NGX_CONF_OK;
-}
-char* check_lock_timeout(ngx_conf_t*, void*, void* data) noexcept {
-    return *static_cast<ngx_msec_t*>(data) == 0 ? const_cast<char*>("must not be 0")
-                                                : NGX_CONF_OK;
-}
-char* check_stale(ngx_conf_t*, void*, void* data) noexcept {
-    return *static_cast<ngx_msec_t*>(data) > 30ULL * 86400 * 1000
-               ? const_cast<char*>("must not be longer than 30 days")
-               : NGX_CONF_OK;
-}
-ngx_conf_post_t max_size_post = {check_max_size};
-ngx_conf_post_t lock_timeout_post = {check_lock_timeout};
-ngx_conf_post_t stale_post = {check_stale};
-
 ngx_command_t commands[] = {
     {ngx_string("throttle_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_2MORE, throttle_zone_directive, 0,
      0, nullptr},
@@ -45,16 +30,16 @@ ngx_command_t commands[] = {
      throttle_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("throttle_status"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, status), &status_bounds},
+     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, limit.status), &status_bounds},
     {ngx_string("throttle_dry_run"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
-     ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, dry_run), nullptr},
+     ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, limit.dry_run), nullptr},
     {ngx_string("throttle_headers"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
-     ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, headers), nullptr},
+     ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, limit.headers), nullptr},
     {ngx_string("throttle_log_level"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, log_level), log_levels},
+     ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, limit.log_level), log_levels},
     {ngx_string("throttle_cache_secret"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
      throttle_cache_secret_directive, 0, 0, nullptr},
     {ngx_string("throttle_cache"),
@@ -68,20 +53,20 @@ ngx_command_t commands[] = {
      throttle_cache_valid_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("throttle_cache_stale"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, cache_stale),
-     &stale_post},
+     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, cache.stale),
+     &cache_stale_post},
     {ngx_string("throttle_cache_max_size"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, cache_max_size),
-     &max_size_post},
+     ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, cache.max_size),
+     &cache_max_size_post},
     {ngx_string("throttle_cache_gzip_min_length"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, cache_min_compress),
+     ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, cache.min_compress),
      nullptr},
     {ngx_string("throttle_cache_lock_timeout"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, cache_lock_timeout),
-     &lock_timeout_post},
+     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, cache.lock_timeout),
+     &cache_lock_timeout_post},
     {ngx_string("throttle_cache_credentials"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
      throttle_cache_list_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
@@ -102,7 +87,7 @@ void* create_main_conf(ngx_conf_t* cf) noexcept {
         return nullptr;
     }
     auto* mcf = new (mem) MainConf{};
-    if (ngx_array_init(&mcf->zones, cf->pool, 4, sizeof(ZoneConf*)) != NGX_OK) {
+    if (ngx_array_init(&mcf->limit.zones, cf->pool, 4, sizeof(ZoneConf*)) != NGX_OK) {
         return nullptr;
     }
     return mcf;
@@ -110,8 +95,8 @@ void* create_main_conf(ngx_conf_t* cf) noexcept {
 
 char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept {
     auto* mcf = static_cast<MainConf*>(conf);
-    auto** zones = static_cast<ZoneConf**>(mcf->zones.elts);
-    for (ngx_uint_t i = 0; i < mcf->zones.nelts; i++) {
+    auto** zones = static_cast<ZoneConf**>(mcf->limit.zones.elts);
+    for (ngx_uint_t i = 0; i < mcf->limit.zones.nelts; i++) {
         if (zones[i]->key.value.data == nullptr) {
             ngx_log_error(NGX_LOG_EMERG, cf->log, 0, "unknown throttle_zone \"%V\" in %V:%ui",
                           &zones[i]->name, &zones[i]->first_use_file, zones[i]->first_use_line);
@@ -125,7 +110,7 @@ char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept {
             return static_cast<char*>(NGX_CONF_ERROR);
         }
     }
-    return check_cache_main_conf(cf, mcf);
+    return check_cache_main_conf(cf, *mcf);
 }
 
 void* create_loc_conf(ngx_conf_t* cf) noexcept {
@@ -134,24 +119,25 @@ void* create_loc_conf(ngx_conf_t* cf) noexcept {
         return nullptr;
     }
     auto* lcf = new (mem) LocConf{};
-    lcf->zones = static_cast<ngx_array_t*>(NGX_CONF_UNSET_PTR);
-    lcf->status = NGX_CONF_UNSET_UINT;
-    lcf->dry_run = NGX_CONF_UNSET;
-    lcf->headers = NGX_CONF_UNSET;
-    lcf->log_level = NGX_CONF_UNSET_UINT;
-    init_cache_loc_conf(lcf);
+    lcf->limit.zones = static_cast<ngx_array_t*>(NGX_CONF_UNSET_PTR);
+    lcf->limit.status = NGX_CONF_UNSET_UINT;
+    lcf->limit.dry_run = NGX_CONF_UNSET;
+    lcf->limit.headers = NGX_CONF_UNSET;
+    lcf->limit.log_level = NGX_CONF_UNSET_UINT;
+    init_cache_loc_conf(lcf->cache);
     return lcf;
 }
 
 char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) noexcept {
-    auto* prev = static_cast<LocConf*>(parent);
-    auto* conf = static_cast<LocConf*>(child);
+    LimitLocConf* prev = &static_cast<LocConf*>(parent)->limit;
+    LimitLocConf* conf = &static_cast<LocConf*>(child)->limit;
     ngx_conf_merge_ptr_value(conf->zones, prev->zones, nullptr);
     ngx_conf_merge_uint_value(conf->status, prev->status, 429);
     ngx_conf_merge_value(conf->dry_run, prev->dry_run, 0);
     ngx_conf_merge_value(conf->headers, prev->headers, 1);
     ngx_conf_merge_uint_value(conf->log_level, prev->log_level, NGX_LOG_ERR);
-    return merge_cache_loc_conf(cf, prev, conf);
+    return merge_cache_loc_conf(cf, static_cast<LocConf*>(parent)->cache,
+                                static_cast<LocConf*>(child)->cache);
 }
 
 ngx_int_t postconfiguration(ngx_conf_t* cf) noexcept {

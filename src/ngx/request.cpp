@@ -1,10 +1,10 @@
-// Per-request decision, kept on the main request. nginx clears module contexts on an
-// internal redirect (try_files, error_page, rewrite ... last); the decision must survive it,
-// or a redirected request would be counted twice. As the realip module does, the context is
-// allocated as a pool cleanup entry and found again through the pool's cleanup list.
-#include <new>
-
-#include "ngx/conf.hpp"
+// Per-request state (see request.hpp).
+//
+// The context is kept on the main request. nginx clears module contexts on an internal redirect
+// (try_files, error_page, rewrite ... last); the decision must survive it, or a redirected
+// request would be counted twice. As the realip module does, the context is allocated as a
+// pool cleanup entry and found again through the pool's cleanup list.
+#include "ngx/request.hpp"
 
 namespace throttle::ngx {
 namespace {
@@ -39,6 +39,40 @@ RequestCtx* create_ctx(ngx_http_request_t* r) noexcept {
     auto* ctx = new (c->data) RequestCtx{};
     ngx_http_set_ctx(r, ctx, ngx_http_throttle_module);
     return ctx;
+}
+
+void RequestBound::suspend() noexcept {
+    if (suspended_) {
+        return;
+    }
+    suspended_ = true;
+    r_->main->count++;
+    r_->read_event_handler = ngx_http_test_reading;
+    r_->write_event_handler = ngx_http_request_empty_handler;
+}
+
+void RequestBound::resume() noexcept {
+    if (!suspended_ || gone_) {
+        return;
+    }
+    suspended_ = false;
+    ngx_http_request_t* r = r_;
+    ngx_connection_t* c = r->connection;
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler = ngx_http_core_run_phases;
+    ngx_http_core_run_phases(r);
+    // The reference suspend() took: the request (and this object's pool share) may go here;
+    // nothing touches `this` afterwards.
+    ngx_http_finalize_request(r, NGX_DONE);
+    ngx_http_run_posted_requests(c);
+}
+
+void RequestBound::pool_cleanup(void* data) noexcept {
+    auto* held = static_cast<std::shared_ptr<RequestBound>*>(data);
+    RequestBound& obj = **held;
+    obj.gone_ = true;
+    obj.request_ended();
+    delete held;
 }
 
 }  // namespace throttle::ngx

@@ -1,5 +1,6 @@
 // $throttle_status, $throttle_remaining and $throttle_cache_status.
 #include "ngx/conf.hpp"
+#include "ngx/request.hpp"
 
 namespace throttle::ngx {
 namespace {

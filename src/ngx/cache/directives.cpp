@@ -13,19 +13,30 @@
 
 #include "core/cache_entry.hpp"
 #include "core/cache_key.hpp"
-#include "ngx/conf.hpp"
+#include "ngx/cache/cache.hpp"
 #include "ngx/directive_args.hpp"
 #include "redis/cache_scripts.hpp"
 
 namespace throttle::ngx {
 namespace {
 
-MainConf* main_conf(ngx_conf_t* cf) noexcept {
-    return static_cast<MainConf*>(
-        ngx_http_conf_get_module_main_conf(cf, ngx_http_throttle_module));
-}
+void mark_used(ngx_conf_t* cf) noexcept { main_conf(cf)->cache.used = true; }
 
-void mark_used(ngx_conf_t* cf) noexcept { main_conf(cf)->cache_used = true; }
+char* check_max_size(ngx_conf_t*, void*, void* data) noexcept {
+    size_t v = *static_cast<size_t*>(data);
+    return v == 0 || v > 64 * 1024 * 1024 ? const_cast<char*>("must be between 1 and 64m")
+                                          : NGX_CONF_OK;
+}
+char* check_lock_timeout(ngx_conf_t*, void*, void* data) noexcept {
+    return *static_cast<ngx_msec_t*>(data) == 0 ? const_cast<char*>("must not be 0")
+                                                : NGX_CONF_OK;
+}
+char* check_stale(ngx_conf_t*, void*, void* data) noexcept {
+    return *static_cast<ngx_msec_t*>(data) >
+                   static_cast<ngx_msec_t>(redis::cache_generation_ttl_ms)
+               ? const_cast<char*>("must not be longer than 30 days")
+               : NGX_CONF_OK;
+}
 
 bool check_namespace(ngx_conf_t* cf, const ngx_str_t& v) noexcept {
     if (!core::cache::valid_namespace(view(v))) {
@@ -75,9 +86,13 @@ char* complex_value(ngx_conf_t* cf, ngx_http_complex_value_t*& out) noexcept {
 
 }  // namespace
 
+ngx_conf_post_t cache_max_size_post = {check_max_size};
+ngx_conf_post_t cache_lock_timeout_post = {check_lock_timeout};
+ngx_conf_post_t cache_stale_post = {check_stale};
+
 char* throttle_cache_secret_directive(ngx_conf_t* cf, ngx_command_t*, void*) noexcept {
     MainConf* mcf = main_conf(cf);
-    if (mcf->cache_secret.data != nullptr) {
+    if (mcf->cache.secret.data != nullptr) {
         return const_cast<char*>("is duplicate");
     }
     auto* value = static_cast<ngx_str_t*>(cf->args->elts);
@@ -86,36 +101,36 @@ char* throttle_cache_secret_directive(ngx_conf_t* cf, ngx_command_t*, void*) noe
                            "\"throttle_cache_secret\" must be at least 16 bytes long");
         return conf_error();
     }
-    mcf->cache_secret = value[1];
+    mcf->cache.secret = value[1];
     return NGX_CONF_OK;
 }
 
 char* throttle_cache_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
     auto* lcf = static_cast<LocConf*>(conf);
-    if (lcf->cache_ns.data != nullptr) {
+    if (lcf->cache.ns.data != nullptr) {
         return const_cast<char*>("is duplicate");
     }
     auto* value = static_cast<ngx_str_t*>(cf->args->elts);
     if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
-        lcf->cache_ns.data = value[1].data;
-        lcf->cache_ns.len = 0;
+        lcf->cache.ns.data = value[1].data;
+        lcf->cache.ns.len = 0;
         return NGX_CONF_OK;
     }
     if (!check_namespace(cf, value[1])) {
         return conf_error();
     }
-    lcf->cache_ns = value[1];
+    lcf->cache.ns = value[1];
     mark_used(cf);
     return NGX_CONF_OK;
 }
 
 char* throttle_cache_user_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
     MainConf* mcf = main_conf(cf);
-    if (mcf->cache_user_file.data == nullptr) {
-        mcf->cache_user_file = cf->conf_file->file.name;
-        mcf->cache_user_line = cf->conf_file->line;
+    if (mcf->cache.user_file.data == nullptr) {
+        mcf->cache.user_file = cf->conf_file->file.name;
+        mcf->cache.user_line = cf->conf_file->line;
     }
-    return complex_value(cf, static_cast<LocConf*>(conf)->cache_user);
+    return complex_value(cf, static_cast<LocConf*>(conf)->cache.user);
 }
 
 char* throttle_cache_valid_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
@@ -132,14 +147,14 @@ char* throttle_cache_valid_directive(ngx_conf_t* cf, ngx_command_t*, void* conf)
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "time \"%V\" is longer than 30 days", &time);
         return conf_error();
     }
-    if (lcf->cache_valid == NGX_CONF_UNSET_PTR) {
-        lcf->cache_valid = ngx_array_create(cf->pool, 4, sizeof(core::cache::ValidTime));
-        if (lcf->cache_valid == nullptr) {
+    if (lcf->cache.valid == NGX_CONF_UNSET_PTR) {
+        lcf->cache.valid = ngx_array_create(cf->pool, 4, sizeof(core::cache::ValidTime));
+        if (lcf->cache.valid == nullptr) {
             return conf_error();
         }
     }
     auto add = [&](uint16_t status) -> bool {
-        auto* v = static_cast<core::cache::ValidTime*>(ngx_array_push(lcf->cache_valid));
+        auto* v = static_cast<core::cache::ValidTime*>(ngx_array_push(lcf->cache.valid));
         if (v == nullptr) {
             return false;
         }
@@ -180,7 +195,7 @@ char* throttle_cache_list_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* co
     auto* lcf = static_cast<LocConf*>(conf);
     auto* value = static_cast<ngx_str_t*>(cf->args->elts);
     bool credentials = cmd->name.len == sizeof("throttle_cache_credentials") - 1;
-    ngx_array_t*& list = credentials ? lcf->cache_credentials : lcf->cache_invalidate;
+    ngx_array_t*& list = credentials ? lcf->cache.credentials : lcf->cache.invalidate;
     if (list != NGX_CONF_UNSET_PTR) {
         return const_cast<char*>("is duplicate");
     }
@@ -222,13 +237,13 @@ char* throttle_cache_list_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* co
 
 char* throttle_cache_header_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
     auto* lcf = static_cast<LocConf*>(conf);
-    if (lcf->cache_invalidate_header.data != nullptr) {
+    if (lcf->cache.invalidate_header.data != nullptr) {
         return const_cast<char*>("is duplicate");
     }
     auto* value = static_cast<ngx_str_t*>(cf->args->elts);
     if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
-        lcf->cache_invalidate_header.data = value[1].data;
-        lcf->cache_invalidate_header.len = 0;
+        lcf->cache.invalidate_header.data = value[1].data;
+        lcf->cache.invalidate_header.len = 0;
         return NGX_CONF_OK;
     }
     for (size_t i = 0; i < value[1].len; i++) {
@@ -239,13 +254,13 @@ char* throttle_cache_header_directive(ngx_conf_t* cf, ngx_command_t*, void* conf
             return conf_error();
         }
     }
-    lcf->cache_invalidate_header = value[1];
+    lcf->cache.invalidate_header = value[1];
     return NGX_CONF_OK;
 }
 
 char* throttle_cache_purge_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
     auto* lcf = static_cast<LocConf*>(conf);
-    char* rv = complex_value(cf, lcf->cache_purge);
+    char* rv = complex_value(cf, lcf->cache.purge);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
@@ -256,73 +271,60 @@ char* throttle_cache_purge_directive(ngx_conf_t* cf, ngx_command_t*, void* conf)
     return NGX_CONF_OK;
 }
 
-void init_cache_loc_conf(LocConf* lcf) noexcept {
-    lcf->cache_user = static_cast<ngx_http_complex_value_t*>(NGX_CONF_UNSET_PTR);
-    lcf->cache_valid = static_cast<ngx_array_t*>(NGX_CONF_UNSET_PTR);
-    lcf->cache_stale = NGX_CONF_UNSET_MSEC;
-    lcf->cache_max_size = NGX_CONF_UNSET_SIZE;
-    lcf->cache_min_compress = NGX_CONF_UNSET_SIZE;
-    lcf->cache_lock_timeout = NGX_CONF_UNSET_MSEC;
-    lcf->cache_credentials = static_cast<ngx_array_t*>(NGX_CONF_UNSET_PTR);
-    lcf->cache_invalidate = static_cast<ngx_array_t*>(NGX_CONF_UNSET_PTR);
-    lcf->cache_purge = nullptr;  // not inherited: it is the location's handler
+void init_cache_loc_conf(CacheLocConf& conf) noexcept {
+    conf.user = static_cast<ngx_http_complex_value_t*>(NGX_CONF_UNSET_PTR);
+    conf.valid = static_cast<ngx_array_t*>(NGX_CONF_UNSET_PTR);
+    conf.stale = NGX_CONF_UNSET_MSEC;
+    conf.max_size = NGX_CONF_UNSET_SIZE;
+    conf.min_compress = NGX_CONF_UNSET_SIZE;
+    conf.lock_timeout = NGX_CONF_UNSET_MSEC;
+    conf.credentials = static_cast<ngx_array_t*>(NGX_CONF_UNSET_PTR);
+    conf.invalidate = static_cast<ngx_array_t*>(NGX_CONF_UNSET_PTR);
+    conf.purge = nullptr;  // not inherited: it is the location's handler
 }
 
-char* merge_cache_loc_conf(ngx_conf_t* cf, LocConf* prev, LocConf* conf) noexcept {
-    if (conf->cache_ns.data == nullptr) {
-        conf->cache_ns = prev->cache_ns;
+// The values' ranges were checked when their directives were read (the *_post handlers).
+char* merge_cache_loc_conf(ngx_conf_t* cf, const CacheLocConf& prev, CacheLocConf& conf) noexcept {
+    if (conf.ns.data == nullptr) {
+        conf.ns = prev.ns;
     }
-    ngx_conf_merge_ptr_value(conf->cache_user, prev->cache_user, nullptr);
-    ngx_conf_merge_ptr_value(conf->cache_valid, prev->cache_valid, nullptr);
-    ngx_conf_merge_msec_value(conf->cache_stale, prev->cache_stale, 0);
-    ngx_conf_merge_size_value(conf->cache_max_size, prev->cache_max_size, 1024 * 1024);
-    ngx_conf_merge_size_value(conf->cache_min_compress, prev->cache_min_compress, 1024);
-    ngx_conf_merge_msec_value(conf->cache_lock_timeout, prev->cache_lock_timeout, 5000);
-    if (conf->cache_credentials == NGX_CONF_UNSET_PTR) {
-        conf->cache_credentials = prev->cache_credentials;
+    ngx_conf_merge_ptr_value(conf.user, prev.user, nullptr);
+    ngx_conf_merge_ptr_value(conf.valid, prev.valid, nullptr);
+    ngx_conf_merge_msec_value(conf.stale, prev.stale, 0);
+    ngx_conf_merge_size_value(conf.max_size, prev.max_size, 1024 * 1024);
+    ngx_conf_merge_size_value(conf.min_compress, prev.min_compress, 1024);
+    ngx_conf_merge_msec_value(conf.lock_timeout, prev.lock_timeout, 5000);
+    if (conf.credentials == NGX_CONF_UNSET_PTR) {
+        conf.credentials = prev.credentials;
     }
-    if (conf->cache_credentials == NGX_CONF_UNSET_PTR) {
-        conf->cache_credentials = default_credentials(cf);
-        if (conf->cache_credentials == nullptr) {
+    if (conf.credentials == NGX_CONF_UNSET_PTR) {
+        conf.credentials = default_credentials(cf);
+        if (conf.credentials == nullptr) {
             return conf_error();
         }
     }
-    ngx_conf_merge_ptr_value(conf->cache_invalidate, prev->cache_invalidate, nullptr);
-    if (conf->cache_invalidate_header.data == nullptr) {
-        conf->cache_invalidate_header = prev->cache_invalidate_header;
+    ngx_conf_merge_ptr_value(conf.invalidate, prev.invalidate, nullptr);
+    if (conf.invalidate_header.data == nullptr) {
+        conf.invalidate_header = prev.invalidate_header;
     }
-    if (conf->cache_invalidate_header.data == nullptr) {
-        ngx_str_set(&conf->cache_invalidate_header, "X-Throttle-Invalidate");
-    }
-
-    if (conf->cache_max_size == 0 || conf->cache_max_size > 64 * 1024 * 1024) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"throttle_cache_max_size\" must be between 1 and 64m");
-        return conf_error();
-    }
-    if (conf->cache_lock_timeout == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"throttle_cache_lock_timeout\" must not be 0");
-        return conf_error();
-    }
-    if (conf->cache_stale > static_cast<ngx_msec_t>(redis::cache_generation_ttl_ms)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"throttle_cache_stale\" must not be longer than 30 days");
-        return conf_error();
+    if (conf.invalidate_header.data == nullptr) {
+        ngx_str_set(&conf.invalidate_header, "X-Throttle-Invalidate");
     }
     return NGX_CONF_OK;
 }
 
-char* check_cache_main_conf(ngx_conf_t* cf, MainConf* mcf) noexcept {
-    if (mcf->cache_used && mcf->redis == nullptr) {
+char* check_cache_main_conf(ngx_conf_t* cf, const MainConf& main) noexcept {
+    const MainConf* mcf = &main;
+    if (mcf->cache.used && mcf->redis == nullptr) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "the response cache (\"throttle_cache\") needs \"throttle_redis\"");
         return conf_error();
     }
-    if (mcf->cache_user_file.data != nullptr && mcf->cache_secret.data == nullptr) {
+    if (mcf->cache.user_file.data != nullptr && mcf->cache.secret.data == nullptr) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "\"throttle_cache_user\" in %V:%ui needs \"throttle_cache_secret\" (the "
                       "key that hashes identities before they reach Redis)",
-                      &mcf->cache_user_file, mcf->cache_user_line);
+                      &mcf->cache.user_file, mcf->cache.user_line);
         return conf_error();
     }
     return NGX_CONF_OK;

@@ -5,15 +5,19 @@
 //   400 the value is not a valid namespace; 405 another method; 503 Redis did not answer.
 #include <memory>
 
-#include "ngx/cache_request.hpp"
+#include "core/cache_key.hpp"
+#include "ngx/cache/cache.hpp"
+#include "ngx/cache/worker.hpp"
+#include "ngx/request.hpp"
 #include "ngx/worker.hpp"
+#include "redis/cache_scripts.hpp"
 
 namespace throttle::ngx {
 namespace {
 
-struct Purge {
-    ngx_http_request_t* r;
-    bool gone = false;
+// The request while Redis bumps the namespace's generation.
+struct Purge final : RequestBound {
+    using RequestBound::RequestBound;
 };
 
 ngx_int_t respond(ngx_http_request_t* r, ngx_uint_t status, const char* fmt,
@@ -44,9 +48,8 @@ ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept {
     if (rc != NGX_OK) {
         return rc;
     }
-    auto* lcf = static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_throttle_module));
     ngx_str_t ns;
-    if (ngx_http_complex_value(r, lcf->cache_purge, &ns) != NGX_OK) {
+    if (ngx_http_complex_value(r, loc_conf(r)->cache.purge, &ns) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     if (!core::cache::valid_namespace(view(ns))) {
@@ -73,18 +76,17 @@ ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept {
                 cache_prefix(), view(ns), args)) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
-        auto p = std::make_shared<Purge>();
-        p->r = r;
-        if (!share_with_pool(r->pool, p)) {
+        auto p = bind_to_request<Purge>(r);
+        if (p == nullptr) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
         client->evalsha(
             redis::cache_invalidate_script(), args.keys(), args.args(),
             [p, ns](redis::Result&& res) noexcept {
-                if (p->gone || worker_exiting()) {
+                if (p->gone() || worker_exiting()) {
                     return;
                 }
-                ngx_http_request_t* req = p->r;
+                ngx_http_request_t* req = p->request();
                 std::vector<uint64_t> gens;
                 bool good = false;
                 try {
@@ -110,7 +112,7 @@ ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept {
     } catch (...) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    r->main->count++;
+    r->main->count++;  // a content handler's wait, as for a request body: finalized above
     return NGX_DONE;
 }
 

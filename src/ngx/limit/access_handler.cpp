@@ -10,7 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "ngx/conf.hpp"
+#include "ngx/limit/limit.hpp"
+#include "ngx/limit/strict.hpp"
+#include "ngx/request.hpp"
 #include "ngx/worker.hpp"
 #include "redis/scripts.hpp"
 
@@ -196,10 +198,10 @@ bool has_error_page(ngx_http_request_t* r, ngx_uint_t status) noexcept {
 
 // An application/problem+json (RFC 9457) answer; error_page for the status takes precedence.
 ngx_int_t reject(ngx_http_request_t* r, const LocConf* lcf, const RequestCtx* ctx) noexcept {
-    if (has_error_page(r, lcf->status)) {
-        return lcf->status;
+    if (has_error_page(r, lcf->limit.status)) {
+        return lcf->limit.status;
     }
-    const char* title = title_for(lcf->status);
+    const char* title = title_for(lcf->limit.status);
     size_t len = sizeof("{\"type\":\"about:blank\",\"title\":\"\",\"status\":,"
                         "\"detail\":\"rate limit exceeded in zone \\\"\\\"\",\"zone\":\"\","
                         "\"retry_after\":}") +
@@ -212,14 +214,14 @@ ngx_int_t reject(ngx_http_request_t* r, const LocConf* lcf, const RequestCtx* ct
                               "{\"type\":\"about:blank\",\"title\":\"%s\",\"status\":%ui,"
                               "\"detail\":\"rate limit exceeded in zone \\\"%V\\\"\","
                               "\"zone\":\"%V\",\"retry_after\":%L}",
-                              title, lcf->status, ctx->zone_name, ctx->zone_name,
+                              title, lcf->limit.status, ctx->zone_name, ctx->zone_name,
                               ctx->retry_after_s);
     ngx_http_complex_value_t cv;
     ngx_memzero(&cv, sizeof(cv));
     cv.value.data = body;
     cv.value.len = end - body;
     ngx_str_t type = ngx_string("application/problem+json");
-    ngx_int_t rc = ngx_http_send_response(r, lcf->status, &type, &cv);
+    ngx_int_t rc = ngx_http_send_response(r, lcf->limit.status, &type, &cv);
     ngx_http_finalize_request(r, rc);
     return NGX_DONE;
 }
@@ -232,12 +234,12 @@ bool conclude(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, const 
     const Applied* shown = most_restrictive(c, admitted);
     if (admitted) {
         ctx->outcome = c.fallback ? Outcome::passed_fallback : Outcome::passed;
-    } else if (lcf->dry_run) {
+    } else if (lcf->limit.dry_run) {
         ctx->outcome = Outcome::rejected_dry_run;
     } else {
         ctx->outcome = c.fallback ? Outcome::rejected_fallback : Outcome::rejected;
     }
-    ctx->headers = lcf->headers && shown != nullptr;
+    ctx->headers = lcf->limit.headers && shown != nullptr;
     if (shown != nullptr) {
         ctx->zone_name = &shown->zone->name;
         ctx->policy = &shown->zone->policy_header;
@@ -254,11 +256,11 @@ bool conclude(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, const 
         ctx->zone_name = &shown->zone->name;
         ctx->policy = &shown->zone->policy_header;
     }
-    ngx_log_error(lcf->log_level, r->connection->log, 0,
+    ngx_log_error(lcf->limit.log_level, r->connection->log, 0,
                   "limiting request%s%s by zone \"%V\", retry after %Ls",
-                  lcf->dry_run ? ", dry run," : "", c.fallback ? " (redis fallback)" : "",
+                  lcf->limit.dry_run ? ", dry run," : "", c.fallback ? " (redis fallback)" : "",
                   &shown->zone->name, ctx->retry_after_s);
-    return !lcf->dry_run;
+    return !lcf->limit.dry_run;
 }
 
 // Decides everything here (no remote zone left). Returns whether the request was admitted.
@@ -293,19 +295,10 @@ void fall_back(Check& c) noexcept {
     }
 }
 
-void resume(ngx_http_request_t* r) noexcept {
-    ngx_connection_t* c = r->connection;
-    r->read_event_handler = ngx_http_block_reading;
-    r->write_event_handler = ngx_http_core_run_phases;
-    ngx_http_core_run_phases(r);
-    ngx_http_finalize_request(r, NGX_DONE);  // the reference taken while waiting
-    ngx_http_run_posted_requests(c);
-}
-
 // Redis answered for the remote zones (decisions in their order), or could not (nullptr):
 // decide, then let the request go on.
 void settle(ngx_http_request_t* r, Check& c, const redis::StrictDecision* decisions) noexcept {
-    auto* lcf = static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_throttle_module));
+    const LocConf* lcf = loc_conf(r);
     RequestCtx* ctx = get_ctx(r);
     int64_t now = now_ms();
     bool admitted = true;
@@ -343,59 +336,31 @@ void settle(ngx_http_request_t* r, Check& c, const redis::StrictDecision* decisi
         unlock(c);
     }
     ctx->respond = conclude(r, lcf, ctx, c, admitted);
-    resume(r);
 }
 
-// A request waiting for Redis. Lives on the heap: the request may be gone (client closed,
-// worker terminating) before the reply; the request pool's cleanup tells it so.
-class Waiting final : public StrictWaiter {
+// A request waiting for Redis to decide its strict zones.
+class Waiting final : public StrictRequest {
    public:
     Waiting(ngx_http_request_t* r, const Check& c, std::vector<redis::StrictZone>&& zones)
-        : r_(r), check_(c), zones_(std::move(zones)) {}
+        : StrictRequest(r), check_(c), zones_(std::move(zones)) {}
 
-    bool gone() const noexcept override { return request_gone_; }
     const std::vector<redis::StrictZone>& zones() const noexcept override { return zones_; }
 
     void decided(const redis::StrictDecision* decisions) noexcept override {
-        if (request_gone_) {
-            delete this;
-            return;
-        }
-        if (worker_exiting()) {
-            return;  // the process ends; the request with it
-        }
-        answered_ = true;  // from here on the pool cleanup frees this
-        settle(r_, check_, decisions);
+        settle(request(), check_, decisions);
+        resume();
     }
-
-    // The request pool's cleanup.
-    static void cleanup(void* data) noexcept {
-        auto* w = static_cast<Waiting*>(data);
-        if (w->answered_) {
-            delete w;
-        } else {
-            w->request_gone_ = true;
-        }
-    }
-
-    void abandon() noexcept { answered_ = true; }  // never queued: the pool cleanup frees it
 
    private:
-    ngx_http_request_t* r_;
     Check check_;
     std::vector<redis::StrictZone> zones_;
-    bool request_gone_ = false;
-    bool answered_ = false;
 };
 
-// Queues the remote zones' decision. Returns false when that was not possible.
+// Queues the remote zones' decision and suspends the request. Returns false when that was not
+// possible.
 bool ask_redis(ngx_http_request_t* r, Check& c) noexcept {
     const RedisSettings* rs = redis_settings();
     try {
-        ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, 0);
-        if (cln == nullptr) {
-            return false;
-        }
         std::vector<redis::StrictZone> zones;
         zones.reserve(c.n);
         for (ngx_uint_t i = 0; i < c.n; i++) {
@@ -409,13 +374,11 @@ bool ask_redis(ngx_http_request_t* r, Check& c) noexcept {
                                               p.rate.period_ms, p.burst,
                                               redis_base(*rs, *a.zone, key)});
         }
-        auto* w = new Waiting(r, c, std::move(zones));
-        cln->handler = Waiting::cleanup;
-        cln->data = w;
-        if (!strict_submit(w)) {
-            w->abandon();
+        auto w = bind_to_request<Waiting>(r, c, std::move(zones));
+        if (w == nullptr || !strict_submit(w)) {
             return false;
         }
+        w->suspend();
         return true;
     } catch (...) {
         return false;
@@ -428,8 +391,8 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
     if (r != r->main) {
         return NGX_DECLINED;
     }
-    auto* lcf = static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_throttle_module));
-    if (lcf->zones == nullptr || lcf->zones->nelts == 0) {
+    const LocConf* lcf = loc_conf(r);
+    if (lcf->limit.zones == nullptr || lcf->limit.zones->nelts == 0) {
         return NGX_DECLINED;
     }
     RequestCtx* existing = get_ctx(r);
@@ -445,8 +408,8 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
         return NGX_DECLINED;
     }
 
-    ngx_uint_t total = lcf->zones->nelts;
-    auto** zones = static_cast<ZoneConf**>(lcf->zones->elts);
+    ngx_uint_t total = lcf->limit.zones->nelts;
+    auto** zones = static_cast<ZoneConf**>(lcf->limit.zones->elts);
     auto* applied = static_cast<Applied*>(ngx_palloc(r->pool, total * sizeof(Applied)));
     if (applied == nullptr) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -492,11 +455,8 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
         }
         unlock(c);
         if (admitted) {
-            if (ask_redis(r, c)) {
+            if (ask_redis(r, c)) {  // decided() is never called from inside it
                 ctx->outcome = Outcome::pending;
-                r->main->count++;
-                r->read_event_handler = ngx_http_test_reading;
-                r->write_event_handler = ngx_http_request_empty_handler;
                 return NGX_DONE;
             }
             release_local(c, now);

@@ -1,6 +1,7 @@
 // Adds RateLimit-Policy / RateLimit (draft-ietf-httpapi-ratelimit-headers) and Retry-After
 // to the response of every request a zone applied to.
-#include "ngx/conf.hpp"
+#include "ngx/limit/limit.hpp"
+#include "ngx/request.hpp"
 
 namespace throttle::ngx {
 namespace {

@@ -1,5 +1,5 @@
 // throttle zone=NAME;  (http, server, location; several allowed; inherited like limit_req)
-#include "ngx/conf.hpp"
+#include "ngx/limit/limit.hpp"
 
 namespace throttle::ngx {
 
@@ -25,25 +25,25 @@ char* throttle_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
         zone->first_use_line = cf->conf_file->line;
     }
 
-    if (lcf->zones == NGX_CONF_UNSET_PTR) {
-        lcf->zones = ngx_array_create(cf->pool, 2, sizeof(ZoneConf*));
-        if (lcf->zones == nullptr) {
+    if (lcf->limit.zones == NGX_CONF_UNSET_PTR) {
+        lcf->limit.zones = ngx_array_create(cf->pool, 2, sizeof(ZoneConf*));
+        if (lcf->limit.zones == nullptr) {
             return static_cast<char*>(NGX_CONF_ERROR);
         }
     }
-    auto** zones = static_cast<ZoneConf**>(lcf->zones->elts);
-    for (ngx_uint_t i = 0; i < lcf->zones->nelts; i++) {
+    auto** zones = static_cast<ZoneConf**>(lcf->limit.zones->elts);
+    for (ngx_uint_t i = 0; i < lcf->limit.zones->nelts; i++) {
         if (zones[i] == zone) {
             return const_cast<char*>("is duplicate");
         }
     }
-    if (ngx_array_push(lcf->zones) == nullptr) {
+    if (ngx_array_push(lcf->limit.zones) == nullptr) {
         return static_cast<char*>(NGX_CONF_ERROR);
     }
     // Keep the list in declaration order of the zones: every request locks its zones in
     // that one global order, so two locations can never deadlock each other.
-    zones = static_cast<ZoneConf**>(lcf->zones->elts);
-    ngx_uint_t i = lcf->zones->nelts - 1;
+    zones = static_cast<ZoneConf**>(lcf->limit.zones->elts);
+    ngx_uint_t i = lcf->limit.zones->nelts - 1;
     while (i > 0 && zones[i - 1]->index > zone->index) {
         zones[i] = zones[i - 1];
         i--;

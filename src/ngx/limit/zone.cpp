@@ -1,10 +1,11 @@
 // Shared-memory zones: one SlotTable per throttle_zone, shared by every worker, kept across
-// reloads while the zone's name, size and key stay the same.
+// reloads while the zone's name, size and key stay the same; and the Redis names of its keys.
 #include <sys/random.h>
 
 #include <new>
 
-#include "ngx/conf.hpp"
+#include "ngx/limit/limit.hpp"
+#include "redis/scripts.hpp"
 
 namespace throttle::ngx {
 namespace {
@@ -53,27 +54,39 @@ void note_size_change(ngx_shm_zone_t* shm_zone) noexcept {
 
 }  // namespace
 
-int64_t now_ms() noexcept {
-    ngx_time_t* tp = ngx_timeofday();
-    return static_cast<int64_t>(tp->sec) * 1000 + static_cast<int64_t>(tp->msec);
+std::string redis_base(const RedisSettings& settings, const ZoneConf& zone,
+                       const core::StoredKey& key) {
+    static const char hex[] = "0123456789abcdef";
+    std::string k;
+    if (key.digested) {
+        k.reserve(1 + 2 * key.len);
+        k.push_back('#');
+        for (size_t i = 0; i < key.len; i++) {
+            k.push_back(hex[key.bytes[i] >> 4]);
+            k.push_back(hex[key.bytes[i] & 0xf]);
+        }
+    } else {
+        k.assign(reinterpret_cast<const char*>(key.bytes), key.len);
+    }
+    return redis::base_key(view(settings.prefix), view(zone.name), k);
 }
 
 ZoneConf* find_or_add_zone(ngx_conf_t* cf, MainConf* mcf, const ngx_str_t& name) noexcept {
-    auto** zones = static_cast<ZoneConf**>(mcf->zones.elts);
-    for (ngx_uint_t i = 0; i < mcf->zones.nelts; i++) {
+    auto** zones = static_cast<ZoneConf**>(mcf->limit.zones.elts);
+    for (ngx_uint_t i = 0; i < mcf->limit.zones.nelts; i++) {
         if (zones[i]->name.len == name.len &&
             ngx_strncmp(zones[i]->name.data, name.data, name.len) == 0) {
             return zones[i];
         }
     }
     void* mem = ngx_pcalloc(cf->pool, sizeof(ZoneConf));
-    auto** slot = static_cast<ZoneConf**>(ngx_array_push(&mcf->zones));
+    auto** slot = static_cast<ZoneConf**>(ngx_array_push(&mcf->limit.zones));
     if (mem == nullptr || slot == nullptr) {
         return nullptr;
     }
     auto* zone = new (mem) ZoneConf{};
     zone->name = name;
-    zone->index = mcf->zones.nelts - 1;
+    zone->index = mcf->limit.zones.nelts - 1;
     // Size 0 until throttle_zone gives it one, as limit_req does.
     zone->shm_zone =
         ngx_shared_memory_add(cf, &zone->name, 0, &ngx_http_throttle_module);

@@ -2,7 +2,7 @@
 #include <string_view>
 
 #include "core/rate.hpp"
-#include "ngx/conf.hpp"
+#include "ngx/limit/limit.hpp"
 #include "ngx/directive_args.hpp"
 #include "redis/scripts.hpp"
 
@@ -220,7 +220,7 @@ char* throttle_zone_directive(ngx_conf_t* cf, ngx_command_t*, void*) noexcept {
     zone->fallback = fallback;
     zone->sync_interval = sync_interval;
     if (mode != Mode::local) {
-        mcf->remote_zones = true;
+        mcf->limit.remote_zones = true;
     }
     zone->shm_zone = shm_zone;
     shm_zone->init = init_zone;

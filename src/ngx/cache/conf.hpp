@@ -1,0 +1,34 @@
+// The response cache's configuration (layer: ngx; directives in cache/directives.cpp).
+#pragma once
+
+#include "ngx/ngx.hpp"
+
+namespace throttle::ngx {
+
+// http{}
+struct CacheMainConf {
+    bool used;            // some location uses a throttle_cache* directive
+    ngx_str_t secret;     // throttle_cache_secret; data == nullptr when not set
+    ngx_str_t user_file;  // where throttle_cache_user was first used (secret check)
+    ngx_uint_t user_line;
+};
+
+// Per location. Unset values are NGX_CONF_UNSET*.
+struct CacheLocConf {
+    ngx_str_t ns;                    // throttle_cache NAME; len 0: off; data null: unset
+    ngx_http_complex_value_t* user;  // throttle_cache_user; nullptr: anonymous
+    ngx_array_t* valid;              // of core::cache::ValidTime; nullptr: none
+    ngx_msec_t stale;
+    size_t max_size;
+    size_t min_compress;
+    ngx_msec_t lock_timeout;
+    ngx_array_t* credentials;         // of ngx_str_t, lowercase names; nullptr: off
+    ngx_array_t* invalidate;          // of ngx_str_t namespaces; nullptr: none
+    ngx_str_t invalidate_header;      // len 0: off; data null: unset
+    ngx_http_complex_value_t* purge;  // throttle_cache_purge's namespace
+};
+
+// Whether the location looks up and stores responses / acts on writes.
+inline bool cache_enabled(const CacheLocConf& c) noexcept { return c.ns.len > 0; }
+
+}  // namespace throttle::ngx

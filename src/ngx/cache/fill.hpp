@@ -1,0 +1,76 @@
+// A fill (layer: ngx): what happens to a miss after its lookup took the entry's fill lock, in
+// one place. The request that holds the lock goes upstream; its response is judged, captured,
+// stored, and whoever waits for the entry is woken:
+//
+//   begin()      the lookup took the lock (a miss, or the refresh of a stale entry): this worker
+//                now fills E, so local waiters wait for it (waiters.cpp)
+//   on_header()  header filter: core::cache::decide() on the upstream's headers; not storable,
+//                or not the upstream's answer to this lookup: release()
+//   on_body()    body filter: the body is copied while it passes (memory and temp-file
+//                buffers), up to throttle_cache_max_size; at the last buffer: store
+//   store        inflate a gzip'd upstream body, compress above gzip_min_length, encode, STORE
+//                under the lookup's generations (refused by Redis when one moved); this worker's
+//                waiters are woken with the bytes, others by the STORE script's message
+//   release()    not stored (not cacheable, too large, an error, the request ended): RELEASE
+//                gives the lock back and wakes waiters everywhere to go upstream themselves
+// A STORE or RELEASE Redis did not answer may have run or not: ABANDON follows (orphans.cpp).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/cache_entry.hpp"
+#include "core/cache_key.hpp"
+#include "ngx/cache/conf.hpp"
+#include "ngx/ngx.hpp"
+
+namespace throttle::ngx {
+
+// A fill lock in owned bytes (it outlives the request): what ABANDON needs to find it under the
+// current generations.
+struct FillLock {
+    std::string ns;
+    std::string id;
+    core::Sha256Digest key{};
+    ngx_msec_t ttl = 0;  // throttle_cache_lock_timeout: the lock is gone by itself after it
+};
+
+class Fill {
+   public:
+    // This request holds the lock of entry E (under `gen`). May throw std::bad_alloc.
+    void begin(const CacheLocConf* conf, FillLock lock, const core::cache::Generation& gen,
+               std::string entry_key);
+    // Holds the lock and has not stored or released it yet.
+    bool active() const noexcept { return holder_ && !over_; }
+    bool capturing() const noexcept { return capture_; }
+
+    // The response's headers. `same_location`: the location that looked up answers (an
+    // internal redirect elsewhere answers something else, which is not stored).
+    void on_header(ngx_http_request_t* r, bool same_location) noexcept;
+    // Body buffers as they pass.
+    void on_body(ngx_http_request_t* r, ngx_chain_t* in) noexcept;
+    // Gives the lock back (not stored) and wakes the waiters. Idempotent.
+    void release() noexcept;
+
+   private:
+    void capture(ngx_http_request_t* r);
+    bool append(ngx_buf_t* b);
+    void store(ngx_http_request_t* r);
+    std::string encode(ngx_http_request_t* r, int64_t now, int64_t& ttl_ms);
+    void drop_body() noexcept;
+
+    const CacheLocConf* conf_ = nullptr;
+    FillLock lock_;
+    core::cache::Generation gen_;
+    std::string entry_key_;
+    bool holder_ = false;
+    bool over_ = false;
+    // Capture of the upstream's response
+    bool capture_ = false;
+    core::cache::Decision decision_;
+    uint16_t status_ = 0;
+    std::vector<core::cache::HeaderView> headers_;  // views into the request's pool
+    std::string body_;
+};
+
+}  // namespace throttle::ngx

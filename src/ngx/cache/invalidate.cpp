@@ -1,0 +1,181 @@
+// Invalidations and their retries (see invalidate.hpp).
+#include "ngx/cache/invalidate.hpp"
+
+#include <memory>
+#include <unordered_map>
+
+#include "ngx/cache/worker.hpp"
+#include "ngx/worker.hpp"
+#include "redis/cache_scripts.hpp"
+
+namespace throttle::ngx {
+namespace {
+
+constexpr size_t pending_max = 10000;
+constexpr uint64_t retry_ms = 1000;
+
+// An invalidation waiting to be confirmed by Redis.
+struct Pending {
+    std::string id;
+    std::vector<std::string> namespaces;
+};
+
+struct Invalidations {
+    std::vector<Pending> pending;
+    std::unordered_map<std::string, unsigned> pending_keys;  // id "\n" ns -> count
+    std::unique_ptr<redis::Timer> retry_timer;
+    bool full_logged = false;
+};
+
+Invalidations* inv = nullptr;  // owned; deleted in invalidations_exit
+
+std::string pending_key(std::string_view ns, std::string_view id) {
+    std::string k;
+    k.reserve(id.size() + 1 + ns.size());
+    k.append(id).append(1, '\n').append(ns);
+    return k;
+}
+
+void forget(const Pending& p) noexcept {
+    for (const std::string& ns : p.namespaces) {
+        try {
+            auto it = inv->pending_keys.find(pending_key(ns, p.id));
+            if (it != inv->pending_keys.end() && --it->second == 0) {
+                inv->pending_keys.erase(it);
+            }
+        } catch (...) {
+        }
+    }
+}
+
+void keep(Pending&& p) noexcept {
+    if (inv == nullptr) {
+        return;
+    }
+    try {
+        if (inv->pending.size() >= pending_max) {
+            if (!inv->full_logged) {
+                inv->full_logged = true;
+                ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, 0,
+                              "throttle_cache: %uz invalidations wait for Redis, dropping the "
+                              "oldest: those users' older entries live until their TTL",
+                              inv->pending.size());
+            }
+            forget(inv->pending.front());
+            inv->pending.erase(inv->pending.begin());
+        }
+        for (const std::string& ns : p.namespaces) {
+            inv->pending_keys[pending_key(ns, p.id)]++;
+        }
+        inv->pending.push_back(std::move(p));
+        if (!inv->retry_timer->active()) {
+            inv->retry_timer->start(retry_ms);
+        }
+    } catch (...) {
+    }
+}
+
+// Calls `f` when it goes out of scope: Redis answered, whatever the answer.
+struct Answer {
+    const std::function<void()>& f;
+    ~Answer() {
+        if (f) {
+            f();
+        }
+    }
+};
+
+// Sends one invalidation; one Redis did not confirm goes (back) to the pending list. Returns
+// whether it was sent (`answered` is then called once with Redis' answer or failure).
+bool send(Pending&& p, std::function<void()> answered) noexcept {
+    redis::Client* client = redis_client();
+    try {
+        std::vector<std::string_view> names(p.namespaces.begin(), p.namespaces.end());
+        redis::EvalArgs args;
+        if (client == nullptr || !client->available() ||
+            !redis::build_cache_invalidate_args(cache_prefix(), p.id, names, args)) {
+            keep(std::move(p));
+            return false;
+        }
+        auto held = std::make_shared<Pending>(std::move(p));
+        client->evalsha(redis::cache_invalidate_script(), args.keys(), args.args(),
+                        [held, answered = std::move(answered)](redis::Result&& res) noexcept {
+                            Answer answer{answered};
+                            std::vector<uint64_t> gens;
+                            bool good = false;
+                            try {
+                                good = res.ok() && redis::parse_cache_invalidate_reply(
+                                                       res.reply, held->namespaces.size(), gens);
+                            } catch (...) {
+                            }
+                            if (good || worker_exiting()) {
+                                return;
+                            }
+                            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                                          "throttle_cache: invalidation failed (%s), retrying",
+                                          res.ok() ? "unexpected reply"
+                                                   : redis::to_string(res.failure));
+                            keep(std::move(*held));
+                        });
+        return true;
+    } catch (...) {
+        keep(std::move(p));
+        return false;
+    }
+}
+
+void retry() noexcept {
+    if (inv == nullptr || worker_exiting()) {
+        return;
+    }
+    std::vector<Pending> batch;
+    batch.swap(inv->pending);
+    for (const Pending& p : batch) {
+        forget(p);
+    }
+    for (Pending& p : batch) {
+        send(std::move(p), nullptr);
+    }
+}
+
+}  // namespace
+
+bool cache_invalidate(std::string id, std::vector<std::string> namespaces,
+                      std::function<void()> answered) noexcept {
+    if (inv == nullptr || namespaces.empty()) {
+        return false;
+    }
+    return send(Pending{std::move(id), std::move(namespaces)}, std::move(answered));
+}
+
+bool cache_invalidation_pending(std::string_view ns, std::string_view id) noexcept {
+    if (inv == nullptr || inv->pending_keys.empty()) {
+        return false;
+    }
+    try {
+        return inv->pending_keys.count(pending_key(ns, id)) > 0;
+    } catch (...) {
+        return true;
+    }
+}
+
+void invalidations_init(redis::Loop& loop) {
+    auto i = std::make_unique<Invalidations>();
+    i->retry_timer = loop.create_timer([]() noexcept { retry(); });
+    inv = i.release();
+}
+
+void invalidations_exit() noexcept {
+    if (inv == nullptr) {
+        return;
+    }
+    if (!inv->pending.empty()) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "throttle_cache: %uz invalidations not confirmed by Redis at exit",
+                      inv->pending.size());
+    }
+    delete inv;
+    inv = nullptr;
+}
+
+}  // namespace throttle::ngx

@@ -1,0 +1,96 @@
+// Per-worker memos (see memo.hpp).
+#include "ngx/cache/memo.hpp"
+
+#include <array>
+#include <functional>
+
+#include "core/cache_key.hpp"
+#include "core/gzip.hpp"
+
+namespace throttle::ngx {
+namespace {
+
+constexpr size_t identity_slots = 512;
+constexpr size_t plain_slots = 64;
+constexpr size_t plain_max_bytes = 256 * 1024;  // bodies larger than this are not kept
+
+struct IdentitySlot {
+    std::string identity;
+    std::string digest;
+};
+
+struct PlainSlot {
+    std::string entry_key;
+    int64_t stored_at_ms = 0;
+    std::string trailer;  // the gzip member's last 8 bytes (CRC-32, length)
+    std::shared_ptr<const std::string> body;
+};
+
+struct Memos {
+    std::string secret;  // the one identities in `identities` were hashed with
+    std::unique_ptr<core::HmacSha256Key> secret_key;  // `secret`, prepared
+    std::array<IdentitySlot, identity_slots> identities;
+    std::array<PlainSlot, plain_slots> plain;
+};
+
+Memos* memos = nullptr;  // owned; deleted in memos_exit
+
+}  // namespace
+
+std::string cache_identity(std::string_view secret, std::string_view identity) {
+    if (memos == nullptr || identity.empty()) {
+        return core::cache::identity_digest(secret, identity);
+    }
+    if (!memos->secret_key || memos->secret != secret) {  // never mix digests of two secrets
+        memos->secret.assign(secret);
+        memos->secret_key = std::make_unique<core::HmacSha256Key>(secret.data(), secret.size());
+        for (IdentitySlot& m : memos->identities) {
+            m.identity.clear();
+            m.digest.clear();
+        }
+    }
+    IdentitySlot& m =
+        memos->identities[std::hash<std::string_view>{}(identity) % identity_slots];
+    if (!m.digest.empty() && m.identity == identity) {
+        return m.digest;
+    }
+    std::string d = core::cache::identity_digest(*memos->secret_key, identity);
+    m.identity.assign(identity);
+    m.digest = d;
+    return d;
+}
+
+std::shared_ptr<const std::string> cache_plain_body(std::string_view entry_key,
+                                                    const core::cache::EntryView& v) {
+    std::string_view trailer = v.body.size() >= 8 ? v.body.substr(v.body.size() - 8) : v.body;
+    PlainSlot* m = nullptr;
+    if (memos != nullptr && v.plain_size <= plain_max_bytes) {
+        size_t h =
+            std::hash<std::string_view>{}(entry_key) ^ std::hash<int64_t>{}(v.stored_at_ms);
+        m = &memos->plain[h % plain_slots];
+        if (m->body && m->stored_at_ms == v.stored_at_ms && m->entry_key == entry_key &&
+            m->trailer == trailer) {
+            return m->body;
+        }
+    }
+    auto out = std::make_shared<std::string>();
+    if (!core::gzip_decompress(v.body, *out, v.plain_size)) {
+        return nullptr;
+    }
+    if (m != nullptr) {
+        m->entry_key.assign(entry_key);
+        m->stored_at_ms = v.stored_at_ms;
+        m->trailer.assign(trailer);
+        m->body = out;
+    }
+    return out;
+}
+
+void memos_init() { memos = new Memos(); }
+
+void memos_exit() noexcept {
+    delete memos;
+    memos = nullptr;
+}
+
+}  // namespace throttle::ngx

@@ -1,0 +1,25 @@
+// Per-worker memos of the cache's two costly computations (layer: ngx): identity digests (an
+// HMAC is two SHA-256 passes per request; a session's requests repeat the same identity) and
+// inflated bodies of gzip entries served to clients that do not accept gzip.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "core/cache_entry.hpp"
+
+namespace throttle::ngx {
+
+// core::cache::identity_digest(secret, identity), through the memo. May throw std::bad_alloc.
+std::string cache_identity(std::string_view secret, std::string_view identity);
+// The plain body of a gzip entry, through a memo of recently inflated bodies (keyed by the entry
+// key, its store time and the gzip trailer: only that exact entry's bytes can match). nullptr
+// when the body does not inflate. May throw std::bad_alloc.
+std::shared_ptr<const std::string> cache_plain_body(std::string_view entry_key,
+                                                    const core::cache::EntryView& v);
+
+void memos_init();  // may throw
+void memos_exit() noexcept;
+
+}  // namespace throttle::ngx

@@ -1,0 +1,113 @@
+// Orphan fill locks (see orphans.hpp).
+#include "ngx/cache/orphans.hpp"
+
+#include <memory>
+#include <vector>
+
+#include "ngx/cache/waiters.hpp"
+#include "ngx/cache/worker.hpp"
+#include "ngx/worker.hpp"
+#include "redis/cache_scripts.hpp"
+
+namespace throttle::ngx {
+namespace {
+
+constexpr size_t orphans_max = 1000;
+constexpr uint64_t retry_ms = 1000;
+
+// A fill lock an unanswered call may have left.
+struct Orphan {
+    FillLock lock;
+    uint64_t until = 0;  // loop time after which the lock has expired anyway
+};
+
+struct Orphans {
+    redis::Loop* loop = nullptr;
+    std::vector<Orphan> list;
+    std::unique_ptr<redis::Timer> retry_timer;
+};
+
+Orphans* orphans = nullptr;  // owned; deleted in orphans_exit
+
+void keep(Orphan&& o) noexcept {
+    try {
+        if (orphans->list.size() >= orphans_max) {
+            orphans->list.erase(orphans->list.begin());
+        }
+        orphans->list.push_back(std::move(o));
+        if (!orphans->retry_timer->active()) {
+            orphans->retry_timer->start(retry_ms);
+        }
+    } catch (...) {
+    }
+}
+
+void send(Orphan&& o) noexcept {
+    if (orphans->loop->now_ms() >= o.until) {
+        return;  // expired by itself
+    }
+    redis::Client* client = redis_client();
+    try {
+        redis::CacheTarget t;
+        t.prefix = cache_prefix();
+        t.ns = o.lock.ns;
+        t.id = o.lock.id;
+        t.key = o.lock.key;
+        redis::EvalArgs args;
+        if (client == nullptr || !client->available() ||
+            !redis::build_cache_abandon_args(t, cache_channel(), args)) {
+            keep(std::move(o));
+            return;
+        }
+        auto held = std::make_shared<Orphan>(std::move(o));
+        client->evalsha(redis::cache_abandon_script(), args.keys(), args.args(),
+                        [held](redis::Result&& res) noexcept {
+                            bool released = false;
+                            if (res.ok() && redis::parse_cache_abandon_reply(res.reply, released)) {
+                                return;
+                            }
+                            if (orphans != nullptr && !worker_exiting()) {
+                                keep(std::move(*held));
+                            }
+                        });
+    } catch (...) {
+        keep(std::move(o));
+    }
+}
+
+void retry() noexcept {
+    if (orphans == nullptr || worker_exiting()) {
+        return;
+    }
+    std::vector<Orphan> list;
+    list.swap(orphans->list);
+    for (Orphan& o : list) {
+        send(std::move(o));
+    }
+}
+
+}  // namespace
+
+void cache_abandon_lock(const FillLock& lock) noexcept {
+    if (orphans == nullptr || worker_exiting()) {
+        return;
+    }
+    try {
+        send(Orphan{lock, orphans->loop->now_ms() + lock.ttl});
+    } catch (...) {
+    }
+}
+
+void orphans_init(redis::Loop& loop) {
+    auto o = std::make_unique<Orphans>();
+    o->loop = &loop;
+    o->retry_timer = loop.create_timer([]() noexcept { retry(); });
+    orphans = o.release();
+}
+
+void orphans_exit() noexcept {
+    delete orphans;
+    orphans = nullptr;
+}
+
+}  // namespace throttle::ngx

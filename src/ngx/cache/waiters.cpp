@@ -1,0 +1,190 @@
+// Who waits for which entry (see waiters.hpp).
+#include "ngx/cache/waiters.hpp"
+
+#include <array>
+#include <unordered_map>
+#include <vector>
+
+#include "ngx/cache/request.hpp"
+#include "ngx/worker.hpp"
+#include "redis/cache_scripts.hpp"
+#include "redis/subscriber.hpp"
+
+namespace throttle::ngx {
+namespace {
+
+constexpr uint64_t recent_ms = 1000;
+
+// A channel message that found nobody waiting.
+struct Recent {
+    std::string e;
+    bool stored = false;
+    uint64_t at = 0;
+};
+
+struct Waiters {
+    redis::Loop* loop = nullptr;
+    std::string channel;
+    std::unique_ptr<redis::Subscriber> sub;
+    std::unordered_map<std::string, std::vector<std::shared_ptr<CacheRequest>>> waiting;
+    std::unordered_map<std::string, unsigned> filling;
+    std::array<Recent, 32> recent;
+    size_t next_recent = 0;
+};
+
+Waiters* ws = nullptr;  // owned; deleted in waiters_exit (no static destructor)
+const std::string none;
+
+void remember(const std::string& e, bool stored) noexcept {
+    Recent& r = ws->recent[ws->next_recent++ % ws->recent.size()];
+    try {
+        r.e = e;
+        r.stored = stored;
+        r.at = ws->loop->now_ms();
+    } catch (...) {
+        r.e.clear();
+    }
+}
+
+void wake(const std::string& e, bool stored, const std::shared_ptr<const std::string>& entry,
+          bool from_channel) noexcept {
+    auto it = ws->waiting.find(e);
+    if (it == ws->waiting.end()) {
+        if (from_channel) {
+            remember(e, stored);
+        }
+        return;
+    }
+    std::vector<std::shared_ptr<CacheRequest>> list = std::move(it->second);
+    ws->waiting.erase(it);
+    for (const auto& w : list) {
+        cache_woken(w, stored, entry);
+    }
+}
+
+void on_message(std::string_view msg) noexcept {
+    if (ws == nullptr || worker_exiting()) {
+        return;
+    }
+    bool stored = false;
+    std::string_view e;
+    if (!redis::parse_cache_fill_message(msg, stored, e)) {
+        return;
+    }
+    try {
+        wake(std::string(e), stored, nullptr, true);
+    } catch (...) {
+    }
+}
+
+}  // namespace
+
+bool cache_can_wait(const std::string& e) noexcept {
+    return ws != nullptr && (ws->filling.count(e) > 0 || (ws->sub && ws->sub->subscribed()));
+}
+
+bool cache_wait(const std::string& e, const std::shared_ptr<CacheRequest>& cr) noexcept {
+    if (ws == nullptr) {
+        return false;
+    }
+    uint64_t now = ws->loop->now_ms();
+    for (const Recent& r : ws->recent) {
+        if (!r.e.empty() && r.e == e && now - r.at <= recent_ms && ws->filling.count(e) == 0) {
+            cache_woken(cr, r.stored, nullptr);
+            return true;
+        }
+    }
+    try {
+        ws->waiting[e].push_back(cr);
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
+void cache_unwait(const std::string& e, const CacheRequest* cr) noexcept {
+    if (ws == nullptr) {
+        return;
+    }
+    auto it = ws->waiting.find(e);
+    if (it == ws->waiting.end()) {
+        return;
+    }
+    auto& list = it->second;
+    for (size_t i = 0; i < list.size(); i++) {
+        if (list[i].get() == cr) {
+            list.erase(list.begin() + static_cast<std::ptrdiff_t>(i));
+            break;
+        }
+    }
+    if (list.empty()) {
+        ws->waiting.erase(it);
+    }
+}
+
+void cache_fill_started(const std::string& e) noexcept {
+    if (ws == nullptr) {
+        return;
+    }
+    try {
+        ws->filling[e]++;
+    } catch (...) {
+    }
+}
+
+void cache_fill_ended(const std::string& e, bool stored,
+                      const std::shared_ptr<const std::string>& entry) noexcept {
+    if (ws == nullptr) {
+        return;
+    }
+    auto it = ws->filling.find(e);
+    if (it != ws->filling.end() && --it->second == 0) {
+        ws->filling.erase(it);
+    }
+    if (!worker_exiting()) {
+        wake(e, stored, entry, false);
+    }
+}
+
+bool cache_filling_here(const std::string& e) noexcept {
+    return ws != nullptr && ws->filling.count(e) > 0;
+}
+
+const std::string& cache_channel() noexcept { return ws ? ws->channel : none; }
+
+void waiters_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loop,
+                  const std::string& channel) noexcept {
+    try {
+        auto w = std::make_unique<Waiters>();
+        w->loop = &loop;
+        w->channel = channel;
+        ngx_log_t* log = cycle->log;
+        w->sub = std::make_unique<redis::Subscriber>(
+            loop, *mcf.redis->client, w->channel, on_message,
+            [log](redis::LogLevel level, std::string_view m) {
+                ngx_log_error(log_level_of(level), log, 0, "throttle_cache: fill channel: %*s",
+                              m.size(), m.data());
+            });
+        ws = w.release();
+        ws->sub->start();
+    } catch (const std::exception& e) {
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
+                      "throttle_cache: no fill channel (%s): concurrent misses are not "
+                      "coalesced across workers",
+                      e.what());
+    }
+}
+
+void waiters_exit() noexcept {
+    if (ws == nullptr) {
+        return;
+    }
+    if (ws->sub) {
+        ws->sub->close();
+    }
+    Waiters* w = ws;
+    ws = nullptr;
+    delete w;
+}
+
+}  // namespace throttle::ngx

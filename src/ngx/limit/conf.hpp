@@ -1,0 +1,53 @@
+// Rate limiting's configuration (layer: ngx): zones, and what a location applies.
+#pragma once
+
+#include "core/limiter.hpp"
+#include "core/slot_table.hpp"
+#include "ngx/ngx.hpp"
+
+namespace throttle::ngx {
+
+enum class Mode : uint8_t { local = 0, sync, strict };
+enum class Fallback : uint8_t { local = 0, open, closed };
+
+// What every worker of a host shares for one zone (in the zone's shared memory).
+struct ZoneShared {
+    ngx_atomic_t next_flush_ms;  // mode=sync: the worker that moves this on flushes
+    core::SlotTable* table;
+    size_t table_bytes;
+};
+
+// One `throttle_zone` (or a zone named by `throttle` before its `throttle_zone` was read).
+struct ZoneConf {
+    ngx_str_t name;
+    ngx_shm_zone_t* shm_zone;
+    ngx_http_complex_value_t key;  // key.value.data == nullptr until throttle_zone is read
+    core::Policy policy;
+    ngx_uint_t index;  // declaration order: zones are always locked in this order
+    ngx_str_t policy_header;  // RateLimit-Policy value, fixed per zone: "NAME";q=Q;w=W
+    Mode mode;
+    Fallback fallback;
+    ngx_msec_t sync_interval;
+    ngx_slab_pool_t* shpool;
+    ZoneShared* shared;
+    core::SlotTable* table;  // shared->table
+    ngx_str_t first_use_file;  // where `throttle` first named it, for "unknown zone"
+    ngx_uint_t first_use_line;
+};
+
+// http{}: every zone.
+struct LimitMainConf {
+    ngx_array_t zones;  // of ZoneConf*
+    bool remote_zones;  // some zone has mode=sync or mode=strict
+};
+
+// Per location. Unset values are NGX_CONF_UNSET*.
+struct LimitLocConf {
+    ngx_array_t* zones;  // of ZoneConf*, sorted by index; NGX_CONF_UNSET_PTR when unset
+    ngx_uint_t status;
+    ngx_flag_t dry_run;
+    ngx_flag_t headers;
+    ngx_uint_t log_level;
+};
+
+}  // namespace throttle::ngx

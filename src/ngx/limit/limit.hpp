@@ -1,0 +1,26 @@
+// Rate limiting's entry points (layer: ngx), for the module definition and the worker.
+#pragma once
+
+#include <string>
+
+#include "ngx/conf.hpp"
+
+namespace throttle::ngx {
+
+// zone.cpp
+// The Redis key base of one client key in a zone: PREFIX{ZONE:KEY}. Keys longer than 32
+// bytes are stored (and sent) as "#" and the hex SHA-256 digest, the same on every host.
+std::string redis_base(const RedisSettings& settings, const ZoneConf& zone,
+                       const core::StoredKey& key);
+ZoneConf* find_or_add_zone(ngx_conf_t* cf, MainConf* mcf, const ngx_str_t& name) noexcept;
+ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept;
+
+// zone_directive.cpp, throttle_directive.cpp
+char* throttle_zone_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* throttle_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+
+// access_handler.cpp (pre-access phase), header_filter.cpp
+ngx_int_t access_handler(ngx_http_request_t* r) noexcept;
+ngx_int_t install_header_filter() noexcept;
+
+}  // namespace throttle::ngx

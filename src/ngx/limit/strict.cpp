@@ -1,0 +1,88 @@
+// Strict decisions (see strict.hpp).
+#include "ngx/limit/strict.hpp"
+
+#include "ngx/worker.hpp"
+#include "redis/turn_batcher.hpp"
+
+namespace throttle::ngx {
+namespace {
+
+using Batch = std::vector<std::shared_ptr<StrictRequest>>;
+
+redis::TurnBatcher<std::shared_ptr<StrictRequest>>* batcher = nullptr;  // owned
+
+void deliver(StrictRequest& req, const redis::StrictDecision* decisions) noexcept {
+    if (!req.gone() && !worker_exiting()) {
+        req.decided(decisions);
+    }
+}
+
+void fail_all(const Batch& batch) noexcept {
+    for (const auto& req : batch) {
+        deliver(*req, nullptr);
+    }
+}
+
+// One script call for the batch's requests.
+void send(Batch&& batch) noexcept {
+    auto held = std::make_shared<Batch>(std::move(batch));
+    redis::Client* client = redis_client();
+    try {
+        std::vector<const std::vector<redis::StrictZone>*> requests;
+        requests.reserve(held->size());
+        for (const auto& req : *held) {
+            requests.push_back(&req->zones());
+        }
+        redis::EvalArgs call;
+        if (client == nullptr || !redis::build_strict_batch_args(requests, call)) {
+            fail_all(*held);
+            return;
+        }
+        client->evalsha(
+            redis::strict_batch_script(), call.keys(), call.args(),
+            [held](redis::Result&& r) noexcept {
+                std::vector<size_t> counts;
+                std::vector<std::vector<redis::StrictDecision>> out;
+                int64_t redis_now = 0;
+                bool good = false;
+                try {
+                    for (const auto& req : *held) {
+                        counts.push_back(req->zones().size());
+                    }
+                    good = r.ok() &&
+                           redis::parse_strict_batch_reply(r.reply, counts, redis_now, out);
+                } catch (...) {
+                }
+                if (!good) {
+                    fail_all(*held);
+                    return;
+                }
+                for (size_t i = 0; i < held->size(); i++) {
+                    deliver(*(*held)[i], out[i].data());
+                }
+            });
+    } catch (...) {
+        fail_all(*held);
+    }
+}
+
+}  // namespace
+
+bool strict_submit(std::shared_ptr<StrictRequest> request) noexcept {
+    return batcher != nullptr && redis_client() != nullptr &&
+           batcher->submit(std::move(request));
+}
+
+void strict_worker_init(redis::Loop& loop) {
+    batcher = new redis::TurnBatcher<std::shared_ptr<StrictRequest>>(
+        loop, redis::strict_batch_max, send,
+        [](std::shared_ptr<StrictRequest>& req) { return req->gone(); },  // nothing to ask
+        [](std::shared_ptr<StrictRequest>& req) { deliver(*req, nullptr); });
+}
+
+void strict_worker_exit() noexcept {
+    delete batcher;  // drops what is queued: the requests end with the process
+    batcher = nullptr;
+}
+
+}  // namespace throttle::ngx

@@ -1,0 +1,102 @@
+// Per-request state (layer: ngx): the context every feature of the module records its
+// decision in, and the one idiom for state that outlives a phase handler.
+#pragma once
+
+#include <memory>
+#include <new>
+#include <type_traits>
+#include <utility>
+
+#include "ngx/ngx.hpp"
+
+namespace throttle::ngx {
+
+enum class Outcome : ngx_uint_t {
+    none = 0,
+    passed,
+    rejected,
+    rejected_dry_run,
+    passed_fallback,    // passed while Redis could not answer for a strict zone
+    rejected_fallback,  // rejected by the fallback while Redis could not answer
+    pending,            // waiting for Redis
+};
+
+// $throttle_cache_status
+enum class CacheStatus : uint8_t { none = 0, hit, miss, expired, stale, updating, bypass, error };
+
+struct CacheRequest;
+struct CacheHold;
+
+// Decided once per main request, kept across internal redirects (see request.cpp).
+struct RequestCtx {
+    Outcome outcome;
+    bool respond;                // decided while waiting: the handler still has to answer
+    bool headers;                // throttle_headers of the location that decided
+    const ngx_str_t* zone_name;  // the zone the RateLimit fields describe
+    const ngx_str_t* policy;     // its RateLimit-Policy value
+    uint64_t remaining;
+    int64_t reset_s;
+    int64_t retry_after_s;
+    CacheStatus cache_status;
+    CacheHold* hold;      // a write's response held until its invalidation is answered
+    CacheRequest* cache;  // the response cache's state (cache/request.hpp), or nullptr
+};
+static_assert(std::is_trivially_destructible_v<RequestCtx>);
+
+RequestCtx* get_ctx(ngx_http_request_t* r) noexcept;
+RequestCtx* create_ctx(ngx_http_request_t* r) noexcept;
+
+// State a request shares with what answers it later (a Redis callback, a fill it waits for,
+// a held response). The object lives on the heap, held by std::shared_ptr: one share belongs to
+// the request's pool, the others to the callbacks. When the pool is destroyed (the request was
+// answered, the client went away, the worker exits), request_ended() runs, gone() turns true
+// and the pool's share is dropped; a callback checks gone() before it touches the request.
+// Made by bind_to_request().
+class RequestBound {
+   public:
+    explicit RequestBound(ngx_http_request_t* r) noexcept : r_(r) {}
+    virtual ~RequestBound() = default;
+    RequestBound(const RequestBound&) = delete;
+    RequestBound& operator=(const RequestBound&) = delete;
+
+    ngx_http_request_t* request() const noexcept { return r_; }
+    bool gone() const noexcept { return gone_; }
+    bool suspended() const noexcept { return suspended_; }
+
+    // The phase handler returns NGX_DONE after this: the request waits, kept alive by a
+    // reference, with reading watched so that a client that closes ends it.
+    void suspend() noexcept;
+    // The answer came: the request runs its phases again (the handler that suspended it picks
+    // its result up) and the reference suspend() took is dropped. Only while suspended.
+    void resume() noexcept;
+
+    // The pool cleanup bind_to_request() installs.
+    static void pool_cleanup(void* data) noexcept;
+
+   protected:
+    // The request ended: release what only makes sense while it lives. gone() is true already.
+    virtual void request_ended() noexcept {}
+
+   private:
+    ngx_http_request_t* r_;
+    bool gone_ = false;
+    bool suspended_ = false;
+};
+
+// A T (a RequestBound, constructed from r and args) whose life is tied to r's pool as above.
+// nullptr when the pool cannot take a cleanup. May throw std::bad_alloc.
+template <typename T, typename... Args>
+std::shared_ptr<T> bind_to_request(ngx_http_request_t* r, Args&&... args) {
+    static_assert(std::is_base_of_v<RequestBound, T>);
+    auto obj = std::make_shared<T>(r, std::forward<Args>(args)...);
+    auto held = std::make_unique<std::shared_ptr<RequestBound>>(obj);
+    ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == nullptr) {
+        return nullptr;
+    }
+    cln->data = held.release();
+    cln->handler = RequestBound::pool_cleanup;
+    return obj;
+}
+
+}  // namespace throttle::ngx
