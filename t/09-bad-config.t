@@ -72,6 +72,19 @@ my @cases = (
         qr/invalid value "bogus"/],
     ['throttle_zone in a location', '', "$zone zone=a:1m rate=1r/s;",
         qr/"throttle_zone" directive is not allowed here/],
+    # A parameter given twice is refused (it used to be: the last one won).
+    ['two rates',              "$zone zone=a:1m rate=1r/s rate=2r/s;", '',
+        qr/"rate" is duplicate/],
+    ['two zones',              "$zone zone=a:1m zone=b:1m rate=1r/s;", '',
+        qr/"zone" is duplicate/],
+    ['two algorithms',         "$zone zone=a:1m rate=1r/s algorithm=gcra algorithm=sliding;", '',
+        qr/"algorithm" is duplicate/],
+    ['two bursts',             "$zone zone=a:1m rate=1r/s algorithm=gcra burst=2 burst=3;", '',
+        qr/"burst" is duplicate/],
+    ['parameter without a value', "$zone zone=a:1m rate=1r/s burst;", '',
+        qr/invalid parameter "burst"/],
+    ['throttle zone=',         "$zone zone=a:1m rate=1r/s;", 'throttle zone=;',
+        qr/invalid parameter "zone="/],
 );
 
 sub conf {

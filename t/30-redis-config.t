@@ -46,6 +46,15 @@ my @cases = (
     ['sync with gcra',     $redis, 'mode=sync algorithm=gcra',
         qr/"mode=sync" requires "algorithm=sliding"/],
     ['unknown fallback',   $redis, 'mode=strict fallback=x', qr/invalid fallback "fallback=x"/],
+    # A parameter given twice is refused (it used to be: the last one won).
+    ['two modes',          $redis, 'mode=strict mode=local', qr/"mode" is duplicate/],
+    ['two fallbacks',      $redis, 'mode=strict fallback=open fallback=closed',
+        qr/"fallback" is duplicate/],
+    ['two timeouts',       "$redis timeout=10ms timeout=20ms;", '', qr/"timeout" is duplicate/],
+    ['two dbs',            "$redis db=1 db=2;", '',        qr/"db" is duplicate/],
+    ['password twice',     "$redis password=a password_file=/etc/hostname;", '',
+        qr/"password" is duplicate/],
+    ['timeout over 60s',   "$redis timeout=61s;", '',     qr/invalid timeout "timeout=61s"/],
 );
 
 sub conf {

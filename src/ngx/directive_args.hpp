@@ -1,4 +1,6 @@
-// Small helpers for `name=value` directive arguments (layer: ngx).
+// Directive arguments (layer: ngx): `name=value` parameters as nginx's own directives take
+// them (limit_req_zone's zone=, rate=), with one set of value parsers, so that every directive
+// answers a bad value with the same nginx-style message: `invalid WHAT "ARG"`.
 #pragma once
 
 #include <string_view>
@@ -17,5 +19,61 @@ inline bool starts_with(const ngx_str_t& v, std::string_view prefix) noexcept {
 inline std::string_view after(const ngx_str_t& v, size_t n) noexcept {
     return {reinterpret_cast<const char*>(v.data) + n, v.len - n};
 }
+
+// One `name=value` argument.
+struct Param {
+    const ngx_str_t* arg = nullptr;  // the whole argument, for messages
+    std::string_view name;
+    ngx_str_t value{};  // the bytes after '=' (inside the argument)
+    std::string_view text() const noexcept {
+        return {reinterpret_cast<const char*>(value.data), value.len};
+    }
+};
+
+// The directive's arguments from `first` on, as parameters. next() fails (logged) on an
+// argument without '=' (`invalid parameter "ARG"`) and on a name given twice
+// (`"NAME" is duplicate`); failed() then tells the caller to return conf_error().
+class Params {
+   public:
+    Params(ngx_conf_t* cf, ngx_uint_t first) noexcept : cf_(cf), next_(first) {}
+    bool next(Param& p) noexcept;
+    bool failed() const noexcept { return failed_; }
+    // `invalid parameter "ARG"`, for a name the directive does not know.
+    char* unknown(const Param& p) noexcept;
+
+   private:
+    ngx_conf_t* cf_;
+    ngx_uint_t next_;
+    bool failed_ = false;
+};
+
+// Logs `invalid WHAT "ARG"SUFFIX` and returns false.
+bool invalid(ngx_conf_t* cf, const Param& p, const char* what, const char* suffix = "") noexcept;
+
+// An enum's names (mode=, fallback=, algorithm=).
+template <typename T>
+struct EnumName {
+    std::string_view name;
+    T value;
+};
+
+template <typename T, size_t N>
+bool parse_enum(ngx_conf_t* cf, const Param& p, const EnumName<T> (&names)[N], const char* what,
+                T& out) noexcept {
+    for (const EnumName<T>& n : names) {
+        if (p.text() == n.name) {
+            out = n.value;
+            return true;
+        }
+    }
+    return invalid(cf, p, what);
+}
+
+// A time (nginx's syntax: 10ms, 1s, 1m ...) within [min, max] milliseconds.
+bool parse_msec(ngx_conf_t* cf, const Param& p, ngx_msec_t min, ngx_msec_t max, const char* what,
+                ngx_msec_t& out, const char* suffix = "") noexcept;
+// A whole number within [min, max].
+bool parse_number(ngx_conf_t* cf, const Param& p, ngx_int_t min, ngx_int_t max, const char* what,
+                  ngx_int_t& out) noexcept;
 
 }  // namespace throttle::ngx

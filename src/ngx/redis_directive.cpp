@@ -18,8 +18,8 @@ void destroy_settings(void* data) noexcept {
 }
 
 // Reads a secret from a file (first line, trailing CR/LF removed).
-bool read_password_file(ngx_conf_t* cf, const ngx_str_t& arg, std::string& out) {
-    ngx_str_t path{arg.len - 14, arg.data + 14};
+bool read_password_file(ngx_conf_t* cf, const Param& p, std::string& out) {
+    ngx_str_t path = p.value;
     if (path.len == 0 || ngx_conf_full_name(cf->cycle, &path, 1) != NGX_OK) {
         return false;
     }
@@ -47,6 +47,86 @@ bool read_password_file(ngx_conf_t* cf, const ngx_str_t& arg, std::string& out) 
     return true;
 }
 
+// The address: unix:/path, or host[:port] resolved now.
+bool parse_address(ngx_conf_t* cf, const ngx_str_t& addr, redis::Config& cfg) {
+    if (starts_with(addr, "unix:")) {
+        cfg.address.unix_path = std::string(after(addr, 5));
+        if (cfg.address.unix_path.empty()) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid address \"%V\"", &addr);
+            return false;
+        }
+        return true;
+    }
+    ngx_url_t u;
+    ngx_memzero(&u, sizeof(u));
+    u.url = addr;
+    u.default_port = 6379;
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid address \"%V\"%s%s", &addr,
+                           u.err ? ": " : "", u.err ? u.err : "");
+        return false;
+    }
+    u_char text[NGX_SOCKADDR_STRLEN];
+    size_t len = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen, text, sizeof(text), 0);
+    cfg.address.host.assign(reinterpret_cast<const char*>(text), len);
+    cfg.address.port = static_cast<uint16_t>(ngx_inet_get_port(u.addrs[0].sockaddr));
+    return true;
+}
+
+// One name=value parameter. The password's three sources are one parameter: two of them is
+// as much a duplicate as two password= would be.
+bool parse_param(ngx_conf_t* cf, Params& params, const Param& p, RedisSettings& settings,
+                 redis::Config& cfg, bool& have_password) {
+    bool secret = p.name == "password" || p.name == "password_file" || p.name == "password_env";
+    if (secret && have_password) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"password\" is duplicate");
+        return false;
+    }
+    if (p.name == "db") {
+        ngx_int_t db = 0;
+        if (!parse_number(cf, p, 0, 65535, "db", db)) {
+            return false;
+        }
+        cfg.db = static_cast<int>(db);
+    } else if (p.name == "username") {
+        cfg.username = std::string(p.text());
+    } else if (p.name == "password") {
+        cfg.password = std::string(p.text());
+    } else if (p.name == "password_file") {
+        if (!read_password_file(cf, p, cfg.password)) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "cannot read \"%V\"", p.arg);
+            return false;
+        }
+    } else if (p.name == "password_env") {
+        std::string name(p.text());
+        const char* value = name.empty() ? nullptr : getenv(name.c_str());
+        if (value == nullptr) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "environment variable in \"%V\" is not set",
+                               p.arg);
+            return false;
+        }
+        cfg.password = value;
+    } else if (p.name == "prefix") {
+        // A brace would move the {ZONE:KEY} hash tag into the prefix (Redis Cluster).
+        if (p.text().find_first_of("{}") != std::string_view::npos) {
+            return invalid(cf, p, "prefix", ": no braces");
+        }
+        settings.prefix = p.value;
+    } else if (p.name == "connect_timeout" || p.name == "timeout") {
+        ngx_msec_t ms = 0;
+        if (!parse_msec(cf, p, 1, 60000, "timeout", ms)) {
+            return false;
+        }
+        (p.name == "timeout" ? cfg.command_timeout_ms : cfg.connect_timeout_ms) =
+            static_cast<uint32_t>(ms);
+    } else {
+        params.unknown(p);
+        return false;
+    }
+    have_password = have_password || secret;
+    return true;
+}
+
 char* parse(ngx_conf_t* cf, MainConf* mcf) {
     auto* value = static_cast<ngx_str_t*>(cf->args->elts);
     auto* settings = static_cast<RedisSettings*>(ngx_pcalloc(cf->pool, sizeof(RedisSettings)));
@@ -62,83 +142,19 @@ char* parse(ngx_conf_t* cf, MainConf* mcf) {
     ngx_str_set(&settings->prefix, "throttle:");
     cfg->connect_timeout_ms = 200;
     cfg->command_timeout_ms = 50;
-
-    // The address: unix:/path, or host[:port] resolved now.
-    const ngx_str_t& addr = value[1];
-    if (starts_with(addr, "unix:")) {
-        cfg->address.unix_path = std::string(after(addr, 5));
-        if (cfg->address.unix_path.empty()) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid address \"%V\"", &addr);
-            return conf_error();
-        }
-    } else {
-        ngx_url_t u;
-        ngx_memzero(&u, sizeof(u));
-        u.url = addr;
-        u.default_port = 6379;
-        if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid address \"%V\"%s%s", &addr,
-                               u.err ? ": " : "", u.err ? u.err : "");
-            return conf_error();
-        }
-        u_char text[NGX_SOCKADDR_STRLEN];
-        size_t len = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen, text,
-                                   sizeof(text), 0);
-        cfg->address.host.assign(reinterpret_cast<const char*>(text), len);
-        cfg->address.port = static_cast<uint16_t>(ngx_inet_get_port(u.addrs[0].sockaddr));
+    if (!parse_address(cf, value[1], *cfg)) {
+        return conf_error();
     }
-
-    for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
-        const ngx_str_t& v = value[i];
-        if (starts_with(v, "db=")) {
-            ngx_int_t db = ngx_atoi(v.data + 3, v.len - 3);
-            if (db == NGX_ERROR || db > 65535) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid db \"%V\"", &v);
-                return conf_error();
-            }
-            cfg->db = static_cast<int>(db);
-        } else if (starts_with(v, "username=")) {
-            cfg->username = std::string(after(v, 9));
-        } else if (starts_with(v, "password=")) {
-            cfg->password = std::string(after(v, 9));
-        } else if (starts_with(v, "password_file=")) {
-            if (!read_password_file(cf, v, cfg->password)) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "cannot read \"%V\"", &v);
-                return conf_error();
-            }
-        } else if (starts_with(v, "password_env=")) {
-            std::string name(after(v, 13));
-            const char* secret = name.empty() ? nullptr : getenv(name.c_str());
-            if (secret == nullptr) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "environment variable in \"%V\" is not set", &v);
-                return conf_error();
-            }
-            cfg->password = secret;
-        } else if (starts_with(v, "prefix=")) {
-            settings->prefix.data = v.data + 7;
-            settings->prefix.len = v.len - 7;
-            // A brace would move the {ZONE:KEY} hash tag into the prefix (Redis Cluster).
-            if (after(v, 7).find_first_of("{}") != std::string_view::npos) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid prefix \"%V\": no braces",
-                                   &v);
-                return conf_error();
-            }
-        } else if (starts_with(v, "connect_timeout=") || starts_with(v, "timeout=")) {
-            bool connect = v.data[0] == 'c';
-            size_t skip = connect ? 16 : 8;
-            ngx_str_t t{v.len - skip, v.data + skip};
-            ngx_msec_t ms = ngx_parse_time(&t, 0);
-            if (ms == static_cast<ngx_msec_t>(NGX_ERROR) || ms == 0 || ms > 60000) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid timeout \"%V\"", &v);
-                return conf_error();
-            }
-            (connect ? cfg->connect_timeout_ms : cfg->command_timeout_ms) =
-                static_cast<uint32_t>(ms);
-        } else {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter \"%V\"", &v);
+    Params params(cf, 2);
+    Param p;
+    bool have_password = false;
+    while (params.next(p)) {
+        if (!parse_param(cf, params, p, *settings, *cfg, have_password)) {
             return conf_error();
         }
+    }
+    if (params.failed()) {
+        return conf_error();
     }
     if (!cfg->username.empty() && cfg->password.empty()) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"username\" requires a password");
@@ -151,8 +167,7 @@ char* parse(ngx_conf_t* cf, MainConf* mcf) {
 }  // namespace
 
 char* throttle_redis_directive(ngx_conf_t* cf, ngx_command_t*, void*) noexcept {
-    auto* mcf = static_cast<MainConf*>(
-        ngx_http_conf_get_module_main_conf(cf, ngx_http_throttle_module));
+    MainConf* mcf = main_conf(cf);
     if (mcf->redis != nullptr) {
         return const_cast<char*>("is duplicate");
     }

@@ -1,24 +1,22 @@
 // throttle zone=NAME;  (http, server, location; several allowed; inherited like limit_req)
+#include "ngx/directive_args.hpp"
 #include "ngx/limit/limit.hpp"
 
 namespace throttle::ngx {
 
 char* throttle_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
     auto* lcf = static_cast<LocConf*>(conf);
-    auto* mcf = static_cast<MainConf*>(
-        ngx_http_conf_get_module_main_conf(cf, ngx_http_throttle_module));
-    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
-
-    const ngx_str_t& arg = value[1];
-    if (arg.len <= 5 || ngx_strncmp(arg.data, "zone=", 5) != 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter \"%V\"", &arg);
-        return static_cast<char*>(NGX_CONF_ERROR);
+    Params params(cf, 1);
+    Param p;
+    if (!params.next(p)) {
+        return conf_error();
     }
-    ngx_str_t name{arg.len - 5, arg.data + 5};
-
-    ZoneConf* zone = find_or_add_zone(cf, mcf, name);
+    if (p.name != "zone" || p.value.len == 0) {
+        return params.unknown(p);
+    }
+    ZoneConf* zone = find_or_add_zone(cf, main_conf(cf), p.value);
     if (zone == nullptr) {
-        return static_cast<char*>(NGX_CONF_ERROR);
+        return conf_error();
     }
     if (zone->first_use_file.data == nullptr) {
         zone->first_use_file = cf->conf_file->file.name;
@@ -28,7 +26,7 @@ char* throttle_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
     if (lcf->limit.zones == NGX_CONF_UNSET_PTR) {
         lcf->limit.zones = ngx_array_create(cf->pool, 2, sizeof(ZoneConf*));
         if (lcf->limit.zones == nullptr) {
-            return static_cast<char*>(NGX_CONF_ERROR);
+            return conf_error();
         }
     }
     auto** zones = static_cast<ZoneConf**>(lcf->limit.zones->elts);
@@ -38,7 +36,7 @@ char* throttle_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
         }
     }
     if (ngx_array_push(lcf->limit.zones) == nullptr) {
-        return static_cast<char*>(NGX_CONF_ERROR);
+        return conf_error();
     }
     // Keep the list in declaration order of the zones: every request locks its zones in
     // that one global order, so two locations can never deadlock each other.
