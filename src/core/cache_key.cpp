@@ -12,7 +12,6 @@ namespace {
 constexpr char identity_label[] = "throttle-cache-identity";  // with its NUL, see the header
 constexpr char key_label[] = "throttle-cache-key";
 constexpr uint8_t key_version = 1;
-constexpr char hex_digits[] = "0123456789abcdef";
 
 void put_u64(Sha256& h, uint64_t v) noexcept {
     uint8_t b[8];
@@ -69,7 +68,7 @@ bool valid_namespace(std::string_view ns) noexcept {
 std::string identity_digest(const HmacSha256Key& secret, std::string_view identity) {
     if (identity.empty()) return std::string(anonymous_identity);
     // The label and its NUL, then the identity.
-    return digest_hex(
+    return hex(
         secret.mac(identity_label, sizeof(identity_label), identity.data(), identity.size()));
 }
 
@@ -121,15 +120,6 @@ Sha256Digest cache_key(const CacheKeyInput& in) {
     return h.finish();
 }
 
-std::string digest_hex(const Sha256Digest& d) {
-    std::string s(d.size() * 2, '0');
-    for (size_t i = 0; i < d.size(); ++i) {
-        s[2 * i] = hex_digits[d[i] >> 4];
-        s[2 * i + 1] = hex_digits[d[i] & 15];
-    }
-    return s;
-}
-
 std::string generation_key(std::string_view prefix, std::string_view ns, std::string_view id) {
     std::string s = user_tag(prefix, ns, id, 2);
     s.append(":g");
@@ -154,7 +144,7 @@ std::string entry_key(std::string_view prefix, std::string_view ns, std::string_
     s.push_back('.');
     append_u64(s, gen.user);
     s.push_back(':');
-    s.append(digest_hex(key));
+    s.append(hex(key));
     return s;
 }
 

@@ -76,11 +76,8 @@ struct CacheKeyInput {
 };
 
 // The fixed-length digest of a request (see above). May throw std::bad_alloc (the sort holds
-// one pair of views per query argument).
+// one pair of views per query argument). KEYHEX is core::hex() of it: 64 lowercase hex digits.
 Sha256Digest cache_key(const CacheKeyInput& in);
-
-// 64 lowercase hex digits.
-std::string digest_hex(const Sha256Digest& d);
 
 // Generations are numbers Redis INCRs; a missing key reads as 0.
 struct Generation {

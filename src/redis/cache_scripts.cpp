@@ -308,7 +308,7 @@ bool add_lookup_args(const CacheTarget& t, int64_t lock_ttl_ms, bool want_lock, 
     out.add_arg(t.prefix);
     out.add_arg(t.ns);
     out.add_arg(t.id);
-    out.add_arg(core::cache::digest_hex(t.key));
+    out.add_arg(core::hex(t.key));
     out.add_arg(want_lock ? lock_ttl_ms : int64_t(0));
     out.add_arg(std::string_view(want_lock ? "1" : "0"));
     return true;
@@ -526,7 +526,7 @@ bool build_cache_abandon_args(const CacheTarget& t, std::string_view channel,
         out.add_arg(t.prefix);
         out.add_arg(t.ns);
         out.add_arg(t.id);
-        out.add_arg(core::cache::digest_hex(t.key));
+        out.add_arg(core::hex(t.key));
         out.add_arg(channel);
     } catch (...) {
         out.clear();

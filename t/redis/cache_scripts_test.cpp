@@ -89,8 +89,8 @@ TEST(RedisCacheScriptsUnit, LookupArguments) {
     ASSERT_TRUE(build_cache_lookup_args(t, 5000, true, a));
     EXPECT_EQ(strings(a.keys()),
               (std::vector<std::string>{"tc:{review:" + user_a + "}:g", "tc:{review}:g"}));
-    EXPECT_EQ(strings(a.args()), (std::vector<std::string>{"tc:", "review", user_a,
-                                                           cc::digest_hex(t.key), "5000", "1"}));
+    EXPECT_EQ(strings(a.args()),
+              (std::vector<std::string>{"tc:", "review", user_a, core::hex(t.key), "5000", "1"}));
     ASSERT_TRUE(build_cache_lookup_args(t, 0, false, a));  // no lock: its ttl does not matter
     EXPECT_EQ(a.args()[4], "0");
     EXPECT_EQ(a.args()[5], "0");
@@ -109,7 +109,7 @@ TEST(RedisCacheScriptsUnit, StoreArguments) {
     EvalArgs a;
     ASSERT_TRUE(build_cache_store_args(t, gen(3, 9007199254740991), entry, 60000, ch, a));
     const std::string e = cc::entry_key("tc:", "review", "anon", gen(3, 9007199254740991), t.key);
-    EXPECT_EQ(e, "tc:{review:anon}:e:3.9007199254740991:" + cc::digest_hex(t.key));
+    EXPECT_EQ(e, "tc:{review:anon}:e:3.9007199254740991:" + core::hex(t.key));
     EXPECT_EQ(strings(a.keys()), (std::vector<std::string>{e, e + ":l", e + ":w",
                                                            "tc:{review:anon}:g", "tc:{review}:g"}));
     EXPECT_EQ(strings(a.args()), (std::vector<std::string>{entry, "60000", "3", "9007199254740991",
@@ -1059,7 +1059,7 @@ TEST_F(RedisCacheScriptsTest, LuaEntryKeyIsCoreEntryKey) {
 // Malformed calls and corrupt generation keys are error replies, which the parsers refuse.
 TEST_F(RedisCacheScriptsTest, MalformedCallsAreErrors) {
     const CacheTarget t = target("tc:", "review", "anon", "/x");
-    const std::string hex = cc::digest_hex(t.key);
+    const std::string hex = core::hex(t.key);
     const std::string ug = "tc:{review:anon}:g", ng = "tc:{review}:g";
     CacheLookup l;
     auto lookup_error = [&](const std::vector<std::string>& keys,

@@ -13,6 +13,7 @@
 
 namespace {
 
+using throttle::core::hex;
 using throttle::core::Sha256Digest;
 using namespace throttle::core::cache;
 
@@ -25,10 +26,10 @@ Sha256Digest key(std::string_view path, std::string_view query, std::string_view
 }
 
 TEST(CacheKey, FixedLength) {
-    EXPECT_EQ(digest_hex(key("/", "")).size(), 64u);
+    EXPECT_EQ(hex(key("/", "")).size(), 64u);
     std::string long_path(1 << 20, 'p');
     std::string long_query(1 << 20, 'q');
-    EXPECT_EQ(digest_hex(key(long_path, long_query)).size(), 64u);
+    EXPECT_EQ(hex(key(long_path, long_query)).size(), 64u);
     EXPECT_NE(key(long_path, long_query), key(long_path, long_query + "q"));
     EXPECT_NE(key(long_path, long_query), key(long_path + "p", long_query));
 }
@@ -127,8 +128,8 @@ TEST(CacheKey, IdentityDigest) {
     EXPECT_EQ(identity_digest("other", ""), anonymous_identity);
     // Not the plain HMAC of the identity (a label separates it from other uses of the secret).
     std::string id = "alice-session-token";
-    EXPECT_NE(alice, digest_hex(throttle::core::hmac_sha256(secret.data(), secret.size(), id.data(),
-                                                            id.size())));
+    EXPECT_NE(alice,
+              hex(throttle::core::hmac_sha256(secret.data(), secret.size(), id.data(), id.size())));
     // A one-byte identity is not anonymous, nor a NUL.
     EXPECT_NE(identity_digest(secret, std::string_view("\0", 1)), anonymous_identity);
     EXPECT_NE(identity_digest(secret, "anon"), anonymous_identity);
@@ -160,30 +161,20 @@ TEST(CacheKey, IdentityNeverAppearsInRedisKeys) {
 
 TEST(CacheKey, RedisLayout) {
     Sha256Digest k = key("/x", "");
-    std::string hex = digest_hex(k);
+    const std::string keyhex = hex(k);
     EXPECT_EQ(generation_key("thr:c:", "review", alice), "thr:c:{review:" + alice + "}:g");
     EXPECT_EQ(generation_key("", "review", "anon"), "{review:anon}:g");
     EXPECT_EQ(namespace_generation_key("thr:c:", "review"), "thr:c:{review}:g");
     EXPECT_EQ(entry_key("thr:c:", "review", alice, {0, 0}, k),
-              "thr:c:{review:" + alice + "}:e:0.0:" + hex);
+              "thr:c:{review:" + alice + "}:e:0.0:" + keyhex);
     EXPECT_EQ(entry_key("thr:c:", "review", alice, {18446744073709551615ULL, 12}, k),
-              "thr:c:{review:" + alice + "}:e:18446744073709551615.12:" + hex);
+              "thr:c:{review:" + alice + "}:e:18446744073709551615.12:" + keyhex);
     EXPECT_EQ(fill_lock_key("abc"), "abc:l");
     // Bumping either generation changes the entry key; the two do not alias.
     EXPECT_NE(entry_key("p", "n", "anon", {1, 0}, k), entry_key("p", "n", "anon", {0, 1}, k));
     EXPECT_NE(entry_key("p", "n", "anon", {1, 11}, k), entry_key("p", "n", "anon", {11, 1}, k));
     EXPECT_NE(entry_key("p", "n", "anon", {0, 0}, k),
               entry_key("p", "n", "anon", {0, 0}, key("/y", "")));
-}
-
-TEST(CacheKey, DigestHex) {
-    Sha256Digest d{};
-    d[0] = 0x01;
-    d[1] = 0xab;
-    d[31] = 0xff;
-    std::string h = digest_hex(d);
-    EXPECT_EQ(h.substr(0, 4), "01ab");
-    EXPECT_EQ(h.substr(60), "00ff");
 }
 
 TEST(CacheKey, ValidNamespace) {
