@@ -385,6 +385,63 @@ bool ask_redis(ngx_http_request_t* r, Check& c) noexcept {
     }
 }
 
+// The zones of the location whose key is not empty for this request, in c. False on error.
+bool applied_zones(ngx_http_request_t* r, const LimitLocConf& conf, Check& c,
+                   bool& remote) noexcept {
+    ngx_uint_t total = conf.zones->nelts;
+    auto** zones = static_cast<ZoneConf**>(conf.zones->elts);
+    c.applied = static_cast<Applied*>(ngx_palloc(r->pool, total * sizeof(Applied)));
+    if (c.applied == nullptr) {
+        return false;
+    }
+    remote = false;
+    for (ngx_uint_t i = 0; i < total; i++) {
+        ngx_str_t key;
+        if (ngx_http_complex_value(r, &zones[i]->key, &key) != NGX_OK) {
+            return false;
+        }
+        if (key.len == 0) {
+            continue;  // an empty key: this zone does not apply to the request
+        }
+        Role role = zones[i]->mode == Mode::strict ? Role::remote : Role::local;
+        remote = remote || role == Role::remote;
+        c.applied[c.n++] = Applied{zones[i], key, role, nullptr, core::Decision{}, 0, false};
+    }
+    redis::Client* client = redis_client();
+    if (remote && (client == nullptr || !client->available())) {
+        fall_back(c);
+        remote = false;
+    }
+    return true;
+}
+
+// Some zone is strict: the zones decided here first (a request they reject costs Redis
+// nothing), then Redis. Local zones reserve the request meanwhile, so that concurrent requests
+// cannot all pass them while Redis is asked. True when that settled what the phase handler
+// returns (`rc`: NGX_DONE while Redis decides, or the rejection); false when Redis cannot be
+// asked: the strict zones took their fallback, the caller decides locally.
+bool decide_remote(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, Check& c,
+                   int64_t now, ngx_int_t& rc) noexcept {
+    lock(c);
+    bool admitted = decide_here(c, now);
+    if (admitted) {
+        record_here(c, now, true, false);
+    }
+    unlock(c);
+    if (!admitted) {
+        rc = conclude(r, lcf, ctx, c, false) ? reject(r, lcf, ctx) : NGX_DECLINED;
+        return true;
+    }
+    if (ask_redis(r, c)) {  // decided() is never called from inside it
+        ctx->outcome = Outcome::pending;
+        rc = NGX_DONE;
+        return true;
+    }
+    release_local(c, now);
+    fall_back(c);
+    return false;
+}
+
 }  // namespace
 
 ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
@@ -395,8 +452,8 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
     if (lcf->limit.zones == nullptr || lcf->limit.zones->nelts == 0) {
         return NGX_DECLINED;
     }
-    RequestCtx* existing = get_ctx(r);
-    if (RequestCtx* ctx = existing; ctx != nullptr && ctx->outcome != Outcome::none) {
+    RequestCtx* ctx = get_ctx(r);  // the cache's, perhaps
+    if (ctx != nullptr && ctx->outcome != Outcome::none) {
         // Decided already: before an internal redirect, or while waiting for Redis.
         if (ctx->outcome == Outcome::pending) {
             return NGX_AGAIN;
@@ -407,69 +464,22 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
         }
         return NGX_DECLINED;
     }
-
-    ngx_uint_t total = lcf->limit.zones->nelts;
-    auto** zones = static_cast<ZoneConf**>(lcf->limit.zones->elts);
-    auto* applied = static_cast<Applied*>(ngx_palloc(r->pool, total * sizeof(Applied)));
-    if (applied == nullptr) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    redis::Client* client = redis_client();
-    bool redis_up = client != nullptr && client->available();
-    Check c{applied, 0, false};
+    Check c{nullptr, 0, false};
     bool remote = false;
-    for (ngx_uint_t i = 0; i < total; i++) {
-        ngx_str_t key;
-        if (ngx_http_complex_value(r, &zones[i]->key, &key) != NGX_OK) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-        if (key.len == 0) {
-            continue;  // an empty key: this zone does not apply to the request
-        }
-        Role role = zones[i]->mode == Mode::strict ? Role::remote : Role::local;
-        remote = remote || role == Role::remote;
-        applied[c.n++] = Applied{zones[i], key, role, nullptr, core::Decision{}, 0, false};
+    if (!applied_zones(r, lcf->limit, c, remote)) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     if (c.n == 0) {
         return NGX_DECLINED;
     }
-    if (remote && !redis_up) {
-        fall_back(c);
-        remote = false;
-    }
-
-    RequestCtx* ctx = existing != nullptr ? existing : create_ctx(r);  // the cache's, perhaps
-    if (ctx == nullptr) {
+    if (ctx == nullptr && (ctx = create_ctx(r)) == nullptr) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     int64_t now = now_ms();
-
-    if (remote) {
-        // Zones decided here first: a request they reject costs Redis nothing.
-        // Local zones reserve the request meanwhile, so that concurrent requests cannot
-        // all pass them while Redis is asked.
-        lock(c);
-        bool admitted = decide_here(c, now);
-        if (admitted) {
-            record_here(c, now, true, false);
-        }
-        unlock(c);
-        if (admitted) {
-            if (ask_redis(r, c)) {  // decided() is never called from inside it
-                ctx->outcome = Outcome::pending;
-                return NGX_DONE;
-            }
-            release_local(c, now);
-            fall_back(c);
-        }
-        if (!admitted) {
-            if (!conclude(r, lcf, ctx, c, false)) {
-                return NGX_DECLINED;
-            }
-            return reject(r, lcf, ctx);
-        }
+    ngx_int_t rc = NGX_DECLINED;
+    if (remote && decide_remote(r, lcf, ctx, c, now, rc)) {
+        return rc;
     }
-
     bool admitted = decide_locally(c, now);
     if (!conclude(r, lcf, ctx, c, admitted)) {
         return NGX_DECLINED;
