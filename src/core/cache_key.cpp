@@ -156,4 +156,12 @@ std::string fill_lock_key(std::string_view entry_key) {
     return s;
 }
 
+std::string fill_waiter_key(std::string_view entry_key) {
+    std::string s;
+    s.reserve(entry_key.size() + 2);
+    s.append(entry_key);
+    s.append(":w");
+    return s;
+}
+
 }  // namespace throttle::core::cache

@@ -37,6 +37,8 @@
 //   namespace_generation_key  PREFIX{NS}:g                    whole namespace's generation
 //   entry_key                 PREFIX{NS:ID}:e:NSGEN.GEN:KEYHEX the stored entry
 //   fill_lock_key             entry_key + ":l"               SET NX PX while one host fills
+//   fill_waiter_key           entry_key + ":w"               SET PX by a lookup that finds the
+//                                                            lock held; the fill's end wakes it
 // ID is the identity digest (or "anon"), KEYHEX the 64 hex digits of cache_key(). Bumping either
 // generation changes every entry key of that user (or of the whole namespace) at once; the old
 // entries are simply never read again and expire by their TTL. The two generation keys are in
@@ -91,5 +93,6 @@ std::string namespace_generation_key(std::string_view prefix, std::string_view n
 std::string entry_key(std::string_view prefix, std::string_view ns, std::string_view id,
                       const Generation& gen, const Sha256Digest& key);
 std::string fill_lock_key(std::string_view entry_key);
+std::string fill_waiter_key(std::string_view entry_key);
 
 }  // namespace throttle::core::cache

@@ -260,15 +260,6 @@ bool generation_at(const Reply& r, size_t i, uint64_t lo, uint64_t& v) noexcept 
     return generation_of(r.elements[i], lo, v);
 }
 
-// E":w": set by LOOKUP when a miss finds the fill lock taken (someone waits for the fill).
-std::string fill_waiter_key(std::string_view entry_key) {
-    std::string s;
-    s.reserve(entry_key.size() + 2);
-    s.append(entry_key);
-    s.append(":w");
-    return s;
-}
-
 // Everything of a lookup's 4 elements e[0..4) but the entry's bytes.
 bool parse_lookup_elements(const Reply* e, CacheLookup& out) noexcept {
     if (!generation_of(e[0], 0, out.ns_gen) || !generation_of(e[1], 0, out.user_gen)) {
@@ -469,7 +460,7 @@ bool build_cache_store_args(const CacheTarget& t, const core::cache::Generation&
         const std::string key = cache_entry_key(t, gen);
         out.add_key(key);
         out.add_key(core::cache::fill_lock_key(key));
-        out.add_key(fill_waiter_key(key));
+        out.add_key(core::cache::fill_waiter_key(key));
         out.add_key(core::cache::generation_key(t.prefix, t.ns, t.id));
         out.add_key(core::cache::namespace_generation_key(t.prefix, t.ns));
         out.add_arg(entry);
@@ -504,7 +495,7 @@ bool build_cache_release_args(const CacheTarget& t, const core::cache::Generatio
     try {
         const std::string key = cache_entry_key(t, gen);
         out.add_key(core::cache::fill_lock_key(key));
-        out.add_key(fill_waiter_key(key));
+        out.add_key(core::cache::fill_waiter_key(key));
         out.add_arg(channel);
         out.add_arg(key);
     } catch (...) {

@@ -22,8 +22,9 @@
 //     E = PREFIX "{" NS ":" ID "}:e:" NSGEN "." USERGEN ":" KEYHEX
 //   byte for byte as core::cache::entry_key() does, and GETs it. On a miss with want_lock "1"
 //   it runs SET E":l" 1 NX PX lock_ttl_ms (core::cache::fill_lock_key(E)); when that lock is
-//   held already (another process or host is filling), it also runs SET E":w" 1 PX lock_ttl_ms:
-//   the waiter mark, which tells the filler's STORE or RELEASE to publish a wake-up.
+//   held already (another process or host is filling), it also runs SET E":w" 1 PX lock_ttl_ms
+//   (core::cache::fill_waiter_key(E)): the waiter mark, which tells the filler's STORE or
+//   RELEASE to publish a wake-up.
 //   Reply: [ns_gen, user_gen, entry (bulk) or nil, lock_taken 0/1] (integers but the entry).
 //   lock_taken is 1 only on a miss. The entry's freshness is decided in C++ from the decoded
 //   entry (core::cache::freshness()); a present entry is fresh or stale (its Redis expiry is its

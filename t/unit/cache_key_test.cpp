@@ -170,6 +170,7 @@ TEST(CacheKey, RedisLayout) {
     EXPECT_EQ(entry_key("thr:c:", "review", alice, {18446744073709551615ULL, 12}, k),
               "thr:c:{review:" + alice + "}:e:18446744073709551615.12:" + keyhex);
     EXPECT_EQ(fill_lock_key("abc"), "abc:l");
+    EXPECT_EQ(fill_waiter_key("abc"), "abc:w");
     // Bumping either generation changes the entry key; the two do not alias.
     EXPECT_NE(entry_key("p", "n", "anon", {1, 0}, k), entry_key("p", "n", "anon", {0, 1}, k));
     EXPECT_NE(entry_key("p", "n", "anon", {1, 11}, k), entry_key("p", "n", "anon", {11, 1}, k));
