@@ -20,6 +20,26 @@ inline std::string_view after(const ngx_str_t& v, size_t n) noexcept {
     return {reinterpret_cast<const char*>(v.data) + n, v.len - n};
 }
 
+inline bool is_off(const ngx_str_t& v) noexcept {
+    return v.len == 3 && ngx_strncmp(v.data, "off", 3) == 0;
+}
+
+// A `NAME | off` string setting: unset while data == nullptr, off while len == 0. True when
+// that settles the directive (`rv`: "is duplicate", or NGX_CONF_OK with off stored); false
+// when the caller is to check and store the name.
+inline bool set_once_or_off(ngx_str_t& setting, const ngx_str_t& arg, char*& rv) noexcept {
+    if (setting.data != nullptr) {
+        rv = const_cast<char*>("is duplicate");
+        return true;
+    }
+    if (is_off(arg)) {
+        setting = {0, arg.data};
+        rv = NGX_CONF_OK;
+        return true;
+    }
+    return false;
+}
+
 // One `name=value` argument.
 struct Param {
     const ngx_str_t* arg = nullptr;  // the whole argument, for messages

@@ -19,88 +19,84 @@
 namespace throttle::ngx {
 namespace {
 
-class Timer final : public redis::Timer {
+// An nginx event that calls a handler. Its data is the loop's ident connection (nginx's debug
+// log reads an fd there); the handler is found through the slot.
+class EventSlot {
    public:
-    Timer(ngx_log_t* log, ngx_connection_t* ident, std::function<void()> handler)
+    EventSlot(ngx_log_t* log, ngx_connection_t* ident, std::function<void()> handler)
         : handler_(std::move(handler)) {
         ngx_memzero(&slot_.ev, sizeof(slot_.ev));
-        slot_.ev.handler = &Timer::fire;
+        slot_.ev.handler = &EventSlot::fire;
         slot_.ev.data = ident;
         slot_.ev.log = log;
-        slot_.ev.cancelable = 1;
         slot_.owner = this;
     }
-    ~Timer() override { stop(); }
-    Timer(const Timer&) = delete;
-    Timer& operator=(const Timer&) = delete;
+    EventSlot(const EventSlot&) = delete;
+    EventSlot& operator=(const EventSlot&) = delete;
 
-    void start(uint64_t ms) noexcept override {
-        // ngx_add_timer() keeps an armed timer whose new expiry is within
-        // NGX_TIMER_LAZY_DELAY (300 ms) of the old one: delete it first so that re-arming
-        // to an earlier deadline takes effect.
-        if (slot_.ev.timer_set) {
-            ngx_del_timer(&slot_.ev);
-        }
-        ngx_add_timer(&slot_.ev, ngx_msec_t(ms));
-    }
-    void stop() noexcept override {
-        if (slot_.ev.timer_set) {
-            ngx_del_timer(&slot_.ev);
-        }
-    }
-    bool active() const noexcept override { return slot_.ev.timer_set; }
+    ngx_event_t& ev() noexcept { return slot_.ev; }
+    const ngx_event_t& ev() const noexcept { return slot_.ev; }
 
    private:
     struct Slot {
         ngx_event_t ev;  // first member: an ngx_event_t* is a Slot*
-        Timer* owner;
+        EventSlot* owner;
     };
 
+    // The handler may destroy the owner: nothing touches it afterwards.
     static void fire(ngx_event_t* ev) noexcept { reinterpret_cast<Slot*>(ev)->owner->handler_(); }
 
     Slot slot_;
     std::function<void()> handler_;
 };
 
+class Timer final : public redis::Timer {
+   public:
+    Timer(ngx_log_t* log, ngx_connection_t* ident, std::function<void()> handler)
+        : event_(log, ident, std::move(handler)) {
+        event_.ev().cancelable = 1;  // a pending timer never delays a graceful exit
+    }
+    ~Timer() override { stop(); }
+
+    void start(uint64_t ms) noexcept override {
+        // ngx_add_timer() keeps an armed timer whose new expiry is within
+        // NGX_TIMER_LAZY_DELAY (300 ms) of the old one: delete it first so that re-arming
+        // to an earlier deadline takes effect.
+        stop();
+        ngx_add_timer(&event_.ev(), ngx_msec_t(ms));
+    }
+    void stop() noexcept override {
+        if (event_.ev().timer_set) {
+            ngx_del_timer(&event_.ev());
+        }
+    }
+    bool active() const noexcept override { return event_.ev().timer_set; }
+
+   private:
+    EventSlot event_;
+};
+
 // A posted event: nginx runs ngx_posted_events after the events of the current turn.
 class Deferred final : public redis::Deferred {
    public:
     Deferred(ngx_log_t* log, ngx_connection_t* ident, std::function<void()> handler)
-        : handler_(std::move(handler)) {
-        ngx_memzero(&slot_.ev, sizeof(slot_.ev));
-        slot_.ev.handler = &Deferred::fire;
-        slot_.ev.data = ident;
-        slot_.ev.log = log;
-        slot_.owner = this;
-    }
+        : event_(log, ident, std::move(handler)) {}
     ~Deferred() override { cancel(); }
-    Deferred(const Deferred&) = delete;
-    Deferred& operator=(const Deferred&) = delete;
 
     void post() noexcept override {
-        if (!slot_.ev.posted) {
-            ngx_post_event(&slot_.ev, &ngx_posted_events);
+        if (!event_.ev().posted) {
+            ngx_post_event(&event_.ev(), &ngx_posted_events);
         }
     }
     void cancel() noexcept override {
-        if (slot_.ev.posted) {
-            ngx_delete_posted_event(&slot_.ev);
+        if (event_.ev().posted) {
+            ngx_delete_posted_event(&event_.ev());
         }
     }
-    bool posted() const noexcept override { return slot_.ev.posted; }
+    bool posted() const noexcept override { return event_.ev().posted; }
 
    private:
-    struct Slot {
-        ngx_event_t ev;  // first member: an ngx_event_t* is a Slot*
-        Deferred* owner;
-    };
-
-    static void fire(ngx_event_t* ev) noexcept {
-        reinterpret_cast<Slot*>(ev)->owner->handler_();
-    }
-
-    Slot slot_;
-    std::function<void()> handler_;
+    EventSlot event_;
 };
 
 ngx_connection_t* connection(void* privdata) noexcept {

@@ -107,14 +107,9 @@ char* throttle_cache_secret_directive(ngx_conf_t* cf, ngx_command_t*, void*) noe
 
 char* throttle_cache_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
     auto* lcf = static_cast<LocConf*>(conf);
-    if (lcf->cache.ns.data != nullptr) {
-        return const_cast<char*>("is duplicate");
-    }
     auto* value = static_cast<ngx_str_t*>(cf->args->elts);
-    if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
-        lcf->cache.ns.data = value[1].data;
-        lcf->cache.ns.len = 0;
-        return NGX_CONF_OK;
+    if (char* rv = nullptr; set_once_or_off(lcf->cache.ns, value[1], rv)) {
+        return rv;
     }
     if (!check_namespace(cf, value[1])) {
         return conf_error();
@@ -166,7 +161,7 @@ char* throttle_cache_valid_directive(ngx_conf_t* cf, ngx_command_t*, void* conf)
         return add(200) && add(301) && add(302) ? NGX_CONF_OK : conf_error();
     }
     for (ngx_uint_t i = 1; i < n - 1; i++) {
-        if (value[i].len == 3 && ngx_strncmp(value[i].data, "any", 3) == 0) {
+        if (view(value[i]) == "any") {
             if (!add(0)) {
                 return conf_error();
             }
@@ -199,8 +194,7 @@ char* throttle_cache_list_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* co
     if (list != NGX_CONF_UNSET_PTR) {
         return const_cast<char*>("is duplicate");
     }
-    if (credentials && cf->args->nelts == 2 && value[1].len == 3 &&
-        ngx_strncmp(value[1].data, "off", 3) == 0) {
+    if (credentials && cf->args->nelts == 2 && is_off(value[1])) {
         list = nullptr;
         return NGX_CONF_OK;
     }
@@ -237,14 +231,9 @@ char* throttle_cache_list_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* co
 
 char* throttle_cache_header_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
     auto* lcf = static_cast<LocConf*>(conf);
-    if (lcf->cache.invalidate_header.data != nullptr) {
-        return const_cast<char*>("is duplicate");
-    }
     auto* value = static_cast<ngx_str_t*>(cf->args->elts);
-    if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
-        lcf->cache.invalidate_header.data = value[1].data;
-        lcf->cache.invalidate_header.len = 0;
-        return NGX_CONF_OK;
+    if (char* rv = nullptr; set_once_or_off(lcf->cache.invalidate_header, value[1], rv)) {
+        return rv;
     }
     for (size_t i = 0; i < value[1].len; i++) {
         u_char ch = value[1].data[i];

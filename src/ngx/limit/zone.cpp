@@ -4,6 +4,7 @@
 
 #include <new>
 
+#include "core/hash.hpp"
 #include "ngx/limit/limit.hpp"
 #include "redis/scripts.hpp"
 
@@ -56,18 +57,9 @@ void note_size_change(ngx_shm_zone_t* shm_zone) noexcept {
 
 std::string redis_base(const RedisSettings& settings, const ZoneConf& zone,
                        const core::StoredKey& key) {
-    static const char hex[] = "0123456789abcdef";
-    std::string k;
-    if (key.digested) {
-        k.reserve(1 + 2 * key.len);
-        k.push_back('#');
-        for (size_t i = 0; i < key.len; i++) {
-            k.push_back(hex[key.bytes[i] >> 4]);
-            k.push_back(hex[key.bytes[i] & 0xf]);
-        }
-    } else {
-        k.assign(reinterpret_cast<const char*>(key.bytes), key.len);
-    }
+    std::string k = key.digested
+                        ? "#" + core::hex(key.bytes, key.len)
+                        : std::string(reinterpret_cast<const char*>(key.bytes), key.len);
     return redis::base_key(view(settings.prefix), view(zone.name), k);
 }
 
