@@ -5,6 +5,7 @@
 #   make run        install what is missing, build, start nginx on 127.0.0.1:8080 (foreground)
 #   make test       install what is missing, build, run unit and integration tests
 #   make bench      benchmark: plain, limit_req, throttle local/sync/strict, OpenResty+Redis
+#   make format     clang-format the C++ sources (make format-check: CI's check that it is a no-op)
 SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -eu -o pipefail -c
@@ -18,11 +19,12 @@ TOP       := $(CURDIR)
 
 # Debian packages the build, tests, demo and benchmark need.
 DEB_PACKAGES := build-essential g++ cmake make perl nginx nginx-dev libpcre2-dev libssl-dev \
-                zlib1g-dev libhiredis-dev libevent-dev libgtest-dev redis-server wrk curl
+                zlib1g-dev libhiredis-dev libevent-dev libgtest-dev redis-server wrk curl \
+                clang-format
 
 SOURCES := $(wildcard src/*/*.cpp src/*/*.hpp src/*/*/*.cpp src/*/*/*.hpp) config
 
-.PHONY: all deps run test unit integration bench clean format
+.PHONY: all deps run test unit integration bench clean format format-check
 all: $(MODULE)
 
 deps:
@@ -85,8 +87,15 @@ run: $(MODULE)
 bench: $(MODULE)
 	bash bench/run.sh
 
+FORMATTED := $(wildcard src/*/*.cpp src/*/*.hpp src/*/*/*.cpp src/*/*/*.hpp \
+                         t/unit/*.cpp t/unit/*.hpp t/redis/*.cpp t/redis/*.hpp)
+
 format:
-	clang-format -i $(wildcard src/*/*.cpp src/*/*.hpp t/unit/*.cpp)
+	@clang-format -i $(FORMATTED)
+
+# CI: the sources are as `make format` leaves them.
+format-check: | deps
+	@clang-format --dry-run --Werror $(FORMATTED)
 
 clean:
 	rm -rf $(BUILD)

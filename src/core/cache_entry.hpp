@@ -150,8 +150,8 @@ struct Policy {
     size_t valid_count = 0;            // exact status wins over "any" wherever it is listed
     bool user_identity = false;        // this request has a non-empty per-user identity
     uint64_t max_entry_size = 1 << 20;
-    int64_t stale_ms = 0;     // throttle_cache_stale
-    bool strict_vary = true;  // refuse Vary on headers the key does not hold
+    int64_t stale_ms = 0;      // throttle_cache_stale
+    bool strict_vary = true;   // refuse Vary on headers the key does not hold
     bool accept_gzip = false;  // a gzip-coded response is stored (inflated by the caller)
 };
 
@@ -185,8 +185,8 @@ enum class Verdict : uint8_t {
 
 struct Decision {
     Verdict verdict = Verdict::store;
-    int64_t ttl_ms = 0;    // fresh for this long (when stored)
-    int64_t stale_ms = 0;  // then stale for this long
+    int64_t ttl_ms = 0;      // fresh for this long (when stored)
+    int64_t stale_ms = 0;    // then stale for this long
     bool gzip_body = false;  // the body is gzip-coded: inflate it before storing
     bool store() const noexcept { return verdict == Verdict::store; }
 };

@@ -270,7 +270,7 @@ HmacSha256Key::HmacSha256Key(const void* key, size_t key_len) noexcept {
 }
 
 Sha256Digest HmacSha256Key::mac(const void* a, size_t a_len, const void* b,
-                                 size_t b_len) const noexcept {
+                                size_t b_len) const noexcept {
     Sha256 inner = inner_;
     inner.update(a, a_len);
     inner.update(b, b_len);

@@ -26,7 +26,9 @@ int64_t record(const Policy& policy, State& state, int64_t now_ms) noexcept {
 }
 
 namespace {
-uint32_t minus_one(uint32_t v) noexcept { return v > 0 ? v - 1 : 0; }
+uint32_t minus_one(uint32_t v) noexcept {
+    return v > 0 ? v - 1 : 0;
+}
 }  // namespace
 
 void unrecord(const Policy& policy, State& state, int64_t token) noexcept {

@@ -311,7 +311,9 @@ LookupResult SlotTable::lookup(const void* key, size_t len) noexcept {
     return r;
 }
 
-State* SlotTable::find(const void* key, size_t len) noexcept { return find(make_key(key, len)); }
+State* SlotTable::find(const void* key, size_t len) noexcept {
+    return find(make_key(key, len));
+}
 
 State* SlotTable::find(const StoredKey& key) noexcept {
     View<Header, Slot> v(header());

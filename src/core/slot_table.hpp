@@ -85,8 +85,7 @@ class SlotTable {
 
 template <typename Fn>
 void SlotTable::for_each(Fn&& fn) noexcept {
-    visit([](void* arg, const StoredKey& k, State& s) { (*static_cast<Fn*>(arg))(k, s); },
-          &fn);
+    visit([](void* arg, const StoredKey& k, State& s) { (*static_cast<Fn*>(arg))(k, s); }, &fn);
 }
 
 }  // namespace throttle::core

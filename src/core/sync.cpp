@@ -11,7 +11,9 @@ namespace {
 
 constexpr uint64_t count_max = std::numeric_limits<uint32_t>::max();
 
-uint32_t saturate(uint64_t v) noexcept { return static_cast<uint32_t>(std::min(v, count_max)); }
+uint32_t saturate(uint64_t v) noexcept {
+    return static_cast<uint32_t>(std::min(v, count_max));
+}
 
 uint32_t add(uint32_t a, uint32_t b) noexcept {
     return saturate(static_cast<uint64_t>(a) + static_cast<uint64_t>(b));
@@ -27,7 +29,9 @@ void roll_in_place(const Rate& rate, State& state, int64_t now_ms) noexcept {
     state.unsent_prev = r.unsent_prev;
 }
 
-int64_t period_of(const Rate& rate) noexcept { return rate.period_ms > 0 ? rate.period_ms : 1; }
+int64_t period_of(const Rate& rate) noexcept {
+    return rate.period_ms > 0 ? rate.period_ms : 1;
+}
 
 }  // namespace
 

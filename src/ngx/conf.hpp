@@ -41,8 +41,7 @@ inline MainConf* main_conf(ngx_http_request_t* r) noexcept {
     return static_cast<MainConf*>(ngx_http_get_module_main_conf(r, ngx_http_throttle_module));
 }
 inline MainConf* main_conf(ngx_conf_t* cf) noexcept {
-    return static_cast<MainConf*>(
-        ngx_http_conf_get_module_main_conf(cf, ngx_http_throttle_module));
+    return static_cast<MainConf*>(ngx_http_conf_get_module_main_conf(cf, ngx_http_throttle_module));
 }
 inline LocConf* loc_conf(ngx_http_request_t* r) noexcept {
     return static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_throttle_module));

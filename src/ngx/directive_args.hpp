@@ -9,7 +9,9 @@
 
 namespace throttle::ngx {
 
-inline char* conf_error() noexcept { return static_cast<char*>(NGX_CONF_ERROR); }
+inline char* conf_error() noexcept {
+    return static_cast<char*>(NGX_CONF_ERROR);
+}
 
 inline bool starts_with(const ngx_str_t& v, std::string_view prefix) noexcept {
     return v.len >= prefix.size() && ngx_strncmp(v.data, prefix.data(), prefix.size()) == 0;

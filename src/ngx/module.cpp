@@ -23,14 +23,15 @@ ngx_conf_num_bounds_t status_bounds = {ngx_conf_check_num_bounds, 400, 599};
 ngx_command_t commands[] = {
     {ngx_string("throttle_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_2MORE, throttle_zone_directive, 0,
      0, nullptr},
-    {ngx_string("throttle_redis"), NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE, throttle_redis_directive,
-     0, 0, nullptr},
+    {ngx_string("throttle_redis"), NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE, throttle_redis_directive, 0,
+     0, nullptr},
     {ngx_string("throttle"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      throttle_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("throttle_status"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, limit.status), &status_bounds},
+     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, limit.status),
+     &status_bounds},
     {ngx_string("throttle_dry_run"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
      ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, limit.dry_run), nullptr},
@@ -39,7 +40,8 @@ ngx_command_t commands[] = {
      ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, limit.headers), nullptr},
     {ngx_string("throttle_log_level"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
-     ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, limit.log_level), log_levels},
+     ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, limit.log_level),
+     log_levels},
     {ngx_string("throttle_cache_secret"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
      throttle_cache_secret_directive, 0, 0, nullptr},
     {ngx_string("throttle_cache"),
@@ -165,11 +167,13 @@ ngx_int_t postconfiguration(ngx_conf_t* cf) noexcept {
     return install_cache_filters();
 }
 
-ngx_int_t preconfiguration(ngx_conf_t* cf) noexcept { return add_variables(cf); }
+ngx_int_t preconfiguration(ngx_conf_t* cf) noexcept {
+    return add_variables(cf);
+}
 
 ngx_http_module_t module_ctx = {
-    preconfiguration, postconfiguration, create_main_conf, init_main_conf, nullptr,
-    nullptr,          create_loc_conf,   merge_loc_conf,
+    preconfiguration, postconfiguration, create_main_conf, init_main_conf,
+    nullptr,          nullptr,           create_loc_conf,  merge_loc_conf,
 };
 
 }  // namespace

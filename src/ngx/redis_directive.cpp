@@ -12,7 +12,6 @@
 namespace throttle::ngx {
 namespace {
 
-
 void destroy_settings(void* data) noexcept {
     delete static_cast<redis::Config*>(data);
 }
@@ -29,8 +28,7 @@ bool read_password_file(ngx_conf_t* cf, const Param& p, std::string& out) {
     file.log = cf->log;
     file.fd = ngx_open_file(path.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
     if (file.fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno, ngx_open_file_n " \"%V\" failed",
-                           &path);
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno, ngx_open_file_n " \"%V\" failed", &path);
         return false;
     }
     u_char buf[1024];

@@ -15,7 +15,9 @@ ngx_str_t outcome_names[] = {
     ngx_string("PENDING"),
 };
 
-void set_not_found(ngx_http_variable_value_t* v) noexcept { v->not_found = 1; }
+void set_not_found(ngx_http_variable_value_t* v) noexcept {
+    v->not_found = 1;
+}
 
 ngx_int_t set_value(ngx_http_variable_value_t* v, const ngx_str_t& value) noexcept {
     v->len = value.len;
@@ -26,8 +28,7 @@ ngx_int_t set_value(ngx_http_variable_value_t* v, const ngx_str_t& value) noexce
     return NGX_OK;
 }
 
-ngx_int_t status_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
-                          uintptr_t) noexcept {
+ngx_int_t status_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v, uintptr_t) noexcept {
     RequestCtx* ctx = get_ctx(r);
     if (ctx == nullptr || ctx->outcome == Outcome::none) {
         set_not_found(v);
@@ -51,9 +52,8 @@ ngx_int_t remaining_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v
 }
 
 ngx_str_t cache_status_names[] = {
-    ngx_null_string,         ngx_string("HIT"),      ngx_string("MISS"),
-    ngx_string("EXPIRED"),   ngx_string("STALE"),    ngx_string("UPDATING"),
-    ngx_string("BYPASS"),    ngx_string("ERROR"),
+    ngx_null_string,     ngx_string("HIT"),      ngx_string("MISS"),   ngx_string("EXPIRED"),
+    ngx_string("STALE"), ngx_string("UPDATING"), ngx_string("BYPASS"), ngx_string("ERROR"),
 };
 
 ngx_int_t cache_status_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
@@ -70,8 +70,7 @@ ngx_http_variable_t variables[] = {
     {ngx_string("throttle_cache_status"), nullptr, cache_status_variable, 0,
      NGX_HTTP_VAR_NOCACHEABLE, 0},
     {ngx_string("throttle_status"), nullptr, status_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
-    {ngx_string("throttle_remaining"), nullptr, remaining_variable, 0, NGX_HTTP_VAR_NOCACHEABLE,
-     0},
+    {ngx_string("throttle_remaining"), nullptr, remaining_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
     ngx_http_null_variable,
 };
 

@@ -70,17 +70,20 @@ redis::Client* redis_client() noexcept {
     return worker && worker->client ? worker->client.get() : nullptr;
 }
 
-const RedisSettings* redis_settings() noexcept { return worker ? worker->mcf->redis : nullptr; }
+const RedisSettings* redis_settings() noexcept {
+    return worker ? worker->mcf->redis : nullptr;
+}
 
-bool worker_exiting() noexcept { return exiting; }
+bool worker_exiting() noexcept {
+    return exiting;
+}
 
 ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
     if (ngx_process != NGX_PROCESS_WORKER && ngx_process != NGX_PROCESS_SINGLE) {
         return NGX_OK;
     }
     MainConf* mcf = main_conf(cycle);
-    if (mcf == nullptr || mcf->redis == nullptr ||
-        !(mcf->limit.remote_zones || mcf->cache.used)) {
+    if (mcf == nullptr || mcf->redis == nullptr || !(mcf->limit.remote_zones || mcf->cache.used)) {
         return NGX_OK;
     }
     try {
@@ -93,8 +96,7 @@ ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
         sync_worker_init(*mcf, worker->loop);
         worker->client->start();
     } catch (const std::exception& e) {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "throttle_redis: cannot start: %s",
-                      e.what());
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "throttle_redis: cannot start: %s", e.what());
         strict_worker_exit();
         sync_worker_stop();
         delete worker;

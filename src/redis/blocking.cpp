@@ -37,7 +37,9 @@ ReplyPtr run(redisContext* c, const std::vector<std::string_view>& argv) {
         redisCommandArgv(c, static_cast<int>(argv.size()), ptrs.data(), lens.data())));
 }
 
-bool ok(const ReplyPtr& r) noexcept { return r && r->type != REDIS_REPLY_ERROR; }
+bool ok(const ReplyPtr& r) noexcept {
+    return r && r->type != REDIS_REPLY_ERROR;
+}
 
 }  // namespace
 
@@ -51,8 +53,7 @@ Result eval_blocking(const Config& config, const Script& script,
         std::unique_ptr<redisContext, ContextFree> c(
             config.address.is_unix()
                 ? redisConnectUnixWithTimeout(config.address.unix_path.c_str(), ctv)
-                : redisConnectWithTimeout(config.address.host.c_str(), config.address.port,
-                                          ctv));
+                : redisConnectWithTimeout(config.address.host.c_str(), config.address.port, ctv));
         if (!c || c->err) {
             return result;
         }

@@ -27,7 +27,6 @@
 #include <utility>
 
 #include "redis/hiredis_reply.hpp"
-
 #include "redis/message.hpp"
 
 namespace throttle::redis {

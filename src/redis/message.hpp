@@ -8,9 +8,13 @@
 
 namespace throttle::redis::message {
 
-inline void append_part(std::string& s, std::string_view part) { s.append(part.data(), part.size()); }
+inline void append_part(std::string& s, std::string_view part) {
+    s.append(part.data(), part.size());
+}
 
-inline void append_part(std::string& s, const char* part) { s.append(part); }
+inline void append_part(std::string& s, const char* part) {
+    s.append(part);
+}
 
 template <typename Int, typename = std::enable_if_t<std::is_integral_v<Int>>>
 void append_part(std::string& s, Int n) {

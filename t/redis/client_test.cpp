@@ -14,6 +14,11 @@ namespace {
 
 // A Loop that counts the sockets the client hands it: connection attempts that reached the
 // network.
+// Wall-clock upper bounds are hang guards, not speed claims: a loaded 2-core machine can delay
+// a loop turn by hundreds of ms. The exact schedule is checked on a virtual clock
+// (fake_loop_test.cpp); the lower bounds (never before a deadline) hold under any load.
+constexpr uint64_t slack_ms = 1000;
+
 class CountingLoop final : public Loop {
    public:
     explicit CountingLoop(Loop& inner) : inner_(inner) {}
@@ -325,11 +330,11 @@ TEST_F(RedisClientTest, CommandTimeoutWhenServerHangsThenRecovery) {
     issue(client, {"GET", "x"}, a);
     issue(client, {"INCR", "y"}, b);
     issue(client, {"SET", "z", "1"}, c);
-    ASSERT_TRUE(ev.run_until([&] { return a.calls && b.calls && c.calls; }, 2000));
+    ASSERT_TRUE(ev.run_until([&] { return a.calls && b.calls && c.calls; }, 5000));
     for (const Outcome* o : {&a, &b, &c}) {
         EXPECT_EQ(o->result.failure, Failure::Timeout);
-        EXPECT_GE(o->at_ms - t0, 199u);
-        EXPECT_LE(o->at_ms - t0, 200u + 150u);
+        EXPECT_GE(o->at_ms - t0, 199u);             // not before the deadline
+        EXPECT_LE(o->at_ms - t0, 200u + slack_ms);  // and not stuck (a loaded machine is slow)
     }
     EXPECT_GE(client.stats().timeouts, 3u);
 
@@ -338,9 +343,9 @@ TEST_F(RedisClientTest, CommandTimeoutWhenServerHangsThenRecovery) {
         Outcome o;
         uint64_t t = mono_ms();
         issue(client, {"GET", "x"}, o);
-        ASSERT_TRUE(ev.run_until([&] { return o.calls > 0; }, 1000));
+        ASSERT_TRUE(ev.run_until([&] { return o.calls > 0; }, 5000));
         EXPECT_FALSE(o.result.ok());
-        EXPECT_LE(o.at_ms - t, 200u + 150u);
+        EXPECT_LE(o.at_ms - t, 200u + slack_ms);
         ev.run_once(20);
     }
     EXPECT_TRUE(client.circuit_open() || client.stats().failures >= 3);
@@ -386,10 +391,10 @@ TEST_F(RedisClientTest, ConnectTimeout) {
         uint64_t t0 = mono_ms();
         Outcome o;
         issue(client, {"PING"}, o);  // waits for the connection, which never comes
-        ASSERT_TRUE(ev.run_until([&] { return o.calls > 0; }, 2000));
+        ASSERT_TRUE(ev.run_until([&] { return o.calls > 0; }, 5000));
         EXPECT_EQ(o.result.failure, Failure::Disconnected);
         EXPECT_GE(o.at_ms - t0, 149u);
-        EXPECT_LE(o.at_ms - t0, 150u + 150u);
+        EXPECT_LE(o.at_ms - t0, 150u + slack_ms);
         EXPECT_TRUE(logged_text("no connection within 150 ms"));
         expect_once({&o});
     }
@@ -400,10 +405,10 @@ TEST_F(RedisClientTest, ConnectTimeout) {
         uint64_t t0 = mono_ms();
         Outcome o;
         issue(client, {"PING"}, o);
-        ASSERT_TRUE(ev.run_until([&] { return o.calls > 0; }, 2000));
+        ASSERT_TRUE(ev.run_until([&] { return o.calls > 0; }, 5000));
         EXPECT_EQ(o.result.failure, Failure::Timeout);
         EXPECT_GE(o.at_ms - t0, 49u);
-        EXPECT_LE(o.at_ms - t0, 50u + 100u);
+        EXPECT_LE(o.at_ms - t0, 50u + slack_ms);
         EXPECT_EQ(client.stats().sent, 0u);
         expect_once({&o});
     }
@@ -524,8 +529,8 @@ TEST_F(RedisClientTest, CircuitBreakerFailsFastWithoutNetworkThenCloses) {
         uint64_t t = mono_ms();
         issue(client, {"GET", "x"}, o);
         ASSERT_TRUE(ev.run_until([&] { return o.calls > 0; }, 500));
-        EXPECT_EQ(o.result.failure, Failure::CircuitOpen);
-        EXPECT_LE(o.at_ms - t, 20u);
+        EXPECT_EQ(o.result.failure, Failure::CircuitOpen);  // no network: connects stay (below)
+        EXPECT_LE(o.at_ms - t, slack_ms);
         EXPECT_FALSE(o.synchronous);
         fast++;
         ev.run_once(5);

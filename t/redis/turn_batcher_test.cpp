@@ -1,9 +1,10 @@
 // The end-of-turn batcher under the fake loop: what one turn submits is sent at its end, in
 // order, in batches of at most `max`; skipped items are not sent; nothing is sent from inside
 // submit(); drain() takes what is left.
+#include "redis/turn_batcher.hpp"
+
 #include <gtest/gtest.h>
 
-#include "redis/turn_batcher.hpp"
 #include "support.hpp"
 
 namespace throttle::redis::test {

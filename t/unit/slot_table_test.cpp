@@ -112,7 +112,7 @@ TEST(SlotTable, Density) {
     ASSERT_NE(t, nullptr);
     std::printf("capacity per MiB: %zu keys, bytes_per_key: %zu\n", t->capacity(),
                 SlotTable::bytes_per_key());
-    EXPECT_GE(t->capacity(), 11000u);  // limit_req: about 8,000
+    EXPECT_GE(t->capacity(), 11000u);            // limit_req: about 8,000
     EXPECT_LE(SlotTable::bytes_per_key(), 92u);  // 88-byte slot + bucket head
     // bytes_per_key() counts a whole bucket head per slot; there are fewer heads than slots,
     // so it is an upper bound and the table holds at least size / bytes_per_key() keys.

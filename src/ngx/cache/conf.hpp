@@ -29,6 +29,8 @@ struct CacheLocConf {
 };
 
 // Whether the location looks up and stores responses / acts on writes.
-inline bool cache_enabled(const CacheLocConf& c) noexcept { return c.ns.len > 0; }
+inline bool cache_enabled(const CacheLocConf& c) noexcept {
+    return c.ns.len > 0;
+}
 
 }  // namespace throttle::ngx

@@ -20,7 +20,9 @@
 namespace throttle::ngx {
 namespace {
 
-void mark_used(ngx_conf_t* cf) noexcept { main_conf(cf)->cache.used = true; }
+void mark_used(ngx_conf_t* cf) noexcept {
+    main_conf(cf)->cache.used = true;
+}
 
 char* check_max_size(ngx_conf_t*, void*, void* data) noexcept {
     size_t v = *static_cast<size_t*>(data);
@@ -28,12 +30,10 @@ char* check_max_size(ngx_conf_t*, void*, void* data) noexcept {
                                           : NGX_CONF_OK;
 }
 char* check_lock_timeout(ngx_conf_t*, void*, void* data) noexcept {
-    return *static_cast<ngx_msec_t*>(data) == 0 ? const_cast<char*>("must not be 0")
-                                                : NGX_CONF_OK;
+    return *static_cast<ngx_msec_t*>(data) == 0 ? const_cast<char*>("must not be 0") : NGX_CONF_OK;
 }
 char* check_stale(ngx_conf_t*, void*, void* data) noexcept {
-    return *static_cast<ngx_msec_t*>(data) >
-                   static_cast<ngx_msec_t>(redis::cache_generation_ttl_ms)
+    return *static_cast<ngx_msec_t*>(data) > static_cast<ngx_msec_t>(redis::cache_generation_ttl_ms)
                ? const_cast<char*>("must not be longer than 30 days")
                : NGX_CONF_OK;
 }
@@ -237,7 +237,8 @@ char* throttle_cache_header_directive(ngx_conf_t* cf, ngx_command_t*, void* conf
     }
     for (size_t i = 0; i < value[1].len; i++) {
         u_char ch = value[1].data[i];
-        bool alnum = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
+        bool alnum =
+            (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
         if (!(alnum || ch == '-' || ch == '_')) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid header name \"%V\"", &value[1]);
             return conf_error();

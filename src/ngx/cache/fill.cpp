@@ -101,11 +101,11 @@ void Fill::capture(ngx_http_request_t* r) {
     resp.header_count = hv.size();
     resp.content_length = r->headers_out.content_length_n;
     resp.now_ms = now_ms();
-    core::cache::Decision d = core::cache::decide(
-        policy_of(*conf_, lock_.id != core::cache::anonymous_identity), resp);
+    core::cache::Decision d =
+        core::cache::decide(policy_of(*conf_, lock_.id != core::cache::anonymous_identity), resp);
     if (!d.store()) {
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                       "throttle_cache: not stored: %s", core::cache::verdict_name(d.verdict));
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0, "throttle_cache: not stored: %s",
+                       core::cache::verdict_name(d.verdict));
         release();
         return;
     }
@@ -157,8 +157,8 @@ bool Fill::append(ngx_buf_t* b) {
         }
         size_t at = body_.size();
         body_.resize(at + size);
-        ssize_t n = ngx_read_file(b->file, reinterpret_cast<u_char*>(&body_[at]), size,
-                                  b->file_pos);
+        ssize_t n =
+            ngx_read_file(b->file, reinterpret_cast<u_char*>(&body_[at]), size, b->file_pos);
         if (n != static_cast<ssize_t>(size)) {
             return false;
         }

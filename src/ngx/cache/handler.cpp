@@ -126,8 +126,7 @@ void on_refresh_lock(const std::shared_ptr<CacheRequest>& cr, redis::Result&& re
 void refresh_or_serve_stale(const std::shared_ptr<CacheRequest>& cr,
                             std::shared_ptr<const std::string>&& entry) noexcept {
     if (cr->head || cache_filling_here(cr->entry_key)) {
-        serve_later(*cr, cr->head ? CacheStatus::stale : CacheStatus::updating,
-                    std::move(entry));
+        serve_later(*cr, cr->head ? CacheStatus::stale : CacheStatus::updating, std::move(entry));
         return;
     }
     redis::Client* client = redis_client();
@@ -263,8 +262,7 @@ void cache_lookup_done(const std::shared_ptr<CacheRequest>& cr, redis::Failure f
             ngx_log_error(NGX_LOG_WARN, c.request()->connection->log, 0,
                           "throttle_cache: unexpected lookup reply");
         }
-        pass(c, failure == redis::Failure::CircuitOpen ? CacheStatus::bypass
-                                                         : CacheStatus::error);
+        pass(c, failure == redis::Failure::CircuitOpen ? CacheStatus::bypass : CacheStatus::error);
         return;
     }
     try {

@@ -111,10 +111,10 @@ bool send(Pending&& p, std::function<void()> answered) noexcept {
                             if (good || worker_exiting()) {
                                 return;
                             }
-                            ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                                          "throttle_cache: invalidation failed (%s), retrying",
-                                          res.ok() ? "unexpected reply"
-                                                   : redis::to_string(res.failure));
+                            ngx_log_error(
+                                NGX_LOG_WARN, ngx_cycle->log, 0,
+                                "throttle_cache: invalidation failed (%s), retrying",
+                                res.ok() ? "unexpected reply" : redis::to_string(res.failure));
                             keep(std::move(*held));
                         });
         return true;

@@ -49,8 +49,7 @@ std::string cache_identity(std::string_view secret, std::string_view identity) {
             m.digest.clear();
         }
     }
-    IdentitySlot& m =
-        memos->identities[std::hash<std::string_view>{}(identity) % identity_slots];
+    IdentitySlot& m = memos->identities[std::hash<std::string_view>{}(identity) % identity_slots];
     if (!m.digest.empty() && m.identity == identity) {
         return m.digest;
     }
@@ -65,8 +64,7 @@ std::shared_ptr<const std::string> cache_plain_body(std::string_view entry_key,
     std::string_view trailer = v.body.size() >= 8 ? v.body.substr(v.body.size() - 8) : v.body;
     PlainSlot* m = nullptr;
     if (memos != nullptr && v.plain_size <= plain_max_bytes) {
-        size_t h =
-            std::hash<std::string_view>{}(entry_key) ^ std::hash<int64_t>{}(v.stored_at_ms);
+        size_t h = std::hash<std::string_view>{}(entry_key) ^ std::hash<int64_t>{}(v.stored_at_ms);
         m = &memos->plain[h % plain_slots];
         if (m->body && m->stored_at_ms == v.stored_at_ms && m->entry_key == entry_key &&
             m->trailer == trailer) {
@@ -86,7 +84,9 @@ std::shared_ptr<const std::string> cache_plain_body(std::string_view entry_key,
     return out;
 }
 
-void memos_init() { memos = new Memos(); }
+void memos_init() {
+    memos = new Memos();
+}
 
 void memos_exit() noexcept {
     delete memos;

@@ -20,8 +20,8 @@ struct Purge final : RequestBound {
     using RequestBound::RequestBound;
 };
 
-ngx_int_t respond(ngx_http_request_t* r, ngx_uint_t status, const char* fmt,
-                  const ngx_str_t& ns, uint64_t gen) noexcept {
+ngx_int_t respond(ngx_http_request_t* r, ngx_uint_t status, const char* fmt, const ngx_str_t& ns,
+                  uint64_t gen) noexcept {
     size_t len = ngx_strlen(fmt) + ns.len + NGX_INT64_LEN;
     auto* body = static_cast<u_char*>(ngx_pnalloc(r->pool, len));
     if (body == nullptr) {
@@ -30,9 +30,9 @@ ngx_int_t respond(ngx_http_request_t* r, ngx_uint_t status, const char* fmt,
     ngx_http_complex_value_t cv;
     ngx_memzero(&cv, sizeof(cv));
     cv.value.data = body;
-    cv.value.len = (gen != 0 ? ngx_snprintf(body, len, fmt, &ns, gen)
-                             : ngx_snprintf(body, len, fmt, &ns)) -
-                   body;
+    cv.value.len =
+        (gen != 0 ? ngx_snprintf(body, len, fmt, &ns, gen) : ngx_snprintf(body, len, fmt, &ns)) -
+        body;
     ngx_str_t type = ngx_string("application/json");
     return ngx_http_send_response(r, status, &type, &cv);
 }
@@ -72,8 +72,7 @@ ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept {
     }
     try {
         redis::EvalArgs args;
-        if (!redis::build_cache_invalidate_namespace_args(
-                cache_prefix(), view(ns), args)) {
+        if (!redis::build_cache_invalidate_namespace_args(cache_prefix(), view(ns), args)) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
         auto p = bind_to_request<Purge>(r);
@@ -96,8 +95,8 @@ ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept {
                 ngx_int_t status;
                 if (good) {
                     ngx_log_error(NGX_LOG_NOTICE, req->connection->log, 0,
-                                  "throttle_cache: namespace \"%V\" purged (generation %uL)",
-                                  &ns, gens[0]);
+                                  "throttle_cache: namespace \"%V\" purged (generation %uL)", &ns,
+                                  gens[0]);
                     status = respond(req, NGX_HTTP_OK,
                                      "{\"namespace\":\"%V\",\"generation\":%uL}\n", ns, gens[0]);
                 } else {

@@ -42,7 +42,7 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
     std::string entry_key;  // E, once the generations are known
 
     std::shared_ptr<const std::string> entry;  // what to serve (Step::serve)
-    core::cache::EntryView decoded;             // entry, decoded (valid while `entry` lives)
+    core::cache::EntryView decoded;            // entry, decoded (valid while `entry` lives)
     bool view_valid = false;
     std::shared_ptr<const std::string> plain;  // its body decompressed, when served so
 

@@ -150,7 +150,9 @@ bool cache_filling_here(const std::string& e) noexcept {
     return ws != nullptr && ws->filling.count(e) > 0;
 }
 
-const std::string& cache_channel() noexcept { return ws ? ws->channel : none; }
+const std::string& cache_channel() noexcept {
+    return ws ? ws->channel : none;
+}
 
 void waiters_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loop,
                   const std::string& channel) noexcept {

@@ -16,7 +16,9 @@ const std::string none;
 
 }  // namespace
 
-const std::string& cache_prefix() noexcept { return prefix ? *prefix : none; }
+const std::string& cache_prefix() noexcept {
+    return prefix ? *prefix : none;
+}
 
 void cache_worker_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loop) noexcept {
     if (!mcf.cache.used || mcf.redis == nullptr) {
@@ -31,8 +33,7 @@ void cache_worker_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loo
         lookups_init(loop);
         waiters_init(cycle, mcf, loop, redis::cache_fill_channel(base));
     } catch (const std::exception& e) {
-        ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "throttle_cache: cannot start (%s)",
-                      e.what());
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0, "throttle_cache: cannot start (%s)", e.what());
         cache_worker_exit();
     }
 }

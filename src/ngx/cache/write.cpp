@@ -57,12 +57,11 @@ void release_hold(CacheHold& h) noexcept {
     ngx_post_event(c->write, &ngx_posted_events);
 }
 
-void add_namespace(std::vector<std::string_view>& out, std::string_view ns,
-                   ngx_http_request_t* r) {
+void add_namespace(std::vector<std::string_view>& out, std::string_view ns, ngx_http_request_t* r) {
     if (!core::cache::valid_namespace(ns)) {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "throttle_cache: ignoring invalid namespace \"%*s\" to invalidate",
-                      ns.size(), ns.data());
+                      "throttle_cache: ignoring invalid namespace \"%*s\" to invalidate", ns.size(),
+                      ns.data());
         return;
     }
     if (std::find(out.begin(), out.end(), ns) == out.end()) {
@@ -107,8 +106,8 @@ std::vector<std::string_view> namespaces_of(ngx_http_request_t* r, const CacheLo
             }
         }
     }
-    bool write = (r->method & (NGX_HTTP_POST | NGX_HTTP_PUT | NGX_HTTP_PATCH |
-                               NGX_HTTP_DELETE)) != 0;
+    bool write =
+        (r->method & (NGX_HTTP_POST | NGX_HTTP_PUT | NGX_HTTP_PATCH | NGX_HTTP_DELETE)) != 0;
     if (ok && write) {
         if (cache_enabled(conf)) {
             add_namespace(namespaces, view(conf.ns), r);

@@ -44,7 +44,9 @@ struct Check {
     bool fallback;  // some strict zone could not ask Redis
 };
 
-int64_t ceil_seconds(int64_t ms) noexcept { return ms <= 0 ? 0 : (ms + 999) / 1000; }
+int64_t ceil_seconds(int64_t ms) noexcept {
+    return ms <= 0 ? 0 : (ms + 999) / 1000;
+}
 
 void lock(Check& c) noexcept {
     for (ngx_uint_t i = 0; i < c.n; i++) {
@@ -202,20 +204,21 @@ ngx_int_t reject(ngx_http_request_t* r, const LocConf* lcf, const RequestCtx* ct
         return lcf->limit.status;
     }
     const char* title = title_for(lcf->limit.status);
-    size_t len = sizeof("{\"type\":\"about:blank\",\"title\":\"\",\"status\":,"
-                        "\"detail\":\"rate limit exceeded in zone \\\"\\\"\",\"zone\":\"\","
-                        "\"retry_after\":}") +
+    size_t len = sizeof(
+                     "{\"type\":\"about:blank\",\"title\":\"\",\"status\":,"
+                     "\"detail\":\"rate limit exceeded in zone \\\"\\\"\",\"zone\":\"\","
+                     "\"retry_after\":}") +
                  ngx_strlen(title) + NGX_INT_T_LEN + NGX_INT64_LEN + 2 * ctx->zone_name->len;
     auto* body = static_cast<u_char*>(ngx_pnalloc(r->pool, len));
     if (body == nullptr) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    u_char* end = ngx_sprintf(body,
-                              "{\"type\":\"about:blank\",\"title\":\"%s\",\"status\":%ui,"
-                              "\"detail\":\"rate limit exceeded in zone \\\"%V\\\"\","
-                              "\"zone\":\"%V\",\"retry_after\":%L}",
-                              title, lcf->limit.status, ctx->zone_name, ctx->zone_name,
-                              ctx->retry_after_s);
+    u_char* end =
+        ngx_sprintf(body,
+                    "{\"type\":\"about:blank\",\"title\":\"%s\",\"status\":%ui,"
+                    "\"detail\":\"rate limit exceeded in zone \\\"%V\\\"\","
+                    "\"zone\":\"%V\",\"retry_after\":%L}",
+                    title, lcf->limit.status, ctx->zone_name, ctx->zone_name, ctx->retry_after_s);
     ngx_http_complex_value_t cv;
     ngx_memzero(&cv, sizeof(cv));
     cv.value.data = body;

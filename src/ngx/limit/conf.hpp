@@ -23,14 +23,14 @@ struct ZoneConf {
     ngx_shm_zone_t* shm_zone;
     ngx_http_complex_value_t key;  // key.value.data == nullptr until throttle_zone is read
     core::Policy policy;
-    ngx_uint_t index;  // declaration order: zones are always locked in this order
+    ngx_uint_t index;         // declaration order: zones are always locked in this order
     ngx_str_t policy_header;  // RateLimit-Policy value, fixed per zone: "NAME";q=Q;w=W
     Mode mode;
     Fallback fallback;
     ngx_msec_t sync_interval;
     ngx_slab_pool_t* shpool;
     ZoneShared* shared;
-    core::SlotTable* table;  // shared->table
+    core::SlotTable* table;    // shared->table
     ngx_str_t first_use_file;  // where `throttle` first named it, for "unknown zone"
     ngx_uint_t first_use_line;
 };

@@ -38,29 +38,28 @@ void send(Batch&& batch) noexcept {
             fail_all(*held);
             return;
         }
-        client->evalsha(
-            redis::strict_batch_script(), call.keys(), call.args(),
-            [held](redis::Result&& r) noexcept {
-                std::vector<size_t> counts;
-                std::vector<std::vector<redis::StrictDecision>> out;
-                int64_t redis_now = 0;
-                bool good = false;
-                try {
-                    for (const auto& req : *held) {
-                        counts.push_back(req->zones().size());
-                    }
-                    good = r.ok() &&
-                           redis::parse_strict_batch_reply(r.reply, counts, redis_now, out);
-                } catch (...) {
-                }
-                if (!good) {
-                    fail_all(*held);
-                    return;
-                }
-                for (size_t i = 0; i < held->size(); i++) {
-                    deliver(*(*held)[i], out[i].data());
-                }
-            });
+        client->evalsha(redis::strict_batch_script(), call.keys(), call.args(),
+                        [held](redis::Result&& r) noexcept {
+                            std::vector<size_t> counts;
+                            std::vector<std::vector<redis::StrictDecision>> out;
+                            int64_t redis_now = 0;
+                            bool good = false;
+                            try {
+                                for (const auto& req : *held) {
+                                    counts.push_back(req->zones().size());
+                                }
+                                good = r.ok() && redis::parse_strict_batch_reply(r.reply, counts,
+                                                                                 redis_now, out);
+                            } catch (...) {
+                            }
+                            if (!good) {
+                                fail_all(*held);
+                                return;
+                            }
+                            for (size_t i = 0; i < held->size(); i++) {
+                                deliver(*(*held)[i], out[i].data());
+                            }
+                        });
     } catch (...) {
         fail_all(*held);
     }
@@ -69,8 +68,7 @@ void send(Batch&& batch) noexcept {
 }  // namespace
 
 bool strict_submit(std::shared_ptr<StrictRequest> request) noexcept {
-    return batcher != nullptr && redis_client() != nullptr &&
-           batcher->submit(std::move(request));
+    return batcher != nullptr && redis_client() != nullptr && batcher->submit(std::move(request));
 }
 
 void strict_worker_init(redis::Loop& loop) {

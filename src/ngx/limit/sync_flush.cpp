@@ -60,8 +60,8 @@ std::vector<FlushItem> collect(ZoneConf* zone, const RedisSettings& rs, int64_t 
 }
 
 // Builds the flush script's KEYS and ARGV for items[from, to).
-void flush_args(const ZoneConf* zone, const std::vector<FlushItem>& items, size_t from,
-                size_t to, redis::EvalArgs& out) {
+void flush_args(const ZoneConf* zone, const std::vector<FlushItem>& items, size_t from, size_t to,
+                redis::EvalArgs& out) {
     std::vector<redis::FlushEntry> entries;
     entries.reserve(to - from);
     for (size_t i = from; i < to; i++) {
@@ -85,8 +85,7 @@ void settle(ZoneConf* zone, const std::vector<FlushItem>& items, size_t from, si
         }
         if (totals != nullptr) {
             const auto& t = (*totals)[i - from];
-            core::sync::apply_global(zone->policy.rate, *s, items[i].delta, t.first, t.second,
-                                     now);
+            core::sync::apply_global(zone->policy.rate, *s, items[i].delta, t.first, t.second, now);
         } else {
             core::sync::restore_unsent(zone->policy.rate, *s, items[i].delta, now);
         }
@@ -120,8 +119,8 @@ void flush(ZoneConf* zone) noexcept {
                                     std::vector<std::pair<uint64_t, uint64_t>> totals;
                                     bool good = false;
                                     try {
-                                        good = r.ok() && redis::parse_flush_reply(
-                                                             r.reply, to - from, totals);
+                                        good = r.ok() &&
+                                               redis::parse_flush_reply(r.reply, to - from, totals);
                                     } catch (...) {
                                     }
                                     settle(zone, *items, from, to, good ? &totals : nullptr);

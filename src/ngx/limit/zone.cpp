@@ -57,9 +57,8 @@ void note_size_change(ngx_shm_zone_t* shm_zone) noexcept {
 
 std::string redis_base(const RedisSettings& settings, const ZoneConf& zone,
                        const core::StoredKey& key) {
-    std::string k = key.digested
-                        ? "#" + core::hex(key.bytes, key.len)
-                        : std::string(reinterpret_cast<const char*>(key.bytes), key.len);
+    std::string k = key.digested ? "#" + core::hex(key.bytes, key.len)
+                                 : std::string(reinterpret_cast<const char*>(key.bytes), key.len);
     return redis::base_key(view(settings.prefix), view(zone.name), k);
 }
 
@@ -80,8 +79,7 @@ ZoneConf* find_or_add_zone(ngx_conf_t* cf, MainConf* mcf, const ngx_str_t& name)
     zone->name = name;
     zone->index = mcf->limit.zones.nelts - 1;
     // Size 0 until throttle_zone gives it one, as limit_req does.
-    zone->shm_zone =
-        ngx_shared_memory_add(cf, &zone->name, 0, &ngx_http_throttle_module);
+    zone->shm_zone = ngx_shared_memory_add(cf, &zone->name, 0, &ngx_http_throttle_module);
     if (zone->shm_zone == nullptr) {
         return nullptr;
     }
@@ -109,8 +107,8 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept {
         ngx_shmtx_lock(&zone->shpool->mutex);
         core::SlotTable* table = core::SlotTable::attach(sh->table, sh->table_bytes);
         if (table == nullptr) {  // laid out by a module build with another layout
-            table = core::SlotTable::create(sh->table, sh->table_bytes,
-                                            random_seed(shm_zone->shm.log));
+            table =
+                core::SlotTable::create(sh->table, sh->table_bytes, random_seed(shm_zone->shm.log));
             table->set_tag(algorithm);
             ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
                           "throttle_zone \"%V\" was laid out by another module version, "

@@ -12,8 +12,8 @@ namespace {
 
 const EnumName<core::Algorithm> algorithms[] = {{"sliding", core::Algorithm::sliding},
                                                 {"gcra", core::Algorithm::gcra}};
-const EnumName<Mode> modes[] = {{"local", Mode::local}, {"sync", Mode::sync},
-                                {"strict", Mode::strict}};
+const EnumName<Mode> modes[] = {
+    {"local", Mode::local}, {"sync", Mode::sync}, {"strict", Mode::strict}};
 const EnumName<Fallback> fallbacks[] = {
     {"local", Fallback::local}, {"open", Fallback::open}, {"closed", Fallback::closed}};
 
@@ -79,8 +79,7 @@ bool parse_param(ngx_conf_t* cf, Params& params, const Param& p, ZoneArgs& z) no
     }
     if (p.name == "burst") {
         ngx_int_t burst = 0;
-        if (!parse_number(cf, p, 1, static_cast<ngx_int_t>(core::max_rate_limit), "burst",
-                          burst)) {
+        if (!parse_number(cf, p, 1, static_cast<ngx_int_t>(core::max_rate_limit), "burst", burst)) {
             return false;
         }
         z.policy.burst = static_cast<uint64_t>(burst);
