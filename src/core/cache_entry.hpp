@@ -1,5 +1,5 @@
-// The response cache's stored entry and the rules that decide what is stored (issue 4, section
-// 3). Pure C++, no nginx header (layer: core).
+// The response cache's stored entry and the rules that decide what is stored. Pure C++, no
+// nginx header (layer: core).
 //
 // Entry format, version 1 (all integers big-endian; one Redis string per entry):
 //   off  size
@@ -199,7 +199,7 @@ inline bool fits(const Policy& policy, uint64_t body_bytes) noexcept {
     return body_bytes <= policy.max_entry_size;
 }
 
-// Whether a request may use the cache at all (issue 4, section 2): GET or HEAD, and a request
+// Whether a request may use the cache at all: GET or HEAD, and a request
 // that carries credentials (Cookie, Authorization, ...) only under a non-empty identity.
 bool request_cacheable(std::string_view method, bool has_credentials,
                        bool has_user_identity) noexcept;

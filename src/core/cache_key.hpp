@@ -1,4 +1,4 @@
-// The response cache's keys (issue 4, sections 2 and 4). Pure C++, no nginx header (layer: core).
+// The response cache's keys. Pure C++, no nginx header (layer: core).
 //
 // Identity. The configured identity (a session token) is never written anywhere: it becomes
 //   identity_digest(secret, identity) = hex(HMAC-SHA256(secret, "throttle-cache-identity\0" +
@@ -30,7 +30,8 @@
 //     (a stable sort), because applications read repeated arguments as an ordered list:
 //     "b=2&a=1" equals "a=1&b=2", but "a=1&a=2" differs from "a=2&a=1";
 //   - ';' is not a separator.
-// The path is taken as given (the caller passes nginx's normalised r->uri).
+// The path is taken as given: the caller passes the raw path and query the client sent (what
+// proxy_pass forwards), or nginx's normalised URI and $args when a rewrite changed them.
 //
 // Redis layout (hash-tag friendly: everything of one user in one namespace is in one slot):
 //   generation_key            PREFIX{NS:ID}:g                 user's generation (INCR)
@@ -73,8 +74,8 @@ struct CacheKeyInput {
     std::string_view ns;               // the namespace (throttle_cache NAME)
     std::string_view identity_digest;  // identity_digest()'s result, never the raw identity
     std::string_view method;           // request method; GET and HEAD give the same key
-    std::string_view path;             // r->uri
-    std::string_view query;            // r->args, without '?'
+    std::string_view path;             // the request's path (see above)
+    std::string_view query;            // its query, without '?'
 };
 
 // The fixed-length digest of a request (see above). May throw std::bad_alloc (the sort holds

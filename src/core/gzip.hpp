@@ -1,4 +1,4 @@
-// gzip for the response cache (issue 4, section 3): bodies above a small threshold are stored
+// gzip for the response cache: bodies above a small threshold are stored
 // gzip-compressed, sent as-is to clients that accept gzip and decompressed for those that do
 // not. Pure C++ over zlib, no nginx header (layer: core). Nothing here throws; nothing global.
 //

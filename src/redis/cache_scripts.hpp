@@ -1,7 +1,7 @@
-// The response cache's Lua scripts (issue 4, sections 1, 4 and 5), their argument builders
-// and reply parsers (layer: redis). No nginx header, no hiredis type: arguments go to
-// Client::evalsha() through EvalArgs (scripts.hpp), replies come back as Reply. Key layout and
-// entry format: src/core/cache_key.hpp, src/core/cache_entry.hpp.
+// The response cache's Lua scripts, their argument builders and reply parsers (layer: redis). No
+// nginx header, no hiredis type: arguments go to Client::evalsha() through EvalArgs (scripts.hpp),
+// replies come back as Reply. Key layout and entry format: src/core/cache_key.hpp,
+// src/core/cache_entry.hpp.
 //
 // Single Redis only. LOOKUP reads the user's generation PREFIX{NS:ID}:g and the namespace's
 // PREFIX{NS}:g in one script: two hash slots, which Redis Cluster refuses (CROSSSLOT). STORE

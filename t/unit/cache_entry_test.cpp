@@ -1,5 +1,5 @@
 // The cache entry format (round trips, every rejection, truncation, random mutations under
-// ASan/UBSan) and the cacheability rules of issue 4, section 3, one test per rule.
+// ASan/UBSan) and the cacheability rules (README, "Response cache"), one test per rule.
 #include "core/cache_entry.hpp"
 
 #include <gtest/gtest.h>

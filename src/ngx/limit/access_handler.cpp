@@ -60,9 +60,8 @@ void unlock(Check& c) noexcept {
     }
 }
 
-// Under the locks: finds every key's state and decides what can be decided here.
-// Returns false when some zone rejects. A remote zone is rejected here only while Redis said
-// its key is over the limit (blocked_until).
+// Under the locks: finds (or creates) every key's state; notes a zone that had to evict a key
+// whose counts were still live (logged once per zone, by log_full()).
 void find_states(Check& c, int64_t now) noexcept {
     for (ngx_uint_t i = 0; i < c.n; i++) {
         Applied& a = c.applied[i];
@@ -77,6 +76,8 @@ void find_states(Check& c, int64_t now) noexcept {
     }
 }
 
+// Under the locks: decides what can be decided here. Returns false when some zone rejects. A
+// remote zone is rejected here only while Redis said its key is over the limit (blocked_until).
 bool decide_here(Check& c, int64_t now) noexcept {
     find_states(c, now);
     bool all = true;
