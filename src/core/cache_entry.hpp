@@ -107,7 +107,8 @@ struct DecodeLimits {
 // The encoded entry. The entry must be one decode() accepts (valid() says so): encode() does
 // not check, and an entry that breaks the rules is refused when read back. May throw
 // std::bad_alloc. encode_head() is all of it but the body: the entry is encode_head() followed
-// by the body bytes (for bodies held in several buffers); view.body is not read there.
+// by the body bytes (for bodies held in several buffers; not used by the module yet, which
+// encodes whole bodies); view.body is not read there.
 std::string encode(const Entry& e);
 std::string encode(const EntryView& v);
 std::string encode_head(const EntryView& v, uint64_t body_size);
@@ -121,7 +122,8 @@ bool decode(std::string_view in, Entry& out, const DecodeLimits& limits = {}) no
 bool valid(const EntryView& v, const DecodeLimits& limits = {}) noexcept;
 bool valid(const Entry& e, const DecodeLimits& limits = {}) noexcept;
 
-// A view of an Entry (valid while it lives and is not changed). false when it has more than
+// For tests (the module works on views): a view of an Entry (valid while it lives and is not
+// changed). false when it has more than
 // entry_max_headers headers.
 bool view_of(const Entry& e, EntryView& out) noexcept;
 

@@ -148,6 +148,10 @@ struct CacheLookup {
     }
 };
 
+// The single LOOKUP (cache_lookup_script(), these arguments, this reply) is what the module no
+// longer sends on its own: LOOKUP BATCH is. It stays as the reference the batch is tested
+// against (t/redis/cache_scripts_test.cpp), and its arguments are a batch entry's.
+//
 // Fills `out` (cleared first). False when the namespace is not valid_namespace(), want_lock
 // is set with lock_ttl_ms < 1, or memory runs out.
 bool build_cache_lookup_args(const CacheTarget& t, int64_t lock_ttl_ms, bool want_lock,

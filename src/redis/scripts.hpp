@@ -160,8 +160,9 @@ inline bool strict_exact(const StrictZone& z) noexcept {
     return strict_exact(z.algorithm, z.limit, z.period_ms, z.burst);
 }
 
-// Fills `out` (cleared first) with the KEYS and ARGV of a strict call deciding one request over
-// zones[0..n) (a batch of one). False when n == 0 or memory runs out.
+// For tests (the module sends batches: build_strict_batch_args()): fills `out` (cleared first)
+// with the KEYS and ARGV of a strict call deciding one request over zones[0..n) (a batch of
+// one). False when n == 0 or memory runs out.
 bool build_strict_args(const StrictZone* zones, size_t n, EvalArgs& out) noexcept;
 inline bool build_strict_args(const std::vector<StrictZone>& zones, EvalArgs& out) noexcept {
     return build_strict_args(zones.data(), zones.size(), out);

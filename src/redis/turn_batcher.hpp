@@ -11,7 +11,6 @@
 //     request is answered anyway.
 //   - Items submitted while send() runs (a reply path never does, but a callback may) go to the
 //     next flush, which is posted again: nothing is lost or sent twice.
-//   - drain() takes what is queued and not sent yet (at exit: the owner fails those itself).
 #pragma once
 
 #include <algorithm>
@@ -51,14 +50,6 @@ class TurnBatcher {
         }
         deferred_->post();
         return true;
-    }
-
-    // What is queued and not sent yet, taken out of the batcher.
-    std::vector<Item> drain() noexcept {
-        deferred_->cancel();
-        std::vector<Item> out;
-        out.swap(queue_);
-        return out;
     }
 
     size_t queued() const noexcept { return queue_.size(); }
