@@ -10,7 +10,7 @@
 #include "ngx/cache/waiters.hpp"
 #include "ngx/cache/worker.hpp"
 #include "ngx/conf.hpp"
-#include "ngx/worker.hpp"
+#include "ngx/redis_link.hpp"
 #include "redis/cache_scripts.hpp"
 
 namespace throttle::ngx {

@@ -23,7 +23,7 @@
 #include "ngx/cache/orphans.hpp"
 #include "ngx/cache/request.hpp"
 #include "ngx/cache/waiters.hpp"
-#include "ngx/worker.hpp"
+#include "ngx/redis_link.hpp"
 
 namespace throttle::ngx {
 namespace {

@@ -5,7 +5,7 @@
 #include <unordered_map>
 
 #include "ngx/cache/worker.hpp"
-#include "ngx/worker.hpp"
+#include "ngx/redis_link.hpp"
 #include "redis/cache_scripts.hpp"
 
 namespace throttle::ngx {

@@ -4,7 +4,7 @@
 #include <vector>
 
 #include "ngx/cache/request.hpp"
-#include "ngx/worker.hpp"
+#include "ngx/redis_link.hpp"
 #include "redis/cache_scripts.hpp"
 #include "redis/turn_batcher.hpp"
 

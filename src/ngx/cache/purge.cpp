@@ -8,8 +8,8 @@
 #include "core/cache_key.hpp"
 #include "ngx/cache/cache.hpp"
 #include "ngx/cache/worker.hpp"
+#include "ngx/redis_link.hpp"
 #include "ngx/request.hpp"
-#include "ngx/worker.hpp"
 #include "redis/cache_scripts.hpp"
 
 namespace throttle::ngx {

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "ngx/cache/request.hpp"
-#include "ngx/worker.hpp"
+#include "ngx/redis_link.hpp"
 #include "redis/cache_scripts.hpp"
 #include "redis/subscriber.hpp"
 

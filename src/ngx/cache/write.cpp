@@ -10,8 +10,8 @@
 #include "core/http_text.hpp"
 #include "ngx/cache/invalidate.hpp"
 #include "ngx/cache/memo.hpp"
+#include "ngx/redis_link.hpp"
 #include "ngx/request.hpp"
-#include "ngx/worker.hpp"
 
 namespace throttle::ngx {
 

@@ -12,8 +12,8 @@
 
 #include "ngx/limit/limit.hpp"
 #include "ngx/limit/strict.hpp"
+#include "ngx/redis_link.hpp"
 #include "ngx/request.hpp"
-#include "ngx/worker.hpp"
 #include "redis/scripts.hpp"
 
 namespace throttle::ngx {

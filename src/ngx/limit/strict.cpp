@@ -1,7 +1,7 @@
 // Strict decisions (see strict.hpp).
 #include "ngx/limit/strict.hpp"
 
-#include "ngx/worker.hpp"
+#include "ngx/redis_link.hpp"
 #include "redis/turn_batcher.hpp"
 
 namespace throttle::ngx {

@@ -8,7 +8,7 @@
 
 #include "core/sync.hpp"
 #include "ngx/limit/limit.hpp"
-#include "ngx/worker.hpp"
+#include "ngx/redis_link.hpp"
 #include "redis/blocking.hpp"
 #include "redis/scripts.hpp"
 

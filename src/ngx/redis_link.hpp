@@ -1,0 +1,28 @@
+// This worker's Redis link (layer: ngx): one client per worker process on nginx's event loop,
+// which every feature's Redis calls go through. Opened and closed by worker.cpp.
+#pragma once
+
+#include "ngx/conf.hpp"
+#include "redis/client.hpp"
+#include "redis/loop.hpp"
+
+namespace throttle::ngx {
+
+// nginx's log level for a message of the Redis layer.
+ngx_uint_t log_level_of(redis::LogLevel level) noexcept;
+
+// This worker's Redis client; nullptr when nothing needs Redis (or outside workers).
+redis::Client* redis_client() noexcept;
+const RedisSettings* redis_settings() noexcept;
+// True once the worker began to exit: callbacks must not resume requests any more.
+bool worker_exiting() noexcept;
+
+// worker.cpp's side. open_redis_link() creates the loop and the (not yet started) client; may
+// throw. The loop outlives the client: close_client() first (its callbacks run then), then
+// close_redis_link().
+redis::Loop& open_redis_link(ngx_cycle_t* cycle, MainConf& mcf);
+void mark_worker_exiting() noexcept;
+void close_client() noexcept;
+void close_redis_link() noexcept;
+
+}  // namespace throttle::ngx
