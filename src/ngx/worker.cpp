@@ -1,12 +1,11 @@
-// A worker's start and end (see worker.hpp).
+// A worker's start and end (see worker.hpp). Each feature registers the scripts it uses with
+// the client (loaded on every connect) when it starts.
 #include "ngx/worker.hpp"
 
 #include "ngx/cache/worker.hpp"
 #include "ngx/limit/strict.hpp"
 #include "ngx/limit/sync_flush.hpp"
 #include "ngx/redis_link.hpp"
-#include "redis/cache_scripts.hpp"
-#include "redis/scripts.hpp"
 
 namespace throttle::ngx {
 namespace {
@@ -18,21 +17,6 @@ MainConf* main_conf(ngx_cycle_t* cycle) noexcept {
         return nullptr;
     }
     return static_cast<MainConf*>(ctx->main_conf[ngx_http_throttle_module.ctx_index]);
-}
-
-// The scripts loaded on every connect: only what this configuration uses.
-void add_scripts(redis::Client& client, const MainConf& mcf) {
-    if (mcf.limit.remote_zones) {
-        client.add_script(redis::strict_batch_script());
-        client.add_script(redis::flush_script());
-    }
-    if (mcf.cache.used) {
-        client.add_script(redis::cache_lookup_batch_script());
-        client.add_script(redis::cache_store_script());
-        client.add_script(redis::cache_release_script());
-        client.add_script(redis::cache_abandon_script());
-        client.add_script(redis::cache_invalidate_script());
-    }
 }
 
 bool started = false;
@@ -50,8 +34,7 @@ ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
     try {
         redis::Loop& loop = open_redis_link(cycle, *mcf);
         started = true;
-        add_scripts(*redis_client(), *mcf);
-        strict_worker_init(loop);
+        strict_worker_init(*mcf, loop);
         if (mcf->cache.used) {
             cache_worker_init(cycle, *mcf, loop);
         }

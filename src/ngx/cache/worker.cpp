@@ -6,6 +6,7 @@
 #include "ngx/cache/memo.hpp"
 #include "ngx/cache/orphans.hpp"
 #include "ngx/cache/waiters.hpp"
+#include "ngx/redis_link.hpp"
 #include "redis/cache_scripts.hpp"
 
 namespace throttle::ngx {
@@ -25,6 +26,12 @@ void cache_worker_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loo
         return;
     }
     try {
+        redis::Client& client = *redis_client();
+        client.add_script(redis::cache_lookup_batch_script());
+        client.add_script(redis::cache_store_script());
+        client.add_script(redis::cache_release_script());
+        client.add_script(redis::cache_abandon_script());
+        client.add_script(redis::cache_invalidate_script());
         std::string base(view(mcf.redis->prefix));
         prefix = new std::string(base + "cache:");
         memos_init();

@@ -71,7 +71,14 @@ bool strict_submit(std::shared_ptr<StrictRequest> request) noexcept {
     return batcher != nullptr && redis_client() != nullptr && batcher->submit(std::move(request));
 }
 
-void strict_worker_init(redis::Loop& loop) {
+void strict_worker_init(const MainConf& mcf, redis::Loop& loop) {
+    auto** zones = static_cast<ZoneConf**>(mcf.limit.zones.elts);
+    for (ngx_uint_t i = 0; i < mcf.limit.zones.nelts; i++) {
+        if (zones[i]->mode == Mode::strict) {
+            redis_client()->add_script(redis::strict_batch_script());
+            break;
+        }
+    }
     batcher = new redis::TurnBatcher<std::shared_ptr<StrictRequest>>(
         loop, redis::strict_batch_max, send,
         [](std::shared_ptr<StrictRequest>& req) { return req->gone(); },  // nothing to ask

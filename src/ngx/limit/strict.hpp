@@ -5,6 +5,7 @@
 #include <memory>
 #include <vector>
 
+#include "ngx/conf.hpp"
 #include "ngx/request.hpp"
 #include "redis/loop.hpp"
 #include "redis/scripts.hpp"
@@ -25,7 +26,7 @@ class StrictRequest : public RequestBound {
 // will not be called).
 bool strict_submit(std::shared_ptr<StrictRequest> request) noexcept;
 
-void strict_worker_init(redis::Loop& loop);  // may throw
-void strict_worker_exit() noexcept;          // what is queued is dropped (the worker exits)
+void strict_worker_init(const MainConf& mcf, redis::Loop& loop);  // may throw
+void strict_worker_exit() noexcept;  // what is queued is dropped (the worker exits)
 
 }  // namespace throttle::ngx

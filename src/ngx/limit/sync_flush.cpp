@@ -175,6 +175,9 @@ void sync_worker_init(const MainConf& mcf, redis::Loop& loop) {
             list->push_back(SyncTimer{zones[i], nullptr});
         }
     }
+    if (!list->empty()) {
+        redis_client()->add_script(redis::flush_script());
+    }
     for (SyncTimer& t : *list) {
         SyncTimer* self = &t;  // the vector does not grow any more
         t.timer = loop.create_timer([self]() noexcept {
