@@ -46,6 +46,10 @@ my @cases = (
     ['sync with gcra',     $redis, 'mode=sync algorithm=gcra',
         qr/"mode=sync" requires "algorithm=sliding"/],
     ['unknown fallback',   $redis, 'mode=strict fallback=x', qr/invalid fallback "fallback=x"/],
+    # fallback= is what a strict zone does without Redis: local and sync zones have none.
+    ['fallback on a sync zone', $redis, 'mode=sync fallback=closed',
+        qr/"fallback=closed" requires "mode=strict"/],
+    ['fallback on a local zone', $redis, 'fallback=open', qr/"fallback=open" requires "mode=strict"/],
     # A parameter given twice is refused (it used to be: the last one won).
     ['two modes',          $redis, 'mode=strict mode=local', qr/"mode" is duplicate/],
     ['two fallbacks',      $redis, 'mode=strict fallback=open fallback=closed',
@@ -113,7 +117,7 @@ http {
     throttle_zone $binary_remote_addr zone=l:1m rate=10r/m;
     throttle_zone $binary_remote_addr zone=m:1m rate=10r/m mode=local;
     throttle_zone $binary_remote_addr zone=s:1m rate=10r/m mode=sync;
-    throttle_zone $binary_remote_addr zone=t:1m rate=10r/m mode=sync sync=250ms fallback=open;
+    throttle_zone $binary_remote_addr zone=t:1m rate=10r/m mode=sync sync=250ms;
     throttle_zone $binary_remote_addr zone=u:1m rate=5r/m  mode=strict fallback=closed;
     throttle_zone $binary_remote_addr zone=v:1m rate=5r/m  mode=strict algorithm=gcra burst=2;
     throttle_zone $binary_remote_addr zone=w:1m rate=1000000r/s mode=strict fallback=local;

@@ -117,6 +117,11 @@ my @cases = (
         qr/"throttle_cache_invalidate_header" directive is duplicate/, 'line'],
     ['credentials empty name', "$R $S", 'throttle_cache a; throttle_cache_credentials Cookie "";',
         qr/invalid header name ""/, 'line'],
+    # Header names are checked alike in every directive that takes one.
+    ['credentials with a space', "$R $S", 'throttle_cache a; throttle_cache_credentials "X Y";',
+        qr/invalid header name "X Y"/, 'line'],
+    ['credentials with a colon', "$R $S", 'throttle_cache a; throttle_cache_credentials Cookie X:Y;',
+        qr/invalid header name "X:Y"/, 'line'],
     ['purge at http level', "$R $S\n    throttle_cache_purge \$arg_ns;", '',
         qr/"throttle_cache_purge" directive is not allowed here/, 'line'],
 );

@@ -42,6 +42,22 @@ inline bool set_once_or_off(ngx_str_t& setting, const ngx_str_t& arg, char*& rv)
     return false;
 }
 
+// An HTTP header name as the module accepts it in a directive: letters, digits, '-' and '_'.
+inline bool valid_header_name(const ngx_str_t& v) noexcept {
+    if (v.len == 0) {
+        return false;
+    }
+    for (size_t i = 0; i < v.len; i++) {
+        u_char ch = v.data[i];
+        bool alnum =
+            (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
+        if (!(alnum || ch == '-' || ch == '_')) {
+            return false;
+        }
+    }
+    return true;
+}
+
 // One `name=value` argument.
 struct Param {
     const ngx_str_t* arg = nullptr;  // the whole argument, for messages

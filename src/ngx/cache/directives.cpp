@@ -206,7 +206,7 @@ char* throttle_cache_list_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* co
         if (!credentials && !check_namespace(cf, value[i])) {
             return conf_error();
         }
-        if (credentials && value[i].len == 0) {
+        if (credentials && !valid_header_name(value[i])) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid header name \"%V\"", &value[i]);
             return conf_error();
         }
@@ -235,14 +235,9 @@ char* throttle_cache_header_directive(ngx_conf_t* cf, ngx_command_t*, void* conf
     if (char* rv = nullptr; set_once_or_off(lcf->cache.invalidate_header, value[1], rv)) {
         return rv;
     }
-    for (size_t i = 0; i < value[1].len; i++) {
-        u_char ch = value[1].data[i];
-        bool alnum =
-            (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
-        if (!(alnum || ch == '-' || ch == '_')) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid header name \"%V\"", &value[1]);
-            return conf_error();
-        }
+    if (!valid_header_name(value[1])) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid header name \"%V\"", &value[1]);
+        return conf_error();
     }
     lcf->cache.invalidate_header = value[1];
     return NGX_CONF_OK;

@@ -25,6 +25,7 @@ struct ZoneArgs {
     const Param* rate = nullptr;
     Param burst;
     Param sync;
+    Param fallback_arg;
     Mode mode = Mode::local;
     Fallback fallback = Fallback::local;
     ngx_msec_t sync_interval = 1000;
@@ -95,6 +96,7 @@ bool parse_param(ngx_conf_t* cf, Params& params, const Param& p, ZoneArgs& z) no
                           " (10ms at least)");
     }
     if (p.name == "fallback") {
+        z.fallback_arg = p;
         return parse_enum(cf, p, fallbacks, "fallback", z.fallback);
     }
     params.unknown(p);
@@ -116,6 +118,12 @@ bool check(ngx_conf_t* cf, const ngx_str_t& directive, const ZoneArgs& z) noexce
     }
     if (z.sync.arg != nullptr && z.mode != Mode::sync) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" requires \"mode=sync\"", z.sync.arg);
+        return false;
+    }
+    if (z.fallback_arg.arg != nullptr && z.mode != Mode::strict) {
+        // Local and sync zones always decide on this host's counts: nothing to fall back from.
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" requires \"mode=strict\"",
+                           z.fallback_arg.arg);
         return false;
     }
     if (z.mode == Mode::sync && z.policy.algorithm != core::Algorithm::sliding) {
