@@ -67,6 +67,18 @@ uint64_t quota(const Policy& policy) noexcept {
     return policy.rate.limit > 0 ? policy.rate.limit : 1;
 }
 
+bool clamp(const Policy& policy, Decision& d) noexcept {
+    const Decision before = d;
+    const uint64_t q = quota(policy);
+    const int64_t longest = 3 * 1000 * window_seconds(policy);
+    auto bound = [longest](int64_t v) { return v < 0 ? 0 : v > longest ? longest : v; };
+    d.remaining = !d.allowed ? 0 : d.remaining > q ? q : d.remaining;
+    d.reset_ms = bound(d.reset_ms);
+    d.retry_after_ms = d.allowed ? 0 : bound(d.retry_after_ms);
+    return d.remaining != before.remaining || d.reset_ms != before.reset_ms ||
+           d.retry_after_ms != before.retry_after_ms;
+}
+
 int64_t window_seconds(const Policy& policy) noexcept {
     if (policy.algorithm == Algorithm::gcra) {
         return gcra::window_seconds(policy);

@@ -74,6 +74,13 @@ void unrecord(const Policy& policy, State& state, int64_t token) noexcept;
 // without losing counts).
 bool is_idle(const Policy& policy, const State& state, int64_t now_ms) noexcept;
 
+// A decision made elsewhere (by Redis) brought within what the policy can ever say: remaining
+// at most the quota (0 when rejected), reset and retry-after between 0 and three windows (a
+// correct count asks for at most two, plus the clock steps back by less than a window; a reply
+// claiming more is wrong, and clients would be told to wait for years). Returns whether
+// anything had to change.
+bool clamp(const Policy& policy, Decision& d) noexcept;
+
 // What RateLimit-Policy shows: q= (requests) and w= (seconds).
 uint64_t quota(const Policy& policy) noexcept;
 int64_t window_seconds(const Policy& policy) noexcept;

@@ -29,8 +29,13 @@ char* check_max_size(ngx_conf_t*, void*, void* data) noexcept {
     return v == 0 || v > 64 * 1024 * 1024 ? const_cast<char*>("must be between 1 and 64m")
                                           : NGX_CONF_OK;
 }
+// A waiter waits at most this long for another request's fill; a lock outlives a filler that
+// died by at most this long. Minutes of either are never what an operator means.
 char* check_lock_timeout(ngx_conf_t*, void*, void* data) noexcept {
-    return *static_cast<ngx_msec_t*>(data) == 0 ? const_cast<char*>("must not be 0") : NGX_CONF_OK;
+    ngx_msec_t ms = *static_cast<ngx_msec_t*>(data);
+    return ms == 0      ? const_cast<char*>("must not be 0")
+           : ms > 60000 ? const_cast<char*>("must not be longer than 60s")
+                        : NGX_CONF_OK;
 }
 char* check_stale(ngx_conf_t*, void*, void* data) noexcept {
     return *static_cast<ngx_msec_t*>(data) > static_cast<ngx_msec_t>(redis::cache_generation_ttl_ms)

@@ -299,6 +299,19 @@ void fall_back(Check& c) noexcept {
     }
 }
 
+// Redis answered numbers no correct count gives (a foreign script, a proxy, corruption): they
+// were clamped. Logged once per worker, so a bad Redis does not flood the log.
+void log_clamped(ngx_http_request_t* r, const ZoneConf* zone) noexcept {
+    static bool logged = false;
+    if (!logged) {
+        logged = true;
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "throttle_zone \"%V\": Redis answered a decision out of range for the "
+                      "zone (clamped; logged once)",
+                      &zone->name);
+    }
+}
+
 // Redis answered for the remote zones (decisions in their order), or could not (nullptr):
 // decide, then let the request go on.
 void settle(ngx_http_request_t* r, Check& c, const redis::StrictDecision* decisions) noexcept {
@@ -326,9 +339,13 @@ void settle(ngx_http_request_t* r, Check& c, const redis::StrictDecision* decisi
             a.decision.remaining = d.allowed ? d.remaining : 0;
             a.decision.reset_ms = d.reset_ms;
             a.decision.retry_after_ms = d.allowed ? 0 : d.retry_after_ms;
+            a.decision.limit = core::quota(a.zone->policy);
+            if (core::clamp(a.zone->policy, a.decision)) {
+                log_clamped(r, a.zone);
+            }
             if (!d.allowed) {
                 // Over the limit in Redis: reject locally until then, without asking.
-                a.state->blocked_until = now + ngx_max(d.retry_after_ms, 1);
+                a.state->blocked_until = now + ngx_max(a.decision.retry_after_ms, 1);
                 admitted = false;
             }
         }
