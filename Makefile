@@ -5,6 +5,7 @@
 #   make run        install what is missing, build, start nginx on 127.0.0.1:8080 (foreground)
 #   make test       install what is missing, build, run unit and integration tests
 #   make bench      benchmark: plain, limit_req, throttle local/sync/strict, OpenResty+Redis
+#   make asan       the module built with ASan/UBSan (build/asan/) and the prove suite run on it
 #   make format     clang-format the C++ sources (make format-check: CI's check that it is a no-op)
 SHELL := /bin/bash
 .ONESHELL:
@@ -16,6 +17,8 @@ BUILD     ?= build
 MODULE    := $(BUILD)/ngx_http_throttle_module.so
 NGX_TREE  := $(BUILD)/nginx-src
 TOP       := $(CURDIR)
+NGX_CC_OPT ?= -O2
+NGX_LD_OPT ?=
 
 # Debian packages the build, tests, demo and benchmark need.
 DEB_PACKAGES := build-essential g++ cmake make perl nginx nginx-dev libpcre2-dev libssl-dev \
@@ -24,7 +27,7 @@ DEB_PACKAGES := build-essential g++ cmake make perl nginx nginx-dev libpcre2-dev
 
 SOURCES := $(wildcard src/*/*.cpp src/*/*.hpp src/*/*/*.cpp src/*/*/*.hpp) config
 
-.PHONY: all deps run test unit integration bench clean format format-check
+.PHONY: all deps run test unit integration bench clean format format-check asan
 all: $(MODULE)
 
 deps:
@@ -47,7 +50,8 @@ $(NGX_TREE)/objs/Makefile: config Makefile $(BUILD)/sources.list | deps
 	rm -rf $(NGX_TREE)/objs
 	cd $(NGX_TREE)
 	if [ -f conf_flags ]; then source ./conf_flags; else NGX_CONF_FLAGS=(--with-compat); fi
-	./configure "$${NGX_CONF_FLAGS[@]}" --with-cc-opt=-O2 --add-dynamic-module=$(TOP) > configure.log 2>&1 \
+	./configure "$${NGX_CONF_FLAGS[@]}" --with-cc-opt="$(NGX_CC_OPT)" --with-ld-opt="$(NGX_LD_OPT)" \
+	  --add-dynamic-module=$(TOP) > configure.log 2>&1 \
 	  || { tail -30 configure.log; exit 1; }
 
 # The source list is fixed at configure time: reconfigure when files are added or removed.
@@ -83,6 +87,17 @@ run: $(MODULE)
 	trap 'exit 130' INT TERM
 	echo "throttle demo on http://127.0.0.1:8080/ (Ctrl-C stops); try: curl -i http://127.0.0.1:8080/api/items/"
 	$(NGINX_BIN) -p $(TOP)/ -c conf.examples/demo.conf -g 'daemon off;'
+
+# The module under AddressSanitizer and UBSan inside Debian's (uninstrumented) nginx: the
+# sanitizer runtimes are preloaded into nginx only; teardown fails a test on any report.
+ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+asan: | deps
+	$(MAKE) --no-print-directory BUILD=$(BUILD)/asan NGX_CC_OPT="$(ASAN_FLAGS)" \
+	  NGX_LD_OPT="-fsanitize=address,undefined" $(BUILD)/asan/ngx_http_throttle_module.so
+	TEST_NGINX_MODULE=$(TOP)/$(BUILD)/asan/ngx_http_throttle_module.so \
+	TEST_NGINX_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  prove -I t/lib t/
 
 bench: $(MODULE)
 	bash bench/run.sh

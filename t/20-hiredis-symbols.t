@@ -75,6 +75,8 @@ SKIP: {
     print $fh "load_module $module;\nerror_log $dir/error.log;\npid $dir/nginx.pid;\n"
         . "events {}\nhttp { access_log off; }\n";
     close $fh;
+    # A module built with sanitizers (make asan) needs their runtimes preloaded into nginx.
+    local $ENV{LD_PRELOAD} = $ENV{TEST_NGINX_PRELOAD} if $ENV{TEST_NGINX_PRELOAD};
     my $out = `'$nginx' -p '$dir' -c '$dir/nginx.conf' -t 2>&1`;
     is($?, 0, 'nginx -t loads the module') or diag($out);
 }

@@ -20,6 +20,7 @@ for my $name (qw(demo.conf django.conf)) {
     my $conf = $t->testdir . "/$name";
     $t->write_file($conf, $text);
     local $ENV{REDIS_PASSWORD} = 'example';
+    local $ENV{LD_PRELOAD} = $ENV{TEST_NGINX_PRELOAD} if $ENV{TEST_NGINX_PRELOAD};  # make asan
     my $nginx = $ENV{TEST_NGINX_BINARY} // '/usr/sbin/nginx';
     my $out = `$nginx -t -p ${\ $t->testdir}/ -e ${\ $t->testdir}/t.log -c $conf 2>&1`;
     is($?, 0, "$name passes nginx -t") or diag($out);

@@ -24,7 +24,8 @@ package Throttle::Test;
 # Environment: TEST_NGINX_BINARY (default /usr/sbin/nginx), TEST_NGINX_MODULE (default
 # <repo>/build/ngx_http_throttle_module.so), TEST_NGINX_LEAVE=1 (keep the temp dir),
 # TEST_NGINX_CATLOG=1 (print error.log at teardown), TEST_NGINX_LOG_LEVEL (error_log
-# level, default info), TEST_NGINX_TMPDIR (where temp dirs go).
+# level, default info), TEST_NGINX_TMPDIR (where temp dirs go), TEST_NGINX_PRELOAD (LD_PRELOAD
+# for nginx only: the sanitizer runtimes a module built by `make asan` needs).
 
 use strict;
 use warnings;
@@ -275,6 +276,11 @@ sub nginx_t {
     return wantarray ? ($rc == 0, $output) : $rc == 0;
 }
 
+# In a child about to exec nginx: the sanitizer runtimes, when the module was built with them.
+sub _preload {
+    $ENV{LD_PRELOAD} = $ENV{TEST_NGINX_PRELOAD} if $ENV{TEST_NGINX_PRELOAD};
+}
+
 sub _system_to {
     my ($self, $out, @cmd) = @_;
     my $pid = fork // die "fork: $!\n";
@@ -282,6 +288,7 @@ sub _system_to {
         open STDIN, '<', '/dev/null';
         open STDOUT, '>', $out or POSIX::_exit(126);
         open STDERR, '>&', \*STDOUT or POSIX::_exit(126);
+        _preload();
         exec { $cmd[0] } @cmd or POSIX::_exit(127);
     }
     waitpid $pid, 0;
@@ -302,6 +309,7 @@ sub run {
         open STDIN, '<', '/dev/null';
         open STDOUT, '>>', "$self->{dir}/stderr.log" or POSIX::_exit(126);
         open STDERR, '>&', \*STDOUT or POSIX::_exit(126);
+        _preload();
         exec { $self->{binary} } $self->{binary}, '-p', "$self->{dir}/",
             '-e', "$self->{dir}/error.log", '-c', $self->conf_path
             or POSIX::_exit(127);
