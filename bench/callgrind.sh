@@ -1,0 +1,519 @@
+#!/usr/bin/env bash
+# nginx variables in single-quoted config lines are meant literally:
+# shellcheck disable=SC2016
+# bench/callgrind.sh: nginx's instructions per request, counted by
+# valgrind --tool=callgrind, for the variants of run.sh and cache.sh. Unlike
+# requests/s, the count does not move with the load of the machine: it is the
+# measure to back a claim that a change made a request cheaper or dearer.
+#
+# Method. Each measurement is one nginx (master_process off, daemon off: the
+# process that answers is the one valgrind runs) under
+#   valgrind --tool=callgrind --callgrind-out-file=FILE
+# serving one variant on 127.0.0.1. It gets the first request of await_answer
+# (and, for the cache, the requests that store the entry and show it a HIT),
+# then one curl with keep-alive sends the same URL COUNT times, then nginx
+# gets SIGQUIT and callgrind writes FILE. That is done with COUNT = N and with
+# COUNT = N0; both runs have the same start-up, warm-up and shutdown, so
+#   Ir/request = (Ir(N) - Ir(N0)) / (N - N0)
+# is what one more keep-alive request costs nginx (Ir = instructions executed,
+# the total of callgrind's out file). Redis and curl are not counted. Redis is
+# emptied (FLUSHALL, SCRIPT FLUSH) before every run so that every run starts
+# from the same state. throttle_redis gets timeout=10s: under valgrind nginx is
+# ~50x slower, and the default 50 ms would drop Redis replies (an [error] in the
+# log stops the run, as in run.sh and cache.sh).
+#
+# Variants (every nginx loads the module, as in run.sh, so plain and limit_req
+# also pay what the loaded module costs a location that does not use it):
+#   plain            static 100-byte file, no throttle directive
+#   limit_req        nginx's limit_req, as in run.sh
+#   throttle         throttle_zone (local mode) + throttle, as in run.sh
+#   strict           throttle_zone mode=strict against a redis-server started here
+#   cache_hit        throttle_cache + throttle_cache_user $cookie_sessionid in front of
+#                    an origin server block of the same nginx (~2 KB JSON, stored gzip'd),
+#                    one user, Accept-Encoding: gzip; every measured request a HIT
+#   cache_hit_plain  the same, the client sends no Accept-Encoding (the inflated body
+#                    comes from the per-worker memo of inflated bodies)
+#   plain_nomod      (not in the default set) plain without load_module
+#
+# Two modules: with BENCH_MODULE_B, every variant is measured with both, and
+# the table gives both counts and B/A, plus, for each variant whose B/A is off by
+# more than BENCH_CG_DIFF_PCT, the functions whose instructions per request
+# changed most (self Ir, callgrind_annotate of the four out files).
+#
+# Knobs (environment):
+#   BENCH_CG_VARIANTS      variants, in order   (plain limit_req throttle strict cache_hit cache_hit_plain)
+#   BENCH_CG_REQUESTS      N                    (2000)
+#   BENCH_CG_BASE          N0                   (1)
+#   BENCH_MODULE           module A             (<repo>/build/ngx_http_throttle_module.so)
+#   BENCH_MODULE_B         module B             (none: one column)
+#   BENCH_CG_DIFF_PCT      per-function breakdown when |B/A - 1| exceeds this, in % (0.5; 0: always;
+#                          two runs of one module differ by 0.2 % at most)
+#   BENCH_CG_DIFF_LINES    functions listed per variant in the breakdown (12)
+#   BENCH_CG_LAYOUTS       measure every variant in this many heap layouts (1): layout L > 1
+#                          gives nginx one more environment variable, (L - 1) x 1000 bytes
+#                          long (nginx copies its environment with malloc at start-up);
+#                          the table then gives the median, and B/A per layout: how much of
+#                          a B/A is the code and how much where malloc's chunks happened to
+#                          lie (plain moved by up to 2.7 % between layouts)
+#   BENCH_NGINX            nginx binary         (/usr/sbin/nginx)
+#   BENCH_CG_OUT           also write the result table to this file
+#   BENCH_KEEP=1           keep the temp directory (configs, callgrind out files, logs)
+# Needs valgrind, curl, redis-server (for strict and the cache variants); missing
+# Debian packages are installed with apt-get when run as root. All traffic goes to
+# 127.0.0.1. Two nginx runs per variant, module and layout, 3-10 s each: the six
+# variants with two modules take 2-4 minutes.
+
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+prog=bench-callgrind
+# Shared helpers and knobs (BENCH_MODULE, BENCH_NGINX, BENCH_KEEP are read there).
+# shellcheck source=lib.sh
+source "$here/lib.sh"
+
+VARIANTS=${BENCH_CG_VARIANTS:-plain limit_req throttle strict cache_hit cache_hit_plain}
+N=${BENCH_CG_REQUESTS:-2000}
+N0=${BENCH_CG_BASE:-1}
+MODULE_B=${BENCH_MODULE_B:-}
+DIFF_PCT=${BENCH_CG_DIFF_PCT:-0.5}
+DIFF_LINES=${BENCH_CG_DIFF_LINES:-12}
+LAYOUTS=${BENCH_CG_LAYOUTS:-1}
+OUT=${BENCH_CG_OUT:-}
+
+BODY_BYTES=100         # plain & co: the static file, as run.sh
+CACHE_BYTES=2048       # cache: the origin's JSON, about (as cache.sh: stored gzip'd, >= 1k)
+SESSION='sessionid=b3f1c0de5eed4a11'
+REQ_PATH='/api/items?sort=name&page=2'
+KNOWN='plain limit_req throttle strict cache_hit cache_hit_plain plain_nomod'
+
+# --------------------------------------------------------------------------
+# Checks.
+# --------------------------------------------------------------------------
+
+need_count BENCH_CG_REQUESTS "$N"
+need_count BENCH_CG_BASE "$N0"
+((N > N0)) || die "BENCH_CG_REQUESTS ($N) must be larger than BENCH_CG_BASE ($N0)"
+[[ $DIFF_PCT =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "BENCH_CG_DIFF_PCT must be a number of percent, not \"$DIFF_PCT\""
+need_count BENCH_CG_DIFF_LINES "$DIFF_LINES"
+need_count BENCH_CG_LAYOUTS "$LAYOUTS"
+
+read -r -a variants <<<"$VARIANTS"
+((${#variants[@]})) || die "BENCH_CG_VARIANTS is empty"
+declare -A seen=()
+for v in "${variants[@]}"; do
+    [[ " $KNOWN " == *" $v "* ]] || die "unknown variant \"$v\" (known: $KNOWN)"
+    [[ -z ${seen[$v]:-} ]] || die "variant \"$v\" is listed twice"
+    seen[$v]=1
+done
+uses_redis() { [[ $1 == strict || $1 == cache_* ]]; }
+is_cache() { [[ $1 == cache_* ]]; }
+want_redis=
+for v in "${variants[@]}"; do uses_redis "$v" && want_redis=1; done
+
+packages=(valgrind curl)
+[[ -z $want_redis ]] || packages+=(redis-server)
+install_missing "${packages[@]}"
+need_nginx
+command -v callgrind_annotate >/dev/null || die "callgrind_annotate not found (apt-get install valgrind)"
+[[ -z $want_redis ]] || need redis_check
+
+modules=(A)
+[[ -z $MODULE_B ]] || modules+=(B)
+declare -A module_src=([A]=$MODULE [B]=$MODULE_B)
+for m in "${modules[@]}"; do
+    MODULE=${module_src[$m]} need module_check
+done
+
+# --------------------------------------------------------------------------
+# Temp dir; everything started from here on is stopped on exit (lib.sh).
+# Each module is copied into a directory of its own (module_setup names the copy
+# after the file, and A and B are usually both ngx_http_throttle_module.so).
+#
+# Every string nginx sees is the same in the runs of A and of B: its environment,
+# its command line, the config's paths (one config file, one instance name, the
+# module at $tmp/module-A|B/ngx_http_throttle_module.so). They decide what malloc
+# did before the first request, which shows in every request after it: a longer
+# environment moved plain by 1.6 %, a longer TMPDIR moved throttle by 1.5 %, all
+# of it in _int_malloc. Counts are comparable within one run of this script; and
+# the two modules allocate differently at start-up themselves, so a B/A within
+# about 1 % of 1 says little unless it holds over several layouts
+# (BENCH_CG_LAYOUTS).
+# --------------------------------------------------------------------------
+
+start_tmp throttle-bench-callgrind
+mkdir -p "$tmp/cg" "$tmp/conf" "$tmp/html/api"
+
+declare -A module_path=() module_about=()
+copy_module() { # copy_module A|B
+    local MODULE=${module_src[$1]} tmp=$tmp/module-$1 module_loaded='' module_info=''
+    mkdir -p "$tmp"
+    module_setup
+    if [[ $(basename "$module_loaded") != ngx_http_throttle_module.so ]]; then
+        mv "$module_loaded" "$tmp/ngx_http_throttle_module.so"
+        module_loaded=$tmp/ngx_http_throttle_module.so
+    fi
+    module_path[$1]=$module_loaded
+    module_about[$1]=$module_info
+}
+for m in "${modules[@]}"; do copy_module "$m"; done
+
+[[ -z $want_redis ]] || redis_start
+
+head -c "$BODY_BYTES" /dev/zero | tr '\0' 'x' >"$tmp/html/bench.txt"
+# an API-like JSON list, deterministic, about CACHE_BYTES
+perl -e 'my ($n, $s, @items) = ($ARGV[0]);
+    do {
+        my $i = @items + 1;
+        push @items, sprintf(q({"id":%d,"sku":"%08x","name":"item %d","price":%d.%02d,"stock":%d}),
+            $i, ($i * 2654435761) % 2**32, $i, ($i * 37) % 500, ($i * 13) % 100, ($i * 7) % 1000);
+        $s = sprintf(q({"page":2,"per_page":%d,"items":[%s]}), scalar(@items), join(",", @items));
+    } while (length($s) < $n);
+    print $s, "\n";' "$CACHE_BYTES" >"$tmp/html/api/items.json"
+json_bytes=$(wc -c <"$tmp/html/api/items.json")
+
+# One pair of ports for every run (a run's nginx is gone before the next starts):
+# the variant's server, and the cache's origin.
+read -r port origin_port <<<"$(free_ports 2)"
+
+# --------------------------------------------------------------------------
+# Configuration: one nginx per measurement, serving one variant. The shapes
+# are run.sh's (plain .. strict) and cache.sh's (the cache).
+# --------------------------------------------------------------------------
+
+# http_lines VARIANT: the variant's lines in the http context
+http_lines() {
+    case $1 in
+    limit_req) echo 'limit_req_zone $binary_remote_addr zone=bench_lr:10m rate=1000000r/s;' ;;
+    throttle) echo 'throttle_zone $binary_remote_addr zone=bench:10m rate=1000000000r/s;' ;;
+    strict)
+        echo "throttle_redis 127.0.0.1:$redis_port connect_timeout=10s timeout=10s;  # valgrind is slow"
+        # 1e8r/d: the largest sliding rate strict mode takes exactly (run.sh)
+        echo 'throttle_zone $binary_remote_addr zone=bstrict:10m rate=100000000r/d mode=strict;'
+        ;;
+    cache_*)
+        echo "throttle_redis 127.0.0.1:$redis_port connect_timeout=10s timeout=10s;  # valgrind is slow"
+        echo 'throttle_cache_secret "bench-cache-secret-0123456789abcdef";'
+        echo "upstream origin { server 127.0.0.1:$origin_port; keepalive 64; }"
+        ;;
+    esac
+}
+
+# location_lines VARIANT: inside the variant's location
+location_lines() {
+    case $1 in
+    limit_req) echo 'limit_req zone=bench_lr burst=1000000 nodelay;' ;;
+    throttle) echo 'throttle zone=bench;' ;;
+    strict) echo 'throttle zone=bstrict;' ;;
+    cache_*)
+        echo 'throttle_cache bench;'
+        echo 'proxy_pass http://origin;'
+        ;;
+    esac
+}
+
+# write_conf VARIANT MODULE_LABEL
+write_conf() {
+    local v=$1 m=$2
+    conf_head cg
+    echo "master_process off;  # the process valgrind runs answers the requests"
+    [[ $v == plain_nomod ]] || echo "load_module ${module_path[$m]};"
+    echo
+    echo "events { worker_connections 256; }"
+    echo
+    echo "http {"
+    echo "    access_log off;"
+    echo "    default_type text/plain;"
+    echo "    types { application/json json; }"
+    echo "    keepalive_requests 1000000;  # one connection for all N requests"
+    conf_temp_paths cg
+    http_lines "$v" | sed 's/^/    /'
+    echo
+    echo "    server {  # $v"
+    echo "        listen 127.0.0.1:$port;"
+    echo "        root $tmp/html;"
+    if is_cache "$v"; then
+        cat <<EOF
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        add_header X-Cache \$throttle_cache_status always;
+        throttle_cache_user \$cookie_sessionid;
+        throttle_cache_valid 200 1h;
+        location /api/ {
+$(location_lines "$v" | sed 's/^/            /')
+        }
+    }
+
+    server {  # the origin: nginx serving the JSON file
+        listen 127.0.0.1:$origin_port;
+        root $tmp/html;
+        location = /api/items { try_files /api/items.json =404; }
+    }
+EOF
+    else
+        echo "        location = /bench.txt {"
+        location_lines "$v" | sed 's/^/            /'
+        echo "        }"
+        echo "    }"
+    fi
+    echo "}"
+}
+
+# --------------------------------------------------------------------------
+# One measurement.
+# --------------------------------------------------------------------------
+
+# The URL each variant is asked for. curl expands the glob in the fragment and
+# does not send the fragment: COUNT requests for the very same URL, one keep-alive
+# connection.
+url() {
+    if is_cache "$1"; then echo "http://127.0.0.1:$port$REQ_PATH"; else echo "http://127.0.0.1:$port/bench.txt"; fi
+}
+# client_args VARIANT: curl's request headers for the variant
+client_args() {
+    case $1 in
+    cache_hit) printf '%s\n' -H "Cookie: $SESSION" -H 'Accept-Encoding: gzip' ;;
+    cache_hit_plain) printf '%s\n' -H "Cookie: $SESSION" ;;
+    esac
+}
+# What curl's -w prints for each answer; every measured answer must print the
+# same line, and the variant's (expected).
+WRITE_OUT='%{http_code} x-cache=%header{x-cache} content-encoding=%header{content-encoding} ratelimit-policy=%header{ratelimit-policy} bytes=%{size_download}\n'
+expected() {
+    case $1 in
+    plain | plain_nomod | limit_req) echo "200 x-cache= content-encoding= ratelimit-policy= bytes=$BODY_BYTES" ;;
+    throttle | strict) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
+    cache_hit) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;
+    cache_hit_plain) echo "200 x-cache=HIT content-encoding= ratelimit-policy= bytes=$json_bytes" ;;
+    esac
+}
+
+# ask VARIANT COUNT OUTFILE: COUNT requests on one connection, -w lines to OUTFILE
+ask() {
+    local args
+    mapfile -t args < <(client_args "$1")
+    curl -s -o /dev/null "${args[@]}" -w "$WRITE_OUT" "$(url "$1")#[1-$2]" >"$3" || true
+}
+
+# evalsha_calls: EVALSHAs Redis ran since the run's CONFIG RESETSTAT
+evalsha_calls() {
+    redis_cli info commandstats | tr -d '\r' | awk -F'[:=,]' '$1 == "cmdstat_evalsha" { print $3 }'
+}
+
+# layout_env LAYOUT: the extra environment variable of that heap layout, if any
+layout_env() {
+    (($1 > 1)) || return 0
+    printf 'BENCH_CG_LAYOUT=%s\n' "$(head -c $((($1 - 1) * 1000)) /dev/zero | tr '\0' x)"
+}
+
+# measure VARIANT MODULE_LABEL LAYOUT COUNT: one nginx under callgrind; sets
+# measured_ir to the total Ir of the run. Not in a subshell: nginx is stopped on
+# exit if it fails.
+measured_ir=''
+measure() {
+    local v=$1 m=$2 layout=$3 count=$4 name=$1.$2.L$3.$4 code pid i got want args pad
+    local conf=$tmp/conf/$v.$m.conf out=$tmp/cg/$name.out
+    [[ -s $conf ]] || write_conf "$v" "$m" >"$conf"
+    cp "$conf" "$tmp/nginx.conf" # the same path in every run
+    if [[ -n $want_redis ]]; then
+        redis_cli flushall >/dev/null
+        redis_cli script flush >/dev/null
+        redis_cli config resetstat >/dev/null
+    fi
+    mapfile -t args < <(client_args "$v")
+    : >"$tmp/error.log"
+    # A fixed environment (see above), plus the layout's padding.
+    mapfile -t pad < <(layout_env "$layout")
+    nginx_on_cpus=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "${pad[@]}"
+        valgrind --tool=callgrind "--callgrind-out-file=$out" "--log-file=$tmp/cg/$name.valgrind.log")
+    nginx_start cg "$tmp/nginx.conf"
+    pid=${nginx_pid_of[cg]}
+
+    # the first request: nginx is up (valgrind's start-up takes seconds)
+    code=$(await_answer cg curl -s -o /dev/null -D "$tmp/cg/$name.headers" "${args[@]}" \
+        -w '%{http_code}' "$(url "$v")")
+    [[ $code == 200 ]] || {
+        cat "$tmp/cg/$name.headers" "$tmp/error.log" >&2 2>/dev/null || true
+        die "$name: GET $(url "$v") answered $code"
+    }
+    # the cache: the first request stored the entry (MISS); ask until it is a HIT
+    if is_cache "$v"; then
+        for ((i = 1; i <= 50; i++)); do
+            ask "$v" 1 "$tmp/cg/$name.warm"
+            [[ $(cat "$tmp/cg/$name.warm") == *x-cache=HIT* ]] && break
+            sleep 0.1
+        done
+        [[ $(cat "$tmp/cg/$name.warm") == *x-cache=HIT* ]] || die "$name: never answered X-Cache: HIT"
+        echo "$i" >"$tmp/cg/$name.warm-requests"
+    fi
+
+    ask "$v" "$count" "$tmp/cg/$name.answers"
+    got=$(sort "$tmp/cg/$name.answers" | uniq -c | awk '{ $1 = $1 " x"; print }')
+    want=$(expected "$v")
+    # shellcheck disable=SC2053 # $want is a pattern
+    if [[ $(wc -l <"$tmp/cg/$name.answers") != "$count" || $(sort -u "$tmp/cg/$name.answers" | wc -l) != 1 ||
+        $(head -1 "$tmp/cg/$name.answers") != $want ]]; then
+        die "$name: the $count answers were not all \"$want\": $got"
+    fi
+    [[ $v != strict || $(evalsha_calls) -gt 0 ]] || die "$name: Redis saw no EVALSHA: strict did not ask Redis"
+
+    # let nginx see curl's connection close, then stop it: callgrind writes $out
+    sleep 0.3
+    kill -QUIT "$pid"
+    for ((i = 0; i < 1200; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && die "$name: nginx did not exit within 120 s of SIGQUIT"
+    wait "$pid" || true
+    nginx_pids=() # this one is gone; nothing left to stop
+    no_nginx_errors
+    measured_ir=$(awk '$1 == "summary:" || $1 == "totals:" { print $2; exit }' "$out")
+    is_uint "$measured_ir" || die "$name: no total in $out (see $tmp/cg/$name.valgrind.log)"
+}
+
+# --------------------------------------------------------------------------
+# Per-function breakdown: (self Ir(N) - self Ir(N0)) / (N - N0) per function,
+# names without their file and object (they differ between two builds).
+# --------------------------------------------------------------------------
+
+# per_function FILE_N FILE_N0: "IR_PER_REQUEST FUNCTION" lines
+per_function() {
+    local f
+    for f in "$1" "$2"; do
+        # the table of functions only (--auto=no: no annotated source after it)
+        callgrind_annotate --threshold=100 --inclusive=no --auto=no "$f" 2>/dev/null |
+            awk -v sign="$([[ $f == "$1" ]] && echo 1 || echo -1)" '
+                / file:function$/ { table = 1; next }
+                table && /^ *[0-9][0-9,]* / {
+                    n = $1; gsub(/,/, "", n)
+                    line = $0
+                    sub(/^ *[0-9,]+ +(\([ 0-9.]+%\) +)?/, "", line)
+                    sub(/ \[[^]]*\]$/, "", line)   # the object
+                    sub(/^[^:]*:/, "", line)
+                    print n * sign "\t" line
+                }'
+    done | awk -F'\t' -v span=$((N - N0)) '{ s[$2] += $1 } END { for (k in s) printf "%.2f\t%s\n", s[k] / span, k }'
+}
+
+# diff_functions VARIANT: the functions whose Ir per request changed most, B - A
+# (layout 1)
+diff_functions() {
+    local v=$1
+    LC_ALL=C join -t $'\t' -1 2 -2 2 -a 1 -a 2 -e 0 -o 0,1.1,2.1 \
+        <(per_function "$tmp/cg/$v.A.L1.$N.out" "$tmp/cg/$v.A.L1.$N0.out" | LC_ALL=C sort -t $'\t' -k2,2) \
+        <(per_function "$tmp/cg/$v.B.L1.$N.out" "$tmp/cg/$v.B.L1.$N0.out" | LC_ALL=C sort -t $'\t' -k2,2) |
+        awk -F'\t' '{ d = $3 - $2; print (d < 0 ? -d : d) "\t" d "\t" $2 "\t" $3 "\t" $1 }' |
+        sort -t $'\t' -k1,1gr |
+        awk -F'\t' -v n="$DIFF_LINES" 'NR <= n {
+            f = $5; if (length(f) > 150) f = substr(f, 1, 147) "..." # C++ names can be very long
+            printf "    %+9.1f %9.1f %9.1f  %s\n", $2, $3, $4, f }'
+}
+
+# --------------------------------------------------------------------------
+# Measure.
+# --------------------------------------------------------------------------
+
+load_before=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')
+started=$SECONDS
+# ir[VARIANT.MODULE.LAYOUT.COUNT]: total Ir of a run; per_layout[VARIANT.MODULE]:
+# "IR/REQ IR/REQ ..", one per layout; per_req[VARIANT.MODULE]: their median
+declare -A ir=() per_layout=() per_req=()
+for v in "${variants[@]}"; do
+    for m in "${modules[@]}"; do
+        for ((l = 1; l <= LAYOUTS; l++)); do
+            k=$v.$m.L$l
+            for count in "$N0" "$N"; do
+                say "$(printf '%-16s module %s, layout %d, %5d requests ...' "$v" "$m" "$l" "$count")"
+                measure "$v" "$m" "$l" "$count"
+                ir[$k.$count]=$measured_ir
+            done
+            if is_cache "$v" && ! cmp -s "$tmp/cg/$k.$N0.warm-requests" "$tmp/cg/$k.$N.warm-requests"; then
+                say "warning: $k: the runs needed a different number of warm-up requests" \
+                    "($(cat "$tmp/cg/$k.$N0.warm-requests") and $(cat "$tmp/cg/$k.$N.warm-requests")): the difference counts"
+            fi
+            x=$(awk -v a="${ir[$k.$N]}" -v b="${ir[$k.$N0]}" -v n=$((N - N0)) 'BEGIN { printf "%.0f", (a - b) / n }')
+            per_layout[$v.$m]+="$x "
+            say "$(printf '%-16s module %s, layout %d: %s Ir/request' "$v" "$m" "$l" "$x")"
+        done
+        per_req[$v.$m]=$(median "${per_layout[$v.$m]}" | awk '{ printf "%.0f", $1 }')
+    done
+done
+elapsed=$((SECONDS - started))
+
+# --------------------------------------------------------------------------
+# Report.
+# --------------------------------------------------------------------------
+
+# fmt_ratio A B: A/B as 1.234
+fmt_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }'; }
+# off_by_more RATIO PCT: |RATIO - 1| > PCT %
+off_by_more() { awk -v r="$1" -v p="$2" 'BEGIN { d = r - 1; exit !(p == 0 || (d < 0 ? -d : d) * 100 > p) }'; }
+
+# range "X1 X2 ..": "MIN..MAX"
+range() { tr -s ' ' '\n' <<<"$1" | sort -g | awk 'NF { v[++n] = $1 } END { print v[1] ".." v[n] }'; }
+# by_layout VARIANT: B/A in each layout, "0.995 0.988 .."
+by_layout() {
+    awk -v a="${per_layout[$1.A]}" -v b="${per_layout[$1.B]}" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " ")
+        for (i = 1; i <= n; i++) printf "%s%.3f", (i > 1 ? " " : ""), (x[i] > 0 ? y[i] / x[i] : 0) }'
+}
+
+ref=''
+[[ -z ${seen[plain]:-} ]] || ref=plain
+layouts_note=''
+((LAYOUTS == 1)) || layouts_note=", median of $LAYOUTS heap layouts"
+{
+    echo "ngx_http_throttle_module: nginx instructions per request under callgrind ($(date -u '+%Y-%m-%d %H:%M UTC'))"
+    echo "machine:  nproc=$(nproc), $(uname -sr), $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(valgrind --version)"
+    echo "load:     $load_before (does not change the counts)"
+    for m in "${modules[@]}"; do
+        echo "module $m: ${module_about[$m]}"
+    done
+    echo "method:   nginx master_process off under valgrind --tool=callgrind; curl -s -o /dev/null URL#[1-COUNT]"
+    echo "          (one keep-alive connection, the same URL COUNT times) after the first request"
+    echo "          (cache: until a HIT); SIGQUIT; Ir/request = (Ir($N) - Ir($N0)) / $((N - N0))$layouts_note;"
+    echo "          ${elapsed}s in all"
+    echo
+    if [[ -z $MODULE_B ]]; then
+        printf '%-16s %11s %9s' variant 'Ir/request' "${ref:+vs plain}"
+        ((LAYOUTS == 1)) && echo || printf '  %s\n' 'range over the layouts'
+        for v in "${variants[@]}"; do
+            printf '%-16s %11s %9s' "$v" "${per_req[$v.A]}" "${ref:+$(ratio "${per_req[$v.A]}" "${per_req[$ref.A]}")x}"
+            ((LAYOUTS == 1)) && echo || printf '  %s\n' "$(range "${per_layout[$v.A]}")"
+        done
+    else
+        printf '%-16s %11s %11s %8s %10s %10s' variant 'A Ir/req' 'B Ir/req' 'B/A' \
+            "${ref:+A vs plain}" "${ref:+B vs plain}"
+        ((LAYOUTS == 1)) && echo || printf '  %s\n' 'B/A in each layout'
+        for v in "${variants[@]}"; do
+            printf '%-16s %11s %11s %8s %10s %10s' "$v" "${per_req[$v.A]}" "${per_req[$v.B]}" \
+                "$(fmt_ratio "${per_req[$v.B]}" "${per_req[$v.A]}")" \
+                "${ref:+$(ratio "${per_req[$v.A]}" "${per_req[$ref.A]}")x}" \
+                "${ref:+$(ratio "${per_req[$v.B]}" "${per_req[$ref.B]}")x}"
+            ((LAYOUTS == 1)) && echo || printf '  %s\n' "$(by_layout "$v")"
+        done
+    fi
+    echo
+    echo "Ir/request of each layout, and the total Ir of each run (start-up, warm-up and shutdown included):"
+    for v in "${variants[@]}"; do
+        for m in "${modules[@]}"; do
+            read -r -a xs <<<"${per_layout[$v.$m]}"
+            for ((l = 1; l <= LAYOUTS; l++)); do
+                printf '  %-16s %s L%d %7s   Ir(%d) = %s  Ir(%d) = %s\n' "$v" "$m" "$l" "${xs[l - 1]}" \
+                    "$N0" "${ir[$v.$m.L$l.$N0]}" "$N" "${ir[$v.$m.L$l.$N]}"
+            done
+        done
+    done
+    if [[ -n $MODULE_B ]]; then
+        for v in "${variants[@]}"; do
+            r=$(fmt_ratio "${per_req[$v.B]}" "${per_req[$v.A]}")
+            off_by_more "$r" "$DIFF_PCT" || continue
+            echo
+            echo "$v: B/A = $r; self Ir per request of the functions that changed most (layout 1):"
+            printf '    %9s %9s %9s  %s\n' 'B - A' A B function
+            diff_functions "$v"
+        done
+    fi
+} >"$tmp/results.txt"
+
+show_results "$OUT"
