@@ -101,6 +101,8 @@ asan: | deps
 
 bench: $(MODULE)
 	bash bench/run.sh
+bench-callgrind: $(MODULE)
+	bash bench/callgrind.sh
 
 FORMATTED := $(wildcard src/*/*.cpp src/*/*.hpp src/*/*/*.cpp src/*/*/*.hpp \
                          t/unit/*.cpp t/unit/*.hpp t/redis/*.cpp t/redis/*.hpp)
