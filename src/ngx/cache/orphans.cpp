@@ -14,11 +14,17 @@ namespace {
 
 constexpr size_t orphans_max = 1000;
 constexpr uint64_t retry_ms = 1000;
+constexpr uint64_t give_up_ms = 10 * 60 * 1000;  // Redis away this long: the locks are its own
 
-// A fill lock an unanswered call may have left.
+// A fill lock an unanswered call may have left. When Redis runs that call is unknown: the
+// call may wait in Redis' input (a paused Redis runs it on resuming), so the lock's own TTL
+// may start long after the call timed out here. What is known: once Redis answered an ABANDON,
+// whatever it had read before (the old call included) runs before it answers the next one.
+// So ABANDON is repeated until it released a lock, or until two were answered.
 struct Orphan {
     FillLock lock;
-    uint64_t until = 0;  // loop time after which the lock has expired anyway
+    uint64_t give_up_at = 0;  // loop time: Redis stayed away too long
+    bool answered = false;    // an ABANDON was answered (without finding the lock)
 };
 
 struct Orphans {
@@ -43,8 +49,8 @@ void keep(Orphan&& o) noexcept {
 }
 
 void send(Orphan&& o) noexcept {
-    if (orphans->loop->now_ms() >= o.until) {
-        return;  // expired by itself
+    if (orphans->loop->now_ms() >= o.give_up_at) {
+        return;
     }
     redis::Client* client = redis_client();
     try {
@@ -60,16 +66,18 @@ void send(Orphan&& o) noexcept {
             return;
         }
         auto held = std::make_shared<Orphan>(std::move(o));
-        client->evalsha(redis::cache_abandon_script(), args.keys(), args.args(),
-                        [held](redis::Result&& res) noexcept {
-                            bool released = false;
-                            if (res.ok() && redis::parse_cache_abandon_reply(res.reply, released)) {
-                                return;
-                            }
-                            if (orphans != nullptr && !worker_exiting()) {
-                                keep(std::move(*held));
-                            }
-                        });
+        client->evalsha(
+            redis::cache_abandon_script(), args.keys(), args.args(),
+            [held](redis::Result&& res) noexcept {
+                bool released = false;
+                bool answered = res.ok() && redis::parse_cache_abandon_reply(res.reply, released);
+                if (released || (answered && held->answered) || orphans == nullptr ||
+                    worker_exiting()) {
+                    return;  // released, or the old call has run by now: no lock is left
+                }
+                held->answered = held->answered || answered;
+                keep(std::move(*held));
+            });
     } catch (...) {
         keep(std::move(o));
     }
@@ -93,7 +101,7 @@ void cache_abandon_lock(const FillLock& lock) noexcept {
         return;
     }
     try {
-        send(Orphan{lock, orphans->loop->now_ms() + lock.ttl});
+        send(Orphan{lock, orphans->loop->now_ms() + give_up_ms, false});
     } catch (...) {
     }
 }
