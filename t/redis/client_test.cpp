@@ -331,12 +331,18 @@ TEST_F(RedisClientTest, CommandTimeoutWhenServerHangsThenRecovery) {
     issue(client, {"INCR", "y"}, b);
     issue(client, {"SET", "z", "1"}, c);
     ASSERT_TRUE(ev.run_until([&] { return a.calls && b.calls && c.calls; }, 5000));
+    // The first command times out and the hung connection is dropped with it; the other two
+    // were issued up to a millisecond later (the loop's clock is live between turns), so they
+    // time out in the same turn or fail with the dropped connection, never before 199 ms.
+    EXPECT_EQ(a.result.failure, Failure::Timeout);
     for (const Outcome* o : {&a, &b, &c}) {
-        EXPECT_EQ(o->result.failure, Failure::Timeout);
+        EXPECT_TRUE(o->result.failure == Failure::Timeout ||
+                    o->result.failure == Failure::Disconnected)
+            << to_string(o->result.failure);
         EXPECT_GE(o->at_ms - t0, 199u);             // not before the deadline
         EXPECT_LE(o->at_ms - t0, 200u + slack_ms);  // and not stuck (a loaded machine is slow)
     }
-    EXPECT_GE(client.stats().timeouts, 3u);
+    EXPECT_GE(client.stats().timeouts, 1u);
 
     // While it hangs, nothing waits longer than the timeout (plus a margin).
     for (int i = 0; i < 8; i++) {
