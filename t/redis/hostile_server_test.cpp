@@ -12,6 +12,7 @@
 #include <map>
 
 #include "fake_server.hpp"
+#include "redis/subscriber.hpp"
 #include "support.hpp"
 
 namespace throttle::redis::test {
@@ -405,6 +406,46 @@ TEST_F(HostileServerTest, HandshakeRepliesOfTheWrongShape) {
         EXPECT_EQ(o.result.failure, Failure::Disconnected);
         EXPECT_TRUE(logged_text("not the script's SHA-1 " + script.sha())) << all_logs();
     }
+}
+
+// The subscriber's connection is in pub/sub mode, where hiredis dispatches replies no command
+// waits for as messages: an array shorter than 2, a first element that is not a bulk string, an
+// unsubscribe whose count is not an integer abort() the process there; a huge array header costs
+// what it costs the client. Each one drops the connection, the next subscribes again; a message of
+// another channel is not handed over as one of ours.
+TEST_F(HostileServerTest, SubscriberSurvivesMalformedMessages) {
+    const std::string confirm = "*3\r\n" + bulk("subscribe") + bulk("ch") + ":1\r\n";
+    const std::vector<std::string> hostile = {
+        "*1\r\n:1\r\n",
+        "*3\r\n" + bulk("unsubscribe") + bulk("ch") + bulk("0"),
+        "*3\r\n:1\r\n" + bulk("ch") + bulk("x"),
+        "*2147483647\r\n",
+        "*3\r\n" + bulk("message") + bulk("other") + bulk("not ours") + "*3\r\n" + bulk("message") +
+            bulk("ch") + bulk("hello"),
+    };
+    std::atomic<size_t> subscribes{0};
+    FakeServer server([&](const std::vector<std::string>& argv) {
+        if (argv[0] != "SUBSCRIBE") {
+            return FakeServer::Answer{"-ERR unknown command\r\n"};
+        }
+        size_t i = subscribes++;
+        return FakeServer::Answer{confirm + hostile[std::min(i, hostile.size() - 1)]};
+    });
+    Config cfg = config(server);
+    std::vector<std::string> got;
+    Subscriber sub(
+        ev.loop(), cfg, "ch", [&](std::string_view m) { got.emplace_back(m); }, logger());
+    sub.start();
+    ASSERT_TRUE(ev.run_until([&] { return !got.empty(); }, 20000)) << all_logs();
+    ev.run_for(50);
+    EXPECT_EQ(got, std::vector<std::string>{"hello"});
+    EXPECT_TRUE(sub.subscribed());
+    EXPECT_EQ(server.connections(), int(hostile.size()));
+    EXPECT_TRUE(logged_text("not a pub/sub message")) << all_logs();
+    EXPECT_TRUE(logged_text("the count of an unsubscribe (bulk string) is not")) << all_logs();
+    EXPECT_TRUE(logged_text("element 0 (integer) is not a bulk string")) << all_logs();
+    EXPECT_TRUE(logged_text("(array of 2147483647)")) << all_logs();
+    EXPECT_EQ(logged(LogLevel::Error), 1) << all_logs();  // one incident
 }
 
 }  // namespace
