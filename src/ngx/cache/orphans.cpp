@@ -66,6 +66,7 @@ void send(Orphan&& o) noexcept {
                             if (res.ok() && redis::parse_cache_abandon_reply(res.reply, released)) {
                                 return;
                             }
+                            redis_reply_unusable(res, "cache fill lock abandon");
                             if (orphans != nullptr && !worker_exiting()) {
                                 keep(std::move(*held));
                             }
