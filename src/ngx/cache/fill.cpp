@@ -25,8 +25,10 @@ redis::CacheTarget target_of(const FillLock& lock) noexcept {
     return t;
 }
 
+// Redis' own trouble is logged by its client, once per incident; this is what it cost.
 void log_redis_failure(const char* what, const redis::Result& res) noexcept {
-    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0, "throttle_cache: %s failed: %s", what,
+    redis_reply_unusable(res, what);
+    ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0, "throttle_cache: %s failed: %s", what,
                   res.ok() ? "unexpected reply" : redis::to_string(res.failure));
 }
 

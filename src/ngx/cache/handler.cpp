@@ -111,6 +111,7 @@ void on_refresh_lock(const std::shared_ptr<CacheRequest>& cr, redis::Result&& re
     }
     bool taken = false;
     if (!res.ok() || !redis::parse_cache_fill_lock_reply(res.reply, taken)) {
+        redis_reply_unusable(res, "cache refresh lock");
         serve_later(*cr, CacheStatus::stale, std::move(entry));
         return;
     }
@@ -257,11 +258,7 @@ void cache_lookup_done(const std::shared_ptr<CacheRequest>& cr, redis::Failure f
         }
         return;
     }
-    if (answer == nullptr) {
-        if (failure == redis::Failure::None) {
-            ngx_log_error(NGX_LOG_WARN, c.request()->connection->log, 0,
-                          "throttle_cache: unexpected lookup reply");
-        }
+    if (answer == nullptr) {  // the client logged why, once per incident
         pass(c, failure == redis::Failure::CircuitOpen ? CacheStatus::bypass : CacheStatus::error);
         return;
     }
