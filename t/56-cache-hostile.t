@@ -35,6 +35,7 @@ http {
 
     server {
         listen 127.0.0.1:%%PORT%% backlog=1024;
+        server_name localhost;  # the host of HTTP/1.0 and 0.9 requests without Host (the key's)
         throttle_cache hostile;
         throttle_cache_user $cookie_sessionid;
         throttle_cache_valid 200 60s;

@@ -323,6 +323,25 @@ void key_path_and_query(ngx_http_request_t* r, std::string_view& path, std::stri
     }
 }
 
+// Where the request was addressed, as nginx resolved it: $scheme and $host (the absolute-form
+// target's host, else the Host header's, lowercased, without its port or a trailing dot; else
+// the server's name). The key normalises the host once more (core::cache::cache_key).
+void key_origin(ngx_http_request_t* r, core::cache::CacheKeyInput& in) noexcept {
+    in.scheme = "http";
+#if (NGX_HTTP_SSL)
+    if (r->connection->ssl != nullptr) {
+        in.scheme = "https";
+    }
+#endif
+    if (r->headers_in.server.len > 0) {
+        in.host = view(r->headers_in.server);
+    } else {
+        auto* cscf = static_cast<ngx_http_core_srv_conf_t*>(
+            ngx_http_get_module_srv_conf(r, ngx_http_core_module));
+        in.host = view(cscf->server_name);
+    }
+}
+
 // Starts the lookup of a new request. NGX_DONE: it waits for Redis; NGX_DECLINED: it goes on
 // without the cache (ctx->cache_status says why).
 ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestCtx* ctx) {
@@ -359,6 +378,7 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
     in.identity_digest = cr->id;
     in.method = view(r->method_name);
     key_path_and_query(r, in.path, in.query);
+    key_origin(r, in);
     cr->key = core::cache::cache_key(in);
     ctx->cache = cr.get();
     if (!cache_lookup_submit(cr, !cr->head)) {

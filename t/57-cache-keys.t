@@ -1,0 +1,165 @@
+#!/usr/bin/perl
+# What makes two requests the same cache entry, beyond the path and query (one worker, real
+# Redis, the counting Throttle::App upstream): the scheme and host a request was sent to (two
+# servers inherit one namespace from http{}; absolute-form targets; Host spellings nginx
+# normalises; the port is not).
+
+use strict;
+use warnings;
+use Test::More;
+use Throttle::Test;
+use Throttle::Redis;
+use Throttle::App;
+
+my $t = Throttle::Test->new(workers => 1);
+my $redis = Throttle::Redis->new(t => $t);
+my $app = Throttle::App->new(t => $t)->start;
+
+# https on a third port, when openssl and curl are here to make a certificate and speak TLS.
+my $dir = $t->testdir;
+my $tls = !system("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+    . "-keyout $dir/tls.key -out $dir/tls.crt -days 2 -subj /CN=a.test >/dev/null 2>&1")
+    && !system('curl --version >/dev/null 2>&1');
+my $https = $tls
+    ? "listen 127.0.0.1:%%PORT_3%% ssl; ssl_certificate $dir/tls.crt; ssl_certificate_key $dir/tls.key;"
+    : '';
+
+# The namespace and the identity are set at http level: every server shares them.
+my $conf = <<'EOF';
+http {
+    throttle_redis %%REDIS%% timeout=1s;
+    throttle_cache_secret keys-secret-0123456789abcdef;
+    throttle_cache keys;
+    throttle_cache_user $cookie_sessionid;
+    throttle_cache_valid 200 60s;
+    add_header X-Cache $throttle_cache_status always;
+    proxy_http_version 1.1;
+    large_client_header_buffers 4 64k;
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        listen 127.0.0.1:%%PORT_2%%;
+        %%HTTPS%%
+        server_name a.test;
+
+        location / {
+            proxy_pass http://%%APP%%;
+        }
+        location /tok/ {
+            throttle_cache_user $http_x_token;
+            proxy_pass http://%%APP%%;
+        }
+        location /mix/ {
+            throttle_cache_user "$cookie_sessionid:${http_x_tenant}";
+            proxy_pass http://%%APP%%;
+        }
+        location /memo/ {
+            empty_gif;
+        }
+    }
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        server_name b.test;
+
+        location / {
+            proxy_pass http://%%APP%%;
+        }
+    }
+}
+EOF
+$conf =~ s/%%HTTPS%%/$https/;
+$t->write_conf($redis->fill($conf))->run;
+
+sub xc   { $_[0]{headers}{'x-cache'} // '' }
+sub body { Throttle::App::parse_body($_[0]{body}) // {} }
+sub n_of { body($_[0])->{n} // -1 }
+sub path_hits { my ($p) = @_; $app->count(sub { $_[0]{path} eq $p }) }
+sub host_get { my ($host, $path, @h) = @_; $t->request('GET', $path, [Host => $host, @h]) }
+
+# ------------------------------------------------------------------------------------------
+# The host is in the key
+
+{
+    my $p = '/h/x';
+    my $a = host_get('a.test', $p);
+    my $b = host_get('b.test', $p);
+    is(xc($a), 'MISS', 'Host: a.test: MISS');
+    ok(xc($b) eq 'MISS' && n_of($b) != n_of($a), 'Host: b.test: MISS, its own answer (not a.test\'s)')
+        or diag('b.test got ' . xc($b) . ' n=' . n_of($b) . ' (a.test n=' . n_of($a) . ')');
+    is(path_hits($p), 2, 'both hosts reached the application');
+    is($app->last_request($p)->{headers}{host}, '127.0.0.1:' . $app->port, 'proxied as usual');
+
+    my $a2 = host_get('a.test', $p);
+    my $b2 = host_get('b.test', $p);
+    ok(xc($a2) eq 'HIT' && n_of($a2) == n_of($a), 'a.test again: HIT, a.test\'s entry');
+    ok(xc($b2) eq 'HIT' && n_of($b2) == n_of($b), 'b.test again: HIT, b.test\'s entry');
+
+    # Spellings nginx resolves to the same host ($host): case, one trailing dot, the Host's port.
+    for my $h ('B.TEST', 'b.test.', 'b.test:1234', 'B.Test.:8080') {
+        my $r = host_get($h, $p);
+        ok(xc($r) eq 'HIT' && n_of($r) == n_of($b), "Host: $h: HIT, b.test's entry")
+            or diag(xc($r) . ' n=' . n_of($r));
+    }
+    is(path_hits($p), 2, 'no more upstream requests');
+
+    # The absolute-form target's host wins over the Host header, as nginx routes it.
+    my $q = '/h/abs';
+    my $ha = host_get('a.test', $q);
+    my $abs = $t->request('GET', "http://b.test$q", [Host => 'a.test']);
+    ok(xc($ha) eq 'MISS' && xc($abs) eq 'MISS' && n_of($abs) != n_of($ha),
+        'GET http://b.test/... with Host: a.test: MISS, not a.test\'s entry')
+        or diag('absolute form got ' . xc($abs));
+    my $hb = host_get('b.test', $q);
+    ok(xc($hb) eq 'HIT' && n_of($hb) == n_of($abs), 'then Host: b.test: HIT, the absolute-form request\'s entry');
+    my $abs2 = $t->request('GET', "http://A.TEST.$q", [Host => 'b.test']);
+    ok(xc($abs2) eq 'HIT' && n_of($abs2) == n_of($ha), 'GET http://A.TEST./... with Host: b.test: a.test\'s entry');
+
+    # No Host at all (HTTP/1.0): $host is the server's name.
+    my $nh = '/h/nohost';
+    my $r10 = $t->request(undef, undef, undef, undef, raw => "GET $nh HTTP/1.0\r\n\r\n");
+    my $ra = host_get('a.test', $nh);
+    ok(xc($r10) eq 'MISS' && xc($ra) eq 'HIT' && n_of($ra) == n_of($r10),
+        'HTTP/1.0 without Host (default server a.test), then Host: a.test: one entry')
+        or diag(xc($r10) . ' ' . xc($ra));
+
+    # An unknown host is served by the default server, under its own name.
+    my $rc = host_get('c.test', $nh);
+    ok(xc($rc) eq 'MISS' && n_of($rc) != n_of($r10), 'Host: c.test (default server): its own entry');
+}
+
+# ------------------------------------------------------------------------------------------
+# The scheme is in the key
+
+SKIP: {
+    skip 'no openssl or curl: no https', 2 unless $tls;
+    my $p = '/sch/x';
+    my $http = host_get('a.test', $p);
+    my $port = $t->port(3);
+    my $get = sub {
+        my $out = `curl -sk --max-time 10 -D - -o /dev/null --resolve a.test:$port:127.0.0.1 https://a.test:$port$p`;
+        my ($xc) = $out =~ /^X-Cache: (\S+)/mi;
+        my ($n) = $out =~ /^X-App-N: (\d+)/mi;
+        return ($xc // '', $n // -1);
+    };
+    my ($xc1, $n1) = $get->();
+    my ($xc2, $n2) = $get->();
+    ok(xc($http) eq 'MISS' && $xc1 eq 'MISS' && $n1 != n_of($http), 'https: MISS, not the http entry')
+        or diag(xc($http) . " then https $xc1");
+    ok($xc2 eq 'HIT' && $n2 == $n1, 'https again: HIT, the https entry') or diag($xc2);
+}
+
+# ------------------------------------------------------------------------------------------
+# No port is in the key: hosts and instances listening on different ports share entries
+
+{
+    my $p = '/port/x';
+    my $r1 = host_get('a.test', $p);
+    my $r2 = $t->request('GET', $p, [Host => 'a.test'], undef, port => $t->port(2));
+    my $r3 = $t->request('GET', $p, [Host => 'a.test:' . $t->port(2)], undef, port => $t->port(2));
+    ok(xc($r1) eq 'MISS' && xc($r2) eq 'HIT' && n_of($r2) == n_of($r1),
+        'the same host on another listening port: the same entry')
+        or diag(xc($r1) . ' ' . xc($r2));
+    ok(xc($r3) eq 'HIT' && n_of($r3) == n_of($r1), 'whatever the Host\'s port');
+}
+
+$t->done;
