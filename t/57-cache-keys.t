@@ -2,7 +2,7 @@
 # What makes two requests the same cache entry, beyond the path and query (one worker, real
 # Redis, the counting Throttle::App upstream): the scheme and host a request was sent to (two
 # servers inherit one namespace from http{}; absolute-form targets; Host spellings nginx
-# normalises; the port is not).
+# normalises; the port is not); a GET or HEAD with a request body is never cached.
 
 use strict;
 use warnings;
@@ -160,6 +160,40 @@ SKIP: {
         'the same host on another listening port: the same entry')
         or diag(xc($r1) . ' ' . xc($r2));
     ok(xc($r3) eq 'HIT' && n_of($r3) == n_of($r1), 'whatever the Host\'s port');
+}
+
+# ------------------------------------------------------------------------------------------
+# A GET or HEAD with a request body is never cached
+
+{
+    my $p = '/gb/x';
+    my $one = $t->request('GET', $p, [], 'one');
+    my $two = $t->request('GET', $p, [], 'two');
+    ok(xc($one) eq 'BYPASS' && $one->{status} == 200, 'GET with a body: BYPASS') or diag(xc($one));
+    ok(xc($two) eq 'BYPASS' && n_of($two) != n_of($one), 'GET with another body: BYPASS, its own answer')
+        or diag(xc($two) . ' n=' . n_of($two) . ' first n=' . n_of($one));
+    is(path_hits($p), 2, 'both reached the application');
+    is($app->last_request($p)->{body}, 'two', 'with their body');
+
+    my $none = $t->get($p);
+    ok(xc($none) eq 'MISS' && n_of($none) != n_of($two), 'GET without a body: MISS (a body stored nothing)')
+        or diag(xc($none));
+    my $hit = $t->get($p);
+    ok(xc($hit) eq 'HIT' && n_of($hit) == n_of($none), 'then HIT');
+    my $three = $t->request('GET', $p, [], 'three');
+    ok(xc($three) eq 'BYPASS' && n_of($three) != n_of($none), 'a cached URL, GET with a body: BYPASS, not the entry')
+        or diag(xc($three));
+    my $ch = $t->request('GET', $p, ['Transfer-Encoding' => 'chunked'], "3\r\nabc\r\n0\r\n\r\n");
+    ok(xc($ch) eq 'BYPASS' && n_of($ch) != n_of($none), 'GET with a chunked body: BYPASS') or diag(xc($ch));
+    is($app->last_request($p)->{body}, 'abc', 'with its body');
+    my $hd = $t->request('HEAD', $p, [], 'x');
+    is(xc($hd), 'BYPASS', 'HEAD with a body: BYPASS');
+    is(path_hits($p), 6, 'every request with a body reached the application');
+
+    my $z = '/gb/empty';
+    my $z1 = $t->request('GET', $z, ['Content-Length' => 0], '');
+    my $z2 = $t->request('GET', $z, ['Content-Length' => 0], '');
+    ok(xc($z1) eq 'MISS' && xc($z2) eq 'HIT' && n_of($z2) == n_of($z1), 'Content-Length: 0 is no body: MISS, HIT');
 }
 
 $t->done;

@@ -494,10 +494,10 @@ const char* verdict_name(Verdict v) noexcept {
     return "unknown";
 }
 
-bool request_cacheable(std::string_view method, bool has_credentials,
-                       bool has_user_identity) noexcept {
-    if (method != "GET" && method != "HEAD") return false;
-    return !has_credentials || has_user_identity;
+bool request_cacheable(const RequestFacts& r) noexcept {
+    if (r.method != "GET" && r.method != "HEAD") return false;
+    if (r.has_body) return false;
+    return !r.has_credentials || r.has_user_identity;
 }
 
 void set_times(EntryView& v, const Decision& d, int64_t now_ms) noexcept {

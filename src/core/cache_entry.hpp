@@ -201,10 +201,17 @@ inline bool fits(const Policy& policy, uint64_t body_bytes) noexcept {
     return body_bytes <= policy.max_entry_size;
 }
 
-// Whether a request may use the cache at all: GET or HEAD, and a request
-// that carries credentials (Cookie, Authorization, ...) only under a non-empty identity.
-bool request_cacheable(std::string_view method, bool has_credentials,
-                       bool has_user_identity) noexcept;
+// What decides whether a request may use the cache at all.
+struct RequestFacts {
+    std::string_view method;
+    bool has_body = false;           // a request body (or one may follow: chunked, HTTP/2)
+    bool has_credentials = false;    // Cookie, Authorization, ... (throttle_cache_credentials)
+    bool has_user_identity = false;  // a non-empty throttle_cache_user
+};
+
+// GET or HEAD without a body (a search API may answer a GET by its body, which is not in the
+// key), and a request that carries credentials only under a non-empty identity.
+bool request_cacheable(const RequestFacts& r) noexcept;
 
 // Fills the times of an entry stored now under a decision (overflow-safe).
 void set_times(EntryView& v, const Decision& d, int64_t now_ms) noexcept;

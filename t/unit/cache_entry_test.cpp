@@ -640,12 +640,28 @@ TEST(CacheDecide, VerdictNames) {
     EXPECT_STREQ(verdict_name(Verdict::zero_ttl), "zero-ttl");
 }
 
+RequestFacts facts(std::string_view method, bool credentials, bool identity, bool body = false) {
+    RequestFacts f;
+    f.method = method;
+    f.has_credentials = credentials;
+    f.has_user_identity = identity;
+    f.has_body = body;
+    return f;
+}
+
 TEST(CacheDecide, RequestCacheable) {
-    EXPECT_TRUE(request_cacheable("GET", false, false));
-    EXPECT_TRUE(request_cacheable("HEAD", false, false));
-    EXPECT_FALSE(request_cacheable("POST", false, true));
-    EXPECT_FALSE(request_cacheable("GET", true, false));  // credentials, no identity: bypass
-    EXPECT_TRUE(request_cacheable("GET", true, true));
+    EXPECT_TRUE(request_cacheable(facts("GET", false, false)));
+    EXPECT_TRUE(request_cacheable(facts("HEAD", false, false)));
+    EXPECT_FALSE(request_cacheable(facts("POST", false, true)));
+    EXPECT_FALSE(request_cacheable(facts("GET", true, false)));  // credentials, no identity
+    EXPECT_TRUE(request_cacheable(facts("GET", true, true)));
+}
+
+TEST(CacheDecide, RequestWithABodyIsNotCacheable) {
+    // A search API may answer a GET by its body, which the key does not hold.
+    EXPECT_FALSE(request_cacheable(facts("GET", false, false, true)));
+    EXPECT_FALSE(request_cacheable(facts("HEAD", false, false, true)));
+    EXPECT_FALSE(request_cacheable(facts("GET", true, true, true)));
 }
 
 }  // namespace

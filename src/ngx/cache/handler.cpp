@@ -49,6 +49,20 @@ bool has_credentials(ngx_http_request_t* r, const CacheLocConf& conf) noexcept {
     return false;
 }
 
+// Whether the request carries a body, or one may still come: a Content-Length above 0, a
+// chunked body, an HTTP/2 stream its client has not closed.
+bool has_body(ngx_http_request_t* r) noexcept {
+    if (r->headers_in.content_length_n > 0 || r->headers_in.chunked) {
+        return true;
+    }
+#if (NGX_HTTP_V2)
+    if (r->stream != nullptr && !r->stream->in_closed) {
+        return true;
+    }
+#endif
+    return false;
+}
+
 void set_status(CacheRequest& cr, CacheStatus s) noexcept {
     if (RequestCtx* ctx = get_ctx(cr.request())) {
         ctx->cache_status = s;
@@ -350,9 +364,13 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
         ctx->cache_status = CacheStatus::bypass;
         return NGX_DECLINED;
     }
+    core::cache::RequestFacts facts;
+    facts.method = view(r->method_name);
+    facts.has_body = has_body(r);  // the body may select the answer; the key does not hold it
     // Credentials without an identity: the answer may be personal; never share it.
-    bool credentials = identity.len == 0 && has_credentials(r, conf);
-    if (!core::cache::request_cacheable(view(r->method_name), credentials, identity.len > 0)) {
+    facts.has_credentials = identity.len == 0 && has_credentials(r, conf);
+    facts.has_user_identity = identity.len > 0;
+    if (!core::cache::request_cacheable(facts)) {
         ctx->cache_status = CacheStatus::bypass;
         return NGX_DECLINED;
     }
