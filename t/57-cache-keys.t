@@ -2,7 +2,8 @@
 # What makes two requests the same cache entry, beyond the path and query (one worker, real
 # Redis, the counting Throttle::App upstream): the scheme and host a request was sent to (two
 # servers inherit one namespace from http{}; absolute-form targets; Host spellings nginx
-# normalises; the port is not); a GET or HEAD with a request body is never cached.
+# normalises; the port is not); a GET or HEAD with a request body is never cached; an identity
+# cookie or header sent more than once is never cached, whoever would win it.
 
 use strict;
 use warnings;
@@ -194,6 +195,72 @@ SKIP: {
     my $z1 = $t->request('GET', $z, ['Content-Length' => 0], '');
     my $z2 = $t->request('GET', $z, ['Content-Length' => 0], '');
     ok(xc($z1) eq 'MISS' && xc($z2) eq 'HIT' && n_of($z2) == n_of($z1), 'Content-Length: 0 is no body: MISS, HIT');
+}
+
+# ------------------------------------------------------------------------------------------
+# An identity sent more than once is never cached
+
+{
+    my $p = '/ck/1';
+    my $b = $t->get($p, Cookie => 'sessionid=B');
+    ok(xc($b) eq 'MISS' && body($b)->{cookie} eq 'sessionid=B', 'sessionid=B: MISS, stored under B');
+    ok(xc($t->get($p, Cookie => 'sessionid=B')) eq 'HIT', 'sessionid=B again: HIT');
+
+    # [name, [Cookie header values]]: nginx's $cookie_sessionid is B, an application may read A.
+    my @ambiguous = (
+        ['B then A',               ['sessionid=B; sessionid=A']],
+        ['no space',               ['sessionid=B;sessionid=A']],
+        ['two Cookie headers',     ['sessionid=B', 'sessionid=A']],
+        ['three, among others',    ['x=1; sessionid=B', 'y=2', 'z=3; sessionid=A; w=4']],
+        ['A in another case',      ['sessionid=B; SESSIONID=A']],
+        ['space before =',         ['sessionid=B; sessionid =A']],
+        ['comma separated',        ['sessionid=B, sessionid=A']],
+        ['the same value twice',   ['sessionid=B; sessionid=B']],
+    );
+    for my $c (@ambiguous) {
+        my ($name, $cookies) = @$c;
+        my $before = path_hits($p);
+        my $r = $t->request('GET', $p, [map { (Cookie => $_) } @$cookies]);
+        ok(xc($r) eq 'BYPASS' && path_hits($p) == $before + 1 && body($r)->{cookie} eq join('; ', @$cookies),
+            "$name: BYPASS, upstream, its own answer")
+            or diag(xc($r) . ' n=' . n_of($r) . ' (B\'s n=' . n_of($b) . ')');
+    }
+
+    # Names that only contain the identity cookie's name are other cookies.
+    for my $c ('sessionid=B; xsessionid=A', 'sessionidx=A; sessionid=B', 'a=sessionid; sessionid=B') {
+        my $r = $t->get($p, Cookie => $c);
+        ok(xc($r) eq 'HIT' && n_of($r) == n_of($b), "$c: one sessionid, HIT, B's entry") or diag(xc($r));
+    }
+
+    # An ambiguous request stores nothing.
+    my $q = '/ck/2';
+    my $amb = $t->get($q, Cookie => 'sessionid=B; sessionid=A');
+    my $bq = $t->get($q, Cookie => 'sessionid=B');
+    ok(xc($amb) eq 'BYPASS' && xc($bq) eq 'MISS' && n_of($bq) != n_of($amb),
+        'an ambiguous request first, then sessionid=B: MISS, B\'s own answer')
+        or diag(xc($amb) . ' ' . xc($bq));
+
+    # A header identity ($http_x_token) sent twice.
+    my $tp = '/tok/1';
+    my $t1 = $t->get($tp, 'X-Token' => 'T1');
+    my $tt = $t->request('GET', $tp, ['X-Token' => 'T1', 'X-Token' => 'T2']);
+    ok(xc($t1) eq 'MISS' && xc($tt) eq 'BYPASS' && n_of($tt) != n_of($t1), 'X-Token twice: BYPASS')
+        or diag(xc($t1) . ' ' . xc($tt));
+    my $tx = $t->request('GET', $tp, ['X-Token' => 'T1', 'X-Other' => 'T2']);
+    ok(xc($tx) eq 'HIT' && n_of($tx) == n_of($t1), 'X-Token once among other headers: HIT');
+    my $tc = $t->request('GET', $tp, ['X-Token' => 'T1', Cookie => 'sessionid=B; sessionid=A']);
+    ok(xc($tc) eq 'HIT' && n_of($tc) == n_of($t1), 'a repeated cookie the identity does not read: HIT')
+        or diag(xc($tc));
+
+    # Every $cookie_ and $http_ variable of a composite identity is checked.
+    my $mp = '/mix/1';
+    my $m1 = $t->get($mp, Cookie => 'sessionid=B', 'X-Tenant' => 't1');
+    my $m2 = $t->request('GET', $mp, [Cookie => 'sessionid=B', 'X-Tenant' => 't1', 'X-Tenant' => 't2']);
+    my $m3 = $t->request('GET', $mp, [Cookie => 'sessionid=B; sessionid=A', 'X-Tenant' => 't1']);
+    my $m4 = $t->get($mp, Cookie => 'sessionid=B', 'X-Tenant' => 't1');
+    ok(xc($m1) eq 'MISS' && xc($m2) eq 'BYPASS' && xc($m3) eq 'BYPASS', 'composite identity: a repeated part bypasses')
+        or diag(join ' ', map { xc($_) } $m1, $m2, $m3);
+    ok(xc($m4) eq 'HIT' && n_of($m4) == n_of($m1), 'composite identity: unambiguous, HIT');
 }
 
 $t->done;

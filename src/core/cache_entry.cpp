@@ -496,7 +496,7 @@ const char* verdict_name(Verdict v) noexcept {
 
 bool request_cacheable(const RequestFacts& r) noexcept {
     if (r.method != "GET" && r.method != "HEAD") return false;
-    if (r.has_body) return false;
+    if (r.has_body || r.identity_ambiguous) return false;
     return !r.has_credentials || r.has_user_identity;
 }
 

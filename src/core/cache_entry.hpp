@@ -204,13 +204,16 @@ inline bool fits(const Policy& policy, uint64_t body_bytes) noexcept {
 // What decides whether a request may use the cache at all.
 struct RequestFacts {
     std::string_view method;
-    bool has_body = false;           // a request body (or one may follow: chunked, HTTP/2)
-    bool has_credentials = false;    // Cookie, Authorization, ... (throttle_cache_credentials)
-    bool has_user_identity = false;  // a non-empty throttle_cache_user
+    bool has_body = false;            // a request body (or one may follow: chunked, HTTP/2)
+    bool has_credentials = false;     // Cookie, Authorization, ... (throttle_cache_credentials)
+    bool has_user_identity = false;   // a non-empty throttle_cache_user
+    bool identity_ambiguous = false;  // an identity cookie or header sent more than once
 };
 
 // GET or HEAD without a body (a search API may answer a GET by its body, which is not in the
-// key), and a request that carries credentials only under a non-empty identity.
+// key); a request that carries credentials only under a non-empty identity; and never one
+// whose identity is ambiguous (nginx and the application could read two different users:
+// cache_identity.hpp).
 bool request_cacheable(const RequestFacts& r) noexcept;
 
 // Fills the times of an entry stored now under a decision (overflow-safe).

@@ -664,4 +664,12 @@ TEST(CacheDecide, RequestWithABodyIsNotCacheable) {
     EXPECT_FALSE(request_cacheable(facts("GET", true, true, true)));
 }
 
+TEST(CacheDecide, AmbiguousIdentityIsNotCacheable) {
+    RequestFacts f = facts("GET", true, true);
+    f.identity_ambiguous = true;  // "Cookie: sessionid=B; sessionid=A"
+    EXPECT_FALSE(request_cacheable(f));
+    f.has_user_identity = false;
+    EXPECT_FALSE(request_cacheable(f));
+}
+
 }  // namespace

@@ -16,6 +16,8 @@
 // Nothing here ever answers 5xx because of Redis: every failure passes the request on.
 #include <new>
 
+#include "core/cache_identity.hpp"
+#include "core/http_text.hpp"
 #include "ngx/cache/cache.hpp"
 #include "ngx/cache/invalidate.hpp"
 #include "ngx/cache/lookup.hpp"
@@ -60,6 +62,38 @@ bool has_body(ngx_http_request_t* r) noexcept {
         return true;
     }
 #endif
+    return false;
+}
+
+// Whether a cookie or header the identity is read from is sent more than once: nginx and the
+// application could then read two different users (core/cache_identity.hpp).
+bool identity_ambiguous(ngx_http_request_t* r, const CacheLocConf& conf) noexcept {
+    if (conf.user_sources == nullptr) {
+        return false;
+    }
+    auto* sources = static_cast<IdentitySource*>(conf.user_sources->elts);
+    for (ngx_uint_t k = 0; k < conf.user_sources->nelts; k++) {
+        std::string_view name = view(sources[k].name);
+        size_t seen = 0;
+        for (ngx_list_part_t* part = &r->headers_in.headers.part; part; part = part->next) {
+            auto* h = static_cast<ngx_table_elt_t*>(part->elts);
+            for (ngx_uint_t i = 0; i < part->nelts; i++) {
+                if (h[i].hash == 0) {
+                    continue;
+                }
+                if (sources[k].cookie) {
+                    if (core::http::iequals(view(h[i].key), "cookie")) {
+                        seen += core::cache::cookie_occurrences(view(h[i].value), name);
+                    }
+                } else if (core::cache::header_is_variable(view(h[i].key), name)) {
+                    ++seen;
+                }
+                if (seen > 1) {
+                    return true;
+                }
+            }
+        }
+    }
     return false;
 }
 
@@ -370,6 +404,7 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
     // Credentials without an identity: the answer may be personal; never share it.
     facts.has_credentials = identity.len == 0 && has_credentials(r, conf);
     facts.has_user_identity = identity.len > 0;
+    facts.identity_ambiguous = identity_ambiguous(r, conf);
     if (!core::cache::request_cacheable(facts)) {
         ctx->cache_status = CacheStatus::bypass;
         return NGX_DECLINED;
