@@ -3,7 +3,8 @@
 # Redis, the counting Throttle::App upstream): the scheme and host a request was sent to (two
 # servers inherit one namespace from http{}; absolute-form targets; Host spellings nginx
 # normalises; the port is not); a GET or HEAD with a request body is never cached; an identity
-# cookie or header sent more than once is never cached, whoever would win it.
+# cookie or header sent more than once is never cached, whoever would win it; and many distinct
+# huge identities do not grow the worker (its identity memo keeps digests, not identities).
 
 use strict;
 use warnings;
@@ -261,6 +262,36 @@ SKIP: {
     ok(xc($m1) eq 'MISS' && xc($m2) eq 'BYPASS' && xc($m3) eq 'BYPASS', 'composite identity: a repeated part bypasses')
         or diag(join ' ', map { xc($_) } $m1, $m2, $m3);
     ok(xc($m4) eq 'HIT' && n_of($m4) == n_of($m1), 'composite identity: unambiguous, HIT');
+}
+
+# ------------------------------------------------------------------------------------------
+# Many distinct huge identities: the worker keeps digests, not identities
+
+{
+    my ($pid) = $t->worker_pids;
+    my $rss = sub {
+        open my $fh, '<', "/proc/$pid/status" or return -1;
+        while (<$fh>) { return $1 if /^VmRSS:\s+(\d+)\s+kB/ }
+        return -1;
+    };
+    my $big = 'x' x 60000;
+    my $send = sub {
+        my ($from, $to) = @_;
+        my $ok = 0;
+        for my $i ($from .. $to) {
+            my $r = $t->get('/memo/x', Cookie => "sessionid=$i$big");
+            $ok++ if $r->{status} == 200;
+        }
+        return $ok;
+    };
+    is($send->(1, 50), 50, '50 requests with a distinct 60 KB sessionid each: 200');
+    my $before = $rss->();
+    is($send->(51, 450), 400, '400 more: 200');
+    my $after = $rss->();
+    my $grew = $after - $before;
+    diag("worker VmRSS: $before kB before, $after kB after 400 distinct 60 KB identities");
+    ok($before > 0 && $grew < 6 * 1024,
+        "400 distinct 60 KB identities (24 MB) grew the worker by less than 6 MB ($grew kB)");
 }
 
 $t->done;

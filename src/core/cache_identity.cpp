@@ -1,5 +1,8 @@
 #include "core/cache_identity.hpp"
 
+#include <cstring>
+
+#include "core/cache_key.hpp"
 #include "core/http_text.hpp"
 
 namespace throttle::core::cache {
@@ -91,6 +94,30 @@ bool header_is_variable(std::string_view header_name, std::string_view var) noex
         }
     }
     return true;
+}
+
+IdentityMemo::IdentityMemo(const void* secret, size_t secret_len) noexcept
+    : secret_(secret, secret_len) {}
+
+std::string IdentityMemo::digest(std::string_view identity) {
+    if (identity.empty()) {
+        return std::string(anonymous_identity);
+    }
+    Sha256Digest h = sha256(identity.data(), identity.size());
+    uint64_t index = 0;
+    std::memcpy(&index, h.data(), sizeof(index));
+    Slot& slot = slots_[index % slots];
+    if (slot.used && slot.identity_hash == h) {
+        ++hits_;
+        return std::string(slot.digest.data(), slot.digest.size());
+    }
+    std::string d = identity_digest(secret_, identity);
+    if (d.size() == slot.digest.size()) {
+        slot.identity_hash = h;
+        std::memcpy(slot.digest.data(), d.data(), d.size());
+        slot.used = true;
+    }
+    return d;
 }
 
 }  // namespace throttle::core::cache

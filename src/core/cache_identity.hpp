@@ -1,5 +1,6 @@
 // The response cache's identities beyond their digest (cache_key.hpp): when an identity is
-// ambiguous. Pure C++, no nginx header (layer: core).
+// ambiguous, and a memo of digests that keeps no identity. Pure C++, no nginx header (layer:
+// core).
 //
 // Ambiguity. nginx and the application must read the same identity from a request, or the
 // entry stored under one user's digest holds a page the application made for another. They
@@ -15,10 +16,13 @@
 // set) is not seen through.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "core/hash.hpp"
 
 namespace throttle::core::cache {
 
@@ -43,5 +47,35 @@ size_t cookie_occurrences(std::string_view cookie_header, std::string_view name)
 
 // Whether a header field name is the one $http_VAR reads: lowercased, '-' as '_'.
 bool header_is_variable(std::string_view header_name, std::string_view var) noexcept;
+
+// identity_digest() through a memo, for a worker whose requests repeat the same few
+// identities (an HMAC is three SHA-256 compressions for a session token; the memo's lookup
+// one). It keeps no identity: a slot holds SHA-256(identity) and the digest, and a lookup
+// compares all 32 bytes of SHA-256(identity), so only the same identity can match (two
+// identities sharing a slot, or a prefix of a 64-bit hash, only evict each other). Its size
+// is fixed whatever the identities (`slots` slots, no heap): 400 distinct 1 MB cookies cost
+// it nothing more than 400 session ids.
+class IdentityMemo {
+   public:
+    static constexpr size_t slots = 512;
+
+    IdentityMemo(const void* secret, size_t secret_len) noexcept;
+
+    // identity_digest(secret, identity). May throw std::bad_alloc (the returned string).
+    std::string digest(std::string_view identity);
+
+    size_t hits() const noexcept { return hits_; }  // digests answered from the memo
+
+   private:
+    struct Slot {
+        Sha256Digest identity_hash{};   // SHA-256(identity)
+        std::array<char, 64> digest{};  // identity_digest(), 64 hex digits
+        bool used = false;
+    };
+
+    HmacSha256Key secret_;
+    std::array<Slot, slots> slots_{};
+    size_t hits_ = 0;
+};
 
 }  // namespace throttle::core::cache
