@@ -2,9 +2,10 @@
 # What makes two requests the same cache entry, beyond the path and query (one worker, real
 # Redis, the counting Throttle::App upstream): the scheme and host a request was sent to (two
 # servers inherit one namespace from http{}; absolute-form targets; Host spellings nginx
-# normalises; the port is not); a GET or HEAD with a request body is never cached; an identity
-# cookie or header sent more than once is never cached, whoever would win it; and many distinct
-# huge identities do not grow the worker (its identity memo keeps digests, not identities).
+# normalises; the port is not) and what throttle_cache_key adds; a GET or HEAD with a request
+# body is never cached; an identity cookie or header sent more than once is never cached,
+# whoever would win it; and many distinct huge identities do not grow the worker (its identity
+# memo keeps digests, not identities).
 
 use strict;
 use warnings;
@@ -57,6 +58,14 @@ http {
         }
         location /memo/ {
             empty_gif;
+        }
+        location /lang/ {
+            throttle_cache_key $http_accept_language;
+            proxy_pass http://%%APP%%;
+        }
+        location /split/ {
+            throttle_cache_key $server_port;
+            proxy_pass http://%%APP%%;
         }
     }
     server {
@@ -162,6 +171,43 @@ SKIP: {
         'the same host on another listening port: the same entry')
         or diag(xc($r1) . ' ' . xc($r2));
     ok(xc($r3) eq 'HIT' && n_of($r3) == n_of($r1), 'whatever the Host\'s port');
+}
+
+# ------------------------------------------------------------------------------------------
+# throttle_cache_key: what else the answer varies on
+
+{
+    my $p = '/lang/x';
+    my $en = $t->get($p, 'Accept-Language' => 'en');
+    my $fr = $t->get($p, 'Accept-Language' => 'fr');
+    my $none = $t->get($p);
+    my $en2 = $t->get($p, 'Accept-Language' => 'en');
+    my $fr2 = $t->get($p, 'Accept-Language' => 'fr');
+    ok(xc($en) eq 'MISS' && xc($fr) eq 'MISS' && xc($none) eq 'MISS',
+        'throttle_cache_key $http_accept_language: en, fr and none are three entries')
+        or diag(join ' ', map { xc($_) } $en, $fr, $none);
+    ok(xc($en2) eq 'HIT' && n_of($en2) == n_of($en) && xc($fr2) eq 'HIT' && n_of($fr2) == n_of($fr),
+        'each language hits its own entry');
+    is(path_hits($p), 3, 'three upstream requests');
+
+    my $q = '/split/x';
+    my $r1 = host_get('a.test', $q);
+    my $r2 = $t->request('GET', $q, [Host => 'a.test'], undef, port => $t->port(2));
+    my $r3 = host_get('a.test', $q);
+    ok(xc($r1) eq 'MISS' && xc($r2) eq 'MISS' && xc($r3) eq 'HIT' && n_of($r3) == n_of($r1),
+        'throttle_cache_key $server_port: one entry per listening port')
+        or diag(join ' ', map { xc($_) } $r1, $r2, $r3);
+
+    my ($ok, $out) = $t->nginx_t(<<'EOF');
+http {
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location / { throttle_cache_key $http_a; throttle_cache_key $http_b; }
+    }
+}
+EOF
+    ok(!$ok && $out =~ /"throttle_cache_key" directive is duplicate/, 'throttle_cache_key twice: refused')
+        or diag($out);
 }
 
 # ------------------------------------------------------------------------------------------

@@ -30,10 +30,10 @@
 // picks the server: "b.test:1234" is "b.test"), nor the one the connection arrived on (hosts
 // and instances listening on different ports share their entries). Servers that answer one
 // host name on two ports or addresses with different content need their own namespaces, or
-// the port in the extra.
+// the port in the extra ("throttle_cache_key $server_port;").
 //
-// Extra. Whatever else the application varies on (a language, a tenant header), as one
-// string; empty when there is nothing else.
+// Extra. Whatever else the application varies on (throttle_cache_key: a language, a tenant
+// header, the port), as one string; empty when there is nothing else.
 //
 // Method class. GET and HEAD share "GET" (HEAD is answered from the GET entry); any other
 // method is its own class (its bytes as given; only GET responses are stored anyway).
@@ -97,7 +97,7 @@ struct CacheKeyInput {
     std::string_view query;            // its query, without '?'
     std::string_view scheme;           // "http", "https"
     std::string_view host;             // without a port; case and one trailing dot do not count
-    std::string_view extra;            // anything else the answer varies on; empty: none
+    std::string_view extra;            // throttle_cache_key's value; empty: none
 };
 
 // The fixed-length digest of a request (see above). May throw std::bad_alloc (the sort holds

@@ -25,6 +25,7 @@ struct CacheLocConf {
     ngx_str_t ns;                    // throttle_cache NAME; len 0: off; data null: unset
     ngx_http_complex_value_t* user;  // throttle_cache_user; nullptr: anonymous
     ngx_array_t* user_sources;       // of IdentitySource, set and inherited with `user`
+    ngx_http_complex_value_t* key;   // throttle_cache_key: the key's extra; nullptr: none
     ngx_array_t* valid;              // of core::cache::ValidTime; nullptr: none
     ngx_msec_t stale;
     size_t max_size;

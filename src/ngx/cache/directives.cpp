@@ -2,6 +2,7 @@
 //   throttle_cache_secret STRING;                          http
 //   throttle_cache NAME | off;                             http, server, location
 //   throttle_cache_user VALUE;                             (variables allowed)
+//   throttle_cache_key VALUE;                              (variables allowed)
 //   throttle_cache_valid [CODE ... | any] TIME;            like proxy_cache_valid
 //   throttle_cache_stale TIME;  throttle_cache_max_size SIZE;
 //   throttle_cache_gzip_min_length SIZE;  throttle_cache_lock_timeout TIME;
@@ -166,6 +167,10 @@ char* throttle_cache_user_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) 
     }
 }
 
+char* throttle_cache_key_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
+    return complex_value(cf, static_cast<LocConf*>(conf)->cache.key);
+}
+
 char* throttle_cache_valid_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
     auto* lcf = static_cast<LocConf*>(conf);
     auto* value = static_cast<ngx_str_t*>(cf->args->elts);
@@ -302,6 +307,7 @@ char* throttle_cache_purge_directive(ngx_conf_t* cf, ngx_command_t*, void* conf)
 void init_cache_loc_conf(CacheLocConf& conf) noexcept {
     conf.user = static_cast<ngx_http_complex_value_t*>(NGX_CONF_UNSET_PTR);
     conf.user_sources = nullptr;
+    conf.key = static_cast<ngx_http_complex_value_t*>(NGX_CONF_UNSET_PTR);
     conf.valid = static_cast<ngx_array_t*>(NGX_CONF_UNSET_PTR);
     conf.stale = NGX_CONF_UNSET_MSEC;
     conf.max_size = NGX_CONF_UNSET_SIZE;
@@ -321,6 +327,7 @@ char* merge_cache_loc_conf(ngx_conf_t* cf, const CacheLocConf& prev, CacheLocCon
         conf.user = prev.user == NGX_CONF_UNSET_PTR ? nullptr : prev.user;
         conf.user_sources = prev.user_sources;
     }
+    ngx_conf_merge_ptr_value(conf.key, prev.key, nullptr);
     ngx_conf_merge_ptr_value(conf.valid, prev.valid, nullptr);
     ngx_conf_merge_msec_value(conf.stale, prev.stale, 0);
     ngx_conf_merge_size_value(conf.max_size, prev.max_size, 1024 * 1024);

@@ -420,6 +420,11 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
         ctx->cache_status = CacheStatus::bypass;
         return NGX_DECLINED;
     }
+    ngx_str_t extra = ngx_null_string;
+    if (conf.key != nullptr && ngx_http_complex_value(r, conf.key, &extra) != NGX_OK) {
+        ctx->cache_status = CacheStatus::bypass;
+        return NGX_DECLINED;
+    }
     std::shared_ptr<CacheRequest> cr = bind_to_request<CacheRequest>(r, &conf);
     if (cr == nullptr) {
         ctx->cache_status = CacheStatus::error;
@@ -432,6 +437,7 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
     in.method = view(r->method_name);
     key_path_and_query(r, in.path, in.query);
     key_origin(r, in);
+    in.extra = view(extra);  // throttle_cache_key
     cr->key = core::cache::cache_key(in);
     ctx->cache = cr.get();
     if (!cache_lookup_submit(cr, !cr->head)) {
