@@ -190,6 +190,23 @@ SKIP: {
         'each language hits its own entry');
     is(path_hits($p), 3, 'three upstream requests');
 
+    # The key holds Accept-Language: an answer that varies on it may be stored.
+    my $v = '/lang/vary?_vary=Accept-Language';
+    my $v1 = $t->get($v, 'Accept-Language' => 'en');
+    my $v2 = $t->get($v, 'Accept-Language' => 'en');
+    my $v3 = $t->get($v, 'Accept-Language' => 'fr');
+    ok(xc($v1) eq 'MISS' && xc($v2) eq 'HIT' && n_of($v2) == n_of($v1) && xc($v3) eq 'MISS',
+        'Vary: Accept-Language under throttle_cache_key $http_accept_language: stored per language')
+        or diag(join ' ', map { xc($_) } $v1, $v2, $v3);
+    my $o = '/lang/other?_vary=Accept-Language,Origin';
+    $t->get($o, 'Accept-Language' => 'en') for 1 .. 2;
+    is(path_hits('/lang/other'), 2, 'Vary: Accept-Language, Origin: Origin is not in the key, not stored');
+
+    # A header the key reads, sent twice: which one would the application use?
+    my $twice = $t->request('GET', $p, ['Accept-Language' => 'en', 'Accept-Language' => 'fr']);
+    ok(xc($twice) eq 'BYPASS' && n_of($twice) != n_of($en), 'Accept-Language twice: BYPASS, not the en entry')
+        or diag(xc($twice));
+
     my $q = '/split/x';
     my $r1 = host_get('a.test', $q);
     my $r2 = $t->request('GET', $q, [Host => 'a.test'], undef, port => $t->port(2));

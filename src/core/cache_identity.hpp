@@ -11,7 +11,8 @@
 // cache, whatever the values (the same value twice included: one rule, no guessing).
 //
 // Which ones. identity_variables() finds, in a throttle_cache_user value as written in the
-// configuration, every $cookie_NAME and $http_NAME it names directly ("$cookie_sessionid",
+// configuration (and in throttle_cache_key's, which the same rule covers: two Accept-Language
+// headers, two answers), every $cookie_NAME and $http_NAME it names directly ("$cookie_sessionid",
 // "${http_x_token}:$cookie_tenant"); a variable that derives from them elsewhere (a map, a
 // set) is not seen through.
 #pragma once

@@ -65,14 +65,14 @@ bool has_body(ngx_http_request_t* r) noexcept {
     return false;
 }
 
-// Whether a cookie or header the identity is read from is sent more than once: nginx and the
-// application could then read two different users (core/cache_identity.hpp).
-bool identity_ambiguous(ngx_http_request_t* r, const CacheLocConf& conf) noexcept {
-    if (conf.user_sources == nullptr) {
+// Whether one of these cookies or headers is sent more than once: nginx and the application
+// could then read two different users, or languages (core/cache_identity.hpp).
+bool sent_twice(ngx_http_request_t* r, const ngx_array_t* list) noexcept {
+    if (list == nullptr) {
         return false;
     }
-    auto* sources = static_cast<IdentitySource*>(conf.user_sources->elts);
-    for (ngx_uint_t k = 0; k < conf.user_sources->nelts; k++) {
+    auto* sources = static_cast<IdentitySource*>(list->elts);
+    for (ngx_uint_t k = 0; k < list->nelts; k++) {
         std::string_view name = view(sources[k].name);
         size_t seen = 0;
         for (ngx_list_part_t* part = &r->headers_in.headers.part; part; part = part->next) {
@@ -404,7 +404,7 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
     // Credentials without an identity: the answer may be personal; never share it.
     facts.has_credentials = identity.len == 0 && has_credentials(r, conf);
     facts.has_user_identity = identity.len > 0;
-    facts.identity_ambiguous = identity_ambiguous(r, conf);
+    facts.ambiguous = sent_twice(r, conf.user_sources) || sent_twice(r, conf.key_sources);
     if (!core::cache::request_cacheable(facts)) {
         ctx->cache_status = CacheStatus::bypass;
         return NGX_DECLINED;
