@@ -42,6 +42,7 @@ core::cache::Policy policy_of(const CacheLocConf& conf, bool user_identity) noex
     policy.max_entry_size = conf.max_size;
     policy.stale_ms = static_cast<int64_t>(conf.stale);
     policy.accept_gzip = true;  // inflated before storing, stored in the module's own format
+    policy.keyed_headers = view(conf.key_headers);  // Vary on them is fine: the key holds them
     return policy;
 }
 
