@@ -4,6 +4,7 @@
 #include <new>
 #include <utility>
 
+#include "core/cache_identity.hpp"
 #include "core/http_text.hpp"
 
 namespace throttle::core::cache {
@@ -182,6 +183,17 @@ void parse_cache_control(std::string_view s, CacheControl& cc) noexcept {
     }
 }
 
+// Whether a header is one of the key's ("accept_language,x_tenant").
+bool keyed(std::string_view header, std::string_view keyed_headers) noexcept {
+    while (!keyed_headers.empty()) {
+        size_t comma = keyed_headers.find(',');
+        if (header_is_variable(header, keyed_headers.substr(0, comma))) return true;
+        if (comma == std::string_view::npos) break;
+        keyed_headers.remove_prefix(comma + 1);
+    }
+    return false;
+}
+
 // Vary: "*" or #field-name
 Verdict check_vary(std::string_view s, const Policy& p) noexcept {
     while (!s.empty()) {
@@ -193,6 +205,7 @@ Verdict check_vary(std::string_view s, const Policy& p) noexcept {
         if (iequals(item, "accept-encoding")) continue;
         if ((iequals(item, "cookie") || iequals(item, "authorization")) && p.user_identity)
             continue;
+        if (keyed(item, p.keyed_headers)) continue;
         if (p.strict_vary) return Verdict::vary_other;
     }
     return Verdict::store;
@@ -494,10 +507,10 @@ const char* verdict_name(Verdict v) noexcept {
     return "unknown";
 }
 
-bool request_cacheable(std::string_view method, bool has_credentials,
-                       bool has_user_identity) noexcept {
-    if (method != "GET" && method != "HEAD") return false;
-    return !has_credentials || has_user_identity;
+bool request_cacheable(const RequestFacts& r) noexcept {
+    if (r.method != "GET" && r.method != "HEAD") return false;
+    if (r.has_body || r.ambiguous) return false;
+    return !r.has_credentials || r.has_user_identity;
 }
 
 void set_times(EntryView& v, const Decision& d, int64_t now_ms) noexcept {

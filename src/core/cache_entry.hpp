@@ -27,8 +27,9 @@
 //               status only when throttle_cache_valid lists it (or lists "any")
 //   Set-Cookie  a response with Set-Cookie (or Set-Cookie2) is never stored
 //   Vary        "*" never; Accept-Encoding is fine; Cookie and Authorization only under a
-//               per-user identity (which stands for the credentials); any other header only
-//               when the policy is not strict_vary (the key does not hold that header)
+//               per-user identity (which stands for the credentials); a header the key holds
+//               (Policy::keyed_headers) is fine; any other header only when the policy is not
+//               strict_vary (the key does not hold that header)
 //   encoding    a Content-Encoding other than identity is not stored (the module compresses
 //               bodies itself and must be able to serve them plain), except, when the policy
 //               says accept_gzip, exactly one "gzip" (or "x-gzip") coding: the decision then
@@ -152,9 +153,11 @@ struct Policy {
     size_t valid_count = 0;            // exact status wins over "any" wherever it is listed
     bool user_identity = false;        // this request has a non-empty per-user identity
     uint64_t max_entry_size = 1 << 20;
-    int64_t stale_ms = 0;      // throttle_cache_stale
-    bool strict_vary = true;   // refuse Vary on headers the key does not hold
-    bool accept_gzip = false;  // a gzip-coded response is stored (inflated by the caller)
+    int64_t stale_ms = 0;            // throttle_cache_stale
+    bool strict_vary = true;         // refuse Vary on headers the key does not hold
+    std::string_view keyed_headers;  // the headers the key holds (throttle_cache_key), as
+                                     // nginx names them, joined by ',': "accept_language,x_a"
+    bool accept_gzip = false;        // a gzip-coded response is stored (inflated by the caller)
 };
 
 struct Response {
@@ -201,10 +204,20 @@ inline bool fits(const Policy& policy, uint64_t body_bytes) noexcept {
     return body_bytes <= policy.max_entry_size;
 }
 
-// Whether a request may use the cache at all: GET or HEAD, and a request
-// that carries credentials (Cookie, Authorization, ...) only under a non-empty identity.
-bool request_cacheable(std::string_view method, bool has_credentials,
-                       bool has_user_identity) noexcept;
+// What decides whether a request may use the cache at all.
+struct RequestFacts {
+    std::string_view method;
+    bool has_body = false;           // a request body (or one may follow: chunked, HTTP/2)
+    bool has_credentials = false;    // Cookie, Authorization, ... (throttle_cache_credentials)
+    bool has_user_identity = false;  // a non-empty throttle_cache_user
+    bool ambiguous = false;          // a cookie or header the identity or the key reads, sent twice
+};
+
+// GET or HEAD without a body (a search API may answer a GET by its body, which is not in the
+// key); a request that carries credentials only under a non-empty identity; and never one
+// whose identity or key is ambiguous (nginx and the application could read two different
+// users: cache_identity.hpp).
+bool request_cacheable(const RequestFacts& r) noexcept;
 
 // Fills the times of an entry stored now under a decision (overflow-safe).
 void set_times(EntryView& v, const Decision& d, int64_t now_ms) noexcept;

@@ -5,13 +5,15 @@
 #include <utility>
 #include <vector>
 
+#include "core/http_text.hpp"
+
 namespace throttle::core::cache {
 
 namespace {
 
 constexpr char identity_label[] = "throttle-cache-identity";  // with its NUL, see the header
 constexpr char key_label[] = "throttle-cache-key";
-constexpr uint8_t key_version = 1;
+constexpr uint8_t key_version = 2;
 
 void put_u64(Sha256& h, uint64_t v) noexcept {
     uint8_t b[8];
@@ -25,6 +27,19 @@ void put_u64(Sha256& h, uint64_t v) noexcept {
 void put_field(Sha256& h, std::string_view s) noexcept {
     put_u64(h, s.size());
     h.update(s.data(), s.size());
+}
+
+// field(host) with the host lowercased and one trailing dot dropped.
+void put_host(Sha256& h, std::string_view host) noexcept {
+    if (!host.empty() && host.back() == '.') host.remove_suffix(1);
+    put_u64(h, host.size());
+    char buf[64];
+    while (!host.empty()) {
+        size_t n = std::min(host.size(), sizeof(buf));
+        for (size_t i = 0; i < n; ++i) buf[i] = http::lower(host[i]);
+        h.update(buf, n);
+        host.remove_prefix(n);
+    }
 }
 
 struct Arg {
@@ -107,6 +122,8 @@ Sha256Digest cache_key(const CacheKeyInput& in) {
     h.update(key_label, sizeof(key_label));
     h.update(&key_version, 1);
     put_field(h, in.ns);
+    put_field(h, in.scheme);
+    put_host(h, in.host);
     put_field(h, in.identity_digest);
     put_field(h, method_class(in.method));
     put_field(h, in.path);
@@ -117,6 +134,7 @@ Sha256Digest cache_key(const CacheKeyInput& in) {
         h.update(&flag, 1);
         put_field(h, a.value);
     }
+    put_field(h, in.extra);
     return h.finish();
 }
 

@@ -7,14 +7,33 @@
 //   digest cannot be linked back to a token, nor computed for someone else's token.
 //
 // Request key. cache_key() is SHA-256 over, in this order:
-//   "throttle-cache-key\0" version byte 1
-//   field(namespace) field(identity digest) field(method class) field(path)
+//   "throttle-cache-key\0" version byte 2
+//   field(namespace) field(scheme) field(host, normalised)
+//   field(identity digest) field(method class) field(path)
 //   u64 number of query arguments, then for each argument in sorted order:
 //     field(name) u8 has_value field(value)
-//   where field(x) = u64 big-endian length of x, then x's bytes.
+//   field(extra)
+//   where field(x) = u64 big-endian length of x, then x's bytes, and u64 is big-endian.
 // Every variable-length piece is length-prefixed and the argument count is fixed up front, so
 // the byte string is an unambiguous encoding of the request: two requests that differ in any
 // component never share it ("/a" + "b=c" vs "/ab" + "=c", "&" or "=" or NUL inside a value, ...).
+// The version byte changes whenever the encoding does: entries stored under another version
+// are simply never found (a miss each, once), never misread. Version 1 had no scheme, host
+// nor extra.
+//
+// Where. The scheme ("http", "https") and the host the request was addressed to are part of
+// the key, so two servers (or a whole http{} block) sharing one namespace never share entries
+// across hosts. The host is the one nginx resolved ($host: the absolute-form target's host,
+// else the Host header's, else the server's name), which comes without a port; the key
+// lowercases it and drops one trailing dot, so "B.Test." and "b.test" are one host whatever
+// the caller passes. No port is in the key: not the Host header's (nginx ignores it when it
+// picks the server: "b.test:1234" is "b.test"), nor the one the connection arrived on (hosts
+// and instances listening on different ports share their entries). Servers that answer one
+// host name on two ports or addresses with different content need their own namespaces, or
+// the port in the extra ("throttle_cache_key $server_port;").
+//
+// Extra. Whatever else the application varies on (throttle_cache_key: a language, a tenant
+// header, the port), as one string; empty when there is nothing else.
 //
 // Method class. GET and HEAD share "GET" (HEAD is answered from the GET entry); any other
 // method is its own class (its bytes as given; only GET responses are stored anyway).
@@ -76,6 +95,9 @@ struct CacheKeyInput {
     std::string_view method;           // request method; GET and HEAD give the same key
     std::string_view path;             // the request's path (see above)
     std::string_view query;            // its query, without '?'
+    std::string_view scheme;           // "http", "https"
+    std::string_view host;             // without a port; case and one trailing dot do not count
+    std::string_view extra;            // throttle_cache_key's value; empty: none
 };
 
 // The fixed-length digest of a request (see above). May throw std::bad_alloc (the sort holds

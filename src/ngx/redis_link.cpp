@@ -49,6 +49,12 @@ bool worker_exiting() noexcept {
     return exiting;
 }
 
+void redis_reply_unusable(const redis::Result& res, std::string_view what) noexcept {
+    if (redis::Client* client = redis_client()) {
+        client->reply_unusable(res, what);
+    }
+}
+
 redis::Loop& open_redis_link(ngx_cycle_t* cycle, MainConf& mcf) {
     link = new Link(cycle, &mcf);
     return link->loop;

@@ -16,6 +16,10 @@ redis::Client* redis_client() noexcept;
 const RedisSettings* redis_settings() noexcept;
 // True once the worker began to exit: callbacks must not resume requests any more.
 bool worker_exiting() noexcept;
+// `res`, a reply to `what`, is not of the shape its script returns: the client counts it toward
+// its circuit breaker and logs it once per incident (failures and error replies it counted
+// already). Callers log nothing of their own about it.
+void redis_reply_unusable(const redis::Result& res, std::string_view what) noexcept;
 
 // worker.cpp's side. open_redis_link() creates the loop and the (not yet started) client; may
 // throw. The loop outlives the client: close_client() first (its callbacks run then), then

@@ -2,12 +2,20 @@
 //
 // Connection life: connect() -> Connecting (connect_timer_ bounds it) -> on_connect ->
 // Connected: handshake [AUTH] [SELECT] [SCRIPT LOAD...] PING, then the commands that waited.
-// Any failure (connect error or timeout, a handshake error, a lost connection, a command past
-// its deadline) goes through connection_lost(): the hiredis context is freed (late replies are
-// never read), every pending command fails, and count_failure() schedules the next attempt:
-// a backoff, or -- after failure_threshold consecutive failures -- the circuit breaker's
-// cool-down, after which one connection (half-open) probes the server. The first successful
-// reply closes the circuit and resets the backoff.
+// Any failure (connect error or timeout, a handshake error or a handshake reply of the wrong
+// shape, a lost connection, a command past its deadline, a reply the ReplyGuard refused) goes
+// through connection_lost(): the hiredis context is freed (late replies are never read), every
+// pending command fails, and count_failure() schedules the next attempt: a backoff, or -- after
+// failure_threshold consecutive failures -- the circuit breaker's cool-down, after which one
+// connection (half-open) probes the server. Commands fail on a live connection too (an error
+// reply to EVALSHA, a reply the caller could not use): count_failure() without a reconnect,
+// unless the circuit opens, which drops the connection.
+//
+// A probe's handshake (PING answered) closes the circuit but leaves the failure count as it
+// is: the next failure opens it again, for twice as long. Only a command's answer resets the
+// count, the backoff and the cool-down (healthy()), and not at once: at the end of the loop
+// turn, if the connection it came on is still up -- a reply followed in the same read by one
+// nobody asked for proves nothing about the server.
 //
 // hiredis contexts point back at the client through ac->data; it is cleared before a context
 // is dropped, so callbacks hiredis runs while freeing it (NULL replies, disconnect) are ignored.
@@ -33,6 +41,7 @@ namespace throttle::redis {
 namespace {
 
 using message::cat;
+using message::printable;
 
 bool iequals(std::string_view a, const char* b) noexcept {
     size_t n = std::strlen(b);
@@ -85,6 +94,25 @@ class ArgvArrays {
     size_t* lens_ = nullptr;
 };
 
+// A reply in a log line: its type and its text (cut, made printable).
+std::string describe(const redisReply* r) {
+    std::string_view text(r->str != nullptr ? r->str : "", r->str != nullptr ? r->len : 0);
+    switch (r->type) {
+        case REDIS_REPLY_STRING:
+            return cat("a bulk string \"", printable(text, 60), "\"");
+        case REDIS_REPLY_STATUS:
+            return cat("a status \"", printable(text, 60), "\"");
+        case REDIS_REPLY_ERROR:
+            return cat("an error \"", printable(text, 60), "\"");
+        case REDIS_REPLY_INTEGER:
+            return cat("an integer ", r->integer);
+        case REDIS_REPLY_ARRAY:
+            return cat("an array of ", r->elements);
+        default:
+            return "nil";
+    }
+}
+
 }  // namespace
 
 Client::Client(Loop& loop, Config config, Logger logger)
@@ -121,6 +149,17 @@ Client::Client(Loop& loop, Config config, Logger logger)
         connect();
     });
     defer_timer_ = loop_.create_timer([this] { deliver(); });
+    settle_ = loop_.create_deferred([this] {
+        if (answer_pending_ && ac_ != nullptr) {
+            answer_pending_ = false;
+            healthy();
+        }
+    });
+    guard_ = std::make_unique<ReplyGuard>(
+        loop_, ReplyGuard::Mode::Commands, cfg_.reply_limits, [this](std::string_view why) {
+            stats_.refused++;
+            connection_lost(Failure::Disconnected, cat("connection dropped: ", why), false);
+        });
 }
 
 Client::~Client() {
@@ -200,6 +239,7 @@ void Client::connect() noexcept {
         count_failure("cannot connect: the event loop did not take the socket");
         return;
     }
+    guard_->attach(ac);
     // Setting the connect callback also asks for write readiness (connect completion).
     redisAsyncSetConnectCallback(ac, &Client::on_connect);
     redisAsyncSetDisconnectCallback(ac, &Client::on_disconnect);
@@ -226,8 +266,19 @@ void Client::on_disconnect(const redisAsyncContext* ac, int) noexcept {
     if (self == nullptr) {
         return;
     }
-    const char* why = ac->c.errstr[0] != '\0' ? ac->c.errstr : "closed";
-    self->connection_lost(Failure::Disconnected, cat("connection lost: ", why), true);
+    self->connection_lost(Failure::Disconnected, self->lost_reason(ac), true);
+}
+
+// Why hiredis is freeing the context: the guard's refusal, or hiredis' own error.
+std::string Client::lost_reason(const redisAsyncContext* ac) {
+    if (!guard_->violation().empty()) {
+        stats_.refused++;
+        return cat("connection dropped: ", guard_->violation());
+    }
+    if (ac->c.err == REDIS_ERR_PROTOCOL) {
+        stats_.refused++;
+    }
+    return cat("connection lost: ", ac->c.errstr[0] != '\0' ? ac->c.errstr : "closed");
 }
 
 // Called from hiredis' connect callback: the context must not be freed here (hiredis goes on
@@ -248,8 +299,8 @@ void Client::connected_now() noexcept {
             std::string db = std::to_string(cfg_.db);
             send_internal(Kind::Select, {"SELECT", db});
         }
-        for (const ScriptEntry& s : scripts_) {
-            send_internal(Kind::ScriptLoad, {"SCRIPT", "LOAD", s.source});
+        for (size_t i = 0; i < scripts_.size(); i++) {
+            send_internal(Kind::ScriptLoad, {"SCRIPT", "LOAD", scripts_[i].source}, i);
         }
         send_internal(Kind::Ping, {"PING"});
     } catch (...) {
@@ -277,20 +328,28 @@ void Client::connected_now() noexcept {
     }
 }
 
-void Client::connection_lost(Failure why, std::string_view detail, bool hiredis_frees) noexcept {
-    if (ac_ == nullptr) {
-        return;
-    }
+// Lets go of the connection: the context is freed (unless hiredis does it), every command
+// pending fails with `why` (or Timeout, past its deadline).
+void Client::drop(Failure why, bool hiredis_frees) noexcept {
     redisAsyncContext* ac = ac_;
     ac_ = nullptr;
     conn_ = Conn::None;
     ac->data = nullptr;
+    guard_->detach();
     connect_timer_->stop();
+    answer_pending_ = false;  // an answer on a connection that failed in the same turn
     if (!hiredis_frees) {
         redisAsyncFree(ac);  // deferred by hiredis when inside one of its callbacks
     }
-    size_t pending_before = pending();
     fail_all(why, true);
+}
+
+void Client::connection_lost(Failure why, std::string_view detail, bool hiredis_frees) noexcept {
+    if (ac_ == nullptr) {
+        return;
+    }
+    size_t pending_before = pending();
+    drop(why, hiredis_frees);
     if (pending_before > 0) {
         count_failure(cat(detail, " (", pending_before, " pending command(s) failed)"));
     } else {
@@ -298,34 +357,64 @@ void Client::connection_lost(Failure why, std::string_view detail, bool hiredis_
     }
 }
 
+// One failure of a connection or of a command. Without a connection, the next attempt is
+// scheduled: after a backoff, or the cool-down once the circuit opens.
 void Client::count_failure(std::string_view what) noexcept {
     stats_.failures++;
+    answer_pending_ = false;
+    if (breaker_ == Breaker::Open) {
+        return;  // a late report: nothing is tried until the cool-down ends
+    }
     consecutive_failures_++;
-    if (breaker_ == Breaker::HalfOpen) {
+    uint32_t threshold = cfg_.failure_threshold;
+    if (breaker_ == Breaker::HalfOpen || (threshold > 0 && consecutive_failures_ > threshold)) {
+        // The probe failed: connecting, or with the first command after it connected.
         cooldown_ms_ = std::min(cooldown_ms_ * 2, cfg_.cooldown_max_ms);
-        breaker_ = Breaker::Open;
-        stats_.circuit_opens++;
-        log(LogLevel::Info,
-            cat(name_, ": probe failed: ", what, "; circuit open for ", cooldown_ms_, " ms"));
-        retry_timer_->start(cooldown_ms_);
+        open_circuit(
+            cat(name_, ": probe failed: ", what, "; circuit open for ", cooldown_ms_, " ms"),
+            LogLevel::Info);
         return;
     }
-    if (consecutive_failures_ == 1) {
-        log(LogLevel::Error, cat(name_, ": ", what));
-    } else {
-        log(LogLevel::Debug, cat(name_, ": ", what));
-    }
-    if (cfg_.failure_threshold > 0 && consecutive_failures_ >= cfg_.failure_threshold) {
-        breaker_ = Breaker::Open;
-        stats_.circuit_opens++;
+    log(consecutive_failures_ == 1 ? LogLevel::Error : LogLevel::Debug, cat(name_, ": ", what));
+    if (threshold > 0 && consecutive_failures_ == threshold) {
         cooldown_ms_ = cfg_.cooldown_initial_ms;
-        log(LogLevel::Error, cat(name_, ": ", consecutive_failures_,
-                                 " consecutive failures, circuit open for ", cooldown_ms_, " ms"));
-        retry_timer_->start(cooldown_ms_);
+        open_circuit(cat(name_, ": ", consecutive_failures_,
+                         " consecutive failures, circuit open for ", cooldown_ms_, " ms"),
+                     LogLevel::Error);
         return;
     }
-    retry_timer_->start(backoff_ms_);
-    backoff_ms_ = std::min(backoff_ms_ * 2, cfg_.backoff_max_ms);
+    if (ac_ == nullptr) {
+        retry_timer_->start(backoff_ms_);
+        backoff_ms_ = std::min(backoff_ms_ * 2, cfg_.backoff_max_ms);
+    }
+}
+
+// No connection while the circuit is open: commands fail at once, the cool-down's end probes.
+void Client::open_circuit(std::string_view message, LogLevel level) noexcept {
+    breaker_ = Breaker::Open;
+    stats_.circuit_opens++;
+    if (ac_ != nullptr) {
+        drop(Failure::Disconnected, false);
+    }
+    log(level, message);
+    retry_timer_->start(cooldown_ms_);
+}
+
+// A command was answered: the incident (if any) ends at the end of the turn, unless the
+// connection fails first.
+void Client::answered() noexcept {
+    if (consecutive_failures_ == 0 && breaker_ == Breaker::Closed) {
+        return;
+    }
+    answer_pending_ = true;
+    settle_->post();
+}
+
+void Client::reply_unusable(const Result& result, std::string_view what) noexcept {
+    if (closed_ || !result.ok() || result.reply.is_error()) {
+        return;
+    }
+    count_failure(cat("unusable reply: ", what));
 }
 
 void Client::healthy() noexcept {
@@ -348,11 +437,14 @@ void Client::close() noexcept {
     connect_timer_->stop();
     retry_timer_->stop();
     deadline_timer_->stop();
+    settle_->cancel();
+    answer_pending_ = false;
     if (ac_ != nullptr) {
         redisAsyncContext* ac = ac_;
         ac_ = nullptr;
         conn_ = Conn::None;
         ac->data = nullptr;
+        guard_->detach();
         redisAsyncFree(ac);
     }
     fail_all(Failure::Shutdown, false);
@@ -426,8 +518,9 @@ bool Client::send_kept(Pending& p) noexcept {
 }
 
 // Handshake and reload commands; throws std::bad_alloc or std::runtime_error when not sent.
-void Client::send_internal(Kind kind, std::initializer_list<std::string_view> argv) {
+void Client::send_internal(Kind kind, std::initializer_list<std::string_view> argv, size_t script) {
     Pending& p = new_pending(inflight_, kind, nullptr, loop_.now_ms() + cfg_.command_timeout_ms);
+    p.script = script;
     if (!send(p, argv.begin(), argv.size())) {
         inflight_.erase(p.self);
         throw std::runtime_error("not sent");
@@ -546,7 +639,8 @@ size_t Client::script_index(const Script& script) {
     scripts_.push_back(ScriptEntry{script.sha(), script.source()});
     if (conn_ == Conn::Connected) {
         try {
-            send_internal(Kind::ScriptLoad, {"SCRIPT", "LOAD", script.source()});
+            send_internal(Kind::ScriptLoad, {"SCRIPT", "LOAD", script.source()},
+                          scripts_.size() - 1);
         } catch (...) {
             // EVALSHA will meet NOSCRIPT and reload it.
         }
@@ -605,8 +699,7 @@ void Client::on_reply(redisAsyncContext* ac, void* reply, void* privdata) noexce
 void Client::handle_reply(Pending& p, redisReply* r) noexcept {
     if (r == nullptr) {
         // hiredis is freeing the context after an error; it frees it itself.
-        const char* why = ac_->c.errstr[0] != '\0' ? ac_->c.errstr : "closed";
-        connection_lost(Failure::Disconnected, cat("connection lost: ", why), true);
+        connection_lost(Failure::Disconnected, lost_reason(ac_), true);
         return;
     }
     stats_.replies++;
@@ -616,33 +709,19 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
         case Kind::Auth:
         case Kind::Select:
         case Kind::Ping:
-            if (error) {
-                const char* what = p.kind == Kind::Auth     ? "AUTH"
-                                   : p.kind == Kind::Select ? "SELECT"
-                                                            : "PING";
-                connection_lost(Failure::Disconnected, cat(what, " failed: ", text), false);
-                return;
-            }
-            healthy();
-            inflight_.erase(p.self);
-            return;
         case Kind::ScriptLoad:
-            if (error) {
-                log(LogLevel::Error, cat(name_, ": SCRIPT LOAD failed: ", text));
-            } else {
-                healthy();
-            }
-            inflight_.erase(p.self);
+            handshake_reply(p, r);
             return;
         case Kind::EvalSha:
             if (error && !p.retried && text.substr(0, 9) == "NOSCRIPT ") {
-                healthy();
+                ScriptEntry& script = scripts_[p.script];
                 stats_.noscript_reloads++;
                 p.retried = true;
-                log(LogLevel::Info,
-                    cat(name_, ": NOSCRIPT, reloading script ", scripts_[p.script].sha));
+                log(script.reload_logged ? LogLevel::Debug : LogLevel::Info,
+                    cat(name_, ": NOSCRIPT, reloading script ", script.sha));
+                script.reload_logged = true;
                 try {
-                    send_internal(Kind::ScriptLoad, {"SCRIPT", "LOAD", scripts_[p.script].source});
+                    send_internal(Kind::ScriptLoad, {"SCRIPT", "LOAD", script.source}, p.script);
                 } catch (...) {
                 }
                 inflight_.splice(inflight_.end(), inflight_, p.self);
@@ -654,11 +733,16 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
                 }
                 return;
             }
+            if (error) {
+                evalsha_error(p, r);
+                return;
+            }
+            scripts_[p.script].reload_logged = false;
             break;
         case Kind::User:
             break;
     }
-    healthy();
+    answered();
     Result result;
     try {
         convert_reply(r, result.reply);
@@ -670,6 +754,71 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
     Callback cb = std::move(p.cb);
     inflight_.erase(p.self);
     invoke(cb, std::move(result), this);  // last: the callback may call close()
+}
+
+// Handshake replies are known in advance: an error fails the connection, and so does any
+// other reply than the one the command gives -- most likely the reply to another command,
+// the server having sent one too many before.
+void Client::handshake_reply(Pending& p, redisReply* r) noexcept {
+    std::string_view text(r->str != nullptr ? r->str : "", r->str != nullptr ? r->len : 0);
+    const char* what = p.kind == Kind::Auth     ? "AUTH"
+                       : p.kind == Kind::Select ? "SELECT"
+                       : p.kind == Kind::Ping   ? "PING"
+                                                : "SCRIPT LOAD";
+    if (p.kind == Kind::ScriptLoad) {
+        const std::string& sha = scripts_[p.script].sha;
+        if (r->type == REDIS_REPLY_STRING && text == sha) {
+            inflight_.erase(p.self);
+            return;
+        }
+        if (r->type == REDIS_REPLY_ERROR) {
+            inflight_.erase(p.self);  // before count_failure(): opening drops the connection
+            count_failure(cat("SCRIPT LOAD failed: ", printable(text)));
+            return;
+        }
+        connection_lost(Failure::Disconnected,
+                        cat("connection dropped: SCRIPT LOAD answered ", describe(r),
+                            ", not the script's SHA-1 ", sha),
+                        false);
+        return;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        connection_lost(Failure::Disconnected, cat(what, " failed: ", printable(text)), false);
+        return;
+    }
+    const char* expected = p.kind == Kind::Ping ? "PONG" : "OK";
+    if (r->type != REDIS_REPLY_STATUS || text != expected) {
+        connection_lost(
+            Failure::Disconnected,
+            cat("connection dropped: ", what, " answered ", describe(r), ", not ", expected),
+            false);
+        return;
+    }
+    bool ping = p.kind == Kind::Ping;
+    inflight_.erase(p.self);
+    if (ping && breaker_ == Breaker::HalfOpen) {
+        breaker_ = Breaker::Closed;  // the failure count stays: the next failure reopens
+        log(LogLevel::Debug, cat(name_, ": probe connected, circuit closed"));
+    }
+}
+
+// Our scripts answer no error: Redis could not run this one (NOSCRIPT after the reload, OOM,
+// BUSY, READONLY, ...). The caller gets the error reply; the breaker counts a failure.
+void Client::evalsha_error(Pending& p, redisReply* r) noexcept {
+    std::string what = cat("EVALSHA ", scripts_[p.script].sha,
+                           " failed: ", printable(std::string_view(r->str, r->len)));
+    Result result;
+    try {
+        convert_reply(r, result.reply);
+    } catch (...) {
+        result.reply = Reply();
+        result.failure = Failure::Disconnected;
+        stats_.failed++;
+    }
+    Callback cb = std::move(p.cb);
+    inflight_.erase(p.self);  // before count_failure(): opening drops the connection
+    count_failure(what);
+    invoke(cb, std::move(result), this);
 }
 
 // ---- deadlines -------------------------------------------------------------------------------

@@ -10,7 +10,22 @@
 //   - commands issued in the same loop turn leave in one write (pipelining);
 //   - a command without a reply by its deadline (now + command_timeout_ms) fails with Timeout;
 //     the connection is then dropped (every later reply on it would be late too), every command
-//     pending on it fails, and the client reconnects after a backoff.
+//     pending on it fails, and the client reconnects after a backoff;
+//   - a server that breaks the protocol -- a reply when no command waits for one, a reply
+//     announcing more than config.reply_limits (reply_guard.hpp), garbage, a handshake reply
+//     that is not what AUTH, SELECT, SCRIPT LOAD or PING answer -- gets the same: the
+//     connection is dropped at once, every command pending on it fails (Disconnected), and the
+//     client reconnects; no reply is handed to a command it was not the answer to, as far as
+//     the order of replies can tell (RESP2 replies carry no command id).
+// The circuit breaker counts failures: connections that fail or are lost (one failure however
+// many commands were pending), error replies to evalsha() (NOSCRIPT after the reload included)
+// and replies the caller found unusable (reply_unusable()). failure_threshold of them in a row
+// open the circuit, dropping the connection; commands then fail at once (CircuitOpen) for the
+// cool-down, after which one connection probes the server. Only a command answered -- not a
+// handshake, not PING -- resets the count: a server that connects fine and then fails every
+// command keeps the circuit open (the cool-down doubling), instead of being reconnected to
+// after each failure. Each incident is logged once: its first failure and the circuit opening
+// at Error, the rest at Debug or Info, and the first answered command ("connection restored").
 // If command()/evalsha() throws (std::bad_alloc only), nothing was queued and the callback is
 // never called. Single-threaded, like its Loop. A Client must not be destroyed from inside one
 // of its own callbacks; close() may be called from anywhere.
@@ -28,6 +43,7 @@
 #include "redis/address.hpp"
 #include "redis/loop.hpp"
 #include "redis/reply.hpp"
+#include "redis/reply_guard.hpp"
 #include "redis/script.hpp"
 
 struct redisAsyncContext;
@@ -47,6 +63,7 @@ struct Config {
     uint32_t failure_threshold = 3;       // consecutive failures that open the circuit; 0: never
     uint32_t cooldown_initial_ms = 1000;  // open time, doubling per failed probe
     uint32_t cooldown_max_ms = 30000;
+    ReplyLimits reply_limits;  // what one reply may announce
 };
 
 enum class LogLevel : uint8_t { Debug, Info, Warn, Error };
@@ -61,7 +78,8 @@ struct Stats {
     uint64_t timeouts = 0;       // commands that reached their deadline
     uint64_t connects = 0;       // connection attempts
     uint64_t reconnects = 0;     // connection attempts after a failure (backoff or probe)
-    uint64_t failures = 0;       // connection incidents counted by the breaker
+    uint64_t failures = 0;       // failures counted by the breaker (connections and commands)
+    uint64_t refused = 0;        // connections dropped for breaking the protocol
     uint64_t circuit_opens = 0;  // closed/half-open -> open transitions
     uint64_t noscript_reloads = 0;
 };
@@ -100,6 +118,12 @@ class Client {
     // Registers a script so that it is loaded on connect, before it is first used.
     void add_script(const Script& script);
 
+    // The caller could not use `result`, a reply this client delivered (a script's reply of
+    // the wrong shape): counted by the circuit breaker like a failed command, and logged once
+    // per incident ("unusable reply: `what`"). Results that failed and error replies to
+    // evalsha() were counted already: ignored, as is everything once closed.
+    void reply_unusable(const Result& result, std::string_view what) noexcept;
+
     // Drops the connection, fails everything pending with Shutdown (from a 0 ms timer); later
     // commands fail with Shutdown too. Idempotent.
     void close() noexcept;
@@ -124,7 +148,7 @@ class Client {
         Kind kind = Kind::User;
         bool retried = false;             // EVALSHA already reloaded its script once
         Failure failure = Failure::None;  // set when moved to done_
-        size_t script = 0;                // EvalSha: index in scripts_
+        size_t script = 0;                // EvalSha, ScriptLoad: index in scripts_
         uint64_t deadline = 0;
         Callback cb;
         std::string args;          // argument bytes, when kept (waiting, EVALSHA)
@@ -134,6 +158,7 @@ class Client {
     struct ScriptEntry {
         std::string sha;
         std::string source;
+        bool reload_logged = false;  // a NOSCRIPT reload was logged; no answer since
     };
 
     static void on_reply(redisAsyncContext* ac, void* reply, void* privdata) noexcept;
@@ -143,8 +168,14 @@ class Client {
     void connect() noexcept;
     void connected_now() noexcept;
     void handle_reply(Pending& p, redisReply* r) noexcept;
+    void handshake_reply(Pending& p, redisReply* r) noexcept;
+    void evalsha_error(Pending& p, redisReply* r) noexcept;
+    std::string lost_reason(const redisAsyncContext* ac);
+    void drop(Failure why, bool hiredis_frees) noexcept;
     void connection_lost(Failure why, std::string_view detail, bool hiredis_frees) noexcept;
     void count_failure(std::string_view what) noexcept;
+    void open_circuit(std::string_view message, LogLevel level) noexcept;
+    void answered() noexcept;
     void healthy() noexcept;
 
     Pending& new_pending(std::list<Pending>& list, Kind kind, Callback cb, uint64_t deadline);
@@ -152,7 +183,7 @@ class Client {
     bool send(Pending& p, const std::string_view* argv, size_t argc) noexcept;
     bool send_kept(Pending& p) noexcept;
     bool submit(Pending& p, size_t argc, const char** argv, const size_t* lens) noexcept;
-    void send_internal(Kind kind, std::initializer_list<std::string_view> argv);
+    void send_internal(Kind kind, std::initializer_list<std::string_view> argv, size_t script = 0);
     void fail(std::list<Pending>& from, Pending& p, Failure why) noexcept;  // moves p to done_
     void fail_all(Failure why, bool by_deadline) noexcept;
     void fail_soon(Callback cb, Failure why);  // may throw std::bad_alloc
@@ -173,6 +204,7 @@ class Client {
     Conn conn_ = Conn::None;
     Breaker breaker_ = Breaker::Closed;
     bool closed_ = false;
+    bool answer_pending_ = false;  // a command was answered this turn: healthy() at its end
     uint32_t consecutive_failures_ = 0;
     uint32_t backoff_ms_;
     uint32_t cooldown_ms_;
@@ -188,6 +220,8 @@ class Client {
     std::unique_ptr<Timer> deadline_timer_;
     std::unique_ptr<Timer> retry_timer_;  // backoff, or the breaker's cool-down
     std::unique_ptr<Timer> defer_timer_;
+    std::unique_ptr<Deferred> settle_;  // answer_pending_ -> healthy(), at the end of the turn
+    std::unique_ptr<ReplyGuard> guard_;
 };
 
 }  // namespace throttle::redis

@@ -7,7 +7,10 @@
 // SUBSCRIBE) makes hiredis drop the connection itself: the disconnect callback reports it.
 //
 // As in Client, contexts point back at the subscriber through ac->data, cleared before a
-// context is dropped, so the callbacks hiredis runs while freeing it are ignored.
+// context is dropped, so the callbacks hiredis runs while freeing it are ignored. A ReplyGuard
+// in PubSub mode keeps replies within config.reply_limits and shaped as hiredis' pub/sub
+// dispatch expects (it would abort() on a short array, and hand a message of another channel
+// to our callback): anything else drops the connection.
 #include "redis/subscriber.hpp"
 
 #include <hiredis/async.h>
@@ -75,6 +78,16 @@ Subscriber::Subscriber(Loop& loop, Config config, std::string channel, OnMessage
     name_ = "redis " + cfg_.address.to_string() + " subscriber";
 
     timeout_timer_ = loop_.create_timer([this] { on_timeout(); });
+    // A confirmation ends an incident at the end of its turn, if the connection still stands
+    // (a message nobody could parse may follow it in the same read).
+    settle_ = loop_.create_deferred([this] {
+        if (state_ == State::Subscribed && ac_ != nullptr) {
+            healthy();
+        }
+    });
+    guard_ = std::make_unique<ReplyGuard>(
+        loop_, ReplyGuard::Mode::PubSub, cfg_.reply_limits,
+        [this](std::string_view why) { lost(cat("connection dropped: ", why), false); });
     retry_timer_ = loop_.create_timer([this] {
         if (!closed_ && ac_ == nullptr) {
             connect();
@@ -100,11 +113,13 @@ void Subscriber::close() noexcept {
     closed_ = true;
     timeout_timer_->stop();
     retry_timer_->stop();
+    settle_->cancel();
     state_ = State::Idle;
     if (ac_ != nullptr) {
         redisAsyncContext* ac = ac_;
         ac_ = nullptr;
         ac->data = nullptr;
+        guard_->detach();
         redisAsyncFree(ac);  // deferred by hiredis when inside one of its callbacks
     }
 }
@@ -145,6 +160,7 @@ void Subscriber::connect() noexcept {
         failure("cannot connect: the event loop did not take the socket");
         return;
     }
+    guard_->attach(ac);
     // Setting the connect callback also asks for write readiness (connect completion).
     redisAsyncSetConnectCallback(ac, &Subscriber::on_connect);
     redisAsyncSetDisconnectCallback(ac, &Subscriber::on_disconnect);
@@ -172,8 +188,15 @@ void Subscriber::on_disconnect(const redisAsyncContext* ac, int) noexcept {
     if (self == nullptr) {
         return;
     }
-    const char* why = ac->c.errstr[0] != '\0' ? ac->c.errstr : "closed";
-    self->lost(cat("connection lost: ", why), true);
+    self->lost(self->lost_reason(ac), true);
+}
+
+// Why hiredis is freeing the context: the guard's refusal, or hiredis' own error.
+std::string Subscriber::lost_reason(const redisAsyncContext* ac) const {
+    if (!guard_->violation().empty()) {
+        return cat("connection dropped: ", guard_->violation());
+    }
+    return cat("connection lost: ", ac->c.errstr[0] != '\0' ? ac->c.errstr : "closed");
 }
 
 // Called from hiredis' connect callback, where the context must not be freed: a handshake that
@@ -236,8 +259,10 @@ void Subscriber::lost(std::string_view what, bool hiredis_frees) noexcept {
     redisAsyncContext* ac = ac_;
     ac_ = nullptr;
     ac->data = nullptr;
+    guard_->detach();
     state_ = State::Idle;
     timeout_timer_->stop();
+    settle_->cancel();
     if (!hiredis_frees) {
         redisAsyncFree(ac);  // deferred by hiredis when inside one of its callbacks
     }
@@ -272,8 +297,7 @@ void Subscriber::on_auth(redisAsyncContext* ac, void* reply, void*) noexcept {
     }
     auto* r = static_cast<redisReply*>(reply);
     if (r == nullptr) {
-        const char* why = ac->c.errstr[0] != '\0' ? ac->c.errstr : "closed";
-        self->lost(cat("connection lost: ", why), true);
+        self->lost(self->lost_reason(ac), true);
         return;
     }
     if (r->type == REDIS_REPLY_ERROR) {
@@ -288,14 +312,13 @@ void Subscriber::on_subscribe(redisAsyncContext* ac, void* reply, void*) noexcep
     }
     auto* r = static_cast<redisReply*>(reply);
     if (r == nullptr) {
-        const char* why = ac->c.errstr[0] != '\0' ? ac->c.errstr : "closed";
-        self->lost(cat("connection lost: ", why), true);
+        self->lost(self->lost_reason(ac), true);
         return;
     }
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 3) {
         return;
     }
-    if (is_word(r->element[0], "message")) {
+    if (is_word(r->element[0], "message") && text_of(r->element[1]) == self->channel_) {
         const redisReply* payload = r->element[2];
         if (payload->type == REDIS_REPLY_STRING) {
             self->deliver(text_of(payload));
@@ -303,7 +326,7 @@ void Subscriber::on_subscribe(redisAsyncContext* ac, void* reply, void*) noexcep
     } else if (is_word(r->element[0], "subscribe") && self->state_ == State::Handshake) {
         self->state_ = State::Subscribed;
         self->timeout_timer_->stop();
-        self->healthy();
+        self->settle_->post();
         self->log(LogLevel::Debug, cat(self->name_, ": subscribed to \"", self->channel_, "\""));
     }
 }

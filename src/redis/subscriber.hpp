@@ -8,7 +8,9 @@
 // error or timeout, AUTH refused, no confirmation in time, the connection lost) clears
 // subscribed() and reconnects after a backoff, backoff_initial_ms doubling up to backoff_max_ms,
 // reset once subscribed again; no circuit breaker (one idle connection costs nothing). The first
-// failure of an incident is logged at Error, the next ones at Debug, the recovery at Info. TCP
+// failure of an incident is logged at Error, the next ones at Debug, the recovery at Info. A
+// server that breaks the pub/sub protocol or announces more than config.reply_limits
+// (reply_guard.hpp) is a failure too: the connection is dropped, never the process. TCP
 // keepalive is on, so a peer that vanished silently is noticed too (after about 30 s).
 //
 // Messages published while no connection is subscribed are lost: pub/sub keeps nothing. The
@@ -26,6 +28,7 @@
 
 #include "redis/client.hpp"
 #include "redis/loop.hpp"
+#include "redis/reply_guard.hpp"
 
 struct redisAsyncContext;
 
@@ -37,7 +40,8 @@ class Subscriber {
 
     // Throws std::invalid_argument if config.address is not valid() or the channel is empty.
     // Uses config's address, username, password, connect_timeout_ms, command_timeout_ms,
-    // backoff_initial_ms and backoff_max_ms. Does not touch the network: start() connects.
+    // backoff_initial_ms, backoff_max_ms and reply_limits. Does not touch the network: start()
+    // connects.
     Subscriber(Loop& loop, Config config, std::string channel, OnMessage on_message,
                Logger logger = nullptr);
     ~Subscriber();  // close()
@@ -67,6 +71,7 @@ class Subscriber {
     void connected_now() noexcept;
     void on_timeout() noexcept;
     void lost(std::string_view what, bool hiredis_frees) noexcept;
+    std::string lost_reason(const redisAsyncContext* ac) const;
     void failure(std::string_view what) noexcept;
     void healthy() noexcept;
     void deliver(std::string_view payload) noexcept;
@@ -89,6 +94,8 @@ class Subscriber {
 
     std::unique_ptr<Timer> timeout_timer_;  // connect, then confirmation
     std::unique_ptr<Timer> retry_timer_;    // backoff
+    std::unique_ptr<Deferred> settle_;      // healthy() at the end of a confirmation's turn
+    std::unique_ptr<ReplyGuard> guard_;
 };
 
 }  // namespace throttle::redis

@@ -463,6 +463,7 @@ class RedisCacheScriptsTest : public ::testing::Test {
         Config c;
         c.address = server->address();
         c.command_timeout_ms = 5000;
+        c.failure_threshold = 0;  // malformed calls are error replies, which the breaker counts
         client = std::make_unique<Client>(ev.loop(), c);
     }
 

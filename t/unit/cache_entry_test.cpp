@@ -384,7 +384,7 @@ const ValidTime default_valid[] = {{200, 3600000}, {404, 60000}};
 
 Decision run(const Rsp& r, bool identity = false, const ValidTime* valid = default_valid,
              size_t n = 2, int64_t stale_ms = 30000, uint64_t max = 1 << 20,
-             bool strict_vary = true) {
+             bool strict_vary = true, std::string_view keyed_headers = {}) {
     std::vector<HeaderView> hv;
     for (const auto& h : r.headers) hv.push_back(HeaderView{h.first, h.second});
     Policy p;
@@ -394,6 +394,7 @@ Decision run(const Rsp& r, bool identity = false, const ValidTime* valid = defau
     p.max_entry_size = max;
     p.stale_ms = stale_ms;
     p.strict_vary = strict_vary;
+    p.keyed_headers = keyed_headers;
     Response resp;
     resp.status = r.status;
     resp.method = r.method;
@@ -466,6 +467,24 @@ TEST(CacheDecide, SetCookieNeverStored) {
                             {"Set-Cookie", "sid=1"}}),
                       true),
               Verdict::set_cookie);
+}
+
+TEST(CacheDecide, VaryOnHeadersTheKeyHolds) {
+    auto keyed = [](const Rsp& r, std::string_view headers) {
+        return run(r, false, default_valid, 2, 0, 1 << 20, true, headers).verdict;
+    };
+    Rsp lang = with({{"Vary", "Accept-Language"}});
+    EXPECT_EQ(keyed(lang, ""), Verdict::vary_other);
+    EXPECT_EQ(keyed(lang, "accept_language"), Verdict::store);
+    EXPECT_EQ(keyed(lang, "x_tenant,accept_language"), Verdict::store);
+    EXPECT_EQ(keyed(lang, "accept_language_x"), Verdict::vary_other);
+    EXPECT_EQ(keyed(lang, "accept"), Verdict::vary_other);
+    EXPECT_EQ(keyed(with({{"Vary", "accept-language, X-Tenant"}}), "x_tenant,accept_language"),
+              Verdict::store);
+    EXPECT_EQ(keyed(with({{"Vary", "Accept-Language, Origin"}}), "accept_language"),
+              Verdict::vary_other);
+    EXPECT_EQ(keyed(with({{"Vary", "Accept-Language, *"}}), "accept_language"), Verdict::vary_star);
+    EXPECT_EQ(keyed(with({{"Vary", "Cookie"}}), "cookie"), Verdict::store);  // keyed by value
 }
 
 TEST(CacheDecide, Vary) {
@@ -640,12 +659,36 @@ TEST(CacheDecide, VerdictNames) {
     EXPECT_STREQ(verdict_name(Verdict::zero_ttl), "zero-ttl");
 }
 
+RequestFacts facts(std::string_view method, bool credentials, bool identity, bool body = false) {
+    RequestFacts f;
+    f.method = method;
+    f.has_credentials = credentials;
+    f.has_user_identity = identity;
+    f.has_body = body;
+    return f;
+}
+
 TEST(CacheDecide, RequestCacheable) {
-    EXPECT_TRUE(request_cacheable("GET", false, false));
-    EXPECT_TRUE(request_cacheable("HEAD", false, false));
-    EXPECT_FALSE(request_cacheable("POST", false, true));
-    EXPECT_FALSE(request_cacheable("GET", true, false));  // credentials, no identity: bypass
-    EXPECT_TRUE(request_cacheable("GET", true, true));
+    EXPECT_TRUE(request_cacheable(facts("GET", false, false)));
+    EXPECT_TRUE(request_cacheable(facts("HEAD", false, false)));
+    EXPECT_FALSE(request_cacheable(facts("POST", false, true)));
+    EXPECT_FALSE(request_cacheable(facts("GET", true, false)));  // credentials, no identity
+    EXPECT_TRUE(request_cacheable(facts("GET", true, true)));
+}
+
+TEST(CacheDecide, RequestWithABodyIsNotCacheable) {
+    // A search API may answer a GET by its body, which the key does not hold.
+    EXPECT_FALSE(request_cacheable(facts("GET", false, false, true)));
+    EXPECT_FALSE(request_cacheable(facts("HEAD", false, false, true)));
+    EXPECT_FALSE(request_cacheable(facts("GET", true, true, true)));
+}
+
+TEST(CacheDecide, AmbiguousRequestIsNotCacheable) {
+    RequestFacts f = facts("GET", true, true);
+    f.ambiguous = true;  // "Cookie: sessionid=B; sessionid=A"
+    EXPECT_FALSE(request_cacheable(f));
+    f.has_user_identity = false;
+    EXPECT_FALSE(request_cacheable(f));
 }
 
 }  // namespace

@@ -20,9 +20,20 @@ using namespace throttle::core::cache;
 const std::string secret = "s3cret";
 const std::string alice = identity_digest(secret, "alice-session-token");
 
+CacheKeyInput input(std::string_view ns, std::string_view id, std::string_view method,
+                    std::string_view path, std::string_view query) {
+    CacheKeyInput in;
+    in.ns = ns;
+    in.identity_digest = id;
+    in.method = method;
+    in.path = path;
+    in.query = query;
+    return in;
+}
+
 Sha256Digest key(std::string_view path, std::string_view query, std::string_view method = "GET",
                  std::string_view ns = "review", std::string_view id = alice) {
-    return cache_key(CacheKeyInput{ns, id, method, path, query});
+    return cache_key(input(ns, id, method, path, query));
 }
 
 TEST(CacheKey, FixedLength) {
@@ -105,6 +116,64 @@ TEST(CacheKey, EveryComponentCounts) {
     EXPECT_NE(base, key("/x", "a=1", "GET", "analytics"));
     EXPECT_NE(base, key("/x", "a=1", "GET", "review", identity_digest(secret, "bob")));
     EXPECT_NE(base, key("/x", "a=1", "GET", "review", anonymous_identity));
+}
+
+Sha256Digest where(std::string_view scheme, std::string_view host, std::string_view extra = {},
+                   std::string_view path = "/x") {
+    CacheKeyInput in = input("review", alice, "GET", path, "a=1");
+    in.scheme = scheme;
+    in.host = host;
+    in.extra = extra;
+    return cache_key(in);
+}
+
+TEST(CacheKey, SchemeHostAndExtraCount) {
+    Sha256Digest base = where("http", "a.test");
+    EXPECT_NE(base, where("http", "b.test"));
+    EXPECT_NE(base, where("https", "a.test"));
+    EXPECT_NE(base, where("http", ""));
+    EXPECT_NE(base, where("http", "a.test", "fr"));
+    EXPECT_NE(where("http", "a.test", "fr"), where("http", "a.test", "en"));
+    EXPECT_NE(base, key("/x", "a=1"));  // no host at all is a host too ("")
+    // Nothing slides between the scheme, the host, the path and the extra.
+    EXPECT_NE(where("http", "sa.test"), where("https", "a.test"));
+    EXPECT_NE(where("http", "a.test", "", "/x"), where("http", "a.test/x", "", ""));
+    EXPECT_NE(where("http", "a.test", "y"), where("http", "a.test", "", "/xy"));
+}
+
+TEST(CacheKey, HostSpellingsNginxResolvesAlike) {
+    Sha256Digest b = where("http", "b.test");
+    EXPECT_EQ(b, where("http", "B.TEST"));
+    EXPECT_EQ(b, where("http", "b.test."));
+    EXPECT_EQ(b, where("http", "B.Test."));
+    EXPECT_NE(b, where("http", "b.test.."));   // one dot only (nginx refuses "..")
+    EXPECT_NE(b, where("http", "b.test:80"));  // the caller passes the host without its port
+    // Lowercasing is ASCII only and covers hosts longer than one chunk.
+    std::string long_host(200, 'H');
+    EXPECT_EQ(where("http", long_host + "."), where("http", std::string(200, 'h')));
+    EXPECT_NE(where("http", "\xc3\x89.test"), where("http", "\xc3\xa9.test"));
+    // The scheme and the extra are taken as given.
+    EXPECT_NE(where("HTTP", "b.test"), b);
+    EXPECT_NE(where("http", "b.test", "FR"), where("http", "b.test", "fr"));
+}
+
+// The documented byte string (see cache_key.hpp), built independently of cache_key().
+TEST(CacheKey, KnownEncoding) {
+    auto u64 = [](uint64_t v) {
+        std::string s(8, '\0');
+        for (int i = 7; i >= 0; --i, v >>= 8) s[i] = static_cast<char>(v & 0xff);
+        return s;
+    };
+    auto field = [&](std::string_view x) { return u64(x.size()) + std::string(x); };
+    std::string bytes("throttle-cache-key\0\x02", 20);
+    bytes += field("review") + field("https") + field("b.test") + field(alice) + field("GET") +
+             field("/p") + u64(2) + field("a") + std::string(1, '\x01') + field("1") + field("b") +
+             std::string(1, '\0') + field("") + field("fr");
+    CacheKeyInput in = input("review", alice, "HEAD", "/p", "b&a=1");
+    in.scheme = "https";
+    in.host = "B.test.";
+    in.extra = "fr";
+    EXPECT_EQ(cache_key(in), throttle::core::sha256(bytes.data(), bytes.size()));
 }
 
 TEST(CacheKey, GetAndHeadShareAKey) {

@@ -8,6 +8,7 @@ namespace throttle::ngx {
 // directives.cpp
 char* throttle_cache_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
 char* throttle_cache_user_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
+char* throttle_cache_key_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
 char* throttle_cache_valid_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
 char* throttle_cache_list_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
 char* throttle_cache_purge_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;

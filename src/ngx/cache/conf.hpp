@@ -13,10 +13,21 @@ struct CacheMainConf {
     ngx_uint_t user_line;
 };
 
+// A $cookie_NAME or $http_NAME variable throttle_cache_user or throttle_cache_key reads
+// (core::cache::identity_variables): a request that sends it more than once bypasses the cache.
+struct IdentitySource {
+    bool cookie;     // $cookie_NAME; else $http_NAME
+    ngx_str_t name;  // lowercase: "sessionid", "x_token"
+};
+
 // Per location. Unset values are NGX_CONF_UNSET*.
 struct CacheLocConf {
     ngx_str_t ns;                    // throttle_cache NAME; len 0: off; data null: unset
     ngx_http_complex_value_t* user;  // throttle_cache_user; nullptr: anonymous
+    ngx_array_t* user_sources;       // of IdentitySource, set and inherited with `user`
+    ngx_http_complex_value_t* key;   // throttle_cache_key: the key's extra; nullptr: none
+    ngx_array_t* key_sources;        // of IdentitySource, set and inherited with `key`
+    ngx_str_t key_headers;           // its $http_ names joined by ',': Vary on them is fine
     ngx_array_t* valid;              // of core::cache::ValidTime; nullptr: none
     ngx_msec_t stale;
     size_t max_size;

@@ -2,6 +2,7 @@
 //   throttle_cache_secret STRING;                          http
 //   throttle_cache NAME | off;                             http, server, location
 //   throttle_cache_user VALUE;                             (variables allowed)
+//   throttle_cache_key VALUE;                              (variables allowed)
 //   throttle_cache_valid [CODE ... | any] TIME;            like proxy_cache_valid
 //   throttle_cache_stale TIME;  throttle_cache_max_size SIZE;
 //   throttle_cache_gzip_min_length SIZE;  throttle_cache_lock_timeout TIME;
@@ -10,8 +11,10 @@
 //   throttle_cache_invalidate_header NAME | off;
 //   throttle_cache_purge VALUE;                            location
 #include <new>
+#include <vector>
 
 #include "core/cache_entry.hpp"
+#include "core/cache_identity.hpp"
 #include "core/cache_key.hpp"
 #include "ngx/cache/cache.hpp"
 #include "ngx/directive_args.hpp"
@@ -124,13 +127,90 @@ char* throttle_cache_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexc
     return NGX_CONF_OK;
 }
 
+namespace {
+
+// The cookies and headers the identity (or the key) reads, to refuse requests that send one
+// twice.
+char* identity_sources(ngx_conf_t* cf, const ngx_str_t& value, ngx_array_t*& out) {
+    std::vector<core::cache::IdentityVariable> vars = core::cache::identity_variables(view(value));
+    out = ngx_array_create(cf->pool, vars.empty() ? 1 : vars.size(), sizeof(IdentitySource));
+    if (out == nullptr) {
+        return conf_error();
+    }
+    for (const core::cache::IdentityVariable& v : vars) {
+        auto* src = static_cast<IdentitySource*>(ngx_array_push(out));
+        if (src == nullptr) {
+            return conf_error();
+        }
+        src->cookie = v.kind == core::cache::IdentityVariable::Kind::cookie;
+        src->name.len = v.name.size();
+        src->name.data = static_cast<u_char*>(ngx_pnalloc(cf->pool, v.name.size()));
+        if (src->name.data == nullptr) {
+            return conf_error();
+        }
+        ngx_memcpy(src->name.data, v.name.data(), v.name.size());
+    }
+    return NGX_CONF_OK;
+}
+
+}  // namespace
+
 char* throttle_cache_user_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
     MainConf* mcf = main_conf(cf);
     if (mcf->cache.user_file.data == nullptr) {
         mcf->cache.user_file = cf->conf_file->file.name;
         mcf->cache.user_line = cf->conf_file->line;
     }
-    return complex_value(cf, static_cast<LocConf*>(conf)->cache.user);
+    CacheLocConf& lc = static_cast<LocConf*>(conf)->cache;
+    char* rv = complex_value(cf, lc.user);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+    try {
+        return identity_sources(cf, static_cast<ngx_str_t*>(cf->args->elts)[1], lc.user_sources);
+    } catch (...) {
+        return conf_error();
+    }
+}
+
+// throttle_cache_key: the $http_ names of the headers it reads, joined by ','.
+char* key_headers(ngx_conf_t* cf, CacheLocConf& lc) noexcept {
+    auto* sources = static_cast<IdentitySource*>(lc.key_sources->elts);
+    size_t len = 0;
+    for (ngx_uint_t i = 0; i < lc.key_sources->nelts; i++) {
+        len += sources[i].cookie ? 0 : sources[i].name.len + 1;
+    }
+    lc.key_headers.len = 0;
+    lc.key_headers.data = static_cast<u_char*>(ngx_pnalloc(cf->pool, len + 1));
+    if (lc.key_headers.data == nullptr) {
+        return conf_error();
+    }
+    for (ngx_uint_t i = 0; i < lc.key_sources->nelts; i++) {
+        if (sources[i].cookie) {
+            continue;
+        }
+        if (lc.key_headers.len > 0) {
+            lc.key_headers.data[lc.key_headers.len++] = ',';
+        }
+        ngx_memcpy(lc.key_headers.data + lc.key_headers.len, sources[i].name.data,
+                   sources[i].name.len);
+        lc.key_headers.len += sources[i].name.len;
+    }
+    return NGX_CONF_OK;
+}
+
+char* throttle_cache_key_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
+    CacheLocConf& lc = static_cast<LocConf*>(conf)->cache;
+    char* rv = complex_value(cf, lc.key);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+    try {
+        rv = identity_sources(cf, static_cast<ngx_str_t*>(cf->args->elts)[1], lc.key_sources);
+    } catch (...) {
+        return conf_error();
+    }
+    return rv != NGX_CONF_OK ? rv : key_headers(cf, lc);
 }
 
 char* throttle_cache_valid_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
@@ -263,6 +343,10 @@ char* throttle_cache_purge_directive(ngx_conf_t* cf, ngx_command_t*, void* conf)
 
 void init_cache_loc_conf(CacheLocConf& conf) noexcept {
     conf.user = static_cast<ngx_http_complex_value_t*>(NGX_CONF_UNSET_PTR);
+    conf.user_sources = nullptr;
+    conf.key = static_cast<ngx_http_complex_value_t*>(NGX_CONF_UNSET_PTR);
+    conf.key_sources = nullptr;
+    ngx_str_null(&conf.key_headers);
     conf.valid = static_cast<ngx_array_t*>(NGX_CONF_UNSET_PTR);
     conf.stale = NGX_CONF_UNSET_MSEC;
     conf.max_size = NGX_CONF_UNSET_SIZE;
@@ -278,7 +362,15 @@ char* merge_cache_loc_conf(ngx_conf_t* cf, const CacheLocConf& prev, CacheLocCon
     if (conf.ns.data == nullptr) {
         conf.ns = prev.ns;
     }
-    ngx_conf_merge_ptr_value(conf.user, prev.user, nullptr);
+    if (conf.user == NGX_CONF_UNSET_PTR) {
+        conf.user = prev.user == NGX_CONF_UNSET_PTR ? nullptr : prev.user;
+        conf.user_sources = prev.user_sources;
+    }
+    if (conf.key == NGX_CONF_UNSET_PTR) {
+        conf.key = prev.key == NGX_CONF_UNSET_PTR ? nullptr : prev.key;
+        conf.key_sources = prev.key_sources;
+        conf.key_headers = prev.key_headers;
+    }
     ngx_conf_merge_ptr_value(conf.valid, prev.valid, nullptr);
     ngx_conf_merge_msec_value(conf.stale, prev.stale, 0);
     ngx_conf_merge_size_value(conf.max_size, prev.max_size, 1024 * 1024);

@@ -25,8 +25,10 @@ redis::CacheTarget target_of(const FillLock& lock) noexcept {
     return t;
 }
 
+// Redis' own trouble is logged by its client, once per incident; this is what it cost.
 void log_redis_failure(const char* what, const redis::Result& res) noexcept {
-    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0, "throttle_cache: %s failed: %s", what,
+    redis_reply_unusable(res, what);
+    ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0, "throttle_cache: %s failed: %s", what,
                   res.ok() ? "unexpected reply" : redis::to_string(res.failure));
 }
 
@@ -40,6 +42,7 @@ core::cache::Policy policy_of(const CacheLocConf& conf, bool user_identity) noex
     policy.max_entry_size = conf.max_size;
     policy.stale_ms = static_cast<int64_t>(conf.stale);
     policy.accept_gzip = true;  // inflated before storing, stored in the module's own format
+    policy.keyed_headers = view(conf.key_headers);  // Vary on them is fine: the key holds them
     return policy;
 }
 

@@ -16,6 +16,8 @@
 // Nothing here ever answers 5xx because of Redis: every failure passes the request on.
 #include <new>
 
+#include "core/cache_identity.hpp"
+#include "core/http_text.hpp"
 #include "ngx/cache/cache.hpp"
 #include "ngx/cache/invalidate.hpp"
 #include "ngx/cache/lookup.hpp"
@@ -41,6 +43,52 @@ bool has_credentials(ngx_http_request_t* r, const CacheLocConf& conf) noexcept {
             for (ngx_uint_t k = 0; k < n; k++) {
                 if (h[i].key.len == names[k].len &&
                     ngx_strncasecmp(h[i].key.data, names[k].data, names[k].len) == 0) {
+                    return true;
+                }
+            }
+        }
+    }
+    return false;
+}
+
+// Whether the request carries a body, or one may still come: a Content-Length above 0, a
+// chunked body, an HTTP/2 stream its client has not closed.
+bool has_body(ngx_http_request_t* r) noexcept {
+    if (r->headers_in.content_length_n > 0 || r->headers_in.chunked) {
+        return true;
+    }
+#if (NGX_HTTP_V2)
+    if (r->stream != nullptr && !r->stream->in_closed) {
+        return true;
+    }
+#endif
+    return false;
+}
+
+// Whether one of these cookies or headers is sent more than once: nginx and the application
+// could then read two different users, or languages (core/cache_identity.hpp).
+bool sent_twice(ngx_http_request_t* r, const ngx_array_t* list) noexcept {
+    if (list == nullptr) {
+        return false;
+    }
+    auto* sources = static_cast<IdentitySource*>(list->elts);
+    for (ngx_uint_t k = 0; k < list->nelts; k++) {
+        std::string_view name = view(sources[k].name);
+        size_t seen = 0;
+        for (ngx_list_part_t* part = &r->headers_in.headers.part; part; part = part->next) {
+            auto* h = static_cast<ngx_table_elt_t*>(part->elts);
+            for (ngx_uint_t i = 0; i < part->nelts; i++) {
+                if (h[i].hash == 0) {
+                    continue;
+                }
+                if (sources[k].cookie) {
+                    if (core::http::iequals(view(h[i].key), "cookie")) {
+                        seen += core::cache::cookie_occurrences(view(h[i].value), name);
+                    }
+                } else if (core::cache::header_is_variable(view(h[i].key), name)) {
+                    ++seen;
+                }
+                if (seen > 1) {
                     return true;
                 }
             }
@@ -111,6 +159,7 @@ void on_refresh_lock(const std::shared_ptr<CacheRequest>& cr, redis::Result&& re
     }
     bool taken = false;
     if (!res.ok() || !redis::parse_cache_fill_lock_reply(res.reply, taken)) {
+        redis_reply_unusable(res, "cache refresh lock");
         serve_later(*cr, CacheStatus::stale, std::move(entry));
         return;
     }
@@ -257,11 +306,7 @@ void cache_lookup_done(const std::shared_ptr<CacheRequest>& cr, redis::Failure f
         }
         return;
     }
-    if (answer == nullptr) {
-        if (failure == redis::Failure::None) {
-            ngx_log_error(NGX_LOG_WARN, c.request()->connection->log, 0,
-                          "throttle_cache: unexpected lookup reply");
-        }
+    if (answer == nullptr) {  // the client logged why, once per incident
         pass(c, failure == redis::Failure::CircuitOpen ? CacheStatus::bypass : CacheStatus::error);
         return;
     }
@@ -323,6 +368,25 @@ void key_path_and_query(ngx_http_request_t* r, std::string_view& path, std::stri
     }
 }
 
+// Where the request was addressed, as nginx resolved it: $scheme and $host (the absolute-form
+// target's host, else the Host header's, lowercased, without its port or a trailing dot; else
+// the server's name). The key normalises the host once more (core::cache::cache_key).
+void key_origin(ngx_http_request_t* r, core::cache::CacheKeyInput& in) noexcept {
+    in.scheme = "http";
+#if (NGX_HTTP_SSL)
+    if (r->connection->ssl != nullptr) {
+        in.scheme = "https";
+    }
+#endif
+    if (r->headers_in.server.len > 0) {
+        in.host = view(r->headers_in.server);
+    } else {
+        auto* cscf = static_cast<ngx_http_core_srv_conf_t*>(
+            ngx_http_get_module_srv_conf(r, ngx_http_core_module));
+        in.host = view(cscf->server_name);
+    }
+}
+
 // Starts the lookup of a new request. NGX_DONE: it waits for Redis; NGX_DECLINED: it goes on
 // without the cache (ctx->cache_status says why).
 ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestCtx* ctx) {
@@ -331,9 +395,14 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
         ctx->cache_status = CacheStatus::bypass;
         return NGX_DECLINED;
     }
+    core::cache::RequestFacts facts;
+    facts.method = view(r->method_name);
+    facts.has_body = has_body(r);  // the body may select the answer; the key does not hold it
     // Credentials without an identity: the answer may be personal; never share it.
-    bool credentials = identity.len == 0 && has_credentials(r, conf);
-    if (!core::cache::request_cacheable(view(r->method_name), credentials, identity.len > 0)) {
+    facts.has_credentials = identity.len == 0 && has_credentials(r, conf);
+    facts.has_user_identity = identity.len > 0;
+    facts.ambiguous = sent_twice(r, conf.user_sources) || sent_twice(r, conf.key_sources);
+    if (!core::cache::request_cacheable(facts)) {
         ctx->cache_status = CacheStatus::bypass;
         return NGX_DECLINED;
     }
@@ -348,6 +417,11 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
         ctx->cache_status = CacheStatus::bypass;
         return NGX_DECLINED;
     }
+    ngx_str_t extra = ngx_null_string;
+    if (conf.key != nullptr && ngx_http_complex_value(r, conf.key, &extra) != NGX_OK) {
+        ctx->cache_status = CacheStatus::bypass;
+        return NGX_DECLINED;
+    }
     std::shared_ptr<CacheRequest> cr = bind_to_request<CacheRequest>(r, &conf);
     if (cr == nullptr) {
         ctx->cache_status = CacheStatus::error;
@@ -359,6 +433,8 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
     in.identity_digest = cr->id;
     in.method = view(r->method_name);
     key_path_and_query(r, in.path, in.query);
+    key_origin(r, in);
+    in.extra = view(extra);  // throttle_cache_key
     cr->key = core::cache::cache_key(in);
     ctx->cache = cr.get();
     if (!cache_lookup_submit(cr, !cr->head)) {

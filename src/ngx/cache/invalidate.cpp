@@ -111,8 +111,9 @@ bool send(Pending&& p, std::function<void()> answered) noexcept {
                             if (good || worker_exiting()) {
                                 return;
                             }
+                            redis_reply_unusable(res, "cache invalidation");
                             ngx_log_error(
-                                NGX_LOG_WARN, ngx_cycle->log, 0,
+                                NGX_LOG_INFO, ngx_cycle->log, 0,
                                 "throttle_cache: invalidation failed (%s), retrying",
                                 res.ok() ? "unexpected reply" : redis::to_string(res.failure));
                             keep(std::move(*held));

@@ -56,6 +56,7 @@ void send(Batch&& batch) noexcept {
                             } catch (...) {
                             }
                             if (!good) {
+                                redis_reply_unusable(res, "cache lookup");  // its type is kept
                                 fail_all(*held, res.failure);
                                 return;
                             }

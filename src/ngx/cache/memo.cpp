@@ -4,20 +4,15 @@
 #include <array>
 #include <functional>
 
+#include "core/cache_identity.hpp"
 #include "core/cache_key.hpp"
 #include "core/gzip.hpp"
 
 namespace throttle::ngx {
 namespace {
 
-constexpr size_t identity_slots = 512;
 constexpr size_t plain_slots = 64;
 constexpr size_t plain_max_bytes = 256 * 1024;  // bodies larger than this are not kept
-
-struct IdentitySlot {
-    std::string identity;
-    std::string digest;
-};
 
 struct PlainSlot {
     std::string entry_key;
@@ -27,9 +22,8 @@ struct PlainSlot {
 };
 
 struct Memos {
-    std::string secret;  // the one identities in `identities` were hashed with
-    std::unique_ptr<core::HmacSha256Key> secret_key;  // `secret`, prepared
-    std::array<IdentitySlot, identity_slots> identities;
+    std::string secret;                                     // the one `identities` hashes with
+    std::unique_ptr<core::cache::IdentityMemo> identities;  // fixed size, keeps no identity
     std::array<PlainSlot, plain_slots> plain;
 };
 
@@ -41,22 +35,13 @@ std::string cache_identity(std::string_view secret, std::string_view identity) {
     if (memos == nullptr || identity.empty()) {
         return core::cache::identity_digest(secret, identity);
     }
-    if (!memos->secret_key || memos->secret != secret) {  // never mix digests of two secrets
+    if (!memos->identities || memos->secret != secret) {  // never mix digests of two secrets
+        memos->identities.reset();
         memos->secret.assign(secret);
-        memos->secret_key = std::make_unique<core::HmacSha256Key>(secret.data(), secret.size());
-        for (IdentitySlot& m : memos->identities) {
-            m.identity.clear();
-            m.digest.clear();
-        }
+        memos->identities =
+            std::make_unique<core::cache::IdentityMemo>(secret.data(), secret.size());
     }
-    IdentitySlot& m = memos->identities[std::hash<std::string_view>{}(identity) % identity_slots];
-    if (!m.digest.empty() && m.identity == identity) {
-        return m.digest;
-    }
-    std::string d = core::cache::identity_digest(*memos->secret_key, identity);
-    m.identity.assign(identity);
-    m.digest = d;
-    return d;
+    return memos->identities->digest(identity);
 }
 
 std::shared_ptr<const std::string> cache_plain_body(std::string_view entry_key,

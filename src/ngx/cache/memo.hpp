@@ -1,6 +1,7 @@
 // Per-worker memos of the cache's two costly computations (layer: ngx): identity digests (an
-// HMAC is two SHA-256 passes per request; a session's requests repeat the same identity) and
-// inflated bodies of gzip entries served to clients that do not accept gzip.
+// HMAC per request; a session's requests repeat the same identity; core::cache::IdentityMemo:
+// fixed size, keeps digests, never identities) and inflated bodies of gzip entries served to
+// clients that do not accept gzip.
 #pragma once
 
 #include <memory>

@@ -71,6 +71,9 @@ void send(Orphan&& o) noexcept {
             [held](redis::Result&& res) noexcept {
                 bool released = false;
                 bool answered = res.ok() && redis::parse_cache_abandon_reply(res.reply, released);
+                if (!answered) {
+                    redis_reply_unusable(res, "cache fill lock abandon");
+                }
                 if (released || (answered && held->answered) || orphans == nullptr ||
                     worker_exiting()) {
                     return;  // released, or the old call has run by now: no lock is left

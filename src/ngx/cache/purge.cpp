@@ -92,6 +92,9 @@ ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept {
                     good = res.ok() && redis::parse_cache_invalidate_reply(res.reply, 1, gens);
                 } catch (...) {
                 }
+                if (!good) {
+                    redis_reply_unusable(res, "cache purge");
+                }
                 ngx_int_t status;
                 if (good) {
                     ngx_log_error(NGX_LOG_NOTICE, req->connection->log, 0,

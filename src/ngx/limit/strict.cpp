@@ -53,6 +53,7 @@ void send(Batch&& batch) noexcept {
                             } catch (...) {
                             }
                             if (!good) {
+                                redis_reply_unusable(r, "strict decisions");
                                 fail_all(*held);
                                 return;
                             }

@@ -123,6 +123,9 @@ void flush(ZoneConf* zone) noexcept {
                                                redis::parse_flush_reply(r.reply, to - from, totals);
                                     } catch (...) {
                                     }
+                                    if (!good) {
+                                        redis_reply_unusable(r, "sync flush");
+                                    }
                                     settle(zone, *items, from, to, good ? &totals : nullptr);
                                 });
             } catch (...) {

@@ -1,0 +1,123 @@
+#include "core/cache_identity.hpp"
+
+#include <cstring>
+
+#include "core/cache_key.hpp"
+#include "core/http_text.hpp"
+
+namespace throttle::core::cache {
+
+namespace {
+
+bool name_char(char c) noexcept {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+}
+
+}  // namespace
+
+std::vector<IdentityVariable> identity_variables(std::string_view value) {
+    constexpr std::string_view cookie_prefix = "cookie_";
+    constexpr std::string_view http_prefix = "http_";
+    std::vector<IdentityVariable> out;
+    size_t i = 0;
+    while (i < value.size()) {
+        if (value[i++] != '$' || i == value.size()) {
+            continue;
+        }
+        if (value[i] >= '1' && value[i] <= '9') {  // a capture
+            ++i;
+            continue;
+        }
+        bool braced = value[i] == '{';
+        if (braced) {
+            ++i;
+        }
+        size_t start = i;
+        while (i < value.size() && name_char(value[i])) {
+            ++i;
+        }
+        std::string name;
+        name.reserve(i - start);
+        for (size_t k = start; k < i; ++k) {
+            name.push_back(http::lower(value[k]));
+        }
+        if (braced && i < value.size() && value[i] == '}') {
+            ++i;
+        }
+        std::string_view n = name;
+        if (n.size() > cookie_prefix.size() && n.substr(0, cookie_prefix.size()) == cookie_prefix) {
+            out.push_back({IdentityVariable::Kind::cookie, name.substr(cookie_prefix.size())});
+        } else if (n.size() > http_prefix.size() &&
+                   n.substr(0, http_prefix.size()) == http_prefix && n != "http_cookie") {
+            out.push_back({IdentityVariable::Kind::header, name.substr(http_prefix.size())});
+        }
+    }
+    return out;
+}
+
+size_t cookie_occurrences(std::string_view cookie_header, std::string_view name) noexcept {
+    if (name.empty()) {
+        return 0;
+    }
+    size_t count = 0;
+    std::string_view rest = cookie_header;
+    for (;;) {
+        size_t end = rest.find_first_of(";,");
+        std::string_view pair = rest.substr(0, end);
+        while (!pair.empty() && http::is_ows(pair.front())) {
+            pair.remove_prefix(1);
+        }
+        if (http::istarts_with(pair, name)) {
+            pair.remove_prefix(name.size());
+            while (!pair.empty() && http::is_ows(pair.front())) {
+                pair.remove_prefix(1);
+            }
+            if (!pair.empty() && pair.front() == '=') {
+                ++count;
+            }
+        }
+        if (end == std::string_view::npos) {
+            return count;
+        }
+        rest.remove_prefix(end + 1);
+    }
+}
+
+bool header_is_variable(std::string_view header_name, std::string_view var) noexcept {
+    if (header_name.size() != var.size()) {
+        return false;
+    }
+    for (size_t i = 0; i < var.size(); ++i) {
+        char c = header_name[i] == '-' ? '_' : http::lower(header_name[i]);
+        if (c != var[i]) {
+            return false;
+        }
+    }
+    return true;
+}
+
+IdentityMemo::IdentityMemo(const void* secret, size_t secret_len) noexcept
+    : secret_(secret, secret_len) {}
+
+std::string IdentityMemo::digest(std::string_view identity) {
+    if (identity.empty()) {
+        return std::string(anonymous_identity);
+    }
+    Sha256Digest h = sha256(identity.data(), identity.size());
+    uint64_t index = 0;
+    std::memcpy(&index, h.data(), sizeof(index));
+    Slot& slot = slots_[index % slots];
+    if (slot.used && slot.identity_hash == h) {
+        ++hits_;
+        return std::string(slot.digest.data(), slot.digest.size());
+    }
+    std::string d = identity_digest(secret_, identity);
+    if (d.size() == slot.digest.size()) {
+        slot.identity_hash = h;
+        std::memcpy(slot.digest.data(), d.data(), d.size());
+        slot.used = true;
+    }
+    return d;
+}
+
+}  // namespace throttle::core::cache

@@ -1,0 +1,82 @@
+// The response cache's identities beyond their digest (cache_key.hpp): when an identity is
+// ambiguous, and a memo of digests that keeps no identity. Pure C++, no nginx header (layer:
+// core).
+//
+// Ambiguity. nginx and the application must read the same identity from a request, or the
+// entry stored under one user's digest holds a page the application made for another. They
+// part when the identity is sent more than once: for "Cookie: sessionid=B; sessionid=A"
+// nginx's $cookie_sessionid is B (the first), Django reads A (the last); for two "X-Token"
+// headers nginx 1.22's $http_x_token is the first, a WSGI server joins them. So a request in
+// which a cookie or header the identity is read from appears more than once never uses the
+// cache, whatever the values (the same value twice included: one rule, no guessing).
+//
+// Which ones. identity_variables() finds, in a throttle_cache_user value as written in the
+// configuration (and in throttle_cache_key's, which the same rule covers: two Accept-Language
+// headers, two answers), every $cookie_NAME and $http_NAME it names directly ("$cookie_sessionid",
+// "${http_x_token}:$cookie_tenant"); a variable that derives from them elsewhere (a map, a
+// set) is not seen through.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/hash.hpp"
+
+namespace throttle::core::cache {
+
+struct IdentityVariable {
+    enum class Kind : uint8_t { cookie, header };
+    Kind kind;
+    std::string name;  // lowercase, as nginx names it: "sessionid" ($cookie_sessionid),
+                       // "x_token" ($http_x_token)
+};
+
+// The $cookie_NAME and $http_NAME variables `value` names, in order, repeats included, with
+// nginx's syntax ("$name" runs over [A-Za-z0-9_], "${name}" up to the brace; "$1".."$9" are
+// captures). $http_cookie is not one of them: nginx joins every Cookie header into it, so it
+// cannot be ambiguous. May throw std::bad_alloc.
+std::vector<IdentityVariable> identity_variables(std::string_view value);
+
+// How many cookies named `name` (ASCII case-insensitive, as nginx matches $cookie_NAME) one
+// Cookie header value sets. Pairs are split at ';' and at ',' (nginx 1.22 splits at both, an
+// application at ';'); a pair counts when, after spaces and tabs, it starts with the name,
+// then optional spaces or tabs, then '='. Counting at both separators can only find more.
+size_t cookie_occurrences(std::string_view cookie_header, std::string_view name) noexcept;
+
+// Whether a header field name is the one $http_VAR reads: lowercased, '-' as '_'.
+bool header_is_variable(std::string_view header_name, std::string_view var) noexcept;
+
+// identity_digest() through a memo, for a worker whose requests repeat the same few
+// identities (an HMAC is three SHA-256 compressions for a session token; the memo's lookup
+// one). It keeps no identity: a slot holds SHA-256(identity) and the digest, and a lookup
+// compares all 32 bytes of SHA-256(identity), so only the same identity can match (two
+// identities sharing a slot, or a prefix of a 64-bit hash, only evict each other). Its size
+// is fixed whatever the identities (`slots` slots, no heap): 400 distinct 1 MB cookies cost
+// it nothing more than 400 session ids.
+class IdentityMemo {
+   public:
+    static constexpr size_t slots = 512;
+
+    IdentityMemo(const void* secret, size_t secret_len) noexcept;
+
+    // identity_digest(secret, identity). May throw std::bad_alloc (the returned string).
+    std::string digest(std::string_view identity);
+
+    size_t hits() const noexcept { return hits_; }  // digests answered from the memo
+
+   private:
+    struct Slot {
+        Sha256Digest identity_hash{};   // SHA-256(identity)
+        std::array<char, 64> digest{};  // identity_digest(), 64 hex digits
+        bool used = false;
+    };
+
+    HmacSha256Key secret_;
+    std::array<Slot, slots> slots_{};
+    size_t hits_ = 0;
+};
+
+}  // namespace throttle::core::cache

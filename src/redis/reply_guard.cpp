@@ -1,0 +1,304 @@
+// What a Redis server may make one connection do (see reply_guard.hpp).
+//
+// hiredis 0.14's reader (read.c) calls the reply object functions with a task: task->parent is
+// null for a reply's top level, task->idx is the index in the parent array, and task->privdata
+// is the reader's privdata (here: the guard). It calls createArray with the element count
+// before it allocates anything for it, createString once a whole bulk string is buffered. A
+// function returning null makes the reader fail ("Out of memory"), and the async context then
+// disconnects. Between replies hiredis' redisProcessCallbacks has already popped the callback
+// of the reply before: at a new top level, an empty callback list means nobody asked.
+#include "redis/reply_guard.hpp"
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <hiredis/read.h>
+#include <strings.h>
+
+#include <algorithm>
+#include <cctype>
+#include <utility>
+
+#include "redis/message.hpp"
+
+namespace throttle::redis {
+namespace {
+
+using message::cat;
+
+const char* type_name(int type) noexcept {
+    switch (type) {
+        case REDIS_REPLY_STRING:
+            return "bulk string";
+        case REDIS_REPLY_ARRAY:
+            return "array";
+        case REDIS_REPLY_INTEGER:
+            return "integer";
+        case REDIS_REPLY_NIL:
+            return "nil";
+        case REDIS_REPLY_STATUS:
+            return "status";
+        case REDIS_REPLY_ERROR:
+            return "error";
+    }
+    return "reply";
+}
+
+// hiredis' test for an unsubscribe message: the name, a "p" before it for patterns, compared
+// as a C string.
+bool is_unsubscribe(std::string_view name) noexcept {
+    name = name.substr(0, name.find('\0'));
+    if (!name.empty() && std::tolower(static_cast<unsigned char>(name[0])) == 'p') {
+        name.remove_prefix(1);
+    }
+    return name.size() == 11 && strncasecmp(name.data(), "unsubscribe", 11) == 0;
+}
+
+ReplyGuard* guard_of(const redisReadTask* task) noexcept {
+    return static_cast<ReplyGuard*>(task->privdata);
+}
+
+// Plain data, no destructor: the module may be unloaded without static destructors.
+redisReplyObjectFunctions guarded_functions = {};
+
+}  // namespace
+
+ReplyGuard::ReplyGuard(Loop& loop, Mode mode, ReplyLimits limits, OnViolation on_violation)
+    : mode_(mode), limits_(limits), on_violation_(std::move(on_violation)) {
+    check_ = loop.create_deferred([this] { end_of_turn(); });
+    guarded_functions.createString = &ReplyGuard::create_string;
+    guarded_functions.createArray = &ReplyGuard::create_array;
+    guarded_functions.createInteger = &ReplyGuard::create_integer;
+    guarded_functions.createNil = &ReplyGuard::create_nil;
+    guarded_functions.freeObject = &freeReplyObject;
+}
+
+ReplyGuard::~ReplyGuard() {
+    detach();
+}
+
+void ReplyGuard::attach(redisAsyncContext* ac) noexcept {
+    detach();
+    ac_ = ac;
+    violation_.clear();
+    elements_ = 0;
+    bytes_ = 0;
+    unsubscribe_ = false;
+    cleaned_ = false;
+    redisReader* r = ac->c.reader;
+    hiredis_fn_ = r->fn;
+    r->fn = &guarded_functions;
+    r->privdata = this;
+    loop_ = LoopHooks{ac->ev.data,     ac->ev.addRead,  ac->ev.delRead,
+                      ac->ev.addWrite, ac->ev.delWrite, ac->ev.cleanup};
+    ac->ev.data = this;
+    ac->ev.addRead = &ReplyGuard::add_read;
+    ac->ev.delRead = &ReplyGuard::del_read;
+    ac->ev.addWrite = &ReplyGuard::add_write;
+    ac->ev.delWrite = &ReplyGuard::del_write;
+    ac->ev.cleanup = &ReplyGuard::cleanup;
+}
+
+void ReplyGuard::detach() noexcept {
+    if (ac_ == nullptr) {
+        return;
+    }
+    check_->cancel();
+    redisReader* r = ac_->c.reader;  // hiredis frees the reader last, after every callback
+    r->fn = hiredis_fn_;
+    r->privdata = nullptr;
+    ac_->ev.data = loop_.data;
+    ac_->ev.addRead = loop_.add_read;
+    ac_->ev.delRead = loop_.del_read;
+    ac_->ev.addWrite = loop_.add_write;
+    ac_->ev.delWrite = loop_.del_write;
+    ac_->ev.cleanup = cleaned_ ? nullptr : loop_.cleanup;  // the loop's part is released once
+    ac_ = nullptr;
+}
+
+bool ReplyGuard::refuse(std::string why) noexcept {
+    violation_ = std::move(why);
+    if (violation_.empty()) {
+        violation_ = "reply refused";  // out of memory for the words
+    }
+    return false;
+}
+
+bool ReplyGuard::admit(const redisReadTask* task, int type, uint64_t count,
+                       std::string_view str) noexcept {
+    if (ac_ == nullptr || !violation_.empty()) {
+        return violation_.empty();
+    }
+    if (task->parent == nullptr) {
+        elements_ = 0;
+        bytes_ = 0;
+        unsubscribe_ = false;
+        if (mode_ == Mode::Commands && ac_->replies.head == nullptr) {
+            return refuse(cat("unexpected reply (", type_name(type), " ",
+                              message::printable(str, 40),
+                              "): the server sent more replies than commands"));
+        }
+    }
+    if (mode_ == Mode::PubSub && !admit_pubsub(task, type, count, str)) {
+        return false;
+    }
+    if (type == REDIS_REPLY_ARRAY) {
+        elements_ += count;
+        if (elements_ > limits_.max_elements) {
+            return refuse(cat("reply refused: an array of ", count, " elements (", elements_,
+                              " in this reply, at most ", limits_.max_elements, ")"));
+        }
+    } else if (type == REDIS_REPLY_STRING || type == REDIS_REPLY_STATUS ||
+               type == REDIS_REPLY_ERROR) {
+        bytes_ += count;
+        if (bytes_ > limits_.max_bytes) {
+            return refuse(cat("reply refused: a string of ", count, " bytes (", bytes_,
+                              " in this reply, at most ", limits_.max_bytes, ")"));
+        }
+    }
+    return true;
+}
+
+// A reply no command waits for, on a subscribed connection: hiredis hands it to its pub/sub
+// dispatch, which asserts that it is an array whose first two elements are bulk strings, reads
+// a third element of an unsubscribe message as an integer (past the end of a shorter array),
+// and hands anything else but an error (which makes it disconnect) to whichever callback ran
+// last. Only messages shaped as Redis sends them pass, and errors.
+bool ReplyGuard::admit_pubsub(const redisReadTask* task, int type, uint64_t count,
+                              std::string_view str) noexcept {
+    if (ac_->replies.head != nullptr) {
+        return true;  // a reply to AUTH (or SUBSCRIBE's own command) goes to its callback
+    }
+    if (task->parent == nullptr) {
+        if (type == REDIS_REPLY_ERROR) {
+            return true;  // hiredis drops the connection, with the server's words (NOAUTH)
+        }
+        if (type != REDIS_REPLY_ARRAY || count < 3 || count > 4) {
+            return refuse(cat("unexpected reply (", type_name(type), " of ", count,
+                              "): not a pub/sub message"));
+        }
+        return true;
+    }
+    if (task->parent->parent != nullptr) {
+        return true;
+    }
+    if (task->idx <= 1 && type != REDIS_REPLY_STRING) {
+        return refuse(cat("unexpected pub/sub message: element ", task->idx, " (", type_name(type),
+                          ") is not a bulk string"));
+    }
+    if (task->idx == 0) {
+        unsubscribe_ = is_unsubscribe(str);
+    } else if (task->idx == 2 && unsubscribe_ && type != REDIS_REPLY_INTEGER) {
+        return refuse(cat("unexpected pub/sub message: the count of an unsubscribe (",
+                          type_name(type), ") is not an integer"));
+    }
+    return true;
+}
+
+// After the reads of a turn: what the reader waits for. A bulk string whose header arrived
+// announces its length there ("$<len>\r\n" at the read position) long before its bytes.
+void ReplyGuard::end_of_turn() noexcept {
+    if (ac_ == nullptr || cleaned_ || !violation_.empty()) {
+        return;
+    }
+    const redisReader* r = ac_->c.reader;
+    if (r == nullptr || r->err != 0 || r->ridx < 0 || r->pos > r->len) {
+        return;
+    }
+    size_t buffered = r->len - r->pos;
+    const redisReadTask& cur = r->rstack[r->ridx];
+    uint64_t used = r->ridx == 0 ? 0 : bytes_;  // a top-level bulk string: a reply of its own
+    uint64_t left = limits_.max_bytes - std::min(used, limits_.max_bytes);
+    if (cur.type == REDIS_REPLY_STRING) {
+        const char* p = r->buf + r->pos;
+        size_t n = std::min<size_t>(buffered, 24);
+        uint64_t announced = 0;
+        size_t i = 0;
+        for (; i < n && p[i] >= '0' && p[i] <= '9'; i++) {
+            announced = announced * 10 + uint64_t(p[i] - '0');
+        }
+        if (i > 0 && i < n && p[i] == '\r' && announced > left) {
+            refuse(cat("reply refused: a bulk string of ", announced, " bytes announced (", left,
+                       " left of the ", limits_.max_bytes, " one reply may carry)"));
+        }
+    }
+    if (violation_.empty() && buffered > left) {
+        refuse(cat("reply refused: ", buffered, " bytes buffered and the reply not complete (",
+                   left, " left of the ", limits_.max_bytes, " one reply may carry)"));
+    }
+    if (!violation_.empty() && on_violation_) {
+        on_violation_(violation_);  // the owner drops the connection (and detaches)
+    }
+}
+
+void* ReplyGuard::create_string(const redisReadTask* task, char* str, size_t len) {
+    ReplyGuard* g = guard_of(task);
+    if (g == nullptr || !g->admit(task, task->type, len, std::string_view(str, len))) {
+        return nullptr;
+    }
+    return g->hiredis_fn_->createString(task, str, len);
+}
+
+void* ReplyGuard::create_array(const redisReadTask* task, int elements) {
+    ReplyGuard* g = guard_of(task);
+    if (g == nullptr || !g->admit(task, REDIS_REPLY_ARRAY, uint64_t(elements), {})) {
+        return nullptr;
+    }
+    return g->hiredis_fn_->createArray(task, elements);
+}
+
+void* ReplyGuard::create_integer(const redisReadTask* task, long long value) {
+    ReplyGuard* g = guard_of(task);
+    if (g == nullptr || !g->admit(task, REDIS_REPLY_INTEGER, 0, {})) {
+        return nullptr;
+    }
+    return g->hiredis_fn_->createInteger(task, value);
+}
+
+void* ReplyGuard::create_nil(const redisReadTask* task) {
+    ReplyGuard* g = guard_of(task);
+    if (g == nullptr || !g->admit(task, REDIS_REPLY_NIL, 0, {})) {
+        return nullptr;
+    }
+    return g->hiredis_fn_->createNil(task);
+}
+
+// hiredis calls add_read after every successful read (and write), before it parses.
+void ReplyGuard::add_read(void* data) {
+    auto* g = static_cast<ReplyGuard*>(data);
+    if (g->loop_.add_read != nullptr) {
+        g->loop_.add_read(g->loop_.data);
+    }
+    g->check_->post();
+}
+
+void ReplyGuard::del_read(void* data) {
+    auto* g = static_cast<ReplyGuard*>(data);
+    if (g->loop_.del_read != nullptr) {
+        g->loop_.del_read(g->loop_.data);
+    }
+}
+
+void ReplyGuard::add_write(void* data) {
+    auto* g = static_cast<ReplyGuard*>(data);
+    if (g->loop_.add_write != nullptr) {
+        g->loop_.add_write(g->loop_.data);
+    }
+}
+
+void ReplyGuard::del_write(void* data) {
+    auto* g = static_cast<ReplyGuard*>(data);
+    if (g->loop_.del_write != nullptr) {
+        g->loop_.del_write(g->loop_.data);
+    }
+}
+
+void ReplyGuard::cleanup(void* data) {
+    auto* g = static_cast<ReplyGuard*>(data);
+    if (g->loop_.cleanup != nullptr && !g->cleaned_) {
+        g->loop_.cleanup(g->loop_.data);
+    }
+    g->cleaned_ = true;
+    g->check_->cancel();
+}
+
+}  // namespace throttle::redis
