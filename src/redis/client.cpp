@@ -302,6 +302,9 @@ void Client::connected_now() noexcept {
         for (size_t i = 0; i < scripts_.size(); i++) {
             send_internal(Kind::ScriptLoad, {"SCRIPT", "LOAD", scripts_[i].source}, i);
         }
+        if (!checks_.empty()) {
+            send_probe();
+        }
         send_internal(Kind::Ping, {"PING"});
     } catch (...) {
         ok = false;
@@ -652,6 +655,38 @@ void Client::add_script(const Script& script) {
     script_index(script);
 }
 
+void Client::add_script(const Script& script, std::string_view key, std::string_view channel) {
+    script_index(script);
+    require(permission_checks(script.source(), key, channel));
+}
+
+void Client::require(const std::vector<Argv>& checks) {
+    if (checks.empty()) {
+        return;
+    }
+    script_index(permission_probe_script());
+    for (const Argv& argv : checks) {
+        if (std::find(checks_.begin(), checks_.end(), argv) == checks_.end()) {
+            checks_.push_back(argv);
+        }
+    }
+}
+
+// EVALSHA of the probe, in the handshake after the scripts are loaded: the user's own ACL is
+// asked (redis.acl_check_cmd) about each command line our scripts run.
+void Client::send_probe() {
+    std::vector<std::string> args = permission_probe_args(checks_);
+    std::vector<std::string_view> argv = {"EVALSHA", permission_probe_script().sha(), "0"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    Pending& p =
+        new_pending(inflight_, Kind::Probe, nullptr, loop_.now_ms() + cfg_.command_timeout_ms);
+    p.script = script_index(permission_probe_script());
+    if (!send(p, argv.data(), argv.size())) {
+        inflight_.erase(p.self);
+        throw std::runtime_error("not sent");
+    }
+}
+
 void Client::evalsha(const Script& script, const std::string_view* keys, size_t nkeys,
                      const std::string_view* args, size_t nargs, Callback cb) {
     size_t index = script_index(script);
@@ -711,6 +746,9 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
         case Kind::Ping:
         case Kind::ScriptLoad:
             handshake_reply(p, r);
+            return;
+        case Kind::Probe:
+            probe_reply(p, r);
             return;
         case Kind::EvalSha:
             if (error && !p.retried && text.substr(0, 9) == "NOSCRIPT ") {
@@ -800,6 +838,48 @@ void Client::handshake_reply(Pending& p, redisReply* r) noexcept {
         breaker_ = Breaker::Closed;  // the failure count stays: the next failure reopens
         log(LogLevel::Debug, cat(name_, ": probe connected, circuit closed"));
     }
+}
+
+// A refusal fails the connection as a wrong password does (the breaker, logged once per
+// incident): every script call would fail on it, each with an error reply.
+void Client::probe_reply(Pending& p, redisReply* r) noexcept {
+    std::string_view text(r->str != nullptr ? r->str : "", r->str != nullptr ? r->len : 0);
+    std::string user = cfg_.username.empty() ? std::string("default") : cfg_.username;
+    if (r->type == REDIS_REPLY_ERROR) {
+        connection_lost(Failure::Disconnected,
+                        cat("permission check failed: user \"", printable(user),
+                            "\" may not run EVALSHA of the module's scripts: ", printable(text)),
+                        false);
+        return;
+    }
+    Reply reply;
+    std::vector<std::string> refused;
+    bool ok = false;
+    try {
+        convert_reply(r, reply);
+        ok = parse_permission_probe(reply, refused);
+    } catch (...) {
+    }
+    if (!ok) {
+        connection_lost(Failure::Disconnected,
+                        cat("connection dropped: the permission check answered ", describe(r)),
+                        false);
+        return;
+    }
+    if (!refused.empty()) {
+        std::string list;
+        for (const std::string& line : refused) {
+            list += list.empty() ? "\"" : ", \"";
+            list += printable(line);
+            list += "\"";
+        }
+        connection_lost(Failure::Disconnected,
+                        cat("user \"", printable(user), "\" may not run ", list,
+                            ": the module's scripts call them (grant them with ACL SETUSER)"),
+                        false);
+        return;
+    }
+    inflight_.erase(p.self);
 }
 
 // Our scripts answer no error: Redis could not run this one (NOSCRIPT after the reload, OOM,

@@ -42,6 +42,7 @@
 
 #include "redis/address.hpp"
 #include "redis/loop.hpp"
+#include "redis/permissions.hpp"
 #include "redis/reply.hpp"
 #include "redis/reply_guard.hpp"
 #include "redis/script.hpp"
@@ -115,8 +116,15 @@ class Client {
                  const std::vector<std::string_view>& args, Callback cb) {
         evalsha(script, keys.data(), keys.size(), args.data(), args.size(), std::move(cb));
     }
-    // Registers a script so that it is loaded on connect, before it is first used.
+    // Registers a script so that it is loaded on connect, before it is first used. With a
+    // `key` (and the `channel` it publishes to), the commands the script calls are checked on
+    // every connect against the user's ACL (permissions.hpp): a user who may not run one of
+    // them, or may not run EVALSHA, fails the connection with a message naming what is
+    // refused, as a wrong password does, instead of every call failing.
     void add_script(const Script& script);
+    void add_script(const Script& script, std::string_view key, std::string_view channel = {});
+    // Adds command lines to that check (e.g. SUBSCRIBE on a channel another connection uses).
+    void require(const std::vector<Argv>& checks);
 
     // The caller could not use `result`, a reply this client delivered (a script's reply of
     // the wrong shape): counted by the circuit breaker like a failed command, and logged once
@@ -142,7 +150,7 @@ class Client {
    private:
     enum class Conn : uint8_t { None, Connecting, Connected };
     enum class Breaker : uint8_t { Closed, Open, HalfOpen };
-    enum class Kind : uint8_t { User, EvalSha, Auth, Select, ScriptLoad, Ping };
+    enum class Kind : uint8_t { User, EvalSha, Auth, Select, ScriptLoad, Probe, Ping };
 
     struct Pending {
         Kind kind = Kind::User;
@@ -170,6 +178,8 @@ class Client {
     void handle_reply(Pending& p, redisReply* r) noexcept;
     void handshake_reply(Pending& p, redisReply* r) noexcept;
     void evalsha_error(Pending& p, redisReply* r) noexcept;
+    void probe_reply(Pending& p, redisReply* r) noexcept;
+    void send_probe();
     std::string lost_reason(const redisAsyncContext* ac);
     void drop(Failure why, bool hiredis_frees) noexcept;
     void connection_lost(Failure why, std::string_view detail, bool hiredis_frees) noexcept;
@@ -214,6 +224,7 @@ class Client {
     std::list<Pending> waiting_;   // issued while connecting: sent once connected
     std::list<Pending> done_;      // failures to deliver from defer_timer_
     std::vector<ScriptEntry> scripts_;
+    std::vector<Argv> checks_;  // the permission probe's command lines; empty: no probe
     Stats stats_;
 
     std::unique_ptr<Timer> connect_timer_;

@@ -7,6 +7,9 @@
 
 #include <random>
 
+#include "redis/cache_scripts.hpp"
+#include "redis/permissions.hpp"
+#include "redis/scripts.hpp"
 #include "support.hpp"
 
 namespace throttle::redis::test {
@@ -599,6 +602,87 @@ TEST_F(RedisClientTest, AuthWithPasswordAndAclUser) {
         EXPECT_EQ(o.result.failure, Failure::Disconnected);
         EXPECT_TRUE(logged_text("PING failed: NOAUTH"));
     }
+}
+
+// The handshake asks Redis whether the user may run what the scripts call, on the keys and
+// channels they call it on (redis.acl_check_cmd): a refusal fails the connection with a
+// message naming each refused command line, before any command; a user with every
+// permission, or a client without checks, is not held up.
+TEST_F(RedisClientTest, AclPermissionsCheckedOnConnect) {
+    RedisServer server({"--user", "full",     "on",       ">pw",    "~t:*",   "&t:*",
+                        "+@all",  "--user",   "noincrby", "on",     ">pw",    "~t:*",
+                        "&*",     "+@all",    "-incrby",  "--user", "nokeys", "on",
+                        ">pw",    "~other:*", "&*",       "+@all",  "--user", "noevalsha",
+                        "on",     ">pw",      "~*",       "&*",     "+@all",  "-evalsha"});
+    ASSERT_TRUE(server.start());
+    Script script(
+        "redis.call('INCRBY', KEYS[1], 1) redis.call('PUBLISH', ARGV[1], 'x') "
+        "return redis.call('GET', KEYS[1])");
+    auto run = [&](const std::string& user, bool checked) {
+        Config cfg = config(server);
+        cfg.username = user;
+        cfg.password = "pw";
+        cfg.failure_threshold = 0;
+        cfg.backoff_initial_ms = 10;
+        Client client(ev.loop(), cfg, logger());
+        if (checked) {
+            client.add_script(script, "t:{probe}:0", "t:channel");
+        } else {
+            client.add_script(script);
+        }
+        Outcome o;
+        std::string_view key = "t:{k}:1", channel = "t:channel";
+        client.evalsha(script, {key}, {channel}, track(o));
+        EXPECT_TRUE(ev.run_until([&] { return o.calls > 0; }, 5000));
+        return o;
+    };
+
+    Outcome full = run("full", true);
+    EXPECT_TRUE(full.result.ok() && !full.result.reply.is_error()) << full.result.reply.str;
+    EXPECT_EQ(full.result.reply.str, "1");
+    EXPECT_EQ(logged(LogLevel::Error), 0);
+
+    logs.clear();
+    Outcome noincrby = run("noincrby", true);
+    EXPECT_EQ(noincrby.result.failure, Failure::Disconnected);
+    EXPECT_TRUE(logged_text("user \"noincrby\" may not run \"INCRBY t:{probe}:0 1\""));
+    EXPECT_FALSE(logged_text("\"GET t:{probe}:0\""));  // what is allowed is not listed
+
+    logs.clear();
+    Outcome nokeys = run("nokeys", true);
+    EXPECT_EQ(nokeys.result.failure, Failure::Disconnected);
+    EXPECT_TRUE(
+        logged_text("user \"nokeys\" may not run \"INCRBY t:{probe}:0 1\", "
+                    "\"GET t:{probe}:0\""));
+
+    logs.clear();
+    Outcome noevalsha = run("noevalsha", true);
+    EXPECT_EQ(noevalsha.result.failure, Failure::Disconnected);
+    EXPECT_TRUE(logged_text("user \"noevalsha\" may not run EVALSHA"));
+    EXPECT_TRUE(logged_text("NOPERM"));
+
+    // Without the check, the same user reaches the script, which fails in Redis.
+    logs.clear();
+    Outcome unchecked = run("noincrby", false);
+    EXPECT_TRUE(unchecked.result.ok());
+    EXPECT_TRUE(unchecked.result.reply.is_error()) << unchecked.result.reply.str;
+}
+
+// Every command our scripts call has a known shape for the check (arity, where the key goes):
+// a new redis.call in a script without one here fails this test.
+TEST(RedisPermissions, EveryScriptCommandHasAShape) {
+    for (const Script* s : {&strict_batch_script(), &flush_script(), &cache_lookup_batch_script(),
+                            &cache_store_script(), &cache_release_script(), &cache_abandon_script(),
+                            &cache_invalidate_script()}) {
+        std::vector<std::string> names = script_commands(s->source());
+        EXPECT_FALSE(names.empty());
+        for (const Argv& argv : permission_checks(s->source(), "k", "c")) {
+            EXPECT_TRUE(argv.size() > 1 || argv[0] == "TIME") << argv[0] << " in " << s->sha();
+        }
+    }
+    EXPECT_EQ(script_commands("redis.call('get', k) redis.pcall(\"SET\", k, 1) "
+                              "redis.call('GET', x) redis.call(name)"),
+              (std::vector<std::string>{"GET", "SET"}));
 }
 
 TEST_F(RedisClientTest, SelectDatabase) {

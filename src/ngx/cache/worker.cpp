@@ -27,12 +27,18 @@ void cache_worker_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loo
     }
     try {
         redis::Client& client = *redis_client();
-        client.add_script(redis::cache_lookup_batch_script());
-        client.add_script(redis::cache_store_script());
-        client.add_script(redis::cache_release_script());
-        client.add_script(redis::cache_abandon_script());
-        client.add_script(redis::cache_invalidate_script());
         std::string base(view(mcf.redis->prefix));
+        // The ACL check on connect (redis/permissions.hpp): a key of the cache's shape, the
+        // fill channel the scripts publish to and the subscriber listens on.
+        std::string key = core::cache::namespace_generation_key(base + "cache:", "probe");
+        std::string channel = redis::cache_fill_channel(base);
+        for (const redis::Script* script :
+             {&redis::cache_lookup_batch_script(), &redis::cache_store_script(),
+              &redis::cache_release_script(), &redis::cache_abandon_script(),
+              &redis::cache_invalidate_script()}) {
+            client.add_script(*script, key, channel);
+        }
+        client.require({{"SUBSCRIBE", channel}});
         prefix = new std::string(base + "cache:");
         memos_init();
         orphans_init(loop);

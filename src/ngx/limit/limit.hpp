@@ -12,6 +12,9 @@ namespace throttle::ngx {
 // bytes are stored (and sent) as "#" and the hex SHA-256 digest, the same on every host.
 std::string redis_base(const RedisSettings& settings, const ZoneConf& zone,
                        const core::StoredKey& key);
+// A key of the shape zone keys have (PREFIX{probe:probe}:0), for the connect-time ACL check of
+// the scripts' commands (redis/permissions.hpp).
+std::string permission_probe_key(const MainConf& mcf);
 ZoneConf* find_or_add_zone(ngx_conf_t* cf, MainConf* mcf, const ngx_str_t& name) noexcept;
 ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept;
 

@@ -1,6 +1,7 @@
 // Strict decisions (see strict.hpp).
 #include "ngx/limit/strict.hpp"
 
+#include "ngx/limit/limit.hpp"
 #include "ngx/redis_link.hpp"
 #include "redis/turn_batcher.hpp"
 
@@ -76,7 +77,7 @@ void strict_worker_init(const MainConf& mcf, redis::Loop& loop) {
     auto** zones = static_cast<ZoneConf**>(mcf.limit.zones.elts);
     for (ngx_uint_t i = 0; i < mcf.limit.zones.nelts; i++) {
         if (zones[i]->mode == Mode::strict) {
-            redis_client()->add_script(redis::strict_batch_script());
+            redis_client()->add_script(redis::strict_batch_script(), permission_probe_key(mcf));
             break;
         }
     }

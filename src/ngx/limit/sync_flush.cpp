@@ -179,7 +179,7 @@ void sync_worker_init(const MainConf& mcf, redis::Loop& loop) {
         }
     }
     if (!list->empty()) {
-        redis_client()->add_script(redis::flush_script());
+        redis_client()->add_script(redis::flush_script(), permission_probe_key(mcf));
     }
     for (SyncTimer& t : *list) {
         SyncTimer* self = &t;  // the vector does not grow any more

@@ -62,6 +62,11 @@ std::string redis_base(const RedisSettings& settings, const ZoneConf& zone,
     return redis::base_key(view(settings.prefix), view(zone.name), k);
 }
 
+std::string permission_probe_key(const MainConf& mcf) {
+    std::string_view prefix = mcf.redis != nullptr ? view(mcf.redis->prefix) : "";
+    return redis::base_key(prefix, "probe", "probe") + ":0";
+}
+
 ZoneConf* find_or_add_zone(ngx_conf_t* cf, MainConf* mcf, const ngx_str_t& name) noexcept {
     auto** zones = static_cast<ZoneConf**>(mcf->limit.zones.elts);
     for (ngx_uint_t i = 0; i < mcf->limit.zones.nelts; i++) {
