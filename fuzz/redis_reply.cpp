@@ -1,0 +1,299 @@
+// Fuzz target: bytes a Redis server sends -> hiredis' reader behind our ReplyGuard -> Reply
+// (convert_reply) -> every script reply parser, and a cache entry found by a lookup -> the
+// entry decoder. What hiredis' async layer would do with each reply is checked here too: a
+// reply that would make hiredis abort() (a reply nobody waits for, a pub/sub message of the
+// wrong shape) must have been refused by the guard.
+//
+// Input: two bytes of setup, then the stream.
+//   byte 0  bit 0: PubSub mode (else Commands); bits 1-3: commands waiting for a reply (0..7);
+//           bit 4: small limits (16 elements, 64 bytes per reply); bits 5-7: zone count for
+//           the strict batch parser's first request (1..8)
+//   byte 1  how the stream arrives: 0 all at once, else in reads of that many bytes
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <hiredis/read.h>
+#include <strings.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/cache_entry.hpp"
+#include "redis/cache_scripts.hpp"
+#include "redis/hiredis_reply.hpp"
+#include "redis/loop.hpp"
+#include "redis/reply_guard.hpp"
+#include "redis/scripts.hpp"
+
+using namespace throttle;
+using namespace throttle::redis;
+
+namespace {
+
+// A broken promise: the harness stops here and libFuzzer reports it with the input.
+#define FUZZ_CHECK(cond)      \
+    do {                      \
+        if (!(cond)) {        \
+            __builtin_trap(); \
+        }                     \
+    } while (0)
+
+// The loop the guard needs: only its Deferred (end of a turn) is used.
+class FuzzLoop final : public Loop {
+   public:
+    struct D final : Deferred {
+        std::function<void()> fn;
+        bool is_posted = false;
+        void post() noexcept override { is_posted = true; }
+        void cancel() noexcept override { is_posted = false; }
+        bool posted() const noexcept override { return is_posted; }
+    };
+    uint64_t now_ms() noexcept override { return 0; }
+    std::unique_ptr<Timer> create_timer(std::function<void()>) override { std::abort(); }
+    std::unique_ptr<Deferred> create_deferred(std::function<void()> handler) override {
+        auto d = std::make_unique<D>();
+        d->fn = std::move(handler);
+        deferred.push_back(d.get());
+        return d;
+    }
+    bool attach(redisAsyncContext*) noexcept override { return true; }
+
+    // The end of a turn: every posted handler (which may post again).
+    void end_turn() {
+        for (bool ran = true; ran;) {
+            ran = false;
+            for (D* d : deferred) {
+                if (d->is_posted) {
+                    d->is_posted = false;
+                    d->fn();
+                    ran = true;
+                }
+            }
+        }
+    }
+    std::vector<D*> deferred;
+};
+
+bool is_unsubscribe_c(const redisReply* r) {
+    const char* s = r->str;
+    if (s[0] == 'p' || s[0] == 'P') {
+        s++;
+    }
+    return strcasecmp(s, "unsubscribe") == 0;
+}
+
+// What hiredis 0.14's pub/sub dispatch asserts about a message nobody waits for.
+bool pubsub_survivable(const redisReply* r) {
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 2) {
+        return false;
+    }
+    if (r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING) {
+        return false;
+    }
+    if (is_unsubscribe_c(r->element[0])) {
+        return r->elements >= 3 && r->element[2]->type == REDIS_REPLY_INTEGER;
+    }
+    return true;
+}
+
+size_t total_elements(const Reply& r) {
+    size_t n = r.elements.size();
+    for (const Reply& e : r.elements) {
+        n += total_elements(e);
+    }
+    return n;
+}
+
+void check_lookup(const CacheLookup& l) {
+    FUZZ_CHECK(l.ns_gen < cache_generation_limit && l.user_gen < cache_generation_limit);
+    FUZZ_CHECK(l.hit == !l.entry.empty());
+    FUZZ_CHECK(!(l.hit && l.lock_taken));
+}
+
+bool same_lookup(const CacheLookup& a, const CacheLookup& b) {
+    return a.ns_gen == b.ns_gen && a.user_gen == b.user_gen && a.hit == b.hit &&
+           a.entry == b.entry && a.lock_taken == b.lock_taken;
+}
+
+// Every parser over one reply: none may crash, each either refuses or keeps its contract.
+void parse_all(const Reply& reply, size_t first_zones) {
+    const size_t n = reply.elements.size();
+    bool b = false;
+    (void)reply.is_error("NOSCRIPT");
+    (void)reply.is_error("WRONGTYPE");
+
+    // strict
+    int64_t now_ms = 0;
+    std::vector<StrictDecision> dec;
+    size_t zones = n > 0 ? (n - 1) / 2 : 1;
+    if (parse_strict_reply(reply, zones, now_ms, dec)) {
+        FUZZ_CHECK(n == 1 + 2 * zones && dec.size() == zones && now_ms >= 0);
+        for (const StrictDecision& d : dec) {
+            FUZZ_CHECK(d.reset_ms >= 0);
+            FUZZ_CHECK(d.allowed ? d.retry_after_ms == 0 : d.retry_after_ms >= 1);
+        }
+    }
+    std::vector<std::vector<StrictDecision>> batch;
+    std::vector<size_t> counts{first_zones};
+    for (size_t left = zones > first_zones ? zones - first_zones : 0; left > 0; left--) {
+        counts.push_back(1);
+    }
+    if (parse_strict_batch_reply(reply, counts, now_ms, batch)) {
+        FUZZ_CHECK(batch.size() == counts.size());
+        for (size_t i = 0; i < counts.size(); i++) {
+            FUZZ_CHECK(batch[i].size() == counts[i]);
+        }
+    }
+    std::vector<size_t> bad{first_zones, 0};
+    FUZZ_CHECK(!parse_strict_batch_reply(reply, bad, now_ms, batch));
+    FUZZ_CHECK(!parse_strict_batch_reply(reply, {}, now_ms, batch));
+
+    // flush
+    std::vector<std::pair<uint64_t, uint64_t>> totals;
+    if (parse_flush_reply(reply, n / 2, totals)) {
+        FUZZ_CHECK(n == 2 * (n / 2) && totals.size() == n / 2);
+    }
+
+    // cache lookup, single and batch: the batch's answers are the single parser's
+    CacheLookup one;
+    if (parse_cache_lookup_reply(reply, one)) {
+        check_lookup(one);
+        CacheLookup moved;
+        Reply copy = reply;
+        FUZZ_CHECK(parse_cache_lookup_reply(std::move(copy), moved));
+        FUZZ_CHECK(same_lookup(one, moved));
+        core::cache::EntryView v;
+        if (one.hit && core::cache::decode(one.entry, v)) {
+            FUZZ_CHECK(core::cache::valid(v));
+        }
+    }
+    std::vector<CacheLookup> lookups;
+    Reply copy = reply;
+    if (parse_cache_lookup_batch_reply(std::move(copy), n / 4, lookups)) {
+        FUZZ_CHECK(n == 4 * (n / 4) && lookups.size() == n / 4);
+        for (size_t i = 0; i < lookups.size(); i++) {
+            check_lookup(lookups[i]);
+            Reply group;
+            group.type = Reply::Type::Array;
+            group.elements.assign(reply.elements.begin() + 4 * i,
+                                  reply.elements.begin() + 4 * i + 4);
+            CacheLookup alone;
+            FUZZ_CHECK(parse_cache_lookup_reply(group, alone));
+            FUZZ_CHECK(same_lookup(alone, lookups[i]));
+        }
+    }
+
+    // the integer answers
+    if (parse_cache_fill_lock_reply(reply, b)) {
+        FUZZ_CHECK(b == (reply.type == Reply::Type::Status));
+    }
+    if (parse_cache_store_reply(reply, b) || parse_cache_release_reply(reply, b) ||
+        parse_cache_abandon_reply(reply, b)) {
+        FUZZ_CHECK(reply.type == Reply::Type::Integer);
+    }
+    std::vector<uint64_t> gens;
+    if (parse_cache_invalidate_reply(reply, n, gens)) {
+        FUZZ_CHECK(gens.size() == n);
+        for (uint64_t g : gens) {
+            FUZZ_CHECK(g >= 1 && g < cache_generation_limit);
+        }
+    }
+
+    // a pub/sub message's payload
+    for (const Reply& e : reply.elements) {
+        std::string_view key;
+        if (parse_cache_fill_message(e.str, b, key)) {
+            FUZZ_CHECK(!key.empty() && key.data() == e.str.data() + 1);
+        }
+    }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    if (size < 2) {
+        return 0;
+    }
+    const bool pubsub = data[0] & 1;
+    int pending = (data[0] >> 1) & 7;
+    ReplyLimits limits;
+    if (data[0] & 16) {
+        limits.max_elements = 16;
+        limits.max_bytes = 64;
+    }
+    const size_t first_zones = 1 + ((data[0] >> 5) & 7);
+    const size_t step = data[1] == 0 ? size : data[1];
+    const char* stream = reinterpret_cast<const char*>(data + 2);
+    const size_t len = size - 2;
+
+    FuzzLoop loop;
+    bool violated = false;
+    auto ac = static_cast<redisAsyncContext*>(calloc(1, sizeof(redisAsyncContext)));
+    ac->c.reader = redisReaderCreate();
+    static redisCallback waiting{};  // stands for the commands awaiting replies
+    ac->replies.head = pending > 0 ? &waiting : nullptr;
+    {
+        ReplyGuard guard(loop, pubsub ? ReplyGuard::Mode::PubSub : ReplyGuard::Mode::Commands,
+                         limits, [&](std::string_view why) {
+                             FUZZ_CHECK(!why.empty());
+                             violated = true;
+                         });
+        guard.attach(ac);
+        bool open = true;
+        for (size_t off = 0; open && off < len; off += step) {
+            size_t chunk = std::min(step, len - off);
+            if (redisReaderFeed(ac->c.reader, stream + off, chunk) != REDIS_OK) {
+                break;
+            }
+            ac->ev.addRead(ac->ev.data);  // hiredis after each read, before it parses
+            for (;;) {
+                void* out = nullptr;
+                if (redisReaderGetReply(ac->c.reader, &out) != REDIS_OK) {
+                    open = false;  // a protocol error, or the guard refused: disconnect
+                    break;
+                }
+                if (out == nullptr) {
+                    break;
+                }
+                auto* r = static_cast<redisReply*>(out);
+                if (pending > 0) {
+                    if (--pending == 0) {
+                        ac->replies.head = nullptr;
+                    }
+                } else if (pubsub) {
+                    if (r->type == REDIS_REPLY_ERROR) {
+                        open = false;  // hiredis disconnects
+                    } else {
+                        FUZZ_CHECK(pubsub_survivable(r));  // hiredis would assert
+                    }
+                } else {
+                    FUZZ_CHECK(false);  // hiredis would assert: nobody asked for this reply
+                }
+                Reply reply;
+                convert_reply(r, reply);
+                freeReplyObject(r);
+                FUZZ_CHECK(total_elements(reply) <= limits.max_elements);
+                parse_all(reply, first_zones);
+                if (!open) {
+                    break;
+                }
+            }
+            loop.end_turn();
+            if (violated) {
+                open = false;  // the owner drops the connection
+            }
+        }
+        // A violation makes hiredis' reader fail: its error and the guard's agree.
+        if (!guard.violation().empty() && !violated) {
+            FUZZ_CHECK(ac->c.reader->err != 0);
+        }
+        guard.detach();
+    }
+    redisReaderFree(ac->c.reader);
+    free(ac);
+    return 0;
+}
