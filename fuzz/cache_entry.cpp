@@ -9,6 +9,8 @@
 // bytes, and what it gives compresses and inflates back to itself.
 #include "core/cache_entry.hpp"
 
+#include <zlib.h>
+
 #include <climits>
 #include <cstddef>
 #include <cstdint>
@@ -28,13 +30,45 @@ using namespace throttle::core;
 
 namespace {
 
+// The reference: zlib's own gzip inflate (windowBits 16 + 15, gzip only), one shot. True when
+// `in` is exactly one gzip member (nothing after it) of at most max_out bytes.
+bool reference_inflate(std::string_view in, size_t max_out, std::string& out) {
+    z_stream zs{};
+    if (inflateInit2(&zs, 16 + 15) != Z_OK) {
+        std::abort();
+    }
+    out.clear();
+    zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+    zs.avail_in = static_cast<uInt>(in.size());
+    int rc = Z_OK;
+    while (rc == Z_OK && out.size() <= max_out) {
+        char buf[16384];
+        zs.next_out = reinterpret_cast<Bytef*>(buf);
+        zs.avail_out = sizeof(buf);
+        rc = inflate(&zs, Z_NO_FLUSH);
+        out.append(buf, sizeof(buf) - zs.avail_out);
+        if (rc == Z_BUF_ERROR && zs.avail_out != 0) {
+            break;  // the input ended before the member did
+        }
+        if (rc == Z_BUF_ERROR) {
+            rc = Z_OK;
+        }
+    }
+    bool ok = rc == Z_STREAM_END && zs.avail_in == 0 && out.size() <= max_out;
+    inflateEnd(&zs);
+    return ok;
+}
+
 void inflate(std::string_view in, size_t max_out) {
     std::string out;
-    if (!gzip_decompress(in, out, max_out)) {
+    std::string ref;
+    const bool ok = gzip_decompress(in, out, max_out);
+    FUZZ_CHECK(ok == reference_inflate(in, max_out, ref));
+    if (!ok) {
         FUZZ_CHECK(out.empty());
         return;
     }
-    FUZZ_CHECK(out.size() <= max_out);
+    FUZZ_CHECK(out.size() <= max_out && out == ref);
     std::string again;
     std::string back;
     FUZZ_CHECK(gzip_compress(out, again, 1));

@@ -212,6 +212,31 @@ void parse_all(const Reply& reply, size_t first_zones) {
     }
 }
 
+// What a turn that the guard let pass leaves buffered: at most max_bytes of an incomplete
+// reply, and no bulk string header announcing more than that (hiredis would wait for, and
+// buffer, all of it).
+void check_buffered(const redisReader* r, const ReplyLimits& limits) {
+    if (r->err != 0 || r->ridx < 0) {
+        return;
+    }
+    const size_t buffered = r->len - r->pos;
+    FUZZ_CHECK(buffered <= limits.max_bytes);
+    if (r->rstack[r->ridx].type != REDIS_REPLY_STRING) {
+        return;
+    }
+    // The reader stands after the '$'. hiredis 0.14.1 reads the length with string2ll():
+    // a first digit 1-9, at most 19 digits, no sign (a negative length is a nil).
+    const char* p = r->buf + r->pos;
+    uint64_t announced = 0;
+    size_t i = 0;
+    for (; i < buffered && i < 19 && p[i] >= '0' && p[i] <= '9'; i++) {
+        announced = announced * 10 + uint64_t(p[i] - '0');
+    }
+    if (i > 0 && p[0] != '0' && i < buffered && p[i] == '\r') {
+        FUZZ_CHECK(announced <= limits.max_bytes);
+    }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -285,6 +310,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             loop.end_turn();
             if (violated) {
                 open = false;  // the owner drops the connection
+            } else if (open) {
+                check_buffered(ac->c.reader, limits);
             }
         }
         // A violation makes hiredis' reader fail: its error and the guard's agree.
