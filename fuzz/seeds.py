@@ -45,10 +45,12 @@ def i(n):
     return b":%d\r\n" % n
 
 
-# ---- redis_reply: byte 0 = pubsub | pending << 1 | small << 4 | (zones - 1) << 5; byte 1 = step
+# ---- redis_reply, redis_async: byte 0 = pubsub | pending << 1 | small << 4 | (zones - 1) << 5; byte 1 = step
 def rr(name, stream, pending=1, pubsub=False, small=False, zones=1, step=0):
     head = (1 if pubsub else 0) | (pending << 1) | (16 if small else 0) | ((zones - 1) << 5)
     write("redis_reply", name, bytes([head, step]) + stream)
+    # redis_async reads the same setup (pub/sub: bit 1 leaves AUTH out, SUBSCRIBE answers first)
+    write("redis_async", name, bytes([head, step]) + stream)
 
 
 E = entry(headers=((b"Content-Type", b"text/plain"),), body=b"hello")
