@@ -6,6 +6,13 @@
 #   make test       install what is missing, build, run unit and integration tests
 #   make bench      benchmark: plain, limit_req, throttle local/sync/strict, OpenResty+Redis
 #   make asan       the module built with ASan/UBSan (build/asan/) and the prove suite run on it
+#   make fuzz       libFuzzer (clang, ASan/UBSan) on what comes from outside: Redis replies,
+#                   stored cache entries and gzip bodies, cache-key fields, response and request
+#                   headers, configuration values (fuzz/*.cpp, built in build/fuzz/); each target
+#                   runs FUZZ_SECONDS (default 20) from its seeds in fuzz/corpus/<target>/, and
+#                   any crash, abort, leak, timeout or memory blow-up fails (the input is left in
+#                   build/fuzz/artifacts/). make fuzz-long: FUZZ_SECONDS=600 each. One target:
+#                   make fuzz FUZZ_TARGETS=redis_reply
 #   make format     clang-format the C++ sources (make format-check: CI's check that it is a no-op)
 SHELL := /bin/bash
 .ONESHELL:
@@ -23,11 +30,11 @@ NGX_LD_OPT ?=
 # Debian packages the build, tests, demo and benchmark need.
 DEB_PACKAGES := build-essential g++ cmake make perl nginx nginx-dev libpcre2-dev libssl-dev \
                 zlib1g-dev libhiredis-dev libevent-dev libgtest-dev redis-server wrk curl \
-                clang-format
+                clang-format clang libclang-rt-dev
 
 SOURCES := $(wildcard src/*/*.cpp src/*/*.hpp src/*/*/*.cpp src/*/*/*.hpp) config
 
-.PHONY: all deps run test unit integration bench clean format format-check asan
+.PHONY: all deps run test unit integration bench clean format format-check asan fuzz fuzz-long
 all: $(MODULE)
 
 deps:
@@ -99,13 +106,35 @@ asan: | deps
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  prove -I t/lib t/
 
+# libFuzzer targets (fuzz/README.md). New inputs go to build/fuzz/corpus/<target>/ (the seeds
+# in fuzz/corpus/ are only read); a crash leaves build/fuzz/artifacts/<target>-crash-*.
+FUZZ_TARGETS ?= redis_reply redis_async cache_entry cache_key config_values http_headers
+FUZZ_SECONDS ?= 20
+FUZZ_MAX_LEN ?= 8192
+FUZZ_FLAGS ?=
+fuzz: | deps
+	cmake -S fuzz -B $(BUILD)/fuzz -DCMAKE_CXX_COMPILER=clang++ > /dev/null
+	cmake --build $(BUILD)/fuzz -j2 > $(BUILD)/fuzz/build.log 2>&1 || { cat $(BUILD)/fuzz/build.log; exit 1; }
+	mkdir -p $(BUILD)/fuzz/artifacts
+	for t in $(FUZZ_TARGETS); do
+	  mkdir -p $(BUILD)/fuzz/corpus/$$t
+	  $(BUILD)/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 \
+	    -max_len=$(FUZZ_MAX_LEN) -print_final_stats=1 $(FUZZ_FLAGS) \
+	    -artifact_prefix=$(BUILD)/fuzz/artifacts/$$t- \
+	    $(BUILD)/fuzz/corpus/$$t fuzz/corpus/$$t > $(BUILD)/fuzz/$$t.log 2>&1 \
+	    || { tail -60 $(BUILD)/fuzz/$$t.log; echo "fuzz_$$t failed: $(BUILD)/fuzz/artifacts/"; exit 1; }
+	  echo "fuzz_$$t ($(FUZZ_SECONDS) s): $$(grep -E '^#[0-9]+' $(BUILD)/fuzz/$$t.log | tail -1)"
+	done
+fuzz-long:
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=600
+
 bench: $(MODULE)
 	bash bench/run.sh
 bench-callgrind: $(MODULE)
 	bash bench/callgrind.sh
 
 FORMATTED := $(wildcard src/*/*.cpp src/*/*.hpp src/*/*/*.cpp src/*/*/*.hpp \
-                         t/unit/*.cpp t/unit/*.hpp t/redis/*.cpp t/redis/*.hpp)
+                         t/unit/*.cpp t/unit/*.hpp t/redis/*.cpp t/redis/*.hpp fuzz/*.cpp)
 
 format:
 	@clang-format -i $(FORMATTED)
