@@ -242,7 +242,7 @@ void done(ZoneFlush& zf, const BatchPtr& b, redis::Result&& r) noexcept {
         redis_reply_unusable(r, "sync flush");
         if (!r.unsent) {
             // Without a reply the command may have run, or still wait in Redis' queue: the
-            // batch goes again, and the next one, at the next tick.
+            // batch goes again at the next tick; the next batch after a command timeout.
             b->reached = true;
             failed(zf, b);
             pump_later(zf);
