@@ -45,7 +45,10 @@ bool ok(const ReplyPtr& r) noexcept {
 
 Result eval_blocking(const Config& config, const Script& script,
                      const std::vector<std::string_view>& keys,
-                     const std::vector<std::string_view>& args) noexcept {
+                     const std::vector<std::string_view>& args, bool* sent) noexcept {
+    if (sent != nullptr) {
+        *sent = false;
+    }
     Result result;
     result.failure = Failure::Disconnected;
     try {
@@ -78,6 +81,9 @@ Result eval_blocking(const Config& config, const Script& script,
         std::vector<std::string_view> argv{"EVAL", script.source(), nkeys};
         argv.insert(argv.end(), keys.begin(), keys.end());
         argv.insert(argv.end(), args.begin(), args.end());
+        if (sent != nullptr) {
+            *sent = true;
+        }
         ReplyPtr r = run(c.get(), argv);
         if (!r) {
             result.failure = c->err == REDIS_ERR_IO ? Failure::Timeout : Failure::Disconnected;

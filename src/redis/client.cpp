@@ -3,7 +3,7 @@
 // Connection life: connect() -> Connecting (connect_timer_ bounds it) -> on_connect ->
 // Connected: handshake [AUTH] [SELECT] [SCRIPT LOAD...] PING, then the commands that waited.
 // Any failure (connect error or timeout, a handshake error or a handshake reply of the wrong
-// shape, a lost connection, a command past its deadline, a reply the ReplyGuard refused) goes
+// shape, a lost connection, a stuck connection, a reply the ReplyGuard refused) goes
 // through connection_lost(): the hiredis context is freed (late replies are never read), every
 // pending command fails, and count_failure() schedules the next attempt: a backoff, or -- after
 // failure_threshold consecutive failures -- the circuit breaker's cool-down, after which one
@@ -16,6 +16,12 @@
 // count, the backoff and the cool-down (healthy()), and not at once: at the end of the loop
 // turn, if the connection it came on is still up -- a reply followed in the same read by one
 // nobody asked for proves nothing about the server.
+//
+// A command past its deadline is abandoned (on_deadline()): its callback gets Timeout from
+// defer_timer_, but its Pending stays in inflight_ (hiredis holds a pointer to it, and replies
+// come in order) with no callback; its reply, when it comes, is counted and dropped. The
+// connection is dropped only when stuck: replies owed and nothing read for stuck_ms() since
+// the last reply (or since replies began to be owed), or more than max_abandoned abandoned.
 //
 // hiredis contexts point back at the client through ac->data; it is cleared before a context
 // is dropped, so callbacks hiredis runs while freeing it (NULL replies, disconnect) are ignored.
@@ -123,6 +129,11 @@ Client::Client(Loop& loop, Config config, Logger logger)
     }
     cfg_.connect_timeout_ms = std::max<uint32_t>(cfg_.connect_timeout_ms, 1);
     cfg_.command_timeout_ms = std::max<uint32_t>(cfg_.command_timeout_ms, 1);
+    if (cfg_.stuck_timeout_ms == 0) {
+        uint64_t four = uint64_t(cfg_.command_timeout_ms) * 4;
+        cfg_.stuck_timeout_ms =
+            uint32_t(std::clamp<uint64_t>(four, 1000, std::numeric_limits<uint32_t>::max()));
+    }
     cfg_.backoff_initial_ms = std::max<uint32_t>(cfg_.backoff_initial_ms, 1);
     cfg_.backoff_max_ms = std::max(cfg_.backoff_max_ms, cfg_.backoff_initial_ms);
     cfg_.cooldown_initial_ms = std::max<uint32_t>(cfg_.cooldown_initial_ms, 1);
@@ -181,7 +192,7 @@ size_t Client::pending() const noexcept {
     size_t n = 0;
     for (const std::list<Pending>* list : {&inflight_, &waiting_}) {
         for (const Pending& p : *list) {
-            n += p.kind == Kind::User || p.kind == Kind::EvalSha;
+            n += (p.kind == Kind::User || p.kind == Kind::EvalSha) && !p.abandoned;
         }
     }
     return n;
@@ -341,6 +352,7 @@ void Client::drop(Failure why, bool hiredis_frees) noexcept {
     guard_->detach();
     connect_timer_->stop();
     answer_pending_ = false;  // an answer on a connection that failed in the same turn
+    abandoned_ = 0;           // fail_all() erases them
     if (!hiredis_frees) {
         redisAsyncFree(ac);  // deferred by hiredis when inside one of its callbacks
     }
@@ -498,7 +510,11 @@ bool Client::submit(Pending& p, size_t argc, const char** argv, const size_t* le
     if (redisAsyncCommandArgv(ac_, &Client::on_reply, &p, int(argc), argv, lens) != REDIS_OK) {
         return false;
     }
+    if (inflight_.size() == 1) {
+        last_progress_ms_ = loop_.now_ms();  // the connection owed nothing: the clock starts
+    }
     stats_.sent++;
+    p.sent = true;
     arm_deadline(p.deadline);
     return true;
 }
@@ -531,7 +547,10 @@ void Client::send_internal(Kind kind, std::initializer_list<std::string_view> ar
 }
 
 void Client::fail(std::list<Pending>& from, Pending& p, Failure why) noexcept {
-    if (p.kind == Kind::User || p.kind == Kind::EvalSha) {
+    if (p.abandoned) {
+        abandoned_--;
+        from.erase(p.self);  // its caller was told already
+    } else if (p.kind == Kind::User || p.kind == Kind::EvalSha) {
         p.failure = why;
         done_.splice(done_.end(), from, p.self);
     } else {
@@ -545,7 +564,7 @@ void Client::fail_all(Failure why, bool by_deadline) noexcept {
         while (!list->empty()) {
             Pending& p = list->front();
             Failure f = why;
-            if (by_deadline && p.deadline <= now) {
+            if (by_deadline && !p.abandoned && p.deadline <= now) {
                 f = Failure::Timeout;
                 stats_.timeouts++;
             }
@@ -573,6 +592,7 @@ void Client::deliver() noexcept {
         Callback cb = std::move(p.cb);
         Result result;
         result.failure = p.failure;
+        result.unsent = !p.sent;
         batch.pop_front();
         stats_.failed++;
         invoke(cb, std::move(result), this);
@@ -738,6 +758,13 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
         return;
     }
     stats_.replies++;
+    last_progress_ms_ = loop_.now_ms();
+    if (p.abandoned) {
+        stats_.late_replies++;  // its caller was told Timeout: read and dropped
+        abandoned_--;
+        inflight_.erase(p.self);
+        return;
+    }
     bool error = r->type == REDIS_REPLY_ERROR;
     std::string_view text(r->str != nullptr ? r->str : "", r->str != nullptr ? r->len : 0);
     switch (p.kind) {
@@ -912,6 +939,50 @@ void Client::arm_deadline(uint64_t deadline) noexcept {
     deadline_timer_->start(deadline > now ? deadline - now : 0);
 }
 
+uint32_t Client::stuck_ms() const noexcept {
+    return cfg_.stuck_timeout_ms;
+}
+
+// A command past its deadline: its caller gets Timeout (from defer_timer_), the Pending stays
+// in inflight_ without a callback until its reply comes. False when there was no memory to
+// tell the caller: the connection must then be dropped.
+bool Client::abandon(Pending& p) noexcept {
+    if (p.kind == Kind::User || p.kind == Kind::EvalSha) {
+        try {
+            done_.emplace_back();
+        } catch (...) {
+            return false;
+        }
+        Pending& d = done_.back();
+        d.self = std::prev(done_.end());
+        d.cb = std::move(p.cb);
+        d.failure = Failure::Timeout;
+        d.sent = true;
+    }
+    p.abandoned = true;
+    p.cb = nullptr;
+    std::string().swap(p.args);  // kept for a NOSCRIPT re-send, which it will not get
+    std::vector<size_t>().swap(p.lens);
+    abandoned_++;
+    stats_.timeouts++;
+    timeouts_unlogged_++;
+    return true;
+}
+
+// Timeouts are logged at most every 10 s (Warn), with their count; the rest at Debug.
+void Client::log_timeouts(uint64_t now) noexcept {
+    if (timeouts_unlogged_ == 0) {
+        return;
+    }
+    bool due = timeouts_logged_ms_ == 0 || now - timeouts_logged_ms_ >= 10000;
+    log(due ? LogLevel::Warn : LogLevel::Debug,
+        cat(name_, ": no reply within ", cfg_.command_timeout_ms, " ms: ", timeouts_unlogged_,
+            " command(s) failed with a timeout (the connection is kept; late replies are read "
+            "and dropped)"));
+    timeouts_unlogged_ = 0;
+    timeouts_logged_ms_ = now;
+}
+
 void Client::on_deadline() noexcept {
     uint64_t now = loop_.now_ms();
     for (auto it = waiting_.begin(); it != waiting_.end();) {
@@ -922,18 +993,45 @@ void Client::on_deadline() noexcept {
         }
         it = next;
     }
-    bool expired = std::any_of(inflight_.begin(), inflight_.end(),
-                               [now](const Pending& p) { return p.deadline <= now; });
-    if (expired) {
+    // Commands past their deadline are abandoned, alone; a handshake that is not answered in
+    // time leaves the connection unusable.
+    bool handshake = false;
+    bool no_memory = false;
+    for (Pending& p : inflight_) {
+        if (p.abandoned || p.deadline > now) {
+            continue;
+        }
+        if (p.kind == Kind::Auth || p.kind == Kind::Select || p.kind == Kind::Ping) {
+            handshake = true;
+        } else if (!abandon(p)) {
+            no_memory = true;
+        }
+    }
+    log_timeouts(now);
+    if (handshake || no_memory) {
         connection_lost(Failure::Disconnected,
-                        cat("no reply within ", cfg_.command_timeout_ms, " ms, connection dropped"),
+                        cat("no reply within ", cfg_.command_timeout_ms, " ms",
+                            handshake ? " to the handshake" : "", ", connection dropped"),
                         false);
+    } else if (!inflight_.empty() &&
+               (now - last_progress_ms_ >= stuck_ms() || abandoned_ > cfg_.max_abandoned)) {
+        stats_.stuck++;
+        connection_lost(
+            Failure::Disconnected,
+            cat("connection stuck, dropped: nothing read for ", now - last_progress_ms_, " ms, ",
+                inflight_.size(), " replies owed (", abandoned_, " to timed-out commands)"),
+            false);
     }
     uint64_t next = std::numeric_limits<uint64_t>::max();
     for (const std::list<Pending>* list : {&inflight_, &waiting_}) {
         for (const Pending& p : *list) {
-            next = std::min(next, p.deadline);
+            if (!p.abandoned) {
+                next = std::min(next, p.deadline);
+            }
         }
+    }
+    if (!inflight_.empty()) {
+        next = std::min(next, last_progress_ms_ + stuck_ms());
     }
     if (next != std::numeric_limits<uint64_t>::max()) {
         arm_deadline(next);

@@ -3,14 +3,23 @@
 // circuit breaker. hiredis is an implementation detail: callers see Reply/Result only.
 //
 // Contract, for every command(), evalsha():
-//   - the callback is called exactly once: with the reply, or with the reason there is none;
+//   - the callback is called exactly once: with the reply, or with the reason there is none
+//     (and Result::unsent when the command never left: the server cannot have run it);
 //   - never from inside command()/evalsha(): a failure known at once (circuit open, backoff,
 //     closed) is delivered from a 0 ms timer; replies come from the loop;
 //   - arguments are binary safe and copied when needed: they need not outlive the call;
 //   - commands issued in the same loop turn leave in one write (pipelining);
-//   - a command without a reply by its deadline (now + command_timeout_ms) fails with Timeout;
-//     the connection is then dropped (every later reply on it would be late too), every command
-//     pending on it fails, and the client reconnects after a backoff;
+//   - a command without a reply by its deadline (now + command_timeout_ms) fails with Timeout,
+//     alone: it is abandoned, and its reply, when it comes, is read and dropped; the other
+//     commands on the connection keep waiting for theirs. (A command the server received may
+//     still run after its caller was told Timeout: callers that must not apply something twice
+//     make it idempotent.) A timeout is not a failure for the circuit breaker;
+//   - the connection is dropped only when it is stuck: replies are owed and nothing at all has
+//     been read from it for stuck_timeout_ms (0: max(1000, 4 * command_timeout_ms)), or more
+//     than max_abandoned abandoned replies are outstanding, or a handshake command (AUTH,
+//     SELECT, PING) reached its deadline. Every command pending on it then fails (Timeout past
+//     its deadline, Disconnected otherwise), the breaker counts one failure and the client
+//     reconnects after a backoff;
 //   - a server that breaks the protocol -- a reply when no command waits for one, a reply
 //     announcing more than config.reply_limits (reply_guard.hpp), garbage, a handshake reply
 //     that is not what AUTH, SELECT, SCRIPT LOAD or PING answer -- gets the same: the
@@ -59,6 +68,8 @@ struct Config {
     std::string password;  // AUTH password when set
     uint32_t connect_timeout_ms = 1000;
     uint32_t command_timeout_ms = 1000;
+    uint32_t stuck_timeout_ms = 0;     // nothing read while replies are owed; 0: see above
+    uint32_t max_abandoned = 1024;     // timed-out commands whose replies are still to come
     uint32_t backoff_initial_ms = 50;  // delay before reconnecting, doubling per failure
     uint32_t backoff_max_ms = 5000;
     uint32_t failure_threshold = 3;       // consecutive failures that open the circuit; 0: never
@@ -77,6 +88,8 @@ struct Stats {
     uint64_t replies = 0;        // replies received (error replies included)
     uint64_t failed = 0;         // callbacks called with a failure
     uint64_t timeouts = 0;       // commands that reached their deadline
+    uint64_t late_replies = 0;   // replies to abandoned (timed-out) commands, read and dropped
+    uint64_t stuck = 0;          // connections dropped because nothing was read (stuck)
     uint64_t connects = 0;       // connection attempts
     uint64_t reconnects = 0;     // connection attempts after a failure (backoff or probe)
     uint64_t failures = 0;       // failures counted by the breaker (connections and commands)
@@ -146,6 +159,9 @@ class Client {
     const Config& config() const noexcept { return cfg_; }
     // Commands of the caller's awaiting a reply or a connection.
     size_t pending() const noexcept;
+    // Replies still owed to commands that timed out (abandoned): while there are any, the
+    // server is behind; a caller with deferrable work can wait.
+    size_t abandoned() const noexcept { return abandoned_; }
 
    private:
     enum class Conn : uint8_t { None, Connecting, Connected };
@@ -155,6 +171,8 @@ class Client {
     struct Pending {
         Kind kind = Kind::User;
         bool retried = false;             // EVALSHA already reloaded its script once
+        bool abandoned = false;           // timed out: its caller was told, its reply is dropped
+        bool sent = false;                // handed to a connection at least once
         Failure failure = Failure::None;  // set when moved to done_
         size_t script = 0;                // EvalSha, ScriptLoad: index in scripts_
         uint64_t deadline = 0;
@@ -200,6 +218,9 @@ class Client {
     bool admit(Callback& cb);
     void arm_deadline(uint64_t deadline) noexcept;
     void on_deadline() noexcept;
+    bool abandon(Pending& p) noexcept;
+    void log_timeouts(uint64_t now) noexcept;
+    uint32_t stuck_ms() const noexcept;
     void deliver() noexcept;
     static void invoke(Callback& cb, Result&& result, const Client* self) noexcept;
     void log(LogLevel level, std::string_view message) const noexcept;
@@ -219,6 +240,10 @@ class Client {
     uint32_t backoff_ms_;
     uint32_t cooldown_ms_;
     uint64_t armed_deadline_ = 0;
+    uint64_t last_progress_ms_ = 0;    // last reply read, or when replies began to be owed
+    size_t abandoned_ = 0;             // in inflight_, abandoned
+    uint64_t timeouts_unlogged_ = 0;   // timeouts since the last log line about them
+    uint64_t timeouts_logged_ms_ = 0;  // when that line was
 
     std::list<Pending> inflight_;  // handed to hiredis, awaiting a reply
     std::list<Pending> waiting_;   // issued while connecting: sent once connected

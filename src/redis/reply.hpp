@@ -26,7 +26,7 @@ struct Reply {
 // Why a command got no reply. None: the reply is valid (it may still be an error reply).
 enum class Failure : uint8_t {
     None,
-    Timeout,       // no reply before the command's deadline; the connection was dropped
+    Timeout,       // no reply before the command's deadline (the server may still run it)
     Disconnected,  // the connection failed or was lost, or is being re-established (backoff)
     CircuitOpen,   // the circuit breaker is open: the network was not touched
     Shutdown,      // the client was closed or destroyed
@@ -38,7 +38,8 @@ const char* to_string(Reply::Type t) noexcept;
 
 struct Result {
     Failure failure = Failure::None;
-    Reply reply;  // meaningful only when ok()
+    Reply reply;          // meaningful only when ok()
+    bool unsent = false;  // failed before it was written to a connection: it cannot have run
 
     bool ok() const noexcept { return failure == Failure::None; }
 };

@@ -2,6 +2,7 @@
 // No nginx header (layer: redis).
 #include "redis/scripts.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <climits>
 #include <functional>
@@ -308,28 +309,36 @@ return out
 
 constexpr std::string_view lua_flush = R"lua(
 local n = #KEYS
-local P = int(ARGV[1])
-if n == 0 or #ARGV ~= 3 * n + 1 or P == nil then
-  return redis.error_reply('ERR throttle flush: expected period and 3 arguments per key')
+local P, id, ttl = int(ARGV[1]), ARGV[2], int(ARGV[3])
+if n == 0 or #ARGV ~= 3 * n + 3 or P == nil or ttl == nil or ttl < 1 or #id == 0 or #id > 64 then
+  return redis.error_reply('ERR throttle flush: expected period, batch id, id ttl and 3 arguments per key')
 end
 if P < 1 then P = 1 end
-local out = {}
+local w, dc, dp = {}, {}, {}
 for i = 1, n do
-  local w, dc, dp = int(ARGV[3 * i - 1]), int(ARGV[3 * i]), int(ARGV[3 * i + 1])
-  if w == nil or dc == nil or dp == nil then
+  w[i], dc[i], dp[i] = int(ARGV[3 * i + 1]), int(ARGV[3 * i + 2]), int(ARGV[3 * i + 3])
+  if w[i] == nil or dc[i] == nil or dp[i] == nil then
     return redis.error_reply('ERR throttle flush: bad arguments for key ' .. i)
   end
-  local ck = KEYS[i] .. ':' .. fmt(w)
-  local pk = KEYS[i] .. ':' .. fmt(w - P)
-  if dc > 0 and redis.call('INCRBY', ck, fmt(dc)) == dc then
-    redis.call('PEXPIREAT', ck, fmt(w + 2 * P + 1000))
+end
+local applied = 1
+if not redis.call('SET', KEYS[1] .. ':flush:' .. id, '1', 'NX', 'PX', fmt(ttl)) then
+  applied = 0
+end
+local out = {}
+for i = 1, n do
+  local ck = KEYS[i] .. ':' .. fmt(w[i])
+  local pk = KEYS[i] .. ':' .. fmt(w[i] - P)
+  if applied == 1 and dc[i] > 0 and redis.call('INCRBY', ck, fmt(dc[i])) == dc[i] then
+    redis.call('PEXPIREAT', ck, fmt(w[i] + 2 * P + 1000))
   end
-  if dp > 0 and redis.call('INCRBY', pk, fmt(dp)) == dp then
-    redis.call('PEXPIREAT', pk, fmt(w - P + 2 * P + 1000))
+  if applied == 1 and dp[i] > 0 and redis.call('INCRBY', pk, fmt(dp[i])) == dp[i] then
+    redis.call('PEXPIREAT', pk, fmt(w[i] - P + 2 * P + 1000))
   end
   out[2 * i - 1] = count(ck)
   out[2 * i] = count(pk)
 end
+out[2 * n + 1] = applied
 return out
 )lua";
 
@@ -680,14 +689,16 @@ const Script& flush_script() {
     return *script;
 }
 
-bool build_flush_args(int64_t period_ms, const FlushEntry* entries, size_t n,
-                      EvalArgs& out) noexcept {
+bool build_flush_args(int64_t period_ms, std::string_view batch_id, uint32_t id_ttl_ms,
+                      const FlushEntry* entries, size_t n, EvalArgs& out) noexcept {
     out.clear();
-    if (n == 0) {
+    if (n == 0 || batch_id.empty() || batch_id.size() > flush_id_max) {
         return false;
     }
     try {
         out.add_arg(at_least_one(period_ms));
+        out.add_arg(batch_id);
+        out.add_arg(std::max<uint32_t>(id_ttl_ms, 1));
         for (size_t i = 0; i < n; i++) {
             const FlushEntry& e = entries[i];
             out.add_key(e.base);
@@ -703,9 +714,16 @@ bool build_flush_args(int64_t period_ms, const FlushEntry* entries, size_t n,
 }
 
 bool parse_flush_reply(const Reply& reply, size_t n,
-                       std::vector<std::pair<uint64_t, uint64_t>>& totals) noexcept {
-    if (reply.type != Reply::Type::Array || n == 0 || reply.elements.size() != 2 * n) {
+                       std::vector<std::pair<uint64_t, uint64_t>>& totals, bool* applied) noexcept {
+    if (reply.type != Reply::Type::Array || n == 0 || reply.elements.size() != 2 * n + 1) {
         return false;
+    }
+    uint64_t flag = 0;
+    if (!integer_at(reply, 2 * n, flag) || flag > 1) {
+        return false;
+    }
+    if (applied != nullptr) {
+        *applied = flag == 1;
     }
     try {
         totals.resize(n);

@@ -11,6 +11,7 @@
 //   BASE ":" W      = sliding window starting at W (epoch ms, decimal, no sign, no leading zero):
 //                     the number of requests counted in it over all hosts (a string integer)
 //   BASE ":gcra"    = GCRA theoretical arrival time, epoch microseconds (a string integer)
+//   BASE ":flush:" ID = a flush batch with this id was applied (FLUSH below; "1", short ttl)
 // The scripts touch only these names, built from their KEYS. Both start with "#!lua" (Redis 7
 // script flags, none set): in a cluster Redis refuses a script that touches a name outside its
 // KEYS' slot (t/redis/scripts_test.cpp runs both on a one-node cluster). A strict call over
@@ -66,13 +67,21 @@
 //
 // FLUSH (mode=sync; one call per batch of at most flush_batch_max keys, sliding window only)
 //   KEYS = BASE of each key in the batch
-//   ARGV = period_ms, then per key 3 values: W (window start, epoch ms), delta_cur, delta_prev
-//   Per key: if delta_cur > 0, INCRBY BASE:W delta_cur and, if that created the key (the result
-//   equals delta_cur), PEXPIREAT BASE:W W + 2P + 1000; likewise delta_prev on BASE:(W - P) with
-//   PEXPIREAT (W - P) + 2P + 1000. Then both totals are read (missing: 0). A window whose
-//   expiry time has already passed (a delta held through a long outage) is deleted at once by
-//   its PEXPIREAT and reads 0: it no longer weighs in any decision anyway.
-//   Reply: [g_cur, g_prev] per key, flat: core::sync::apply_global()'s inputs.
+//   ARGV = period_ms, batch id (1 to flush_id_max bytes, unique per batch: the module sends
+//          pid, a random number and a sequence), id ttl (ms, >= 1), then per key 3 values:
+//          W (window start, epoch ms), delta_cur, delta_prev
+//   Idempotent: the first call with an id sets KEYS[1] ":flush:" ID (SET NX PX ttl; in KEYS[1]'s
+//   slot, like everything else the call touches) and applies the deltas; a call with an id
+//   already set -- a batch sent again because its reply did not come in time -- applies nothing
+//   and only reads the totals. A sender must not send an id again once ttl may have run out.
+//   Applying, per key: if delta_cur > 0, INCRBY BASE:W delta_cur and, if that created the key
+//   (the result equals delta_cur), PEXPIREAT BASE:W W + 2P + 1000; likewise delta_prev on
+//   BASE:(W - P) with PEXPIREAT (W - P) + 2P + 1000. Then both totals are read (missing: 0). A
+//   window whose expiry time has already passed (a delta held through a long outage) is
+//   deleted at once by its PEXPIREAT and reads 0: it no longer weighs in any decision anyway.
+//   Every argument is checked before anything is written.
+//   Reply: [g_cur, g_prev] per key, flat (core::sync::apply_global()'s inputs), then 1 when
+//   this call applied the deltas, 0 when the id had been seen: 2n + 1 integers.
 //
 // Both scripts check their arguments and answer an error reply when they are malformed (wrong
 // count, not a number); a key holding something else than an integer is an error reply too. The
@@ -194,6 +203,7 @@ bool parse_strict_batch_reply(const Reply& reply, const std::vector<size_t>& zon
 // ---- FLUSH ----
 
 inline constexpr size_t flush_batch_max = 256;
+inline constexpr size_t flush_id_max = 64;  // bytes of a batch id
 
 struct FlushEntry {
     std::string base;         // base_key(prefix, zone, key)
@@ -206,18 +216,22 @@ struct FlushEntry {
 const Script& flush_script();
 
 // Fills `out` (cleared first) with the KEYS and ARGV of a flush of entries[0..n) for a zone of
-// period_ms (< 1 is sent as 1). False when n == 0 or memory runs out. Any n works; the module
-// sends at most flush_batch_max per call to keep each script short.
-bool build_flush_args(int64_t period_ms, const FlushEntry* entries, size_t n,
-                      EvalArgs& out) noexcept;
-inline bool build_flush_args(int64_t period_ms, const std::vector<FlushEntry>& entries,
-                             EvalArgs& out) noexcept {
-    return build_flush_args(period_ms, entries.data(), entries.size(), out);
+// period_ms (< 1 is sent as 1), as batch `batch_id` remembered by Redis for id_ttl_ms (< 1 is
+// sent as 1). False when n == 0, the id is empty or longer than flush_id_max, or memory runs
+// out. Any n works; the module sends at most flush_batch_max per call to keep each script short.
+bool build_flush_args(int64_t period_ms, std::string_view batch_id, uint32_t id_ttl_ms,
+                      const FlushEntry* entries, size_t n, EvalArgs& out) noexcept;
+inline bool build_flush_args(int64_t period_ms, std::string_view batch_id, uint32_t id_ttl_ms,
+                             const std::vector<FlushEntry>& entries, EvalArgs& out) noexcept {
+    return build_flush_args(period_ms, batch_id, id_ttl_ms, entries.data(), entries.size(), out);
 }
 
-// Parses the reply of a flush of n keys into totals[0..n) = (g_cur, g_prev) (resized to n).
-// False unless the reply is an array of exactly 2n non-negative integers.
+// Parses the reply of a flush of n keys into totals[0..n) = (g_cur, g_prev) (resized to n) and
+// *applied (when not null): whether this call applied the deltas (false: the batch id had
+// been seen). False unless the reply is an array of exactly 2n non-negative integers and a
+// last 0 or 1.
 bool parse_flush_reply(const Reply& reply, size_t n,
-                       std::vector<std::pair<uint64_t, uint64_t>>& totals) noexcept;
+                       std::vector<std::pair<uint64_t, uint64_t>>& totals,
+                       bool* applied = nullptr) noexcept;
 
 }  // namespace throttle::redis

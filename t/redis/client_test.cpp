@@ -315,7 +315,8 @@ TEST_F(RedisClientTest, EvalshaLoadsScriptsAndReloadsOnNoscript) {
 }
 
 // SIGSTOP: the server accepts nothing and answers nothing (a hang, not a refusal). Commands
-// fail at their deadline, none waits longer; after SIGCONT the client recovers by itself.
+// fail at their deadline, each alone, none waits longer; the connection is dropped as stuck
+// once nothing was read for stuck_timeout_ms; after SIGCONT the client recovers by itself.
 TEST_F(RedisClientTest, CommandTimeoutWhenServerHangsThenRecovery) {
     RedisServer server;
     ASSERT_TRUE(server.start());
@@ -324,8 +325,10 @@ TEST_F(RedisClientTest, CommandTimeoutWhenServerHangsThenRecovery) {
     cfg.connect_timeout_ms = 200;
     cfg.backoff_initial_ms = 20;
     cfg.cooldown_initial_ms = 300;
+    cfg.stuck_timeout_ms = 600;
     Client client(ev.loop(), cfg, logger());
     ASSERT_TRUE(eventually_ok(client, 5000));
+    uint64_t connects = client.stats().connects;
 
     server.pause();
     uint64_t t0 = mono_ms();
@@ -334,18 +337,18 @@ TEST_F(RedisClientTest, CommandTimeoutWhenServerHangsThenRecovery) {
     issue(client, {"INCR", "y"}, b);
     issue(client, {"SET", "z", "1"}, c);
     ASSERT_TRUE(ev.run_until([&] { return a.calls && b.calls && c.calls; }, 5000));
-    // The first command times out and the hung connection is dropped with it; the other two
-    // were issued up to a millisecond later (the loop's clock is live between turns), so they
-    // time out in the same turn or fail with the dropped connection, never before 199 ms.
-    EXPECT_EQ(a.result.failure, Failure::Timeout);
+    // Each command times out at its own deadline; the connection is kept for now (a slow
+    // server would answer late, and the replies would be read and dropped).
     for (const Outcome* o : {&a, &b, &c}) {
-        EXPECT_TRUE(o->result.failure == Failure::Timeout ||
-                    o->result.failure == Failure::Disconnected)
-            << to_string(o->result.failure);
+        EXPECT_EQ(o->result.failure, Failure::Timeout) << to_string(o->result.failure);
         EXPECT_GE(o->at_ms - t0, 199u);             // not before the deadline
         EXPECT_LE(o->at_ms - t0, 200u + slack_ms);  // and not stuck (a loaded machine is slow)
     }
-    EXPECT_GE(client.stats().timeouts, 1u);
+    EXPECT_EQ(client.stats().timeouts, 3u);
+    EXPECT_EQ(client.stats().connects, connects);
+    // Nothing read for 600 ms: the connection is stuck, dropped, and made again.
+    ASSERT_TRUE(ev.run_until([&] { return client.stats().stuck > 0; }, 600 + 5000));
+    EXPECT_GE(mono_ms() - t0, 599u);
 
     // While it hangs, nothing waits longer than the timeout (plus a margin).
     for (int i = 0; i < 8; i++) {
@@ -366,8 +369,51 @@ TEST_F(RedisClientTest, CommandTimeoutWhenServerHangsThenRecovery) {
     // Reported once per incident, not once per command.
     EXPECT_LE(logged(LogLevel::Error), 3);
     EXPECT_TRUE(logged_text("no reply within 200 ms"));
+    EXPECT_TRUE(logged_text("connection stuck, dropped: nothing read for"));
     EXPECT_TRUE(logged_text("connection restored"));
     expect_once({&a, &b, &c});
+}
+
+// A command that reaches its deadline fails alone: the connection is kept, the commands
+// pipelined behind it get their own replies, and its late reply is read and dropped (never
+// handed to another command). The server is kept busy by a script that spins for 2.5 s.
+TEST_F(RedisClientTest, TimedOutCommandLeavesTheOthersTheirReplies) {
+    RedisServer server;
+    ASSERT_TRUE(server.start());
+    Config cfg = config(server);
+    cfg.command_timeout_ms = 2000;
+    Client client(ev.loop(), cfg, logger());
+    ASSERT_TRUE(eventually_ok(client, 5000));
+    uint64_t connects = client.stats().connects;
+
+    const char* spin =
+        "local t = redis.call('TIME') local t0 = t[1] * 1000000 + t[2] "
+        "repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - t0 >= ARGV[1] * 1000 "
+        "return 'slept'";
+    uint64_t t0 = mono_ms();
+    Outcome slow, other, after;
+    issue(client, {"EVAL", spin, "0", "2500"}, slow);  // times out at 2000 ms, answered at 2500
+    ev.run_for(1000);
+    issue(client, {"ECHO", "other"}, other);  // deadline 3000 ms: answered after the script
+    ASSERT_TRUE(ev.run_until([&] { return slow.calls > 0; }, 5000));
+    EXPECT_EQ(slow.result.failure, Failure::Timeout);
+    EXPECT_FALSE(slow.result.unsent);  // it was sent: the server may run it (and does)
+    EXPECT_GE(slow.at_ms - t0, 1999u);
+    EXPECT_LE(slow.at_ms - t0, 2000u + slack_ms);
+    EXPECT_EQ(other.calls, 0);  // still waiting, on the same connection
+    issue(client, {"ECHO", "after"}, after);
+    ASSERT_TRUE(ev.run_until([&] { return other.calls > 0 && after.calls > 0; }, 5000));
+    ASSERT_TRUE(other.result.ok()) << to_string(other.result.failure);
+    EXPECT_EQ(other.result.reply.str, "other");
+    ASSERT_TRUE(after.result.ok()) << to_string(after.result.failure);
+    EXPECT_EQ(after.result.reply.str, "after");
+    EXPECT_EQ(client.stats().late_replies, 1u);  // "slept", read and dropped
+    EXPECT_EQ(client.stats().timeouts, 1u);
+    EXPECT_EQ(client.stats().connects, connects);  // never reconnected
+    EXPECT_EQ(client.stats().failures, 0u);
+    EXPECT_EQ(client.pending(), 0u);
+    EXPECT_TRUE(logged_text("no reply within 2000 ms: 1 command(s) failed with a timeout"));
+    expect_once({&slow, &other, &after});
 }
 
 // Connecting to a server that never completes the handshake of TCP (its accept queue is full):
@@ -539,6 +585,7 @@ TEST_F(RedisClientTest, CircuitBreakerFailsFastWithoutNetworkThenCloses) {
         issue(client, {"GET", "x"}, o);
         ASSERT_TRUE(ev.run_until([&] { return o.calls > 0; }, 500));
         EXPECT_EQ(o.result.failure, Failure::CircuitOpen);  // no network: connects stay (below)
+        EXPECT_TRUE(o.result.unsent);
         EXPECT_LE(o.at_ms - t, slack_ms);
         EXPECT_FALSE(o.synchronous);
         fast++;

@@ -232,13 +232,18 @@ TEST(RedisScriptsUnit, FlushArguments) {
     entries[1].delta_cur = 4294967295u;
     entries[1].delta_prev = 2;
     EvalArgs a;
-    ASSERT_TRUE(build_flush_args(60000, entries, a));
+    ASSERT_TRUE(build_flush_args(60000, "12-ab-7", 5000, entries, a));
     EXPECT_EQ(strings(a.keys()), (std::vector<std::string>{std::string("a\0b", 3), "c"}));
-    EXPECT_EQ(strings(a.args()), (std::vector<std::string>{"60000", "1700000000000", "3", "0",
-                                                           "1700000060000", "4294967295", "2"}));
-    ASSERT_TRUE(build_flush_args(0, entries.data(), 1, a));
+    EXPECT_EQ(strings(a.args()),
+              (std::vector<std::string>{"60000", "12-ab-7", "5000", "1700000000000", "3", "0",
+                                        "1700000060000", "4294967295", "2"}));
+    ASSERT_TRUE(build_flush_args(0, "x", 0, entries.data(), 1, a));
     EXPECT_EQ(a.args()[0], "1");
-    EXPECT_FALSE(build_flush_args(1000, entries.data(), 0, a));
+    EXPECT_EQ(a.args()[2], "1");
+    EXPECT_FALSE(build_flush_args(1000, "x", 1000, entries.data(), 0, a));
+    EXPECT_FALSE(build_flush_args(1000, "", 1000, entries, a));
+    EXPECT_FALSE(build_flush_args(1000, std::string(flush_id_max + 1, 'x'), 1000, entries, a));
+    EXPECT_TRUE(build_flush_args(1000, std::string(flush_id_max, 'x'), 1000, entries, a));
 }
 
 TEST(RedisScriptsUnit, ParseStrictReply) {
@@ -375,16 +380,21 @@ TEST(RedisScriptsUnit, ParseStrictBatchReply) {
 
 TEST(RedisScriptsUnit, ParseFlushReply) {
     std::vector<std::pair<uint64_t, uint64_t>> t;
-    ASSERT_TRUE(parse_flush_reply(array_of({3, 1, 0, 0, 4294967296, 7}), 3, t));
+    bool applied = false;
+    ASSERT_TRUE(parse_flush_reply(array_of({3, 1, 0, 0, 4294967296, 7, 1}), 3, t, &applied));
+    EXPECT_TRUE(applied);
+    ASSERT_TRUE(parse_flush_reply(array_of({3, 1, 0, 0, 4294967296, 7, 0}), 3, t, &applied));
+    EXPECT_FALSE(applied);
     ASSERT_EQ(t.size(), 3u);
     EXPECT_EQ(t[0], std::make_pair(uint64_t(3), uint64_t(1)));
     EXPECT_EQ(t[1], std::make_pair(uint64_t(0), uint64_t(0)));
     EXPECT_EQ(t[2], std::make_pair(uint64_t(4294967296), uint64_t(7)));
-    EXPECT_FALSE(parse_flush_reply(array_of({3, 1, 0}), 2, t));
-    EXPECT_FALSE(parse_flush_reply(array_of({3, 1, 0, 0, 0}), 2, t));
-    EXPECT_FALSE(parse_flush_reply(array_of({3, -1}), 1, t));
-    EXPECT_FALSE(parse_flush_reply(array_of({}), 0, t));
-    Reply r = array_of({3, 1});
+    EXPECT_FALSE(parse_flush_reply(array_of({3, 1, 0, 0}), 2, t));  // no flag
+    EXPECT_FALSE(parse_flush_reply(array_of({3, 1, 0, 0, 0, 1}), 2, t));
+    EXPECT_FALSE(parse_flush_reply(array_of({3, 1, 2}), 1, t));  // flag not 0 or 1
+    EXPECT_FALSE(parse_flush_reply(array_of({3, -1, 1}), 1, t));
+    EXPECT_FALSE(parse_flush_reply(array_of({1}), 0, t));
+    Reply r = array_of({3, 1, 1});
     r.elements[1] = Reply();
     EXPECT_FALSE(parse_flush_reply(r, 1, t));
     r.elements[1].type = Reply::Type::String;
@@ -456,6 +466,7 @@ class RedisScriptsTest : public ::testing::Test {
     }
 
     virtual std::vector<std::string> server_args() { return {}; }
+    uint64_t flush_ids = 0;                       // flush(): each call a new batch id
     virtual uint16_t server_port() { return 0; }  // 0: any free port
 
     std::unique_ptr<Client> make_client() {
@@ -533,7 +544,8 @@ class RedisScriptsTest : public ::testing::Test {
     std::vector<std::pair<uint64_t, uint64_t>> flush(Client& c, int64_t period_ms,
                                                      const std::vector<FlushEntry>& entries) {
         EvalArgs a;
-        EXPECT_TRUE(build_flush_args(period_ms, entries, a));
+        EXPECT_TRUE(
+            build_flush_args(period_ms, "test-" + std::to_string(++flush_ids), 60000, entries, a));
         Reply r = eval(c, flush_script(), a).reply;
         std::vector<std::pair<uint64_t, uint64_t>> totals;
         if (!parse_flush_reply(r, entries.size(), totals)) {
@@ -799,10 +811,15 @@ TEST_F(RedisScriptsTest, ScriptsRefuseBadArgumentsAndValues) {
         EXPECT_FALSE(parse_strict_reply(r.reply, std::max<size_t>(k.size(), 1), now, d));
     }
     std::vector<std::pair<std::vector<std::string_view>, std::vector<std::string_view>>> badf = {
-        {{"k"}, {"1000", "5000", "1"}},
-        {{"k"}, {"x", "5000", "1", "0"}},
-        {{"k"}, {"1000", "5000", "-1", "0"}},
-        {{}, {"1000"}}};
+        {{"k"}, {"1000", "id", "1000", "5000", "1"}},
+        {{"k"}, {"x", "id", "1000", "5000", "1", "0"}},
+        {{"k"}, {"1000", "id", "1000", "5000", "-1", "0"}},
+        {{"k"}, {"1000", "", "1000", "5000", "1", "0"}},
+        {{"k"}, {"1000", "id", "0", "5000", "1", "0"}},
+        {{"k"}, {"1000", "id", "x", "5000", "1", "0"}},
+        {{"k", "k2"}, {"1000", "id", "1000", "5000", "1", "0", "5000", "x", "0"}},
+        {{"k"}, {"1000", "5000", "1", "0"}},  // the layout before batch ids
+        {{}, {"1000", "id", "1000"}}};
     for (auto& [k, a] : badf) {
         Result r = evalsha(*client, flush_script(), k, a);
         EXPECT_TRUE(r.reply.is_error("ERR")) << r.reply.str;
@@ -834,7 +851,7 @@ TEST_F(RedisScriptsTest, ScriptsRefuseBadArgumentsAndValues) {
     e.window = window_of(t, 1000);
     e.delta_cur = 1;
     EvalArgs a;
-    build_flush_args(1000, {e}, a);
+    build_flush_args(1000, "bad", 1000, {e}, a);
     EXPECT_TRUE(eval(*client, flush_script(), a).reply.is_error());
     EXPECT_EQ(get(window_key("x", window_of(t, 1000))), "abc");
 }
@@ -859,7 +876,7 @@ TEST_F(RedisScriptsTest, FlushDeltasAddUpAcrossHosts) {
     EXPECT_EQ(t2[0], std::make_pair(uint64_t(8), uint64_t(3)));
     EXPECT_EQ(get(window_key(e.base, w)), "8");
     EXPECT_EQ(get(window_key(e.base, w - P)), "3");
-    EXPECT_EQ(ctl->run({"DBSIZE"}), "2");
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "4");  // and the two batch ids
 }
 
 // PEXPIREAT window + 2P + 1000 when the key is created; later flushes leave the expiry alone.
@@ -912,7 +929,7 @@ TEST_F(RedisScriptsTest, FlushPrevDeltaAndZeroDeltas) {
     ASSERT_EQ(t.size(), 2u);
     EXPECT_EQ(t[0], std::make_pair(uint64_t(7), uint64_t(4)));
     EXPECT_EQ(t[1], std::make_pair(uint64_t(0), uint64_t(0)));
-    EXPECT_EQ(ctl->run({"DBSIZE"}), "2");  // nothing created for zero deltas
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "4");  // nothing created for zero deltas (but 2 batch ids)
     EXPECT_EQ(get(window_key(e.base, w)), "7");
 }
 
@@ -942,7 +959,7 @@ TEST_F(RedisScriptsTest, FlushBatchOf256Keys) {
         prev_keys += i % 3 != 0;
     }
     EXPECT_EQ(get(window_key(batch[200].base, w)), "402");
-    EXPECT_EQ(ctl->run({"DBSIZE"}), std::to_string(batch.size() + prev_keys));
+    EXPECT_EQ(ctl->run({"DBSIZE"}), std::to_string(batch.size() + prev_keys + 2));  // + ids
 }
 
 // sync and strict use the same keys: what one host flushed, the strict script counts, and
@@ -972,7 +989,72 @@ TEST_F(RedisScriptsTest, FlushAndStrictShareTheLayout) {
     totals = flush(*client, P, {e});
     ASSERT_EQ(totals.size(), 1u);
     EXPECT_EQ(totals[0], std::make_pair(uint64_t(0), uint64_t(5)));
-    EXPECT_EQ(ctl->run({"DBSIZE"}), "1");
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "4");  // and three batch ids
+}
+
+// A batch sent again with its id (its reply was late) applies nothing: it reads the totals,
+// which include what other batches added meanwhile, and says so. The id is remembered for its
+// ttl, in the slot of the batch's first key; once it is gone, the id is new again.
+TEST_F(RedisScriptsTest, FlushBatchSentTwiceCountsOnce) {
+    const int64_t P = hour_ms;
+    const int64_t w = window_of(redis_now_ms(), P);
+    FlushEntry a, b;
+    a.base = base_key("t:", "z", "a");
+    a.window = w;
+    a.delta_cur = 3;
+    a.delta_prev = 1;
+    b.base = base_key("t:", "z", "b");
+    b.window = w;
+    b.delta_cur = 2;
+    auto send = [&](const std::string& id, uint32_t ttl, const std::vector<FlushEntry>& batch,
+                    bool& applied) {
+        EvalArgs args;
+        EXPECT_TRUE(build_flush_args(P, id, ttl, batch, args));
+        Reply r = eval(*client, flush_script(), args).reply;
+        std::vector<std::pair<uint64_t, uint64_t>> totals;
+        EXPECT_TRUE(parse_flush_reply(r, batch.size(), totals, &applied))
+            << to_string(r.type) << " " << r.str;
+        return totals;
+    };
+    bool applied = false;
+    auto t = send("1-2-3", 60000, {a, b}, applied);
+    EXPECT_TRUE(applied);
+    ASSERT_EQ(t.size(), 2u);
+    EXPECT_EQ(t[0], std::make_pair(uint64_t(3), uint64_t(1)));
+    EXPECT_EQ(t[1], std::make_pair(uint64_t(2), uint64_t(0)));
+    const std::string marker = a.base + ":flush:1-2-3";
+    EXPECT_EQ(get(marker), "1");
+    long long pttl = number(ctl->run({"PTTL", marker}));
+    EXPECT_GT(pttl, 0);
+    EXPECT_LE(pttl, 60000);
+
+    FlushEntry other = a;  // another host's batch, another id
+    other.delta_cur = 10;
+    other.delta_prev = 0;
+    send("9-9-9", 60000, {other}, applied);
+    EXPECT_TRUE(applied);
+    for (int i = 0; i < 3; i++) {
+        t = send("1-2-3", 60000, {a, b}, applied);
+        EXPECT_FALSE(applied);
+        ASSERT_EQ(t.size(), 2u);
+        EXPECT_EQ(t[0], std::make_pair(uint64_t(13), uint64_t(1)));
+        EXPECT_EQ(t[1], std::make_pair(uint64_t(2), uint64_t(0)));
+    }
+    EXPECT_EQ(get(window_key(a.base, w)), "13");
+    EXPECT_EQ(get(window_key(a.base, w - P)), "1");
+    EXPECT_EQ(get(window_key(b.base, w)), "2");
+
+    // A short ttl: gone, the id applies again (which is why a sender stops resending in time).
+    send("short", 1, {b}, applied);
+    EXPECT_TRUE(applied);
+    ASSERT_TRUE(ev.run_until(
+        [&] {
+            return ctl->run({"EXISTS", b.base + ":flush:short"}) == "0";
+        },
+        5000));
+    send("short", 1, {b}, applied);
+    EXPECT_TRUE(applied);
+    EXPECT_EQ(get(window_key(b.base, w)), "6");
 }
 
 // ---- batches: one call decides many requests, in order ----

@@ -1,9 +1,37 @@
 // mode=sync flushes (see sync_flush.hpp).
+//
+// A flush takes the unsent counts of every key of a zone (core::sync::take_unsent) into
+// batches of at most flush_batch keys, each with an id of its own (pid, a random number drawn
+// at worker start, a sequence). The flush script applies a batch once per id (scripts.hpp), so
+// a batch whose reply did not come -- a timeout, a lost connection: Redis may have applied it
+// -- is sent again with the same id and is never counted twice. Only a batch that cannot have
+// reached Redis (circuit open) gives its counts back to the zone, where they join the next
+// batch under a new id.
+//
+// Pacing: at most in_flight_max batches of a zone are in flight per worker; each reply sends
+// the next, so a large flush (100,000 keys: 391 batches) goes at Redis' pace, leaving room on
+// the connection for strict decisions and cache lookups, and no batch waits in a long pipeline
+// for its turn past its deadline. Nothing is sent while the connection still owes replies to
+// timed-out commands (Client::abandoned()): Redis is behind; the zone looks again after a
+// command timeout. A slow Redis so gets at most in_flight_max batches at a time once it caught
+// up, instead of a growing pipeline. A worker collects a zone's
+// counts again only once every batch of its previous flush has been handed to Redis: a flush
+// longer than the interval delays the next one (the counts wait in the zone, merged per key).
+//
+// Retries: a batch sent without a reply is sent again at this worker's next ticks (one per
+// interval), at most sends_max times in all and within retry_window_ms() of its first send;
+// then it is given up (logged): Redis counted it once or not at all. Attempts that never left
+// (Result::unsent: circuit open, no connection) count for nothing; a batch none of whose
+// attempts left gives its counts back to the zone. The id outlives the retries by
+// id_margin_ms.
 #include "ngx/limit/sync_flush.hpp"
 
 #include <algorithm>
+#include <cstdio>
+#include <deque>
 #include <memory>
 #include <new>
+#include <random>
 #include <vector>
 
 #include "core/sync.hpp"
@@ -16,13 +44,11 @@ namespace throttle::ngx {
 namespace {
 
 constexpr size_t flush_batch = redis::flush_batch_max;
-
-struct SyncTimer {
-    ZoneConf* zone;
-    std::unique_ptr<redis::Timer> timer;
-};
-
-std::vector<SyncTimer>* timers = nullptr;  // owned; one per sync zone
+constexpr size_t in_flight_max = 2;      // batches of one zone in flight, per worker
+constexpr uint32_t sends_max = 4;        // sends of one batch, the first included
+constexpr int64_t id_margin_ms = 30000;  // how much longer Redis remembers a batch id
+constexpr int64_t retry_window_min_ms = 5000;
+constexpr int64_t retry_window_max_ms = 60000;
 
 // One key's unsent counts on their way to Redis.
 struct FlushItem {
@@ -30,6 +56,52 @@ struct FlushItem {
     core::sync::Delta delta;
     std::string base;
 };
+
+struct Batch {
+    std::string id;
+    std::vector<FlushItem> items;
+    uint32_t sends = 0;    // attempts that left for Redis
+    bool reached = false;  // a send may have reached Redis: only the same id may go again
+    int64_t first_sent_ms = 0;
+    int64_t tried_ms = 0;  // the last attempt
+};
+using BatchPtr = std::shared_ptr<Batch>;
+
+struct ZoneFlush {
+    ZoneConf* zone;
+    std::unique_ptr<redis::Timer> timer;
+    std::unique_ptr<redis::Timer> again;  // pump() once more, after a command timeout
+    std::deque<BatchPtr> queue;           // to send, in order
+    std::vector<BatchPtr> retry;          // failed after they may have reached Redis
+    size_t in_flight = 0;
+};
+
+struct SyncState {
+    std::vector<ZoneFlush> zones;  // one per sync zone; does not grow after init
+    uint64_t random = 0;
+    uint64_t seq = 0;
+    bool stopped = false;  // the worker is exiting: nothing more is sent on the event loop
+};
+
+SyncState* state = nullptr;  // owned
+
+int64_t retry_window_ms(const ZoneConf* zone) noexcept {
+    return std::clamp<int64_t>(10 * static_cast<int64_t>(zone->sync_interval), retry_window_min_ms,
+                               retry_window_max_ms);
+}
+
+uint32_t id_ttl_ms(const ZoneConf* zone) noexcept {
+    return static_cast<uint32_t>(retry_window_ms(zone) + id_margin_ms);
+}
+
+// "pid-random-seq" in hex: at most 8 + 16 + 16 + 2 bytes.
+std::string next_id() {
+    char buf[64];
+    int n = snprintf(buf, sizeof(buf), "%lx-%llx-%llx", static_cast<unsigned long>(ngx_pid),
+                     static_cast<unsigned long long>(state->random),
+                     static_cast<unsigned long long>(++state->seq));
+    return std::string(buf, static_cast<size_t>(std::max(n, 0)));
+}
 
 // Takes the unsent counts of every key of a zone (under its lock).
 std::vector<FlushItem> collect(ZoneConf* zone, const RedisSettings& rs, int64_t now) {
@@ -59,32 +131,18 @@ std::vector<FlushItem> collect(ZoneConf* zone, const RedisSettings& rs, int64_t 
     return items;
 }
 
-// Builds the flush script's KEYS and ARGV for items[from, to).
-void flush_args(const ZoneConf* zone, const std::vector<FlushItem>& items, size_t from, size_t to,
-                redis::EvalArgs& out) {
-    std::vector<redis::FlushEntry> entries;
-    entries.reserve(to - from);
-    for (size_t i = from; i < to; i++) {
-        entries.push_back(redis::FlushEntry{items[i].base, items[i].delta.window,
-                                            items[i].delta.cur, items[i].delta.prev});
-    }
-    if (!redis::build_flush_args(zone->policy.rate.period_ms, entries, out)) {
-        throw std::bad_alloc();
-    }
-}
-
 // Folds a batch's outcome back into the zone: the global totals, or the counts to resend.
-void settle(ZoneConf* zone, const std::vector<FlushItem>& items, size_t from, size_t to,
+void settle(ZoneConf* zone, const std::vector<FlushItem>& items,
             const std::vector<std::pair<uint64_t, uint64_t>>* totals) noexcept {
     int64_t now = now_ms();
     ngx_shmtx_lock(&zone->shpool->mutex);
-    for (size_t i = from; i < to; i++) {
+    for (size_t i = 0; i < items.size(); i++) {
         core::State* s = zone->table->find(items[i].key);
         if (s == nullptr) {
             continue;  // evicted meanwhile (the zone is too small; logged at eviction)
         }
         if (totals != nullptr) {
-            const auto& t = (*totals)[i - from];
+            const auto& t = (*totals)[i];
             core::sync::apply_global(zone->policy.rate, *s, items[i].delta, t.first, t.second, now);
         } else {
             core::sync::restore_unsent(zone->policy.rate, *s, items[i].delta, now);
@@ -93,124 +151,326 @@ void settle(ZoneConf* zone, const std::vector<FlushItem>& items, size_t from, si
     ngx_shmtx_unlock(&zone->shpool->mutex);
 }
 
-void flush(ZoneConf* zone) noexcept {
-    int64_t now = now_ms();
-    // One flush per host per interval: the worker that moves next_flush_ms on does it.
-    ngx_atomic_uint_t next = zone->shared->next_flush_ms;
-    if (now < static_cast<int64_t>(next) ||
-        !ngx_atomic_cmp_set(&zone->shared->next_flush_ms, next,
-                            static_cast<ngx_atomic_uint_t>(now) + zone->sync_interval)) {
-        return;
+// Splits collected items into batches with ids of their own, appended to `out`. If memory runs
+// out, the counts go back to the zone.
+void make_batches(ZoneConf* zone, std::vector<FlushItem>&& items, std::deque<BatchPtr>& out) {
+    std::deque<BatchPtr> made;
+    try {
+        for (size_t from = 0; from < items.size(); from += flush_batch) {
+            auto b = std::make_shared<Batch>();
+            b->id = next_id();
+            b->items.reserve(std::min(flush_batch, items.size() - from));
+            made.push_back(std::move(b));
+        }
+    } catch (...) {
+        settle(zone, items, nullptr);
+        throw;
     }
-    redis::Client* client = redis_client();
-    const RedisSettings* rs = redis_settings();
-    if (client == nullptr || rs == nullptr || !client->available()) {
-        return;  // counts stay unsent in the zone and go with the first flush that works
+    for (size_t i = 0; i < items.size(); i++) {
+        made[i / flush_batch]->items.push_back(std::move(items[i]));  // reserved: no throw
     }
     try {
-        auto items = std::make_shared<std::vector<FlushItem>>(collect(zone, *rs, now));
-        redis::EvalArgs call;
-        for (size_t from = 0; from < items->size(); from += flush_batch) {
-            size_t to = std::min(items->size(), from + flush_batch);
-            try {
-                flush_args(zone, *items, from, to, call);
-                client->evalsha(redis::flush_script(), call.keys(), call.args(),
-                                [zone, items, from, to](redis::Result&& r) noexcept {
-                                    std::vector<std::pair<uint64_t, uint64_t>> totals;
-                                    bool good = false;
-                                    try {
-                                        good = r.ok() &&
-                                               redis::parse_flush_reply(r.reply, to - from, totals);
-                                    } catch (...) {
-                                    }
-                                    if (!good) {
-                                        redis_reply_unusable(r, "sync flush");
-                                    }
-                                    settle(zone, *items, from, to, good ? &totals : nullptr);
-                                });
-            } catch (...) {
-                settle(zone, *items, from, to, nullptr);
-                throw;
-            }
+        out.insert(out.end(), made.begin(), made.end());  // all or nothing
+    } catch (...) {
+        for (const BatchPtr& b : made) {
+            settle(zone, b->items, nullptr);
         }
-    } catch (const std::exception& e) {
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "throttle_zone \"%V\": flush failed: %s",
-                      &zone->name, e.what());
+        throw;
     }
 }
 
-// At exit: whatever is still unsent goes to Redis on a blocking connection, bounded by the
-// configured timeouts (the event loop is gone).
-void final_flush(ZoneConf* zone, const RedisSettings& rs) noexcept {
+// Builds the flush script's KEYS and ARGV for a batch.
+void flush_args(const ZoneConf* zone, const Batch& b, redis::EvalArgs& out) {
+    std::vector<redis::FlushEntry> entries;
+    entries.reserve(b.items.size());
+    for (const FlushItem& it : b.items) {
+        entries.push_back(redis::FlushEntry{it.base, it.delta.window, it.delta.cur, it.delta.prev});
+    }
+    if (!redis::build_flush_args(zone->policy.rate.period_ms, b.id, id_ttl_ms(zone), entries,
+                                 out)) {
+        throw std::bad_alloc();
+    }
+}
+
+bool parse(const redis::Result& r, const Batch& b,
+           std::vector<std::pair<uint64_t, uint64_t>>& totals, bool& applied) noexcept {
     try {
+        return r.ok() && redis::parse_flush_reply(r.reply, b.items.size(), totals, &applied);
+    } catch (...) {
+        return false;
+    }
+}
+
+// A batch that failed: kept to be sent again under its id when it may have reached Redis,
+// otherwise its counts go back to the zone.
+void failed(ZoneFlush& zf, const BatchPtr& b) noexcept {
+    if (b->reached) {
+        try {
+            zf.retry.push_back(b);
+            return;
+        } catch (...) {
+            return;  // no memory: given up (Redis counted it once or not at all)
+        }
+    }
+    settle(zf.zone, b->items, nullptr);
+}
+
+void pump(ZoneFlush& zf) noexcept;
+
+void pump_later(ZoneFlush& zf) noexcept {
+    redis::Client* client = redis_client();
+    if (client != nullptr && zf.again && !zf.again->active()) {
+        zf.again->start(client->config().command_timeout_ms);
+    }
+}
+
+void done(ZoneFlush& zf, const BatchPtr& b, redis::Result&& r) noexcept {
+    zf.in_flight--;
+    if (!r.unsent && b->sends++ == 0) {
+        b->first_sent_ms = b->tried_ms;
+    }
+    std::vector<std::pair<uint64_t, uint64_t>> totals;
+    bool applied = false;
+    if (parse(r, *b, totals, applied)) {
+        settle(zf.zone, b->items, &totals);
+        if (!applied) {
+            ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                           "throttle_zone \"%V\": flush batch %s (%uz keys) was applied already",
+                           &zf.zone->name, b->id.c_str(), b->items.size());
+        }
+    } else {
+        redis_reply_unusable(r, "sync flush");
+        if (!r.unsent) {
+            // Without a reply the command may have run, or still wait in Redis' queue: the
+            // batch goes again at the next tick; the next batch after a command timeout.
+            b->reached = true;
+            failed(zf, b);
+            pump_later(zf);
+            return;
+        }
+        failed(zf, b);  // this attempt never left: back to the zone unless an earlier one did
+    }
+    pump(zf);
+}
+
+// Sends queued batches while fewer than in_flight_max are in flight.
+void pump(ZoneFlush& zf) noexcept {
+    redis::Client* client = redis_client();
+    while (state != nullptr && !state->stopped && client != nullptr &&
+           zf.in_flight < in_flight_max && client->abandoned() == 0 && !zf.queue.empty()) {
+        BatchPtr b = std::move(zf.queue.front());
+        zf.queue.pop_front();
+        try {
+            redis::EvalArgs call;
+            flush_args(zf.zone, *b, call);
+            ZoneFlush* self = &zf;
+            client->evalsha(
+                redis::flush_script(), call.keys(), call.args(),
+                [self, b](redis::Result&& r) noexcept { done(*self, b, std::move(r)); });
+        } catch (const std::exception& e) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "throttle_zone \"%V\": flush failed: %s",
+                          &zf.zone->name, e.what());
+            failed(zf, b);  // not sent this time
+            continue;
+        }
+        b->tried_ms = now_ms();
+        zf.in_flight++;
+    }
+    if (client != nullptr && client->abandoned() > 0 && !zf.queue.empty()) {
+        pump_later(zf);
+    }
+}
+
+// Failed batches go to the front of the queue while they may still be sent again under their
+// id; the others are given up (one log line per tick).
+void requeue(ZoneFlush& zf, int64_t now) noexcept {
+    if (zf.retry.empty()) {
+        return;
+    }
+    size_t dropped = 0, dropped_keys = 0;
+    std::vector<BatchPtr> retry;
+    retry.swap(zf.retry);
+    int64_t window = retry_window_ms(zf.zone);
+    for (auto it = retry.rbegin(); it != retry.rend(); ++it) {
+        const BatchPtr& b = *it;
+        bool fresh = b->sends < sends_max && now - b->first_sent_ms < window;
+        if (fresh) {
+            try {
+                zf.queue.push_front(b);
+                continue;
+            } catch (...) {
+            }
+        }
+        dropped++;
+        dropped_keys += b->items.size();
+    }
+    if (dropped > 0) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "throttle_zone \"%V\": %uz flush batch(es) of %uz keys given up after up "
+                      "to %ui sends without a reply: Redis counted each once or not at all",
+                      &zf.zone->name, dropped, dropped_keys, static_cast<ngx_uint_t>(sends_max));
+    }
+}
+
+// Every interval, in every worker: failed batches are sent again; and one worker per host (the
+// one that moves next_flush_ms on) collects the zone's unsent counts, unless it is still
+// sending its previous flush.
+void tick(ZoneFlush& zf) noexcept {
+    ZoneConf* zone = zf.zone;
+    int64_t now = now_ms();
+    bool idle = std::none_of(zf.queue.begin(), zf.queue.end(),
+                             [](const BatchPtr& b) { return b->sends == 0; });
+    redis::Client* client = redis_client();
+    const RedisSettings* rs = redis_settings();
+    ngx_atomic_uint_t next = zone->shared->next_flush_ms;
+    if (idle && client != nullptr && rs != nullptr && now >= static_cast<int64_t>(next) &&
+        client->available() &&
+        ngx_atomic_cmp_set(&zone->shared->next_flush_ms, next,
+                           static_cast<ngx_atomic_uint_t>(now) + zone->sync_interval)) {
+        try {
+            make_batches(zone, collect(zone, *rs, now), zf.queue);
+        } catch (const std::exception& e) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "throttle_zone \"%V\": flush failed: %s",
+                          &zone->name, e.what());
+        }
+    }
+    requeue(zf, now);
+    pump(zf);
+}
+
+// At exit, on a blocking connection (the event loop is gone): the batches still held (those
+// that may have reached Redis under their id, while that id is remembered), then whatever is
+// unsent, bounded by the configured timeouts. After the first failure nothing more is tried:
+// counts that cannot have reached Redis go back to the zone, the rest is given up.
+void final_flush(ZoneFlush& zf, const RedisSettings& rs) noexcept {
+    ZoneConf* zone = zf.zone;
+    size_t given_up = 0;
+    bool down = false;
+    auto send = [&](const BatchPtr& b) noexcept {
         int64_t now = now_ms();
-        std::vector<FlushItem> items = collect(zone, rs, now);
-        redis::EvalArgs call;
-        for (size_t from = 0; from < items.size(); from += flush_batch) {
-            size_t to = std::min(items.size(), from + flush_batch);
-            flush_args(zone, items, from, to, call);
-            redis::Result r =
-                redis::eval_blocking(*rs.client, redis::flush_script(), call.keys(), call.args());
+        if (b->reached &&
+            (down || b->sends >= sends_max || now - b->first_sent_ms >= retry_window_ms(zone))) {
+            given_up += b->items.size();
+            return;
+        }
+        if (down) {
+            settle(zone, b->items, nullptr);
+            return;
+        }
+        try {
+            redis::EvalArgs call;
+            flush_args(zone, *b, call);
+            bool sent = false;
+            redis::Result r = redis::eval_blocking(*rs.client, redis::flush_script(), call.keys(),
+                                                   call.args(), &sent);
             std::vector<std::pair<uint64_t, uint64_t>> totals;
-            bool good = r.ok() && redis::parse_flush_reply(r.reply, to - from, totals);
-            settle(zone, items, from, to, good ? &totals : nullptr);
-            if (!good) {
-                ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                              "throttle_zone \"%V\": unsent counts of %uz keys kept in shared "
-                              "memory, Redis did not take them at exit",
-                              &zone->name, items.size() - from);
+            bool applied = false;
+            if (parse(r, *b, totals, applied)) {
+                settle(zone, b->items, &totals);
                 return;
             }
+            down = true;
+            b->reached = b->reached || sent;
+        } catch (...) {
+            down = true;
+        }
+        if (b->reached) {
+            given_up += b->items.size();
+        } else {
+            settle(zone, b->items, nullptr);
+        }
+    };
+    for (const BatchPtr& b : zf.retry) {
+        send(b);
+    }
+    zf.retry.clear();
+    for (const BatchPtr& b : zf.queue) {
+        send(b);
+    }
+    zf.queue.clear();
+    try {
+        std::deque<BatchPtr> rest;
+        if (!down) {
+            make_batches(zone, collect(zone, rs, now_ms()), rest);
+        }
+        for (const BatchPtr& b : rest) {
+            send(b);
         }
     } catch (const std::exception& e) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "throttle_zone \"%V\": final flush failed: %s", &zone->name, e.what());
     }
+    if (down) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "throttle_zone \"%V\": Redis did not take the last flush at exit: unsent "
+                      "counts kept in shared memory, %uz key count(s) given up (Redis counted "
+                      "them once or not at all)",
+                      &zone->name, given_up);
+    } else if (given_up > 0) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "throttle_zone \"%V\": %uz key count(s) given up at exit after sends "
+                      "without a reply: Redis counted them once or not at all",
+                      &zone->name, given_up);
+    }
+}
+
+uint64_t worker_random() noexcept {
+    uint64_t r = 0;
+    try {
+        std::random_device rd;
+        r = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+    } catch (...) {
+    }
+    return r ^ (static_cast<uint64_t>(ngx_time()) << 20) ^ static_cast<uint64_t>(ngx_pid);
 }
 
 }  // namespace
 
 void sync_worker_init(const MainConf& mcf, redis::Loop& loop) {
-    auto list = std::make_unique<std::vector<SyncTimer>>();
+    auto s = std::make_unique<SyncState>();
     auto** zones = static_cast<ZoneConf**>(mcf.limit.zones.elts);
     for (ngx_uint_t i = 0; i < mcf.limit.zones.nelts; i++) {
         if (zones[i]->mode == Mode::sync) {
-            list->push_back(SyncTimer{zones[i], nullptr});
+            s->zones.push_back(ZoneFlush{zones[i], nullptr, nullptr, {}, {}, 0});
         }
     }
-    if (!list->empty()) {
+    if (!s->zones.empty()) {
         redis_client()->add_script(redis::flush_script(), permission_probe_key(mcf));
     }
-    for (SyncTimer& t : *list) {
-        SyncTimer* self = &t;  // the vector does not grow any more
-        t.timer = loop.create_timer([self]() noexcept {
-            flush(self->zone);
+    s->random = worker_random();
+    for (ZoneFlush& z : s->zones) {
+        ZoneFlush* self = &z;  // the vector does not grow any more
+        z.timer = loop.create_timer([self]() noexcept {
+            tick(*self);
             self->timer->start(self->zone->sync_interval);
         });
+        z.again = loop.create_timer([self]() noexcept { pump(*self); });
     }
-    for (SyncTimer& t : *list) {
-        t.timer->start(t.zone->sync_interval);
+    for (ZoneFlush& z : s->zones) {
+        z.timer->start(z.zone->sync_interval);
     }
-    timers = list.release();
+    state = s.release();
 }
 
 void sync_worker_stop() noexcept {
-    if (timers != nullptr) {
-        for (SyncTimer& t : *timers) {
-            t.timer->stop();
+    if (state != nullptr) {
+        state->stopped = true;
+        for (ZoneFlush& z : state->zones) {
+            z.timer->stop();
+            z.again->stop();
         }
     }
 }
 
 void sync_final_flush(const MainConf& mcf) noexcept {
-    if (timers == nullptr) {
+    if (state == nullptr) {
         return;
     }
-    for (SyncTimer& t : *timers) {
-        final_flush(t.zone, *mcf.redis);
+    for (ZoneFlush& z : state->zones) {
+        final_flush(z, *mcf.redis);
     }
-    delete timers;
-    timers = nullptr;
+    delete state;
+    state = nullptr;
 }
 
 }  // namespace throttle::ngx

@@ -11,6 +11,10 @@ package Throttle::FakeRedis;
 #   nested       *1 10000 times                   garbage      !garbage
 #   close_mid    half a reply, then close         noscript     NOSCRIPT, always
 #   wrong_error  -ERR nobody expects this         wrong_shape  :1 (not what any script returns)
+#   slow         the real reply, held back: mode('slow', 150) passes EVALSHA to the real
+#                server at once (it runs now) and sends its reply 150 ms later; replies on a
+#                connection keep their order, the proxy serves the others meanwhile;
+#                mode('slow', 150, 3): only every third EVALSHA (counted over all connections)
 #
 # SUBSCRIBE is confirmed here and nothing is ever published to it.
 #
@@ -48,7 +52,7 @@ my %ANSWER = (
     wrong_shape => ":1\r\n",
 );
 
-sub modes { ('ok', 'surplus', sort keys %ANSWER) }
+sub modes { ('ok', 'surplus', 'slow', sort keys %ANSWER) }
 
 # Options: t => Throttle::Test (directory and port), redis => Throttle::Redis (the real one).
 sub new {
@@ -75,10 +79,10 @@ sub fill {
 }
 
 sub mode {
-    my ($self, $mode) = @_;
+    my ($self, $mode, $delay_ms, $every) = @_;
     die "unknown mode $mode\n" unless grep { $_ eq $mode } modes();
     open my $fh, '>', "$self->{dir}/mode.tmp" or die "mode: $!\n";
-    print $fh $mode;
+    print $fh $mode eq 'slow' ? "slow:" . ($delay_ms // 100) . ':' . ($every // 1) : $mode;
     close $fh;
     rename "$self->{dir}/mode.tmp", "$self->{dir}/mode" or die "mode: $!\n";
     return $self;
@@ -204,7 +208,27 @@ sub _serve {
     open my $ev, '>>', "$dir/events.log" or die "events.log: $!\n";
     $ev->autoflush(1);
     my $sel = IO::Select->new($listen);
-    my %conn;    # fileno => { sock, buf, up }
+    my %conn;    # fileno => { sock, buf, up, out => [[due, bytes], ...] }
+    my $slow_seq = 0;
+    local $SIG{PIPE} = 'IGNORE';
+    my $write = sub {
+        my ($s, $out) = @_;
+        my $off = 0;
+        while ($off < length $out) {
+            my $w = syswrite $s, $out, length($out) - $off, $off;
+            last unless $w;
+            $off += $w;
+        }
+    };
+    # Replies held back (mode slow) whose time has come, in order, per connection.
+    my $send_due = sub {
+        my $now = time;
+        for my $c (values %conn) {
+            while (@{ $c->{out} } && $c->{out}[0][0] <= $now) {
+                $write->($c->{sock}, (shift @{ $c->{out} })->[1]);
+            }
+        }
+    };
     my $close = sub {
         my ($c) = @_;
         $sel->remove($c->{sock});
@@ -213,12 +237,19 @@ sub _serve {
         close $c->{up}{sock} if $c->{up};
     };
     while (1) {
-        my @ready = $sel->can_read(1);
+        my $wait = 1;
+        for my $c (values %conn) {
+            next unless @{ $c->{out} };
+            my $left = $c->{out}[0][0] - time;
+            $wait = $left < $wait ? ($left > 0 ? $left : 0) : $wait;
+        }
+        my @ready = $sel->can_read($wait);
+        $send_due->();
         for my $s (@ready) {
             if ($s == $listen) {
                 my $c = $listen->accept or next;
                 $sel->add($c);
-                $conn{ fileno $c } = { sock => $c, buf => '' };
+                $conn{ fileno $c } = { sock => $c, buf => '', out => [] };
                 print $ev "accept\n";
                 next;
             }
@@ -231,7 +262,7 @@ sub _serve {
             while (my $argv = _command(\$c->{buf})) {
                 my $name = uc $argv->[0];
                 print $ev "cmd $name\n";
-                my ($out, $end) = ('', 0);
+                my ($out, $end, $delay) = ('', 0, 0);
                 if ($name eq 'SUBSCRIBE') {
                     $out = join '', map {
                         "*3\r\n\$9\r\nsubscribe\r\n\$" . length($argv->[$_]) . "\r\n$argv->[$_]\r\n:$_\r\n"
@@ -240,6 +271,9 @@ sub _serve {
                     my $mode = 'ok';
                     if ($name eq 'EVALSHA' && open my $fh, '<', "$dir/mode") {
                         $mode = <$fh> // 'ok';
+                        if ($mode =~ s/^slow:(\d+):(\d+)$/slow/) {
+                            $delay = $1 / 1000 if ++$slow_seq % $2 == 0;
+                        }
                     }
                     if ($ANSWER{$mode}) {
                         $out = $ANSWER{$mode};
@@ -255,13 +289,13 @@ sub _serve {
                         $out .= $out if $mode eq 'surplus';
                     }
                 }
-                local $SIG{PIPE} = 'IGNORE';
-                my $off = 0;
-                while ($off < length $out) {
-                    my $w = syswrite $s, $out, length($out) - $off, $off;
-                    last unless $w;
-                    $off += $w;
+                if ($delay || @{ $c->{out} }) {
+                    my $due = time + $delay;
+                    $due = $c->{out}[-1][0] if @{ $c->{out} } && $c->{out}[-1][0] > $due;
+                    push @{ $c->{out} }, [$due, $out];
+                    next;
                 }
+                $write->($s, $out);
                 if ($end) {
                     $close->($c);
                     last;

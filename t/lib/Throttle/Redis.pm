@@ -307,10 +307,13 @@ sub values_of {
     return wantarray ? (\%v, $sum) : \%v;
 }
 
-# Sum of the integer values of the keys matching a pattern (0 when there are none).
+# Sum of the integer values of the keys matching a pattern (0 when there are none), the sync
+# flush's batch ids (BASE:flush:ID, value 1) left out: the requests counted.
 sub sum {
     my ($self, $pattern, %opt) = @_;
-    my (undef, $sum) = $self->values_of($pattern, %opt);
+    my $v = $self->values_of($pattern, %opt);
+    my $sum = 0;
+    $sum += $v->{$_} =~ /^\d+$/ ? $v->{$_} : 0 for grep { !/:flush:[^:]*\z/ } CORE::keys %$v;
     return $sum;
 }
 

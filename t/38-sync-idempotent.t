@@ -1,0 +1,167 @@
+#!/usr/bin/perl
+# mode=sync with a Redis slow to answer: every flush batch times out although Redis ran it.
+# Before, the timed-out batches went back into the zone and were sent again with the next
+# flush, and Redis counted them again every interval (issue 9: 1.08x to 5.3x the requests
+# sent). Now a batch is sent again under its id, which the flush script applies once, so the
+# counts in Redis never exceed what nginx admitted; the re-sends stop after a few attempts;
+# and one timed-out command no longer drops the connection.
+#
+# 100,000 distinct keys (wrk, one request each) through a proxy that passes every EVALSHA to
+# the real Redis at once and holds one reply in five back 150 ms (timeout=50ms); then every
+# reply.
+#
+# Scale: TEST_SYNC_KEYS (default 100000).
+
+use strict;
+use warnings;
+use Test::More;
+use POSIX qw(WNOHANG);
+use Throttle::Test;
+use Throttle::Redis;
+use Throttle::FakeRedis;
+use Time::HiRes qw(time sleep);
+
+my ($wrk) = grep { -x } map { "$_/wrk" } split /:/, $ENV{PATH};
+plan skip_all => 'wrk not found' unless $wrk;
+
+my $keys = $ENV{TEST_SYNC_KEYS} // 100000;
+my $t = Throttle::Test->new(workers => 2)->need_fds(400);
+my $redis = Throttle::Redis->new(t => $t);
+my $fake = Throttle::FakeRedis->new(t => $t, redis => $redis);
+$t->allow(qr/given up after up to \d+ sends without a reply/);
+
+$t->write_conf($fake->fill(<<'EOF'))->run;
+http {
+    throttle_redis %%FAKE_REDIS%% timeout=50ms;
+    throttle_zone $arg_k zone=many:16m rate=1000r/h mode=sync sync=200ms;
+    log_format st '$throttle_status';
+
+    server {
+        listen 127.0.0.1:%%PORT%% backlog=4096 reuseport;
+        location /k { throttle zone=many; access_log %%TESTDIR%%/st.log st; empty_gif; }
+    }
+}
+EOF
+
+# The sum of every window counter of the zone (batch ids left out), in one call.
+my $sum_script = <<'LUA';
+local s = 0
+for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
+  if not string.find(k, ':flush:', 1, true) then s = s + tonumber(redis.call('GET', k)) end
+end
+return s
+LUA
+sub redis_sum { my $v = $redis->cli('EVAL', $sum_script, 0, 'throttle:{many:*'); $v =~ /^\d+$/ ? $v : -1 }
+
+sub admitted {
+    open my $fh, '<', $t->testdir . '/st.log' or return 0;
+    my $n = 0;
+    while (<$fh>) { $n++ if /^PASSED$/ }
+    return $n;
+}
+
+# wrk: thread i sends keys i-1, i-2, ... (one request each) and stops after its share.
+my $threads = 2;
+my $share = int($keys / $threads);
+$t->write_file('keys.lua', <<"LUA");
+local threads = 0
+function setup(thread) thread:set("id", threads) threads = threads + 1 end
+local n, got = 0, 0
+function request()
+  n = n + 1
+  return wrk.format("GET", "/k?k=" .. id .. "-" .. n)
+end
+function response()
+  got = got + 1
+  if got >= $share then wrk.thread:stop() end
+end
+LUA
+
+Throttle::Redis::clear_of_window_edge(3600, 300);
+
+is($t->get('/k?k=warm')->{status}, 200, 'a first request passes');
+ok(Throttle::Redis::wait_for(sub { redis_sum() == 1 }, timeout => 10),
+    'and reaches Redis through the proxy');
+# Both workers connected (a handshake may time out on a loaded machine: that drops a
+# connection, as it should; what follows must not).
+ok(Throttle::Redis::wait_for(sub { $fake->connections >= 2 && $fake->count('PING') >= 2 },
+    timeout => 10), 'both workers connected');
+my $mark = $t->log_mark;
+my $connections = $fake->connections;
+
+# --- One flush batch in five is answered 150 ms late (after Redis ran it), during traffic.
+$fake->mode('slow', 150, 5);
+my $evalsha0 = $fake->count('EVALSHA');
+
+# Traffic, sampling Redis meanwhile.
+my $pid = fork // die "fork: $!\n";
+if ($pid == 0) {
+    open STDOUT, '>', $t->testdir . '/wrk.out';
+    open STDERR, '>&', \*STDOUT;
+    { exec $wrk, "-t$threads", '-c64', '-d300s', '-s', $t->testdir . '/keys.lua',
+        'http://127.0.0.1:' . $t->port . '/' };
+    POSIX::_exit(127);
+}
+my @samples;
+my $started = time;
+# wrk's threads stop at their share, but wrk itself waits out -d: it is interrupted (SIGINT,
+# it prints its summary) once the log shows every key admitted ("PASSED\n" per line).
+my $log = $t->testdir . '/st.log';
+while (waitpid($pid, WNOHANG) != $pid) {
+    push @samples, redis_sum();
+    kill 'INT', $pid if (-s $log // 0) >= 7 * ($keys + 1);
+    sleep 3;    # a sample reads every key: Redis is busy meanwhile
+}
+is($? >> 8, 0, 'wrk ran') or diag($t->read_file('wrk.out'));
+like($t->read_file('wrk.out'), qr/requests in/, 'wrk finished');
+my $admitted = admitted();
+my $elapsed = time - $started;
+cmp_ok($admitted, '>=', $keys, "$keys distinct keys admitted");
+diag(sprintf '%d requests admitted in %.1f s', $admitted, $elapsed);
+
+# Every admitted request reaches Redis, once, although some replies come too late.
+my $final = Throttle::Redis::wait_for(sub {
+    my $s = redis_sum();
+    push @samples, $s;
+    $s >= $admitted ? $s : 0;
+}, timeout => 120, step => 3);
+push @samples, redis_sum();
+my ($max) = sort { $b <=> $a } @samples;
+cmp_ok($max, '<=', $admitted, 'Redis never held more than was admitted (' . scalar(@samples)
+    . ' samples)');
+is($final, $admitted, 'Redis holds every admitted request');
+my $sent = $fake->count('EVALSHA') - $evalsha0;
+ok($sent > $admitted / 256, "flushes went in batches ($sent)");
+$t->log_like(qr/no reply within 50 ms: \d+ command\(s\) failed with a timeout/,
+    'replies came too late');
+
+# --- Every reply late: batches are sent a few times, then given up; Redis counted each once.
+$fake->mode('slow', 150, 1);
+my @r = $t->concurrent(20, sub { ['GET', "/k?k=late-$_[0]"] });
+is(scalar(grep { $_->{status} == 200 } @r), 20, 'more requests pass');
+$admitted += 20;
+ok(Throttle::Redis::wait_for(sub { $t->log_lines(qr/given up after up to 4 sends/, $mark) },
+    timeout => 30), 'batches without a reply are given up after a few sends');
+# The re-sends end: the proxy's EVALSHA count stops moving (checked over 3 s, well past the
+# 2 s retry window).
+my ($last, $since) = (-1, time);
+my $quiet = Throttle::Redis::wait_for(sub {
+    my $n = $fake->count('EVALSHA');
+    ($last, $since) = ($n, time) if $n != $last;
+    time - $since >= 3;
+}, timeout => 60, step => 0.25);
+ok($quiet, 're-sending stops');
+is(redis_sum(), $admitted, 'Redis counted them once');
+
+is(scalar($t->log_lines(qr/connection stuck|connection dropped|connection lost/, $mark)), 0,
+    'the connection was never dropped');
+is($fake->connections, $connections, 'no new connection');
+
+# --- Redis fast again: new counts arrive at once and exactly.
+$fake->mode('ok');
+@r = $t->concurrent(20, sub { ['GET', "/k?k=after-$_[0]"] });
+is(scalar(grep { $_->{status} == 200 } @r), 20, 'more requests pass');
+ok(Throttle::Redis::wait_for(sub { redis_sum() == $admitted + 20 }, timeout => 10),
+    'and are counted once');
+
+$t->done;
