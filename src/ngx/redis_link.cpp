@@ -60,6 +60,10 @@ redis::Loop& open_redis_link(ngx_cycle_t* cycle, MainConf& mcf) {
     return link->loop;
 }
 
+void set_graceful_exit_handler(std::function<void()> handler) {
+    link->loop.on_exit(std::move(handler));
+}
+
 void mark_worker_exiting() noexcept {
     exiting = true;
 }

@@ -2,6 +2,8 @@
 // which every feature's Redis calls go through. Opened and closed by worker.cpp.
 #pragma once
 
+#include <functional>
+
 #include "ngx/conf.hpp"
 #include "redis/client.hpp"
 #include "redis/loop.hpp"
@@ -26,6 +28,8 @@ void redis_reply_unusable(const redis::Result& res, std::string_view what) noexc
 // close_redis_link().
 redis::Loop& open_redis_link(ngx_cycle_t* cycle, MainConf& mcf);
 void mark_worker_exiting() noexcept;
+// Called once when the worker starts a graceful exit (redis_loop.hpp). May throw.
+void set_graceful_exit_handler(std::function<void()> handler);
 void close_client() noexcept;
 void close_redis_link() noexcept;
 

@@ -8,7 +8,11 @@
 // fd. The socket is therefore closed exactly once, by hiredis.
 //
 // Timers: ngx_event_t timers, cancelable so that a pending one never delays a graceful worker
-// exit.
+// exit (a request waiting on Redis keeps the worker itself: request.hpp's keep_worker()).
+//
+// Graceful exit: each socket is c->idle; nginx calls its read handler with c->close set when
+// the worker starts shutting down. The handler only notes it (the exit handler runs from a
+// posted event: it may free the context); c->close is cleared, the socket stays.
 #include "ngx/redis_loop.hpp"
 
 #include <hiredis/async.h>
@@ -23,8 +27,9 @@ namespace {
 // log reads an fd there); the handler is found through the slot.
 class EventSlot {
    public:
-    EventSlot(ngx_log_t* log, ngx_connection_t* ident, std::function<void()> handler)
-        : handler_(std::move(handler)) {
+    EventSlot(RedisLoop* loop, ngx_log_t* log, ngx_connection_t* ident,
+              std::function<void()> handler)
+        : loop_(loop), handler_(std::move(handler)) {
         ngx_memzero(&slot_.ev, sizeof(slot_.ev));
         slot_.ev.handler = &EventSlot::fire;
         slot_.ev.data = ident;
@@ -44,16 +49,23 @@ class EventSlot {
     };
 
     // The handler may destroy the owner: nothing touches it afterwards.
-    static void fire(ngx_event_t* ev) noexcept { reinterpret_cast<Slot*>(ev)->owner->handler_(); }
+    static void fire(ngx_event_t* ev) noexcept {
+        EventSlot* self = reinterpret_cast<Slot*>(ev)->owner;
+        if (ngx_exiting) {
+            self->loop_->exit_noticed();
+        }
+        self->handler_();
+    }
 
     Slot slot_;
+    RedisLoop* loop_;
     std::function<void()> handler_;
 };
 
 class Timer final : public redis::Timer {
    public:
-    Timer(ngx_log_t* log, ngx_connection_t* ident, std::function<void()> handler)
-        : event_(log, ident, std::move(handler)) {
+    Timer(RedisLoop* loop, ngx_log_t* log, ngx_connection_t* ident, std::function<void()> handler)
+        : event_(loop, log, ident, std::move(handler)) {
         event_.ev().cancelable = 1;  // a pending timer never delays a graceful exit
     }
     ~Timer() override { stop(); }
@@ -79,8 +91,9 @@ class Timer final : public redis::Timer {
 // A posted event: nginx runs ngx_posted_events after the events of the current turn.
 class Deferred final : public redis::Deferred {
    public:
-    Deferred(ngx_log_t* log, ngx_connection_t* ident, std::function<void()> handler)
-        : event_(log, ident, std::move(handler)) {}
+    Deferred(RedisLoop* loop, ngx_log_t* log, ngx_connection_t* ident,
+             std::function<void()> handler)
+        : event_(loop, log, ident, std::move(handler)) {}
     ~Deferred() override { cancel(); }
 
     void post() noexcept override {
@@ -99,19 +112,41 @@ class Deferred final : public redis::Deferred {
     EventSlot event_;
 };
 
+// What an attached connection's data points at.
+struct Socket {
+    redisAsyncContext* ac;
+    RedisLoop* loop;
+};
+
 ngx_connection_t* connection(void* privdata) noexcept {
     return static_cast<ngx_connection_t*>(privdata);
 }
 
+Socket& socket_of(ngx_connection_t* c) noexcept {
+    return *static_cast<Socket*>(c->data);
+}
+
 void read_handler(ngx_event_t* rev) noexcept {
     auto* c = static_cast<ngx_connection_t*>(rev->data);
+    Socket& s = socket_of(c);
+    if (ngx_exiting) {
+        s.loop->exit_noticed();
+    }
+    if (c->close) {
+        c->close = 0;  // ngx_close_idle_connections(): the exit handler decides
+        return;
+    }
     // May free the context, and with it (cleanup) this connection: touch nothing after.
-    redisAsyncHandleRead(static_cast<redisAsyncContext*>(c->data));
+    redisAsyncHandleRead(s.ac);
 }
 
 void write_handler(ngx_event_t* wev) noexcept {
     auto* c = static_cast<ngx_connection_t*>(wev->data);
-    redisAsyncHandleWrite(static_cast<redisAsyncContext*>(c->data));
+    Socket& s = socket_of(c);
+    if (ngx_exiting) {
+        s.loop->exit_noticed();
+    }
+    redisAsyncHandleWrite(s.ac);
 }
 
 void add_event(ngx_event_t* ev, ngx_int_t event) noexcept {
@@ -163,6 +198,7 @@ void release(ngx_connection_t* c) noexcept {
     if (c->write->timer_set) {
         ngx_del_timer(c->write);
     }
+    delete static_cast<Socket*>(c->data);
     c->data = nullptr;
     // ngx_free_connection() still reads c->fd (ngx_cycle->files[c->fd] for poll/select);
     // fd = -1 afterwards marks the connection unused, as ngx_close_connection() does, so that
@@ -183,22 +219,42 @@ RedisLoop::RedisLoop(ngx_log_t* log) noexcept : log_(log) {
 }
 
 std::unique_ptr<redis::Timer> RedisLoop::create_timer(std::function<void()> handler) {
-    return std::make_unique<Timer>(log_, &ident_, std::move(handler));
+    return std::make_unique<Timer>(this, log_, &ident_, std::move(handler));
 }
 
 std::unique_ptr<redis::Deferred> RedisLoop::create_deferred(std::function<void()> handler) {
-    return std::make_unique<Deferred>(log_, &ident_, std::move(handler));
+    return std::make_unique<Deferred>(this, log_, &ident_, std::move(handler));
+}
+
+void RedisLoop::on_exit(std::function<void()> handler) {
+    exit_ = create_deferred(std::move(handler));
+}
+
+void RedisLoop::exit_noticed() noexcept {
+    if (exit_noticed_) {
+        return;
+    }
+    exit_noticed_ = true;
+    if (exit_) {
+        exit_->post();
+    }
 }
 
 bool RedisLoop::attach(redisAsyncContext* ac) noexcept {
     if (ac->ev.data != nullptr) {
         return false;
     }
+    auto* socket = new (std::nothrow) Socket{ac, this};
+    if (socket == nullptr) {
+        return false;
+    }
     ngx_connection_t* c = ngx_get_connection(ac->c.fd, log_);
     if (c == nullptr) {
+        delete socket;
         return false;  // ngx_get_connection() logged why
     }
-    c->data = ac;
+    c->data = socket;
+    c->idle = 1;  // told when the worker starts a graceful exit (see the top)
     c->number = ngx_atomic_fetch_add(ngx_connection_counter, 1);
     c->read->handler = read_handler;
     c->write->handler = write_handler;

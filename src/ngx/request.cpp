@@ -11,7 +11,45 @@ namespace {
 
 void ctx_marker(void*) noexcept {}
 
+// What keeps a worker that is shutting down gracefully alive while requests wait on the module.
+// nginx ends such a worker once no timer is left that is not `cancelable`; a request suspended
+// on Redis (or on a fill) has no timer of its own -- the Redis client's deadlines are
+// cancelable -- and would be cut without a response. One timer for all of them, armed while
+// any waits; when it expires it is armed again.
+constexpr ngx_msec_t guard_ms = 60000;
+size_t waiting = 0;
+ngx_event_t guard;             // trivially destructible, zero-initialized
+ngx_connection_t guard_ident;  // ev->data: nginx's debug log reads an fd there
+
+void guard_expired(ngx_event_t* ev) noexcept {
+    if (waiting > 0) {
+        ngx_add_timer(ev, guard_ms);
+    }
+}
+
 }  // namespace
+
+size_t requests_waiting() noexcept {
+    return waiting;
+}
+
+void RequestBound::keep_worker(bool on) noexcept {
+    if (on == keeps_worker_) {
+        return;
+    }
+    keeps_worker_ = on;
+    if (on) {
+        if (waiting++ == 0 && !guard.timer_set) {
+            guard_ident.fd = (ngx_socket_t)-1;
+            guard.handler = guard_expired;
+            guard.data = &guard_ident;
+            guard.log = ngx_cycle->log;
+            ngx_add_timer(&guard, guard_ms);
+        }
+    } else if (--waiting == 0 && guard.timer_set) {
+        ngx_del_timer(&guard);
+    }
+}
 
 RequestCtx* get_ctx(ngx_http_request_t* r) noexcept {
     r = r->main;
@@ -46,6 +84,7 @@ void RequestBound::suspend() noexcept {
         return;
     }
     suspended_ = true;
+    keep_worker(true);
     r_->main->count++;
     r_->read_event_handler = ngx_http_test_reading;
     r_->write_event_handler = ngx_http_request_empty_handler;
@@ -56,6 +95,7 @@ void RequestBound::resume() noexcept {
         return;
     }
     suspended_ = false;
+    keep_worker(false);
     ngx_http_request_t* r = r_;
     ngx_connection_t* c = r->connection;
     r->read_event_handler = ngx_http_block_reading;
@@ -71,6 +111,7 @@ void RequestBound::pool_cleanup(void* data) noexcept {
     auto* held = static_cast<std::shared_ptr<RequestBound>*>(data);
     RequestBound& obj = **held;
     obj.gone_ = true;
+    obj.keep_worker(false);
     obj.request_ended();
     delete held;
 }

@@ -64,11 +64,18 @@ class RequestBound {
     bool suspended() const noexcept { return suspended_; }
 
     // The phase handler returns NGX_DONE after this: the request waits, kept alive by a
-    // reference, with reading watched so that a client that closes ends it.
+    // reference, with reading watched so that a client that closes ends it. A suspended
+    // request keeps the worker too (keep_worker()).
     void suspend() noexcept;
     // The answer came: the request runs its phases again (the handler that suspended it picks
     // its result up) and the reference suspend() took is dropped. Only while suspended.
     void resume() noexcept;
+
+    // While on, this request counts in requests_waiting() and the worker does not end a
+    // graceful exit (reload, QUIT) before it is off again or the request ended: nginx waits
+    // only for requests with a timer pending, and one waiting on the module may have none.
+    // suspend()/resume() do it; a response held without suspending (CacheHold) calls it.
+    void keep_worker(bool on) noexcept;
 
     // The pool cleanup bind_to_request() installs.
     static void pool_cleanup(void* data) noexcept;
@@ -81,7 +88,13 @@ class RequestBound {
     ngx_http_request_t* r_;
     bool gone_ = false;
     bool suspended_ = false;
+    bool keeps_worker_ = false;
 };
+
+// Requests of this worker that wait on the module (keep_worker()): while there are any, a
+// timer nginx cannot cancel is pending, so a graceful exit waits for them (each is answered
+// within its own bound: the Redis timeout, throttle_cache_lock_timeout).
+size_t requests_waiting() noexcept;
 
 // A T (a RequestBound, constructed from r and args) whose life is tied to r's pool as above.
 // nullptr when the pool cannot take a cleanup. May throw std::bad_alloc.

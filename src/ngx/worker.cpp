@@ -6,6 +6,7 @@
 #include "ngx/limit/strict.hpp"
 #include "ngx/limit/sync_flush.hpp"
 #include "ngx/redis_link.hpp"
+#include "ngx/request.hpp"
 
 namespace throttle::ngx {
 namespace {
@@ -21,6 +22,28 @@ MainConf* main_conf(ngx_cycle_t* cycle) noexcept {
 
 bool started = false;
 
+// A graceful exit (reload, QUIT): nginx keeps the worker while requests are in flight, and
+// those waiting on the module keep it through keep_worker() (request.hpp). The Redis
+// connections must not keep it once no request waits: reached through a proxy in the same
+// nginx (the stream module), each is a session of some worker, and the workers would wait for
+// each other's (until proxy_timeout). So, as nginx closes idle keep-alive connections, they
+// are closed when no request waits -- checked again while the worker lives, a later command
+// connecting again -- and the worker goes as soon as nginx's own work is done.
+constexpr uint64_t drain_check_ms = 100;
+redis::Timer* drain_timer = nullptr;  // owned; deleted in exit_worker
+
+void drain() noexcept {
+    if (requests_waiting() == 0) {
+        if (redis::Client* client = redis_client()) {
+            client->disconnect_idle();
+        }
+        cache_worker_quiesce();
+    }
+    if (drain_timer != nullptr) {
+        drain_timer->start(drain_check_ms);  // cancelable: it keeps nothing alive
+    }
+}
+
 }  // namespace
 
 ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
@@ -34,6 +57,8 @@ ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
     try {
         redis::Loop& loop = open_redis_link(cycle, *mcf);
         started = true;
+        drain_timer = loop.create_timer(drain).release();
+        set_graceful_exit_handler(drain);
         strict_worker_init(*mcf, loop);
         if (mcf->cache.used) {
             cache_worker_init(cycle, *mcf, loop);
@@ -53,6 +78,8 @@ void exit_worker(ngx_cycle_t* cycle) noexcept {
         return;
     }
     started = false;
+    delete drain_timer;
+    drain_timer = nullptr;
     mark_worker_exiting();
     cache_worker_exit();
     strict_worker_exit();

@@ -465,6 +465,14 @@ void Client::close() noexcept {
     fail_all(Failure::Shutdown, false);
 }
 
+bool Client::disconnect_idle() noexcept {
+    if (closed_ || ac_ == nullptr || breaker_ != Breaker::Closed || pending() > 0) {
+        return ac_ == nullptr;
+    }
+    drop(Failure::Disconnected, false);  // fails nothing of the caller's
+    return true;
+}
+
 // ---- commands --------------------------------------------------------------------------------
 
 Client::Pending& Client::new_pending(std::list<Pending>& list, Kind kind, Callback cb,

@@ -149,6 +149,12 @@ class Client {
     // commands fail with Shutdown too. Idempotent.
     void close() noexcept;
 
+    // Closes the connection if no command of the caller's is pending on it (a handshake still
+    // in flight is dropped) and the circuit is closed, as nginx closes an idle keep-alive
+    // connection when a worker exits: not a failure, nothing is logged, no backoff; the next
+    // command connects again. True when no connection is left.
+    bool disconnect_idle() noexcept;
+
     // False while a command would fail at once without touching the network: circuit open or
     // half-open (probing), waiting to reconnect (backoff), or closed.
     bool available() const noexcept;

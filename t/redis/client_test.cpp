@@ -553,6 +553,40 @@ TEST_F(RedisClientTest, NoDescriptorLeakAcrossReconnects) {
     EXPECT_EQ(count_open_fds(), fds_before + 1);  // + ctl2
 }
 
+// disconnect_idle(), for a worker's graceful exit: an idle connection is closed (the server
+// sees it go), quietly -- no failure, no log line, no backoff -- and the next command connects
+// again; a connection with a command pending is left alone.
+TEST_F(RedisClientTest, DisconnectIdleClosesOnlyAnIdleConnection) {
+    RedisServer server;
+    ASSERT_TRUE(server.start());
+    Control ctl(server.port());
+    auto connections = [&] { return ctl.info("clients", "connected_clients") - 1; };  // less ctl
+    Client client(ev.loop(), config(server), logger());
+    EXPECT_TRUE(client.disconnect_idle());  // never connected: nothing to close
+    ASSERT_TRUE(eventually_ok(client, 5000));
+    ASSERT_TRUE(wait_for([&] { return connections() == 1; }, 5000));
+
+    Outcome pending;
+    issue(client, {"PING"}, pending);
+    EXPECT_FALSE(client.disconnect_idle());  // a command waits for its reply
+    ASSERT_TRUE(ev.run_until([&] { return pending.calls > 0; }, 5000));
+    ASSERT_TRUE(pending.result.ok());
+
+    uint64_t connects = client.stats().connects;
+    EXPECT_TRUE(client.disconnect_idle());
+    EXPECT_FALSE(client.connected());
+    ASSERT_TRUE(wait_for([&] { return connections() == 0; }, 5000));
+
+    Outcome again = call(client, {"PING"});
+    ASSERT_TRUE(again.result.ok());
+    EXPECT_EQ(again.result.reply.str, "PONG");
+    EXPECT_EQ(client.stats().connects, connects + 1);
+    EXPECT_EQ(client.stats().failures, 0u);
+    EXPECT_EQ(client.stats().reconnects, 0u);
+    EXPECT_EQ(logged(LogLevel::Error), 0);
+    EXPECT_EQ(logged(LogLevel::Warn), 0);
+}
+
 // After failure_threshold consecutive failures the circuit opens: commands fail at once
 // without touching the network (no socket, no connection on the server); after the cool-down
 // one probe connection closes it again.

@@ -177,6 +177,12 @@ void waiters_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loop,
     }
 }
 
+void waiters_quiesce() noexcept {
+    if (ws != nullptr && ws->sub && ws->waiting.empty()) {
+        ws->sub->close();
+    }
+}
+
 void waiters_exit() noexcept {
     if (ws == nullptr) {
         return;

@@ -42,5 +42,8 @@ const std::string& cache_channel() noexcept;
 void waiters_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loop,
                   const std::string& channel) noexcept;
 void waiters_exit() noexcept;
+// The worker is exiting and nobody waits: the fill channel's connection is closed for good
+// (a later miss whose lock is held elsewhere goes upstream instead of waiting).
+void waiters_quiesce() noexcept;
 
 }  // namespace throttle::ngx

@@ -51,6 +51,10 @@ void cache_worker_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loo
     }
 }
 
+void cache_worker_quiesce() noexcept {
+    waiters_quiesce();
+}
+
 void cache_worker_exit() noexcept {
     waiters_exit();
     lookups_exit();

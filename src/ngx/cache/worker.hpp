@@ -17,5 +17,8 @@ const std::string& cache_prefix() noexcept;
 // Logs and leaves the cache off (every lookup BYPASS/ERROR) when a part cannot start.
 void cache_worker_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loop) noexcept;
 void cache_worker_exit() noexcept;
+// The worker is exiting gracefully and no request waits: lets go of the connections only
+// waiters need (the fill channel).
+void cache_worker_quiesce() noexcept;
 
 }  // namespace throttle::ngx

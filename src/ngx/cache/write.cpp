@@ -37,6 +37,7 @@ void release_hold(CacheHold& h) noexcept {
         return;
     }
     h.active = false;
+    h.keep_worker(false);
     ngx_http_request_t* r = h.request();
     ngx_connection_t* c = r->connection;
     r->buffered &= ~hold_buffered;
@@ -154,6 +155,7 @@ bool invalidate_on_write(ngx_http_request_t* r, const CacheLocConf& conf,
         return false;  // queued for a retry; this worker bypasses the user's entries meanwhile
     }
     hold->active = true;
+    hold->keep_worker(true);  // a graceful exit waits for Redis' answer, then the response
     ctx->hold = hold.get();
     r->buffered |= hold_buffered;
     return true;

@@ -371,6 +371,25 @@ sub reload {
     }
 }
 
+# Graceful shutdown (SIGQUIT) without escalation: polls for the master's exit for at most
+# timeout => 60 seconds. Returns 1 when it exited (its workers with it), 0 when it is still
+# running (then finish/stop escalates as usual).
+sub quit {
+    my ($self, %opt) = @_;
+    my $pid = $self->{pid} or return 1;
+    kill 'QUIT', $pid or die "kill QUIT: $!\n";
+    my $deadline = time + ($opt{timeout} // 60);
+    while (time < $deadline) {
+        if (waitpid($pid, WNOHANG) == $pid) {
+            $self->{exit_status} = $?;
+            delete $self->{pid};
+            return 1;
+        }
+        sleep 0.01;
+    }
+    return 0;
+}
+
 # Graceful stop (SIGQUIT) and wait for the master to exit; escalates after a deadline.
 sub stop {
     my ($self) = @_;
