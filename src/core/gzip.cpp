@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <exception>
+#include <new>
 
 #include "core/http_text.hpp"
 
@@ -180,6 +182,104 @@ bool gzip_decompress(std::string_view in, std::string& out, size_t max_out) noex
     }
     out.clear();
     return false;
+}
+
+// ---- GzipInflater ----
+
+struct GzipInflater::Impl {
+    z_stream zs{};
+};
+
+namespace {
+constexpr size_t alloc_header = alignof(std::max_align_t);  // holds the block's size
+}  // namespace
+
+void* GzipInflater::zalloc(void* opaque, unsigned items, unsigned size) noexcept {
+    auto* self = static_cast<GzipInflater*>(opaque);
+    size_t n = static_cast<size_t>(items) * size;
+    auto* p = static_cast<unsigned char*>(std::malloc(n + alloc_header));
+    if (p == nullptr) return Z_NULL;
+    *reinterpret_cast<size_t*>(p) = n;
+    self->memory_ += n;
+    return p + alloc_header;
+}
+
+void GzipInflater::zfree(void* opaque, void* block) noexcept {
+    if (block == nullptr) return;
+    auto* self = static_cast<GzipInflater*>(opaque);
+    auto* p = static_cast<unsigned char*>(block) - alloc_header;
+    self->memory_ -= *reinterpret_cast<size_t*>(p);
+    std::free(p);
+}
+
+GzipInflater::GzipInflater() noexcept = default;
+
+GzipInflater::~GzipInflater() {
+    end();
+}
+
+void GzipInflater::end() noexcept {
+    if (active_) {
+        inflateEnd(&impl_->zs);
+        active_ = false;
+    }
+}
+
+bool GzipInflater::begin(std::string_view member, size_t max_out) noexcept {
+    end();
+    in_ = member;
+    fed_ = 0;
+    max_out_ = max_out;
+    produced_ = 0;
+    if (!impl_) {
+        impl_.reset(new (std::nothrow) Impl());
+        if (!impl_) return false;
+    }
+    impl_->zs = z_stream{};
+    impl_->zs.zalloc = zalloc;
+    impl_->zs.zfree = zfree;
+    impl_->zs.opaque = this;
+    if (member.empty() || inflateInit2(&impl_->zs, gzip_window_bits) != Z_OK) return false;
+    active_ = true;
+    return true;
+}
+
+GzipInflater::Status GzipInflater::next(char* out, size_t cap, size_t& written) noexcept {
+    written = 0;
+    if (!active_ || cap == 0) {
+        end();
+        return Status::error;
+    }
+    z_stream& zs = impl_->zs;
+    // At most max_out + 1 bytes in all: one byte past the limit proves it is exceeded.
+    size_t room = max_out_ - produced_ + 1;
+    if (max_out_ == SIZE_MAX) room = SIZE_MAX;
+    zs.next_out = reinterpret_cast<Bytef*>(out);
+    zs.avail_out = static_cast<uInt>(std::min({cap, room, max_chunk}));
+    for (;;) {
+        feed(zs, in_, fed_);
+        uInt out_before = zs.avail_out;
+        uInt in_before = zs.avail_in;
+        int rc = inflate(&zs, Z_NO_FLUSH);
+        size_t n = out_before - zs.avail_out;
+        written += n;
+        produced_ += n;
+        if (produced_ > max_out_) break;  // would exceed max_out
+        if (rc == Z_STREAM_END) {
+            if (zs.avail_in != 0 || fed_ != in_.size()) break;  // bytes after the member
+            end();
+            return Status::done;
+        }
+        if (rc != Z_OK && rc != Z_BUF_ERROR) break;  // data, header, CRC, length, memory
+        if (zs.avail_out == 0) return Status::more;
+        // Room to write but nothing moved: the input ended before the member did.
+        bool progress = zs.avail_out != out_before || zs.avail_in != in_before;
+        if (zs.avail_in == 0 && fed_ == in_.size() && !progress) break;
+        if (!progress) break;
+    }
+    end();
+    written = 0;
+    return Status::error;
 }
 
 bool accepts_gzip(std::string_view accept_encoding) noexcept {

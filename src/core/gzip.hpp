@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -26,6 +27,51 @@ bool gzip_compress(std::string_view in, std::string& out, int level = 6) noexcep
 // check stops inflating as soon as max_out + 1 bytes came out, so memory and time are bounded
 // by max_out whatever the input claims.
 bool gzip_decompress(std::string_view in, std::string& out, size_t max_out) noexcept;
+
+// gzip_decompress() piece by piece: the same member, the same checks, but the output comes in
+// pieces of the caller's size, so that a large body is never held inflated as a whole.
+//   GzipInflater z;
+//   if (!z.begin(member, max_out)) ...            // zlib could not start (memory)
+//   for (;;) { size_t n; auto s = z.next(buf, cap, n); use buf[0..n); if (s != more) break; }
+// `member` must stay valid (and unchanged) until the last next() or the destructor. next()
+// says `done` only once the whole member was read and checked (CRC-32, length, nothing after
+// it, at most max_out bytes out); the pieces before may still be followed by `error`, so a
+// caller that passes pieces on before the end must be able to abort. Not copyable or movable
+// (zlib keeps a pointer to it).
+class GzipInflater {
+   public:
+    enum class Status { more, done, error };
+
+    GzipInflater() noexcept;
+    ~GzipInflater();
+    GzipInflater(const GzipInflater&) = delete;
+    GzipInflater& operator=(const GzipInflater&) = delete;
+
+    // false when zlib cannot start (out of memory); next() then says error.
+    bool begin(std::string_view member, size_t max_out) noexcept;
+    // Up to cap (> 0) bytes of output into out[0..written). more: written == cap, call again;
+    // done: the member ended and checked out (written may be 0); error (written 0): corrupt,
+    // truncated, trailing bytes, more than max_out, or next() after done or error.
+    Status next(char* out, size_t cap, size_t& written) noexcept;
+    // Bytes produced so far.
+    size_t produced() const noexcept { return produced_; }
+    // Bytes zlib holds for this stream (its state and window), 0 after done or error.
+    size_t memory() const noexcept { return memory_; }
+
+   private:
+    struct Impl;
+    static void* zalloc(void* opaque, unsigned items, unsigned size) noexcept;
+    static void zfree(void* opaque, void* p) noexcept;
+    void end() noexcept;
+
+    std::unique_ptr<Impl> impl_;
+    std::string_view in_;
+    size_t fed_ = 0;
+    size_t max_out_ = 0;
+    size_t produced_ = 0;
+    size_t memory_ = 0;
+    bool active_ = false;
+};
 
 // Whether a request's Accept-Encoding value (RFC 9110 12.5.3) allows a gzip body.
 //   - codings are compared case-insensitively; "x-gzip" is gzip (RFC 9110 8.4.1.3);

@@ -44,6 +44,9 @@ ngx_command_t commands[] = {
      log_levels},
     {ngx_string("throttle_cache_secret"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
      throttle_cache_secret_directive, 0, 0, nullptr},
+    {ngx_string("throttle_cache_inflate_memory"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_size_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, cache.inflate_memory),
+     nullptr},
     {ngx_string("throttle_cache"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      throttle_cache_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
@@ -92,6 +95,7 @@ void* create_main_conf(ngx_conf_t* cf) noexcept {
         return nullptr;
     }
     auto* mcf = new (mem) MainConf{};
+    mcf->cache.inflate_memory = NGX_CONF_UNSET_SIZE;
     if (ngx_array_init(&mcf->limit.zones, cf->pool, 4, sizeof(ZoneConf*)) != NGX_OK) {
         return nullptr;
     }
@@ -115,6 +119,7 @@ char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept {
             return static_cast<char*>(NGX_CONF_ERROR);
         }
     }
+    ngx_conf_init_size_value(mcf->cache.inflate_memory, default_inflate_memory);
     return check_cache_main_conf(cf, *mcf);
 }
 

@@ -287,6 +287,124 @@ TEST(Gzip, RefusesZipBomb) {
     EXPECT_TRUE(plain.empty());
 }
 
+// ---- GzipInflater: gzip_decompress() piece by piece ----
+
+// The member inflated through GzipInflater in pieces of `cap`; false on error. Checks the
+// contract on the way: `more` fills the piece, memory() is bounded while it runs and 0 after.
+bool stream_inflate(std::string_view member, size_t max_out, size_t cap, std::string& out) {
+    throttle::core::GzipInflater z;
+    out.clear();
+    if (!z.begin(member, max_out)) return false;
+    std::string piece(cap, '\0');
+    for (;;) {
+        size_t n = 99;
+        auto s = z.next(piece.data(), cap, n);
+        EXPECT_LT(z.memory(), 64u * 1024) << "zlib's state and 32 KB window";
+        if (s == throttle::core::GzipInflater::Status::error) {
+            EXPECT_EQ(n, 0u);
+            EXPECT_EQ(z.memory(), 0u);
+            out.clear();
+            return false;
+        }
+        out.append(piece, 0, n);
+        EXPECT_EQ(z.produced(), out.size());
+        if (s == throttle::core::GzipInflater::Status::done) {
+            EXPECT_EQ(z.memory(), 0u);
+            size_t after = 0;
+            EXPECT_EQ(z.next(piece.data(), cap, after),
+                      throttle::core::GzipInflater::Status::error);
+            return true;
+        }
+        EXPECT_EQ(n, cap);
+    }
+}
+
+// Streamed (at several piece sizes) and whole, the same answer: both fail or both give `want`.
+void expect_same(std::string_view member, size_t max_out, const char* what) {
+    std::string whole;
+    bool ok = gzip_decompress(member, whole, max_out);
+    for (size_t cap : {size_t{1}, size_t{7}, size_t{4096}, size_t{65536}}) {
+        if (cap == 1 && member.size() > 20000) continue;  // slow, and nothing new
+        std::string streamed;
+        bool sok = stream_inflate(member, max_out, cap, streamed);
+        EXPECT_EQ(sok, ok) << what << ", pieces of " << cap;
+        EXPECT_TRUE(streamed == whole) << what << ", pieces of " << cap;
+    }
+}
+
+TEST(GzipInflater, SameAsWhole) {
+    std::string gz;
+    for (size_t n : {size_t{0}, size_t{1}, size_t{4095}, size_t{4096}, size_t{65536}, mb + 3}) {
+        std::string body = repetitive(n / 2) + random_bytes(n - n / 2, static_cast<uint32_t>(n));
+        ASSERT_TRUE(gzip_compress(body, gz));
+        expect_same(gz, body.size(), "round trip");
+        std::string out;
+        ASSERT_TRUE(stream_inflate(gz, body.size(), 65536, out));
+        EXPECT_TRUE(out == body) << n;
+        expect_same(gz, body.size() == 0 ? 0 : body.size() - 1, "one byte over max_out");
+        expect_same(gz + "x", body.size(), "trailing byte");
+        expect_same(gz + gz, 2 * body.size(), "second member");
+    }
+}
+
+TEST(GzipInflater, RefusesTruncationAndFlips) {
+    std::string body = "Hello, cached world! " + repetitive(3000) + random_bytes(200, 7);
+    std::string gz;
+    ASSERT_TRUE(gzip_compress(body, gz));
+    for (size_t n = 0; n < gz.size(); ++n) {
+        std::string out;
+        EXPECT_FALSE(stream_inflate(std::string_view(gz).substr(0, n), mb, 4096, out)) << n;
+        EXPECT_FALSE(stream_inflate(std::string_view(gz).substr(0, n), mb, 7, out)) << n;
+    }
+    for (size_t i = 0; i < gz.size(); ++i) {
+        std::string bad = gz;
+        bad[i] = static_cast<char>(bad[i] ^ 0x10);
+        expect_same(bad, mb, "flipped byte");
+    }
+    expect_same(body, mb, "not gzip");
+    expect_same("", mb, "empty");
+}
+
+TEST(GzipInflater, ZipBombStopsAtMaxOut) {
+    std::string zeros(100 * mb, '\0');
+    std::string bomb;
+    ASSERT_TRUE(gzip_compress(zeros, bomb, 9));
+    zeros = std::string();
+    throttle::core::GzipInflater z;
+    ASSERT_TRUE(z.begin(bomb, mb));
+    std::string piece(65536, '\0');
+    size_t total = 0, n = 0;
+    throttle::core::GzipInflater::Status s;
+    while ((s = z.next(piece.data(), piece.size(), n)) ==
+           throttle::core::GzipInflater::Status::more)
+        total += n;
+    EXPECT_EQ(s, throttle::core::GzipInflater::Status::error);
+    EXPECT_LE(total, mb);
+}
+
+TEST(GzipInflater, BeginAgainAndUnstarted) {
+    throttle::core::GzipInflater z;
+    char buf[16];
+    size_t n = 5;
+    EXPECT_EQ(z.next(buf, sizeof buf, n), throttle::core::GzipInflater::Status::error);
+    EXPECT_EQ(n, 0u);
+    std::string a, b, gz1, gz2;
+    ASSERT_TRUE(gzip_compress("first", gz1));
+    ASSERT_TRUE(gzip_compress("second body", gz2));
+    ASSERT_TRUE(z.begin(gz1, 100));
+    EXPECT_EQ(z.next(buf, 2, n), throttle::core::GzipInflater::Status::more);
+    EXPECT_GT(z.memory(), 0u);
+    ASSERT_TRUE(z.begin(gz2, 100));  // abandons the first stream, frees its state
+    std::string out;
+    throttle::core::GzipInflater::Status s;
+    while ((s = z.next(buf, sizeof buf, n)) == throttle::core::GzipInflater::Status::more)
+        out.append(buf, n);
+    out.append(buf, n);
+    EXPECT_EQ(s, throttle::core::GzipInflater::Status::done);
+    EXPECT_EQ(out, "second body");
+    EXPECT_FALSE(z.begin("", 100));
+}
+
 TEST(AcceptsGzip, Cases) {
     EXPECT_TRUE(accepts_gzip("gzip"));
     EXPECT_TRUE(accepts_gzip("GZIP"));

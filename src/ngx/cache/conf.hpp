@@ -11,7 +11,11 @@ struct CacheMainConf {
     ngx_str_t secret;     // throttle_cache_secret; data == nullptr when not set
     ngx_str_t user_file;  // where throttle_cache_user was first used (secret check)
     ngx_uint_t user_line;
+    size_t inflate_memory;  // throttle_cache_inflate_memory: per worker, bytes of inflated bodies
 };
+
+// throttle_cache_inflate_memory's default.
+inline constexpr size_t default_inflate_memory = 32 * 1024 * 1024;
 
 // A $cookie_NAME or $http_NAME variable throttle_cache_user or throttle_cache_key reads
 // (core::cache::identity_variables): a request that sends it more than once bypasses the cache.

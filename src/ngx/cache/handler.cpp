@@ -286,6 +286,10 @@ void CacheRequest::request_ended() noexcept {
         cache_unwait(entry_key, this);
     }
     fill.release();  // no-op unless it holds a lock it did not store under
+    stream.reset();
+    plain.reset();
+    cache_inflate_release(inflate_charge);
+    inflate_charge = 0;
 }
 
 void cache_lookup_done(const std::shared_ptr<CacheRequest>& cr, redis::Failure failure,

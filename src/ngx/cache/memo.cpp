@@ -12,7 +12,7 @@ namespace throttle::ngx {
 namespace {
 
 constexpr size_t plain_slots = 64;
-constexpr size_t plain_max_bytes = 256 * 1024;  // bodies larger than this are not kept
+constexpr size_t plain_max_bytes = cache_plain_memo_max;
 
 struct PlainSlot {
     std::string entry_key;
@@ -27,7 +27,8 @@ struct Memos {
     std::array<PlainSlot, plain_slots> plain;
 };
 
-Memos* memos = nullptr;  // owned; deleted in memos_exit
+Memos* memos = nullptr;   // owned; deleted in memos_exit
+size_t inflate_held = 0;  // this worker's, see cache_inflate_reserve()
 
 }  // namespace
 
@@ -67,6 +68,22 @@ std::shared_ptr<const std::string> cache_plain_body(std::string_view entry_key,
         m->body = out;
     }
     return out;
+}
+
+bool cache_inflate_reserve(size_t bytes, size_t bound) noexcept {
+    if (bytes > bound || inflate_held > bound - bytes) {
+        return false;
+    }
+    inflate_held += bytes;
+    return true;
+}
+
+void cache_inflate_release(size_t bytes) noexcept {
+    inflate_held -= bytes < inflate_held ? bytes : inflate_held;
+}
+
+size_t cache_inflate_held() noexcept {
+    return inflate_held;
 }
 
 void memos_init() {

@@ -14,11 +14,21 @@ namespace throttle::ngx {
 
 // core::cache::identity_digest(secret, identity), through the memo. May throw std::bad_alloc.
 std::string cache_identity(std::string_view secret, std::string_view identity);
+// Plain bodies up to this size are inflated whole and memoised; larger ones are streamed
+// (serve.cpp), never held whole.
+inline constexpr size_t cache_plain_memo_max = 256 * 1024;
 // The plain body of a gzip entry, through a memo of recently inflated bodies (keyed by the entry
 // key, its store time and the gzip trailer: only that exact entry's bytes can match). nullptr
 // when the body does not inflate. May throw std::bad_alloc.
 std::shared_ptr<const std::string> cache_plain_body(std::string_view entry_key,
                                                     const core::cache::EntryView& v);
+
+// Bytes this worker holds for bodies inflated for clients that do not accept gzip (whole
+// bodies and streams, counted per request while it lives), against throttle_cache_inflate_memory.
+// cache_inflate_reserve() adds `bytes` unless the total would pass `bound` (then false).
+bool cache_inflate_reserve(size_t bytes, size_t bound) noexcept;
+void cache_inflate_release(size_t bytes) noexcept;
+size_t cache_inflate_held() noexcept;
 
 void memos_init();  // may throw
 void memos_exit() noexcept;

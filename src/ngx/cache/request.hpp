@@ -17,6 +17,7 @@
 
 #include "core/cache_entry.hpp"
 #include "core/cache_key.hpp"
+#include "core/gzip.hpp"
 #include "ngx/cache/conf.hpp"
 #include "ngx/cache/fill.hpp"
 #include "ngx/cache/worker.hpp"
@@ -24,6 +25,23 @@
 #include "redis/cache_scripts.hpp"
 
 namespace throttle::ngx {
+
+// A gzip entry's body inflated piece by piece for a client that does not accept gzip, as its
+// connection takes it (serve.cpp): at most plain_stream_bufs buffers of plain_stream_buf_size
+// (from the request's pool, reused) and zlib's state are held, whatever the body's size.
+struct PlainStream {
+    core::GzipInflater inflater;  // over the entry's bytes (CacheRequest::entry keeps them)
+    ngx_chain_t* free = nullptr;  // buffers sent, to refill
+    ngx_chain_t* busy = nullptr;  // buffers passed on, not sent yet
+    ngx_uint_t allocated = 0;
+    size_t plain_size = 0;  // what it must inflate to (the range filter changes Content-Length)
+    bool finished = false;  // the last buffer was passed on
+};
+inline constexpr size_t plain_stream_bufs = 2;
+inline constexpr size_t plain_stream_buf_size = 64 * 1024;
+// What a stream counts against throttle_cache_inflate_memory: its buffers and zlib's state
+// (about 40 KB: 7 KB of state and the 32 KB window; t/unit/gzip_test.cpp checks < 64 KB).
+inline constexpr size_t plain_stream_charge = plain_stream_bufs * plain_stream_buf_size + 65536;
 
 struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequest> {
     enum class Step : uint8_t { asking, waiting, serve, pass, done };
@@ -45,6 +63,8 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
     core::cache::EntryView decoded;            // entry, decoded (valid while `entry` lives)
     bool view_valid = false;
     std::shared_ptr<const std::string> plain;  // its body decompressed, when served so
+    std::unique_ptr<PlainStream> stream;       // or its body inflated piece by piece
+    size_t inflate_charge = 0;                 // what either counts against the worker's bound
 
     Fill fill;  // this request's fill, when it holds the fill lock
 

@@ -2,10 +2,18 @@
 // accept it and inflated for the others, with Age, and Vary: Accept-Encoding when the body
 // could be either. The stored ETag and Last-Modified feed nginx's not_modified filter (304),
 // and nginx's range filter cuts 200s (206).
+//
+// Inflating for a client that does not accept gzip: a body up to cache_plain_memo_max is
+// inflated whole (memoised per worker); a larger one streams (PlainStream): a 64 KB buffer is
+// inflated when one is free, passed down the output filters (all of them see plain bytes:
+// range, SSI, ...), and this request's write handler refills it when the client took it. A
+// slow client holds two buffers and zlib's state, not the body. Each request counts what it
+// holds against throttle_cache_inflate_memory; a hit that would pass it goes upstream (BYPASS).
 #include "core/gzip.hpp"
 #include "core/http_text.hpp"
 #include "ngx/cache/memo.hpp"
 #include "ngx/cache/request.hpp"
+#include "ngx/conf.hpp"
 
 namespace throttle::ngx {
 namespace {
@@ -134,16 +142,140 @@ void send(ngx_http_request_t* r, std::string_view body) noexcept {
     ngx_http_finalize_request(r, ngx_http_output_filter(r, &out));
 }
 
+// ---- streaming ----
+
+int stream_tag_id;  // its address tags the stream's buffers
+ngx_buf_tag_t const stream_tag = &stream_tag_id;
+
+PlainStream* stream_of(ngx_http_request_t* r) noexcept {
+    RequestCtx* ctx = get_ctx(r);
+    return ctx != nullptr && ctx->cache != nullptr ? ctx->cache->stream.get() : nullptr;
+}
+
+// A free buffer (emptied), or a new one while fewer than plain_stream_bufs exist; else nullptr.
+ngx_chain_t* take_buffer(ngx_http_request_t* r, PlainStream& s) noexcept {
+    ngx_chain_t* cl = s.free;
+    if (cl != nullptr) {
+        s.free = cl->next;
+    } else {
+        if (s.allocated == plain_stream_bufs) {
+            return nullptr;
+        }
+        ngx_buf_t* b = ngx_create_temp_buf(r->pool, plain_stream_buf_size);
+        cl = ngx_alloc_chain_link(r->pool);
+        if (b == nullptr || cl == nullptr) {
+            return nullptr;
+        }
+        cl->buf = b;
+        s.allocated++;
+    }
+    cl->next = nullptr;
+    ngx_buf_t* b = cl->buf;
+    u_char* start = b->start;
+    u_char* end = b->end;
+    ngx_memzero(b, sizeof(ngx_buf_t));  // flags a filter may have set (range: sync)
+    b->start = start;
+    b->end = end;
+    b->pos = start;
+    b->last = start;
+    b->temporary = 1;
+    b->tag = stream_tag;
+    return cl;
+}
+
+// Waits until the connection can take more (or send_timeout), as ngx_http_writer() does.
+void wait_writable(ngx_http_request_t* r) noexcept {
+    ngx_event_t* wev = r->connection->write;
+    auto* clcf = static_cast<ngx_http_core_loc_conf_t*>(
+        ngx_http_get_module_loc_conf(r->main, ngx_http_core_module));
+    if (!wev->delayed) {
+        ngx_add_timer(wev, clcf->send_timeout);
+    }
+    if (ngx_handle_write_event(wev, clcf->send_lowat) != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_ERROR);
+    }
+}
+
+// The request's write handler while it streams: refill free buffers and pass them on until
+// none is free (wait for the client) or the body ended (nginx's writer sends the rest).
+void stream_write(ngx_http_request_t* r) noexcept {
+    ngx_connection_t* c = r->connection;
+    ngx_event_t* wev = c->write;
+    if (wev->timedout) {
+        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT, "client timed out");
+        c->timedout = 1;
+        ngx_http_finalize_request(r, NGX_HTTP_REQUEST_TIME_OUT);
+        return;
+    }
+    if (wev->delayed || r->aio) {
+        wait_writable(r);
+        return;
+    }
+    PlainStream* s = stream_of(r);
+    if (s == nullptr) {
+        ngx_http_finalize_request(r, NGX_ERROR);
+        return;
+    }
+    for (;;) {
+        ngx_chain_t* out = nullptr;
+        if (!s->finished && (out = take_buffer(r, *s)) != nullptr) {
+            ngx_buf_t* b = out->buf;
+            size_t n = 0;
+            core::GzipInflater::Status st =
+                s->inflater.next(reinterpret_cast<char*>(b->start), plain_stream_buf_size, n);
+            if (st == core::GzipInflater::Status::done && s->inflater.produced() != s->plain_size) {
+                st = core::GzipInflater::Status::error;
+            }
+            if (st == core::GzipInflater::Status::error) {
+                // The header (and its Content-Length) went out: the connection is cut.
+                ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                              "throttle_cache: a stored body does not decompress");
+                ngx_http_finalize_request(r, NGX_ERROR);
+                return;
+            }
+            b->last = b->start + n;
+            if (st == core::GzipInflater::Status::done) {
+                s->finished = true;
+                b->last_buf = r == r->main ? 1 : 0;
+                b->last_in_chain = 1;
+            }
+        } else if (!s->finished && s->free == nullptr && s->allocated < plain_stream_bufs) {
+            ngx_http_finalize_request(r, NGX_ERROR);  // no memory for a buffer
+            return;
+        }
+        ngx_int_t rc = ngx_http_output_filter(r, out);
+        if (rc == NGX_ERROR) {
+            ngx_http_finalize_request(r, NGX_ERROR);
+            return;
+        }
+        ngx_chain_update_chains(r->pool, &s->free, &s->busy, &out, stream_tag);
+        if (s->finished) {
+            r->write_event_handler = ngx_http_request_empty_handler;
+            ngx_http_finalize_request(r, rc);  // nginx's writer sends what is left
+            return;
+        }
+        if (s->free == nullptr && s->allocated == plain_stream_bufs) {
+            wait_writable(r);
+            return;
+        }
+    }
+}
+
+// Sends the header and starts streaming cr.stream; finalizes the request (now or later).
+void send_stream(ngx_http_request_t* r) noexcept {
+    ngx_int_t rc = ngx_http_send_header(r);
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        ngx_http_finalize_request(r, rc);
+        return;
+    }
+    r->write_event_handler = stream_write;
+    stream_write(r);
+}
+
 }  // namespace
 
 ngx_int_t cache_serve(ngx_http_request_t* r, CacheRequest& cr) noexcept {
     cr.step = CacheRequest::Step::done;
-    // A body the client sent with its GET must be read away, or nginx would parse it as the
-    // connection's next request (request smuggling).
-    ngx_int_t rc = ngx_http_discard_request_body(r);
-    if (rc != NGX_OK) {
-        return rc;
-    }
     if (!cr.view_valid) {
         core::cache::DecodeLimits limits;
         limits.max_size = cr.conf->max_size;
@@ -154,8 +286,51 @@ ngx_int_t cache_serve(ngx_http_request_t* r, CacheRequest& cr) noexcept {
     }
     const core::cache::EntryView& v = cr.decoded;
     bool gz = v.gzip && client_accepts_gzip(r);
+    bool inflate = v.gzip && !gz && !cr.head;  // HEAD needs only the size
+    bool stream = inflate && v.plain_size > cache_plain_memo_max;
+    if (inflate) {
+        size_t bound = main_conf(r)->cache.inflate_memory;
+        size_t charge = stream ? plain_stream_charge : v.plain_size;
+        if (!cache_inflate_reserve(charge, bound)) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "throttle_cache: bodies inflated in this worker hold %uz bytes, "
+                          "%uz more would pass \"throttle_cache_inflate_memory\" %uz: a hit "
+                          "for a client that does not accept gzip is going upstream",
+                          cache_inflate_held(), charge, bound);
+            if (RequestCtx* ctx = get_ctx(r)) {
+                ctx->cache_status = CacheStatus::bypass;
+            }
+            return NGX_DECLINED;
+        }
+        cr.inflate_charge = charge;  // released when the request ends
+    }
+    // A body the client sent with its GET must be read away, or nginx would parse it as the
+    // connection's next request (request smuggling).
+    ngx_int_t rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
     std::string_view body = v.body;
-    if (v.gzip && !gz) {
+    if (stream) {
+        try {
+            cr.stream = std::make_unique<PlainStream>();
+        } catch (...) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        cr.stream->plain_size = v.plain_size;
+        if (!cr.stream->inflater.begin(v.body, v.plain_size)) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        if (!set_headers(r, v, false)) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        r->headers_out.content_length_n = static_cast<off_t>(v.plain_size);
+        r->allow_ranges = v.status == NGX_HTTP_OK;
+        r->single_range = 1;  // a multipart answer needs the whole body in one buffer
+        send_stream(r);
+        return NGX_DONE;
+    }
+    if (inflate) {
         try {
             cr.plain = cache_plain_body(cr.entry_key, v);
         } catch (...) {
@@ -171,7 +346,8 @@ ngx_int_t cache_serve(ngx_http_request_t* r, CacheRequest& cr) noexcept {
     if (!set_headers(r, v, gz)) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    r->headers_out.content_length_n = static_cast<off_t>(body.size());
+    r->headers_out.content_length_n =
+        static_cast<off_t>(cr.head && v.gzip && !gz ? v.plain_size : body.size());
     r->allow_ranges = v.status == NGX_HTTP_OK;
     send(r, body);
     return NGX_DONE;
