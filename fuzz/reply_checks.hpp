@@ -119,8 +119,12 @@ inline void parse_all(const Reply& reply, size_t first_zones) {
 
     // flush
     std::vector<std::pair<uint64_t, uint64_t>> totals;
-    if (parse_flush_reply(reply, n / 2, totals)) {
-        FUZZ_CHECK(n == 2 * (n / 2) && totals.size() == n / 2);
+    // (2 totals per key, then whether the batch was applied)
+    const size_t keys = n > 0 ? (n - 1) / 2 : 0;
+    bool applied = false;
+    if (parse_flush_reply(reply, keys, totals, &applied)) {
+        FUZZ_CHECK(keys > 0 && n == 2 * keys + 1 && totals.size() == keys);
+        FUZZ_CHECK(applied == (reply.elements[n - 1].integer == 1));
     }
 
     // cache lookup, single and batch: the batch's answers are the single parser's
