@@ -51,6 +51,17 @@ bool has_credentials(ngx_http_request_t* r, const CacheLocConf& conf) noexcept {
     return false;
 }
 
+// Whether the upstream may answer this request with something that is not the entry: a
+// conditional request is passed on with its headers and may be answered 304 or 412, which
+// is not stored. Such a miss does not take the fill lock: holding it would make the
+// requests behind it wait for a fill that stores nothing and then go upstream unfilled.
+// (A range is not one of these: the full 200 is captured before nginx's range filter.)
+bool conditional(ngx_http_request_t* r) noexcept {
+    const ngx_http_headers_in_t& h = r->headers_in;
+    return h.if_modified_since != nullptr || h.if_none_match != nullptr ||
+           h.if_unmodified_since != nullptr || h.if_match != nullptr;
+}
+
 // Whether the request carries a body, or one may still come: a Content-Length above 0, a
 // chunked body, an HTTP/2 stream its client has not closed.
 bool has_body(ngx_http_request_t* r) noexcept {
@@ -174,7 +185,7 @@ void on_refresh_lock(const std::shared_ptr<CacheRequest>& cr, redis::Result&& re
 // A stale entry: one request refreshes it, the others are served the stale bytes.
 void refresh_or_serve_stale(const std::shared_ptr<CacheRequest>& cr,
                             std::shared_ptr<const std::string>&& entry) noexcept {
-    if (cr->head || cache_filling_here(cr->entry_key)) {
+    if (!cr->fills || cache_filling_here(cr->entry_key)) {
         serve_later(*cr, cr->head ? CacheStatus::stale : CacheStatus::updating, std::move(entry));
         return;
     }
@@ -265,6 +276,7 @@ void on_miss(const std::shared_ptr<CacheRequest>& cr, const redis::CacheLookup& 
 CacheRequest::CacheRequest(ngx_http_request_t* r, const CacheLocConf* c) noexcept
     : RequestBound(r), conf(c) {
     head = r->method == NGX_HTTP_HEAD;
+    fills = !head && !conditional(r);
     wait_timer.owner = this;
     wait_timer.ev.handler = wait_timeout;
     wait_timer.ev.data = r->connection;
@@ -441,7 +453,7 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
     in.extra = view(extra);  // throttle_cache_key
     cr->key = core::cache::cache_key(in);
     ctx->cache = cr.get();
-    if (!cache_lookup_submit(cr, !cr->head)) {
+    if (!cache_lookup_submit(cr, cr->fills)) {
         cr->step = CacheRequest::Step::done;
         ctx->cache_status = CacheStatus::error;
         return NGX_DECLINED;

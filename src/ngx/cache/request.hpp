@@ -53,6 +53,7 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
     Step step = Step::asking;
     bool relookup = false;  // asking again after a remote fill stored: never wait twice
     bool head = false;
+    bool fills = false;  // may take the fill lock: not HEAD, not conditional
 
     std::string id;  // identity digest ("anon" or 64 hex)
     core::Sha256Digest key{};
