@@ -1,9 +1,12 @@
 // Per-request state (see request.hpp).
 //
-// The context is kept on the main request. nginx clears module contexts on an internal redirect
-// (try_files, error_page, rewrite ... last); the decision must survive it, or a redirected
-// request would be counted twice. As the realip module does, the context is allocated as a
-// pool cleanup entry and found again through the pool's cleanup list.
+// Every request has its own context: the main request and each subrequest (auth_request,
+// mirror, SSI include), which nginx gives a context array of its own. nginx clears module
+// contexts on an internal redirect (try_files, error_page, rewrite ... last); the decision must
+// survive it, or a redirected request would be counted twice. As the realip module does, the
+// context is allocated as a pool cleanup entry and found again through the pool's cleanup list,
+// by its owner: subrequests share their main request's pool, so the list holds the contexts of
+// all of them.
 #include "ngx/request.hpp"
 
 namespace throttle::ngx {
@@ -52,13 +55,19 @@ void RequestBound::keep_worker(bool on) noexcept {
 }
 
 RequestCtx* get_ctx(ngx_http_request_t* r) noexcept {
-    r = r->main;
     auto* ctx = static_cast<RequestCtx*>(ngx_http_get_module_ctx(r, ngx_http_throttle_module));
     if (ctx != nullptr || !(r->internal || r->filter_finalize)) {
         return ctx;
     }
+    if (r != r->main) {
+        // Subrequests are always internal: search only when some subrequest has a context.
+        RequestCtx* main = get_ctx(r->main);
+        if (main == nullptr || !main->sub_ctxs) {
+            return nullptr;
+        }
+    }
     for (ngx_pool_cleanup_t* c = r->pool->cleanup; c != nullptr; c = c->next) {
-        if (c->handler == ctx_marker) {
+        if (c->handler == ctx_marker && static_cast<RequestCtx*>(c->data)->owner == r) {
             ctx = static_cast<RequestCtx*>(c->data);
             ngx_http_set_ctx(r, ctx, ngx_http_throttle_module);
             return ctx;
@@ -68,14 +77,24 @@ RequestCtx* get_ctx(ngx_http_request_t* r) noexcept {
 }
 
 RequestCtx* create_ctx(ngx_http_request_t* r) noexcept {
-    r = r->main;
+    RequestCtx* main = nullptr;
+    if (r != r->main) {
+        main = get_ctx(r->main);
+        if (main == nullptr && (main = create_ctx(r->main)) == nullptr) {
+            return nullptr;
+        }
+    }
     ngx_pool_cleanup_t* c = ngx_pool_cleanup_add(r->pool, sizeof(RequestCtx));
     if (c == nullptr) {
         return nullptr;
     }
     c->handler = ctx_marker;
     auto* ctx = new (c->data) RequestCtx{};
+    ctx->owner = r;
     ngx_http_set_ctx(r, ctx, ngx_http_throttle_module);
+    if (main != nullptr) {
+        main->sub_ctxs = true;
+    }
     return ctx;
 }
 

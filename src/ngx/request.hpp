@@ -18,7 +18,6 @@ enum class Outcome : ngx_uint_t {
     rejected_dry_run,
     passed_fallback,    // passed while Redis could not answer for a strict zone
     rejected_fallback,  // rejected by the fallback while Redis could not answer
-    pending,            // waiting for Redis
 };
 
 // $throttle_cache_status
@@ -27,23 +26,29 @@ enum class CacheStatus : uint8_t { none = 0, hit, miss, expired, stale, updating
 struct CacheRequest;
 struct CacheHold;
 
-// Decided once per main request, kept across internal redirects (see request.cpp).
+// One per request: the main request and each subrequest have their own (nginx gives a
+// subrequest a context array of its own), kept across internal redirects (see request.cpp).
 struct RequestCtx {
-    Outcome outcome;
+    ngx_http_request_t* owner;   // the request this context belongs to
+    Outcome outcome;             // the last decision made for this request
+    bool waiting;                // a decision is pending: Redis, or another request's (limit)
     bool respond;                // decided while waiting: the handler still has to answer
     bool headers;                // throttle_headers of the location that decided
+    bool sub_ctxs;               // main request: some subrequest has a context of its own
     const ngx_str_t* zone_name;  // the zone the RateLimit fields describe
     const ngx_str_t* policy;     // its RateLimit-Policy value
     uint64_t remaining;
     int64_t reset_s;
     int64_t retry_after_s;
-    CacheStatus cache_status;
-    CacheHold* hold;      // a write's response held until its invalidation is answered
-    CacheRequest* cache;  // the response cache's state (cache/request.hpp), or nullptr
+    CacheStatus cache_status;  // main request only, as the two below
+    CacheHold* hold;           // a write's response held until its invalidation is answered
+    CacheRequest* cache;       // the response cache's state (cache/request.hpp), or nullptr
 };
 static_assert(std::is_trivially_destructible_v<RequestCtx>);
 
+// The context of r itself (a subrequest's, not its main request's), or nullptr.
 RequestCtx* get_ctx(ngx_http_request_t* r) noexcept;
+// Makes r's context; for a subrequest, the main request's too if it has none yet.
 RequestCtx* create_ctx(ngx_http_request_t* r) noexcept;
 
 // State a request shares with what answers it later (a Redis callback, a fill it waits for,

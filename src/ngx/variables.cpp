@@ -12,8 +12,8 @@ ngx_str_t outcome_names[] = {
     ngx_string("REJECTED_DRY_RUN"),
     ngx_string("PASSED_FALLBACK"),
     ngx_string("REJECTED_FALLBACK"),
-    ngx_string("PENDING"),
 };
+ngx_str_t pending_name = ngx_string("PENDING");
 
 void set_not_found(ngx_http_variable_value_t* v) noexcept {
     v->not_found = 1;
@@ -28,8 +28,22 @@ ngx_int_t set_value(ngx_http_variable_value_t* v, const ngx_str_t& value) noexce
     return NGX_OK;
 }
 
+// The decision the rate-limiting variables describe: r's own; for a subrequest for which no
+// zone was decided (none in its location, or all counted by the client request already), its
+// main request's.
+const RequestCtx* decision_of(ngx_http_request_t* r) noexcept {
+    const RequestCtx* ctx = get_ctx(r);
+    if ((ctx == nullptr || (ctx->outcome == Outcome::none && !ctx->waiting)) && r != r->main) {
+        ctx = get_ctx(r->main);
+    }
+    return ctx;
+}
+
 ngx_int_t status_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v, uintptr_t) noexcept {
-    RequestCtx* ctx = get_ctx(r);
+    const RequestCtx* ctx = decision_of(r);
+    if (ctx != nullptr && ctx->waiting) {
+        return set_value(v, pending_name);
+    }
     if (ctx == nullptr || ctx->outcome == Outcome::none) {
         set_not_found(v);
         return NGX_OK;
@@ -39,7 +53,7 @@ ngx_int_t status_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v, u
 
 ngx_int_t remaining_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
                              uintptr_t) noexcept {
-    RequestCtx* ctx = get_ctx(r);
+    const RequestCtx* ctx = decision_of(r);
     if (ctx == nullptr || ctx->outcome == Outcome::none || ctx->zone_name == nullptr) {
         set_not_found(v);
         return NGX_OK;
@@ -56,9 +70,10 @@ ngx_str_t cache_status_names[] = {
     ngx_string("STALE"), ngx_string("UPDATING"), ngx_string("BYPASS"), ngx_string("ERROR"),
 };
 
+// The cache serves main requests only: a subrequest reports its main request's.
 ngx_int_t cache_status_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
                                 uintptr_t) noexcept {
-    RequestCtx* ctx = get_ctx(r);
+    const RequestCtx* ctx = get_ctx(r->main);
     if (ctx == nullptr || ctx->cache_status == CacheStatus::none) {
         set_not_found(v);
         return NGX_OK;

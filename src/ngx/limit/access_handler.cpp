@@ -319,6 +319,7 @@ void settle(ngx_http_request_t* r, Check& c, const redis::StrictDecision* decisi
     RequestCtx* ctx = get_ctx(r);
     int64_t now = now_ms();
     bool admitted = true;
+    ctx->waiting = false;
     if (decisions == nullptr) {
         release_local(c, now);
         fall_back(c);
@@ -454,7 +455,7 @@ bool decide_remote(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, C
         return true;
     }
     if (ask_redis(r, c)) {  // decided() is never called from inside it
-        ctx->outcome = Outcome::pending;
+        ctx->waiting = true;
         rc = NGX_DONE;
         return true;
     }
@@ -474,9 +475,9 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
         return NGX_DECLINED;
     }
     RequestCtx* ctx = get_ctx(r);  // the cache's, perhaps
-    if (ctx != nullptr && ctx->outcome != Outcome::none) {
+    if (ctx != nullptr && (ctx->outcome != Outcome::none || ctx->waiting)) {
         // Decided already: before an internal redirect, or while waiting for Redis.
-        if (ctx->outcome == Outcome::pending) {
+        if (ctx->waiting) {
             return NGX_AGAIN;
         }
         if (ctx->respond) {

@@ -1,5 +1,5 @@
 // Adds RateLimit-Policy / RateLimit (draft-ietf-httpapi-ratelimit-headers) and Retry-After
-// to the response of every request a zone applied to.
+// to the response of every request a zone was decided for (main request or subrequest).
 #include "ngx/limit/limit.hpp"
 #include "ngx/request.hpp"
 
@@ -43,12 +43,11 @@ ngx_str_t rate_limit_policy = ngx_string("RateLimit-Policy");
 ngx_str_t rate_limit = ngx_string("RateLimit");
 ngx_str_t retry_after = ngx_string("Retry-After");
 
+// A subrequest's fields go into its own headers_out, which nginx never sends to the client:
+// there they are $sent_http_ratelimit, $sent_http_retry_after for auth_request_set.
 ngx_int_t header_filter(ngx_http_request_t* r) noexcept {
-    if (r != r->main) {
-        return next_header_filter(r);
-    }
     RequestCtx* ctx = get_ctx(r);
-    if (ctx == nullptr || ctx->outcome == Outcome::none || ctx->outcome == Outcome::pending) {
+    if (ctx == nullptr || ctx->outcome == Outcome::none || ctx->waiting) {
         return next_header_filter(r);
     }
     if (ctx->headers) {
