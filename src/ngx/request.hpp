@@ -25,6 +25,7 @@ enum class CacheStatus : uint8_t { none = 0, hit, miss, expired, stale, updating
 
 struct CacheRequest;
 struct CacheHold;
+struct ZoneMark;
 
 // One per request: the main request and each subrequest have their own (nginx gives a
 // subrequest a context array of its own), kept across internal redirects (see request.cpp).
@@ -35,11 +36,16 @@ struct RequestCtx {
     bool respond;                // decided while waiting: the handler still has to answer
     bool headers;                // throttle_headers of the location that decided
     bool sub_ctxs;               // main request: some subrequest has a context of its own
+    const void* decided_in;      // the location (its LocConf) whose zones were decided last
     const ngx_str_t* zone_name;  // the zone the RateLimit fields describe
     const ngx_str_t* policy;     // its RateLimit-Policy value
     uint64_t remaining;
     int64_t reset_s;
     int64_t retry_after_s;
+    // Main request: what the client request (the main request, its internal redirects and its
+    // subrequests) did in each zone, by ZoneConf::index (limit/access_handler.cpp); nullptr
+    // until a zone was counted or is being decided.
+    ZoneMark* marks;
     CacheStatus cache_status;  // main request only, as the two below
     CacheHold* hold;           // a write's response held until its invalidation is answered
     CacheRequest* cache;       // the response cache's state (cache/request.hpp), or nullptr

@@ -5,6 +5,13 @@
 // one script call for all of them (all-or-nothing), while the request waits on nginx's event
 // loop; when Redis cannot answer (down, slow, circuit open), each strict zone follows its
 // fallback: local (decide on this host's counts), open (skip it) or closed (reject).
+//
+// Subrequests (auth_request, mirror, SSI includes) are checked as main requests are. A zone
+// counts a client request at most once, across the main request, its internal redirects and
+// its subrequests: the zones it was counted in are marked on the main request (ZoneMark), and
+// a location skips them. A zone held by one of them while Redis decides makes the others that
+// apply it wait for that decision (Follower), so that concurrent SSI includes or mirrors never
+// count it twice nor pass it uncounted.
 #include <memory>
 #include <new>
 #include <string>
@@ -17,6 +24,14 @@
 #include "redis/scripts.hpp"
 
 namespace throttle::ngx {
+
+// What a client request did in one zone (RequestCtx::marks of its main request).
+struct ZoneMark {
+    bool counted;             // admitted and counted: no request of it is counted there again
+    StrictRequest* deciding;  // held by a request of it while Redis decides (its Waiting)
+};
+static_assert(std::is_trivially_destructible_v<ZoneMark>);
+
 namespace {
 
 constexpr uint64_t tag_full_logged = 0x100;
@@ -43,6 +58,60 @@ struct Check {
     ngx_uint_t n;
     bool fallback;  // some strict zone could not ask Redis
 };
+
+// The marks of r's client request, indexed by ZoneConf::index. Without `make`, nullptr when
+// no zone was marked yet; with it, nullptr only when memory ran out.
+ZoneMark* marks_of(ngx_http_request_t* r, bool make) noexcept {
+    RequestCtx* main = get_ctx(r->main);
+    if (main == nullptr && (!make || (main = create_ctx(r->main)) == nullptr)) {
+        return nullptr;
+    }
+    if (main->marks == nullptr && make) {
+        size_t n = main_conf(r)->limit.zones.nelts;
+        main->marks = static_cast<ZoneMark*>(ngx_pcalloc(r->main->pool, n * sizeof(ZoneMark)));
+    }
+    return main->marks;
+}
+
+// The zones a decision counts the request in (an open zone is skipped, a closed one rejects).
+bool counts(const Applied& a) noexcept {
+    return a.role == Role::local || a.role == Role::remote;
+}
+
+// r was counted in c's zones: no other request of its client request is counted there again.
+// Out of memory, nothing is marked (the zones may then count it again).
+void mark_counted(ngx_http_request_t* r, const Check& c) noexcept {
+    ZoneMark* marks = marks_of(r, true);
+    for (ngx_uint_t i = 0; marks != nullptr && i < c.n; i++) {
+        if (counts(c.applied[i])) {
+            marks[c.applied[i].zone->index].counted = true;
+        }
+    }
+}
+
+// r holds c's zones while Redis decides (w): the other requests of its client request that
+// apply one of them wait for the decision. False when memory ran out.
+bool hold_zones(ngx_http_request_t* r, const Check& c, StrictRequest* w) noexcept {
+    ZoneMark* marks = marks_of(r, true);
+    if (marks == nullptr) {
+        return false;
+    }
+    for (ngx_uint_t i = 0; i < c.n; i++) {
+        marks[c.applied[i].zone->index].deciding = w;
+    }
+    return true;
+}
+
+// Redis decided (or could not): w holds c's zones no more.
+void release_zones(ngx_http_request_t* r, const Check& c, const StrictRequest* w) noexcept {
+    ZoneMark* marks = marks_of(r, false);
+    for (ngx_uint_t i = 0; marks != nullptr && i < c.n; i++) {
+        ZoneMark& m = marks[c.applied[i].zone->index];
+        if (m.deciding == w) {
+            m.deciding = nullptr;
+        }
+    }
+}
 
 int64_t ceil_seconds(int64_t ms) noexcept {
     return ms <= 0 ? 0 : (ms + 999) / 1000;
@@ -236,15 +305,25 @@ bool conclude(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, const 
               bool admitted) noexcept {
     log_full(r, c);
     const Applied* shown = most_restrictive(c, admitted);
+    // After an internal redirect into a location with zones not counted yet, an admission
+    // keeps describing the earlier decision's zone when that one has fewer requests left.
+    bool earlier = ctx->zone_name != nullptr &&
+                   (ctx->outcome == Outcome::passed || ctx->outcome == Outcome::passed_fallback);
+    bool keep = false;
     if (admitted) {
-        ctx->outcome = c.fallback ? Outcome::passed_fallback : Outcome::passed;
+        bool fallback = c.fallback || ctx->outcome == Outcome::passed_fallback;
+        ctx->outcome = fallback ? Outcome::passed_fallback : Outcome::passed;
+        keep = earlier && (shown == nullptr || ctx->remaining < shown->decision.remaining ||
+                           (ctx->remaining == shown->decision.remaining &&
+                            ctx->reset_s >= ceil_seconds(shown->decision.reset_ms)));
     } else if (lcf->limit.dry_run) {
         ctx->outcome = Outcome::rejected_dry_run;
     } else {
         ctx->outcome = c.fallback ? Outcome::rejected_fallback : Outcome::rejected;
     }
-    ctx->headers = lcf->limit.headers && shown != nullptr;
-    if (shown != nullptr) {
+    ctx->decided_in = lcf;
+    ctx->headers = lcf->limit.headers && (shown != nullptr || keep);
+    if (shown != nullptr && !keep) {
         ctx->zone_name = &shown->zone->name;
         ctx->policy = &shown->zone->policy_header;
         ctx->remaining = shown->decision.remaining;
@@ -313,12 +392,14 @@ void log_clamped(ngx_http_request_t* r, const ZoneConf* zone) noexcept {
 }
 
 // Redis answered for the remote zones (decisions in their order), or could not (nullptr):
-// decide, then let the request go on.
-void settle(ngx_http_request_t* r, Check& c, const redis::StrictDecision* decisions) noexcept {
+// decide, then let the request go on. w held the zones meanwhile.
+void settle(ngx_http_request_t* r, Check& c, const redis::StrictDecision* decisions,
+            const StrictRequest* w) noexcept {
     const LocConf* lcf = loc_conf(r);
     RequestCtx* ctx = get_ctx(r);
     int64_t now = now_ms();
     bool admitted = true;
+    release_zones(r, c, w);
     ctx->waiting = false;
     if (decisions == nullptr) {
         release_local(c, now);
@@ -357,8 +438,29 @@ void settle(ngx_http_request_t* r, Check& c, const redis::StrictDecision* decisi
         }
         unlock(c);
     }
+    if (admitted) {
+        mark_counted(r, c);
+    }
     ctx->respond = conclude(r, lcf, ctx, c, admitted);
 }
+
+// A request waiting for another request of its client request (a subrequest, its main
+// request) that holds a zone they share while Redis decides: once that one is decided, it
+// runs its check again, which skips the zone if it was counted.
+class Follower final : public RequestBound {
+   public:
+    using RequestBound::RequestBound;
+
+    void wake() noexcept {
+        if (gone()) {
+            return;
+        }
+        if (RequestCtx* ctx = get_ctx(request())) {
+            ctx->waiting = false;
+        }
+        resume();
+    }
+};
 
 // A request waiting for Redis to decide its strict zones.
 class Waiting final : public StrictRequest {
@@ -369,17 +471,42 @@ class Waiting final : public StrictRequest {
     const std::vector<redis::StrictZone>& zones() const noexcept override { return zones_; }
 
     void decided(const redis::StrictDecision* decisions) noexcept override {
-        settle(request(), check_, decisions);
+        settle(request(), check_, decisions, this);
+        // The batch holds a share of this object, the local vector one of every follower:
+        // resuming a request may end them all (then gone() stops each wake()).
+        std::vector<std::shared_ptr<Follower>> followers = std::move(followers_);
         resume();
+        for (const auto& f : followers) {
+            f->wake();
+        }
     }
+
+    void add_follower(std::shared_ptr<Follower> f) { followers_.push_back(std::move(f)); }
 
    private:
     Check check_;
     std::vector<redis::StrictZone> zones_;
+    std::vector<std::shared_ptr<Follower>> followers_;
 };
 
-// Queues the remote zones' decision and suspends the request. Returns false when that was not
-// possible.
+// r waits until w is decided. NGX_DONE, or an error status.
+ngx_int_t follow(ngx_http_request_t* r, RequestCtx* ctx, Waiting& w) noexcept {
+    try {
+        auto f = bind_to_request<Follower>(r);
+        if (f == nullptr) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        w.add_follower(f);
+        f->suspend();
+        ctx->waiting = true;
+        return NGX_DONE;
+    } catch (...) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+}
+
+// Queues the remote zones' decision, holds the zones and suspends the request. Returns false
+// when that was not possible.
 bool ask_redis(ngx_http_request_t* r, Check& c) noexcept {
     const RedisSettings* rs = redis_settings();
     try {
@@ -397,7 +524,11 @@ bool ask_redis(ngx_http_request_t* r, Check& c) noexcept {
                                               redis_base(*rs, *a.zone, key)});
         }
         auto w = bind_to_request<Waiting>(r, c, std::move(zones));
-        if (w == nullptr || !strict_submit(w)) {
+        if (w == nullptr || !hold_zones(r, c, w.get())) {
+            return false;
+        }
+        if (!strict_submit(w)) {
+            release_zones(r, c, w.get());
             return false;
         }
         w->suspend();
@@ -407,9 +538,12 @@ bool ask_redis(ngx_http_request_t* r, Check& c) noexcept {
     }
 }
 
-// The zones of the location whose key is not empty for this request, in c. False on error.
-bool applied_zones(ngx_http_request_t* r, const LimitLocConf& conf, Check& c,
-                   bool& remote) noexcept {
+// The zones of the location whose key is not empty for this request and that its client
+// request was not counted in yet, in c. `busy`: a request that holds one of them while Redis
+// decides, if any. False on error.
+bool applied_zones(ngx_http_request_t* r, const LimitLocConf& conf, Check& c, bool& remote,
+                   Waiting*& busy) noexcept {
+    const ZoneMark* marks = marks_of(r, false);
     ngx_uint_t total = conf.zones->nelts;
     auto** zones = static_cast<ZoneConf**>(conf.zones->elts);
     c.applied = static_cast<Applied*>(ngx_palloc(r->pool, total * sizeof(Applied)));
@@ -424,6 +558,15 @@ bool applied_zones(ngx_http_request_t* r, const LimitLocConf& conf, Check& c,
         }
         if (key.len == 0) {
             continue;  // an empty key: this zone does not apply to the request
+        }
+        if (marks != nullptr) {
+            const ZoneMark& m = marks[zones[i]->index];
+            if (m.counted) {
+                continue;  // counted already: before an internal redirect, or in a subrequest
+            }
+            if (m.deciding != nullptr) {
+                busy = static_cast<Waiting*>(m.deciding);  // the only StrictRequest here
+            }
         }
         Role role = zones[i]->mode == Mode::strict ? Role::remote : Role::local;
         remote = remote || role == Role::remote;
@@ -466,29 +609,34 @@ bool decide_remote(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, C
 
 }  // namespace
 
+// Main requests and subrequests alike (see the top of the file).
 ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
-    if (r != r->main) {
-        return NGX_DECLINED;
-    }
     const LocConf* lcf = loc_conf(r);
     if (lcf->limit.zones == nullptr || lcf->limit.zones->nelts == 0) {
         return NGX_DECLINED;
     }
     RequestCtx* ctx = get_ctx(r);  // the cache's, perhaps
-    if (ctx != nullptr && (ctx->outcome != Outcome::none || ctx->waiting)) {
-        // Decided already: before an internal redirect, or while waiting for Redis.
+    if (ctx != nullptr) {
         if (ctx->waiting) {
-            return NGX_AGAIN;
+            return NGX_AGAIN;  // for Redis, or for another request of the client request
         }
         if (ctx->respond) {
             ctx->respond = false;
             return reject(r, lcf, ctx);
         }
-        return NGX_DECLINED;
+        // Decided in this location already (the phases run again after a wait), or rejected
+        // before an internal redirect: nothing more is counted. An admitted request that an
+        // internal redirect brought here is checked against the zones it was not counted in.
+        if (ctx->decided_in == lcf ||
+            (ctx->outcome != Outcome::none && ctx->outcome != Outcome::passed &&
+             ctx->outcome != Outcome::passed_fallback)) {
+            return NGX_DECLINED;
+        }
     }
     Check c{nullptr, 0, false};
     bool remote = false;
-    if (!applied_zones(r, lcf->limit, c, remote)) {
+    Waiting* busy = nullptr;
+    if (!applied_zones(r, lcf->limit, c, remote, busy)) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     if (c.n == 0) {
@@ -497,12 +645,18 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
     if (ctx == nullptr && (ctx = create_ctx(r)) == nullptr) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+    if (busy != nullptr) {
+        return follow(r, ctx, *busy);
+    }
     int64_t now = now_ms();
     ngx_int_t rc = NGX_DECLINED;
     if (remote && decide_remote(r, lcf, ctx, c, now, rc)) {
         return rc;
     }
     bool admitted = decide_locally(c, now);
+    if (admitted) {
+        mark_counted(r, c);
+    }
     if (!conclude(r, lcf, ctx, c, admitted)) {
         return NGX_DECLINED;
     }
