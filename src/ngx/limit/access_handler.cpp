@@ -539,11 +539,10 @@ bool ask_redis(ngx_http_request_t* r, Check& c) noexcept {
 }
 
 // The zones of the location whose key is not empty for this request and that its client
-// request was not counted in yet, in c. `busy`: a request that holds one of them while Redis
-// decides, if any. False on error.
-bool applied_zones(ngx_http_request_t* r, const LimitLocConf& conf, Check& c, bool& remote,
-                   Waiting*& busy) noexcept {
-    const ZoneMark* marks = marks_of(r, false);
+// request was not counted in yet (marks, nullptr when none), in c. `busy`: a request that holds
+// one of them while Redis decides, if any. False on error.
+bool applied_zones(ngx_http_request_t* r, const LimitLocConf& conf, const ZoneMark* marks, Check& c,
+                   bool& remote, Waiting*& busy) noexcept {
     ngx_uint_t total = conf.zones->nelts;
     auto** zones = static_cast<ZoneConf**>(conf.zones->elts);
     c.applied = static_cast<Applied*>(ngx_palloc(r->pool, total * sizeof(Applied)));
@@ -633,10 +632,11 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
             return NGX_DECLINED;
         }
     }
+    const RequestCtx* main = r == r->main ? ctx : get_ctx(r->main);
     Check c{nullptr, 0, false};
     bool remote = false;
     Waiting* busy = nullptr;
-    if (!applied_zones(r, lcf->limit, c, remote, busy)) {
+    if (!applied_zones(r, lcf->limit, main != nullptr ? main->marks : nullptr, c, remote, busy)) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     if (c.n == 0) {
