@@ -335,11 +335,13 @@ is($r->{headers}{'x-status'}, 'PASSED', 'main + auth: $throttle_status PASSED');
 @r = map { $t->get('/m/x', 'X-Key' => 'm1') } 1 .. 4;
 is(join(' ', map { $_->{status} } @r), '200 200 200 200', 'mirror: the client is not affected by the mirror\'s zone');
 ok(Throttle::Redis::wait_for(sub { $app->count('/m/x') == 4 }), 'mirror: 4 main requests reached the app');
-sleep 0.3;
+Throttle::Redis::wait_for(sub { $app->count('/mirror-m') >= 2 });
+sleep 0.3;    # and no more arrive
 is($app->count('/mirror-m'), 2, 'mirror: 2 of 4 mirrored subrequests admitted (2r/h)');
 $t->log_like(qr/limiting request by zone "mir".*subrequest: "\/mirror-m"/, 'mirror: the rejected mirror is logged');
 
 is(statuses('/mm/x', 'mm1', 5), '200 200 200 429 429', 'main + mirror with one zone (3r/h): 3 pass');
+Throttle::Redis::wait_for(sub { $app->count('/mirror-mm') >= 3 });
 sleep 0.3;
 is($app->count('/mirror-mm'), 3, 'main + mirror: each admitted request mirrored once, counted once');
 
@@ -408,6 +410,7 @@ is($redis->sum('throttle:{sfrag:sf1}:*'), 2, 'strict SSI: Redis counted one per 
 @r = map { $t->get('/smir/x', 'X-Key' => 'sm1') } 1 .. 4;
 is(join(' ', map { $_->{status} } @r), '200 200 200 200', 'strict mirror: the client is not affected');
 ok(Throttle::Redis::wait_for(sub { $redis->sum('throttle:{smir:sm1}:*') == 2 }), 'strict mirror: Redis holds 2');
+Throttle::Redis::wait_for(sub { $app->count('/mirror-smir') >= 2 });
 sleep 0.3;
 is($app->count('/mirror-smir'), 2, 'strict mirror: 2 mirrored requests admitted');
 
