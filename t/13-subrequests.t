@@ -7,7 +7,9 @@
 # a 429 with Retry-After (auth_request_set + error_page) or a 403 (throttle_status 403).
 # Strict zones decide in Redis inside a subrequest too (auth_request, mirror, SSI includes that
 # wait for Redis at the same time), and sync zones count there. The response cache never
-# serves or stores a subrequest. Bad inputs: a client that leaves while its auth subrequest
+# serves or stores a subrequest; under SSI its entry is the upstream's source, so every MISS
+# and HIT runs the includes (plain entries: gzip'd ones reach gzip clients unprocessed, see the
+# README). Bad inputs: a client that leaves while its auth subrequest (or include, or mirror)
 # waits for Redis, a Redis that does not answer, 40 includes, nested includes, empty keys.
 
 use strict;
