@@ -12,6 +12,8 @@
 //   miss, lock held       another request fills: wait until it stored (HIT from its bytes, or
 //                         from a second lookup when it filled in another worker or host) or
 //                         gave up, at most throttle_cache_lock_timeout; then MISS upstream
+//   miss, no lock asked   HEAD, conditional: upstream at once (MISS); whether anyone fills is
+//                         unknown, and their answer is not stored
 //   Redis down or slow    BYPASS (circuit open) or ERROR (failed, timed out): upstream
 // Nothing here ever answers 5xx because of Redis: every failure passes the request on.
 #include <new>
@@ -259,7 +261,9 @@ void on_miss(const std::shared_ptr<CacheRequest>& cr, const redis::CacheLookup& 
         pass(c, CacheStatus::miss);
         return;
     }
-    if (c.head || c.relookup || !cache_can_wait(c.entry_key)) {
+    // A lookup that did not ask for the lock cannot tell whether anyone fills (HEAD and
+    // conditional requests), and one after a remote fill stored found nothing: upstream.
+    if (!c.fills || c.relookup || !cache_can_wait(c.entry_key)) {
         pass(c, CacheStatus::miss);
         return;
     }
