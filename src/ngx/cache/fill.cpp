@@ -226,8 +226,8 @@ void Fill::store(ngx_http_request_t* r) {
     redis::EvalArgs args;
     redis::Client* client = redis_client();
     if (entry->empty() || client == nullptr || ttl < 1 ||
-        !redis::build_cache_store_args(target_of(lock_), gen_, *entry, ttl, cache_channel(),
-                                       args)) {
+        !redis::build_cache_store_args(target_of(lock_), gen_, lock_.token, *entry, ttl,
+                                       cache_channel(), args)) {
         release();
         return;
     }
@@ -262,7 +262,8 @@ void Fill::release() noexcept {
         redis::Client* client = redis_client();
         redis::EvalArgs args;
         if (client != nullptr && !worker_exiting() &&
-            redis::build_cache_release_args(target_of(lock_), gen_, cache_channel(), args)) {
+            redis::build_cache_release_args(target_of(lock_), gen_, lock_.token, cache_channel(),
+                                            args)) {
             client->evalsha(redis::cache_release_script(), args.keys(), args.args(),
                             [lock = lock_](redis::Result&& res) noexcept {
                                 bool had = false;

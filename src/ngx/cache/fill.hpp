@@ -32,6 +32,7 @@ struct FillLock {
     std::string ns;
     std::string id;
     core::Sha256Digest key{};
+    std::string token;   // its owner token: the lock's value in Redis
     ngx_msec_t ttl = 0;  // throttle_cache_lock_timeout: the lock is gone by itself after it
 };
 

@@ -22,6 +22,7 @@
 #include "core/http_text.hpp"
 #include "ngx/cache/cache.hpp"
 #include "ngx/cache/invalidate.hpp"
+#include "ngx/cache/leases.hpp"
 #include "ngx/cache/lookup.hpp"
 #include "ngx/cache/memo.hpp"
 #include "ngx/cache/orphans.hpp"
@@ -194,7 +195,7 @@ void refresh_or_serve_stale(const std::shared_ptr<CacheRequest>& cr,
     redis::Client* client = redis_client();
     try {
         std::vector<std::string> argv = redis::cache_fill_lock_argv(
-            cr->target(), cr->gen, static_cast<int64_t>(cr->conf->lock_timeout));
+            cr->target(), cr->gen, cr->token, static_cast<int64_t>(cr->conf->lock_timeout));
         std::vector<std::string_view> args(argv.begin(), argv.end());
         auto held = std::make_shared<std::shared_ptr<const std::string>>(std::move(entry));
         client->command(args, [cr, held](redis::Result&& res) noexcept {
@@ -456,6 +457,9 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
     key_origin(r, in);
     in.extra = view(extra);  // throttle_cache_key
     cr->key = core::cache::cache_key(in);
+    if (cr->fills) {
+        cr->token = cache_fill_token();
+    }
     ctx->cache = cr.get();
     if (!cache_lookup_submit(cr, cr->fills)) {
         cr->step = CacheRequest::Step::done;

@@ -38,6 +38,7 @@ void send(Batch&& batch) noexcept {
             rq.target = q.cr->target();
             rq.lock_ttl_ms = static_cast<int64_t>(q.cr->conf->lock_timeout);
             rq.want_lock = q.want_lock;
+            rq.token = q.cr->token;
             reqs.push_back(rq);
         }
         redis::EvalArgs args;

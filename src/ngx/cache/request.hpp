@@ -55,7 +55,8 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
     bool head = false;
     bool fills = false;  // may take the fill lock: not HEAD, not conditional
 
-    std::string id;  // identity digest ("anon" or 64 hex)
+    std::string id;     // identity digest ("anon" or 64 hex)
+    std::string token;  // the owner token its fill lock is taken with (fills only)
     core::Sha256Digest key{};
     core::cache::Generation gen;
     std::string entry_key;  // E, once the generations are known
@@ -86,7 +87,7 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
     }
     // The fill lock this request's lookup may take, in owned bytes. May throw std::bad_alloc.
     FillLock fill_lock() const {
-        return FillLock{std::string(target().ns), id, key, conf->lock_timeout};
+        return FillLock{std::string(target().ns), id, key, token, conf->lock_timeout};
     }
 
    protected:
