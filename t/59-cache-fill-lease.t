@@ -188,13 +188,13 @@ sub waiter_marks { scalar grep { /:w$/ } $redis->keys("throttle:cache:{$_[0]:*:w
     ok(!fill_lock('l'), 'live: the lock is gone after the store');
 }
 
-# --- a request later than throttle_cache_lock_timeout (3 s) into a live 5 s fill: the lock was
+# --- a request later than throttle_cache_lock_timeout (3 s) into a live 4.5 s fill: the lock was
 # renewed, so it waits for the rest of the fill and is served its answer; with a lock that lived
 # lock_timeout it would have taken the lock and filled a second time.
 {
     my $path = '/late/x';
-    my $filler = send_request($t->port, $path, 'X-Delay' => 5000);
-    ok($app->wait_for_count(1, $path), 'late: the filler reached the app (it answers in 5 s)');
+    my $filler = send_request($t->port, $path, 'X-Delay' => 4500);
+    ok($app->wait_for_count(1, $path), 'late: the filler reached the app (it answers in 4.5 s)');
     my $started = time;
     Throttle::Redis::wait_for(sub { time - $started > 3.5 }, timeout => 10);
     ok(fill_lock('t'), sprintf('late: %.1f s into the fill the lock is still there', time - $started));
