@@ -161,7 +161,7 @@ inline void parse_all(const Reply& reply, size_t first_zones) {
         FUZZ_CHECK(b == (reply.type == Reply::Type::Status));
     }
     if (parse_cache_store_reply(reply, b) || parse_cache_release_reply(reply, b) ||
-        parse_cache_abandon_reply(reply, b)) {
+        parse_cache_renew_reply(reply, b) || parse_cache_abandon_reply(reply, b)) {
         FUZZ_CHECK(reply.type == Reply::Type::Integer);
     }
     std::vector<uint64_t> gens;

@@ -341,10 +341,16 @@ sub req_text {
     is("$c4->{status} " . xc($c4), '412 HIT', 'HIT + If-Unmodified-Since (older) -> 412');
     is(uri_hits($lu), 1, 'conditional (Last-Modified): everything answered from the cache');
 
-    # a conditional MISS: the upstream's 304 is passed on and not stored
+    # a conditional MISS: the upstream's 304 is passed on and not stored. It does not take the
+    # fill lock, so it cannot tell whether anyone fills: it goes upstream at once instead of
+    # waiting throttle_cache_lock_timeout (5 s) for a fill nobody makes.
     my $cu = '/cond/miss?_etag=v1';
+    my $cmark = $t->log_mark;
     my $x1 = $t->get($cu, 'If-None-Match' => '"v1"');
     is("$x1->{status} " . xc($x1), '304 MISS', 'MISS + If-None-Match: the upstream\'s 304');
+    my @cwaited = $t->log_lines(qr/waited \d+ ms for another request/, $cmark);
+    is(scalar @cwaited, 0, sprintf('MISS + If-None-Match: it did not wait for a fill (%.0f ms)',
+        1000 * $x1->{elapsed})) or diag join "\n", @cwaited;
     my $x2 = $t->get($cu);
     ok($x2->{status} == 200 && xc($x2) eq 'MISS' && (body($x2)->{uri} // '') eq $cu,
         'then plain GET: MISS (the 304 was not stored), full 200 body')

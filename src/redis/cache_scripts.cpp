@@ -1,5 +1,6 @@
-// The response cache's LOOKUP (single and batch), STORE, RELEASE, ABANDON and INVALIDATE scripts,
-// their arguments and replies; semantics in cache_scripts.hpp. No nginx header (layer: redis).
+// The response cache's LOOKUP (single and batch), STORE, RELEASE, RENEW, ABANDON and INVALIDATE
+// scripts, their arguments and replies; semantics in cache_scripts.hpp. No nginx header (layer:
+// redis).
 #include "redis/cache_scripts.hpp"
 
 #include <utility>
@@ -13,6 +14,7 @@ namespace {
 //            bytes); missing: 0, "0"; raises an error reply for anything that is not a canonical
 //            decimal below 2^53
 //   gen(k)   genv() of GET k
+//   owner(s) a fill lock's owner token: 1 to 64 bytes (cache_fill_token_max)
 constexpr std::string_view lua_helpers = R"lua(
 local floor, find, sf = math.floor, string.find, string.format
 local function int(s)
@@ -34,14 +36,17 @@ end
 local function gen(k)
   return genv(redis.call('GET', k))
 end
+local function owner(s)
+  return #s > 0 and #s <= 64
+end
 )lua";
 
 constexpr std::string_view lua_lookup = R"lua(
 local E = 'ERR throttle cache lookup: '
-if #KEYS ~= 2 or #ARGV ~= 6 then
-  return redis.error_reply(E .. 'expected 2 keys and 6 arguments')
+if #KEYS ~= 2 or #ARGV ~= 7 then
+  return redis.error_reply(E .. 'expected 2 keys and 7 arguments')
 end
-local prefix, ns, id, hex, want = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6]
+local prefix, ns, id, hex, want, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6], ARGV[7]
 local tag = prefix .. '{' .. ns .. ':' .. id .. '}'
 if KEYS[1] ~= tag .. ':g' or KEYS[2] ~= prefix .. '{' .. ns .. '}:g' then
   return redis.error_reply(E .. 'keys are not the generation keys of prefix, namespace, id')
@@ -56,13 +61,16 @@ local lt = int(ARGV[5])
 if want == '1' and (lt == nil or lt < 1) then
   return redis.error_reply(E .. 'bad lock ttl')
 end
+if want == '1' and not owner(token) then
+  return redis.error_reply(E .. 'bad owner token')
+end
 local ng, ns_text = gen(KEYS[2])
 local ug, user_text = gen(KEYS[1])
 local ek = tag .. ':e:' .. ns_text .. '.' .. user_text .. ':' .. hex
 local entry = redis.call('GET', ek)
 local lock = 0
 if not entry and want == '1' then
-  if redis.call('SET', ek .. ':l', '1', 'NX', 'PX', sf('%d', lt)) then
+  if redis.call('SET', ek .. ':l', token, 'NX', 'PX', sf('%d', lt)) then
     lock = 1
   else
     redis.call('SET', ek .. ':w', '1', 'PX', sf('%d', lt))
@@ -79,17 +87,17 @@ return {ng, ug, entry, lock}
 // raised WRONGTYPE). Then, in order, the SETs of the misses
 // that want the lock, which is where one lookup sees another's: the order matters only there.
 // Every check and every read comes before the first write: an error reply writes nothing.
-// (64: cache_lookup_batch_max.)
+// (64: cache_lookup_batch_max; 7: the arguments of one lookup.)
 constexpr std::string_view lua_lookup_batch = R"lua(
 local E = 'ERR throttle cache lookup batch: '
-local n = #ARGV / 6
+local n = #ARGV / 7
 if n < 1 or n > 64 or n ~= floor(n) or #KEYS ~= 2 * n then
-  return redis.error_reply(E .. 'expected 1 to 64 lookups of 2 keys and 6 arguments each')
+  return redis.error_reply(E .. 'expected 1 to 64 lookups of 2 keys and 7 arguments each')
 end
 local gv = redis.call('MGET', unpack(KEYS))
 local ks, out, found = {unpack(ARGV, 1, 3 * n)}, {unpack(ARGV, 1, 4 * n)}, 0  -- sized once
 for i = 1, n do
-  local a, k = 6 * i - 6, 2 * i
+  local a, k = 7 * i - 7, 2 * i
   local prefix, ns, id, hex, want = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 6]
   if KEYS[k - 1] ~= prefix .. '{' .. ns .. ':' .. id .. '}:g' or
      KEYS[k] ~= prefix .. '{' .. ns .. '}:g' then
@@ -103,6 +111,9 @@ for i = 1, n do
     local lt = int(ARGV[a + 5])
     if lt == nil or lt < 1 then
       return redis.error_reply(sf('%slookup %d: bad lock ttl', E, i))
+    end
+    if not owner(ARGV[a + 7]) then
+      return redis.error_reply(sf('%slookup %d: bad owner token', E, i))
     end
   elseif want ~= '0' then
     return redis.error_reply(sf('%slookup %d: want_lock is not 0 or 1', E, i))
@@ -126,9 +137,9 @@ if found < 3 * n and redis.call('EXISTS', unpack(ks)) ~= found then
 end
 for i = 1, n do
   local entry, lock = ev[i], 0
-  if not entry and ARGV[6 * i] == '1' then
-    local ek, px = ks[i], sf('%d', int(ARGV[6 * i - 1]))
-    if redis.call('SET', ek .. ':l', '1', 'NX', 'PX', px) then
+  if not entry and ARGV[7 * i - 1] == '1' then
+    local ek, px = ks[i], sf('%d', int(ARGV[7 * i - 2]))
+    if redis.call('SET', ek .. ':l', ARGV[7 * i], 'NX', 'PX', px) then
       lock = 1
     else
       redis.call('SET', ek .. ':w', '1', 'PX', px)
@@ -142,8 +153,8 @@ return out
 
 constexpr std::string_view lua_store = R"lua(
 local E = 'ERR throttle cache store: '
-if #KEYS ~= 5 or #ARGV ~= 6 then
-  return redis.error_reply(E .. 'expected 5 keys and 6 arguments')
+if #KEYS ~= 5 or #ARGV ~= 7 then
+  return redis.error_reply(E .. 'expected 5 keys and 7 arguments')
 end
 if KEYS[2] ~= KEYS[1] .. ':l' or KEYS[3] ~= KEYS[1] .. ':w' then
   return redis.error_reply(E .. 'keys 2 and 3 are not the lock and waiter mark of key 1')
@@ -155,6 +166,10 @@ end
 if #ARGV[6] == 0 then
   return redis.error_reply(E .. 'empty channel')
 end
+local token = ARGV[7]
+if not owner(token) then
+  return redis.error_reply(E .. 'bad owner token')
+end
 local _, user_text = gen(KEYS[4])
 local _, ns_text = gen(KEYS[5])
 local stored, flag = 0, '0'
@@ -165,8 +180,11 @@ if ns_text == ARGV[3] and user_text == ARGV[4] then
   redis.call('PEXPIRE', KEYS[5], gx)
   stored, flag = 1, '1'
 end
-redis.call('DEL', KEYS[2])
-if redis.call('DEL', KEYS[3]) == 1 then
+local holder = redis.call('GET', KEYS[2])
+if holder == token then
+  redis.call('DEL', KEYS[2])
+end
+if (stored == 1 or not holder or holder == token) and redis.call('DEL', KEYS[3]) == 1 then
   redis.call('PUBLISH', ARGV[6], flag .. KEYS[1])
 end
 return stored
@@ -174,17 +192,26 @@ return stored
 
 constexpr std::string_view lua_release = R"lua(
 local E = 'ERR throttle cache release: '
-if #KEYS ~= 2 or #ARGV ~= 2 then
-  return redis.error_reply(E .. 'expected 2 keys and 2 arguments')
+if #KEYS ~= 2 or #ARGV ~= 3 then
+  return redis.error_reply(E .. 'expected 2 keys and 3 arguments')
 end
-local channel, entry = ARGV[1], ARGV[2]
+local channel, entry, token = ARGV[1], ARGV[2], ARGV[3]
 if #channel == 0 or #entry == 0 then
   return redis.error_reply(E .. 'empty channel or entry key')
+end
+if not owner(token) then
+  return redis.error_reply(E .. 'bad owner token')
 end
 if KEYS[1] ~= entry .. ':l' or KEYS[2] ~= entry .. ':w' then
   return redis.error_reply(E .. 'keys are not the lock and waiter mark of the entry key')
 end
-redis.call('DEL', KEYS[1])
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= token then
+  return 0
+end
+if holder then
+  redis.call('DEL', KEYS[1])
+end
 if redis.call('DEL', KEYS[2]) == 1 then
   redis.call('PUBLISH', channel, '0' .. entry)
   return 1
@@ -192,12 +219,31 @@ end
 return 0
 )lua";
 
+constexpr std::string_view lua_renew = R"lua(
+local E = 'ERR throttle cache renew: '
+if #KEYS ~= 1 or #ARGV ~= 2 then
+  return redis.error_reply(E .. 'expected 1 key and 2 arguments')
+end
+local token, lease = ARGV[1], int(ARGV[2])
+if not owner(token) or lease == nil or lease < 1 then
+  return redis.error_reply(E .. 'bad owner token or lease')
+end
+if KEYS[1]:sub(-2) ~= ':l' then
+  return redis.error_reply(E .. 'the key is not a fill lock')
+end
+if redis.call('GET', KEYS[1]) ~= token then
+  return 0
+end
+redis.call('PEXPIRE', KEYS[1], sf('%d', lease))
+return 1
+)lua";
+
 constexpr std::string_view lua_abandon = R"lua(
 local E = 'ERR throttle cache abandon: '
-if #KEYS ~= 2 or #ARGV ~= 5 then
-  return redis.error_reply(E .. 'expected 2 keys and 5 arguments')
+if #KEYS ~= 2 or #ARGV ~= 6 then
+  return redis.error_reply(E .. 'expected 2 keys and 6 arguments')
 end
-local prefix, ns, id, hex, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local prefix, ns, id, hex, channel, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local tag = prefix .. '{' .. ns .. ':' .. id .. '}'
 if KEYS[1] ~= tag .. ':g' or KEYS[2] ~= prefix .. '{' .. ns .. '}:g' then
   return redis.error_reply(E .. 'keys are not the generation keys of prefix, namespace, id')
@@ -208,10 +254,20 @@ end
 if #channel == 0 then
   return redis.error_reply(E .. 'empty channel')
 end
+if not owner(token) then
+  return redis.error_reply(E .. 'bad owner token')
+end
 local _, ns_text = gen(KEYS[2])
 local _, user_text = gen(KEYS[1])
 local ek = tag .. ':e:' .. ns_text .. '.' .. user_text .. ':' .. hex
-local released = redis.call('DEL', ek .. ':l')
+local holder = redis.call('GET', ek .. ':l')
+if holder and holder ~= token then
+  return 0
+end
+local released = 0
+if holder then
+  released = redis.call('DEL', ek .. ':l')
+end
 if redis.call('DEL', ek .. ':w') == 1 then
   redis.call('PUBLISH', channel, '0' .. ek)
 end
@@ -290,8 +346,10 @@ bool parse_lookup_shape(const Reply& reply, CacheLookup& out) noexcept {
 
 // A lookup's KEYS and ARGV, appended to `out` (single and batch alike). May throw
 // std::bad_alloc.
-bool add_lookup_args(const CacheTarget& t, int64_t lock_ttl_ms, bool want_lock, EvalArgs& out) {
-    if (!core::cache::valid_namespace(t.ns) || (want_lock && lock_ttl_ms < 1)) {
+bool add_lookup_args(const CacheTarget& t, int64_t lock_ttl_ms, bool want_lock,
+                     std::string_view token, EvalArgs& out) {
+    if (!core::cache::valid_namespace(t.ns) ||
+        (want_lock && (lock_ttl_ms < 1 || !valid_fill_token(token)))) {
         return false;
     }
     out.add_key(core::cache::generation_key(t.prefix, t.ns, t.id));
@@ -302,6 +360,7 @@ bool add_lookup_args(const CacheTarget& t, int64_t lock_ttl_ms, bool want_lock, 
     out.add_arg(core::hex(t.key));
     out.add_arg(want_lock ? lock_ttl_ms : int64_t(0));
     out.add_arg(std::string_view(want_lock ? "1" : "0"));
+    out.add_arg(want_lock ? token : std::string_view());
     return true;
 }
 
@@ -327,6 +386,11 @@ const Script& cache_release_script() {
     return *script;
 }
 
+const Script& cache_renew_script() {
+    static const Script* script = new Script(source_of(lua_renew));
+    return *script;
+}
+
 const Script& cache_abandon_script() {
     static const Script* script = new Script(source_of(lua_abandon));
     return *script;
@@ -339,11 +403,15 @@ const Script& cache_invalidate_script() {
 
 // ---- LOOKUP ----
 
+bool valid_fill_token(std::string_view token) noexcept {
+    return !token.empty() && token.size() <= cache_fill_token_max;
+}
+
 bool build_cache_lookup_args(const CacheTarget& t, int64_t lock_ttl_ms, bool want_lock,
-                             EvalArgs& out) noexcept {
+                             std::string_view token, EvalArgs& out) noexcept {
     out.clear();
     try {
-        if (add_lookup_args(t, lock_ttl_ms, want_lock, out)) {
+        if (add_lookup_args(t, lock_ttl_ms, want_lock, token, out)) {
             return true;
         }
     } catch (...) {
@@ -380,8 +448,8 @@ bool build_cache_lookup_batch_args(const CacheLookupRequest* reqs, size_t n,
     }
     try {
         size_t i = 0;
-        while (i < n &&
-               add_lookup_args(reqs[i].target, reqs[i].lock_ttl_ms, reqs[i].want_lock, out)) {
+        while (i < n && add_lookup_args(reqs[i].target, reqs[i].lock_ttl_ms, reqs[i].want_lock,
+                                        reqs[i].token, out)) {
             i++;
         }
         if (i == n) {
@@ -425,13 +493,16 @@ std::string cache_entry_key(const CacheTarget& t, const core::cache::Generation&
 
 std::vector<std::string> cache_fill_lock_argv(const CacheTarget& t,
                                               const core::cache::Generation& gen,
-                                              int64_t lock_ttl_ms) {
-    if (lock_ttl_ms < 1) {
+                                              std::string_view token, int64_t lock_ttl_ms) {
+    if (lock_ttl_ms < 1 || !valid_fill_token(token)) {
         return {};
     }
-    return {"SET", core::cache::fill_lock_key(cache_entry_key(t, gen)),
-            "1",   "NX",
-            "PX",  std::to_string(lock_ttl_ms)};
+    return {"SET",
+            core::cache::fill_lock_key(cache_entry_key(t, gen)),
+            std::string(token),
+            "NX",
+            "PX",
+            std::to_string(lock_ttl_ms)};
 }
 
 bool parse_cache_fill_lock_reply(const Reply& reply, bool& taken) noexcept {
@@ -449,11 +520,11 @@ bool parse_cache_fill_lock_reply(const Reply& reply, bool& taken) noexcept {
 // ---- STORE ----
 
 bool build_cache_store_args(const CacheTarget& t, const core::cache::Generation& gen,
-                            std::string_view entry, int64_t ttl_ms, std::string_view channel,
-                            EvalArgs& out) noexcept {
+                            std::string_view token, std::string_view entry, int64_t ttl_ms,
+                            std::string_view channel, EvalArgs& out) noexcept {
     out.clear();
     if (!core::cache::valid_namespace(t.ns) || entry.empty() || ttl_ms < 1 ||
-        ttl_ms > cache_generation_ttl_ms || channel.empty()) {
+        ttl_ms > cache_generation_ttl_ms || channel.empty() || !valid_fill_token(token)) {
         return false;
     }
     try {
@@ -469,6 +540,7 @@ bool build_cache_store_args(const CacheTarget& t, const core::cache::Generation&
         out.add_arg(gen.user);
         out.add_arg(cache_generation_ttl_ms);
         out.add_arg(channel);
+        out.add_arg(token);
     } catch (...) {
         out.clear();
         return false;
@@ -487,9 +559,10 @@ bool parse_cache_store_reply(const Reply& reply, bool& stored) noexcept {
 // ---- RELEASE ----
 
 bool build_cache_release_args(const CacheTarget& t, const core::cache::Generation& gen,
-                              std::string_view channel, EvalArgs& out) noexcept {
+                              std::string_view token, std::string_view channel,
+                              EvalArgs& out) noexcept {
     out.clear();
-    if (!core::cache::valid_namespace(t.ns) || channel.empty()) {
+    if (!core::cache::valid_namespace(t.ns) || channel.empty() || !valid_fill_token(token)) {
         return false;
     }
     try {
@@ -498,6 +571,7 @@ bool build_cache_release_args(const CacheTarget& t, const core::cache::Generatio
         out.add_key(core::cache::fill_waiter_key(key));
         out.add_arg(channel);
         out.add_arg(key);
+        out.add_arg(token);
     } catch (...) {
         out.clear();
         return false;
@@ -505,10 +579,10 @@ bool build_cache_release_args(const CacheTarget& t, const core::cache::Generatio
     return true;
 }
 
-bool build_cache_abandon_args(const CacheTarget& t, std::string_view channel,
-                              EvalArgs& out) noexcept {
+bool build_cache_abandon_args(const CacheTarget& t, std::string_view token,
+                              std::string_view channel, EvalArgs& out) noexcept {
     out.clear();
-    if (!core::cache::valid_namespace(t.ns) || channel.empty()) {
+    if (!core::cache::valid_namespace(t.ns) || channel.empty() || !valid_fill_token(token)) {
         return false;
     }
     try {
@@ -519,6 +593,7 @@ bool build_cache_abandon_args(const CacheTarget& t, std::string_view channel,
         out.add_arg(t.id);
         out.add_arg(core::hex(t.key));
         out.add_arg(channel);
+        out.add_arg(token);
     } catch (...) {
         out.clear();
         return false;
@@ -539,6 +614,33 @@ bool parse_cache_release_reply(const Reply& reply, bool& had_waiters) noexcept {
         return false;
     }
     had_waiters = reply.integer == 1;
+    return true;
+}
+
+// ---- RENEW ----
+
+bool build_cache_renew_args(std::string_view entry_key, std::string_view token, int64_t lease_ms,
+                            EvalArgs& out) noexcept {
+    out.clear();
+    if (entry_key.empty() || !valid_fill_token(token) || lease_ms < 1) {
+        return false;
+    }
+    try {
+        out.add_key(core::cache::fill_lock_key(entry_key));
+        out.add_arg(token);
+        out.add_arg(lease_ms);
+    } catch (...) {
+        out.clear();
+        return false;
+    }
+    return true;
+}
+
+bool parse_cache_renew_reply(const Reply& reply, bool& held) noexcept {
+    if (reply.type != Reply::Type::Integer || (reply.integer != 0 && reply.integer != 1)) {
+        return false;
+    }
+    held = reply.integer == 1;
     return true;
 }
 

@@ -13,27 +13,36 @@
 // "+7" or " 7") below 2^53 makes LOOKUP and STORE answer an error reply, which the module treats
 // as a Redis failure (BYPASS): never a wrong key.
 //
+// Fill locks have owners and leases. The lock's value is its filler's owner token (unique per
+// fill, 1 to cache_fill_token_max bytes; the module's are "SEED.PID.COUNTER"), and lock_ttl_ms
+// is a short lease (the module's: min(throttle_cache_lock_timeout, 2 s)) that the filler renews
+// with RENEW while its upstream runs, so the lock of a filler that died (kill -9, a host gone)
+// is gone within one lease. STORE, RELEASE and ABANDON delete the lock only when it holds their
+// token: a filler whose lease ran out cannot drop the lock a newer filler took.
+//
 // LOOKUP (one round trip: both generations and the entry, plus the fill lock on a miss)
 //   KEYS = generation_key(PREFIX, NS, ID), namespace_generation_key(PREFIX, NS)
 //   ARGV = PREFIX, NS, ID, KEYHEX (64 lowercase hex digits of cache_key()), lock_ttl_ms (>= 1),
-//          want_lock ("1": take the fill lock on a miss, "0": never)
+//          want_lock ("1": take the fill lock on a miss, "0": never), TOKEN (the owner token
+//          when want_lock is "1"; ignored otherwise, the builder sends "")
 //   The script checks that KEYS are exactly the generation keys of PREFIX, NS and ID (else an
 //   error reply), reads both generations (missing: 0), builds
 //     E = PREFIX "{" NS ":" ID "}:e:" NSGEN "." USERGEN ":" KEYHEX
 //   byte for byte as core::cache::entry_key() does, and GETs it. On a miss with want_lock "1"
-//   it runs SET E":l" 1 NX PX lock_ttl_ms (core::cache::fill_lock_key(E)); when that lock is
+//   it runs SET E":l" TOKEN NX PX lock_ttl_ms (core::cache::fill_lock_key(E)); when that lock is
 //   held already (another process or host is filling), it also runs SET E":w" 1 PX lock_ttl_ms
 //   (core::cache::fill_waiter_key(E)): the waiter mark, which tells the filler's STORE or
-//   RELEASE to publish a wake-up.
+//   RELEASE to publish a wake-up. (A waiter looks up again at least once per lease, which sets
+//   the mark again; a STORE between the mark's expiry and that lookup is seen by the lookup.)
 //   Reply: [ns_gen, user_gen, entry (bulk) or nil, lock_taken 0/1] (integers but the entry).
 //   lock_taken is 1 only on a miss. The entry's freshness is decided in C++ from the decoded
 //   entry (core::cache::freshness()); a present entry is fresh or stale (its Redis expiry is its
 //   stale_until), so the fill lock for refreshing a stale entry, which is served at once
-//   anyway, is a separate SET fill_lock_key 1 NX PX lock_ttl_ms (cache_fill_lock_argv()).
+//   anyway, is a separate SET fill_lock_key TOKEN NX PX lock_ttl_ms (cache_fill_lock_argv()).
 //
 // LOOKUP BATCH (every lookup queued during one event-loop turn, in one call)
 //   n lookups, 1 <= n <= cache_lookup_batch_max (64), each with LOOKUP's KEYS and ARGV:
-//   KEYS = 2 per lookup, ARGV = 6 per lookup, lookup i at KEYS[2i-1..2i], ARGV[6i-5..6i].
+//   KEYS = 2 per lookup, ARGV = 7 per lookup, lookup i at KEYS[2i-1..2i], ARGV[7i-6..7i].
 //   The effect and the answers are exactly those of the n LOOKUPs run one after another in
 //   order (atomically): two lookups of one key in a batch that want the lock and miss, the first
 //   takes it (lock_taken 1), the second finds it held (lock_taken 0) and sets the waiter mark.
@@ -51,12 +60,14 @@
 //   KEYS = E, E":l", E":w", generation_key(PREFIX, NS, ID), namespace_generation_key(PREFIX, NS)
 //   ARGV = entry bytes (non-empty), ttl_ms (1 .. generation_ttl_ms), NSGEN, USERGEN (those
 //          LOOKUP returned, from which E was built), generation_ttl_ms, CHANNEL (non-empty:
-//          cache_fill_channel(PREFIX))
+//          cache_fill_channel(PREFIX)), TOKEN (the filler's owner token)
 //   If both generation keys still hold NSGEN and USERGEN (missing reads "0"): SET E entry PX
-//   ttl_ms, PEXPIRE both generation keys (those that exist) to generation_ttl_ms, DEL E":l";
-//   reply 1. Otherwise an invalidation happened since the lookup: DEL E":l" only; reply 0.
-//   Either way, last: if the waiter mark E":w" exists, DEL it and PUBLISH CHANNEL "1" E (stored)
-//   or "0" E (refused). Without a waiter nothing is published.
+//   ttl_ms, PEXPIRE both generation keys (those that exist) to generation_ttl_ms; reply 1.
+//   Otherwise an invalidation happened since the lookup: reply 0. Either way E":l" is deleted
+//   if it holds TOKEN (a lock of another filler stays), and last: if the waiter mark E":w"
+//   exists, DEL it and PUBLISH CHANNEL "1" E (stored) or "0" E (refused) -- except when nothing
+//   was stored and another filler holds the lock (its waiters wait for it). Without a waiter
+//   nothing is published.
 //   Invalidation safety: an entry is reachable only under the generations it was stored with
 //   (the C++ side builds E from the generations LOOKUP returned), and INVALIDATE moves a
 //   generation forward, so after an invalidation no lookup builds the key of an entry stored
@@ -73,15 +84,22 @@
 // RELEASE (the filler gave up: the response is not cacheable, the upstream failed, the client
 // went away)
 //   KEYS = E":l", E":w"
-//   ARGV = CHANNEL (non-empty), E (non-empty)
-//   DEL E":l". If the waiter mark E":w" exists, DEL it and PUBLISH CHANNEL "0" E; reply 1.
-//   Otherwise reply 0. The lock is deleted whoever holds it (it names no owner, like STORE's DEL).
+//   ARGV = CHANNEL (non-empty), E (non-empty), TOKEN
+//   If E":l" holds another token: nothing (reply 0; that filler's waiters wait for it).
+//   Otherwise DEL E":l"; if the waiter mark E":w" exists, DEL it and PUBLISH CHANNEL "0" E;
+//   reply 1. Otherwise reply 0.
+//
+// RENEW (the filler's lease, every third of it while its upstream runs)
+//   KEYS = E":l"     ARGV = TOKEN, lease_ms (>= 1)
+//   If E":l" holds TOKEN: PEXPIRE it to lease_ms, reply 1. Otherwise (expired, released, taken
+//   by another filler since) reply 0 and touch nothing: a lock is renewed only by its owner.
 //
 // Wake-up messages (STORE, RELEASE): on cache_fill_channel(PREFIX), one flag byte, '1' (stored:
 // a lookup now hits) or '0' (nothing stored: look up again, take the lock, fill), then E. A waiter
 // that receives E it waits on stops waiting; one that receives nothing (the message is lost, the
-// subscriber is disconnected) waits until its own timeout: a wake-up is a shortcut, never needed
-// for correctness. A waiter mark lives lock_ttl_ms from the last waiter's LOOKUP.
+// subscriber is disconnected) looks up again after a lease, and gives up at its own timeout: a
+// wake-up is a shortcut, never needed for correctness. A waiter mark lives lock_ttl_ms from the
+// last waiter's LOOKUP.
 //
 // INVALIDATE (a user's write, an upstream's header, an operator)
 //   KEYS = generation keys (any number >= 1; the user's keys in several namespaces, or one
@@ -128,7 +146,12 @@ const Script& cache_lookup_script();
 const Script& cache_lookup_batch_script();
 const Script& cache_store_script();
 const Script& cache_release_script();
+const Script& cache_renew_script();
 const Script& cache_abandon_script();
+
+// A fill lock's owner token: 1 to this many bytes.
+inline constexpr size_t cache_fill_token_max = 64;
+bool valid_fill_token(std::string_view token) noexcept;
 const Script& cache_invalidate_script();
 
 // ---- LOOKUP ----
@@ -153,9 +176,9 @@ struct CacheLookup {
 // against (t/redis/cache_scripts_test.cpp), and its arguments are a batch entry's.
 //
 // Fills `out` (cleared first). False when the namespace is not valid_namespace(), want_lock
-// is set with lock_ttl_ms < 1, or memory runs out.
+// is set with lock_ttl_ms < 1 or a token that is not valid_fill_token(), or memory runs out.
 bool build_cache_lookup_args(const CacheTarget& t, int64_t lock_ttl_ms, bool want_lock,
-                             EvalArgs& out) noexcept;
+                             std::string_view token, EvalArgs& out) noexcept;
 
 // False, with `out` unspecified, unless the reply is an array of exactly 4: two integers in
 // [0, 2^53), a nil or a non-empty bulk string, an integer 0 or 1 (1 only with a nil entry).
@@ -173,12 +196,13 @@ struct CacheLookupRequest {
     CacheTarget target;
     int64_t lock_ttl_ms = 0;
     bool want_lock = false;
+    std::string_view token;  // the owner token the lock is taken with (want_lock)
 };
 
 // Fills `out` (cleared first) with reqs[0..n)'s lookups, in order. False, with `out` cleared,
 // when n is 0 or above cache_lookup_batch_max, or for any lookup build_cache_lookup_args()
-// refuses (a namespace that is not valid, want_lock with lock_ttl_ms < 1), or when memory runs
-// out.
+// refuses (a namespace that is not valid, want_lock with lock_ttl_ms < 1 or without a valid
+// token), or when memory runs out.
 bool build_cache_lookup_batch_args(const CacheLookupRequest* reqs, size_t n,
                                    EvalArgs& out) noexcept;
 
@@ -193,23 +217,25 @@ bool parse_cache_lookup_batch_reply(Reply&& reply, size_t n,
 // std::bad_alloc.
 std::string cache_entry_key(const CacheTarget& t, const core::cache::Generation& gen);
 
-// SET fill_lock_key(E) 1 NX PX lock_ttl_ms: the fill lock for refreshing a stale entry
-// (Client::command()). Empty when lock_ttl_ms < 1. May throw std::bad_alloc. The reply is
-// Status "OK" when taken, Nil when another holds it: parse_cache_fill_lock_reply().
+// SET fill_lock_key(E) TOKEN NX PX lock_ttl_ms: the fill lock for refreshing a stale entry
+// (Client::command()). Empty when lock_ttl_ms < 1 or the token is not valid_fill_token(). May
+// throw std::bad_alloc. The reply is Status "OK" when taken, Nil when another holds it:
+// parse_cache_fill_lock_reply().
 std::vector<std::string> cache_fill_lock_argv(const CacheTarget& t,
                                               const core::cache::Generation& gen,
-                                              int64_t lock_ttl_ms);
+                                              std::string_view token, int64_t lock_ttl_ms);
 bool parse_cache_fill_lock_reply(const Reply& reply, bool& taken) noexcept;
 
 // ---- STORE ----
 
 // Fills `out` (cleared first) to store `entry` (core::cache::encode()'s bytes) under the
-// generations LOOKUP returned, for ttl_ms (stale_until - now), waking waiters on `channel`
-// (cache_fill_channel()). False when the namespace is not valid, the entry or the channel is
-// empty, ttl_ms is outside 1 .. cache_generation_ttl_ms, or memory runs out.
+// generations LOOKUP returned, for ttl_ms (stale_until - now), by the filler holding `token`,
+// waking waiters on `channel` (cache_fill_channel()). False when the namespace is not valid, the
+// entry or the channel is empty, ttl_ms is outside 1 .. cache_generation_ttl_ms, the token is
+// not valid_fill_token(), or memory runs out.
 bool build_cache_store_args(const CacheTarget& t, const core::cache::Generation& gen,
-                            std::string_view entry, int64_t ttl_ms, std::string_view channel,
-                            EvalArgs& out) noexcept;
+                            std::string_view token, std::string_view entry, int64_t ttl_ms,
+                            std::string_view channel, EvalArgs& out) noexcept;
 
 // `stored`: 1 (stored) or 0 (a generation moved since the lookup: not stored). False unless the
 // reply is the integer 0 or 1.
@@ -217,29 +243,42 @@ bool parse_cache_store_reply(const Reply& reply, bool& stored) noexcept;
 
 // ---- RELEASE ----
 
-// Fills `out` (cleared first) to drop the fill lock of the entry under the generations LOOKUP
-// returned and wake its waiters on `channel`. False when the namespace is not valid, the
-// channel is empty, or memory runs out.
+// Fills `out` (cleared first) to drop the fill lock `token` holds on the entry under the
+// generations LOOKUP returned and wake its waiters on `channel`. False when the namespace is not
+// valid, the channel is empty, the token is not valid_fill_token(), or memory runs out.
 bool build_cache_release_args(const CacheTarget& t, const core::cache::Generation& gen,
-                              std::string_view channel, EvalArgs& out) noexcept;
+                              std::string_view token, std::string_view channel,
+                              EvalArgs& out) noexcept;
 
 // `had_waiters`: 1 (a waiter mark existed: "0" E was published) or 0. False unless the reply is
 // the integer 0 or 1.
 bool parse_cache_release_reply(const Reply& reply, bool& had_waiters) noexcept;
+
+// ---- RENEW ----
+
+// Fills `out` (cleared first) to extend the fill lock of entry key E (cache_entry_key()) to
+// lease_ms from now if it still holds `token`. False when E is empty, the token is not
+// valid_fill_token(), lease_ms < 1, or memory runs out.
+bool build_cache_renew_args(std::string_view entry_key, std::string_view token, int64_t lease_ms,
+                            EvalArgs& out) noexcept;
+
+// `held`: 1 (renewed: the lock is still this filler's) or 0 (it is not any more). False unless
+// the reply is the integer 0 or 1.
+bool parse_cache_renew_reply(const Reply& reply, bool& held) noexcept;
 
 // ---- wake-up messages ----
 
 // ---- ABANDON ----
 // A LOOKUP that wanted the fill lock got no answer (timeout, connection lost): Redis may still
 // have run it and taken the lock for a filler that will never fill. ABANDON recomputes E from
-// the current generations (as LOOKUP does), DELs E":l" whoever holds it, and wakes marked
-// waiters with "0"+E (they go upstream). Releasing a lock another request legitimately holds
-// only lets a second fill happen; leaving an orphan lock would make every request for the key
-// wait throttle_cache_lock_timeout.
+// the current generations (as LOOKUP does), DELs E":l" if it holds TOKEN (the lock that lookup
+// may have taken; another filler's stays), and, unless another filler holds the lock, wakes
+// marked waiters with "0"+E (they look up again or go upstream). Without it the orphan lock
+// would hold every request for the key for up to a lease.
 //   KEYS = generation_key(PREFIX, NS, ID), namespace_generation_key(PREFIX, NS)
-//   ARGV = PREFIX, NS, ID, KEYHEX, channel     Reply: 1 if a lock was deleted, else 0.
-bool build_cache_abandon_args(const CacheTarget& t, std::string_view channel,
-                              EvalArgs& out) noexcept;
+//   ARGV = PREFIX, NS, ID, KEYHEX, channel, TOKEN     Reply: 1 if the lock was deleted, else 0.
+bool build_cache_abandon_args(const CacheTarget& t, std::string_view token,
+                              std::string_view channel, EvalArgs& out) noexcept;
 bool parse_cache_abandon_reply(const Reply& reply, bool& released) noexcept;
 
 // The pub/sub channel STORE and RELEASE publish on: prefix "cache:filled". May throw

@@ -6,7 +6,9 @@
 // the Lua entry key is core::cache::entry_key() byte for byte; malformed calls are error replies.
 // The stampede wake-up: a lookup that finds the fill lock taken leaves a waiter mark; STORE and
 // RELEASE publish "1" E / "0" E on the fill channel only when one exists (seen by a real
-// SUBSCRIBE on a blocking connection); RELEASE drops the lock.
+// SUBSCRIBE on a blocking connection); RELEASE drops the lock. Fill locks have owners: the
+// lock's value is its filler's token, only that filler renews (RENEW), stores under, releases
+// or abandons it.
 #include "redis/cache_scripts.hpp"
 
 #include <gtest/gtest.h>
@@ -83,23 +85,32 @@ const std::string user_b = cc::identity_digest("secret", "session-b");
 
 // ---- without Redis ----
 
+const std::string tok = "0123456789abcdef.4242.1";  // an owner token as the module makes them
+
 TEST(RedisCacheScriptsUnit, LookupArguments) {
     const CacheTarget t = target("tc:", "review", user_a, "/api/review/today/");
     EvalArgs a;
-    ASSERT_TRUE(build_cache_lookup_args(t, 5000, true, a));
+    ASSERT_TRUE(build_cache_lookup_args(t, 5000, true, tok, a));
     EXPECT_EQ(strings(a.keys()),
               (std::vector<std::string>{"tc:{review:" + user_a + "}:g", "tc:{review}:g"}));
-    EXPECT_EQ(strings(a.args()),
-              (std::vector<std::string>{"tc:", "review", user_a, core::hex(t.key), "5000", "1"}));
-    ASSERT_TRUE(build_cache_lookup_args(t, 0, false, a));  // no lock: its ttl does not matter
+    EXPECT_EQ(strings(a.args()), (std::vector<std::string>{"tc:", "review", user_a,
+                                                           core::hex(t.key), "5000", "1", tok}));
+    // No lock: its ttl and token do not matter.
+    ASSERT_TRUE(build_cache_lookup_args(t, 0, false, "", a));
     EXPECT_EQ(a.args()[4], "0");
     EXPECT_EQ(a.args()[5], "0");
-    EXPECT_FALSE(build_cache_lookup_args(t, 0, true, a));
+    EXPECT_EQ(a.args()[6], "");
+    ASSERT_TRUE(build_cache_lookup_args(t, 0, false, tok, a));
+    EXPECT_EQ(a.args()[6], "");
+    EXPECT_FALSE(build_cache_lookup_args(t, 0, true, tok, a));
     EXPECT_TRUE(a.keys().empty());
     EXPECT_TRUE(a.args().empty());
-    EXPECT_FALSE(build_cache_lookup_args(target("tc:", "a:b", "anon", "/"), 5000, true, a));
-    EXPECT_FALSE(build_cache_lookup_args(target("tc:", "", "anon", "/"), 5000, true, a));
-    EXPECT_FALSE(build_cache_lookup_args(target("tc:", "{x}", "anon", "/"), 5000, true, a));
+    EXPECT_FALSE(build_cache_lookup_args(t, 5000, true, "", a));  // a lock needs an owner
+    EXPECT_FALSE(build_cache_lookup_args(t, 5000, true, std::string(65, 'x'), a));
+    EXPECT_TRUE(build_cache_lookup_args(t, 5000, true, std::string(64, 'x'), a));
+    EXPECT_FALSE(build_cache_lookup_args(target("tc:", "a:b", "anon", "/"), 5000, true, tok, a));
+    EXPECT_FALSE(build_cache_lookup_args(target("tc:", "", "anon", "/"), 5000, true, tok, a));
+    EXPECT_FALSE(build_cache_lookup_args(target("tc:", "{x}", "anon", "/"), 5000, true, tok, a));
 }
 
 TEST(RedisCacheScriptsUnit, StoreArguments) {
@@ -107,36 +118,62 @@ TEST(RedisCacheScriptsUnit, StoreArguments) {
     const std::string entry("TCE\x01\0body", 9);
     const std::string ch = "tc:cache:filled";
     EvalArgs a;
-    ASSERT_TRUE(build_cache_store_args(t, gen(3, 9007199254740991), entry, 60000, ch, a));
+    ASSERT_TRUE(build_cache_store_args(t, gen(3, 9007199254740991), tok, entry, 60000, ch, a));
     const std::string e = cc::entry_key("tc:", "review", "anon", gen(3, 9007199254740991), t.key);
     EXPECT_EQ(e, "tc:{review:anon}:e:3.9007199254740991:" + core::hex(t.key));
     EXPECT_EQ(strings(a.keys()), (std::vector<std::string>{e, e + ":l", e + ":w",
                                                            "tc:{review:anon}:g", "tc:{review}:g"}));
     EXPECT_EQ(strings(a.args()), (std::vector<std::string>{entry, "60000", "3", "9007199254740991",
-                                                           "2592000000", ch}));
+                                                           "2592000000", ch, tok}));
     EXPECT_EQ(cache_entry_key(t, gen(3, 9007199254740991)), e);
-    EXPECT_TRUE(build_cache_store_args(t, gen(0, 0), entry, cache_generation_ttl_ms, ch, a));
-    EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), entry, cache_generation_ttl_ms + 1, ch, a));
-    EXPECT_TRUE(a.keys().empty());
-    EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), entry, 0, ch, a));
-    EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), "", 1000, ch, a));
-    EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), entry, 1000, "", a));
-    EXPECT_TRUE(a.args().empty());
+    EXPECT_TRUE(build_cache_store_args(t, gen(0, 0), tok, entry, cache_generation_ttl_ms, ch, a));
     EXPECT_FALSE(
-        build_cache_store_args(target("tc:", "a b", "anon", "/"), gen(0, 0), entry, 1000, ch, a));
+        build_cache_store_args(t, gen(0, 0), tok, entry, cache_generation_ttl_ms + 1, ch, a));
+    EXPECT_TRUE(a.keys().empty());
+    EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), tok, entry, 0, ch, a));
+    EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), tok, "", 1000, ch, a));
+    EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), tok, entry, 1000, "", a));
+    EXPECT_FALSE(build_cache_store_args(t, gen(0, 0), "", entry, 1000, ch, a));
+    EXPECT_TRUE(a.args().empty());
+    EXPECT_FALSE(build_cache_store_args(target("tc:", "a b", "anon", "/"), gen(0, 0), tok, entry,
+                                        1000, ch, a));
 }
 
 TEST(RedisCacheScriptsUnit, ReleaseArguments) {
     const CacheTarget t = target("tc:", "review", "anon", "/x");
     EvalArgs a;
-    ASSERT_TRUE(build_cache_release_args(t, gen(2, 5), "tc:cache:filled", a));
+    ASSERT_TRUE(build_cache_release_args(t, gen(2, 5), tok, "tc:cache:filled", a));
     const std::string e = cc::entry_key("tc:", "review", "anon", gen(2, 5), t.key);
     EXPECT_EQ(strings(a.keys()), (std::vector<std::string>{cc::fill_lock_key(e), e + ":w"}));
-    EXPECT_EQ(strings(a.args()), (std::vector<std::string>{"tc:cache:filled", e}));
-    EXPECT_FALSE(build_cache_release_args(t, gen(2, 5), "", a));
+    EXPECT_EQ(strings(a.args()), (std::vector<std::string>{"tc:cache:filled", e, tok}));
+    EXPECT_FALSE(build_cache_release_args(t, gen(2, 5), tok, "", a));
     EXPECT_TRUE(a.keys().empty());
     EXPECT_TRUE(a.args().empty());
-    EXPECT_FALSE(build_cache_release_args(target("tc:", "", "anon", "/"), gen(0, 0), "c", a));
+    EXPECT_FALSE(build_cache_release_args(t, gen(2, 5), "", "c", a));
+    EXPECT_FALSE(build_cache_release_args(target("tc:", "", "anon", "/"), gen(0, 0), tok, "c", a));
+}
+
+TEST(RedisCacheScriptsUnit, RenewArguments) {
+    const CacheTarget t = target("tc:", "review", "anon", "/x");
+    const std::string e = cache_entry_key(t, gen(2, 5));
+    EvalArgs a;
+    ASSERT_TRUE(build_cache_renew_args(e, tok, 2000, a));
+    EXPECT_EQ(strings(a.keys()), (std::vector<std::string>{cc::fill_lock_key(e)}));
+    EXPECT_EQ(strings(a.args()), (std::vector<std::string>{tok, "2000"}));
+    EXPECT_FALSE(build_cache_renew_args(e, tok, 0, a));
+    EXPECT_TRUE(a.keys().empty());
+    EXPECT_TRUE(a.args().empty());
+    EXPECT_FALSE(build_cache_renew_args(e, "", 2000, a));
+    EXPECT_FALSE(build_cache_renew_args(e, std::string(65, 't'), 2000, a));
+    EXPECT_FALSE(build_cache_renew_args("", tok, 2000, a));
+    bool held = false;
+    EXPECT_TRUE(parse_cache_renew_reply(integer(1), held));
+    EXPECT_TRUE(held);
+    EXPECT_TRUE(parse_cache_renew_reply(integer(0), held));
+    EXPECT_FALSE(held);
+    EXPECT_FALSE(parse_cache_renew_reply(integer(2), held));
+    EXPECT_FALSE(parse_cache_renew_reply(bulk("1"), held));
+    EXPECT_FALSE(parse_cache_renew_reply(Reply{}, held));
 }
 
 TEST(RedisCacheScriptsUnit, FillChannelAndMessages) {
@@ -236,18 +273,20 @@ TEST(RedisCacheScriptsUnit, LookupBatchArguments) {
     reqs[0].target = t1;
     reqs[0].lock_ttl_ms = 5000;
     reqs[0].want_lock = true;
+    reqs[0].token = tok;
     reqs[1].target = t2;
-    reqs[1].lock_ttl_ms = 0;  // no lock: its ttl does not matter
+    reqs[1].lock_ttl_ms = 0;  // no lock: its ttl and token do not matter
     reqs[2].target = t1;
     reqs[2].lock_ttl_ms = 700;
     reqs[2].want_lock = true;
+    reqs[2].token = "other.1.2";
     EvalArgs a;
     ASSERT_TRUE(build_cache_lookup_batch_args(reqs.data(), reqs.size(), a));
     // Each lookup's KEYS and ARGV are the single LOOKUP's, in order.
     std::vector<std::string> keys, args;
     for (const CacheLookupRequest& r : reqs) {
         EvalArgs one;
-        ASSERT_TRUE(build_cache_lookup_args(r.target, r.lock_ttl_ms, r.want_lock, one));
+        ASSERT_TRUE(build_cache_lookup_args(r.target, r.lock_ttl_ms, r.want_lock, r.token, one));
         for (std::string_view k : one.keys()) {
             keys.emplace_back(k);
         }
@@ -258,16 +297,18 @@ TEST(RedisCacheScriptsUnit, LookupBatchArguments) {
     EXPECT_EQ(strings(a.keys()), keys);
     EXPECT_EQ(strings(a.args()), args);
     EXPECT_EQ(a.keys().size(), 6u);
-    EXPECT_EQ(a.args().size(), 18u);
-    EXPECT_EQ(a.args()[17], "1");
-    EXPECT_EQ(a.args()[16], "700");
+    EXPECT_EQ(a.args().size(), 21u);
+    EXPECT_EQ(a.args()[20], "other.1.2");
+    EXPECT_EQ(a.args()[19], "1");
+    EXPECT_EQ(a.args()[18], "700");
+    EXPECT_EQ(a.args()[13], "");  // lookup 2 wants no lock
 
     ASSERT_TRUE(build_cache_lookup_batch_args(reqs.data(), 1, a));
     EXPECT_EQ(a.keys().size(), 2u);
     std::vector<CacheLookupRequest> max(cache_lookup_batch_max, reqs[1]);
     ASSERT_TRUE(build_cache_lookup_batch_args(max.data(), max.size(), a));
     EXPECT_EQ(a.keys().size(), 2 * cache_lookup_batch_max);
-    EXPECT_EQ(a.args().size(), 6 * cache_lookup_batch_max);
+    EXPECT_EQ(a.args().size(), 7 * cache_lookup_batch_max);
 
     // Refused, `out` cleared: 0, 65, one bad lookup anywhere.
     auto refused = [&](const CacheLookupRequest* r, size_t n) {
@@ -282,6 +323,9 @@ TEST(RedisCacheScriptsUnit, LookupBatchArguments) {
     refused(max.data(), max.size());
     std::vector<CacheLookupRequest> bad = reqs;
     bad[2].lock_ttl_ms = 0;  // wants the lock with no ttl
+    refused(bad.data(), bad.size());
+    bad = reqs;
+    bad[2].token = "";  // wants the lock with no owner
     refused(bad.data(), bad.size());
     bad = reqs;
     bad[1].target.ns = "a:b";
@@ -437,6 +481,9 @@ TEST(RedisCacheScriptsUnit, ScriptsAreBuiltOnce) {
     EXPECT_EQ(cache_lookup_batch_script().source().compare(0, 6, "#!lua\n"), 0);
     EXPECT_EQ(&cache_store_script(), &cache_store_script());
     EXPECT_EQ(&cache_release_script(), &cache_release_script());
+    EXPECT_EQ(&cache_renew_script(), &cache_renew_script());
+    EXPECT_NE(cache_renew_script().sha(), cache_release_script().sha());
+    EXPECT_EQ(cache_renew_script().source().compare(0, 6, "#!lua\n"), 0);
     EXPECT_EQ(&cache_invalidate_script(), &cache_invalidate_script());
     EXPECT_NE(cache_lookup_script().sha(), cache_store_script().sha());
     EXPECT_NE(cache_store_script().sha(), cache_invalidate_script().sha());
@@ -482,9 +529,10 @@ class RedisCacheScriptsTest : public ::testing::Test {
         return std::move(o.result.reply);
     }
 
-    CacheLookup lookup(const CacheTarget& t, bool want_lock = false, int64_t lock_ttl_ms = 5000) {
+    CacheLookup lookup(const CacheTarget& t, bool want_lock = false, int64_t lock_ttl_ms = 5000,
+                       std::string_view token = tok) {
         EvalArgs a;
-        EXPECT_TRUE(build_cache_lookup_args(t, lock_ttl_ms, want_lock, a));
+        EXPECT_TRUE(build_cache_lookup_args(t, lock_ttl_ms, want_lock, token, a));
         Reply r = eval(cache_lookup_script(), a);
         CacheLookup l;
         EXPECT_TRUE(parse_cache_lookup_reply(std::move(r), l)) << to_string(r.type) << " " << r.str;
@@ -532,9 +580,9 @@ return out
 
     // Stores under the generations `l` returned; whether the script stored it.
     bool store(const CacheTarget& t, const CacheLookup& l, std::string_view entry,
-               int64_t ttl_ms = 60000) {
+               int64_t ttl_ms = 60000, std::string_view token = tok) {
         EvalArgs a;
-        EXPECT_TRUE(build_cache_store_args(t, l.generation(), entry, ttl_ms,
+        EXPECT_TRUE(build_cache_store_args(t, l.generation(), token, entry, ttl_ms,
                                            cache_fill_channel(t.prefix), a));
         Reply r = eval(cache_store_script(), a);
         bool stored = false;
@@ -543,9 +591,10 @@ return out
     }
 
     // Releases the fill lock of the entry under `l`'s generations; whether a waiter was marked.
-    bool release(const CacheTarget& t, const CacheLookup& l) {
+    bool release(const CacheTarget& t, const CacheLookup& l, std::string_view token = tok) {
         EvalArgs a;
-        EXPECT_TRUE(build_cache_release_args(t, l.generation(), cache_fill_channel(t.prefix), a));
+        EXPECT_TRUE(
+            build_cache_release_args(t, l.generation(), token, cache_fill_channel(t.prefix), a));
         Reply r = eval(cache_release_script(), a);
         bool had = false;
         EXPECT_TRUE(parse_cache_release_reply(r, had)) << to_string(r.type) << " " << r.str;
@@ -737,7 +786,7 @@ TEST_F(RedisCacheScriptsTest, FillLockTakenOnceUntilStoreOrExpiry) {
     CacheLookup first = lookup(t, true, 60000);
     EXPECT_FALSE(first.hit);
     EXPECT_TRUE(first.lock_taken);
-    EXPECT_EQ(ctl->run({"GET", lock}), "1");
+    EXPECT_EQ(ctl->run({"GET", lock}), tok);  // its value is the owner token
     const long long pttl = number(ctl->run({"PTTL", lock}));
     EXPECT_GT(pttl, 50000);
     EXPECT_LE(pttl, 60000);
@@ -762,11 +811,12 @@ TEST_F(RedisCacheScriptsTest, FillLockTakenOnceUntilStoreOrExpiry) {
     EXPECT_TRUE(lookup(t, true).lock_taken);
 
     // The separate lock for refreshing a stale entry: the same key, the same NX semantics.
-    const std::vector<std::string> argv = cache_fill_lock_argv(t, gen(0, 1), 5000);
+    const std::vector<std::string> argv = cache_fill_lock_argv(t, gen(0, 1), "refresh.1.2", 5000);
     EXPECT_EQ(argv,
               (std::vector<std::string>{"SET", cc::fill_lock_key(cache_entry_key(t, gen(0, 1))),
-                                        "1", "NX", "PX", "5000"}));
-    EXPECT_TRUE(cache_fill_lock_argv(t, gen(0, 1), 0).empty());
+                                        "refresh.1.2", "NX", "PX", "5000"}));
+    EXPECT_TRUE(cache_fill_lock_argv(t, gen(0, 1), tok, 0).empty());
+    EXPECT_TRUE(cache_fill_lock_argv(t, gen(0, 1), "", 5000).empty());
     EXPECT_EQ(ctl->run(argv), "(nil)");  // the lookup above holds it
 }
 
@@ -929,8 +979,8 @@ TEST_F(RedisCacheScriptsTest, StorePublishesOnlyToMarkedWaiters) {
     EXPECT_EQ(other_prefix.next(), "marker 4");
 }
 
-// RELEASE drops the fill lock (whoever took it) and wakes marked waiters with "0" E, so that one
-// of them takes the lock and fills; unmarked, it publishes nothing and answers 0.
+// RELEASE drops its own fill lock and wakes marked waiters with "0" E, so that one of them takes
+// the lock and fills; unmarked, it publishes nothing and answers 0.
 TEST_F(RedisCacheScriptsTest, ReleaseDropsLockAndWakesOnlyMarkedWaiters) {
     const std::string ch = cache_fill_channel("tc:");
     Listener listener(server->port(), ch);
@@ -977,7 +1027,7 @@ TEST_F(RedisCacheScriptsTest, AbandonDropsAnOrphanLockAndWakesWaiters) {
     const CacheTarget t = target("tc:", "review", user_a, "/orphan/");
     auto abandon = [&](const CacheTarget& x) {
         EvalArgs a;
-        EXPECT_TRUE(build_cache_abandon_args(x, ch, a));
+        EXPECT_TRUE(build_cache_abandon_args(x, tok, ch, a));
         Reply r = eval(cache_abandon_script(), a);
         bool released = false;
         EXPECT_TRUE(parse_cache_abandon_reply(r, released)) << to_string(r.type) << " " << r.str;
@@ -1002,10 +1052,113 @@ TEST_F(RedisCacheScriptsTest, AbandonDropsAnOrphanLockAndWakesWaiters) {
     EXPECT_FALSE(abandon(t));
 
     EvalArgs bad;
-    EXPECT_FALSE(build_cache_abandon_args(t, "", bad));
+    EXPECT_FALSE(build_cache_abandon_args(t, tok, "", bad));
+    EXPECT_FALSE(build_cache_abandon_args(t, "", ch, bad));
     CacheTarget badns = t;
     badns.ns = "a:b";
-    EXPECT_FALSE(build_cache_abandon_args(badns, ch, bad));
+    EXPECT_FALSE(build_cache_abandon_args(badns, tok, ch, bad));
+}
+
+// A fill lock lives one lease unless its owner renews it: RENEW by the token the lock holds
+// pushes its expiry to the new lease; by any other token (a filler whose lease ran out, whose
+// lock another filler took since) it answers 0 and touches nothing, nor does it bring back a
+// lock that expired.
+TEST_F(RedisCacheScriptsTest, LeaseRenewedOnlyByItsOwner) {
+    const CacheTarget t = target("tc:", "review", user_a, "/lease/");
+    const std::string e = cache_entry_key(t, gen(0, 0));
+    const std::string lock = cc::fill_lock_key(e);
+    auto renew = [&](std::string_view token, int64_t lease_ms) {
+        EvalArgs a;
+        EXPECT_TRUE(build_cache_renew_args(e, token, lease_ms, a));
+        Reply r = eval(cache_renew_script(), a);
+        bool held = false;
+        EXPECT_TRUE(parse_cache_renew_reply(r, held)) << to_string(r.type) << " " << r.str;
+        return held;
+    };
+    const std::string a = "filler-a.1.1", b = "filler-b.2.1";
+    EXPECT_FALSE(renew(a, 5000));  // no lock: nothing renewed, nothing made
+    EXPECT_EQ(ctl->run({"EXISTS", lock}), "0");
+
+    ASSERT_TRUE(lookup(t, true, 2000, a).lock_taken);
+    EXPECT_EQ(ctl->run({"GET", lock}), a);
+    EXPECT_LE(number(ctl->run({"PTTL", lock})), 2000);  // the lease, not a lock timeout
+    EXPECT_TRUE(renew(a, 60000));
+    EXPECT_GT(number(ctl->run({"PTTL", lock})), 50000);
+    EXPECT_FALSE(renew(b, 100));  // not its owner: untouched
+    EXPECT_EQ(ctl->run({"GET", lock}), a);
+    EXPECT_GT(number(ctl->run({"PTTL", lock})), 50000);
+    EXPECT_FALSE(lookup(t, true, 2000, b).lock_taken);  // held: b waits
+
+    // a's owner stops renewing (it died): the lock is gone one lease after the last renewal.
+    EXPECT_TRUE(renew(a, 150));
+    const uint64_t renewed_at = mono_ms();
+    const bool expired = wait_for([&] { return ctl->run({"EXISTS", lock}) == "0"; }, 5000);
+    EXPECT_TRUE(expired);
+    EXPECT_GE(mono_ms() - renewed_at, 100u);
+    EXPECT_FALSE(renew(a, 5000));  // too late: not brought back
+    EXPECT_EQ(ctl->run({"EXISTS", lock}), "0");
+    ASSERT_TRUE(lookup(t, true, 2000, b).lock_taken);  // the waiter takes it
+    EXPECT_FALSE(renew(a, 60000));                     // and a cannot extend b's lock
+    EXPECT_EQ(ctl->run({"GET", lock}), b);
+    EXPECT_LE(number(ctl->run({"PTTL", lock})), 2000);
+    EXPECT_TRUE(renew(b, 60000));
+    EXPECT_GT(number(ctl->run({"PTTL", lock})), 50000);
+}
+
+// A filler whose lease ran out (another filler took the lock since) cannot drop the newer
+// filler's lock: its RELEASE and ABANDON touch nothing and wake nobody (the waiters wait for the
+// newer fill); its STORE still stores (the same answer; the waiters are woken to read it) but
+// leaves the lock to its owner, whose own STORE drops it.
+TEST_F(RedisCacheScriptsTest, AnExpiredFillerCannotDropANewerFillersLock) {
+    const std::string ch = cache_fill_channel("tc:");
+    Listener listener(server->port(), ch);
+    ASSERT_TRUE(listener.ok());
+    const CacheTarget t = target("tc:", "review", user_a, "/newer/");
+    const std::string e = cache_entry_key(t, gen(0, 0));
+    const std::string lock = cc::fill_lock_key(e), mark = cc::fill_waiter_key(e);
+    const std::string old_owner = "old.1.1", new_owner = "new.2.1";
+    const CacheLookup old_fill = lookup(t, true, 5000, old_owner);
+    ASSERT_TRUE(old_fill.lock_taken);
+    ctl->run({"DEL", lock});  // its lease ran out
+    const CacheLookup new_fill = lookup(t, true, 5000, new_owner);
+    ASSERT_TRUE(new_fill.lock_taken);
+    ASSERT_FALSE(lookup(t, true, 5000, "waiter.3.1").lock_taken);  // a waiter: the mark
+    EXPECT_EQ(ctl->run({"EXISTS", mark}), "1");
+
+    EXPECT_FALSE(release(t, old_fill, old_owner));
+    EvalArgs a;
+    ASSERT_TRUE(build_cache_abandon_args(t, old_owner, ch, a));
+    bool released = true;
+    ASSERT_TRUE(parse_cache_abandon_reply(eval(cache_abandon_script(), a), released));
+    EXPECT_FALSE(released);
+    EXPECT_EQ(ctl->run({"GET", lock}), new_owner);
+    EXPECT_EQ(ctl->run({"EXISTS", mark}), "1");
+    ctl->run({"PUBLISH", ch, "marker 1"});
+    EXPECT_EQ(listener.next(), "marker 1");  // nothing was published before it
+
+    EXPECT_TRUE(store(t, old_fill, "old answer", 60000, old_owner));
+    EXPECT_EQ(listener.next(), "1" + e);  // the waiter reads it
+    EXPECT_EQ(ctl->run({"GET", lock}), new_owner);
+    EXPECT_EQ(ctl->run({"GET", e}), "old answer");
+    EXPECT_TRUE(store(t, new_fill, "new answer", 60000, new_owner));
+    EXPECT_EQ(ctl->run({"EXISTS", lock}), "0");
+    EXPECT_EQ(ctl->run({"GET", e}), "new answer");
+
+    // Refused (a generation moved) while another filler holds the lock: that lock and its
+    // waiters' mark stay, nothing is published.
+    ctl->run({"DEL", e});
+    ctl->run({"SET", lock, new_owner, "PX", "60000"});
+    ctl->run({"SET", mark, "1", "PX", "60000"});
+    invalidate("tc:", user_a, {"review"});
+    EXPECT_FALSE(store(t, old_fill, "refused", 60000, old_owner));
+    EXPECT_EQ(ctl->run({"GET", lock}), new_owner);
+    EXPECT_EQ(ctl->run({"EXISTS", mark}), "1");
+    ctl->run({"PUBLISH", ch, "marker 2"});
+    EXPECT_EQ(listener.next(), "marker 2");
+    // Refused by its owner: the lock goes, the waiters are told "0" (go and fill).
+    EXPECT_FALSE(store(t, new_fill, "refused", 60000, new_owner));
+    EXPECT_EQ(listener.next(), "0" + e);
+    EXPECT_EQ(ctl->run({"EXISTS", lock}), "0");
 }
 
 // The Lua entry key is core::cache::entry_key() byte for byte: an entry SET under the C++ key
@@ -1070,27 +1223,30 @@ TEST_F(RedisCacheScriptsTest, MalformedCallsAreErrors) {
         EXPECT_FALSE(parse_cache_lookup_reply(r, l));
     };
     lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "5000"});
-    lookup_error({ug}, {"tc:", "review", "anon", hex, "5000", "1"});
-    lookup_error({ng, ug}, {"tc:", "review", "anon", hex, "5000", "1"});   // swapped
-    lookup_error({ug, ng}, {"tc:", "review", "anon2", hex, "5000", "1"});  // not its keys
-    lookup_error({ug, ng}, {"tc:", "review", "anon", hex.substr(1), "5000", "1"});
+    lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "5000", "1"});  // no owner token
+    lookup_error({ug}, {"tc:", "review", "anon", hex, "5000", "1", tok});
+    lookup_error({ng, ug}, {"tc:", "review", "anon", hex, "5000", "1", tok});   // swapped
+    lookup_error({ug, ng}, {"tc:", "review", "anon2", hex, "5000", "1", tok});  // not its keys
+    lookup_error({ug, ng}, {"tc:", "review", "anon", hex.substr(1), "5000", "1", tok});
     std::string upper = hex;
     upper[0] = 'A';
-    lookup_error({ug, ng}, {"tc:", "review", "anon", upper, "5000", "1"});
-    lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "0", "1"});
-    lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "x", "1"});
-    lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "5000", "yes"});
+    lookup_error({ug, ng}, {"tc:", "review", "anon", upper, "5000", "1", tok});
+    lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "0", "1", tok});
+    lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "x", "1", tok});
+    lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "5000", "yes", tok});
+    lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "5000", "1", ""});
+    lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "5000", "1", std::string(65, 't')});
     EXPECT_EQ(ctl->run({"DBSIZE"}), "0");
     for (const std::string bad : {"07", "-1", "1.5", " 1", "abc", "9007199254740992", ""}) {
         ctl->run({"SET", ug, bad});
-        lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "5000", "1"});
+        lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "5000", "1", tok});
         Reply r = raw(cache_store_script(), {"e", "e:l", "e:w", ug, ng},
-                      {"x", "1000", "0", "0", "2592000000", "ch"});
+                      {"x", "1000", "0", "0", "2592000000", "ch", tok});
         EXPECT_TRUE(r.is_error()) << bad;
     }
     ctl->run({"DEL", ug});
     ctl->run({"HSET", ng, "f", "v"});  // a generation of the wrong type
-    lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "5000", "1"});
+    lookup_error({ug, ng}, {"tc:", "review", "anon", hex, "5000", "1", tok});
     ctl->run({"DEL", ng});
 
     bool stored = false;
@@ -1101,18 +1257,22 @@ TEST_F(RedisCacheScriptsTest, MalformedCallsAreErrors) {
         EXPECT_FALSE(parse_cache_store_reply(r, stored));
     };
     const std::string ch = "tc:cache:filled";
-    store_error({"e", "e:l", "e:w", ug, ng}, {"x", "1000", "0", "0", "2592000000"});  // no channel
-    store_error({"e", "e:l", ug, ng}, {"x", "1000", "0", "0", "2592000000", ch});     // 4 keys
-    store_error({"e", "e:x", "e:w", ug, ng}, {"x", "1000", "0", "0", "2592000000", ch});
-    store_error({"e", "e:l", "e:x", ug, ng}, {"x", "1000", "0", "0", "2592000000", ch});
-    store_error({"e", "e:w", "e:l", ug, ng}, {"x", "1000", "0", "0", "2592000000", ch});
-    store_error({"e", "e:l", "e:w", ug, ng}, {"", "1000", "0", "0", "2592000000", ch});
-    store_error({"e", "e:l", "e:w", ug, ng}, {"x", "0", "0", "0", "2592000000", ch});
-    store_error({"e", "e:l", "e:w", ug, ng}, {"x", "2592000001", "0", "0", "2592000000", ch});
-    store_error({"e", "e:l", "e:w", ug, ng}, {"x", "1000", "0", "0", "2592000000", ""});
-    ctl->run({"SET", "e:l", "1"});
+    const std::string gt = "2592000000";
+    store_error({"e", "e:l", "e:w", ug, ng}, {"x", "1000", "0", "0", gt, tok});  // no channel
+    store_error({"e", "e:l", "e:w", ug, ng}, {"x", "1000", "0", "0", gt, ch});   // no token
+    store_error({"e", "e:l", ug, ng}, {"x", "1000", "0", "0", gt, ch, tok});     // 4 keys
+    store_error({"e", "e:x", "e:w", ug, ng}, {"x", "1000", "0", "0", gt, ch, tok});
+    store_error({"e", "e:l", "e:x", ug, ng}, {"x", "1000", "0", "0", gt, ch, tok});
+    store_error({"e", "e:w", "e:l", ug, ng}, {"x", "1000", "0", "0", gt, ch, tok});
+    store_error({"e", "e:l", "e:w", ug, ng}, {"", "1000", "0", "0", gt, ch, tok});
+    store_error({"e", "e:l", "e:w", ug, ng}, {"x", "0", "0", "0", gt, ch, tok});
+    store_error({"e", "e:l", "e:w", ug, ng}, {"x", "2592000001", "0", "0", gt, ch, tok});
+    store_error({"e", "e:l", "e:w", ug, ng}, {"x", "1000", "0", "0", gt, "", tok});
+    store_error({"e", "e:l", "e:w", ug, ng}, {"x", "1000", "0", "0", gt, ch, ""});
+    ctl->run({"SET", "e:l", tok});
     ctl->run({"SET", "e:w", "1"});
-    store_error({"e", "e:l", "e:w", ug, ng}, {"x", "1000", "0", "0", "2592000000", ""});
+    store_error({"e", "e:l", "e:w", ug, ng}, {"x", "1000", "0", "0", gt, "", tok});
+    store_error({"e", "e:l", "e:w", ug, ng}, {"x", "1000", "0", "0", gt, ch, std::string(65, 't')});
     EXPECT_EQ(ctl->run({"DBSIZE"}), "2");  // an error reply touches nothing
 
     bool had = false;
@@ -1123,13 +1283,33 @@ TEST_F(RedisCacheScriptsTest, MalformedCallsAreErrors) {
         EXPECT_FALSE(parse_cache_release_reply(r, had));
     };
     release_error({"e:l", "e:w"}, {ch});
-    release_error({"e:l"}, {ch, "e"});
-    release_error({"e:l", "e:w", "e:x"}, {ch, "e"});
-    release_error({"e:w", "e:l"}, {ch, "e"});
-    release_error({"e:l", "e:w"}, {ch, "f"});
-    release_error({"e:l", "e:w"}, {"", "e"});
-    release_error({":l", ":w"}, {ch, ""});
+    release_error({"e:l", "e:w"}, {ch, "e"});  // no token
+    release_error({"e:l"}, {ch, "e", tok});
+    release_error({"e:l", "e:w", "e:x"}, {ch, "e", tok});
+    release_error({"e:w", "e:l"}, {ch, "e", tok});
+    release_error({"e:l", "e:w"}, {ch, "f", tok});
+    release_error({"e:l", "e:w"}, {"", "e", tok});
+    release_error({":l", ":w"}, {ch, "", tok});
+    release_error({"e:l", "e:w"}, {ch, "e", ""});
     EXPECT_EQ(ctl->run({"DBSIZE"}), "2");
+
+    bool held = false;
+    auto renew_error = [&](const std::vector<std::string>& keys,
+                           const std::vector<std::string>& args) {
+        Reply r = raw(cache_renew_script(), keys, args);
+        EXPECT_TRUE(r.is_error()) << to_string(r.type);
+        EXPECT_FALSE(parse_cache_renew_reply(r, held));
+    };
+    renew_error({"e:l"}, {tok});
+    renew_error({"e:l", "e:w"}, {tok, "2000"});
+    renew_error({"e:l"}, {"", "2000"});
+    renew_error({"e:l"}, {std::string(65, 't'), "2000"});
+    renew_error({"e:l"}, {tok, "0"});
+    renew_error({"e:l"}, {tok, "x"});
+    renew_error({"e:w"}, {tok, "2000"});  // not a lock
+    renew_error({"e"}, {tok, "2000"});
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "2");
+    EXPECT_EQ(ctl->run({"PTTL", "e:l"}), "-1");  // untouched
     ctl->run({"DEL", "e:l", "e:w"});
 
     std::vector<uint64_t> g;
@@ -1153,11 +1333,14 @@ bool same_lookup(const CacheLookup& a, const CacheLookup& b) {
            a.entry == b.entry && a.lock_taken == b.lock_taken;
 }
 
-CacheLookupRequest request(const CacheTarget& t, bool want_lock, int64_t lock_ttl_ms = 5000) {
+// `token` must outlive the request (a view).
+CacheLookupRequest request(const CacheTarget& t, bool want_lock, int64_t lock_ttl_ms = 5000,
+                           std::string_view token = tok) {
     CacheLookupRequest r;
     r.target = t;
     r.want_lock = want_lock;
     r.lock_ttl_ms = lock_ttl_ms;
+    r.token = token;
     return r;
 }
 
@@ -1234,10 +1417,13 @@ TEST_F(RedisCacheScriptsTest, BatchEqualsSingleLookupsInOrder) {
         const size_t n = c % 40 == 0 ? cache_lookup_batch_max : 1 + pick(16);
         full += n == cache_lookup_batch_max;
         std::vector<CacheLookupRequest> reqs;
+        std::vector<std::string> tokens(n);  // each lookup its own owner
         for (size_t i = 0; i < n; i++) {
             const bool want = chance(70);
             const int64_t ttl[] = {1500, 5000, 30000};
-            reqs.push_back(request(*hot[pick(hot.size())], want, want ? ttl[pick(3)] : 0));
+            tokens[i] = "owner." + std::to_string(c) + "." + std::to_string(i);
+            reqs.push_back(
+                request(*hot[pick(hot.size())], want, want ? ttl[pick(3)] : 0, tokens[i]));
         }
         auto prepare = [&] {
             ctl->run({"FLUSHALL"});
@@ -1251,7 +1437,7 @@ TEST_F(RedisCacheScriptsTest, BatchEqualsSingleLookupsInOrder) {
         prepare();
         std::vector<CacheLookup> singles;
         for (const CacheLookupRequest& r : reqs) {
-            singles.push_back(lookup(r.target, r.want_lock, r.lock_ttl_ms));
+            singles.push_back(lookup(r.target, r.want_lock, r.lock_ttl_ms, r.token));
         }
         const std::vector<Stored> after_singles = snapshot();
 
@@ -1306,8 +1492,8 @@ TEST_F(RedisCacheScriptsTest, BatchLookupsOfOneKeyTakeTheLockOnce) {
     const CacheTarget other = target("tc:", "review", user_b, "/same");
     const std::string e = cache_entry_key(t, gen(0, 0));
     std::vector<CacheLookup> l =
-        lookup_batch({request(t, false), request(t, true, 4000), request(other, true),
-                      request(t, true, 3000), request(t, false)});
+        lookup_batch({request(t, false), request(t, true, 4000, tok), request(other, true, 5000),
+                      request(t, true, 3000, "second.1.1"), request(t, false)});
     ASSERT_EQ(l.size(), 5u);
     EXPECT_FALSE(l[0].lock_taken);  // not asked for
     EXPECT_TRUE(l[1].lock_taken);
@@ -1317,7 +1503,7 @@ TEST_F(RedisCacheScriptsTest, BatchLookupsOfOneKeyTakeTheLockOnce) {
     for (const CacheLookup& x : l) {
         EXPECT_FALSE(x.hit);
     }
-    EXPECT_EQ(ctl->run({"EXISTS", cc::fill_lock_key(e)}), "1");
+    EXPECT_EQ(ctl->run({"GET", cc::fill_lock_key(e)}), tok);  // the first lookup's
     EXPECT_EQ(ctl->run({"EXISTS", e + ":w"}), "1");
     EXPECT_EQ(ctl->run({"EXISTS", cache_entry_key(other, gen(0, 0)) + ":w"}), "0");
     const long long lock_ttl = number(ctl->run({"PTTL", cc::fill_lock_key(e)}));
@@ -1382,7 +1568,7 @@ TEST_F(RedisCacheScriptsTest, BatchOfOneAndOfMaxOnly) {
     EXPECT_TRUE(r.is_error()) << to_string(r.type);
     std::vector<std::string> keys, args;
     EvalArgs one;
-    ASSERT_TRUE(build_cache_lookup_args(t, 5000, true, one));
+    ASSERT_TRUE(build_cache_lookup_args(t, 5000, true, tok, one));
     for (size_t i = 0; i < cache_lookup_batch_max + 1; i++) {
         keys.insert(keys.end(), one.keys().begin(), one.keys().end());
         args.insert(args.end(), one.args().begin(), one.args().end());
@@ -1392,7 +1578,7 @@ TEST_F(RedisCacheScriptsTest, BatchOfOneAndOfMaxOnly) {
     EXPECT_NE(r.str.find("expected 1 to 64 lookups"), std::string::npos) << r.str;
     EXPECT_EQ(ctl->run({"DBSIZE"}), "0");
     keys.resize(2 * cache_lookup_batch_max);
-    args.resize(6 * cache_lookup_batch_max);
+    args.resize(7 * cache_lookup_batch_max);
     r = raw(cache_lookup_batch_script(), keys, args);
     std::vector<CacheLookup> out;
     EXPECT_TRUE(parse_cache_lookup_batch_reply(std::move(r), cache_lookup_batch_max, out));
@@ -1421,11 +1607,11 @@ TEST_F(RedisCacheScriptsTest, MalformedBatchesAreErrorsThatWriteNothing) {
         v[i] = std::move(x);
         return v;
     };
-    const std::string counts = "expected 1 to 64 lookups of 2 keys and 6 arguments";
+    const std::string counts = "expected 1 to 64 lookups of 2 keys and 7 arguments";
     batch_error({keys.begin(), keys.end() - 1}, args, counts);
     batch_error(with(keys, 3, keys[3]), {args.begin(), args.end() - 1}, counts);
     std::vector<std::string> more = args;
-    more.insert(more.end(), args.begin(), args.begin() + 6);
+    more.insert(more.end(), args.begin(), args.begin() + 7);
     batch_error(keys, more, counts);
     more = keys;
     more.push_back(keys[0]);
@@ -1433,27 +1619,31 @@ TEST_F(RedisCacheScriptsTest, MalformedBatchesAreErrorsThatWriteNothing) {
     batch_error({}, args, counts);
     batch_error(keys, {}, counts);
 
-    // Lookup 2 malformed: ARGV[7..12] = prefix, ns, id, hex, ttl, want.
+    // Lookup 2 malformed: ARGV[8..14] = prefix, ns, id, hex, ttl, want, token (0-based 7..13).
     std::vector<std::string> swapped = keys;
     std::swap(swapped[2], swapped[3]);
     const std::string not_keys = "lookup 2: keys are not the generation keys";
     batch_error(swapped, args, not_keys);
-    batch_error(keys, with(args, 8, "anon"), not_keys);
-    batch_error(keys, with(args, 6, "tc"), not_keys);
-    batch_error(keys, with(args, 7, "analytics"), not_keys);
-    batch_error(keys, with(args, 9, args[9].substr(1)), "lookup 2: the key is not 64");
-    std::string upper = args[9];
+    batch_error(keys, with(args, 9, "anon"), not_keys);
+    batch_error(keys, with(args, 7, "tc"), not_keys);
+    batch_error(keys, with(args, 8, "analytics"), not_keys);
+    batch_error(keys, with(args, 10, args[10].substr(1)), "lookup 2: the key is not 64");
+    std::string upper = args[10];
     upper[63] = 'A';
-    batch_error(keys, with(args, 9, upper), "lookup 2: the key is not 64");
-    batch_error(keys, with(args, 9, args[9] + "0"), "lookup 2: the key is not 64");
-    batch_error(keys, with(args, 10, "0"), "lookup 2: bad lock ttl");
-    batch_error(keys, with(args, 10, "x"), "lookup 2: bad lock ttl");
-    batch_error(keys, with(args, 10, "1.5"), "lookup 2: bad lock ttl");
-    batch_error(keys, with(args, 11, "yes"), "lookup 2: want_lock is not 0 or 1");
-    batch_error(keys, with(args, 11, ""), "lookup 2: want_lock is not 0 or 1");
+    batch_error(keys, with(args, 10, upper), "lookup 2: the key is not 64");
+    batch_error(keys, with(args, 10, args[10] + "0"), "lookup 2: the key is not 64");
+    batch_error(keys, with(args, 11, "0"), "lookup 2: bad lock ttl");
+    batch_error(keys, with(args, 11, "x"), "lookup 2: bad lock ttl");
+    batch_error(keys, with(args, 11, "1.5"), "lookup 2: bad lock ttl");
+    batch_error(keys, with(args, 12, "yes"), "lookup 2: want_lock is not 0 or 1");
+    batch_error(keys, with(args, 12, ""), "lookup 2: want_lock is not 0 or 1");
     batch_error(keys, with(args, 5, "2"), "lookup 1: want_lock is not 0 or 1");
-    // Without the lock its ttl is not looked at, as in LOOKUP.
-    Reply r = raw(cache_lookup_batch_script(), keys, with(with(args, 11, "0"), 10, "x"));
+    batch_error(keys, with(args, 13, ""), "lookup 2: bad owner token");
+    batch_error(keys, with(args, 13, std::string(65, 't')), "lookup 2: bad owner token");
+    batch_error(keys, with(args, 6, ""), "lookup 1: bad owner token");
+    // Without the lock its ttl and token are not looked at, as in LOOKUP.
+    Reply r =
+        raw(cache_lookup_batch_script(), keys, with(with(with(args, 12, "0"), 11, "x"), 13, ""));
     ASSERT_TRUE(parse_cache_lookup_batch_reply(std::move(r), 2, out));
     EXPECT_TRUE(out[0].lock_taken);
     EXPECT_FALSE(out[1].lock_taken);
@@ -1466,7 +1656,7 @@ TEST_F(RedisCacheScriptsTest, MalformedBatchesAreErrorsThatWriteNothing) {
     for (const std::string bad : {"07", "-1", "1.5", " 1", "abc", "9007199254740992", ""}) {
         ctl->run({"SET", ug2, bad});
         batch_error(keys, args, corrupt);
-        EXPECT_TRUE(raw(cache_lookup_script(), {keys[2], keys[3]}, {args.begin() + 6, args.end()})
+        EXPECT_TRUE(raw(cache_lookup_script(), {keys[2], keys[3]}, {args.begin() + 7, args.end()})
                         .is_error());
     }
     ctl->run({"DEL", ug2});
@@ -1474,7 +1664,7 @@ TEST_F(RedisCacheScriptsTest, MalformedBatchesAreErrorsThatWriteNothing) {
     for (const std::string& k : {ug2, ng, cache_entry_key(t2, gen(0, 0))}) {
         ctl->run({"HSET", k, "f", "v"});
         batch_error(keys, args, type);
-        EXPECT_TRUE(raw(cache_lookup_script(), {keys[2], keys[3]}, {args.begin() + 6, args.end()})
+        EXPECT_TRUE(raw(cache_lookup_script(), {keys[2], keys[3]}, {args.begin() + 7, args.end()})
                         .is_error());
         ctl->run({"DEL", k});
     }
@@ -1521,7 +1711,7 @@ TEST_F(RedisCacheScriptsTest, DISABLED_BatchRedisCpu) {
                     ctl->run({"SET", cache_entry_key(ts[i], gen(0, 0)), std::string(1024, 'e')});
                 }
                 reqs.push_back(request(ts[i], sc.want_lock));
-                ASSERT_TRUE(build_cache_lookup_args(ts[i], 5000, sc.want_lock, singles[i]));
+                ASSERT_TRUE(build_cache_lookup_args(ts[i], 5000, sc.want_lock, tok, singles[i]));
             }
             EvalArgs all;
             ASSERT_TRUE(build_cache_lookup_batch_args(reqs.data(), n, all));

@@ -753,8 +753,8 @@ TEST_F(RedisClientTest, AclPermissionsCheckedOnConnect) {
 // a new redis.call in a script without one here fails this test.
 TEST(RedisPermissions, EveryScriptCommandHasAShape) {
     for (const Script* s : {&strict_batch_script(), &flush_script(), &cache_lookup_batch_script(),
-                            &cache_store_script(), &cache_release_script(), &cache_abandon_script(),
-                            &cache_invalidate_script()}) {
+                            &cache_store_script(), &cache_release_script(), &cache_renew_script(),
+                            &cache_abandon_script(), &cache_invalidate_script()}) {
         std::vector<std::string> names = script_commands(s->source());
         EXPECT_FALSE(names.empty());
         for (const Argv& argv : permission_checks(s->source(), "k", "c")) {

@@ -416,7 +416,7 @@ TEST_F(RedisSubscriberTest, CacheFillWakeUpEndToEnd) {
     };
     auto lookup = [&] {
         EvalArgs a;
-        EXPECT_TRUE(build_cache_lookup_args(t, 5000, true, a));
+        EXPECT_TRUE(build_cache_lookup_args(t, 5000, true, "filler.1.1", a));
         CacheLookup l;
         EXPECT_TRUE(parse_cache_lookup_reply(eval(cache_lookup_script(), a), l));
         return l;
@@ -426,7 +426,8 @@ TEST_F(RedisSubscriberTest, CacheFillWakeUpEndToEnd) {
     CacheLookup waiter = lookup();
     ASSERT_FALSE(waiter.lock_taken);
     EvalArgs a;
-    ASSERT_TRUE(build_cache_store_args(t, filler.generation(), "entry", 60000, sub->channel(), a));
+    ASSERT_TRUE(build_cache_store_args(t, filler.generation(), "filler.1.1", "entry", 60000,
+                                       sub->channel(), a));
     bool stored = false;
     ASSERT_TRUE(parse_cache_store_reply(eval(cache_store_script(), a), stored));
     EXPECT_TRUE(stored);
@@ -444,7 +445,7 @@ TEST_F(RedisSubscriberTest, CacheFillWakeUpEndToEnd) {
     filler = lookup();
     ASSERT_TRUE(filler.lock_taken);
     ASSERT_FALSE(lookup().lock_taken);
-    ASSERT_TRUE(build_cache_release_args(t, filler.generation(), sub->channel(), a));
+    ASSERT_TRUE(build_cache_release_args(t, filler.generation(), "filler.1.1", sub->channel(), a));
     bool had = false;
     ASSERT_TRUE(parse_cache_release_reply(eval(cache_release_script(), a), had));
     EXPECT_TRUE(had);

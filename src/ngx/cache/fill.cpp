@@ -6,6 +6,7 @@
 #include <new>
 
 #include "core/gzip.hpp"
+#include "ngx/cache/leases.hpp"
 #include "ngx/cache/orphans.hpp"
 #include "ngx/cache/waiters.hpp"
 #include "ngx/cache/worker.hpp"
@@ -48,8 +49,8 @@ core::cache::Policy policy_of(const CacheLocConf& conf, bool user_identity) noex
 
 }  // namespace
 
-void Fill::begin(const CacheLocConf* conf, FillLock lock, const core::cache::Generation& gen,
-                 std::string entry_key) {
+void Fill::begin(ngx_http_request_t* r, const CacheLocConf* conf, FillLock lock,
+                 const core::cache::Generation& gen, std::string entry_key) {
     conf_ = conf;
     lock_ = std::move(lock);
     gen_ = gen;
@@ -57,6 +58,16 @@ void Fill::begin(const CacheLocConf* conf, FillLock lock, const core::cache::Gen
     holder_ = true;
     over_ = false;
     cache_fill_started(entry_key_);
+    if (r != nullptr) {
+        lease_ = start_lease(r, entry_key_, lock_.token, lock_.lease);
+    }
+}
+
+void Fill::end_lease() noexcept {
+    if (lease_) {
+        lease_->stop();
+        lease_.reset();
+    }
 }
 
 void Fill::on_header(ngx_http_request_t* r, bool same_location) noexcept {
@@ -226,12 +237,13 @@ void Fill::store(ngx_http_request_t* r) {
     redis::EvalArgs args;
     redis::Client* client = redis_client();
     if (entry->empty() || client == nullptr || ttl < 1 ||
-        !redis::build_cache_store_args(target_of(lock_), gen_, *entry, ttl, cache_channel(),
-                                       args)) {
+        !redis::build_cache_store_args(target_of(lock_), gen_, lock_.token, *entry, ttl,
+                                       cache_channel(), args)) {
         release();
         return;
     }
     over_ = true;
+    end_lease();
     client->evalsha(
         redis::cache_store_script(), args.keys(), args.args(),
         [e = entry_key_, lock = lock_, entry](redis::Result&& res) noexcept {
@@ -258,11 +270,13 @@ void Fill::release() noexcept {
     }
     over_ = true;
     drop_body();
+    end_lease();
     try {
         redis::Client* client = redis_client();
         redis::EvalArgs args;
         if (client != nullptr && !worker_exiting() &&
-            redis::build_cache_release_args(target_of(lock_), gen_, cache_channel(), args)) {
+            redis::build_cache_release_args(target_of(lock_), gen_, lock_.token, cache_channel(),
+                                            args)) {
             client->evalsha(redis::cache_release_script(), args.keys(), args.args(),
                             [lock = lock_](redis::Result&& res) noexcept {
                                 bool had = false;
@@ -276,7 +290,7 @@ void Fill::release() noexcept {
                             });
         }
     } catch (...) {
-        // The lock expires by itself (throttle_cache_lock_timeout).
+        // The lock expires by itself, a lease after its last renewal.
     }
     cache_fill_ended(entry_key_, false, nullptr);
 }

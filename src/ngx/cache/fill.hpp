@@ -3,7 +3,8 @@
 // stored, and whoever waits for the entry is woken:
 //
 //   begin()      the lookup took the lock (a miss, or the refresh of a stale entry): this worker
-//                now fills E, so local waiters wait for it (waiters.cpp)
+//                now fills E, so local waiters wait for it (waiters.cpp); the lock's lease is
+//                renewed while the request lives (leases.cpp)
 //   on_header()  header filter: core::cache::decide() on the upstream's headers; not storable,
 //                or not the upstream's answer to this lookup: release()
 //   on_body()    body filter: the body is copied while it passes (memory and temp-file
@@ -13,9 +14,11 @@
 //                waiters are woken with the bytes, others by the STORE script's message
 //   release()    not stored (not cacheable, too large, an error, the request ended): RELEASE
 //                gives the lock back and wakes waiters everywhere to go upstream themselves
-// A STORE or RELEASE Redis did not answer may have run or not: ABANDON follows (orphans.cpp).
+// STORE and RELEASE end the lease's renewals. A STORE or RELEASE Redis did not answer may have
+// run or not: ABANDON follows (orphans.cpp).
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -26,20 +29,25 @@
 
 namespace throttle::ngx {
 
+class FillLease;
+
 // A fill lock in owned bytes (it outlives the request): what ABANDON needs to find it under the
 // current generations.
 struct FillLock {
     std::string ns;
     std::string id;
     core::Sha256Digest key{};
-    ngx_msec_t ttl = 0;  // throttle_cache_lock_timeout: the lock is gone by itself after it
+    std::string token;     // its owner token (leases.hpp): the lock's value in Redis
+    ngx_msec_t lease = 0;  // the lock is gone by itself a lease after its last renewal
 };
 
 class Fill {
    public:
-    // This request holds the lock of entry E (under `gen`). May throw std::bad_alloc.
-    void begin(const CacheLocConf* conf, FillLock lock, const core::cache::Generation& gen,
-               std::string entry_key);
+    // Request r holds the lock of entry E (under `gen`): its lease is renewed while r lives,
+    // until the fill ends. r is nullptr for a lock given back at once (no renewal). May throw
+    // std::bad_alloc.
+    void begin(ngx_http_request_t* r, const CacheLocConf* conf, FillLock lock,
+               const core::cache::Generation& gen, std::string entry_key);
     // Holds the lock and has not stored or released it yet.
     bool active() const noexcept { return holder_ && !over_; }
     bool capturing() const noexcept { return capture_; }
@@ -58,9 +66,11 @@ class Fill {
     void store(ngx_http_request_t* r);
     std::string encode(ngx_http_request_t* r, int64_t now, int64_t& ttl_ms);
     void drop_body() noexcept;
+    void end_lease() noexcept;
 
     const CacheLocConf* conf_ = nullptr;
     FillLock lock_;
+    std::shared_ptr<FillLease> lease_;  // renews the lock while the upstream runs
     core::cache::Generation gen_;
     std::string entry_key_;
     bool holder_ = false;

@@ -8,18 +8,25 @@
 //   stale entry           one request takes the refresh lock and goes upstream (EXPIRED); the
 //                         others are answered with the stale entry (UPDATING, or STALE when
 //                         the lock could not be asked for)
-//   miss, lock taken      MISS: this request fills (fill.cpp: the filters store the response)
+//   miss, lock taken      MISS: this request fills (fill.cpp: the filters store the response;
+//                         leases.cpp renews the lock while it runs)
 //   miss, lock held       another request fills: wait until it stored (HIT from its bytes, or
 //                         from a second lookup when it filled in another worker or host) or
-//                         gave up, at most throttle_cache_lock_timeout; then MISS upstream
+//                         gave up; look again once per lease (a dead filler's lock is gone
+//                         then: this request may take it and fill), at most
+//                         throttle_cache_lock_timeout in all; then MISS upstream
+//   miss, no lock asked   HEAD, conditional: upstream at once (MISS); whether anyone fills is
+//                         unknown, and their answer is not stored
 //   Redis down or slow    BYPASS (circuit open) or ERROR (failed, timed out): upstream
 // Nothing here ever answers 5xx because of Redis: every failure passes the request on.
+#include <algorithm>
 #include <new>
 
 #include "core/cache_identity.hpp"
 #include "core/http_text.hpp"
 #include "ngx/cache/cache.hpp"
 #include "ngx/cache/invalidate.hpp"
+#include "ngx/cache/leases.hpp"
 #include "ngx/cache/lookup.hpp"
 #include "ngx/cache/memo.hpp"
 #include "ngx/cache/orphans.hpp"
@@ -142,25 +149,77 @@ void serve_later(CacheRequest& cr, CacheStatus s,
 // This request took the fill lock: it fills, from the upstream's answer.
 bool begin_fill(CacheRequest& cr) noexcept {
     try {
-        cr.fill.begin(cr.conf, cr.fill_lock(), cr.gen, cr.entry_key);
+        cr.fill.begin(cr.request(), cr.conf, cr.fill_lock(), cr.gen, cr.entry_key);
         return true;
     } catch (...) {
-        return false;  // the lock expires by itself (throttle_cache_lock_timeout)
+        return false;  // the lock expires by itself, one lease after it was taken
     }
 }
 
+// How much longer the request may wait for another request's fill (0: no longer).
+ngx_msec_t wait_left(const CacheRequest& cr) noexcept {
+    ngx_msec_t waited = cr.wait_began ? ngx_current_msec - cr.wait_since : 0;
+    return waited >= cr.conf->lock_timeout ? 0 : cr.conf->lock_timeout - waited;
+}
+
+// The timer of a wait: until the next lease, or the end of the wait if that comes first.
+void arm_wait_timer(CacheRequest& cr) noexcept {
+    ngx_add_timer(&cr.wait_timer.ev, std::min(wait_left(cr), cache_lease_ms(*cr.conf)));
+}
+
+// throttle_cache_lock_timeout has passed since the request began to wait.
+void give_up_waiting(CacheRequest& cr) noexcept {
+    ngx_log_error(NGX_LOG_INFO, cr.request()->connection->log, 0,
+                  "throttle_cache: waited %M ms for another request to fill the entry, "
+                  "going upstream",
+                  cr.conf->lock_timeout);
+    pass(cr, CacheStatus::miss);
+}
+
+// Waits for the request that fills the entry (first, or again after looking once more).
+void wait_for_fill(const std::shared_ptr<CacheRequest>& cr) noexcept {
+    CacheRequest& c = *cr;
+    if (!c.wait_began) {
+        c.wait_began = true;
+        c.wait_since = ngx_current_msec;
+    }
+    if (wait_left(c) == 0) {
+        give_up_waiting(c);
+        return;
+    }
+    // cache_wait() may wake the request at once (its fill just ended).
+    c.step = CacheRequest::Step::waiting;
+    arm_wait_timer(c);
+    if (!cache_wait(c.entry_key, cr)) {
+        pass(c, CacheStatus::miss);
+    }
+}
+
+// A lease has passed while waiting, or the whole wait.
 void wait_timeout(ngx_event_t* ev) noexcept {
     CacheRequest* cr = reinterpret_cast<CacheRequest::WaitTimer*>(ev)->owner;
     std::shared_ptr<CacheRequest> keep = cr->weak_from_this().lock();  // pass() may end it
     if (!keep || cr->gone() || cr->step != CacheRequest::Step::waiting) {
         return;
     }
+    if (wait_left(*cr) == 0) {
+        cache_unwait(cr->entry_key, cr);
+        give_up_waiting(*cr);
+        return;
+    }
+    if (cache_filling_here(cr->entry_key)) {
+        arm_wait_timer(*cr);  // the filler runs in this worker, alive: it wakes the request
+        return;
+    }
+    // The filler is elsewhere and may have died: its lock is then gone within a lease, and this
+    // lookup may take it (and fill). Else the request waits again, for what is left.
     cache_unwait(cr->entry_key, cr);
-    ngx_log_error(NGX_LOG_INFO, cr->request()->connection->log, 0,
-                  "throttle_cache: waited %M ms for another request to fill the entry, "
-                  "going upstream",
-                  cr->conf->lock_timeout);
-    pass(*cr, CacheStatus::miss);
+    cr->step = CacheRequest::Step::asking;
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, cr->request()->connection->log, 0,
+                   "throttle_cache: still waiting for the fill after a lease, looking again");
+    if (!cache_lookup_submit(keep, cr->fills)) {
+        pass(*cr, CacheStatus::error);
+    }
 }
 
 void on_refresh_lock(const std::shared_ptr<CacheRequest>& cr, redis::Result&& res,
@@ -192,7 +251,7 @@ void refresh_or_serve_stale(const std::shared_ptr<CacheRequest>& cr,
     redis::Client* client = redis_client();
     try {
         std::vector<std::string> argv = redis::cache_fill_lock_argv(
-            cr->target(), cr->gen, static_cast<int64_t>(cr->conf->lock_timeout));
+            cr->target(), cr->gen, cr->token, static_cast<int64_t>(cache_lease_ms(*cr->conf)));
         std::vector<std::string_view> args(argv.begin(), argv.end());
         auto held = std::make_shared<std::shared_ptr<const std::string>>(std::move(entry));
         client->command(args, [cr, held](redis::Result&& res) noexcept {
@@ -211,7 +270,7 @@ void release_unused_lock(CacheRequest& c, const redis::CacheLookup& out) noexcep
     }
     try {
         Fill unused;
-        unused.begin(c.conf, c.fill_lock(), out.generation(),
+        unused.begin(nullptr, c.conf, c.fill_lock(), out.generation(),
                      redis::cache_entry_key(c.target(), out.generation()));
         unused.release();
     } catch (...) {
@@ -259,16 +318,13 @@ void on_miss(const std::shared_ptr<CacheRequest>& cr, const redis::CacheLookup& 
         pass(c, CacheStatus::miss);
         return;
     }
-    if (c.head || c.relookup || !cache_can_wait(c.entry_key)) {
+    // A lookup that did not ask for the lock cannot tell whether anyone fills (HEAD and
+    // conditional requests), and one after a remote fill stored found nothing: upstream.
+    if (!c.fills || c.relookup || !cache_can_wait(c.entry_key)) {
         pass(c, CacheStatus::miss);
         return;
     }
-    // Wait for the filler; cache_wait() may wake the request at once (its fill just ended).
-    c.step = CacheRequest::Step::waiting;
-    ngx_add_timer(&c.wait_timer.ev, c.conf->lock_timeout);
-    if (!cache_wait(c.entry_key, cr)) {
-        pass(c, CacheStatus::miss);
-    }
+    wait_for_fill(cr);
 }
 
 }  // namespace
@@ -452,6 +508,9 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
     key_origin(r, in);
     in.extra = view(extra);  // throttle_cache_key
     cr->key = core::cache::cache_key(in);
+    if (cr->fills) {
+        cr->token = cache_fill_token();
+    }
     ctx->cache = cr.get();
     if (!cache_lookup_submit(cr, cr->fills)) {
         cr->step = CacheRequest::Step::done;

@@ -3,6 +3,7 @@
 
 #include <vector>
 
+#include "ngx/cache/leases.hpp"
 #include "ngx/cache/request.hpp"
 #include "ngx/redis_link.hpp"
 #include "redis/cache_scripts.hpp"
@@ -36,8 +37,9 @@ void send(Batch&& batch) noexcept {
         for (const Queued& q : *held) {
             redis::CacheLookupRequest rq;
             rq.target = q.cr->target();
-            rq.lock_ttl_ms = static_cast<int64_t>(q.cr->conf->lock_timeout);
+            rq.lock_ttl_ms = static_cast<int64_t>(cache_lease_ms(*q.cr->conf));
             rq.want_lock = q.want_lock;
+            rq.token = q.cr->token;
             reqs.push_back(rq);
         }
         redis::EvalArgs args;

@@ -61,7 +61,7 @@ void send(Orphan&& o) noexcept {
         t.key = o.lock.key;
         redis::EvalArgs args;
         if (client == nullptr || !client->available() ||
-            !redis::build_cache_abandon_args(t, cache_channel(), args)) {
+            !redis::build_cache_abandon_args(t, o.lock.token, cache_channel(), args)) {
             keep(std::move(o));
             return;
         }

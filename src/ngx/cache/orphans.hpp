@@ -1,6 +1,7 @@
 // Orphan fill locks (layer: ngx): a lookup that asked for the fill lock, or a STORE or RELEASE,
-// that Redis did not answer may have left a lock nobody will fill. ABANDON drops the lock found
-// under the current generations and wakes its waiters -- now, and every second until it
+// that Redis did not answer may have left a lock nobody will fill (for up to a lease: nobody
+// renews it). ABANDON drops the lock found under the current generations if it still holds this
+// fill's owner token, and wakes its waiters -- now, and every second until it
 // released one or Redis answered two (the unanswered call may run in Redis after the first
 // ABANDON: a paused Redis reads it from the old connection when it resumes; it has run before
 // Redis answers the second).

@@ -5,7 +5,8 @@
 //
 // The life of a cached GET (handler.cpp drives it):
 //   asking   its lookup is queued or in flight (lookup.cpp batches it with the turn's others)
-//   waiting  another request fills the entry (waiters.cpp wakes it), at most lock_timeout
+//   waiting  another request fills the entry (waiters.cpp wakes it); once per lease it looks
+//            again (asking: the filler may have died), at most lock_timeout in all
 //   serve    `entry` holds the bytes to answer with (serve.cpp)
 //   pass     the request goes on to the upstream; when this request took the fill lock,
 //            `fill` stores what the upstream answers (fill.cpp, from the filters)
@@ -20,6 +21,7 @@
 #include "core/gzip.hpp"
 #include "ngx/cache/conf.hpp"
 #include "ngx/cache/fill.hpp"
+#include "ngx/cache/leases.hpp"
 #include "ngx/cache/worker.hpp"
 #include "ngx/request.hpp"
 #include "redis/cache_scripts.hpp"
@@ -55,7 +57,8 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
     bool head = false;
     bool fills = false;  // may take the fill lock: not HEAD, not conditional
 
-    std::string id;  // identity digest ("anon" or 64 hex)
+    std::string id;     // identity digest ("anon" or 64 hex)
+    std::string token;  // the owner token its fill lock is taken with (fills only)
     core::Sha256Digest key{};
     core::cache::Generation gen;
     std::string entry_key;  // E, once the generations are known
@@ -69,12 +72,15 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
 
     Fill fill;  // this request's fill, when it holds the fill lock
 
-    // The wait cap (throttle_cache_lock_timeout): an nginx timer, deleted when the request ends.
+    // The wait: an nginx timer, deleted when the request ends. It expires once per lease (the
+    // request looks again) and at the cap, throttle_cache_lock_timeout after the wait began.
     struct WaitTimer {
         ngx_event_t ev;  // first member: the handler finds the WaitTimer from the event
         CacheRequest* owner;
     };
     WaitTimer wait_timer{};
+    bool wait_began = false;
+    ngx_msec_t wait_since = 0;  // ngx_current_msec when the request first waited
 
     redis::CacheTarget target() const noexcept {
         redis::CacheTarget t;
@@ -86,7 +92,7 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
     }
     // The fill lock this request's lookup may take, in owned bytes. May throw std::bad_alloc.
     FillLock fill_lock() const {
-        return FillLock{std::string(target().ns), id, key, conf->lock_timeout};
+        return FillLock{std::string(target().ns), id, key, token, cache_lease_ms(*conf)};
     }
 
    protected:

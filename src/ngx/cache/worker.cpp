@@ -34,8 +34,8 @@ void cache_worker_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loo
         std::string channel = redis::cache_fill_channel(base);
         for (const redis::Script* script :
              {&redis::cache_lookup_batch_script(), &redis::cache_store_script(),
-              &redis::cache_release_script(), &redis::cache_abandon_script(),
-              &redis::cache_invalidate_script()}) {
+              &redis::cache_release_script(), &redis::cache_renew_script(),
+              &redis::cache_abandon_script(), &redis::cache_invalidate_script()}) {
             client.add_script(*script, key, channel);
         }
         client.require({{"SUBSCRIBE", channel}});
