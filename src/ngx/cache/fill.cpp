@@ -199,9 +199,12 @@ std::string Fill::encode(ngx_http_request_t* r, int64_t now, int64_t& ttl_ms) {
         }
         body_.swap(plain);
     }
+    // A filter behind this one that rewrites the body (SSI, sub_filter, addition) asked for it
+    // in memory: it will rewrite a hit too, and none of them reads gzip, so a gzip'd entry
+    // would reach gzip clients unprocessed. Such an entry is stored plain.
     std::string gz;
-    bool compressed = body_.size() >= conf_->min_compress && core::gzip_compress(body_, gz) &&
-                      gz.size() < body_.size();
+    bool compressed = !r->filter_need_in_memory && body_.size() >= conf_->min_compress &&
+                      core::gzip_compress(body_, gz) && gz.size() < body_.size();
     if (headers_.size() > core::cache::entry_max_headers) {
         return {};
     }
