@@ -353,8 +353,13 @@ EOF
     my $after = $rss->();
     my $grew = $after - $before;
     diag("worker VmRSS: $before kB before, $after kB after 400 distinct 60 KB identities");
-    ok($before > 0 && $grew < 6 * 1024,
-        "400 distinct 60 KB identities (24 MB) grew the worker by less than 6 MB ($grew kB)");
+    SKIP: {
+        # make asan: AddressSanitizer keeps freed memory in its quarantine (256 MB), so the
+        # worker's RSS measures the quarantine, not what the module retains.
+        skip 'RSS under AddressSanitizer measures its quarantine', 1 if $ENV{TEST_NGINX_PRELOAD};
+        ok($before > 0 && $grew < 6 * 1024,
+            "400 distinct 60 KB identities (24 MB) grew the worker by less than 6 MB ($grew kB)");
+    }
 }
 
 $t->done;
