@@ -107,6 +107,29 @@ class RequestBound {
 // within its own bound: the Redis timeout, throttle_cache_lock_timeout).
 size_t requests_waiting() noexcept;
 
+// An nginx timer of an object tied to a request (a RequestBound): its event handler finds the
+// object with owner_of(). The owner stops it when it is done and when it goes.
+template <typename T>
+struct RequestTimer {
+    ngx_event_t ev;  // first member: an ngx_event_t* is a RequestTimer*
+    T* owner;
+
+    void init(T* o, ngx_event_handler_pt handler, ngx_http_request_t* r) noexcept {
+        owner = o;
+        ev.handler = handler;
+        ev.data = r->connection;
+        ev.log = r->connection->log;
+    }
+    void stop() noexcept {
+        if (ev.timer_set) {
+            ngx_del_timer(&ev);
+        }
+    }
+    static T* owner_of(ngx_event_t* e) noexcept {
+        return reinterpret_cast<RequestTimer*>(e)->owner;
+    }
+};
+
 // A T (a RequestBound, constructed from r and args) whose life is tied to r's pool as above.
 // nullptr when the pool cannot take a cleanup. May throw std::bad_alloc.
 template <typename T, typename... Args>

@@ -125,9 +125,7 @@ void set_status(CacheRequest& cr, CacheStatus s) noexcept {
 void pass(CacheRequest& cr, CacheStatus s) noexcept {
     set_status(cr, s);
     cr.step = CacheRequest::Step::pass;
-    if (cr.wait_timer.ev.timer_set) {
-        ngx_del_timer(&cr.wait_timer.ev);
-    }
+    cr.wait_timer.stop();
     cr.resume();
 }
 
@@ -140,9 +138,7 @@ void serve_later(CacheRequest& cr, CacheStatus s,
     }
     cr.entry = std::move(entry);
     cr.step = CacheRequest::Step::serve;
-    if (cr.wait_timer.ev.timer_set) {
-        ngx_del_timer(&cr.wait_timer.ev);
-    }
+    cr.wait_timer.stop();
     cr.resume();
 }
 
@@ -197,7 +193,7 @@ void wait_for_fill(const std::shared_ptr<CacheRequest>& cr) noexcept {
 
 // A lease has passed while waiting, or the whole wait.
 void wait_timeout(ngx_event_t* ev) noexcept {
-    CacheRequest* cr = reinterpret_cast<CacheRequest::WaitTimer*>(ev)->owner;
+    CacheRequest* cr = RequestTimer<CacheRequest>::owner_of(ev);
     std::shared_ptr<CacheRequest> keep = cr->weak_from_this().lock();  // pass() may end it
     if (!keep || cr->gone() || cr->step != CacheRequest::Step::waiting) {
         return;
@@ -333,23 +329,16 @@ CacheRequest::CacheRequest(ngx_http_request_t* r, const CacheLocConf* c) noexcep
     : RequestBound(r), conf(c) {
     head = r->method == NGX_HTTP_HEAD;
     fills = !head && !conditional(r);
-    wait_timer.owner = this;
-    wait_timer.ev.handler = wait_timeout;
-    wait_timer.ev.data = r->connection;
-    wait_timer.ev.log = r->connection->log;
+    wait_timer.init(this, wait_timeout, r);
 }
 
 CacheRequest::~CacheRequest() {
-    if (wait_timer.ev.timer_set) {
-        ngx_del_timer(&wait_timer.ev);
-    }
+    wait_timer.stop();
 }
 
 // The request ended (answered, or aborted while waiting).
 void CacheRequest::request_ended() noexcept {
-    if (wait_timer.ev.timer_set) {
-        ngx_del_timer(&wait_timer.ev);
-    }
+    wait_timer.stop();
     if (step == Step::waiting) {
         cache_unwait(entry_key, this);
     }
@@ -410,9 +399,7 @@ void cache_woken(const std::shared_ptr<CacheRequest>& cr, bool stored,
         return;
     }
     // Filled by another worker or host: read it (once; a miss now goes upstream).
-    if (cr->wait_timer.ev.timer_set) {
-        ngx_del_timer(&cr->wait_timer.ev);
-    }
+    cr->wait_timer.stop();
     cr->step = CacheRequest::Step::asking;
     cr->relookup = true;
     if (!cache_lookup_submit(cr, false)) {

@@ -48,18 +48,13 @@ FillLease::FillLease(ngx_http_request_t* r, std::string entry_key, std::string t
       entry_key_(std::move(entry_key)),
       token_(std::move(token)),
       lease_ms_(lease_ms) {
-    timer_.owner = this;
-    timer_.ev.handler = on_timer;
-    timer_.ev.data = r->connection;
-    timer_.ev.log = r->connection->log;
+    timer_.init(this, on_timer, r);
     // A graceful exit does not wait for it: the request it renews for keeps the worker itself.
     timer_.ev.cancelable = 1;
 }
 
 FillLease::~FillLease() {
-    if (timer_.ev.timer_set) {
-        ngx_del_timer(&timer_.ev);
-    }
+    timer_.stop();
 }
 
 void FillLease::arm() noexcept {
@@ -70,9 +65,7 @@ void FillLease::arm() noexcept {
 
 void FillLease::stop() noexcept {
     stopped_ = true;
-    if (timer_.ev.timer_set) {
-        ngx_del_timer(&timer_.ev);
-    }
+    timer_.stop();
 }
 
 void FillLease::request_ended() noexcept {
@@ -80,7 +73,7 @@ void FillLease::request_ended() noexcept {
 }
 
 void FillLease::on_timer(ngx_event_t* ev) noexcept {
-    FillLease* lease = reinterpret_cast<Timer*>(ev)->owner;
+    FillLease* lease = RequestTimer<FillLease>::owner_of(ev);
     std::shared_ptr<FillLease> keep = lease->weak_from_this().lock();
     if (!keep || lease->stopped_ || lease->gone()) {
         return;

@@ -48,10 +48,6 @@ class FillLease final : public RequestBound, public std::enable_shared_from_this
     void request_ended() noexcept override;
 
    private:
-    struct Timer {
-        ngx_event_t ev;  // first member: the handler finds the Timer from the event
-        FillLease* owner;
-    };
     static void on_timer(ngx_event_t* ev) noexcept;
     void renew() noexcept;
     void renewed(bool ok, bool held) noexcept;
@@ -60,7 +56,7 @@ class FillLease final : public RequestBound, public std::enable_shared_from_this
     std::string token_;
     ngx_msec_t lease_ms_;
     bool stopped_ = false;
-    Timer timer_{};
+    RequestTimer<FillLease> timer_{};
 };
 
 // Starts renewing the lock of entry key E that `token` holds, every third of lease_ms while r

@@ -74,11 +74,7 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
 
     // The wait: an nginx timer, deleted when the request ends. It expires once per lease (the
     // request looks again) and at the cap, throttle_cache_lock_timeout after the wait began.
-    struct WaitTimer {
-        ngx_event_t ev;  // first member: the handler finds the WaitTimer from the event
-        CacheRequest* owner;
-    };
-    WaitTimer wait_timer{};
+    RequestTimer<CacheRequest> wait_timer{};
     bool wait_began = false;
     ngx_msec_t wait_since = 0;  // ngx_current_msec when the request first waited
 
