@@ -324,6 +324,15 @@ void Client::connected_now() noexcept {
         connect_timer_->start(0);
         return;
     }
+    if (!checks_.empty()) {
+        conn_ = Conn::Checking;  // send_waiting() when the probe says yes
+        return;
+    }
+    send_waiting();
+}
+
+// The commands that waited for the connection (and its permission check), in order.
+void Client::send_waiting() noexcept {
     uint64_t now = loop_.now_ms();
     while (!waiting_.empty()) {
         Pending& p = waiting_.front();
@@ -641,7 +650,7 @@ void Client::command(const std::string_view* argv, size_t argc, Callback cb) {
         return;
     }
     uint64_t deadline = loop_.now_ms() + cfg_.command_timeout_ms;
-    if (conn_ == Conn::Connecting) {
+    if (conn_ == Conn::Connecting || conn_ == Conn::Checking) {
         Pending& p = new_pending(waiting_, Kind::User, std::move(cb), deadline);
         try {
             keep_args(p, argv, argc);
@@ -668,7 +677,7 @@ size_t Client::script_index(const Script& script) {
         }
     }
     scripts_.push_back(ScriptEntry{script.sha(), script.source()});
-    if (conn_ == Conn::Connected) {
+    if (conn_ == Conn::Connected || conn_ == Conn::Checking) {
         try {
             send_internal(Kind::ScriptLoad, {"SCRIPT", "LOAD", script.source()},
                           scripts_.size() - 1);
@@ -722,7 +731,8 @@ void Client::evalsha(const Script& script, const std::string_view* keys, size_t 
         return;
     }
     uint64_t deadline = loop_.now_ms() + cfg_.command_timeout_ms;
-    std::list<Pending>& list = conn_ == Conn::Connecting ? waiting_ : inflight_;
+    std::list<Pending>& list =
+        conn_ == Conn::Connecting || conn_ == Conn::Checking ? waiting_ : inflight_;
     Pending& p = new_pending(list, Kind::EvalSha, std::move(cb), deadline);
     p.script = index;
     try {
@@ -915,6 +925,10 @@ void Client::probe_reply(Pending& p, redisReply* r) noexcept {
         return;
     }
     inflight_.erase(p.self);
+    if (conn_ == Conn::Checking) {
+        conn_ = Conn::Connected;
+        send_waiting();
+    }
 }
 
 // Our scripts answer no error: Redis could not run this one (NOSCRIPT after the reload, OOM,

@@ -170,7 +170,9 @@ class Client {
     size_t abandoned() const noexcept { return abandoned_; }
 
    private:
-    enum class Conn : uint8_t { None, Connecting, Connected };
+    // Checking: connected, the permission probe not answered yet; commands wait as in Connecting
+    // (none may reach Redis before the probe says the user may run them all).
+    enum class Conn : uint8_t { None, Connecting, Checking, Connected };
     enum class Breaker : uint8_t { Closed, Open, HalfOpen };
     enum class Kind : uint8_t { User, EvalSha, Auth, Select, ScriptLoad, Probe, Ping };
 
@@ -199,6 +201,7 @@ class Client {
 
     void connect() noexcept;
     void connected_now() noexcept;
+    void send_waiting() noexcept;
     void handle_reply(Pending& p, redisReply* r) noexcept;
     void handshake_reply(Pending& p, redisReply* r) noexcept;
     void evalsha_error(Pending& p, redisReply* r) noexcept;

@@ -749,6 +749,37 @@ TEST_F(RedisClientTest, AclPermissionsCheckedOnConnect) {
     EXPECT_TRUE(unchecked.result.reply.is_error()) << unchecked.result.reply.str;
 }
 
+// The commands that wait for the connection wait for the permission check too: a refused user's
+// script never reaches Redis, even one whose path this time avoids the refused command (the
+// strict script calls INCRBY only for a key decided twice in one batch; INCR otherwise).
+TEST_F(RedisClientTest, NothingRunsBeforeThePermissionCheckAnswers) {
+    RedisServer server({"--user", "noincrby", "on", ">pw", "~*", "&*", "+@all", "-incrby"});
+    ASSERT_TRUE(server.start());
+    Script script(
+        "if ARGV[1] == 'many' then redis.call('INCRBY', KEYS[1], 5) "
+        "else redis.call('INCR', KEYS[1]) end return 1");
+    Config cfg = config(server);
+    cfg.username = "noincrby";
+    cfg.password = "pw";
+    cfg.failure_threshold = 0;
+    Client client(ev.loop(), cfg, logger());
+    client.add_script(script, "t:{probe}:0", "t:channel");
+    std::vector<Outcome> outs(5);
+    std::string_view key = "t:{k}:1", one = "one";
+    for (Outcome& o : outs) {  // sent while connecting: they wait for the handshake
+        client.evalsha(script, {key}, {one}, track(o));
+    }
+    ASSERT_TRUE(ev.run_until(
+        [&] { return std::all_of(outs.begin(), outs.end(), [](auto& o) { return o.calls > 0; }); },
+        5000));
+    for (const Outcome& o : outs) {
+        EXPECT_EQ(o.result.failure, Failure::Disconnected);
+    }
+    EXPECT_TRUE(logged_text("user \"noincrby\" may not run \"INCRBY t:{probe}:0 1\""));
+    Control ctl(server.port());
+    EXPECT_EQ(ctl.run({"GET", "t:{k}:1"}), "(nil)");
+}
+
 // Every command our scripts call has a known shape for the check (arity, where the key goes):
 // a new redis.call in a script without one here fails this test.
 TEST(RedisPermissions, EveryScriptCommandHasAShape) {
