@@ -53,6 +53,17 @@ return s
 LUA
 sub redis_sum { my $v = $redis->cli('EVAL', $sum_script, 0, 'throttle:{many:*'); $v =~ /^\d+$/ ? $v : -1 }
 
+# Key counts in batches the module gave up on (sent 4 times, no reply in time): Redis counted
+# each once or not at all, as the warning says. On a quiet machine none is given up here (one
+# reply in five is late, the re-send is answered); on a loaded one the proxy itself can be too
+# slow for every send, and those counts are the only ones that may be missing.
+sub given_up {
+    my ($mark) = @_;
+    my $n = 0;
+    $n += $1 for map { /batch\(es\) of (\d+) keys given up/ ? $1 : () } $t->log_lines(qr/given up/, $mark);
+    return $n;
+}
+
 sub admitted {
     open my $fh, '<', $t->testdir . '/st.log' or return 0;
     my $n = 0;
@@ -79,9 +90,10 @@ LUA
 
 Throttle::Redis::clear_of_window_edge(3600, 300);
 
+my $mark0 = $t->log_mark;
 is($t->get('/k?k=warm')->{status}, 200, 'a first request passes');
-ok(Throttle::Redis::wait_for(sub { redis_sum() == 1 }, timeout => 10),
-    'and reaches Redis through the proxy');
+ok(Throttle::Redis::wait_for(sub { redis_sum() == 1 || given_up($mark0) }, timeout => 10),
+    'and reaches Redis through the proxy (or is reported given up)');
 # Both workers connected (a handshake may time out on a loaded machine: that drops a
 # connection, as it should; what follows must not).
 ok(Throttle::Redis::wait_for(sub { $fake->connections >= 2 && $fake->count('PING') >= 2 },
@@ -123,19 +135,23 @@ diag(sprintf '%d requests admitted in %.1f s', $admitted, $elapsed);
 my $final = Throttle::Redis::wait_for(sub {
     my $s = redis_sum();
     push @samples, $s;
-    $s >= $admitted ? $s : 0;
+    $s >= $admitted - given_up($mark0) ? $s : 0;
 }, timeout => 120, step => 3);
 push @samples, redis_sum();
 my ($max) = sort { $b <=> $a } @samples;
 cmp_ok($max, '<=', $admitted, 'Redis never held more than was admitted (' . scalar(@samples)
     . ' samples)');
-is($final, $admitted, 'Redis holds every admitted request');
+my $lost = given_up($mark0);
+diag("$lost key count(s) given up (on a loaded machine)") if $lost;
+ok($final >= $admitted - $lost && $final <= $admitted,
+    "Redis holds every admitted request ($final of $admitted; $lost given up)");
 my $sent = $fake->count('EVALSHA') - $evalsha0;
 ok($sent > $admitted / 256, "flushes went in batches ($sent)");
 $t->log_like(qr/no reply within 50 ms: \d+ command\(s\) failed with a timeout/,
     'replies came too late');
 
 # --- Every reply late: batches are sent a few times, then given up; Redis counted each once.
+my $before = redis_sum();
 $fake->mode('slow', 150, 1);
 my @r = $t->concurrent(20, sub { ['GET', "/k?k=late-$_[0]"] });
 is(scalar(grep { $_->{status} == 200 } @r), 20, 'more requests pass');
@@ -151,7 +167,8 @@ my $quiet = Throttle::Redis::wait_for(sub {
     time - $since >= 3;
 }, timeout => 60, step => 0.25);
 ok($quiet, 're-sending stops');
-is(redis_sum(), $admitted, 'Redis counted them once');
+my $sum = redis_sum();
+is($sum, $before + 20, 'Redis counted them once');
 
 is(scalar($t->log_lines(qr/connection stuck|connection dropped|connection lost/, $mark)), 0,
     'the connection was never dropped');
@@ -161,7 +178,7 @@ is($fake->connections, $connections, 'no new connection');
 $fake->mode('ok');
 @r = $t->concurrent(20, sub { ['GET', "/k?k=after-$_[0]"] });
 is(scalar(grep { $_->{status} == 200 } @r), 20, 'more requests pass');
-ok(Throttle::Redis::wait_for(sub { redis_sum() == $admitted + 20 }, timeout => 10),
+ok(Throttle::Redis::wait_for(sub { redis_sum() == $sum + 20 }, timeout => 10),
     'and are counted once');
 
 $t->done;
