@@ -1,0 +1,207 @@
+# Parity with Django REST Framework's own throttles (issue 10, item 8): the same request
+# sequences go (a) straight to gunicorn, to views limited by DRF's AnonRateThrottle +
+# UserRateThrottle and ScopedRateThrottle, and (b) through nginx, to the same views without
+# DRF throttles, limited by the module's zones keyed as conf.examples/django.conf keys them
+# (anonymous: the address; signed-in: the session cookie; login: the address). The 200/429
+# counts of each sequence are compared. Each sequence comes from its own loopback address
+# (127.0.0.x) and its own user, so no sequence spends another's quota.
+#
+# Where the module differs from DRF today, the comparison is a TODO test naming what fixes
+# it (verified identity: throttle_identity_resolve / $throttle_user_id). Where it differs by
+# design (nginx limits what a location sees, 404s included), both sides are asserted.
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Throttle::Test;
+use Throttle::Django;
+use Time::HiRes qw(time sleep);
+
+my $t  = Throttle::Test->new(workers => 2);
+my $dj = Throttle::Django->new(t => $t, rates => { anon => '5/min', user => '10/min',
+        login => '3/min' })->start;
+
+$t->write_conf($dj->fill(<<'EOF'))->run;
+http {
+    # As conf.examples/django.conf, in local mode, at DRF's rates.
+    map $cookie_sessionid $anon_ip {
+        ""      $binary_remote_addr;
+        default "";
+    }
+    # After verified identity lands, key the user zone on $throttle_user_id and the anonymous
+    # one on the address whenever it is empty (see the TODO tests below).
+    throttle_zone $anon_ip            zone=anon:1m  rate=5r/m;
+    throttle_zone $cookie_sessionid   zone=user:1m  rate=10r/m;
+    throttle_zone $binary_remote_addr zone=login:1m rate=3r/m;
+
+    upstream django {
+        server %%DJANGO%%;
+    }
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+
+        location /plain/ {
+            throttle zone=anon;
+            throttle zone=user;
+            proxy_pass http://django;
+        }
+        location = /plain/login-scope/ {
+            throttle zone=login;
+            proxy_pass http://django;
+        }
+    }
+}
+EOF
+
+# A step is [method, path under the prefix, cookie index (undef: none), body]; a sequence
+# runs its steps in order, against DRF (prefix /api/, gunicorn) or the module (prefix
+# /plain/, nginx), from one address. Returns the responses.
+my %sent = (drf => 0, module => 0, module_429 => 0);
+sub run_sequence {
+    my ($side, $from, $steps, $cookies) = @_;
+    my ($prefix, $port) = $side eq 'drf' ? ('/api/', $dj->port) : ('/plain/', $t->port);
+    my @r;
+    for my $s (@$steps) {
+        my ($method, $path, $ci, $body) = @$s;
+        my @h;
+        push @h, Cookie => $cookies->[$ci] if defined $ci;
+        push @h, 'Content-Type' => 'application/x-www-form-urlencoded' if defined $body;
+        my $r = Throttle::Django::http($port, $method, $prefix . $path, \@h, $body, from => $from);
+        diag("$side $method $prefix$path: $r->{error}") if $r->{error};
+        push @r, $r;
+    }
+    $sent{$side} += @r;
+    $sent{module_429} += grep { $_->{status} == 429 } @r if $side eq 'module';
+    return @r;
+}
+
+# The module's sliding window is aligned to the clock's minutes: a sequence cut by a minute
+# edge is counted differently (correctly, but not as DRF's sliding log counts it). The
+# module's side starts with at least $need seconds left in the minute (twice what DRF's side
+# took, and 5 s); should it still cross an edge (a very slow machine), it runs once more from
+# another address (its keys fresh) after the edge. No time is asserted.
+sub module_sequence {
+    my ($need, $from, $steps, $login) = @_;
+    for my $try (1, 2) {
+        my $now = time;
+        my $left = 60 - ($now - 60 * int($now / 60));
+        sleep $left + 0.05 if $left < $need;
+        my $t0 = time;
+        my @r = run_sequence('module', $from, $steps, $login->());
+        return @r if int($t0 / 60) == int(time / 60) || $try == 2;
+        diag("the module's sequence from $from crossed a minute edge: once more");
+        $from =~ s/^127\.0\./127.1./;
+    }
+}
+
+# Both sides of one sequence; users log in afresh for each side (login is not limited).
+sub both {
+    my (%s) = @_;
+    my $login = sub { [map { $dj->login($_) } @{ $s{logins} // [] }] };
+    my $t0 = time;
+    my @drf = run_sequence('drf', $s{from}, $s{steps}, $login->());
+    my $need = 5 + 2 * (time - $t0);
+    $need = 50 if $need > 50;
+    my @mod = module_sequence($need, $s{from}, $s{steps}, $login);
+    return (\@drf, \@mod);
+}
+
+sub tally { my %n; $n{ $_->{status} }++ for @_; return \%n }
+
+sub show { my $h = shift; join ', ', map { "$_: $h->{$_}" } sort keys %$h }
+
+# Retry-After on every 429: present, a whole number of seconds, at least 1 and at most what
+# the window implies (DRF's sliding log: one period; the module's sliding window counter may
+# hold a client into the next window: two periods).
+sub check_retry_after {
+    my ($what, $max, @r) = @_;
+    my @bad = grep {
+        my $v = $_->{headers}{'retry-after'};
+        !defined $v || $v !~ /^\d+$/ || $v < 1 || $v > $max
+    } grep { $_->{status} == 429 } @r;
+    my $n = grep { $_->{status} == 429 } @r;
+    ok($n && !@bad, "$what: Retry-After on each of the $n 429s, 1..$max s")
+        or diag(join ', ', map { $_->{headers}{'retry-after'} // 'none' } @bad);
+}
+
+my $ITEMS = ['GET', 'items/'];
+my ($drf, $mod);
+
+# 1. Anonymous, one address: DRF's AnonRateThrottle (5/min per address) vs the anon zone.
+($drf, $mod) = both(from => '127.0.0.2', steps => [($ITEMS) x 8]);
+is_deeply(tally(@$drf), { 200 => 5, 429 => 3 }, 'anonymous: DRF admits 5 of 8');
+is_deeply(tally(@$mod), tally(@$drf), 'anonymous: the module counts as DRF does')
+    or diag('module: ' . show(tally(@$mod)));
+check_retry_after('anonymous, DRF', 60, @$drf);
+check_retry_after('anonymous, module', 120, @$mod);
+
+# 2. A user with one session: UserRateThrottle (10/min per user) vs the user zone.
+($drf, $mod) = both(from => '127.0.0.3', logins => ['alice'],
+    steps => [([@$ITEMS, 0]) x 13]);
+is_deeply(tally(@$drf), { 200 => 10, 429 => 3 }, 'one session: DRF admits 10 of 13');
+is_deeply(tally(@$mod), tally(@$drf), 'one session: the module counts as DRF does')
+    or diag('module: ' . show(tally(@$mod)));
+check_retry_after('one session, DRF', 60, @$drf);
+check_retry_after('one session, module', 120, @$mod);
+ok((grep { $_->{status} == 200 && $_->{body} =~ /"user_id":(\d+)/
+            && $1 == $dj->user_id('alice') } @$mod), 'one session: the view saw alice');
+
+# 3. The same user with two sessions, alternating: DRF counts per user (10 in all); the
+# module keys the user zone on the session cookie, so each session has its own 10.
+($drf, $mod) = both(from => '127.0.0.4', logins => ['bob', 'bob'],
+    steps => [map { [@$ITEMS, $_ % 2] } 0 .. 15]);
+is_deeply(tally(@$drf), { 200 => 10, 429 => 6 }, 'two sessions of one user: DRF admits 10 of 16');
+check_retry_after('two sessions, DRF', 60, @$drf);
+TODO: {
+    local $TODO = 'the user zone counts per session cookie (' . show(tally(@$mod)) . '), DRF '
+        . 'per user: key it on $throttle_user_id (throttle_identity_resolve asks '
+        . 'conf.examples/django/throttle_identity.py) and drop this TODO';
+    is_deeply(tally(@$mod), tally(@$drf), 'two sessions of one user: the module counts per user');
+}
+
+# 4. An invented session cookie per request: DRF sees an anonymous client (5 per address);
+# the module takes any non-empty cookie for a user and gives each its own user bucket.
+my @invented = map { 'sessionid=' . join('', map { ('a' .. 'z', 0 .. 9)[rand 36] } 1 .. 32) }
+    0 .. 7;
+my $steps = [map { [@$ITEMS, $_] } 0 .. 7];
+($drf, $mod) = ([run_sequence('drf', '127.0.0.5', $steps, \@invented)],
+    [module_sequence(10, '127.0.0.5', $steps, sub { \@invented })]);
+is_deeply(tally(@$drf), { 200 => 5, 429 => 3 }, 'invented session cookies: DRF counts them anonymous');
+TODO: {
+    local $TODO = 'any non-empty sessionid gets a user bucket (' . show(tally(@$mod)) . '): '
+        . 'with $throttle_user_id, an unknown session is anonymous (limited on the address); '
+        . 'drop this TODO then';
+    is_deeply(tally(@$mod), tally(@$drf), 'invented session cookies: the module counts them anonymous');
+}
+
+# 5. The scoped login view: ScopedRateThrottle scope "login" (3/min per address for anonymous
+# clients) vs the login zone; wrong passwords (400) until limited.
+my $bad = 'username=carol&password=wrong';
+($drf, $mod) = both(from => '127.0.0.6', steps => [(['POST', 'login-scope/', undef, $bad]) x 5]);
+is_deeply(tally(@$drf), { 400 => 3, 429 => 2 }, 'scoped login: DRF lets 3 attempts through');
+is_deeply(tally(@$mod), tally(@$drf), 'scoped login: the module counts as DRF does')
+    or diag('module: ' . show(tally(@$mod)));
+check_retry_after('scoped login, DRF', 60, @$drf);
+check_retry_after('scoped login, module', 120, @$mod);
+
+# 6. A 404 path, then the list, anonymous: DRF throttles views, so 404s cost nothing; the
+# module limits what the location sees, so the 404s spend the address's anonymous quota (by
+# design: scanners are limited too).
+($drf, $mod) = both(from => '127.0.0.7', steps => [(['GET', 'nope/']) x 6, ($ITEMS) x 6]);
+is_deeply(tally(@$drf), { 404 => 6, 200 => 5, 429 => 1 }, '404 path: DRF does not count 404s');
+is_deeply(tally(@$mod), { 404 => 5, 429 => 7 }, '404 path: the module counts them in the location');
+is_deeply([map { $_->{status} } @$mod[0 .. 4]], [(404) x 5], '404 path: the first 5 reach Django');
+
+# DRF's 429s are answered by Django: every request reached it. The module's are answered by
+# nginx: Django saw only the others. (gunicorn logs a request after answering it: polled.)
+is($dj->wait_for_count($sent{drf}, qr{^/api/(?!auth/)}), $sent{drf},
+    "Django answered all $sent{drf} requests sent to DRF");
+my $passed = $sent{module} - $sent{module_429};
+is($dj->wait_for_count($passed, qr{^/plain/}), $passed,
+    "Django saw $passed of the $sent{module} requests sent through the module (none refused)");
+
+$t->done;
