@@ -64,7 +64,8 @@ http {
 }
 EOF
 
-# A step is [method, path under the prefix, cookie index (undef: none), body]; a sequence
+# A step is [method, path under the prefix, cookie index (undef: none), body, [more header
+# pairs]]; a sequence
 # runs its steps in order, against DRF (prefix /api/, gunicorn) or the module (prefix
 # /plain/, nginx), from one address. Returns the responses.
 my %sent = (drf => 0, module => 0, module_429 => 0);
@@ -73,8 +74,8 @@ sub run_sequence {
     my ($prefix, $port) = $side eq 'drf' ? ('/api/', $dj->port) : ('/plain/', $t->port);
     my @r;
     for my $s (@$steps) {
-        my ($method, $path, $ci, $body) = @$s;
-        my @h;
+        my ($method, $path, $ci, $body, $more) = @$s;
+        my @h = @{ $more // [] };
         push @h, Cookie => $cookies->[$ci] if defined $ci;
         push @h, 'Content-Type' => 'application/x-www-form-urlencoded' if defined $body;
         my $r = Throttle::Django::http($port, $method, $prefix . $path, \@h, $body, from => $from);
@@ -239,6 +240,15 @@ check_retry_after('scoped login, module', 120, @$mod);
 is_deeply(tally(@$drf), { 404 => 6, 200 => 5, 429 => 1 }, '404 path: DRF does not count 404s');
 is_deeply(tally(@$mod), { 404 => 5, 429 => 7 }, '404 path: the module counts them in the location');
 is_deeply([map { $_->{status} } @$mod[0 .. 4]], [(404) x 5], '404 path: the first 5 reach Django');
+
+# 7. Anonymous, one address, a different X-Forwarded-For on each request: with NUM_PROXIES
+# unset (its default) DRF keys anonymous clients on the whole X-Forwarded-For, which the client
+# writes, so it limits nothing; the module keys on the connection's address (behind a trusted
+# proxy, set it with realip first). By design: both asserted.
+($drf, $mod) = both(from => '127.0.0.8', steps => [map { [@$ITEMS, undef, undef,
+            ['X-Forwarded-For' => "192.0.2.$_"]] } 1 .. 8]);
+is_deeply(tally(@$drf), { 200 => 8 }, 'forged X-Forwarded-For: DRF keys on it, admits all 8');
+is_deeply(tally(@$mod), { 200 => 5, 429 => 3 }, 'forged X-Forwarded-For: the module keys on the address');
 
 # DRF's 429s are answered by Django: every request reached it. The module's are answered by
 # nginx: Django saw only the others. (gunicorn logs a request after answering it: polled.)
