@@ -219,6 +219,7 @@ sub start {
     my ($raw, $sel) = ('', IO::Select->new($s));
     while (1) {
         if (waitpid($pid, WNOHANG) == $pid) {
+            CORE::kill 'KILL', -$self->{pgid};
             delete $self->{pid};
             delete $LIVE{$pid};
             die "Throttle::Django: gunicorn exited ($?) while starting:\n" . $self->log;
@@ -235,8 +236,22 @@ sub start {
     close $s;
     my $r = Throttle::Test::parse_response($raw);
     if ($r->{status} != 401) {
-        $self->stop;
-        die "Throttle::Django: /_identity/ answered $r->{status} at start:\n$raw\n" . $self->log;
+        # An empty answer: gunicorn closed the socket as it exited (a worker failed to boot).
+        my $until = time + 5;
+        my $exited = 0;
+        while (!$exited && time < $until) {
+            $exited = waitpid($pid, WNOHANG) == $pid;
+            sleep 0.01 unless $exited;
+        }
+        if ($exited) {
+            CORE::kill 'KILL', -$self->{pgid};    # a worker the master left, if any
+            delete $self->{pid};
+            delete $LIVE{$pid};
+        } else {
+            $self->stop;
+        }
+        die "Throttle::Django: " . ($exited ? "gunicorn exited ($?) while starting"
+                : "/_identity/ answered $r->{status} at start:\n$raw") . "\n" . $self->log;
     }
     $self->reset;
     return $self;
