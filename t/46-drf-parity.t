@@ -4,11 +4,12 @@
 # DRF throttles, limited by the module's zones keyed as conf.examples/django.conf keys them
 # (anonymous: the address; signed-in: the session cookie; login: the address). The 200/429
 # counts of each sequence are compared. Each sequence comes from its own loopback address
-# (127.0.0.x) and its own user, so no sequence spends another's quota.
+# (127.0.0.x) and, when signed in, its own user: no sequence spends another's quota.
 #
 # Where the module differs from DRF today, the comparison is a TODO test naming what fixes
 # it (verified identity: throttle_identity_resolve / $throttle_user_id). Where it differs by
-# design (nginx limits what a location sees, 404s included), both sides are asserted.
+# design (nginx limits whatever a location sees, 404s included, and keys anonymous clients on
+# the connection's address, never on X-Forwarded-For), both sides are asserted.
 use strict;
 use warnings;
 use FindBin;
