@@ -166,6 +166,15 @@ sub check_retry_after {
     my ($after) = $dj->get('/plain/review/today/', Cookie => $alice)->{body} =~ /"counter":(\d+)/;
     is($after, $before + 1, 'the write changed what the read shows');
     is($dj->get('/plain/review/today/')->{status}, 403, 'per-user read: anonymous refused');
+
+    $r = $dj->request('POST', '/api/auth/login/', ['Content-Type' => 'application/json'],
+        '{"username":"carol","password":"carol-pw"}');
+    my ($json) = ($r->{headers}{'set-cookie'} // '') =~ /(sessionid=\w+)/;
+    is($r->{status}, 200, 'login with a JSON body');
+    is($json && $dj->get('/_identity/', Cookie => $json)->{headers}{'x-user-id'},
+        $dj->user_id('carol'), 'login with a JSON body: a session of carol');
+    is($dj->request('POST', '/api/auth/login/', ['Content-Type' => 'application/json'],
+            '{"username":"carol","password":"wrong"}')->{status}, 400, 'login: wrong password');
 }
 $dj->reset;
 
