@@ -179,6 +179,7 @@ bool decide_here(Check& c, int64_t now) noexcept {
                 a.decision.allowed = false;
                 a.decision.limit = core::quota(z->policy);
                 a.decision.retry_after_ms = 1000;
+                a.decision.reset_ms = a.decision.retry_after_ms;
                 break;
         }
         all = all && a.decision.allowed;
@@ -330,6 +331,9 @@ bool conclude(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, const 
         ctx->reset_s = ceil_seconds(shown->decision.reset_ms);
         ctx->retry_after_s =
             admitted ? 0 : ngx_max(1, ceil_seconds(shown->decision.retry_after_ms));
+        if (!admitted) {
+            ctx->reset_s = ctx->retry_after_s;  // RateLimit t= and Retry-After agree
+        }
     }
     if (admitted) {
         return false;
