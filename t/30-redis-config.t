@@ -32,8 +32,12 @@ my @cases = (
     ['connect_timeout=0',  "$redis connect_timeout=0;", '', qr/invalid timeout "connect_timeout=0"/],
     ['unknown parameter',  "$redis foo=1;", '',           qr/invalid parameter "foo=1"/],
     ['prefix with a brace', qq[$redis "prefix=a{b:";], '', qr/invalid prefix "prefix=a\{b:": no braces/],
+    # The message says both ways out: pass the variable (and keep it with `env NAME;`), or
+    # start without a password.
     ['password_env unset', "$redis password_env=$env_name;", '',
-        qr/environment variable in "password_env=$env_name" is not set/],
+        qr/environment variable in "password_env=$env_name" is not set: export $env_name to nginx .*list it in an "env $env_name;" directive, or remove "password_env=" to connect to Redis without a password(?: in \S+)?$/],
+    ['password_env empty', "$redis password_env=;", '',
+        qr/invalid password_env "password_env=": no variable name/],
     ['password_file missing', "$redis password_file=/nonexistent;", '',
         qr/cannot read "password_file=\/nonexistent"/],
     ['username alone',     "$redis username=u;", '',      qr/"username" requires a password/],

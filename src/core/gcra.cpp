@@ -75,16 +75,20 @@ Decision evaluate(const Policy& policy, const State& state, int64_t now_ms) noex
     d.allowed = wait <= s.CT && s.new_tat <= int64_max;
 
     if (d.allowed) {
-        d.remaining = static_cast<uint64_t>((s.CT - wait) / s.T);
-        d.reset_ms = ceil_div(wait, ns_per_ms);
+        const i128 r = (s.CT - wait) / s.T;
+        d.remaining = static_cast<uint64_t>(r);
+        // reset: when the next request is admitted once the `remaining` after this one are
+        // counted now too: wait + r * T <= C * T < wait + (r + 1) * T, so 0 < t <= T.
+        const int64_t t = ceil_div(wait + (r + 1) * s.T - s.CT, ns_per_ms);
+        d.reset_ms = t > 0 ? t : 1;
         d.retry_after_ms = 0;
         return d;
     }
 
     d.remaining = 0;
-    d.reset_ms = ceil_div(s.tat - s.now_ns, ns_per_ms);
     const int64_t w = ceil_div(wait - s.CT, ns_per_ms);
     d.retry_after_ms = w > 0 ? w : 1;
+    d.reset_ms = d.retry_after_ms;  // nothing remains: more quota comes when one is admitted
     return d;
 }
 

@@ -19,8 +19,10 @@
 //
 // Decision fields (durations in ms, rounded up):
 //   remaining       admitted: floor((C*T - (new_tat - now_ns)) / T); rejected: 0.
-//   reset_ms        admitted: ceil((new_tat - now_ns) / 1e6), when the bucket is full again
-//                   after this request; rejected: ceil((tat - now_ns) / 1e6).
+//   reset_ms        RateLimit t=: ms until one more request is admitted even if the client
+//                   spends its `remaining` now: admitted, ceil((new_tat + (remaining + 1) * T
+//                   - now_ns - C*T) / 1e6), in 1 .. ceil(T / 1e6) (the next token's arrival);
+//                   rejected, retry_after_ms.
 //   retry_after_ms  rejected: ceil((new_tat - now_ns - C*T) / 1e6), at least 1. Exact: at
 //                   now + retry_after_ms - 1 the request is still refused.
 //

@@ -49,7 +49,9 @@ struct Decision {
     bool allowed = false;
     uint64_t limit = 0;          // the quota shown to clients (RateLimit-Policy q=)
     uint64_t remaining = 0;      // requests still admitted after this one (0 when rejected)
-    int64_t reset_ms = 0;        // ms until the quota is fully available again (RateLimit t=)
+    int64_t reset_ms = 0;        // RateLimit t=: ms until one more request is admitted if
+                                 // the client spends `remaining` now (= retry_after_ms when
+                                 // rejected); see sliding_window.hpp and gcra.hpp
     int64_t retry_after_ms = 0;  // rejected: ms until one request would be admitted; else 0
 };
 

@@ -109,22 +109,20 @@ Decision evaluate(const Rate& rate, const State& state, int64_t now_ms) noexcept
 
     if (d.allowed) {
         d.remaining = static_cast<uint64_t>((allowance - weighted) / P);
-        // This request is counted in cur, which is therefore > 0.
-        d.reset_ms = to_ms(static_cast<i128>(r.lead) + static_cast<i128>(2 * P - e));
+        // reset: when the next request is admitted once this one and the `remaining` after it
+        // are counted now. cur + 1 + remaining more would be refused now (remaining is a
+        // floor), which retry_after() needs.
+        const u128 spent = cur + 1 + d.remaining;
+        const int64_t t = to_ms(static_cast<i128>(r.lead) + retry_after(P, L, e, spent, prev));
+        d.reset_ms = t > 0 ? t : 1;
         d.retry_after_ms = 0;
         return d;
     }
 
     d.remaining = 0;
-    if (cur > 0) {
-        d.reset_ms = to_ms(static_cast<i128>(r.lead) + static_cast<i128>(2 * P - e));
-    } else if (prev > 0) {
-        d.reset_ms = to_ms(static_cast<i128>(r.lead) + static_cast<i128>(P - e));
-    } else {
-        d.reset_ms = 0;  // not reached: with both counts 0 and L >= 1 the request is admitted
-    }
     const int64_t w = to_ms(static_cast<i128>(r.lead) + retry_after(P, L, e, cur, prev));
     d.retry_after_ms = w > 0 ? w : 1;
+    d.reset_ms = d.retry_after_ms;  // nothing remains: more quota comes when one is admitted
     return d;
 }
 

@@ -22,10 +22,14 @@
 // Decision fields (all durations in ms from the caller's now, never negative):
 //   remaining  admitted: floor((L*P - prev*(P-e) - (cur+1)*P) / P), i.e. how many more would be
 //              admitted at this same instant; it drops by exactly one per admission. Rejected: 0.
-//   reset_ms   ms until the estimate is back to 0 if no more requests come (quota fully
-//              available): 2P - e when the rolled cur (counting this request when admitted)
-//              is > 0, P - e when only prev > 0, 0 when both are 0. So it can be up to two
-//              windows long.
+//   reset_ms   RateLimit t= (draft-ietf-httpapi-ratelimit-headers-10: time until additional
+//              quota is made available): ms until one more request is admitted even if the
+//              client spends its `remaining` now, i.e. the retry_after below of the state with
+//              cur + 1 + remaining counted (admitted), or retry_after_ms itself (rejected). At
+//              most P - e + ceil(P / L) (plus any lead): at the start of an hour with 95% of
+//              1000r/h left it says the next hour's first 3.6 s, never the two windows it takes
+//              the estimate to drain to 0. Within the window, as prev's weight decays, it is
+//              the time until the next request's worth has decayed. Always >= 1.
 //   retry_after_ms  rejected: the smallest w >= 1 such that one request would be admitted at
 //              now + w. Either later in this window as prev's weight decays (possible only
 //              when cur + 1 <= L), or in the next window where the old cur becomes prev, or at

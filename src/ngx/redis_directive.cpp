@@ -97,10 +97,19 @@ bool parse_param(ngx_conf_t* cf, Params& params, const Param& p, RedisSettings& 
         }
     } else if (p.name == "password_env") {
         std::string name(p.text());
-        const char* value = name.empty() ? nullptr : getenv(name.c_str());
+        if (name.empty()) {
+            return invalid(cf, p, "password_env", ": no variable name");
+        }
+        const char* value = getenv(name.c_str());
         if (value == nullptr) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "environment variable in \"%V\" is not set",
-                               p.arg);
+            // nginx reads this in the master when it starts, on `nginx -t` and on every reload;
+            // `env NAME;` keeps it across a binary upgrade, whose new master gets only those.
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "environment variable in \"%V\" is not set: export %V to nginx "
+                               "(its service's environment) and list it in an \"env %V;\" "
+                               "directive, or remove \"password_env=\" to connect to Redis "
+                               "without a password",
+                               p.arg, &p.value, &p.value);
             return false;
         }
         cfg.password = value;

@@ -1,4 +1,5 @@
-// $throttle_status, $throttle_remaining and $throttle_cache_status.
+// $throttle_status, $throttle_remaining, $throttle_reset, $throttle_retry_after and
+// $throttle_cache_status.
 #include "ngx/conf.hpp"
 #include "ngx/request.hpp"
 
@@ -65,6 +66,29 @@ ngx_int_t remaining_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v
     return set_value(v, {static_cast<size_t>(ngx_sprintf(p, "%uL", ctx->remaining) - p), p});
 }
 
+// $throttle_reset (RateLimit t=) and $throttle_retry_after (Retry-After, rejected only), in
+// seconds, of the decision the RateLimit fields describe.
+ngx_int_t seconds_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
+                           uintptr_t data) noexcept {
+    const RequestCtx* ctx = decision_of(r);
+    if (ctx == nullptr || ctx->outcome == Outcome::none || ctx->zone_name == nullptr) {
+        set_not_found(v);
+        return NGX_OK;
+    }
+    bool retry = data != 0;
+    if (retry && ctx->outcome != Outcome::rejected && ctx->outcome != Outcome::rejected_fallback &&
+        ctx->outcome != Outcome::rejected_dry_run) {
+        set_not_found(v);
+        return NGX_OK;
+    }
+    auto* p = static_cast<u_char*>(ngx_pnalloc(r->pool, NGX_INT64_LEN));
+    if (p == nullptr) {
+        return NGX_ERROR;
+    }
+    int64_t s = retry ? ctx->retry_after_s : ctx->reset_s;
+    return set_value(v, {static_cast<size_t>(ngx_sprintf(p, "%L", s) - p), p});
+}
+
 ngx_str_t cache_status_names[] = {
     ngx_null_string,     ngx_string("HIT"),      ngx_string("MISS"),   ngx_string("EXPIRED"),
     ngx_string("STALE"), ngx_string("UPDATING"), ngx_string("BYPASS"), ngx_string("ERROR"),
@@ -86,6 +110,8 @@ ngx_http_variable_t variables[] = {
      NGX_HTTP_VAR_NOCACHEABLE, 0},
     {ngx_string("throttle_status"), nullptr, status_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
     {ngx_string("throttle_remaining"), nullptr, remaining_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
+    {ngx_string("throttle_reset"), nullptr, seconds_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
+    {ngx_string("throttle_retry_after"), nullptr, seconds_variable, 1, NGX_HTTP_VAR_NOCACHEABLE, 0},
     ngx_http_null_variable,
 };
 

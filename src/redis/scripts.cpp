@@ -230,16 +230,18 @@ for q = first, na + 1 do
     if cur < L and prev * left <= room then
       local x = room - prev * left
       v = (x - fmod(x, P)) / P
-      reset = left + P
+      -- reset: when the next is admitted once this one and the v after it are counted
+      local spent = cur + 1 + v
+      if spent < L then
+        x = (L - spent - 1) * P
+        reset = left - (x - fmod(x, prev)) / prev
+      else
+        x = (L - 1) * P
+        reset = left + P - (x - fmod(x, spent)) / spent
+      end
+      if reset < 1 then reset = 1 end
     else
       all = false
-      if cur > 0 then
-        reset = left + P
-      elseif prev > 0 then
-        reset = left
-      else
-        reset = 0
-      end
       local retry
       if cur < L then
         -- later in this window, as prev's weight decays (prev > 0 here)
@@ -250,7 +252,7 @@ for q = first, na + 1 do
         retry = left + P - (x - fmod(x, cur)) / cur
       end
       if retry < 1 then retry = 1 end
-      v = -retry
+      v, reset = -retry, retry
     end
     zs[nz + 1], zs[nz + 2] = z, 0
   else
@@ -262,16 +264,16 @@ for q = first, na + 1 do
     if wait <= CT then
       local x = CT - wait
       v = (x - fmod(x, T)) / T
-      x = fmod(wait, 1000)
-      reset = (wait - x) / 1000 + (x > 0 and 1 or 0)
+      -- reset: the next token once the v after this one are counted too (0 < x <= T)
+      x = wait + (v + 1) * T - CT
+      local r = fmod(x, 1000)
+      reset = (x - r) / 1000 + (r > 0 and 1 or 0)
     else
       all = false
       local x = wait - CT
       local r = fmod(x, 1000)
-      v = -((x - r) / 1000 + (r > 0 and 1 or 0))
-      x = tat - nowu
-      r = fmod(x, 1000)
       reset = (x - r) / 1000 + (r > 0 and 1 or 0)
+      v = -reset
     end
     zs[nz + 1], zs[nz + 2] = z, tat + T
   end

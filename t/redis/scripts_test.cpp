@@ -590,7 +590,9 @@ TEST_F(RedisScriptsTest, StrictSlidingAdmitsExactlyTheLimit) {
         const StrictOut& o = outs[i];
         const int64_t e = o.now - w;
         EXPECT_EQ(o.d[0].allowed, i < L) << i;
-        EXPECT_EQ(o.d[0].reset_ms, 2 * day_ms - e);
+        // t: spend what remains, and the 10 of this window admit the next P / 10 into the
+        // next one (the Retry-After of those refused).
+        EXPECT_EQ(o.d[0].reset_ms, (day_ms - e) + day_ms / 10);
         if (i < L) {
             EXPECT_EQ(o.d[0].remaining, L - 1 - i);
             EXPECT_EQ(o.d[0].retry_after_ms, 0);
@@ -619,7 +621,7 @@ TEST_F(RedisScriptsTest, StrictRejectionCreatesNoKey) {
         StrictOut o = strict({sliding(base, 3, day_ms)}, w + 1000);
         ASSERT_TRUE(o.ok);
         EXPECT_FALSE(o.d[0].allowed);
-        EXPECT_EQ(o.d[0].reset_ms, day_ms - 1000);  // only prev counts
+        EXPECT_EQ(o.d[0].reset_ms, day_ms / 3 - 1000);  // rejected: t is Retry-After
         EXPECT_EQ(o.d[0].retry_after_ms, day_ms / 3 - 1000);
     }
     EXPECT_EQ(ctl->run({"EXISTS", window_key(base, w)}), "0");
@@ -715,12 +717,12 @@ TEST_F(RedisScriptsTest, StrictGcraBurstAndSpacing) {
         d = at3(t0);
         EXPECT_TRUE(d.allowed);
         EXPECT_EQ(d.remaining, 2 - i);
-        EXPECT_EQ(d.reset_ms, int64_t(1000 * (i + 1)));
+        EXPECT_EQ(d.reset_ms, 1000);  // the next token, once the rest are spent
     }
     d = at3(t0);
     EXPECT_FALSE(d.allowed);
     EXPECT_EQ(d.retry_after_ms, 1000);
-    EXPECT_EQ(d.reset_ms, 3000);
+    EXPECT_EQ(d.reset_ms, 1000);
     EXPECT_FALSE(at3(t0 + 999).allowed);
     d = at3(t0 + 1000);
     EXPECT_TRUE(d.allowed);
@@ -1092,7 +1094,7 @@ TEST_F(RedisScriptsTest, StrictBatchAdmitsExactlyTheLimitInBatch) {
         ASSERT_EQ(o.d[i].size(), 1u);
         const StrictDecision& d = o.d[i][0];
         EXPECT_EQ(d.allowed, i < L) << i;
-        EXPECT_EQ(d.reset_ms, 2 * day_ms - e) << i;
+        EXPECT_EQ(d.reset_ms, (day_ms - e) + day_ms / 10) << i;
         if (i < L) {
             EXPECT_EQ(d.remaining, L - 1 - i);
             EXPECT_EQ(d.retry_after_ms, 0);

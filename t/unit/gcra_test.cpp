@@ -79,7 +79,7 @@ TEST(Gcra, BurstOneSpacesRequestsExactlyT) {
     d = evaluate(p, s, base + 1);
     EXPECT_FALSE(d.allowed);
     EXPECT_EQ(d.retry_after_ms, 99);
-    EXPECT_EQ(d.reset_ms, 99);
+    EXPECT_EQ(d.reset_ms, 99);  // rejected: t is Retry-After
     d = evaluate(p, s, base + 99);
     EXPECT_FALSE(d.allowed);
     EXPECT_EQ(d.retry_after_ms, 1);
@@ -123,7 +123,8 @@ TEST(Gcra, FullBucketAdmitsCapacityBackToBackThenOnePerT) {
         Decision d = evaluate(p, s, base);
         ASSERT_TRUE(d.allowed);
         EXPECT_EQ(d.remaining, 4 - i);
-        EXPECT_EQ(d.reset_ms, static_cast<int64_t>(100 * (i + 1)));
+        // t: spend the rest now, and the next token comes T after the bucket was full.
+        EXPECT_EQ(d.reset_ms, 100);
         EXPECT_EQ(d.limit, 5u);
         record(p, s, base);
     }
@@ -131,7 +132,7 @@ TEST(Gcra, FullBucketAdmitsCapacityBackToBackThenOnePerT) {
     EXPECT_FALSE(d.allowed);
     EXPECT_EQ(d.remaining, 0u);
     EXPECT_EQ(d.retry_after_ms, 100);
-    EXPECT_EQ(d.reset_ms, 500);
+    EXPECT_EQ(d.reset_ms, 100);
     for (int64_t k = 1; k <= 20; ++k) {
         EXPECT_FALSE(hit(p, s, base + 100 * k - 1)) << k;
         EXPECT_EQ(burst_at(p, s, base + 100 * k), 1u) << k;
@@ -148,7 +149,7 @@ TEST(Gcra, DefaultBucketIsTheLimit) {
     EXPECT_EQ(burst_at(p, s, base), 100u);
     Decision d = evaluate(p, s, base);
     EXPECT_EQ(d.retry_after_ms, 600);
-    EXPECT_EQ(d.reset_ms, 60000);
+    EXPECT_EQ(d.reset_ms, 600);
 }
 
 TEST(Gcra, OneRequestPerDay) {
@@ -170,7 +171,7 @@ TEST(Gcra, MillionPerSecond) {
     Decision d = evaluate(p, s, base);
     EXPECT_FALSE(d.allowed);
     EXPECT_EQ(d.retry_after_ms, 1);  // T = 1 us
-    EXPECT_EQ(d.reset_ms, 1000);
+    EXPECT_EQ(d.reset_ms, 1);
     EXPECT_EQ(burst_at(p, s, base + 1), 1000u);
     EXPECT_EQ(burst_at(p, s, base + 1001), 1000000u);  // a second later the bucket is full
 }
@@ -182,7 +183,7 @@ TEST(Gcra, HugeBucketDoesNotOverflow) {
     Decision d = evaluate(p, s, base);
     ASSERT_TRUE(d.allowed);
     EXPECT_EQ(d.remaining, max_rate_limit - 1);
-    EXPECT_EQ(d.reset_ms, ms_per_day);
+    EXPECT_EQ(d.reset_ms, ms_per_day);  // T: one request per day
     EXPECT_EQ(d.limit, max_rate_limit);
     record(p, s, base);
     EXPECT_EQ(s.stamp, base * ns_per_ms + 86400000000000);
@@ -218,7 +219,7 @@ TEST(Gcra, ClockBackwardsAdmitsNothingExtra) {
     EXPECT_EQ(s.stamp, drained.stamp);
     Decision d = evaluate(p, s, base);
     EXPECT_EQ(d.retry_after_ms, 1100);  // TAT + T - C*T = base + 1100
-    EXPECT_EQ(d.reset_ms, 1500);
+    EXPECT_EQ(d.reset_ms, 1100);
     EXPECT_TRUE(hit(p, s, base + 1100));
     // A negative clock is 0.
     EXPECT_FALSE(evaluate(p, s, -1).allowed);
@@ -237,6 +238,31 @@ TEST(Gcra, IsIdle) {
     EXPECT_FALSE(is_idle(p, s, base + 99));
     EXPECT_TRUE(is_idle(p, s, base + 100));
     EXPECT_FALSE(is_idle(p, s, base - 100000));
+}
+
+// The contract of RateLimit t= for an admitted decision d made at now (`after`: the state with
+// the request counted): spend the `remaining` now, and the next request is admitted at
+// now + reset_ms and refused at now + reset_ms - 1; t is at most one emission interval T
+// (rounded up to the ms), the next token's arrival.
+void check_reset(const Policy& p, const State& after, int64_t now, const Decision& d) {
+    ASSERT_GE(d.reset_ms, 1);
+    const int64_t T = gcra::emission_interval_ns(p.rate);
+    ASSERT_LE(d.reset_ms, (T + ns_per_ms - 1) / ns_per_ms);
+    State spent = after;
+    // What `remaining` hits at now leave: after's TAT is ahead of now, each adds T.
+    const __int128 tat =
+        static_cast<__int128>(after.stamp) + static_cast<__int128>(d.remaining) * T;
+    if (tat > int64_max - T) {
+        return;  // beyond year 2262: refused anyway, nothing to check
+    }
+    spent.stamp = static_cast<int64_t>(tat);
+    ASSERT_FALSE(evaluate(p, spent, now).allowed);
+    ASSERT_TRUE(evaluate(p, spent, now + d.reset_ms).allowed)
+        << "t too short: " << d.reset_ms << " remaining " << d.remaining;
+    ASSERT_FALSE(evaluate(p, spent, now + d.reset_ms - 1).allowed) << "t too long: " << d.reset_ms;
+    const Decision later = evaluate(p, after, now + d.reset_ms);
+    ASSERT_TRUE(later.allowed);  // not spending them: all of them, and one more, are there
+    ASSERT_GE(later.remaining, d.remaining);
 }
 
 TEST(Gcra, RetryAfterAndResetAreExactInManyStates) {
@@ -295,14 +321,12 @@ TEST(Gcra, RetryAfterAndResetAreExactInManyStates) {
                     ASSERT_FALSE(evaluate(p, s, now + w).allowed) << i << " " << w;
                 }
             }
-            ASSERT_GE(d.reset_ms, 1);
-            ASSERT_EQ(evaluate(p, s, now + d.reset_ms).remaining, C - 1) << i;
-            const Decision before = evaluate(p, s, now + d.reset_ms - 1);
-            ASSERT_TRUE(!before.allowed || before.remaining < C - 1) << i;
+            ASSERT_EQ(d.reset_ms, d.retry_after_ms) << i;  // t is Retry-After
             continue;
         }
         ++admitted;
         ASSERT_EQ(d.retry_after_ms, 0);
+        ASSERT_LT(d.remaining, C);
         State after = s;
         record(p, after, now);
         if (d.remaining < 3000) {
@@ -311,9 +335,7 @@ TEST(Gcra, RetryAfterAndResetAreExactInManyStates) {
         } else {
             ASSERT_EQ(evaluate(p, after, now).remaining, d.remaining - 1) << i;
         }
-        ASSERT_EQ(evaluate(p, after, now + d.reset_ms).remaining, C - 1) << i;
-        const Decision before = evaluate(p, after, now + d.reset_ms - 1);
-        ASSERT_TRUE(!before.allowed || before.remaining < C - 1) << i;
+        check_reset(p, after, now, d);
     }
     EXPECT_GT(rejected, 500);
     EXPECT_GT(admitted, 500);

@@ -32,6 +32,34 @@ using test::burst_at;
 using test::hit;
 using test::splitmix64;
 
+// The contract of RateLimit t= for an admitted decision d made at now (`after`: the state with
+// the request counted): spend the `remaining` now, and the next request is admitted at
+// now + reset_ms and refused at now + reset_ms - 1 (so waiting t seconds, rounded up, gets
+// one). Bounded by the rest of the window plus ceil(P / L), plus any lead of the stamp over
+// the clock: never the two windows the estimate takes to drain.
+void check_reset(const Policy& p, const State& after, int64_t now, const Decision& d) {
+    ASSERT_GE(d.reset_ms, 1);
+    State spent = after;
+    if (d.remaining < 3000) {
+        for (uint64_t i = 0; i < d.remaining; ++i) {
+            ASSERT_TRUE(hit(p, spent, now)) << i;
+        }
+    } else {
+        spent.cur += static_cast<uint32_t>(d.remaining);  // what as many hits now would count
+        spent.unsent_cur += static_cast<uint32_t>(d.remaining);
+    }
+    ASSERT_FALSE(evaluate(p, spent, now).allowed);
+    ASSERT_TRUE(evaluate(p, spent, now + d.reset_ms).allowed)
+        << "t too short: " << d.reset_ms << " remaining " << d.remaining;
+    ASSERT_FALSE(evaluate(p, spent, now + d.reset_ms - 1).allowed) << "t too long: " << d.reset_ms;
+    ASSERT_TRUE(evaluate(p, after, now + d.reset_ms).allowed);
+    const int64_t P = p.rate.period_ms;
+    const sliding_window::Rolled r = sliding_window::roll(p.rate, after, now);
+    const int64_t L = static_cast<int64_t>(p.rate.limit);
+    ASSERT_LE(d.reset_ms, r.lead + (P - r.elapsed) + (P + L - 1) / L)
+        << "t beyond the window's end plus one request's share";
+}
+
 TEST(SlidingWindow, FreshStateAdmitsExactlyLimitInOneWindow) {
     const Policy policies[] = {sliding(1, ms_per_second), sliding(7, ms_per_second),
                                sliding(100, ms_per_minute), sliding(100, ms_per_hour),
@@ -100,12 +128,12 @@ TEST(SlidingWindow, LastMillisecondOfAWindowAndFirstOfTheNext) {
     // Refused in window 0; in window 1 the 10 weigh (1000 - e) / 1000: admitted once
     // 10 * (1000 - e) / 1000 + 1 <= 10, i.e. e >= 100.
     EXPECT_EQ(d.retry_after_ms, 1 + 100);
-    EXPECT_EQ(d.reset_ms, 1001);  // the end of window 1
+    EXPECT_EQ(d.reset_ms, d.retry_after_ms);  // rejected: t is Retry-After
 
     d = evaluate(p, s, base + 1000);
     EXPECT_FALSE(d.allowed);
     EXPECT_EQ(d.retry_after_ms, 100);
-    EXPECT_EQ(d.reset_ms, 1000);  // cur is 0, prev fades out by the end of window 1
+    EXPECT_EQ(d.reset_ms, 100);
     EXPECT_FALSE(evaluate(p, s, base + 1099).allowed);
     EXPECT_TRUE(evaluate(p, s, base + 1100).allowed);
     EXPECT_EQ(evaluate(p, s, base + 1100).remaining, 0u);
@@ -165,7 +193,7 @@ TEST(SlidingWindow, ClockBackwardsAcrossAWindowBoundaryNeverResets) {
     // 4 * (1000 - w) + 7 * 1000 <= 10 * 1000  =>  w >= 250.
     Decision d = evaluate(p, s, base + 990);
     EXPECT_EQ(d.retry_after_ms, 10 + 250);
-    EXPECT_EQ(d.reset_ms, 10 + 2000);
+    EXPECT_EQ(d.reset_ms, 10 + 250);
     EXPECT_FALSE(evaluate(p, s, base + 990 + 259).allowed);
     EXPECT_TRUE(evaluate(p, s, base + 990 + 260).allowed);
 
@@ -214,6 +242,8 @@ TEST(SlidingWindow, OneRequestPerDay) {
     Decision d = evaluate(p, s, first);
     ASSERT_TRUE(d.allowed);
     EXPECT_EQ(d.remaining, 0u);
+    // Nothing remains, and the next is admitted at the start of day 2: 43 h, more than the
+    // window, because the first request weighs on all of day 1 (see sliding_window.hpp).
     EXPECT_EQ(d.reset_ms, 2 * D - 5 * ms_per_hour);
     record(p, s, first);
 
@@ -232,6 +262,115 @@ TEST(SlidingWindow, OneRequestPerDay) {
     EXPECT_FALSE(is_idle(p, s, base + 2 * D - 1));
     EXPECT_EQ(quota(p), 1u);
     EXPECT_EQ(window_seconds(p), 86400);
+}
+
+// RateLimit t= (draft-ietf-httpapi-ratelimit-headers-10: seconds until additional quota is
+// made available). `make run` used to say t=5207 for 1000r/h with 999 left: the time until
+// the estimate drains to 0, up to two windows. Now: when the next request passes for a
+// client that spends what remains now.
+TEST(SlidingWindow, ResetIsWhenTheNextRequestPassesNotWhenTheEstimateDrains) {
+    const Policy p = sliding(1000, ms_per_hour);
+    const int64_t H = ms_per_hour;
+    // 26 min 47 s into a fresh window, 50 requests counted: 95% left.
+    State s;
+    const int64_t now = base + 1607000;
+    s.stamp = base;
+    s.cur = 49;
+    Decision d = evaluate(p, s, now);
+    ASSERT_TRUE(d.allowed);
+    EXPECT_EQ(d.remaining, 950u);
+    // Spend the 950 now: 1000 in this window, which weigh 1000 * (H - e') / H on the next;
+    // one more passes at e' = 3.6 s into it. Not 2H - e (89 min 13 s), not beyond the hour.
+    EXPECT_EQ(d.reset_ms, (H - 1607000) + 3600);
+    EXPECT_LE(d.reset_ms, H);
+    State after = s;
+    record(p, after, now);
+    check_reset(p, after, now, d);
+
+    // With last hour's counts decaying, more comes as soon as one request's worth decayed:
+    // 800 last hour, 30 min in, 100 now: 1000 - 400 - 101 = 499 left after this one; spend
+    // them and the next passes once 800 * (H - e) / H <= 399, i.e. 1 s later (800 / H per ms).
+    State mid;
+    mid.stamp = base;
+    mid.prev = 800;
+    mid.cur = 100;
+    const int64_t half = base + H / 2;
+    d = evaluate(p, mid, half);
+    ASSERT_TRUE(d.allowed);
+    EXPECT_EQ(d.remaining, 499u);
+    EXPECT_EQ(d.reset_ms, 4500);  // 800 * (1800000 - w) <= 399 * 3600000  =>  w >= 4500
+    after = mid;
+    record(p, after, half);
+    check_reset(p, after, half, d);
+
+    // The last admitted request of a window (nothing remains): t is exactly the Retry-After
+    // the next request would get, and that request is rejected with it.
+    State full;
+    full.stamp = base;
+    full.cur = 999;
+    d = evaluate(p, full, base + 10);
+    ASSERT_TRUE(d.allowed);
+    EXPECT_EQ(d.remaining, 0u);
+    record(p, full, base + 10);
+    const Decision next = evaluate(p, full, base + 10);
+    ASSERT_FALSE(next.allowed);
+    EXPECT_EQ(d.reset_ms, next.retry_after_ms);
+    EXPECT_EQ(next.reset_ms, next.retry_after_ms);
+}
+
+TEST(SlidingWindow, ResetAtWindowEdgesHighRatesAndClockSteps) {
+    // Last ms of a window, first of the next.
+    const Policy p = sliding(10, ms_per_second);
+    State s;
+    Decision d = evaluate(p, s, base + 999);
+    ASSERT_TRUE(d.allowed);
+    EXPECT_EQ(d.remaining, 9u);
+    EXPECT_EQ(d.reset_ms, 1 + 100);  // spend 9: window 1 admits once e >= 100
+    State after = s;
+    record(p, after, base + 999);
+    check_reset(p, after, base + 999, d);
+    d = evaluate(p, after, base + 1000);
+    ASSERT_TRUE(d.allowed);
+    EXPECT_EQ(d.remaining, 8u);  // 1 * 1000 / 1000 + 1 counted: 8 more now
+    State again = after;
+    record(p, again, base + 1000);
+    check_reset(p, again, base + 1000, d);
+
+    // 1e6 r/s: t is the ms the next request's worth takes.
+    const Policy m = sliding(1000000, ms_per_second);
+    State big;
+    d = evaluate(m, big, base + 500);
+    ASSERT_TRUE(d.allowed);
+    EXPECT_EQ(d.remaining, 999999u);
+    EXPECT_EQ(d.reset_ms, 500 + 1);
+    State big_after = big;
+    record(m, big_after, base + 500);
+    check_reset(m, big_after, base + 500, d);
+
+    // 1e9 r/d, the largest rate: no overflow, within the window plus a ms.
+    const Policy g = sliding(max_rate_limit, ms_per_day);
+    State huge;
+    huge.stamp = base;
+    huge.prev = 700000000;
+    huge.cur = 100000000;
+    d = evaluate(g, huge, base + ms_per_day / 3);
+    ASSERT_TRUE(d.allowed);
+    State huge_after = huge;
+    record(g, huge_after, base + ms_per_day / 3);
+    check_reset(g, huge_after, base + ms_per_day / 3, d);
+
+    // The clock steps back 10 s behind the stamp: t includes the 10 s back to the stamp
+    // window, and still says when the next passes.
+    State back;
+    back.stamp = base + 10000;
+    back.cur = 3;
+    d = evaluate(p, back, base);
+    ASSERT_TRUE(d.allowed);
+    EXPECT_EQ(d.remaining, 6u);
+    EXPECT_EQ(d.reset_ms, 10000 + 1000 + 100);
+    State back_after = back;
+    record(p, back_after, base);
+    check_reset(p, back_after, base, d);
 }
 
 TEST(SlidingWindow, MillionPerSecond) {
@@ -262,7 +401,7 @@ TEST(SlidingWindow, CountersNearOverflowSaturate) {
     EXPECT_FALSE(d.allowed);
     // Next window: (2^32 - 2) * (1000 - e) <= (1e9 - 1) * 1000  =>  e >= 1000 - 232 = 768.
     EXPECT_EQ(d.retry_after_ms, 800 + 768);
-    EXPECT_EQ(d.reset_ms, 1800);
+    EXPECT_EQ(d.reset_ms, 800 + 768);
 
     record(p, s, base + 200);
     EXPECT_EQ(s.cur, u32max);
@@ -285,7 +424,7 @@ TEST(SlidingWindow, CountersNearOverflowSaturate) {
     d = evaluate(day, both, base);
     EXPECT_FALSE(d.allowed);
     EXPECT_GE(d.retry_after_ms, ms_per_day);
-    EXPECT_EQ(d.reset_ms, 2 * ms_per_day);
+    EXPECT_EQ(d.reset_ms, d.retry_after_ms);
 
     // One below the limit is admitted with nothing remaining.
     State edge;
@@ -312,11 +451,8 @@ void check_exact(const Policy& p, const State& s, int64_t now, bool scan) {
                 ASSERT_FALSE(evaluate(p, s, now + w).allowed) << w;
             }
         }
-        // reset: the whole quota is back then, and not a ms before.
-        ASSERT_GT(d.reset_ms, 0);
-        ASSERT_EQ(evaluate(p, s, now + d.reset_ms).remaining, L - 1);
-        const Decision before = evaluate(p, s, now + d.reset_ms - 1);
-        ASSERT_TRUE(!before.allowed || before.remaining < L - 1);
+        // reset (RateLimit t=) is Retry-After when nothing remains.
+        ASSERT_EQ(d.reset_ms, d.retry_after_ms);
         return;
     }
     ASSERT_EQ(d.retry_after_ms, 0);
@@ -330,9 +466,9 @@ void check_exact(const Policy& p, const State& s, int64_t now, bool scan) {
     } else {
         ASSERT_EQ(evaluate(p, after, now).remaining, d.remaining - 1);
     }
-    ASSERT_EQ(evaluate(p, after, now + d.reset_ms).remaining, L - 1);
-    const Decision before = evaluate(p, after, now + d.reset_ms - 1);
-    ASSERT_TRUE(!before.allowed || before.remaining < L - 1);
+    // reset: a client that spends the remaining requests now gets the next one after reset_ms,
+    // and not a ms before; one that does not spend them has them all then, and more.
+    check_reset(p, after, now, d);
 }
 
 TEST(SlidingWindow, RetryAfterAndResetAreExactInManyStates) {

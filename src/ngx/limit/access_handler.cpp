@@ -179,6 +179,7 @@ bool decide_here(Check& c, int64_t now) noexcept {
                 a.decision.allowed = false;
                 a.decision.limit = core::quota(z->policy);
                 a.decision.retry_after_ms = 1000;
+                a.decision.reset_ms = a.decision.retry_after_ms;
                 break;
         }
         all = all && a.decision.allowed;
@@ -330,6 +331,9 @@ bool conclude(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, const 
         ctx->reset_s = ceil_seconds(shown->decision.reset_ms);
         ctx->retry_after_s =
             admitted ? 0 : ngx_max(1, ceil_seconds(shown->decision.retry_after_ms));
+        if (!admitted) {
+            ctx->reset_s = ctx->retry_after_s;  // RateLimit t= and Retry-After agree
+        }
     }
     if (admitted) {
         return false;
@@ -538,6 +542,31 @@ bool ask_redis(ngx_http_request_t* r, Check& c) noexcept {
     }
 }
 
+// Watches a zone whose key reads a credential for a key that is empty whenever one is sent
+// (core/key_watch.hpp): said once per worker and zone, at warn.
+void watch_key(ngx_http_request_t* r, ZoneConf& zone, bool empty) noexcept {
+#if nginx_version >= 1023000
+    bool cookie = r->headers_in.cookie != nullptr;
+#else
+    bool cookie = r->headers_in.cookies.nelts > 0;
+#endif
+    uint8_t carried = (cookie ? core::credential_cookie : 0) |
+                      (r->headers_in.authorization != nullptr ? core::credential_authorization : 0);
+    if (!zone.key_watch.observe(carried, empty)) {
+        return;
+    }
+    uint8_t sources = zone.key_watch.sources;
+    const char* headers = sources == core::credential_cookie ? "a Cookie header"
+                          : sources == core::credential_authorization
+                              ? "an Authorization header"
+                              : "a Cookie or Authorization header";
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "throttle_zone \"%V\": key \"%V\" was empty for %uD requests that carried %s "
+                  "and never set: the zone applied to none of them; is the cookie or header "
+                  "name right? (said once per worker)",
+                  &zone.name, &zone.key.value, core::EmptyKeyWatch::threshold, headers);
+}
+
 // The zones of the location whose key is not empty for this request and that its client
 // request was not counted in yet (marks, nullptr when none), in c. `busy`: a request that holds
 // one of them while Redis decides, if any. False on error.
@@ -554,6 +583,9 @@ bool applied_zones(ngx_http_request_t* r, const LimitLocConf& conf, const ZoneMa
         ngx_str_t key;
         if (ngx_http_complex_value(r, &zones[i]->key, &key) != NGX_OK) {
             return false;
+        }
+        if (zones[i]->key_watch.watching() && r == r->main) {
+            watch_key(r, *zones[i], key.len == 0);
         }
         if (key.len == 0) {
             continue;  // an empty key: this zone does not apply to the request

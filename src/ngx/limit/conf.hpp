@@ -1,6 +1,7 @@
 // Rate limiting's configuration (layer: ngx): zones, and what a location applies.
 #pragma once
 
+#include "core/key_watch.hpp"
 #include "core/limiter.hpp"
 #include "core/slot_table.hpp"
 #include "ngx/ngx.hpp"
@@ -33,6 +34,9 @@ struct ZoneConf {
     core::SlotTable* table;    // shared->table
     ngx_str_t first_use_file;  // where `throttle` first named it, for "unknown zone"
     ngx_uint_t first_use_line;
+    // This worker's watch for a key empty whenever credentials are sent (a wrong cookie name),
+    // written on the request path without a lock: each worker has its own copy of the conf.
+    core::EmptyKeyWatch key_watch;
 };
 
 // http{}: every zone.
