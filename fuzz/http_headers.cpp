@@ -3,7 +3,7 @@
 // set_times() and the entry it leads to, accepts_gzip() (a client's Accept-Encoding),
 // cookie_occurrences() and header_is_variable() (the identity's ambiguity check).
 //
-// Input: byte 0 the policy (bit 0 user identity, bit 1 strict_vary, bit 2 accept_gzip, bit 3
+// Input: byte 0 the policy (bit 0 user identity, bit 1 identity_verified, bit 2 accept_gzip, bit 3
 // a "valid" list of "any" only, else 200 and 404; bits 4-7 the clock), byte 1 the status
 // (100 + byte * 2), then header lines "name: value\n" (the last one may be a cookie name for
 // cookie_occurrences, and every value is tried as an Accept-Encoding).
@@ -58,7 +58,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     static const ValidTime some[] = {{200, 600000}, {404, 1000}};
     Policy p;
     p.user_identity = data[0] & 1;
-    p.strict_vary = data[0] & 2;
+    p.identity_verified = data[0] & 2;
     p.accept_gzip = data[0] & 4;
     p.valid = (data[0] & 8) ? any_status : some;
     p.valid_count = (data[0] & 8) ? 1 : 2;

@@ -21,10 +21,17 @@ struct PlainSlot {
     std::shared_ptr<const std::string> body;
 };
 
+struct VarySlot {
+    uint64_t tag = 0;
+    bool used = false;
+    core::cache::VaryList list;
+};
+
 struct Memos {
     std::string secret;                                     // the one `identities` hashes with
     std::unique_ptr<core::cache::IdentityMemo> identities;  // fixed size, keeps no identity
     std::array<PlainSlot, plain_slots> plain;
+    std::array<VarySlot, cache_vary_memo_slots> vary;
 };
 
 Memos* memos = nullptr;   // owned; deleted in memos_exit
@@ -84,6 +91,38 @@ void cache_inflate_release(size_t bytes) noexcept {
 
 size_t cache_inflate_held() noexcept {
     return inflate_held;
+}
+
+bool cache_vary_memo_get(uint64_t tag, core::cache::VaryList& out) noexcept {
+    if (memos == nullptr) {
+        return false;
+    }
+    const VarySlot& s = memos->vary[tag % cache_vary_memo_slots];
+    if (!s.used || s.tag != tag) {
+        return false;
+    }
+    out = s.list;
+    return true;
+}
+
+void cache_vary_memo_put(uint64_t tag, const core::cache::VaryList& list) noexcept {
+    if (memos == nullptr) {
+        return;
+    }
+    VarySlot& s = memos->vary[tag % cache_vary_memo_slots];
+    s.tag = tag;
+    s.used = true;
+    s.list = list;
+}
+
+void cache_vary_memo_forget(uint64_t tag) noexcept {
+    if (memos == nullptr) {
+        return;
+    }
+    VarySlot& s = memos->vary[tag % cache_vary_memo_slots];
+    if (s.used && s.tag == tag) {
+        s.used = false;
+    }
 }
 
 void memos_init() {

@@ -59,7 +59,12 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
 
     std::string id;     // identity digest ("anon" or 64 hex)
     std::string token;  // the owner token its fill lock is taken with (fills only)
+    // The key looked up: the base key, or the variant key of `vary` (vary.hpp).
     core::Sha256Digest key{};
+    core::Sha256Digest base_key{};  // core::cache::cache_key() of the request
+    core::cache::VaryList vary;     // the list `key` is the variant of; empty: key is base_key
+    uint64_t vary_tag = 0;          // the resource's tag in the vary memo
+    bool vary_followed = false;     // a vary record was followed already (never twice)
     core::cache::Generation gen;
     std::string entry_key;  // E, once the generations are known
 
