@@ -142,6 +142,25 @@ sub accept_of {
     is(scalar @records, 1, 'one vary record ("accept") under the base key');
 }
 
+# Concurrent misses of a resource nobody knows varies yet: they all read the base key, one
+# fills (json), the others wait for it; woken, each looks its own variant up. None is ever
+# answered with another Accept's body.
+{
+    my $p = '/v/stampede';
+    my @accepts = map { $_ % 2 ? 'text/html' : 'application/json' } 0 .. 5;
+    my @r = $t->concurrent(6, sub {
+        ['GET', "$p?_vary=Accept&_delay=300", [Accept => $accepts[$_[0]]]] });
+    my @wrong = grep { (accept_of(n_of($r[$_])) // '') ne $accepts[$_] } 0 .. 5;
+    ok(!@wrong && !grep({ $_->{status} != 200 } @r), 'six concurrent misses: each gets a body made for its own Accept')
+        or diag(join ' ', map { xc($_) . '/' . n_of($_) } @r);
+    ok(hits($p) < 6, 'fewer than six upstream requests (' . hits($p) . ')');
+    my $j = $t->get("$p?_vary=Accept&_delay=300", Accept => 'application/json');
+    my $h = $t->get("$p?_vary=Accept&_delay=300", Accept => 'text/html');
+    ok(xc($j) eq 'HIT' && accept_of(n_of($j)) eq 'application/json', 'then json: HIT, the json body');
+    ok(xc($h) eq 'HIT' && accept_of(n_of($h)) eq 'text/html', 'then html: HIT, the html body')
+        or diag(xc($h));
+}
+
 # Vary with two headers, the names in any case and order, with spaces.
 {
     my $p = '/v/two';
