@@ -69,10 +69,12 @@ class VaryList {
 
    private:
     void rebuild() noexcept;
-    char names_[vary_max_headers][vary_max_name] = {};
+    // Only the first count_ names and text_len_ bytes of text_ are meaningful (the rest is left
+    // uninitialised: a request holds a VaryList whether or not its resource varies).
+    char names_[vary_max_headers][vary_max_name];
     uint8_t lens_[vary_max_headers] = {};
     size_t count_ = 0;
-    char text_[vary_list_max] = {};
+    char text_[vary_list_max];
     size_t text_len_ = 0;
 };
 

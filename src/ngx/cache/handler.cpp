@@ -151,7 +151,7 @@ void serve_later(CacheRequest& cr, CacheStatus s,
 bool begin_fill(CacheRequest& cr) noexcept {
     try {
         cr.fill.begin(cr.request(), cr.conf, cr.fill_lock(), cr.gen, cr.entry_key,
-                      FillVary{cr.base_key, cr.vary, cr.vary_tag});
+                      FillVary{cr.base_key, cr.vary, cr.tag()});
         return true;
     } catch (...) {
         return false;  // the lock expires by itself, one lease after it was taken
@@ -274,7 +274,7 @@ void release_unused_lock(CacheRequest& c, const redis::CacheLookup& out) noexcep
         Fill unused;
         unused.begin(nullptr, c.conf, c.fill_lock(), out.generation(),
                      redis::cache_entry_key(c.target(), out.generation()),
-                     FillVary{c.base_key, c.vary, c.vary_tag});
+                     FillVary{c.base_key, c.vary, 0});
         unused.release();
     } catch (...) {
     }
@@ -303,7 +303,7 @@ void follow_vary_record(const std::shared_ptr<CacheRequest>& cr, std::string_vie
         pass(c, CacheStatus::miss);
         return;
     }
-    cache_vary_memo_put(c.vary_tag, list);
+    cache_vary_memo_put(c.tag(), list);
     try {
         if (!use_variant(c, list)) {
             ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c.request()->connection->log, 0,
@@ -550,9 +550,12 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
     in.extra = view(extra);  // throttle_cache_key
     cr->key = core::cache::cache_key(in);
     cr->base_key = cr->key;
-    cr->vary_tag = cache_vary_tag(&conf, in.host, in.path, in.query);
+    cr->tag_host = in.host;
+    cr->tag_path = in.path;
+    cr->tag_query = in.query;
     core::cache::VaryList known;
-    if (cache_vary_memo_get(cr->vary_tag, known) && !use_variant(*cr, known)) {
+    if (cache_vary_memo_used() && cache_vary_memo_get(cr->tag(), known) &&
+        !use_variant(*cr, known)) {
         cr->step = CacheRequest::Step::done;
         ctx->cache_status = CacheStatus::bypass;  // a header it varies on is too long
         return NGX_DECLINED;

@@ -32,6 +32,7 @@ struct Memos {
     std::unique_ptr<core::cache::IdentityMemo> identities;  // fixed size, keeps no identity
     std::array<PlainSlot, plain_slots> plain;
     std::array<VarySlot, cache_vary_memo_slots> vary;
+    size_t vary_used = 0;  // slots in use
 };
 
 Memos* memos = nullptr;   // owned; deleted in memos_exit
@@ -105,11 +106,16 @@ bool cache_vary_memo_get(uint64_t tag, core::cache::VaryList& out) noexcept {
     return true;
 }
 
+bool cache_vary_memo_used() noexcept {
+    return memos != nullptr && memos->vary_used > 0;
+}
+
 void cache_vary_memo_put(uint64_t tag, const core::cache::VaryList& list) noexcept {
     if (memos == nullptr) {
         return;
     }
     VarySlot& s = memos->vary[tag % cache_vary_memo_slots];
+    memos->vary_used += s.used ? 0 : 1;
     s.tag = tag;
     s.used = true;
     s.list = list;
@@ -122,6 +128,7 @@ void cache_vary_memo_forget(uint64_t tag) noexcept {
     VarySlot& s = memos->vary[tag % cache_vary_memo_slots];
     if (s.used && s.tag == tag) {
         s.used = false;
+        memos->vary_used--;
     }
 }
 

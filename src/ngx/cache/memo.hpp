@@ -39,6 +39,8 @@ size_t cache_inflate_held() noexcept;
 // named exactly that list). Fixed size: cache_vary_memo_slots slots, direct-mapped.
 inline constexpr size_t cache_vary_memo_slots = 1024;
 bool cache_vary_memo_get(uint64_t tag, core::cache::VaryList& out) noexcept;
+// Whether any slot is in use (none: no lookup needs the tag).
+bool cache_vary_memo_used() noexcept;
 void cache_vary_memo_put(uint64_t tag, const core::cache::VaryList& list) noexcept;
 void cache_vary_memo_forget(uint64_t tag) noexcept;
 

@@ -1,24 +1,17 @@
 // Variants from the request's side (see vary.hpp).
 #include "ngx/cache/vary.hpp"
 
+#include <functional>
+
 #include "core/http_text.hpp"
 
 namespace throttle::ngx {
 namespace {
 
-// FNV-1a, 64 bits: a memo's tag (a collision costs a miss, never a wrong answer).
-uint64_t fnv(uint64_t h, const void* data, size_t len) noexcept {
-    const auto* p = static_cast<const unsigned char*>(data);
-    for (size_t i = 0; i < len; i++) {
-        h ^= p[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
-uint64_t fnv_field(uint64_t h, std::string_view s) noexcept {
-    uint64_t n = s.size();
-    return fnv(fnv(h, &n, sizeof(n)), s.data(), s.size());
+// A memo's tag (a collision costs a miss, never a wrong answer): std::hash of each part,
+// combined.
+uint64_t mix(uint64_t h, std::string_view s) noexcept {
+    return (h ^ std::hash<std::string_view>{}(s)) * 0x9e3779b97f4a7c15ULL;
 }
 
 }  // namespace
@@ -47,11 +40,10 @@ bool cache_variant(ngx_http_request_t* r, const core::Sha256Digest& base,
 
 uint64_t cache_vary_tag(const CacheLocConf* conf, std::string_view host, std::string_view path,
                         std::string_view query) noexcept {
-    uint64_t h = 14695981039346656037ULL;
-    h = fnv(h, &conf, sizeof(conf));
-    h = fnv_field(h, host);
-    h = fnv_field(h, path);
-    return fnv_field(h, query);
+    uint64_t h = std::hash<const void*>{}(conf)*0x9e3779b97f4a7c15ULL;
+    h = mix(h, host);
+    h = mix(h, path);
+    return mix(h, query);
 }
 
 }  // namespace throttle::ngx
