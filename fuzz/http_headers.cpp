@@ -95,6 +95,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     FUZZ_CHECK(verdict_name(d.verdict) != nullptr);
     if (d.store()) {
         FUZZ_CHECK(d.ttl_ms > 0 && d.stale_ms >= 0);
+        // The vary list is canonical, bounded, and its record reads back as itself.
+        FUZZ_CHECK(d.vary.size() <= vary_max_headers);
+        if (!d.vary.empty()) {
+            VaryList back;
+            FUZZ_CHECK(VaryList::parse(d.vary.text(), back) && back.text() == d.vary.text());
+            FUZZ_CHECK(decode_vary_record(encode_vary_record(d.vary), back));
+        }
         FUZZ_CHECK(!d.gzip_body || p.accept_gzip);
         // The entry made of it: times in order whatever the clock, and it round-trips when its
         // headers are ones an entry may hold.
@@ -117,7 +124,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     FUZZ_CHECK(decide(p, head).verdict == Verdict::not_get);
 
     // A client's request headers.
+    VaryValue joined;
+    bool joined_ok = true;
     for (size_t i = 0; i < names.size(); i++) {
+        if (joined_ok) {
+            joined_ok = append_vary_value(values[i], joined);
+            FUZZ_CHECK(!joined_ok || joined.value.size() <= vary_max_value);
+        }
         check_accept_encoding(values[i]);
         const std::string& name = names.back();
         const size_t n = cookie_occurrences(values[i], name);
