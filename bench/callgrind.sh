@@ -31,6 +31,9 @@
 #   cache_hit        throttle_cache + throttle_cache_user $cookie_sessionid in front of
 #                    an origin server block of the same nginx (~2 KB JSON, stored gzip'd),
 #                    one user, Accept-Encoding: gzip; every measured request a HIT
+#   cache_hit_vary   cache_hit, the origin answering "Vary: Accept" and the client sending
+#                    Accept: application/json (the entry under its variant key; the worker's
+#                    vary memo sends the lookup there at once)
 #   cache_hit_plain  the same, the client sends no Accept-Encoding (the inflated body
 #                    comes from the per-worker memo of inflated bodies)
 #   plain_nomod      (not in the default set) plain without load_module
@@ -41,7 +44,7 @@
 # changed most (self Ir, callgrind_annotate of the four out files).
 #
 # Knobs (environment):
-#   BENCH_CG_VARIANTS      variants, in order   (plain limit_req throttle strict cache_hit cache_hit_plain)
+#   BENCH_CG_VARIANTS      variants, in order   (plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain)
 #   BENCH_CG_REQUESTS      N                    (2000)
 #   BENCH_CG_BASE          N0                   (1)
 #   BENCH_MODULE           module A             (<repo>/build/ngx_http_throttle_module.so)
@@ -71,7 +74,7 @@ prog=bench-callgrind
 # shellcheck source=lib.sh
 source "$here/lib.sh"
 
-VARIANTS=${BENCH_CG_VARIANTS:-plain limit_req throttle strict cache_hit cache_hit_plain}
+VARIANTS=${BENCH_CG_VARIANTS:-plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain}
 N=${BENCH_CG_REQUESTS:-2000}
 N0=${BENCH_CG_BASE:-1}
 MODULE_B=${BENCH_MODULE_B:-}
@@ -84,7 +87,7 @@ BODY_BYTES=100         # plain & co: the static file, as run.sh
 CACHE_BYTES=2048       # cache: the origin's JSON, about (as cache.sh: stored gzip'd, >= 1k)
 SESSION='sessionid=b3f1c0de5eed4a11'
 REQ_PATH='/api/items?sort=name&page=2'
-KNOWN='plain limit_req throttle strict cache_hit cache_hit_plain plain_nomod'
+KNOWN='plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain plain_nomod'
 
 # --------------------------------------------------------------------------
 # Checks.
@@ -211,6 +214,13 @@ location_lines() {
     esac
 }
 
+# origin_lines VARIANT: the origin's extra lines
+origin_lines() {
+    case $1 in
+    cache_hit_vary) printf '%s' 'add_header Vary Accept; ' ;;
+    esac
+}
+
 # write_conf VARIANT MODULE_LABEL
 write_conf() {
     local v=$1 m=$2
@@ -246,7 +256,7 @@ $(location_lines "$v" | sed 's/^/            /')
     server {  # the origin: nginx serving the JSON file
         listen 127.0.0.1:$origin_port;
         root $tmp/html;
-        location = /api/items { try_files /api/items.json =404; }
+        location = /api/items { $(origin_lines "$v")try_files /api/items.json =404; }
     }
 EOF
     else
@@ -272,6 +282,7 @@ url() {
 client_args() {
     case $1 in
     cache_hit) printf '%s\n' -H "Cookie: $SESSION" -H 'Accept-Encoding: gzip' ;;
+    cache_hit_vary) printf '%s\n' -H "Cookie: $SESSION" -H 'Accept-Encoding: gzip' -H 'Accept: application/json' ;;
     cache_hit_plain) printf '%s\n' -H "Cookie: $SESSION" ;;
     esac
 }
@@ -282,7 +293,7 @@ expected() {
     case $1 in
     plain | plain_nomod | limit_req) echo "200 x-cache= content-encoding= ratelimit-policy= bytes=$BODY_BYTES" ;;
     throttle | strict) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
-    cache_hit) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;
+    cache_hit | cache_hit_vary) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;
     cache_hit_plain) echo "200 x-cache=HIT content-encoding= ratelimit-policy= bytes=$json_bytes" ;;
     esac
 }

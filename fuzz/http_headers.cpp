@@ -3,7 +3,7 @@
 // set_times() and the entry it leads to, accepts_gzip() (a client's Accept-Encoding),
 // cookie_occurrences() and header_is_variable() (the identity's ambiguity check).
 //
-// Input: byte 0 the policy (bit 0 user identity, bit 1 strict_vary, bit 2 accept_gzip, bit 3
+// Input: byte 0 the policy (bit 0 user identity, bit 1 identity_verified, bit 2 accept_gzip, bit 3
 // a "valid" list of "any" only, else 200 and 404; bits 4-7 the clock), byte 1 the status
 // (100 + byte * 2), then header lines "name: value\n" (the last one may be a cookie name for
 // cookie_occurrences, and every value is tried as an Accept-Encoding).
@@ -58,7 +58,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     static const ValidTime some[] = {{200, 600000}, {404, 1000}};
     Policy p;
     p.user_identity = data[0] & 1;
-    p.strict_vary = data[0] & 2;
+    p.identity_verified = data[0] & 2;
     p.accept_gzip = data[0] & 4;
     p.valid = (data[0] & 8) ? any_status : some;
     p.valid_count = (data[0] & 8) ? 1 : 2;
@@ -95,6 +95,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     FUZZ_CHECK(verdict_name(d.verdict) != nullptr);
     if (d.store()) {
         FUZZ_CHECK(d.ttl_ms > 0 && d.stale_ms >= 0);
+        // The vary list is canonical, bounded, and its record reads back as itself.
+        FUZZ_CHECK(d.vary.size() <= vary_max_headers);
+        if (!d.vary.empty()) {
+            VaryList back;
+            FUZZ_CHECK(VaryList::parse(d.vary.text(), back) && back.text() == d.vary.text());
+            FUZZ_CHECK(decode_vary_record(encode_vary_record(d.vary), back));
+        }
         FUZZ_CHECK(!d.gzip_body || p.accept_gzip);
         // The entry made of it: times in order whatever the clock, and it round-trips when its
         // headers are ones an entry may hold.
@@ -117,7 +124,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     FUZZ_CHECK(decide(p, head).verdict == Verdict::not_get);
 
     // A client's request headers.
+    VaryValue joined;
+    bool joined_ok = true;
     for (size_t i = 0; i < names.size(); i++) {
+        if (joined_ok) {
+            joined_ok = append_vary_value(values[i], joined);
+            FUZZ_CHECK(!joined_ok || joined.value.size() <= vary_max_value);
+        }
         check_accept_encoding(values[i]);
         const std::string& name = names.back();
         const size_t n = cookie_occurrences(values[i], name);

@@ -268,7 +268,7 @@ my @not_stored = (
     ['no-cache',              '/ns/nocache?_cc=no-cache',                [], 200],
     ['private, anonymous',    '/ns/private?_cc=private',                 [], 200],
     ['Vary: *',               '/ns/varystar?_vary=*',                    [], 200],
-    ['Vary: Accept-Language', '/ns/varylang?_vary=Accept-Language',      [], 200],
+    ['Vary: Cookie with a cookie identity', '/ns/varyck?_vary=Cookie', [Cookie => 'sessionid=p1'], 200],
     ['201, only 200 valid',   '/ns/s201?_status=201',                    [], 201],
     ['500',                   '/ns/s500?_status=500',                    [], 500],
     ['500 with "any"',        '/any/s500?_status=500',                   [], 500],
@@ -328,11 +328,12 @@ for my $c (@not_stored) {
     ok(length($b[1]{body}) < 20000 && $b[1]{raw} !~ /\r\n0\r\n\r\n\z/, 'truncated chunked: no last chunk');
     is(hits($u), 2, 'truncated chunked: not stored');
 
-    # stored after all: private with an identity, Vary: Accept-Encoding / Cookie with one,
-    # 201 with "any", a body of exactly the max size
+    # stored after all: private with an identity, Vary: Accept-Encoding, Vary on another
+    # request header (a variant: t/62-cache-vary.t), 201 with "any", a body of exactly the max
+    # size
     for my $s (['private with identity', '/ns/privu?_cc=private', [Cookie => 'sessionid=p1']],
-               ['Vary: Cookie with identity', '/ns/varyck?_vary=Cookie', [Cookie => 'sessionid=p1']],
                ['Vary: Accept-Encoding', '/ns/varyae?_vary=Accept-Encoding', []],
+               ['Vary: Accept-Language', '/ns/varylang?_vary=Accept-Language', []],
                ['201 with "any"', '/any/s201?_status=201', []],
                ['10240 bytes, max 10k', '/small/exact?_size=10240', []]) {
         my ($name, $u2, $h) = @$s;

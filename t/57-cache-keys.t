@@ -198,9 +198,12 @@ SKIP: {
     ok(xc($v1) eq 'MISS' && xc($v2) eq 'HIT' && n_of($v2) == n_of($v1) && xc($v3) eq 'MISS',
         'Vary: Accept-Language under throttle_cache_key $http_accept_language: stored per language')
         or diag(join ' ', map { xc($_) } $v1, $v2, $v3);
+    # Origin is not in the key: a variant per Origin (t/62-cache-vary.t).
     my $o = '/lang/other?_vary=Accept-Language,Origin';
-    $t->get($o, 'Accept-Language' => 'en') for 1 .. 2;
-    is(path_hits('/lang/other'), 2, 'Vary: Accept-Language, Origin: Origin is not in the key, not stored');
+    my @o = map { $t->get($o, 'Accept-Language' => 'en', Origin => $_) } qw(a a b);
+    is(path_hits('/lang/other'), 2, 'Vary: Accept-Language, Origin: one entry per Origin');
+    ok(xc($o[1]) eq 'HIT' && n_of($o[1]) == n_of($o[0]) && xc($o[2]) eq 'MISS',
+        'the same Origin hits, another misses') or diag(join ' ', map { xc($_) } @o);
 
     # A header the key reads, sent twice: which one would the application use?
     my $twice = $t->request('GET', $p, ['Accept-Language' => 'en', 'Accept-Language' => 'fr']);

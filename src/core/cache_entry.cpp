@@ -194,8 +194,8 @@ bool keyed(std::string_view header, std::string_view keyed_headers) noexcept {
     return false;
 }
 
-// Vary: "*" or #field-name
-Verdict check_vary(std::string_view s, const Policy& p) noexcept {
+// Vary: "*" or #field-name; the names the entry varies on go into `list`.
+Verdict check_vary(std::string_view s, const Policy& p, VaryList& list) noexcept {
     while (!s.empty()) {
         size_t comma = s.find(',');
         std::string_view item = trim(s.substr(0, comma));
@@ -203,10 +203,19 @@ Verdict check_vary(std::string_view s, const Policy& p) noexcept {
         if (item.empty()) continue;
         if (item == "*") return Verdict::vary_star;
         if (iequals(item, "accept-encoding")) continue;
-        if ((iequals(item, "cookie") || iequals(item, "authorization")) && p.user_identity)
-            continue;
-        if (keyed(item, p.keyed_headers)) continue;
-        if (p.strict_vary) return Verdict::vary_other;
+        if (keyed(item, p.keyed_headers)) continue;  // the key holds its value
+        if (iequals(item, "cookie") || iequals(item, "authorization")) {
+            if (p.user_identity && p.identity_verified) continue;
+            return Verdict::vary_credentials;
+        }
+        switch (list.add(item)) {
+            case VaryList::Add::ok:
+                break;
+            case VaryList::Add::too_many:
+                return Verdict::vary_too_many;
+            case VaryList::Add::bad_name:
+                return Verdict::vary_bad_name;
+        }
     }
     return Verdict::store;
 }
@@ -404,10 +413,11 @@ Decision decide(const Policy& p, const Response& r) noexcept {
         if (iequals(h.name, "set-cookie") || iequals(h.name, "set-cookie2"))
             return refuse(Verdict::set_cookie);
     }
+    VaryList vary;
     for (size_t i = 0; i < r.header_count; ++i) {
         const HeaderView& h = r.headers[i];
         if (iequals(h.name, "vary")) {
-            Verdict v = check_vary(h.value, p);
+            Verdict v = check_vary(h.value, p, vary);
             if (v != Verdict::store) return refuse(v);
         }
     }
@@ -466,6 +476,7 @@ Decision decide(const Policy& p, const Response& r) noexcept {
     d.ttl_ms = ttl_ms;
     d.stale_ms = cc.revalidate || p.stale_ms < 0 ? 0 : p.stale_ms;
     d.gzip_body = gzip_body;
+    d.vary = vary;
     return d;
 }
 
@@ -485,8 +496,14 @@ const char* verdict_name(Verdict v) noexcept {
             return "set-cookie";
         case Verdict::vary_star:
             return "vary-star";
-        case Verdict::vary_other:
-            return "vary-other";
+        case Verdict::vary_credentials:
+            return "vary-credentials";
+        case Verdict::vary_too_many:
+            return "vary-too-many";
+        case Verdict::vary_bad_name:
+            return "vary-bad-name";
+        case Verdict::vary_value_too_long:
+            return "vary-value-too-long";
         case Verdict::content_encoding:
             return "content-encoding";
         case Verdict::too_large:
@@ -505,6 +522,38 @@ const char* verdict_name(Verdict v) noexcept {
             return "zero-ttl";
     }
     return "unknown";
+}
+
+const char* verdict_reason(Verdict v) noexcept {
+    switch (v) {
+        case Verdict::set_cookie:
+            return "they set a cookie (Set-Cookie)";
+        case Verdict::vary_star:
+            return "Vary: *";
+        case Verdict::vary_credentials:
+            return "Vary: Cookie or Authorization without a verified identity "
+                   "(throttle_cache_user from $throttle_user_id or $throttle_jwt_claim_*)";
+        case Verdict::vary_too_many:
+            return "Vary names more than 4 request headers";
+        case Verdict::vary_bad_name:
+            return "Vary names a header that is not a token or is longer than 64 bytes";
+        case Verdict::content_encoding:
+            return "a Content-Encoding other than gzip";
+        case Verdict::too_large:
+            return "larger than throttle_cache_max_size";
+        case Verdict::no_store:
+            return "Cache-Control: no-store";
+        case Verdict::no_cache:
+            return "Cache-Control: no-cache";
+        case Verdict::private_without_identity:
+            return "Cache-Control: private without an identity (throttle_cache_user)";
+        case Verdict::bad_cache_control:
+            return "a Cache-Control that does not parse";
+        case Verdict::bad_accel_expires:
+            return "an X-Accel-Expires that does not parse";
+        default:
+            return nullptr;
+    }
 }
 
 bool request_cacheable(const RequestFacts& r) noexcept {

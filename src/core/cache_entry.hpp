@@ -26,10 +26,12 @@
 //   status      1xx, 206 and 304 never (partial or conditional answers); 5xx never; any other
 //               status only when throttle_cache_valid lists it (or lists "any")
 //   Set-Cookie  a response with Set-Cookie (or Set-Cookie2) is never stored
-//   Vary        "*" never; Accept-Encoding is fine; Cookie and Authorization only under a
-//               per-user identity (which stands for the credentials); a header the key holds
-//               (Policy::keyed_headers) is fine; any other header only when the policy is not
-//               strict_vary (the key does not hold that header)
+//   Vary        "*" never; Accept-Encoding is fine (the module serves gzip itself); a header the
+//               key holds (Policy::keyed_headers) is fine; Cookie and Authorization only under
+//               a per-user identity from a verified source (Policy::identity_verified: the
+//               identity then stands for the credentials); any other header goes into the
+//               decision's vary list (cache_vary.hpp: the entry is stored under a variant
+//               key), at most vary_max_headers of them, each a token of at most vary_max_name
 //   encoding    a Content-Encoding other than identity is not stored (the module compresses
 //               bodies itself and must be able to serve them plain), except, when the policy
 //               says accept_gzip, exactly one "gzip" (or "x-gzip") coding: the decision then
@@ -56,6 +58,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "core/cache_vary.hpp"
 
 namespace throttle::core::cache {
 
@@ -152,9 +156,11 @@ struct Policy {
     const ValidTime* valid = nullptr;  // throttle_cache_valid, in configuration order; an
     size_t valid_count = 0;            // exact status wins over "any" wherever it is listed
     bool user_identity = false;        // this request has a non-empty per-user identity
+    bool identity_verified = false;    // the identity comes from a verified source (JWT claim,
+                                       // resolved user id): Vary: Cookie/Authorization is
+                                       // covered by it
     uint64_t max_entry_size = 1 << 20;
     int64_t stale_ms = 0;            // throttle_cache_stale
-    bool strict_vary = true;         // refuse Vary on headers the key does not hold
     std::string_view keyed_headers;  // the headers the key holds (throttle_cache_key), as
                                      // nginx names them, joined by ',': "accept_language,x_a"
     bool accept_gzip = false;        // a gzip-coded response is stored (inflated by the caller)
@@ -177,7 +183,10 @@ enum class Verdict : uint8_t {
     status_not_configured,
     set_cookie,
     vary_star,
-    vary_other,
+    vary_credentials,     // Vary: Cookie or Authorization without a verified identity
+    vary_too_many,        // more than vary_max_headers request headers
+    vary_bad_name,        // a name that is not a token, or longer than vary_max_name
+    vary_value_too_long,  // (the caller's) a request header's value above vary_max_value
     content_encoding,
     too_large,
     no_store,
@@ -193,12 +202,18 @@ struct Decision {
     int64_t ttl_ms = 0;      // fresh for this long (when stored)
     int64_t stale_ms = 0;    // then stale for this long
     bool gzip_body = false;  // the body is gzip-coded: inflate it before storing
+    VaryList vary;           // the request headers the entry varies on (empty: none)
     bool store() const noexcept { return verdict == Verdict::store; }
 };
 
 Decision decide(const Policy& policy, const Response& response) noexcept;
 // A lowercase name for debug logs ("store", "set-cookie", ...).
 const char* verdict_name(Verdict v) noexcept;
+// Why responses are not stored, for the operator, when the operator (or the application's
+// author) can change it ("Vary: *", "Set-Cookie", "Cache-Control: private without an identity",
+// ...); nullptr for verdicts that are a normal part of caching (not GET, a status not
+// configured, a TTL of 0, a 5xx, a client's too long header value).
+const char* verdict_reason(Verdict v) noexcept;
 // Whether a body of this many bytes (so far) still fits the policy's maximum entry size.
 inline bool fits(const Policy& policy, uint64_t body_bytes) noexcept {
     return body_bytes <= policy.max_entry_size;

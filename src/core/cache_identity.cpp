@@ -1,6 +1,7 @@
 #include "core/cache_identity.hpp"
 
 #include <cstring>
+#include <utility>
 
 #include "core/cache_key.hpp"
 #include "core/http_text.hpp"
@@ -13,12 +14,10 @@ bool name_char(char c) noexcept {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
 }
 
-}  // namespace
-
-std::vector<IdentityVariable> identity_variables(std::string_view value) {
-    constexpr std::string_view cookie_prefix = "cookie_";
-    constexpr std::string_view http_prefix = "http_";
-    std::vector<IdentityVariable> out;
+// Calls fn(name) for every variable `value` names, the name lowercased (nginx's syntax: "$name"
+// runs over [A-Za-z0-9_], "${name}" up to the brace; "$1".."$9" are captures, skipped).
+template <class Fn>
+void for_each_variable(std::string_view value, Fn&& fn) {
     size_t i = 0;
     while (i < value.size()) {
         if (value[i++] != '$' || i == value.size()) {
@@ -44,6 +43,17 @@ std::vector<IdentityVariable> identity_variables(std::string_view value) {
         if (braced && i < value.size() && value[i] == '}') {
             ++i;
         }
+        fn(std::move(name));
+    }
+}
+
+}  // namespace
+
+std::vector<IdentityVariable> identity_variables(std::string_view value) {
+    constexpr std::string_view cookie_prefix = "cookie_";
+    constexpr std::string_view http_prefix = "http_";
+    std::vector<IdentityVariable> out;
+    for_each_variable(value, [&](std::string name) {
         std::string_view n = name;
         if (n.size() > cookie_prefix.size() && n.substr(0, cookie_prefix.size()) == cookie_prefix) {
             out.push_back({IdentityVariable::Kind::cookie, name.substr(cookie_prefix.size())});
@@ -51,8 +61,21 @@ std::vector<IdentityVariable> identity_variables(std::string_view value) {
                    n.substr(0, http_prefix.size()) == http_prefix && n != "http_cookie") {
             out.push_back({IdentityVariable::Kind::header, name.substr(http_prefix.size())});
         }
-    }
+    });
     return out;
+}
+
+bool identity_verified(std::string_view value) {
+    constexpr std::string_view claim_prefix = "throttle_jwt_claim_";
+    bool verified = false;
+    for_each_variable(value, [&](std::string name) {
+        std::string_view n = name;
+        if (n == "throttle_user_id" ||
+            (n.size() > claim_prefix.size() && n.substr(0, claim_prefix.size()) == claim_prefix)) {
+            verified = true;
+        }
+    });
+    return verified;
 }
 
 size_t cookie_occurrences(std::string_view cookie_header, std::string_view name) noexcept {

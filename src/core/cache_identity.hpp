@@ -40,6 +40,14 @@ struct IdentityVariable {
 // cannot be ambiguous. May throw std::bad_alloc.
 std::vector<IdentityVariable> identity_variables(std::string_view value);
 
+// Whether a throttle_cache_user value (as written) names a verified identity: the user id the
+// application resolved for a session ($throttle_user_id) or a claim of a verified JWT
+// ($throttle_jwt_claim_NAME). Under such an identity a response's "Vary: Cookie" or
+// "Vary: Authorization" is covered: the identity stands for the credentials. The name is all
+// that is checked (like identity_variables(), a map or set over them is not seen through: the
+// variable must be named in the value itself). May throw std::bad_alloc.
+bool identity_verified(std::string_view value);
+
 // How many cookies named `name` (ASCII case-insensitive, as nginx matches $cookie_NAME) one
 // Cookie header value sets. Pairs are split at ';' and at ',' (nginx 1.22 splits at both, an
 // application at ';'); a pair counts when, after spaces and tabs, it starts with the name,

@@ -383,8 +383,8 @@ struct Rsp {
 const ValidTime default_valid[] = {{200, 3600000}, {404, 60000}};
 
 Decision run(const Rsp& r, bool identity = false, const ValidTime* valid = default_valid,
-             size_t n = 2, int64_t stale_ms = 30000, uint64_t max = 1 << 20,
-             bool strict_vary = true, std::string_view keyed_headers = {}) {
+             size_t n = 2, int64_t stale_ms = 30000, uint64_t max = 1 << 20, bool verified = false,
+             std::string_view keyed_headers = {}) {
     std::vector<HeaderView> hv;
     for (const auto& h : r.headers) hv.push_back(HeaderView{h.first, h.second});
     Policy p;
@@ -393,7 +393,7 @@ Decision run(const Rsp& r, bool identity = false, const ValidTime* valid = defau
     p.user_identity = identity;
     p.max_entry_size = max;
     p.stale_ms = stale_ms;
-    p.strict_vary = strict_vary;
+    p.identity_verified = verified;
     p.keyed_headers = keyed_headers;
     Response resp;
     resp.status = r.status;
@@ -471,37 +471,79 @@ TEST(CacheDecide, SetCookieNeverStored) {
 
 TEST(CacheDecide, VaryOnHeadersTheKeyHolds) {
     auto keyed = [](const Rsp& r, std::string_view headers) {
-        return run(r, false, default_valid, 2, 0, 1 << 20, true, headers).verdict;
+        return run(r, false, default_valid, 2, 0, 1 << 20, false, headers);
     };
     Rsp lang = with({{"Vary", "Accept-Language"}});
-    EXPECT_EQ(keyed(lang, ""), Verdict::vary_other);
-    EXPECT_EQ(keyed(lang, "accept_language"), Verdict::store);
-    EXPECT_EQ(keyed(lang, "x_tenant,accept_language"), Verdict::store);
-    EXPECT_EQ(keyed(lang, "accept_language_x"), Verdict::vary_other);
-    EXPECT_EQ(keyed(lang, "accept"), Verdict::vary_other);
-    EXPECT_EQ(keyed(with({{"Vary", "accept-language, X-Tenant"}}), "x_tenant,accept_language"),
-              Verdict::store);
-    EXPECT_EQ(keyed(with({{"Vary", "Accept-Language, Origin"}}), "accept_language"),
-              Verdict::vary_other);
-    EXPECT_EQ(keyed(with({{"Vary", "Accept-Language, *"}}), "accept_language"), Verdict::vary_star);
-    EXPECT_EQ(keyed(with({{"Vary", "Cookie"}}), "cookie"), Verdict::store);  // keyed by value
+    EXPECT_EQ(keyed(lang, "").vary.text(), "accept-language");  // a variant
+    EXPECT_TRUE(keyed(lang, "accept_language").vary.empty());   // the key holds it
+    EXPECT_TRUE(keyed(lang, "x_tenant,accept_language").vary.empty());
+    EXPECT_EQ(keyed(lang, "accept_language_x").vary.text(), "accept-language");
+    EXPECT_EQ(keyed(lang, "accept").vary.text(), "accept-language");
+    Decision d = keyed(with({{"Vary", "accept-language, X-Tenant"}}), "x_tenant,accept_language");
+    EXPECT_TRUE(d.store());
+    EXPECT_TRUE(d.vary.empty());
+    d = keyed(with({{"Vary", "Accept-Language, Origin"}}), "accept_language");
+    EXPECT_TRUE(d.store());
+    EXPECT_EQ(d.vary.text(), "origin");
+    EXPECT_EQ(keyed(with({{"Vary", "Accept-Language, *"}}), "accept_language").verdict,
+              Verdict::vary_star);
+    EXPECT_TRUE(keyed(with({{"Vary", "Cookie"}}), "cookie").store());  // keyed by value
 }
 
 TEST(CacheDecide, Vary) {
+    auto vrun = [](const Rsp& r, bool identity, bool verified) {
+        return run(r, identity, default_valid, 2, 0, 1 << 20, verified);
+    };
     EXPECT_EQ(verdict(with({{"Vary", "*"}})), Verdict::vary_star);
     EXPECT_EQ(verdict(with({{"Vary", "Accept-Encoding, *"}}), true), Verdict::vary_star);
-    EXPECT_EQ(run(with({{"Vary", "*"}}), true, default_valid, 2, 0, 1 << 20, false).verdict,
-              Verdict::vary_star);
+    EXPECT_EQ(vrun(with({{"Vary", "*"}}), true, true).verdict, Verdict::vary_star);
+    EXPECT_EQ(vrun(with({{"Vary", "Accept, *"}}), true, true).verdict, Verdict::vary_star);
     EXPECT_TRUE(run(with({{"Vary", "Accept-Encoding"}})).store());
+    EXPECT_TRUE(run(with({{"Vary", "Accept-Encoding"}})).vary.empty());
     EXPECT_TRUE(run(with({{"Vary", " accept-encoding ,"}, {"Vary", ""}})).store());
-    EXPECT_EQ(verdict(with({{"Vary", "Cookie"}})), Verdict::vary_other);
-    EXPECT_EQ(verdict(with({{"Vary", "Cookie"}}), true), Verdict::store);
-    EXPECT_EQ(verdict(with({{"Vary", "Accept-Encoding, Authorization"}}), true), Verdict::store);
-    EXPECT_EQ(verdict(with({{"Vary", "Accept-Language"}}), true), Verdict::vary_other);
-    EXPECT_EQ(verdict(with({{"Vary", "Accept-Encoding"}, {"Vary", "Origin"}}), true),
-              Verdict::vary_other);
-    EXPECT_TRUE(
-        run(with({{"Vary", "Origin"}}), false, default_valid, 2, 0, 1 << 20, false).store());
+    // Cookie and Authorization: only under an identity from a verified source.
+    for (const char* v : {"Cookie", "Authorization", "Accept, cookie", "AUTHORIZATION"}) {
+        EXPECT_EQ(vrun(with({{"Vary", v}}), false, false).verdict, Verdict::vary_credentials) << v;
+        EXPECT_EQ(vrun(with({{"Vary", v}}), true, false).verdict, Verdict::vary_credentials) << v;
+        EXPECT_EQ(vrun(with({{"Vary", v}}), false, true).verdict, Verdict::vary_credentials) << v;
+        EXPECT_TRUE(vrun(with({{"Vary", v}}), true, true).store()) << v;
+    }
+    EXPECT_EQ(vrun(with({{"Vary", "Accept, Cookie"}}), true, true).vary.text(), "accept");
+    EXPECT_TRUE(vrun(with({{"Vary", "Cookie"}}), true, true).vary.empty());
+    // Other headers: a variant, the list normalised (case, spaces, repeats, several fields).
+    Decision d = run(with({{"Vary", "Accept-Language"}}), true);
+    EXPECT_TRUE(d.store());
+    EXPECT_EQ(d.vary.text(), "accept-language");
+    d = run(with({{"Vary", " ACCEPT ,accept-Language,, accept"}, {"Vary", "Origin"}}));
+    EXPECT_TRUE(d.store());
+    EXPECT_EQ(d.vary.text(), "accept,accept-language,origin");
+    EXPECT_EQ(d.vary.size(), 3u);
+    EXPECT_EQ(d.vary.name(2), "origin");
+    EXPECT_EQ(run(with({{"Vary", "Accept-Encoding"}, {"Vary", "Origin"}}), true).vary.text(),
+              "origin");
+    // Bounds: at most 4 headers, names tokens of at most 64 bytes.
+    EXPECT_TRUE(run(with({{"Vary", "a, b, c, d, A, accept-encoding"}})).store());
+    EXPECT_EQ(verdict(with({{"Vary", "a, b, c, d, e"}})), Verdict::vary_too_many);
+    EXPECT_EQ(verdict(with({{"Vary", "a, b, c"}, {"Vary", "d, e"}})), Verdict::vary_too_many);
+    EXPECT_TRUE(run(with({{"Vary", std::string(64, 'x')}})).store());
+    EXPECT_EQ(verdict(with({{"Vary", std::string(65, 'x')}})), Verdict::vary_bad_name);
+    EXPECT_EQ(verdict(with({{"Vary", "Accept Language"}})), Verdict::vary_bad_name);
+    EXPECT_EQ(verdict(with({{"Vary", "a;b"}})), Verdict::vary_bad_name);
+    // "*" anywhere wins over a bound.
+    EXPECT_EQ(verdict(with({{"Vary", "a, b, c, d, *"}})), Verdict::vary_star);
+}
+
+TEST(CacheDecide, ReasonsForTheOperator) {
+    for (Verdict v : {Verdict::set_cookie, Verdict::vary_star, Verdict::vary_credentials,
+                      Verdict::vary_too_many, Verdict::vary_bad_name, Verdict::content_encoding,
+                      Verdict::too_large, Verdict::no_store, Verdict::no_cache,
+                      Verdict::private_without_identity, Verdict::bad_cache_control,
+                      Verdict::bad_accel_expires})
+        EXPECT_NE(verdict_reason(v), nullptr) << verdict_name(v);
+    for (Verdict v :
+         {Verdict::store, Verdict::not_get, Verdict::status_never, Verdict::server_error,
+          Verdict::status_not_configured, Verdict::zero_ttl, Verdict::vary_value_too_long})
+        EXPECT_EQ(verdict_reason(v), nullptr) << verdict_name(v);
 }
 
 TEST(CacheDecide, ContentEncoding) {

@@ -126,3 +126,21 @@ TEST(IdentityMemo, DigestsDependOnTheSecret) {
 }
 
 }  // namespace
+
+namespace throttle::core::cache {
+namespace {
+
+TEST(IdentityVerified, ByName) {
+    for (const char* v : {"$throttle_user_id", "${throttle_user_id}", "u:$throttle_user_id",
+                          "$THROTTLE_USER_ID", "$throttle_jwt_claim_sub",
+                          "${throttle_jwt_claim_user_id}:$host", "$cookie_x$throttle_user_id"})
+        EXPECT_TRUE(identity_verified(v)) << v;
+    for (const char* v :
+         {"", "$cookie_sessionid", "$http_authorization", "$throttle_user_idx", "throttle_user_id",
+          "$throttle_jwt_claim_", "$throttle_jwt", "$throttle_user", "$1throttle_user_id",
+          "$arg_throttle_user_id", "$http_throttle_user_id"})
+        EXPECT_FALSE(identity_verified(v)) << v;
+}
+
+}  // namespace
+}  // namespace throttle::core::cache

@@ -29,6 +29,8 @@ struct CacheLocConf {
     ngx_str_t ns;                    // throttle_cache NAME; len 0: off; data null: unset
     ngx_http_complex_value_t* user;  // throttle_cache_user; nullptr: anonymous
     ngx_array_t* user_sources;       // of IdentitySource, set and inherited with `user`
+    bool user_verified;              // `user` names $throttle_user_id or $throttle_jwt_claim_*
+                                     // (core::cache::identity_verified), inherited with it
     ngx_http_complex_value_t* key;   // throttle_cache_key: the key's extra; nullptr: none
     ngx_array_t* key_sources;        // of IdentitySource, set and inherited with `key`
     ngx_str_t key_headers;           // its $http_ names joined by ',': Vary on them is fine

@@ -167,7 +167,9 @@ char* throttle_cache_user_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) 
         return rv;
     }
     try {
-        return identity_sources(cf, static_cast<ngx_str_t*>(cf->args->elts)[1], lc.user_sources);
+        const ngx_str_t& value = static_cast<ngx_str_t*>(cf->args->elts)[1];
+        lc.user_verified = core::cache::identity_verified(view(value));
+        return identity_sources(cf, value, lc.user_sources);
     } catch (...) {
         return conf_error();
     }
@@ -344,6 +346,7 @@ char* throttle_cache_purge_directive(ngx_conf_t* cf, ngx_command_t*, void* conf)
 void init_cache_loc_conf(CacheLocConf& conf) noexcept {
     conf.user = static_cast<ngx_http_complex_value_t*>(NGX_CONF_UNSET_PTR);
     conf.user_sources = nullptr;
+    conf.user_verified = false;
     conf.key = static_cast<ngx_http_complex_value_t*>(NGX_CONF_UNSET_PTR);
     conf.key_sources = nullptr;
     ngx_str_null(&conf.key_headers);
@@ -365,6 +368,7 @@ char* merge_cache_loc_conf(ngx_conf_t* cf, const CacheLocConf& prev, CacheLocCon
     if (conf.user == NGX_CONF_UNSET_PTR) {
         conf.user = prev.user == NGX_CONF_UNSET_PTR ? nullptr : prev.user;
         conf.user_sources = prev.user_sources;
+        conf.user_verified = prev.user_verified;
     }
     if (conf.key == NGX_CONF_UNSET_PTR) {
         conf.key = prev.key == NGX_CONF_UNSET_PTR ? nullptr : prev.key;

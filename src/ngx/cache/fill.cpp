@@ -7,7 +7,10 @@
 
 #include "core/gzip.hpp"
 #include "ngx/cache/leases.hpp"
+#include "ngx/cache/memo.hpp"
 #include "ngx/cache/orphans.hpp"
+#include "ngx/cache/refusals.hpp"
+#include "ngx/cache/vary.hpp"
 #include "ngx/cache/waiters.hpp"
 #include "ngx/cache/worker.hpp"
 #include "ngx/conf.hpp"
@@ -40,6 +43,7 @@ core::cache::Policy policy_of(const CacheLocConf& conf, bool user_identity) noex
     policy.valid = valid ? static_cast<core::cache::ValidTime*>(valid->elts) : nullptr;
     policy.valid_count = valid ? valid->nelts : 0;
     policy.user_identity = user_identity;
+    policy.identity_verified = conf.user_verified;
     policy.max_entry_size = conf.max_size;
     policy.stale_ms = static_cast<int64_t>(conf.stale);
     policy.accept_gzip = true;  // inflated before storing, stored in the module's own format
@@ -50,8 +54,9 @@ core::cache::Policy policy_of(const CacheLocConf& conf, bool user_identity) noex
 }  // namespace
 
 void Fill::begin(ngx_http_request_t* r, const CacheLocConf* conf, FillLock lock,
-                 const core::cache::Generation& gen, std::string entry_key) {
+                 const core::cache::Generation& gen, std::string entry_key, const FillVary& vary) {
     conf_ = conf;
+    vary_ = vary;
     lock_ = std::move(lock);
     gen_ = gen;
     entry_key_ = std::move(entry_key);
@@ -118,8 +123,13 @@ void Fill::capture(ngx_http_request_t* r) {
     core::cache::Decision d =
         core::cache::decide(policy_of(*conf_, lock_.id != core::cache::anonymous_identity), resp);
     if (!d.store()) {
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0, "throttle_cache: not stored: %s",
-                       core::cache::verdict_name(d.verdict));
+        cache_refused(r, *conf_, d.verdict);
+        release();
+        return;
+    }
+    store_key_ = vary_.base;
+    if (!d.vary.empty() && !cache_variant(r, vary_.base, d.vary, store_key_)) {
+        cache_refused(r, *conf_, core::cache::Verdict::vary_value_too_long);
         release();
         return;
     }
@@ -145,8 +155,7 @@ void Fill::on_body(ngx_http_request_t* r, ngx_chain_t* in) noexcept {
     try {
         for (ngx_chain_t* cl = in; cl != nullptr; cl = cl->next) {
             if (!append(cl->buf)) {
-                ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                               "throttle_cache: not stored: too large");
+                cache_refused(r, *conf_, core::cache::Verdict::too_large);
                 release();
                 return;
             }
@@ -231,7 +240,7 @@ std::string Fill::encode(ngx_http_request_t* r, int64_t now, int64_t& ttl_ms) {
     return core::cache::encode(v);
 }
 
-// The last buffer passed: STORE the entry.
+// The last buffer passed: STORE the entry (and the vary record; see fill.hpp).
 void Fill::store(ngx_http_request_t* r) {
     capture_ = false;
     int64_t ttl = 0;
@@ -239,26 +248,87 @@ void Fill::store(ngx_http_request_t* r) {
     drop_body();
     redis::EvalArgs args;
     redis::Client* client = redis_client();
+    redis::CacheTarget target = target_of(lock_);
+    target.key = store_key_;
+    const core::cache::VaryList& vary = decision_.vary;
+    std::shared_ptr<const std::string> record;
+    if (!vary.empty()) {
+        record = std::make_shared<const std::string>(core::cache::encode_vary_record(vary));
+    }
     if (entry->empty() || client == nullptr || ttl < 1 ||
-        !redis::build_cache_store_args(target_of(lock_), gen_, lock_.token, *entry, ttl,
-                                       cache_channel(), args)) {
+        !redis::build_cache_store_args(target, gen_, lock_.token, *entry, ttl, cache_channel(),
+                                       args)) {
         release();
         return;
     }
+    // Where the lock is: under the key stored (as without Vary), under the base key the record
+    // goes to, or elsewhere (given back by RELEASE).
+    const bool lock_here = store_key_ == lock_.key;
+    const bool lock_at_record = !lock_here && record && lock_.key == vary_.base;
     over_ = true;
     end_lease();
-    client->evalsha(
-        redis::cache_store_script(), args.keys(), args.args(),
-        [e = entry_key_, lock = lock_, entry](redis::Result&& res) noexcept {
-            bool stored = false;
-            if (!res.ok() || !redis::parse_cache_store_reply(res.reply, stored)) {
-                log_redis_failure("store", res);
-                if (!res.ok()) {
-                    cache_abandon_lock(lock);  // the lock (and waiters elsewhere) may be left
+    if (lock_here) {
+        client->evalsha(
+            redis::cache_store_script(), args.keys(), args.args(),
+            [e = entry_key_, lock = lock_, entry](redis::Result&& res) noexcept {
+                bool stored = false;
+                if (!res.ok() || !redis::parse_cache_store_reply(res.reply, stored)) {
+                    log_redis_failure("store", res);
+                    if (!res.ok()) {
+                        cache_abandon_lock(lock);  // the lock (and waiters elsewhere) may be left
+                    }
                 }
-            }
-            cache_fill_ended(e, stored, stored ? entry : nullptr);
-        });
+                cache_fill_ended(e, stored, stored ? entry : nullptr);
+            });
+    } else {
+        client->evalsha(redis::cache_store_script(), args.keys(), args.args(),
+                        [entry](redis::Result&& res) noexcept {
+                            bool stored = false;
+                            if (!res.ok() || !redis::parse_cache_store_reply(res.reply, stored)) {
+                                log_redis_failure("store", res);
+                            }
+                        });
+    }
+    if (record) {
+        cache_vary_memo_put(vary_.tag, vary);
+        store_record(record, ttl, lock_at_record);
+    } else {
+        cache_vary_memo_forget(vary_.tag);
+    }
+    if (!lock_here && !lock_at_record) {
+        release_lock();
+    }
+}
+
+// The vary record under the base key, for as long as the entry just stored.
+void Fill::store_record(const std::shared_ptr<const std::string>& record, int64_t ttl,
+                        bool holds_lock) {
+    redis::Client* client = redis_client();
+    redis::CacheTarget target = target_of(lock_);
+    target.key = vary_.base;
+    redis::EvalArgs args;
+    if (!redis::build_cache_store_args(target, gen_, lock_.token, *record, ttl, cache_channel(),
+                                       args)) {
+        if (holds_lock) {
+            release_lock();
+        }
+        return;
+    }
+    client->evalsha(redis::cache_store_script(), args.keys(), args.args(),
+                    [e = entry_key_, lock = lock_, holds_lock](redis::Result&& res) noexcept {
+                        bool stored = false;
+                        if (!res.ok() || !redis::parse_cache_store_reply(res.reply, stored)) {
+                            log_redis_failure("vary record store", res);
+                            if (!res.ok() && holds_lock) {
+                                cache_abandon_lock(lock);
+                            }
+                        }
+                        if (holds_lock) {
+                            // Waiters of the base key look up again: the record sends each to
+                            // its own variant.
+                            cache_fill_ended(e, stored, nullptr);
+                        }
+                    });
 }
 
 void Fill::drop_body() noexcept {
@@ -274,6 +344,11 @@ void Fill::release() noexcept {
     over_ = true;
     drop_body();
     end_lease();
+    release_lock();
+}
+
+// RELEASE of the lock this fill holds; wakes the waiters (nothing stored under its key).
+void Fill::release_lock() noexcept {
     try {
         redis::Client* client = redis_client();
         redis::EvalArgs args;

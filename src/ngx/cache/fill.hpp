@@ -11,7 +11,17 @@
 //                buffers), up to throttle_cache_max_size; at the last buffer: store
 //   store        inflate a gzip'd upstream body, compress above gzip_min_length, encode, STORE
 //                under the lookup's generations (refused by Redis when one moved); this worker's
-//                waiters are woken with the bytes, others by the STORE script's message
+//                waiters are woken with the bytes, others by the STORE script's message.
+//                A response that varies (its Vary names request headers, core/cache_vary.hpp)
+//                is stored under the variant key of the filling request's values and the
+//                response's own list, and a vary record under the base key (a second STORE,
+//                pipelined after the first, so whoever the record sends to the variant finds
+//                it); a plain response under the base key, where it replaces any record. The
+//                lock is on the key the lookup read. When that is not where the entry went
+//                (the resource's Vary changed, or the lookup read the base key before anyone
+//                knew it varies), the STORE under the base key gives the lock back, or a
+//                RELEASE does; this worker's waiters are then woken without bytes (their own
+//                variant may differ) and look up again
 //   release()    not stored (not cacheable, too large, an error, the request ended): RELEASE
 //                gives the lock back and wakes waiters everywhere to go upstream themselves
 // STORE and RELEASE end the lease's renewals. A STORE or RELEASE Redis did not answer may have
@@ -24,6 +34,7 @@
 
 #include "core/cache_entry.hpp"
 #include "core/cache_key.hpp"
+#include "core/cache_vary.hpp"
 #include "ngx/cache/conf.hpp"
 #include "ngx/ngx.hpp"
 
@@ -41,13 +52,21 @@ struct FillLock {
     ngx_msec_t lease = 0;  // the lock is gone by itself a lease after its last renewal
 };
 
+// What a fill needs to store a varying response: the request's base key, the list its lookup
+// used (empty: the lookup read the base key) and the resource's tag in the vary memo.
+struct FillVary {
+    core::Sha256Digest base{};
+    core::cache::VaryList looked_up;
+    uint64_t tag = 0;
+};
+
 class Fill {
    public:
     // Request r holds the lock of entry E (under `gen`): its lease is renewed while r lives,
     // until the fill ends. r is nullptr for a lock given back at once (no renewal). May throw
     // std::bad_alloc.
     void begin(ngx_http_request_t* r, const CacheLocConf* conf, FillLock lock,
-               const core::cache::Generation& gen, std::string entry_key);
+               const core::cache::Generation& gen, std::string entry_key, const FillVary& vary);
     // Holds the lock and has not stored or released it yet.
     bool active() const noexcept { return holder_ && !over_; }
     bool capturing() const noexcept { return capture_; }
@@ -67,12 +86,17 @@ class Fill {
     std::string encode(ngx_http_request_t* r, int64_t now, int64_t& ttl_ms);
     void drop_body() noexcept;
     void end_lease() noexcept;
+    void release_lock() noexcept;
+    void store_record(const std::shared_ptr<const std::string>& record, int64_t ttl,
+                      bool holds_lock);
 
     const CacheLocConf* conf_ = nullptr;
     FillLock lock_;
     std::shared_ptr<FillLease> lease_;  // renews the lock while the upstream runs
     core::cache::Generation gen_;
-    std::string entry_key_;
+    std::string entry_key_;  // E of the lock's key
+    FillVary vary_;
+    core::Sha256Digest store_key_{};  // where the captured response goes
     bool holder_ = false;
     bool over_ = false;
     // Capture of the upstream's response

@@ -18,6 +18,10 @@
 //   miss, no lock asked   HEAD, conditional: upstream at once (MISS); whether anyone fills is
 //                         unknown, and their answer is not stored
 //   Redis down or slow    BYPASS (circuit open) or ERROR (failed, timed out): upstream
+//   vary record           the base key holds a vary record (the resource varies, vary.hpp):
+//                         the variant of this request's header values is looked up (a
+//                         second round trip), and the memo remembers the list, so the next
+//                         request of the resource looks its variant up at once
 // Nothing here ever answers 5xx because of Redis: every failure passes the request on.
 #include <algorithm>
 #include <new>
@@ -31,6 +35,7 @@
 #include "ngx/cache/memo.hpp"
 #include "ngx/cache/orphans.hpp"
 #include "ngx/cache/request.hpp"
+#include "ngx/cache/vary.hpp"
 #include "ngx/cache/waiters.hpp"
 #include "ngx/redis_link.hpp"
 
@@ -145,7 +150,8 @@ void serve_later(CacheRequest& cr, CacheStatus s,
 // This request took the fill lock: it fills, from the upstream's answer.
 bool begin_fill(CacheRequest& cr) noexcept {
     try {
-        cr.fill.begin(cr.request(), cr.conf, cr.fill_lock(), cr.gen, cr.entry_key);
+        cr.fill.begin(cr.request(), cr.conf, cr.fill_lock(), cr.gen, cr.entry_key,
+                      FillVary{cr.base_key, cr.vary, cr.tag()});
         return true;
     } catch (...) {
         return false;  // the lock expires by itself, one lease after it was taken
@@ -267,15 +273,63 @@ void release_unused_lock(CacheRequest& c, const redis::CacheLookup& out) noexcep
     try {
         Fill unused;
         unused.begin(nullptr, c.conf, c.fill_lock(), out.generation(),
-                     redis::cache_entry_key(c.target(), out.generation()));
+                     redis::cache_entry_key(c.target(), out.generation()),
+                     FillVary{c.base_key, c.vary, 0});
         unused.release();
     } catch (...) {
+    }
+}
+
+// The request looks up the variant of `list` for its own header values (key = V). False when a
+// value is too long to be cached.
+bool use_variant(CacheRequest& c, const core::cache::VaryList& list) {
+    core::Sha256Digest v;
+    if (!cache_variant(c.request(), c.base_key, list, v)) {
+        return false;
+    }
+    c.key = v;
+    c.vary = list;
+    return true;
+}
+
+// The base key holds a vary record: look the request's variant up (once).
+void follow_vary_record(const std::shared_ptr<CacheRequest>& cr, std::string_view record) noexcept {
+    CacheRequest& c = *cr;
+    core::cache::VaryList list;
+    if (!c.vary.empty() || c.vary_followed || !core::cache::decode_vary_record(record, list)) {
+        // Records live under base keys only, and the one followed led to a variant key.
+        ngx_log_error(NGX_LOG_WARN, c.request()->connection->log, 0,
+                      "throttle_cache: ignoring a vary record that does not decode");
+        pass(c, CacheStatus::miss);
+        return;
+    }
+    cache_vary_memo_put(c.tag(), list);
+    try {
+        if (!use_variant(c, list)) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c.request()->connection->log, 0,
+                           "throttle_cache: a header the resource varies on is too long");
+            pass(c, CacheStatus::bypass);
+            return;
+        }
+    } catch (...) {
+        pass(c, CacheStatus::error);
+        return;
+    }
+    c.vary_followed = true;
+    c.step = CacheRequest::Step::asking;
+    // A relookup (woken by a fill elsewhere) may fill its own variant, never wait twice.
+    if (!cache_lookup_submit(cr, c.fills)) {
+        pass(c, CacheStatus::error);
     }
 }
 
 // A hit: fresh (HIT), stale (refresh or UPDATING) or expired (upstream).
 void on_hit(const std::shared_ptr<CacheRequest>& cr, redis::CacheLookup& out) noexcept {
     CacheRequest& c = *cr;
+    if (core::cache::is_vary_record(out.entry)) {
+        follow_vary_record(cr, out.entry);
+        return;
+    }
     std::shared_ptr<const std::string> entry;
     core::cache::DecodeLimits limits;
     limits.max_size = c.conf->max_size;
@@ -495,6 +549,17 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
     key_origin(r, in);
     in.extra = view(extra);  // throttle_cache_key
     cr->key = core::cache::cache_key(in);
+    cr->base_key = cr->key;
+    cr->tag_host = in.host;
+    cr->tag_path = in.path;
+    cr->tag_query = in.query;
+    core::cache::VaryList known;
+    if (cache_vary_memo_used() && cache_vary_memo_get(cr->tag(), known) &&
+        !use_variant(*cr, known)) {
+        cr->step = CacheRequest::Step::done;
+        ctx->cache_status = CacheStatus::bypass;  // a header it varies on is too long
+        return NGX_DECLINED;
+    }
     if (cr->fills) {
         cr->token = cache_fill_token();
     }

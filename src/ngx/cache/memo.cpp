@@ -21,10 +21,18 @@ struct PlainSlot {
     std::shared_ptr<const std::string> body;
 };
 
+struct VarySlot {
+    uint64_t tag = 0;
+    bool used = false;
+    core::cache::VaryList list;
+};
+
 struct Memos {
     std::string secret;                                     // the one `identities` hashes with
     std::unique_ptr<core::cache::IdentityMemo> identities;  // fixed size, keeps no identity
     std::array<PlainSlot, plain_slots> plain;
+    std::array<VarySlot, cache_vary_memo_slots> vary;
+    size_t vary_used = 0;  // slots in use
 };
 
 Memos* memos = nullptr;   // owned; deleted in memos_exit
@@ -84,6 +92,44 @@ void cache_inflate_release(size_t bytes) noexcept {
 
 size_t cache_inflate_held() noexcept {
     return inflate_held;
+}
+
+bool cache_vary_memo_get(uint64_t tag, core::cache::VaryList& out) noexcept {
+    if (memos == nullptr) {
+        return false;
+    }
+    const VarySlot& s = memos->vary[tag % cache_vary_memo_slots];
+    if (!s.used || s.tag != tag) {
+        return false;
+    }
+    out = s.list;
+    return true;
+}
+
+bool cache_vary_memo_used() noexcept {
+    return memos != nullptr && memos->vary_used > 0;
+}
+
+void cache_vary_memo_put(uint64_t tag, const core::cache::VaryList& list) noexcept {
+    if (memos == nullptr) {
+        return;
+    }
+    VarySlot& s = memos->vary[tag % cache_vary_memo_slots];
+    memos->vary_used += s.used ? 0 : 1;
+    s.tag = tag;
+    s.used = true;
+    s.list = list;
+}
+
+void cache_vary_memo_forget(uint64_t tag) noexcept {
+    if (memos == nullptr) {
+        return;
+    }
+    VarySlot& s = memos->vary[tag % cache_vary_memo_slots];
+    if (s.used && s.tag == tag) {
+        s.used = false;
+        memos->vary_used--;
+    }
 }
 
 void memos_init() {

@@ -1,7 +1,7 @@
-// Per-worker memos of the cache's two costly computations (layer: ngx): identity digests (an
+// Per-worker memos of the cache's costly computations (layer: ngx): identity digests (an
 // HMAC per request; a session's requests repeat the same identity; core::cache::IdentityMemo:
-// fixed size, keeps digests, never identities) and inflated bodies of gzip entries served to
-// clients that do not accept gzip.
+// fixed size, keeps digests, never identities), inflated bodies of gzip entries served to
+// clients that do not accept gzip, and the vary lists of varying resources (a round trip).
 #pragma once
 
 #include <memory>
@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "core/cache_entry.hpp"
+#include "core/cache_vary.hpp"
 
 namespace throttle::ngx {
 
@@ -29,6 +30,19 @@ std::shared_ptr<const std::string> cache_plain_body(std::string_view entry_key,
 bool cache_inflate_reserve(size_t bytes, size_t bound) noexcept;
 void cache_inflate_release(size_t bytes) noexcept;
 size_t cache_inflate_held() noexcept;
+
+// The vary list last seen for a resource (core/cache_vary.hpp), by a tag of its location, host,
+// path and query (cache_vary_tag(); the identity is not in it: a resource varies alike for every
+// user). A hint only: a lookup that uses it reads the variant key at once (one round trip)
+// instead of the base key's vary record first (two); a wrong or outdated list costs a miss,
+// never a wrong answer (an entry under a variant key was stored by a response whose own Vary
+// named exactly that list). Fixed size: cache_vary_memo_slots slots, direct-mapped.
+inline constexpr size_t cache_vary_memo_slots = 1024;
+bool cache_vary_memo_get(uint64_t tag, core::cache::VaryList& out) noexcept;
+// Whether any slot is in use (none: no lookup needs the tag).
+bool cache_vary_memo_used() noexcept;
+void cache_vary_memo_put(uint64_t tag, const core::cache::VaryList& list) noexcept;
+void cache_vary_memo_forget(uint64_t tag) noexcept;
 
 void memos_init();  // may throw
 void memos_exit() noexcept;

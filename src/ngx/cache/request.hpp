@@ -22,6 +22,7 @@
 #include "ngx/cache/conf.hpp"
 #include "ngx/cache/fill.hpp"
 #include "ngx/cache/leases.hpp"
+#include "ngx/cache/vary.hpp"
 #include "ngx/cache/worker.hpp"
 #include "ngx/request.hpp"
 #include "redis/cache_scripts.hpp"
@@ -59,7 +60,24 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
 
     std::string id;     // identity digest ("anon" or 64 hex)
     std::string token;  // the owner token its fill lock is taken with (fills only)
+    // The key looked up: the base key, or the variant key of `vary` (vary.hpp).
     core::Sha256Digest key{};
+    core::Sha256Digest base_key{};  // core::cache::cache_key() of the request
+    core::cache::VaryList vary;     // the list `key` is the variant of; empty: key is base_key
+    // The resource's tag in the vary memo, computed when first needed (a request of a location
+    // that never met a varying response never pays for it) from the views kept here, which
+    // point into the request's own memory.
+    std::string_view tag_host, tag_path, tag_query;
+    uint64_t vary_tag = 0;
+    bool vary_tag_known = false;
+    uint64_t tag() noexcept {
+        if (!vary_tag_known) {
+            vary_tag = cache_vary_tag(conf, tag_host, tag_path, tag_query);
+            vary_tag_known = true;
+        }
+        return vary_tag;
+    }
+    bool vary_followed = false;  // a vary record was followed already (never twice)
     core::cache::Generation gen;
     std::string entry_key;  // E, once the generations are known
 

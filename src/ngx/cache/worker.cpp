@@ -5,6 +5,7 @@
 #include "ngx/cache/lookup.hpp"
 #include "ngx/cache/memo.hpp"
 #include "ngx/cache/orphans.hpp"
+#include "ngx/cache/refusals.hpp"
 #include "ngx/cache/waiters.hpp"
 #include "ngx/redis_link.hpp"
 #include "redis/cache_scripts.hpp"
@@ -61,6 +62,7 @@ void cache_worker_exit() noexcept {
     invalidations_exit();
     orphans_exit();
     memos_exit();
+    refusals_exit();
     delete prefix;
     prefix = nullptr;
 }
