@@ -192,6 +192,7 @@ http_lines() {
         echo "throttle_redis 127.0.0.1:$redis_port connect_timeout=10s timeout=10s;  # valgrind is slow"
         # 1e8r/d: the largest sliding rate strict mode takes exactly (run.sh)
         echo 'throttle_zone $binary_remote_addr zone=bstrict:10m rate=100000000r/d mode=strict;'
+        echo 'throttle_secret "bench-secret-0123456789abcdef";'
         ;;
     cache_*)
         echo "throttle_redis 127.0.0.1:$redis_port connect_timeout=10s timeout=10s;  # valgrind is slow"

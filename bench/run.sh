@@ -195,6 +195,7 @@ variant_sync() {
     http)
         echo "throttle_redis 127.0.0.1:$redis_port;"
         echo 'throttle_zone $binary_remote_addr zone=bsync:10m rate=1000000000r/s mode=sync sync=250ms;'
+        echo 'throttle_secret "bench-secret-0123456789abcdef";'
         ;;
     location) echo 'throttle zone=bsync;' ;;
     verify) module_verify "$2" && redis_calls evalsha ;; # the first flush, within 250 ms
@@ -217,6 +218,7 @@ variant_strict() {
     http)
         echo "throttle_redis 127.0.0.1:$redis_port;"
         echo 'throttle_zone $binary_remote_addr zone=bstrict:10m rate=100000000r/d mode=strict;'
+        echo 'throttle_secret "bench-secret-0123456789abcdef";'
         ;;
     location) echo 'throttle zone=bstrict;' ;;
     verify) module_verify "$2" && redis_calls evalsha ;;

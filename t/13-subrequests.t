@@ -390,14 +390,14 @@ is(statuses('/none/x', 'n1', 3), '200 200 200', 'an empty key in the auth locati
 @r = map { $t->get('/s/x', 'X-Key' => 'st1') } 1 .. 7;
 is(join(' ', map { $_->{status} } @r), '200 200 200 200 200 500 500', 'strict in auth_request: 5r/h, then 500');
 is($r[0]{headers}{'x-auth-status'}, 'PASSED', 'strict in auth_request: $throttle_status of the subrequest');
-is($redis->sum('throttle:{st:st1}:*'), 5, 'strict in auth_request: Redis holds 5');
+is($redis->sum(Throttle::Redis::zone_base('st', 'st1') . ':*'), 5, 'strict in auth_request: Redis holds 5');
 
 my @c = $t->concurrent(30, sub { ['GET', '/s/x', { 'X-Key' => 'st2' }] });
 is_deeply($t->tally(@c), { 200 => 5, 500 => 25 }, 'strict in auth_request, 30 at once: exactly 5 pass');
-is($redis->sum('throttle:{st:st2}:*'), 5, 'strict in auth_request, 30 at once: Redis holds 5');
+is($redis->sum(Throttle::Redis::zone_base('st', 'st2') . ':*'), 5, 'strict in auth_request, 30 at once: Redis holds 5');
 
 is(statuses('/sb/x', 'sb1', 5), '200 200 200 429 429', 'strict zone in main and auth location (3r/h): counted once');
-is($redis->sum('throttle:{sb:sb1}:*'), 3, 'strict in main + auth: Redis holds 3');
+is($redis->sum(Throttle::Redis::zone_base('sb', 'sb1') . ':*'), 3, 'strict in main + auth: Redis holds 3');
 
 $redis->reset_stats;
 @b = ($t->get('/spage.html', 'X-Key' => 'sf1')->{body});
@@ -407,17 +407,17 @@ is_deeply([@b[0 .. 1]], [('one|two|three') x 2],
     'strict SSI: 3 includes wait for Redis together; 2 pages pass (2r/h)');
 @rej = $b[2] =~ /rate limit exceeded in zone \\"sfrag\\"/g;
 is(scalar @rej, 3, 'strict SSI: the 3rd page has its 3 includes rejected');
-is($redis->sum('throttle:{sfrag:sf1}:*'), 2, 'strict SSI: Redis counted one per page');
+is($redis->sum(Throttle::Redis::zone_base('sfrag', 'sf1') . ':*'), 2, 'strict SSI: Redis counted one per page');
 
 @r = map { $t->get('/smir/x', 'X-Key' => 'sm1') } 1 .. 4;
 is(join(' ', map { $_->{status} } @r), '200 200 200 200', 'strict mirror: the client is not affected');
-ok(Throttle::Redis::wait_for(sub { $redis->sum('throttle:{smir:sm1}:*') == 2 }), 'strict mirror: Redis holds 2');
+ok(Throttle::Redis::wait_for(sub { $redis->sum(Throttle::Redis::zone_base('smir', 'sm1') . ':*') == 2 }), 'strict mirror: Redis holds 2');
 Throttle::Redis::wait_for(sub { $app->count('/mirror-smir') >= 2 });
 sleep 0.3;
 is($app->count('/mirror-smir'), 2, 'strict mirror: 2 mirrored requests admitted');
 
 is(statuses('/sy/x', 'sy1', 5), '200 200 200 500 500', 'sync zone in auth_request: 3r/h');
-ok(Throttle::Redis::wait_for(sub { $redis->sum('throttle:{sy:sy1}:*') == 3 }), 'sync in auth_request: flushed 3 to Redis');
+ok(Throttle::Redis::wait_for(sub { $redis->sum(Throttle::Redis::zone_base('sy', 'sy1') . ':*') == 3 }), 'sync in auth_request: flushed 3 to Redis');
 
 # --- Redis that does not answer; a client that leaves while its subrequest waits
 $redis->pause;

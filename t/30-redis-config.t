@@ -70,6 +70,7 @@ sub conf {
     $loc //= 'throttle zone=a;';
     return <<"EOF";
 http {
+    throttle_secret test-secret-0123456789abcdef;
     $redis_line
     $zone_line
     server {
@@ -116,6 +117,7 @@ $ENV{THROTTLE_TEST_REDIS_PW} = 'secret';
 $t->write_file('redis.pw', "secret\r\nsecond line\n");
 my ($ok, $out) = $t->nginx_t(<<'EOF');
 http {
+    throttle_secret test-secret-0123456789abcdef;
     throttle_redis 127.0.0.1:1 db=15 username=u password_env=THROTTLE_TEST_REDIS_PW
                    prefix=app:rl: connect_timeout=100ms timeout=20ms;
     throttle_zone $binary_remote_addr zone=l:1m rate=10r/m;
@@ -146,6 +148,7 @@ is($r->cli('PING'), 'PONG', 'redis with requirepass answers the harness');
 
 my $app = <<'EOF';
 http {
+    throttle_secret test-secret-0123456789abcdef;
     REDIS_LINE
     throttle_zone $http_x_key zone=s:1m rate=3r/h mode=strict;
     server {
@@ -163,15 +166,16 @@ EOF
 # Each variant: [name, throttle_redis line, key pattern, db]
 my @variants = (
     ['password_env',  'throttle_redis %%REDIS%% password_env=THROTTLE_TEST_REDIS_PW;',
-        'throttle:{s:env}:*', undef],
+        Throttle::Redis::zone_base('s', 'env') . ':*', undef],
     ['password_file', 'throttle_redis %%REDIS%% password_file=%%TESTDIR%%/redis.pw;',
-        'throttle:{s:file}:*', undef],
-    ['password=',     'throttle_redis %%REDIS%% password=secret;', 'throttle:{s:inline}:*', undef],
+        Throttle::Redis::zone_base('s', 'file') . ':*', undef],
+    ['password=',     'throttle_redis %%REDIS%% password=secret;', Throttle::Redis::zone_base('s', 'inline') . ':*',
+        undef],
     ['username=',     'throttle_redis %%REDIS%% username=alice password=alicepw;',
-        'throttle:{s:acl}:*', undef],
+        Throttle::Redis::zone_base('s', 'acl') . ':*', undef],
     ['unix socket, db and prefix',
         'throttle_redis unix:%%REDIS_SOCKET%% password=secret db=3 prefix=app:rl:;',
-        'app:rl:{s:unix}:*', 3],
+        Throttle::Redis::zone_base('s', 'unix', prefix => 'app:rl:') . ':*', 3],
 );
 my %key = ('password_env' => 'env', 'password_file' => 'file', 'password=' => 'inline',
     'username=' => 'acl', 'unix socket, db and prefix' => 'unix');
@@ -199,7 +203,7 @@ is(join(' ', map { $_->{status} } @st), join(' ', ('200') x 3, ('429') x 17),
     'wrong password: the local zone still limits (3 pass, 17 rejected)');
 is(scalar(grep { ($_->{headers}{'x-status'} // '') =~ /^(?:PASSED|REJECTED)_FALLBACK$/ } @st),
     20, 'wrong password: every request shows a *_FALLBACK status');
-is($r->sum('throttle:{s:wrong}:*'), 0, 'wrong password: nothing reached Redis');
+is($r->sum(Throttle::Redis::zone_base('s', 'wrong') . ':*'), 0, 'wrong password: nothing reached Redis');
 my @err = $t->log_lines(qr/\[error\].*throttle_redis: redis 127\.0\.0\.1:${\ $r->port}: /, $mark);
 ok(@err >= 1, 'wrong password: the error is logged') or diag $t->log_since($mark);
 like($err[0] // '', qr/WRONGPASS|invalid username-password|auth/i, 'the log line says why');

@@ -19,6 +19,7 @@ my $redis = Throttle::Redis->new(t => $t1);
 # the request to the local fallback, which is only exact per host (33-redis-failure.t).
 my $conf = $redis->fill(<<'EOF');
 http {
+    throttle_secret test-secret-0123456789abcdef;
     throttle_redis %%REDIS%% timeout=1s;
     throttle_zone $http_x_key zone=s:1m  rate=100r/h mode=strict;
     throttle_zone $http_x_key zone=x:1m  rate=50r/h  mode=strict;
@@ -85,9 +86,10 @@ for my $round (1 .. 3) {
     is(scalar(grep { ($_->{headers}{'retry-after'} // '') =~ /^[1-9]\d*$/ } @rejected),
         scalar @rejected, "round $round: every 429 has Retry-After");
 
-    my @keys = $redis->keys("throttle:{s:$key}:*");
+    my $base = zb('s', $key);
+    my @keys = $redis->keys("$base:*");
     is(scalar @keys, 1, "round $round: one window key in Redis") or diag "@keys";
-    like($keys[0] // '', qr/^throttle:\{s:$key\}:\d+000$/, "round $round: PREFIX{ZONE:KEY}:WINDOW_MS");
+    like($keys[0] // '', qr/^\Q$base\E:\d+000$/, "round $round: PREFIX{ZONE:DIGEST}:WINDOW_MS");
     my ($window) = ($keys[0] // '') =~ /:(\d+)$/;
     ok($window && $window % 3600_000 == 0, "round $round: the window starts on the hour");
     is($redis->get($keys[0] // 'none'), 100, "round $round: Redis holds exactly 100");
@@ -101,7 +103,7 @@ my $calls = $redis->script_calls;
 my @r = both(200, '/s/', 'k3');
 is(statuses(@r), '429:REJECTED x 200', 'k3 again: 200 more requests rejected');
 is($redis->script_calls - $calls, 0, 'k3 again: no script call reached Redis (INFO commandstats)');
-is($redis->get(($redis->keys('throttle:{s:k3}:*'))[0] // 'none'), 100, 'k3: Redis still holds 100');
+is($redis->get(($redis->keys(zb('s', 'k3') . ':*'))[0] // 'none'), 100, 'k3: Redis still holds 100');
 my $ok = $t1->get('/s/', 'X-Key' => 'k4');
 is($ok->{status}, 200, 'another key still passes');
 is($redis->script_calls - $calls, 1, 'and asked Redis once');
@@ -109,17 +111,17 @@ is($redis->script_calls - $calls, 1, 'and asked Redis once');
 # --- two strict zones decide together: a request rejected by y is not counted in x
 @r = both(300, '/xy/', 'xy');
 is(statuses(@r), '200:PASSED x 20, 429:REJECTED x 280', 'x+y: exactly 20 of 300 pass (y is 20r/h)');
-is($redis->sum('throttle:{y:xy}:*'), 20, 'x+y: Redis holds 20 for y');
-is($redis->sum('throttle:{x:xy}:*'), 20, 'x+y: and 20 for x (the rejected ones counted nowhere)');
+is($redis->sum(zb('y', 'xy') . ':*'), 20, 'x+y: Redis holds 20 for y');
+is($redis->sum(zb('x', 'xy') . ':*'), 20, 'x+y: and 20 for x (the rejected ones counted nowhere)');
 @r = both(100, '/x/', 'xy');
 is(statuses(@r), '200:PASSED x 30, 429:REJECTED x 70', 'x alone: exactly 30 more pass');
-is($redis->sum('throttle:{x:xy}:*'), 50, 'x alone: Redis holds 50 for x');
+is($redis->sum(zb('x', 'xy') . ':*'), 50, 'x alone: Redis holds 50 for x');
 
 # --- a local zone next to a strict one: what the local zone rejects costs Redis nothing
 @r = both(60, '/ls/', 'ls');
 is(statuses(@r), '200:PASSED x 20, 429:REJECTED x 40',
     'local 10r/h + strict: 10 pass on each instance (the local zone is per host)');
-is($redis->sum('throttle:{s2:ls}:*'), 20, 'local + strict: Redis counted only the 20 admitted');
+is($redis->sum(zb('s2', 'ls') . ':*'), 20, 'local + strict: Redis counted only the 20 admitted');
 $calls = $redis->script_calls;
 @r = both(20, '/ls/', 'ls');
 is(statuses(@r), '429:REJECTED x 20', 'local + strict: the local zone rejects');
@@ -130,25 +132,26 @@ is($redis->script_calls - $calls, 0, 'local + strict: without asking Redis');
 is(statuses(@r), '200:PASSED x 5, 429:REJECTED x 95', 'gcra burst=5: exactly 5 of 100 pass');
 is_deeply([sort { $a <=> $b } map { remaining($_) } grep { $_->{status} == 200 } @r],
     [0 .. 4], 'gcra: remaining 4 down to 0');
-is_deeply([$redis->keys('throttle:{g:g}*')], ['throttle:{g:g}:gcra'], 'gcra: one key, PREFIX{ZONE:KEY}:gcra');
-my $tat = $redis->get('throttle:{g:g}:gcra') // 0;
+my $gbase = zb('g', 'g');
+is_deeply([$redis->keys("$gbase*")], ["$gbase:gcra"], 'gcra: one key, PREFIX{ZONE:DIGEST}:gcra');
+my $tat = $redis->get("$gbase:gcra") // 0;
 my $now_us = int(Time::HiRes::time() * 1e6);
 ok($tat > $now_us + 4 * 36e6 && $tat < $now_us + 5 * 36e6 + 5e6,
     'gcra: the stored arrival time is 5 x 36 s ahead, in microseconds');
-my $pttl = $redis->cli('PTTL', 'throttle:{g:g}:gcra');
+my $pttl = $redis->cli('PTTL', "$gbase:gcra");
 ok($pttl > 0 && $pttl <= 5 * 36_000 + 1000, "gcra: expiry set ($pttl ms)");
 is($t2->get('/g/', 'X-Key' => 'g')->{status}, 429, 'gcra: the next request is rejected');
 
-# --- a key longer than 32 bytes appears as # and the SHA-256 of the key in hex
+# --- a long key appears as its keyed digest, like any other (t/14-keyed-keys.t has more)
 my $long = 'a-key-that-is-longer-than-thirty-two-bytes';
 is($t1->get('/s/', 'X-Key' => $long)->{status}, 200, 'long key passes');
-my @long = $redis->keys('throttle:{s:#*');
+my $lbase = zb('s', $long);
+my @long = $redis->keys("$lbase:*");
 is(scalar @long, 1, 'long key: one key in Redis');
-my $sha = _sha256_hex($long);
-like($long[0] // '', qr/^throttle:\{s:#$sha\}:\d+$/, 'long key: # and its SHA-256 in hex');
+like($long[0] // '', qr/^throttle:\{s:[0-9a-f]{32}\}:\d+$/, 'long key: 32 hex digits');
 
 $t2->finish;
 $t1->done;
 
-# SHA-256 in core Perl (Digest::SHA is core).
-sub _sha256_hex { require Digest::SHA; Digest::SHA::sha256_hex($_[0]) }
+# PREFIX{ZONE:DIGEST} of a key under the configuration's secret.
+sub zb { Throttle::Redis::zone_base(@_) }

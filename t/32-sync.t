@@ -18,6 +18,7 @@ my $redis = Throttle::Redis->new(t => $t1);
 
 my $conf = <<'EOF';
 http {
+    throttle_secret test-secret-0123456789abcdef;
     throttle_redis %%REDIS%% timeout=1s;
     throttle_zone $http_x_key zone=s:1m    rate=100r/h    mode=sync sync=100ms;
     throttle_zone $http_x_key zone=hi:1m   rate=100000r/h mode=sync sync=100ms;
@@ -63,7 +64,7 @@ sub remaining { ($_[0]{headers}{ratelimit} // '') =~ /;r=(\d+);/ ? $1 : -1 }
 sub redis_reaches {
     my ($zone, $key, $want, $timeout) = @_;
     my $got;
-    Throttle::Redis::wait_for(sub { ($got = $redis->sum("throttle:{$zone:$key}:*")) == $want },
+    Throttle::Redis::wait_for(sub { ($got = $redis->sum(Throttle::Redis::zone_base($zone, $key) . ':*')) == $want },
         timeout => $timeout // 5);
     return $got;
 }
@@ -137,7 +138,7 @@ ok($calls >= 2, 'load: both hosts flushed');
 # --- unsent counts are carried across a reload (exit flush of the old workers)
 my @slow = map { $t2->get('/slow/', 'X-Key' => 'r') } 1 .. 6;
 is(passed(@slow), 6, 'reload: 6 requests pass (10r/h, sync=1h: no periodic flush)');
-is($redis->sum('throttle:{slow:r}:*'), 0, 'reload: nothing in Redis yet');
+is($redis->sum(Throttle::Redis::zone_base('slow', 'r') . ':*'), 0, 'reload: nothing in Redis yet');
 ok($t2->write_conf(gen(2))->reload, 'reload the second instance');
 is(redis_reaches('slow', 'r', 6), 6, 'reload: the old workers flushed the 6 at exit');
 @slow = map { $t2->get('/slow/', 'X-Key' => 'r') } 1 .. 5;
@@ -163,7 +164,7 @@ my ($pttl) = map { $redis->cli('PTTL', $_) } $mk[0];
 ok($pttl > 0 && $pttl <= 2 * 3600_000 + 1000, "stop: keys have their expiry ($pttl ms)");
 
 $t2->stop;
-is($redis->sum('throttle:{slow:r}:*'), 10, 'stop: the second instance flushed the 4 after the reload (10)');
+is($redis->sum(Throttle::Redis::zone_base('slow', 'r') . ':*'), 10, 'stop: the second instance flushed the 4 after the reload (10)');
 
 $t2->finish;
 $t1->done;

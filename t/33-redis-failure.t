@@ -30,6 +30,7 @@ my %hang = (one => 5, concurrent => 30);
 
 $t->write_conf($redis->fill(<<'EOF'))->run;
 http {
+    throttle_secret test-secret-0123456789abcdef;
     throttle_redis %%REDIS%% timeout=1s connect_timeout=100ms;
     throttle_zone $http_x_key zone=s:1m rate=100r/h mode=strict;
     throttle_zone $http_x_key zone=o:1m rate=100r/h mode=strict fallback=open;
@@ -88,7 +89,7 @@ is(xs($t->get('/s/', 'X-Key' => 'hello')), 'PASSED', 'strict zone decided by Red
 my @y = at_once(10, '/y/', 'y');
 is(statuses(@y), '200:PASSED x 10', 'sync zone: 10 pass');
 my $in = 0;
-Throttle::Redis::wait_for(sub { ($in = $redis->sum('throttle:{y:y}:*')) == 10 });
+Throttle::Redis::wait_for(sub { ($in = $redis->sum(Throttle::Redis::zone_base('y', 'y') . ':*')) == 10 });
 is($in, 10, 'sync zone: flushed, Redis holds 10');
 
 # --- Redis killed under load. A child sends 30 batches of 20 requests at once — 5 for the
@@ -157,7 +158,7 @@ ok(@err >= 1 && @err <= 2 * $workers,
 $redis->restart;
 is(strict_again(), 'PASSED', 'restarted: strict zone decided by Redis again');
 $in = 0;
-Throttle::Redis::wait_for(sub { ($in = $redis->sum('throttle:{y:y}:*')) >= 15 }, timeout => 10);
+Throttle::Redis::wait_for(sub { ($in = $redis->sum(Throttle::Redis::zone_base('y', 'y') . ':*')) >= 15 }, timeout => 10);
 is($in, 15, 'restarted: the sync zone pushed the 15 counted during the outage');
 my $r = $t->get('/y/', 'X-Key' => 'y');
 like($r->{headers}{ratelimit} // '', qr/;r=74;/, 'restarted: the host still counts all 26 (r=74)');

@@ -16,6 +16,7 @@ my $redis = Throttle::Redis->new(t => $t);
 
 $t->write_conf($redis->fill(<<'EOF'));
 http {
+    throttle_secret test-secret-0123456789abcdef;
     throttle_redis %%REDIS%% timeout=1s;
     throttle_zone $http_x_key zone=s:1m rate=5r/h  mode=strict;
     throttle_zone $http_x_key zone=g:1m rate=5r/h  mode=strict algorithm=gcra burst=3;
@@ -58,9 +59,9 @@ my @pids = $t->worker_pids;
 
 $t->stop;
 ok(!$t->running && !grep({ kill 0, $_ } @pids), 'nginx stopped completely');
-is($redis->sum('throttle:{s:k}:*'), 5, 'stopped: Redis holds the strict count (5)');
-is($redis->sum('throttle:{y:k}:*'), 20, 'stopped: Redis holds the sync count (20), flushed by exit');
-ok(($redis->get('throttle:{g:k}:gcra') // 0) > 0, 'stopped: Redis holds the GCRA arrival time');
+is($redis->sum(Throttle::Redis::zone_base('s', 'k') . ':*'), 5, 'stopped: Redis holds the strict count (5)');
+is($redis->sum(Throttle::Redis::zone_base('y', 'k') . ':*'), 20, 'stopped: Redis holds the sync count (20), flushed by exit');
+ok(($redis->get(Throttle::Redis::zone_base('g', 'k') . ':gcra') // 0) > 0, 'stopped: Redis holds the GCRA arrival time');
 
 $t->run;
 ok(!grep({ my $p = $_; grep { $_ == $p } @pids } $t->worker_pids), 'started again: new workers');
@@ -71,7 +72,7 @@ like($r->{headers}{'retry-after'} // '', qr/^[1-9]\d*$/, 'restarted: with Retry-
 $r = $t->get('/g/', 'X-Key' => 'k');
 is("$r->{status}:" . xs($r), '429:REJECTED', 'restarted: strict gcra zone still rejects the key');
 is($t->get('/s/', 'X-Key' => 'other')->{status}, 200, 'restarted: another key passes');
-is($redis->sum('throttle:{s:k}:*'), 5, 'restarted: Redis still holds 5');
+is($redis->sum(Throttle::Redis::zone_base('s', 'k') . ':*'), 5, 'restarted: Redis still holds 5');
 
 # The sync zone starts empty on this host: it may admit until its first flush of the key
 # tells it the global count, then it rejects.
@@ -79,7 +80,7 @@ $r = $t->get('/y/', 'X-Key' => 'k');
 my $admitted = $r->{status} == 200 ? 1 : 0;
 ok($r->{status} == 200 || $r->{status} == 429, 'restarted: sync zone answers ' . $r->{status});
 my $in = 0;
-Throttle::Redis::wait_for(sub { ($in = $redis->sum('throttle:{y:k}:*')) == 20 + $admitted },
+Throttle::Redis::wait_for(sub { ($in = $redis->sum(Throttle::Redis::zone_base('y', 'k') . ':*')) == 20 + $admitted },
     timeout => 5);
 is($in, 20 + $admitted, 'restarted: the first flush carried what it admitted (' . (20 + $admitted) . ')');
 my @after = map { $t->get('/y/', 'X-Key' => 'k') } 1 .. 5;
@@ -87,8 +88,8 @@ is(statuses(@after), '429:REJECTED x 5', 'restarted: after its first flush the s
 like($after[0]{headers}{ratelimit} // '', qr/;r=0;/, 'restarted: RateLimit shows nothing left');
 # A request for another key, once in Redis, shows a flush happened after the rejections.
 is($t->get('/y/', 'X-Key' => 'k2')->{status}, 200, 'restarted: another key passes');
-ok(Throttle::Redis::wait_for(sub { $redis->sum('throttle:{y:k2}:*') == 1 }, timeout => 5),
+ok(Throttle::Redis::wait_for(sub { $redis->sum(Throttle::Redis::zone_base('y', 'k2') . ':*') == 1 }, timeout => 5),
     'restarted: and is flushed');
-is($redis->sum('throttle:{y:k}:*'), 20 + $admitted, 'restarted: rejected requests were not counted');
+is($redis->sum(Throttle::Redis::zone_base('y', 'k') . ':*'), 20 + $admitted, 'restarted: rejected requests were not counted');
 
 $t->done;

@@ -13,6 +13,7 @@ my $redis = Throttle::Redis->new(t => $t);
 
 $t->write_conf($redis->fill(<<'EOF'))->run;
 http {
+    throttle_secret test-secret-0123456789abcdef;
     throttle_redis %%REDIS%% timeout=2s;
     throttle_zone $http_x_key zone=s:1m rate=100r/h mode=strict;
     server {

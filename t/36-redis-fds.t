@@ -13,6 +13,7 @@ my $redis = Throttle::Redis->new(t => $t);
 
 $t->write_conf($redis->fill(<<'EOF'))->run;
 http {
+    throttle_secret test-secret-0123456789abcdef;
     throttle_redis %%REDIS%% timeout=50ms connect_timeout=100ms;
     throttle_zone $http_x_key zone=s:1m rate=100000r/h mode=strict;
     throttle_zone $http_x_key zone=y:1m rate=100000r/h mode=sync sync=50ms;

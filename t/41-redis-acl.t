@@ -70,7 +70,7 @@ sub strict_statuses {
 start_as('minimal');
 is(strict_statuses('minimal'), '200:PASSED 200:PASSED 200:PASSED 429:REJECTED',
     'minimal permissions: strict decisions made by Redis');
-is($r->sum('throttle:{s:minimal}:*'), 3, 'minimal permissions: Redis counted 3');
+is($r->sum(Throttle::Redis::zone_base('s', 'minimal') . ':*'), 3, 'minimal permissions: Redis counted 3');
 my $first = $t->get('/cached/m');
 my $hit = Throttle::Redis::wait_for(sub {
     ($t->get('/cached/m')->{headers}{'x-cache'} // '') eq 'HIT'
@@ -106,7 +106,7 @@ for my $case (@cases) {
         my $got = strict_statuses($user);
         like($got, qr/^(?:\d+:(?:PASSED|REJECTED)_FALLBACK ?){4}$/,
             "$user: strict requests are decided by the fallback") or diag $got;
-        is($r->sum("throttle:{s:$user}:*"), 0, "$user: nothing counted in Redis");
+        is($r->sum(Throttle::Redis::zone_base('s', $user) . ':*'), 0, "$user: nothing counted in Redis");
     }
     my @cached = map { $t->get('/cached/x') } 1 .. 3;
     is(join(' ', map { $_->{status} } @cached), '200 200 200', "$user: cached location answered");

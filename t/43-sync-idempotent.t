@@ -32,6 +32,7 @@ $t->allow(qr/given up after up to \d+ sends without a reply/);
 
 $t->write_conf($fake->fill(<<'EOF'))->run;
 http {
+    throttle_secret test-secret-0123456789abcdef;
     throttle_redis %%FAKE_REDIS%% timeout=50ms;
     throttle_zone $arg_k zone=many:16m rate=1000r/h mode=sync sync=200ms;
     log_format st '$throttle_status';

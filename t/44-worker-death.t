@@ -16,6 +16,7 @@ my $redis = Throttle::Redis->new(t => $t);
 
 my $conf = $redis->fill(<<'EOF');
 http {
+    throttle_secret test-secret-0123456789abcdef;
     throttle_redis %%REDIS%% timeout=1s;
     throttle_zone $http_x_key zone=loc:1m rate=10r/h;
     throttle_zone $http_x_key zone=syn:1m rate=10r/h mode=sync sync=1h;
@@ -46,7 +47,7 @@ for my $path ('/l/', '/s/') {
     }
 }
 note('served by workers: ' . join ', ', map { "$_ x $served_by{$_}" } sort keys %served_by);
-is($redis->sum('throttle:{syn:k}:*'), 0, 'sync=1h: nothing flushed before the kill');
+is($redis->sum(Throttle::Redis::zone_base('syn', 'k') . ':*'), 0, 'sync=1h: nothing flushed before the kill');
 
 # Every worker killed: no worker that counted them is left.
 my @old = $t->worker_pids;
@@ -73,7 +74,7 @@ is($t->get('/l/', 'X-Key' => 'other')->{status}, 200, 'another key passes');
 # The sync zone's unsent counts (6 before the kill, 4 after) reach Redis when nginx stops
 # gracefully: the killed workers lost none of them.
 ok($t->quit, 'graceful stop');
-is($redis->sum('throttle:{syn:k}:*'), 10, 'Redis holds the 10 requests the sync zone admitted');
+is($redis->sum(Throttle::Redis::zone_base('syn', 'k') . ':*'), 10, 'Redis holds the 10 requests the sync zone admitted');
 
 my @died = grep { /exited on signal/ } split /\n/, $t->error_log;
 is(scalar @died, 2, 'only the two killed workers died') or diag join "\n", @died;

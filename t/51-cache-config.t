@@ -29,7 +29,7 @@ my @cases = (
         qr/the response cache \("throttle_cache"\) needs "throttle_redis"/, 'none'],
     ['throttle_cache_user without throttle_cache_secret', $R,
         'throttle_cache a;' . "\n            " . 'throttle_cache_user $cookie_sessionid;',
-        qr/"throttle_cache_user" in \S+:\d+ needs "throttle_cache_secret"/, 'none'],
+        qr/"throttle_cache_user" in \S+:\d+ needs "throttle_secret"/, 'none'],
     ['secret of 15 bytes', "$R\n    throttle_cache_secret 0123456789abcde;", 'throttle_cache a;',
         qr/"throttle_cache_secret" must be at least 16 bytes long/, 'line'],
     ['empty secret', "$R\n    throttle_cache_secret \"\";", 'throttle_cache a;',

@@ -36,19 +36,18 @@ struct SlotTable::Header {
     uint64_t evictions;
     uint64_t tag;
     SipKey seed;
+    OwnSecret own_secret;
+    KeyDigest keying;
 };
 
 struct SlotTable::Slot {
     uint32_t next;      // bucket chain (or free list when not in use)
     uint32_t lru_prev;  // towards the most recently used
     uint32_t lru_next;  // towards the least recently used
-    uint8_t len;
-    uint8_t digested;
-    uint8_t in_use;
-    uint8_t pad;
+    uint32_t in_use;
     uint64_t hash;
     State state;
-    uint8_t key[key_inline_max];
+    KeyDigest key;
 };
 
 namespace {
@@ -166,8 +165,7 @@ struct View {
     uint32_t chain_find(const StoredKey& k) {
         for (uint32_t i = bucket_of(k.hash); i != none; i = slots[i].next) {
             const Slot& s = slots[i];
-            if (s.hash == k.hash && s.digested == k.digested && s.len == k.len &&
-                std::memcmp(s.key, k.bytes, k.len) == 0) {
+            if (s.hash == k.hash && s.key == k.digest) {
                 return i;
             }
         }
@@ -193,8 +191,9 @@ struct View {
 
 }  // namespace
 
-SlotTable* SlotTable::create(void* mem, size_t size, const SipKey& seed) noexcept {
-    static_assert(sizeof(Slot) == 88, "a slot is 88 bytes");
+SlotTable* SlotTable::create(void* mem, size_t size, const SipKey& seed,
+                             const OwnSecret& secret) noexcept {
+    static_assert(sizeof(Slot) == 72, "a slot is 72 bytes");
     static_assert(sizeof(Header) % 8 == 0);
     static_assert(alignof(Header) <= 8 && alignof(Slot) <= 8);
     static_assert(std::is_trivially_copyable_v<Header> && std::is_trivially_copyable_v<Slot>);
@@ -214,6 +213,8 @@ SlotTable* SlotTable::create(void* mem, size_t size, const SipKey& seed) noexcep
     h->slots_offset = l.slots_offset;
     h->tag = 0;
     h->seed = seed;
+    h->own_secret = secret;
+    h->keying = KeyDigest{};
     View<Header, Slot>(h).reset();
     h->magic = magic_value;  // last: a half-built table never attaches
     return reinterpret_cast<SlotTable*>(mem);
@@ -244,29 +245,16 @@ size_t SlotTable::bytes_per_key() noexcept {
     return sizeof(Slot) + sizeof(uint32_t);
 }
 
-StoredKey SlotTable::make_key(const void* key, size_t len) const noexcept {
+StoredKey SlotTable::make_key(const KeyDigest& digest) const noexcept {
     StoredKey k;
-    if (len <= key_inline_max) {
-        if (len > 0) {
-            std::memcpy(k.bytes, key, len);
-        }
-        k.len = static_cast<uint8_t>(len);
-        k.digested = 0;
-    } else {
-        Sha256Digest d = sha256(key, len);
-        static_assert(sizeof(d) == key_inline_max);
-        std::memcpy(k.bytes, d.data(), d.size());
-        k.len = static_cast<uint8_t>(key_inline_max);
-        k.digested = 1;
-    }
-    k.hash = siphash24(header()->seed, k.bytes, k.len) ^ k.digested;
+    k.digest = digest;
+    k.hash = siphash24(header()->seed, digest.data(), digest.size());
     return k;
 }
 
-LookupResult SlotTable::lookup(const void* key, size_t len) noexcept {
+LookupResult SlotTable::lookup(const StoredKey& k) noexcept {
     View<Header, Slot> v(header());
     Header* h = v.h;
-    StoredKey k = make_key(key, len);
     LookupResult r;
 
     uint32_t i = v.chain_find(k);
@@ -296,10 +284,8 @@ LookupResult SlotTable::lookup(const void* key, size_t len) noexcept {
     Slot& s = v.slots[i];
     std::memset(static_cast<void*>(&s), 0, sizeof s);
     s.hash = k.hash;
-    s.len = k.len;
-    s.digested = k.digested;
     s.in_use = 1;
-    std::memcpy(s.key, k.bytes, sizeof s.key);
+    s.key = k.digest;
     uint32_t& head = v.bucket_of(k.hash);
     s.next = head;
     head = i;
@@ -311,10 +297,6 @@ LookupResult SlotTable::lookup(const void* key, size_t len) noexcept {
     return r;
 }
 
-State* SlotTable::find(const void* key, size_t len) noexcept {
-    return find(make_key(key, len));
-}
-
 State* SlotTable::find(const StoredKey& key) noexcept {
     View<Header, Slot> v(header());
     uint32_t i = v.chain_find(key);
@@ -323,6 +305,18 @@ State* SlotTable::find(const StoredKey& key) noexcept {
 
 void SlotTable::clear() noexcept {
     View<Header, Slot>(header()).reset();
+}
+
+const OwnSecret& SlotTable::own_secret() const noexcept {
+    return header()->own_secret;
+}
+
+const KeyDigest& SlotTable::keying() const noexcept {
+    return header()->keying;
+}
+
+void SlotTable::set_keying(const KeyDigest& fingerprint) noexcept {
+    header()->keying = fingerprint;
 }
 
 size_t SlotTable::capacity() const noexcept {
@@ -352,9 +346,7 @@ void SlotTable::visit(void (*cb)(void*, const StoredKey&, State&), void* arg) no
         uint32_t next = s.lru_next;
         StoredKey k;
         k.hash = s.hash;
-        k.len = s.len;
-        k.digested = s.digested;
-        std::memcpy(k.bytes, s.key, sizeof k.bytes);
+        k.digest = s.key;
         cb(arg, k, s.state);
         i = next;
     }

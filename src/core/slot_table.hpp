@@ -3,32 +3,36 @@
 // Pure C++, no nginx header (layer: core). Not thread-safe: the caller holds the zone's lock.
 //
 // Layout: [Header][bucket heads: uint32 x nbuckets][Slot x capacity]. Links are 32-bit
-// indices, not pointers, so the block is position independent. Every slot is 88 bytes and
-// holds everything for a key: bucket-chain link, LRU links, hash, State and the key bytes.
-// Keys up to 32 bytes are stored as they are; longer keys are stored as their SHA-256 digest
-// (flagged, so a 32-byte key never equals the digest of a long one). Bucket hashes are
-// SipHash-2-4 with a per-table random seed, so clients cannot aim keys at one bucket.
+// indices, not pointers, so the block is position independent. Every slot is 72 bytes and
+// holds everything for a key: bucket-chain link, LRU links, hash, State and the key's digest.
+// The table never sees a key: only its 16-byte keyed digest (core/zone_key.hpp, a KeyDigest),
+// so no client value is ever written into the block. Bucket hashes are SipHash-2-4 of the
+// digest with a per-table random seed, so clients cannot aim keys at one bucket even with the
+// configured secret.
+// The header also keeps, across reloads, the zone's own random secret (made with the table,
+// never changed: the secret of a zone without throttle_secret) and the fingerprint of the
+// keying its digests were made with (ZoneKeyer::fingerprint(), set by the caller).
 // Lookup is O(1) expected. When every slot is in use, inserting evicts the least recently
 // used key.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 
 #include "core/hash.hpp"
 #include "core/limiter.hpp"
+#include "core/zone_key.hpp"
 
 namespace throttle::core {
 
-inline constexpr size_t key_inline_max = 32;
-
 // A key as the table stores it.
 struct StoredKey {
-    uint64_t hash = 0;  // siphash24(seed, bytes[0..len)) ^ digested
-    uint8_t len = 0;    // bytes used in `bytes`
-    uint8_t digested = 0;
-    uint8_t bytes[key_inline_max] = {};
+    uint64_t hash = 0;  // siphash24(seed, digest)
+    KeyDigest digest{};
 };
+
+using OwnSecret = std::array<uint8_t, random_secret_len>;
 
 struct LookupResult {
     State* state = nullptr;  // never null after lookup(); valid until the next insert
@@ -39,27 +43,34 @@ struct LookupResult {
 
 class SlotTable {
    public:
-    static constexpr uint32_t magic_value = 0x54484c33;  // "THL3" (32-byte State)
+    static constexpr uint32_t magic_value = 0x54484c34;  // "THL4" (keyed 16-byte digests)
 
-    // Lays out an empty table in [mem, mem + size). mem must be 8-byte aligned.
-    // Returns nullptr when size cannot hold at least 8 slots.
-    static SlotTable* create(void* mem, size_t size, const SipKey& seed) noexcept;
+    // Lays out an empty table in [mem, mem + size). mem must be 8-byte aligned. `seed` and
+    // `secret` are random (the caller's entropy). Returns nullptr when size cannot hold at
+    // least 8 slots.
+    static SlotTable* create(void* mem, size_t size, const SipKey& seed,
+                             const OwnSecret& secret) noexcept;
     // Reuses a table that create() laid out in the same block (e.g. after nginx reload).
     // Returns nullptr when the block does not hold a valid table of that size.
     static SlotTable* attach(void* mem, size_t size) noexcept;
     // Bytes one key costs, bucket head included (for documentation and density tests).
     static size_t bytes_per_key() noexcept;
 
-    StoredKey make_key(const void* key, size_t len) const noexcept;
+    // The key of a digest in this table (its bucket hash). Needs no lock: reads only the seed.
+    StoredKey make_key(const KeyDigest& digest) const noexcept;
 
     // Finds the key and marks it most recently used; inserts it (zero state) when absent.
-    LookupResult lookup(const void* key, size_t len) noexcept;
+    LookupResult lookup(const StoredKey& key) noexcept;
     // Finds the key without inserting or touching the LRU order; nullptr when absent.
-    State* find(const void* key, size_t len) noexcept;
-    // The same, for a key as make_key() or for_each() gave it.
     State* find(const StoredKey& key) noexcept;
-    // Forgets every key (keeps the seed).
+    // Forgets every key (keeps the seed, the own secret and the keying).
     void clear() noexcept;
+
+    // The random secret made with the table; never changes while the table lives.
+    const OwnSecret& own_secret() const noexcept;
+    // The fingerprint of the keying the stored digests were made with; zeros in a new table.
+    const KeyDigest& keying() const noexcept;
+    void set_keying(const KeyDigest& fingerprint) noexcept;
 
     size_t capacity() const noexcept;
     size_t size() const noexcept;

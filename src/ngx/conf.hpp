@@ -28,9 +28,16 @@ struct RedisSettings {
 
 struct MainConf {
     LimitMainConf limit;
-    CacheMainConf cache;
+    CacheMainConf cache;   // cache.secret: throttle_secret's value (see secret() below)
     RedisSettings* redis;  // nullptr without throttle_redis
+    const ngx_str_t* secret_directive;  // the name that set the secret, for messages
 };
+
+// throttle_secret (or its alias throttle_cache_secret): the one secret of zones and cache;
+// data == nullptr when not set. Stored as cache.secret, which the cache has always read.
+inline const ngx_str_t& secret(const MainConf& mcf) noexcept {
+    return mcf.cache.secret;
+}
 
 struct LocConf {
     LimitLocConf limit;
@@ -47,6 +54,8 @@ inline LocConf* loc_conf(ngx_http_request_t* r) noexcept {
     return static_cast<LocConf*>(ngx_http_get_module_loc_conf(r, ngx_http_throttle_module));
 }
 
+// secret_directive.cpp: throttle_secret and its alias throttle_cache_secret
+char* throttle_secret_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
 // redis_directive.cpp
 char* throttle_redis_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
 // variables.cpp

@@ -42,8 +42,10 @@ ngx_command_t commands[] = {
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, limit.log_level),
      log_levels},
+    {ngx_string("throttle_secret"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, throttle_secret_directive,
+     0, 0, nullptr},
     {ngx_string("throttle_cache_secret"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
-     throttle_cache_secret_directive, 0, 0, nullptr},
+     throttle_secret_directive, 0, 0, nullptr},
     {ngx_string("throttle_cache_inflate_memory"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_size_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, cache.inflate_memory),
      nullptr},
@@ -115,6 +117,15 @@ char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept {
             ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                           "throttle_zone \"%V\" has \"mode=%s\" but \"throttle_redis\" is not "
                           "configured",
+                          &zones[i]->name, zones[i]->mode == Mode::sync ? "sync" : "strict");
+            return static_cast<char*>(NGX_CONF_ERROR);
+        }
+        if (zones[i]->mode != Mode::local && secret(*mcf).data == nullptr) {
+            // Hosts find each other's counts under names only the shared secret gives.
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "throttle_zone \"%V\" has \"mode=%s\" but \"throttle_secret\" is not "
+                          "set: its keys reach Redis as their keyed hash, set \"throttle_secret\" "
+                          "(the same on every host)",
                           &zones[i]->name, zones[i]->mode == Mode::sync ? "sync" : "strict");
             return static_cast<char*>(NGX_CONF_ERROR);
         }

@@ -361,11 +361,14 @@ void Client::drop(Failure why, bool hiredis_frees) noexcept {
     guard_->detach();
     connect_timer_->stop();
     answer_pending_ = false;  // an answer on a connection that failed in the same turn
-    abandoned_ = 0;           // fail_all() erases them
     if (!hiredis_frees) {
         redisAsyncFree(ac);  // deferred by hiredis when inside one of its callbacks
     }
+    // fail_all() erases the abandoned commands, counting abandoned_ down to 0 (zeroing it
+    // first made that count wrap around: abandoned() stayed huge after a dropped connection
+    // with late replies owed, and sync flushes, which wait for abandoned() == 0, stopped).
     fail_all(why, true);
+    abandoned_ = 0;
 }
 
 void Client::connection_lost(Failure why, std::string_view detail, bool hiredis_frees) noexcept {

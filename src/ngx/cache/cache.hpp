@@ -12,7 +12,6 @@ char* throttle_cache_key_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* con
 char* throttle_cache_valid_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
 char* throttle_cache_list_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
 char* throttle_cache_purge_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
-char* throttle_cache_secret_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
 char* throttle_cache_header_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* conf) noexcept;
 // Range checks of throttle_cache_max_size, _lock_timeout and _stale, run when the directive is
 // read (nginx -t points at its line).

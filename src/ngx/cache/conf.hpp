@@ -8,7 +8,7 @@ namespace throttle::ngx {
 // http{}
 struct CacheMainConf {
     bool used;            // some location uses a throttle_cache* directive
-    ngx_str_t secret;     // throttle_cache_secret; data == nullptr when not set
+    ngx_str_t secret;     // throttle_secret (alias throttle_cache_secret); data == nullptr: unset
     ngx_str_t user_file;  // where throttle_cache_user was first used (secret check)
     ngx_uint_t user_line;
     size_t inflate_memory;  // throttle_cache_inflate_memory: per worker, bytes of inflated bodies

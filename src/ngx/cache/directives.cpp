@@ -1,5 +1,5 @@
 // The response cache's directives (grammar in README.md, "Response cache"):
-//   throttle_cache_secret STRING;                          http
+//   (throttle_cache_secret: an alias of throttle_secret, in ngx/secret_directive.cpp)
 //   throttle_cache NAME | off;                             http, server, location
 //   throttle_cache_user VALUE;                             (variables allowed)
 //   throttle_cache_key VALUE;                              (variables allowed)
@@ -97,21 +97,6 @@ char* complex_value(ngx_conf_t* cf, ngx_http_complex_value_t*& out) noexcept {
 ngx_conf_post_t cache_max_size_post = {check_max_size};
 ngx_conf_post_t cache_lock_timeout_post = {check_lock_timeout};
 ngx_conf_post_t cache_stale_post = {check_stale};
-
-char* throttle_cache_secret_directive(ngx_conf_t* cf, ngx_command_t*, void*) noexcept {
-    MainConf* mcf = main_conf(cf);
-    if (mcf->cache.secret.data != nullptr) {
-        return const_cast<char*>("is duplicate");
-    }
-    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
-    if (value[1].len < 16) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"throttle_cache_secret\" must be at least 16 bytes long");
-        return conf_error();
-    }
-    mcf->cache.secret = value[1];
-    return NGX_CONF_OK;
-}
 
 char* throttle_cache_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexcept {
     auto* lcf = static_cast<LocConf*>(conf);
@@ -408,7 +393,7 @@ char* check_cache_main_conf(ngx_conf_t* cf, const MainConf& main) noexcept {
     }
     if (mcf->cache.user_file.data != nullptr && mcf->cache.secret.data == nullptr) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "\"throttle_cache_user\" in %V:%ui needs \"throttle_cache_secret\" (the "
+                      "\"throttle_cache_user\" in %V:%ui needs \"throttle_secret\" (the "
                       "key that hashes identities before they reach Redis)",
                       &mcf->cache.user_file, mcf->cache.user_line);
         return conf_error();

@@ -45,7 +45,7 @@ enum class Role : uint8_t {
 
 struct Applied {
     ZoneConf* zone;
-    ngx_str_t key;
+    core::StoredKey key;  // the client key's keyed digest: computed once per request and zone
     Role role;
     core::State* state;
     core::Decision decision;
@@ -135,7 +135,7 @@ void find_states(Check& c, int64_t now) noexcept {
     for (ngx_uint_t i = 0; i < c.n; i++) {
         Applied& a = c.applied[i];
         ZoneConf* z = a.zone;
-        core::LookupResult res = z->table->lookup(a.key.data, a.key.len);
+        core::LookupResult res = z->table->lookup(a.key);
         if (res.evicted && !core::is_idle(z->policy, res.victim, now) &&
             !(z->table->tag() & tag_full_logged)) {
             z->table->set_tag(z->table->tag() | tag_full_logged);
@@ -522,10 +522,9 @@ bool ask_redis(ngx_http_request_t* r, Check& c) noexcept {
                 continue;
             }
             const core::Policy& p = a.zone->policy;
-            core::StoredKey key = a.zone->table->make_key(a.key.data, a.key.len);
             zones.push_back(redis::StrictZone{static_cast<uint8_t>(p.algorithm), p.rate.limit,
                                               p.rate.period_ms, p.burst,
-                                              redis_base(*rs, *a.zone, key)});
+                                              redis_base(*rs, *a.zone, a.key)});
         }
         auto w = bind_to_request<Waiting>(r, c, std::move(zones));
         if (w == nullptr || !hold_zones(r, c, w.get())) {
@@ -601,7 +600,10 @@ bool applied_zones(ngx_http_request_t* r, const LimitLocConf& conf, const ZoneMa
         }
         Role role = zones[i]->mode == Mode::strict ? Role::remote : Role::local;
         remote = remote || role == Role::remote;
-        c.applied[c.n++] = Applied{zones[i], key, role, nullptr, core::Decision{}, 0, false};
+        // The key's digest (two SHA-256 compressions for a short key; the bucket hash reads
+        // only the table's seed, no lock needed). The key itself goes no further.
+        core::StoredKey sk = zones[i]->table->make_key(zones[i]->keyer.digest(key.data, key.len));
+        c.applied[c.n++] = Applied{zones[i], sk, role, nullptr, core::Decision{}, 0, false};
     }
     redis::Client* client = redis_client();
     if (remote && (client == nullptr || !client->available())) {

@@ -4,6 +4,7 @@
 #include "core/key_watch.hpp"
 #include "core/limiter.hpp"
 #include "core/slot_table.hpp"
+#include "core/zone_key.hpp"
 #include "ngx/ngx.hpp"
 
 namespace throttle::ngx {
@@ -32,6 +33,8 @@ struct ZoneConf {
     ngx_slab_pool_t* shpool;
     ZoneShared* shared;
     core::SlotTable* table;    // shared->table
+    const ngx_str_t* secret;   // throttle_secret (MainConf's); data == nullptr: none
+    core::ZoneKeyer keyer;     // set by init_zone: the secret's, or the zone's own random one
     ngx_str_t first_use_file;  // where `throttle` first named it, for "unknown zone"
     ngx_uint_t first_use_line;
     // This worker's watch for a key empty whenever credentials are sent (a wrong cookie name),

@@ -8,8 +8,9 @@
 namespace throttle::ngx {
 
 // zone.cpp
-// The Redis key base of one client key in a zone: PREFIX{ZONE:KEY}. Keys longer than 32
-// bytes are stored (and sent) as "#" and the hex SHA-256 digest, the same on every host.
+// The Redis key base of one client key in a zone: PREFIX{ZONE:DIGEST}, DIGEST the 32 hex
+// digits of the key's keyed digest (core/zone_key.hpp), the same on every host with the same
+// throttle_secret. The key itself never reaches Redis.
 std::string redis_base(const RedisSettings& settings, const ZoneConf& zone,
                        const core::StoredKey& key);
 // A key of the shape zone keys have (PREFIX{probe:probe}:0), for the connect-time ACL check of

@@ -1,8 +1,10 @@
 // Shared-memory zones: one SlotTable per throttle_zone, shared by every worker, kept across
-// reloads while the zone's name, size and key stay the same; and the Redis names of its keys.
+// reloads while the zone's name, size, key and secret stay the same; the zone's keyer (the
+// keyed digests its keys are stored and sent as); and the Redis names of its keys.
 #include <sys/random.h>
 
 #include <new>
+#include <string_view>
 
 #include "core/hash.hpp"
 #include "ngx/limit/limit.hpp"
@@ -22,6 +24,48 @@ core::SipKey random_seed(ngx_log_t* log) noexcept {
         seed.k1 = reinterpret_cast<uintptr_t>(&seed) ^ static_cast<uint64_t>(ngx_random());
     }
     return seed;
+}
+
+// The zone's own secret, for a zone without throttle_secret: kept in the table, so a reload
+// keeps it (and the counts). No weak fallback: a zone without entropy does not start.
+bool random_secret(ngx_log_t* log, core::OwnSecret& out) noexcept {
+    if (getrandom(out.data(), out.size(), 0) != static_cast<ssize_t>(out.size())) {
+        ngx_log_error(NGX_LOG_EMERG, log, ngx_errno, "getrandom() failed");
+        return false;
+    }
+    return true;
+}
+
+core::SlotTable* create_table(void* mem, size_t bytes, ngx_log_t* log) noexcept {
+    core::OwnSecret secret;
+    if (mem == nullptr || !random_secret(log, secret)) {
+        return nullptr;
+    }
+    return core::SlotTable::create(mem, bytes, random_seed(log), secret);
+}
+
+// Under the zone's lock: gives the zone its keyer (throttle_secret's, else the table's own
+// secret's) and starts the counts over when the table's keys were made under another keying.
+void key_zone(ZoneConf* zone, core::SlotTable* table, ngx_log_t* log) noexcept {
+    const ngx_str_t* s = zone->secret;
+    std::string_view name = view(zone->name);
+    if (s != nullptr && s->data != nullptr) {
+        zone->keyer = core::ZoneKeyer(s->data, s->len, name);
+    } else {
+        const core::OwnSecret& own = table->own_secret();
+        zone->keyer = core::ZoneKeyer(own.data(), own.size(), name);
+    }
+    const core::KeyDigest& fp = zone->keyer.fingerprint();
+    if (table->keying() == fp) {
+        return;
+    }
+    if (table->keying() != core::KeyDigest{}) {
+        table->clear();
+        ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                      "throttle_zone \"%V\" changed its secret, its counts start over",
+                      &zone->name);
+    }
+    table->set_keying(fp);
 }
 
 // A reload that changes a zone's size makes nginx allocate a fresh zone: say so.
@@ -57,9 +101,7 @@ void note_size_change(ngx_shm_zone_t* shm_zone) noexcept {
 
 std::string redis_base(const RedisSettings& settings, const ZoneConf& zone,
                        const core::StoredKey& key) {
-    std::string k = key.digested ? "#" + core::hex(key.bytes, key.len)
-                                 : std::string(reinterpret_cast<const char*>(key.bytes), key.len);
-    return redis::base_key(view(settings.prefix), view(zone.name), k);
+    return redis::base_key(view(settings.prefix), view(zone.name), core::hex(key.digest));
 }
 
 std::string permission_probe_key(const MainConf& mcf) {
@@ -112,8 +154,11 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept {
         ngx_shmtx_lock(&zone->shpool->mutex);
         core::SlotTable* table = core::SlotTable::attach(sh->table, sh->table_bytes);
         if (table == nullptr) {  // laid out by a module build with another layout
-            table =
-                core::SlotTable::create(sh->table, sh->table_bytes, random_seed(shm_zone->shm.log));
+            table = create_table(sh->table, sh->table_bytes, shm_zone->shm.log);
+            if (table == nullptr) {
+                ngx_shmtx_unlock(&zone->shpool->mutex);
+                return NGX_ERROR;
+            }
             table->set_tag(algorithm);
             ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
                           "throttle_zone \"%V\" was laid out by another module version, "
@@ -126,6 +171,7 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept {
                           "throttle_zone \"%V\" changed its algorithm, its counts start over",
                           &shm_zone->shm.name);
         }
+        key_zone(zone, table, shm_zone->shm.log);
         sh->table = table;
         zone->table = table;
         ngx_shmtx_unlock(&zone->shpool->mutex);
@@ -151,14 +197,14 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept {
     // The table takes every page left: one contiguous run of whole pages.
     size_t bytes = shpool->pfree * ngx_pagesize;
     void* mem = ngx_slab_alloc(shpool, bytes);
-    core::SlotTable* table =
-        mem ? core::SlotTable::create(mem, bytes, random_seed(shm_zone->shm.log)) : nullptr;
+    core::SlotTable* table = create_table(mem, bytes, shm_zone->shm.log);
     if (table == nullptr) {
         ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0, "zone \"%V\" is too small",
                       &shm_zone->shm.name);
         return NGX_ERROR;
     }
     table->set_tag(algorithm);
+    key_zone(zone, table, shm_zone->shm.log);
     sh->table = table;
     sh->table_bytes = bytes;
     shpool->data = sh;

@@ -166,6 +166,7 @@ char* define_zone(ngx_conf_t* cf, MainConf* mcf, const ngx_http_complex_value_t&
     } catch (...) {
         return conf_error();
     }
+    zone->secret = &secret(*mcf);
     zone->policy = z.policy;
     size_t len = zone->name.len + sizeof("\"\";q=;w=") + 2 * NGX_INT64_LEN;
     zone->policy_header.data = static_cast<u_char*>(ngx_pnalloc(cf->pool, len));

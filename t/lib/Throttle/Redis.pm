@@ -10,7 +10,7 @@ package Throttle::Redis;
 #       ...
 #   }
 #   EOF
-#   is($redis->get('throttle:{z:k}:...'), 100);
+#   is($redis->get(Throttle::Redis::zone_base('z', 'k') . ':...'), 100);
 #   $redis->pause; ... $redis->resume;                  # SIGSTOP / SIGCONT
 #   $redis->kill;  ... $redis->restart;                 # same port, empty
 #
@@ -18,6 +18,9 @@ package Throttle::Redis;
 # directory), persists nothing (--save '' --appendonly no) and runs in its own directory
 # (under the Throttle::Test's temp directory when given t =>). It is stopped when the object
 # goes away and, whatever happens to the test, at END.
+#
+# Zone keys reach Redis as their keyed digest (src/core/zone_key.hpp): zone_base($zone, $key)
+# gives the name a key has under the tests' usual secret (TEST_SECRET), or under secret =>.
 #
 # Several Throttle::Test objects may run at once in one test (each has its own temp directory,
 # pid file and ports): two nginx instances sharing one Redis are two Throttle::Test objects
@@ -34,7 +37,25 @@ use IO::Socket::INET;
 use POSIX qw(WNOHANG);
 use Scalar::Util ();
 use Test::More ();
+use Digest::SHA ();
 use Time::HiRes qw(time sleep);
+
+# The throttle_secret most test configurations set.
+use constant TEST_SECRET => 'test-secret-0123456789abcdef';
+
+# The 32 hex digits a zone stores and sends for a key: the first 16 bytes of
+# HMAC-SHA256(HMAC-SHA256(secret, "throttle-zone-key\0" . zone), key).
+sub zone_digest {
+    my ($zone, $key, %opt) = @_;
+    my $zone_key = Digest::SHA::hmac_sha256("throttle-zone-key\0$zone", $opt{secret} // TEST_SECRET);
+    return substr(Digest::SHA::hmac_sha256_hex($key, $zone_key), 0, 32);
+}
+
+# PREFIX{ZONE:DIGEST}: the base of a key's Redis names (prefix => 'throttle:' by default).
+sub zone_base {
+    my ($zone, $key, %opt) = @_;
+    return ($opt{prefix} // 'throttle:') . '{' . $zone . ':' . zone_digest($zone, $key, %opt) . '}';
+}
 
 my %LIVE;    # "pid" => weakened object, for END
 my $SEQ = 0;
