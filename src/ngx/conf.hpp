@@ -32,9 +32,12 @@ struct MainConf {
     RedisSettings* redis;  // nullptr without throttle_redis
 };
 
+struct JwtConf;
+
 struct LocConf {
     LimitLocConf limit;
     CacheLocConf cache;
+    JwtConf* jwt;  // throttle_jwt (identity/jwt.hpp); nullptr: none or off
 };
 
 inline MainConf* main_conf(ngx_http_request_t* r) noexcept {
