@@ -98,7 +98,7 @@ bool parse_key(ngx_conf_t* cf, const Param& p, std::optional<jwt::KeySet>& keys)
             if (value == nullptr) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                    "environment variable in \"%V\" is not set (and \"env %s;\" "
-                                   "keeps it for a reload)",
+                                   "keeps it across a binary upgrade)",
                                    p.arg, name.empty() ? "NAME" : name.c_str());
                 return false;
             }
