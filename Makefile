@@ -30,7 +30,7 @@ NGX_LD_OPT ?=
 # Debian packages the build, tests, demo and benchmark need.
 DEB_PACKAGES := build-essential g++ cmake make perl nginx nginx-dev libpcre2-dev libssl-dev \
                 zlib1g-dev libhiredis-dev libevent-dev libgtest-dev redis-server wrk curl \
-                clang-format clang libclang-rt-dev libnginx-mod-stream
+                clang-format clang libclang-rt-dev libnginx-mod-stream openssl
 
 SOURCES := $(wildcard src/*/*.cpp src/*/*.hpp src/*/*/*.cpp src/*/*/*.hpp) config
 
