@@ -108,7 +108,7 @@ asan: | deps
 
 # libFuzzer targets (fuzz/README.md). New inputs go to build/fuzz/corpus/<target>/ (the seeds
 # in fuzz/corpus/ are only read); a crash leaves build/fuzz/artifacts/<target>-crash-*.
-FUZZ_TARGETS ?= redis_reply redis_async cache_entry cache_key config_values http_headers
+FUZZ_TARGETS ?= redis_reply redis_async cache_entry cache_key config_values http_headers jwt
 FUZZ_SECONDS ?= 20
 FUZZ_MAX_LEN ?= 8192
 FUZZ_FLAGS ?=

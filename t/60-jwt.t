@@ -237,7 +237,7 @@ my @cases = (
     ['empty secret', "throttle_jwt key=hs:file:$dir/empty;", qr/empty secret in "key=hs:file:[^"]*empty"/],
     ['short secret', "throttle_jwt key=hs:file:$dir/short;", qr/secret in "key=hs:file:[^"]*short" is too short: 5 bytes, at least 32/],
     ['unset env', 'throttle_jwt key=hs:env:THROTTLE_TEST_NO_SUCH_VAR;',
-        qr/environment variable in "key=hs:env:THROTTLE_TEST_NO_SUCH_VAR" is not set \(and "env THROTTLE_TEST_NO_SUCH_VAR;" keeps it for a reload\)/],
+        qr/environment variable in "key=hs:env:THROTTLE_TEST_NO_SUCH_VAR" is not set \(and "env THROTTLE_TEST_NO_SUCH_VAR;" keeps it across a binary upgrade\)/],
     ['secret as a PEM', "throttle_jwt key=pem:$dir/secret;", qr/invalid key "key=pem:[^"]*secret": no PEM public key/],
     ['private key file', "throttle_jwt key=pem:$dir/jwks.json;", qr/invalid key "key=pem:[^"]*": no PEM public key/],
     ['bad jwks', "throttle_jwt jwks=$dir/secret;", qr/invalid jwks "jwks=[^"]*secret": not a JSON object/],

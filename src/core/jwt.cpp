@@ -5,10 +5,12 @@
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 
 #include <cerrno>
 #include <cmath>
@@ -464,6 +466,7 @@ bool verify_pkey(EVP_PKEY* pkey, Alg alg, std::string_view input, std::string_vi
         EVP_DigestVerify(ctx, reinterpret_cast<const unsigned char*>(sig.data()), sig.size(),
                          reinterpret_cast<const unsigned char*>(input.data()), input.size()) == 1;
     EVP_MD_CTX_free(ctx);
+    ERR_clear_error();  // a failed check leaves errors nginx's own TLS code would read as its own
     return ok;
 }
 
@@ -507,6 +510,7 @@ PkeyPtr pkey_from_params(const char* type, OSSL_PARAM_BLD* bld) {
     EVP_PKEY* pkey = nullptr;
     if (!params || !ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1 ||
         EVP_PKEY_fromdata(ctx.get(), &pkey, EVP_PKEY_PUBLIC_KEY, params.get()) != 1) {
+        ERR_clear_error();
         return nullptr;
     }
     return PkeyPtr(pkey);
@@ -766,6 +770,7 @@ Key Key::pem(std::string_view pem_text) {
     }
     PkeyPtr pkey(PEM_read_bio_PUBKEY(bio, nullptr, nullptr, nullptr));
     BIO_free(bio);
+    ERR_clear_error();
     if (!pkey) {
         throw std::runtime_error("no PEM public key (\"BEGIN PUBLIC KEY\")");
     }
@@ -978,28 +983,41 @@ Result Verifier::verify(std::string_view token, int64_t now) const {
 // ---------------------------------------------------------------------------------------
 // Cache
 
-size_t TokenCache::DigestHash::operator()(const Digest& d) const noexcept {
-    size_t h;
-    std::memcpy(&h, d.data(), sizeof(h));
-    return h;
+namespace {
+
+TokenCache::Hash random_hash() {
+    uint64_t k[2] = {0, 0};
+    if (RAND_bytes(reinterpret_cast<unsigned char*>(k), sizeof(k)) != 1) {
+        throw std::runtime_error("RAND_bytes failed");
+    }
+    return {k[0], k[1]};
 }
+
+}  // namespace
+
+size_t TokenCache::Hash::operator()(std::string_view s) const noexcept {
+    return static_cast<size_t>(siphash24(SipKey{k0, k1}, s.data(), s.size()));
+}
+
+TokenCache::TokenCache(size_t capacity, int64_t ttl_s)
+    : capacity_(capacity), ttl_s_(ttl_s), map_(16, random_hash()) {}
 
 std::shared_ptr<const Result> TokenCache::find(std::string_view token, int64_t now) {
     if (capacity_ == 0) {
         return nullptr;
     }
-    Digest d = sha256(token.data(), token.size());
-    auto it = map_.find(d);
+    auto it = map_.find(token);
     if (it == map_.end()) {
         return nullptr;
     }
-    if (now >= it->second->until) {
-        lru_.erase(it->second);
+    auto entry = it->second;
+    if (now >= entry->until) {
         map_.erase(it);
+        lru_.erase(entry);
         return nullptr;
     }
-    lru_.splice(lru_.begin(), lru_, it->second);
-    return it->second->result;
+    lru_.splice(lru_.begin(), lru_, entry);
+    return entry->result;
 }
 
 void TokenCache::store(std::string_view token, std::shared_ptr<const Result> result, int64_t now,
@@ -1014,18 +1032,18 @@ void TokenCache::store(std::string_view token, std::shared_ptr<const Result> res
     if (until <= now) {
         return;
     }
-    Digest d = sha256(token.data(), token.size());
-    auto it = map_.find(d);
+    auto it = map_.find(token);
     if (it != map_.end()) {
-        lru_.erase(it->second);
+        auto entry = it->second;
         map_.erase(it);
+        lru_.erase(entry);
     }
     while (map_.size() >= capacity_) {
-        map_.erase(lru_.back().digest);
+        map_.erase(lru_.back().token);
         lru_.pop_back();
     }
-    lru_.push_front(Entry{d, until, std::move(result)});
-    map_.emplace(d, lru_.begin());
+    lru_.push_front(Entry{std::string(token), until, std::move(result)});
+    map_.emplace(lru_.front().token, lru_.begin());
 }
 
 }  // namespace throttle::core::jwt

@@ -149,10 +149,12 @@ class Verifier {
 };
 
 // Valid results by token, bounded, least recently used first out. An entry holds until
-// min(exp + leeway, stored + ttl): a repeated token costs one SHA-256 and a lookup.
+// min(exp + leeway, stored + ttl): a repeated token costs a SipHash (keyed with random bytes,
+// so that clients cannot aim at one bucket) and a comparison of the token's bytes. Only valid
+// tokens are stored, so only what the key's owner signed takes memory.
 class TokenCache {
    public:
-    TokenCache(size_t capacity, int64_t ttl_s) noexcept : capacity_(capacity), ttl_s_(ttl_s) {}
+    TokenCache(size_t capacity, int64_t ttl_s);
     // The cached result for this token, or nullptr (expired entries are dropped).
     std::shared_ptr<const Result> find(std::string_view token, int64_t now);
     // Stores a valid result (others are not cached). leeway_s: the policy's.
@@ -160,20 +162,22 @@ class TokenCache {
                int64_t leeway_s);
     size_t size() const noexcept { return map_.size(); }
 
-   private:
-    using Digest = std::array<uint8_t, 32>;
-    struct DigestHash {
-        size_t operator()(const Digest& d) const noexcept;
+    struct Hash {
+        uint64_t k0, k1;
+        size_t operator()(std::string_view s) const noexcept;
     };
+
+   private:
     struct Entry {
-        Digest digest;
+        std::string token;
         int64_t until;
         std::shared_ptr<const Result> result;
     };
     size_t capacity_;
     int64_t ttl_s_;
     std::list<Entry> lru_;  // most recent first
-    std::unordered_map<Digest, std::list<Entry>::iterator, DigestHash> map_;
+    // Keys view the entries' tokens (list nodes do not move).
+    std::unordered_map<std::string_view, std::list<Entry>::iterator, Hash> map_;
 };
 
 }  // namespace throttle::core::jwt
