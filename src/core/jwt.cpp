@@ -12,6 +12,7 @@
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 
+#include <array>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -573,25 +574,6 @@ PkeyPtr ec_jwk(const Json& jwk) {
 
 const char b64url_alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-int b64url_value(unsigned char c) noexcept {
-    if (c >= 'A' && c <= 'Z') {
-        return c - 'A';
-    }
-    if (c >= 'a' && c <= 'z') {
-        return c - 'a' + 26;
-    }
-    if (c >= '0' && c <= '9') {
-        return c - '0' + 52;
-    }
-    if (c == '-') {
-        return 62;
-    }
-    if (c == '_') {
-        return 63;
-    }
-    return -1;
-}
-
 bool aud_matches(const Json& aud, const std::string& want) noexcept {
     if (aud.type == Json::Type::string) {
         return aud.text == want;
@@ -660,27 +642,48 @@ std::string_view alg_name(Alg a) noexcept {
 }
 
 bool base64url_decode(std::string_view in, std::string& out) {
+    // 0-63 for the alphabet, 64 for anything else
+    static const auto table = [] {
+        std::array<uint8_t, 256> t{};
+        t.fill(64);
+        for (int i = 0; i < 64; i++) {
+            t[static_cast<unsigned char>(b64url_alphabet[i])] = static_cast<uint8_t>(i);
+        }
+        return t;
+    }();
     out.clear();
     if (in.size() % 4 == 1) {
         return false;
     }
-    out.reserve(in.size() * 3 / 4);
-    uint32_t acc = 0;
-    int bits = 0;
-    for (unsigned char c : in) {
-        int v = b64url_value(c);
-        if (v < 0) {
+    out.resize(in.size() / 4 * 3 + (in.size() % 4 == 0 ? 0 : in.size() % 4 - 1));
+    auto* o = reinterpret_cast<unsigned char*>(out.data());
+    const auto* p = reinterpret_cast<const unsigned char*>(in.data());
+    size_t full = in.size() / 4;
+    for (size_t i = 0; i < full; i++, p += 4) {
+        uint32_t a = table[p[0]], b = table[p[1]], c = table[p[2]], d = table[p[3]];
+        if ((a | b | c | d) & 64) {
             return false;
         }
-        acc = (acc << 6 | static_cast<uint32_t>(v)) & 0xFFFFFF;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out += static_cast<char>(acc >> bits & 0xFF);
-        }
+        uint32_t v = a << 18 | b << 12 | c << 6 | d;
+        *o++ = static_cast<unsigned char>(v >> 16);
+        *o++ = static_cast<unsigned char>(v >> 8);
+        *o++ = static_cast<unsigned char>(v);
+    }
+    size_t rest = in.size() % 4;
+    if (rest == 0) {
+        return true;
+    }
+    uint32_t a = table[p[0]], b = table[p[1]], c = rest == 3 ? table[p[2]] : 0;
+    if ((a | b | c) & 64) {
+        return false;
+    }
+    uint32_t v = a << 18 | b << 12 | c << 6;
+    *o++ = static_cast<unsigned char>(v >> 16);
+    if (rest == 3) {
+        *o++ = static_cast<unsigned char>(v >> 8);
     }
     // The unused low bits of the last character must be zero (one encoding per byte string).
-    return (acc & ((1u << bits) - 1)) == 0;
+    return (v & (rest == 2 ? 0xFFFFu : 0xFFu)) == 0;
 }
 
 std::string base64url_encode(std::string_view in) {
