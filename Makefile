@@ -31,7 +31,7 @@ NGX_LD_OPT ?=
 DEB_PACKAGES := build-essential g++ cmake make perl nginx nginx-dev libpcre2-dev libssl-dev \
                 zlib1g-dev libhiredis-dev libevent-dev libgtest-dev redis-server wrk curl \
                 clang-format clang libclang-rt-dev libnginx-mod-stream \
-                python3-django python3-djangorestframework gunicorn
+                python3-django python3-djangorestframework gunicorn openssl
 
 SOURCES := $(wildcard src/*/*.cpp src/*/*.hpp src/*/*/*.cpp src/*/*/*.hpp) config
 
@@ -109,7 +109,7 @@ asan: | deps
 
 # libFuzzer targets (fuzz/README.md). New inputs go to build/fuzz/corpus/<target>/ (the seeds
 # in fuzz/corpus/ are only read); a crash leaves build/fuzz/artifacts/<target>-crash-*.
-FUZZ_TARGETS ?= redis_reply redis_async cache_entry cache_key config_values http_headers
+FUZZ_TARGETS ?= redis_reply redis_async cache_entry cache_key config_values http_headers jwt
 FUZZ_SECONDS ?= 20
 FUZZ_MAX_LEN ?= 8192
 FUZZ_FLAGS ?=

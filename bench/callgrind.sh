@@ -37,6 +37,12 @@
 #   cache_hit_plain  the same, the client sends no Accept-Encoding (the inflated body
 #                    comes from the per-worker memo of inflated bodies)
 #   plain_nomod      (not in the default set) plain without load_module
+#   jwt              (not in the default set) throttle as above, keyed on
+#                    $throttle_jwt_claim_user_id of a valid HS256 bearer token (throttle_jwt
+#                    key=hs:file:...): the same token every request, so from the worker's
+#                    cache of verified tokens
+#   jwt_nocache      (not in the default set) the same with cache=0: every request parses the
+#                    token and checks its HMAC (what a token's first sight costs)
 #
 # Two modules: with BENCH_MODULE_B, every variant is measured with both, and
 # the table gives both counts and B/A, plus, for each variant whose B/A is off by
@@ -87,7 +93,7 @@ BODY_BYTES=100         # plain & co: the static file, as run.sh
 CACHE_BYTES=2048       # cache: the origin's JSON, about (as cache.sh: stored gzip'd, >= 1k)
 SESSION='sessionid=b3f1c0de5eed4a11'
 REQ_PATH='/api/items?sort=name&page=2'
-KNOWN='plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain plain_nomod'
+KNOWN='plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache'
 
 # --------------------------------------------------------------------------
 # Checks.
@@ -174,6 +180,13 @@ perl -e 'my ($n, $s, @items) = ($ARGV[0]);
     print $s, "\n";' "$CACHE_BYTES" >"$tmp/html/api/items.json"
 json_bytes=$(wc -c <"$tmp/html/api/items.json")
 
+# jwt: an HS256 token for user 42, valid for a day, as an application would mint it
+JWT_SECRET=bench-jwt-secret-0123456789-abcdefghijklmnop
+printf '%s\n' "$JWT_SECRET" >"$tmp/jwt.secret"
+b64url() { basenc --base64url -w0 | tr -d '='; }
+jwt_input="$(printf '{"alg":"HS256","typ":"JWT"}' | b64url).$(printf '{"user_id":42,"exp":%d,"jti":"bench"}' $(($(date +%s) + 86400)) | b64url)"
+JWT="$jwt_input.$(printf '%s' "$jwt_input" | openssl dgst -sha256 -hmac "$JWT_SECRET" -binary | b64url)"
+
 # One pair of ports for every run (a run's nginx is gone before the next starts):
 # the variant's server, and the cache's origin.
 read -r port origin_port <<<"$(free_ports 2)"
@@ -188,6 +201,10 @@ http_lines() {
     case $1 in
     limit_req) echo 'limit_req_zone $binary_remote_addr zone=bench_lr:10m rate=1000000r/s;' ;;
     throttle) echo 'throttle_zone $binary_remote_addr zone=bench:10m rate=1000000000r/s;' ;;
+    jwt | jwt_nocache)
+        echo "throttle_jwt key=hs:file:$tmp/jwt.secret alg=HS256$([[ $1 == jwt ]] || echo ' cache=0');"
+        echo 'throttle_zone $throttle_jwt_claim_user_id zone=bjwt:10m rate=1000000000r/s;'
+        ;;
     strict)
         echo "throttle_redis 127.0.0.1:$redis_port connect_timeout=10s timeout=10s;  # valgrind is slow"
         # 1e8r/d: the largest sliding rate strict mode takes exactly (run.sh)
@@ -207,6 +224,7 @@ location_lines() {
     case $1 in
     limit_req) echo 'limit_req zone=bench_lr burst=1000000 nodelay;' ;;
     throttle) echo 'throttle zone=bench;' ;;
+    jwt | jwt_nocache) echo 'throttle zone=bjwt;' ;;
     strict) echo 'throttle zone=bstrict;' ;;
     cache_*)
         echo 'throttle_cache bench;'
@@ -285,6 +303,7 @@ client_args() {
     cache_hit) printf '%s\n' -H "Cookie: $SESSION" -H 'Accept-Encoding: gzip' ;;
     cache_hit_vary) printf '%s\n' -H "Cookie: $SESSION" -H 'Accept-Encoding: gzip' -H 'Accept: application/json' ;;
     cache_hit_plain) printf '%s\n' -H "Cookie: $SESSION" ;;
+    jwt | jwt_nocache) printf '%s\n' -H "Authorization: Bearer $JWT" ;;
     esac
 }
 # What curl's -w prints for each answer; every measured answer must print the
@@ -293,7 +312,7 @@ WRITE_OUT='%{http_code} x-cache=%header{x-cache} content-encoding=%header{conten
 expected() {
     case $1 in
     plain | plain_nomod | limit_req) echo "200 x-cache= content-encoding= ratelimit-policy= bytes=$BODY_BYTES" ;;
-    throttle | strict) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
+    throttle | strict | jwt | jwt_nocache) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
     cache_hit | cache_hit_vary) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;
     cache_hit_plain) echo "200 x-cache=HIT content-encoding= ratelimit-policy= bytes=$json_bytes" ;;
     esac

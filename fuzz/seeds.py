@@ -118,3 +118,15 @@ write("http_headers", "gzip", b"\x05\x32" + b"\n".join([
 write("http_headers", "refused", b"\x0a\x32" + b"\n".join([
     b"Set-Cookie: a=b", b"Vary: *", b"Cache-Control: no-store, must-revalidate",
     b"X-Accel-Expires: 0", b"X-Accel-Expires: 99999999999"]))
+
+# ---- jwt: byte 0 = mode (0 token, 1 payload behind a good HS256 signature, 2 JWKS)
+rfc_payload = (b"eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb2"
+               b"90Ijp0cnVlfQ")
+write("jwt", "es256-rfc", b"\x00eyJhbGciOiJFUzI1NiJ9." + rfc_payload +
+      b".DtEhU3ljbEg8L38VWAfUAqOyKAM6-Xx-F4GawxaepmXFCgfTjDxw5djxLa8ISlSApmWQxfKTUJqPP3-Kg6NU1Q")
+write("jwt", "hs256-kid", b"\x00eyJhbGciOiJIUzI1NiIsImtpZCI6ImsifQ.e30.AAAA")
+write("jwt", "payload", b'\x01{"user_id":42,"exp":2000000000,"aud":["a","b"],"s":"\\u00e9\\ud83d\\ude00"}')
+write("jwt", "payload-deep", b'\x01{"a":' + b"[" * 20 + b"]" * 20 + b"}")
+write("jwt", "payload-dup", b'\x01{"a":1,"a":2}')
+write("jwt", "jwks", b'\x02{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",'
+      b'"y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","alg":"ES256"},{"kty":"RSA","n":"AQAB","e":"AQAB"}]}')

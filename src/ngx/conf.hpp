@@ -39,9 +39,12 @@ inline const ngx_str_t& secret(const MainConf& mcf) noexcept {
     return mcf.cache.secret;
 }
 
+struct JwtConf;
+
 struct LocConf {
     LimitLocConf limit;
     CacheLocConf cache;
+    JwtConf* jwt;  // throttle_jwt (identity/jwt.hpp); nullptr: none or off
 };
 
 inline MainConf* main_conf(ngx_http_request_t* r) noexcept {

@@ -4,6 +4,7 @@
 
 #include "ngx/cache/cache.hpp"
 #include "ngx/conf.hpp"
+#include "ngx/identity/jwt.hpp"
 #include "ngx/limit/limit.hpp"
 #include "ngx/worker.hpp"
 
@@ -88,6 +89,9 @@ ngx_command_t commands[] = {
      throttle_cache_header_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("throttle_cache_purge"), NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      throttle_cache_purge_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("throttle_jwt"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
+     throttle_jwt_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     ngx_null_command,
 };
 
@@ -146,6 +150,7 @@ void* create_loc_conf(ngx_conf_t* cf) noexcept {
     lcf->limit.headers = NGX_CONF_UNSET;
     lcf->limit.log_level = NGX_CONF_UNSET_UINT;
     init_cache_loc_conf(lcf->cache);
+    lcf->jwt = static_cast<JwtConf*>(NGX_CONF_UNSET_PTR);
     return lcf;
 }
 
@@ -157,6 +162,8 @@ char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) noexcept {
     ngx_conf_merge_value(conf->dry_run, prev->dry_run, 0);
     ngx_conf_merge_value(conf->headers, prev->headers, 1);
     ngx_conf_merge_uint_value(conf->log_level, prev->log_level, NGX_LOG_ERR);
+    ngx_conf_merge_ptr_value(static_cast<LocConf*>(child)->jwt, static_cast<LocConf*>(parent)->jwt,
+                             nullptr);
     return merge_cache_loc_conf(cf, static_cast<LocConf*>(parent)->cache,
                                 static_cast<LocConf*>(child)->cache);
 }
@@ -187,6 +194,9 @@ ngx_int_t postconfiguration(ngx_conf_t* cf) noexcept {
 }
 
 ngx_int_t preconfiguration(ngx_conf_t* cf) noexcept {
+    if (add_jwt_variables(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
     return add_variables(cf);
 }
 
