@@ -5,6 +5,7 @@
 #include <string_view>
 
 #include "ngx/cache/conf.hpp"
+#include "ngx/identity/conf.hpp"
 #include "ngx/limit/conf.hpp"
 #include "ngx/ngx.hpp"
 
@@ -29,12 +30,14 @@ struct RedisSettings {
 struct MainConf {
     LimitMainConf limit;
     CacheMainConf cache;
+    IdentityMainConf identity;
     RedisSettings* redis;  // nullptr without throttle_redis
 };
 
 struct LocConf {
     LimitLocConf limit;
     CacheLocConf cache;
+    IdentityLocConf identity;
 };
 
 inline MainConf* main_conf(ngx_http_request_t* r) noexcept {
