@@ -337,7 +337,7 @@ class Follower final : public RequestBound {
     void request_ended() noexcept override { wake_.cancel(); }
 
    private:
-    PostedWake<Follower> wake_;
+    PostedWake<Follower> wake_{};
 };
 
 enum class Stage : uint8_t {
@@ -541,8 +541,8 @@ class IdentityResolution final : public RequestBound,
     Stage stage_ = Stage::redis;
     bool sub_done_ = false;
     std::vector<std::shared_ptr<Follower>> followers_;
-    PostedWake<IdentityResolution> wake_;
-    RequestTimer<IdentityResolution> timer_;
+    PostedWake<IdentityResolution> wake_{};
+    RequestTimer<IdentityResolution> timer_{};
 };
 
 namespace {
