@@ -198,4 +198,41 @@ $before = resolves();
 is(uid('u46.d'), '46', 'Redis down: kept in shared memory');
 is(resolves(), $before, 'not asked again');
 
+# Configurations that must fail nginx -t, with nginx-style messages.
+my $ok_server = 'server { listen 127.0.0.1:%%PORT%%; location / { return 204; } }';
+for my $case (
+    ['throttle_identity $cookie_s resolve=/_i zone=ids:1m;',
+        qr/"throttle_identity" in .* needs a secret: set "throttle_cache_secret"/],
+    ['throttle_cache_secret test-secret-0123456789abcdef; throttle_identity_resolve on;',
+        qr/"throttle_identity_resolve" requires "throttle_identity"/],
+    ['throttle_cache_secret test-secret-0123456789abcdef; throttle_identity $cookie_s resolve=/_i;',
+        qr/"throttle_identity" must have "zone" parameter/],
+    ['throttle_cache_secret test-secret-0123456789abcdef; throttle_identity $cookie_s zone=i:1m;',
+        qr/"throttle_identity" must have "resolve" parameter/],
+    ['throttle_cache_secret test-secret-0123456789abcdef;'
+            . ' throttle_identity $cookie_s resolve=/_i zone=ids:1m ttl=0;',
+        qr/invalid ttl "ttl=0"/],
+    ['throttle_cache_secret test-secret-0123456789abcdef;'
+            . ' throttle_identity $cookie_s resolve=_i zone=ids:1m;',
+        qr/invalid resolve URI "resolve=_i"/],
+    ['throttle_cache_secret test-secret-0123456789abcdef;'
+            . ' throttle_identity $cookie_s resolve=/_i zone=ids:1m forget_header=a:b;',
+        qr/invalid header name "forget_header=a:b"/],
+    ['throttle_cache_secret test-secret-0123456789abcdef;'
+            . ' throttle_identity $cookie_s resolve=/_i zone=ids:1m colour=red;',
+        qr/invalid parameter "colour=red"/],
+    ['throttle_cache_secret test-secret-0123456789abcdef;'
+            . ' throttle_zone $remote_addr zone=ids:1m rate=1r/s;'
+            . ' throttle_identity $cookie_s resolve=/_i zone=ids:1m;',
+        qr/shared memory zone "ids" is already declared for a different use/],
+    ['throttle_cache_secret test-secret-0123456789abcdef;'
+            . ' throttle_identity $cookie_s resolve=/_i zone=ids:1m;'
+            . ' throttle_identity $cookie_t resolve=/_i zone=ids2:1m;',
+        qr/"throttle_identity" directive is duplicate/],
+) {
+    my ($ok, $out) = $t->nginx_t("http {\n$case->[0]\n$ok_server\n}\n");
+    ok(!$ok, "nginx -t refuses: $case->[0]");
+    like($out, $case->[1], 'with its message') or diag $out;
+}
+
 $t->done;
