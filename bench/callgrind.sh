@@ -34,6 +34,10 @@
 #   cache_hit_plain  the same, the client sends no Accept-Encoding (the inflated body
 #                    comes from the per-worker memo of inflated bodies)
 #   plain_nomod      (not in the default set) plain without load_module
+#   identity         (not in the default set) throttle, but the zone keyed on $throttle_user_id:
+#                    throttle_identity with the request's session cookie resolved (a hit in
+#                    its shared memory: HMAC of the cookie and one lookup per request); compare
+#                    with throttle (the same zone keyed on the address, no identity)
 #
 # Two modules: with BENCH_MODULE_B, every variant is measured with both, and
 # the table gives both counts and B/A, plus, for each variant whose B/A is off by
@@ -84,7 +88,7 @@ BODY_BYTES=100         # plain & co: the static file, as run.sh
 CACHE_BYTES=2048       # cache: the origin's JSON, about (as cache.sh: stored gzip'd, >= 1k)
 SESSION='sessionid=b3f1c0de5eed4a11'
 REQ_PATH='/api/items?sort=name&page=2'
-KNOWN='plain limit_req throttle strict cache_hit cache_hit_plain plain_nomod'
+KNOWN='plain limit_req throttle strict cache_hit cache_hit_plain plain_nomod identity'
 
 # --------------------------------------------------------------------------
 # Checks.
@@ -185,6 +189,11 @@ http_lines() {
     case $1 in
     limit_req) echo 'limit_req_zone $binary_remote_addr zone=bench_lr:10m rate=1000000r/s;' ;;
     throttle) echo 'throttle_zone $binary_remote_addr zone=bench:10m rate=1000000000r/s;' ;;
+    identity)
+        echo 'throttle_cache_secret "bench-cache-secret-0123456789abcdef";'
+        echo 'throttle_identity $cookie_sessionid resolve=/_identity zone=bench_ids:10m;'
+        echo 'throttle_zone $throttle_user_id zone=bench:10m rate=1000000000r/s;'
+        ;;
     strict)
         echo "throttle_redis 127.0.0.1:$redis_port connect_timeout=10s timeout=10s;  # valgrind is slow"
         # 1e8r/d: the largest sliding rate strict mode takes exactly (run.sh)
@@ -203,6 +212,7 @@ location_lines() {
     case $1 in
     limit_req) echo 'limit_req zone=bench_lr burst=1000000 nodelay;' ;;
     throttle) echo 'throttle zone=bench;' ;;
+    identity) printf '%s\n' 'throttle_identity_resolve on;' 'throttle zone=bench;' ;;
     strict) echo 'throttle zone=bstrict;' ;;
     cache_*)
         echo 'throttle_cache bench;'
@@ -253,6 +263,9 @@ EOF
         echo "        location = /bench.txt {"
         location_lines "$v" | sed 's/^/            /'
         echo "        }"
+        if [[ $v == identity ]]; then  # the application's answer: user 42
+            echo "        location = /_identity { internal; add_header X-User-Id 42; return 204; }"
+        fi
         echo "    }"
     fi
     echo "}"
@@ -272,7 +285,7 @@ url() {
 client_args() {
     case $1 in
     cache_hit) printf '%s\n' -H "Cookie: $SESSION" -H 'Accept-Encoding: gzip' ;;
-    cache_hit_plain) printf '%s\n' -H "Cookie: $SESSION" ;;
+    cache_hit_plain | identity) printf '%s\n' -H "Cookie: $SESSION" ;;
     esac
 }
 # What curl's -w prints for each answer; every measured answer must print the
@@ -281,7 +294,7 @@ WRITE_OUT='%{http_code} x-cache=%header{x-cache} content-encoding=%header{conten
 expected() {
     case $1 in
     plain | plain_nomod | limit_req) echo "200 x-cache= content-encoding= ratelimit-policy= bytes=$BODY_BYTES" ;;
-    throttle | strict) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
+    throttle | strict | identity) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
     cache_hit) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;
     cache_hit_plain) echo "200 x-cache=HIT content-encoding= ratelimit-policy= bytes=$json_bytes" ;;
     esac
