@@ -263,8 +263,12 @@ EOF
         echo "        location = /bench.txt {"
         location_lines "$v" | sed 's/^/            /'
         echo "        }"
-        if [[ $v == identity ]]; then  # the application's answer: user 42
-            echo "        location = /_identity { internal; add_header X-User-Id 42; return 204; }"
+        if [[ $v == identity ]]; then  # the application's answer (add_header skips subrequests)
+            echo "        location = /_identity { internal; proxy_pass http://127.0.0.1:$origin_port; }"
+            echo "    }"
+            echo "    server {  # the application: user 42"
+            echo "        listen 127.0.0.1:$origin_port;"
+            echo "        location / { add_header X-User-Id 42; return 204; }"
         fi
         echo "    }"
     fi

@@ -157,6 +157,12 @@ is(uid('u1.ok'), '1', 'a good answer after the failures');
 ok($t->log_lines(qr/answers again/, $mark), 'recovery logged');
 $t->allow(qr/upstream prematurely closed|upstream sent too big header|throttle_identity:/);
 
+# The cookie twice: nginx reads the first, Django the last: anonymous, nobody asked.
+$before = resolves();
+$r = $t->get('/api/x', Cookie => 'sessionid=u90.first; sessionid=u91.last');
+is($r->{headers}{'x-uid'}, '[]', 'session cookie sent twice: anonymous');
+is(resolves(), $before, 'not asked for the ambiguous request');
+is(uid('u90.first'), '90', 'the same cookie alone resolves');
 # Credentials: 10 KB, odd bytes.
 is(uid('u5.' . ('x' x 10240)), '5', '10 KB credential resolves');
 is(uid("u6.\x01\xff\x7f%"), '6', 'credential with odd bytes resolves');

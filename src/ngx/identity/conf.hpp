@@ -13,11 +13,12 @@ namespace throttle::ngx {
 // http{}: `throttle_identity`, one store per configuration.
 struct IdentityMainConf {
     ngx_http_complex_value_t* credential;  // nullptr: no throttle_identity
-    ngx_str_t resolve;                     // the URI asked (a subrequest)
-    ngx_str_t forget_header;               // the response header naming a credential to forget
-    ngx_msec_t ttl;                        // a user's resolution
-    ngx_msec_t negative_ttl;               // "not a session"
-    ngx_msec_t timeout;                    // a resolution's wait, at most
+    ngx_array_t* sources;     // of IdentitySource (cache/conf.hpp): its $cookie_/$http_ variables
+    ngx_str_t resolve;        // the URI asked (a subrequest)
+    ngx_str_t forget_header;  // the response header naming a credential to forget
+    ngx_msec_t ttl;           // a user's resolution
+    ngx_msec_t negative_ttl;  // "not a session"
+    ngx_msec_t timeout;       // a resolution's wait, at most
     ngx_shm_zone_t* shm_zone;
     ngx_slab_pool_t* shpool;
     core::identity::Table* table;  // in the zone; set by the zone's init

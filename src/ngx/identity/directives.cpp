@@ -3,7 +3,9 @@
 //                     [timeout=TIME] [forget_header=NAME];                        http
 //   throttle_identity_resolve on | off;                        http, server, location
 #include <new>
+#include <vector>
 
+#include "core/cache_identity.hpp"
 #include "core/identity_table.hpp"
 #include "ngx/directive_args.hpp"
 #include "ngx/identity/identity.hpp"
@@ -169,6 +171,29 @@ char* throttle_identity_directive(ngx_conf_t* cf, ngx_command_t*, void*) noexcep
     if (missing != nullptr) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" must have \"%s\" parameter", &value[0],
                            missing);
+        return conf_error();
+    }
+    // The cookies and headers it reads: a request that sends one twice is anonymous (nginx
+    // would digest one value, the application could resolve the other).
+    try {
+        std::vector<core::cache::IdentityVariable> vars =
+            core::cache::identity_variables(view(value[1]));
+        icf.sources =
+            ngx_array_create(cf->pool, vars.empty() ? 1 : vars.size(), sizeof(IdentitySource));
+        if (icf.sources == nullptr) {
+            return conf_error();
+        }
+        for (const core::cache::IdentityVariable& v : vars) {
+            auto* src = static_cast<IdentitySource*>(ngx_array_push(icf.sources));
+            auto* name = static_cast<u_char*>(ngx_pnalloc(cf->pool, v.name.size()));
+            if (src == nullptr || name == nullptr) {
+                return conf_error();
+            }
+            ngx_memcpy(name, v.name.data(), v.name.size());
+            src->cookie = v.kind == core::cache::IdentityVariable::Kind::cookie;
+            src->name = {v.name.size(), name};
+        }
+    } catch (...) {
         return conf_error();
     }
     icf.credential = cv;
