@@ -43,6 +43,10 @@
 #                    cache of verified tokens
 #   jwt_nocache      (not in the default set) the same with cache=0: every request parses the
 #                    token and checks its HMAC (what a token's first sight costs)
+#   identity         (not in the default set) throttle, but the zone keyed on $throttle_user_id:
+#                    throttle_identity with the request's session cookie resolved (a hit in
+#                    its shared memory: HMAC of the cookie and one lookup per request); compare
+#                    with throttle (the same zone keyed on the address, no identity)
 #
 # Two modules: with BENCH_MODULE_B, every variant is measured with both, and
 # the table gives both counts and B/A, plus, for each variant whose B/A is off by
@@ -93,7 +97,7 @@ BODY_BYTES=100         # plain & co: the static file, as run.sh
 CACHE_BYTES=2048       # cache: the origin's JSON, about (as cache.sh: stored gzip'd, >= 1k)
 SESSION='sessionid=b3f1c0de5eed4a11'
 REQ_PATH='/api/items?sort=name&page=2'
-KNOWN='plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache'
+KNOWN='plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity'
 
 # --------------------------------------------------------------------------
 # Checks.
@@ -204,6 +208,10 @@ http_lines() {
     jwt | jwt_nocache)
         echo "throttle_jwt key=hs:file:$tmp/jwt.secret alg=HS256$([[ $1 == jwt ]] || echo ' cache=0');"
         echo 'throttle_zone $throttle_jwt_claim_user_id zone=bjwt:10m rate=1000000000r/s;'
+    identity)
+        echo 'throttle_cache_secret "bench-cache-secret-0123456789abcdef";'
+        echo 'throttle_identity $cookie_sessionid resolve=/_identity zone=bench_ids:10m;'
+        echo 'throttle_zone $throttle_user_id zone=bench:10m rate=1000000000r/s;'
         ;;
     strict)
         echo "throttle_redis 127.0.0.1:$redis_port connect_timeout=10s timeout=10s;  # valgrind is slow"
@@ -225,6 +233,7 @@ location_lines() {
     limit_req) echo 'limit_req zone=bench_lr burst=1000000 nodelay;' ;;
     throttle) echo 'throttle zone=bench;' ;;
     jwt | jwt_nocache) echo 'throttle zone=bjwt;' ;;
+    identity) printf '%s\n' 'throttle_identity_resolve on;' 'throttle zone=bench;' ;;
     strict) echo 'throttle zone=bstrict;' ;;
     cache_*)
         echo 'throttle_cache bench;'
@@ -282,6 +291,13 @@ EOF
         echo "        location = /bench.txt {"
         location_lines "$v" | sed 's/^/            /'
         echo "        }"
+        if [[ $v == identity ]]; then  # the application's answer (add_header skips subrequests)
+            echo "        location = /_identity { internal; proxy_pass http://127.0.0.1:$origin_port; }"
+            echo "    }"
+            echo "    server {  # the application: user 42"
+            echo "        listen 127.0.0.1:$origin_port;"
+            echo "        location / { add_header X-User-Id 42; return 204; }"
+        fi
         echo "    }"
     fi
     echo "}"
@@ -302,7 +318,7 @@ client_args() {
     case $1 in
     cache_hit) printf '%s\n' -H "Cookie: $SESSION" -H 'Accept-Encoding: gzip' ;;
     cache_hit_vary) printf '%s\n' -H "Cookie: $SESSION" -H 'Accept-Encoding: gzip' -H 'Accept: application/json' ;;
-    cache_hit_plain) printf '%s\n' -H "Cookie: $SESSION" ;;
+    cache_hit_plain | identity) printf '%s\n' -H "Cookie: $SESSION" ;;
     jwt | jwt_nocache) printf '%s\n' -H "Authorization: Bearer $JWT" ;;
     esac
 }
@@ -312,7 +328,7 @@ WRITE_OUT='%{http_code} x-cache=%header{x-cache} content-encoding=%header{conten
 expected() {
     case $1 in
     plain | plain_nomod | limit_req) echo "200 x-cache= content-encoding= ratelimit-policy= bytes=$BODY_BYTES" ;;
-    throttle | strict | jwt | jwt_nocache) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
+    throttle | strict | jwt | jwt_nocache | identity) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
     cache_hit | cache_hit_vary) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;
     cache_hit_plain) echo "200 x-cache=HIT content-encoding= ratelimit-policy= bytes=$json_bytes" ;;
     esac

@@ -19,7 +19,8 @@ never writes to the session, reads no body and is cheap (one session row, one us
 
 Wiring (nginx): an internal location that forwards only the Cookie header to the app; the
 directive that points the module at it is described in the README
-(`throttle_identity_resolve /_identity/`):
+(`throttle_identity $cookie_sessionid resolve=/_identity/ zone=ids:10m;` and
+`throttle_identity_resolve on;` where it applies):
 
     location = /_identity/ {
         internal;
@@ -34,10 +35,10 @@ Keep the path out of reach of clients if you like (`internal` does that in nginx
 it directly tells a client no more than its own session already does.
 """
 
-from django.contrib.auth import get_user
-from django.http import HttpResponse
+from django.contrib.auth import get_user, logout
+from django.http import HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_safe
+from django.views.decorators.http import require_POST, require_safe
 
 
 @require_safe
@@ -50,4 +51,16 @@ def throttle_identity(request):
         return HttpResponse(status=401)
     response = HttpResponse(status=200)
     response["X-User-Id"] = str(user.pk)
+    return response
+
+
+# Logout: names the ended session in X-Throttle-Forget (throttle_identity's forget_header=), so
+# nginx forgets it at once instead of at the end of ttl= (the header never reaches the client).
+@require_POST
+def logout_view(request):
+    session_key = request.session.session_key
+    logout(request)  # flushes the session
+    response = JsonResponse({"detail": "logged out"})
+    if session_key:
+        response["X-Throttle-Forget"] = session_key
     return response

@@ -5,6 +5,7 @@
 #include <string_view>
 
 #include "ngx/cache/conf.hpp"
+#include "ngx/identity/conf.hpp"
 #include "ngx/limit/conf.hpp"
 #include "ngx/ngx.hpp"
 
@@ -29,6 +30,7 @@ struct RedisSettings {
 struct MainConf {
     LimitMainConf limit;
     CacheMainConf cache;   // cache.secret: throttle_secret's value (see secret() below)
+    IdentityMainConf identity;
     RedisSettings* redis;  // nullptr without throttle_redis
     const ngx_str_t* secret_directive;  // the name that set the secret, for messages
 };
@@ -45,6 +47,7 @@ struct LocConf {
     LimitLocConf limit;
     CacheLocConf cache;
     JwtConf* jwt;  // throttle_jwt (identity/jwt.hpp); nullptr: none or off
+    IdentityLocConf identity;
 };
 
 inline MainConf* main_conf(ngx_http_request_t* r) noexcept {

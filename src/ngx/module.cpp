@@ -5,6 +5,7 @@
 #include "ngx/cache/cache.hpp"
 #include "ngx/conf.hpp"
 #include "ngx/identity/jwt.hpp"
+#include "ngx/identity/identity.hpp"
 #include "ngx/limit/limit.hpp"
 #include "ngx/worker.hpp"
 
@@ -92,6 +93,12 @@ ngx_command_t commands[] = {
     {ngx_string("throttle_jwt"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
      throttle_jwt_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("throttle_identity"), NGX_HTTP_MAIN_CONF | NGX_CONF_2MORE,
+     throttle_identity_directive, 0, 0, nullptr},
+    {ngx_string("throttle_identity_resolve"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
+     ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(LocConf, identity.resolve),
+     nullptr},
     ngx_null_command,
 };
 
@@ -135,6 +142,9 @@ char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept {
         }
     }
     ngx_conf_init_size_value(mcf->cache.inflate_memory, default_inflate_memory);
+    if (check_identity_main_conf(cf, *mcf) != NGX_CONF_OK) {
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
     return check_cache_main_conf(cf, *mcf);
 }
 
@@ -151,6 +161,7 @@ void* create_loc_conf(ngx_conf_t* cf) noexcept {
     lcf->limit.log_level = NGX_CONF_UNSET_UINT;
     init_cache_loc_conf(lcf->cache);
     lcf->jwt = static_cast<JwtConf*>(NGX_CONF_UNSET_PTR);
+    lcf->identity.resolve = NGX_CONF_UNSET;
     return lcf;
 }
 
@@ -164,6 +175,10 @@ char* merge_loc_conf(ngx_conf_t* cf, void* parent, void* child) noexcept {
     ngx_conf_merge_uint_value(conf->log_level, prev->log_level, NGX_LOG_ERR);
     ngx_conf_merge_ptr_value(static_cast<LocConf*>(child)->jwt, static_cast<LocConf*>(parent)->jwt,
                              nullptr);
+    if (merge_identity_loc_conf(cf, static_cast<LocConf*>(parent)->identity,
+                                static_cast<LocConf*>(child)->identity) != NGX_CONF_OK) {
+        return static_cast<char*>(NGX_CONF_ERROR);
+    }
     return merge_cache_loc_conf(cf, static_cast<LocConf*>(parent)->cache,
                                 static_cast<LocConf*>(child)->cache);
 }
@@ -178,6 +193,14 @@ ngx_int_t postconfiguration(ngx_conf_t* cf) noexcept {
         return NGX_ERROR;
     }
     *h = access_handler;
+    // The identity's resolution runs before the limiter reads zone keys: nginx runs a phase's
+    // handlers in reverse order of registration.
+    h = static_cast<ngx_http_handler_pt*>(
+        ngx_array_push(&cmcf->phases[NGX_HTTP_PREACCESS_PHASE].handlers));
+    if (h == nullptr) {
+        return NGX_ERROR;
+    }
+    *h = identity_handler;
     // The cache looks up before the content phase, where proxy_pass & co. take the request.
     h = static_cast<ngx_http_handler_pt*>(
         ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers));
@@ -187,17 +210,18 @@ ngx_int_t postconfiguration(ngx_conf_t* cf) noexcept {
     *h = cache_handler;
     // The cache's filters go on top: they see the upstream's headers before the RateLimit
     // fields are added.
-    if (install_header_filter() != NGX_OK) {
+    if (install_header_filter() != NGX_OK || install_cache_filters() != NGX_OK) {
         return NGX_ERROR;
     }
-    return install_cache_filters();
+    // On top of all: the forget header is gone before the cache sees the response.
+    return install_identity_filter();
 }
 
 ngx_int_t preconfiguration(ngx_conf_t* cf) noexcept {
-    if (add_jwt_variables(cf) != NGX_OK) {
+    if (add_jwt_variables(cf) != NGX_OK || add_variables(cf) != NGX_OK) {
         return NGX_ERROR;
     }
-    return add_variables(cf);
+    return add_identity_variables(cf);
 }
 
 ngx_http_module_t module_ctx = {

@@ -26,6 +26,7 @@ enum class CacheStatus : uint8_t { none = 0, hit, miss, expired, stale, updating
 struct CacheRequest;
 struct CacheHold;
 struct ZoneMark;
+struct IdentityState;
 
 // One per request: the main request and each subrequest have their own (nginx gives a
 // subrequest a context array of its own), kept across internal redirects (see request.cpp).
@@ -49,6 +50,7 @@ struct RequestCtx {
     CacheStatus cache_status;  // main request only, as the two below
     CacheHold* hold;           // a write's response held until its invalidation is answered
     CacheRequest* cache;       // the response cache's state (cache/request.hpp), or nullptr
+    IdentityState* identity;   // main request only: its verified identity (identity/resolve.cpp)
 };
 static_assert(std::is_trivially_destructible_v<RequestCtx>);
 
@@ -56,6 +58,10 @@ static_assert(std::is_trivially_destructible_v<RequestCtx>);
 RequestCtx* get_ctx(ngx_http_request_t* r) noexcept;
 // Makes r's context; for a subrequest, the main request's too if it has none yet.
 RequestCtx* create_ctx(ngx_http_request_t* r) noexcept;
+
+// r is the subrequest that asks the application who a credential is (identity/resolve.cpp):
+// no zone counts it, the cache does not look it up.
+bool is_identity_subrequest(const ngx_http_request_t* r) noexcept;
 
 // State a request shares with what answers it later (a Redis callback, a fill it waits for,
 // a held response). The object lives on the heap, held by std::shared_ptr: one share belongs to

@@ -3,6 +3,7 @@
 #include "ngx/worker.hpp"
 
 #include "ngx/cache/worker.hpp"
+#include "ngx/identity/identity.hpp"
 #include "ngx/limit/strict.hpp"
 #include "ngx/limit/sync_flush.hpp"
 #include "ngx/redis_link.hpp"
@@ -51,7 +52,11 @@ ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
         return NGX_OK;
     }
     MainConf* mcf = main_conf(cycle);
-    if (mcf == nullptr || mcf->redis == nullptr || !(mcf->limit.remote_zones || mcf->cache.used)) {
+    if (mcf != nullptr) {
+        identity_worker_init(*mcf);
+    }
+    if (mcf == nullptr || mcf->redis == nullptr ||
+        !(mcf->limit.remote_zones || mcf->cache.used || mcf->identity.credential != nullptr)) {
         return NGX_OK;
     }
     try {
@@ -64,6 +69,7 @@ ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
             cache_worker_init(cycle, *mcf, loop);
         }
         sync_worker_init(*mcf, loop);
+        identity_worker_redis(*mcf);
         redis_client()->start();
     } catch (const std::exception& e) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "throttle_redis: cannot start: %s", e.what());
@@ -74,6 +80,7 @@ ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
 }
 
 void exit_worker(ngx_cycle_t* cycle) noexcept {
+    identity_worker_exit();
     if (!started) {
         return;
     }

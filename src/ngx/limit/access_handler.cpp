@@ -645,8 +645,8 @@ bool decide_remote(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, C
 // Main requests and subrequests alike (see the top of the file).
 ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
     const LocConf* lcf = loc_conf(r);
-    if (lcf->limit.zones == nullptr || lcf->limit.zones->nelts == 0) {
-        return NGX_DECLINED;
+    if (lcf->limit.zones == nullptr || lcf->limit.zones->nelts == 0 || is_identity_subrequest(r)) {
+        return NGX_DECLINED;  // the module's own question to the application is never counted
     }
     RequestCtx* ctx = get_ctx(r);  // the cache's, perhaps
     if (ctx != nullptr) {

@@ -609,6 +609,23 @@ sub _connection {
             else { $arg{$k} = $v }
         }
 
+        # /_resolve: who the session cookie is (t/61-identity-resolve.t), by its value's prefix
+        if ((split /\?/, $uri, 2)[0] eq '/_resolve') {
+            my ($sid) = ($h{cookie} // '') =~ /(?:^|;\s*)sessionid=([^;]*)/;
+            $sid //= '';
+            return if $sid =~ /^close\./;    # no answer at all
+            if ($sid =~ /^u([A-Za-z0-9_-]*)\./) { push @hdr, "X-User-Id: $1" }
+            elsif ($sid =~ /^plain\./) { }
+            elsif ($sid =~ /^e500\./) { $arg{_status} = 500 }
+            elsif ($sid =~ /^slow\./) { $arg{_delay} = 3000; push @hdr, 'X-User-Id: 7' }
+            elsif ($sid =~ /^big\./) { push @hdr, 'X-User-Id: ' . ('a' x 10240) }
+            elsif ($sid =~ /^ctl\./) { push @hdr, "X-User-Id: 4\x012" }
+            elsif ($sid =~ /^sp\./) { push @hdr, "X-User-Id: 4 2" }
+            elsif ($sid =~ /^two\./) { push @hdr, 'X-User-Id: 1', 'X-User-Id: 2' }
+            elsif ($sid =~ /^huge\./) { push @hdr, 'X-Big: ' . ('b' x 65536), 'X-User-Id: 9' }
+            else { $arg{_status} = 401 }
+        }
+
         my $keep = $version eq '1.1' ? ($h{connection} // '') !~ /\bclose\b/i
             : ($h{connection} // '') =~ /\bkeep-alive\b/i;
         $keep = 0 if defined $arg{_abort};
