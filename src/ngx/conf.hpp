@@ -29,9 +29,9 @@ struct RedisSettings {
 
 struct MainConf {
     LimitMainConf limit;
-    CacheMainConf cache;   // cache.secret: throttle_secret's value (see secret() below)
+    CacheMainConf cache;  // cache.secret: throttle_secret's value (see secret() below)
     IdentityMainConf identity;
-    RedisSettings* redis;  // nullptr without throttle_redis
+    RedisSettings* redis;               // nullptr without throttle_redis
     const ngx_str_t* secret_directive;  // the name that set the secret, for messages
 };
 

@@ -4,8 +4,8 @@
 
 #include "ngx/cache/cache.hpp"
 #include "ngx/conf.hpp"
-#include "ngx/identity/jwt.hpp"
 #include "ngx/identity/identity.hpp"
+#include "ngx/identity/jwt.hpp"
 #include "ngx/limit/limit.hpp"
 #include "ngx/worker.hpp"
 
