@@ -5,7 +5,7 @@
 # values of those headers) and found again only by a request with the same values; the base key
 # holds a vary record naming the headers. Vary: * and too many or too long headers stay
 # uncacheable; Vary: Cookie / Authorization only under a verified identity
-# ($throttle_user_id, $throttle_jwt_claim_*: here a map named so, standing in for them); a
+# ($throttle_jwt_claim_user_id, $throttle_jwt_claim_*: here a map named so, standing in for them); a
 # location whose responses are refused says why once, at warn. Invalidation and purge reach
 # every variant.
 
@@ -20,7 +20,7 @@ my $t = Throttle::Test->new(workers => 1);
 my $redis = Throttle::Redis->new(t => $t);
 my $app = Throttle::App->new(t => $t)->start;
 
-# $throttle_user_id is made by another part of the module (the session resolver); a map of the
+# $throttle_jwt_claim_user_id is made by another part of the module (the session resolver); a map of the
 # same name stands in for it here: the cache decides "verified" by the variable's name.
 my $conf = <<'EOF';
 http {
@@ -30,7 +30,7 @@ http {
     add_header X-Cache $throttle_cache_status always;
     proxy_http_version 1.1;
 
-    map $http_x_user $throttle_user_id {
+    map $http_x_user $throttle_jwt_claim_user_id {
         default $http_x_user;
     }
 
@@ -48,7 +48,7 @@ http {
         }
         location /verified/ {
             throttle_cache verified;
-            throttle_cache_user $throttle_user_id;
+            throttle_cache_user $throttle_jwt_claim_user_id;
             throttle_cache_credentials off;
             proxy_pass http://%%APP%%;
         }

@@ -21,6 +21,7 @@ my $redis = Throttle::Redis->new(t => $t);
 
 $t->write_conf($redis->fill(<<'EOF'))->run;
 http {
+    throttle_secret test-secret-0123456789abcdef;
     throttle_redis %%REDIS%% timeout=1s;
     throttle_zone $http_x_key zone=hour:1m   rate=100r/h;
     throttle_zone $http_x_key zone=day1:1m   rate=1r/d;
