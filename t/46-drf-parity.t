@@ -2,12 +2,13 @@
 # sequences go (a) straight to gunicorn, to views limited by DRF's AnonRateThrottle +
 # UserRateThrottle and ScopedRateThrottle, and (b) through nginx, to the same views without
 # DRF throttles, limited by the module's zones keyed as conf.examples/django.conf keys them
-# (anonymous: the address; signed-in: the session cookie; login: the address). The 200/429
+# (anonymous: the address; signed-in: the user id Django verified for the session cookie,
+# asked once per session through throttle_identity; login: the address). The 200/429
 # counts of each sequence are compared. Each sequence comes from its own loopback address
 # (127.0.0.x) and, when signed in, its own user: no sequence spends another's quota.
 #
-# Where the module differs from DRF today, the comparison is a TODO test naming what fixes
-# it (verified identity: throttle_identity_resolve / $throttle_user_id). Where it differs by
+# Two sessions of one user and invented session cookies count as DRF counts them (they were
+# TODO tests while the user zone was keyed on the cookie). Where the module differs by
 # design (nginx limits whatever a location sees, 404s included, and keys anonymous clients on
 # the connection's address, never on X-Forwarded-For), both sides are asserted.
 use strict;
@@ -25,22 +26,17 @@ my $dj = Throttle::Django->new(t => $t, rates => { anon => '5/min', user => '10/
 
 $t->write_conf($dj->fill(<<'EOF'))->run;
 http {
-    # As conf.examples/django.conf, in local mode, at DRF's rates.
-    map $cookie_sessionid $anon_ip {
+    # As conf.examples/django.conf, in local mode, at DRF's rates: the user zone keyed on the
+    # user id Django verified for the session (asked once per session at /_identity/), everyone
+    # else (no session, or one Django does not know) on the address.
+    throttle_secret test-secret-0123456789abcdef;
+    throttle_identity $cookie_sessionid resolve=/_identity/ zone=ids:1m;
+    map $throttle_user_id $anon_ip {
         ""      $binary_remote_addr;
         default "";
     }
-    # After verified identity lands (issue 10, items 3-4; the exact directives are the
-    # README's), key the user zone on the verified id and everyone else on the address, and
-    # drop the TODOs below:
-    #   throttle_identity_resolve /_identity/;      (asks /_identity/ once per session)
-    #   map $throttle_user_id $anon_ip { "" $binary_remote_addr; default ""; }
-    #   throttle_zone $throttle_user_id zone=user:1m rate=10r/m;
-    #   location = /_identity/ { internal; proxy_pass http://django;
-    #       proxy_pass_request_body off; proxy_set_header Content-Length "";
-    #       proxy_set_header Cookie $http_cookie; }
     throttle_zone $anon_ip            zone=anon:1m  rate=5r/m;
-    throttle_zone $cookie_sessionid   zone=user:1m  rate=10r/m;
+    throttle_zone $throttle_user_id   zone=user:1m  rate=10r/m;
     throttle_zone $binary_remote_addr zone=login:1m rate=3r/m;
 
     upstream django {
@@ -52,7 +48,15 @@ http {
         proxy_http_version 1.1;
         proxy_set_header Connection "";
 
+        location = /_identity/ {
+            internal;
+            proxy_pass http://django;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header Cookie $http_cookie;
+        }
         location /plain/ {
+            throttle_identity_resolve on;
             throttle zone=anon;
             throttle zone=user;
             proxy_pass http://django;
@@ -201,31 +205,21 @@ ok((grep { $_->{status} == 200 && $_->{body} =~ /"user_id":(\d+)/
             && $1 == $dj->user_id('alice') } @$mod), 'one session: the view saw alice');
 
 # 3. The same user with two sessions, alternating: DRF counts per user (10 in all); the
-# module keys the user zone on the session cookie, so each session has its own 10.
+# module keys the user zone on the verified user id: the same 10 for both sessions.
 ($drf, $mod) = both(from => '127.0.0.4', logins => ['bob', 'bob'],
     steps => [map { [@$ITEMS, $_ % 2] } 0 .. 15]);
 is_deeply(tally(@$drf), { 200 => 10, 429 => 6 }, 'two sessions of one user: DRF admits 10 of 16');
 check_retry_after('two sessions, DRF', 60, @$drf);
-TODO: {
-    local $TODO = 'the user zone counts per session cookie (' . show(tally(@$mod)) . '), DRF '
-        . 'per user: key it on $throttle_user_id (throttle_identity_resolve asks '
-        . 'conf.examples/django/throttle_identity.py) and drop this TODO';
-    is_deeply(tally(@$mod), tally(@$drf), 'two sessions of one user: the module counts per user');
-}
+is_deeply(tally(@$mod), tally(@$drf), 'two sessions of one user: the module counts per user');
 
 # 4. An invented session cookie per request: DRF sees an anonymous client (5 per address);
-# the module takes any non-empty cookie for a user and gives each its own user bucket.
+# the module asks Django, which knows none of them: anonymous, limited on the address.
 sub invent { [map { 'sessionid=' . join('', map { ('a' .. 'z', 0 .. 9)[rand 36] } 1 .. 32) } 0 .. 7] }
 my $steps = [map { [@$ITEMS, $_] } 0 .. 7];
 ($drf, $mod) = ([run_sequence('drf', '127.0.0.5', $steps, invent())],
     [module_sequence('127.0.0.5', $steps, \&invent)]);
 is_deeply(tally(@$drf), { 200 => 5, 429 => 3 }, 'invented session cookies: DRF counts them anonymous');
-TODO: {
-    local $TODO = 'any non-empty sessionid gets a user bucket (' . show(tally(@$mod)) . '): '
-        . 'with $throttle_user_id, an unknown session is anonymous (limited on the address); '
-        . 'drop this TODO then';
-    is_deeply(tally(@$mod), tally(@$drf), 'invented session cookies: the module counts them anonymous');
-}
+is_deeply(tally(@$mod), tally(@$drf), 'invented session cookies: the module counts them anonymous');
 
 # 5. The scoped login view: ScopedRateThrottle scope "login" (3/min per address for anonymous
 # clients) vs the login zone; wrong passwords (400) until limited.
