@@ -24,6 +24,12 @@ struct IdentitySource {
     ngx_str_t name;  // lowercase: "sessionid", "x_token"
 };
 
+// Whether one of these sources (an array of IdentitySource; nullptr: none) is sent more than
+// once: nginx reads the first, the application may read the last (Django does), so the two
+// could read different users or languages (core/cache_identity.hpp). The cache bypasses such a
+// request; throttle_identity treats it as anonymous.
+bool sent_twice(ngx_http_request_t* r, const ngx_array_t* list) noexcept;
+
 // Per location. Unset values are NGX_CONF_UNSET*.
 struct CacheLocConf {
     ngx_str_t ns;                    // throttle_cache NAME; len 0: off; data null: unset

@@ -88,38 +88,6 @@ bool has_body(ngx_http_request_t* r) noexcept {
     return false;
 }
 
-// Whether one of these cookies or headers is sent more than once: nginx and the application
-// could then read two different users, or languages (core/cache_identity.hpp).
-bool sent_twice(ngx_http_request_t* r, const ngx_array_t* list) noexcept {
-    if (list == nullptr) {
-        return false;
-    }
-    auto* sources = static_cast<IdentitySource*>(list->elts);
-    for (ngx_uint_t k = 0; k < list->nelts; k++) {
-        std::string_view name = view(sources[k].name);
-        size_t seen = 0;
-        for (ngx_list_part_t* part = &r->headers_in.headers.part; part; part = part->next) {
-            auto* h = static_cast<ngx_table_elt_t*>(part->elts);
-            for (ngx_uint_t i = 0; i < part->nelts; i++) {
-                if (h[i].hash == 0) {
-                    continue;
-                }
-                if (sources[k].cookie) {
-                    if (core::http::iequals(view(h[i].key), "cookie")) {
-                        seen += core::cache::cookie_occurrences(view(h[i].value), name);
-                    }
-                } else if (core::cache::header_is_variable(view(h[i].key), name)) {
-                    ++seen;
-                }
-                if (seen > 1) {
-                    return true;
-                }
-            }
-        }
-    }
-    return false;
-}
-
 void set_status(CacheRequest& cr, CacheStatus s) noexcept {
     if (RequestCtx* ctx = get_ctx(cr.request())) {
         ctx->cache_status = s;
@@ -378,6 +346,37 @@ void on_miss(const std::shared_ptr<CacheRequest>& cr, const redis::CacheLookup& 
 }
 
 }  // namespace
+
+// Declared in cache/conf.hpp.
+bool sent_twice(ngx_http_request_t* r, const ngx_array_t* list) noexcept {
+    if (list == nullptr) {
+        return false;
+    }
+    auto* sources = static_cast<IdentitySource*>(list->elts);
+    for (ngx_uint_t k = 0; k < list->nelts; k++) {
+        std::string_view name = view(sources[k].name);
+        size_t seen = 0;
+        for (ngx_list_part_t* part = &r->headers_in.headers.part; part; part = part->next) {
+            auto* h = static_cast<ngx_table_elt_t*>(part->elts);
+            for (ngx_uint_t i = 0; i < part->nelts; i++) {
+                if (h[i].hash == 0) {
+                    continue;
+                }
+                if (sources[k].cookie) {
+                    if (core::http::iequals(view(h[i].key), "cookie")) {
+                        seen += core::cache::cookie_occurrences(view(h[i].value), name);
+                    }
+                } else if (core::cache::header_is_variable(view(h[i].key), name)) {
+                    ++seen;
+                }
+                if (seen > 1) {
+                    return true;
+                }
+            }
+        }
+    }
+    return false;
+}
 
 CacheRequest::CacheRequest(ngx_http_request_t* r, const CacheLocConf* c) noexcept
     : RequestBound(r), conf(c) {

@@ -27,6 +27,7 @@
 #include "core/cache_identity.hpp"
 #include "core/http_text.hpp"
 #include "core/identity_table.hpp"
+#include "ngx/cache/conf.hpp"
 #include "ngx/identity/identity.hpp"
 #include "ngx/redis_link.hpp"
 #include "ngx/request.hpp"
@@ -109,36 +110,6 @@ void settle(ngx_http_request_t* r, IdentityState& st, id::Kind kind,
     }
 }
 
-// Whether a cookie or header the credential is read from is sent more than once: nginx reads
-// the first, an application may read the last (Django does), so the answer could be another
-// credential's. (The same rule as the cache's, cache/handler.cpp.)
-bool sent_twice(ngx_http_request_t* r, const ngx_array_t* list) noexcept {
-    auto* sources = static_cast<IdentitySource*>(list->elts);
-    for (ngx_uint_t k = 0; k < list->nelts; k++) {
-        std::string_view name = view(sources[k].name);
-        size_t seen = 0;
-        for (ngx_list_part_t* part = &r->headers_in.headers.part; part; part = part->next) {
-            auto* h = static_cast<ngx_table_elt_t*>(part->elts);
-            for (ngx_uint_t i = 0; i < part->nelts; i++) {
-                if (h[i].hash == 0) {
-                    continue;
-                }
-                if (sources[k].cookie) {
-                    if (core::http::iequals(view(h[i].key), "cookie")) {
-                        seen += core::cache::cookie_occurrences(view(h[i].value), name);
-                    }
-                } else if (core::cache::header_is_variable(view(h[i].key), name)) {
-                    ++seen;
-                }
-                if (seen > 1) {
-                    return true;
-                }
-            }
-        }
-    }
-    return false;
-}
-
 // The credential's digest; false when the request carries none (empty value).
 bool digest_credential(ngx_http_request_t* r, const IdentityMainConf& icf, IdentityState& st,
                        bool& error) noexcept {
@@ -151,7 +122,7 @@ bool digest_credential(ngx_http_request_t* r, const IdentityMainConf& icf, Ident
         error = true;
         return false;
     }
-    if (cred.len == 0 || (icf.sources != nullptr && sent_twice(r, icf.sources))) {
+    if (cred.len == 0 || sent_twice(r, icf.sources)) {
         return false;  // no credential, or an ambiguous one: anonymous
     }
     st.digest = id::credential_digest(*icf.key, view(cred));
