@@ -27,11 +27,14 @@ TOP       := $(CURDIR)
 NGX_CC_OPT ?= -O2
 NGX_LD_OPT ?=
 
-# Debian packages the build, tests, demo and benchmark need.
+# Debian packages the build, tests, demo and benchmark need. prometheus (the server and
+# promtool, for t/63 and t/64): its postinst starts no service where there is neither systemd
+# nor a known runlevel (a container: invoke-rc.d finds no start link for runlevel "unknown");
+# on a machine booted with systemd it enables and starts prometheus.service on :9090.
 DEB_PACKAGES := build-essential g++ cmake make perl nginx nginx-dev libpcre2-dev libssl-dev \
                 zlib1g-dev libhiredis-dev libevent-dev libgtest-dev redis-server wrk curl \
                 clang-format clang libclang-rt-dev libnginx-mod-stream \
-                python3-django python3-djangorestframework gunicorn openssl
+                python3-django python3-djangorestframework gunicorn openssl prometheus
 
 SOURCES := $(wildcard src/*/*.cpp src/*/*.hpp src/*/*/*.cpp src/*/*/*.hpp) config
 
