@@ -1,0 +1,471 @@
+package Throttle::Prometheus;
+
+# A real Prometheus server for the integration tests (core Perl only; JSON::PP is core).
+#
+#   my $t = Throttle::Test->new;
+#   $t->write_conf(...)->run;                            # nginx with location = /metrics
+#   my $prom = Throttle::Prometheus->new(t => $t, target => '127.0.0.1:' . $t->port,
+#       metrics_path => '/metrics', rules => ["$Throttle::Test::REPO/conf.examples/x.yml"]);
+#   ... traffic ...
+#   my $at = Time::HiRes::time;
+#   $prom->wait_for_scrape(after => $at);                # a scrape that began after $at
+#   is($prom->value('nginx_throttle_requests_total{zone="z",outcome="rejected"}'), 5);
+#
+# The server (Debian's /usr/bin/prometheus) listens on a free loopback port, keeps its TSDB in
+# its own directory (under the Throttle::Test's temp directory when given t =>), and scrapes
+# one job ("throttle", the given target and metrics_path) every scrape_interval (default 1s),
+# evaluating the given rule files every evaluation_interval (default 1s). new() returns when
+# /-/ready answers 200. The server is stopped when the object goes away and, whatever happens
+# to the test, at END.
+#
+# Synchronisation is by polling the HTTP API, never by sleeping for a scrape interval:
+# wait_for_scrape(after => $time) polls until the sample of `up` for the target has a
+# timestamp after $time (that scrape began after $time, and Prometheus commits a scrape's
+# samples together with its `up`: whatever nginx counted before $time is in that scrape).
+#
+# Environment: TEST_PROMETHEUS (default /usr/bin/prometheus), TEST_PROMTOOL (default
+# /usr/bin/promtool). Without them the test file is skipped.
+
+use strict;
+use warnings;
+
+use Errno qw(EAGAIN EINTR EWOULDBLOCK);
+use File::Path ();
+use File::Spec;
+use File::Temp ();
+use IO::Select;
+use IO::Socket::INET;
+use JSON::PP ();
+use POSIX qw(WNOHANG);
+use Scalar::Util ();
+use Test::More ();
+use Time::HiRes qw(time sleep);
+use Throttle::Test ();
+
+my %LIVE;    # "pid" => weakened object, for END
+my $SEQ = 0;
+
+sub binary  { $ENV{TEST_PROMETHEUS} // '/usr/bin/prometheus' }
+sub promtool { $ENV{TEST_PROMTOOL} // '/usr/bin/promtool' }
+
+# Why Prometheus cannot run here (undef when it can).
+sub unavailable {
+    return 'no prometheus at ' . binary() . ' (apt-get install prometheus)' unless -x binary();
+    return 'no promtool at ' . promtool() . ' (apt-get install prometheus)' unless -x promtool();
+    return undef;
+}
+
+# Options: t => Throttle::Test (directory under its temp dir, port from its free ports),
+# dir => directory, target => 'host:port' (the scrape target; required unless scrape => 0),
+# metrics_path => '/metrics', job => 'throttle', scrape_interval => '1s',
+# evaluation_interval => '1s', rules => [rule file paths], labels => { name => value } (target
+# labels), start => 0 (do not start). Skips the test file when Prometheus is missing.
+sub new {
+    my ($class, %opt) = @_;
+    if (my $why = unavailable()) {
+        Test::More::plan(skip_all => $why);
+    }
+    die "Throttle::Prometheus->new: target => 'host:port' is required\n"
+        unless defined $opt{target};
+
+    my $self = bless {
+        target              => $opt{target},
+        metrics_path        => $opt{metrics_path} // '/metrics',
+        job                 => $opt{job} // 'throttle',
+        scrape_interval     => $opt{scrape_interval} // '1s',
+        evaluation_interval => $opt{evaluation_interval} // '1s',
+        rules               => $opt{rules} // [],
+        labels              => $opt{labels} // {},
+        owner               => $$,
+        json                => JSON::PP->new->utf8->canonical,
+    }, $class;
+
+    my $n = ++$SEQ;
+    if ($opt{dir}) {
+        $self->{dir} = $opt{dir};
+    } elsif ($opt{t}) {
+        $self->{dir} = $opt{t}->testdir . "/prometheus-$n";
+    } else {
+        my $base = $ENV{TEST_NGINX_TMPDIR} // File::Spec->tmpdir;
+        $self->{tmp} = File::Temp->newdir('throttle-prometheus-XXXXXX', DIR => $base,
+            CLEANUP => !$ENV{TEST_NGINX_LEAVE});
+        $self->{dir} = "$self->{tmp}";
+    }
+    File::Path::make_path("$self->{dir}/data");
+    $self->{port} = $opt{port}
+        // ($opt{t} ? $opt{t}->port("prometheus$n") : Throttle::Test::_free_port());
+
+    $self->_write_config;
+    $self->start unless defined $opt{start} && !$opt{start};
+    return $self;
+}
+
+sub port        { $_[0]{port} }
+sub pid         { $_[0]{pid} }
+sub dir         { $_[0]{dir} }
+sub address     { "127.0.0.1:$_[0]{port}" }
+sub running     { defined $_[0]{pid} }
+sub job         { $_[0]{job} }
+sub target      { $_[0]{target} }
+sub config_path { "$_[0]{dir}/prometheus.yml" }
+sub log_path    { "$_[0]{dir}/prometheus.log" }
+sub log         { _slurp($_[0]->log_path) }
+
+# YAML double-quoted scalar (the config's values are ours: paths, addresses, label values).
+sub _q {
+    my ($s) = @_;
+    $s =~ s/(["\\])/\\$1/g;
+    $s =~ s/\n/\\n/g;
+    return qq{"$s"};
+}
+
+sub _write_config {
+    my ($self) = @_;
+    my $y = "# generated by Throttle::Prometheus\n"
+        . "global:\n"
+        . "  scrape_interval: $self->{scrape_interval}\n"
+        . "  scrape_timeout: $self->{scrape_interval}\n"
+        . "  evaluation_interval: $self->{evaluation_interval}\n";
+    if (@{ $self->{rules} }) {
+        $y .= "rule_files:\n";
+        $y .= '  - ' . _q(File::Spec->rel2abs($_)) . "\n" for @{ $self->{rules} };
+    }
+    $y .= "scrape_configs:\n"
+        . '  - job_name: ' . _q($self->{job}) . "\n"
+        . '    metrics_path: ' . _q($self->{metrics_path}) . "\n"
+        . "    static_configs:\n"
+        . '      - targets: [' . _q($self->{target}) . "]\n";
+    if (%{ $self->{labels} }) {
+        $y .= "        labels:\n";
+        $y .= '          ' . $_ . ': ' . _q($self->{labels}{$_}) . "\n"
+            for sort keys %{ $self->{labels} };
+    }
+    open my $fh, '>', $self->config_path or die "write " . $self->config_path . ": $!\n";
+    print $fh $y;
+    close $fh or die "close " . $self->config_path . ": $!\n";
+    return;
+}
+
+# ---------------------------------------------------------------------------------------
+# process
+
+# Starts prometheus and waits until /-/ready answers 200 (30 s at most: a first start on a
+# busy machine opens the TSDB, replays an empty WAL and loads the rules).
+sub start {
+    my ($self) = @_;
+    die "prometheus already running\n" if $self->{pid};
+    my @cmd = (binary(),
+        '--config.file=' . $self->config_path,
+        "--storage.tsdb.path=$self->{dir}/data",
+        '--web.listen-address=' . $self->address,
+        '--log.level=info');
+
+    my $pid = fork // die "fork: $!\n";
+    if ($pid == 0) {
+        chdir $self->{dir};
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', $self->log_path or POSIX::_exit(126);
+        open STDERR, '>&', \*STDOUT or POSIX::_exit(126);
+        exec { $cmd[0] } @cmd or POSIX::_exit(127);
+    }
+    $self->{pid} = $pid;
+    $LIVE{$pid} = $self;
+    Scalar::Util::weaken($LIVE{$pid});
+
+    my $deadline = time + 30;
+    while (1) {
+        if (waitpid($pid, WNOHANG) == $pid) {
+            my $st = $?;
+            delete $LIVE{$pid};
+            delete $self->{pid};
+            die "prometheus exited at start (status $st):\n" . $self->log;
+        }
+        my $r = $self->http('GET', '/-/ready', timeout => 2);
+        last if $r->{status} == 200;
+        if (time > $deadline) {
+            $self->stop;
+            die "prometheus not ready within 30s:\n" . $self->log;
+        }
+        sleep 0.05;
+    }
+    return $self;
+}
+
+# SIGTERM (Prometheus shuts down cleanly), SIGKILL after 10 s; reaps it.
+sub stop {
+    my ($self) = @_;
+    my $pid = $self->{pid} or return $self;
+    return $self if $$ != $self->{owner};
+    CORE::kill 'TERM', $pid;
+    my $deadline = time + 10;
+    while (time < $deadline) {
+        last if waitpid($pid, WNOHANG) == $pid;
+        sleep 0.01;
+    }
+    if (CORE::kill 0, $pid) {
+        Test::More::diag("prometheus $pid did not exit on SIGTERM, sending SIGKILL");
+        CORE::kill 'KILL', $pid;
+        waitpid $pid, 0;
+    }
+    delete $LIVE{$pid};
+    delete $self->{pid};
+    return $self;
+}
+
+sub DESTROY {
+    my ($self) = @_;
+    return if $$ != ($self->{owner} // 0);
+    local ($?, $!, $@);
+    $self->stop if $self->{pid};
+}
+
+END {
+    for my $p (grep { defined } values %LIVE) {
+        local $?;
+        $p->stop;
+    }
+}
+
+# ---------------------------------------------------------------------------------------
+# HTTP
+
+sub uri_escape {
+    my ($s) = @_;
+    $s =~ s/([^A-Za-z0-9\-._~])/sprintf('%%%02X', ord $1)/ge;
+    return $s;
+}
+
+# One HTTP/1.0 request to host:port (connection closed by the server); returns a response
+# shaped as Throttle::Test::request's ({ status, headers, body }, status 0 and error on
+# failure). Options: timeout => 10.
+sub http_request {
+    my ($host, $port, $method, $path, %opt) = @_;
+    my $timeout = $opt{timeout} // 10;
+    my $deadline = time + $timeout;
+    my $s = IO::Socket::INET->new(PeerAddr => $host, PeerPort => $port, Proto => 'tcp',
+        Timeout => $timeout);
+    return { status => 0, error => "connect $host:$port: $!", headers => {}, body => '' }
+        unless $s;
+    my $req = "$method $path HTTP/1.0\r\nHost: $host:$port\r\nAccept: */*\r\n\r\n";
+    my $sel = IO::Select->new($s);
+    while (length $req) {
+        my $n = syswrite $s, $req;
+        if (!defined $n) {
+            next if $! == EINTR;
+            return { status => 0, error => "write: $!", headers => {}, body => '' };
+        }
+        substr $req, 0, $n, '';
+    }
+    $s->blocking(0);
+    my $in = '';
+    while (1) {
+        my $left = $deadline - time;
+        return { status => 0, error => 'timeout', headers => {}, body => $in } if $left <= 0;
+        next unless $sel->can_read($left);
+        my $n = sysread $s, $in, 65536, length $in;
+        if (!defined $n) {
+            next if $! == EAGAIN || $! == EWOULDBLOCK || $! == EINTR;
+            last;
+        }
+        last if $n == 0;
+    }
+    close $s;
+    return Throttle::Test::parse_response($in);
+}
+
+# A request to this Prometheus: http('GET', '/api/v1/targets').
+sub http {
+    my ($self, $method, $path, %opt) = @_;
+    return http_request('127.0.0.1', $self->{port}, $method, $path, %opt);
+}
+
+# GET /api/v1/$endpoint?params: the decoded "data" of a successful answer; dies with the
+# error Prometheus gave otherwise (a bad PromQL expression, say).
+sub api {
+    my ($self, $endpoint, %params) = @_;
+    my $qs = join '&', map { uri_escape($_) . '=' . uri_escape($params{$_}) } sort keys %params;
+    my $path = "/api/v1/$endpoint" . (length $qs ? "?$qs" : '');
+    my $r = $self->http('GET', $path);
+    die "prometheus GET $path: " . ($r->{error} // "status $r->{status}") . "\n"
+        unless $r->{status};
+    my $doc = eval { $self->{json}->decode($r->{body}) };
+    die "prometheus GET $path: status $r->{status}, not JSON: $r->{body}\n" unless $doc;
+    die "prometheus GET $path: $doc->{errorType}: $doc->{error}\n"
+        unless ($doc->{status} // '') eq 'success';
+    return $doc->{data};
+}
+
+# Instant query: the result list of a vector ([{ metric => {labels}, value => [ts, "v"] }]),
+# or, for a scalar/string result, [ts, "v"]. Options: time => epoch seconds.
+sub query {
+    my ($self, $expr, %opt) = @_;
+    my %p = (query => $expr);
+    $p{time} = sprintf '%.3f', $opt{time} if defined $opt{time};
+    my $data = $self->api('query', %p);
+    return $data->{result};
+}
+
+# Values of an instant vector query as { 'label="v",...' => number } (labels sorted, __name__
+# left out), for comparing whole vectors in one is_deeply.
+sub vector {
+    my ($self, $expr, %opt) = @_;
+    my $res = $self->query($expr, %opt);
+    die "query $expr: not a vector\n" unless ref $res eq 'ARRAY' && (!@$res || ref $res->[0]);
+    my %v;
+    for my $s (@$res) {
+        my $m = $s->{metric};
+        my $k = join ',', map { qq{$_="$m->{$_}"} } grep { $_ ne '__name__' } sort keys %$m;
+        $v{$k} = _num($s->{value}[1]);
+    }
+    return \%v;
+}
+
+# The one value of a query: a number, undef when the vector is empty; dies when the vector
+# holds several series (the expression is ambiguous: sum it, or name every label).
+sub value {
+    my ($self, $expr, %opt) = @_;
+    my $res = $self->query($expr, %opt);
+    return _num($res->[1]) if ref $res eq 'ARRAY' && @$res == 2 && !ref $res->[0];
+    return undef unless @$res;
+    die "query $expr: " . scalar(@$res) . " series, expected one:\n"
+        . join("\n", map { $self->{json}->encode($_->{metric}) } @$res) . "\n"
+        if @$res > 1;
+    return _num($res->[0]{value}[1]);
+}
+
+sub _num {
+    my ($v) = @_;
+    return undef unless defined $v;
+    return $v eq 'NaN' ? 'NaN' : $v eq '+Inf' ? '+Inf' : $v eq '-Inf' ? '-Inf' : 0 + $v;
+}
+
+# Active targets of the job ({ health, lastScrape, lastError, scrapeUrl, labels, ... }).
+sub targets {
+    my ($self) = @_;
+    my $data = $self->api('targets', state => 'active');
+    return grep { ($_->{labels}{job} // '') eq $self->{job} } @{ $data->{activeTargets} // [] };
+}
+
+# Alerts Prometheus holds now (pending and firing): [{ labels => { alertname, ... }, state,
+# activeAt, value, annotations }].
+sub alerts {
+    my ($self) = @_;
+    return @{ $self->api('alerts')->{alerts} // [] };
+}
+
+# Rule groups as loaded ({ name, file, rules => [{ name, health, lastError, type, ... }] }).
+sub rule_groups {
+    my ($self) = @_;
+    return @{ $self->api('rules')->{groups} // [] };
+}
+
+# ---------------------------------------------------------------------------------------
+# polling
+
+# Calls $cond until it returns true or timeout => 30 seconds pass (polling every 0.05 s).
+# Returns the last value of $cond (false on timeout).
+sub poll {
+    my ($cond, %opt) = @_;
+    my $deadline = time + ($opt{timeout} // 30);
+    while (1) {
+        my $v = $cond->();
+        return $v if $v;
+        return $v if time > $deadline;
+        sleep $opt{step} // 0.05;
+    }
+}
+
+# Timestamp (epoch seconds, ms precision) of the newest scrape of the target whose samples
+# are queryable: the timestamp of its `up` sample; undef before the first.
+sub last_scrape_time {
+    my ($self) = @_;
+    return $self->value('max(timestamp(up{job="' . $self->{job} . '"}))');
+}
+
+# Polls until a scrape that began after `after => $time` (default: now) is in the TSDB;
+# returns { time => its timestamp, up => 0|1, health, error => lastError }, or dies after
+# timeout => 30 s with what the targets API says. A scrape that failed (up 0) is returned
+# too: the caller asserts up.
+sub wait_for_scrape {
+    my ($self, %opt) = @_;
+    my $after = $opt{after} // time;
+    my $ts;
+    poll(sub {
+        $ts = $self->last_scrape_time;
+        defined $ts && $ts > $after;
+    }, timeout => $opt{timeout} // 30);
+    my ($target) = $self->targets;
+    unless (defined $ts && $ts > $after) {
+        die sprintf("no scrape of %s after %.3f (last sample %s): health %s, lastScrape %s, "
+                . "lastError %s\n", $self->{target}, $after, $ts // 'none',
+            $target->{health} // '?', $target->{lastScrape} // '?',
+            $target->{lastError} // '?');
+    }
+    my $up = $self->value(sprintf 'up{job="%s"} @ %.3f', $self->{job}, $ts);
+    return { time => $ts, up => $up, health => $target->{health},
+        error => $target->{lastError} };
+}
+
+# Polls until the query returns a non-empty vector (or a true $opt{until}->($result));
+# returns the result (the last one on timeout => 30 s).
+sub wait_for_series {
+    my ($self, $expr, %opt) = @_;
+    my $res;
+    poll(sub {
+        $res = $self->query($expr);
+        $opt{until} ? $opt{until}->($res) : @$res;
+    }, timeout => $opt{timeout} // 30);
+    return $res;
+}
+
+# Polls until an alert named $name is in state => 'pending'|'firing' (default: either);
+# returns it (undef on timeout => 30 s). labels => { name => value } narrows the match.
+sub wait_for_alert {
+    my ($self, $name, %opt) = @_;
+    my $found;
+    poll(sub {
+        ($found) = grep {
+            my $a = $_;
+            $a->{labels}{alertname} eq $name
+                && (!$opt{state} || $a->{state} eq $opt{state})
+                && !grep { ($a->{labels}{$_} // '') ne $opt{labels}{$_} }
+                keys %{ $opt{labels} // {} }
+        } $self->alerts;
+        $found;
+    }, timeout => $opt{timeout} // 30);
+    return $found;
+}
+
+# ---------------------------------------------------------------------------------------
+# promtool
+
+# Runs promtool with @args, $stdin on its standard input (undef: /dev/null); returns
+# (exit status as $? gives it, output: stdout and stderr together).
+sub run_promtool {
+    my ($class_or_self, $stdin, @args) = @_;
+    my $dir = File::Temp->newdir('throttle-promtool-XXXXXX', TMPDIR => 1);
+    my $in = "$dir/stdin";
+    my $out = "$dir/out";
+    open my $fh, '>', $in or die "write $in: $!\n";
+    print $fh $stdin // '';
+    close $fh;
+    my $pid = fork // die "fork: $!\n";
+    if ($pid == 0) {
+        open STDIN, '<', $in or POSIX::_exit(126);
+        open STDOUT, '>', $out or POSIX::_exit(126);
+        open STDERR, '>&', \*STDOUT or POSIX::_exit(126);
+        exec { promtool() } promtool(), @args or POSIX::_exit(127);
+    }
+    waitpid $pid, 0;
+    my $st = $?;
+    return ($st, _slurp($out));
+}
+
+sub _slurp {
+    my ($path) = @_;
+    open my $fh, '<', $path or return '';
+    local $/;
+    return <$fh> // '';
+}
+
+1;
