@@ -40,6 +40,7 @@ struct RequestCtx {
     const void* decided_in;      // the location (its LocConf) whose zones were decided last
     const ngx_str_t* zone_name;  // the zone the RateLimit fields describe
     const ngx_str_t* policy;     // its RateLimit-Policy value
+    uint64_t limit;              // its quota (the policy's q=)
     uint64_t remaining;
     int64_t reset_s;
     int64_t retry_after_s;
@@ -47,7 +48,9 @@ struct RequestCtx {
     // subrequests) did in each zone, by ZoneConf::index (limit/access_handler.cpp); nullptr
     // until a zone was counted or is being decided.
     ZoneMark* marks;
-    CacheStatus cache_status;  // main request only, as the two below
+    CacheStatus cache_status;  // main request only, as the four below
+    bool cache_served;         // the response is a stored entry (cache/serve.cpp), of age:
+    int64_t cache_age_s;       // the Age header sent with it
     CacheHold* hold;           // a write's response held until its invalidation is answered
     CacheRequest* cache;       // the response cache's state (cache/request.hpp), or nullptr
     IdentityState* identity;   // main request only: its verified identity (identity/resolve.cpp)

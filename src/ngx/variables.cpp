@@ -1,5 +1,5 @@
-// $throttle_status, $throttle_remaining, $throttle_reset, $throttle_retry_after and
-// $throttle_cache_status.
+// $throttle_status, $throttle_zone, $throttle_limit, $throttle_remaining, $throttle_reset,
+// $throttle_retry_after, $throttle_cache_status and $throttle_cache_age.
 #include "ngx/conf.hpp"
 #include "ngx/request.hpp"
 
@@ -52,26 +52,68 @@ ngx_int_t status_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v, u
     return set_value(v, outcome_names[static_cast<ngx_uint_t>(ctx->outcome)]);
 }
 
-ngx_int_t remaining_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
-                             uintptr_t) noexcept {
+// The decision of r when a zone applied: the one the RateLimit fields describe (the zone that
+// rejected, or the one with the fewest requests left); nullptr when none applied.
+const RequestCtx* zone_decision_of(ngx_http_request_t* r) noexcept {
     const RequestCtx* ctx = decision_of(r);
     if (ctx == nullptr || ctx->outcome == Outcome::none || ctx->zone_name == nullptr) {
-        set_not_found(v);
-        return NGX_OK;
+        return nullptr;
     }
+    return ctx;
+}
+
+ngx_int_t set_unsigned(ngx_http_request_t* r, ngx_http_variable_value_t* v, uint64_t n) noexcept {
     auto* p = static_cast<u_char*>(ngx_pnalloc(r->pool, NGX_INT64_LEN));
     if (p == nullptr) {
         return NGX_ERROR;
     }
-    return set_value(v, {static_cast<size_t>(ngx_sprintf(p, "%uL", ctx->remaining) - p), p});
+    return set_value(v, {static_cast<size_t>(ngx_sprintf(p, "%uL", n) - p), p});
+}
+
+ngx_int_t set_signed(ngx_http_request_t* r, ngx_http_variable_value_t* v, int64_t n) noexcept {
+    auto* p = static_cast<u_char*>(ngx_pnalloc(r->pool, NGX_INT64_LEN));
+    if (p == nullptr) {
+        return NGX_ERROR;
+    }
+    return set_value(v, {static_cast<size_t>(ngx_sprintf(p, "%L", n) - p), p});
+}
+
+// $throttle_zone: the name of the zone the other variables describe.
+ngx_int_t zone_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v, uintptr_t) noexcept {
+    const RequestCtx* ctx = zone_decision_of(r);
+    if (ctx == nullptr) {
+        set_not_found(v);
+        return NGX_OK;
+    }
+    return set_value(v, *ctx->zone_name);
+}
+
+// $throttle_limit: its quota (RateLimit-Policy q=).
+ngx_int_t limit_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v, uintptr_t) noexcept {
+    const RequestCtx* ctx = zone_decision_of(r);
+    if (ctx == nullptr) {
+        set_not_found(v);
+        return NGX_OK;
+    }
+    return set_unsigned(r, v, ctx->limit);
+}
+
+ngx_int_t remaining_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
+                             uintptr_t) noexcept {
+    const RequestCtx* ctx = zone_decision_of(r);
+    if (ctx == nullptr) {
+        set_not_found(v);
+        return NGX_OK;
+    }
+    return set_unsigned(r, v, ctx->remaining);
 }
 
 // $throttle_reset (RateLimit t=) and $throttle_retry_after (Retry-After, rejected only), in
 // seconds, of the decision the RateLimit fields describe.
 ngx_int_t seconds_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
                            uintptr_t data) noexcept {
-    const RequestCtx* ctx = decision_of(r);
-    if (ctx == nullptr || ctx->outcome == Outcome::none || ctx->zone_name == nullptr) {
+    const RequestCtx* ctx = zone_decision_of(r);
+    if (ctx == nullptr) {
         set_not_found(v);
         return NGX_OK;
     }
@@ -81,12 +123,7 @@ ngx_int_t seconds_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
         set_not_found(v);
         return NGX_OK;
     }
-    auto* p = static_cast<u_char*>(ngx_pnalloc(r->pool, NGX_INT64_LEN));
-    if (p == nullptr) {
-        return NGX_ERROR;
-    }
-    int64_t s = retry ? ctx->retry_after_s : ctx->reset_s;
-    return set_value(v, {static_cast<size_t>(ngx_sprintf(p, "%L", s) - p), p});
+    return set_signed(r, v, retry ? ctx->retry_after_s : ctx->reset_s);
 }
 
 ngx_str_t cache_status_names[] = {
@@ -105,10 +142,26 @@ ngx_int_t cache_status_variable(ngx_http_request_t* r, ngx_http_variable_value_t
     return set_value(v, cache_status_names[static_cast<ngx_uint_t>(ctx->cache_status)]);
 }
 
+// $throttle_cache_age: the Age of the entry a HIT, STALE or UPDATING response served.
+ngx_int_t cache_age_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
+                             uintptr_t) noexcept {
+    const RequestCtx* ctx = get_ctx(r->main);
+    if (ctx == nullptr || !ctx->cache_served ||
+        (ctx->cache_status != CacheStatus::hit && ctx->cache_status != CacheStatus::stale &&
+         ctx->cache_status != CacheStatus::updating)) {
+        set_not_found(v);
+        return NGX_OK;
+    }
+    return set_signed(r, v, ctx->cache_age_s);
+}
+
 ngx_http_variable_t variables[] = {
     {ngx_string("throttle_cache_status"), nullptr, cache_status_variable, 0,
      NGX_HTTP_VAR_NOCACHEABLE, 0},
+    {ngx_string("throttle_cache_age"), nullptr, cache_age_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
     {ngx_string("throttle_status"), nullptr, status_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
+    {ngx_string("throttle_zone"), nullptr, zone_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
+    {ngx_string("throttle_limit"), nullptr, limit_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
     {ngx_string("throttle_remaining"), nullptr, remaining_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
     {ngx_string("throttle_reset"), nullptr, seconds_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
     {ngx_string("throttle_retry_after"), nullptr, seconds_variable, 1, NGX_HTTP_VAR_NOCACHEABLE, 0},

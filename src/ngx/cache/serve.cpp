@@ -103,9 +103,14 @@ bool set_headers(ngx_http_request_t* r, const core::cache::EntryView& v, bool gz
     if (age == nullptr) {
         return false;
     }
-    size_t age_len = ngx_sprintf(age, "%L", core::cache::age_seconds(v, now_ms())) - age;
+    int64_t age_s = core::cache::age_seconds(v, now_ms());
+    size_t age_len = ngx_sprintf(age, "%L", age_s) - age;
     if (push_header(r, "Age", {reinterpret_cast<char*>(age), age_len}) == nullptr) {
         return false;
+    }
+    if (RequestCtx* ctx = get_ctx(r)) {  // $throttle_cache_age
+        ctx->cache_served = true;
+        ctx->cache_age_s = age_s;
     }
     if (gz) {
         ngx_table_elt_t* ce = push_header(r, "Content-Encoding", "gzip");

@@ -327,6 +327,7 @@ bool conclude(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, const 
     if (shown != nullptr && !keep) {
         ctx->zone_name = &shown->zone->name;
         ctx->policy = &shown->zone->policy_header;
+        ctx->limit = core::quota(shown->zone->policy);
         ctx->remaining = shown->decision.remaining;
         ctx->reset_s = ceil_seconds(shown->decision.reset_ms);
         ctx->retry_after_s =
@@ -342,6 +343,7 @@ bool conclude(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, const 
         shown = &c.applied[0];
         ctx->zone_name = &shown->zone->name;
         ctx->policy = &shown->zone->policy_header;
+        ctx->limit = core::quota(shown->zone->policy);
     }
     ngx_log_error(lcf->limit.log_level, r->connection->log, 0,
                   "limiting request%s%s by zone \"%V\", retry after %Ls",
