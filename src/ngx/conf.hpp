@@ -7,6 +7,7 @@
 #include "ngx/cache/conf.hpp"
 #include "ngx/identity/conf.hpp"
 #include "ngx/limit/conf.hpp"
+#include "ngx/metrics.hpp"
 #include "ngx/ngx.hpp"
 
 namespace throttle::redis {
@@ -31,6 +32,7 @@ struct MainConf {
     LimitMainConf limit;
     CacheMainConf cache;  // cache.secret: throttle_secret's value (see secret() below)
     IdentityMainConf identity;
+    MetricsMainConf metrics;
     RedisSettings* redis;               // nullptr without throttle_redis
     const ngx_str_t* secret_directive;  // the name that set the secret, for messages
 };
@@ -48,6 +50,7 @@ struct LocConf {
     CacheLocConf cache;
     JwtConf* jwt;  // throttle_jwt (identity/jwt.hpp); nullptr: none or off
     IdentityLocConf identity;
+    MetricsFormat metrics;  // throttle_metrics; none: not here
 };
 
 inline MainConf* main_conf(ngx_http_request_t* r) noexcept {

@@ -61,6 +61,7 @@ ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
     }
     try {
         redis::Loop& loop = open_redis_link(cycle, *mcf);
+        metrics_worker_start(*mcf);
         started = true;
         drain_timer = loop.create_timer(drain).release();
         set_graceful_exit_handler(drain);
@@ -98,6 +99,7 @@ void exit_worker(ngx_cycle_t* cycle) noexcept {
         sync_final_flush(*mcf);
     }
     close_redis_link();
+    metrics_worker_exit();
 }
 
 }  // namespace throttle::ngx

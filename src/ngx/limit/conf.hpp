@@ -3,6 +3,7 @@
 
 #include "core/key_watch.hpp"
 #include "core/limiter.hpp"
+#include "core/metrics.hpp"
 #include "core/slot_table.hpp"
 #include "core/zone_key.hpp"
 #include "ngx/ngx.hpp"
@@ -40,6 +41,7 @@ struct ZoneConf {
     // This worker's watch for a key empty whenever credentials are sent (a wrong cookie name),
     // written on the request path without a lock: each worker has its own copy of the conf.
     core::EmptyKeyWatch key_watch;
+    core::metrics::ZoneMetrics* metrics;  // nullptr: metrics off (set by the metrics zone)
 };
 
 // http{}: every zone.
