@@ -12,7 +12,7 @@
 # variants that use Redis, the Redis commands per request (INFO commandstats).
 #
 # Invoked by `make bench` after the module is built. Knobs (environment):
-#   BENCH_VARIANTS     variants to run, in order  (plain limit_req throttle sync strict openresty)
+#   BENCH_VARIANTS     variants to run, in order  (plain limit_req throttle throttle_metrics sync strict openresty)
 #   BENCH_WORKERS      nginx worker_processes     (1)
 #   BENCH_THREADS      wrk -t                     (1)
 #   BENCH_CONNECTIONS  wrk -c                     (32)
