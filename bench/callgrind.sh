@@ -27,6 +27,8 @@
 #   plain            static 100-byte file, no throttle directive
 #   limit_req        nginx's limit_req, as in run.sh
 #   throttle         throttle_zone (local mode) + throttle, as in run.sh
+#   throttle_metrics (not in the default set) throttle, and a throttle_metrics location in
+#                    the server: the zone's counters are on (compare with throttle)
 #   strict           throttle_zone mode=strict against a redis-server started here
 #   cache_hit        throttle_cache + throttle_cache_user $cookie_sessionid in front of
 #                    an origin server block of the same nginx (~2 KB JSON, stored gzip'd),
@@ -97,7 +99,7 @@ BODY_BYTES=100         # plain & co: the static file, as run.sh
 CACHE_BYTES=2048       # cache: the origin's JSON, about (as cache.sh: stored gzip'd, >= 1k)
 SESSION='sessionid=b3f1c0de5eed4a11'
 REQ_PATH='/api/items?sort=name&page=2'
-KNOWN='plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity'
+KNOWN='plain limit_req throttle throttle_metrics strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity'
 
 # --------------------------------------------------------------------------
 # Checks.
@@ -204,10 +206,11 @@ read -r port origin_port <<<"$(free_ports 2)"
 http_lines() {
     case $1 in
     limit_req) echo 'limit_req_zone $binary_remote_addr zone=bench_lr:10m rate=1000000r/s;' ;;
-    throttle) echo 'throttle_zone $binary_remote_addr zone=bench:10m rate=1000000000r/s;' ;;
+    throttle | throttle_metrics) echo 'throttle_zone $binary_remote_addr zone=bench:10m rate=1000000000r/s;' ;;
     jwt | jwt_nocache)
         echo "throttle_jwt key=hs:file:$tmp/jwt.secret alg=HS256$([[ $1 == jwt ]] || echo ' cache=0');"
         echo 'throttle_zone $throttle_jwt_claim_user_id zone=bjwt:10m rate=1000000000r/s;'
+        ;;
     identity)
         echo 'throttle_cache_secret "bench-cache-secret-0123456789abcdef";'
         echo 'throttle_identity $cookie_sessionid resolve=/_identity zone=bench_ids:10m;'
@@ -231,7 +234,7 @@ http_lines() {
 location_lines() {
     case $1 in
     limit_req) echo 'limit_req zone=bench_lr burst=1000000 nodelay;' ;;
-    throttle) echo 'throttle zone=bench;' ;;
+    throttle | throttle_metrics) echo 'throttle zone=bench;' ;;
     jwt | jwt_nocache) echo 'throttle zone=bjwt;' ;;
     identity) printf '%s\n' 'throttle_identity_resolve on;' 'throttle zone=bench;' ;;
     strict) echo 'throttle zone=bstrict;' ;;
@@ -291,6 +294,7 @@ EOF
         echo "        location = /bench.txt {"
         location_lines "$v" | sed 's/^/            /'
         echo "        }"
+        [[ $v != throttle_metrics ]] || echo "        location = /metrics { throttle_metrics; }"
         if [[ $v == identity ]]; then  # the application's answer (add_header skips subrequests)
             echo "        location = /_identity { internal; proxy_pass http://127.0.0.1:$origin_port; }"
             echo "    }"
@@ -328,7 +332,7 @@ WRITE_OUT='%{http_code} x-cache=%header{x-cache} content-encoding=%header{conten
 expected() {
     case $1 in
     plain | plain_nomod | limit_req) echo "200 x-cache= content-encoding= ratelimit-policy= bytes=$BODY_BYTES" ;;
-    throttle | strict | jwt | jwt_nocache | identity) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
+    throttle | throttle_metrics | strict | jwt | jwt_nocache | identity) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
     cache_hit | cache_hit_vary) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;
     cache_hit_plain) echo "200 x-cache=HIT content-encoding= ratelimit-policy= bytes=$json_bytes" ;;
     esac

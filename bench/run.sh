@@ -12,7 +12,7 @@
 # variants that use Redis, the Redis commands per request (INFO commandstats).
 #
 # Invoked by `make bench` after the module is built. Knobs (environment):
-#   BENCH_VARIANTS     variants to run, in order  (plain limit_req throttle sync strict openresty)
+#   BENCH_VARIANTS     variants to run, in order  (plain limit_req throttle throttle_metrics sync strict openresty)
 #   BENCH_WORKERS      nginx worker_processes     (1)
 #   BENCH_THREADS      wrk -t                     (1)
 #   BENCH_CONNECTIONS  wrk -c                     (32)
@@ -43,7 +43,7 @@ prog=bench
 # shellcheck source=lib.sh
 source "$here/lib.sh"
 
-VARIANTS=${BENCH_VARIANTS:-plain limit_req throttle sync strict openresty}
+VARIANTS=${BENCH_VARIANTS:-plain limit_req throttle throttle_metrics sync strict openresty}
 DURATION=${BENCH_DURATION:-5s}
 PIN=${BENCH_PIN:-auto}
 BODY_BYTES=${BENCH_BODY_BYTES:-100}
@@ -123,6 +123,27 @@ variant_throttle() {
     http) echo 'throttle_zone $binary_remote_addr zone=bench:10m rate=1000000000r/s;' ;;
     location) echo 'throttle zone=bench;' ;;
     verify) module_verify "$2" ;;
+    esac
+}
+
+# The same zone with a throttle_metrics location somewhere (in a server of its own on a unix
+# socket): the zone's counters are on. Compare with throttle. Its own nginx instance: the
+# counters are on for every zone of an nginx that has throttle_metrics anywhere.
+variant_throttle_metrics() {
+    case $1 in
+    describe)
+        echo 'throttle as above, zone=bench_m, and a throttle_metrics location (counters on)'
+        ;;
+    check) module_check ;;
+    setup) module_setup ;;
+    main) echo "load_module $module_loaded;" ;;
+    http)
+        echo 'throttle_zone $binary_remote_addr zone=bench_m:10m rate=1000000000r/s;'
+        echo "server { listen unix:$tmp/metrics.sock; location = /metrics { throttle_metrics; } }"
+        ;;
+    location) echo 'throttle zone=bench_m;' ;;
+    verify) module_verify "$2" ;;
+    instance) echo metrics ;;
     esac
 }
 
