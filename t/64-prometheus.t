@@ -141,6 +141,9 @@ sub scraped {
     return $s;
 }
 
+# The same without a test (inside a poll).
+sub scraped_quiet { $prom->wait_for_scrape(after => time) }
+
 sub v { $prom->value(@_) }
 
 # ------------------------------------------------------------------------------------------
@@ -177,9 +180,11 @@ TODO: {
     is_deeply(prom_requests(), \%requests,
         'nginx_throttle_requests_total by zone and outcome: what nginx answered, exactly');
     is(v('sum(nginx_throttle_requests_total)'), 13 + 2 + 5 + 7 + 20, 'every request counted once');
-    # 10r/h: the 9th and 10th pass with 1 and 0 left (<= 10% of 10); 5r/h: the 5th (0 left).
+    # 10r/h: the 9th and 10th pass with 1 and 0 left (<= 10% of 10); 5r/h: the 5th (0 left);
+    # 3r/h in dry run: the 3rd (0 left).
     is(v('nginx_throttle_near_limit_total{zone="login"}'), 2, 'login: 2 passed near the limit');
     is(v('nginx_throttle_near_limit_total{zone="strict"}'), 1, 'strict: 1 passed near the limit');
+    is(v('nginx_throttle_near_limit_total{zone="dry"}'), 1, 'dry: 1 passed near the limit');
     is(v('nginx_throttle_near_limit_total{zone="sync"}'), 0, 'sync: 20 of 100: none near the limit');
 }
 is(v('nginx_throttle_keys{zone="login"}'), 1, 'login: one key in the table (a)');
@@ -188,26 +193,34 @@ is(v('nginx_throttle_keys{zone="sync"}'), 1, 'sync: one key in the table (d)');
 is(v('sum(nginx_throttle_evictions_total)'), 0, 'no eviction');
 TODO: {
     local $TODO = $PENDING{zones};
-    cmp_ok(v('nginx_throttle_sync_flushes_total{zone="sync"}') // 0, '>=', 1, 'sync: flushed');
+    # Flushes carry keys (an empty one is not a flush): here only d, once per flush; all
+    # answered (the last answer may still be on its way to nginx when Redis has the 20: poll).
+    my $flushes = v('nginx_throttle_sync_flushes_total{zone="sync"}') // 0;
+    cmp_ok($flushes, '>=', 1, 'sync: flushed');
     is(v('nginx_throttle_sync_errors_total{zone="sync"}'), 0, 'sync: no flush error');
-    is(v('sum(nginx_throttle_sync_flush_keys_sum{zone="sync"})'), 1,
-        'sync: one key sent in all (the 20 requests of d, merged)');
-    is(v('nginx_throttle_sync_flush_keys_count{zone="sync"}'),
-        v('nginx_throttle_sync_flushes_total{zone="sync"}'), 'sync: one observation per flush');
+    is(v('nginx_throttle_sync_flush_keys_sum{zone="sync"}'), $flushes, 'sync: one key per flush');
+    is(v('nginx_throttle_sync_flush_keys_bucket{zone="sync",le="1"}'), $flushes,
+        'sync: every flush in the le="1" bucket');
+    ok(Throttle::Prometheus::poll(sub {
+        scraped_quiet();
+        (v('nginx_throttle_sync_flush_duration_seconds_count{zone="sync"}') // -1) == $flushes;
+    }, timeout => $PENDING{zones} ? 1 : 30), 'sync: a duration observed for every flush');
     ok(defined v('nginx_throttle_sync_last_flush_age_seconds{zone="sync"}'),
         'sync: the last flush has an age');
-    # Redis decided each of the 7 (one key, one request at a time: no batching).
-    is(v('nginx_throttle_strict_decisions_total{zone="strict"}'), 7, 'strict: 7 decisions by Redis');
-    is(v('nginx_throttle_strict_decision_duration_seconds_count{zone="strict"}'), 7,
-        'strict: 7 decision durations observed');
-    is(v('nginx_throttle_strict_decision_duration_seconds_bucket{zone="strict",le="+Inf"}'), 7,
+    # Redis decided 6 of the 7 for c (one at a time: no batching); it rejected the 6th, so the
+    # 7th was rejected here without asking it (blocked until the window moves).
+    is(v('nginx_throttle_strict_decisions_total{zone="strict"}'), 6, 'strict: 6 decisions by Redis');
+    is(v('nginx_throttle_strict_decision_duration_seconds_count{zone="strict"}'), 6,
+        'strict: 6 decision durations observed');
+    is(v('nginx_throttle_strict_decision_duration_seconds_bucket{zone="strict",le="+Inf"}'), 6,
         'strict: the +Inf bucket holds them all');
+    is(v('nginx_throttle_strict_batch_size_count'), 6, 'strict: 6 script calls');
+    is(v('nginx_throttle_strict_batch_size_sum'), 6, 'strict: 6 decisions in them');
 }
 TODO: {
     local $TODO = $PENDING{redis};
-    is(v('sum(nginx_throttle_strict_batch_size_sum)'), 7, 'strict batches: 7 requests in all');
-    cmp_ok(v('sum(nginx_throttle_redis_commands_total)'), '>=', 7 + 1,
-        'Redis commands: at least the 7 strict calls and a flush');
+    cmp_ok(v('nginx_throttle_redis_commands_total'), '>=', 6 + 1,
+        'Redis commands: at least the 6 strict calls and a flush');
     is(v('sum(nginx_throttle_redis_errors_total)'), 0, 'no Redis error yet');
     is(v('nginx_throttle_redis_command_duration_seconds_count'),
         v('nginx_throttle_redis_commands_total') - v('nginx_throttle_redis_pending_commands'),
