@@ -64,6 +64,7 @@ http {
             proxy_pass http://127.0.0.1:%%APP_PORT%%;
         }
         location /write/ {
+            throttle_cache_user $cookie_sessionid;
             throttle_cache_invalidate main;
             proxy_pass http://127.0.0.1:%%APP_PORT%%;
         }
@@ -241,8 +242,9 @@ is(cache_get('/cached/big?_size=20000'), 'MISS', 'cache: 20000 bytes over max_si
 is(cache_get('/cached/x', Cookie => 'sessionid=s1'), 'BYPASS',
     'cache: credentials without a cache user: BYPASS');
 
-my $w = $t->request('POST', '/write/', undef, 'x=1');
-is($w->{status}, 200, 'a write through throttle_cache_invalidate: 200');
+# (A write with an empty identity invalidates nothing: this one is user u1's.)
+my $w = $t->request('POST', '/write/', [Cookie => 'sessionid=u1'], 'x=1');
+is($w->{status}, 200, 'a write of user u1 through throttle_cache_invalidate: 200');
 my $p = $t->request('POST', '/purge');
 like($p->{status}, qr/^2/, 'a purge of namespace main: 2xx');
 is(cache_get('/cached/y?_size=500'), 'MISS', 'cache: after the purge, y is a MISS again');
