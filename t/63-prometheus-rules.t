@@ -32,7 +32,7 @@ sub promtool { Throttle::Prometheus->run_promtool(undef, @_) }
 {
     my ($st, $out) = promtool('check', 'rules', '--lint=all', '--lint-fatal', $rules);
     is($st, 0, 'promtool check rules accepts conf.examples/throttle-alerts.rules.yml') or diag($out);
-    like($out, qr/SUCCESS: 9 rules found/, 'it finds the 9 rules') or diag($out);
+    like($out, qr/SUCCESS: 10 rules found/, 'it finds the 10 rules') or diag($out);
 }
 {
     # From another directory: the config names its rules file relative to itself.
@@ -42,7 +42,7 @@ sub promtool { Throttle::Prometheus->run_promtool(undef, @_) }
     chdir $root;
     is($st, 0, 'promtool check config accepts conf.examples/prometheus.yml') or diag($out);
     like($out, qr/SUCCESS: 1 rule files found/, 'it reads the rules file beside it') or diag($out);
-    like($out, qr/\Q$rules\E\s+SUCCESS: 9 rules found/, 'the rules file is checked with it')
+    like($out, qr/\Q$rules\E\s+SUCCESS: 10 rules found/, 'the rules file is checked with it')
         or diag($out);
 }
 
@@ -77,7 +77,8 @@ sub promtool { Throttle::Prometheus->run_promtool(undef, @_) }
 # --- a real Prometheus loads them; what each alert carries
 my @expected = qw(ThrottleCacheHitRatioDropped ThrottleCacheLookupErrors ThrottleHighRejectionRate
     ThrottleManyRequestsNearLimit ThrottleRedisBreakerOpen ThrottleRedisDisconnected
-    ThrottleRedisErrors ThrottleRedisSlowCommands ThrottleSyncFlushErrors);
+    ThrottleRedisErrors ThrottleRedisSlowCommands ThrottleSyncFlushErrors
+    ThrottleSyncFlushStalled);
 {
     # Nothing listens on the target: the rules are evaluated all the same (over no data).
     my $port = Throttle::Test::_free_port();
@@ -87,7 +88,7 @@ my @expected = qw(ThrottleCacheHitRatioDropped ThrottleCacheLookupErrors Throttl
     is_deeply([sort map { $_->{name} } @groups], [qw(throttle-cache throttle-limits throttle-redis)],
         'Prometheus loads the three groups');
     my @alerts = map { @{ $_->{rules} } } @groups;
-    is_deeply([sort map { $_->{name} } @alerts], \@expected, 'and the nine alerts');
+    is_deeply([sort map { $_->{name} } @alerts], \@expected, 'and the ten alerts');
 
     # One evaluation (evaluation_interval 1s) and every rule is healthy: the expressions run.
     Throttle::Prometheus::poll(sub {
