@@ -403,6 +403,46 @@ TEST_F(RedisMetricsFakeTest, TimeoutsThenStuckConnection) {
     expect_once(outs);
 }
 
+// Commands that wait for a connection whose permission check is never answered: they time out
+// without being sent (timeout, not commands nor pending); the handshake's deadline then drops
+// the connection (a connection error; it never counted as connected).
+TEST_F(RedisMetricsFakeTest, WaitingCommandsTimeOutUnsent) {
+    FakeServer server(&answer);
+    server.set_handshake([](const std::vector<std::string>& argv) {
+        if (argv[0] == "SCRIPT") {
+            return FakeServer::Answer{"$40\r\n" + Script(argv[2]).sha() + "\r\n"};
+        }
+        return FakeServer::Answer{""};  // PING: no answer
+    });
+    server.set_handler([](const std::vector<std::string>& argv) {
+        return FakeServer::Answer{argv[0] == "EVALSHA" ? "" : "+OK\r\n"};  // the probe: none
+    });
+    Config cfg = config(server);
+    cfg.command_timeout_ms = 200;
+    Client client(ev.loop(), cfg);
+    client.set_metrics(m.get(), g.get());
+    client.require({Argv{"GET", "k"}});
+    std::vector<Outcome> outs(2);
+    for (Outcome& o : outs) {
+        issue(client, {"GET", "k"}, o);
+    }
+    ASSERT_TRUE(all_called(outs, 10000));
+    expect_once(outs);
+    for (const Outcome& o : outs) {
+        EXPECT_EQ(o.result.failure, Failure::Timeout);
+        EXPECT_TRUE(o.result.unsent);
+    }
+    EXPECT_EQ(errors(RedisError::timeout), 2u);
+    EXPECT_EQ(counter(m->commands), 0u);
+    EXPECT_EQ(pending(*g), 0);
+    ASSERT_TRUE(ev.run_until([&] { return errors(RedisError::connection) >= 1; }, 10000));
+    EXPECT_EQ(counter(m->connects), 0u);
+    EXPECT_EQ(connected(*g), 0);
+    EXPECT_EQ(errors(RedisError::timeout), 2u);  // the handshake's own: a connection error
+    EXPECT_EQ(errors(RedisError::protocol), 0u);
+    EXPECT_EQ(durations(), 0u);
+}
+
 // A reply nobody asked for, garbage, an unusable reply: protocol errors, not connection ones;
 // the connection is made again each time.
 TEST_F(RedisMetricsFakeTest, ProtocolViolations) {
