@@ -538,10 +538,11 @@ void Client::count_sent(Pending& p) noexcept {
         return;
     }
     p.counted = true;
-    p.sent_ms = loop_.now_ms();
     in_flight_++;
     if (metrics_ != nullptr) {
         core::metrics::add(metrics_->commands);
+        p.timed = true;
+        p.sent_ms = loop_.now_ms();
     }
     if (gauge_ != nullptr) {
         gauge_->pending.fetch_add(1, std::memory_order_relaxed);
@@ -562,12 +563,14 @@ void Client::uncount(Pending& p) noexcept {
 
 // The reply to a caller's command, about to be handed to it.
 void Client::count_reply(Pending& p, bool error) noexcept {
-    if (metrics_ != nullptr && p.counted) {
-        uint64_t now = loop_.now_ms();
-        uint64_t ms = now > p.sent_ms ? now - p.sent_ms : 0;
-        core::metrics::observe_latency_us(metrics_->command_duration, ms * 1000);
+    if (metrics_ != nullptr) {
         if (error) {
             count_error(RedisError::script);
+        }
+        if (p.timed) {
+            uint64_t now = loop_.now_ms();
+            uint64_t ms = now > p.sent_ms ? now - p.sent_ms : 0;
+            core::metrics::observe_latency_us(metrics_->command_duration, ms * 1000);
         }
     }
     uncount(p);

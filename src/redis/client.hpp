@@ -39,8 +39,9 @@
 // never called. Single-threaded, like its Loop. A Client must not be destroyed from inside one
 // of its own callbacks; close() may be called from anywhere.
 //
-// Metrics (issue 11; set_metrics(), off by default: then counting costs a null check). Into
-// the RedisMetrics shared by all workers:
+// Metrics (issue 11; set_metrics(), off by default: then counting costs null checks, and a
+// flag and a counter per command that keep the pending gauge exact should metrics be set
+// while commands are in flight). Into the RedisMetrics shared by all workers:
 //   - connects: connections established, i.e. their handshake done (PING answered, after
 //     AUTH, SELECT, SCRIPT LOAD and the permission check); an attempt that fails is not one;
 //   - reconnects: those of them that follow a failure -- a connection attempt that failed, a
@@ -70,7 +71,8 @@
 //   - command_duration: for every reply handed to a caller (error replies included), from
 //     when the command was first sent to when its reply was read, a NOSCRIPT reload included,
 //     on the Loop's clock (now_ms(): millisecond resolution, recorded in microseconds).
-//     Late replies to abandoned commands are not observed (their caller got Timeout).
+//     Late replies to abandoned commands are not observed (their caller got Timeout), nor
+//     replies to commands sent before set_metrics().
 // Into this worker's WorkerGauge (adjusted by +-1 as the state changes, and moved over by a
 // later set_metrics(), so the gauge always holds exactly this client's state):
 //   - connected: 1 from the handshake's end until the connection is dropped or closed;
@@ -229,11 +231,12 @@ class Client {
         bool retried = false;             // EVALSHA already reloaded its script once
         bool abandoned = false;           // timed out: its caller was told, its reply is dropped
         bool sent = false;                // handed to a connection at least once
-        bool counted = false;             // in commands and the pending gauge (caller's, sent)
+        bool counted = false;             // in the pending gauge (caller's, sent)
+        bool timed = false;               // sent_ms set: sent while metrics were on
         Failure failure = Failure::None;  // set when moved to done_
         size_t script = 0;                // EvalSha, ScriptLoad: index in scripts_
         uint64_t deadline = 0;
-        uint64_t sent_ms = 0;  // when first sent (counted)
+        uint64_t sent_ms = 0;  // when first sent (timed)
         Callback cb;
         std::string args;          // argument bytes, when kept (waiting, EVALSHA)
         std::vector<size_t> lens;  // their lengths

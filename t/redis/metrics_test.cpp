@@ -403,6 +403,37 @@ TEST_F(RedisMetricsFakeTest, TimeoutsThenStuckConnection) {
     expect_once(outs);
 }
 
+// command_duration is in microseconds on the Loop's clock, from send to reply: a reply the
+// server holds back until the loop's clock moved 50 ms past the send is observed as at least
+// 50000 (a lower bound: it cannot come sooner, however loaded the machine).
+TEST_F(RedisMetricsFakeTest, DurationFromSendToReplyInMicroseconds) {
+    std::atomic<bool> release{false};
+    FakeServer server([&](const std::vector<std::string>& argv) {
+        if (argv[0] == "SLOW") {
+            wait_for([&] { return release.load(); }, 10000);
+        }
+        return FakeServer::Answer{"+OK\r\n"};
+    });
+    Client client(ev.loop(), config(server));
+    client.set_metrics(m.get(), g.get());
+    client.start();
+    ASSERT_TRUE(ev.run_until([&] { return connected(*g) == 1; }, 5000));
+    Outcome o;
+    issue(client, {"SLOW"}, o);
+    uint64_t sent = ev.loop().now_ms();  // not before the client's own send time
+    EXPECT_EQ(pending(*g), 1);
+    ev.run_until([&] { return ev.loop().now_ms() >= sent + 50; }, 5000);
+    EXPECT_EQ(o.calls, 0);
+    release = true;
+    ASSERT_TRUE(called(o, 5000));
+    ASSERT_TRUE(o.result.ok());
+    EXPECT_EQ(durations(), 1u);
+    EXPECT_GE(counter(m->command_duration.sum), 50000u);
+    EXPECT_EQ(core::metrics::read(m->command_duration.buckets[0]), 0u);  // not <= 100 us
+    EXPECT_EQ(bucket_total(m->command_duration), 1u);
+    EXPECT_EQ(pending(*g), 0);
+}
+
 // Commands that wait for a connection whose permission check is never answered: they time out
 // without being sent (timeout, not commands nor pending); the handshake's deadline then drops
 // the connection (a connection error; it never counted as connected).
