@@ -542,7 +542,7 @@ void Client::count_sent(Pending& p) noexcept {
     if (metrics_ != nullptr) {
         core::metrics::add(metrics_->commands);
         p.timed = true;
-        p.sent_ms = loop_.now_ms();
+        p.sent_us = loop_.now_us();
     }
     if (gauge_ != nullptr) {
         gauge_->pending.fetch_add(1, std::memory_order_relaxed);
@@ -568,9 +568,9 @@ void Client::count_reply(Pending& p, bool error) noexcept {
             count_error(RedisError::script);
         }
         if (p.timed) {
-            uint64_t now = loop_.now_ms();
-            uint64_t ms = now > p.sent_ms ? now - p.sent_ms : 0;
-            core::metrics::observe_latency_us(metrics_->command_duration, ms * 1000);
+            uint64_t now = loop_.now_us();
+            core::metrics::observe_latency_us(metrics_->command_duration,
+                                              now > p.sent_us ? now - p.sent_us : 0);
         }
     }
     uncount(p);

@@ -232,11 +232,11 @@ class Client {
         bool abandoned = false;           // timed out: its caller was told, its reply is dropped
         bool sent = false;                // handed to a connection at least once
         bool counted = false;             // in the pending gauge (caller's, sent)
-        bool timed = false;               // sent_ms set: sent while metrics were on
+        bool timed = false;               // sent_us set: sent while metrics were on
         Failure failure = Failure::None;  // set when moved to done_
         size_t script = 0;                // EvalSha, ScriptLoad: index in scripts_
         uint64_t deadline = 0;
-        uint64_t sent_ms = 0;  // when first sent (timed)
+        uint64_t sent_us = 0;  // when first sent (timed), Loop::now_us()
         Callback cb;
         std::string args;          // argument bytes, when kept (waiting, EVALSHA)
         std::vector<size_t> lens;  // their lengths
