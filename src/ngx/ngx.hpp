@@ -17,4 +17,12 @@ inline int64_t now_ms() noexcept {
     return static_cast<int64_t>(tp->sec) * 1000 + static_cast<int64_t>(tp->msec);
 }
 
+// Monotonic microseconds from the system's clock (not cached): for durations the metrics
+// measure (nginx's cached milliseconds would put every Redis round trip in one bucket).
+inline uint64_t monotonic_us() noexcept {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<uint64_t>(ts.tv_sec) * 1000000 + static_cast<uint64_t>(ts.tv_nsec) / 1000;
+}
+
 }  // namespace throttle::ngx

@@ -6,6 +6,7 @@
 #include "ngx/identity/identity.hpp"
 #include "ngx/limit/strict.hpp"
 #include "ngx/limit/sync_flush.hpp"
+#include "ngx/metrics.hpp"
 #include "ngx/redis_link.hpp"
 #include "ngx/request.hpp"
 
@@ -61,7 +62,7 @@ ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
     }
     try {
         redis::Loop& loop = open_redis_link(cycle, *mcf);
-        metrics_worker_start(*mcf);
+        redis_client()->set_metrics(mcf->metrics.redis, metrics_worker_start(*mcf));
         started = true;
         drain_timer = loop.create_timer(drain).release();
         set_graceful_exit_handler(drain);

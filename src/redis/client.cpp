@@ -46,6 +46,8 @@
 namespace throttle::redis {
 namespace {
 
+using core::metrics::RedisError;
+
 using message::cat;
 using message::printable;
 
@@ -144,7 +146,7 @@ Client::Client(Loop& loop, Config config, Logger logger)
 
     connect_timer_ = loop_.create_timer([this] {
         connection_lost(
-            Failure::Disconnected,
+            Failure::Disconnected, RedisError::connection,
             cat("cannot connect: no connection within ", cfg_.connect_timeout_ms, " ms"), false);
     });
     deadline_timer_ = loop_.create_timer([this] { on_deadline(); });
@@ -154,7 +156,7 @@ Client::Client(Loop& loop, Config config, Logger logger)
         }
         stats_.reconnects++;
         if (breaker_ == Breaker::Open) {
-            breaker_ = Breaker::HalfOpen;
+            set_breaker(Breaker::HalfOpen);
             log(LogLevel::Debug, cat(name_, ": circuit half-open, probing"));
         }
         connect();
@@ -169,7 +171,8 @@ Client::Client(Loop& loop, Config config, Logger logger)
     guard_ = std::make_unique<ReplyGuard>(
         loop_, ReplyGuard::Mode::Commands, cfg_.reply_limits, [this](std::string_view why) {
             stats_.refused++;
-            connection_lost(Failure::Disconnected, cat("connection dropped: ", why), false);
+            connection_lost(Failure::Disconnected, RedisError::protocol,
+                            cat("connection dropped: ", why), false);
         });
 }
 
@@ -234,12 +237,16 @@ void Client::connect() noexcept {
     redisAsyncContext* ac = a.is_unix() ? redisAsyncConnectUnix(a.unix_path.c_str())
                                         : redisAsyncConnect(a.host.c_str(), a.port);
     if (ac == nullptr) {
+        lost_ = true;
+        count_error(RedisError::connection);
         count_failure("cannot connect: out of memory");
         return;
     }
     if (ac->err != 0) {
         std::string what = cat("cannot connect: ", ac->c.errstr);
         redisAsyncFree(ac);
+        lost_ = true;
+        count_error(RedisError::connection);
         count_failure(what);
         return;
     }
@@ -247,6 +254,8 @@ void Client::connect() noexcept {
     if (!loop_.attach(ac)) {
         ac->data = nullptr;
         redisAsyncFree(ac);
+        lost_ = true;
+        count_error(RedisError::connection);
         count_failure("cannot connect: the event loop did not take the socket");
         return;
     }
@@ -266,7 +275,8 @@ void Client::on_connect(const redisAsyncContext* ac, int status) noexcept {
     }
     if (status != REDIS_OK) {
         // hiredis frees the context after this returns.
-        self->connection_lost(Failure::Disconnected, cat("cannot connect: ", ac->c.errstr), true);
+        self->connection_lost(Failure::Disconnected, RedisError::connection,
+                              cat("cannot connect: ", ac->c.errstr), true);
         return;
     }
     self->connected_now();
@@ -277,17 +287,22 @@ void Client::on_disconnect(const redisAsyncContext* ac, int) noexcept {
     if (self == nullptr) {
         return;
     }
-    self->connection_lost(Failure::Disconnected, self->lost_reason(ac), true);
+    RedisError kind = RedisError::connection;
+    std::string why = self->lost_reason(ac, kind);
+    self->connection_lost(Failure::Disconnected, kind, why, true);
 }
 
-// Why hiredis is freeing the context: the guard's refusal, or hiredis' own error.
-std::string Client::lost_reason(const redisAsyncContext* ac) {
+// Why hiredis is freeing the context: the guard's refusal, or hiredis' own error; `kind`
+// becomes protocol when the server broke the protocol.
+std::string Client::lost_reason(const redisAsyncContext* ac, RedisError& kind) {
     if (!guard_->violation().empty()) {
         stats_.refused++;
+        kind = RedisError::protocol;
         return cat("connection dropped: ", guard_->violation());
     }
     if (ac->c.err == REDIS_ERR_PROTOCOL) {
         stats_.refused++;
+        kind = RedisError::protocol;
     }
     return cat("connection lost: ", ac->c.errstr[0] != '\0' ? ac->c.errstr : "closed");
 }
@@ -357,6 +372,7 @@ void Client::drop(Failure why, bool hiredis_frees) noexcept {
     redisAsyncContext* ac = ac_;
     ac_ = nullptr;
     conn_ = Conn::None;
+    set_ready(false);
     ac->data = nullptr;
     guard_->detach();
     connect_timer_->stop();
@@ -371,10 +387,13 @@ void Client::drop(Failure why, bool hiredis_frees) noexcept {
     abandoned_ = 0;
 }
 
-void Client::connection_lost(Failure why, std::string_view detail, bool hiredis_frees) noexcept {
+void Client::connection_lost(Failure why, RedisError kind, std::string_view detail,
+                             bool hiredis_frees) noexcept {
     if (ac_ == nullptr) {
         return;
     }
+    lost_ = true;
+    count_error(kind);
     size_t pending_before = pending();
     drop(why, hiredis_frees);
     if (pending_before > 0) {
@@ -418,9 +437,13 @@ void Client::count_failure(std::string_view what) noexcept {
 
 // No connection while the circuit is open: commands fail at once, the cool-down's end probes.
 void Client::open_circuit(std::string_view message, LogLevel level) noexcept {
-    breaker_ = Breaker::Open;
+    set_breaker(Breaker::Open);
     stats_.circuit_opens++;
+    if (metrics_ != nullptr) {
+        core::metrics::add(metrics_->breaker_openings);
+    }
     if (ac_ != nullptr) {
+        lost_ = true;
         drop(Failure::Disconnected, false);
     }
     log(level, message);
@@ -441,6 +464,7 @@ void Client::reply_unusable(const Result& result, std::string_view what) noexcep
     if (closed_ || !result.ok() || result.reply.is_error()) {
         return;
     }
+    count_error(RedisError::protocol);
     count_failure(cat("unusable reply: ", what));
 }
 
@@ -451,7 +475,7 @@ void Client::healthy() noexcept {
     log(LogLevel::Info,
         cat(name_, ": connection restored after ", consecutive_failures_, " failure(s)"));
     consecutive_failures_ = 0;
-    breaker_ = Breaker::Closed;
+    set_breaker(Breaker::Closed);
     backoff_ms_ = cfg_.backoff_initial_ms;
     cooldown_ms_ = cfg_.cooldown_initial_ms;
 }
@@ -460,7 +484,11 @@ void Client::close() noexcept {
     if (closed_) {
         return;
     }
+    bool breaker_was_shown = breaker_shown();
     closed_ = true;
+    if (breaker_was_shown && gauge_ != nullptr) {
+        gauge_->breaker_open.fetch_sub(1, std::memory_order_relaxed);
+    }
     connect_timer_->stop();
     retry_timer_->stop();
     deadline_timer_->stop();
@@ -470,6 +498,7 @@ void Client::close() noexcept {
         redisAsyncContext* ac = ac_;
         ac_ = nullptr;
         conn_ = Conn::None;
+        set_ready(false);
         ac->data = nullptr;
         guard_->detach();
         redisAsyncFree(ac);
@@ -483,6 +512,99 @@ bool Client::disconnect_idle() noexcept {
     }
     drop(Failure::Disconnected, false);  // fails nothing of the caller's
     return true;
+}
+
+// ---- metrics ---------------------------------------------------------------------------------
+
+void Client::set_metrics(core::metrics::RedisMetrics* metrics,
+                         core::metrics::WorkerGauge* gauge) noexcept {
+    auto give = [this](core::metrics::WorkerGauge* g, int64_t sign) {
+        if (g == nullptr) {
+            return;
+        }
+        g->connected.fetch_add(sign * int64_t(ready_), std::memory_order_relaxed);
+        g->breaker_open.fetch_add(sign * int64_t(breaker_shown()), std::memory_order_relaxed);
+        g->pending.fetch_add(sign * in_flight_, std::memory_order_relaxed);
+    };
+    give(gauge_, -1);
+    metrics_ = metrics;
+    gauge_ = gauge;
+    give(gauge_, 1);
+}
+
+// A caller's command handed to a connection for the first time.
+void Client::count_sent(Pending& p) noexcept {
+    if (p.counted || (p.kind != Kind::User && p.kind != Kind::EvalSha)) {
+        return;
+    }
+    p.counted = true;
+    in_flight_++;
+    if (metrics_ != nullptr) {
+        core::metrics::add(metrics_->commands);
+        p.timed = true;
+        p.sent_us = loop_.now_us();
+    }
+    if (gauge_ != nullptr) {
+        gauge_->pending.fetch_add(1, std::memory_order_relaxed);
+    }
+}
+
+// A counted command leaves the pending gauge: answered, failed or abandoned.
+void Client::uncount(Pending& p) noexcept {
+    if (!p.counted) {
+        return;
+    }
+    p.counted = false;
+    in_flight_--;
+    if (gauge_ != nullptr) {
+        gauge_->pending.fetch_sub(1, std::memory_order_relaxed);
+    }
+}
+
+// The reply to a caller's command, about to be handed to it.
+void Client::count_reply(Pending& p, bool error) noexcept {
+    if (metrics_ != nullptr) {
+        if (error) {
+            count_error(RedisError::script);
+        }
+        if (p.timed) {
+            uint64_t now = loop_.now_us();
+            core::metrics::observe_latency_us(metrics_->command_duration,
+                                              now > p.sent_us ? now - p.sent_us : 0);
+        }
+    }
+    uncount(p);
+}
+
+void Client::set_ready(bool ready) noexcept {
+    if (ready_ == ready) {
+        return;
+    }
+    ready_ = ready;
+    if (gauge_ != nullptr) {
+        gauge_->connected.fetch_add(ready ? 1 : -1, std::memory_order_relaxed);
+    }
+}
+
+void Client::set_breaker(Breaker b) noexcept {
+    bool before = breaker_shown();
+    breaker_ = b;
+    bool after = breaker_shown();
+    if (gauge_ != nullptr && before != after) {
+        gauge_->breaker_open.fetch_add(after ? 1 : -1, std::memory_order_relaxed);
+    }
+}
+
+// The handshake's last reply (PING) came: the connection is ready.
+void Client::established() noexcept {
+    set_ready(true);
+    if (metrics_ != nullptr) {
+        core::metrics::add(metrics_->connects);
+        if (lost_) {
+            core::metrics::add(metrics_->reconnects);
+        }
+    }
+    lost_ = false;
 }
 
 // ---- commands --------------------------------------------------------------------------------
@@ -535,6 +657,7 @@ bool Client::submit(Pending& p, size_t argc, const char** argv, const size_t* le
     }
     stats_.sent++;
     p.sent = true;
+    count_sent(p);
     arm_deadline(p.deadline);
     return true;
 }
@@ -567,6 +690,11 @@ void Client::send_internal(Kind kind, std::initializer_list<std::string_view> ar
 }
 
 void Client::fail(std::list<Pending>& from, Pending& p, Failure why) noexcept {
+    uncount(p);
+    if (why == Failure::Timeout && !p.abandoned &&
+        (p.kind == Kind::User || p.kind == Kind::EvalSha)) {
+        count_error(RedisError::timeout);
+    }
     if (p.abandoned) {
         abandoned_--;
         from.erase(p.self);  // its caller was told already
@@ -775,7 +903,9 @@ void Client::on_reply(redisAsyncContext* ac, void* reply, void* privdata) noexce
 void Client::handle_reply(Pending& p, redisReply* r) noexcept {
     if (r == nullptr) {
         // hiredis is freeing the context after an error; it frees it itself.
-        connection_lost(Failure::Disconnected, lost_reason(ac_), true);
+        RedisError kind = RedisError::connection;
+        std::string why = lost_reason(ac_, kind);
+        connection_lost(Failure::Disconnected, kind, why, true);
         return;
     }
     stats_.replies++;
@@ -828,6 +958,7 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
         case Kind::User:
             break;
     }
+    count_reply(p, error);
     answered();
     Result result;
     try {
@@ -859,23 +990,25 @@ void Client::handshake_reply(Pending& p, redisReply* r) noexcept {
         }
         if (r->type == REDIS_REPLY_ERROR) {
             inflight_.erase(p.self);  // before count_failure(): opening drops the connection
+            count_error(RedisError::script);
             count_failure(cat("SCRIPT LOAD failed: ", printable(text)));
             return;
         }
-        connection_lost(Failure::Disconnected,
+        connection_lost(Failure::Disconnected, RedisError::protocol,
                         cat("connection dropped: SCRIPT LOAD answered ", describe(r),
                             ", not the script's SHA-1 ", sha),
                         false);
         return;
     }
     if (r->type == REDIS_REPLY_ERROR) {
-        connection_lost(Failure::Disconnected, cat(what, " failed: ", printable(text)), false);
+        connection_lost(Failure::Disconnected, RedisError::connection,
+                        cat(what, " failed: ", printable(text)), false);
         return;
     }
     const char* expected = p.kind == Kind::Ping ? "PONG" : "OK";
     if (r->type != REDIS_REPLY_STATUS || text != expected) {
         connection_lost(
-            Failure::Disconnected,
+            Failure::Disconnected, RedisError::protocol,
             cat("connection dropped: ", what, " answered ", describe(r), ", not ", expected),
             false);
         return;
@@ -883,8 +1016,11 @@ void Client::handshake_reply(Pending& p, redisReply* r) noexcept {
     bool ping = p.kind == Kind::Ping;
     inflight_.erase(p.self);
     if (ping && breaker_ == Breaker::HalfOpen) {
-        breaker_ = Breaker::Closed;  // the failure count stays: the next failure reopens
+        set_breaker(Breaker::Closed);  // the failure count stays: the next failure reopens
         log(LogLevel::Debug, cat(name_, ": probe connected, circuit closed"));
+    }
+    if (ping) {
+        established();
     }
 }
 
@@ -894,7 +1030,7 @@ void Client::probe_reply(Pending& p, redisReply* r) noexcept {
     std::string_view text(r->str != nullptr ? r->str : "", r->str != nullptr ? r->len : 0);
     std::string user = cfg_.username.empty() ? std::string("default") : cfg_.username;
     if (r->type == REDIS_REPLY_ERROR) {
-        connection_lost(Failure::Disconnected,
+        connection_lost(Failure::Disconnected, RedisError::connection,
                         cat("permission check failed: user \"", printable(user),
                             "\" may not run EVALSHA of the module's scripts: ", printable(text)),
                         false);
@@ -909,7 +1045,7 @@ void Client::probe_reply(Pending& p, redisReply* r) noexcept {
     } catch (...) {
     }
     if (!ok) {
-        connection_lost(Failure::Disconnected,
+        connection_lost(Failure::Disconnected, RedisError::protocol,
                         cat("connection dropped: the permission check answered ", describe(r)),
                         false);
         return;
@@ -921,7 +1057,7 @@ void Client::probe_reply(Pending& p, redisReply* r) noexcept {
             list += printable(line);
             list += "\"";
         }
-        connection_lost(Failure::Disconnected,
+        connection_lost(Failure::Disconnected, RedisError::connection,
                         cat("user \"", printable(user), "\" may not run ", list,
                             ": the module's scripts call them (grant them with ACL SETUSER)"),
                         false);
@@ -947,6 +1083,7 @@ void Client::evalsha_error(Pending& p, redisReply* r) noexcept {
         result.failure = Failure::Disconnected;
         stats_.failed++;
     }
+    count_reply(p, true);
     Callback cb = std::move(p.cb);
     inflight_.erase(p.self);  // before count_failure(): opening drops the connection
     count_failure(what);
@@ -978,6 +1115,8 @@ bool Client::abandon(Pending& p) noexcept {
         } catch (...) {
             return false;
         }
+        uncount(p);
+        count_error(RedisError::timeout);
         Pending& d = done_.back();
         d.self = std::prev(done_.end());
         d.cb = std::move(p.cb);
@@ -1034,7 +1173,7 @@ void Client::on_deadline() noexcept {
     }
     log_timeouts(now);
     if (handshake || no_memory) {
-        connection_lost(Failure::Disconnected,
+        connection_lost(Failure::Disconnected, RedisError::connection,
                         cat("no reply within ", cfg_.command_timeout_ms, " ms",
                             handshake ? " to the handshake" : "", ", connection dropped"),
                         false);
@@ -1042,7 +1181,7 @@ void Client::on_deadline() noexcept {
                (now - last_progress_ms_ >= stuck_ms() || abandoned_ > cfg_.max_abandoned)) {
         stats_.stuck++;
         connection_lost(
-            Failure::Disconnected,
+            Failure::Disconnected, RedisError::connection,
             cat("connection stuck, dropped: nothing read for ", now - last_progress_ms_, " ms, ",
                 inflight_.size(), " replies owed (", abandoned_, " to timed-out commands)"),
             false);

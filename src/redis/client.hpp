@@ -38,6 +38,49 @@
 // If command()/evalsha() throws (std::bad_alloc only), nothing was queued and the callback is
 // never called. Single-threaded, like its Loop. A Client must not be destroyed from inside one
 // of its own callbacks; close() may be called from anywhere.
+//
+// Metrics (issue 11; set_metrics(), off by default: then counting costs null checks, and a
+// flag and a counter per command that keep the pending gauge exact should metrics be set
+// while commands are in flight). Into the RedisMetrics shared by all workers:
+//   - connects: connections established, i.e. their handshake done (PING answered, after
+//     AUTH, SELECT, SCRIPT LOAD and the permission check); an attempt that fails is not one;
+//   - reconnects: those of them that follow a failure -- a connection attempt that failed, a
+//     connection lost, refused or dropped (stuck, circuit opened) since the previous one was
+//     established (or since the client started: a first connection that took two attempts
+//     is a reconnect); not one after disconnect_idle(), which is no failure;
+//   - breaker_openings: transitions to open (closed -> open, and half-open -> open when a
+//     probe fails);
+//   - commands: caller's commands (command(), evalsha()) sent to Redis, once each, when first
+//     handed to a connection: a NOSCRIPT re-send is not counted again, commands that fail
+//     before they leave (circuit open, Invalid, no connection) are not counted, and neither
+//     are the client's own (AUTH, SELECT, SCRIPT LOAD, PING, the permission check, a NOSCRIPT
+//     reload's SCRIPT LOAD);
+//   - errors{kind}, one per incident:
+//       timeout: a caller's command got Timeout (abandoned at its deadline while sent, or
+//         failed past its deadline while waiting for a connection or when it dropped);
+//       connection: a connection attempt failed (refused, connect timeout), a connection was
+//         lost (closed, reset), stuck (dropped), or its handshake failed (an error reply to
+//         AUTH, SELECT or PING, a refused permission check, a handshake command past its
+//         deadline); once per connection, however many commands were pending on it;
+//       protocol: the server broke the protocol (a reply nobody waits for, a reply beyond
+//         reply_limits, garbage, a handshake reply of the wrong shape: the connection is
+//         dropped, and counted here, not as connection), or the caller declared a reply
+//         unusable (reply_unusable(), when it counts);
+//       script: an error reply to a caller's command or EVALSHA (after the transparent
+//         NOSCRIPT reload: a NOSCRIPT that is reloaded is not counted), or to SCRIPT LOAD;
+//   - command_duration: for every reply handed to a caller (error replies included), from
+//     when the command was first sent to when its reply was read, a NOSCRIPT reload included,
+//     on the Loop's clock (now_ms(): millisecond resolution, recorded in microseconds).
+//     Late replies to abandoned commands are not observed (their caller got Timeout), nor
+//     replies to commands sent before set_metrics().
+// Into this worker's WorkerGauge (adjusted by +-1 as the state changes, and moved over by a
+// later set_metrics(), so the gauge always holds exactly this client's state):
+//   - connected: 1 from the handshake's end until the connection is dropped or closed;
+//   - breaker_open: 1 while the circuit is open or half-open (commands fail at once), until
+//     it closes or the client is closed;
+//   - pending: caller's commands sent (counted in commands) and not yet answered, failed, or
+//     abandoned (timed out); each leaves it once. 0 when nothing is in flight, and after
+//     close().
 #pragma once
 
 #include <cstdint>
@@ -49,6 +92,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/metrics.hpp"
 #include "redis/address.hpp"
 #include "redis/loop.hpp"
 #include "redis/permissions.hpp"
@@ -165,6 +209,12 @@ class Client {
     const Config& config() const noexcept { return cfg_; }
     // Commands of the caller's awaiting a reply or a connection.
     size_t pending() const noexcept;
+
+    // Counts into `metrics` (shared by all workers) and `gauge` (this worker's, for this
+    // client alone) from now on; either may be nullptr: not counted. The gauge given before
+    // (if any) gives back this client's part, the new one takes it. See the top of the file.
+    void set_metrics(core::metrics::RedisMetrics* metrics,
+                     core::metrics::WorkerGauge* gauge) noexcept;
     // Replies still owed to commands that timed out (abandoned): while there are any, the
     // server is behind; a caller with deferrable work can wait.
     size_t abandoned() const noexcept { return abandoned_; }
@@ -181,9 +231,12 @@ class Client {
         bool retried = false;             // EVALSHA already reloaded its script once
         bool abandoned = false;           // timed out: its caller was told, its reply is dropped
         bool sent = false;                // handed to a connection at least once
+        bool counted = false;             // in the pending gauge (caller's, sent)
+        bool timed = false;               // sent_us set: sent while metrics were on
         Failure failure = Failure::None;  // set when moved to done_
         size_t script = 0;                // EvalSha, ScriptLoad: index in scripts_
         uint64_t deadline = 0;
+        uint64_t sent_us = 0;  // when first sent (timed), Loop::now_us()
         Callback cb;
         std::string args;          // argument bytes, when kept (waiting, EVALSHA)
         std::vector<size_t> lens;  // their lengths
@@ -207,13 +260,26 @@ class Client {
     void evalsha_error(Pending& p, redisReply* r) noexcept;
     void probe_reply(Pending& p, redisReply* r) noexcept;
     void send_probe();
-    std::string lost_reason(const redisAsyncContext* ac);
+    std::string lost_reason(const redisAsyncContext* ac, core::metrics::RedisError& kind);
     void drop(Failure why, bool hiredis_frees) noexcept;
-    void connection_lost(Failure why, std::string_view detail, bool hiredis_frees) noexcept;
+    void connection_lost(Failure why, core::metrics::RedisError kind, std::string_view detail,
+                         bool hiredis_frees) noexcept;
     void count_failure(std::string_view what) noexcept;
     void open_circuit(std::string_view message, LogLevel level) noexcept;
     void answered() noexcept;
     void healthy() noexcept;
+
+    // Metrics (see the top of the file).
+    void count_sent(Pending& p) noexcept;
+    void uncount(Pending& p) noexcept;
+    void count_reply(Pending& p, bool error) noexcept;
+    void count_error(core::metrics::RedisError kind) noexcept {
+        core::metrics::count(metrics_, kind);
+    }
+    void set_ready(bool ready) noexcept;
+    void set_breaker(Breaker b) noexcept;
+    bool breaker_shown() const noexcept { return breaker_ != Breaker::Closed && !closed_; }
+    void established() noexcept;
 
     Pending& new_pending(std::list<Pending>& list, Kind kind, Callback cb, uint64_t deadline);
     static void keep_args(Pending& p, const std::string_view* argv, size_t argc);
@@ -260,6 +326,12 @@ class Client {
     std::vector<ScriptEntry> scripts_;
     std::vector<Argv> checks_;  // the permission probe's command lines; empty: no probe
     Stats stats_;
+
+    core::metrics::RedisMetrics* metrics_ = nullptr;
+    core::metrics::WorkerGauge* gauge_ = nullptr;
+    bool ready_ = false;     // the connection's handshake is done (gauge connected)
+    bool lost_ = false;      // a connection failed since the last one was established
+    int64_t in_flight_ = 0;  // Pendings counted (gauge pending)
 
     std::unique_ptr<Timer> connect_timer_;
     std::unique_ptr<Timer> deadline_timer_;
