@@ -29,7 +29,6 @@ our $TODO;
 my %PENDING = (
     zones => 'zone counters not wired yet (requests, near limit, sync, strict)',
     cache => 'cache counters not wired yet',
-    redis => 'Redis counters and gauges not wired yet',
 );
 
 my $workers = 2;
