@@ -1,11 +1,21 @@
 // Rate limiting's entry points (layer: ngx), for the module definition and the worker.
 #pragma once
 
+#include <time.h>
+
+#include <cstdint>
 #include <string>
 
 #include "ngx/conf.hpp"
 
 namespace throttle::ngx {
+
+// A monotonic clock in microseconds, for the metrics' durations.
+inline int64_t monotonic_us() noexcept {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+}
 
 // zone.cpp
 // The Redis key base of one client key in a zone: PREFIX{ZONE:DIGEST}, DIGEST the 32 hex
