@@ -28,6 +28,12 @@ my $zones = <<'EOF';
     throttle_zone $http_x_key zone=so:1m    rate=100r/h mode=strict fallback=open;
     throttle_zone $http_x_key zone=sc:1m    rate=100r/h mode=strict fallback=closed;
     throttle_zone $http_x_key zone=sy:1m    rate=100r/h mode=sync sync=100ms;
+    throttle_zone $http_x_key zone=st3:1m   rate=1r/h   mode=strict;
+    throttle_zone $http_x_key zone=l1:1m    rate=2r/h;
+    throttle_zone $http_x_key zone=st2:1m   rate=100r/h mode=strict;
+    throttle_zone $http_x_key zone=frag:1m  rate=5r/h;
+    throttle_zone $http_x_key zone=dfrag:1m rate=1r/h;
+    throttle_zone $http_x_key zone=ir:1m    rate=5r/h;
 EOF
 my $locations = <<'EOF';
         location = /metrics      { throttle_metrics; }
@@ -43,6 +49,13 @@ my $locations = <<'EOF';
         location /so/   { throttle zone=so;   proxy_pass http://127.0.0.1:%%PORT_2%%; }
         location /sc/   { throttle zone=sc;   proxy_pass http://127.0.0.1:%%PORT_2%%; }
         location /sy/   { throttle zone=sy;   proxy_pass http://127.0.0.1:%%PORT_2%%; }
+        location /st3/  { throttle zone=st3;  proxy_pass http://127.0.0.1:%%PORT_2%%; }
+        location /ls/   { throttle zone=l1; throttle zone=st2; proxy_pass http://127.0.0.1:%%PORT_2%%; }
+        location ~ \.html$ { ssi on; default_type text/html; }
+        location /frag/  { throttle zone=frag; }
+        location /dfrag/ { throttle zone=dfrag; throttle_dry_run on; }
+        location /ir/ { throttle zone=ir; try_files /nonexistent @ir; }
+        location @ir  { throttle zone=ir; proxy_pass http://127.0.0.1:%%PORT_2%%; }
 EOF
 sub conf {
     my ($extra_zones, $extra_locations) = @_;
@@ -54,6 +67,7 @@ $zones$extra_zones
     server {
         listen 127.0.0.1:%%PORT%% backlog=4096;
         add_header X-Status \$throttle_status always;
+        root %%TESTDIR%%;
 $locations$extra_locations    }
     server {
         listen 127.0.0.1:%%PORT_2%% backlog=4096;
@@ -63,6 +77,10 @@ $locations$extra_locations    }
 EOF
 }
 $t->allow(qr/throttle_zone "tiny" is full: evicting keys/);
+$t->write_file("frag/$_.txt", "f$_") for 1 .. 3;
+$t->write_file("dfrag/$_.txt", "d$_") for 1 .. 3;
+$t->write_file('page.html', join '|', map {qq(<!--# include virtual="/frag/$_.txt" -->)} 1 .. 3);
+$t->write_file('dpage.html', join '|', map {qq(<!--# include virtual="/dfrag/$_.txt" -->)} 1 .. 3);
 $t->write_conf(conf('', ''))->run;
 is(scalar(my @w = $t->worker_pids), 2, 'two workers');
 
@@ -93,7 +111,8 @@ sub json {
 
 my @outcomes = qw(passed rejected dry_run_passed dry_run_rejected fallback_passed
     fallback_rejected skipped);
-my %mode = (st => 'strict', sl => 'strict', so => 'strict', sc => 'strict', sy => 'sync');
+my %mode = (st => 'strict', sl => 'strict', so => 'strict', sc => 'strict', sy => 'sync',
+    st2 => 'strict', st3 => 'strict');
 
 # Every zone's numbers from both scrapes, checked to agree:
 # { zone => { passed => n, ..., near_limit => n, evictions => n, keys => n, capacity => n } }.
@@ -166,7 +185,7 @@ sub at_once {
 Throttle::Redis::clear_of_window_edge(3600, 60);
 
 my $s = scrape();
-is(scalar(grep { $_ !~ /^_/ } keys %$s), 11, 'every zone is in the scrape');
+is(scalar(grep { $_ !~ /^_/ } keys %$s), 17, 'every zone is in the scrape');
 is(join(',', map { outcomes($s, $_) || () } grep { !/^_/ } sort keys %$s), '',
     'before any request: every outcome is 0');
 my $p = $s->{_prom};
@@ -249,6 +268,32 @@ is($s->{st}{decision_count}, 33, 'st: 33 decision durations observed');
 my $bs = $s->{_redis}{strict_batch_size};
 is($bs->{sum} - $before->{sum}, 33, 'redis: strict batches held 33 requests in all');
 is($bs->{count} - $before->{count}, $trips, "redis: one batch per script call Redis ran ($trips)");
+
+# --- a strict zone that Redis rejects: rejected; then rejected here without asking Redis
+my @st3 = map { $t->get('/st3/', 'X-Key' => 's3') } 1 .. 3;
+is(statuses(@st3), '200:PASSED x 1, 429:REJECTED x 2', 'st3: 1 of 3 passes');
+# --- a local zone next to a strict one: what the local zone rejects is not asked of Redis
+my @ls = map { $t->get('/ls/', 'X-Key' => 'ls1') } 1 .. 4;
+is(statuses(@ls), '200:PASSED x 2, 429:REJECTED x 2', 'l1+st2: 2 of 4 pass');
+$s = scrape();
+is(outcomes($s, 'st3'), 'passed=1 rejected=2', 'st3: passed 1, rejected 2');
+is($s->{st3}{strict_decisions}, 2, 'st3: 2 strict decisions (the 3rd was rejected locally)');
+is(outcomes($s, 'l1'), 'passed=2 rejected=2', 'l1: passed 2, rejected 2');
+is(outcomes($s, 'st2'), 'passed=2', 'st2: passed 2, nothing for what l1 rejected');
+is($s->{st2}{strict_decisions}, 2, 'st2: 2 strict decisions');
+
+# --- once per client request: three SSI includes of one zone, an internal redirect
+my $page = $t->get('/page.html', 'X-Key' => 'p1');
+is($page->{body}, 'f1|f2|f3', 'SSI: three includes');
+$page = $t->get('/page.html');
+is($page->{body}, 'f1|f2|f3', 'SSI without a key: three includes');
+is($t->get('/dpage.html', 'X-Key' => 'p1')->{body}, 'd1|d2|d3', 'SSI dry run: three includes');
+is($t->get('/dpage.html', 'X-Key' => 'p1')->{body}, 'd1|d2|d3', 'SSI dry run, over the limit: three includes');
+is($t->get('/ir/', 'X-Key' => 'i1')->{status}, 200, 'internal redirect: passes');
+$s = scrape();
+is(outcomes($s, 'frag'), 'passed=1 skipped=1', 'SSI: one pass, one skip (once per client request)');
+is(outcomes($s, 'dfrag'), 'dry_run_passed=1 dry_run_rejected=1', 'SSI dry run: one outcome per client request');
+is(outcomes($s, 'ir'), 'passed=1', 'internal redirect: counted once');
 
 # --- sync: one key, counts flushed to Redis; each flush sends that one key
 @r = at_once(7, '/sy/', 'y1');
