@@ -213,6 +213,7 @@ http_lines() {
     jwt | jwt_nocache)
         echo "throttle_jwt key=hs:file:$tmp/jwt.secret alg=HS256$([[ $1 == jwt ]] || echo ' cache=0');"
         echo 'throttle_zone $throttle_jwt_claim_user_id zone=bjwt:10m rate=1000000000r/s;'
+        ;;
     identity)
         echo 'throttle_cache_secret "bench-cache-secret-0123456789abcdef";'
         echo 'throttle_identity $cookie_sessionid resolve=/_identity zone=bench_ids:10m;'
