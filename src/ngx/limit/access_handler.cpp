@@ -35,8 +35,8 @@ namespace throttle::ngx {
 // What a client request did in one zone (RequestCtx::marks of its main request).
 struct ZoneMark {
     bool counted;             // admitted and counted: no request of it is counted there again
-    StrictRequest* deciding;  // held by a request of it while Redis decides (its Waiting)
     bool reported;            // metrics: an outcome was counted for it (once per client request)
+    StrictRequest* deciding;  // held by a request of it while Redis decides (its Waiting)
 };
 static_assert(std::is_trivially_destructible_v<ZoneMark>);
 
@@ -67,6 +67,7 @@ struct Check {
     Applied* applied;
     ngx_uint_t n;
     bool fallback;  // some strict zone could not ask Redis
+    bool skipped;   // metrics: a zone counted an empty key (that may have made the contexts)
 };
 
 // The marks of r's client request, indexed by ZoneConf::index. Without `make`, nullptr when
@@ -143,11 +144,9 @@ bool report(ZoneMark* marks, const ZoneConf& z, cm::Outcome o) noexcept {
 // fallback=open included); near_limit when at most a tenth of the zone's quota is left after
 // it. A rejected one: the zones that rejected it (a strict zone's fallback=local or =closed:
 // fallback_rejected). In dry run: dry_run_passed or dry_run_rejected, fallback or not.
-void count_outcomes(ngx_http_request_t* r, const LocConf* lcf, const Check& c,
-                    bool admitted) noexcept {
-    if (c.n == 0 || c.applied[0].zone->metrics == nullptr) {
-        return;  // metrics off: no zone has counters
-    }
+// Called with metrics on (then every zone has its counters).
+[[gnu::noinline]] void count_outcomes(ngx_http_request_t* r, const LocConf* lcf, const Check& c,
+                                      bool admitted) noexcept {
     ZoneMark* marks = marks_of(r, true);
     bool dry = lcf->limit.dry_run;
     for (ngx_uint_t i = 0; i < c.n; i++) {
@@ -371,7 +370,9 @@ ngx_int_t reject(ngx_http_request_t* r, const LocConf* lcf, const RequestCtx* ct
 bool conclude(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, const Check& c,
               bool admitted) noexcept {
     log_full(r, c);
-    count_outcomes(r, lcf, c, admitted);
+    if (c.applied[0].zone->metrics != nullptr) {  // c.n > 0; metrics on: every zone's is set
+        count_outcomes(r, lcf, c, admitted);
+    }
     const Applied* shown = most_restrictive(c, admitted);
     // After an internal redirect into a location with zones not counted yet, an admission
     // keeps describing the earlier decision's zone when that one has fewer requests left.
@@ -671,6 +672,7 @@ bool applied_zones(ngx_http_request_t* r, const LimitLocConf& conf, const ZoneMa
         if (key.len == 0) {
             if (zones[i]->metrics != nullptr) {
                 report(marks_of(r, true), *zones[i], cm::Outcome::skipped);
+                c.skipped = true;
             }
             continue;  // an empty key: this zone does not apply to the request
         }
@@ -752,7 +754,7 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
         }
     }
     const RequestCtx* main = r == r->main ? ctx : get_ctx(r->main);
-    Check c{nullptr, 0, false};
+    Check c{nullptr, 0, false, false};
     bool remote = false;
     Waiting* busy = nullptr;
     if (!applied_zones(r, lcf->limit, main != nullptr ? main->marks : nullptr, c, remote, busy)) {
@@ -761,7 +763,7 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
     if (c.n == 0) {
         return NGX_DECLINED;
     }
-    if (ctx == nullptr) {
+    if (ctx == nullptr && c.skipped) {
         ctx = get_ctx(r);  // counting a skipped zone may have made it (the main request's)
     }
     if (ctx == nullptr && (ctx = create_ctx(r)) == nullptr) {
