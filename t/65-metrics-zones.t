@@ -34,6 +34,7 @@ my $zones = <<'EOF';
     throttle_zone $http_x_key zone=frag:1m  rate=5r/h;
     throttle_zone $http_x_key zone=dfrag:1m rate=1r/h;
     throttle_zone $http_x_key zone=ir:1m    rate=5r/h;
+    throttle_zone $http_x_key zone=sfrag:1m rate=2r/h   mode=strict;
 EOF
 my $locations = <<'EOF';
         location = /metrics      { throttle_metrics; }
@@ -54,6 +55,7 @@ my $locations = <<'EOF';
         location ~ \.html$ { ssi on; default_type text/html; }
         location /frag/  { throttle zone=frag; }
         location /dfrag/ { throttle zone=dfrag; throttle_dry_run on; }
+        location /sfrag/ { throttle zone=sfrag; }
         location /ir/ { throttle zone=ir; try_files /nonexistent @ir; }
         location @ir  { throttle zone=ir; proxy_pass http://127.0.0.1:%%PORT_2%%; }
 EOF
@@ -80,6 +82,8 @@ $t->allow(qr/throttle_zone "tiny" is full: evicting keys/);
 $t->write_file("frag/$_.txt", "f$_") for 1 .. 3;
 $t->write_file("dfrag/$_.txt", "d$_") for 1 .. 3;
 $t->write_file('page.html', join '|', map {qq(<!--# include virtual="/frag/$_.txt" -->)} 1 .. 3);
+$t->write_file("sfrag/$_.txt", "s$_") for 1 .. 3;
+$t->write_file('spage.html', join '|', map {qq(<!--# include virtual="/sfrag/$_.txt" -->)} 1 .. 3);
 $t->write_file('dpage.html', join '|', map {qq(<!--# include virtual="/dfrag/$_.txt" -->)} 1 .. 3);
 $t->write_conf(conf('', ''))->run;
 is(scalar(my @w = $t->worker_pids), 2, 'two workers');
@@ -112,7 +116,7 @@ sub json {
 my @outcomes = qw(passed rejected dry_run_passed dry_run_rejected fallback_passed
     fallback_rejected skipped);
 my %mode = (st => 'strict', sl => 'strict', so => 'strict', sc => 'strict', sy => 'sync',
-    st2 => 'strict', st3 => 'strict');
+    st2 => 'strict', st3 => 'strict', sfrag => 'strict');
 
 # Every zone's numbers from both scrapes, checked to agree:
 # { zone => { passed => n, ..., near_limit => n, evictions => n, keys => n, capacity => n } }.
@@ -185,7 +189,7 @@ sub at_once {
 Throttle::Redis::clear_of_window_edge(3600, 60);
 
 my $s = scrape();
-is(scalar(grep { $_ !~ /^_/ } keys %$s), 17, 'every zone is in the scrape');
+is(scalar(grep { $_ !~ /^_/ } keys %$s), 18, 'every zone is in the scrape');
 is(join(',', map { outcomes($s, $_) || () } grep { !/^_/ } sort keys %$s), '',
     'before any request: every outcome is 0');
 my $p = $s->{_prom};
@@ -294,6 +298,16 @@ $s = scrape();
 is(outcomes($s, 'frag'), 'passed=1 skipped=1', 'SSI: one pass, one skip (once per client request)');
 is(outcomes($s, 'dfrag'), 'dry_run_passed=1 dry_run_rejected=1', 'SSI dry run: one outcome per client request');
 is(outcomes($s, 'ir'), 'passed=1', 'internal redirect: counted once');
+
+# --- three SSI includes of a strict zone: Redis decides the first, the others wait for it
+# and skip the zone once it counted the page (2r/h: two pages pass; the third page's first
+# include is rejected by Redis, the next ones here, without asking)
+my @pages = map { $t->get('/spage.html', 'X-Key' => 'sp1')->{body} } 1 .. 3;
+is("@pages[0, 1]", 's1|s2|s3 s1|s2|s3', 'strict SSI: two pages pass');
+like($pages[2], qr/rate limit exceeded in zone \\"sfrag\\"/, 'strict SSI: the third is rejected');
+$s = scrape();
+is(outcomes($s, 'sfrag'), 'passed=2 rejected=1', 'strict SSI: one outcome per page');
+is($s->{sfrag}{strict_decisions}, 3, 'strict SSI: one Redis decision per page');
 
 # --- sync: one key, counts flushed to Redis; each flush sends that one key
 @r = at_once(7, '/sy/', 'y1');
