@@ -217,9 +217,10 @@ bool parse(const redis::Result& r, const Batch& b,
     }
 }
 
-// Metrics: a flush collected `keys` keys into the last `batches` batches of `queue`.
+// Metrics: a flush that started at `now` (ms since the epoch) and `started_us` (monotonic_us())
+// collected `keys` keys into the last `batches` batches of `queue`.
 void flush_started(ZoneConf* zone, std::deque<BatchPtr>& queue, size_t keys, size_t batches,
-                   int64_t now) noexcept {
+                   int64_t now, int64_t started_us) noexcept {
     cm::ZoneMetrics* m = zone->metrics;
     if (m == nullptr) {
         return;
@@ -232,7 +233,7 @@ void flush_started(ZoneConf* zone, std::deque<BatchPtr>& queue, size_t keys, siz
     cm::observe_size(m->sync_flush_keys, keys);
     std::shared_ptr<FlushRun> run;
     try {
-        run = std::make_shared<FlushRun>(FlushRun{monotonic_us(), batches});
+        run = std::make_shared<FlushRun>(FlushRun{started_us, batches});
     } catch (...) {
         return;  // no memory: this flush's duration is not observed
     }
@@ -395,10 +396,11 @@ void tick(ZoneFlush& zf) noexcept {
         ngx_atomic_cmp_set(&zone->shared->next_flush_ms, next,
                            static_cast<ngx_atomic_uint_t>(now) + zone->sync_interval)) {
         try {
+            int64_t started_us = zone->metrics != nullptr ? monotonic_us() : 0;
             std::vector<FlushItem> items = collect(zone, *rs, now);
             size_t keys = items.size(), before = zf.queue.size();
             make_batches(zone, std::move(items), zf.queue);
-            flush_started(zone, zf.queue, keys, zf.queue.size() - before, now);
+            flush_started(zone, zf.queue, keys, zf.queue.size() - before, now, started_us);
         } catch (const std::exception& e) {
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "throttle_zone \"%V\": flush failed: %s",
                           &zone->name, e.what());
@@ -466,11 +468,11 @@ void final_flush(ZoneFlush& zf, const RedisSettings& rs) noexcept {
     try {
         std::deque<BatchPtr> rest;
         if (!down) {
-            int64_t now = now_ms();
+            int64_t now = now_ms(), started_us = monotonic_us();
             std::vector<FlushItem> items = collect(zone, rs, now);
             size_t keys = items.size();
             make_batches(zone, std::move(items), rest);
-            flush_started(zone, rest, keys, rest.size(), now);
+            flush_started(zone, rest, keys, rest.size(), now, started_us);
         }
         for (const BatchPtr& b : rest) {
             send(b);
