@@ -96,6 +96,12 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
     bool wait_began = false;
     ngx_msec_t wait_since = 0;  // ngx_current_msec when the request first waited
 
+    // The counters (handler.cpp, cache_count_lookup): the lookup is counted once, when its
+    // status is final; a request that waited for a fill counts its wait then too.
+    bool counted = false;
+    bool waited = false;          // registered as a waiter at least once
+    bool wait_timed_out = false;  // throttle_cache_lock_timeout passed
+
     redis::CacheTarget target() const noexcept {
         redis::CacheTarget t;
         t.prefix = cache_prefix();
@@ -121,6 +127,10 @@ void cache_lookup_done(const std::shared_ptr<CacheRequest>& cr, redis::Failure f
 // else nullptr: look up again) or gave up (stored false).
 void cache_woken(const std::shared_ptr<CacheRequest>& cr, bool stored,
                  const std::shared_ptr<const std::string>& entry) noexcept;
+
+// Counts the request's lookup under `s` (its final $throttle_cache_status) in its location's
+// namespace, and its wait for a fill if it waited; once per request, later calls do nothing.
+void cache_count_lookup(CacheRequest& cr, CacheStatus s) noexcept;
 
 // ---- serve.cpp ----
 // Answers the request from cr.entry; finalizes it. Returns what the phase handler returns.
