@@ -34,6 +34,8 @@ http {
     throttle_cache_user $cookie_sessionid;
     throttle_cache_valid 60s;
     proxy_http_version 1.1;
+    log_format cs '$throttle_cache_status $uri';
+    access_log %%TESTDIR%%/cache.log cs;
 
     server {
         listen 127.0.0.1:%%PORT%% backlog=1024;
@@ -50,6 +52,8 @@ http {
         location /gm/   { throttle_cache gm; proxy_pass http://%%APP%%; }
         location /gmw/  { throttle_cache_invalidate gm; return 204; }
         location /by/   { throttle_cache by; proxy_pass http://%%APP%%; }
+        location /sv/   { throttle_cache sv; throttle_cache_valid 1s; throttle_cache_stale 60s;
+                          proxy_pass http://%%APP%%; }
         location /err/  { throttle_cache err; proxy_pass http://%%APP%%; }
         location /off/  { throttle_cache off; proxy_pass http://%%APP%%; }
         location /purge { throttle_cache_purge $arg_ns; }
@@ -66,7 +70,7 @@ sub xc { $_[0]{headers}{'x-cache'} // '' }
 my @statuses = qw(HIT MISS EXPIRED STALE UPDATING BYPASS ERROR);
 my @reasons = qw(uncacheable too_large generation_moved);
 my @outcomes = qw(woken timed_out);
-my @namespaces = qw(hm big unc inv other st cap gm by err);
+my @namespaces = qw(hm big unc inv other st cap gm by sv err);
 
 # The cache counters of the Prometheus text: { "ns/what" => n }, what one of
 # lookups:STATUS, refusals:REASON, fill_waits:OUTCOME, stores, stored_bytes, invalidations,
@@ -183,12 +187,22 @@ sub with_paused_app {
     return ($held, @r);
 }
 
+# The bytes of the namespace's entries in Redis, and how many there are.
+sub entry_bytes {
+    my ($ns) = @_;
+    my @keys = grep { /:e:\d+\.\d+:[0-9a-f]{64}\z/ }    # not :g, :l, :w
+        $redis->keys("throttle:cache:{$ns:*");
+    my $bytes = 0;
+    $bytes += $redis->cli('STRLEN', $_) for @keys;
+    return ($bytes, scalar @keys);
+}
+
 # --- nothing yet: every namespace a directive names is there, at 0; `off` and purge-only names
 # are not
 {
     my $p = prometheus();
     my $e = expected_all({});
-    is(scalar(grep { !exists $p->{$_} } keys %$e), 0, 'every counter of the 10 namespaces is shown');
+    is(scalar(grep { !exists $p->{$_} } keys %$e), 0, 'every counter of the 11 namespaces is shown');
     is(scalar(grep { $p->{$_} != 0 } keys %$e), 0, 'all at 0');
     is(scalar(keys %$p), scalar(keys %$e), 'no other cache namespace (off, the purge location)');
 }
@@ -329,15 +343,53 @@ sub with_paused_app {
     settle('gm filled again', 'gm');
 }
 
+# --- stale: HEADs are answered HIT, then STALE once the entry expired (each counted as its
+# X-Cache said); a GET then refreshes (EXPIRED, held at the paused application) while another
+# is answered the stale entry (UPDATING)
+{
+    is(xc($t->get('/sv/x', Cookie => $A)), 'MISS', 'sv: MISS');
+    want('sv/lookups:MISS' => 1, 'sv/stores' => 1);
+    settle('sv filled', 'sv');
+    # The refresh replaces the entry (same key): stored_bytes adds both.
+    my ($len1) = entry_bytes('sv');
+    want('sv/stored_bytes' => $len1);
+    settle('sv: stored bytes of the first entry', 'sv');
+    delete $want{'sv/stored_bytes'};    # until the refresh stored
+    my %seen;
+    my $stale = Throttle::Redis::wait_for(sub {
+        my $s = xc($t->request('HEAD', '/sv/x', { Cookie => $A }));
+        $seen{$s}++;
+        $s eq 'STALE';
+    }, timeout => 10, step => 0.05);
+    ok($stale, 'sv: STALE after 1 s (HEADs: ' . join(', ', map { "$_ x $seen{$_}" } sort keys %seen) . ')');
+    $app->pause;
+    my $refresher = fork // die "fork: $!";
+    if ($refresher == 0) {
+        my $r = $t->get('/sv/x', Cookie => $A);
+        POSIX::_exit(xc($r) eq 'EXPIRED' && $r->{status} == 200 ? 0 : 1);
+    }
+    my $locked = Throttle::Redis::wait_for(sub { scalar(my @k = $redis->keys('throttle:cache:{sv:*:l')) },
+        timeout => 10);
+    ok($locked, 'sv: the refresh took the lock');
+    is(xc($t->get('/sv/x', Cookie => $A)), 'UPDATING', 'sv: UPDATING while the refresh runs');
+    $app->resume;
+    waitpid $refresher, 0;
+    is($?, 0, 'sv: the refresh: 200 EXPIRED');
+    want('sv/lookups:HIT' => $seen{HIT} // 0, 'sv/lookups:STALE' => $seen{STALE} // 0,
+        'sv/lookups:EXPIRED' => 1, 'sv/lookups:UPDATING' => 1, 'sv/stores' => 2);
+    settle('stale', 'sv');
+    my ($len2, $entries) = entry_bytes('sv');
+    is($entries, 1, 'sv: one entry, replaced by the refresh');
+    want('sv/stored_bytes' => $len1 + $len2);
+    settle('stale: stored bytes of both', 'sv');
+}
+
 # --- stored bytes: the entries in Redis, byte for byte
 {
     my $e = expected_all(\%want);
     for my $ns (qw(hm inv st cap gm)) {
-        my @all = $redis->keys("throttle:cache:{$ns:*");
-        my @keys = grep { /:e:\d+\.\d+:[0-9a-f]{64}\z/ } @all;    # not :g, :l, :w
-        my $bytes = 0;
-        $bytes += $redis->cli('STRLEN', $_) for @keys;
-        is(scalar @keys, $e->{"$ns/stores"}, "$ns: one entry in Redis per store");
+        my ($bytes, $entries) = entry_bytes($ns);
+        is($entries, $e->{"$ns/stores"}, "$ns: one entry in Redis per store");
         ok($bytes > 0, "$ns: the entries hold $bytes bytes");
         want("$ns/stored_bytes" => $bytes);
     }
@@ -368,6 +420,31 @@ sub with_paused_app {
     ok(!@jdiff, 'JSON: the same counters and values') or diag join "\n", @jdiff;
     ok($j->{'hm/stored_bytes'} > 0 && $j->{'hm/stored_bytes'} == $p->{'hm/stored_bytes'},
         "stored_bytes > 0 and equal in both formats ($p->{'hm/stored_bytes'})");
+}
+
+# --- the lookups are the access log's $throttle_cache_status values, request by request
+{
+    my %log;
+    my $lines = 0;
+    Throttle::Redis::wait_for(sub {    # a log line is written after its response
+        %log = ();
+        $lines = 0;
+        open my $fh, '<', $t->testdir . '/cache.log' or return 0;
+        while (<$fh>) {
+            my ($status, $uri) = /^(\S+) (\S+)$/ or next;
+            next if $status eq '-';
+            my ($ns) = $uri =~ m{^/(\w+)/} or next;
+            $log{"$ns/lookups:$status"}++;
+            $lines++;
+        }
+        my $sum = 0;
+        $sum += $_ for map { $want{$_} } grep { /lookups:/ } keys %want;
+        $lines >= $sum;
+    }, timeout => 10);
+    my $e = expected_all(\%want);
+    my @diff = map { "$_: log " . ($log{$_} // 0) . ", counter $e->{$_}" }
+        grep { /lookups:/ && ($log{$_} // 0) != $e->{$_} } sort keys %$e;
+    ok(!@diff, "the access log's $lines cache statuses are the lookups counted") or diag join "\n", @diff;
 }
 
 is(scalar($t->worker_pids), 2, 'both workers alive');
