@@ -136,6 +136,7 @@ bool has_body(ngx_http_request_t* r) noexcept {
 }
 
 void set_status(CacheRequest& cr, CacheStatus s) noexcept {
+    cr.status = s;
     if (RequestCtx* ctx = get_ctx(cr.request())) {
         ctx->cache_status = s;
     }
@@ -430,19 +431,11 @@ bool sent_twice(ngx_http_request_t* r, const ngx_array_t* list) noexcept {
     return false;
 }
 
-void cache_count_lookup(CacheRequest& cr, CacheStatus s) noexcept {
-    if (cr.counted) {
-        return;
-    }
-    cr.counted = true;
-    cm::CacheMetrics* m = cr.conf->metrics->m;
-    if (m == nullptr) {
-        return;
-    }
-    count_lookup(m, s);
+void cache_count_lookup_in(cm::CacheMetrics& m, const CacheRequest& cr, CacheStatus s) noexcept {
+    count_lookup(&m, s);
     if (cr.waited) {
-        cm::add(m->fill_waits[static_cast<size_t>(cr.wait_timed_out ? cm::FillWait::timed_out
-                                                                    : cm::FillWait::woken)]);
+        cm::add(m.fill_waits[static_cast<size_t>(cr.wait_timed_out ? cm::FillWait::timed_out
+                                                                   : cm::FillWait::woken)]);
     }
 }
 
