@@ -1,8 +1,11 @@
 #!/usr/bin/perl
 # The response cache's counters (issue 11) as throttle_metrics shows them, per namespace, with
 # a real Redis, the test application and nginx with 2 workers (the counts are the sums of both):
-# lookups by $throttle_cache_status (MISS then HIT, HEAD and conditional requests, a BYPASS, an
-# ERROR while Redis hangs), stores and stored bytes (equal to the bytes of the entries in
+# lookups by $throttle_cache_status (MISS then HIT, HEAD and conditional requests, BYPASS for
+# credentials without an identity and for a hit over throttle_cache_inflate_memory, HIT and
+# STALE HEADs of an expired entry, its EXPIRED refresh and an UPDATING answer meanwhile, an
+# ERROR while Redis hangs; an internal redirect counted once, under the namespace that looked
+# up; the access log's $throttle_cache_status values are the counts), stores and stored bytes (equal to the bytes of the entries in
 # Redis), refusals (uncacheable: Set-Cookie, no-store, a status not configured; too_large: by
 # Content-Length and while a chunked body arrives; generation_moved: a write of the filling
 # user confirmed during the fill), invalidations (per namespace and confirmed write, from the
@@ -34,7 +37,8 @@ http {
     throttle_cache_user $cookie_sessionid;
     throttle_cache_valid 60s;
     proxy_http_version 1.1;
-    log_format cs '$throttle_cache_status $uri';
+    throttle_cache_inflate_memory 1k;
+    log_format cs '$throttle_cache_status $request_uri';
     access_log %%TESTDIR%%/cache.log cs;
 
     server {
@@ -52,6 +56,9 @@ http {
         location /gm/   { throttle_cache gm; proxy_pass http://%%APP%%; }
         location /gmw/  { throttle_cache_invalidate gm; return 204; }
         location /by/   { throttle_cache by; proxy_pass http://%%APP%%; }
+        location /rd/   { throttle_cache rd; proxy_pass http://%%APP%%; proxy_intercept_errors on;
+                          error_page 404 = /hm/fallback; }
+        location /inf/  { throttle_cache inf; proxy_pass http://%%APP%%; }
         location /sv/   { throttle_cache sv; throttle_cache_valid 1s; throttle_cache_stale 60s;
                           proxy_pass http://%%APP%%; }
         location /err/  { throttle_cache err; proxy_pass http://%%APP%%; }
@@ -70,7 +77,7 @@ sub xc { $_[0]{headers}{'x-cache'} // '' }
 my @statuses = qw(HIT MISS EXPIRED STALE UPDATING BYPASS ERROR);
 my @reasons = qw(uncacheable too_large generation_moved);
 my @outcomes = qw(woken timed_out);
-my @namespaces = qw(hm big unc inv other st cap gm by sv err);
+my @namespaces = qw(hm big unc inv other st cap gm by sv inf rd err);
 
 # The cache counters of the Prometheus text: { "ns/what" => n }, what one of
 # lookups:STATUS, refusals:REASON, fill_waits:OUTCOME, stores, stored_bytes, invalidations,
@@ -202,7 +209,7 @@ sub entry_bytes {
 {
     my $p = prometheus();
     my $e = expected_all({});
-    is(scalar(grep { !exists $p->{$_} } keys %$e), 0, 'every counter of the 11 namespaces is shown');
+    is(scalar(grep { !exists $p->{$_} } keys %$e), 0, 'every counter of the 13 namespaces is shown');
     is(scalar(grep { $p->{$_} != 0 } keys %$e), 0, 'all at 0');
     is(scalar(keys %$p), scalar(keys %$e), 'no other cache namespace (off, the purge location)');
 }
@@ -237,6 +244,31 @@ sub entry_bytes {
     is(xc($t->get('/by/x', Cookie => 'sessionid=a; sessionid=b')), 'BYPASS', 'by: cookie twice: BYPASS');
     want('by/lookups:BYPASS' => 2);
     settle('bypass', 'by');
+}
+
+# --- an internal redirect after the lookup: counted once, under the namespace that looked up
+# (rd: MISS); the cached location it lands in (hm) counts nothing, and stores nothing
+{
+    my $r = $t->get('/rd/x?_status=404', Cookie => $A);
+    is($r->{status} . ' ' . xc($r), '200 MISS', 'rd: 404 intercepted, answered by /hm/fallback, MISS');
+    is($app->count('/hm/fallback'), 1, 'rd: the fallback went upstream');
+    want('rd/lookups:MISS' => 1);
+    settle('internal redirect', 'rd', 'hm');
+}
+
+# --- a hit that would inflate more than throttle_cache_inflate_memory (1k) goes upstream: BYPASS,
+# not HIT
+{
+    is(xc($t->get('/inf/x?_size=5000', Cookie => $A, 'Accept-Encoding' => 'gzip')), 'MISS', 'inf: MISS');
+    want('inf/lookups:MISS' => 1, 'inf/stores' => 1);
+    settle('inf filled', 'inf');
+    my $h = $t->get('/inf/x?_size=5000', Cookie => $A, 'Accept-Encoding' => 'gzip');
+    is(xc($h) . ' ' . ($h->{headers}{'content-encoding'} // ''), 'HIT gzip', 'inf: HIT, gzip');
+    my $b = $t->get('/inf/x?_size=5000', Cookie => $A);
+    is(xc($b) . ' ' . length($b->{body}), 'BYPASS 5000', 'inf: plain client, over the bound: BYPASS');
+    is($app->count('/inf/x'), 2, 'inf: the BYPASS went upstream');
+    want('inf/lookups:HIT' => 1, 'inf/lookups:BYPASS' => 1);
+    settle('inflate bound', 'inf');
 }
 
 # --- refusals: too large (by Content-Length, and chunked while it arrives), uncacheable
@@ -387,13 +419,13 @@ sub entry_bytes {
 # --- stored bytes: the entries in Redis, byte for byte
 {
     my $e = expected_all(\%want);
-    for my $ns (qw(hm inv st cap gm)) {
+    for my $ns (qw(hm inv st cap gm inf)) {
         my ($bytes, $entries) = entry_bytes($ns);
         is($entries, $e->{"$ns/stores"}, "$ns: one entry in Redis per store");
         ok($bytes > 0, "$ns: the entries hold $bytes bytes");
         want("$ns/stored_bytes" => $bytes);
     }
-    settle('stored bytes', qw(hm inv st cap gm));
+    settle('stored bytes', qw(hm inv st cap gm inf));
 }
 
 # --- ERROR: Redis hangs (SIGSTOP); the lookup times out (1 s)
@@ -433,7 +465,7 @@ sub entry_bytes {
         while (<$fh>) {
             my ($status, $uri) = /^(\S+) (\S+)$/ or next;
             next if $status eq '-';
-            my ($ns) = $uri =~ m{^/(\w+)/} or next;
+            my ($ns) = $uri =~ m{^/(\w+)/} or next;    # the URI the client asked for
             $log{"$ns/lookups:$status"}++;
             $lines++;
         }
