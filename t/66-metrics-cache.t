@@ -5,8 +5,8 @@
 # credentials without an identity and for a hit over throttle_cache_inflate_memory, HIT and
 # STALE HEADs of an expired entry, its EXPIRED refresh and an UPDATING answer meanwhile, an
 # ERROR while Redis hangs; an internal redirect counted once, under the namespace that looked
-# up; the access log's $throttle_cache_status values are the counts), stores and stored bytes (equal to the bytes of the entries in
-# Redis), refusals (uncacheable: Set-Cookie, no-store, a status not configured; too_large: by
+# up; the access log's $throttle_cache_status values are the counts), stores and stored bytes
+# (equal to the bytes of the entries in Redis), refusals (uncacheable: Set-Cookie, no-store, a status not configured; too_large: by
 # Content-Length and while a chunked body arrives; generation_moved: a write of the filling
 # user confirmed during the fill), invalidations (per namespace and confirmed write, from the
 # location, throttle_cache_invalidate and the upstream's header; anonymous and failed writes
