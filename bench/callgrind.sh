@@ -73,6 +73,9 @@
 #                          lie (plain moved by up to 2.7 % between layouts)
 #   BENCH_NGINX            nginx binary         (/usr/sbin/nginx)
 #   BENCH_CG_OUT           also write the result table to this file
+#   BENCH_CG_METRICS=1     every variant's server also has `location = /metrics { throttle_metrics; }`
+#                          (never requested): the counters are on, so a request pays for counting
+#                          (without it nothing is counted; each counter costs a null check)
 #   BENCH_KEEP=1           keep the temp directory (configs, callgrind out files, logs)
 # Needs valgrind, curl, redis-server (for strict and the cache variants); missing
 # Debian packages are installed with apt-get when run as root. All traffic goes to
@@ -95,6 +98,7 @@ DIFF_PCT=${BENCH_CG_DIFF_PCT:-0.5}
 DIFF_LINES=${BENCH_CG_DIFF_LINES:-12}
 LAYOUTS=${BENCH_CG_LAYOUTS:-1}
 OUT=${BENCH_CG_OUT:-}
+METRICS=${BENCH_CG_METRICS:-}
 
 BODY_BYTES=100         # plain & co: the static file, as run.sh
 CACHE_BYTES=2048       # cache: the origin's JSON, about (as cache.sh: stored gzip'd, >= 1k)
@@ -275,6 +279,7 @@ write_conf() {
     echo "    server {  # $v"
     echo "        listen 127.0.0.1:$port;"
     echo "        root $tmp/html;"
+    [[ -z $METRICS || $v == plain_nomod ]] || echo "        location = /metrics { throttle_metrics; }"
     if is_cache "$v"; then
         cat <<EOF
         proxy_http_version 1.1;
