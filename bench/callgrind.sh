@@ -302,7 +302,7 @@ EOF
         echo "        location = /bench.txt {"
         location_lines "$v" | sed 's/^/            /'
         echo "        }"
-        if has_metrics "$v"; then
+        if has_metrics "$v" && [[ -z $METRICS ]]; then  # (BENCH_CG_METRICS added one already)
             echo "        location = /metrics { throttle_metrics; }"
         fi
         if [[ $v == identity ]]; then  # the application's answer (add_header skips subrequests)
