@@ -27,8 +27,6 @@
 #   plain            static 100-byte file, no throttle directive
 #   limit_req        nginx's limit_req, as in run.sh
 #   throttle         throttle_zone (local mode) + throttle, as in run.sh
-#   throttle_metrics (not in the default set) throttle, and a throttle_metrics location in
-#                    the server: the zone's counters are on (compare with throttle)
 #   strict           throttle_zone mode=strict against a redis-server started here
 #   cache_hit        throttle_cache + throttle_cache_user $cookie_sessionid in front of
 #                    an origin server block of the same nginx (~2 KB JSON, stored gzip'd),
@@ -49,6 +47,9 @@
 #                    throttle_identity with the request's session cookie resolved (a hit in
 #                    its shared memory: HMAC of the cookie and one lookup per request); compare
 #                    with throttle (the same zone keyed on the address, no identity)
+#   throttle_metrics (not in the default set) throttle, plus a location with throttle_metrics
+#                    (never asked): the zone counts its outcomes (compare with throttle)
+#   strict_metrics   (not in the default set) strict, the same way
 #
 # Two modules: with BENCH_MODULE_B, every variant is measured with both, and
 # the table gives both counts and B/A, plus, for each variant whose B/A is off by
@@ -72,6 +73,9 @@
 #                          lie (plain moved by up to 2.7 % between layouts)
 #   BENCH_NGINX            nginx binary         (/usr/sbin/nginx)
 #   BENCH_CG_OUT           also write the result table to this file
+#   BENCH_CG_METRICS=1     every variant's server also has `location = /metrics { throttle_metrics; }`
+#                          (never requested): the counters are on, so a request pays for counting
+#                          (without it nothing is counted; each counter costs a null check)
 #   BENCH_KEEP=1           keep the temp directory (configs, callgrind out files, logs)
 # Needs valgrind, curl, redis-server (for strict and the cache variants); missing
 # Debian packages are installed with apt-get when run as root. All traffic goes to
@@ -94,12 +98,13 @@ DIFF_PCT=${BENCH_CG_DIFF_PCT:-0.5}
 DIFF_LINES=${BENCH_CG_DIFF_LINES:-12}
 LAYOUTS=${BENCH_CG_LAYOUTS:-1}
 OUT=${BENCH_CG_OUT:-}
+METRICS=${BENCH_CG_METRICS:-}
 
 BODY_BYTES=100         # plain & co: the static file, as run.sh
 CACHE_BYTES=2048       # cache: the origin's JSON, about (as cache.sh: stored gzip'd, >= 1k)
 SESSION='sessionid=b3f1c0de5eed4a11'
 REQ_PATH='/api/items?sort=name&page=2'
-KNOWN='plain limit_req throttle throttle_metrics strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity'
+KNOWN='plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity throttle_metrics strict_metrics'
 
 # --------------------------------------------------------------------------
 # Checks.
@@ -120,7 +125,9 @@ for v in "${variants[@]}"; do
     [[ -z ${seen[$v]:-} ]] || die "variant \"$v\" is listed twice"
     seen[$v]=1
 done
-uses_redis() { [[ $1 == strict || $1 == cache_* ]]; }
+uses_redis() { [[ $1 == strict || $1 == strict_metrics || $1 == cache_* ]]; }
+# has_metrics VARIANT: the variant's server has a throttle_metrics location
+has_metrics() { [[ $1 == *_metrics ]]; }
 is_cache() { [[ $1 == cache_* ]]; }
 want_redis=
 for v in "${variants[@]}"; do uses_redis "$v" && want_redis=1; done
@@ -216,7 +223,7 @@ http_lines() {
         echo 'throttle_identity $cookie_sessionid resolve=/_identity zone=bench_ids:10m;'
         echo 'throttle_zone $throttle_user_id zone=bench:10m rate=1000000000r/s;'
         ;;
-    strict)
+    strict | strict_metrics)
         echo "throttle_redis 127.0.0.1:$redis_port connect_timeout=10s timeout=10s;  # valgrind is slow"
         # 1e8r/d: the largest sliding rate strict mode takes exactly (run.sh)
         echo 'throttle_zone $binary_remote_addr zone=bstrict:10m rate=100000000r/d mode=strict;'
@@ -237,7 +244,7 @@ location_lines() {
     throttle | throttle_metrics) echo 'throttle zone=bench;' ;;
     jwt | jwt_nocache) echo 'throttle zone=bjwt;' ;;
     identity) printf '%s\n' 'throttle_identity_resolve on;' 'throttle zone=bench;' ;;
-    strict) echo 'throttle zone=bstrict;' ;;
+    strict | strict_metrics) echo 'throttle zone=bstrict;' ;;
     cache_*)
         echo 'throttle_cache bench;'
         echo 'proxy_pass http://origin;'
@@ -272,6 +279,7 @@ write_conf() {
     echo "    server {  # $v"
     echo "        listen 127.0.0.1:$port;"
     echo "        root $tmp/html;"
+    [[ -z $METRICS || $v == plain_nomod ]] || echo "        location = /metrics { throttle_metrics; }"
     if is_cache "$v"; then
         cat <<EOF
         proxy_http_version 1.1;
@@ -294,7 +302,9 @@ EOF
         echo "        location = /bench.txt {"
         location_lines "$v" | sed 's/^/            /'
         echo "        }"
-        [[ $v != throttle_metrics ]] || echo "        location = /metrics { throttle_metrics; }"
+        if has_metrics "$v" && [[ -z $METRICS ]]; then  # (BENCH_CG_METRICS added one already)
+            echo "        location = /metrics { throttle_metrics; }"
+        fi
         if [[ $v == identity ]]; then  # the application's answer (add_header skips subrequests)
             echo "        location = /_identity { internal; proxy_pass http://127.0.0.1:$origin_port; }"
             echo "    }"
@@ -332,7 +342,7 @@ WRITE_OUT='%{http_code} x-cache=%header{x-cache} content-encoding=%header{conten
 expected() {
     case $1 in
     plain | plain_nomod | limit_req) echo "200 x-cache= content-encoding= ratelimit-policy= bytes=$BODY_BYTES" ;;
-    throttle | throttle_metrics | strict | jwt | jwt_nocache | identity) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
+    throttle | strict | jwt | jwt_nocache | identity | *_metrics) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
     cache_hit | cache_hit_vary) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;
     cache_hit_plain) echo "200 x-cache=HIT content-encoding= ratelimit-policy= bytes=$json_bytes" ;;
     esac
@@ -405,7 +415,7 @@ measure() {
         $(head -1 "$tmp/cg/$name.answers") != $want ]]; then
         die "$name: the $count answers were not all \"$want\": $got"
     fi
-    [[ $v != strict || $(evalsha_calls) -gt 0 ]] || die "$name: Redis saw no EVALSHA: strict did not ask Redis"
+    [[ $v != strict* || $(evalsha_calls) -gt 0 ]] || die "$name: Redis saw no EVALSHA: strict did not ask Redis"
 
     # let nginx see curl's connection close, then stop it: callgrind writes $out
     sleep 0.3

@@ -19,10 +19,10 @@ inline int64_t now_ms() noexcept {
 
 // Monotonic microseconds from the system's clock (not cached): for durations the metrics
 // measure (nginx's cached milliseconds would put every Redis round trip in one bucket).
-inline uint64_t monotonic_us() noexcept {
+inline int64_t monotonic_us() noexcept {
     timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<uint64_t>(ts.tv_sec) * 1000000 + static_cast<uint64_t>(ts.tv_nsec) / 1000;
+    return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
 }
 
 }  // namespace throttle::ngx

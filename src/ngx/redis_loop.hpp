@@ -23,7 +23,7 @@ class RedisLoop final : public redis::Loop {
     RedisLoop& operator=(const RedisLoop&) = delete;
 
     uint64_t now_ms() noexcept override { return uint64_t(ngx_current_msec); }
-    uint64_t now_us() noexcept override { return monotonic_us(); }
+    uint64_t now_us() noexcept override { return static_cast<uint64_t>(monotonic_us()); }
     std::unique_ptr<redis::Timer> create_timer(std::function<void()> handler) override;
     std::unique_ptr<redis::Deferred> create_deferred(std::function<void()> handler) override;
     bool attach(redisAsyncContext* ac) noexcept override;

@@ -5,6 +5,8 @@
 
 namespace throttle::ngx {
 
+struct CacheMetricsRef;  // ngx/metrics.hpp
+
 // http{}
 struct CacheMainConf {
     bool used;            // some location uses a throttle_cache* directive
@@ -33,6 +35,8 @@ bool sent_twice(ngx_http_request_t* r, const ngx_array_t* list) noexcept;
 // Per location. Unset values are NGX_CONF_UNSET*.
 struct CacheLocConf {
     ngx_str_t ns;                    // throttle_cache NAME; len 0: off; data null: unset
+    CacheMetricsRef* metrics;        // ns's counters, set and inherited with ns; never nullptr
+                                     // when ns.len > 0 (->m is nullptr when metrics are off)
     ngx_http_complex_value_t* user;  // throttle_cache_user; nullptr: anonymous
     ngx_array_t* user_sources;       // of IdentitySource, set and inherited with `user`
     bool user_verified;              // `user` names $throttle_user_id or $throttle_jwt_claim_*

@@ -10,6 +10,9 @@
 //   throttle_cache_invalidate NAME ...;
 //   throttle_cache_invalidate_header NAME | off;
 //   throttle_cache_purge VALUE;                            location
+// The namespaces throttle_cache and throttle_cache_invalidate name are registered for the
+// counters (issue 11, ngx/metrics.hpp): each has its entry when some location has
+// throttle_metrics.
 #include <new>
 #include <vector>
 
@@ -18,6 +21,7 @@
 #include "core/cache_key.hpp"
 #include "ngx/cache/cache.hpp"
 #include "ngx/directive_args.hpp"
+#include "ngx/metrics.hpp"
 #include "redis/cache_scripts.hpp"
 
 namespace throttle::ngx {
@@ -105,6 +109,10 @@ char* throttle_cache_directive(ngx_conf_t* cf, ngx_command_t*, void* conf) noexc
         return rv;
     }
     if (!check_namespace(cf, value[1])) {
+        return conf_error();
+    }
+    lcf->cache.metrics = cache_metrics_ref(cf, value[1]);
+    if (lcf->cache.metrics == nullptr) {
         return conf_error();
     }
     lcf->cache.ns = value[1];
@@ -275,7 +283,8 @@ char* throttle_cache_list_directive(ngx_conf_t* cf, ngx_command_t* cmd, void* co
         return conf_error();
     }
     for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
-        if (!credentials && !check_namespace(cf, value[i])) {
+        if (!credentials &&
+            (!check_namespace(cf, value[i]) || cache_metrics_ref(cf, value[i]) == nullptr)) {
             return conf_error();
         }
         if (credentials && !valid_header_name(value[i])) {
@@ -329,6 +338,7 @@ char* throttle_cache_purge_directive(ngx_conf_t* cf, ngx_command_t*, void* conf)
 }
 
 void init_cache_loc_conf(CacheLocConf& conf) noexcept {
+    conf.metrics = nullptr;  // set with ns
     conf.user = static_cast<ngx_http_complex_value_t*>(NGX_CONF_UNSET_PTR);
     conf.user_sources = nullptr;
     conf.user_verified = false;
@@ -349,6 +359,7 @@ void init_cache_loc_conf(CacheLocConf& conf) noexcept {
 char* merge_cache_loc_conf(ngx_conf_t* cf, const CacheLocConf& prev, CacheLocConf& conf) noexcept {
     if (conf.ns.data == nullptr) {
         conf.ns = prev.ns;
+        conf.metrics = prev.metrics;
     }
     if (conf.user == NGX_CONF_UNSET_PTR) {
         conf.user = prev.user == NGX_CONF_UNSET_PTR ? nullptr : prev.user;

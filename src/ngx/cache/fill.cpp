@@ -14,11 +14,14 @@
 #include "ngx/cache/waiters.hpp"
 #include "ngx/cache/worker.hpp"
 #include "ngx/conf.hpp"
+#include "ngx/metrics.hpp"
 #include "ngx/redis_link.hpp"
 #include "redis/cache_scripts.hpp"
 
 namespace throttle::ngx {
 namespace {
+
+namespace cm = core::metrics;
 
 redis::CacheTarget target_of(const FillLock& lock) noexcept {
     redis::CacheTarget t;
@@ -34,6 +37,35 @@ void log_redis_failure(const char* what, const redis::Result& res) noexcept {
     redis_reply_unusable(res, what);
     ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0, "throttle_cache: %s failed: %s", what,
                   res.ok() ? "unexpected reply" : redis::to_string(res.failure));
+}
+
+// The STORE of an entry was answered (issue 11's counters; m nullptr: metrics off): stored,
+// or refused because a generation moved since the lookup (an invalidation during the fill).
+void count_store(cm::CacheMetrics* m, const redis::Result& res, bool parsed, bool stored,
+                 size_t bytes) noexcept {
+    if (m == nullptr || !res.ok() || !parsed) {
+        return;
+    }
+    if (stored) {
+        cm::add(m->stores);
+        cm::add(m->stored_bytes, bytes);
+    } else {
+        cm::add(m->refusals[static_cast<size_t>(cm::StoreRefusal::generation_moved)]);
+    }
+}
+
+// A gzip body that did not inflate within max_size: too large when its trailer says it is
+// (ISIZE, the plain size mod 2^32), else not storable (corrupt).
+cm::StoreRefusal inflate_refusal(std::string_view gz, size_t max_size) noexcept {
+    if (gz.size() >= 4) {
+        auto b = [&](size_t i) { return static_cast<uint32_t>(static_cast<uint8_t>(gz[i])); };
+        size_t n = gz.size() - 4;
+        uint32_t isize = b(n) | b(n + 1) << 8 | b(n + 2) << 16 | b(n + 3) << 24;
+        if (isize > max_size) {
+            return cm::StoreRefusal::too_large;
+        }
+    }
+    return cm::StoreRefusal::uncacheable;
 }
 
 // The storing rules' policy for this location.
@@ -201,6 +233,7 @@ std::string Fill::encode(ngx_http_request_t* r, int64_t now, int64_t& ttl_ms) {
         // The upstream compressed it (Django's GZipMiddleware): keep the plain bytes.
         std::string plain;
         if (!core::gzip_decompress(body_, plain, conf_->max_size)) {
+            cache_count_refusal(*conf_, inflate_refusal(body_, conf_->max_size));
             ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                           "throttle_cache: response not stored: its gzip body does not inflate "
                           "within throttle_cache_max_size");
@@ -215,6 +248,7 @@ std::string Fill::encode(ngx_http_request_t* r, int64_t now, int64_t& ttl_ms) {
     bool compressed = !r->filter_need_in_memory && body_.size() >= conf_->min_compress &&
                       core::gzip_compress(body_, gz) && gz.size() < body_.size();
     if (headers_.size() > core::cache::entry_max_headers) {
+        cache_count_refusal(*conf_, cm::StoreRefusal::uncacheable);
         return {};
     }
     core::cache::EntryView v;
@@ -232,6 +266,7 @@ std::string Fill::encode(ngx_http_request_t* r, int64_t now, int64_t& ttl_ms) {
     core::cache::DecodeLimits limits;
     limits.max_size = conf_->max_size;
     if (!core::cache::valid(v, limits)) {
+        cache_count_refusal(*conf_, cm::StoreRefusal::uncacheable);
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "throttle_cache: response not stored: headers the entry format refuses");
         return {};
@@ -267,26 +302,32 @@ void Fill::store(ngx_http_request_t* r) {
     const bool lock_at_record = !lock_here && record && lock_.key == vary_.base;
     over_ = true;
     end_lease();
+    cm::CacheMetrics* m = conf_->metrics->m;
     if (lock_here) {
         client->evalsha(
             redis::cache_store_script(), args.keys(), args.args(),
-            [e = entry_key_, lock = lock_, entry](redis::Result&& res) noexcept {
+            [e = entry_key_, lock = lock_, entry, m](redis::Result&& res) noexcept {
                 bool stored = false;
-                if (!res.ok() || !redis::parse_cache_store_reply(res.reply, stored)) {
+                bool parsed = res.ok() && redis::parse_cache_store_reply(res.reply, stored);
+                if (!parsed) {
                     log_redis_failure("store", res);
                     if (!res.ok()) {
                         cache_abandon_lock(lock);  // the lock (and waiters elsewhere) may be left
                     }
                 }
+                count_store(m, res, parsed, stored, entry->size());
                 cache_fill_ended(e, stored, stored ? entry : nullptr);
             });
     } else {
         client->evalsha(redis::cache_store_script(), args.keys(), args.args(),
-                        [entry](redis::Result&& res) noexcept {
+                        [entry, m](redis::Result&& res) noexcept {
                             bool stored = false;
-                            if (!res.ok() || !redis::parse_cache_store_reply(res.reply, stored)) {
+                            bool parsed =
+                                res.ok() && redis::parse_cache_store_reply(res.reply, stored);
+                            if (!parsed) {
                                 log_redis_failure("store", res);
                             }
+                            count_store(m, res, parsed, stored, entry->size());
                         });
     }
     if (record) {

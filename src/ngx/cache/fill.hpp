@@ -26,6 +26,13 @@
 //                gives the lock back and wakes waiters everywhere to go upstream themselves
 // STORE and RELEASE end the lease's renewals. A STORE or RELEASE Redis did not answer may have
 // run or not: ABANDON follows (orphans.cpp).
+// Counters (issue 11, when throttle_metrics is on): a STORE of the entry Redis answered 1
+// counts a store and the entry's bytes (as stored: encoded, gzip'd or not; a vary record is not
+// counted), one it answered 0 a generation_moved refusal; decide()'s refusals count too_large
+// (Verdict::too_large, a body that grew past throttle_cache_max_size, a gzip body whose plain
+// size does) or uncacheable (every other verdict: a status not configured, 5xx, Set-Cookie,
+// Cache-Control, Vary, ...; and headers the entry format refuses). A fill released for another
+// reason (not the upstream's answer, the client went away, an error) counts nothing.
 #pragma once
 
 #include <memory>

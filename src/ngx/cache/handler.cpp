@@ -23,7 +23,17 @@
 //                         second round trip), and the memo remembers the list, so the next
 //                         request of the resource looks its variant up at once
 // Nothing here ever answers 5xx because of Redis: every failure passes the request on.
+//
+// Counters (issue 11; nothing is counted without throttle_metrics): a client request's lookup
+// is counted once, under its namespace (the location that looked up) and its final
+// $throttle_cache_status, where that status is final: when the request goes upstream (pass(),
+// and the BYPASS/ERROR decided before any lookup) or when it is answered from an entry
+// (cache_serve(), which may still turn a HIT into BYPASS). A request that waited for another
+// request's fill counts its wait at the same moment: timed_out when throttle_cache_lock_timeout
+// ended it, woken otherwise. A request that ends (the client left) before its status is set
+// counts nothing.
 #include <algorithm>
+#include <iterator>
 #include <new>
 
 #include "core/cache_identity.hpp"
@@ -37,10 +47,47 @@
 #include "ngx/cache/request.hpp"
 #include "ngx/cache/vary.hpp"
 #include "ngx/cache/waiters.hpp"
+#include "ngx/metrics.hpp"
 #include "ngx/redis_link.hpp"
 
 namespace throttle::ngx {
 namespace {
+
+namespace cm = core::metrics;
+
+// $throttle_cache_status (CacheStatus, none first) and the counters' statuses (CacheLookup)
+// list the same values in the same order.
+constexpr bool same_lookup_order() noexcept {
+    constexpr CacheStatus ngx_order[] = {
+        CacheStatus::hit,      CacheStatus::miss,   CacheStatus::expired, CacheStatus::stale,
+        CacheStatus::updating, CacheStatus::bypass, CacheStatus::error};
+    constexpr cm::CacheLookup core_order[] = {cm::CacheLookup::hit,      cm::CacheLookup::miss,
+                                              cm::CacheLookup::expired,  cm::CacheLookup::stale,
+                                              cm::CacheLookup::updating, cm::CacheLookup::bypass,
+                                              cm::CacheLookup::error};
+    static_assert(std::size(ngx_order) == cm::cache_lookup_count);
+    for (size_t i = 0; i < cm::cache_lookup_count; i++) {
+        if (static_cast<size_t>(ngx_order[i]) != i + 1 || static_cast<size_t>(core_order[i]) != i) {
+            return false;
+        }
+    }
+    return true;
+}
+static_assert(same_lookup_order(), "CacheStatus and core::metrics::CacheLookup must agree");
+
+void count_lookup(cm::CacheMetrics* m, CacheStatus s) noexcept {
+    if (m != nullptr && s != CacheStatus::none) {
+        cm::add(m->lookups[static_cast<size_t>(s) - 1]);
+    }
+}
+
+// A status decided before (or instead of) a lookup: final, the request goes on without the
+// cache.
+ngx_int_t decline(RequestCtx* ctx, const CacheLocConf& conf, CacheStatus s) noexcept {
+    ctx->cache_status = s;
+    count_lookup(conf.metrics->m, s);
+    return NGX_DECLINED;
+}
 
 // Whether the request carries one of the configured credential headers.
 bool has_credentials(ngx_http_request_t* r, const CacheLocConf& conf) noexcept {
@@ -89,6 +136,7 @@ bool has_body(ngx_http_request_t* r) noexcept {
 }
 
 void set_status(CacheRequest& cr, CacheStatus s) noexcept {
+    cr.status = s;
     if (RequestCtx* ctx = get_ctx(cr.request())) {
         ctx->cache_status = s;
     }
@@ -97,6 +145,7 @@ void set_status(CacheRequest& cr, CacheStatus s) noexcept {
 // The request goes on to the upstream. The request may be gone when this returns.
 void pass(CacheRequest& cr, CacheStatus s) noexcept {
     set_status(cr, s);
+    cache_count_lookup(cr, s);
     cr.step = CacheRequest::Step::pass;
     cr.wait_timer.stop();
     cr.resume();
@@ -143,6 +192,7 @@ void give_up_waiting(CacheRequest& cr) noexcept {
                   "throttle_cache: waited %M ms for another request to fill the entry, "
                   "going upstream",
                   cr.conf->lock_timeout);
+    cr.wait_timed_out = true;
     pass(cr, CacheStatus::miss);
 }
 
@@ -160,7 +210,10 @@ void wait_for_fill(const std::shared_ptr<CacheRequest>& cr) noexcept {
     // cache_wait() may wake the request at once (its fill just ended).
     c.step = CacheRequest::Step::waiting;
     arm_wait_timer(c);
+    bool waited_before = c.waited;
+    c.waited = true;  // before cache_wait(): it may wake (and count) the request at once
     if (!cache_wait(c.entry_key, cr)) {
+        c.waited = waited_before;
         pass(c, CacheStatus::miss);
     }
 }
@@ -378,6 +431,14 @@ bool sent_twice(ngx_http_request_t* r, const ngx_array_t* list) noexcept {
     return false;
 }
 
+void cache_count_lookup_in(cm::CacheMetrics& m, const CacheRequest& cr, CacheStatus s) noexcept {
+    count_lookup(&m, s);
+    if (cr.waited) {
+        cm::add(m.fill_waits[static_cast<size_t>(cr.wait_timed_out ? cm::FillWait::timed_out
+                                                                   : cm::FillWait::woken)]);
+    }
+}
+
 CacheRequest::CacheRequest(ngx_http_request_t* r, const CacheLocConf* c) noexcept
     : RequestBound(r), conf(c) {
     head = r->method == NGX_HTTP_HEAD;
@@ -504,8 +565,7 @@ void key_origin(ngx_http_request_t* r, core::cache::CacheKeyInput& in) noexcept 
 ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestCtx* ctx) {
     ngx_str_t identity = ngx_null_string;
     if (conf.user != nullptr && ngx_http_complex_value(r, conf.user, &identity) != NGX_OK) {
-        ctx->cache_status = CacheStatus::bypass;
-        return NGX_DECLINED;
+        return decline(ctx, conf, CacheStatus::bypass);
     }
     core::cache::RequestFacts facts;
     facts.method = view(r->method_name);
@@ -515,29 +575,24 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
     facts.has_user_identity = identity.len > 0;
     facts.ambiguous = sent_twice(r, conf.user_sources) || sent_twice(r, conf.key_sources);
     if (!core::cache::request_cacheable(facts)) {
-        ctx->cache_status = CacheStatus::bypass;
-        return NGX_DECLINED;
+        return decline(ctx, conf, CacheStatus::bypass);
     }
     redis::Client* client = redis_client();
     if (client == nullptr || !client->available()) {
-        ctx->cache_status = CacheStatus::bypass;
-        return NGX_DECLINED;
+        return decline(ctx, conf, CacheStatus::bypass);
     }
     std::string id = cache_identity(view(main_conf(r)->cache.secret), view(identity));
     if (cache_invalidation_pending(view(conf.ns), id)) {
         // This user's write is not confirmed by Redis yet: their entries may be stale.
-        ctx->cache_status = CacheStatus::bypass;
-        return NGX_DECLINED;
+        return decline(ctx, conf, CacheStatus::bypass);
     }
     ngx_str_t extra = ngx_null_string;
     if (conf.key != nullptr && ngx_http_complex_value(r, conf.key, &extra) != NGX_OK) {
-        ctx->cache_status = CacheStatus::bypass;
-        return NGX_DECLINED;
+        return decline(ctx, conf, CacheStatus::bypass);
     }
     std::shared_ptr<CacheRequest> cr = bind_to_request<CacheRequest>(r, &conf);
     if (cr == nullptr) {
-        ctx->cache_status = CacheStatus::error;
-        return NGX_DECLINED;
+        return decline(ctx, conf, CacheStatus::error);
     }
     cr->id = std::move(id);
     core::cache::CacheKeyInput in;
@@ -556,8 +611,7 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
     if (cache_vary_memo_used() && cache_vary_memo_get(cr->tag(), known) &&
         !use_variant(*cr, known)) {
         cr->step = CacheRequest::Step::done;
-        ctx->cache_status = CacheStatus::bypass;  // a header it varies on is too long
-        return NGX_DECLINED;
+        return decline(ctx, conf, CacheStatus::bypass);  // a header it varies on is too long
     }
     if (cr->fills) {
         cr->token = cache_fill_token();
@@ -565,8 +619,7 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
     ctx->cache = cr.get();
     if (!cache_lookup_submit(cr, cr->fills)) {
         cr->step = CacheRequest::Step::done;
-        ctx->cache_status = CacheStatus::error;
-        return NGX_DECLINED;
+        return decline(ctx, conf, CacheStatus::error);
     }
     cr->suspend();
     return NGX_DONE;
@@ -611,8 +664,7 @@ ngx_int_t cache_handler(ngx_http_request_t* r) noexcept {
     try {
         return start_lookup(r, conf, ctx);
     } catch (...) {
-        ctx->cache_status = CacheStatus::error;
-        return NGX_DECLINED;
+        return decline(ctx, conf, CacheStatus::error);
     }
 }
 

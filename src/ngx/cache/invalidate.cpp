@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "ngx/cache/worker.hpp"
+#include "ngx/metrics.hpp"
 #include "ngx/redis_link.hpp"
 #include "redis/cache_scripts.hpp"
 
@@ -25,6 +26,7 @@ struct Invalidations {
     std::unordered_map<std::string, unsigned> pending_keys;  // id "\n" ns -> count
     std::unique_ptr<redis::Timer> retry_timer;
     bool full_logged = false;
+    const MainConf* mcf = nullptr;  // the counters' namespaces
 };
 
 Invalidations* inv = nullptr;  // owned; deleted in invalidations_exit
@@ -85,6 +87,18 @@ struct Answer {
     }
 };
 
+// Redis confirmed an invalidation: one count per namespace.
+void count_confirmed(const std::vector<std::string>& namespaces) noexcept {
+    if (inv == nullptr || inv->mcf->metrics.registry == nullptr) {
+        return;
+    }
+    for (const std::string& ns : namespaces) {
+        if (core::metrics::CacheMetrics* m = cache_metrics(*inv->mcf, ns)) {
+            core::metrics::add(m->invalidations);
+        }
+    }
+}
+
 // Sends one invalidation; one Redis did not confirm goes (back) to the pending list. Returns
 // whether it was sent (`answered` is then called once with Redis' answer or failure).
 bool send(Pending&& p, std::function<void()> answered) noexcept {
@@ -107,6 +121,9 @@ bool send(Pending&& p, std::function<void()> answered) noexcept {
                                 good = res.ok() && redis::parse_cache_invalidate_reply(
                                                        res.reply, held->namespaces.size(), gens);
                             } catch (...) {
+                            }
+                            if (good) {
+                                count_confirmed(held->namespaces);
                             }
                             if (good || worker_exiting()) {
                                 return;
@@ -160,8 +177,9 @@ bool cache_invalidation_pending(std::string_view ns, std::string_view id) noexce
     }
 }
 
-void invalidations_init(redis::Loop& loop) {
+void invalidations_init(redis::Loop& loop, const MainConf& mcf) {
     auto i = std::make_unique<Invalidations>();
+    i->mcf = &mcf;
     i->retry_timer = loop.create_timer([]() noexcept { retry(); });
     inv = i.release();
 }

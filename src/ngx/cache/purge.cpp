@@ -3,11 +3,14 @@
 // once). POST, DELETE or PURGE; protect the location (allow/deny, auth) as any admin endpoint.
 //   200 {"namespace":"review","generation":4}
 //   400 the value is not a valid namespace; 405 another method; 503 Redis did not answer.
+// A purge Redis confirmed counts one nginx_throttle_cache_purges_total under the namespace, when
+// some directive (throttle_cache, throttle_cache_invalidate) names it and metrics are on.
 #include <memory>
 
 #include "core/cache_key.hpp"
 #include "ngx/cache/cache.hpp"
 #include "ngx/cache/worker.hpp"
+#include "ngx/metrics.hpp"
 #include "ngx/redis_link.hpp"
 #include "ngx/request.hpp"
 #include "redis/cache_scripts.hpp"
@@ -97,6 +100,9 @@ ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept {
                 }
                 ngx_int_t status;
                 if (good) {
+                    if (core::metrics::CacheMetrics* m = cache_metrics(*main_conf(req), view(ns))) {
+                        core::metrics::add(m->purges);
+                    }
                     ngx_log_error(NGX_LOG_NOTICE, req->connection->log, 0,
                                   "throttle_cache: namespace \"%V\" purged (generation %uL)", &ns,
                                   gens[0]);

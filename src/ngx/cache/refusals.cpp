@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "ngx/metrics.hpp"
+
 namespace throttle::ngx {
 namespace {
 
@@ -35,8 +37,17 @@ bool first_time(const CacheLocConf* conf, core::cache::Verdict verdict) {
 
 }  // namespace
 
+void cache_count_refusal(const CacheLocConf& conf, core::metrics::StoreRefusal why) noexcept {
+    if (core::metrics::CacheMetrics* m = conf.metrics->m) {
+        core::metrics::add(m->refusals[static_cast<size_t>(why)]);
+    }
+}
+
 void cache_refused(ngx_http_request_t* r, const CacheLocConf& conf,
                    core::cache::Verdict verdict) noexcept {
+    cache_count_refusal(conf, verdict == core::cache::Verdict::too_large
+                                  ? core::metrics::StoreRefusal::too_large
+                                  : core::metrics::StoreRefusal::uncacheable);
     static_assert(static_cast<unsigned>(core::cache::Verdict::zero_ttl) < 32, "a bit per verdict");
     const char* reason = core::cache::verdict_reason(verdict);
     bool loud = false;

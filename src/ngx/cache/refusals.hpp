@@ -8,12 +8,17 @@
 #pragma once
 
 #include "core/cache_entry.hpp"
+#include "core/metrics.hpp"
 #include "ngx/cache/conf.hpp"
 
 namespace throttle::ngx {
 
+// A response the filling request got is not stored, for `verdict` (never Verdict::store): says
+// so as above and counts it (too_large: Verdict::too_large; uncacheable: every other verdict).
 void cache_refused(ngx_http_request_t* r, const CacheLocConf& conf,
                    core::cache::Verdict verdict) noexcept;
+// Counts a response not stored in the location's namespace (nothing without throttle_metrics).
+void cache_count_refusal(const CacheLocConf& conf, core::metrics::StoreRefusal why) noexcept;
 
 void refusals_exit() noexcept;  // forgets what was said (the worker exits)
 

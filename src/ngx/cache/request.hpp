@@ -24,6 +24,7 @@
 #include "ngx/cache/leases.hpp"
 #include "ngx/cache/vary.hpp"
 #include "ngx/cache/worker.hpp"
+#include "ngx/metrics.hpp"
 #include "ngx/request.hpp"
 #include "redis/cache_scripts.hpp"
 
@@ -96,6 +97,15 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
     bool wait_began = false;
     ngx_msec_t wait_since = 0;  // ngx_current_msec when the request first waited
 
+    // The status set for the request ($throttle_cache_status, by handler.cpp), the one it is
+    // served with (cache_serve).
+    CacheStatus status = CacheStatus::none;
+    // The counters (cache_count_lookup below): the lookup is counted once, when its status is
+    // final; a request that waited for a fill counts its wait then too.
+    bool counted = false;
+    bool waited = false;          // registered as a waiter at least once
+    bool wait_timed_out = false;  // throttle_cache_lock_timeout passed
+
     redis::CacheTarget target() const noexcept {
         redis::CacheTarget t;
         t.prefix = cache_prefix();
@@ -121,6 +131,21 @@ void cache_lookup_done(const std::shared_ptr<CacheRequest>& cr, redis::Failure f
 // else nullptr: look up again) or gave up (stored false).
 void cache_woken(const std::shared_ptr<CacheRequest>& cr, bool stored,
                  const std::shared_ptr<const std::string>& entry) noexcept;
+
+// Counts the request's lookup under `s` (its final $throttle_cache_status) in its location's
+// namespace, and its wait for a fill if it waited; once per request, later calls do nothing.
+// Inline: without throttle_metrics a hit pays a flag and a null check.
+void cache_count_lookup_in(core::metrics::CacheMetrics& m, const CacheRequest& cr,
+                           CacheStatus s) noexcept;
+inline void cache_count_lookup(CacheRequest& cr, CacheStatus s) noexcept {
+    if (cr.counted) {
+        return;
+    }
+    cr.counted = true;
+    if (core::metrics::CacheMetrics* m = cr.conf->metrics->m) {
+        cache_count_lookup_in(*m, cr, s);
+    }
+}
 
 // ---- serve.cpp ----
 // Answers the request from cr.entry; finalizes it. Returns what the phase handler returns.

@@ -285,6 +285,7 @@ ngx_int_t cache_serve(ngx_http_request_t* r, CacheRequest& cr) noexcept {
         core::cache::DecodeLimits limits;
         limits.max_size = cr.conf->max_size;
         if (!core::cache::decode(*cr.entry, cr.decoded, limits)) {
+            cache_count_lookup(cr, cr.status);
             return NGX_HTTP_INTERNAL_SERVER_ERROR;  // not reached: checked when fetched
         }
         cr.view_valid = true;
@@ -305,10 +306,12 @@ ngx_int_t cache_serve(ngx_http_request_t* r, CacheRequest& cr) noexcept {
             if (RequestCtx* ctx = get_ctx(r)) {
                 ctx->cache_status = CacheStatus::bypass;
             }
+            cache_count_lookup(cr, CacheStatus::bypass);
             return NGX_DECLINED;
         }
         cr.inflate_charge = charge;  // released when the request ends
     }
+    cache_count_lookup(cr, cr.status);  // final: HIT, STALE or UPDATING
     // A body the client sent with its GET must be read away, or nginx would parse it as the
     // connection's next request (request smuggling).
     ngx_int_t rc = ngx_http_discard_request_body(r);

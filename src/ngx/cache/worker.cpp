@@ -43,7 +43,7 @@ void cache_worker_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loo
         prefix = new std::string(base + "cache:");
         memos_init();
         orphans_init(loop);
-        invalidations_init(loop);
+        invalidations_init(loop, mcf);
         lookups_init(loop);
         waiters_init(cycle, mcf, loop, redis::cache_fill_channel(base));
     } catch (const std::exception& e) {

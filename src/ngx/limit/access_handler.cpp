@@ -12,6 +12,13 @@
 // a location skips them. A zone held by one of them while Redis decides makes the others that
 // apply it wait for that decision (Follower), so that concurrent SSI includes or mirrors never
 // count it twice nor pass it uncounted.
+//
+// Metrics (core/metrics.hpp, when some location has throttle_metrics): each zone counts one
+// outcome per client request, the first one decided for it (ZoneMark::reported): passed or
+// rejected (dry_run_*, fallback_* likewise), or skipped for an empty key. When several zones
+// apply and some reject, only the rejecting zones count (rejected): the others did not count
+// the request and count no outcome either. Without metrics, each zone's pointer is nullptr and
+// the request path pays one null check.
 #include <memory>
 #include <new>
 #include <string>
@@ -28,11 +35,14 @@ namespace throttle::ngx {
 // What a client request did in one zone (RequestCtx::marks of its main request).
 struct ZoneMark {
     bool counted;             // admitted and counted: no request of it is counted there again
+    bool reported;            // metrics: an outcome was counted for it (once per client request)
     StrictRequest* deciding;  // held by a request of it while Redis decides (its Waiting)
 };
 static_assert(std::is_trivially_destructible_v<ZoneMark>);
 
 namespace {
+
+namespace cm = core::metrics;
 
 constexpr uint64_t tag_full_logged = 0x100;
 
@@ -57,6 +67,7 @@ struct Check {
     Applied* applied;
     ngx_uint_t n;
     bool fallback;  // some strict zone could not ask Redis
+    bool skipped;   // metrics: a zone counted an empty key (that may have made the contexts)
 };
 
 // The marks of r's client request, indexed by ZoneConf::index. Without `make`, nullptr when
@@ -113,6 +124,50 @@ void release_zones(ngx_http_request_t* r, const Check& c, const StrictRequest* w
     }
 }
 
+// Metrics: counts outcome o in zone z for r's client request, unless one was counted there
+// already (marks: r's client request's, nullptr when out of memory: then counted). Returns
+// whether it counted.
+bool report(ZoneMark* marks, const ZoneConf& z, cm::Outcome o) noexcept {
+    if (marks != nullptr) {
+        ZoneMark& m = marks[z.index];
+        if (m.reported) {
+            return false;
+        }
+        m.reported = true;
+    }
+    cm::count(z.metrics, o);
+    return true;
+}
+
+// Metrics: the decision's outcome in each zone that counts one (see the top of the file). An
+// admitted request: every zone passed (a strict zone that took its fallback: fallback_passed,
+// fallback=open included); near_limit when at most a tenth of the zone's quota is left after
+// it. A rejected one: the zones that rejected it (a strict zone's fallback=local or =closed:
+// fallback_rejected). In dry run: dry_run_passed or dry_run_rejected, fallback or not.
+// Called with metrics on (then every zone has its counters).
+[[gnu::noinline]] void count_outcomes(ngx_http_request_t* r, const LocConf* lcf, const Check& c,
+                                      bool admitted) noexcept {
+    ZoneMark* marks = marks_of(r, true);
+    bool dry = lcf->limit.dry_run;
+    for (ngx_uint_t i = 0; i < c.n; i++) {
+        const Applied& a = c.applied[i];
+        if (a.zone->metrics == nullptr || a.decision.allowed != admitted) {
+            continue;  // rejected: a zone that would have admitted it counts nothing
+        }
+        bool fallback = a.zone->mode == Mode::strict && a.role != Role::remote;
+        cm::Outcome o = admitted ? (dry        ? cm::Outcome::dry_run_passed
+                                    : fallback ? cm::Outcome::fallback_passed
+                                               : cm::Outcome::passed)
+                                 : (dry        ? cm::Outcome::dry_run_rejected
+                                    : fallback ? cm::Outcome::fallback_rejected
+                                               : cm::Outcome::rejected);
+        if (report(marks, *a.zone, o) && admitted && a.role != Role::open &&
+            a.decision.remaining <= a.decision.limit / 10) {
+            cm::add(a.zone->metrics->near_limit);
+        }
+    }
+}
+
 int64_t ceil_seconds(int64_t ms) noexcept {
     return ms <= 0 ? 0 : (ms + 999) / 1000;
 }
@@ -129,17 +184,27 @@ void unlock(Check& c) noexcept {
     }
 }
 
+// A key's state still matters: forgetting it would change a decision now (its counts have not
+// expired, or Redis' rejection of a strict key still holds).
+bool live(const core::Policy& policy, const core::State& s, int64_t now) noexcept {
+    return !core::is_idle(policy, s, now) || s.blocked_until > now;
+}
+
 // Under the locks: finds (or creates) every key's state; notes a zone that had to evict a key
-// whose counts were still live (logged once per zone, by log_full()).
+// whose counts were still live (counted in its metrics; logged once per zone, by log_full()).
 void find_states(Check& c, int64_t now) noexcept {
     for (ngx_uint_t i = 0; i < c.n; i++) {
         Applied& a = c.applied[i];
         ZoneConf* z = a.zone;
         core::LookupResult res = z->table->lookup(a.key);
-        if (res.evicted && !core::is_idle(z->policy, res.victim, now) &&
-            !(z->table->tag() & tag_full_logged)) {
-            z->table->set_tag(z->table->tag() | tag_full_logged);
-            a.full = true;
+        if (res.evicted && live(z->policy, res.victim, now)) {
+            if (z->metrics != nullptr) {
+                cm::add(z->metrics->evictions);
+            }
+            if (!(z->table->tag() & tag_full_logged)) {
+                z->table->set_tag(z->table->tag() | tag_full_logged);
+                a.full = true;
+            }
         }
         a.state = res.state;
     }
@@ -305,6 +370,9 @@ ngx_int_t reject(ngx_http_request_t* r, const LocConf* lcf, const RequestCtx* ct
 bool conclude(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, const Check& c,
               bool admitted) noexcept {
     log_full(r, c);
+    if (c.applied[0].zone->metrics != nullptr) {  // c.n > 0; metrics on: every zone's is set
+        count_outcomes(r, lcf, c, admitted);
+    }
     const Applied* shown = most_restrictive(c, admitted);
     // After an internal redirect into a location with zones not counted yet, an admission
     // keeps describing the earlier decision's zone when that one has fewer requests left.
@@ -398,9 +466,10 @@ void log_clamped(ngx_http_request_t* r, const ZoneConf* zone) noexcept {
 }
 
 // Redis answered for the remote zones (decisions in their order), or could not (nullptr):
-// decide, then let the request go on. w held the zones meanwhile.
+// decide, then let the request go on. w held the zones meanwhile, since submitted_us
+// (monotonic_us(); metrics on only).
 void settle(ngx_http_request_t* r, Check& c, const redis::StrictDecision* decisions,
-            const StrictRequest* w) noexcept {
+            const StrictRequest* w, int64_t submitted_us) noexcept {
     const LocConf* lcf = loc_conf(r);
     RequestCtx* ctx = get_ctx(r);
     int64_t now = now_ms();
@@ -423,6 +492,11 @@ void settle(ngx_http_request_t* r, Check& c, const redis::StrictDecision* decisi
                 continue;
             }
             const redis::StrictDecision& d = decisions[k++];
+            if (cm::ZoneMetrics* m = a.zone->metrics) {
+                cm::add(m->strict_decisions);
+                cm::observe_latency_us(m->strict_decision_duration,
+                                       static_cast<uint64_t>(monotonic_us() - submitted_us));
+            }
             a.decision.allowed = d.allowed;
             a.decision.remaining = d.allowed ? d.remaining : 0;
             a.decision.reset_ms = d.reset_ms;
@@ -474,10 +548,13 @@ class Waiting final : public StrictRequest {
     Waiting(ngx_http_request_t* r, const Check& c, std::vector<redis::StrictZone>&& zones)
         : StrictRequest(r), check_(c), zones_(std::move(zones)) {}
 
+    // Metrics: when the decision was submitted to Redis (monotonic_us()).
+    void set_submitted(int64_t us) noexcept { submitted_us_ = us; }
+
     const std::vector<redis::StrictZone>& zones() const noexcept override { return zones_; }
 
     void decided(const redis::StrictDecision* decisions) noexcept override {
-        settle(request(), check_, decisions, this);
+        settle(request(), check_, decisions, this, submitted_us_);
         // The batch holds a share of this object, the local vector one of every follower:
         // resuming a request may end them all (then gone() stops each wake()).
         std::vector<std::shared_ptr<Follower>> followers = std::move(followers_);
@@ -493,6 +570,7 @@ class Waiting final : public StrictRequest {
     Check check_;
     std::vector<redis::StrictZone> zones_;
     std::vector<std::shared_ptr<Follower>> followers_;
+    int64_t submitted_us_ = 0;
 };
 
 // r waits until w is decided. NGX_DONE, or an error status.
@@ -531,6 +609,9 @@ bool ask_redis(ngx_http_request_t* r, Check& c) noexcept {
         auto w = bind_to_request<Waiting>(r, c, std::move(zones));
         if (w == nullptr || !hold_zones(r, c, w.get())) {
             return false;
+        }
+        if (c.applied[0].zone->metrics != nullptr) {
+            w->set_submitted(monotonic_us());
         }
         if (!strict_submit(w)) {
             release_zones(r, c, w.get());
@@ -589,6 +670,10 @@ bool applied_zones(ngx_http_request_t* r, const LimitLocConf& conf, const ZoneMa
             watch_key(r, *zones[i], key.len == 0);
         }
         if (key.len == 0) {
+            if (zones[i]->metrics != nullptr) {
+                report(marks_of(r, true), *zones[i], cm::Outcome::skipped);
+                c.skipped = true;
+            }
             continue;  // an empty key: this zone does not apply to the request
         }
         if (marks != nullptr) {
@@ -669,7 +754,7 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
         }
     }
     const RequestCtx* main = r == r->main ? ctx : get_ctx(r->main);
-    Check c{nullptr, 0, false};
+    Check c{nullptr, 0, false, false};
     bool remote = false;
     Waiting* busy = nullptr;
     if (!applied_zones(r, lcf->limit, main != nullptr ? main->marks : nullptr, c, remote, busy)) {
@@ -677,6 +762,9 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
     }
     if (c.n == 0) {
         return NGX_DECLINED;
+    }
+    if (ctx == nullptr && c.skipped) {
+        ctx = get_ctx(r);  // counting a skipped zone may have made it (the main request's)
     }
     if (ctx == nullptr && (ctx = create_ctx(r)) == nullptr) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;

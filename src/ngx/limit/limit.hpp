@@ -1,6 +1,9 @@
 // Rate limiting's entry points (layer: ngx), for the module definition and the worker.
 #pragma once
 
+#include <time.h>
+
+#include <cstdint>
 #include <string>
 
 #include "ngx/conf.hpp"

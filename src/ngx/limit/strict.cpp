@@ -11,6 +11,8 @@ namespace {
 using Batch = std::vector<std::shared_ptr<StrictRequest>>;
 
 redis::TurnBatcher<std::shared_ptr<StrictRequest>>* batcher = nullptr;  // owned
+// Metrics: requests per script call, in the Redis target's entry; nullptr when metrics are off.
+core::metrics::Histogram* batch_sizes = nullptr;
 
 void deliver(StrictRequest& req, const redis::StrictDecision* decisions) noexcept {
     if (!req.gone() && !worker_exiting()) {
@@ -38,6 +40,9 @@ void send(Batch&& batch) noexcept {
         if (client == nullptr || !redis::build_strict_batch_args(requests, call)) {
             fail_all(*held);
             return;
+        }
+        if (batch_sizes != nullptr) {
+            core::metrics::observe_size(*batch_sizes, held->size());
         }
         client->evalsha(redis::strict_batch_script(), call.keys(), call.args(),
                         [held](redis::Result&& r) noexcept {
@@ -74,6 +79,7 @@ bool strict_submit(std::shared_ptr<StrictRequest> request) noexcept {
 }
 
 void strict_worker_init(const MainConf& mcf, redis::Loop& loop) {
+    batch_sizes = mcf.metrics.redis != nullptr ? &mcf.metrics.redis->strict_batch_size : nullptr;
     auto** zones = static_cast<ZoneConf**>(mcf.limit.zones.elts);
     for (ngx_uint_t i = 0; i < mcf.limit.zones.nelts; i++) {
         if (zones[i]->mode == Mode::strict) {
@@ -90,6 +96,7 @@ void strict_worker_init(const MainConf& mcf, redis::Loop& loop) {
 void strict_worker_exit() noexcept {
     delete batcher;  // drops what is queued: the requests end with the process
     batcher = nullptr;
+    batch_sizes = nullptr;
 }
 
 }  // namespace throttle::ngx

@@ -24,6 +24,12 @@
 // (Result::unsent: circuit open, no connection) count for nothing; a batch none of whose
 // attempts left gives its counts back to the zone. The id outlives the retries by
 // id_margin_ms.
+//
+// Metrics (when some location has throttle_metrics): each flush that collected keys counts one
+// flush and its keys; its duration runs from the collection to the answer of its last batch
+// (observed only when every batch of it was answered); sync_last_flush is the time of the last
+// collection, empty or not; sync_errors counts every send of a batch that got no usable reply
+// (or never left).
 #include "ngx/limit/sync_flush.hpp"
 
 #include <algorithm>
@@ -50,6 +56,15 @@ constexpr int64_t id_margin_ms = 30000;  // how much longer Redis remembers a ba
 constexpr int64_t retry_window_min_ms = 5000;
 constexpr int64_t retry_window_max_ms = 60000;
 
+namespace cm = core::metrics;
+
+// Metrics: one flush, while its batches are on their way.
+struct FlushRun {
+    int64_t started_us;    // monotonic_us()
+    size_t unanswered;     // batches not answered (nor given up) yet
+    bool complete = true;  // every batch ended so far was answered
+};
+
 // One key's unsent counts on their way to Redis.
 struct FlushItem {
     core::StoredKey key;
@@ -63,7 +78,8 @@ struct Batch {
     uint32_t sends = 0;    // attempts that left for Redis
     bool reached = false;  // a send may have reached Redis: only the same id may go again
     int64_t first_sent_ms = 0;
-    int64_t tried_ms = 0;  // the last attempt
+    int64_t tried_ms = 0;           // the last attempt
+    std::shared_ptr<FlushRun> run;  // metrics: the flush it belongs to; nullptr when off
 };
 using BatchPtr = std::shared_ptr<Batch>;
 
@@ -201,6 +217,52 @@ bool parse(const redis::Result& r, const Batch& b,
     }
 }
 
+// Metrics: a flush that started at `now` (ms since the epoch) and `started_us` (monotonic_us())
+// collected `keys` keys into the last `batches` batches of `queue`.
+void flush_started(ZoneConf* zone, std::deque<BatchPtr>& queue, size_t keys, size_t batches,
+                   int64_t now, int64_t started_us) noexcept {
+    cm::ZoneMetrics* m = zone->metrics;
+    if (m == nullptr) {
+        return;
+    }
+    m->sync_last_flush.store(now, std::memory_order_relaxed);
+    if (keys == 0) {
+        return;
+    }
+    cm::add(m->sync_flushes);
+    cm::observe_size(m->sync_flush_keys, keys);
+    std::shared_ptr<FlushRun> run;
+    try {
+        run = std::make_shared<FlushRun>(FlushRun{started_us, batches});
+    } catch (...) {
+        return;  // no memory: this flush's duration is not observed
+    }
+    for (size_t i = queue.size() - batches; i < queue.size(); i++) {
+        queue[i]->run = run;
+    }
+}
+
+// Metrics: b's send got no usable reply (or never left).
+void count_error(const ZoneFlush& zf) noexcept {
+    if (zf.zone->metrics != nullptr) {
+        cm::add(zf.zone->metrics->sync_errors);
+    }
+}
+
+// Metrics: b is done with, answered or not; the last batch of a flush whose batches were all
+// answered observes its duration.
+void batch_ended(ZoneConf* zone, Batch& b, bool answered) noexcept {
+    std::shared_ptr<FlushRun> run = std::move(b.run);
+    if (run == nullptr) {
+        return;
+    }
+    run->complete = run->complete && answered;
+    if (--run->unanswered == 0 && run->complete && zone->metrics != nullptr) {
+        cm::observe_latency_us(zone->metrics->sync_flush_duration,
+                               static_cast<uint64_t>(monotonic_us() - run->started_us));
+    }
+}
+
 // A batch that failed: kept to be sent again under its id when it may have reached Redis,
 // otherwise its counts go back to the zone.
 void failed(ZoneFlush& zf, const BatchPtr& b) noexcept {
@@ -209,9 +271,11 @@ void failed(ZoneFlush& zf, const BatchPtr& b) noexcept {
             zf.retry.push_back(b);
             return;
         } catch (...) {
+            batch_ended(zf.zone, *b, false);
             return;  // no memory: given up (Redis counted it once or not at all)
         }
     }
+    batch_ended(zf.zone, *b, false);
     settle(zf.zone, b->items, nullptr);
 }
 
@@ -233,6 +297,7 @@ void done(ZoneFlush& zf, const BatchPtr& b, redis::Result&& r) noexcept {
     bool applied = false;
     if (parse(r, *b, totals, applied)) {
         settle(zf.zone, b->items, &totals);
+        batch_ended(zf.zone, *b, true);
         if (!applied) {
             ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                            "throttle_zone \"%V\": flush batch %s (%uz keys) was applied already",
@@ -240,6 +305,7 @@ void done(ZoneFlush& zf, const BatchPtr& b, redis::Result&& r) noexcept {
         }
     } else {
         redis_reply_unusable(r, "sync flush");
+        count_error(zf);
         if (!r.unsent) {
             // Without a reply the command may have run, or still wait in Redis' queue: the
             // batch goes again at the next tick; the next batch after a command timeout.
@@ -270,6 +336,7 @@ void pump(ZoneFlush& zf) noexcept {
         } catch (const std::exception& e) {
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "throttle_zone \"%V\": flush failed: %s",
                           &zf.zone->name, e.what());
+            count_error(zf);
             failed(zf, b);  // not sent this time
             continue;
         }
@@ -303,6 +370,7 @@ void requeue(ZoneFlush& zf, int64_t now) noexcept {
         }
         dropped++;
         dropped_keys += b->items.size();
+        batch_ended(zf.zone, *b, false);
     }
     if (dropped > 0) {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
@@ -328,7 +396,11 @@ void tick(ZoneFlush& zf) noexcept {
         ngx_atomic_cmp_set(&zone->shared->next_flush_ms, next,
                            static_cast<ngx_atomic_uint_t>(now) + zone->sync_interval)) {
         try {
-            make_batches(zone, collect(zone, *rs, now), zf.queue);
+            int64_t started_us = zone->metrics != nullptr ? monotonic_us() : 0;
+            std::vector<FlushItem> items = collect(zone, *rs, now);
+            size_t keys = items.size(), before = zf.queue.size();
+            make_batches(zone, std::move(items), zf.queue);
+            flush_started(zone, zf.queue, keys, zf.queue.size() - before, now, started_us);
         } catch (const std::exception& e) {
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "throttle_zone \"%V\": flush failed: %s",
                           &zone->name, e.what());
@@ -351,10 +423,12 @@ void final_flush(ZoneFlush& zf, const RedisSettings& rs) noexcept {
         if (b->reached &&
             (down || b->sends >= sends_max || now - b->first_sent_ms >= retry_window_ms(zone))) {
             given_up += b->items.size();
+            batch_ended(zone, *b, false);
             return;
         }
         if (down) {
             settle(zone, b->items, nullptr);
+            batch_ended(zone, *b, false);
             return;
         }
         try {
@@ -367,6 +441,7 @@ void final_flush(ZoneFlush& zf, const RedisSettings& rs) noexcept {
             bool applied = false;
             if (parse(r, *b, totals, applied)) {
                 settle(zone, b->items, &totals);
+                batch_ended(zone, *b, true);
                 return;
             }
             down = true;
@@ -374,6 +449,8 @@ void final_flush(ZoneFlush& zf, const RedisSettings& rs) noexcept {
         } catch (...) {
             down = true;
         }
+        count_error(zf);
+        batch_ended(zone, *b, false);
         if (b->reached) {
             given_up += b->items.size();
         } else {
@@ -391,7 +468,11 @@ void final_flush(ZoneFlush& zf, const RedisSettings& rs) noexcept {
     try {
         std::deque<BatchPtr> rest;
         if (!down) {
-            make_batches(zone, collect(zone, rs, now_ms()), rest);
+            int64_t now = now_ms(), started_us = monotonic_us();
+            std::vector<FlushItem> items = collect(zone, rs, now);
+            size_t keys = items.size();
+            make_batches(zone, std::move(items), rest);
+            flush_started(zone, rest, keys, rest.size(), now, started_us);
         }
         for (const BatchPtr& b : rest) {
             send(b);
