@@ -24,13 +24,6 @@ if (my $why = Throttle::Prometheus::unavailable()) {
     plan skip_all => $why;
 }
 
-# Issue 11: the counters the request path does not feed yet; their checks are TODO until then.
-our $TODO;
-my %PENDING = (
-    zones => 'zone counters not wired yet (requests, near limit, sync, strict)',
-    cache => 'cache counters not wired yet',
-);
-
 my $workers = 2;
 my $t = Throttle::Test->new(workers => $workers)->need_fds(200);
 my $redis = Throttle::Redis->new(t => $t);
@@ -154,10 +147,7 @@ is_deeply(prom_requests(), \%requests, 'before any request: every zone x outcome
 is(v('count(nginx_throttle_requests_total)'), 4 * 7, 'four zones, seven outcomes each');
 is(v('count(nginx_throttle_keys_capacity > 0)'), 4, 'every zone has a capacity');
 is(v('sum(nginx_throttle_keys)'), 0, 'no keys yet');
-TODO: {
-    local $TODO = $PENDING{redis};
-    is(v('nginx_throttle_redis_connected'), $workers, 'both workers connected to Redis');
-}
+is(v('nginx_throttle_redis_connected'), $workers, 'both workers connected to Redis');
 is(v('nginx_throttle_redis_breaker_open'), 0, 'no breaker open');
 
 # ------------------------------------------------------------------------------------------
@@ -175,57 +165,48 @@ ok(Throttle::Redis::wait_for(sub { $redis->sum('throttle:{sync:*') == 20 }, time
     'sync: the 20 reached Redis (flushed)');
 
 scraped('zones');
-TODO: {
-    local $TODO = $PENDING{zones};
-    is_deeply(prom_requests(), \%requests,
-        'nginx_throttle_requests_total by zone and outcome: what nginx answered, exactly');
-    is(v('sum(nginx_throttle_requests_total)'), 13 + 2 + 5 + 7 + 20, 'every request counted once');
-    # 10r/h: the 9th and 10th pass with 1 and 0 left (<= 10% of 10); 5r/h: the 5th (0 left);
-    # 3r/h in dry run: the 3rd (0 left).
-    is(v('nginx_throttle_near_limit_total{zone="login"}'), 2, 'login: 2 passed near the limit');
-    is(v('nginx_throttle_near_limit_total{zone="strict"}'), 1, 'strict: 1 passed near the limit');
-    is(v('nginx_throttle_near_limit_total{zone="dry"}'), 1, 'dry: 1 passed near the limit');
-    is(v('nginx_throttle_near_limit_total{zone="sync"}'), 0, 'sync: 20 of 100: none near the limit');
-}
+is_deeply(prom_requests(), \%requests,
+    'nginx_throttle_requests_total by zone and outcome: what nginx answered, exactly');
+is(v('sum(nginx_throttle_requests_total)'), 13 + 2 + 5 + 7 + 20, 'every request counted once');
+# 10r/h: the 9th and 10th pass with 1 and 0 left (<= 10% of 10); 5r/h: the 5th (0 left);
+# 3r/h in dry run: the 3rd (0 left).
+is(v('nginx_throttle_near_limit_total{zone="login"}'), 2, 'login: 2 passed near the limit');
+is(v('nginx_throttle_near_limit_total{zone="strict"}'), 1, 'strict: 1 passed near the limit');
+is(v('nginx_throttle_near_limit_total{zone="dry"}'), 1, 'dry: 1 passed near the limit');
+is(v('nginx_throttle_near_limit_total{zone="sync"}'), 0, 'sync: 20 of 100: none near the limit');
 is(v('nginx_throttle_keys{zone="login"}'), 1, 'login: one key in the table (a)');
 is(v('nginx_throttle_keys{zone="strict"}'), 1, 'strict: one key in the table (c)');
 is(v('nginx_throttle_keys{zone="sync"}'), 1, 'sync: one key in the table (d)');
 is(v('sum(nginx_throttle_evictions_total)'), 0, 'no eviction');
-TODO: {
-    local $TODO = $PENDING{zones};
-    # Flushes carry keys (an empty one is not a flush): here only d, once per flush; all
-    # answered (the last answer may still be on its way to nginx when Redis has the 20: poll).
-    my $flushes = v('nginx_throttle_sync_flushes_total{zone="sync"}') // 0;
-    cmp_ok($flushes, '>=', 1, 'sync: flushed');
-    is(v('nginx_throttle_sync_errors_total{zone="sync"}'), 0, 'sync: no flush error');
-    is(v('nginx_throttle_sync_flush_keys_sum{zone="sync"}'), $flushes, 'sync: one key per flush');
-    is(v('nginx_throttle_sync_flush_keys_bucket{zone="sync",le="1"}'), $flushes,
-        'sync: every flush in the le="1" bucket');
-    ok(Throttle::Prometheus::poll(sub {
-        scraped_quiet();
-        (v('nginx_throttle_sync_flush_duration_seconds_count{zone="sync"}') // -1) == $flushes;
-    }, timeout => $PENDING{zones} ? 1 : 30), 'sync: a duration observed for every flush');
-    ok(defined v('nginx_throttle_sync_last_flush_age_seconds{zone="sync"}'),
-        'sync: the last flush has an age');
-    # Redis decided 6 of the 7 for c (one at a time: no batching); it rejected the 6th, so the
-    # 7th was rejected here without asking it (blocked until the window moves).
-    is(v('nginx_throttle_strict_decisions_total{zone="strict"}'), 6, 'strict: 6 decisions by Redis');
-    is(v('nginx_throttle_strict_decision_duration_seconds_count{zone="strict"}'), 6,
-        'strict: 6 decision durations observed');
-    is(v('nginx_throttle_strict_decision_duration_seconds_bucket{zone="strict",le="+Inf"}'), 6,
-        'strict: the +Inf bucket holds them all');
-    is(v('nginx_throttle_strict_batch_size_count'), 6, 'strict: 6 script calls');
-    is(v('nginx_throttle_strict_batch_size_sum'), 6, 'strict: 6 decisions in them');
-}
-TODO: {
-    local $TODO = $PENDING{redis};
-    cmp_ok(v('nginx_throttle_redis_commands_total'), '>=', 6 + 1,
-        'Redis commands: at least the 6 strict calls and a flush');
-    is(v('sum(nginx_throttle_redis_errors_total)'), 0, 'no Redis error yet');
-    is(v('nginx_throttle_redis_command_duration_seconds_count'),
-        v('nginx_throttle_redis_commands_total') - v('nginx_throttle_redis_pending_commands'),
-        'one duration per answered command');
-}
+# Flushes carry keys (an empty one is not a flush): here only d, once per flush; all
+# answered (the last answer may still be on its way to nginx when Redis has the 20: poll).
+my $flushes = v('nginx_throttle_sync_flushes_total{zone="sync"}') // 0;
+cmp_ok($flushes, '>=', 1, 'sync: flushed');
+is(v('nginx_throttle_sync_errors_total{zone="sync"}'), 0, 'sync: no flush error');
+is(v('nginx_throttle_sync_flush_keys_sum{zone="sync"}'), $flushes, 'sync: one key per flush');
+is(v('nginx_throttle_sync_flush_keys_bucket{zone="sync",le="1"}'), $flushes,
+    'sync: every flush in the le="1" bucket');
+ok(Throttle::Prometheus::poll(sub {
+    scraped_quiet();
+    (v('nginx_throttle_sync_flush_duration_seconds_count{zone="sync"}') // -1) == $flushes;
+}, timeout => 30), 'sync: a duration observed for every flush');
+ok(defined v('nginx_throttle_sync_last_flush_age_seconds{zone="sync"}'),
+    'sync: the last flush has an age');
+# Redis decided 6 of the 7 for c (one at a time: no batching); it rejected the 6th, so the
+# 7th was rejected here without asking it (blocked until the window moves).
+is(v('nginx_throttle_strict_decisions_total{zone="strict"}'), 6, 'strict: 6 decisions by Redis');
+is(v('nginx_throttle_strict_decision_duration_seconds_count{zone="strict"}'), 6,
+    'strict: 6 decision durations observed');
+is(v('nginx_throttle_strict_decision_duration_seconds_bucket{zone="strict",le="+Inf"}'), 6,
+    'strict: the +Inf bucket holds them all');
+is(v('nginx_throttle_strict_batch_size_count'), 6, 'strict: 6 script calls');
+is(v('nginx_throttle_strict_batch_size_sum'), 6, 'strict: 6 decisions in them');
+cmp_ok(v('nginx_throttle_redis_commands_total'), '>=', 6 + 1,
+    'Redis commands: at least the 6 strict calls and a flush');
+is(v('sum(nginx_throttle_redis_errors_total)'), 0, 'no Redis error yet');
+is(v('nginx_throttle_redis_command_duration_seconds_count'),
+    v('nginx_throttle_redis_commands_total') - v('nginx_throttle_redis_pending_commands'),
+    'one duration per answered command');
 
 # ------------------------------------------------------------------------------------------
 # cache: misses, hits, bypass, refusals, invalidation, purge
@@ -249,32 +230,26 @@ like($p->{status}, qr/^2/, 'a purge of namespace main: 2xx');
 is(cache_get('/cached/y?_size=500'), 'MISS', 'cache: after the purge, y is a MISS again');
 
 scraped('cache');
-TODO: {
-    local $TODO = $PENDING{cache};
-    is_deeply(prom_lookups(), \%lookups,
-        'nginx_throttle_cache_lookups_total by status: what X-Cache said, exactly');
-    is(v('nginx_throttle_cache_stores_total{namespace="main"}'), 3, 'cache: 3 stores (x, y, y)');
-    is(v('nginx_throttle_cache_store_refusals_total{namespace="main",reason="uncacheable"}'), 1,
-        'cache: one refused as uncacheable (no-store)');
-    is(v('nginx_throttle_cache_store_refusals_total{namespace="main",reason="too_large"}'), 1,
-        'cache: one refused as too large');
-    is(v('nginx_throttle_cache_store_refusals_total{namespace="main",reason="generation_moved"}'), 0,
-        'cache: none refused for a moved generation');
-    is(v('nginx_throttle_cache_invalidations_total{namespace="main"}'), 1, 'cache: one invalidation');
-    is(v('nginx_throttle_cache_purges_total{namespace="main"}'), 1, 'cache: one purge');
-    is(v('sum(nginx_throttle_cache_fill_waits_total{namespace="main"})'), 0, 'cache: no fill wait');
-    cmp_ok(v('nginx_throttle_cache_stored_bytes_total{namespace="main"}'), '>=', $x_len + 2 * 500,
-        'cache: stored bytes at least the three bodies');
-}
+is_deeply(prom_lookups(), \%lookups,
+    'nginx_throttle_cache_lookups_total by status: what X-Cache said, exactly');
+is(v('nginx_throttle_cache_stores_total{namespace="main"}'), 3, 'cache: 3 stores (x, y, y)');
+is(v('nginx_throttle_cache_store_refusals_total{namespace="main",reason="uncacheable"}'), 1,
+    'cache: one refused as uncacheable (no-store)');
+is(v('nginx_throttle_cache_store_refusals_total{namespace="main",reason="too_large"}'), 1,
+    'cache: one refused as too large');
+is(v('nginx_throttle_cache_store_refusals_total{namespace="main",reason="generation_moved"}'), 0,
+    'cache: none refused for a moved generation');
+is(v('nginx_throttle_cache_invalidations_total{namespace="main"}'), 1, 'cache: one invalidation');
+is(v('nginx_throttle_cache_purges_total{namespace="main"}'), 1, 'cache: one purge');
+is(v('sum(nginx_throttle_cache_fill_waits_total{namespace="main"})'), 0, 'cache: no fill wait');
+cmp_ok(v('nginx_throttle_cache_stored_bytes_total{namespace="main"}'), '>=', $x_len + 2 * 500,
+    'cache: stored bytes at least the three bodies');
 
 # ------------------------------------------------------------------------------------------
 # Redis killed: fallback, the connection gauge, errors, the alert; Redis back: reconnected
 
-TODO: {
-    local $TODO = $PENDING{redis};
-    ok(!grep({ $_->{labels}{alertname} eq 'ThrottleRedisDisconnected' } $prom->alerts),
-        'Redis up: no ThrottleRedisDisconnected alert');
-}
+ok(!grep({ $_->{labels}{alertname} eq 'ThrottleRedisDisconnected' } $prom->alerts),
+    'Redis up: no ThrottleRedisDisconnected alert');
 $redis->kill;
 is(send_zone('strict', 3, 'e'), 'fallback_passed x 3', 'Redis down: e passes by the fallback');
 is(send_zone('strict', 2, 'c'), 'fallback_rejected x 2',
@@ -282,37 +257,25 @@ is(send_zone('strict', 2, 'c'), 'fallback_rejected x 2',
 my $down = cache_get('/cached/z');
 like($down, qr/^(?:ERROR|BYPASS)\z/, "Redis down: a cache lookup is $down");
 
-TODO: {
-    local $TODO = $PENDING{redis};
-    ok(Throttle::Prometheus::poll(sub { (v('nginx_throttle_redis_connected') // -1) == 0 }),
-        'Redis down: nginx_throttle_redis_connected falls to 0');
-    cmp_ok(v('sum(nginx_throttle_redis_errors_total{kind="connection"})'), '>', 0,
-        'Redis down: connection errors counted');
-    my $alert = $prom->wait_for_alert('ThrottleRedisDisconnected',
-        labels => { target => $redis->address }, timeout => $PENDING{redis} ? 1 : 30);
-    ok($alert, 'Redis down: the ThrottleRedisDisconnected alert is pending (for: 1m)');
-    is($alert && $alert->{labels}{severity}, 'critical', 'with severity critical');
-}
+ok(Throttle::Prometheus::poll(sub { (v('nginx_throttle_redis_connected') // -1) == 0 }),
+    'Redis down: nginx_throttle_redis_connected falls to 0');
+cmp_ok(v('sum(nginx_throttle_redis_errors_total{kind="connection"})'), '>', 0,
+    'Redis down: connection errors counted');
+my $alert = $prom->wait_for_alert('ThrottleRedisDisconnected',
+    labels => { target => $redis->address });
+ok($alert, 'Redis down: the ThrottleRedisDisconnected alert is pending (for: 1m)');
+is($alert && $alert->{labels}{severity}, 'critical', 'with severity critical');
 
 scraped('outage');
-TODO: {
-    local $TODO = $PENDING{zones};
-    is_deeply(prom_requests(), \%requests, 'during the outage: fallback outcomes counted exactly');
-}
-TODO: {
-    local $TODO = $PENDING{cache};
-    is_deeply(prom_lookups(), \%lookups, 'during the outage: the lookup counted as nginx said');
-}
+is_deeply(prom_requests(), \%requests, 'during the outage: fallback outcomes counted exactly');
+is_deeply(prom_lookups(), \%lookups, 'during the outage: the lookup counted as nginx said');
 
 $redis->restart;
-TODO: {
-    local $TODO = $PENDING{redis};
-    ok(Throttle::Prometheus::poll(sub { (v('nginx_throttle_redis_connected') // -1) == $workers },
-            timeout => $PENDING{redis} ? 1 : 60),
-        'Redis back: both workers connected again');
-    cmp_ok(v('nginx_throttle_redis_reconnects_total'), '>=', 1, 'Redis back: reconnects counted');
-    is(v('nginx_throttle_redis_breaker_open'), 0, 'Redis back: no breaker open');
-}
+ok(Throttle::Prometheus::poll(sub { (v('nginx_throttle_redis_connected') // -1) == $workers },
+        timeout => 60),
+    'Redis back: both workers connected again');
+cmp_ok(v('nginx_throttle_redis_reconnects_total'), '>=', 1, 'Redis back: reconnects counted');
+is(v('nginx_throttle_redis_breaker_open'), 0, 'Redis back: no breaker open');
 
 # ------------------------------------------------------------------------------------------
 # reload: the counters are kept (no counter reset in Prometheus), and count on
@@ -320,10 +283,7 @@ TODO: {
 ok($t->reload, 'reload');
 is(send_zone('login', 1, 'f'), 'passed x 1', 'after the reload: one more request');
 scraped('reload');
-TODO: {
-    local $TODO = $PENDING{zones};
-    is_deeply(prom_requests(), \%requests, 'after the reload: the counts kept, the new one added');
-}
+is_deeply(prom_requests(), \%requests, 'after the reload: the counts kept, the new one added');
 is(v('sum(resets(nginx_throttle_requests_total[10m]))'), 0,
     'no counter reset in Prometheus across the reload');
 
@@ -341,8 +301,6 @@ is($lint, '', 'promtool check metrics: no lint finding') or diag($lint);
 my %family = map { /^# TYPE (\S+) (\S+)/ ? ($1 => $2) : () } split /\n/, $m->{body};
 my %used = map { s/_(?:bucket|sum|count)\z//r => 1 } $t->read_file($rules) =~ /\b(nginx_throttle_\w+)/g;
 for my $name (sort keys %used) {
-    local $TODO = $name =~ /^nginx_throttle_cache_/ ? $PENDING{cache}
-        : $name =~ /^nginx_throttle_sync_last/ ? $PENDING{zones} : undef;
     ok($family{$name}, "the alerting rules' $name is in the exposition");
 }
 
