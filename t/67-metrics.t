@@ -141,4 +141,22 @@ $r = $t->get('/metrics');
 like($r->{body}, qr/^nginx_throttle_keys\{zone="kept",mode="local"\} 3$/m, 'the kept zone kept its keys');
 like($r->{body}, qr/^nginx_throttle_keys\{zone="new-one",mode="local"\} 0$/m, 'the new zone is there');
 
+# A throttle_redis nothing uses is never connected: it is not exported either (a target saying
+# "disconnected" forever would fire every alert on it).
+$t->write_conf(<<'EOF');
+http {
+    throttle_redis 127.0.0.1:%%PORT_2%%;
+    throttle_zone $http_x_user zone=kept:1m rate=100r/m;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location / { throttle zone=kept; root %%TESTDIR%%; }
+        location = /metrics { throttle_metrics; }
+    }
+}
+EOF
+ok($t->reload, 'reload: an unused throttle_redis');
+$r = $t->get('/metrics');
+like($r->{body}, qr/^nginx_throttle_keys\{zone="kept",mode="local"\} 3$/m, 'zones exported');
+unlike($r->{body}, qr/nginx_throttle_redis_/, 'the unused Redis target is not');
+
 $t->done;

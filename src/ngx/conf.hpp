@@ -43,6 +43,13 @@ inline const ngx_str_t& secret(const MainConf& mcf) noexcept {
     return mcf.cache.secret;
 }
 
+// Whether a worker needs the Redis link: throttle_redis is set and some zone, cache location or
+// throttle_identity uses it (a throttle_redis nothing uses is never connected).
+inline bool redis_used(const MainConf& mcf) noexcept {
+    return mcf.redis != nullptr &&
+           (mcf.limit.remote_zones || mcf.cache.used || mcf.identity.credential != nullptr);
+}
+
 struct JwtConf;
 
 struct LocConf {

@@ -64,7 +64,7 @@ bool claim_all(ngx_shm_zone_t* shm_zone, MainConf& mcf, cm::Registry& reg) noexc
             }
         }
     }
-    if (mcf.redis != nullptr) {
+    if (redis_used(mcf)) {  // a target nobody connects to would say "disconnected" forever
         mcf.metrics.redis = reg.redis(view(mcf.redis->text));
         if (mcf.metrics.redis == nullptr) {
             return fail(shm_zone, "redis", mcf.redis->text);

@@ -56,8 +56,7 @@ ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
     if (mcf != nullptr) {
         identity_worker_init(*mcf);
     }
-    if (mcf == nullptr || mcf->redis == nullptr ||
-        !(mcf->limit.remote_zones || mcf->cache.used || mcf->identity.credential != nullptr)) {
+    if (mcf == nullptr || !redis_used(*mcf)) {
         return NGX_OK;
     }
     try {
