@@ -27,12 +27,6 @@ void append_uint(std::string& out, uint64_t v) {
     out.append(buf, static_cast<size_t>(n));
 }
 
-void append_int(std::string& out, int64_t v) {
-    char buf[24];
-    int n = std::snprintf(buf, sizeof(buf), "%" PRId64, v);
-    out.append(buf, static_cast<size_t>(n));
-}
-
 // A Prometheus label value: backslash, double quote and line feed escaped.
 void append_label_value(std::string& out, std::string_view v) {
     for (char c : v) {
@@ -93,6 +87,25 @@ void append_labels(std::string& out, const Labels& l) {
     }
 }
 
+void append_value(std::string& out, uint64_t v, Unit unit) {
+    if (unit == Unit::seconds) {
+        append_seconds(out, v);
+    } else {
+        append_uint(out, v);
+    }
+}
+
+// A histogram bucket's upper bound as the `le` label and the JSON key say it.
+std::string bucket_bound(size_t i, const uint64_t (&bounds)[bucket_count], Unit unit) {
+    std::string le;
+    if (i == bucket_count) {
+        le = "+Inf";
+    } else {
+        append_value(le, bounds[i], unit);
+    }
+    return le;
+}
+
 class Prom {
    public:
     explicit Prom(std::string& out) : out_(out) {}
@@ -108,25 +121,11 @@ class Prom {
         out_ += type;
         out_ += '\n';
     }
-    void sample(std::string_view name, const Labels& l, uint64_t v) {
+    void sample(std::string_view name, const Labels& l, uint64_t v, Unit unit = Unit::count) {
         out_ += name;
         append_labels(out_, l);
         out_ += ' ';
-        append_uint(out_, v);
-        out_ += '\n';
-    }
-    void sample_signed(std::string_view name, const Labels& l, int64_t v) {
-        out_ += name;
-        append_labels(out_, l);
-        out_ += ' ';
-        append_int(out_, v);
-        out_ += '\n';
-    }
-    void sample_seconds(std::string_view name, const Labels& l, uint64_t us) {
-        out_ += name;
-        append_labels(out_, l);
-        out_ += ' ';
-        append_seconds(out_, us);
+        append_value(out_, v, unit);
         out_ += '\n';
     }
     void histogram(std::string_view name, Labels l, const Histogram& h,
@@ -136,14 +135,7 @@ class Prom {
         uint64_t cumulative = 0;
         for (size_t i = 0; i <= bucket_count; i++) {
             cumulative += read(h.buckets[i]);
-            std::string le;
-            if (i == bucket_count) {
-                le = "+Inf";
-            } else if (unit == Unit::seconds) {
-                append_seconds(le, bounds[i]);
-            } else {
-                append_uint(le, bounds[i]);
-            }
+            std::string le = bucket_bound(i, bounds, unit);
             Labels with = l;
             if (with.k2.empty()) {
                 with.k2 = "le";
@@ -156,11 +148,7 @@ class Prom {
         }
         std::string sum(name);
         sum += "_sum";
-        if (unit == Unit::seconds) {
-            sample_seconds(sum, l, read(h.sum));
-        } else {
-            sample(sum, l, read(h.sum));
-        }
+        sample(sum, l, read(h.sum), unit);
         std::string count(name);
         count += "_count";
         // The count is the buckets' total, so that _count and the +Inf bucket always agree
@@ -238,33 +226,37 @@ const ZoneHistogram zone_histograms[] = {
      Unit::seconds},
 };
 
+// A sum of per-worker gauges, never below 0.
+uint64_t gauge(int64_t v) {
+    return v > 0 ? static_cast<uint64_t>(v) : 0;
+}
+
 // Redis families with one number per target.
 struct RedisScalar {
     const char* name;
     const char* type;
     const char* help;
     const char* json;
-    int64_t (*get)(const RedisView&);
+    uint64_t (*get)(const RedisView&);
 };
 
 const RedisScalar redis_scalars[] = {
     {"nginx_throttle_redis_connected", "gauge", "Workers whose Redis connection is up.",
-     "connected", [](const RedisView& r) { return r.gauges.connected; }},
+     "connected", [](const RedisView& r) { return gauge(r.gauges.connected); }},
     {"nginx_throttle_redis_connects_total", "counter", "Redis connections established.", "connects",
-     [](const RedisView& r) { return static_cast<int64_t>(read(r.m->connects)); }},
+     [](const RedisView& r) { return (read(r.m->connects)); }},
     {"nginx_throttle_redis_reconnects_total", "counter",
      "Redis connections established again after one was lost.", "reconnects",
-     [](const RedisView& r) { return static_cast<int64_t>(read(r.m->reconnects)); }},
+     [](const RedisView& r) { return (read(r.m->reconnects)); }},
     {"nginx_throttle_redis_breaker_open", "gauge",
      "Workers whose circuit breaker to Redis is open (not half-open).", "breaker_open",
-     [](const RedisView& r) { return r.gauges.breaker_open; }},
+     [](const RedisView& r) { return gauge(r.gauges.breaker_open); }},
     {"nginx_throttle_redis_breaker_openings_total", "counter", "Times a circuit breaker opened.",
-     "breaker_openings",
-     [](const RedisView& r) { return static_cast<int64_t>(read(r.m->breaker_openings)); }},
+     "breaker_openings", [](const RedisView& r) { return (read(r.m->breaker_openings)); }},
     {"nginx_throttle_redis_commands_total", "counter", "Commands sent to Redis.", "commands",
-     [](const RedisView& r) { return static_cast<int64_t>(read(r.m->commands)); }},
+     [](const RedisView& r) { return (read(r.m->commands)); }},
     {"nginx_throttle_redis_pending_commands", "gauge", "Commands sent and not answered yet.",
-     "pending_commands", [](const RedisView& r) { return r.gauges.pending; }},
+     "pending_commands", [](const RedisView& r) { return gauge(r.gauges.pending); }},
 };
 
 struct CacheScalar {
@@ -370,7 +362,7 @@ void zones_prometheus(Prom& p, const Snapshot& s) {
         p.family(name, "gauge", "Seconds since a sync zone's last flush started.");
         for (const ZoneView& z : s.zones) {
             if (flushed(z)) {
-                p.sample_seconds(name, zone_labels(z), flush_age_ms(z, s.now_ms) * 1000);
+                p.sample(name, zone_labels(z), flush_age_ms(z, s.now_ms) * 1000, Unit::seconds);
             }
         }
     }
@@ -383,7 +375,7 @@ void redis_prometheus(Prom& p, const Snapshot& s) {
     for (const RedisScalar& f : redis_scalars) {
         p.family(f.name, f.type, f.help);
         for (const RedisView& r : s.redis) {
-            p.sample_signed(f.name, {"target", r.target, {}, {}, {}, {}}, f.get(r));
+            p.sample(f.name, {"target", r.target, {}, {}, {}, {}}, f.get(r));
         }
     }
     const char* errors = "nginx_throttle_redis_errors_total";
@@ -456,17 +448,9 @@ class Json {
         append_json_string(out_, k);
         out_ += ':';
     }
-    void number(std::string_view k, uint64_t v) {
+    void number(std::string_view k, uint64_t v, Unit unit = Unit::count) {
         key(k);
-        append_uint(out_, v);
-    }
-    void signed_number(std::string_view k, int64_t v) {
-        key(k);
-        append_int(out_, v);
-    }
-    void seconds(std::string_view k, uint64_t us) {
-        key(k);
-        append_seconds(out_, us);
+        append_value(out_, v, unit);
     }
     void string(std::string_view k, std::string_view v) {
         key(k);
@@ -479,22 +463,10 @@ class Json {
         uint64_t cumulative = 0;
         for (size_t i = 0; i <= bucket_count; i++) {
             cumulative += read(h.buckets[i]);
-            std::string le;
-            if (i == bucket_count) {
-                le = "+Inf";
-            } else if (unit == Unit::seconds) {
-                append_seconds(le, bounds[i]);
-            } else {
-                append_uint(le, bounds[i]);
-            }
-            number(le, cumulative);
+            number(bucket_bound(i, bounds, unit), cumulative);
         }
         close();
-        if (unit == Unit::seconds) {
-            seconds("sum", read(h.sum));
-        } else {
-            number("sum", read(h.sum));
-        }
+        number("sum", read(h.sum), unit);
         number("count", cumulative);
         close();
     }
@@ -533,7 +505,8 @@ void zones_json(Json& j, const Snapshot& s) {
             }
         }
         if (is_sync(z) && z.m->sync_last_flush.load(std::memory_order_relaxed) != 0) {
-            j.seconds("sync_last_flush_age_seconds", flush_age_ms(z, s.now_ms) * 1000);
+            j.number("sync_last_flush_age_seconds", flush_age_ms(z, s.now_ms) * 1000,
+                     Unit::seconds);
         }
         j.close();
     }
@@ -545,7 +518,7 @@ void redis_json(Json& j, const Snapshot& s) {
     for (const RedisView& r : s.redis) {
         j.open(r.target);
         for (const RedisScalar& f : redis_scalars) {
-            j.signed_number(f.json, f.get(r));
+            j.number(f.json, f.get(r));
         }
         j.open("errors");
         for (size_t k = 0; k < redis_error_count; k++) {
