@@ -243,9 +243,10 @@ EOF
     # fill nobody makes (throttle_cache_lock_timeout 30s: held up, it would hang).
     my $r = $t2->get('/c/same', Cookie => $cookie);
     is($r->{status} . ' ' . body($r)->{cookie}, "200 $cookie", 'a later GET of the same key: 200 from the app');
-    ok($r->{elapsed} < $hang{one}, sprintf('it was not held up by the abandoned lookup\'s fill lock (%.0f ms, %s)',
-        1000 * $r->{elapsed}, xc($r)))
-        or diag join "\n", $t2->log_lines(qr/waited \d+ ms for another request/, $mark);
+    # Held up by the lock, it would wait throttle_cache_lock_timeout and say so in the log.
+    is(scalar($t2->log_lines(qr/waited \d+ ms for another request/, $mark)), 0,
+        'it was not held up by the abandoned lookup\'s fill lock (no wait logged)');
+    note(sprintf 'that GET took %.0f ms (%s)', 1000 * $r->{elapsed}, xc($r));
     my $h;
     Throttle::Redis::wait_for(sub { $h = $t2->get('/c/same', Cookie => $cookie); xc($h) eq 'HIT' },
         timeout => 10, step => 0.05);
