@@ -54,6 +54,24 @@ http {
 EOF
 ok($good, 'good: prometheus and json, with allow/deny') or diag $out;
 
+# More zones than the counters have room for: nginx -t says so (the counters' zone is set up
+# when nginx -t creates shared memory).
+{
+    my $zones = join "\n    ", map { "throttle_zone \$binary_remote_addr zone=z$_:32k rate=1r/s;" } 1 .. 257;
+    my ($ok, $out) = $t->nginx_t(<<"EOF");
+http {
+    $zones
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location = /metrics { throttle_metrics; }
+    }
+}
+EOF
+    ok(!$ok, '257 zones with throttle_metrics: nginx -t fails');
+    like($out, qr/\[emerg\] throttle_metrics: no room for the counters of zone "z257" \(at most 256 zones/,
+        '257 zones: the message says the limit');
+}
+
 # A running nginx: no zone at all first (an empty exposition), then zones.
 $t->write_conf(<<'EOF')->run;
 http {
