@@ -63,4 +63,29 @@ bool parse_number(ngx_conf_t* cf, const Param& p, ngx_int_t min, ngx_int_t max, 
     return true;
 }
 
+ssize_t read_conf_file(ngx_conf_t* cf, const char* what, const ngx_str_t& path, u_char* buf,
+                       size_t max) noexcept {
+    ngx_fd_t fd = ngx_open_file(path.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno, ngx_open_file_n " \"%V\" failed", &path);
+        return -1;
+    }
+    ngx_file_t file;
+    ngx_memzero(&file, sizeof(file));
+    file.name = path;
+    file.log = cf->log;
+    file.fd = fd;
+    ssize_t n = ngx_read_file(&file, buf, max + 1, 0);
+    ngx_close_file(fd);
+    if (n == NGX_ERROR) {
+        return -1;  // ngx_read_file logged it
+    }
+    if (static_cast<size_t>(n) > max) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s \"%V\" is larger than %uz bytes", what, &path,
+                           max);
+        return -1;
+    }
+    return n;
+}
+
 }  // namespace throttle::ngx

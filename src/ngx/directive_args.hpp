@@ -114,4 +114,10 @@ bool parse_msec(ngx_conf_t* cf, const Param& p, ngx_msec_t min, ngx_msec_t max, 
 bool parse_number(ngx_conf_t* cf, const Param& p, ngx_int_t min, ngx_int_t max, const char* what,
                   ngx_int_t& out) noexcept;
 
+// Reads the file at `path` (a full name, see ngx_conf_full_name) into buf, which has room for
+// max + 1 bytes: the number of bytes read, or -1 (logged) when it cannot be opened or read or
+// holds more than max bytes (`WHAT "PATH" is larger than MAX bytes`).
+ssize_t read_conf_file(ngx_conf_t* cf, const char* what, const ngx_str_t& path, u_char* buf,
+                       size_t max) noexcept;
+
 }  // namespace throttle::ngx

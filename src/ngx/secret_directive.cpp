@@ -22,25 +22,9 @@ bool read_secret_file(ngx_conf_t* cf, const ngx_str_t& directive, ngx_str_t path
     if (ngx_conf_full_name(cf->cycle, &path, 1) != NGX_OK) {
         return false;
     }
-    ngx_fd_t fd = ngx_open_file(path.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-    if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno, ngx_open_file_n " \"%V\" failed", &path);
-        return false;
-    }
-    ngx_file_t file;
-    ngx_memzero(&file, sizeof(file));
-    file.name = path;
-    file.log = cf->log;
-    file.fd = fd;
     auto* buf = static_cast<u_char*>(ngx_pnalloc(cf->pool, secret_file_max + 1));
-    ssize_t n = buf != nullptr ? ngx_read_file(&file, buf, secret_file_max + 1, 0) : NGX_ERROR;
-    ngx_close_file(fd);
-    if (n == NGX_ERROR) {
-        return false;
-    }
-    if (static_cast<size_t>(n) > secret_file_max) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "secret file \"%V\" is larger than %uz bytes",
-                           &path, secret_file_max);
+    ssize_t n = buf != nullptr ? read_conf_file(cf, "secret file", path, buf, secret_file_max) : -1;
+    if (n < 0) {
         return false;
     }
     size_t len = static_cast<size_t>(n);

@@ -35,25 +35,10 @@ bool read_key_file(ngx_conf_t* cf, const Param& p, std::string_view path_text, s
         invalid(cf, p, "key file");
         return false;
     }
-    ngx_fd_t fd = ngx_open_file(path.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-    if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno, ngx_open_file_n " \"%V\" failed", &path);
-        return false;
-    }
-    ngx_file_t file;
-    ngx_memzero(&file, sizeof(file));
-    file.name = path;
-    file.log = cf->log;
-    file.fd = fd;
     out.assign(max_key_file + 1, '\0');
-    ssize_t n = ngx_read_file(&file, reinterpret_cast<u_char*>(out.data()), out.size(), 0);
-    ngx_close_file(fd);
+    ssize_t n =
+        read_conf_file(cf, "key file", path, reinterpret_cast<u_char*>(out.data()), max_key_file);
     if (n < 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "cannot read \"%V\"", &path);
-        return false;
-    }
-    if (static_cast<size_t>(n) > max_key_file) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" is larger than 1m", &path);
         return false;
     }
     out.resize(static_cast<size_t>(n));
