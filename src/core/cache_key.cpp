@@ -15,24 +15,10 @@ constexpr char identity_label[] = "throttle-cache-identity";  // with its NUL, s
 constexpr char key_label[] = "throttle-cache-key";
 constexpr uint8_t key_version = 2;
 
-void put_u64(Sha256& h, uint64_t v) noexcept {
-    uint8_t b[8];
-    for (int i = 7; i >= 0; --i) {
-        b[i] = static_cast<uint8_t>(v);
-        v >>= 8;
-    }
-    h.update(b, sizeof(b));
-}
-
-void put_field(Sha256& h, std::string_view s) noexcept {
-    put_u64(h, s.size());
-    h.update(s.data(), s.size());
-}
-
 // field(host) with the host lowercased and one trailing dot dropped.
 void put_host(Sha256& h, std::string_view host) noexcept {
     if (!host.empty() && host.back() == '.') host.remove_suffix(1);
-    put_u64(h, host.size());
+    h.put_u64(host.size());
     char buf[64];
     while (!host.empty()) {
         size_t n = std::min(host.size(), sizeof(buf));
@@ -121,20 +107,20 @@ Sha256Digest cache_key(const CacheKeyInput& in) {
     Sha256 h;
     h.update(key_label, sizeof(key_label));
     h.update(&key_version, 1);
-    put_field(h, in.ns);
-    put_field(h, in.scheme);
+    h.put_field(in.ns);
+    h.put_field(in.scheme);
     put_host(h, in.host);
-    put_field(h, in.identity_digest);
-    put_field(h, method_class(in.method));
-    put_field(h, in.path);
-    put_u64(h, args.size());
+    h.put_field(in.identity_digest);
+    h.put_field(method_class(in.method));
+    h.put_field(in.path);
+    h.put_u64(args.size());
     for (const Arg& a : args) {
-        put_field(h, a.name);
+        h.put_field(a.name);
         uint8_t flag = a.has_value ? 1 : 0;
         h.update(&flag, 1);
-        put_field(h, a.value);
+        h.put_field(a.value);
     }
-    put_field(h, in.extra);
+    h.put_field(in.extra);
     return h.finish();
 }
 

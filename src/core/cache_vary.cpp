@@ -12,20 +12,6 @@ constexpr char variant_label[] = "throttle-cache-variant";  // with its NUL
 constexpr uint8_t variant_version = 1;
 constexpr std::string_view record_magic("TCV\x01", 4);
 
-void put_u64(Sha256& h, uint64_t v) noexcept {
-    uint8_t b[8];
-    for (int i = 7; i >= 0; --i) {
-        b[i] = static_cast<uint8_t>(v);
-        v >>= 8;
-    }
-    h.update(b, sizeof(b));
-}
-
-void put_field(Sha256& h, std::string_view s) noexcept {
-    put_u64(h, s.size());
-    h.update(s.data(), s.size());
-}
-
 }  // namespace
 
 VaryList::Add VaryList::add(std::string_view name) noexcept {
@@ -94,12 +80,12 @@ Sha256Digest variant_key(const Sha256Digest& base, const VaryList& list, const V
     h.update(variant_label, sizeof(variant_label));
     h.update(&variant_version, 1);
     h.update(base.data(), base.size());
-    put_field(h, list.text());
-    put_u64(h, list.size());
+    h.put_field(list.text());
+    h.put_u64(list.size());
     for (size_t i = 0; i < list.size(); ++i) {
         uint8_t present = values[i].present ? 1 : 0;
         h.update(&present, 1);
-        put_field(h, values[i].present ? std::string_view(values[i].value) : std::string_view());
+        h.put_field(values[i].present ? std::string_view(values[i].value) : std::string_view());
     }
     return h.finish();
 }

@@ -217,6 +217,20 @@ void Sha256::update(const void* data, size_t len) noexcept {
     }
 }
 
+void Sha256::put_u64(uint64_t v) noexcept {
+    uint8_t b[8];
+    for (int i = 7; i >= 0; --i) {
+        b[i] = static_cast<uint8_t>(v);
+        v >>= 8;
+    }
+    update(b, sizeof(b));
+}
+
+void Sha256::put_field(std::string_view s) noexcept {
+    put_u64(s.size());
+    update(s.data(), s.size());
+}
+
 Sha256Digest Sha256::finish() noexcept {
     uint64_t bits = total_ * 8;
 

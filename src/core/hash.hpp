@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 namespace throttle::core {
 
@@ -34,6 +35,10 @@ class Sha256 {
    public:
     Sha256() noexcept;
     void update(const void* data, size_t len) noexcept;
+    // Unambiguous framing for hashes over several fields: v as 8 bytes, big-endian; a field
+    // as its length (put_u64) and its bytes.
+    void put_u64(uint64_t v) noexcept;
+    void put_field(std::string_view s) noexcept;
     Sha256Digest finish() noexcept;
 
    private:
