@@ -120,6 +120,13 @@ struct Config {
     uint32_t cooldown_initial_ms = 1000;  // open time, doubling per failed probe
     uint32_t cooldown_max_ms = 30000;
     ReplyLimits reply_limits;  // what one reply may announce
+    // The handshake asks the server what it is (ROLE, INFO cluster) and fails the connection,
+    // saying what to configure, when it is a replica, a Sentinel or a Redis Cluster node; an
+    // error reply that says so at run time (MOVED, ASK, CROSSSLOT, CLUSTERDOWN, READONLY,
+    // MASTERDOWN: a failover, a resharding) drops the connection. true: a cluster node is
+    // accepted and cluster replies are plain error replies (a connection to one node of a
+    // cluster the caller handles itself; tests of the scripts' slot discipline).
+    bool cluster_node_ok = false;
 };
 
 enum class LogLevel : uint8_t { Debug, Info, Warn, Error };
@@ -220,11 +227,12 @@ class Client {
     size_t abandoned() const noexcept { return abandoned_; }
 
    private:
-    // Checking: connected, the permission probe not answered yet; commands wait as in Connecting
-    // (none may reach Redis before the probe says the user may run them all).
+    // Checking: connected, the role check (ROLE, INFO cluster) or the permission probe not
+    // answered yet; commands wait as in Connecting (none may reach Redis before the checks say
+    // the server is a single primary and the user may run them all).
     enum class Conn : uint8_t { None, Connecting, Checking, Connected };
     enum class Breaker : uint8_t { Closed, Open, HalfOpen };
-    enum class Kind : uint8_t { User, EvalSha, Auth, Select, ScriptLoad, Probe, Ping };
+    enum class Kind : uint8_t { User, EvalSha, Auth, Select, Role, Info, ScriptLoad, Probe, Ping };
 
     struct Pending {
         Kind kind = Kind::User;
@@ -259,6 +267,9 @@ class Client {
     void handshake_reply(Pending& p, redisReply* r) noexcept;
     void evalsha_error(Pending& p, redisReply* r) noexcept;
     void probe_reply(Pending& p, redisReply* r) noexcept;
+    void role_reply(Pending& p, redisReply* r) noexcept;
+    void check_passed() noexcept;
+    void topology_error(Pending& p, redisReply* r, std::string_view why) noexcept;
     void send_probe();
     std::string lost_reason(const redisAsyncContext* ac, core::metrics::RedisError& kind);
     void drop(Failure why, bool hiredis_frees) noexcept;
@@ -311,6 +322,7 @@ class Client {
     Breaker breaker_ = Breaker::Closed;
     bool closed_ = false;
     bool answer_pending_ = false;  // a command was answered this turn: healthy() at its end
+    uint8_t checks_owed_ = 0;      // Checking: handshake checks still to pass
     uint32_t consecutive_failures_ = 0;
     uint32_t backoff_ms_;
     uint32_t cooldown_ms_;
