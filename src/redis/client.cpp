@@ -1,7 +1,8 @@
 // The Redis client (layer: redis). See client.hpp for the contract.
 //
 // Connection life: connect() -> Connecting (connect_timer_ bounds it) -> on_connect ->
-// Connected: handshake [AUTH] [SELECT] [SCRIPT LOAD...] PING, then the commands that waited.
+// Checking: handshake [AUTH] [SELECT] ROLE INFO [SCRIPT LOAD...] [probe] PING, in one write;
+// Connected once ROLE, INFO (role_reply()) and the probe said yes: the commands that waited.
 // Any failure (connect error or timeout, a handshake error or a handshake reply of the wrong
 // shape, a lost connection, a stuck connection, a reply the ReplyGuard refused) goes
 // through connection_lost(): the hiredis context is freed (late replies are never read), every

@@ -22,10 +22,18 @@
 //     reconnects after a backoff;
 //   - a server that breaks the protocol -- a reply when no command waits for one, a reply
 //     announcing more than config.reply_limits (reply_guard.hpp), garbage, a handshake reply
-//     that is not what AUTH, SELECT, SCRIPT LOAD or PING answer -- gets the same: the
+//     that is not what AUTH, SELECT, ROLE, INFO, SCRIPT LOAD or PING answer -- gets the same: the
 //     connection is dropped at once, every command pending on it fails (Disconnected), and the
 //     client reconnects; no reply is handed to a command it was not the answer to, as far as
-//     the order of replies can tell (RESP2 replies carry no command id).
+//     the order of replies can tell (RESP2 replies carry no command id);
+//   - the handshake asks the server what it is (ROLE, INFO cluster; an error reply such as
+//     NOPERM skips the check) and no command is sent before it answers: a replica, a Sentinel
+//     or a Redis Cluster node (unless config.cluster_node_ok) fails the connection like a
+//     wrong password, with a message saying what it is and what to configure. An error reply
+//     that says the same at run time (MOVED, ASK, CROSSSLOT, CLUSTERDOWN, READONLY,
+//     MASTERDOWN: a failover, a resharding) is handed to its caller, then the connection is
+//     dropped (a failure for the breaker, logged once per incident) and made again, which
+//     asks again.
 // The circuit breaker counts failures: connections that fail or are lost (one failure however
 // many commands were pending), error replies to evalsha() (NOSCRIPT after the reload included)
 // and replies the caller found unusable (reply_unusable()). failure_threshold of them in a row
@@ -43,7 +51,8 @@
 // flag and a counter per command that keep the pending gauge exact should metrics be set
 // while commands are in flight). Into the RedisMetrics shared by all workers:
 //   - connects: connections established, i.e. their handshake done (PING answered, after
-//     AUTH, SELECT, SCRIPT LOAD and the permission check); an attempt that fails is not one;
+//     AUTH, SELECT, the role check, SCRIPT LOAD and the permission check); an attempt that
+//     fails is not one;
 //   - reconnects: those of them that follow a failure -- a connection attempt that failed, a
 //     connection lost, refused or dropped (stuck, circuit opened) since the previous one was
 //     established (or since the client started: a first connection that took two attempts
@@ -53,15 +62,17 @@
 //   - commands: caller's commands (command(), evalsha()) sent to Redis, once each, when first
 //     handed to a connection: a NOSCRIPT re-send is not counted again, commands that fail
 //     before they leave (circuit open, Invalid, no connection) are not counted, and neither
-//     are the client's own (AUTH, SELECT, SCRIPT LOAD, PING, the permission check, a NOSCRIPT
-//     reload's SCRIPT LOAD);
+//     are the client's own (AUTH, SELECT, ROLE, INFO, SCRIPT LOAD, PING, the permission
+//     check, a NOSCRIPT reload's SCRIPT LOAD);
 //   - errors{kind}, one per incident:
 //       timeout: a caller's command got Timeout (abandoned at its deadline while sent, or
 //         failed past its deadline while waiting for a connection or when it dropped);
 //       connection: a connection attempt failed (refused, connect timeout), a connection was
 //         lost (closed, reset), stuck (dropped), or its handshake failed (an error reply to
-//         AUTH, SELECT or PING, a refused permission check, a handshake command past its
-//         deadline); once per connection, however many commands were pending on it;
+//         AUTH, SELECT or PING, a refused permission check, a server that is not a single
+//         primary, a handshake command past its deadline), or a reply said the server is not
+//         one any more (MOVED, READONLY, ...); once per connection, however many commands
+//         were pending on it;
 //       protocol: the server broke the protocol (a reply nobody waits for, a reply beyond
 //         reply_limits, garbage, a handshake reply of the wrong shape: the connection is
 //         dropped, and counted here, not as connection), or the caller declared a reply
