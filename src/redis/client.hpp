@@ -220,7 +220,8 @@ class Client {
     // False while a command would fail at once without touching the network: circuit open or
     // half-open (probing), waiting to reconnect (backoff), or closed.
     bool available() const noexcept;
-    // True once a connection is established (its handshake may still be in flight).
+    // True once a connection is established and its checks passed (the role check, the
+    // permission probe; PING may still be in flight).
     bool connected() const noexcept { return conn_ == Conn::Connected; }
     bool circuit_open() const noexcept { return breaker_ != Breaker::Closed; }
     const Stats& stats() const noexcept { return stats_; }

@@ -1,6 +1,6 @@
 // The Redis client against a server that misbehaves (fake_server.hpp): it answers the handshake
-// (PING, AUTH, SCRIPT LOAD) as Redis does, then answers EVALSHA with a reply too many, an
-// aggregate header announcing 2^31 elements, a bulk string of 2 GB, 10000 nested arrays,
+// (PING, AUTH, ROLE, INFO, SCRIPT LOAD) as Redis does, then answers EVALSHA with a reply too many,
+// an aggregate header announcing 2^31 elements, a bulk string of 2 GB, 10000 nested arrays,
 // garbage, half a reply before closing, NOSCRIPT forever or an error nobody expects. Always:
 // the process survives (hiredis would abort on a reply nobody asked for), every command's
 // callback is called once with a failure (or the error reply), no reply reaches a command it
