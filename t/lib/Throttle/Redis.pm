@@ -65,7 +65,8 @@ my $SEQ = 0;
 # users), unixsocket => 1, args => [extra redis-server arguments], start => 0 (do not start),
 # replicaof => Throttle::Redis (a replica of that server), cluster => 1 (a Redis Cluster node,
 # --cluster-enabled: no slots assigned, it answers in cluster mode; its port + 10000, the
-# cluster bus, is free too).
+# cluster bus, is free too), sentinel => Throttle::Redis (a Sentinel monitoring that server as
+# "mymaster": redis-server CONF --sentinel, the config written to its directory).
 # Skips the test file when redis-server or redis-cli is missing.
 sub new {
     my ($class, %opt) = @_;
@@ -105,6 +106,13 @@ sub new {
     push @{ $self->{args} }, '--replicaof', '127.0.0.1', $opt{replicaof}->port if $opt{replicaof};
     push @{ $self->{args} }, '--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf'
         if $opt{cluster};
+    if ($opt{sentinel}) {
+        my $conf = "$self->{dir}/sentinel.conf";
+        open my $fh, '>', $conf or die "$conf: $!\n";
+        print $fh "sentinel monitor mymaster 127.0.0.1 " . $opt{sentinel}->port . " 1\n";
+        close $fh;
+        $self->{sentinel_conf} = $conf;
+    }
 
     $self->start unless defined $opt{start} && !$opt{start};
     return $self;
@@ -159,7 +167,7 @@ sub _free_cluster_port {
 sub start {
     my ($self) = @_;
     die "redis already running\n" if $self->{pid};
-    my @cmd = ($self->{server},
+    my @cmd = ($self->{server}, ($self->{sentinel_conf} ? ($self->{sentinel_conf}, '--sentinel') : ()),
         '--port', $self->{port}, '--bind', '127.0.0.1', '--protected-mode', 'no',
         '--save', '', '--appendonly', 'no', '--daemonize', 'no',
         '--dir', $self->{dir}, '--dbfilename', 'dump.rdb',
