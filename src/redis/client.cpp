@@ -1,7 +1,8 @@
 // The Redis client (layer: redis). See client.hpp for the contract.
 //
 // Connection life: connect() -> Connecting (connect_timer_ bounds it) -> on_connect ->
-// Connected: handshake [AUTH] [SELECT] [SCRIPT LOAD...] PING, then the commands that waited.
+// Checking: handshake [AUTH] [SELECT] ROLE INFO [SCRIPT LOAD...] [probe] PING, in one write;
+// Connected once ROLE, INFO (role_reply()) and the probe said yes: the commands that waited.
 // Any failure (connect error or timeout, a handshake error or a handshake reply of the wrong
 // shape, a lost connection, a stuck connection, a reply the ReplyGuard refused) goes
 // through connection_lost(): the hiredis context is freed (late replies are never read), every
@@ -119,6 +120,33 @@ std::string describe(const redisReply* r) {
         default:
             return "nil";
     }
+}
+
+// What the server is, and what to configure, for the log.
+constexpr std::string_view kClusterNode =
+    "a Redis Cluster node: single-server throttle_redis cannot use it (cluster support: not "
+    "yet), point it at a standalone Redis";
+constexpr std::string_view kReplicaNow =
+    "a replica now (a failover?): writes fail with READONLY; point throttle_redis at the primary";
+
+// An error reply that says the server is not a usable single primary (any more: a failover,
+// a resharding): what it means and what to configure; empty for any other error.
+std::string_view topology_error_advice(std::string_view text, bool cluster_node_ok) noexcept {
+    auto code = [&](std::string_view name) {
+        return text.substr(0, name.size()) == name &&
+               (text.size() == name.size() || text[name.size()] == ' ');
+    };
+    for (std::string_view name : {"MOVED", "ASK", "CROSSSLOT", "CLUSTERDOWN"}) {
+        if (code(name) && !cluster_node_ok) {
+            return kClusterNode;
+        }
+    }
+    for (std::string_view name : {"READONLY", "MASTERDOWN"}) {
+        if (code(name)) {
+            return kReplicaNow;
+        }
+    }
+    return {};
 }
 
 }  // namespace
@@ -325,6 +353,9 @@ void Client::connected_now() noexcept {
             std::string db = std::to_string(cfg_.db);
             send_internal(Kind::Select, {"SELECT", db});
         }
+        // What the server is (role_reply()): in the same write, no round trip of its own.
+        send_internal(Kind::Role, {"ROLE"});
+        send_internal(Kind::Info, {"INFO", "cluster"});
         for (size_t i = 0; i < scripts_.size(); i++) {
             send_internal(Kind::ScriptLoad, {"SCRIPT", "LOAD", scripts_[i].source}, i);
         }
@@ -339,11 +370,18 @@ void Client::connected_now() noexcept {
         connect_timer_->start(0);
         return;
     }
-    if (!checks_.empty()) {
-        conn_ = Conn::Checking;  // send_waiting() when the probe says yes
-        return;
+    // send_waiting() when the role check (and the permission probe) says yes: no command
+    // reaches a server that is not what it must be.
+    conn_ = Conn::Checking;
+    checks_owed_ = checks_.empty() ? 2 : 3;
+}
+
+// A check of the handshake (ROLE, INFO cluster, the permission probe) passed.
+void Client::check_passed() noexcept {
+    if (checks_owed_ > 0 && --checks_owed_ == 0 && conn_ == Conn::Checking) {
+        conn_ = Conn::Connected;
+        send_waiting();
     }
-    send_waiting();
 }
 
 // The commands that waited for the connection (and its permission check), in order.
@@ -928,6 +966,10 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
         case Kind::Probe:
             probe_reply(p, r);
             return;
+        case Kind::Role:
+        case Kind::Info:
+            role_reply(p, r);
+            return;
         case Kind::EvalSha:
             if (error && !p.retried && text.substr(0, 9) == "NOSCRIPT ") {
                 ScriptEntry& script = scripts_[p.script];
@@ -949,6 +991,10 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
                 }
                 return;
             }
+            if (error && !topology_error_advice(text, cfg_.cluster_node_ok).empty()) {
+                topology_error(p, r, topology_error_advice(text, cfg_.cluster_node_ok));
+                return;
+            }
             if (error) {
                 evalsha_error(p, r);
                 return;
@@ -956,6 +1002,10 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
             scripts_[p.script].reload_logged = false;
             break;
         case Kind::User:
+            if (error && !topology_error_advice(text, cfg_.cluster_node_ok).empty()) {
+                topology_error(p, r, topology_error_advice(text, cfg_.cluster_node_ok));
+                return;
+            }
             break;
     }
     count_reply(p, error);
@@ -1064,10 +1114,95 @@ void Client::probe_reply(Pending& p, redisReply* r) noexcept {
         return;
     }
     inflight_.erase(p.self);
-    if (conn_ == Conn::Checking) {
-        conn_ = Conn::Connected;
-        send_waiting();
+    check_passed();
+}
+
+// ROLE and INFO cluster, in the handshake: a replica, a Sentinel or a Redis Cluster node fails
+// the connection (the breaker counts it, logged once per incident) with a message that says
+// what the server is and what to configure, instead of every command failing in silence. An
+// error reply (NOPERM: a user whose ACL forbids them; a command renamed away) skips the check:
+// the run-time check (topology_error()) still holds.
+void Client::role_reply(Pending& p, redisReply* r) noexcept {
+    const char* what = p.kind == Kind::Role ? "ROLE" : "INFO cluster";
+    std::string_view text(r->str != nullptr ? r->str : "", r->str != nullptr ? r->len : 0);
+    if (r->type == REDIS_REPLY_ERROR) {
+        log(LogLevel::Debug,
+            cat(name_, ": ", what, " refused (", printable(text, 60), "): role check skipped"));
+        inflight_.erase(p.self);
+        check_passed();
+        return;
     }
+    std::string misconfigured;
+    if (p.kind == Kind::Info) {
+        if (r->type != REDIS_REPLY_STRING) {
+            connection_lost(Failure::Disconnected, RedisError::protocol,
+                            cat("connection dropped: INFO cluster answered ", describe(r),
+                                ", not a bulk string"),
+                            false);
+            return;
+        }
+        if (text.find("cluster_enabled:1") != std::string_view::npos && !cfg_.cluster_node_ok) {
+            misconfigured = cat("the server is ", kClusterNode);
+        }
+    } else {
+        bool shaped = r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+                      r->element[0]->type == REDIS_REPLY_STRING;
+        if (!shaped) {
+            connection_lost(Failure::Disconnected, RedisError::protocol,
+                            cat("connection dropped: ROLE answered ", describe(r),
+                                ", not an array naming a role"),
+                            false);
+            return;
+        }
+        std::string_view role(r->element[0]->str, r->element[0]->len);
+        if (role == "slave" || role == "replica") {
+            std::string primary = "its primary";
+            if (r->elements >= 3 && r->element[1]->type == REDIS_REPLY_STRING &&
+                r->element[2]->type == REDIS_REPLY_INTEGER) {
+                primary =
+                    cat(printable(std::string_view(r->element[1]->str, r->element[1]->len), 60),
+                        ":", r->element[2]->integer);
+            }
+            misconfigured =
+                cat("the server is a replica of ", primary,
+                    " (ROLE): writes fail with READONLY; point throttle_redis at the primary");
+        } else if (role == "sentinel") {
+            misconfigured =
+                "the server is a Sentinel, not a Redis server: point throttle_redis at the primary "
+                "it monitors (Sentinel support: not yet)";
+        } else if (role != "master") {
+            log(LogLevel::Debug, cat(name_, ": ROLE answered an unknown role \"",
+                                     printable(role, 60), "\": role check skipped"));
+        }
+    }
+    if (!misconfigured.empty()) {
+        connection_lost(Failure::Disconnected, RedisError::connection, misconfigured, false);
+        return;
+    }
+    inflight_.erase(p.self);
+    check_passed();
+}
+
+// An error reply that says the server is no usable single primary any more (a failover made
+// it a replica, a cluster node): the caller gets the reply, the connection is dropped (a
+// failure for the breaker) and made again, which asks the server what it is (role_reply()).
+void Client::topology_error(Pending& p, redisReply* r, std::string_view why) noexcept {
+    std::string_view text(r->str != nullptr ? r->str : "", r->str != nullptr ? r->len : 0);
+    std::string what = cat("the server answered \"", printable(text, 60), "\": it is ", why,
+                           "; connection dropped");
+    Result result;
+    try {
+        convert_reply(r, result.reply);
+    } catch (...) {
+        result.reply = Reply();
+        result.failure = Failure::Disconnected;
+        stats_.failed++;
+    }
+    count_reply(p, true);
+    Callback cb = std::move(p.cb);
+    inflight_.erase(p.self);  // before connection_lost(): it is answered, not failed
+    connection_lost(Failure::Disconnected, RedisError::connection, what, false);
+    invoke(cb, std::move(result), this);
 }
 
 // Our scripts answer no error: Redis could not run this one (NOSCRIPT after the reload, OOM,
@@ -1165,7 +1300,8 @@ void Client::on_deadline() noexcept {
         if (p.abandoned || p.deadline > now) {
             continue;
         }
-        if (p.kind == Kind::Auth || p.kind == Kind::Select || p.kind == Kind::Ping) {
+        if (p.kind == Kind::Auth || p.kind == Kind::Select || p.kind == Kind::Ping ||
+            p.kind == Kind::Role || p.kind == Kind::Info) {
             handshake = true;
         } else if (!abandon(p)) {
             no_memory = true;

@@ -22,10 +22,18 @@
 //     reconnects after a backoff;
 //   - a server that breaks the protocol -- a reply when no command waits for one, a reply
 //     announcing more than config.reply_limits (reply_guard.hpp), garbage, a handshake reply
-//     that is not what AUTH, SELECT, SCRIPT LOAD or PING answer -- gets the same: the
+//     that is not what AUTH, SELECT, ROLE, INFO, SCRIPT LOAD or PING answer -- gets the same: the
 //     connection is dropped at once, every command pending on it fails (Disconnected), and the
 //     client reconnects; no reply is handed to a command it was not the answer to, as far as
-//     the order of replies can tell (RESP2 replies carry no command id).
+//     the order of replies can tell (RESP2 replies carry no command id);
+//   - the handshake asks the server what it is (ROLE, INFO cluster; an error reply such as
+//     NOPERM skips the check) and no command is sent before it answers: a replica, a Sentinel
+//     or a Redis Cluster node (unless config.cluster_node_ok) fails the connection like a
+//     wrong password, with a message saying what it is and what to configure. An error reply
+//     that says the same at run time (MOVED, ASK, CROSSSLOT, CLUSTERDOWN, READONLY,
+//     MASTERDOWN: a failover, a resharding) is handed to its caller, then the connection is
+//     dropped (a failure for the breaker, logged once per incident) and made again, which
+//     asks again.
 // The circuit breaker counts failures: connections that fail or are lost (one failure however
 // many commands were pending), error replies to evalsha() (NOSCRIPT after the reload included)
 // and replies the caller found unusable (reply_unusable()). failure_threshold of them in a row
@@ -43,7 +51,8 @@
 // flag and a counter per command that keep the pending gauge exact should metrics be set
 // while commands are in flight). Into the RedisMetrics shared by all workers:
 //   - connects: connections established, i.e. their handshake done (PING answered, after
-//     AUTH, SELECT, SCRIPT LOAD and the permission check); an attempt that fails is not one;
+//     AUTH, SELECT, the role check, SCRIPT LOAD and the permission check); an attempt that
+//     fails is not one;
 //   - reconnects: those of them that follow a failure -- a connection attempt that failed, a
 //     connection lost, refused or dropped (stuck, circuit opened) since the previous one was
 //     established (or since the client started: a first connection that took two attempts
@@ -53,15 +62,17 @@
 //   - commands: caller's commands (command(), evalsha()) sent to Redis, once each, when first
 //     handed to a connection: a NOSCRIPT re-send is not counted again, commands that fail
 //     before they leave (circuit open, Invalid, no connection) are not counted, and neither
-//     are the client's own (AUTH, SELECT, SCRIPT LOAD, PING, the permission check, a NOSCRIPT
-//     reload's SCRIPT LOAD);
+//     are the client's own (AUTH, SELECT, ROLE, INFO, SCRIPT LOAD, PING, the permission
+//     check, a NOSCRIPT reload's SCRIPT LOAD);
 //   - errors{kind}, one per incident:
 //       timeout: a caller's command got Timeout (abandoned at its deadline while sent, or
 //         failed past its deadline while waiting for a connection or when it dropped);
 //       connection: a connection attempt failed (refused, connect timeout), a connection was
 //         lost (closed, reset), stuck (dropped), or its handshake failed (an error reply to
-//         AUTH, SELECT or PING, a refused permission check, a handshake command past its
-//         deadline); once per connection, however many commands were pending on it;
+//         AUTH, SELECT or PING, a refused permission check, a server that is not a single
+//         primary, a handshake command past its deadline), or a reply said the server is not
+//         one any more (MOVED, READONLY, ...); once per connection, however many commands
+//         were pending on it;
 //       protocol: the server broke the protocol (a reply nobody waits for, a reply beyond
 //         reply_limits, garbage, a handshake reply of the wrong shape: the connection is
 //         dropped, and counted here, not as connection), or the caller declared a reply
@@ -120,6 +131,13 @@ struct Config {
     uint32_t cooldown_initial_ms = 1000;  // open time, doubling per failed probe
     uint32_t cooldown_max_ms = 30000;
     ReplyLimits reply_limits;  // what one reply may announce
+    // The handshake asks the server what it is (ROLE, INFO cluster) and fails the connection,
+    // saying what to configure, when it is a replica, a Sentinel or a Redis Cluster node; an
+    // error reply that says so at run time (MOVED, ASK, CROSSSLOT, CLUSTERDOWN, READONLY,
+    // MASTERDOWN: a failover, a resharding) drops the connection. true: a cluster node is
+    // accepted and cluster replies are plain error replies (a connection to one node of a
+    // cluster the caller handles itself; tests of the scripts' slot discipline).
+    bool cluster_node_ok = false;
 };
 
 enum class LogLevel : uint8_t { Debug, Info, Warn, Error };
@@ -202,7 +220,8 @@ class Client {
     // False while a command would fail at once without touching the network: circuit open or
     // half-open (probing), waiting to reconnect (backoff), or closed.
     bool available() const noexcept;
-    // True once a connection is established (its handshake may still be in flight).
+    // True once a connection is established and its checks passed (the role check, the
+    // permission probe; PING may still be in flight).
     bool connected() const noexcept { return conn_ == Conn::Connected; }
     bool circuit_open() const noexcept { return breaker_ != Breaker::Closed; }
     const Stats& stats() const noexcept { return stats_; }
@@ -220,11 +239,12 @@ class Client {
     size_t abandoned() const noexcept { return abandoned_; }
 
    private:
-    // Checking: connected, the permission probe not answered yet; commands wait as in Connecting
-    // (none may reach Redis before the probe says the user may run them all).
+    // Checking: connected, the role check (ROLE, INFO cluster) or the permission probe not
+    // answered yet; commands wait as in Connecting (none may reach Redis before the checks say
+    // the server is a single primary and the user may run them all).
     enum class Conn : uint8_t { None, Connecting, Checking, Connected };
     enum class Breaker : uint8_t { Closed, Open, HalfOpen };
-    enum class Kind : uint8_t { User, EvalSha, Auth, Select, ScriptLoad, Probe, Ping };
+    enum class Kind : uint8_t { User, EvalSha, Auth, Select, Role, Info, ScriptLoad, Probe, Ping };
 
     struct Pending {
         Kind kind = Kind::User;
@@ -259,6 +279,9 @@ class Client {
     void handshake_reply(Pending& p, redisReply* r) noexcept;
     void evalsha_error(Pending& p, redisReply* r) noexcept;
     void probe_reply(Pending& p, redisReply* r) noexcept;
+    void role_reply(Pending& p, redisReply* r) noexcept;
+    void check_passed() noexcept;
+    void topology_error(Pending& p, redisReply* r, std::string_view why) noexcept;
     void send_probe();
     std::string lost_reason(const redisAsyncContext* ac, core::metrics::RedisError& kind);
     void drop(Failure why, bool hiredis_frees) noexcept;
@@ -311,6 +334,7 @@ class Client {
     Breaker breaker_ = Breaker::Closed;
     bool closed_ = false;
     bool answer_pending_ = false;  // a command was answered this turn: healthy() at its end
+    uint8_t checks_owed_ = 0;      // Checking: handshake checks still to pass
     uint32_t consecutive_failures_ = 0;
     uint32_t backoff_ms_;
     uint32_t cooldown_ms_;

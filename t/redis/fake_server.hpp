@@ -1,11 +1,11 @@
 // A fake Redis server for tests of what the client does when the server misbehaves: a thread
 // accepting connections on a free loopback port. It reads commands (RESP arrays of bulk
-// strings, as hiredis sends them) and answers PING, AUTH, SELECT and SCRIPT LOAD as Redis
-// does (unless set_handshake() takes them over); every other command goes to the test's answer
-// function, whose bytes are sent verbatim -- a reply too many, an array header announcing 2^31
-// elements, garbage -- and after which the connection may be closed. set_greeting() bytes are
-// sent to each new connection before anything else. Answer functions run on the server's
-// thread.
+// strings, as hiredis sends them) and answers PING, AUTH, SELECT, ROLE, INFO and SCRIPT LOAD as
+// a standalone Redis primary does (unless set_handshake() takes them over); every other command
+// goes to the test's answer function, whose bytes are sent verbatim -- a reply too many, an array
+// header announcing 2^31 elements, garbage -- and after which the connection may be closed.
+// set_greeting() bytes are sent to each new connection before anything else. Answer functions run
+// on the server's thread.
 #pragma once
 
 #include <arpa/inet.h>
@@ -87,7 +87,7 @@ class FakeServer {
         std::lock_guard<std::mutex> lock(mu_);
         handler_ = std::move(handler);
     }
-    // Answers PING, AUTH, SELECT and SCRIPT LOAD too (nullptr: as Redis does).
+    // Answers PING, AUTH, SELECT, ROLE, INFO and SCRIPT LOAD too (nullptr: as Redis does).
     void set_handshake(Handler handler) {
         std::lock_guard<std::mutex> lock(mu_);
         handshake_ = std::move(handler);
@@ -142,6 +142,17 @@ class FakeServer {
         return true;
     }
 
+   public:
+    // ROLE and INFO (the client's role check) as a standalone Redis primary answers them: for
+    // handshake functions that script the rest.
+    static Answer as_primary(const std::vector<std::string>& argv) {
+        if (upper(argv[0]) == "ROLE") {
+            return {"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"};
+        }
+        return {bulk("# Cluster\r\ncluster_enabled:0\r\n")};
+    }
+
+   private:
     static std::string bulk(const std::string& s) {
         return "$" + std::to_string(s.size()) + "\r\n" + s + "\r\n";
     }
@@ -156,9 +167,13 @@ class FakeServer {
             handshake = handshake_;
         }
         bool is_handshake = name == "PING" || name == "AUTH" || name == "SELECT" ||
+                            name == "ROLE" || name == "INFO" ||
                             (name == "SCRIPT" && argv.size() == 3 && upper(argv[1]) == "LOAD");
         if (is_handshake && handshake) {
             return handshake(argv);
+        }
+        if (name == "ROLE" || name == "INFO") {
+            return as_primary(argv);
         }
         if (name == "PING") {
             return {"+PONG\r\n"};

@@ -1,6 +1,6 @@
 // The Redis client against a server that misbehaves (fake_server.hpp): it answers the handshake
-// (PING, AUTH, SCRIPT LOAD) as Redis does, then answers EVALSHA with a reply too many, an
-// aggregate header announcing 2^31 elements, a bulk string of 2 GB, 10000 nested arrays,
+// (PING, AUTH, ROLE, INFO, SCRIPT LOAD) as Redis does, then answers EVALSHA with a reply too many,
+// an aggregate header announcing 2^31 elements, a bulk string of 2 GB, 10000 nested arrays,
 // garbage, half a reply before closing, NOSCRIPT forever or an error nobody expects. Always:
 // the process survives (hiredis would abort on a reply nobody asked for), every command's
 // callback is called once with a failure (or the error reply), no reply reaches a command it
@@ -389,12 +389,17 @@ TEST_F(HostileServerTest, HandshakeRepliesOfTheWrongShape) {
         inside_call() = false;
         ASSERT_TRUE(ev.run_until([&] { return o.calls > 0; }, 20000));
         EXPECT_EQ(o.result.failure, Failure::Disconnected);
-        EXPECT_TRUE(logged_text("PING answered a status \"OK\", not PONG")) << all_logs();
+        // The first handshake reply read is ROLE's (no AUTH, no SELECT).
+        EXPECT_TRUE(logged_text("ROLE answered a status \"OK\", not an array naming a role"))
+            << all_logs();
     }
     server.set_greeting("");
     server.set_handshake([](const std::vector<std::string>& argv) {
         if (argv[0] == "PING") {
             return FakeServer::Answer{"+PONG\r\n"};
+        }
+        if (argv[0] == "ROLE" || argv[0] == "INFO") {
+            return FakeServer::as_primary(argv);
         }
         return FakeServer::Answer{bulk(std::string(40, 'a'))};  // SCRIPT LOAD: not its SHA-1
     });

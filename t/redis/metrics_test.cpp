@@ -443,6 +443,9 @@ TEST_F(RedisMetricsFakeTest, WaitingCommandsTimeOutUnsent) {
         if (argv[0] == "SCRIPT") {
             return FakeServer::Answer{"$40\r\n" + Script(argv[2]).sha() + "\r\n"};
         }
+        if (argv[0] == "ROLE" || argv[0] == "INFO") {
+            return FakeServer::as_primary(argv);
+        }
         return FakeServer::Answer{""};  // PING: no answer
     });
     server.set_handler([](const std::vector<std::string>& argv) {

@@ -468,12 +468,14 @@ class RedisScriptsTest : public ::testing::Test {
     virtual std::vector<std::string> server_args() { return {}; }
     uint64_t flush_ids = 0;                       // flush(): each call a new batch id
     virtual uint16_t server_port() { return 0; }  // 0: any free port
+    virtual bool cluster_node_ok() { return false; }
 
     std::unique_ptr<Client> make_client() {
         Config c;
         c.address = server->address();
         c.command_timeout_ms = 5000;
         c.failure_threshold = 0;  // malformed calls are error replies, which the breaker counts
+        c.cluster_node_ok = cluster_node_ok();
         return std::make_unique<Client>(ev.loop(), c);
     }
 
@@ -1395,6 +1397,7 @@ class RedisScriptsClusterTest : public RedisScriptsTest {
         return {"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"};
     }
     uint16_t server_port() override { return free_cluster_port(); }
+    bool cluster_node_ok() override { return true; }  // the scripts' slots are under test
 };
 
 TEST_F(RedisScriptsClusterTest, DerivedKeysShareTheirSlot) {

@@ -62,7 +62,11 @@ my $SEQ = 0;
 
 # Options: t => Throttle::Test (directory under its temp dir), dir => directory,
 # password => 'secret' (--requirepass), users => ['alice on >pw ~* &* +@all', ...] (ACL
-# users), unixsocket => 1, args => [extra redis-server arguments], start => 0 (do not start).
+# users), unixsocket => 1, args => [extra redis-server arguments], start => 0 (do not start),
+# replicaof => Throttle::Redis (a replica of that server), cluster => 1 (a Redis Cluster node,
+# --cluster-enabled: no slots assigned, it answers in cluster mode; its port + 10000, the
+# cluster bus, is free too), sentinel => Throttle::Redis (a Sentinel monitoring that server as
+# "mymaster": redis-server CONF --sentinel, the config written to its directory).
 # Skips the test file when redis-server or redis-cli is missing.
 sub new {
     my ($class, %opt) = @_;
@@ -77,7 +81,7 @@ sub new {
         cli_path => $cli,
         password => $opt{password},
         users    => $opt{users} // [],
-        args     => $opt{args} // [],
+        args     => [@{ $opt{args} // [] }],
         owner    => $$,
         starts   => 0,
     }, $class;
@@ -96,7 +100,19 @@ sub new {
     File::Path::make_path($self->{dir});
     $self->{socket} = "$self->{dir}/redis.sock" if $opt{unixsocket};
     $self->{port} = $opt{port} // (
-        $opt{t} ? $opt{t}->port("redis$n") : Throttle::Redis::_free_port());
+          $opt{cluster} ? Throttle::Redis::_free_cluster_port()
+        : $opt{t}       ? $opt{t}->port("redis$n")
+        :                 Throttle::Redis::_free_port());
+    push @{ $self->{args} }, '--replicaof', '127.0.0.1', $opt{replicaof}->port if $opt{replicaof};
+    push @{ $self->{args} }, '--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf'
+        if $opt{cluster};
+    if ($opt{sentinel}) {
+        my $conf = "$self->{dir}/sentinel.conf";
+        open my $fh, '>', $conf or die "$conf: $!\n";
+        print $fh "sentinel monitor mymaster 127.0.0.1 " . $opt{sentinel}->port . " 1\n";
+        close $fh;
+        $self->{sentinel_conf} = $conf;
+    }
 
     $self->start unless defined $opt{start} && !$opt{start};
     return $self;
@@ -131,6 +147,19 @@ sub _free_port {
     die "no free port found\n";
 }
 
+# A free port whose cluster bus port (+10000) is free too.
+sub _free_cluster_port {
+    for (1 .. 1000) {
+        my $port = Throttle::Redis::_free_port();
+        next if $port > 55535;
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $port + 10000,
+            Proto => 'tcp', Listen => 1, ReuseAddr => 1) or next;
+        close $s;
+        return $port;
+    }
+    die "no free port pair found\n";
+}
+
 # ---------------------------------------------------------------------------------------
 # process
 
@@ -138,7 +167,7 @@ sub _free_port {
 sub start {
     my ($self) = @_;
     die "redis already running\n" if $self->{pid};
-    my @cmd = ($self->{server},
+    my @cmd = ($self->{server}, ($self->{sentinel_conf} ? ($self->{sentinel_conf}, '--sentinel') : ()),
         '--port', $self->{port}, '--bind', '127.0.0.1', '--protected-mode', 'no',
         '--save', '', '--appendonly', 'no', '--daemonize', 'no',
         '--dir', $self->{dir}, '--dbfilename', 'dump.rdb',
