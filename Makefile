@@ -77,7 +77,7 @@ $(MODULE): $(SOURCES) $(NGX_TREE)/objs/Makefile
 FORCE:
 
 unit: | deps
-	cmake -S . -B $(BUILD)/unit -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
+	cmake -S . -B $(BUILD)/unit -DCMAKE_BUILD_TYPE=Check > /dev/null
 	cmake --build $(BUILD)/unit -j2
 	cd $(BUILD)/unit && ctest --output-on-failure
 
