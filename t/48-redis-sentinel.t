@@ -3,7 +3,8 @@
 # Sentinels, in order, for the primary's address. A primary, its replica and three Sentinels
 # (quorum 2), the first address in the list a dead one: strict decisions come from the primary;
 # after SENTINEL FAILOVER the old primary's connection answers READONLY or drops, the reconnect
-# asks the Sentinels again, and strict decisions come from the new primary. No 5xx at any time,
+# asks the Sentinels again, and strict decisions come from the new primary; after kill -9 of
+# that one, from the old primary the Sentinels promote. No 5xx at any time,
 # no worker crash.
 
 use strict;
@@ -83,6 +84,22 @@ my @after = map { strict_one() } 1 .. 20;
 is(scalar(grep { $_ eq 'PASSED' } @after), 20, 'and keep coming from it')
     or diag join ',', @after;
 cmp_ok(evalsha($replica), '>=', $before + 20, 'EVALSHA reaches the new primary');
+
+# kill -9 of the new primary: the Sentinels (quorum 2) agree it is down and promote the old
+# primary, a replica of it by now; the worker falls back meanwhile, then finds it.
+my $pport = $primary->port;
+ok(Throttle::Redis::wait_for(sub {
+        (eval { $primary->cli('ROLE') } // '') =~ /^slave\n127\.0\.0\.1\n$rport\n/;
+    }, timeout => 30, step => 0.1), 'the old primary replicates the new one');
+$replica->kill;
+ok(Throttle::Redis::wait_for(sub {
+        strict_one();
+        (eval { $primary->cli('ROLE') } // '') =~ /^master/;
+    }, timeout => 60, step => 0.1), 'killed: the Sentinels promote the old primary');
+my $again = evalsha($primary);
+ok(Throttle::Redis::wait_for(sub {
+        strict_one() eq 'PASSED' && evalsha($primary) > $again;
+    }, timeout => 60, step => 0.1), 'killed: strict decisions come from the promoted primary');
 
 is(scalar(grep { $_ >= 500 } @statuses), 0, 'no 5xx at any time');
 is(join(',', $t->worker_pids), $worker, 'no worker crash');
