@@ -1320,7 +1320,8 @@ void Client::role_reply(Pending& p, redisReply* r) noexcept {
         } else if (role == "sentinel") {
             misconfigured =
                 "the server is a Sentinel, not a Redis server: point throttle_redis at the primary "
-                "it monitors (Sentinel support: not yet)";
+                "it monitors, or ask the Sentinel for it: throttle_redis sentinel=MASTER_NAME "
+                "ADDRESS";
         } else if (role != "master") {
             log(LogLevel::Debug, cat(name_, ": ROLE answered an unknown role \"",
                                      printable(role, 60), "\": role check skipped"));
