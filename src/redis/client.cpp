@@ -696,6 +696,12 @@ void Client::close() noexcept {
 }
 
 bool Client::disconnect_idle() noexcept {
+    if (!closed_ && ac_ == nullptr && conn_ == Conn::Connecting && breaker_ == Breaker::Closed &&
+        pending() == 0) {
+        retire_resolver();  // asking a Sentinel for nobody: dropped, as an idle connection is
+        conn_ = Conn::None;
+        return true;
+    }
     if (closed_ || ac_ == nullptr || breaker_ != Breaker::Closed || pending() > 0) {
         return ac_ == nullptr;
     }

@@ -115,6 +115,25 @@ TEST_F(RedisSentinelTest, UnknownMasterName) {
     EXPECT_EQ(logged(LogLevel::Error, "no master named \"other\""), 1) << all_logs();
 }
 
+// disconnect_idle() while a Sentinel is asked for nobody: dropped; the next command asks again.
+TEST_F(RedisSentinelTest, DisconnectIdleWhileAsking) {
+    RedisServer primary;
+    ASSERT_TRUE(primary.start());
+    RedisServer sentinel;
+    sentinel.make_sentinel(primary.port());
+    ASSERT_TRUE(sentinel.start());
+    Control ctl(sentinel.port());
+    Client client(ev.loop(), config({sentinel.address()}), logger());
+    client.start();
+    EXPECT_TRUE(client.disconnect_idle());
+    EXPECT_FALSE(client.connected());
+    ev.run_for(50);
+    EXPECT_FALSE(client.connected());
+    Outcome o = call(client, {"PING"});
+    EXPECT_TRUE(o.result.ok()) << to_string(o.result.failure) << "\n" << all_logs();
+    EXPECT_EQ(logged(LogLevel::Error), 0) << all_logs();
+}
+
 // Destroyed while a Sentinel is being asked: every callback is called once, no crash.
 TEST_F(RedisSentinelTest, DestroyedWhileAsking) {
     RedisServer primary;
