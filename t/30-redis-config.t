@@ -63,6 +63,14 @@ my @cases = (
     ['password twice',     "$redis password=a password_file=/etc/hostname;", '',
         qr/"password" is duplicate/],
     ['timeout over 60s',   "$redis timeout=61s;", '',     qr/invalid timeout "timeout=61s"/],
+    ['sentinel, no address', "throttle_redis sentinel=mymaster timeout=1s;", '',
+        qr/"sentinel=mymaster" requires the address of at least one sentinel/],
+    ['sentinel, empty name', "throttle_redis sentinel= 127.0.0.1:26379;", '',
+        qr/invalid master name in "sentinel=": empty/],
+    ['sentinel, bad address', "throttle_redis sentinel=mymaster 127.0.0.1:26379 127.0.0.1:99999;",
+        '', qr/invalid address "127\.0\.0\.1:99999"/],
+    ['sentinel_password alone', "$redis sentinel_password=x;", '',
+        qr/invalid parameter "sentinel_password=x"/],
 );
 
 sub conf {
@@ -140,6 +148,10 @@ for my $addr ('localhost:1', '127.0.0.1', 'unix:/nonexistent/redis.sock') {
         'throttle_zone $binary_remote_addr zone=a:1m rate=10r/m mode=strict;'));
     ok($ok, "address $addr passes nginx -t") or diag $out;
 }
+($ok, $out) = $t->nginx_t(conf('throttle_redis sentinel=mymaster 127.0.0.1:1 localhost:2 '
+        . 'unix:/nonexistent/s.sock sentinel_password=x timeout=1s;',
+    'throttle_zone $binary_remote_addr zone=a:1m rate=10r/m mode=strict;'));
+ok($ok, 'sentinel=NAME with three addresses passes nginx -t') or diag $out;
 
 # --- a Redis that wants a password; alice is an ACL user with her own
 my $r = Throttle::Redis->new(t => $t, password => 'secret', unixsocket => 1,

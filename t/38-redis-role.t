@@ -147,8 +147,8 @@ $t->finish;
 my $sentinel = Throttle::Redis->new(sentinel => $primary);
 $t = misconfigured('sentinel', $sentinel,
     "throttle_redis: redis 127.0.0.1:" . $sentinel->port . ": the server is a Sentinel, not a "
-        . "Redis server: point throttle_redis at the primary it monitors (Sentinel support: not "
-        . "yet)", commandstats => 0);    # a Sentinel keeps no INFO commandstats
+        . "Redis server: point throttle_redis at the primary it monitors, or ask the Sentinel "
+        . "for it: throttle_redis sentinel=MASTER_NAME ADDRESS", commandstats => 0);    # a Sentinel keeps no INFO commandstats
 $t->finish;
 
 done_testing;

@@ -1,4 +1,5 @@
-// throttle_redis ADDRESS [db=N] [username=U] [password=P | password_file=PATH |
+// throttle_redis ADDRESS | sentinel=MASTER_NAME ADDRESS [ADDRESS ...] [sentinel_password=P]
+//                [db=N] [username=U] [password=P | password_file=PATH |
 //                password_env=NAME] [prefix=S] [connect_timeout=T] [timeout=T];
 // Host names are resolved here, at configuration time, never at request time.
 #include <new>
@@ -113,6 +114,8 @@ bool parse_param(ngx_conf_t* cf, Params& params, const Param& p, RedisSettings& 
             return false;
         }
         cfg.password = value;
+    } else if (p.name == "sentinel_password" && !cfg.sentinels.empty()) {
+        cfg.sentinel_password = std::string(p.text());
     } else if (p.name == "prefix") {
         // A brace would move the {ZONE:KEY} hash tag into the prefix (Redis Cluster).
         if (p.text().find_first_of("{}") != std::string_view::npos) {
@@ -149,10 +152,36 @@ char* parse(ngx_conf_t* cf, MainConf* mcf) {
     ngx_str_set(&settings->prefix, "throttle:");
     cfg->connect_timeout_ms = 200;
     cfg->command_timeout_ms = 50;
-    if (!parse_address(cf, value[1], *cfg)) {
+    ngx_uint_t first = 2;
+    if (starts_with(value[1], "sentinel=")) {
+        // sentinel=NAME, then the Sentinels' addresses: the arguments up to the first name=value.
+        cfg->sentinel_master = std::string(after(value[1], 9));
+        if (cfg->sentinel_master.empty()) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid master name in \"%V\": empty",
+                               &value[1]);
+            return conf_error();
+        }
+        for (; first < cf->args->nelts; first++) {
+            std::string_view arg(reinterpret_cast<const char*>(value[first].data),
+                                 value[first].len);
+            if (arg.find('=') != std::string_view::npos) {
+                break;
+            }
+            redis::Config one;
+            if (!parse_address(cf, value[first], one)) {
+                return conf_error();
+            }
+            cfg->sentinels.push_back(std::move(one.address));
+        }
+        if (cfg->sentinels.empty()) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"%V\" requires the address of at least one sentinel", &value[1]);
+            return conf_error();
+        }
+    } else if (!parse_address(cf, value[1], *cfg)) {
         return conf_error();
     }
-    Params params(cf, 2);
+    Params params(cf, first);
     Param p;
     bool have_password = false;
     while (params.next(p)) {

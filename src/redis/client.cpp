@@ -153,7 +153,17 @@ std::string_view topology_error_advice(std::string_view text, bool cluster_node_
 
 Client::Client(Loop& loop, Config config, Logger logger)
     : loop_(loop), cfg_(std::move(config)), logger_(std::move(logger)) {
-    if (!cfg_.address.valid()) {
+    for (const Address& a : cfg_.sentinels) {
+        if (!a.valid()) {
+            throw std::invalid_argument("invalid sentinel address \"" + a.to_string() +
+                                        "\": a numeric IPv4/IPv6 address and a port, or "
+                                        "unix:PATH");
+        }
+    }
+    if (!cfg_.sentinels.empty() && cfg_.sentinel_master.empty()) {
+        throw std::invalid_argument("sentinels without a master name");
+    }
+    if (cfg_.sentinels.empty() && !cfg_.address.valid()) {
         throw std::invalid_argument("invalid redis address \"" + cfg_.address.to_string() +
                                     "\": a numeric IPv4/IPv6 address and a port, or unix:PATH");
     }
@@ -170,7 +180,11 @@ Client::Client(Loop& loop, Config config, Logger logger)
     cfg_.cooldown_max_ms = std::max(cfg_.cooldown_max_ms, cfg_.cooldown_initial_ms);
     backoff_ms_ = cfg_.backoff_initial_ms;
     cooldown_ms_ = cfg_.cooldown_initial_ms;
-    name_ = "redis " + cfg_.address.to_string();
+    name_ = cfg_.sentinels.empty() ? "redis " + cfg_.address.to_string()
+                                   : "redis (Sentinel master \"" + cfg_.sentinel_master + "\")";
+    if (cfg_.sentinel_query) {
+        name_ = "sentinel " + cfg_.address.to_string();
+    }
 
     connect_timer_ = loop_.create_timer([this] {
         connection_lost(
@@ -190,6 +204,7 @@ Client::Client(Loop& loop, Config config, Logger logger)
         connect();
     });
     defer_timer_ = loop_.create_timer([this] { deliver(); });
+    reap_timer_ = loop_.create_timer([this] { retired_.clear(); });
     settle_ = loop_.create_deferred([this] {
         if (answer_pending_ && ac_ != nullptr) {
             answer_pending_ = false;
@@ -206,6 +221,7 @@ Client::Client(Loop& loop, Config config, Logger logger)
 
 Client::~Client() {
     close();
+    retired_.clear();  // their callbacks see closed_ and do nothing
     // Everything outstanding is in done_ now; callbacks that issue commands add to it.
     while (!done_.empty()) {
         deliver();
@@ -260,6 +276,11 @@ void Client::invoke(Callback& cb, Result&& result, const Client* self) noexcept 
 // ---- connection ------------------------------------------------------------------------------
 
 void Client::connect() noexcept {
+    if (!cfg_.sentinels.empty() && !resolved_) {
+        resolve();
+        return;
+    }
+    resolved_ = false;
     stats_.connects++;
     const Address& a = cfg_.address;
     redisAsyncContext* ac = a.is_unix() ? redisAsyncConnectUnix(a.unix_path.c_str())
@@ -354,8 +375,10 @@ void Client::connected_now() noexcept {
             send_internal(Kind::Select, {"SELECT", db});
         }
         // What the server is (role_reply()): in the same write, no round trip of its own.
-        send_internal(Kind::Role, {"ROLE"});
-        send_internal(Kind::Info, {"INFO", "cluster"});
+        if (!cfg_.sentinel_query) {
+            send_internal(Kind::Role, {"ROLE"});
+            send_internal(Kind::Info, {"INFO", "cluster"});
+        }
         for (size_t i = 0; i < scripts_.size(); i++) {
             send_internal(Kind::ScriptLoad, {"SCRIPT", "LOAD", scripts_[i].source}, i);
         }
@@ -373,7 +396,131 @@ void Client::connected_now() noexcept {
     // send_waiting() when the role check (and the permission probe) says yes: no command
     // reaches a server that is not what it must be.
     conn_ = Conn::Checking;
-    checks_owed_ = checks_.empty() ? 2 : 3;
+    checks_owed_ = uint8_t((cfg_.sentinel_query ? 0 : 2) + (checks_.empty() ? 0 : 1));
+    if (checks_owed_ == 0) {
+        conn_ = Conn::Connected;
+        send_waiting();
+    }
+}
+
+// ---- Sentinel discovery ----------------------------------------------------------------------
+//
+// connect() with cfg_.sentinels: Connecting without a context (ac_ == nullptr, no
+// connect_timer_: the resolver's own timeouts bound each question) while a resolver, a Client
+// of its own on a Sentinel, asks SENTINEL get-master-addr-by-name; commands wait in waiting_
+// as for any connection. A valid answer sets cfg_.address and connects to it (the role check
+// then verifies it is a primary); no valid answer from any Sentinel fails the attempt.
+
+void Client::resolve() noexcept {
+    conn_ = Conn::Connecting;
+    sentinel_index_ = 0;
+    sentinel_errors_.clear();
+    ask_sentinel();
+}
+
+// Resolvers are closed at once but freed from a timer: never from inside their callbacks.
+void Client::retire_resolver() noexcept {
+    resolve_gen_++;
+    if (!resolver_) {
+        return;
+    }
+    resolver_->close();
+    try {
+        retired_.push_back(std::move(resolver_));
+    } catch (...) {
+        // Out of memory: it may be inside its own callback, so it is left (closed), not freed.
+        (void)resolver_.release();
+    }
+    resolver_.reset();
+    reap_timer_->start(0);
+}
+
+void Client::ask_sentinel() noexcept {
+    retire_resolver();
+    if (sentinel_index_ >= cfg_.sentinels.size()) {
+        conn_ = Conn::None;
+        lost_ = true;
+        count_error(RedisError::connection);
+        fail_all(Failure::Disconnected, true);
+        count_failure(cat("cannot connect: no Sentinel named the primary of \"",
+                          cfg_.sentinel_master, "\" (", sentinel_errors_, ")"));
+        return;
+    }
+    uint64_t gen = resolve_gen_;
+    try {
+        Config sc;
+        sc.address = cfg_.sentinels[sentinel_index_];
+        sc.password = cfg_.sentinel_password;
+        sc.connect_timeout_ms = cfg_.connect_timeout_ms;
+        sc.command_timeout_ms = cfg_.command_timeout_ms;
+        sc.failure_threshold = 0;
+        sc.reply_limits = cfg_.reply_limits;
+        sc.sentinel_query = true;
+        resolver_ = std::make_unique<Client>(loop_, std::move(sc));
+        resolver_->command({"SENTINEL", "get-master-addr-by-name", cfg_.sentinel_master},
+                           [this, gen](Result&& r) { sentinel_answer(gen, std::move(r)); });
+    } catch (...) {
+        resolver_.reset();
+        sentinel_errors_ += sentinel_errors_.empty() ? "" : "; ";
+        sentinel_errors_ += "out of memory";
+        sentinel_index_++;
+        ask_sentinel();
+    }
+}
+
+void Client::sentinel_answer(uint64_t gen, Result&& r) noexcept {
+    if (closed_ || gen != resolve_gen_) {
+        return;
+    }
+    std::string why;
+    Address a;
+    try {
+        const Reply& rep = r.reply;
+        if (!r.ok()) {
+            why = to_string(r.failure);
+        } else if (rep.type == Reply::Type::Array && rep.elements.size() == 2 &&
+                   rep.elements[0].type == Reply::Type::String &&
+                   rep.elements[1].type == Reply::Type::String) {
+            const std::string& host = rep.elements[0].str;
+            const std::string& port = rep.elements[1].str;
+            unsigned value = 0;
+            auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+            a.host = host;
+            if (ec != std::errc() || end != port.data() + port.size() || value == 0 ||
+                value > 65535) {
+                why = cat("an invalid port \"", printable(port, 20), "\"");
+            } else {
+                a.port = uint16_t(value);
+                if (!a.valid()) {
+                    why = cat("an invalid address \"", printable(host, 60), "\"");
+                }
+            }
+        } else if (rep.is_nil()) {
+            why = cat("no master named \"", printable(cfg_.sentinel_master, 60), "\"");
+        } else if (rep.is_error()) {
+            why = cat("an error \"", printable(rep.str, 60), "\"");
+        } else {
+            why = cat("a reply of type ", to_string(rep.type));
+        }
+        if (why.empty()) {
+            if (a.to_string() != cfg_.address.to_string()) {
+                log(LogLevel::Info,
+                    cat(name_, ": Sentinel ", cfg_.sentinels[sentinel_index_].to_string(),
+                        " names the primary ", a.to_string()));
+            }
+            cfg_.address = std::move(a);
+            retire_resolver();
+            conn_ = Conn::None;
+            resolved_ = true;
+            connect();
+            return;
+        }
+        sentinel_errors_ += sentinel_errors_.empty() ? "" : "; ";
+        sentinel_errors_ += cat(cfg_.sentinels[sentinel_index_].to_string(), ": ", why);
+    } catch (...) {
+    }
+    sentinel_index_++;
+    ask_sentinel();
 }
 
 // A check of the handshake (ROLE, INFO cluster, the permission probe) passed.
@@ -532,6 +679,10 @@ void Client::close() noexcept {
     deadline_timer_->stop();
     settle_->cancel();
     answer_pending_ = false;
+    retire_resolver();
+    if (ac_ == nullptr) {
+        conn_ = Conn::None;  // no context: at most a Sentinel question, dropped
+    }
     if (ac_ != nullptr) {
         redisAsyncContext* ac = ac_;
         ac_ = nullptr;
@@ -545,6 +696,12 @@ void Client::close() noexcept {
 }
 
 bool Client::disconnect_idle() noexcept {
+    if (!closed_ && ac_ == nullptr && conn_ == Conn::Connecting && breaker_ == Breaker::Closed &&
+        pending() == 0) {
+        retire_resolver();  // asking a Sentinel for nobody: dropped, as an idle connection is
+        conn_ = Conn::None;
+        return true;
+    }
     if (closed_ || ac_ == nullptr || breaker_ != Breaker::Closed || pending() > 0) {
         return ac_ == nullptr;
     }
@@ -1169,7 +1326,8 @@ void Client::role_reply(Pending& p, redisReply* r) noexcept {
         } else if (role == "sentinel") {
             misconfigured =
                 "the server is a Sentinel, not a Redis server: point throttle_redis at the primary "
-                "it monitors (Sentinel support: not yet)";
+                "it monitors, or ask the Sentinel for it: throttle_redis sentinel=MASTER_NAME "
+                "ADDRESS";
         } else if (role != "master") {
             log(LogLevel::Debug, cat(name_, ": ROLE answered an unknown role \"",
                                      printable(role, 60), "\": role check skipped"));

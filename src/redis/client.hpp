@@ -138,6 +138,17 @@ struct Config {
     // accepted and cluster replies are plain error replies (a connection to one node of a
     // cluster the caller handles itself; tests of the scripts' slot discipline).
     bool cluster_node_ok = false;
+    // Sentinel (issue 12): with sentinels set, `address` is not used as given: before each
+    // connect (the first and every reconnect) the Sentinels are asked in order, on a
+    // short-lived connection of their own (same Loop, same timeouts), SENTINEL
+    // get-master-addr-by-name sentinel_master; the first valid answer is the address
+    // connected to, and the role check verifies it is a primary. No Sentinel answering is a
+    // failed connection attempt (breaker, backoff), logged once per incident.
+    std::string sentinel_master;
+    std::vector<Address> sentinels;
+    std::string sentinel_password;  // AUTH to the Sentinels when set
+    // Internal: this client talks to a Sentinel (no role check, no scripts).
+    bool sentinel_query = false;
 };
 
 enum class LogLevel : uint8_t { Debug, Info, Warn, Error };
@@ -281,6 +292,10 @@ class Client {
     void probe_reply(Pending& p, redisReply* r) noexcept;
     void role_reply(Pending& p, redisReply* r) noexcept;
     void check_passed() noexcept;
+    void resolve() noexcept;
+    void ask_sentinel() noexcept;
+    void sentinel_answer(uint64_t gen, Result&& r) noexcept;
+    void retire_resolver() noexcept;
     void topology_error(Pending& p, redisReply* r, std::string_view why) noexcept;
     void send_probe();
     std::string lost_reason(const redisAsyncContext* ac, core::metrics::RedisError& kind);
@@ -363,6 +378,15 @@ class Client {
     std::unique_ptr<Timer> defer_timer_;
     std::unique_ptr<Deferred> settle_;  // answer_pending_ -> healthy(), at the end of the turn
     std::unique_ptr<ReplyGuard> guard_;
+
+    // Sentinel discovery (cfg_.sentinels non-empty).
+    std::unique_ptr<Client> resolver_;              // asking cfg_.sentinels[sentinel_index_]
+    std::vector<std::unique_ptr<Client>> retired_;  // closed resolvers, freed by reap_timer_
+    std::unique_ptr<Timer> reap_timer_;
+    size_t sentinel_index_ = 0;
+    uint64_t resolve_gen_ = 0;     // the answer awaited; older callbacks are ignored
+    bool resolved_ = false;        // cfg_.address was just named by a Sentinel: connect to it
+    std::string sentinel_errors_;  // why each Sentinel asked did not answer, for the log
 };
 
 }  // namespace throttle::redis

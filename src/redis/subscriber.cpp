@@ -63,6 +63,9 @@ Subscriber::Subscriber(Loop& loop, Config config, std::string channel, OnMessage
       channel_(std::move(channel)),
       on_message_(std::move(on_message)),
       logger_(std::move(logger)) {
+    if (!cfg_.sentinels.empty()) {
+        throw std::invalid_argument("no Sentinel support for the subscriber yet");
+    }
     if (!cfg_.address.valid()) {
         throw std::invalid_argument("invalid redis address \"" + cfg_.address.to_string() +
                                     "\": a numeric IPv4/IPv6 address and a port, or unix:PATH");

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -206,6 +207,17 @@ class RedisServer {
     }
     const std::string& password() const { return password_; }
     void set_password(const std::string& p) { password_ = p; }
+    // Makes this a Sentinel (redis-server CONF --sentinel) monitoring 127.0.0.1:`primary` as
+    // `name` (quorum 1); call before start().
+    void make_sentinel(uint16_t primary, const std::string& name = "mymaster") {
+        sentinel_conf_ = dir_ + "/sentinel.conf";
+        FILE* f = std::fopen(sentinel_conf_.c_str(), "w");
+        if (f != nullptr) {
+            std::fprintf(f, "sentinel monitor %s 127.0.0.1 %u 1\n", name.c_str(),
+                         unsigned(primary));
+            std::fclose(f);
+        }
+    }
 
     // Starts it and waits until it answers.
     bool start() {
@@ -223,6 +235,9 @@ class RedisServer {
                                          "--logfile",
                                          dir_ + "/redis.log"};
         args.insert(args.end(), extra_.begin(), extra_.end());
+        if (!sentinel_conf_.empty()) {
+            args.insert(args.begin() + 1, {sentinel_conf_, "--sentinel"});
+        }
         pid_ = fork();
         if (pid_ == 0) {
             prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -271,6 +286,7 @@ class RedisServer {
     uint16_t port_;
     std::string dir_;
     std::string password_;
+    std::string sentinel_conf_;
     pid_t pid_ = -1;
 };
 

@@ -66,7 +66,8 @@ my $SEQ = 0;
 # replicaof => Throttle::Redis (a replica of that server), cluster => 1 (a Redis Cluster node,
 # --cluster-enabled: no slots assigned, it answers in cluster mode; its port + 10000, the
 # cluster bus, is free too), sentinel => Throttle::Redis (a Sentinel monitoring that server as
-# "mymaster": redis-server CONF --sentinel, the config written to its directory).
+# "mymaster": redis-server CONF --sentinel, the config written to its directory; quorum => N,
+# default 1; sentinel_conf => [more lines of sentinel.conf]).
 # Skips the test file when redis-server or redis-cli is missing.
 sub new {
     my ($class, %opt) = @_;
@@ -109,7 +110,9 @@ sub new {
     if ($opt{sentinel}) {
         my $conf = "$self->{dir}/sentinel.conf";
         open my $fh, '>', $conf or die "$conf: $!\n";
-        print $fh "sentinel monitor mymaster 127.0.0.1 " . $opt{sentinel}->port . " 1\n";
+        print $fh "sentinel monitor mymaster 127.0.0.1 " . $opt{sentinel}->port . " "
+            . ($opt{quorum} // 1) . "\n";
+        print $fh "$_\n" for @{ $opt{sentinel_conf} // [] };
         close $fh;
         $self->{sentinel_conf} = $conf;
     }
