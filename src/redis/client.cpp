@@ -1167,14 +1167,7 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
     }
     count_reply(p, error);
     answered();
-    Result result;
-    try {
-        convert_reply(r, result.reply);
-    } catch (...) {
-        result.reply = Reply();
-        result.failure = Failure::Disconnected;
-        stats_.failed++;
-    }
+    Result result = reply_result(r);
     Callback cb = std::move(p.cb);
     inflight_.erase(p.self);
     invoke(cb, std::move(result), this);  // last: the callback may call close()
@@ -1348,14 +1341,7 @@ void Client::topology_error(Pending& p, redisReply* r, std::string_view why) noe
     std::string_view text(r->str != nullptr ? r->str : "", r->str != nullptr ? r->len : 0);
     std::string what = cat("the server answered \"", printable(text, 60), "\": it is ", why,
                            "; connection dropped");
-    Result result;
-    try {
-        convert_reply(r, result.reply);
-    } catch (...) {
-        result.reply = Reply();
-        result.failure = Failure::Disconnected;
-        stats_.failed++;
-    }
+    Result result = reply_result(r);
     count_reply(p, true);
     Callback cb = std::move(p.cb);
     inflight_.erase(p.self);  // before connection_lost(): it is answered, not failed
@@ -1363,11 +1349,9 @@ void Client::topology_error(Pending& p, redisReply* r, std::string_view why) noe
     invoke(cb, std::move(result), this);
 }
 
-// Our scripts answer no error: Redis could not run this one (NOSCRIPT after the reload, OOM,
-// BUSY, READONLY, ...). The caller gets the error reply; the breaker counts a failure.
-void Client::evalsha_error(Pending& p, redisReply* r) noexcept {
-    std::string what = cat("EVALSHA ", scripts_[p.script].sha,
-                           " failed: ", printable(std::string_view(r->str, r->len)));
+// The caller's result for reply r: the reply converted, or Disconnected when there is no memory
+// to convert it into.
+Result Client::reply_result(redisReply* r) noexcept {
     Result result;
     try {
         convert_reply(r, result.reply);
@@ -1376,6 +1360,15 @@ void Client::evalsha_error(Pending& p, redisReply* r) noexcept {
         result.failure = Failure::Disconnected;
         stats_.failed++;
     }
+    return result;
+}
+
+// Our scripts answer no error: Redis could not run this one (NOSCRIPT after the reload, OOM,
+// BUSY, READONLY, ...). The caller gets the error reply; the breaker counts a failure.
+void Client::evalsha_error(Pending& p, redisReply* r) noexcept {
+    std::string what = cat("EVALSHA ", scripts_[p.script].sha,
+                           " failed: ", printable(std::string_view(r->str, r->len)));
+    Result result = reply_result(r);
     count_reply(p, true);
     Callback cb = std::move(p.cb);
     inflight_.erase(p.self);  // before count_failure(): opening drops the connection

@@ -288,6 +288,7 @@ class Client {
     void send_waiting() noexcept;
     void handle_reply(Pending& p, redisReply* r) noexcept;
     void handshake_reply(Pending& p, redisReply* r) noexcept;
+    Result reply_result(redisReply* r) noexcept;
     void evalsha_error(Pending& p, redisReply* r) noexcept;
     void probe_reply(Pending& p, redisReply* r) noexcept;
     void role_reply(Pending& p, redisReply* r) noexcept;

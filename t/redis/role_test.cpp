@@ -13,7 +13,7 @@
 namespace throttle::redis::test {
 namespace {
 
-class RedisRoleTest : public ::testing::Test {
+class RedisRoleTest : public ::testing::Test, public LogCapture {
    protected:
     void SetUp() override {
         if (!have_redis_server()) {
@@ -35,29 +35,8 @@ class RedisRoleTest : public ::testing::Test {
         return c;
     }
 
-    Logger logger() {
-        return [this](LogLevel level, std::string_view msg) {
-            logs.emplace_back(level, std::string(msg));
-        };
-    }
-    int logged(LogLevel level, const std::string& text = "") const {
-        return int(std::count_if(logs.begin(), logs.end(), [&](const auto& l) {
-            return l.first == level && l.second.find(text) != std::string::npos;
-        }));
-    }
-    std::string all_logs() const {
-        std::string out;
-        for (const auto& l : logs) {
-            out += std::to_string(int(l.first)) + " " + l.second + "\n";
-        }
-        return out;
-    }
-
     Outcome call(Client& c, std::initializer_list<std::string_view> argv) {
-        Outcome o;
-        issue(c, argv, o);
-        EXPECT_TRUE(ev.run_until([&] { return o.calls > 0; }, 10000));
-        return o;
+        return test::call(ev, c, argv);
     }
 
     // Issues GETs one after the other for `ms`: none gets an answer from the server, the
@@ -81,7 +60,6 @@ class RedisRoleTest : public ::testing::Test {
     }
 
     EventLoop ev;
-    std::vector<std::pair<LogLevel, std::string>> logs;
 };
 
 // One node with --cluster-enabled: refused at connect, its commands never reach it.

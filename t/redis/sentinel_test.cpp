@@ -8,7 +8,7 @@
 namespace throttle::redis::test {
 namespace {
 
-class RedisSentinelTest : public ::testing::Test {
+class RedisSentinelTest : public ::testing::Test, public LogCapture {
    protected:
     void SetUp() override {
         if (!have_redis_server()) {
@@ -36,33 +36,11 @@ class RedisSentinelTest : public ::testing::Test {
         return a;
     }
 
-    Logger logger() {
-        return [this](LogLevel level, std::string_view msg) {
-            logs.emplace_back(level, std::string(msg));
-        };
-    }
-    int logged(LogLevel level, const std::string& text = "") const {
-        return int(std::count_if(logs.begin(), logs.end(), [&](const auto& l) {
-            return l.first == level && l.second.find(text) != std::string::npos;
-        }));
-    }
-    std::string all_logs() const {
-        std::string out;
-        for (const auto& l : logs) {
-            out += std::to_string(int(l.first)) + " " + l.second + "\n";
-        }
-        return out;
-    }
-
     Outcome call(Client& c, std::initializer_list<std::string_view> argv) {
-        Outcome o;
-        issue(c, argv, o);
-        EXPECT_TRUE(ev.run_until([&] { return o.calls > 0; }, 10000));
-        return o;
+        return test::call(ev, c, argv);
     }
 
     EventLoop ev;
-    std::vector<std::pair<LogLevel, std::string>> logs;
 };
 
 // A dead Sentinel first, a live one second: the command reaches the primary it names.

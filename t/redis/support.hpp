@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <event2/event.h>
+#include <gtest/gtest.h>
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -487,6 +488,38 @@ inline void issue(Client& c, std::initializer_list<std::string_view> argv, Outco
     inside_call() = true;
     c.command(argv, track(o));
     inside_call() = false;
+}
+
+// What a client logged, for a fixture to derive from: logger() collects, logged() counts the
+// lines of a level (containing `text`), all_logs() prints them for a failure message.
+struct LogCapture {
+    std::vector<std::pair<LogLevel, std::string>> logs;
+
+    Logger logger() {
+        return [this](LogLevel level, std::string_view msg) {
+            logs.emplace_back(level, std::string(msg));
+        };
+    }
+    int logged(LogLevel level, const std::string& text = "") const {
+        return int(std::count_if(logs.begin(), logs.end(), [&](const auto& l) {
+            return l.first == level && l.second.find(text) != std::string::npos;
+        }));
+    }
+    std::string all_logs() const {
+        std::string out;
+        for (const auto& l : logs) {
+            out += std::to_string(int(l.first)) + " " + l.second + "\n";
+        }
+        return out;
+    }
+};
+
+// One command, run until its callback (10 s at most).
+inline Outcome call(EventLoop& ev, Client& c, std::initializer_list<std::string_view> argv) {
+    Outcome o;
+    issue(c, argv, o);
+    EXPECT_TRUE(ev.run_until([&] { return o.calls > 0; }, 10000));
+    return o;
 }
 
 }  // namespace throttle::redis::test
