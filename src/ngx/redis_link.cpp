@@ -2,8 +2,10 @@
 #include "ngx/redis_link.hpp"
 
 #include <memory>
+#include <vector>
 
 #include "ngx/redis_loop.hpp"
+#include "redis/sentinel_watch.hpp"
 
 namespace throttle::ngx {
 namespace {
@@ -13,16 +15,44 @@ struct Link {
         : mcf(m),
           log(cycle->log),
           loop(cycle->log),
-          client(std::make_unique<redis::Client>(
-              loop, *m->redis->client, [this](redis::LogLevel level, std::string_view msg) {
-                  ngx_log_error(log_level_of(level), log, 0, "throttle_redis: %*s", msg.size(),
-                                msg.data());
-              })) {}
+          client(std::make_unique<redis::Client>(loop, *m->redis->client, logger())) {
+        if (!m->redis->client->sentinels.empty()) {
+            watch = std::make_unique<redis::SentinelWatch>(
+                loop, *m->redis->client,
+                [this](const redis::Address& primary, std::string_view why) {
+                    moved(primary, why);
+                },
+                logger());
+        }
+    }
+
+    redis::Logger logger() {
+        return [this](redis::LogLevel level, std::string_view msg) {
+            ngx_log_error(log_level_of(level), log, 0, "throttle_redis: %*s", msg.size(),
+                          msg.data());
+        };
+    }
+
+    // The Sentinels name the primary (first, or after a failover): the client and every
+    // follower (the cache's fill channel) go there.
+    void moved(const redis::Address& primary, std::string_view why) noexcept {
+        if (client) {
+            client->reconnect_to(primary, why);
+        }
+        for (auto& f : followers) {
+            try {
+                f(primary);
+            } catch (...) {
+            }
+        }
+    }
 
     MainConf* mcf;
     ngx_log_t* log;
     RedisLoop loop;
     std::unique_ptr<redis::Client> client;
+    std::vector<std::function<void(const redis::Address&)>> followers;
+    std::unique_ptr<redis::SentinelWatch> watch;  // with sentinel=
 };
 
 Link* link = nullptr;  // owned; deleted in close_redis_link (no static destructor)
@@ -68,8 +98,31 @@ void mark_worker_exiting() noexcept {
     exiting = true;
 }
 
+void follow_primary(std::function<void(const redis::Address&)> follower) {
+    if (link == nullptr || !link->watch) {
+        return;
+    }
+    link->followers.push_back(std::move(follower));
+    if (link->watch->primary().valid()) {
+        link->followers.back()(link->watch->primary());
+    }
+}
+
+void start_sentinel_watch() {
+    if (link != nullptr && link->watch) {
+        link->watch->start();
+    }
+}
+
+void stop_sentinel_watch() noexcept {
+    if (link != nullptr && link->watch) {
+        link->watch->close();
+    }
+}
+
 void close_client() noexcept {
     if (link != nullptr) {
+        stop_sentinel_watch();
         link->client.reset();
     }
 }

@@ -23,6 +23,12 @@ bool worker_exiting() noexcept;
 // already). Callers log nothing of their own about it.
 void redis_reply_unusable(const redis::Result& res, std::string_view what) noexcept;
 
+// With throttle_redis sentinel=: `follower` is called with the primary's address each time
+// this worker's Sentinel watch (redis/sentinel_watch.hpp) learns it -- named by a Sentinel,
+// then moved by each failover -- and at once if it is known already; the client follows it by
+// itself. Without Sentinels, never. May throw (std::bad_alloc).
+void follow_primary(std::function<void(const redis::Address&)> follower);
+
 // worker.cpp's side. open_redis_link() creates the loop and the (not yet started) client; may
 // throw. The loop outlives the client: close_client() first (its callbacks run then), then
 // close_redis_link().
@@ -30,6 +36,11 @@ redis::Loop& open_redis_link(ngx_cycle_t* cycle, MainConf& mcf);
 void mark_worker_exiting() noexcept;
 // Called once when the worker starts a graceful exit (redis_loop.hpp). May throw.
 void set_graceful_exit_handler(std::function<void()> handler);
+// With sentinel=: starts following the primary (may throw); stops (a graceful exit once no
+// request waits, close_client()).
+void start_sentinel_watch();
+void stop_sentinel_watch() noexcept;
+// Stops the Sentinel watch, then closes the client.
 void close_client() noexcept;
 void close_redis_link() noexcept;
 

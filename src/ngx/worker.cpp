@@ -39,6 +39,7 @@ void drain() noexcept {
         if (redis::Client* client = redis_client()) {
             client->disconnect_idle();
         }
+        stop_sentinel_watch();  // its connection must not keep the worker either
         cache_worker_quiesce();
     }
     if (drain_timer != nullptr) {
@@ -72,6 +73,7 @@ ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
         sync_worker_init(*mcf, loop);
         identity_worker_redis(*mcf);
         redis_client()->start();
+        start_sentinel_watch();
     } catch (const std::exception& e) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "throttle_redis: cannot start: %s", e.what());
         exit_worker(cycle);

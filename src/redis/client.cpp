@@ -523,6 +523,42 @@ void Client::sentinel_answer(uint64_t gen, Result&& r) noexcept {
     ask_sentinel();
 }
 
+bool Client::reconnect_to(const Address& primary, std::string_view reason) noexcept {
+    if (closed_ || cfg_.sentinels.empty() || !primary.valid()) {
+        return false;
+    }
+    bool same = primary.to_string() == cfg_.address.to_string();
+    if (same && ac_ != nullptr) {
+        return false;  // connected or connecting to it already
+    }
+    bool idle = ac_ == nullptr && conn_ == Conn::None && !retry_timer_->active();
+    try {
+        cfg_.address = primary;
+    } catch (...) {
+        return false;
+    }
+    resolved_ = true;  // the next connect goes there without asking
+    if (idle) {
+        return false;
+    }
+    log(LogLevel::Info, cat(name_, ": reconnecting to ", primary.to_string(), " now: ", reason));
+    if (ac_ != nullptr) {
+        lost_ = true;  // a reconnect, for the metrics; not a failure for the breaker
+        drop(Failure::Disconnected, false);
+    }
+    retire_resolver();  // a Sentinel question in flight: the answer is known
+    retry_timer_->stop();
+    conn_ = Conn::None;
+    backoff_ms_ = cfg_.backoff_initial_ms;
+    if (breaker_ == Breaker::Open) {
+        set_breaker(Breaker::HalfOpen);
+        log(LogLevel::Debug, cat(name_, ": circuit half-open, probing the new primary"));
+    }
+    stats_.reconnects++;
+    connect();
+    return true;
+}
+
 // A check of the handshake (ROLE, INFO cluster, the permission probe) passed.
 void Client::check_passed() noexcept {
     if (checks_owed_ > 0 && --checks_owed_ == 0 && conn_ == Conn::Checking) {

@@ -228,6 +228,18 @@ class Client {
     // command connects again. True when no connection is left.
     bool disconnect_idle() noexcept;
 
+    // Sentinel (issue 12): the Sentinels say the primary is now `primary` (a +switch-master
+    // message, sentinel_watch.hpp). Unless the connection is to `primary` already (made or being
+    // made), it is dropped at once -- commands pending on it fail with Disconnected, as when
+    // it is lost, but this is no failure for the circuit breaker and nothing waits for a
+    // backoff -- and the client connects to `primary` now, without asking the Sentinels (their
+    // answer may lag the message): the role check verifies it is a primary, and if it is not,
+    // the next reconnect asks the Sentinels as always. An open circuit is probed at once
+    // (half-open). While idle (no connection, none wanted) only the address is remembered for
+    // the next connect. Logged at Info with `reason`. Ignored without Config::sentinels, with
+    // an invalid address, or once closed; true when the connection was moved.
+    bool reconnect_to(const Address& primary, std::string_view reason) noexcept;
+
     // False while a command would fail at once without touching the network: circuit open or
     // half-open (probing), waiting to reconnect (backoff), or closed.
     bool available() const noexcept;

@@ -64,7 +64,8 @@ Subscriber::Subscriber(Loop& loop, Config config, std::string channel, OnMessage
       on_message_(std::move(on_message)),
       logger_(std::move(logger)) {
     if (!cfg_.sentinels.empty()) {
-        throw std::invalid_argument("no Sentinel support for the subscriber yet");
+        // Its owner follows the primary (sentinel_watch.hpp) and names its address.
+        throw std::invalid_argument("a subscriber takes the primary's address, not Sentinels");
     }
     if (!cfg_.address.valid()) {
         throw std::invalid_argument("invalid redis address \"" + cfg_.address.to_string() +
@@ -281,6 +282,18 @@ void Subscriber::failure(std::string_view what) noexcept {
     }
     retry_timer_->start(backoff_ms_);
     backoff_ms_ = std::min(backoff_ms_ * 2, cfg_.backoff_max_ms);
+    notify(false);  // last: it may call close()
+}
+
+void Subscriber::notify(bool subscribed) noexcept {
+    if (!on_state_ || closed_) {
+        return;
+    }
+    try {
+        on_state_(subscribed);
+    } catch (...) {
+        log(LogLevel::Error, cat(name_, ": the state callback threw an exception"));
+    }
 }
 
 void Subscriber::healthy() noexcept {
@@ -331,6 +344,7 @@ void Subscriber::on_subscribe(redisAsyncContext* ac, void* reply, void*) noexcep
         self->timeout_timer_->stop();
         self->settle_->post();
         self->log(LogLevel::Debug, cat(self->name_, ": subscribed to \"", self->channel_, "\""));
+        self->notify(true);
     }
 }
 

@@ -48,6 +48,13 @@ class Subscriber {
     Subscriber(const Subscriber&) = delete;
     Subscriber& operator=(const Subscriber&) = delete;
 
+    // Called with true when Redis confirms the SUBSCRIBE, with false after each failure (the
+    // subscriber then retries after its backoff, unless closed): for an owner that follows
+    // something else on a failure (sentinel_watch.hpp moves to the next Sentinel). May call
+    // close(). Set before start().
+    using OnState = std::function<void(bool subscribed)>;
+    void set_on_state(OnState on_state) { on_state_ = std::move(on_state); }
+
     // Starts connecting, unless connected, connecting, waiting to reconnect or closed.
     void start();
     // Drops the connection and stops reconnecting; no callback after it. Idempotent.
@@ -75,12 +82,14 @@ class Subscriber {
     void failure(std::string_view what) noexcept;
     void healthy() noexcept;
     void deliver(std::string_view payload) noexcept;
+    void notify(bool subscribed) noexcept;
     void log(LogLevel level, std::string_view message) const noexcept;
 
     Loop& loop_;
     Config cfg_;
     std::string channel_;
     OnMessage on_message_;
+    OnState on_state_;
     Logger logger_;
     std::string name_;  // "redis 127.0.0.1:6379 subscriber"
 

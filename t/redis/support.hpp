@@ -210,12 +210,17 @@ class RedisServer {
     void set_password(const std::string& p) { password_ = p; }
     // Makes this a Sentinel (redis-server CONF --sentinel) monitoring 127.0.0.1:`primary` as
     // `name` (quorum 1); call before start().
-    void make_sentinel(uint16_t primary, const std::string& name = "mymaster") {
+    // `lines`: more lines of sentinel.conf ("sentinel down-after-milliseconds mymaster 500").
+    void make_sentinel(uint16_t primary, const std::string& name = "mymaster",
+                       const std::vector<std::string>& lines = {}) {
         sentinel_conf_ = dir_ + "/sentinel.conf";
         FILE* f = std::fopen(sentinel_conf_.c_str(), "w");
         if (f != nullptr) {
             std::fprintf(f, "sentinel monitor %s 127.0.0.1 %u 1\n", name.c_str(),
                          unsigned(primary));
+            for (const std::string& line : lines) {
+                std::fprintf(f, "%s\n", line.c_str());
+            }
             std::fclose(f);
         }
     }

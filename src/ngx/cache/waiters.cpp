@@ -25,6 +25,9 @@ struct Recent {
 struct Waiters {
     redis::Loop* loop = nullptr;
     std::string channel;
+    redis::Config config;  // the subscriber's; with Sentinels: the primary's address, followed
+    ngx_log_t* log = nullptr;
+    bool quiesced = false;
     std::unique_ptr<redis::Subscriber> sub;
     std::unordered_map<std::string, std::vector<std::shared_ptr<CacheRequest>>> waiting;
     std::unordered_map<std::string, unsigned> filling;
@@ -154,21 +157,61 @@ const std::string& cache_channel() noexcept {
     return ws ? ws->channel : none;
 }
 
+namespace {
+
+// The subscriber on w.config.address (the primary's), replacing the one before.
+void subscribe(Waiters& w) {
+    ngx_log_t* log = w.log;
+    auto sub = std::make_unique<redis::Subscriber>(
+        *w.loop, w.config, w.channel, on_message, [log](redis::LogLevel level, std::string_view m) {
+            ngx_log_error(log_level_of(level), log, 0, "throttle_cache: fill channel: %*s",
+                          m.size(), m.data());
+        });
+    if (w.sub) {
+        w.sub->close();
+    }
+    w.sub = std::move(sub);
+    w.sub->start();
+}
+
+// With Sentinels: the primary is (now) `primary`: subscribe there. Called by the Sentinel
+// watch, never from inside the subscriber's own callbacks.
+void follow(const redis::Address& primary) noexcept {
+    if (ws == nullptr || ws->quiesced || worker_exiting() ||
+        (ws->sub && ws->config.address.to_string() == primary.to_string())) {
+        return;
+    }
+    try {
+        ws->config.address = primary;
+        ngx_log_error(NGX_LOG_INFO, ws->log, 0,
+                      "throttle_cache: fill channel: subscribing on the primary %s",
+                      primary.to_string().c_str());
+        subscribe(*ws);
+    } catch (const std::exception& e) {
+        ngx_log_error(NGX_LOG_ERR, ws->log, 0,
+                      "throttle_cache: fill channel: cannot follow the primary (%s)", e.what());
+    }
+}
+
+}  // namespace
+
 void waiters_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loop,
                   const std::string& channel) noexcept {
     try {
         auto w = std::make_unique<Waiters>();
         w->loop = &loop;
         w->channel = channel;
-        ngx_log_t* log = cycle->log;
-        w->sub = std::make_unique<redis::Subscriber>(
-            loop, *mcf.redis->client, w->channel, on_message,
-            [log](redis::LogLevel level, std::string_view m) {
-                ngx_log_error(log_level_of(level), log, 0, "throttle_cache: fill channel: %*s",
-                              m.size(), m.data());
-            });
+        w->config = *mcf.redis->client;
+        w->log = cycle->log;
+        bool sentinel = !w->config.sentinels.empty();
+        w->config.sentinels.clear();  // the subscriber is given the primary's address
+        if (!sentinel) {
+            subscribe(*w);
+        }
         ws = w.release();
-        ws->sub->start();
+        if (sentinel) {
+            follow_primary(follow);  // subscribes once the Sentinel watch names the primary
+        }
     } catch (const std::exception& e) {
         ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
                       "throttle_cache: no fill channel (%s): concurrent misses are not "
@@ -178,8 +221,11 @@ void waiters_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loop,
 }
 
 void waiters_quiesce() noexcept {
-    if (ws != nullptr && ws->sub && ws->waiting.empty()) {
-        ws->sub->close();
+    if (ws != nullptr && ws->waiting.empty()) {
+        ws->quiesced = true;  // a failover now does not subscribe again
+        if (ws->sub) {
+            ws->sub->close();
+        }
     }
 }
 
