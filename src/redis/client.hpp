@@ -236,8 +236,9 @@ class Client {
     // answer may lag the message): the role check verifies it is a primary, and if it is not,
     // the next reconnect asks the Sentinels as always. An open circuit is probed at once
     // (half-open). While idle (no connection, none wanted) only the address is remembered for
-    // the next connect. Logged at Info with `reason`. Ignored without Config::sentinels, with
-    // an invalid address, or once closed; true when the connection was moved.
+    // the next connect. Logged at Info with `reason`; the new connection counts as a
+    // reconnect in the metrics. Ignored without Config::sentinels, with an invalid address, or
+    // once closed; true when the connection was moved.
     bool reconnect_to(const Address& primary, std::string_view reason) noexcept;
 
     // False while a command would fail at once without touching the network: circuit open or

@@ -330,5 +330,58 @@ TEST_F(RedisSentinelTest, WatchWithAWrongPassword) {
     EXPECT_GE(logged(LogLevel::Debug, "cannot connect"), 1) << all_logs();  // the dead one, tried
 }
 
+// reconnect_to() on an idle client only remembers the address: the next command goes there
+// without asking a Sentinel (the only one is dead).
+TEST_F(RedisSentinelTest, ReconnectToAnIdleClientRemembersTheAddress) {
+    RedisServer primary;
+    ASSERT_TRUE(primary.start());
+    Client client(ev.loop(), config({dead()}), logger());
+    EXPECT_FALSE(client.reconnect_to(primary.address(), "test"));
+    EXPECT_FALSE(client.connected());
+    Outcome o = call(client, {"SET", "idle-key", "v"});
+    ASSERT_TRUE(o.result.ok()) << to_string(o.result.failure) << "\n" << all_logs();
+    Control ctl(primary.port());
+    EXPECT_EQ(ctl.run({"GET", "idle-key"}), "v");
+    EXPECT_EQ(logged(LogLevel::Error), 0) << all_logs();
+    // Without Sentinels, or with an invalid address: ignored.
+    Config plain;
+    plain.address = primary.address();
+    Client single(ev.loop(), plain, logger());
+    EXPECT_FALSE(single.reconnect_to(dead(), "test"));
+    EXPECT_EQ(single.config().address.port, primary.port());
+    EXPECT_FALSE(client.reconnect_to(Address(), "test"));
+}
+
+// The circuit open (no Sentinel answered; a cool-down of a minute): reconnect_to() probes the
+// announced primary at once, and commands reach it long before the cool-down would have ended.
+TEST_F(RedisSentinelTest, ReconnectToProbesAnOpenCircuitAtOnce) {
+    RedisServer primary;
+    ASSERT_TRUE(primary.start());
+    Config cfg = config({dead()});
+    cfg.cooldown_initial_ms = 60000;
+    cfg.cooldown_max_ms = 60000;
+    Client client(ev.loop(), cfg, logger());
+    ASSERT_TRUE(ev.run_until(
+        [&] {
+            Outcome o;
+            issue(client, {"GET", "k"}, o);
+            ev.run_until([&] { return o.calls > 0; }, 5000);
+            return client.circuit_open();
+        },
+        10000))
+        << all_logs();
+    uint64_t failures = client.stats().failures;
+    EXPECT_TRUE(client.reconnect_to(primary.address(), "a test moved it"));
+    EXPECT_EQ(logged(LogLevel::Info,
+                     "reconnecting to " + primary.address().to_string() + " now: a test moved it"),
+              1)
+        << all_logs();
+    ASSERT_TRUE(ev.run_until([&] { return client.connected() && !client.circuit_open(); }, 5000))
+        << all_logs();
+    Outcome o = call(client, {"PING"});
+    EXPECT_TRUE(o.result.ok()) << to_string(o.result.failure) << "\n" << all_logs();
+    EXPECT_EQ(client.stats().failures, failures);  // the move is no failure
+}
+
 }  // namespace
 }  // namespace throttle::redis::test

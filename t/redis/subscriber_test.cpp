@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "core/cache_key.hpp"
@@ -228,6 +229,38 @@ TEST_F(RedisSubscriberTest, WrongPortFailsAndRetriesWithBackoff) {
     sub.reset();
     server.stop();
     EXPECT_EQ(count_open_fds(), fds);
+}
+
+// set_on_state(): false after each failure, true on the confirmation; close() from inside it
+// stops the subscriber (no retry, no callback after).
+TEST_F(RedisSubscriberTest, StateCallback) {
+    RedisServer server;  // not started yet
+    auto sub = make(config(server.address()));
+    std::vector<bool> states;
+    sub->set_on_state([&](bool subscribed) { states.push_back(subscribed); });
+    start(*sub);
+    ASSERT_TRUE(ev.run_until([&] { return states.size() >= 2; }, 5000));
+    EXPECT_EQ(states[0], false);
+    EXPECT_EQ(states[1], false);
+    ASSERT_TRUE(server.start());
+    ASSERT_TRUE(ev.run_until([&] { return sub->subscribed(); }, 5000));
+    ev.run_for(20);
+    ASSERT_FALSE(states.empty());
+    EXPECT_EQ(states.back(), true);
+    EXPECT_EQ(std::count(states.begin(), states.end(), true), 1);
+
+    // A failure whose callback closes the subscriber: no retry.
+    auto other = make(config(RedisServer().address()));
+    int calls = 0;
+    other->set_on_state([&](bool) {
+        calls++;
+        other->close();
+    });
+    start(*other);
+    ASSERT_TRUE(ev.run_until([&] { return calls > 0; }, 5000));
+    ev.run_for(200);
+    EXPECT_EQ(calls, 1);
+    EXPECT_FALSE(other->subscribed());
 }
 
 // A paused server accepts the connection (the kernel does) but never confirms the SUBSCRIBE:
