@@ -195,6 +195,13 @@ is(scalar @bad, 0, 'under load: every request a complete 200 (no 5xx), none past
 is(join(',', $t->worker_pids), join(',', @workers), 'the workers are alive (same pids)');
 ok(scalar($t->log_lines(qr/\[notice\].*throttle_redis: sentinel watch "mymaster": master mymaster moved from/)) >= 2,
     'the switches are logged');
+
+# A reload: the old workers go (their Sentinel watch and fill channel do not keep them), the
+# new ones find the primary and subscribe there.
+ok($t->write_conf($conf)->reload(timeout => 30), 'reload: every old worker exited');
+ok(Throttle::Redis::wait_for(sub { numsub($primary) == 2 }, timeout => 20, step => 0.1),
+    'reload: the new workers subscribe on the primary');
+strict_exact('reload');
 $t->finish;
 
 done_testing;
