@@ -8,6 +8,7 @@
 # request is 429), the sync zone's deltas counted during the failover reach the new primary,
 # and the response cache's fill channel is subscribed on it. The convergence time (the
 # failover's start to the first strict decision on the new primary) is printed, not asserted.
+# Last, a reload: the old workers exit, the new ones follow the primary too.
 
 use strict;
 use warnings;
