@@ -681,6 +681,8 @@ bool ClusterClient::apply_slots(const Node& asked, const Reply& reply) noexcept 
         }
         std::vector<Node*> owners;
         owners.reserve(ranges.size());
+        // retire() must not fail: it may retire the node whose callback this is.
+        retired_.reserve(retired_.size() + nodes_.size() + ranges.size());
         for (const Range& range : ranges) {
             Node* n = node_for(range.master, false);
             if (n == nullptr) {
@@ -838,7 +840,7 @@ bool ClusterClient::available() const noexcept {
         return false;
     }
     if (slots_.empty()) {
-        return true;
+        return !refresh_failing_;
     }
     return std::any_of(nodes_.begin(), nodes_.end(),
                        [](const auto& n) { return n->master && n->client->available(); });
@@ -849,7 +851,7 @@ bool ClusterClient::available(std::string_view key) const noexcept {
         return false;
     }
     if (slots_.empty()) {
-        return true;
+        return !refresh_failing_;
     }
     Node* n = slots_[key_slot(key)];
     return n != nullptr && n->client->available();

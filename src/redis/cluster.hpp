@@ -124,10 +124,11 @@ class ClusterClient {
     // pending.
     bool disconnect_idle() noexcept;
 
-    // False when closed, or when the slot map is known and no master's Client is available().
+    // False when closed, when no map is known and the last question for one failed, or when
+    // no master's Client is available().
     bool available() const noexcept;
     // Whether a command for `key` would reach a node now: its master's Client is available(),
-    // or no map is known yet (the command will wait for one).
+    // or no map is known yet and none failed to come (the command will wait for one).
     bool available(std::string_view key) const noexcept;
     size_t pending() const noexcept;    // caller's commands not answered yet
     size_t abandoned() const noexcept;  // Client::abandoned() summed over the nodes

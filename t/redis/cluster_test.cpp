@@ -327,6 +327,56 @@ TEST_F(RedisClusterTest, ANodeKilledFailsOnlyItsSlots) {
     EXPECT_TRUE(client.available());
 }
 
+// A command sent again after MOVED keeps its original deadline: the old master answers late
+// (paused meanwhile), the new one does not answer (paused); the caller hears Timeout while the
+// new master's Client, whose own deadline for the resent command is later, still waits.
+TEST_F(RedisClusterTest, ResendKeepsTheOriginalDeadline) {
+    RedisCluster cluster(3, {"--cluster-require-full-coverage", "no"});
+    ASSERT_TRUE(cluster.start());
+    ClusterConfig cfg = config({cluster.node(0).address()});
+    cfg.node.command_timeout_ms = 1000;
+    cfg.node.stuck_timeout_ms = 10000;
+    ClusterClient client(ev.loop(), cfg, logger());
+    std::string key = cluster.key_on(0, "late");
+    uint16_t slot = key_slot(key);
+    ASSERT_TRUE(call(client, {"SET", key, "v"}).result.ok()) << all_logs();
+    // The new master's connection is up before it is paused (no connect timeout involved).
+    ASSERT_TRUE(call(client, {"SET", cluster.key_on(1, "warm"), "w"}).result.ok());
+    ASSERT_TRUE(cluster.move_slot(slot, 0, 1));
+    cluster.node(1).pause();
+    cluster.node(0).pause();
+
+    Outcome o;
+    size_t new_master_pending = 0;
+    uint64_t new_master_timeouts = 0;
+    Client* target = nullptr;
+    inside_call() = true;
+    client.command({"GET", key}, [&](Result&& r) {
+        o.calls++;
+        o.synchronous = inside_call();
+        o.result = std::move(r);
+        target = client.client_of_slot(slot);
+        if (target != nullptr) {
+            new_master_pending = target->pending();
+            new_master_timeouts = target->stats().timeouts;
+        }
+    });
+    inside_call() = false;
+    ev.run_for(400);  // the old master answers MOVED 400 ms after the call
+    cluster.node(0).resume();
+    ASSERT_TRUE(ev.run_until([&] { return o.calls > 0; }, 10000));
+    cluster.node(1).resume();
+    EXPECT_EQ(o.result.failure, Failure::Timeout) << what(o) << "\n" << all_logs();
+    EXPECT_FALSE(o.result.unsent);
+    EXPECT_EQ(client.stats().moved, 1u);
+    ASSERT_NE(target, nullptr);
+    EXPECT_EQ(client.node_of_slot(slot), cluster.node(1).address().to_string());
+    EXPECT_EQ(new_master_pending, 1u);   // the resent GET, still within its own deadline
+    EXPECT_EQ(new_master_timeouts, 0u);  // which had not passed
+    ev.run_for(100);
+    EXPECT_EQ(o.calls, 1);
+}
+
 // The first seed is down: the second one gives the map.
 TEST_F(RedisClusterTest, FirstSeedDown) {
     RedisCluster cluster;
@@ -353,6 +403,8 @@ TEST_F(RedisClusterTest, NoSeedAnswers) {
         ev.run_for(20);
     }
     EXPECT_GE(client.stats().refresh_failures, 1u);
+    EXPECT_FALSE(client.available());
+    EXPECT_FALSE(client.available("k"));
     EXPECT_EQ(logged(LogLevel::Error, "redis cluster: no node answered CLUSTER SLOTS"), 1)
         << all_logs();
 }
