@@ -691,6 +691,12 @@ bool ClusterClient::apply_slots(const Node& asked, const Reply& reply) noexcept 
             owners.push_back(n);
         }
         std::vector<Node*> slots(kClusterSlots, nullptr);
+        std::vector<Node*> were_masters;
+        for (auto& n : nodes_) {
+            if (n->master) {
+                were_masters.push_back(n.get());
+            }
+        }
         for (auto& n : nodes_) {
             n->master = false;
         }
@@ -704,6 +710,11 @@ bool ClusterClient::apply_slots(const Node& asked, const Reply& reply) noexcept 
         slots_.swap(slots);
         for (size_t i = 0; i < nodes_.size();) {
             if (!nodes_[i]->master) {
+                if (std::find(were_masters.begin(), were_masters.end(), nodes_[i].get()) !=
+                    were_masters.end()) {
+                    log(LogLevel::Info,
+                        cat("redis cluster: ", nodes_[i]->name, " left the slot map"));
+                }
                 retire(std::move(nodes_[i]));
                 nodes_.erase(nodes_.begin() + long(i));
             } else {

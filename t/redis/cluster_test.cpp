@@ -327,6 +327,52 @@ TEST_F(RedisClusterTest, ANodeKilledFailsOnlyItsSlots) {
     EXPECT_TRUE(client.available());
 }
 
+// A master killed, its replica promoted by the cluster: commands for its slots fail meanwhile
+// (the node's Client: Disconnected, CircuitOpen; or the cluster's own CLUSTERDOWN) and succeed
+// again once the map, asked again after those failures, names the new master; the dead one
+// is retired.
+TEST_F(RedisClusterTest, FollowsAFailover) {
+    RedisCluster cluster(3, {}, 1);
+    ASSERT_TRUE(cluster.start());
+    ClusterClient client(ev.loop(), config({cluster.node(0).address()}), logger());
+    std::string key = cluster.key_on(2, "fo");
+    uint16_t slot = key_slot(key);
+    ASSERT_TRUE(call(client, {"SET", key, "kept"}).result.ok()) << all_logs();
+    ASSERT_EQ(Control(cluster.node(2).port()).run({"WAIT", "1", "5000"}), "1");
+    ASSERT_EQ(client.node_of_slot(slot), cluster.node(2).address().to_string());
+    EXPECT_EQ(client.masters(), 3u);
+    cluster.node(2).kill9();
+
+    Outcome o;
+    int failures = 0;
+    bool served = ev.run_until(
+        [&] {
+            o = call(client, {"GET", key});
+            if (o.result.ok() && !o.result.reply.is_error()) {
+                return true;
+            }
+            failures++;
+            ev.run_for(50);
+            return false;
+        },
+        30000);
+    ASSERT_TRUE(served) << what(o) << "\n" << all_logs();
+    EXPECT_EQ(o.result.reply.str, "kept");
+    EXPECT_GT(failures, 0);
+    std::string now_served_by = client.node_of_slot(slot);
+    EXPECT_NE(now_served_by, cluster.node(2).address().to_string());
+    size_t replica = cluster.size();
+    for (size_t i = cluster.masters(); i < cluster.size(); i++) {
+        if (cluster.node(i).address().to_string() == now_served_by) {
+            replica = i;
+        }
+    }
+    EXPECT_LT(replica, cluster.size()) << now_served_by;  // a former replica
+    EXPECT_EQ(client.masters(), 3u);
+    EXPECT_GE(client.stats().nodes_retired, 1u);
+    EXPECT_EQ(logged(LogLevel::Info, "left the slot map"), 1) << all_logs();
+}
+
 // A command sent again after MOVED keeps its original deadline: the old master answers late
 // (paused meanwhile), the new one does not answer (paused); the caller hears Timeout while the
 // new master's Client, whose own deadline for the resent command is later, still waits.

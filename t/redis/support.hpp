@@ -323,13 +323,16 @@ inline std::string redis_cli_bin() {
     return (slash == std::string::npos ? std::string() : server.substr(0, slash + 1)) + "redis-cli";
 }
 
-// A Redis Cluster of `masters` cluster-enabled redis-servers (no replicas), made one by
-// `redis-cli --cluster create`; start() returns once every node says cluster_state:ok with
-// every slot assigned and every node known.
+// A Redis Cluster of `masters` cluster-enabled redis-servers, each with `replicas` replicas,
+// made one by `redis-cli --cluster create`; start() returns once every node says
+// cluster_state:ok with every slot assigned and every node known, and every replica's link to
+// its master is up. node(0 .. masters-1) are the masters, the replicas follow.
 class RedisCluster {
    public:
-    explicit RedisCluster(size_t masters = 3, std::vector<std::string> extra = {}) {
-        for (size_t i = 0; i < masters; i++) {
+    explicit RedisCluster(size_t masters = 3, std::vector<std::string> extra = {},
+                          size_t replicas = 0)
+        : replicas_(replicas) {
+        for (size_t i = 0; i < masters * (1 + replicas); i++) {
             std::vector<std::string> args = {"--cluster-enabled",      "yes",
                                              "--cluster-config-file",  "nodes.conf",
                                              "--cluster-node-timeout", "1000"};
@@ -346,12 +349,13 @@ class RedisCluster {
             }
             cmd += " 127.0.0.1:" + std::to_string(n->port());
         }
-        cmd += " --cluster-replicas 0 --cluster-yes > /dev/null 2>&1";
+        cmd +=
+            " --cluster-replicas " + std::to_string(replicas_) + " --cluster-yes > /dev/null 2>&1";
         if (std::system(cmd.c_str()) != 0) {
             return false;
         }
         std::string known = "cluster_known_nodes:" + std::to_string(nodes_.size()) + "\r\n";
-        return wait_for(
+        bool ok = wait_for(
             [&] {
                 for (auto& n : nodes_) {
                     Control c(n->port());
@@ -365,8 +369,28 @@ class RedisCluster {
                 return true;
             },
             20000);
+        if (!ok) {
+            return false;
+        }
+        // Masters first (redis-cli chose them), then the replicas once attached.
+        std::stable_partition(nodes_.begin(), nodes_.end(), [](const auto& n) {
+            return Control(n->port()).run({"ROLE"}).rfind("[master", 0) == 0;
+        });
+        return wait_for(
+            [&] {
+                for (size_t i = masters(); i < nodes_.size(); i++) {
+                    Control c(nodes_[i]->port());
+                    std::string info = c.ok() ? c.run({"INFO", "replication"}) : "";
+                    if (info.find("master_link_status:up\r\n") == std::string::npos) {
+                        return false;
+                    }
+                }
+                return true;
+            },
+            20000);
     }
 
+    size_t masters() const { return nodes_.size() / (1 + replicas_); }
     size_t size() const { return nodes_.size(); }
     RedisServer& node(size_t i) { return *nodes_[i]; }
     std::vector<Address> seeds() const {
@@ -442,6 +466,7 @@ class RedisCluster {
     }
 
    private:
+    size_t replicas_;
     std::vector<std::unique_ptr<RedisServer>> nodes_;
 };
 
