@@ -9,6 +9,7 @@
 
 #include <random>
 
+#include "fake_server.hpp"
 #include "redis/script.hpp"
 #include "support.hpp"
 
@@ -474,6 +475,102 @@ TEST_F(RedisClusterTest, CloseFailsPendingWithShutdown) {
     EXPECT_FALSE(client.available());
     ev.run_for(50);
     EXPECT_EQ(pending.calls, 1);
+}
+
+// CLUSTER SLOTS as a node answers it: every slot served by 127.0.0.1:`port` (or `host`).
+std::string all_slots_on(uint16_t port, const std::string& host = "127.0.0.1") {
+    return "*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n$" + std::to_string(host.size()) + "\r\n" + host +
+           "\r\n:" + std::to_string(port) + "\r\n$40\r\n" + std::string(40, 'a') + "\r\n";
+}
+
+// Redirections a real cluster does not make on demand, from two fake nodes that send each
+// command to the other: the second redirection (MOVED or ASK) is the caller's error reply, as
+// are TRYAGAIN and a redirection that names no valid address.
+TEST_F(RedisClusterTest, SecondRedirectionAndOthersAreTheCallers) {
+    std::atomic<uint16_t> a_port{0}, b_port{0};
+    auto node = [](std::atomic<uint16_t>& self, std::atomic<uint16_t>& other) {
+        return [&self, &other](const std::vector<std::string>& argv) {
+            std::string o = std::to_string(other.load());
+            if (argv[0] == "CLUSTER") {
+                return FakeServer::Answer{all_slots_on(self.load())};
+            }
+            if (argv[0] == "ASKING") {
+                return FakeServer::Answer{"+OK\r\n"};
+            }
+            if (argv[1] == "moved") {
+                return FakeServer::Answer{"-MOVED 9 127.0.0.1:" + o + "\r\n"};
+            }
+            if (argv[1] == "ask") {
+                return FakeServer::Answer{"-ASK 9 127.0.0.1:" + o + "\r\n"};
+            }
+            if (argv[1] == "tryagain") {
+                return FakeServer::Answer{"-TRYAGAIN Multiple keys request during rehashing\r\n"};
+            }
+            return FakeServer::Answer{"-MOVED 9 nowhere:1\r\n"};
+        };
+    };
+    FakeServer a(node(a_port, b_port)), b(node(b_port, a_port));
+    a_port = a.port();
+    b_port = b.port();
+    ClusterClient client(ev.loop(), config({a.address()}), logger());
+
+    Outcome moved = call(client, {"GET", "moved"});
+    ASSERT_TRUE(moved.result.ok()) << what(moved) << "\n" << all_logs();
+    EXPECT_EQ(moved.result.reply.str, "MOVED 9 127.0.0.1:" + std::to_string(a.port()));
+    EXPECT_EQ(moved.calls, 1);
+    EXPECT_EQ(client.stats().moved, 1u);
+    EXPECT_EQ(b.received("GET"), 1);
+    EXPECT_EQ(client.node_of_slot(9), b.address().to_string());
+
+    Outcome ask = call(client, {"GET", "ask"});  // to the map's node (A), ASK to B, ASK again
+    ASSERT_TRUE(ask.result.ok()) << what(ask);
+    EXPECT_EQ(ask.result.reply.str, "ASK 9 127.0.0.1:" + std::to_string(a.port()));
+    EXPECT_EQ(client.stats().asked, 1u);
+    EXPECT_EQ(b.received("ASKING"), 1);
+    EXPECT_EQ(a.received("ASKING"), 0);
+
+    Outcome again = call(client, {"GET", "tryagain"});
+    EXPECT_EQ(again.result.reply.str.substr(0, 9), "TRYAGAIN ");
+    Outcome nowhere = call(client, {"GET", "nowhere"});
+    EXPECT_EQ(nowhere.result.reply.str, "MOVED 9 nowhere:1");
+    EXPECT_EQ(logged(LogLevel::Warn, "cannot follow \"MOVED 9 nowhere:1\""), 1) << all_logs();
+    EXPECT_EQ(client.stats().moved, 1u);
+    EXPECT_EQ(client.stats().asked, 1u);
+    // No breaker counted any of them: every node is still available.
+    EXPECT_TRUE(client.available());
+    EXPECT_EQ(logged(LogLevel::Error), 0) << all_logs();
+}
+
+// Seeds that cannot give a map are passed over: a Redis without cluster support (an error
+// reply) and a node that names its masters by host name (not numeric); the third seed's map is
+// used.
+TEST_F(RedisClusterTest, SeedsWithoutAUsableMapArePassedOver) {
+    FakeServer plain([](const std::vector<std::string>&) {
+        return FakeServer::Answer{"-ERR This instance has cluster support disabled\r\n"};
+    });
+    FakeServer named([](const std::vector<std::string>&) {
+        return FakeServer::Answer{all_slots_on(7000, "redis-a.example")};
+    });
+    std::atomic<uint16_t> good_port{0};
+    FakeServer good([&good_port](const std::vector<std::string>& argv) {
+        if (argv[0] == "CLUSTER") {
+            return FakeServer::Answer{all_slots_on(good_port.load())};
+        }
+        return FakeServer::Answer{"$2\r\nok\r\n"};
+    });
+    good_port = good.port();
+    ClusterClient client(ev.loop(), config({plain.address(), named.address(), good.address()}),
+                         logger());
+    Outcome o = call(client, {"GET", "k"});
+    ASSERT_TRUE(o.result.ok()) << what(o) << "\n" << all_logs();
+    EXPECT_EQ(o.result.reply.str, "ok");
+    EXPECT_EQ(client.masters(), 1u);
+    EXPECT_EQ(client.stats().refreshes, 1u);
+    EXPECT_EQ(client.stats().refresh_failures, 0u);
+    EXPECT_EQ(plain.received("CLUSTER"), 1);
+    EXPECT_EQ(named.received("CLUSTER"), 1);
+    EXPECT_EQ(good.received("GET"), 1);
+    EXPECT_EQ(logged(LogLevel::Error), 0) << all_logs();
 }
 
 }  // namespace
