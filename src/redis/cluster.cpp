@@ -529,14 +529,23 @@ void ClusterClient::retire(std::unique_ptr<Node> node) noexcept {
 // Destroys the retired nodes nothing is pending on (from a timer: never inside their own
 // callbacks).
 void ClusterClient::reap() noexcept {
-    for (auto it = retired_.begin(); it != retired_.end();) {
-        if ((*it)->client->pending() == 0) {
-            it = retired_.erase(it);
+    // Out of retired_ first: a Client delivers what it still holds (Shutdown) as it is
+    // destroyed, and those callbacks may reach this object again.
+    std::vector<std::unique_ptr<Node>> idle;
+    for (size_t i = 0; i < retired_.size();) {
+        if (retired_[i]->client->pending() == 0) {
+            try {
+                idle.push_back(std::move(retired_[i]));
+            } catch (...) {
+                break;  // memory: the next time
+            }
+            retired_.erase(retired_.begin() + long(i));
         } else {
-            ++it;
+            i++;
         }
     }
-    if (!retired_.empty()) {
+    idle.clear();
+    if (!retired_.empty() && !reap_timer_->active()) {
         reap_timer_->start(cfg_.node.command_timeout_ms);
     }
 }

@@ -30,9 +30,15 @@
 // Config (auth, db, timeouts, breaker), the registered scripts and permission checks; a node
 // that leaves the map is retired: no new command goes to it and it is destroyed once nothing is
 // pending on it. A seed that is not a master is used only to ask for the map.
+// EVALSHA is sent with the node's Client::command() (Client::evalsha() counts every error
+// reply, MOVED and ASK included, as a failure for the breaker), its NOSCRIPT reload done here:
+// so an error reply to a script (not a redirection) does not count for the node's breaker
+// either (a hook in Client would fix both; see the report of issue 12).
 // Metrics (set_metrics()): every node's Client counts into the same RedisMetrics and
-// WorkerGauge (the gauges sum over the nodes: connected counts connected masters), and a
-// command sent again after a redirection counts as a second command.
+// WorkerGauge (the gauges sum over the nodes: connected counts connected masters). commands
+// counts what the nodes' Clients send for us: a command sent again after a redirection counts
+// twice, and the slot-map questions, ASKING and a NOSCRIPT reload's SCRIPT LOAD count too; a
+// MOVED or ASK reply counts as errors{script}, as any error reply to a command does.
 // Single-threaded, like its Loop. It must not be destroyed from inside one of its callbacks.
 #pragma once
 

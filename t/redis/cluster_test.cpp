@@ -424,6 +424,43 @@ TEST_F(RedisClusterTest, ResendKeepsTheOriginalDeadline) {
     EXPECT_EQ(o.calls, 1);
 }
 
+// Every node's Client counts into the metrics given: connected is the masters connected,
+// pending goes back to 0; disconnect_idle() closes every node's connection, and the next
+// command connects again.
+TEST_F(RedisClusterTest, MetricsAndDisconnectIdle) {
+    RedisCluster cluster;
+    ASSERT_TRUE(cluster.start());
+    auto m = std::make_unique<core::metrics::RedisMetrics>();
+    auto g = std::make_unique<core::metrics::WorkerGauge>();
+    ClusterClient client(ev.loop(), config({cluster.node(0).address()}), logger());
+    client.set_metrics(m.get(), g.get());
+    std::vector<std::string> keys;
+    for (size_t i = 0; i < cluster.size(); i++) {
+        keys.push_back(cluster.key_on(i));
+        ASSERT_TRUE(call(client, {"SET", keys[i], "m"}).result.ok()) << all_logs();
+    }
+    EXPECT_EQ(g->connected.load(), 3);
+    EXPECT_EQ(g->pending.load(), 0);
+    EXPECT_EQ(core::metrics::read(m->connects), 3u);
+    // The three SETs and the slot-map question.
+    EXPECT_EQ(core::metrics::read(m->commands), 4u);
+
+    ASSERT_TRUE(ev.run_until([&] { return client.disconnect_idle(); }, 5000));
+    EXPECT_EQ(g->connected.load(), 0);
+    for (size_t i = 0; i < cluster.size(); i++) {
+        EXPECT_FALSE(client.client_of_slot(key_slot(keys[i]))->connected());
+    }
+    Outcome o = call(client, {"GET", keys[1]});
+    ASSERT_TRUE(o.result.ok()) << what(o);
+    EXPECT_EQ(o.result.reply.str, "m");
+    EXPECT_EQ(g->connected.load(), 1);
+    client.close();
+    ev.run_for(20);
+    EXPECT_EQ(g->connected.load(), 0);
+    EXPECT_EQ(g->pending.load(), 0);
+    EXPECT_EQ(logged(LogLevel::Error), 0) << all_logs();
+}
+
 // The first seed is down: the second one gives the map.
 TEST_F(RedisClusterTest, FirstSeedDown) {
     RedisCluster cluster;
