@@ -181,6 +181,7 @@ ClusterClient::ClusterClient(Loop& loop, ClusterConfig config, Logger logger)
     defer_timer_ = loop_.create_timer([this]() noexcept { deliver(); });
     refresh_timer_ = loop_.create_timer([this]() noexcept { refresh(); });
     reap_timer_ = loop_.create_timer([this]() noexcept { reap(); });
+    periodic_timer_ = loop_.create_timer([this]() noexcept { request_refresh(); });
 }
 
 ClusterClient::~ClusterClient() {
@@ -641,6 +642,9 @@ void ClusterClient::slots_answer(uint64_t gen, Node* asked, Result&& r) noexcept
     }
     refreshing_ = false;
     stats_.refreshes++;
+    if (cfg_.refresh_every_ms != 0) {
+        periodic_timer_->start(cfg_.refresh_every_ms);
+    }
     if (refresh_failing_) {
         refresh_failing_ = false;
         log(LogLevel::Info, cat("redis cluster: slot map restored, from ", asked->name));
@@ -835,6 +839,7 @@ void ClusterClient::close() noexcept {
     }
     waiting_.clear();
     refresh_timer_->stop();
+    periodic_timer_->stop();
     refreshing_ = false;
     for (auto& n : nodes_) {
         n->client->close();

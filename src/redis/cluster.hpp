@@ -17,8 +17,10 @@
 // Routing: the slot map (slot -> master) comes from CLUSTER SLOTS, asked of the known masters
 // (those available first) and then of the seeds, in order, until one answers with a valid map.
 // It is asked at start() or at the first command, and again -- at most once per
-// refresh_interval_ms, one question at a time -- after a MOVED, and after a command failed with
-// Disconnected or CircuitOpen (a node lost: a failover may have moved its slots). Commands
+// refresh_interval_ms, one question at a time -- after a MOVED, after a command failed with
+// Disconnected or CircuitOpen (a node lost: a failover may have moved its slots), and, with
+// refresh_every_ms, that long after the last map came (a resharding seen before any command
+// meets a MOVED). Commands
 // issued while no map is known wait for one (until their deadline); when no node answers, they
 // fail with Disconnected (unsent) and the incident is logged once at Error.
 // Redirections: MOVED slot host:port points the slot at that node at once, asks for a refresh
@@ -67,6 +69,7 @@ struct ClusterConfig {
     std::vector<Address> seeds;  // asked for the slot map, in order, when no master answers
     Config node;  // each master's Client: address and sentinels unused, cluster_node_ok set
     uint32_t refresh_interval_ms = 1000;  // the least time between two slot-map questions
+    uint32_t refresh_every_ms = 0;  // also asked this long after the last map; 0: only when needed
 };
 
 struct ClusterStats {
@@ -214,6 +217,7 @@ class ClusterClient {
     std::unique_ptr<Timer> defer_timer_;
     std::unique_ptr<Timer> refresh_timer_;
     std::unique_ptr<Timer> reap_timer_;
+    std::unique_ptr<Timer> periodic_timer_;  // refresh_every_ms
 };
 
 }  // namespace throttle::redis

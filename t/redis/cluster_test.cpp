@@ -243,6 +243,28 @@ TEST_F(RedisClusterTest, MovedAfterTheSlotMoved) {
     EXPECT_EQ(logged(LogLevel::Error), 0) << all_logs();
 }
 
+// With refresh_every_ms the map follows a slot moved while no command went to it: no MOVED.
+TEST_F(RedisClusterTest, PeriodicRefreshSeesAMovedSlot) {
+    RedisCluster cluster;
+    ASSERT_TRUE(cluster.start());
+    ClusterConfig cfg = config({cluster.node(0).address()});
+    cfg.refresh_every_ms = 50;
+    ClusterClient client(ev.loop(), cfg, logger());
+    std::string key = cluster.key_on(1, "idle");
+    uint16_t slot = key_slot(key);
+    ASSERT_TRUE(call(client, {"SET", key, "v"}).result.ok()) << all_logs();
+    ASSERT_EQ(client.node_of_slot(slot), cluster.node(1).address().to_string());
+    ASSERT_TRUE(cluster.move_slot(slot, 1, 0));
+    EXPECT_TRUE(ev.run_until(
+        [&] { return client.node_of_slot(slot) == cluster.node(0).address().to_string(); }, 10000))
+        << all_logs();
+    Outcome o = call(client, {"GET", key});
+    ASSERT_TRUE(o.result.ok()) << what(o);
+    EXPECT_EQ(o.result.reply.str, "v");
+    EXPECT_EQ(client.stats().moved, 0u);
+    EXPECT_GE(client.stats().refreshes, 2u);
+}
+
 // A slot in migration: a key already moved is answered ASK by the old master and read from the
 // new one (ASKING first); a key not moved yet is served by the old master; the map is unchanged.
 TEST_F(RedisClusterTest, AskDuringAMigration) {
