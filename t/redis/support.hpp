@@ -167,6 +167,29 @@ class Control {
         }
     }
 
+    // The string elements of an array reply (CLUSTER GETKEYSINSLOT); empty for any other.
+    std::vector<std::string> list(const std::vector<std::string>& argv) {
+        std::vector<const char*> p;
+        std::vector<size_t> l;
+        for (const std::string& a : argv) {
+            p.push_back(a.data());
+            l.push_back(a.size());
+        }
+        auto* r =
+            static_cast<redisReply*>(redisCommandArgv(c_, int(argv.size()), p.data(), l.data()));
+        std::vector<std::string> out;
+        if (r != nullptr && r->type == REDIS_REPLY_ARRAY) {
+            for (size_t i = 0; i < r->elements; i++) {
+                out.emplace_back(r->element[i]->str != nullptr ? r->element[i]->str : "",
+                                 r->element[i]->str != nullptr ? r->element[i]->len : 0);
+            }
+        }
+        if (r != nullptr) {
+            freeReplyObject(r);
+        }
+        return out;
+    }
+
     // A numeric field of INFO section.
     long long info(const std::string& section, const std::string& field) {
         std::string text = run({"INFO", section});
@@ -294,6 +317,162 @@ class RedisServer {
     std::string password_;
     std::string sentinel_conf_;
     pid_t pid_ = -1;
+};
+
+inline std::string redis_cli_bin() {
+    if (const char* env = std::getenv("THROTTLE_REDIS_CLI")) {
+        return env;
+    }
+    std::string server = redis_server_bin();
+    size_t slash = server.rfind('/');
+    return (slash == std::string::npos ? std::string() : server.substr(0, slash + 1)) + "redis-cli";
+}
+
+// A Redis Cluster of `masters` cluster-enabled redis-servers, each with `replicas` replicas,
+// made one by `redis-cli --cluster create`; start() returns once every node says
+// cluster_state:ok with every slot assigned and every node known, and every replica's link to
+// its master is up. node(0 .. masters-1) are the masters, the replicas follow.
+class RedisCluster {
+   public:
+    explicit RedisCluster(size_t masters = 3, std::vector<std::string> extra = {},
+                          size_t replicas = 0)
+        : replicas_(replicas) {
+        for (size_t i = 0; i < masters * (1 + replicas); i++) {
+            std::vector<std::string> args = {"--cluster-enabled",      "yes",
+                                             "--cluster-config-file",  "nodes.conf",
+                                             "--cluster-node-timeout", "1000"};
+            args.insert(args.end(), extra.begin(), extra.end());
+            nodes_.push_back(std::make_unique<RedisServer>(args, free_cluster_port()));
+        }
+    }
+
+    bool start() {
+        std::string cmd = redis_cli_bin() + " --cluster create";
+        for (auto& n : nodes_) {
+            if (!n->start()) {
+                return false;
+            }
+            cmd += " 127.0.0.1:" + std::to_string(n->port());
+        }
+        cmd +=
+            " --cluster-replicas " + std::to_string(replicas_) + " --cluster-yes > /dev/null 2>&1";
+        if (std::system(cmd.c_str()) != 0) {
+            return false;
+        }
+        std::string known = "cluster_known_nodes:" + std::to_string(nodes_.size()) + "\r\n";
+        bool ok = wait_for(
+            [&] {
+                for (auto& n : nodes_) {
+                    Control c(n->port());
+                    std::string info = c.ok() ? c.run({"CLUSTER", "INFO"}) : "";
+                    if (info.find("cluster_state:ok\r\n") == std::string::npos ||
+                        info.find("cluster_slots_assigned:16384\r\n") == std::string::npos ||
+                        info.find(known) == std::string::npos) {
+                        return false;
+                    }
+                }
+                return true;
+            },
+            20000);
+        if (!ok) {
+            return false;
+        }
+        // Masters first (redis-cli chose them), then the replicas once attached.
+        std::stable_partition(nodes_.begin(), nodes_.end(), [](const auto& n) {
+            return Control(n->port()).run({"ROLE"}).rfind("[master", 0) == 0;
+        });
+        return wait_for(
+            [&] {
+                for (size_t i = masters(); i < nodes_.size(); i++) {
+                    Control c(nodes_[i]->port());
+                    std::string info = c.ok() ? c.run({"INFO", "replication"}) : "";
+                    if (info.find("master_link_status:up\r\n") == std::string::npos) {
+                        return false;
+                    }
+                }
+                return true;
+            },
+            20000);
+    }
+
+    size_t masters() const { return nodes_.size() / (1 + replicas_); }
+    size_t size() const { return nodes_.size(); }
+    RedisServer& node(size_t i) { return *nodes_[i]; }
+    std::vector<Address> seeds() const {
+        std::vector<Address> out;
+        for (const auto& n : nodes_) {
+            out.push_back(n->address());
+        }
+        return out;
+    }
+    std::string id(size_t i) { return Control(nodes_[i]->port()).run({"CLUSTER", "MYID"}); }
+    // The node (index) that serves `key` as the cluster itself says: the one that does not
+    // answer GET with a redirection. size() when none does.
+    size_t owner(const std::string& key) {
+        for (size_t i = 0; i < nodes_.size(); i++) {
+            Control c(nodes_[i]->port());
+            std::string r = c.ok() ? c.run({"GET", key}) : "MOVED";
+            if (r.rfind("MOVED", 0) != 0 && r.rfind("ASK", 0) != 0 && r != "(no reply)") {
+                return i;
+            }
+        }
+        return nodes_.size();
+    }
+    // A key ("PREFIX<n>") that node `i` serves.
+    std::string key_on(size_t i, const std::string& prefix = "key") {
+        for (int n = 0; n < 10000; n++) {
+            std::string k = prefix + std::to_string(n);
+            if (owner(k) == i) {
+                return k;
+            }
+        }
+        return std::string();
+    }
+    // Starts moving `slot` from node `from` to node `to` (IMPORTING, MIGRATING), then MIGRATEs
+    // `keys` (all of that slot) to it. The slot stays in migration: ASK.
+    bool begin_migration(uint16_t slot, size_t from, size_t to,
+                         const std::vector<std::string>& keys) {
+        Control src(nodes_[from]->port()), dst(nodes_[to]->port());
+        std::string s = std::to_string(slot);
+        if (dst.run({"CLUSTER", "SETSLOT", s, "IMPORTING", id(from)}) != "OK" ||
+            src.run({"CLUSTER", "SETSLOT", s, "MIGRATING", id(to)}) != "OK") {
+            return false;
+        }
+        if (keys.empty()) {
+            return true;
+        }
+        std::vector<std::string> migrate = {
+            "MIGRATE", "127.0.0.1", std::to_string(nodes_[to]->port()), "", "0", "5000", "KEYS"};
+        migrate.insert(migrate.end(), keys.begin(), keys.end());
+        return src.run(migrate) == "OK";
+    }
+    // Moves `slot` from `from` to `to` with all its keys, and tells every node (MOVED).
+    bool move_slot(uint16_t slot, size_t from, size_t to) {
+        Control src(nodes_[from]->port());
+        std::vector<std::string> keys =
+            src.list({"CLUSTER", "GETKEYSINSLOT", std::to_string(slot), "1000"});
+        if (!begin_migration(slot, from, to, keys)) {
+            return false;
+        }
+        std::string owner_id = id(to);
+        for (size_t i : {to, from}) {
+            if (Control(nodes_[i]->port())
+                    .run({"CLUSTER", "SETSLOT", std::to_string(slot), "NODE", owner_id}) != "OK") {
+                return false;
+            }
+        }
+        for (size_t i = 0; i < nodes_.size(); i++) {
+            if (i != to && i != from) {
+                Control(nodes_[i]->port())
+                    .run({"CLUSTER", "SETSLOT", std::to_string(slot), "NODE", owner_id});
+            }
+        }
+        return true;
+    }
+
+   private:
+    size_t replicas_;
+    std::vector<std::unique_ptr<RedisServer>> nodes_;
 };
 
 // A libevent loop the test drives.

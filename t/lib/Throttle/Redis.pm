@@ -402,6 +402,106 @@ sub clients {
 }
 
 # ---------------------------------------------------------------------------------------
+# Redis Cluster
+
+# A Redis Cluster of real redis-servers on loopback, for the cluster tests (issue 12):
+#
+#   my $cluster = Throttle::Redis->cluster(masters => 3, replicas => 0, t => $t);
+#   $cluster->seeds;          # "127.0.0.1:P1 127.0.0.1:P2 127.0.0.1:P3" (the masters)
+#   $cluster->masters;        # Throttle::Redis objects, in slot order; ->replicas likewise
+#   $cluster->cli('GET', 'k') # redis-cli -c on the first master (follows redirections)
+#   $cluster->stop;           # kills every node (also when the object goes away)
+#
+# masters * (1 + replicas) nodes, each --cluster-enabled with --cluster-node-timeout 1000
+# (node_timeout => ms) and the options of new() (args => [...] goes to every node), joined by
+# redis-cli --cluster create; returns once every node says cluster_state:ok, 16384 slots
+# assigned and all nodes known, and every replica is attached to its master (20 s at most,
+# then it dies with the nodes' state).
+sub cluster {
+    my ($class, %opt) = @_;
+    my $masters  = $opt{masters}  // 3;
+    my $replicas = $opt{replicas} // 0;
+    die "a Redis Cluster needs at least 3 masters\n" if $masters < 3;
+    my $timeout = $opt{node_timeout} // 1000;
+    my @args = (@{ $opt{args} // [] }, '--cluster-node-timeout', $timeout);
+    my %node_opt = map { exists $opt{$_} ? ($_ => $opt{$_}) : () } qw(t password users);
+    my @nodes = map { $class->new(%node_opt, cluster => 1, args => [@args]) }
+        1 .. $masters * (1 + $replicas);
+    my $self = bless { nodes => \@nodes, owner => $$ }, 'Throttle::Redis::Cluster';
+
+    my @cmd = ($nodes[0]{cli_path}, '--cluster', 'create', (map { $_->address } @nodes),
+        '--cluster-replicas', $replicas, '--cluster-yes');
+    my $pid = fork // die "fork: $!\n";
+    if ($pid == 0) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>', "$nodes[0]{dir}/cluster-create.log" or POSIX::_exit(126);
+        open STDERR, '>&', \*STDOUT or POSIX::_exit(126);
+        $ENV{REDISCLI_AUTH} = $opt{password} if defined $opt{password};
+        exec { $cmd[0] } @cmd or POSIX::_exit(127);
+    }
+    waitpid $pid, 0;
+    die "redis-cli --cluster create failed (status $?):\n"
+        . _slurp("$nodes[0]{dir}/cluster-create.log") if $?;
+
+    my $n = @nodes;
+    my $ok = wait_for(sub {
+        for my $node (@nodes) {
+            my $info = eval { $node->cli({ timeout => 2 }, 'CLUSTER', 'INFO') } // '';
+            return 0 unless $info =~ /^cluster_state:ok\r?$/m
+                && $info =~ /^cluster_slots_assigned:16384\r?$/m
+                && $info =~ /^cluster_known_nodes:$n\r?$/m;
+        }
+        return 1;
+    }, timeout => 20, step => 0.05);
+    die "the cluster did not come up within 20s:\n"
+        . join('', map { $_->address . ': ' . (eval { scalar $_->cli('CLUSTER', 'INFO') } // '?')
+            . "\n" } @nodes) unless $ok;
+
+    # Who is what, as the cluster says (redis-cli picks the masters).
+    for my $node (@nodes) {
+        my @role = $node->cli('ROLE');
+        push @{ $self->{ $role[0] eq 'master' ? 'masters' : 'replicas' } }, $node;
+    }
+    $self->{masters} = [sort { $a->first_slot <=> $b->first_slot } @{ $self->{masters} }];
+    die "the cluster has " . scalar(@{ $self->{masters} }) . " masters, not $masters\n"
+        if @{ $self->{masters} } != $masters;
+    if ($replicas) {
+        my $linked = wait_for(sub {
+            for my $r (@{ $self->{replicas} }) {
+                my $info = eval { scalar $r->cli('INFO', 'replication') } // '';
+                return 0 unless $info =~ /^master_link_status:up\r?$/m;
+            }
+            return 1;
+        }, timeout => 20, step => 0.05);
+        die "the replicas did not attach within 20s\n" unless $linked;
+    }
+    return $self;
+}
+
+# CLUSTER NODES as this node sees it: { "127.0.0.1:PORT" => { id, flags => [...], master
+# (its master's id, or "-"), slots => [[first, last], ...] } } (slots in migration left out).
+sub cluster_nodes {
+    my ($self) = @_;
+    my %nodes;
+    for my $line ($self->cli('CLUSTER', 'NODES')) {
+        my ($id, $addr, $flags, $master, undef, undef, undef, undef, @slots) = split ' ', $line;
+        next unless defined $addr;
+        $addr =~ s/@.*//;
+        $nodes{$addr} = { id => $id, flags => [split /,/, $flags], master => $master,
+            slots => [map { /^(\d+)(?:-(\d+))?$/ ? [$1, $2 // $1] : () } @slots] };
+    }
+    return \%nodes;
+}
+
+# The first slot this node serves as a master (16384 when none).
+sub first_slot {
+    my ($self) = @_;
+    my $me = $self->cluster_nodes->{ $self->address } or return 16384;
+    my @firsts = sort { $a <=> $b } map { $_->[0] } @{ $me->{slots} };
+    return @firsts ? $firsts[0] : 16384;
+}
+
+# ---------------------------------------------------------------------------------------
 # polling
 
 # Calls $cond until it returns true or $timeout seconds pass (polling every $step s).
@@ -436,4 +536,46 @@ sub _slurp {
     return <$fh> // '';
 }
 
+package Throttle::Redis::Cluster;
+
+# What Throttle::Redis->cluster returns (see there).
+
+use strict;
+use warnings;
+
+sub nodes    { @{ $_[0]{nodes} } }
+sub masters  { @{ $_[0]{masters} } }
+sub replicas { @{ $_[0]{replicas} // [] } }
+sub seeds    { join ' ', map { $_->address } $_[0]->masters }
+
+# redis-cli -c on the first master: follows MOVED/ASK.
+sub cli {
+    my ($self, @args) = @_;
+    my $opt = ref $args[0] eq 'HASH' ? shift @args : {};
+    return ($self->masters)[0]->cli($opt, '-c', @args);
+}
+
+# Replaces %%REDIS_CLUSTER%% (the masters' addresses, space-separated) in a config.
+sub fill {
+    my ($self, $text) = @_;
+    my $seeds = $self->seeds;
+    $text =~ s/%%REDIS_CLUSTER%%/$seeds/g;
+    return $text;
+}
+
+# Kills every node (SIGKILL: a cluster has nothing to save).
+sub stop {
+    my ($self) = @_;
+    $_->kill for $self->nodes;
+    return $self;
+}
+
+sub DESTROY {
+    my ($self) = @_;
+    return if $$ != ($self->{owner} // 0);
+    local ($?, $!, $@);
+    $self->stop;
+}
+
 1;
+
