@@ -169,6 +169,13 @@ Client::Client(Loop& loop, Config config, Logger logger)
         throw std::invalid_argument("invalid redis address \"" + cfg_.address.to_string() +
                                     "\": a numeric IPv4/IPv6 address and a port, or unix:PATH");
     }
+    if (cfg_.tls.enabled && cfg_.tls_context == nullptr) {
+        std::string error;
+        cfg_.tls_context = TlsContext::create(cfg_.tls, error);
+        if (cfg_.tls_context == nullptr) {
+            throw std::invalid_argument(error);
+        }
+    }
     cfg_.connect_timeout_ms = std::max<uint32_t>(cfg_.connect_timeout_ms, 1);
     cfg_.command_timeout_ms = std::max<uint32_t>(cfg_.command_timeout_ms, 1);
     if (cfg_.stuck_timeout_ms == 0) {
@@ -189,6 +196,14 @@ Client::Client(Loop& loop, Config config, Logger logger)
     }
 
     connect_timer_ = loop_.create_timer([this] {
+        if (connection_ != nullptr && connection_->handshaking()) {
+            connection_lost(
+                Failure::Disconnected, RedisError::connection,
+                cat("cannot connect: TLS handshake not done within ", cfg_.connect_timeout_ms,
+                    " ms (is the port a TLS port? a plaintext Redis does not answer "
+                    "the handshake)"));
+            return;
+        }
         connection_lost(
             Failure::Disconnected, RedisError::connection,
             cat("cannot connect: no connection within ", cfg_.connect_timeout_ms, " ms"));
@@ -287,7 +302,7 @@ void Client::connect() noexcept {
     } catch (...) {
         error = "out of memory";
     }
-    if (!c || !c->open(cfg_.address, false, error)) {
+    if (!c || !c->open(cfg_.address, false, cfg_.tls.enabled ? cfg_.tls_context : nullptr, error)) {
         lost_ = true;
         count_error(RedisError::connection);
         count_failure(cat("cannot connect: ", error));
@@ -427,6 +442,8 @@ void Client::ask_sentinel() noexcept {
         sc.failure_threshold = 0;
         sc.reply_limits = cfg_.reply_limits;
         sc.sentinel_query = true;
+        sc.tls = cfg_.tls;  // the Sentinels are reached with the same TLS settings
+        sc.tls_context = cfg_.tls_context;
         resolver_ = std::make_unique<Client>(loop_, std::move(sc));
         resolver_->command({"SENTINEL", "get-master-addr-by-name", cfg_.sentinel_master},
                            [this, gen](Result&& r) { sentinel_answer(gen, std::move(r)); });

@@ -111,6 +111,7 @@
 #include "redis/reply.hpp"
 #include "redis/reply_guard.hpp"
 #include "redis/script.hpp"
+#include "redis/tls.hpp"
 
 struct redisReply;
 
@@ -147,6 +148,12 @@ struct Config {
     std::string sentinel_master;
     std::vector<Address> sentinels;
     std::string sentinel_password;  // AUTH to the Sentinels when set
+    // TLS (issue 12): with tls.enabled every connection -- to the server, and to the Sentinels,
+    // with the same settings -- is TLS (tls.hpp). tls_context: the context built from `tls`
+    // (nginx builds it at configuration time, so that nginx -t reads the files); without one,
+    // the constructor builds it (and throws std::invalid_argument when it cannot).
+    TlsSettings tls;
+    std::shared_ptr<const TlsContext> tls_context;
     // Internal: this client talks to a Sentinel (no role check, no scripts).
     bool sentinel_query = false;
 };

@@ -1,10 +1,14 @@
 // One socket to a Redis server (layer: redis). See connection.hpp.
 //
-// Life: open() -> Connecting (the socket watched for write: connect completion) -> Open (read
-// always wanted; write wanted only while the output buffer could not be written at once) ->
-// Closed by lost(), which tells the owner. Callbacks run inside handle() or the flush
-// Deferred; `dead_` points at a flag of that frame, which the destructor sets, so that an owner
-// destroying the Connection from a callback is noticed and nothing is touched afterwards.
+// Life: open() -> Connecting (the socket watched for write: connect completion) -> [TLS:
+// Handshake, the directions SSL_do_handshake asks for] -> Open (read always wanted; write
+// wanted only while the output buffer could not be written at once, or TLS needs to write to
+// read) -> Closed by lost(), which tells the owner. With TLS, every event on an open
+// connection reads until TLS would block, then writes what is buffered: a read may need a
+// write and a write a read (WANT_READ / WANT_WRITE), and one handler serves both. Callbacks run
+// inside handle() or the flush Deferred; `dead_` points at a flag of that frame, which the
+// destructor sets, so that an owner destroying the Connection from a callback is noticed and
+// nothing is touched afterwards.
 #include "redis/connection.hpp"
 
 #include <arpa/inet.h>
@@ -13,6 +17,9 @@
 #include <hiredis/read.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -115,6 +122,9 @@ Connection::~Connection() {
         *dead_ = true;
     }
     watch_.reset();  // before the fd is closed
+    if (ssl_ != nullptr) {
+        SSL_free(ssl_);  // no close_notify: Redis needs none, and the peer may be gone
+    }
     if (fd_ >= 0) {
         ::close(fd_);
     }
@@ -122,7 +132,8 @@ Connection::~Connection() {
     redisReaderFree(reader_);
 }
 
-bool Connection::open(const Address& a, bool keep_alive, std::string& error) noexcept {
+bool Connection::open(const Address& a, bool keep_alive, std::shared_ptr<const TlsContext> tls,
+                      std::string& error) noexcept {
     sockaddr_storage ss{};
     socklen_t len = 0;
     int family = AF_UNIX;
@@ -183,6 +194,13 @@ bool Connection::open(const Address& a, bool keep_alive, std::string& error) noe
         return false;
     }
     fd_ = fd;
+    tls_ = std::move(tls);
+    if (tls_ != nullptr && !start_tls(a, error)) {
+        watch_.reset();
+        ::close(fd_);
+        fd_ = -1;
+        return false;
+    }
     state_ = State::Connecting;
     watch_->want_write(true);  // connect completion (also when connect() returned 0)
     return true;
@@ -214,16 +232,56 @@ bool Connection::append(size_t argc, const char* const* argv, const size_t* lens
     return true;
 }
 
+// The SSL object for the socket: SNI and the name to verify (tls.hpp says which).
+bool Connection::start_tls(const Address& a, std::string& error) noexcept {
+    ERR_clear_error();
+    ssl_ = SSL_new(tls_->ctx());
+    if (ssl_ == nullptr || SSL_set_fd(ssl_, fd_) != 1) {
+        error = cat("TLS: ", tls_errors());
+        return false;
+    }
+    SSL_set_connect_state(ssl_);
+    const TlsSettings& t = tls_->settings();
+    if (!t.server_name.empty() && SSL_set_tlsext_host_name(ssl_, t.server_name.c_str()) != 1) {
+        error = cat("TLS: server name \"", t.server_name, "\": ", tls_errors());
+        return false;
+    }
+    if (t.verify) {
+        X509_VERIFY_PARAM* param = SSL_get0_param(ssl_);
+        X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        int ok = 1;
+        if (!t.server_name.empty()) {
+            ok = X509_VERIFY_PARAM_set1_host(param, t.server_name.c_str(), 0);
+        } else if (!a.is_unix()) {
+            ok = X509_VERIFY_PARAM_set1_ip_asc(param, a.host.c_str());
+        }
+        if (ok != 1) {
+            error = cat("TLS: cannot verify the name: ", tls_errors());
+            return false;
+        }
+    }
+    return true;
+}
+
 void Connection::handle(int event) noexcept {
     Frame frame(dead_);
     switch (state_) {
         case State::Connecting:
             connect_done();
             return;
+        case State::Handshake:
+            handshake();
+            return;
         case State::Open:
-            if (event == IoWatch::Readable) {
-                read_all();
-            } else {
+            if (ssl_ == nullptr) {
+                if (event == IoWatch::Readable) {
+                    read_all();
+                } else {
+                    flush();
+                }
+                return;
+            }
+            if (read_all() && state_ == State::Open) {
                 flush();
             }
             return;
@@ -246,6 +304,15 @@ void Connection::connect_done() noexcept {
         lost(Loss::Connect, cat("cannot connect: ", error_text(err)));
         return;
     }
+    if (ssl_ != nullptr) {
+        state_ = State::Handshake;
+        handshake();
+        return;
+    }
+    opened();
+}
+
+void Connection::opened() noexcept {
     state_ = State::Open;
     watch_->want_read(true);
     watch_->want_write(false);
@@ -255,13 +322,142 @@ void Connection::connect_done() noexcept {
     owner_.on_connected();
 }
 
+// One step of the TLS handshake; the directions it waits for are watched.
+void Connection::handshake() noexcept {
+    ERR_clear_error();
+    errno = 0;
+    int rc = SSL_do_handshake(ssl_);
+    if (rc == 1) {
+        opened();
+        return;
+    }
+    int err = SSL_get_error(ssl_, rc);
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+        watch_->want_read(err == SSL_ERROR_WANT_READ);
+        watch_->want_write(err == SSL_ERROR_WANT_WRITE);
+        return;
+    }
+    int saved = errno;
+    std::string why;
+    long verify = SSL_get_verify_result(ssl_);
+    if (verify != X509_V_OK) {
+        ERR_clear_error();
+        why = cat("certificate verify failed: ", X509_verify_cert_error_string(verify));
+    } else {
+        why = tls_errors();
+        if (why.empty()) {
+            why = err == SSL_ERROR_SYSCALL && saved != 0 ? error_text(saved)
+                                                         : "the server closed the connection";
+        }
+    }
+    lost(Loss::Connect, cat("cannot connect: TLS handshake failed: ", why));
+}
+
+// Bytes read (> 0); 0: would block; -1: the connection ended, `why` says how.
+ssize_t Connection::read_some(char* buf, size_t len, std::string& why) noexcept {
+    if (ssl_ == nullptr) {
+        for (;;) {
+            ssize_t n = ::read(fd_, buf, len);
+            if (n > 0) {
+                return n;
+            }
+            if (n == 0) {
+                why = "Server closed the connection";
+                return -1;
+            }
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                return 0;
+            }
+            why = error_text(errno);
+            return -1;
+        }
+    }
+    ERR_clear_error();
+    errno = 0;
+    int n = SSL_read(ssl_, buf, int(len));
+    read_wants_write_ = false;
+    if (n > 0) {
+        return n;
+    }
+    int saved = errno;
+    switch (SSL_get_error(ssl_, n)) {
+        case SSL_ERROR_WANT_READ:
+            return 0;
+        case SSL_ERROR_WANT_WRITE:
+            read_wants_write_ = true;
+            return 0;
+        case SSL_ERROR_ZERO_RETURN:
+            why = "Server closed the connection (TLS close_notify)";
+            return -1;
+        case SSL_ERROR_SYSCALL:
+            why = tls_errors();
+            if (why.empty()) {
+                why = saved != 0 ? error_text(saved) : "Server closed the connection";
+            }
+            return -1;
+        default:
+            why = cat("TLS: ", tls_errors());
+            return -1;
+    }
+}
+
+// Bytes written (> 0); 0: would block; -1: the connection failed, `why` says how.
+ssize_t Connection::write_some(const char* buf, size_t len, std::string& why) noexcept {
+    write_wants_write_ = false;
+    if (ssl_ == nullptr) {
+        for (;;) {
+            ssize_t n = ::send(fd_, buf, len, MSG_NOSIGNAL);
+            if (n > 0) {
+                return n;
+            }
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                write_wants_write_ = true;
+                return 0;
+            }
+            why = error_text(n < 0 ? errno : EPIPE);
+            return -1;
+        }
+    }
+    ERR_clear_error();
+    errno = 0;
+    int chunk = len > (1u << 30) ? 1 << 30 : int(len);
+    int n = SSL_write(ssl_, buf, chunk);
+    if (n > 0) {
+        return n;
+    }
+    int saved = errno;
+    switch (SSL_get_error(ssl_, n)) {
+        case SSL_ERROR_WANT_READ:
+            return 0;  // read is always wanted: the next readable event writes again
+        case SSL_ERROR_WANT_WRITE:
+            write_wants_write_ = true;
+            return 0;
+        case SSL_ERROR_SYSCALL:
+            why = tls_errors();
+            if (why.empty()) {
+                why = error_text(saved != 0 ? saved : EPIPE);
+            }
+            return -1;
+        default:
+            why = cat("TLS: ", tls_errors());
+            return -1;
+    }
+}
+
 // Reads until the socket would block, handing each complete reply to the owner as soon as it
 // is parsed (a reply's handling may append commands: they leave at the end of the turn).
 bool Connection::read_all() noexcept {
     char buf[16384];
     bool* dead = dead_;
     for (;;) {
-        ssize_t n = ::read(fd_, buf, sizeof(buf));
+        std::string why;
+        ssize_t n = read_some(buf, sizeof(buf), why);
         if (n > 0) {
             if (redisReaderFeed(reader_, buf, size_t(n)) != REDIS_OK) {
                 lost(Loss::Io, "connection lost: out of memory");
@@ -277,16 +473,9 @@ bool Connection::read_all() noexcept {
             continue;
         }
         if (n == 0) {
-            lost(Loss::Io, "connection lost: Server closed the connection");
-            return false;
-        }
-        if (errno == EINTR) {
-            continue;
-        }
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
             return true;
         }
-        lost(Loss::Io, cat("connection lost: ", error_text(errno)));
+        lost(Loss::Io, cat("connection lost: ", why));
         return false;
     }
 }
@@ -322,19 +511,17 @@ bool Connection::flush() noexcept {
         return false;
     }
     while (out_pos_ < out_.size()) {
-        ssize_t n = ::send(fd_, out_.data() + out_pos_, out_.size() - out_pos_, MSG_NOSIGNAL);
+        std::string why;
+        ssize_t n = write_some(out_.data() + out_pos_, out_.size() - out_pos_, why);
         if (n > 0) {
             out_pos_ += size_t(n);
             continue;
         }
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            watch_->want_write(true);
+        if (n == 0) {
+            watch_->want_write(write_wants_write_ || read_wants_write_);
             return true;
         }
-        lost(Loss::Io, cat("connection lost: ", error_text(n < 0 ? errno : EPIPE)));
+        lost(Loss::Io, cat("connection lost: ", why));
         return false;
     }
     if (out_.capacity() > (1u << 20)) {
@@ -343,7 +530,7 @@ bool Connection::flush() noexcept {
         out_.clear();
     }
     out_pos_ = 0;
-    watch_->want_write(false);
+    watch_->want_write(read_wants_write_);
     return true;
 }
 

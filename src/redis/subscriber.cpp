@@ -52,6 +52,13 @@ Subscriber::Subscriber(Loop& loop, Config config, std::string channel, OnMessage
         throw std::invalid_argument("invalid redis address \"" + cfg_.address.to_string() +
                                     "\": a numeric IPv4/IPv6 address and a port, or unix:PATH");
     }
+    if (cfg_.tls.enabled && cfg_.tls_context == nullptr) {
+        std::string error;
+        cfg_.tls_context = TlsContext::create(cfg_.tls, error);
+        if (cfg_.tls_context == nullptr) {
+            throw std::invalid_argument(error);
+        }
+    }
     if (channel_.empty()) {
         throw std::invalid_argument("empty redis pub/sub channel");
     }
@@ -121,7 +128,7 @@ void Subscriber::connect() noexcept {
     } catch (...) {
         error = "out of memory";
     }
-    if (!c || !c->open(cfg_.address, true, error)) {
+    if (!c || !c->open(cfg_.address, true, cfg_.tls.enabled ? cfg_.tls_context : nullptr, error)) {
         failure(cat("cannot connect: ", error));
         return;
     }

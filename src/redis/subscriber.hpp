@@ -41,7 +41,7 @@ class Subscriber final : private Connection::Owner {
 
     // Throws std::invalid_argument if config.address is not valid() or the channel is empty.
     // Uses config's address, username, password, connect_timeout_ms, command_timeout_ms,
-    // backoff_initial_ms, backoff_max_ms and reply_limits. Does not touch the network: start()
+    // backoff_initial_ms, backoff_max_ms, reply_limits and tls. Does not touch the network: start()
     // connects.
     Subscriber(Loop& loop, Config config, std::string channel, OnMessage on_message,
                Logger logger = nullptr);
