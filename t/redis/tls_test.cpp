@@ -2,7 +2,8 @@
 // commands and EVALSHA over TLS, mutual TLS, a wrong CA and a wrong server name (each a failed
 // connection with the verify error logged, the breaker as for any failed connection, no hang),
 // verification off, a plaintext server, a server killed mid-pipeline and restarted, replies
-// larger than a TLS record, many pipelined commands, the subscriber over TLS.
+// larger than a TLS record, many pipelined commands, Sentinels over TLS, the subscriber over
+// TLS.
 //
 // The certificates are made by the test with the `openssl` command in a temporary directory:
 // a CA, a server certificate for IP:127.0.0.1 and DNS:localhost, a client certificate, and a
@@ -315,6 +316,46 @@ TEST_F(RedisTlsTest, ManyPipelinedCommandsInOrder) {
             << i;  // each its own reply
         EXPECT_EQ(outs[i].calls, 1);
     }
+}
+
+// With sentinel=, the Sentinels are asked over TLS too (the same settings), and the primary
+// they name (its TLS port: the Sentinel monitors it over TLS, tls-replication) is connected to
+// over TLS.
+TEST_F(RedisTlsTest, SentinelsAreReachedWithTheSameTlsSettings) {
+    auto primary = tls_server();
+    ASSERT_TRUE(primary->start());
+    uint16_t primary_tls = tls_port;
+    uint16_t sentinel_tls = free_port();
+    RedisServer sentinel({"--tls-port", std::to_string(sentinel_tls), "--tls-cert-file",
+                          certs.path("server.crt"), "--tls-key-file", certs.path("server.key"),
+                          "--tls-ca-cert-file", certs.path("ca.crt"), "--tls-auth-clients", "no",
+                          "--tls-replication", "yes"});
+    sentinel.make_sentinel(primary_tls);
+    ASSERT_TRUE(sentinel.start());
+
+    Config c = config(0);
+    c.address = Address();
+    Address s;
+    s.host = "127.0.0.1";
+    s.port = sentinel_tls;
+    c.sentinels = {s};
+    c.sentinel_master = "mymaster";
+    Client client(ev.loop(), c, logger());
+    Outcome o = call(ev, client, {"SET", "via-sentinel", "v"});
+    ASSERT_TRUE(o.result.ok()) << all_logs();
+    EXPECT_EQ(client.config().address.port, primary_tls);
+    Control ctl(primary->port());
+    EXPECT_EQ(ctl.run({"GET", "via-sentinel"}), "v");
+
+    // A Sentinel that speaks plaintext only is not asked in the clear: the question fails.
+    RedisServer plain_sentinel;
+    plain_sentinel.make_sentinel(primary_tls);
+    ASSERT_TRUE(plain_sentinel.start());
+    Config p = c;
+    p.sentinels = {plain_sentinel.address()};
+    p.failure_threshold = 0;
+    Client refused(ev.loop(), p, logger());
+    EXPECT_FALSE(call(ev, refused, {"PING"}).result.ok());
 }
 
 TEST_F(RedisTlsTest, SubscriberOverTls) {
