@@ -146,4 +146,4 @@ my $back = Throttle::Redis::wait_for(sub {
 });
 ok($back, 'decisions come from Redis again');
 
-done_testing;
+$t->done;
