@@ -70,6 +70,12 @@ fails_with('empty server name', "throttle_redis $addr tls tls_server_name=;",
 fails_with('tls twice', "throttle_redis $addr tls tls;", qr/invalid parameter "tls"/);
 ok(scalar $t->nginx_t(conf("throttle_redis 127.0.0.1:1 tls tls_ca=$dir/ca.crt;")),
     'a good TLS configuration passes nginx -t with Redis down');
+ok(scalar $t->nginx_t(conf("throttle_redis sentinel=mymaster 127.0.0.1:1 127.0.0.1:2 tls "
+        . "tls_ca=$dir/ca.crt tls_server_name=localhost;")),
+    'with sentinel=, tls follows the Sentinels\' addresses');
+fails_with('tls before the Sentinels',
+    "throttle_redis sentinel=mymaster tls 127.0.0.1:1 tls_ca=$dir/ca.crt;",
+    qr/"sentinel=mymaster" requires the address of at least one sentinel/);
 
 # ---------------------------------------------------------------------------------------
 # end to end, mutual TLS
