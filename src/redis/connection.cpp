@@ -236,10 +236,12 @@ bool Connection::append(size_t argc, const char* const* argv, const size_t* lens
 bool Connection::start_tls(const Address& a, std::string& error) noexcept {
     ERR_clear_error();
     ssl_ = SSL_new(tls_->ctx());
-    if (ssl_ == nullptr || SSL_set_fd(ssl_, fd_) != 1) {
+    BIO* bio = ssl_ != nullptr ? tls_->socket_bio(fd_) : nullptr;
+    if (bio == nullptr) {
         error = cat("TLS: ", tls_errors());
         return false;
     }
+    SSL_set_bio(ssl_, bio, bio);  // the SSL owns it now
     SSL_set_connect_state(ssl_);
     const TlsSettings& t = tls_->settings();
     if (!t.server_name.empty() && SSL_set_tlsext_host_name(ssl_, t.server_name.c_str()) != 1) {

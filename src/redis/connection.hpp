@@ -15,7 +15,7 @@
 // The owner's callbacks come from the loop, never from inside open() or append(). Any of them
 // may destroy the Connection: nothing touches it afterwards. on_lost() is the last callback of
 // a connection (it is closed then; the owner destroys it). Single-threaded, like the Loop.
-// With TLS, OpenSSL writes with write(): the process must ignore SIGPIPE (nginx does).
+// Writes never raise SIGPIPE (send() with MSG_NOSIGNAL, TLS included: TlsContext::socket_bio).
 #pragma once
 
 #include <sys/types.h>

@@ -1,8 +1,10 @@
 // TLS to Redis: the OpenSSL context (layer: redis). See tls.hpp.
 #include "redis/tls.hpp"
 
+#include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <sys/socket.h>
 
 #include <cerrno>
 #include <cstring>
@@ -26,7 +28,46 @@ std::string file_error(const std::string& path) {
     return why.empty() ? std::string("unusable") : why;
 }
 
+// The socket BIO's write, with MSG_NOSIGNAL (OpenSSL's uses write(): SIGPIPE on a closed peer).
+int write_nosignal(BIO* b, const char* buf, int len) {
+    int fd = -1;
+    BIO_get_fd(b, &fd);
+    errno = 0;
+    int n = int(::send(fd, buf, size_t(len), MSG_NOSIGNAL));
+    BIO_clear_retry_flags(b);
+    if (n <= 0 && BIO_sock_should_retry(n)) {
+        BIO_set_retry_write(b);
+    }
+    return n;
+}
+
+// OpenSSL's socket BIO with write_nosignal() for its write.
+BIO_METHOD* nosignal_method() {
+    const BIO_METHOD* sock = BIO_s_socket();
+    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK | BIO_TYPE_DESCRIPTOR,
+                                 "throttle redis socket");
+    if (m == nullptr || BIO_meth_set_write(m, &write_nosignal) != 1 ||
+        BIO_meth_set_read(m, BIO_meth_get_read(sock)) != 1 ||
+        BIO_meth_set_puts(m, BIO_meth_get_puts(sock)) != 1 ||
+        BIO_meth_set_ctrl(m, BIO_meth_get_ctrl(sock)) != 1 ||
+        BIO_meth_set_create(m, BIO_meth_get_create(sock)) != 1 ||
+        BIO_meth_set_destroy(m, BIO_meth_get_destroy(sock)) != 1 ||
+        BIO_meth_set_callback_ctrl(m, BIO_meth_get_callback_ctrl(sock)) != 1) {
+        BIO_meth_free(m);
+        return nullptr;
+    }
+    return m;
+}
+
 }  // namespace
+
+BIO* TlsContext::socket_bio(int fd) const noexcept {
+    BIO* b = BIO_new(bio_method_);
+    if (b != nullptr) {
+        BIO_set_fd(b, fd, BIO_NOCLOSE);
+    }
+    return b;
+}
 
 std::string tls_errors() {
     std::string out;
@@ -60,6 +101,11 @@ std::shared_ptr<const TlsContext> TlsContext::create(const TlsSettings& settings
             return nullptr;
         }
         std::shared_ptr<TlsContext> out(new TlsContext(ctx, settings));
+        out->bio_method_ = nosignal_method();
+        if (out->bio_method_ == nullptr) {
+            error = cat("cannot create a TLS context: ", tls_errors());
+            return nullptr;
+        }
         SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
         // The output buffer may grow (and move) between a write that wants a retry and the
         // retry; a write may take part of it.
@@ -110,6 +156,7 @@ std::shared_ptr<const TlsContext> TlsContext::create(const TlsSettings& settings
 
 TlsContext::~TlsContext() {
     SSL_CTX_free(ctx_);
+    BIO_meth_free(bio_method_);
 }
 
 }  // namespace throttle::redis

@@ -19,6 +19,8 @@
 #include <string>
 
 typedef struct ssl_ctx_st SSL_CTX;
+typedef struct bio_method_st BIO_METHOD;
+typedef struct bio_st BIO;
 
 namespace throttle::redis {
 
@@ -42,12 +44,17 @@ class TlsContext {
     TlsContext& operator=(const TlsContext&) = delete;
 
     SSL_CTX* ctx() const noexcept { return ctx_; }
+    // A socket BIO on `fd` (not closing it) that writes with send(MSG_NOSIGNAL): a peer gone
+    // is EPIPE, never SIGPIPE, whatever the process does with that signal. nullptr when out
+    // of memory.
+    BIO* socket_bio(int fd) const noexcept;
     const TlsSettings& settings() const noexcept { return settings_; }
 
    private:
     TlsContext(SSL_CTX* ctx, TlsSettings settings) : ctx_(ctx), settings_(std::move(settings)) {}
 
     SSL_CTX* ctx_;
+    BIO_METHOD* bio_method_ = nullptr;  // OpenSSL's socket BIO, but for its write
     TlsSettings settings_;
 };
 

@@ -10,7 +10,9 @@
 // second CA that signed none of them. The server also listens on a plaintext port, which only
 // the test's Control connection uses.
 #include <gtest/gtest.h>
+#include <openssl/bio.h>
 #include <signal.h>
+#include <sys/socket.h>
 
 #include <cstdlib>
 #include <fstream>
@@ -75,7 +77,9 @@ class RedisTlsTest : public ::testing::Test, protected LogCapture {
         if (std::system("command -v openssl >/dev/null 2>&1") != 0) {
             GTEST_SKIP() << "no openssl command";
         }
-        signal(SIGPIPE, SIG_IGN);  // OpenSSL writes with write(), as in nginx (which ignores it)
+        // SIGPIPE keeps its default action (ending the process): the client must never raise
+        // it, TLS included (nginx ignores it; a test or a tool may not).
+        signal(SIGPIPE, SIG_DFL);
         ASSERT_TRUE(certs.ok());
     }
 
@@ -356,6 +360,28 @@ TEST_F(RedisTlsTest, SentinelsAreReachedWithTheSameTlsSettings) {
     p.failure_threshold = 0;
     Client refused(ev.loop(), p, logger());
     EXPECT_FALSE(call(ev, refused, {"PING"}).result.ok());
+}
+
+// OpenSSL's own socket BIO writes with write(): SIGPIPE when the peer is gone. The client's
+// BIO sends with MSG_NOSIGNAL: EPIPE, and the process (SIGPIPE's default action: exit) lives.
+TEST_F(RedisTlsTest, WritesToAClosedPeerRaiseNoSigpipe) {
+    TlsSettings s;
+    s.enabled = true;
+    s.ca_file = certs.path("ca.crt");
+    std::string error;
+    auto ctx = TlsContext::create(s, error);
+    ASSERT_NE(ctx, nullptr) << error;
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    close(sv[1]);
+    BIO* b = ctx->socket_bio(sv[0]);
+    ASSERT_NE(b, nullptr);
+    errno = 0;
+    EXPECT_LE(BIO_write(b, "PING\r\n", 6), 0);
+    EXPECT_EQ(errno, EPIPE);
+    EXPECT_FALSE(BIO_should_retry(b));
+    BIO_free(b);
+    close(sv[0]);
 }
 
 TEST_F(RedisTlsTest, SubscriberOverTls) {
