@@ -151,6 +151,19 @@ std::string_view topology_error_advice(std::string_view text, bool cluster_node_
     return {};
 }
 
+// With Config::cluster_node_ok: a reply that redirects the command or says the cluster cannot
+// serve it now (MOVED, ASK, TRYAGAIN, CLUSTERDOWN): the caller's to handle, nothing about
+// this node's health.
+bool cluster_state_error(std::string_view text) noexcept {
+    for (std::string_view name : {"MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"}) {
+        if (text.substr(0, name.size()) == name &&
+            (text.size() == name.size() || text[name.size()] == ' ')) {
+            return true;
+        }
+    }
+    return false;
+}
+
 }  // namespace
 
 Client::Client(Loop& loop, Config config, Logger logger)
@@ -739,13 +752,15 @@ void Client::set_metrics(core::metrics::RedisMetrics* metrics,
 
 // A caller's command handed to a connection for the first time.
 void Client::count_sent(Pending& p) noexcept {
-    if (p.counted || (p.kind != Kind::User && p.kind != Kind::EvalSha)) {
+    if (p.counted || p.internal || (p.kind != Kind::User && p.kind != Kind::EvalSha)) {
         return;
     }
     p.counted = true;
     in_flight_++;
     if (metrics_ != nullptr) {
-        core::metrics::add(metrics_->commands);
+        if (!p.resend) {
+            core::metrics::add(metrics_->commands);
+        }
         p.timed = true;
         p.sent_us = loop_.now_us();
     }
@@ -768,7 +783,7 @@ void Client::uncount(Pending& p) noexcept {
 
 // The reply to a caller's command, about to be handed to it.
 void Client::count_reply(Pending& p, bool error) noexcept {
-    if (metrics_ != nullptr) {
+    if (metrics_ != nullptr && !p.internal) {
         if (error) {
             count_error(RedisError::script);
         }
@@ -897,7 +912,7 @@ void Client::send_internal(Kind kind, std::initializer_list<std::string_view> ar
 
 void Client::fail(std::list<Pending>& from, Pending& p, Failure why) noexcept {
     uncount(p);
-    if (why == Failure::Timeout && !p.abandoned &&
+    if (why == Failure::Timeout && !p.abandoned && !p.internal &&
         (p.kind == Kind::User || p.kind == Kind::EvalSha)) {
         count_error(RedisError::timeout);
     }
@@ -977,7 +992,28 @@ bool Client::admit(Callback& cb) {
     return true;
 }
 
+// An explicit deadline (SendOptions) that is already past: the command fails with Timeout
+// (unsent), and true. Otherwise `deadline` is the command's.
+bool Client::past_deadline(Callback& cb, const SendOptions& opts, uint64_t& deadline) {
+    uint64_t now = loop_.now_ms();
+    deadline = opts.deadline != 0 ? opts.deadline : now + cfg_.command_timeout_ms;
+    if (deadline > now) {
+        return false;
+    }
+    stats_.timeouts++;
+    if (!opts.internal) {
+        count_error(RedisError::timeout);
+    }
+    fail_soon(std::move(cb), Failure::Timeout);
+    return true;
+}
+
 void Client::command(const std::string_view* argv, size_t argc, Callback cb) {
+    command(argv, argc, std::move(cb), SendOptions());
+}
+
+void Client::command(const std::string_view* argv, size_t argc, Callback cb,
+                     const SendOptions& opts) {
     if (argc == 0 || refused(argv, argc)) {
         stats_.commands++;
         fail_soon(std::move(cb), Failure::Invalid);
@@ -986,9 +1022,14 @@ void Client::command(const std::string_view* argv, size_t argc, Callback cb) {
     if (!admit(cb)) {
         return;
     }
-    uint64_t deadline = loop_.now_ms() + cfg_.command_timeout_ms;
+    uint64_t deadline = 0;
+    if (past_deadline(cb, opts, deadline)) {
+        return;
+    }
     if (conn_ == Conn::Connecting || conn_ == Conn::Checking) {
         Pending& p = new_pending(waiting_, Kind::User, std::move(cb), deadline);
+        p.internal = opts.internal;
+        p.resend = opts.resend;
         try {
             keep_args(p, argv, argc);
         } catch (...) {
@@ -999,6 +1040,8 @@ void Client::command(const std::string_view* argv, size_t argc, Callback cb) {
         return;
     }
     Pending& p = new_pending(inflight_, Kind::User, std::move(cb), deadline);
+    p.internal = opts.internal;
+    p.resend = opts.resend;
     if (!send(p, argv, argc)) {
         fail(inflight_, p, Failure::Disconnected);
         if (!defer_timer_->active()) {
@@ -1063,15 +1106,26 @@ void Client::send_probe() {
 
 void Client::evalsha(const Script& script, const std::string_view* keys, size_t nkeys,
                      const std::string_view* args, size_t nargs, Callback cb) {
+    evalsha(script, keys, nkeys, args, nargs, std::move(cb), SendOptions());
+}
+
+void Client::evalsha(const Script& script, const std::string_view* keys, size_t nkeys,
+                     const std::string_view* args, size_t nargs, Callback cb,
+                     const SendOptions& opts) {
     size_t index = script_index(script);
     if (!admit(cb)) {
         return;
     }
-    uint64_t deadline = loop_.now_ms() + cfg_.command_timeout_ms;
+    uint64_t deadline = 0;
+    if (past_deadline(cb, opts, deadline)) {
+        return;
+    }
     std::list<Pending>& list =
         conn_ == Conn::Connecting || conn_ == Conn::Checking ? waiting_ : inflight_;
     Pending& p = new_pending(list, Kind::EvalSha, std::move(cb), deadline);
     p.script = index;
+    p.internal = opts.internal;
+    p.resend = opts.resend;
     try {
         char numkeys[24];
         auto res = std::to_chars(numkeys, numkeys + sizeof(numkeys), nkeys);
@@ -1144,6 +1198,10 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
                 }
                 return;
             }
+            if (error && cfg_.cluster_node_ok && cluster_state_error(text)) {
+                cluster_reply(p, r);
+                return;
+            }
             if (error && !topology_error_advice(text, cfg_.cluster_node_ok).empty()) {
                 topology_error(p, r, topology_error_advice(text, cfg_.cluster_node_ok));
                 return;
@@ -1155,6 +1213,10 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
             scripts_[p.script].reload_logged = false;
             break;
         case Kind::User:
+            if (error && cfg_.cluster_node_ok && cluster_state_error(text)) {
+                cluster_reply(p, r);
+                return;
+            }
             if (error && !topology_error_advice(text, cfg_.cluster_node_ok).empty()) {
                 topology_error(p, r, topology_error_advice(text, cfg_.cluster_node_ok));
                 return;
@@ -1338,6 +1400,17 @@ void Client::topology_error(Pending& p, redisReply* r, std::string_view why) noe
     invoke(cb, std::move(result), this);
 }
 
+// With cluster_node_ok, a redirection or cluster-state error reply (cluster_state_error()):
+// handed to the caller as it is; neither a failure nor an answer for the breaker, and not an
+// error in the metrics (command_duration observes it, pending lets it go).
+void Client::cluster_reply(Pending& p, redisReply* r) noexcept {
+    Result result = reply_result(r);
+    count_reply(p, false);
+    Callback cb = std::move(p.cb);
+    inflight_.erase(p.self);
+    invoke(cb, std::move(result), this);
+}
+
 // The caller's result for reply r: the reply converted, or Disconnected when there is no memory
 // to convert it into.
 Result Client::reply_result(redisReply* r) noexcept {
@@ -1391,7 +1464,9 @@ bool Client::abandon(Pending& p) noexcept {
             return false;
         }
         uncount(p);
-        count_error(RedisError::timeout);
+        if (!p.internal) {
+            count_error(RedisError::timeout);
+        }
         Pending& d = done_.back();
         d.self = std::prev(done_.end());
         d.cb = std::move(p.cb);

@@ -9,11 +9,12 @@
 //     closed) is delivered from a 0 ms timer; replies come from the loop;
 //   - arguments are binary safe and copied when needed: they need not outlive the call;
 //   - commands issued in the same loop turn leave in one write (pipelining);
-//   - a command without a reply by its deadline (now + command_timeout_ms) fails with Timeout,
-//     alone: it is abandoned, and its reply, when it comes, is read and dropped; the other
-//     commands on the connection keep waiting for theirs. (A command the server received may
-//     still run after its caller was told Timeout: callers that must not apply something twice
-//     make it idempotent.) A timeout is not a failure for the circuit breaker;
+//   - a command without a reply by its deadline (now + command_timeout_ms, or the one given in
+//     SendOptions) fails with Timeout, alone: it is abandoned, and its reply, when it comes,
+//     is read and dropped; the other commands on the connection keep waiting for theirs. (A
+//     command the server received may still run after its caller was told Timeout: callers
+//     that must not apply something twice make it idempotent.) A timeout is not a failure for
+//     the circuit breaker;
 //   - the connection is dropped only when it is stuck: replies are owed and nothing at all has
 //     been read from it for stuck_timeout_ms (0: max(1000, 4 * command_timeout_ms)), or more
 //     than max_abandoned abandoned replies are outstanding, or a handshake command (AUTH,
@@ -33,19 +34,25 @@
 //     that says the same at run time (MOVED, ASK, CROSSSLOT, CLUSTERDOWN, READONLY,
 //     MASTERDOWN: a failover, a resharding) is handed to its caller, then the connection is
 //     dropped (a failure for the breaker, logged once per incident) and made again, which
-//     asks again.
+//     asks again. With config.cluster_node_ok, a redirection or cluster-state error reply
+//     (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) to command() or evalsha() is instead handed to its
+//     caller as a plain error reply, nothing more: the connection is kept, the breaker counts
+//     neither a failure nor an answer, and the metrics count no error (the caller -- a cluster
+//     client -- follows it); CROSSSLOT is an error reply like any other, READONLY and
+//     MASTERDOWN still drop the connection.
 // The circuit breaker counts failures: connections that fail or are lost (one failure however
-// many commands were pending), error replies to evalsha() (NOSCRIPT after the reload included)
-// and replies the caller found unusable (reply_unusable()). failure_threshold of them in a row
-// open the circuit, dropping the connection; commands then fail at once (CircuitOpen) for the
-// cool-down, after which one connection probes the server. Only a command answered -- not a
-// handshake, not PING -- resets the count: a server that connects fine and then fails every
-// command keeps the circuit open (the cool-down doubling), instead of being reconnected to
-// after each failure. Each incident is logged once: its first failure and the circuit opening
-// at Error, the rest at Debug or Info, and the first answered command ("connection restored").
-// If command()/evalsha() throws (std::bad_alloc only), nothing was queued and the callback is
-// never called. Single-threaded, like its Loop. A Client must not be destroyed from inside one
-// of its own callbacks; close() may be called from anywhere.
+// many commands were pending), error replies to evalsha() (NOSCRIPT after the reload included;
+// not, with cluster_node_ok, MOVED, ASK, TRYAGAIN, CLUSTERDOWN) and replies the caller found
+// unusable (reply_unusable()). failure_threshold of them in a row open the circuit, dropping the
+// connection; commands then fail at once (CircuitOpen) for the cool-down, after which one
+// connection probes the server. Only a command answered -- not a handshake, not PING -- resets the
+// count: a server that connects fine and then fails every command keeps the circuit open (the
+// cool-down doubling), instead of being reconnected to after each failure. Each incident is logged
+// once: its first failure and the circuit opening at Error, the rest at Debug or Info, and the
+// first answered command ("connection restored"). If command()/evalsha() throws (std::bad_alloc
+// only), nothing was queued and the callback is never called. Single-threaded, like its Loop. A
+// Client must not be destroyed from inside one of its own callbacks; close() may be called from
+// anywhere.
 //
 // Metrics (issue 11; set_metrics(), off by default: then counting costs null checks, and a
 // flag and a counter per command that keep the pending gauge exact should metrics be set
@@ -63,7 +70,9 @@
 //     handed to a connection: a NOSCRIPT re-send is not counted again, commands that fail
 //     before they leave (circuit open, Invalid, no connection) are not counted, and neither
 //     are the client's own (AUTH, SELECT, ROLE, INFO, SCRIPT LOAD, PING, the permission
-//     check, a NOSCRIPT reload's SCRIPT LOAD);
+//     check, a NOSCRIPT reload's SCRIPT LOAD), the caller's internal ones
+//     (SendOptions::internal: not counted anywhere in the metrics) or a command the caller
+//     sends again (SendOptions::resend: counted when it was first sent);
 //   - errors{kind}, one per incident:
 //       timeout: a caller's command got Timeout (abandoned at its deadline while sent, or
 //         failed past its deadline while waiting for a connection or when it dropped);
@@ -79,6 +88,8 @@
 //         unusable (reply_unusable(), when it counts);
 //       script: an error reply to a caller's command or EVALSHA (after the transparent
 //         NOSCRIPT reload: a NOSCRIPT that is reloaded is not counted), or to SCRIPT LOAD;
+//         not, with cluster_node_ok, MOVED, ASK, TRYAGAIN or CLUSTERDOWN (no error of the
+//         node's: the caller follows them), nor anything about an internal command;
 //   - command_duration: for every reply handed to a caller (error replies included), from
 //     when the command was first sent to when its reply was read, a NOSCRIPT reload included,
 //     on the Loop's clock (now_ms(): millisecond resolution, recorded in microseconds).
@@ -158,6 +169,25 @@ struct Config {
     bool sentinel_query = false;
 };
 
+// Per-call options of command() and evalsha() (issue 12: what ClusterClient needs of the Client
+// of each node). The overloads without them use the defaults.
+struct SendOptions {
+    // The command's absolute deadline on the Loop's clock (Loop::now_ms()); 0: now +
+    // command_timeout_ms. It is the deadline everywhere one is used: waiting for a connection,
+    // sent (abandoned at it with Timeout), failed when the connection drops (Timeout past it).
+    // Already past when the call is made: the command is not sent and fails with Timeout
+    // (unsent), from a 0 ms timer.
+    uint64_t deadline = 0;
+    // The caller's own plumbing, not a command of its caller's (ClusterClient's CLUSTER SLOTS,
+    // ASKING): not counted in the metrics at all (commands, pending, command_duration,
+    // errors{timeout}, errors{script}). The breaker treats it as any command.
+    bool internal = false;
+    // The same command of its caller's sent again (ClusterClient after MOVED or ASK; it was
+    // counted when first sent, maybe by another Client sharing the metrics): not counted again
+    // in commands; counted as any command otherwise (pending, command_duration, errors).
+    bool resend = false;
+};
+
 enum class LogLevel : uint8_t { Debug, Info, Warn, Error };
 using Logger = std::function<void(LogLevel, std::string_view message)>;
 using Callback = std::function<void(Result&& result)>;
@@ -200,6 +230,12 @@ class Client final : private Connection::Owner {
     void command(const std::vector<std::string_view>& argv, Callback cb) {
         command(argv.data(), argv.size(), std::move(cb));
     }
+    // The same, with options (SendOptions: an explicit deadline, internal, resend).
+    void command(const std::string_view* argv, size_t argc, Callback cb, const SendOptions& opts);
+    void command(std::initializer_list<std::string_view> argv, Callback cb,
+                 const SendOptions& opts) {
+        command(argv.begin(), argv.size(), std::move(cb), opts);
+    }
 
     // EVALSHA script.sha() nkeys keys... args...; the script is loaded (SCRIPT LOAD) on every
     // (re)connect from its first use on, and reloaded once, transparently, on NOSCRIPT.
@@ -209,6 +245,8 @@ class Client final : private Connection::Owner {
                  const std::vector<std::string_view>& args, Callback cb) {
         evalsha(script, keys.data(), keys.size(), args.data(), args.size(), std::move(cb));
     }
+    void evalsha(const Script& script, const std::string_view* keys, size_t nkeys,
+                 const std::string_view* args, size_t nargs, Callback cb, const SendOptions& opts);
     // Registers a script so that it is loaded on connect, before it is first used. With a
     // `key` (and the `channel` it publishes to), the commands the script calls are checked on
     // every connect against the user's ACL (permissions.hpp): a user who may not run one of
@@ -284,6 +322,8 @@ class Client final : private Connection::Owner {
         bool sent = false;                // handed to a connection at least once
         bool counted = false;             // in the pending gauge (caller's, sent)
         bool timed = false;               // sent_us set: sent while metrics were on
+        bool internal = false;            // SendOptions::internal: not in the metrics
+        bool resend = false;              // SendOptions::resend: not counted in commands again
         Failure failure = Failure::None;  // set when moved to done_
         size_t script = 0;                // EvalSha, ScriptLoad: index in scripts_
         uint64_t deadline = 0;
@@ -351,6 +391,8 @@ class Client final : private Connection::Owner {
     void fail_all(Failure why, bool by_deadline) noexcept;
     void fail_soon(Callback cb, Failure why);  // may throw std::bad_alloc
     bool admit(Callback& cb);
+    bool past_deadline(Callback& cb, const SendOptions& opts, uint64_t& deadline);
+    void cluster_reply(Pending& p, redisReply* r) noexcept;
     void arm_deadline(uint64_t deadline) noexcept;
     void on_deadline() noexcept;
     bool abandon(Pending& p) noexcept;

@@ -2,11 +2,11 @@
 //
 // Every caller's command is an Op, kept in ops_ (deadline order: each deadline is now +
 // command_timeout_ms when the call is made) until it is delivered, and handed to the Client of
-// its slot's master. The node's callback delivers it, or follows one redirection (MOVED: the
-// map updated, ASK: ASKING first) by handing it to another node; deadline_timer_ fails it with
-// Timeout at its original deadline whatever a node does with it (the resent command's own
-// deadline in that node's Client is later: its callback then finds the Op done). Failures known
-// at once are marked on the Op and delivered by defer_timer_ (no allocation on that path).
+// its slot's master with that deadline (SendOptions). The node's callback delivers it, or
+// follows one redirection (MOVED: the map updated, ASK: ASKING first) by handing it to another
+// node, with the same deadline: the node's Client fails it with Timeout at it. deadline_timer_
+// covers only the Ops waiting for the slot map (in no Client). Failures known at once are
+// marked on the Op and delivered by defer_timer_ (no allocation on that path).
 #include "redis/cluster.hpp"
 
 #include <algorithm>
@@ -125,7 +125,7 @@ struct ClusterClient::Op {
     bool redirected = false;           // followed a MOVED or an ASK already
     bool waiting = false;              // in waiting_ (for the slot map)
     bool asking = false;               // the last send was after ASKING
-    bool reload = false;               // NOSCRIPT: SCRIPT LOAD before EVALSHA (once)
+    bool in_node = false;              // handed to a node's Client, its callback not called yet
     Failure deferred = Failure::None;  // failed, for defer_timer_ to deliver
     const Script* script = nullptr;    // EVALSHA
     size_t nkeys = 0;
@@ -275,7 +275,6 @@ void ClusterClient::submit(OpPtr op) {
     op->deadline = loop_.now_ms() + cfg_.node.command_timeout_ms;
     ops_.push_back(op);
     op->self = std::prev(ops_.end());
-    arm_deadline();
     if (closed_) {
         fail_soon(op, Failure::Shutdown);
         return;
@@ -306,6 +305,7 @@ void ClusterClient::dispatch(const OpPtr& op) noexcept {
             fail_soon(op, Failure::Disconnected);
             return;
         }
+        arm_deadline(op->deadline);
         request_refresh();
         return;
     }
@@ -314,36 +314,42 @@ void ClusterClient::dispatch(const OpPtr& op) noexcept {
     fail_soon(op, Failure::Disconnected);
 }
 
-// EVALSHA goes through Client::command(), not Client::evalsha(): Client counts every error
-// reply to evalsha() as a failure for the node's circuit breaker and logs it, MOVED and ASK
-// included, so a resharding would open the breaker of a healthy node. The NOSCRIPT reload is
-// done here instead (SCRIPT LOAD and EVALSHA again, in one write, once).
+// The node's Client gets the Op's deadline (the original one, when it is sent again) and fails
+// it at that deadline; a command sent again is not counted again in the metrics' commands.
+// ASKING holds for the next command only: both leave in one write. (A NOSCRIPT on that
+// node, which Client::evalsha() answers with SCRIPT LOAD and EVALSHA again, sends that EVALSHA
+// without ASKING: it meets MOVED, which the caller gets as a second redirection.)
 void ClusterClient::send_to(Node& node, const OpPtr& op, bool asking) noexcept {
     try {
         std::vector<std::string_view> v = op->views();
-        char numkeys[24];
-        if (op->script != nullptr) {
-            auto res = std::to_chars(numkeys, numkeys + sizeof(numkeys), op->nkeys);
-            v.insert(v.begin(), {"EVALSHA", op->script->sha(),
-                                 std::string_view(numkeys, size_t(res.ptr - numkeys))});
-        }
         Node* n = &node;
         Callback cb = [this, op, n](Result&& r) noexcept { on_result(op, n, std::move(r)); };
-        if (op->reload) {
-            node.client->command({"SCRIPT", "LOAD", op->script->source()}, nullptr);
-        }
+        SendOptions opts;
+        opts.deadline = op->deadline;
+        opts.resend = op->sent;
         if (asking) {
-            node.client->command({"ASKING"}, nullptr);  // holds for the next command only
+            SendOptions internal;
+            internal.deadline = op->deadline;
+            internal.internal = true;
+            node.client->command({"ASKING"}, nullptr, internal);
         }
-        node.client->command(v.data(), v.size(), std::move(cb));
+        op->in_node = true;
+        if (op->script != nullptr) {
+            node.client->evalsha(*op->script, v.data(), op->nkeys, v.data() + op->nkeys,
+                                 v.size() - op->nkeys, std::move(cb), opts);
+        } else {
+            node.client->command(v.data(), v.size(), std::move(cb), opts);
+        }
         op->sent = true;
         op->asking = asking;
     } catch (...) {
+        op->in_node = false;
         fail_soon(op, Failure::Disconnected);  // out of memory: nothing was queued
     }
 }
 
 void ClusterClient::on_result(const OpPtr& op, Node* node, Result&& r) noexcept {
+    op->in_node = false;
     if (op->done || closed_) {
         return;
     }
@@ -352,13 +358,6 @@ void ClusterClient::on_result(const OpPtr& op, Node* node, Result&& r) noexcept 
             request_refresh();  // the node may have failed over
         }
         finish(op, std::move(r));
-        return;
-    }
-    if (r.reply.is_error("NOSCRIPT") && op->script != nullptr && !op->reload) {
-        op->reload = true;
-        log(LogLevel::Info, cat("redis cluster: ", node->name, " lost script ", op->script->sha(),
-                                ", loading it again"));
-        send_to(*node, op, op->asking);
         return;
     }
     if (r.reply.is_error() && !op->redirected && redirect(op, node, r.reply)) {
@@ -456,24 +455,43 @@ void ClusterClient::deliver() noexcept {
     }
 }
 
-void ClusterClient::arm_deadline() noexcept {
-    if (!ops_.empty() && !deadline_timer_->active()) {
-        uint64_t now = loop_.now_ms();
-        uint64_t at = ops_.front()->deadline;
-        deadline_timer_->start(at > now ? at - now : 0);
+// The deadline of the Ops waiting for the slot map (those in a node are the node's Client's).
+void ClusterClient::arm_deadline(uint64_t at) noexcept {
+    if (deadline_timer_->active() && armed_deadline_ <= at) {
+        return;
     }
+    uint64_t now = loop_.now_ms();
+    armed_deadline_ = at;
+    deadline_timer_->start(at > now ? at - now : 0);
 }
 
 void ClusterClient::on_deadline() noexcept {
     uint64_t now = loop_.now_ms();
-    while (!ops_.empty() && ops_.front()->deadline <= now) {
-        OpPtr op = ops_.front();
+    uint64_t next = 0;
+    std::vector<OpPtr> due;
+    for (const OpPtr& op : waiting_) {
+        if (op->done || op->in_node) {
+            continue;
+        }
+        if (op->deadline > now) {
+            next = next == 0 ? op->deadline : std::min(next, op->deadline);
+            continue;
+        }
+        try {
+            due.push_back(op);
+        } catch (...) {
+            next = now + 1;  // memory: the rest next time
+        }
+    }
+    for (const OpPtr& op : due) {
         Result r;
         r.failure = op->deferred != Failure::None ? op->deferred : Failure::Timeout;
         r.unsent = !op->sent;
-        finish(op, std::move(r));
+        finish(op, std::move(r));  // done: skipped when waiting_ is dispatched
     }
-    arm_deadline();
+    if (next != 0) {
+        arm_deadline(next);
+    }
 }
 
 // ---- nodes -------------------------------------------------------------------------------
@@ -612,9 +630,12 @@ void ClusterClient::ask_next() noexcept {
         }
         uint64_t gen = refresh_gen_;
         try {
-            node->client->command({"CLUSTER", "SLOTS"}, [this, gen, node](Result&& r) noexcept {
-                slots_answer(gen, node, std::move(r));
-            });
+            SendOptions internal;
+            internal.internal = true;
+            node->client->command(
+                {"CLUSTER", "SLOTS"},
+                [this, gen, node](Result&& r) noexcept { slots_answer(gen, node, std::move(r)); },
+                internal);
             return;
         } catch (...) {
             continue;

@@ -7,8 +7,9 @@
 //   - the callback is called exactly once, never from inside the call: a failure known at once
 //     (closed, no key, keys of several slots) is delivered from a 0 ms timer;
 //   - no callback later than the command's deadline (now + node.command_timeout_ms, taken when
-//     the call is made): a command that waits for the slot map, or is sent again after a
-//     redirection, keeps that original deadline and fails with Timeout at it;
+//     the call is made): a command that waits for the slot map (this object's timer), or is
+//     sent again after a redirection (the node's Client, given it), keeps that original
+//     deadline and fails with Timeout at it;
 //   - Timeout, Disconnected and CircuitOpen are those of the node's Client (each master has its
 //     own connection, backoff and circuit breaker): one node down fails the commands of its
 //     slots, not the others'; Result::unsent as Client sets it (or true when the command never
@@ -32,15 +33,19 @@
 // Config (auth, db, timeouts, breaker), the registered scripts and permission checks; a node
 // that leaves the map is retired: no new command goes to it and it is destroyed once nothing is
 // pending on it. A seed that is not a master is used only to ask for the map.
-// EVALSHA is sent with the node's Client::command() (Client::evalsha() counts every error
-// reply, MOVED and ASK included, as a failure for the breaker), its NOSCRIPT reload done here:
-// so an error reply to a script (not a redirection) does not count for the node's breaker
-// either (a hook in Client would fix both; see the report of issue 12).
+// EVALSHA is sent with the node's Client::evalsha() (which reloads a script on NOSCRIPT, once,
+// transparently): with cluster_node_ok the node's Client hands MOVED, ASK, TRYAGAIN and
+// CLUSTERDOWN back as plain error replies, no failure for its breaker, while a script's real
+// error reply counts for that node's breaker as on a single Redis. Every command -- first sent,
+// or sent again after a redirection -- is given the Op's original deadline (SendOptions): the
+// node's Client fails it with Timeout at that deadline. (After ASK, a NOSCRIPT on the target
+// makes the Client send EVALSHA again without ASKING: the caller gets the MOVED that follows.)
 // Metrics (set_metrics()): every node's Client counts into the same RedisMetrics and
 // WorkerGauge (the gauges sum over the nodes: connected counts connected masters). commands
-// counts what the nodes' Clients send for us: a command sent again after a redirection counts
-// twice, and the slot-map questions, ASKING and a NOSCRIPT reload's SCRIPT LOAD count too; a
-// MOVED or ASK reply counts as errors{script}, as any error reply to a command does.
+// counts the caller's commands once each: a command sent again after a redirection is not
+// counted again (SendOptions::resend), the slot-map questions and ASKING not at all
+// (SendOptions::internal); a MOVED, ASK, TRYAGAIN or CLUSTERDOWN reply counts as no error,
+// the redirection the caller gets as its reply (a second one, TRYAGAIN) included.
 // Single-threaded, like its Loop. It must not be destroyed from inside one of its callbacks.
 #pragma once
 
@@ -166,7 +171,7 @@ class ClusterClient {
     void fail_soon(const OpPtr& op, Failure why) noexcept;
     void deliver() noexcept;
     void on_deadline() noexcept;
-    void arm_deadline() noexcept;
+    void arm_deadline(uint64_t at) noexcept;
 
     Node* node_for(const Address& address, bool master) noexcept;
     Node* find_node(const Address& address) const noexcept;
@@ -193,9 +198,10 @@ class ClusterClient {
     std::vector<std::unique_ptr<Node>> retired_;  // left the map, destroyed when idle
     std::vector<Node*> slots_;                    // slot -> master; empty: no map yet
 
-    std::list<OpPtr> ops_;        // the caller's commands not delivered yet, in deadline order
-    std::vector<OpPtr> waiting_;  // for the slot map
-    size_t deferred_ = 0;         // ops_ failed, waiting for defer_timer_
+    std::list<OpPtr> ops_;         // the caller's commands not delivered yet, in deadline order
+    std::vector<OpPtr> waiting_;   // for the slot map
+    size_t deferred_ = 0;          // ops_ failed, waiting for defer_timer_
+    uint64_t armed_deadline_ = 0;  // deadline_timer_'s, while active
 
     // The slot-map question: candidates_ asked in turn, gen_ tells answers to old ones apart.
     bool refreshing_ = false;

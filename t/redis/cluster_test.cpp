@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <list>
 #include <random>
 
 #include "fake_server.hpp"
@@ -188,12 +189,14 @@ TEST_F(RedisClusterTest, EvalshaInOneSlotAndCrossSlotRefused) {
     ASSERT_LT(owner, cluster.size());
     EXPECT_EQ(Control(cluster.node(owner).port()).run({"GET", "{user7}.b"}), "5");
 
-    // The node forgot the script (SCRIPT FLUSH): loaded again, transparently, once.
+    // The node forgot the script (SCRIPT FLUSH): loaded again, transparently, once (by the
+    // node's Client::evalsha()).
     EXPECT_EQ(Control(cluster.node(owner).port()).run({"SCRIPT", "FLUSH"}), "OK");
     Outcome again = eval(client, incr2, {"{user7}.a", "{user7}.b"}, {"1"});
     ASSERT_TRUE(again.result.ok()) << what(again) << "\n" << all_logs();
     EXPECT_EQ(again.result.reply.integer, 12) << what(again);
-    EXPECT_EQ(logged(LogLevel::Info, "loading it again"), 1) << all_logs();
+    EXPECT_EQ(logged(LogLevel::Info, "NOSCRIPT, reloading script"), 1) << all_logs();
+    EXPECT_EQ(client.client_of_slot(key_slot("{user7}.a"))->stats().noscript_reloads, 1u);
 
     ASSERT_NE(key_slot("a"), key_slot("b"));
     for (auto keys : {std::vector<std::string_view>{"a", "b"}, std::vector<std::string_view>{}}) {
@@ -397,15 +400,19 @@ TEST_F(RedisClusterTest, FollowsAFailover) {
 }
 
 // A command sent again after MOVED keeps its original deadline: the old master answers late
-// (paused meanwhile), the new one does not answer (paused); the caller hears Timeout while the
-// new master's Client, whose own deadline for the resent command is later, still waits.
+// (paused meanwhile), the new one does not answer (paused); the new master's Client, given the
+// original deadline, fails the resent command with Timeout at it (its own timeout counted, the
+// command no longer pending there), and the metrics count the command once.
 TEST_F(RedisClusterTest, ResendKeepsTheOriginalDeadline) {
     RedisCluster cluster(3, {"--cluster-require-full-coverage", "no"});
     ASSERT_TRUE(cluster.start());
     ClusterConfig cfg = config({cluster.node(0).address()});
     cfg.node.command_timeout_ms = 1000;
     cfg.node.stuck_timeout_ms = 10000;
+    auto m = std::make_unique<core::metrics::RedisMetrics>();
+    auto g = std::make_unique<core::metrics::WorkerGauge>();
     ClusterClient client(ev.loop(), cfg, logger());
+    client.set_metrics(m.get(), g.get());
     std::string key = cluster.key_on(0, "late");
     uint16_t slot = key_slot(key);
     ASSERT_TRUE(call(client, {"SET", key, "v"}).result.ok()) << all_logs();
@@ -440,10 +447,139 @@ TEST_F(RedisClusterTest, ResendKeepsTheOriginalDeadline) {
     EXPECT_EQ(client.stats().moved, 1u);
     ASSERT_NE(target, nullptr);
     EXPECT_EQ(client.node_of_slot(slot), cluster.node(1).address().to_string());
-    EXPECT_EQ(new_master_pending, 1u);   // the resent GET, still within its own deadline
-    EXPECT_EQ(new_master_timeouts, 0u);  // which had not passed
+    EXPECT_EQ(new_master_timeouts, 1u);  // the new master's Client timed it out
+    EXPECT_EQ(new_master_pending, 0u);   // abandoned there: nothing of the caller's pending
     ev.run_for(100);
     EXPECT_EQ(o.calls, 1);
+    // SET, SET, GET: the GET once, though two nodes were sent it; its timeout once; the MOVED
+    // no error; no slot-map question counted.
+    EXPECT_EQ(core::metrics::read(m->commands), 3u);
+    EXPECT_EQ(core::metrics::read(m->errors[size_t(core::metrics::RedisError::timeout)]), 1u);
+    EXPECT_EQ(core::metrics::read(m->errors[size_t(core::metrics::RedisError::script)]), 0u);
+    ASSERT_TRUE(ev.run_until([&] { return g->pending.load() == 0; }, 5000));
+}
+
+// A script's error reply on a node (not a redirection) counts for that node's circuit breaker
+// (and errors{script}): failure_threshold of them open that node's circuit, not the others'.
+TEST_F(RedisClusterTest, ScriptErrorCountsForItsNodesBreaker) {
+    RedisCluster cluster;
+    ASSERT_TRUE(cluster.start());
+    ClusterConfig cfg = config({cluster.node(0).address()});
+    cfg.node.cooldown_initial_ms = 60000;
+    cfg.node.cooldown_max_ms = 60000;
+    auto m = std::make_unique<core::metrics::RedisMetrics>();
+    ClusterClient client(ev.loop(), cfg, logger());
+    client.set_metrics(m.get(), nullptr);
+    Script boom("return redis.error_reply('BOOM ' .. KEYS[1])");
+    client.add_script(boom);
+    std::string bad = cluster.key_on(1, "boom"), good = cluster.key_on(2, "fine");
+    ASSERT_TRUE(call(client, {"SET", good, "ok"}).result.ok()) << all_logs();
+    for (uint32_t i = 0; i < cfg.node.failure_threshold; i++) {
+        Outcome e = eval(client, boom, {bad}, {});
+        ASSERT_TRUE(e.result.ok()) << what(e) << "\n" << all_logs();
+        EXPECT_EQ(e.result.reply.str, "BOOM " + bad) << what(e);
+    }
+    Client* node = client.client_of_slot(key_slot(bad));
+    ASSERT_NE(node, nullptr);
+    EXPECT_TRUE(node->circuit_open()) << all_logs();
+    EXPECT_EQ(node->stats().failures, cfg.node.failure_threshold);
+    Outcome refused = eval(client, boom, {bad}, {});
+    EXPECT_EQ(refused.result.failure, Failure::CircuitOpen) << what(refused);
+    EXPECT_FALSE(client.available(bad));
+    EXPECT_TRUE(client.available(good));
+    Outcome other = call(client, {"GET", good});
+    ASSERT_TRUE(other.result.ok()) << what(other);
+    EXPECT_EQ(other.result.reply.str, "ok");
+    EXPECT_EQ(core::metrics::read(m->errors[size_t(core::metrics::RedisError::script)]),
+              cfg.node.failure_threshold);
+    EXPECT_EQ(core::metrics::read(m->breaker_openings), 1u);
+}
+
+// A MOVED storm: a slot moved back and forth between two masters while commands and scripts on
+// it run (sent, then the slot moved under them). Every command is answered (a MOVED is
+// followed), no node's breaker counts a failure, let alone opens (failure_threshold 1), no
+// error is counted, and metrics commands is exactly the caller's commands.
+TEST_F(RedisClusterTest, MovedStormOpensNoBreaker) {
+    RedisCluster cluster;
+    ASSERT_TRUE(cluster.start());
+    ClusterConfig cfg = config({cluster.node(0).address()});
+    cfg.node.failure_threshold = 1;
+    cfg.refresh_interval_ms = 10000;  // the map follows the MOVEDs, not a refresh
+    std::list<Outcome> all;           // outlives the client (a failed assertion destroys it first)
+    auto m = std::make_unique<core::metrics::RedisMetrics>();
+    auto g = std::make_unique<core::metrics::WorkerGauge>();
+    ClusterClient client(ev.loop(), cfg, logger());
+    client.set_metrics(m.get(), g.get());
+    Script incr("return redis.call('INCR', KEYS[1])");
+    client.add_script(incr);
+    std::string tag = cluster.key_on(0, "storm");
+    std::string by_command = "{" + tag + "}c", by_script = "{" + tag + "}s";
+    uint16_t slot = key_slot(by_command);
+    ASSERT_EQ(slot, key_slot(by_script));
+    ASSERT_EQ(cluster.owner(by_command), 0u);
+    ASSERT_TRUE(call(client, {"SET", cluster.key_on(1, "warm"), "w"}).result.ok()) << all_logs();
+    uint64_t issued = 1;
+
+    const int rounds = 4, per_round = 20;
+    size_t at = 0;
+    int answered_commands = 0, answered_scripts = 0;
+    for (int round = 0; round < rounds; round++) {
+        std::vector<Outcome*> out;
+        for (int i = 0; i < per_round; i++) {
+            out.push_back(&all.emplace_back());
+            client.command({"INCR", by_command}, track(*out.back()));
+            out.push_back(&all.emplace_back());
+            client.evalsha(incr, {by_script}, {}, track(*out.back()));
+            issued += 2;
+        }
+        ev.run_for(1);  // they leave for the node the map names
+        size_t to = 1 - at;
+        ASSERT_TRUE(cluster.move_slot(slot, at, to))
+            << "round " << round << ": " << cluster.last_error;
+        at = to;
+        // Every node agrees before the next move (the cluster's own gossip settles).
+        ASSERT_TRUE(wait_for([&] { return cluster.owner(by_command) == to; }, 10000));
+        ASSERT_TRUE(ev.run_until(
+            [&] {
+                return std::all_of(out.begin(), out.end(),
+                                   [](const Outcome* o) { return o->calls; });
+            },
+            10000))
+            << all_logs();
+        for (size_t i = 0; i < out.size(); i++) {
+            ASSERT_TRUE(out[i]->result.ok()) << what(*out[i]) << "\n" << all_logs();
+            ASSERT_EQ(out[i]->result.reply.type, Reply::Type::Integer) << what(*out[i]);
+            EXPECT_EQ(out[i]->calls, 1);
+            (i % 2 == 0 ? answered_commands : answered_scripts)++;
+        }
+        // Commands issued now go to the old master by the map: MOVED, followed.
+        Outcome after = call(client, {"INCR", by_command});
+        issued++;
+        ASSERT_TRUE(after.result.ok()) << what(after) << "\n" << all_logs();
+        answered_commands++;
+        Outcome script_after = eval(client, incr, {by_script}, {});
+        issued++;
+        ASSERT_TRUE(script_after.result.ok()) << what(script_after);
+        ASSERT_EQ(script_after.result.reply.type, Reply::Type::Integer) << what(script_after);
+        answered_scripts++;
+    }
+    EXPECT_GE(client.stats().moved, uint64_t(rounds));
+    EXPECT_EQ(Control(cluster.node(at).port()).run({"GET", by_command}),
+              std::to_string(answered_commands));
+    EXPECT_EQ(Control(cluster.node(at).port()).run({"GET", by_script}),
+              std::to_string(answered_scripts));
+    for (size_t i = 0; i < cluster.size(); i++) {
+        Client* node = client.client_of_slot(key_slot(cluster.key_on(i)));
+        ASSERT_NE(node, nullptr);
+        EXPECT_FALSE(node->circuit_open()) << "node " << i << "\n" << all_logs();
+        EXPECT_EQ(node->stats().failures, 0u) << "node " << i << "\n" << all_logs();
+    }
+    EXPECT_EQ(core::metrics::read(m->breaker_openings), 0u);
+    EXPECT_EQ(core::metrics::read(m->errors[size_t(core::metrics::RedisError::script)]), 0u);
+    EXPECT_EQ(core::metrics::read(m->errors[size_t(core::metrics::RedisError::connection)]), 0u);
+    EXPECT_EQ(core::metrics::read(m->commands), issued);
+    EXPECT_EQ(g->pending.load(), 0);
+    EXPECT_EQ(logged(LogLevel::Error), 0) << all_logs();
 }
 
 // Every node's Client counts into the metrics given: connected is the masters connected,
@@ -464,8 +600,8 @@ TEST_F(RedisClusterTest, MetricsAndDisconnectIdle) {
     EXPECT_EQ(g->connected.load(), 3);
     EXPECT_EQ(g->pending.load(), 0);
     EXPECT_EQ(core::metrics::read(m->connects), 3u);
-    // The three SETs and the slot-map question.
-    EXPECT_EQ(core::metrics::read(m->commands), 4u);
+    // The three SETs (the slot-map question is the ClusterClient's own: not counted).
+    EXPECT_EQ(core::metrics::read(m->commands), 3u);
 
     ASSERT_TRUE(ev.run_until([&] { return client.disconnect_idle(); }, 5000));
     EXPECT_EQ(g->connected.load(), 0);

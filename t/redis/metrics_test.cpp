@@ -477,6 +477,153 @@ TEST_F(RedisMetricsFakeTest, WaitingCommandsTimeOutUnsent) {
     EXPECT_EQ(durations(), 0u);
 }
 
+// Config::cluster_node_ok (issue 12, for ClusterClient): MOVED, ASK, TRYAGAIN and CLUSTERDOWN
+// replies to command() and evalsha() are the caller's plain error replies: the connection is
+// kept, the breaker (failure_threshold 1) counts nothing, no error is counted; a script's
+// other error reply still counts for the breaker and errors{script}.
+TEST_F(RedisMetricsFakeTest, ClusterRepliesAreNoFailureWithClusterNodeOk) {
+    FakeServer server([](const std::vector<std::string>& argv) {
+        const std::string& last = argv.back();
+        if (last == "moved") {
+            return FakeServer::Answer{"-MOVED 9 127.0.0.1:7000\r\n"};
+        }
+        if (last == "ask") {
+            return FakeServer::Answer{"-ASK 9 127.0.0.1:7000\r\n"};
+        }
+        if (last == "tryagain") {
+            return FakeServer::Answer{"-TRYAGAIN Multiple keys request during rehashing\r\n"};
+        }
+        if (last == "down") {
+            return FakeServer::Answer{"-CLUSTERDOWN The cluster is down\r\n"};
+        }
+        if (last == "boom") {
+            return FakeServer::Answer{"-ERR boom\r\n"};
+        }
+        return FakeServer::Answer{"+OK\r\n"};
+    });
+    Config cfg = config(server);
+    cfg.cluster_node_ok = true;
+    cfg.failure_threshold = 1;
+    cfg.cooldown_initial_ms = 60000;
+    cfg.cooldown_max_ms = 60000;
+    Client client(ev.loop(), cfg);
+    client.set_metrics(m.get(), g.get());
+    Script s("return 1");
+    std::vector<Outcome> outs(8);
+    const char* answers[] = {"moved", "ask", "tryagain", "down"};
+    for (size_t i = 0; i < 4; i++) {
+        issue(client, {"GET", answers[i]}, outs[2 * i]);
+        eval(client, s, answers[i], outs[2 * i + 1]);
+    }
+    ASSERT_TRUE(all_called(outs, 10000));
+    expect_once(outs);
+    for (size_t i = 0; i < outs.size(); i++) {
+        ASSERT_TRUE(outs[i].result.ok()) << i;
+        EXPECT_TRUE(outs[i].result.reply.is_error()) << i;
+    }
+    EXPECT_TRUE(outs[0].result.reply.is_error("MOVED"));
+    EXPECT_TRUE(outs[7].result.reply.is_error("CLUSTERDOWN"));
+    EXPECT_FALSE(client.circuit_open());
+    EXPECT_TRUE(client.connected());
+    EXPECT_EQ(client.stats().failures, 0u);
+    EXPECT_EQ(all_errors(), 0u);
+    EXPECT_EQ(counter(m->breaker_openings), 0u);
+    EXPECT_EQ(counter(m->commands), 8u);
+    EXPECT_EQ(durations(), 8u);
+    EXPECT_EQ(counter(m->connects), 1u);
+    EXPECT_EQ(pending(*g), 0);
+
+    // A script's own error: a failure (threshold 1: the circuit opens), errors{script}.
+    Outcome boom;
+    eval(client, s, "boom", boom);
+    ASSERT_TRUE(called(boom, 5000));
+    ASSERT_TRUE(boom.result.ok());
+    EXPECT_TRUE(boom.result.reply.is_error("ERR"));
+    EXPECT_TRUE(client.circuit_open());
+    EXPECT_EQ(errors(RedisError::script), 1u);
+    EXPECT_EQ(counter(m->breaker_openings), 1u);
+}
+
+// SendOptions: an explicit deadline is the command's (a command with an earlier one times out
+// while one issued before it, with the default, still waits; one already past fails unsent);
+// internal commands are counted nowhere in the metrics; a resend is not counted in commands
+// again but is pending and observed like any.
+TEST_F(RedisMetricsFakeTest, SendOptionsDeadlineInternalResend) {
+    std::atomic<bool> release{false};
+    FakeServer server([&](const std::vector<std::string>& argv) {
+        if (argv[0] == "SLOW") {
+            wait_for([&] { return release.load(); }, 10000);
+        }
+        return FakeServer::Answer{"+OK\r\n"};
+    });
+    Config cfg = config(server);
+    cfg.command_timeout_ms = 60000;
+    cfg.stuck_timeout_ms = 120000;
+    Client client(ev.loop(), cfg);
+    client.set_metrics(m.get(), g.get());
+    client.start();
+    ASSERT_TRUE(ev.run_until([&] { return connected(*g) == 1; }, 5000));
+
+    Outcome long_wait, short_wait, past;
+    issue(client, {"SLOW"}, long_wait);
+    SendOptions soon;
+    soon.deadline = ev.loop().now_ms() + 100;
+    SendOptions gone;
+    gone.deadline = std::max<uint64_t>(ev.loop().now_ms(), 1);
+    inside_call() = true;
+    client.command({"SLOW"}, track(short_wait), soon);
+    client.command({"SET", "k", "v"}, track(past), gone);
+    inside_call() = false;
+    ASSERT_TRUE(called(short_wait, 10000));
+    ASSERT_TRUE(called(past, 10000));
+    EXPECT_EQ(short_wait.result.failure, Failure::Timeout);
+    EXPECT_FALSE(short_wait.result.unsent);
+    EXPECT_EQ(past.result.failure, Failure::Timeout);
+    EXPECT_TRUE(past.result.unsent);
+    EXPECT_FALSE(short_wait.synchronous);
+    EXPECT_FALSE(past.synchronous);
+    EXPECT_EQ(long_wait.calls, 0);  // its own deadline is the default, far away
+    EXPECT_EQ(client.pending(), 1u);
+    EXPECT_EQ(errors(RedisError::timeout), 2u);
+    EXPECT_EQ(counter(m->commands), 2u);  // the two SLOWs; the SET never left
+    release = true;
+    ASSERT_TRUE(called(long_wait, 10000));
+    ASSERT_TRUE(long_wait.result.ok());
+    ASSERT_TRUE(ev.run_until([&] { return client.stats().late_replies == 1; }, 10000));
+    EXPECT_EQ(server.received("SET"), 0);
+    EXPECT_EQ(durations(), 1u);
+    EXPECT_EQ(pending(*g), 0);
+
+    // Internal: answered, counted nowhere.
+    Outcome internal_ok;
+    SendOptions internal;
+    internal.internal = true;
+    inside_call() = true;
+    client.command({"SET", "i", "1"}, track(internal_ok), internal);
+    inside_call() = false;
+    EXPECT_EQ(pending(*g), 0);
+    ASSERT_TRUE(called(internal_ok, 5000));
+    ASSERT_TRUE(internal_ok.result.ok());
+    EXPECT_EQ(counter(m->commands), 2u);
+    EXPECT_EQ(durations(), 1u);
+
+    // Resend: not counted in commands again; pending while in flight, observed.
+    Outcome resent;
+    SendOptions again;
+    again.resend = true;
+    inside_call() = true;
+    client.command({"SET", "r", "1"}, track(resent), again);
+    inside_call() = false;
+    EXPECT_EQ(pending(*g), 1);
+    ASSERT_TRUE(called(resent, 5000));
+    ASSERT_TRUE(resent.result.ok());
+    EXPECT_EQ(counter(m->commands), 2u);
+    EXPECT_EQ(durations(), 2u);
+    EXPECT_EQ(pending(*g), 0);
+    EXPECT_EQ(errors(RedisError::timeout), 2u);
+    expect_once({long_wait, short_wait, past, internal_ok, resent});
+}
+
 // A reply nobody asked for, garbage, an unusable reply: protocol errors, not connection ones;
 // the connection is made again each time.
 TEST_F(RedisMetricsFakeTest, ProtocolViolations) {

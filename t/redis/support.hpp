@@ -434,8 +434,14 @@ class RedisCluster {
                          const std::vector<std::string>& keys) {
         Control src(nodes_[from]->port()), dst(nodes_[to]->port());
         std::string s = std::to_string(slot);
-        if (dst.run({"CLUSTER", "SETSLOT", s, "IMPORTING", id(from)}) != "OK" ||
-            src.run({"CLUSTER", "SETSLOT", s, "MIGRATING", id(to)}) != "OK") {
+        std::string r = dst.run({"CLUSTER", "SETSLOT", s, "IMPORTING", id(from)});
+        if (r != "OK") {
+            last_error = "IMPORTING: " + r;
+            return false;
+        }
+        r = src.run({"CLUSTER", "SETSLOT", s, "MIGRATING", id(to)});
+        if (r != "OK") {
+            last_error = "MIGRATING: " + r;
             return false;
         }
         if (keys.empty()) {
@@ -444,7 +450,9 @@ class RedisCluster {
         std::vector<std::string> migrate = {
             "MIGRATE", "127.0.0.1", std::to_string(nodes_[to]->port()), "", "0", "5000", "KEYS"};
         migrate.insert(migrate.end(), keys.begin(), keys.end());
-        return src.run(migrate) == "OK";
+        r = src.run(migrate);
+        last_error = "MIGRATE: " + r;
+        return r == "OK";
     }
     // Moves `slot` from `from` to `to` with all its keys, and tells every node (MOVED).
     bool move_slot(uint16_t slot, size_t from, size_t to) {
@@ -456,8 +464,11 @@ class RedisCluster {
         }
         std::string owner_id = id(to);
         for (size_t i : {to, from}) {
-            if (Control(nodes_[i]->port())
-                    .run({"CLUSTER", "SETSLOT", std::to_string(slot), "NODE", owner_id}) != "OK") {
+            std::string r =
+                Control(nodes_[i]->port())
+                    .run({"CLUSTER", "SETSLOT", std::to_string(slot), "NODE", owner_id});
+            if (r != "OK") {
+                last_error = "SETSLOT NODE on " + std::to_string(i) + ": " + r;
                 return false;
             }
         }
@@ -469,6 +480,8 @@ class RedisCluster {
         }
         return true;
     }
+
+    std::string last_error;  // why begin_migration() or move_slot() returned false
 
    private:
     size_t replicas_;
