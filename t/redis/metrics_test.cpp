@@ -624,6 +624,51 @@ TEST_F(RedisMetricsFakeTest, SendOptionsDeadlineInternalResend) {
     expect_once({long_wait, short_wait, past, internal_ok, resent});
 }
 
+// An explicit deadline holds while the command waits for a connection: the handshake's
+// permission check is never answered; the command with an early deadline times out unsent while the
+// one issued before it (default deadline) still waits; close() then fails that one with Shutdown.
+TEST_F(RedisMetricsFakeTest, SendOptionsDeadlineWhileConnecting) {
+    FakeServer server(&answer);
+    server.set_handshake([](const std::vector<std::string>& argv) {
+        if (argv[0] == "SCRIPT") {
+            return FakeServer::Answer{"$40\r\n" + Script(argv[2]).sha() + "\r\n"};
+        }
+        if (argv[0] == "ROLE" || argv[0] == "INFO") {
+            return FakeServer::as_primary(argv);
+        }
+        return FakeServer::Answer{""};  // PING: no answer
+    });
+    server.set_handler([](const std::vector<std::string>& argv) {
+        return FakeServer::Answer{argv[0] == "EVALSHA" ? "" : "+OK\r\n"};  // the probe: none
+    });
+    Config cfg = config(server);
+    cfg.command_timeout_ms = 60000;
+    Client client(ev.loop(), cfg);
+    client.set_metrics(m.get(), g.get());
+    client.require({Argv{"GET", "k"}});
+    Outcome waits, early;
+    issue(client, {"GET", "a"}, waits);
+    SendOptions soon;
+    soon.deadline = ev.loop().now_ms() + 100;
+    inside_call() = true;
+    client.command({"GET", "b"}, track(early), soon);
+    inside_call() = false;
+    EXPECT_EQ(client.pending(), 2u);
+    ASSERT_TRUE(called(early, 10000));
+    EXPECT_EQ(early.result.failure, Failure::Timeout);
+    EXPECT_TRUE(early.result.unsent);
+    EXPECT_EQ(waits.calls, 0);
+    EXPECT_EQ(client.pending(), 1u);
+    EXPECT_EQ(errors(RedisError::timeout), 1u);
+    EXPECT_EQ(counter(m->commands), 0u);
+    EXPECT_EQ(server.received("GET"), 0);
+    client.close();
+    ASSERT_TRUE(called(waits, 5000));
+    EXPECT_EQ(waits.result.failure, Failure::Shutdown);
+    expect_once({waits, early});
+    EXPECT_EQ(pending(*g), 0);
+}
+
 // A reply nobody asked for, garbage, an unusable reply: protocol errors, not connection ones;
 // the connection is made again each time.
 TEST_F(RedisMetricsFakeTest, ProtocolViolations) {
