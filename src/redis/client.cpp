@@ -870,10 +870,29 @@ bool Client::send(Pending& p, const std::string_view* argv, size_t argc) noexcep
 // Hands one prepared command to the connection and starts its deadline. `p` is the last of
 // inflight_: replies come in the order of the commands.
 bool Client::submit(Pending& p, size_t argc, const char** argv, const size_t* lens) noexcept {
+    bool first = inflight_.size() == 1;  // the connection owed nothing before `p`
+    if (p.asking) {
+        // ASKING holds for the next command on the connection only: it goes right before.
+        try {
+            auto it = inflight_.emplace(p.self);
+            it->self = it;
+            it->kind = Kind::Asking;
+            it->deadline = p.deadline;
+            const char* asking_argv[] = {"ASKING"};
+            const size_t asking_len[] = {6};
+            if (!connection_->append(1, asking_argv, asking_len)) {
+                inflight_.erase(it);
+                return false;
+            }
+            stats_.sent++;
+        } catch (...) {
+            return false;
+        }
+    }
     if (!connection_->append(argc, argv, lens)) {
         return false;
     }
-    if (inflight_.size() == 1) {
+    if (first) {
         last_progress_ms_ = loop_.now_ms();  // the connection owed nothing: the clock starts
     }
     stats_.sent++;
@@ -1030,6 +1049,7 @@ void Client::command(const std::string_view* argv, size_t argc, Callback cb,
         Pending& p = new_pending(waiting_, Kind::User, std::move(cb), deadline);
         p.internal = opts.internal;
         p.resend = opts.resend;
+        p.asking = opts.asking;
         try {
             keep_args(p, argv, argc);
         } catch (...) {
@@ -1042,6 +1062,7 @@ void Client::command(const std::string_view* argv, size_t argc, Callback cb,
     Pending& p = new_pending(inflight_, Kind::User, std::move(cb), deadline);
     p.internal = opts.internal;
     p.resend = opts.resend;
+    p.asking = opts.asking;
     if (!send(p, argv, argc)) {
         fail(inflight_, p, Failure::Disconnected);
         if (!defer_timer_->active()) {
@@ -1126,6 +1147,7 @@ void Client::evalsha(const Script& script, const std::string_view* keys, size_t 
     p.script = index;
     p.internal = opts.internal;
     p.resend = opts.resend;
+    p.asking = opts.asking;
     try {
         char numkeys[24];
         auto res = std::to_chars(numkeys, numkeys + sizeof(numkeys), nkeys);
@@ -1172,6 +1194,9 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
             return;
         case Kind::Probe:
             probe_reply(p, r);
+            return;
+        case Kind::Asking:
+            inflight_.erase(p.self);  // the command after it answers for both
             return;
         case Kind::Role:
         case Kind::Info:

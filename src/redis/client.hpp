@@ -186,6 +186,11 @@ struct SendOptions {
     // counted when first sent, maybe by another Client sharing the metrics): not counted again
     // in commands; counted as any command otherwise (pending, command_duration, errors).
     bool resend = false;
+    // ASKING goes right before the command, in the same write, each time it is sent (a
+    // NOSCRIPT re-send of evalsha() included): a Redis Cluster ASK redirection. Its reply is
+    // read and dropped (the command's own reply tells); it is the client's own command in
+    // the metrics.
+    bool asking = false;
 };
 
 enum class LogLevel : uint8_t { Debug, Info, Warn, Error };
@@ -313,7 +318,18 @@ class Client final : private Connection::Owner {
     // the server is a single primary and the user may run them all).
     enum class Conn : uint8_t { None, Connecting, Checking, Connected };
     enum class Breaker : uint8_t { Closed, Open, HalfOpen };
-    enum class Kind : uint8_t { User, EvalSha, Auth, Select, Role, Info, ScriptLoad, Probe, Ping };
+    enum class Kind : uint8_t {
+        User,
+        EvalSha,
+        Auth,
+        Select,
+        Role,
+        Info,
+        ScriptLoad,
+        Probe,
+        Ping,
+        Asking
+    };
 
     struct Pending {
         Kind kind = Kind::User;
@@ -324,6 +340,7 @@ class Client final : private Connection::Owner {
         bool timed = false;               // sent_us set: sent while metrics were on
         bool internal = false;            // SendOptions::internal: not in the metrics
         bool resend = false;              // SendOptions::resend: not counted in commands again
+        bool asking = false;              // SendOptions::asking: ASKING before each send
         Failure failure = Failure::None;  // set when moved to done_
         size_t script = 0;                // EvalSha, ScriptLoad: index in scripts_
         uint64_t deadline = 0;

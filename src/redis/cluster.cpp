@@ -316,9 +316,8 @@ void ClusterClient::dispatch(const OpPtr& op) noexcept {
 
 // The node's Client gets the Op's deadline (the original one, when it is sent again) and fails
 // it at that deadline; a command sent again is not counted again in the metrics' commands.
-// ASKING holds for the next command only: both leave in one write. (A NOSCRIPT on that
-// node, which Client::evalsha() answers with SCRIPT LOAD and EVALSHA again, sends that EVALSHA
-// without ASKING: it meets MOVED, which the caller gets as a second redirection.)
+// After ASK the node's Client sends ASKING right before the command (SendOptions::asking), in
+// one write, again before a NOSCRIPT re-send of EVALSHA.
 void ClusterClient::send_to(Node& node, const OpPtr& op, bool asking) noexcept {
     try {
         std::vector<std::string_view> v = op->views();
@@ -327,12 +326,7 @@ void ClusterClient::send_to(Node& node, const OpPtr& op, bool asking) noexcept {
         SendOptions opts;
         opts.deadline = op->deadline;
         opts.resend = op->sent;
-        if (asking) {
-            SendOptions internal;
-            internal.deadline = op->deadline;
-            internal.internal = true;
-            node.client->command({"ASKING"}, nullptr, internal);
-        }
+        opts.asking = asking;
         op->in_node = true;
         if (op->script != nullptr) {
             node.client->evalsha(*op->script, v.data(), op->nkeys, v.data() + op->nkeys,

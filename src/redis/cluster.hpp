@@ -38,15 +38,16 @@
 // CLUSTERDOWN back as plain error replies, no failure for its breaker, while a script's real
 // error reply counts for that node's breaker as on a single Redis. Every command -- first sent,
 // or sent again after a redirection -- is given the Op's original deadline (SendOptions): the
-// node's Client fails it with Timeout at that deadline. (After ASK, a NOSCRIPT on the target
-// makes the Client send EVALSHA again without ASKING: the caller gets the MOVED that follows.)
+// node's Client fails it with Timeout at that deadline; after ASK the node's Client sends
+// ASKING before it (SendOptions::asking), before a NOSCRIPT re-send of EVALSHA too.
 // Metrics (set_metrics()): every node's Client counts into the same RedisMetrics and
 // WorkerGauge (the gauges sum over the nodes: connected counts connected masters). commands
 // counts the caller's commands once each: a command sent again after a redirection is not
-// counted again (SendOptions::resend), the slot-map questions and ASKING not at all
-// (SendOptions::internal); a MOVED, ASK, TRYAGAIN or CLUSTERDOWN reply counts as no error,
-// the redirection the caller gets as its reply (a second one, TRYAGAIN) included.
-// Single-threaded, like its Loop. It must not be destroyed from inside one of its callbacks.
+// counted again (SendOptions::resend), the slot-map questions not at all
+// (SendOptions::internal) nor ASKING (the Client's own); a MOVED, ASK, TRYAGAIN or CLUSTERDOWN
+// reply counts as no error, the redirection the caller gets as its reply (a second one, TRYAGAIN)
+// included. Single-threaded, like its Loop. It must not be destroyed from inside one of its
+// callbacks.
 #pragma once
 
 #include <cstdint>

@@ -273,7 +273,9 @@ TEST_F(RedisClusterTest, PeriodicRefreshSeesAMovedSlot) {
 TEST_F(RedisClusterTest, AskDuringAMigration) {
     RedisCluster cluster;
     ASSERT_TRUE(cluster.start());
+    auto m = std::make_unique<core::metrics::RedisMetrics>();
     ClusterClient client(ev.loop(), config({cluster.node(0).address()}), logger());
+    client.set_metrics(m.get(), nullptr);
     std::string tag;  // "{migN": a hash tag node 1 serves
     for (int n = 0; n < 1000 && tag.empty(); n++) {
         if (cluster.owner("{mig" + std::to_string(n) + "}") == 1) {
@@ -316,6 +318,23 @@ TEST_F(RedisClusterTest, AskDuringAMigration) {
     ASSERT_TRUE(e.result.ok()) << what(e);
     EXPECT_EQ(e.result.reply.str, "m") << what(e);
     EXPECT_EQ(client.stats().asked, 3u);
+
+    // The importing node lost the script: its Client reloads it and sends ASKING and EVALSHA
+    // again (without ASKING the EVALSHA would meet MOVED back to the old master).
+    EXPECT_EQ(dst.run({"SCRIPT", "FLUSH"}), "OK");
+    Outcome reloaded = eval(client, get, {moved}, {});
+    ASSERT_TRUE(reloaded.result.ok()) << what(reloaded) << "\n" << all_logs();
+    EXPECT_EQ(reloaded.result.reply.str, "m") << what(reloaded);
+    EXPECT_EQ(client.stats().asked, 4u);
+    EXPECT_EQ(client.stats().moved, 0u);
+    EXPECT_EQ(logged(LogLevel::Info, "NOSCRIPT, reloading script"), 1) << all_logs();
+
+    // The caller's seven commands, each once: not ASKING, not a resend after ASK, not the
+    // slot-map question; an ASK reply is no error.
+    EXPECT_EQ(core::metrics::read(m->commands), 7u);
+    for (const auto& errors : m->errors) {
+        EXPECT_EQ(core::metrics::read(errors), 0u);
+    }
     EXPECT_EQ(logged(LogLevel::Error), 0) << all_logs();
 }
 
