@@ -886,6 +886,11 @@ size_t ClusterClient::pending() const noexcept {
     return ops_.size() - deferred_;
 }
 
+size_t ClusterClient::abandoned(std::string_view key) const noexcept {
+    const Client* c = client_of_slot(key_slot(key));
+    return c != nullptr ? c->abandoned() : 0;
+}
+
 size_t ClusterClient::abandoned() const noexcept {
     size_t n = 0;
     for (const auto& node : nodes_) {

@@ -200,6 +200,24 @@ bool parse_strict_batch_reply(const Reply& reply, const std::vector<size_t>& zon
                               int64_t& now_ms,
                               std::vector<std::vector<StrictDecision>>& out) noexcept;
 
+// ---- REFUND (Redis Cluster) ----
+//
+// A request whose strict zones fall in several slots is decided by one strict call per slot;
+// when a slot rejects it (or cannot answer), the slots that admitted it counted it: REFUND gives
+// that back, so that a rejected request consumes nothing.
+//   KEYS = the BASE of each zone to give back (one slot: the zones one strict call admitted)
+//   ARGV = now_ms (the strict call's reply: the time it counted at), then per key 3 values:
+//          algorithm (0 sliding, 1 gcra), limit, period_ms
+//   sliding  BASE:W (W = now_ms - now_ms % P, the window it was counted in) is decremented by
+//            one (DECR, which keeps its expiry), unless missing or 0: never below 0.
+//   gcra     BASE:gcra, if present, moves back by one emission interval T (the strict script's
+//            T), not below 0, its expiry kept (SET ... KEEPTTL).
+//   Reply: 1. Not idempotent: sent once, never again (a refund lost to a timeout leaves the
+//   request counted: under-admission, bounded by the refunds lost).
+const Script& refund_script();
+bool build_refund_args(int64_t now_ms, const std::vector<const StrictZone*>& zones,
+                       EvalArgs& out) noexcept;
+
 // ---- FLUSH ----
 
 inline constexpr size_t flush_batch_max = 256;

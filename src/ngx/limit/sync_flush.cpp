@@ -282,7 +282,7 @@ void failed(ZoneFlush& zf, const BatchPtr& b) noexcept {
 void pump(ZoneFlush& zf) noexcept;
 
 void pump_later(ZoneFlush& zf) noexcept {
-    redis::Client* client = redis_client();
+    redis::Target* client = redis_client();
     if (client != nullptr && zf.again && !zf.again->active()) {
         zf.again->start(client->config().command_timeout_ms);
     }
@@ -321,7 +321,7 @@ void done(ZoneFlush& zf, const BatchPtr& b, redis::Result&& r) noexcept {
 
 // Sends queued batches while fewer than in_flight_max are in flight.
 void pump(ZoneFlush& zf) noexcept {
-    redis::Client* client = redis_client();
+    redis::Target* client = redis_client();
     while (state != nullptr && !state->stopped && client != nullptr &&
            zf.in_flight < in_flight_max && client->abandoned() == 0 && !zf.queue.empty()) {
         BatchPtr b = std::move(zf.queue.front());
@@ -388,7 +388,7 @@ void tick(ZoneFlush& zf) noexcept {
     int64_t now = now_ms();
     bool idle = std::none_of(zf.queue.begin(), zf.queue.end(),
                              [](const BatchPtr& b) { return b->sends == 0; });
-    redis::Client* client = redis_client();
+    redis::Target* client = redis_client();
     const RedisSettings* rs = redis_settings();
     ngx_atomic_uint_t next = zone->shared->next_flush_ms;
     if (idle && client != nullptr && rs != nullptr && now >= static_cast<int64_t>(next) &&
