@@ -42,8 +42,9 @@ void fail_all(const Batch& batch) noexcept {
 // zone fuller than it will be, and be rejected where a single call would have admitted it --
 // over-rejection only, never over-admission. A refund that cannot be delivered (a timeout, the
 // node down) leaves the request counted there: under-admission, bounded by the refunds lost.
-// A slot that cannot answer (its node unavailable, a timeout) sends the whole request to its
-// zones' fallback (decided(nullptr)), the parts that admitted it refunded.
+// A slot that cannot answer (its node down: the cluster client fails the call at once and asks
+// for the slot map again; a timeout) sends the whole request to its zones' fallback
+// (decided(nullptr)), the parts that admitted it refunded.
 
 struct ClusterRequest {
     std::shared_ptr<StrictRequest> req;
@@ -184,7 +185,9 @@ void send_cluster(Batch&& batch, redis::Target& client) noexcept {
             }
             std::string key(subs[0][0].base);
             redis::EvalArgs call;
-            if (client.available(key) && redis::build_strict_batch_args(requests, call)) {
+            // Sent even when its node is not available(): the cluster client fails it at once
+            // and asks for the slot map again (a failover may have moved the slot).
+            if (redis::build_strict_batch_args(requests, call)) {
                 if (batch_sizes != nullptr) {
                     core::metrics::observe_size(*batch_sizes, parts.size());
                 }
@@ -197,7 +200,7 @@ void send_cluster(Batch&& batch, redis::Target& client) noexcept {
             }
         } catch (...) {
         }
-        if (!sent) {  // its node is down, or memory: these parts fail (fallback)
+        if (!sent) {  // memory: these parts fail (fallback)
             redis::Result none;
             none.failure = redis::Failure::CircuitOpen;
             none.unsent = true;
