@@ -84,6 +84,7 @@ http {
         location /ab/ { throttle zone=a; throttle zone=b; proxy_pass http://127.0.0.1:%%PORT_2%%; }
         location /a/  { throttle zone=a; proxy_pass http://127.0.0.1:%%PORT_2%%; }
         location /g/  { throttle zone=g; throttle zone=b; proxy_pass http://127.0.0.1:%%PORT_2%%; }
+        location = /metrics { throttle_metrics; }
     }
     server {
         listen 127.0.0.1:%%PORT_2%% backlog=4096;
@@ -128,6 +129,17 @@ for my $m ($cluster->masters) {
 is(scalar(grep { $_ > 0 } values %on), 3, 'the keys are spread over all three masters')
     or diag explain \%on;
 is(scalar(grep { count_of(zb('s', $_)) == 10 } @keys), 30, 'the cluster holds exactly 10 per key');
+
+# --- metrics: one target, summed over the masters (each worker sent to all three)
+sub metric {
+    my ($name) = @_;
+    my $text = $t1->get('/metrics')->{body} // '';
+    return $text =~ /^\Q$name\E\{[^}]*\} (\d+)/m ? $1 : undef;
+}
+ok(Throttle::Redis::wait_for(sub { (metric('nginx_throttle_redis_connected') // -1) == 6 }),
+    'metrics: 2 workers x 3 masters connected') or diag metric('nginx_throttle_redis_connected');
+cmp_ok(metric('nginx_throttle_redis_commands_total') // 0, '>=', 6,
+    'metrics: commands counted over the masters');
 
 # --- two zones in different slots: a request b rejects is given back in a
 my $k = 'ab1';

@@ -19,12 +19,14 @@ http {
     throttle_redis cluster %%REDIS_CLUSTER%% timeout=300ms connect_timeout=100ms;
     throttle_zone $http_x_key zone=s:1m rate=1000r/h mode=strict;
     throttle_zone $http_x_key zone=e:1m rate=5r/h mode=strict;
+    throttle_zone $http_x_key zone=y:1m rate=1000r/h mode=sync sync=100ms;
 
     server {
         listen 127.0.0.1:%%PORT%% backlog=4096 reuseport;
         add_header X-Status $throttle_status always;
         location /s/ { throttle zone=s; proxy_pass http://127.0.0.1:%%PORT_2%%; }
         location /e/ { throttle zone=e; proxy_pass http://127.0.0.1:%%PORT_2%%; }
+        location /y/ { throttle zone=y; proxy_pass http://127.0.0.1:%%PORT_2%%; }
     }
     server {
         listen 127.0.0.1:%%PORT_2%% backlog=4096;
@@ -86,14 +88,22 @@ my $other = $masters[1]->address;
 my $k_dead = key_on('e', $dead, 'd');
 my $k_other = key_on('e', $other, 'o');
 is(statuses($t->get('/e/', 'X-Key' => $k_dead)), '200:PASSED x 1', 'before: strict on the first master');
+# sync: 4 requests flushed to the first master, replicated before it dies.
+my $y_dead = key_on('y', $dead, 'y');
+my @r = at_once(4, '/y/', $y_dead);
+ok(Throttle::Redis::wait_for(sub { count_of(zb('y', $y_dead)) == 4 }),
+    'sync: 4 flushed to the first master');
+$masters[0]->cli('WAIT', 1, 5000);
 
 # --- a master killed
 $masters[0]->kill;
-my @r = at_once(20, '/e/', $k_dead);
+@r = at_once(20, '/e/', $k_dead);
 is(scalar(grep { $_->{status} != 200 && $_->{status} != 429 } @r), 0,
     'its slots: no 5xx, every request answered') or diag statuses(@r);
 is(scalar(grep { xs($_) =~ /_FALLBACK$/ } @r), 20, 'its slots: decided by the fallback')
     or diag statuses(@r);
+my @y = at_once(3, '/y/', $y_dead);
+is(scalar(grep { $_->{status} == 200 } @y), 3, 'sync: 3 more pass while its master is down');
 @r = at_once(12, '/e/', $k_other);
 is(statuses(@r), '200:PASSED x 5, 429:REJECTED x 7', 'another master: strict and exact');
 is(count_of(zb('e', $k_other)), 5, 'another master: holds 5');
@@ -109,6 +119,9 @@ ok(Throttle::Redis::wait_for(sub {
     my @p = at_once(10, '/s/', $pk);
     10 == grep { xs($_) eq 'PASSED' } @p;
 }, timeout => 30, step => 0.05), 'its slots are strict again, in every worker');
+ok(Throttle::Redis::wait_for(sub { count_of(zb('y', $y_dead)) == 7 }, timeout => 15),
+    'sync: the counts kept during the outage reach the promoted master: 7')
+    or diag count_of(zb('y', $y_dead));
 my $k_new = key_on('e', $promoted, 'n');
 @r = at_once(12, '/e/', $k_new);
 is(statuses(@r), '200:PASSED x 5, 429:REJECTED x 7', 'after the failover: strict and exact');
