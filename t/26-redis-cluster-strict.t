@@ -140,6 +140,9 @@ ok(Throttle::Redis::wait_for(sub { (metric('nginx_throttle_redis_connected') // 
     'metrics: 2 workers x 3 masters connected') or diag metric('nginx_throttle_redis_connected');
 cmp_ok(metric('nginx_throttle_redis_commands_total') // 0, '>=', 6,
     'metrics: commands counted over the masters');
+my $first = ($cluster->masters)[0]->address;
+like($t1->get('/metrics')->{body} // '', qr/^nginx_throttle_redis_connected\{target="cluster \Q$first\E"\}/m,
+    'metrics: the target is "cluster FIRST_SEED"');
 
 # --- two zones in different slots: a request b rejects is given back in a
 my $k = 'ab1';

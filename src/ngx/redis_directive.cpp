@@ -58,6 +58,15 @@ bool parse_cluster_seeds(ngx_conf_t* cf, RedisSettings& settings, ngx_uint_t& fi
                            "\"cluster\" requires the address of at least one cluster node");
         return false;
     }
+    // The metrics' target and the logs: "cluster FIRST_SEED", as written.
+    size_t len = sizeof("cluster ") - 1 + value[2].len;
+    auto* text = static_cast<u_char*>(ngx_pnalloc(cf->pool, len));
+    if (text == nullptr) {
+        return false;
+    }
+    ngx_memcpy(ngx_cpymem(text, "cluster ", sizeof("cluster ") - 1), value[2].data, value[2].len);
+    settings.text.data = text;
+    settings.text.len = len;
     return true;
 }
 
