@@ -50,6 +50,8 @@
 #   throttle_metrics (not in the default set) throttle, plus a location with throttle_metrics
 #                    (never asked): the zone counts its outcomes (compare with throttle)
 #   strict_metrics   (not in the default set) strict, the same way
+#   strict_tls       (not in the default set) strict over TLS: redis-server's --tls-port with a
+#                    CA and server certificate made here by openssl (compare with strict)
 #
 # Two modules: with BENCH_MODULE_B, every variant is measured with both, and
 # the table gives both counts and B/A, plus, for each variant whose B/A is off by
@@ -104,7 +106,7 @@ BODY_BYTES=100         # plain & co: the static file, as run.sh
 CACHE_BYTES=2048       # cache: the origin's JSON, about (as cache.sh: stored gzip'd, >= 1k)
 SESSION='sessionid=b3f1c0de5eed4a11'
 REQ_PATH='/api/items?sort=name&page=2'
-KNOWN='plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity throttle_metrics strict_metrics'
+KNOWN='plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity throttle_metrics strict_metrics strict_tls'
 
 # --------------------------------------------------------------------------
 # Checks.
@@ -125,12 +127,13 @@ for v in "${variants[@]}"; do
     [[ -z ${seen[$v]:-} ]] || die "variant \"$v\" is listed twice"
     seen[$v]=1
 done
-uses_redis() { [[ $1 == strict || $1 == strict_metrics || $1 == cache_* ]]; }
+uses_redis() { [[ $1 == strict || $1 == strict_metrics || $1 == strict_tls || $1 == cache_* ]]; }
 # has_metrics VARIANT: the variant's server has a throttle_metrics location
 has_metrics() { [[ $1 == *_metrics ]]; }
 is_cache() { [[ $1 == cache_* ]]; }
 want_redis=
 for v in "${variants[@]}"; do uses_redis "$v" && want_redis=1; done
+for v in "${variants[@]}"; do [[ $v != strict_tls ]] || redis_tls=1; done
 
 packages=(valgrind curl)
 [[ -z $want_redis ]] || packages+=(redis-server)
@@ -229,6 +232,11 @@ http_lines() {
         echo 'throttle_zone $binary_remote_addr zone=bstrict:10m rate=100000000r/d mode=strict;'
         echo 'throttle_secret "bench-secret-0123456789abcdef";'
         ;;
+    strict_tls)
+        echo "throttle_redis 127.0.0.1:$redis_tls_port tls tls_ca=$tmp/tls/ca.pem connect_timeout=10s timeout=10s;  # valgrind is slow"
+        echo 'throttle_zone $binary_remote_addr zone=bstrict:10m rate=100000000r/d mode=strict;'
+        echo 'throttle_secret "bench-secret-0123456789abcdef";'
+        ;;
     cache_*)
         echo "throttle_redis 127.0.0.1:$redis_port connect_timeout=10s timeout=10s;  # valgrind is slow"
         echo 'throttle_cache_secret "bench-cache-secret-0123456789abcdef";'
@@ -244,7 +252,7 @@ location_lines() {
     throttle | throttle_metrics) echo 'throttle zone=bench;' ;;
     jwt | jwt_nocache) echo 'throttle zone=bjwt;' ;;
     identity) printf '%s\n' 'throttle_identity_resolve on;' 'throttle zone=bench;' ;;
-    strict | strict_metrics) echo 'throttle zone=bstrict;' ;;
+    strict | strict_metrics | strict_tls) echo 'throttle zone=bstrict;' ;;
     cache_*)
         echo 'throttle_cache bench;'
         echo 'proxy_pass http://origin;'
@@ -342,7 +350,7 @@ WRITE_OUT='%{http_code} x-cache=%header{x-cache} content-encoding=%header{conten
 expected() {
     case $1 in
     plain | plain_nomod | limit_req) echo "200 x-cache= content-encoding= ratelimit-policy= bytes=$BODY_BYTES" ;;
-    throttle | strict | jwt | jwt_nocache | identity | *_metrics) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
+    throttle | strict | strict_tls | jwt | jwt_nocache | identity | *_metrics) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
     cache_hit | cache_hit_vary) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;
     cache_hit_plain) echo "200 x-cache=HIT content-encoding= ratelimit-policy= bytes=$json_bytes" ;;
     esac

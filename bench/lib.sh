@@ -196,8 +196,16 @@ redis_start() {
     local i
     redis_port=$(free_ports 1)
     mkdir -p "$tmp/redis"
+    local tls_args=()
+    if [[ -n ${redis_tls:-} ]]; then
+        redis_tls_start_certs
+        redis_tls_port=$(free_ports 1)
+        tls_args=(--tls-port "$redis_tls_port" --tls-cert-file "$tmp/tls/server.pem"
+            --tls-key-file "$tmp/tls/server.key" --tls-ca-cert-file "$tmp/tls/ca.pem"
+            --tls-auth-clients no)
+    fi
     redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
-        --dir "$tmp/redis" --logfile "$tmp/redis/redis.log" --daemonize no </dev/null &
+        --dir "$tmp/redis" --logfile "$tmp/redis/redis.log" --daemonize no "${tls_args[@]}" </dev/null &
     redis_pid=$!
     cleanup_pid "$redis_pid"
     for ((i = 0; i < 100; i++)); do
@@ -210,6 +218,27 @@ redis_start() {
     done
     [[ $(redis_cli ping 2>/dev/null) == PONG ]] || die "redis-server on port $redis_port does not answer"
     redis_version=$(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')
+}
+
+# redis_tls=1 before redis_start: the server also listens with TLS on
+# $redis_tls_port (plaintext stays on $redis_port for redis_cli), with a CA and
+# a server certificate (SAN IP:127.0.0.1) made here with openssl in $tmp/tls.
+redis_tls='' redis_tls_port=''
+redis_tls_start_certs() {
+    command -v openssl >/dev/null || die "openssl is needed for a TLS Redis (apt-get install openssl)"
+    mkdir -p "$tmp/tls"
+    (
+        cd "$tmp/tls"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench-ca \
+            -keyout ca.key -out ca.pem
+        openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >san.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile san.ext -out server.pem
+    ) >"$tmp/tls/openssl.log" 2>&1 || {
+        cat "$tmp/tls/openssl.log" >&2
+        die "openssl could not make the test certificates"
+    }
 }
 
 # redis_snapshot FILE: "COMMAND CALLS" per command since redis-server started,

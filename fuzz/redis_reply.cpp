@@ -1,8 +1,8 @@
 // Fuzz target: bytes a Redis server sends -> hiredis' reader behind our ReplyGuard -> Reply
 // (convert_reply) -> every script reply parser, and a cache entry found by a lookup -> the
-// entry decoder. What hiredis' async layer would do with each reply is checked here too: a
-// reply that would make hiredis abort() (a reply nobody waits for, a pub/sub message of the
-// wrong shape) must have been refused by the guard.
+// entry decoder. What the owners (Client, Subscriber) rely on is checked here too: in Commands
+// mode no reply reaches them when nobody waits for one, and in PubSub mode every reply nobody
+// waits for is an error or a message shaped as Redis sends them.
 //
 // Input: two bytes of setup, then the stream.
 //   byte 0  bit 0: PubSub mode (else Commands); bits 1-3: commands waiting for a reply (0..7);
@@ -101,29 +101,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const char* stream = reinterpret_cast<const char*>(data + 2);
     const size_t len = size - 2;
 
-    FuzzLoop loop;
-    bool violated = false;
-    auto ac = static_cast<redisAsyncContext*>(calloc(1, sizeof(redisAsyncContext)));
-    ac->c.reader = redisReaderCreate();
-    static redisCallback waiting{};  // stands for the commands awaiting replies
-    ac->replies.head = pending > 0 ? &waiting : nullptr;
+    redisReader* reader = redisReaderCreate();
     {
-        ReplyGuard guard(loop, pubsub ? ReplyGuard::Mode::PubSub : ReplyGuard::Mode::Commands,
-                         limits, [&](std::string_view why) {
-                             FUZZ_CHECK(!why.empty());
-                             violated = true;
-                         });
-        guard.attach(ac);
+        ReplyGuard guard(pubsub ? ReplyGuard::Mode::PubSub : ReplyGuard::Mode::Commands, limits,
+                         [&pending] { return pending > 0; });
+        guard.attach(reader);
         bool open = true;
+        bool refused = false;
         for (size_t off = 0; open && off < len; off += step) {
             size_t chunk = std::min(step, len - off);
-            if (redisReaderFeed(ac->c.reader, stream + off, chunk) != REDIS_OK) {
+            if (redisReaderFeed(reader, stream + off, chunk) != REDIS_OK) {
                 break;
             }
-            ac->ev.addRead(ac->ev.data);  // hiredis after each read, before it parses
             for (;;) {
                 void* out = nullptr;
-                if (redisReaderGetReply(ac->c.reader, &out) != REDIS_OK) {
+                if (redisReaderGetReply(reader, &out) != REDIS_OK) {
                     open = false;  // a protocol error, or the guard refused: disconnect
                     break;
                 }
@@ -132,17 +124,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                 }
                 auto* r = static_cast<redisReply*>(out);
                 if (pending > 0) {
-                    if (--pending == 0) {
-                        ac->replies.head = nullptr;
-                    }
+                    pending--;
                 } else if (pubsub) {
                     if (r->type == REDIS_REPLY_ERROR) {
-                        open = false;  // hiredis disconnects
+                        open = false;  // the subscriber disconnects
                     } else {
-                        FUZZ_CHECK(pubsub_survivable(r));  // hiredis would assert
+                        FUZZ_CHECK(pubsub_survivable(r));
                     }
                 } else {
-                    FUZZ_CHECK(false);  // hiredis would assert: nobody asked for this reply
+                    FUZZ_CHECK(false);  // the guard lets no reply through that nobody awaits
                 }
                 Reply reply;
                 convert_reply(r, reply);
@@ -153,20 +143,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                     break;
                 }
             }
-            loop.end_turn();
-            if (violated) {
-                open = false;  // the owner drops the connection
+            if (open && !guard.check_buffered()) {
+                FUZZ_CHECK(!guard.violation().empty());
+                refused = true;
+                open = false;  // the connection drops the socket
             } else if (open) {
-                check_buffered(ac->c.reader, limits);
+                check_buffered(reader, limits);
             }
         }
         // A violation makes hiredis' reader fail: its error and the guard's agree.
-        if (!guard.violation().empty() && !violated) {
-            FUZZ_CHECK(ac->c.reader->err != 0);
+        if (!guard.violation().empty() && !refused) {
+            FUZZ_CHECK(reader->err != 0);
         }
         guard.detach();
     }
-    redisReaderFree(ac->c.reader);
-    free(ac);
+    redisReaderFree(reader);
     return 0;
 }

@@ -3,6 +3,7 @@
 // its contract.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -29,12 +30,19 @@
 
 namespace throttle::redis::fuzz {
 
-// The loop the guard needs: only its Deferred (end of a turn) is used.
+// The loop the connection layer needs: a Deferred (end of a turn) and one socket's watch, whose
+// events the target fires itself; no timers.
 class FuzzLoop final : public Loop {
    public:
+    // Leaves the loop's list when destroyed (a handler may destroy its owner).
     struct D final : Deferred {
+        FuzzLoop* loop = nullptr;
         std::function<void()> fn;
         bool is_posted = false;
+        ~D() override {
+            auto& v = loop->deferred;
+            v.erase(std::remove(v.begin(), v.end(), this), v.end());
+        }
         void post() noexcept override { is_posted = true; }
         void cancel() noexcept override { is_posted = false; }
         bool posted() const noexcept override { return is_posted; }
@@ -43,11 +51,31 @@ class FuzzLoop final : public Loop {
     std::unique_ptr<Timer> create_timer(std::function<void()>) override { std::abort(); }
     std::unique_ptr<Deferred> create_deferred(std::function<void()> handler) override {
         auto d = std::make_unique<D>();
+        d->loop = this;
         d->fn = std::move(handler);
         deferred.push_back(d.get());
         return d;
     }
-    bool attach(redisAsyncContext*) noexcept override { return true; }
+    // One socket at a time: the target fires its events (fire()) as the real loops would.
+    struct W final : IoWatch {
+        FuzzLoop* loop;
+        explicit W(FuzzLoop* l) : loop(l) {}
+        ~W() override { loop->handler = nullptr; }
+        void want_read(bool) noexcept override {}
+        void want_write(bool) noexcept override {}
+    };
+    std::unique_ptr<IoWatch> watch(int, std::function<void(int)> h) override {
+        handler = std::move(h);
+        return std::make_unique<W>(this);
+    }
+    // The watched socket's handler, if it is still watched.
+    void fire(int event) {
+        if (handler) {
+            std::function<void(int)> h = handler;  // the handler may destroy the watch
+            h(event);
+        }
+    }
+    std::function<void(int)> handler;
 
     // The end of a turn: every posted handler (which may post again).
     void end_turn() {
@@ -56,8 +84,9 @@ class FuzzLoop final : public Loop {
             for (D* d : deferred) {
                 if (d->is_posted) {
                     d->is_posted = false;
-                    d->fn();
+                    d->fn();  // may destroy any D: look again from the start
                     ran = true;
+                    break;
                 }
             }
         }

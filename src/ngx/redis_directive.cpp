@@ -1,8 +1,12 @@
 // throttle_redis ADDRESS | sentinel=MASTER_NAME ADDRESS [ADDRESS ...] [sentinel_password=P]
 //                | cluster ADDRESS [ADDRESS ...]
+//                [tls [tls_ca=PATH] [tls_cert=PATH tls_key=PATH] [tls_server_name=NAME]
+//                 [tls_verify=on|off]]
 //                [db=N] [username=U] [password=P | password_file=PATH |
 //                password_env=NAME] [prefix=S] [connect_timeout=T] [timeout=T];
-// Host names are resolved here, at configuration time, never at request time.
+// Host names are resolved here, at configuration time, never at request time. The TLS context
+// (CA, certificate, key) is built here too, in the master, so that `nginx -t` reads the files
+// and says what is wrong with them; the workers inherit it.
 #include <new>
 #include <string>
 #include <string_view>
@@ -38,7 +42,7 @@ bool parse_cluster_seeds(ngx_conf_t* cf, RedisSettings& settings, ngx_uint_t& fi
     cln->handler = destroy_cluster;
     cln->data = settings.cluster;
     for (; first < cf->args->nelts; first++) {
-        if (view(value[first]).find('=') != std::string_view::npos) {
+        if (view(value[first]).find('=') != std::string_view::npos || view(value[first]) == "tls") {
             break;
         }
         redis::Config one;
@@ -77,6 +81,12 @@ bool finish_cluster(ngx_conf_t* cf, RedisSettings& settings, const redis::Config
                            "\"db=%d\" is invalid with \"cluster\": a Redis Cluster has only "
                            "db 0",
                            cfg.db);
+        return false;
+    }
+    if (cfg.tls.enabled) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"tls\" is not supported with \"cluster\" yet: use a single Redis "
+                           "or Sentinels for TLS");
         return false;
     }
     settings.cluster->node = cfg;
@@ -188,6 +198,25 @@ bool parse_param(ngx_conf_t* cf, Params& params, const Param& p, RedisSettings& 
             return invalid(cf, p, "prefix", ": no braces");
         }
         settings.prefix = p.value;
+    } else if (p.name == "tls_ca" || p.name == "tls_cert" || p.name == "tls_key") {
+        ngx_str_t path = p.value;
+        if (path.len == 0 || ngx_conf_full_name(cf->cycle, &path, 1) != NGX_OK) {
+            return invalid(cf, p, "path", ": empty");
+        }
+        std::string full(reinterpret_cast<const char*>(path.data), path.len);
+        (p.name == "tls_ca"     ? cfg.tls.ca_file
+         : p.name == "tls_cert" ? cfg.tls.cert_file
+                                : cfg.tls.key_file) = full;
+    } else if (p.name == "tls_server_name") {
+        if (p.text().empty()) {
+            return invalid(cf, p, "tls_server_name", ": empty");
+        }
+        cfg.tls.server_name = std::string(p.text());
+    } else if (p.name == "tls_verify") {
+        static const EnumName<bool> names[] = {{"on", true}, {"off", false}};
+        if (!parse_enum(cf, p, names, "tls_verify", cfg.tls.verify)) {
+            return false;
+        }
     } else if (p.name == "connect_timeout" || p.name == "timeout") {
         ngx_msec_t ms = 0;
         if (!parse_msec(cf, p, 1, 60000, "timeout", ms)) {
@@ -200,6 +229,24 @@ bool parse_param(ngx_conf_t* cf, Params& params, const Param& p, RedisSettings& 
         return false;
     }
     have_password = have_password || secret;
+    return true;
+}
+
+// The TLS context, now: a missing or unreadable file, a key that does not match its
+// certificate fail `nginx -t`.
+bool build_tls(ngx_conf_t* cf, redis::Config& cfg) {
+    if (cfg.tls.cert_file.empty() != cfg.tls.key_file.empty()) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%s\" requires \"%s\"",
+                           cfg.tls.cert_file.empty() ? "tls_key" : "tls_cert",
+                           cfg.tls.cert_file.empty() ? "tls_cert" : "tls_key");
+        return false;
+    }
+    std::string error;
+    cfg.tls_context = redis::TlsContext::create(cfg.tls, error);
+    if (cfg.tls_context == nullptr) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "throttle_redis: %s", error.c_str());
+        return false;
+    }
     return true;
 }
 
@@ -230,7 +277,7 @@ char* parse(ngx_conf_t* cf, MainConf* mcf) {
         for (; first < cf->args->nelts; first++) {
             std::string_view arg(reinterpret_cast<const char*>(value[first].data),
                                  value[first].len);
-            if (arg.find('=') != std::string_view::npos) {
+            if (arg.find('=') != std::string_view::npos || arg == "tls") {
                 break;
             }
             redis::Config one;
@@ -251,9 +298,15 @@ char* parse(ngx_conf_t* cf, MainConf* mcf) {
     } else if (!parse_address(cf, value[1], *cfg)) {
         return conf_error();
     }
+    if (first < cf->args->nelts && value[first].len == 3 &&
+        ngx_strncmp(value[first].data, "tls", 3) == 0) {
+        cfg->tls.enabled = true;
+        first++;
+    }
     Params params(cf, first);
     Param p;
     bool have_password = false;
+    const ngx_str_t* tls_param = nullptr;  // the first tls_*= parameter, for the message
     while (params.next(p)) {
         if (settings->cluster != nullptr &&
             (p.name == "sentinel" || p.name == "sentinel_password")) {
@@ -263,11 +316,24 @@ char* parse(ngx_conf_t* cf, MainConf* mcf) {
                                p.arg);
             return conf_error();
         }
+        if (p.name.substr(0, 4) == "tls_" && tls_param == nullptr) {
+            tls_param = p.arg;
+        }
         if (!parse_param(cf, params, p, *settings, *cfg, have_password)) {
             return conf_error();
         }
     }
     if (params.failed()) {
+        return conf_error();
+    }
+    if (tls_param != nullptr && !cfg->tls.enabled) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" requires \"tls\" after the address: \"throttle_redis %V tls "
+                           "...\"",
+                           tls_param, &value[1]);
+        return conf_error();
+    }
+    if (cfg->tls.enabled && !build_tls(cf, *cfg)) {
         return conf_error();
     }
     if (!cfg->username.empty() && cfg->password.empty()) {

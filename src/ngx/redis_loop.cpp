@@ -1,21 +1,20 @@
 // The Redis client's event loop inside nginx (layer: ngx).
 //
-// Socket: hiredis owns the fd (creates and closes it). attach() borrows an nginx connection
-// for it; hiredis' ev hooks add and delete level-triggered read/write events on it (level, not
-// nginx's usual edge-triggered epoll: hiredis reads at most 16 KB per call and does not read
-// until EAGAIN, so an edge could be lost); cleanup -- hiredis calls it when freeing the context,
-// before closing the socket -- deletes the events and frees the connection without closing the
-// fd. The socket is therefore closed exactly once, by hiredis.
+// Sockets: the connection layer (src/redis/connection.hpp) owns the fd (creates and closes it)
+// and does the I/O itself, plain or TLS. watch() borrows an nginx connection for the fd, with
+// level-triggered read/write events added and deleted as the connection layer wants them
+// (level, not nginx's usual edge-triggered epoll: nothing is lost if a handler stops reading
+// early, and a direction not wanted costs no wake-up); destroying the watch deletes the events
+// and frees the nginx connection without closing the fd. The socket is therefore closed exactly
+// once, by the connection layer, after its watch is gone.
 //
 // Timers: ngx_event_t timers, cancelable so that a pending one never delays a graceful worker
 // exit (a request waiting on Redis keeps the worker itself: request.hpp's keep_worker()).
 //
 // Graceful exit: each socket is c->idle; nginx calls its read handler with c->close set when
 // the worker starts shutting down. The handler only notes it (the exit handler runs from a
-// posted event: it may free the context); c->close is cleared, the socket stays.
+// posted event: it may close the connection); c->close is cleared, the socket stays.
 #include "ngx/redis_loop.hpp"
-
-#include <hiredis/async.h>
 
 #include <new>
 #include <utility>
@@ -112,104 +111,104 @@ class Deferred final : public redis::Deferred {
     EventSlot event_;
 };
 
-// What an attached connection's data points at.
-struct Socket {
-    redisAsyncContext* ac;
-    RedisLoop* loop;
+// A watched socket: an nginx connection borrowed for the fd (ngx_get_connection), its read
+// and write events added and deleted as the directions are wanted, level-triggered (the
+// connection layer reads until the socket would block anyway). Destroying it deletes the events
+// and frees the connection without closing the fd: the connection layer owns the socket.
+class Watch final : public redis::IoWatch {
+   public:
+    Watch(RedisLoop* loop, std::function<void(int)> handler) noexcept
+        : loop_(loop), handler_(std::move(handler)) {}
+    ~Watch() override { release(); }
+    Watch(const Watch&) = delete;
+    Watch& operator=(const Watch&) = delete;
+
+    bool take(int fd, ngx_log_t* log) noexcept {
+        c_ = ngx_get_connection(ngx_socket_t(fd), log);
+        if (c_ == nullptr) {
+            return false;  // ngx_get_connection() logged why
+        }
+        c_->data = this;
+        c_->idle = 1;  // told when the worker starts a graceful exit (see the top)
+        c_->number = ngx_atomic_fetch_add(ngx_connection_counter, 1);
+        c_->read->handler = &Watch::read_handler;
+        c_->write->handler = &Watch::write_handler;
+        c_->read->log = log;
+        c_->write->log = log;
+        return true;
+    }
+
+    void want_read(bool on) noexcept override { want(c_->read, NGX_READ_EVENT, on); }
+    void want_write(bool on) noexcept override { want(c_->write, NGX_WRITE_EVENT, on); }
+
+   private:
+    static void want(ngx_event_t* ev, ngx_int_t event, bool on) noexcept {
+        if (on && !ev->active) {
+            if (ngx_add_event(ev, event, NGX_LEVEL_EVENT) != NGX_OK) {
+                // The command then reaches its deadline and the client drops the connection.
+                ngx_log_error(NGX_LOG_ALERT, ev->log, 0, "throttle: redis: cannot add %s event",
+                              event == NGX_READ_EVENT ? "read" : "write");
+            }
+        } else if (!on && ev->active) {
+            ngx_del_event(ev, event, 0);
+        }
+    }
+
+    // The handler may destroy the watch, and with it this connection: touch nothing after.
+    static void read_handler(ngx_event_t* rev) noexcept {
+        auto* c = static_cast<ngx_connection_t*>(rev->data);
+        auto* self = static_cast<Watch*>(c->data);
+        if (ngx_exiting) {
+            self->loop_->exit_noticed();
+        }
+        if (c->close) {
+            c->close = 0;  // ngx_close_idle_connections(): the exit handler decides
+            return;
+        }
+        self->handler_(redis::IoWatch::Readable);
+    }
+
+    static void write_handler(ngx_event_t* wev) noexcept {
+        auto* c = static_cast<ngx_connection_t*>(wev->data);
+        auto* self = static_cast<Watch*>(c->data);
+        if (ngx_exiting) {
+            self->loop_->exit_noticed();
+        }
+        self->handler_(redis::IoWatch::Writable);
+    }
+
+    void release() noexcept {
+        if (c_ == nullptr) {
+            return;
+        }
+        ngx_connection_t* c = c_;
+        c_ = nullptr;
+        want(c->read, NGX_READ_EVENT, false);
+        want(c->write, NGX_WRITE_EVENT, false);
+        if (c->read->posted) {
+            ngx_delete_posted_event(c->read);
+        }
+        if (c->write->posted) {
+            ngx_delete_posted_event(c->write);
+        }
+        if (c->read->timer_set) {
+            ngx_del_timer(c->read);
+        }
+        if (c->write->timer_set) {
+            ngx_del_timer(c->write);
+        }
+        c->data = nullptr;
+        // ngx_free_connection() still reads c->fd (ngx_cycle->files[c->fd] for poll/select);
+        // fd = -1 afterwards marks the connection unused, as ngx_close_connection() does, so
+        // that stale events already returned by epoll_wait are ignored.
+        ngx_free_connection(c);
+        c->fd = (ngx_socket_t)-1;
+    }
+
+    RedisLoop* loop_;
+    std::function<void(int)> handler_;
+    ngx_connection_t* c_ = nullptr;
 };
-
-ngx_connection_t* connection(void* privdata) noexcept {
-    return static_cast<ngx_connection_t*>(privdata);
-}
-
-Socket& socket_of(ngx_connection_t* c) noexcept {
-    return *static_cast<Socket*>(c->data);
-}
-
-void read_handler(ngx_event_t* rev) noexcept {
-    auto* c = static_cast<ngx_connection_t*>(rev->data);
-    Socket& s = socket_of(c);
-    if (ngx_exiting) {
-        s.loop->exit_noticed();
-    }
-    if (c->close) {
-        c->close = 0;  // ngx_close_idle_connections(): the exit handler decides
-        return;
-    }
-    // May free the context, and with it (cleanup) this connection: touch nothing after.
-    redisAsyncHandleRead(s.ac);
-}
-
-void write_handler(ngx_event_t* wev) noexcept {
-    auto* c = static_cast<ngx_connection_t*>(wev->data);
-    Socket& s = socket_of(c);
-    if (ngx_exiting) {
-        s.loop->exit_noticed();
-    }
-    redisAsyncHandleWrite(s.ac);
-}
-
-void add_event(ngx_event_t* ev, ngx_int_t event) noexcept {
-    if (ev->active) {
-        return;  // hiredis calls the hooks repeatedly; adding twice would be EEXIST
-    }
-    if (ngx_add_event(ev, event, NGX_LEVEL_EVENT) != NGX_OK) {
-        // The command then reaches its deadline and the client drops the connection.
-        ngx_log_error(NGX_LOG_ALERT, ev->log, 0, "throttle: redis: cannot add %s event",
-                      event == NGX_READ_EVENT ? "read" : "write");
-    }
-}
-
-void del_event(ngx_event_t* ev, ngx_int_t event) noexcept {
-    if (ev->active) {
-        ngx_del_event(ev, event, 0);
-    }
-}
-
-void add_read(void* privdata) noexcept {
-    add_event(connection(privdata)->read, NGX_READ_EVENT);
-}
-
-void del_read(void* privdata) noexcept {
-    del_event(connection(privdata)->read, NGX_READ_EVENT);
-}
-
-void add_write(void* privdata) noexcept {
-    add_event(connection(privdata)->write, NGX_WRITE_EVENT);
-}
-
-void del_write(void* privdata) noexcept {
-    del_event(connection(privdata)->write, NGX_WRITE_EVENT);
-}
-
-// Releases the nginx connection; hiredis closes the socket right after.
-void release(ngx_connection_t* c) noexcept {
-    del_event(c->read, NGX_READ_EVENT);
-    del_event(c->write, NGX_WRITE_EVENT);
-    if (c->read->posted) {
-        ngx_delete_posted_event(c->read);
-    }
-    if (c->write->posted) {
-        ngx_delete_posted_event(c->write);
-    }
-    if (c->read->timer_set) {
-        ngx_del_timer(c->read);
-    }
-    if (c->write->timer_set) {
-        ngx_del_timer(c->write);
-    }
-    delete static_cast<Socket*>(c->data);
-    c->data = nullptr;
-    // ngx_free_connection() still reads c->fd (ngx_cycle->files[c->fd] for poll/select);
-    // fd = -1 afterwards marks the connection unused, as ngx_close_connection() does, so that
-    // stale events already returned by epoll_wait are ignored.
-    ngx_free_connection(c);
-    c->fd = (ngx_socket_t)-1;
-}
-
-void cleanup(void* privdata) noexcept {
-    release(connection(privdata));
-}
 
 }  // namespace
 
@@ -240,41 +239,12 @@ void RedisLoop::exit_noticed() noexcept {
     }
 }
 
-bool RedisLoop::attach(redisAsyncContext* ac) noexcept {
-    if (ac->ev.data != nullptr) {
-        return false;
+std::unique_ptr<redis::IoWatch> RedisLoop::watch(int fd, std::function<void(int)> handler) {
+    auto w = std::make_unique<Watch>(this, std::move(handler));
+    if (!w->take(fd, log_)) {
+        return nullptr;
     }
-    auto* socket = new (std::nothrow) Socket{ac, this};
-    if (socket == nullptr) {
-        return false;
-    }
-    ngx_connection_t* c = ngx_get_connection(ac->c.fd, log_);
-    if (c == nullptr) {
-        delete socket;
-        return false;  // ngx_get_connection() logged why
-    }
-    c->data = socket;
-    c->idle = 1;  // told when the worker starts a graceful exit (see the top)
-    c->number = ngx_atomic_fetch_add(ngx_connection_counter, 1);
-    c->read->handler = read_handler;
-    c->write->handler = write_handler;
-    c->read->log = log_;
-    c->write->log = log_;
-
-    // Connection completion is reported as write readiness, errors as both.
-    if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT) != NGX_OK ||
-        ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT) != NGX_OK) {
-        release(c);
-        return false;
-    }
-
-    ac->ev.addRead = add_read;
-    ac->ev.delRead = del_read;
-    ac->ev.addWrite = add_write;
-    ac->ev.delWrite = del_write;
-    ac->ev.cleanup = cleanup;
-    ac->ev.data = c;
-    return true;
+    return w;
 }
 
 }  // namespace throttle::ngx

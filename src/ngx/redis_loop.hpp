@@ -1,6 +1,6 @@
-// The Redis client's event loop inside nginx (layer: ngx): the hiredis socket wrapped in an
-// nginx connection (ngx_get_connection), level-triggered read/write events that call
-// redisAsyncHandleRead/Write, ngx_event_t timers, and posted events for end-of-turn work
+// The Redis client's event loop inside nginx (layer: ngx): each Redis socket wrapped in an
+// nginx connection (ngx_get_connection), level-triggered read/write events that call the
+// connection layer's handler, ngx_event_t timers, and posted events for end-of-turn work
 // (Deferred). One per worker, created in init_process;
 // it must outlive every redis::Client that uses it.
 //
@@ -26,7 +26,7 @@ class RedisLoop final : public redis::Loop {
     uint64_t now_us() noexcept override { return static_cast<uint64_t>(monotonic_us()); }
     std::unique_ptr<redis::Timer> create_timer(std::function<void()> handler) override;
     std::unique_ptr<redis::Deferred> create_deferred(std::function<void()> handler) override;
-    bool attach(redisAsyncContext* ac) noexcept override;
+    std::unique_ptr<redis::IoWatch> watch(int fd, std::function<void(int event)> handler) override;
 
     // The handler of the worker's graceful exit (see above). May throw std::bad_alloc.
     void on_exit(std::function<void()> handler);

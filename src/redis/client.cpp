@@ -1,11 +1,11 @@
 // The Redis client (layer: redis). See client.hpp for the contract.
 //
-// Connection life: connect() -> Connecting (connect_timer_ bounds it) -> on_connect ->
+// Connection life: connect() -> Connecting (connect_timer_ bounds it) -> on_connected() ->
 // Checking: handshake [AUTH] [SELECT] ROLE INFO [SCRIPT LOAD...] [probe] PING, in one write;
 // Connected once ROLE, INFO (role_reply()) and the probe said yes: the commands that waited.
 // Any failure (connect error or timeout, a handshake error or a handshake reply of the wrong
 // shape, a lost connection, a stuck connection, a reply the ReplyGuard refused) goes
-// through connection_lost(): the hiredis context is freed (late replies are never read), every
+// through connection_lost(): the connection is closed (late replies are never read), every
 // pending command fails, and count_failure() schedules the next attempt: a backoff, or -- after
 // failure_threshold consecutive failures -- the circuit breaker's cool-down, after which one
 // connection (half-open) probes the server. Commands fail on a live connection too (an error
@@ -19,16 +19,18 @@
 // nobody asked for proves nothing about the server.
 //
 // A command past its deadline is abandoned (on_deadline()): its callback gets Timeout from
-// defer_timer_, but its Pending stays in inflight_ (hiredis holds a pointer to it, and replies
-// come in order) with no callback; its reply, when it comes, is counted and dropped. The
-// connection is dropped only when stuck: replies owed and nothing read for stuck_ms() since
-// the last reply (or since replies began to be owed), or more than max_abandoned abandoned.
+// defer_timer_, but its Pending stays in inflight_ (replies come in order) with no callback; its
+// reply, when it comes, is counted and dropped. The connection is dropped only when stuck: replies
+// owed and nothing read for stuck_ms() since the last reply (or since replies began to be owed), or
+// more than max_abandoned abandoned.
 //
-// hiredis contexts point back at the client through ac->data; it is cleared before a context
-// is dropped, so callbacks hiredis runs while freeing it (NULL replies, disconnect) are ignored.
+// I/O is the connection layer's (connection.hpp: the socket, plain or TLS, the output buffer,
+// hiredis' reply parser behind the ReplyGuard). inflight_ holds the commands sent, in the
+// order they were appended to the connection's output: each reply is the answer to
+// inflight_.front(). Dropping the connection destroys it, which may happen inside one of its
+// callbacks (a reply that breaks the handshake): it notices and touches nothing after.
 #include "redis/client.hpp"
 
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <strings.h>
 
@@ -71,7 +73,7 @@ bool refused(const std::string_view* argv, size_t argc) noexcept {
     return argc >= 2 && iequals(argv[0], "client") && iequals(argv[1], "reply");
 }
 
-// The argv/argvlen arrays redisAsyncCommandArgv wants, on the stack for short commands.
+// The argv/argvlen arrays Connection::append() wants, on the stack for short commands.
 class ArgvArrays {
    public:
     bool init(size_t n) noexcept {
@@ -167,6 +169,13 @@ Client::Client(Loop& loop, Config config, Logger logger)
         throw std::invalid_argument("invalid redis address \"" + cfg_.address.to_string() +
                                     "\": a numeric IPv4/IPv6 address and a port, or unix:PATH");
     }
+    if (cfg_.tls.enabled && cfg_.tls_context == nullptr) {
+        std::string error;
+        cfg_.tls_context = TlsContext::create(cfg_.tls, error);
+        if (cfg_.tls_context == nullptr) {
+            throw std::invalid_argument(error);
+        }
+    }
     cfg_.connect_timeout_ms = std::max<uint32_t>(cfg_.connect_timeout_ms, 1);
     cfg_.command_timeout_ms = std::max<uint32_t>(cfg_.command_timeout_ms, 1);
     if (cfg_.stuck_timeout_ms == 0) {
@@ -187,13 +196,21 @@ Client::Client(Loop& loop, Config config, Logger logger)
     }
 
     connect_timer_ = loop_.create_timer([this] {
+        if (connection_ != nullptr && connection_->handshaking()) {
+            connection_lost(
+                Failure::Disconnected, RedisError::connection,
+                cat("cannot connect: TLS handshake not done within ", cfg_.connect_timeout_ms,
+                    " ms (is the port a TLS port? a plaintext Redis does not answer "
+                    "the handshake)"));
+            return;
+        }
         connection_lost(
             Failure::Disconnected, RedisError::connection,
-            cat("cannot connect: no connection within ", cfg_.connect_timeout_ms, " ms"), false);
+            cat("cannot connect: no connection within ", cfg_.connect_timeout_ms, " ms"));
     });
     deadline_timer_ = loop_.create_timer([this] { on_deadline(); });
     retry_timer_ = loop_.create_timer([this] {
-        if (closed_ || ac_ != nullptr) {
+        if (closed_ || connection_ != nullptr) {
             return;
         }
         stats_.reconnects++;
@@ -206,17 +223,11 @@ Client::Client(Loop& loop, Config config, Logger logger)
     defer_timer_ = loop_.create_timer([this] { deliver(); });
     reap_timer_ = loop_.create_timer([this] { retired_.clear(); });
     settle_ = loop_.create_deferred([this] {
-        if (answer_pending_ && ac_ != nullptr) {
+        if (answer_pending_ && connection_ != nullptr) {
             answer_pending_ = false;
             healthy();
         }
     });
-    guard_ = std::make_unique<ReplyGuard>(
-        loop_, ReplyGuard::Mode::Commands, cfg_.reply_limits, [this](std::string_view why) {
-            stats_.refused++;
-            connection_lost(Failure::Disconnected, RedisError::protocol,
-                            cat("connection dropped: ", why), false);
-        });
 }
 
 Client::~Client() {
@@ -282,82 +293,57 @@ void Client::connect() noexcept {
     }
     resolved_ = false;
     stats_.connects++;
-    const Address& a = cfg_.address;
-    redisAsyncContext* ac = a.is_unix() ? redisAsyncConnectUnix(a.unix_path.c_str())
-                                        : redisAsyncConnect(a.host.c_str(), a.port);
-    if (ac == nullptr) {
+    std::unique_ptr<Connection> c;
+    std::string error;
+    try {
+        Connection::Owner& owner = *this;
+        c = std::make_unique<Connection>(loop_, owner, ReplyGuard::Mode::Commands,
+                                         cfg_.reply_limits);
+    } catch (...) {
+        error = "out of memory";
+    }
+    if (!c || !c->open(cfg_.address, false, cfg_.tls.enabled ? cfg_.tls_context : nullptr, error)) {
         lost_ = true;
         count_error(RedisError::connection);
-        count_failure("cannot connect: out of memory");
+        count_failure(cat("cannot connect: ", error));
         return;
     }
-    if (ac->err != 0) {
-        std::string what = cat("cannot connect: ", ac->c.errstr);
-        redisAsyncFree(ac);
-        lost_ = true;
-        count_error(RedisError::connection);
-        count_failure(what);
-        return;
-    }
-    ac->data = this;
-    if (!loop_.attach(ac)) {
-        ac->data = nullptr;
-        redisAsyncFree(ac);
-        lost_ = true;
-        count_error(RedisError::connection);
-        count_failure("cannot connect: the event loop did not take the socket");
-        return;
-    }
-    guard_->attach(ac);
-    // Setting the connect callback also asks for write readiness (connect completion).
-    redisAsyncSetConnectCallback(ac, &Client::on_connect);
-    redisAsyncSetDisconnectCallback(ac, &Client::on_disconnect);
-    ac_ = ac;
+    connection_ = std::move(c);
     conn_ = Conn::Connecting;
     connect_timer_->start(cfg_.connect_timeout_ms);
 }
 
-void Client::on_connect(const redisAsyncContext* ac, int status) noexcept {
-    auto* self = static_cast<Client*>(ac->data);
-    if (self == nullptr) {
-        return;
-    }
-    if (status != REDIS_OK) {
-        // hiredis frees the context after this returns.
-        self->connection_lost(Failure::Disconnected, RedisError::connection,
-                              cat("cannot connect: ", ac->c.errstr), true);
-        return;
-    }
-    self->connected_now();
+void Client::on_connected() noexcept {
+    connected_now();
 }
 
-void Client::on_disconnect(const redisAsyncContext* ac, int) noexcept {
-    auto* self = static_cast<Client*>(ac->data);
-    if (self == nullptr) {
+// The reply to the oldest command sent (the guard refused any reply nobody awaits).
+void Client::on_reply(redisReply* reply) noexcept {
+    if (inflight_.empty()) {
+        stats_.refused++;
+        connection_lost(Failure::Disconnected, RedisError::protocol,
+                        "connection dropped: unexpected reply: the server sent more replies "
+                        "than commands");
         return;
     }
+    handle_reply(inflight_.front(), reply);
+}
+
+void Client::on_lost(Connection::Loss loss, std::string_view message) noexcept {
     RedisError kind = RedisError::connection;
-    std::string why = self->lost_reason(ac, kind);
-    self->connection_lost(Failure::Disconnected, kind, why, true);
-}
-
-// Why hiredis is freeing the context: the guard's refusal, or hiredis' own error; `kind`
-// becomes protocol when the server broke the protocol.
-std::string Client::lost_reason(const redisAsyncContext* ac, RedisError& kind) {
-    if (!guard_->violation().empty()) {
-        stats_.refused++;
-        kind = RedisError::protocol;
-        return cat("connection dropped: ", guard_->violation());
-    }
-    if (ac->c.err == REDIS_ERR_PROTOCOL) {
+    if (loss == Connection::Loss::Protocol) {
         stats_.refused++;
         kind = RedisError::protocol;
     }
-    return cat("connection lost: ", ac->c.errstr[0] != '\0' ? ac->c.errstr : "closed");
+    connection_lost(Failure::Disconnected, kind, message);
 }
 
-// Called from hiredis' connect callback: the context must not be freed here (hiredis goes on
-// using it), so a handshake that cannot be sent is failed from connect_timer_ at once.
+bool Client::awaiting_reply() const noexcept {
+    return !inflight_.empty();
+}
+
+// Called from the connection's on_connected(): a handshake that cannot be sent is failed from
+// connect_timer_ at once.
 void Client::connected_now() noexcept {
     connect_timer_->stop();
     conn_ = Conn::Connected;
@@ -405,7 +391,7 @@ void Client::connected_now() noexcept {
 
 // ---- Sentinel discovery ----------------------------------------------------------------------
 //
-// connect() with cfg_.sentinels: Connecting without a context (ac_ == nullptr, no
+// connect() with cfg_.sentinels: Connecting without a connection (connection_ == nullptr, no
 // connect_timer_: the resolver's own timeouts bound each question) while a resolver, a Client
 // of its own on a Sentinel, asks SENTINEL get-master-addr-by-name; commands wait in waiting_
 // as for any connection. A valid answer sets cfg_.address and connects to it (the role check
@@ -456,6 +442,8 @@ void Client::ask_sentinel() noexcept {
         sc.failure_threshold = 0;
         sc.reply_limits = cfg_.reply_limits;
         sc.sentinel_query = true;
+        sc.tls = cfg_.tls;  // the Sentinels are reached with the same TLS settings
+        sc.tls_context = cfg_.tls_context;
         resolver_ = std::make_unique<Client>(loop_, std::move(sc));
         resolver_->command({"SENTINEL", "get-master-addr-by-name", cfg_.sentinel_master},
                            [this, gen](Result&& r) { sentinel_answer(gen, std::move(r)); });
@@ -528,10 +516,10 @@ bool Client::reconnect_to(const Address& primary, std::string_view reason) noexc
         return false;
     }
     bool same = primary.to_string() == cfg_.address.to_string();
-    if (same && ac_ != nullptr) {
+    if (same && connection_ != nullptr) {
         return false;  // connected or connecting to it already
     }
-    bool idle = ac_ == nullptr && conn_ == Conn::None && !retry_timer_->active();
+    bool idle = connection_ == nullptr && conn_ == Conn::None && !retry_timer_->active();
     try {
         cfg_.address = primary;
     } catch (...) {
@@ -542,9 +530,9 @@ bool Client::reconnect_to(const Address& primary, std::string_view reason) noexc
         return false;
     }
     log(LogLevel::Info, cat(name_, ": reconnecting to ", primary.to_string(), " now: ", reason));
-    if (ac_ != nullptr) {
+    if (connection_ != nullptr) {
         lost_ = true;  // a reconnect, for the metrics; not a failure for the breaker
-        drop(Failure::Disconnected, false);
+        drop(Failure::Disconnected);
     }
     retire_resolver();  // a Sentinel question in flight: the answer is known
     retry_timer_->stop();
@@ -587,20 +575,14 @@ void Client::send_waiting() noexcept {
     }
 }
 
-// Lets go of the connection: the context is freed (unless hiredis does it), every command
-// pending fails with `why` (or Timeout, past its deadline).
-void Client::drop(Failure why, bool hiredis_frees) noexcept {
-    redisAsyncContext* ac = ac_;
-    ac_ = nullptr;
+// Lets go of the connection: it is closed (also from inside its own callbacks: see the top),
+// every command pending fails with `why` (or Timeout, past its deadline).
+void Client::drop(Failure why) noexcept {
+    connection_.reset();
     conn_ = Conn::None;
     set_ready(false);
-    ac->data = nullptr;
-    guard_->detach();
     connect_timer_->stop();
     answer_pending_ = false;  // an answer on a connection that failed in the same turn
-    if (!hiredis_frees) {
-        redisAsyncFree(ac);  // deferred by hiredis when inside one of its callbacks
-    }
     // fail_all() erases the abandoned commands, counting abandoned_ down to 0 (zeroing it
     // first made that count wrap around: abandoned() stayed huge after a dropped connection
     // with late replies owed, and sync flushes, which wait for abandoned() == 0, stopped).
@@ -608,15 +590,14 @@ void Client::drop(Failure why, bool hiredis_frees) noexcept {
     abandoned_ = 0;
 }
 
-void Client::connection_lost(Failure why, RedisError kind, std::string_view detail,
-                             bool hiredis_frees) noexcept {
-    if (ac_ == nullptr) {
+void Client::connection_lost(Failure why, RedisError kind, std::string_view detail) noexcept {
+    if (connection_ == nullptr) {
         return;
     }
     lost_ = true;
     count_error(kind);
     size_t pending_before = pending();
-    drop(why, hiredis_frees);
+    drop(why);
     if (pending_before > 0) {
         count_failure(cat(detail, " (", pending_before, " pending command(s) failed)"));
     } else {
@@ -650,7 +631,7 @@ void Client::count_failure(std::string_view what) noexcept {
                      LogLevel::Error);
         return;
     }
-    if (ac_ == nullptr) {
+    if (connection_ == nullptr) {
         retry_timer_->start(backoff_ms_);
         backoff_ms_ = std::min(backoff_ms_ * 2, cfg_.backoff_max_ms);
     }
@@ -663,9 +644,9 @@ void Client::open_circuit(std::string_view message, LogLevel level) noexcept {
     if (metrics_ != nullptr) {
         core::metrics::add(metrics_->breaker_openings);
     }
-    if (ac_ != nullptr) {
+    if (connection_ != nullptr) {
         lost_ = true;
-        drop(Failure::Disconnected, false);
+        drop(Failure::Disconnected);
     }
     log(level, message);
     retry_timer_->start(cooldown_ms_);
@@ -716,32 +697,25 @@ void Client::close() noexcept {
     settle_->cancel();
     answer_pending_ = false;
     retire_resolver();
-    if (ac_ == nullptr) {
-        conn_ = Conn::None;  // no context: at most a Sentinel question, dropped
-    }
-    if (ac_ != nullptr) {
-        redisAsyncContext* ac = ac_;
-        ac_ = nullptr;
-        conn_ = Conn::None;
+    conn_ = Conn::None;  // without a connection: at most a Sentinel question, dropped
+    if (connection_ != nullptr) {
+        connection_.reset();
         set_ready(false);
-        ac->data = nullptr;
-        guard_->detach();
-        redisAsyncFree(ac);
     }
     fail_all(Failure::Shutdown, false);
 }
 
 bool Client::disconnect_idle() noexcept {
-    if (!closed_ && ac_ == nullptr && conn_ == Conn::Connecting && breaker_ == Breaker::Closed &&
-        pending() == 0) {
+    if (!closed_ && connection_ == nullptr && conn_ == Conn::Connecting &&
+        breaker_ == Breaker::Closed && pending() == 0) {
         retire_resolver();  // asking a Sentinel for nobody: dropped, as an idle connection is
         conn_ = Conn::None;
         return true;
     }
-    if (closed_ || ac_ == nullptr || breaker_ != Breaker::Closed || pending() > 0) {
-        return ac_ == nullptr;
+    if (closed_ || connection_ == nullptr || breaker_ != Breaker::Closed || pending() > 0) {
+        return connection_ == nullptr;
     }
-    drop(Failure::Disconnected, false);  // fails nothing of the caller's
+    drop(Failure::Disconnected);  // fails nothing of the caller's
     return true;
 }
 
@@ -865,7 +839,7 @@ void Client::keep_args(Pending& p, const std::string_view* argv, size_t argc) {
 }
 
 bool Client::send(Pending& p, const std::string_view* argv, size_t argc) noexcept {
-    if (ac_ == nullptr || argc > size_t(std::numeric_limits<int>::max())) {
+    if (connection_ == nullptr) {
         return false;
     }
     ArgvArrays a;
@@ -878,9 +852,10 @@ bool Client::send(Pending& p, const std::string_view* argv, size_t argc) noexcep
     return submit(p, argc, a.ptrs(), a.lens());
 }
 
-// Hands one prepared command to hiredis and starts its deadline.
+// Hands one prepared command to the connection and starts its deadline. `p` is the last of
+// inflight_: replies come in the order of the commands.
 bool Client::submit(Pending& p, size_t argc, const char** argv, const size_t* lens) noexcept {
-    if (redisAsyncCommandArgv(ac_, &Client::on_reply, &p, int(argc), argv, lens) != REDIS_OK) {
+    if (!connection_->append(argc, argv, lens)) {
         return false;
     }
     if (inflight_.size() == 1) {
@@ -895,7 +870,7 @@ bool Client::submit(Pending& p, size_t argc, const char** argv, const size_t* le
 
 bool Client::send_kept(Pending& p) noexcept {
     size_t argc = p.lens.size();
-    if (ac_ == nullptr || argc > size_t(std::numeric_limits<int>::max())) {
+    if (connection_ == nullptr) {
         return false;
     }
     ArgvArrays a;
@@ -1123,22 +1098,7 @@ void Client::evalsha(const Script& script, const std::string_view* keys, size_t 
     }
 }
 
-void Client::on_reply(redisAsyncContext* ac, void* reply, void* privdata) noexcept {
-    auto* self = static_cast<Client*>(ac->data);
-    if (self == nullptr || privdata == nullptr) {
-        return;  // a dropped connection: late or freeing
-    }
-    self->handle_reply(*static_cast<Pending*>(privdata), static_cast<redisReply*>(reply));
-}
-
 void Client::handle_reply(Pending& p, redisReply* r) noexcept {
-    if (r == nullptr) {
-        // hiredis is freeing the context after an error; it frees it itself.
-        RedisError kind = RedisError::connection;
-        std::string why = lost_reason(ac_, kind);
-        connection_lost(Failure::Disconnected, kind, why, true);
-        return;
-    }
     stats_.replies++;
     last_progress_ms_ = loop_.now_ms();
     if (p.abandoned) {
@@ -1232,21 +1192,19 @@ void Client::handshake_reply(Pending& p, redisReply* r) noexcept {
         }
         connection_lost(Failure::Disconnected, RedisError::protocol,
                         cat("connection dropped: SCRIPT LOAD answered ", describe(r),
-                            ", not the script's SHA-1 ", sha),
-                        false);
+                            ", not the script's SHA-1 ", sha));
         return;
     }
     if (r->type == REDIS_REPLY_ERROR) {
         connection_lost(Failure::Disconnected, RedisError::connection,
-                        cat(what, " failed: ", printable(text)), false);
+                        cat(what, " failed: ", printable(text)));
         return;
     }
     const char* expected = p.kind == Kind::Ping ? "PONG" : "OK";
     if (r->type != REDIS_REPLY_STATUS || text != expected) {
         connection_lost(
             Failure::Disconnected, RedisError::protocol,
-            cat("connection dropped: ", what, " answered ", describe(r), ", not ", expected),
-            false);
+            cat("connection dropped: ", what, " answered ", describe(r), ", not ", expected));
         return;
     }
     bool ping = p.kind == Kind::Ping;
@@ -1268,8 +1226,7 @@ void Client::probe_reply(Pending& p, redisReply* r) noexcept {
     if (r->type == REDIS_REPLY_ERROR) {
         connection_lost(Failure::Disconnected, RedisError::connection,
                         cat("permission check failed: user \"", printable(user),
-                            "\" may not run EVALSHA of the module's scripts: ", printable(text)),
-                        false);
+                            "\" may not run EVALSHA of the module's scripts: ", printable(text)));
         return;
     }
     Reply reply;
@@ -1282,8 +1239,7 @@ void Client::probe_reply(Pending& p, redisReply* r) noexcept {
     }
     if (!ok) {
         connection_lost(Failure::Disconnected, RedisError::protocol,
-                        cat("connection dropped: the permission check answered ", describe(r)),
-                        false);
+                        cat("connection dropped: the permission check answered ", describe(r)));
         return;
     }
     if (!refused.empty()) {
@@ -1295,8 +1251,7 @@ void Client::probe_reply(Pending& p, redisReply* r) noexcept {
         }
         connection_lost(Failure::Disconnected, RedisError::connection,
                         cat("user \"", printable(user), "\" may not run ", list,
-                            ": the module's scripts call them (grant them with ACL SETUSER)"),
-                        false);
+                            ": the module's scripts call them (grant them with ACL SETUSER)"));
         return;
     }
     inflight_.erase(p.self);
@@ -1323,8 +1278,7 @@ void Client::role_reply(Pending& p, redisReply* r) noexcept {
         if (r->type != REDIS_REPLY_STRING) {
             connection_lost(Failure::Disconnected, RedisError::protocol,
                             cat("connection dropped: INFO cluster answered ", describe(r),
-                                ", not a bulk string"),
-                            false);
+                                ", not a bulk string"));
             return;
         }
         if (text.find("cluster_enabled:1") != std::string_view::npos && !cfg_.cluster_node_ok) {
@@ -1336,8 +1290,7 @@ void Client::role_reply(Pending& p, redisReply* r) noexcept {
         if (!shaped) {
             connection_lost(Failure::Disconnected, RedisError::protocol,
                             cat("connection dropped: ROLE answered ", describe(r),
-                                ", not an array naming a role"),
-                            false);
+                                ", not an array naming a role"));
             return;
         }
         std::string_view role(r->element[0]->str, r->element[0]->len);
@@ -1363,7 +1316,7 @@ void Client::role_reply(Pending& p, redisReply* r) noexcept {
         }
     }
     if (!misconfigured.empty()) {
-        connection_lost(Failure::Disconnected, RedisError::connection, misconfigured, false);
+        connection_lost(Failure::Disconnected, RedisError::connection, misconfigured);
         return;
     }
     inflight_.erase(p.self);
@@ -1381,7 +1334,7 @@ void Client::topology_error(Pending& p, redisReply* r, std::string_view why) noe
     count_reply(p, true);
     Callback cb = std::move(p.cb);
     inflight_.erase(p.self);  // before connection_lost(): it is answered, not failed
-    connection_lost(Failure::Disconnected, RedisError::connection, what, false);
+    connection_lost(Failure::Disconnected, RedisError::connection, what);
     invoke(cb, std::move(result), this);
 }
 
@@ -1498,16 +1451,14 @@ void Client::on_deadline() noexcept {
     if (handshake || no_memory) {
         connection_lost(Failure::Disconnected, RedisError::connection,
                         cat("no reply within ", cfg_.command_timeout_ms, " ms",
-                            handshake ? " to the handshake" : "", ", connection dropped"),
-                        false);
+                            handshake ? " to the handshake" : "", ", connection dropped"));
     } else if (!inflight_.empty() &&
                (now - last_progress_ms_ >= stuck_ms() || abandoned_ > cfg_.max_abandoned)) {
         stats_.stuck++;
         connection_lost(
             Failure::Disconnected, RedisError::connection,
             cat("connection stuck, dropped: nothing read for ", now - last_progress_ms_, " ms, ",
-                inflight_.size(), " replies owed (", abandoned_, " to timed-out commands)"),
-            false);
+                inflight_.size(), " replies owed (", abandoned_, " to timed-out commands)"));
     }
     uint64_t next = std::numeric_limits<uint64_t>::max();
     for (const std::list<Pending>* list : {&inflight_, &waiting_}) {

@@ -105,14 +105,15 @@
 
 #include "core/metrics.hpp"
 #include "redis/address.hpp"
+#include "redis/connection.hpp"
 #include "redis/loop.hpp"
 #include "redis/permissions.hpp"
 #include "redis/reply.hpp"
 #include "redis/reply_guard.hpp"
 #include "redis/script.hpp"
 #include "redis/target.hpp"
+#include "redis/tls.hpp"
 
-struct redisAsyncContext;
 struct redisReply;
 
 namespace throttle::redis {
@@ -148,6 +149,12 @@ struct Config {
     std::string sentinel_master;
     std::vector<Address> sentinels;
     std::string sentinel_password;  // AUTH to the Sentinels when set
+    // TLS (issue 12): with tls.enabled every connection -- to the server, and to the Sentinels,
+    // with the same settings -- is TLS (tls.hpp). tls_context: the context built from `tls`
+    // (nginx builds it at configuration time, so that nginx -t reads the files); without one,
+    // the constructor builds it (and throws std::invalid_argument when it cannot).
+    TlsSettings tls;
+    std::shared_ptr<const TlsContext> tls_context;
     // Internal: this client talks to a Sentinel (no role check, no scripts).
     bool sentinel_query = false;
 };
@@ -172,7 +179,7 @@ struct Stats {
     uint64_t noscript_reloads = 0;
 };
 
-class Client final : public Target {
+class Client final : public Target, private Connection::Owner {
    public:
     // Throws std::invalid_argument if config.address is not valid() (not numeric, no port).
     // Does not touch the network: start() or the first command connects.
@@ -308,9 +315,11 @@ class Client final : public Target {
         bool reload_logged = false;  // a NOSCRIPT reload was logged; no answer since
     };
 
-    static void on_reply(redisAsyncContext* ac, void* reply, void* privdata) noexcept;
-    static void on_connect(const redisAsyncContext* ac, int status) noexcept;
-    static void on_disconnect(const redisAsyncContext* ac, int status) noexcept;
+    // Connection::Owner
+    void on_connected() noexcept override;
+    void on_reply(redisReply* reply) noexcept override;
+    void on_lost(Connection::Loss loss, std::string_view message) noexcept override;
+    bool awaiting_reply() const noexcept override;
 
     void connect() noexcept;
     void connected_now() noexcept;
@@ -328,10 +337,9 @@ class Client final : public Target {
     void retire_resolver() noexcept;
     void topology_error(Pending& p, redisReply* r, std::string_view why) noexcept;
     void send_probe();
-    std::string lost_reason(const redisAsyncContext* ac, core::metrics::RedisError& kind);
-    void drop(Failure why, bool hiredis_frees) noexcept;
-    void connection_lost(Failure why, core::metrics::RedisError kind, std::string_view detail,
-                         bool hiredis_frees) noexcept;
+    void drop(Failure why) noexcept;
+    void connection_lost(Failure why, core::metrics::RedisError kind,
+                         std::string_view detail) noexcept;
     void count_failure(std::string_view what) noexcept;
     void open_circuit(std::string_view message, LogLevel level) noexcept;
     void answered() noexcept;
@@ -374,7 +382,7 @@ class Client final : public Target {
     Logger logger_;
     std::string name_;  // "redis 127.0.0.1:6379"
 
-    redisAsyncContext* ac_ = nullptr;
+    std::unique_ptr<Connection> connection_;
     Conn conn_ = Conn::None;
     Breaker breaker_ = Breaker::Closed;
     bool closed_ = false;
@@ -389,7 +397,7 @@ class Client final : public Target {
     uint64_t timeouts_unlogged_ = 0;   // timeouts since the last log line about them
     uint64_t timeouts_logged_ms_ = 0;  // when that line was
 
-    std::list<Pending> inflight_;  // handed to hiredis, awaiting a reply
+    std::list<Pending> inflight_;  // sent on connection_, awaiting a reply, in order
     std::list<Pending> waiting_;   // issued while connecting: sent once connected
     std::list<Pending> done_;      // failures to deliver from defer_timer_
     std::vector<ScriptEntry> scripts_;
@@ -407,7 +415,6 @@ class Client final : public Target {
     std::unique_ptr<Timer> retry_timer_;  // backoff, or the breaker's cool-down
     std::unique_ptr<Timer> defer_timer_;
     std::unique_ptr<Deferred> settle_;  // answer_pending_ -> healthy(), at the end of the turn
-    std::unique_ptr<ReplyGuard> guard_;
 
     // Sentinel discovery (cfg_.sentinels non-empty).
     std::unique_ptr<Client> resolver_;              // asking cfg_.sentinels[sentinel_index_]

@@ -2,8 +2,6 @@
 #include "redis/libevent_loop.hpp"
 
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
-#include <hiredis/async.h>
 
 #include <new>
 #include <utility>
@@ -80,6 +78,59 @@ class LibeventDeferred final : public Deferred {
     bool posted_ = false;
 };
 
+// Two persistent events on the fd (level-triggered: libevent's default), added and deleted as
+// the directions are wanted.
+class LibeventWatch final : public IoWatch {
+   public:
+    LibeventWatch(event_base* base, int fd, std::function<void(int)> handler)
+        : handler_(std::move(handler)) {
+        read_ = event_new(base, fd, EV_READ | EV_PERSIST, &LibeventWatch::fire, this);
+        write_ = event_new(base, fd, EV_WRITE | EV_PERSIST, &LibeventWatch::fire, this);
+        if (read_ == nullptr || write_ == nullptr) {
+            free_events();
+            throw std::bad_alloc();
+        }
+    }
+    ~LibeventWatch() override { free_events(); }
+    LibeventWatch(const LibeventWatch&) = delete;
+    LibeventWatch& operator=(const LibeventWatch&) = delete;
+
+    void want_read(bool on) noexcept override { want(read_, reading_, on); }
+    void want_write(bool on) noexcept override { want(write_, writing_, on); }
+
+   private:
+    static void want(event* ev, bool& state, bool on) noexcept {
+        if (state == on) {
+            return;
+        }
+        state = on;
+        if (on) {
+            event_add(ev, nullptr);
+        } else {
+            event_del(ev);
+        }
+    }
+    void free_events() noexcept {
+        if (read_ != nullptr) {
+            event_free(read_);
+        }
+        if (write_ != nullptr) {
+            event_free(write_);
+        }
+    }
+    static void fire(evutil_socket_t, short what, void* arg) noexcept {
+        // The handler may destroy this watch: nothing touches `arg` afterwards.
+        static_cast<LibeventWatch*>(arg)->handler_((what & EV_READ) != 0 ? IoWatch::Readable
+                                                                         : IoWatch::Writable);
+    }
+
+    std::function<void(int)> handler_;
+    event* read_ = nullptr;
+    event* write_ = nullptr;
+    bool reading_ = false;
+    bool writing_ = false;
+};
+
 }  // namespace
 
 // The base's own monotonic clock (CLOCK_MONOTONIC_COARSE unless the base was created with
@@ -100,8 +151,8 @@ std::unique_ptr<Deferred> LibeventLoop::create_deferred(std::function<void()> ha
     return std::make_unique<LibeventDeferred>(base_, std::move(handler));
 }
 
-bool LibeventLoop::attach(redisAsyncContext* ac) noexcept {
-    return redisLibeventAttach(ac, base_) == REDIS_OK;
+std::unique_ptr<IoWatch> LibeventLoop::watch(int fd, std::function<void(int event)> handler) {
+    return std::make_unique<LibeventWatch>(base_, fd, std::move(handler));
 }
 
 }  // namespace throttle::redis

@@ -1,6 +1,6 @@
-// Loop over libevent: hiredis' stock adapter (hiredis/adapters/libevent.h) for the socket and
-// libevent timers (layer: redis). Used by the client's tests and command-line tools; the nginx
-// module does not link it (see ./config).
+// Loop over libevent: persistent read/write events for the socket, libevent timers, and
+// fd-less events for end-of-turn work (layer: redis). Used by the client's tests and command-line
+// tools; the nginx module does not link it (see ./config).
 #pragma once
 
 #include "redis/loop.hpp"
@@ -17,7 +17,7 @@ class LibeventLoop final : public Loop {
     uint64_t now_ms() noexcept override;
     std::unique_ptr<Timer> create_timer(std::function<void()> handler) override;
     std::unique_ptr<Deferred> create_deferred(std::function<void()> handler) override;
-    bool attach(redisAsyncContext* ac) noexcept override;
+    std::unique_ptr<IoWatch> watch(int fd, std::function<void(int event)> handler) override;
 
     event_base* base() const noexcept { return base_; }
 

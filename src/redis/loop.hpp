@@ -1,15 +1,15 @@
 // The event-loop interface the Redis client is written against (layer: redis).
 //
-// Two implementations: LibeventLoop (src/redis/libevent_loop.hpp, hiredis' stock libevent
-// adapter, for tests and command-line tools) and the nginx one (src/ngx/redis_loop.hpp).
+// Two implementations: LibeventLoop (src/redis/libevent_loop.hpp, for tests and command-line
+// tools) and the nginx one (src/ngx/redis_loop.hpp). The loop knows sockets, timers and
+// end-of-turn work, nothing of Redis or hiredis: the I/O itself (plain or TLS) is the
+// connection layer's (connection.hpp), the same code under both loops.
 // Everything here is single-threaded: all calls and all callbacks happen on the loop's thread.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <memory>
-
-struct redisAsyncContext;
 
 namespace throttle::redis {
 
@@ -35,6 +35,19 @@ class Deferred {
     virtual bool posted() const noexcept = 0;
 };
 
+// A watch on one socket: while a direction is wanted and the socket is ready for it, the
+// handler is called with that direction (one call per direction and readiness). The socket
+// may be watched edge-triggered: a handler must read (or write) until the socket would block
+// before it can count on being called again. The handler may destroy the watch. Destroying it
+// stops watching; it never closes the fd (its owner does, after).
+class IoWatch {
+   public:
+    enum Event : uint8_t { Readable = 1, Writable = 2 };
+    virtual ~IoWatch() = default;
+    virtual void want_read(bool on) noexcept = 0;
+    virtual void want_write(bool on) noexcept = 0;
+};
+
 class Loop {
    public:
     virtual ~Loop() = default;
@@ -52,14 +65,10 @@ class Loop {
     // std::bad_alloc.
     virtual std::unique_ptr<Deferred> create_deferred(std::function<void()> handler) = 0;
 
-    // Attaches a freshly created context (ac->c.fd valid, ac->ev.data null): installs the
-    // ev.addRead/delRead/addWrite/delWrite hooks and starts watching the socket for both read
-    // and write (write readiness completes the non-blocking connect), calling
-    // redisAsyncHandleRead/Write when it is ready. Detaching is hiredis' ev.cleanup hook, which
-    // hiredis calls when it frees the context, before it closes the socket: it must release
-    // what attach() took and must not close the fd (hiredis does). Returns false (nothing
-    // attached, nothing to release) when the loop cannot take the socket.
-    virtual bool attach(redisAsyncContext* ac) noexcept = 0;
+    // Watches `fd` (a non-blocking socket), wanting neither direction yet; `handler` (which
+    // must not throw) gets IoWatch::Readable or IoWatch::Writable. nullptr when the loop cannot
+    // take the socket (nothing to release). May throw std::bad_alloc.
+    virtual std::unique_ptr<IoWatch> watch(int fd, std::function<void(int event)> handler) = 0;
 };
 
 }  // namespace throttle::redis

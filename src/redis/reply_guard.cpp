@@ -4,12 +4,11 @@
 // null for a reply's top level, task->idx is the index in the parent array, and task->privdata
 // is the reader's privdata (here: the guard). It calls createArray with the element count
 // before it allocates anything for it, createString once a whole bulk string is buffered. A
-// function returning null makes the reader fail ("Out of memory"), and the async context then
-// disconnects. Between replies hiredis' redisProcessCallbacks has already popped the callback
-// of the reply before: at a new top level, an empty callback list means nobody asked.
+// function returning null makes the reader fail ("Out of memory"), and the connection is then
+// dropped. The connection layer hands each reply to its owner before it asks the reader for
+// the next one, so at a new top level the owner knows whether anybody still awaits a reply.
 #include "redis/reply_guard.hpp"
 
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <hiredis/read.h>
 #include <strings.h>
@@ -62,9 +61,8 @@ redisReplyObjectFunctions guarded_functions = {};
 
 }  // namespace
 
-ReplyGuard::ReplyGuard(Loop& loop, Mode mode, ReplyLimits limits, OnViolation on_violation)
-    : mode_(mode), limits_(limits), on_violation_(std::move(on_violation)) {
-    check_ = loop.create_deferred([this] { end_of_turn(); });
+ReplyGuard::ReplyGuard(Mode mode, ReplyLimits limits, std::function<bool()> awaited) noexcept
+    : mode_(mode), limits_(limits), awaited_(std::move(awaited)) {
     guarded_functions.createString = &ReplyGuard::create_string;
     guarded_functions.createArray = &ReplyGuard::create_array;
     guarded_functions.createInteger = &ReplyGuard::create_integer;
@@ -76,43 +74,25 @@ ReplyGuard::~ReplyGuard() {
     detach();
 }
 
-void ReplyGuard::attach(redisAsyncContext* ac) noexcept {
+void ReplyGuard::attach(redisReader* reader) noexcept {
     detach();
-    ac_ = ac;
+    reader_ = reader;
     violation_.clear();
     elements_ = 0;
     bytes_ = 0;
     unsubscribe_ = false;
-    cleaned_ = false;
-    redisReader* r = ac->c.reader;
-    hiredis_fn_ = r->fn;
-    r->fn = &guarded_functions;
-    r->privdata = this;
-    loop_ = LoopHooks{ac->ev.data,     ac->ev.addRead,  ac->ev.delRead,
-                      ac->ev.addWrite, ac->ev.delWrite, ac->ev.cleanup};
-    ac->ev.data = this;
-    ac->ev.addRead = &ReplyGuard::add_read;
-    ac->ev.delRead = &ReplyGuard::del_read;
-    ac->ev.addWrite = &ReplyGuard::add_write;
-    ac->ev.delWrite = &ReplyGuard::del_write;
-    ac->ev.cleanup = &ReplyGuard::cleanup;
+    hiredis_fn_ = reader->fn;
+    reader->fn = &guarded_functions;
+    reader->privdata = this;
 }
 
 void ReplyGuard::detach() noexcept {
-    if (ac_ == nullptr) {
+    if (reader_ == nullptr) {
         return;
     }
-    check_->cancel();
-    redisReader* r = ac_->c.reader;  // hiredis frees the reader last, after every callback
-    r->fn = hiredis_fn_;
-    r->privdata = nullptr;
-    ac_->ev.data = loop_.data;
-    ac_->ev.addRead = loop_.add_read;
-    ac_->ev.delRead = loop_.del_read;
-    ac_->ev.addWrite = loop_.add_write;
-    ac_->ev.delWrite = loop_.del_write;
-    ac_->ev.cleanup = cleaned_ ? nullptr : loop_.cleanup;  // the loop's part is released once
-    ac_ = nullptr;
+    reader_->fn = hiredis_fn_;
+    reader_->privdata = nullptr;
+    reader_ = nullptr;
 }
 
 bool ReplyGuard::refuse(std::string why) noexcept {
@@ -125,14 +105,14 @@ bool ReplyGuard::refuse(std::string why) noexcept {
 
 bool ReplyGuard::admit(const redisReadTask* task, int type, uint64_t count,
                        std::string_view str) noexcept {
-    if (ac_ == nullptr || !violation_.empty()) {
+    if (reader_ == nullptr || !violation_.empty()) {
         return violation_.empty();
     }
     if (task->parent == nullptr) {
         elements_ = 0;
         bytes_ = 0;
         unsubscribe_ = false;
-        if (mode_ == Mode::Commands && ac_->replies.head == nullptr) {
+        if (mode_ == Mode::Commands && !awaited_()) {
             return refuse(cat("unexpected reply (", type_name(type), " ",
                               message::printable(str, 40),
                               "): the server sent more replies than commands"));
@@ -165,12 +145,12 @@ bool ReplyGuard::admit(const redisReadTask* task, int type, uint64_t count,
 // last. Only messages shaped as Redis sends them pass, and errors.
 bool ReplyGuard::admit_pubsub(const redisReadTask* task, int type, uint64_t count,
                               std::string_view str) noexcept {
-    if (ac_->replies.head != nullptr) {
-        return true;  // a reply to AUTH (or SUBSCRIBE's own command) goes to its callback
+    if (awaited_()) {
+        return true;  // a reply to AUTH goes to its callback
     }
     if (task->parent == nullptr) {
         if (type == REDIS_REPLY_ERROR) {
-            return true;  // hiredis drops the connection, with the server's words (NOAUTH)
+            return true;  // the subscriber drops the connection, with the server's words (NOAUTH)
         }
         if (type != REDIS_REPLY_ARRAY || count < 3 || count > 4) {
             return refuse(cat("unexpected reply (", type_name(type), " of ", count,
@@ -194,15 +174,15 @@ bool ReplyGuard::admit_pubsub(const redisReadTask* task, int type, uint64_t coun
     return true;
 }
 
-// After the reads of a turn: what the reader waits for. A bulk string whose header arrived
-// announces its length there ("$<len>\r\n" at the read position) long before its bytes.
-void ReplyGuard::end_of_turn() noexcept {
-    if (ac_ == nullptr || cleaned_ || !violation_.empty()) {
-        return;
+// After a read: what the reader waits for. A bulk string whose header arrived announces its
+// length there ("$<len>\r\n" at the read position) long before its bytes.
+bool ReplyGuard::check_buffered() noexcept {
+    if (reader_ == nullptr || !violation_.empty()) {
+        return violation_.empty();
     }
-    const redisReader* r = ac_->c.reader;
-    if (r == nullptr || r->err != 0 || r->ridx < 0 || r->pos > r->len) {
-        return;
+    const redisReader* r = reader_;
+    if (r->err != 0 || r->ridx < 0 || r->pos > r->len) {
+        return true;
     }
     size_t buffered = r->len - r->pos;
     const redisReadTask& cur = r->rstack[r->ridx];
@@ -217,17 +197,16 @@ void ReplyGuard::end_of_turn() noexcept {
             announced = announced * 10 + uint64_t(p[i] - '0');
         }
         if (i > 0 && i < n && p[i] == '\r' && announced > left) {
-            refuse(cat("reply refused: a bulk string of ", announced, " bytes announced (", left,
-                       " left of the ", limits_.max_bytes, " one reply may carry)"));
+            return refuse(cat("reply refused: a bulk string of ", announced, " bytes announced (",
+                              left, " left of the ", limits_.max_bytes, " one reply may carry)"));
         }
     }
-    if (violation_.empty() && buffered > left) {
-        refuse(cat("reply refused: ", buffered, " bytes buffered and the reply not complete (",
-                   left, " left of the ", limits_.max_bytes, " one reply may carry)"));
+    if (buffered > left) {
+        return refuse(cat("reply refused: ", buffered,
+                          " bytes buffered and the reply not complete (", left, " left of the ",
+                          limits_.max_bytes, " one reply may carry)"));
     }
-    if (!violation_.empty() && on_violation_) {
-        on_violation_(violation_);  // the owner drops the connection (and detaches)
-    }
+    return true;
 }
 
 void* ReplyGuard::create_string(const redisReadTask* task, char* str, size_t len) {
@@ -260,45 +239,6 @@ void* ReplyGuard::create_nil(const redisReadTask* task) {
         return nullptr;
     }
     return g->hiredis_fn_->createNil(task);
-}
-
-// hiredis calls add_read after every successful read (and write), before it parses.
-void ReplyGuard::add_read(void* data) {
-    auto* g = static_cast<ReplyGuard*>(data);
-    if (g->loop_.add_read != nullptr) {
-        g->loop_.add_read(g->loop_.data);
-    }
-    g->check_->post();
-}
-
-void ReplyGuard::del_read(void* data) {
-    auto* g = static_cast<ReplyGuard*>(data);
-    if (g->loop_.del_read != nullptr) {
-        g->loop_.del_read(g->loop_.data);
-    }
-}
-
-void ReplyGuard::add_write(void* data) {
-    auto* g = static_cast<ReplyGuard*>(data);
-    if (g->loop_.add_write != nullptr) {
-        g->loop_.add_write(g->loop_.data);
-    }
-}
-
-void ReplyGuard::del_write(void* data) {
-    auto* g = static_cast<ReplyGuard*>(data);
-    if (g->loop_.del_write != nullptr) {
-        g->loop_.del_write(g->loop_.data);
-    }
-}
-
-void ReplyGuard::cleanup(void* data) {
-    auto* g = static_cast<ReplyGuard*>(data);
-    if (g->loop_.cleanup != nullptr && !g->cleaned_) {
-        g->loop_.cleanup(g->loop_.data);
-    }
-    g->cleaned_ = true;
-    g->check_->cancel();
 }
 
 }  // namespace throttle::redis

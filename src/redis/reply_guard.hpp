@@ -5,11 +5,11 @@
 // header "$N" makes it buffer until N bytes came, and a line without its CRLF is buffered
 // forever; a reply that arrives when no command waits for one makes it abort() the process
 // (redisProcessCallbacks' assertion), and in pub/sub mode so does an array that is not shaped
-// like a pub/sub message. hiredis comes from the system, so the guard stands in front of it,
-// in the two places hiredis lets a user in: the reader's reply object functions (called as
-// each part of a reply is parsed: an array's element count is known before hiredis allocates
-// it) and the context's event hooks (called after every read: the guard looks at what the
-// reader is waiting for at the end of that loop turn).
+// like a pub/sub message. The connection layer (connection.hpp) parses replies with hiredis'
+// redisReader; the guard stands in front of it, in the place the reader lets a user in: its
+// reply object functions (called as each part of a reply is parsed: an array's element count
+// is known before hiredis allocates it). After every read, the connection asks the guard to
+// look at what the reader is still waiting for (check_buffered()).
 //
 // The guard refuses, as a protocol violation on that connection:
 //   - in Commands mode, a reply when no command awaits one; in PubSub mode, a reply no command
@@ -21,14 +21,13 @@
 //     are buffered; a reply still incomplete with more than max_bytes buffered, too.
 // Nesting deeper than 7 arrays hiredis refuses itself.
 //
-// A violation found while hiredis parses makes the reply function fail: hiredis sets an error
-// on the context ("Out of memory": read violation() instead) and frees it, calling every
-// pending callback with no reply, then the disconnect callback. A violation found at the end of
-// a turn is reported through on_violation, outside hiredis: the owner drops the connection.
+// A violation found while hiredis parses makes the reply function fail: the reader fails
+// ("Out of memory": read violation() instead) and the connection is dropped. A violation found
+// by check_buffered() returns false: the connection is dropped too.
 //
-// One connection at a time: attach() a context right after Loop::attach(), detach() it before
-// the owner lets go of it (any path: its own redisAsyncFree, or hiredis freeing it on an
-// error). Single-threaded, like the Loop.
+// One reader at a time: attach() it when it is created, detach() it before it is freed.
+// Whether a command awaits a reply is the owner's to say (the `awaited` function). Single-
+// threaded, like the Loop.
 #pragma once
 
 #include <cstdint>
@@ -37,9 +36,7 @@
 #include <string>
 #include <string_view>
 
-#include "redis/loop.hpp"
-
-struct redisAsyncContext;
+struct redisReader;
 struct redisReadTask;
 struct redisReplyObjectFunctions;
 
@@ -53,19 +50,22 @@ struct ReplyLimits {
 class ReplyGuard {
    public:
     enum class Mode : uint8_t { Commands, PubSub };
-    using OnViolation = std::function<void(std::string_view why)>;
 
-    // May throw std::bad_alloc.
-    ReplyGuard(Loop& loop, Mode mode, ReplyLimits limits, OnViolation on_violation);
+    // `awaited` says whether a command awaits a reply now (Commands: any command; PubSub: a
+    // regular command such as AUTH, not the subscription's messages). It must not throw.
+    ReplyGuard(Mode mode, ReplyLimits limits, std::function<bool()> awaited) noexcept;
     ~ReplyGuard();  // detach()
     ReplyGuard(const ReplyGuard&) = delete;
     ReplyGuard& operator=(const ReplyGuard&) = delete;
 
-    // Guards `ac` (already attached to the loop). Forgets any earlier violation.
-    void attach(redisAsyncContext* ac) noexcept;
-    // Gives `ac` back to plain hiredis: its reader and event hooks as they were.
+    // Guards `reader`. Forgets any earlier violation.
+    void attach(redisReader* reader) noexcept;
+    // Gives the reader back its own functions.
     void detach() noexcept;
-    // Why the guard stopped the current (or last) connection's reader; empty if it did not.
+    // After a read (bytes fed, complete replies taken): false, with violation() set, when what
+    // the reader holds of the reply still incomplete breaks the limits.
+    bool check_buffered() noexcept;
+    // Why the guard stopped the current (or last) reader; empty if it did not.
     const std::string& violation() const noexcept { return violation_; }
 
    private:
@@ -73,34 +73,18 @@ class ReplyGuard {
     static void* create_array(const redisReadTask* task, int elements);
     static void* create_integer(const redisReadTask* task, long long value);
     static void* create_nil(const redisReadTask* task);
-    static void add_read(void* data);
-    static void del_read(void* data);
-    static void add_write(void* data);
-    static void del_write(void* data);
-    static void cleanup(void* data);
 
     bool admit(const redisReadTask* task, int type, uint64_t count, std::string_view str) noexcept;
     bool admit_pubsub(const redisReadTask* task, int type, uint64_t count,
                       std::string_view str) noexcept;
     bool refuse(std::string why) noexcept;
-    void end_of_turn() noexcept;
 
     Mode mode_;
     ReplyLimits limits_;
-    OnViolation on_violation_;
-    std::unique_ptr<Deferred> check_;
+    std::function<bool()> awaited_;
 
-    redisAsyncContext* ac_ = nullptr;
+    redisReader* reader_ = nullptr;
     redisReplyObjectFunctions* hiredis_fn_ = nullptr;  // the reader's own functions
-    struct LoopHooks {
-        void* data;
-        void (*add_read)(void*);
-        void (*del_read)(void*);
-        void (*add_write)(void*);
-        void (*del_write)(void*);
-        void (*cleanup)(void*);
-    } loop_{};
-    bool cleaned_ = false;  // hiredis ran the loop's cleanup hook already
 
     uint64_t elements_ = 0;  // announced by the reply being read
     uint64_t bytes_ = 0;     // carried by its strings

@@ -1,24 +1,16 @@
 // The Redis pub/sub subscriber (layer: redis). See subscriber.hpp for the contract.
 //
-// hiredis 0.14 keeps a SUBSCRIBE's callback in its channel table: it is called for the
-// confirmation and for every message (same privdata), and with a NULL reply when the context is
-// freed. AUTH's reply still goes to AUTH's own callback first (hiredis serves pending regular
-// callbacks before pub/sub ones). An error reply with no regular callback pending (NOAUTH to the
-// SUBSCRIBE) makes hiredis drop the connection itself: the disconnect callback reports it.
-//
-// As in Client, contexts point back at the subscriber through ac->data, cleared before a
-// context is dropped, so the callbacks hiredis runs while freeing it are ignored. A ReplyGuard
-// in PubSub mode keeps replies within config.reply_limits and shaped as hiredis' pub/sub
-// dispatch expects (it would abort() on a short array, and hand a message of another channel
-// to our callback): anything else drops the connection.
+// The connection layer (connection.hpp) does the I/O and parses replies; the subscriber reads
+// them in order: AUTH's reply first (while auth_pending_), then pub/sub messages: the
+// SUBSCRIBE confirmation, then the channel's messages. An error reply when AUTH is not pending
+// (NOAUTH to the SUBSCRIBE) drops the connection, with the server's words. The connection's
+// ReplyGuard, in PubSub mode, keeps replies within config.reply_limits and shaped as pub/sub
+// messages: anything else drops the connection. The connection may be destroyed from inside
+// its own callbacks (lost()): it notices and touches nothing after.
 #include "redis/subscriber.hpp"
 
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <strings.h>
-#include <sys/socket.h>
 
 #include <algorithm>
 #include <charconv>
@@ -44,16 +36,6 @@ bool is_word(const redisReply* r, const char* word) noexcept {
            strncasecmp(t.data(), word, n) == 0;
 }
 
-// Keepalive on an idle TCP connection: a peer gone without a FIN/RST (a host down, a NAT entry
-// dropped) is noticed after about 15 + 3 * 5 s. Best effort: a failure changes nothing else.
-void keepalive(int fd) noexcept {
-    int on = 1, idle = 15, interval = 5, count = 3;
-    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
-    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
-}
-
 }  // namespace
 
 Subscriber::Subscriber(Loop& loop, Config config, std::string channel, OnMessage on_message,
@@ -71,6 +53,13 @@ Subscriber::Subscriber(Loop& loop, Config config, std::string channel, OnMessage
         throw std::invalid_argument("invalid redis address \"" + cfg_.address.to_string() +
                                     "\": a numeric IPv4/IPv6 address and a port, or unix:PATH");
     }
+    if (cfg_.tls.enabled && cfg_.tls_context == nullptr) {
+        std::string error;
+        cfg_.tls_context = TlsContext::create(cfg_.tls, error);
+        if (cfg_.tls_context == nullptr) {
+            throw std::invalid_argument(error);
+        }
+    }
     if (channel_.empty()) {
         throw std::invalid_argument("empty redis pub/sub channel");
     }
@@ -85,15 +74,12 @@ Subscriber::Subscriber(Loop& loop, Config config, std::string channel, OnMessage
     // A confirmation ends an incident at the end of its turn, if the connection still stands
     // (a message nobody could parse may follow it in the same read).
     settle_ = loop_.create_deferred([this] {
-        if (state_ == State::Subscribed && ac_ != nullptr) {
+        if (state_ == State::Subscribed && connection_ != nullptr) {
             healthy();
         }
     });
-    guard_ = std::make_unique<ReplyGuard>(
-        loop_, ReplyGuard::Mode::PubSub, cfg_.reply_limits,
-        [this](std::string_view why) { lost(cat("connection dropped: ", why), false); });
     retry_timer_ = loop_.create_timer([this] {
-        if (!closed_ && ac_ == nullptr) {
+        if (!closed_ && connection_ == nullptr) {
             connect();
         }
     });
@@ -104,7 +90,7 @@ Subscriber::~Subscriber() {
 }
 
 void Subscriber::start() {
-    if (closed_ || ac_ != nullptr || retry_timer_->active()) {
+    if (closed_ || connection_ != nullptr || retry_timer_->active()) {
         return;
     }
     connect();
@@ -119,13 +105,7 @@ void Subscriber::close() noexcept {
     retry_timer_->stop();
     settle_->cancel();
     state_ = State::Idle;
-    if (ac_ != nullptr) {
-        redisAsyncContext* ac = ac_;
-        ac_ = nullptr;
-        ac->data = nullptr;
-        guard_->detach();
-        redisAsyncFree(ac);  // deferred by hiredis when inside one of its callbacks
-    }
+    connection_.reset();  // also from inside its own callbacks (see the top)
 }
 
 void Subscriber::log(LogLevel level, std::string_view message) const noexcept {
@@ -141,70 +121,38 @@ void Subscriber::log(LogLevel level, std::string_view message) const noexcept {
 // ---- connection ------------------------------------------------------------------------------
 
 void Subscriber::connect() noexcept {
-    const Address& a = cfg_.address;
-    redisAsyncContext* ac = a.is_unix() ? redisAsyncConnectUnix(a.unix_path.c_str())
-                                        : redisAsyncConnect(a.host.c_str(), a.port);
-    if (ac == nullptr) {
-        failure("cannot connect: out of memory");
+    std::unique_ptr<Connection> c;
+    std::string error;
+    try {
+        Connection::Owner& owner = *this;
+        c = std::make_unique<Connection>(loop_, owner, ReplyGuard::Mode::PubSub, cfg_.reply_limits);
+    } catch (...) {
+        error = "out of memory";
+    }
+    if (!c || !c->open(cfg_.address, true, cfg_.tls.enabled ? cfg_.tls_context : nullptr, error)) {
+        failure(cat("cannot connect: ", error));
         return;
     }
-    if (ac->err != 0) {
-        std::string what = cat("cannot connect: ", ac->c.errstr);
-        redisAsyncFree(ac);
-        failure(what);
-        return;
-    }
-    if (!a.is_unix()) {
-        keepalive(ac->c.fd);
-    }
-    ac->data = this;
-    if (!loop_.attach(ac)) {
-        ac->data = nullptr;
-        redisAsyncFree(ac);
-        failure("cannot connect: the event loop did not take the socket");
-        return;
-    }
-    guard_->attach(ac);
-    // Setting the connect callback also asks for write readiness (connect completion).
-    redisAsyncSetConnectCallback(ac, &Subscriber::on_connect);
-    redisAsyncSetDisconnectCallback(ac, &Subscriber::on_disconnect);
-    ac_ = ac;
+    connection_ = std::move(c);
     state_ = State::Connecting;
     send_failed_ = false;
+    auth_pending_ = false;
     timeout_timer_->start(cfg_.connect_timeout_ms);
 }
 
-void Subscriber::on_connect(const redisAsyncContext* ac, int status) noexcept {
-    auto* self = static_cast<Subscriber*>(ac->data);
-    if (self == nullptr) {
-        return;
-    }
-    if (status != REDIS_OK) {
-        // hiredis frees the context after this returns.
-        self->lost(cat("cannot connect: ", ac->c.errstr), true);
-        return;
-    }
-    self->connected_now();
+void Subscriber::on_connected() noexcept {
+    connected_now();
 }
 
-void Subscriber::on_disconnect(const redisAsyncContext* ac, int) noexcept {
-    auto* self = static_cast<Subscriber*>(ac->data);
-    if (self == nullptr) {
-        return;
-    }
-    self->lost(self->lost_reason(ac), true);
+void Subscriber::on_lost(Connection::Loss, std::string_view message) noexcept {
+    lost(message);
 }
 
-// Why hiredis is freeing the context: the guard's refusal, or hiredis' own error.
-std::string Subscriber::lost_reason(const redisAsyncContext* ac) const {
-    if (!guard_->violation().empty()) {
-        return cat("connection dropped: ", guard_->violation());
-    }
-    return cat("connection lost: ", ac->c.errstr[0] != '\0' ? ac->c.errstr : "closed");
+bool Subscriber::awaiting_reply() const noexcept {
+    return auth_pending_;
 }
 
-// Called from hiredis' connect callback, where the context must not be freed: a handshake that
-// cannot be queued is failed from timeout_timer_ at once.
+// A handshake that cannot be queued is failed from timeout_timer_ at once.
 void Subscriber::connected_now() noexcept {
     state_ = State::Handshake;
     timeout_timer_->start(cfg_.command_timeout_ms);
@@ -212,7 +160,7 @@ void Subscriber::connected_now() noexcept {
     if (!cfg_.password.empty()) {
         const char* argv[3];
         size_t lens[3];
-        int argc = 0;
+        size_t argc = 0;
         argv[argc] = "AUTH";
         lens[argc++] = 4;
         if (!cfg_.username.empty()) {
@@ -221,14 +169,13 @@ void Subscriber::connected_now() noexcept {
         }
         argv[argc] = cfg_.password.data();
         lens[argc++] = cfg_.password.size();
-        ok =
-            redisAsyncCommandArgv(ac_, &Subscriber::on_auth, nullptr, argc, argv, lens) == REDIS_OK;
+        ok = connection_->append(argc, argv, lens);
+        auth_pending_ = ok;
     }
     if (ok) {
         const char* argv[2] = {"SUBSCRIBE", channel_.data()};
         size_t lens[2] = {9, channel_.size()};
-        ok = redisAsyncCommandArgv(ac_, &Subscriber::on_subscribe, nullptr, 2, argv, lens) ==
-             REDIS_OK;
+        ok = connection_->append(2, argv, lens);
     }
     if (!ok) {
         send_failed_ = true;
@@ -239,15 +186,13 @@ void Subscriber::connected_now() noexcept {
 void Subscriber::on_timeout() noexcept {
     switch (state_) {
         case State::Connecting:
-            lost(cat("cannot connect: no connection within ", cfg_.connect_timeout_ms, " ms"),
-                 false);
+            lost(cat("cannot connect: no connection within ", cfg_.connect_timeout_ms, " ms"));
             return;
         case State::Handshake:
             if (send_failed_) {
-                lost("cannot send SUBSCRIBE", false);
+                lost("cannot send SUBSCRIBE");
             } else {
-                lost(cat("no SUBSCRIBE confirmation within ", cfg_.command_timeout_ms, " ms"),
-                     false);
+                lost(cat("no SUBSCRIBE confirmation within ", cfg_.command_timeout_ms, " ms"));
             }
             return;
         case State::Idle:
@@ -256,21 +201,17 @@ void Subscriber::on_timeout() noexcept {
     }
 }
 
-void Subscriber::lost(std::string_view what, bool hiredis_frees) noexcept {
-    if (ac_ == nullptr) {
+void Subscriber::lost(std::string_view what) noexcept {
+    if (connection_ == nullptr) {
         return;
     }
-    redisAsyncContext* ac = ac_;
-    ac_ = nullptr;
-    ac->data = nullptr;
-    guard_->detach();
+    std::string why(what);  // `what` may live in the connection
+    connection_.reset();    // also from inside its own callbacks (see the top)
     state_ = State::Idle;
+    auth_pending_ = false;
     timeout_timer_->stop();
     settle_->cancel();
-    if (!hiredis_frees) {
-        redisAsyncFree(ac);  // deferred by hiredis when inside one of its callbacks
-    }
-    failure(what);
+    failure(why);
 }
 
 void Subscriber::failure(std::string_view what) noexcept {
@@ -306,45 +247,32 @@ void Subscriber::healthy() noexcept {
 
 // ---- replies ---------------------------------------------------------------------------------
 
-void Subscriber::on_auth(redisAsyncContext* ac, void* reply, void*) noexcept {
-    auto* self = static_cast<Subscriber*>(ac->data);
-    if (self == nullptr) {
-        return;  // a dropped connection: late or freeing
-    }
-    auto* r = static_cast<redisReply*>(reply);
-    if (r == nullptr) {
-        self->lost(self->lost_reason(ac), true);
+void Subscriber::on_reply(redisReply* r) noexcept {
+    if (auth_pending_) {
+        auth_pending_ = false;
+        if (r->type == REDIS_REPLY_ERROR) {
+            lost(cat("AUTH failed: ", text_of(r)));
+        }
         return;
     }
     if (r->type == REDIS_REPLY_ERROR) {
-        self->lost(cat("AUTH failed: ", text_of(r)), false);
-    }
-}
-
-void Subscriber::on_subscribe(redisAsyncContext* ac, void* reply, void*) noexcept {
-    auto* self = static_cast<Subscriber*>(ac->data);
-    if (self == nullptr) {
-        return;
-    }
-    auto* r = static_cast<redisReply*>(reply);
-    if (r == nullptr) {
-        self->lost(self->lost_reason(ac), true);
+        lost(cat("connection lost: ", text_of(r)));
         return;
     }
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 3) {
         return;
     }
-    if (is_word(r->element[0], "message") && text_of(r->element[1]) == self->channel_) {
+    if (is_word(r->element[0], "message") && text_of(r->element[1]) == channel_) {
         const redisReply* payload = r->element[2];
         if (payload->type == REDIS_REPLY_STRING) {
-            self->deliver(text_of(payload));
+            deliver(text_of(payload));
         }
-    } else if (is_word(r->element[0], "subscribe") && self->state_ == State::Handshake) {
-        self->state_ = State::Subscribed;
-        self->timeout_timer_->stop();
-        self->settle_->post();
-        self->log(LogLevel::Debug, cat(self->name_, ": subscribed to \"", self->channel_, "\""));
-        self->notify(true);
+    } else if (is_word(r->element[0], "subscribe") && state_ == State::Handshake) {
+        state_ = State::Subscribed;
+        timeout_timer_->stop();
+        settle_->post();
+        log(LogLevel::Debug, cat(name_, ": subscribed to \"", channel_, "\""));
+        notify(true);
     }
 }
 

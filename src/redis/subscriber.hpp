@@ -27,20 +27,21 @@
 #include <string_view>
 
 #include "redis/client.hpp"
+#include "redis/connection.hpp"
 #include "redis/loop.hpp"
 #include "redis/reply_guard.hpp"
 
-struct redisAsyncContext;
+struct redisReply;
 
 namespace throttle::redis {
 
-class Subscriber {
+class Subscriber final : private Connection::Owner {
    public:
     using OnMessage = std::function<void(std::string_view payload)>;
 
     // Throws std::invalid_argument if config.address is not valid() or the channel is empty.
     // Uses config's address, username, password, connect_timeout_ms, command_timeout_ms,
-    // backoff_initial_ms, backoff_max_ms and reply_limits. Does not touch the network: start()
+    // backoff_initial_ms, backoff_max_ms, reply_limits and tls. Does not touch the network: start()
     // connects.
     Subscriber(Loop& loop, Config config, std::string channel, OnMessage on_message,
                Logger logger = nullptr);
@@ -69,16 +70,16 @@ class Subscriber {
    private:
     enum class State : uint8_t { Idle, Connecting, Handshake, Subscribed };
 
-    static void on_connect(const redisAsyncContext* ac, int status) noexcept;
-    static void on_disconnect(const redisAsyncContext* ac, int status) noexcept;
-    static void on_auth(redisAsyncContext* ac, void* reply, void* privdata) noexcept;
-    static void on_subscribe(redisAsyncContext* ac, void* reply, void* privdata) noexcept;
+    // Connection::Owner
+    void on_connected() noexcept override;
+    void on_reply(redisReply* reply) noexcept override;
+    void on_lost(Connection::Loss loss, std::string_view message) noexcept override;
+    bool awaiting_reply() const noexcept override;
 
     void connect() noexcept;
     void connected_now() noexcept;
     void on_timeout() noexcept;
-    void lost(std::string_view what, bool hiredis_frees) noexcept;
-    std::string lost_reason(const redisAsyncContext* ac) const;
+    void lost(std::string_view what) noexcept;
     void failure(std::string_view what) noexcept;
     void healthy() noexcept;
     void deliver(std::string_view payload) noexcept;
@@ -93,8 +94,9 @@ class Subscriber {
     Logger logger_;
     std::string name_;  // "redis 127.0.0.1:6379 subscriber"
 
-    redisAsyncContext* ac_ = nullptr;
+    std::unique_ptr<Connection> connection_;
     State state_ = State::Idle;
+    bool auth_pending_ = false;  // AUTH sent, its reply not read yet
     bool closed_ = false;
     bool send_failed_ = false;  // the handshake could not be queued: fail from the timer
     uint32_t failures_ = 0;     // consecutive failures (this incident)
@@ -104,7 +106,6 @@ class Subscriber {
     std::unique_ptr<Timer> timeout_timer_;  // connect, then confirmation
     std::unique_ptr<Timer> retry_timer_;    // backoff
     std::unique_ptr<Deferred> settle_;      // healthy() at the end of a confirmation's turn
-    std::unique_ptr<ReplyGuard> guard_;
 };
 
 }  // namespace throttle::redis

@@ -40,7 +40,7 @@ TEST(RedisFakeLoop, ExponentialBackoffSchedule) {
     EXPECT_FALSE(client.available());
     std::vector<uint64_t> expected = {50, 150, 350, 750, 1550, 3150, 6350, 11350, 16350, 21350};
     EXPECT_EQ(attempts(loop, client, 21350), expected);
-    EXPECT_EQ(loop.attaches, 0);
+    EXPECT_EQ(loop.watches, 0);
     EXPECT_EQ(client.stats().circuit_opens, 0u);
 }
 

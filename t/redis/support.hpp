@@ -528,7 +528,7 @@ class EventLoop {
 };
 
 // A loop with a virtual clock: timers fire only when the test advances time, deferred work
-// when the test ends the turn (end_turn(), or advance_to()). It takes no socket (attach()
+// when the test ends the turn (end_turn(), or advance_to()). It takes no socket (watch()
 // fails), so it suits clients whose every connection attempt fails at once.
 class FakeLoop final : public Loop {
    public:
@@ -555,9 +555,9 @@ class FakeLoop final : public Loop {
     }
 
     uint64_t now_ms() noexcept override { return now_; }
-    bool attach(redisAsyncContext*) noexcept override {
-        attaches++;
-        return false;
+    std::unique_ptr<IoWatch> watch(int, std::function<void(int)>) override {
+        watches++;
+        return nullptr;
     }
     std::unique_ptr<Timer> create_timer(std::function<void()> handler) override {
         auto t = std::make_unique<FakeTimer>(this, std::move(handler));
@@ -596,7 +596,7 @@ class FakeLoop final : public Loop {
         now_ = std::max(now_, t);
     }
 
-    int attaches = 0;
+    int watches = 0;
 
    private:
     struct FakeTimer final : Timer {

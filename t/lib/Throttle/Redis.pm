@@ -67,7 +67,11 @@ my $SEQ = 0;
 # --cluster-enabled: no slots assigned, it answers in cluster mode; its port + 10000, the
 # cluster bus, is free too), sentinel => Throttle::Redis (a Sentinel monitoring that server as
 # "mymaster": redis-server CONF --sentinel, the config written to its directory; quorum => N,
-# default 1; sentinel_conf => [more lines of sentinel.conf]).
+# default 1; sentinel_conf => [more lines of sentinel.conf]), tls => 1 (also a TLS port,
+# tls_port, with certificates made by `openssl` in tls_dir: ca.crt/ca.key, server.crt/key for
+# IP:127.0.0.1 and DNS:localhost, client.crt/key, and other.crt, a CA that signed none of
+# them; tls_auth_clients => 1 requires a client certificate; the plaintext port stays, for the
+# test's own redis-cli).
 # Skips the test file when redis-server or redis-cli is missing.
 sub new {
     my ($class, %opt) = @_;
@@ -107,6 +111,18 @@ sub new {
     push @{ $self->{args} }, '--replicaof', '127.0.0.1', $opt{replicaof}->port if $opt{replicaof};
     push @{ $self->{args} }, '--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf'
         if $opt{cluster};
+    if ($opt{tls}) {
+        Test::More::plan(skip_all => 'no openssl command') if system('command -v openssl >/dev/null 2>&1');
+        my $dir = "$self->{dir}/tls";
+        Throttle::Redis::_make_certs($dir);
+        $self->{tls_dir} = $dir;
+        $self->{tls_port} = $opt{tls_port} // ($opt{t} ? $opt{t}->port("redis${n}tls")
+                                                      : Throttle::Redis::_free_port());
+        push @{ $self->{args} }, '--tls-port', $self->{tls_port},
+            '--tls-cert-file', "$dir/server.crt", '--tls-key-file', "$dir/server.key",
+            '--tls-ca-cert-file', "$dir/ca.crt",
+            '--tls-auth-clients', ($opt{tls_auth_clients} ? 'yes' : 'no');
+    }
     if ($opt{sentinel}) {
         my $conf = "$self->{dir}/sentinel.conf";
         open my $fh, '>', $conf or die "$conf: $!\n";
@@ -126,17 +142,50 @@ sub pid      { $_[0]{pid} }
 sub dir      { $_[0]{dir} }
 sub socket   { $_[0]{socket} }
 sub address  { "127.0.0.1:$_[0]{port}" }
+sub tls_port { $_[0]{tls_port} }
+sub tls_dir  { $_[0]{tls_dir} }
 sub running  { defined $_[0]{pid} }
 sub log_path { "$_[0]{dir}/redis.log" }
 
-# Replaces %%REDIS%% (127.0.0.1:PORT), %%REDIS_PORT%% and %%REDIS_SOCKET%% in a config.
+# Replaces %%REDIS%% (127.0.0.1:PORT), %%REDIS_PORT%% and %%REDIS_SOCKET%% in a config, and
+# with tls => 1 %%REDIS_TLS%% (127.0.0.1:TLS_PORT) and %%REDIS_TLS_DIR%% (the certificates).
 sub fill {
     my ($self, $text) = @_;
     my $addr = $self->address;
+    if ($self->{tls_port}) {
+        $text =~ s/%%REDIS_TLS%%/127.0.0.1:$self->{tls_port}/g;
+        $text =~ s/%%REDIS_TLS_DIR%%/$self->{tls_dir}/g;
+    }
     $text =~ s/%%REDIS%%/$addr/g;
     $text =~ s/%%REDIS_PORT%%/$self->{port}/g;
     $text =~ s/%%REDIS_SOCKET%%/$self->{socket} \/\/ die "no unixsocket\n"/ge;
     return $text;
+}
+
+# A CA, a server certificate (IP:127.0.0.1, DNS:localhost), a client certificate, and another
+# CA, in $dir (P-256 keys: quick to make).
+sub _make_certs {
+    my ($dir) = @_;
+    File::Path::make_path($dir);
+    my $key = '-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes';
+    open my $fh, '>', "$dir/server.ext" or die "$dir/server.ext: $!\n";
+    print $fh "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n";
+    close $fh;
+    open $fh, '>', "$dir/client.ext" or die "$dir/client.ext: $!\n";
+    print $fh "extendedKeyUsage=clientAuth\n";
+    close $fh;
+    for my $cmd (
+        "openssl req -x509 $key -keyout ca.key -out ca.crt -days 2 -subj '/CN=throttle test CA'",
+        "openssl req -x509 $key -keyout other.key -out other.crt -days 2 -subj '/CN=another CA'",
+        "openssl req $key -keyout server.key -out server.csr -subj '/CN=throttle test server'",
+        "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile server.ext",
+        "openssl req $key -keyout client.key -out client.csr -subj '/CN=throttle test client'",
+        "openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.crt -days 2 -extfile client.ext",
+    ) {
+        system("cd '$dir' && $cmd >/dev/null 2>&1") == 0 or die "$cmd: failed\n";
+    }
+    chmod 0644, glob("$dir/*");  # nginx's workers (another user when run as root) read nothing
+                                 # of it, but nginx -t as the test user does
 }
 
 sub _free_port {
