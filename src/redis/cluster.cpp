@@ -374,6 +374,10 @@ bool ClusterClient::redirect(const OpPtr& op, Node* from, const Reply& reply) no
     if (!moved && !reply.is_error("ASK")) {
         return false;
     }
+    if (!moved && op->script != nullptr &&
+        std::find(no_ask_.begin(), no_ask_.end(), op->script->sha()) != no_ask_.end()) {
+        return false;  // dont_follow_ask()
+    }
     uint16_t slot = 0;
     Address to;
     bool parsed = false;
@@ -796,6 +800,10 @@ const Script& ClusterClient::own_script(const Script& script) {
     }
     scripts_.push_back(std::make_unique<Script>(script));
     return *scripts_.back();
+}
+
+void ClusterClient::dont_follow_ask(const Script& script) {
+    no_ask_.emplace_back(script.sha());
 }
 
 void ClusterClient::add_script(const Script& script) {

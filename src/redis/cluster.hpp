@@ -123,6 +123,13 @@ class ClusterClient final : public Target {
     void add_script(const Script& script, std::string_view key, std::string_view channel) override;
     void add_script(const Script& script, std::string_view key) { add_script(script, key, {}); }
     void require(const std::vector<Argv>& checks) override;
+    // An ASK reply to EVALSHA of `script` is handed to the caller as the error reply it is,
+    // not followed: for a script whose declared key is not a name it touches (the module's
+    // strict, flush and refund scripts declare PREFIX{ZONE:DIGEST}, which never exists), the
+    // source of a slot being migrated answers ASK whatever it holds, and the importing node
+    // would run the script without the source's data. No redirection happened: the node did not
+    // run it.
+    void dont_follow_ask(const Script& script);
 
     // Client::reply_unusable() on the node that serves `key` (the key the command was routed
     // by).
@@ -216,6 +223,7 @@ class ClusterClient final : public Target {
 
     std::vector<std::unique_ptr<Script>> scripts_;  // copies: for later nodes and resends
     std::vector<Argv> checks_;                      // permission checks, for every node
+    std::vector<std::string> no_ask_;               // dont_follow_ask(): script SHAs
     core::metrics::RedisMetrics* metrics_ = nullptr;
     core::metrics::WorkerGauge* gauge_ = nullptr;
 

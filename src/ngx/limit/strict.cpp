@@ -43,8 +43,9 @@ void fail_all(const Batch& batch) noexcept {
 // over-rejection only, never over-admission. A refund that cannot be delivered (a timeout, the
 // node down) leaves the request counted there: under-admission, bounded by the refunds lost.
 // A slot that cannot answer (its node down: the cluster client fails the call at once and asks
-// for the slot map again; a timeout) sends the whole request to its zones' fallback
-// (decided(nullptr)), the parts that admitted it refunded.
+// for the slot map again; a timeout; a slot being migrated, whose source answers ASK, which is
+// not followed: the importing node would decide without the source's counts) sends the whole
+// request to its zones' fallback (decided(nullptr)), the parts that admitted it refunded.
 
 struct ClusterRequest {
     std::shared_ptr<StrictRequest> req;
@@ -114,7 +115,10 @@ void slot_answered(const std::shared_ptr<std::vector<ClusterRequest>>& held,
         good = r.ok() && redis::parse_strict_batch_reply(r.reply, counts, redis_now, out);
     } catch (...) {
     }
-    if (!good && r.ok()) {
+    // ASK (not followed: dont_follow_ask()): the slot is being migrated, the source did not
+    // run the script; the request takes its fallback, which is no fault of the node's.
+    bool migrating = r.ok() && (r.reply.is_error("ASK") || r.reply.is_error("TRYAGAIN"));
+    if (!good && r.ok() && !migrating) {
         redis_reply_unusable(r, "strict decisions", key);
     }
     for (size_t i = 0; i < parts.size(); i++) {
@@ -271,8 +275,10 @@ void strict_worker_init(const MainConf& mcf, redis::Loop& loop) {
     for (ngx_uint_t i = 0; i < mcf.limit.zones.nelts; i++) {
         if (zones[i]->mode == Mode::strict) {
             redis_client()->add_script(redis::strict_batch_script(), permission_probe_key(mcf));
-            if (redis_client()->clustered()) {
-                redis_client()->add_script(redis::refund_script(), permission_probe_key(mcf));
+            if (auto* cluster = dynamic_cast<redis::ClusterClient*>(redis_client())) {
+                cluster->add_script(redis::refund_script(), permission_probe_key(mcf));
+                cluster->dont_follow_ask(redis::strict_batch_script());
+                cluster->dont_follow_ask(redis::refund_script());
             }
             break;
         }

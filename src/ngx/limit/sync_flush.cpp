@@ -340,6 +340,13 @@ void pump_later(ZoneFlush& zf) noexcept {
 
 void done(ZoneFlush& zf, const BatchPtr& b, redis::Result&& r) noexcept {
     zf.in_flight--;
+    // Redis Cluster, a slot being migrated: its source answers ASK (not followed:
+    // dont_follow_ask()) without running the script: as if never sent, the counts go back to
+    // the zone for a later flush.
+    bool asked = r.ok() && (r.reply.is_error("ASK") || r.reply.is_error("TRYAGAIN"));
+    if (asked) {
+        r.unsent = true;
+    }
     if (!r.unsent && b->sends++ == 0) {
         b->first_sent_ms = b->tried_ms;
     }
@@ -354,7 +361,9 @@ void done(ZoneFlush& zf, const BatchPtr& b, redis::Result&& r) noexcept {
                            &zf.zone->name, b->id.c_str(), b->items.size());
         }
     } else {
-        redis_reply_unusable(r, "sync flush", b->items.front().base);
+        if (!asked) {
+            redis_reply_unusable(r, "sync flush", b->items.front().base);
+        }
         count_error(zf);
         if (!r.unsent) {
             // Without a reply the command may have run, or still wait in Redis' queue: the
@@ -587,6 +596,9 @@ void sync_worker_init(const MainConf& mcf, redis::Loop& loop) {
     }
     if (!s->zones.empty()) {
         redis_client()->add_script(redis::flush_script(), permission_probe_key(mcf));
+        if (auto* cluster = dynamic_cast<redis::ClusterClient*>(redis_client())) {
+            cluster->dont_follow_ask(redis::flush_script());
+        }
     }
     s->random = worker_random();
     for (ZoneFlush& z : s->zones) {
