@@ -185,6 +185,30 @@ is(statuses(@r), '200:PASSED x 3, 429:REJECTED x 7',
     'after the migration: the count carried on, exactly 3 more pass');
 is(count_of(zb('e', $k_mig)), 5, 'after the migration: the new master holds 5');
 
+# --- sync during a migration: the flush is refused (ASK, not followed), its counts wait in
+# shared memory and reach the new master once the slot is moved.
+sub asks { my $i = $_[0]->cli('INFO', 'errorstats'); $i =~ /^errorstat_ASK:count=(\d+)/m ? $1 : 0 }
+my $y_mig = key_on('y', $other, 'z');
+@r = at_once(3, '/y/', $y_mig);
+ok(Throttle::Redis::wait_for(sub { count_of(zb('y', $y_mig)) == 3 }), 'sync: 3 flushed');
+my $yslot = slot_of(zb('y', $y_mig));
+$dst->cli('CLUSTER', 'SETSLOT', $yslot, 'IMPORTING', $src_id);
+$src->cli('CLUSTER', 'SETSLOT', $yslot, 'MIGRATING', $dst_id);
+my $asks = asks($src);
+@r = at_once(4, '/y/', $y_mig);
+is(scalar(grep { $_->{status} == 200 } @r), 4, 'sync during the migration: 4 more pass');
+ok(Throttle::Redis::wait_for(sub { asks($src) > $asks }, timeout => 10),
+    'sync during the migration: the flush was tried and answered ASK');
+is(scalar(grep { length } $dst->cli('KEYS', zb('y', $y_mig) . '*')), 0,
+    'sync during the migration: nothing written on the importing master');
+my @ykeys = grep { length } $src->cli('CLUSTER', 'GETKEYSINSLOT', $yslot, 100);
+like(scalar $src->cli('MIGRATE', '127.0.0.1', $dst->port, '', 0, 5000, 'KEYS', @ykeys), qr/^OK/,
+    'sync: MIGRATE succeeds');
+$_->cli('CLUSTER', 'SETSLOT', $yslot, 'NODE', $dst_id) for grep { $_->running } $cluster->masters, $dst;
+ok(Throttle::Redis::wait_for(sub { count_of(zb('y', $y_mig)) == 7 }, timeout => 15),
+    'sync: the 4 kept during the migration reach the new master: 7')
+    or diag count_of(zb('y', $y_mig));
+
 $t->finish;
 $cluster->stop;
 undef $cluster;
