@@ -14,9 +14,10 @@
 //   BASE ":flush:" ID = a flush batch with this id was applied (FLUSH below; "1", short ttl)
 // The scripts touch only these names, built from their KEYS. Both start with "#!lua" (Redis 7
 // script flags, none set): in a cluster Redis refuses a script that touches a name outside its
-// KEYS' slot (t/redis/scripts_test.cpp runs both on a one-node cluster). A strict call over
-// several zones or keys (a batch), or a flush batch, spans several slots: cluster support will
-// need one call per slot (and strict's all-or-nothing then only holds within a slot).
+// KEYS' slot (t/redis/scripts_test.cpp runs both on a one-node cluster). On a Redis Cluster the
+// module makes one call per slot (ngx/limit/strict.cpp, sync_flush.cpp): strict's
+// all-or-nothing holds within a call, and REFUND (below) gives back what one slot counted for
+// a request another slot rejected.
 //
 // STRICT (mode=strict; one atomic call decides a batch of m >= 1 requests, in order, each
 // all-or-nothing over its zones; a single request is a batch of one)
