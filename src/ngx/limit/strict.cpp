@@ -77,7 +77,9 @@ void refund(const ClusterRequest& cr, redis::Target& client) noexcept {
                 std::string key(given[0]->base);
                 client.evalsha(redis::refund_script(), call.keys(), call.args(),
                                [key](redis::Result&& r) noexcept {
-                                   if (r.ok() && r.reply.type == redis::Reply::Type::Error) {
+                                   // ASK: a slot being migrated; lost, not the node's fault
+                                   if (r.ok() && r.reply.type == redis::Reply::Type::Error &&
+                                       !r.reply.is_error("ASK") && !r.reply.is_error("TRYAGAIN")) {
                                        redis_reply_unusable(r, "strict refund", key);
                                    }
                                });
