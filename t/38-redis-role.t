@@ -138,8 +138,8 @@ $t->finish;
 my $node = Throttle::Redis->new(cluster => 1);
 $t = misconfigured('cluster node', $node,
     "throttle_redis: redis 127.0.0.1:" . $node->port . ": the server is a Redis Cluster node: "
-        . "single-server throttle_redis cannot use it (cluster support: not yet), point it at a "
-        . "standalone Redis");
+        . "single-server throttle_redis cannot use it, use \"throttle_redis cluster ADDRESS ...\" "
+        . "(or point it at a standalone Redis)");
 $t->finish;
 
 # ---- a Sentinel ---------------------------------------------------------------------------

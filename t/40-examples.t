@@ -9,7 +9,7 @@ use Throttle::Test;
 my $t = Throttle::Test->new;
 my $root = "$FindBin::Bin/..";
 
-for my $name (qw(demo.conf django.conf django-jwt.conf sentinel.conf)) {
+for my $name (qw(demo.conf django.conf django-jwt.conf sentinel.conf cluster.conf)) {
     my $text = $t->read_file("$root/conf.examples/$name");
     my $module = $t->module_path;
     # demo.conf loads build/... relative to the prefix; django.conf the Debian path.

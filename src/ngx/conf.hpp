@@ -12,7 +12,8 @@
 
 namespace throttle::redis {
 struct Config;
-}
+struct ClusterConfig;
+}  // namespace throttle::redis
 
 namespace throttle::ngx {
 
@@ -23,9 +24,10 @@ inline std::string_view view(const ngx_str_t& s) noexcept {
 
 // `throttle_redis`: owned by the configuration's pool (destroyed by a pool cleanup).
 struct RedisSettings {
-    redis::Config* client;  // address resolved at configuration time
-    ngx_str_t prefix;       // default "throttle:"
-    ngx_str_t text;         // the address as written, for logs
+    redis::Config* client;          // address resolved at configuration time
+    redis::ClusterConfig* cluster;  // `cluster ADDRESS ...`: the seeds and client (else nullptr)
+    ngx_str_t prefix;               // default "throttle:"
+    ngx_str_t text;                 // the address as written, for logs
 };
 
 struct MainConf {

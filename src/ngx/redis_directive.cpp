@@ -1,4 +1,5 @@
 // throttle_redis ADDRESS | sentinel=MASTER_NAME ADDRESS [ADDRESS ...] [sentinel_password=P]
+//                | cluster ADDRESS [ADDRESS ...]
 //                [tls [tls_ca=PATH] [tls_cert=PATH tls_key=PATH] [tls_server_name=NAME]
 //                 [tls_verify=on|off]]
 //                [db=N] [username=U] [password=P | password_file=PATH |
@@ -13,12 +14,83 @@
 #include "ngx/conf.hpp"
 #include "ngx/directive_args.hpp"
 #include "redis/client.hpp"
+#include "redis/cluster.hpp"
 
 namespace throttle::ngx {
 namespace {
 
 void destroy_settings(void* data) noexcept {
     delete static_cast<redis::Config*>(data);
+}
+
+// ---- cluster ADDRESS [ADDRESS ...] (issue 12): the seed nodes, asked for the slot map ----
+
+void destroy_cluster(void* data) noexcept {
+    delete static_cast<redis::ClusterConfig*>(data);
+}
+
+bool parse_address(ngx_conf_t* cf, const ngx_str_t& addr, redis::Config& cfg);
+
+// The seeds, value[2] up to the first name=value; `first` is left at that one.
+bool parse_cluster_seeds(ngx_conf_t* cf, RedisSettings& settings, ngx_uint_t& first) {
+    auto* value = static_cast<ngx_str_t*>(cf->args->elts);
+    ngx_pool_cleanup_t* cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == nullptr) {
+        return false;
+    }
+    settings.cluster = new redis::ClusterConfig();
+    cln->handler = destroy_cluster;
+    cln->data = settings.cluster;
+    for (; first < cf->args->nelts; first++) {
+        if (view(value[first]).find('=') != std::string_view::npos || view(value[first]) == "tls") {
+            break;
+        }
+        redis::Config one;
+        if (!parse_address(cf, value[first], one)) {
+            return false;
+        }
+        if (one.address.is_unix()) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid address \"%V\": a cluster node needs a host and port",
+                               &value[first]);
+            return false;
+        }
+        settings.cluster->seeds.push_back(std::move(one.address));
+    }
+    if (settings.cluster->seeds.empty()) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"cluster\" requires the address of at least one cluster node");
+        return false;
+    }
+    // The metrics' target and the logs: "cluster FIRST_SEED", as written.
+    size_t len = sizeof("cluster ") - 1 + value[2].len;
+    auto* text = static_cast<u_char*>(ngx_pnalloc(cf->pool, len));
+    if (text == nullptr) {
+        return false;
+    }
+    ngx_memcpy(ngx_cpymem(text, "cluster ", sizeof("cluster ") - 1), value[2].data, value[2].len);
+    settings.text.data = text;
+    settings.text.len = len;
+    return true;
+}
+
+// What a cluster refuses of the other parameters; then its node settings.
+bool finish_cluster(ngx_conf_t* cf, RedisSettings& settings, const redis::Config& cfg) {
+    if (cfg.db != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"db=%d\" is invalid with \"cluster\": a Redis Cluster has only "
+                           "db 0",
+                           cfg.db);
+        return false;
+    }
+    if (cfg.tls.enabled) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"tls\" is not supported with \"cluster\" yet: use a single Redis "
+                           "or Sentinels for TLS");
+        return false;
+    }
+    settings.cluster->node = cfg;
+    return true;
 }
 
 // Reads a secret from a file (first line, trailing CR/LF removed).
@@ -219,6 +291,10 @@ char* parse(ngx_conf_t* cf, MainConf* mcf) {
                                "\"%V\" requires the address of at least one sentinel", &value[1]);
             return conf_error();
         }
+    } else if (view(value[1]) == "cluster") {
+        if (!parse_cluster_seeds(cf, *settings, first)) {
+            return conf_error();
+        }
     } else if (!parse_address(cf, value[1], *cfg)) {
         return conf_error();
     }
@@ -232,6 +308,14 @@ char* parse(ngx_conf_t* cf, MainConf* mcf) {
     bool have_password = false;
     const ngx_str_t* tls_param = nullptr;  // the first tls_*= parameter, for the message
     while (params.next(p)) {
+        if (settings->cluster != nullptr &&
+            (p.name == "sentinel" || p.name == "sentinel_password")) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"%V\" is invalid with \"cluster\": a Redis Cluster has no "
+                               "sentinels",
+                               p.arg);
+            return conf_error();
+        }
         if (p.name.substr(0, 4) == "tls_" && tls_param == nullptr) {
             tls_param = p.arg;
         }
@@ -254,6 +338,9 @@ char* parse(ngx_conf_t* cf, MainConf* mcf) {
     }
     if (!cfg->username.empty() && cfg->password.empty()) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"username\" requires a password");
+        return conf_error();
+    }
+    if (settings->cluster != nullptr && !finish_cluster(cf, *settings, *cfg)) {
         return conf_error();
     }
     mcf->redis = settings;

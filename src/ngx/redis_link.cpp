@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "ngx/redis_loop.hpp"
+#include "redis/cluster.hpp"
 #include "redis/sentinel_watch.hpp"
 
 namespace throttle::ngx {
@@ -12,11 +13,8 @@ namespace {
 
 struct Link {
     Link(ngx_cycle_t* cycle, MainConf* m)
-        : mcf(m),
-          log(cycle->log),
-          loop(cycle->log),
-          client(std::make_unique<redis::Client>(loop, *m->redis->client, logger())) {
-        if (!m->redis->client->sentinels.empty()) {
+        : mcf(m), log(cycle->log), loop(cycle->log), client(make_client(m)) {
+        if (m->redis->cluster == nullptr && !m->redis->client->sentinels.empty()) {
             watch = std::make_unique<redis::SentinelWatch>(
                 loop, *m->redis->client,
                 [this](const redis::Address& primary, std::string_view why) {
@@ -24,6 +22,16 @@ struct Link {
                 },
                 logger());
         }
+    }
+
+    // One Redis (single, or its primary named by Sentinels) or a Redis Cluster.
+    std::unique_ptr<redis::Target> make_client(MainConf* m) {
+        if (m->redis->cluster != nullptr) {
+            return std::make_unique<redis::ClusterClient>(loop, *m->redis->cluster, logger());
+        }
+        auto c = std::make_unique<redis::Client>(loop, *m->redis->client, logger());
+        single = c.get();
+        return c;
     }
 
     redis::Logger logger() {
@@ -36,8 +44,8 @@ struct Link {
     // The Sentinels name the primary (first, or after a failover): the client and every
     // follower (the cache's fill channel) go there.
     void moved(const redis::Address& primary, std::string_view why) noexcept {
-        if (client) {
-            client->reconnect_to(primary, why);
+        if (client && single != nullptr) {
+            single->reconnect_to(primary, why);
         }
         for (auto& f : followers) {
             try {
@@ -50,7 +58,8 @@ struct Link {
     MainConf* mcf;
     ngx_log_t* log;
     RedisLoop loop;
-    std::unique_ptr<redis::Client> client;
+    redis::Client* single = nullptr;  // client, when it is a single Redis
+    std::unique_ptr<redis::Target> client;
     std::vector<std::function<void(const redis::Address&)>> followers;
     std::unique_ptr<redis::SentinelWatch> watch;  // with sentinel=
 };
@@ -67,7 +76,7 @@ ngx_uint_t log_level_of(redis::LogLevel level) noexcept {
                                             : NGX_LOG_DEBUG;
 }
 
-redis::Client* redis_client() noexcept {
+redis::Target* redis_client() noexcept {
     return link ? link->client.get() : nullptr;
 }
 
@@ -79,9 +88,10 @@ bool worker_exiting() noexcept {
     return exiting;
 }
 
-void redis_reply_unusable(const redis::Result& res, std::string_view what) noexcept {
-    if (redis::Client* client = redis_client()) {
-        client->reply_unusable(res, what);
+void redis_reply_unusable(const redis::Result& res, std::string_view what,
+                          std::string_view key) noexcept {
+    if (redis::Target* client = redis_client()) {
+        client->reply_unusable(key, res, what);
     }
 }
 
@@ -123,6 +133,7 @@ void stop_sentinel_watch() noexcept {
 void close_client() noexcept {
     if (link != nullptr) {
         stop_sentinel_watch();
+        link->single = nullptr;
         link->client.reset();
     }
 }

@@ -7,21 +7,25 @@
 #include "ngx/conf.hpp"
 #include "redis/client.hpp"
 #include "redis/loop.hpp"
+#include "redis/target.hpp"
 
 namespace throttle::ngx {
 
 // nginx's log level for a message of the Redis layer.
 ngx_uint_t log_level_of(redis::LogLevel level) noexcept;
 
-// This worker's Redis client; nullptr when nothing needs Redis (or outside workers).
-redis::Client* redis_client() noexcept;
+// This worker's Redis client (one Redis, or a Redis Cluster: redis/target.hpp); nullptr when
+// nothing needs Redis (or outside workers).
+redis::Target* redis_client() noexcept;
 const RedisSettings* redis_settings() noexcept;
 // True once the worker began to exit: callbacks must not resume requests any more.
 bool worker_exiting() noexcept;
 // `res`, a reply to `what`, is not of the shape its script returns: the client counts it toward
 // its circuit breaker and logs it once per incident (failures and error replies it counted
-// already). Callers log nothing of their own about it.
-void redis_reply_unusable(const redis::Result& res, std::string_view what) noexcept;
+// already). Callers log nothing of their own about it. `key`: the key the command was routed
+// by (on a Redis Cluster, the node that answered is the one blamed).
+void redis_reply_unusable(const redis::Result& res, std::string_view what,
+                          std::string_view key = {}) noexcept;
 
 // With throttle_redis sentinel=: `follower` is called with the primary's address each time
 // this worker's Sentinel watch (redis/sentinel_watch.hpp) learns it -- named by a Sentinel,

@@ -36,7 +36,7 @@ redis::Timer* drain_timer = nullptr;  // owned; deleted in exit_worker
 
 void drain() noexcept {
     if (requests_waiting() == 0) {
-        if (redis::Client* client = redis_client()) {
+        if (redis::Target* client = redis_client()) {
             client->disconnect_idle();
         }
         stop_sentinel_watch();  // its connection must not keep the worker either

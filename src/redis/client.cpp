@@ -126,8 +126,8 @@ std::string describe(const redisReply* r) {
 
 // What the server is, and what to configure, for the log.
 constexpr std::string_view kClusterNode =
-    "a Redis Cluster node: single-server throttle_redis cannot use it (cluster support: not "
-    "yet), point it at a standalone Redis";
+    "a Redis Cluster node: single-server throttle_redis cannot use it, use \"throttle_redis "
+    "cluster ADDRESS ...\" (or point it at a standalone Redis)";
 constexpr std::string_view kReplicaNow =
     "a replica now (a failover?): writes fail with READONLY; point throttle_redis at the primary";
 

@@ -122,6 +122,7 @@
 #include "redis/reply.hpp"
 #include "redis/reply_guard.hpp"
 #include "redis/script.hpp"
+#include "redis/target.hpp"
 #include "redis/tls.hpp"
 
 struct redisReply;
@@ -213,22 +214,23 @@ struct Stats {
     uint64_t noscript_reloads = 0;
 };
 
-class Client final : private Connection::Owner {
+class Client final : public Target, private Connection::Owner {
    public:
     // Throws std::invalid_argument if config.address is not valid() (not numeric, no port).
     // Does not touch the network: start() or the first command connects.
     Client(Loop& loop, Config config, Logger logger = nullptr);
-    ~Client();  // close(), then delivers every outstanding callback (Shutdown) synchronously
+    ~Client()
+        override;  // close(), then delivers every outstanding callback (Shutdown) synchronously
     Client(const Client&) = delete;
     Client& operator=(const Client&) = delete;
 
     // Starts connecting now, if not connected or connecting already (and not closed).
-    void start();
+    void start() override;
 
     // Sends argv[0..argc) (argv[0] is the command name). (P|S)SUBSCRIBE, MONITOR, SELECT, AUTH,
     // HELLO, SYNC, PSYNC, CLIENT REPLY are refused with Failure::Invalid: they would change the
     // connection's state behind the client's back.
-    void command(const std::string_view* argv, size_t argc, Callback cb);
+    void command(const std::string_view* argv, size_t argc, Callback cb) override;
     void command(std::initializer_list<std::string_view> argv, Callback cb) {
         command(argv.begin(), argv.size(), std::move(cb));
     }
@@ -245,7 +247,7 @@ class Client final : private Connection::Owner {
     // EVALSHA script.sha() nkeys keys... args...; the script is loaded (SCRIPT LOAD) on every
     // (re)connect from its first use on, and reloaded once, transparently, on NOSCRIPT.
     void evalsha(const Script& script, const std::string_view* keys, size_t nkeys,
-                 const std::string_view* args, size_t nargs, Callback cb);
+                 const std::string_view* args, size_t nargs, Callback cb) override;
     void evalsha(const Script& script, const std::vector<std::string_view>& keys,
                  const std::vector<std::string_view>& args, Callback cb) {
         evalsha(script, keys.data(), keys.size(), args.data(), args.size(), std::move(cb));
@@ -257,10 +259,11 @@ class Client final : private Connection::Owner {
     // every connect against the user's ACL (permissions.hpp): a user who may not run one of
     // them, or may not run EVALSHA, fails the connection with a message naming what is
     // refused, as a wrong password does, instead of every call failing.
-    void add_script(const Script& script);
-    void add_script(const Script& script, std::string_view key, std::string_view channel = {});
+    void add_script(const Script& script) override;
+    void add_script(const Script& script, std::string_view key, std::string_view channel) override;
+    void add_script(const Script& script, std::string_view key) { add_script(script, key, {}); }
     // Adds command lines to that check (e.g. SUBSCRIBE on a channel another connection uses).
-    void require(const std::vector<Argv>& checks);
+    void require(const std::vector<Argv>& checks) override;
 
     // The caller could not use `result`, a reply this client delivered (a script's reply of
     // the wrong shape): counted by the circuit breaker like a failed command, and logged once
@@ -270,13 +273,13 @@ class Client final : private Connection::Owner {
 
     // Drops the connection, fails everything pending with Shutdown (from a 0 ms timer); later
     // commands fail with Shutdown too. Idempotent.
-    void close() noexcept;
+    void close() noexcept override;
 
     // Closes the connection if no command of the caller's is pending on it (a handshake still
     // in flight is dropped) and the circuit is closed, as nginx closes an idle keep-alive
     // connection when a worker exits: not a failure, nothing is logged, no backoff; the next
     // command connects again. True when no connection is left.
-    bool disconnect_idle() noexcept;
+    bool disconnect_idle() noexcept override;
 
     // Sentinel (issue 12): the Sentinels say the primary is now `primary` (a +switch-master
     // message, sentinel_watch.hpp). Unless the connection is to `primary` already (made or being
@@ -293,24 +296,37 @@ class Client final : private Connection::Owner {
 
     // False while a command would fail at once without touching the network: circuit open or
     // half-open (probing), waiting to reconnect (backoff), or closed.
-    bool available() const noexcept;
+    bool available() const noexcept override;
     // True once a connection is established and its checks passed (the role check, the
     // permission probe; PING may still be in flight).
     bool connected() const noexcept { return conn_ == Conn::Connected; }
     bool circuit_open() const noexcept { return breaker_ != Breaker::Closed; }
     const Stats& stats() const noexcept { return stats_; }
-    const Config& config() const noexcept { return cfg_; }
+    const Config& config() const noexcept override { return cfg_; }
     // Commands of the caller's awaiting a reply or a connection.
-    size_t pending() const noexcept;
+    size_t pending() const noexcept override;
 
     // Counts into `metrics` (shared by all workers) and `gauge` (this worker's, for this
     // client alone) from now on; either may be nullptr: not counted. The gauge given before
     // (if any) gives back this client's part, the new one takes it. See the top of the file.
     void set_metrics(core::metrics::RedisMetrics* metrics,
-                     core::metrics::WorkerGauge* gauge) noexcept;
+                     core::metrics::WorkerGauge* gauge) noexcept override;
     // Replies still owed to commands that timed out (abandoned): while there are any, the
     // server is behind; a caller with deferrable work can wait.
-    size_t abandoned() const noexcept { return abandoned_; }
+    size_t abandoned() const noexcept override { return abandoned_; }
+
+    // Target: one Redis, the keys do not route.
+    void command_for_key(std::string_view, const std::string_view* argv, size_t argc,
+                         Callback cb) override {
+        command(argv, argc, std::move(cb));
+    }
+    void reply_unusable(std::string_view, const Result& result,
+                        std::string_view what) noexcept override {
+        reply_unusable(result, what);
+    }
+    bool available(std::string_view) const noexcept override { return available(); }
+    size_t abandoned(std::string_view) const noexcept override { return abandoned_; }
+    bool clustered() const noexcept override { return false; }
 
    private:
     // Checking: connected, the role check (ROLE, INFO cluster) or the permission probe not

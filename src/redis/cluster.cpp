@@ -367,6 +367,10 @@ bool ClusterClient::redirect(const OpPtr& op, Node* from, const Reply& reply) no
     if (!moved && !reply.is_error("ASK")) {
         return false;
     }
+    if (!moved && op->script != nullptr &&
+        std::find(no_ask_.begin(), no_ask_.end(), op->script->sha()) != no_ask_.end()) {
+        return false;  // dont_follow_ask()
+    }
     uint16_t slot = 0;
     Address to;
     bool parsed = false;
@@ -813,6 +817,10 @@ const Script& ClusterClient::own_script(const Script& script) {
     return *scripts_.back();
 }
 
+void ClusterClient::dont_follow_ask(const Script& script) {
+    no_ask_.emplace_back(script.sha());
+}
+
 void ClusterClient::add_script(const Script& script) {
     own_script(script);
     for (auto& n : nodes_) {
@@ -899,6 +907,11 @@ bool ClusterClient::available(std::string_view key) const noexcept {
 
 size_t ClusterClient::pending() const noexcept {
     return ops_.size() - deferred_;
+}
+
+size_t ClusterClient::abandoned(std::string_view key) const noexcept {
+    const Client* c = client_of_slot(key_slot(key));
+    return c != nullptr ? c->abandoned() : 0;
 }
 
 size_t ClusterClient::abandoned() const noexcept {

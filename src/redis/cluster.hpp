@@ -87,21 +87,22 @@ struct ClusterStats {
     uint64_t nodes_retired = 0;     // Clients retired (left the map)
 };
 
-class ClusterClient {
+class ClusterClient final : public Target {
    public:
     // Throws std::invalid_argument when there is no seed or a seed is not valid().
     // Does not touch the network: start() or the first command asks for the slot map.
     ClusterClient(Loop& loop, ClusterConfig config, Logger logger = nullptr);
-    ~ClusterClient();  // close(), then delivers every outstanding callback (Shutdown) at once
+    ~ClusterClient()
+        override;  // close(), then delivers every outstanding callback (Shutdown) at once
     ClusterClient(const ClusterClient&) = delete;
     ClusterClient& operator=(const ClusterClient&) = delete;
 
     // Asks for the slot map now (a no-op once asked or known).
-    void start();
+    void start() override;
 
     // argv[0..argc), routed by the slot of argv[1] (the key of GET, SET, DEL, EXPIRE, ...);
     // argc < 2: Failure::Invalid. Commands whose key is elsewhere: command_for_key().
-    void command(const std::string_view* argv, size_t argc, Callback cb);
+    void command(const std::string_view* argv, size_t argc, Callback cb) override;
     void command(std::initializer_list<std::string_view> argv, Callback cb) {
         command(argv.begin(), argv.size(), std::move(cb));
     }
@@ -110,7 +111,7 @@ class ClusterClient {
     }
     // argv routed by the slot of `key` (which the caller says argv's keys share).
     void command_for_key(std::string_view key, const std::string_view* argv, size_t argc,
-                         Callback cb);
+                         Callback cb) override;
     void command_for_key(std::string_view key, std::initializer_list<std::string_view> argv,
                          Callback cb) {
         command_for_key(key, argv.begin(), argv.size(), std::move(cb));
@@ -118,39 +119,51 @@ class ClusterClient {
 
     // EVALSHA routed by keys[0]; keys in more than one slot, or none: Failure::Invalid.
     void evalsha(const Script& script, const std::string_view* keys, size_t nkeys,
-                 const std::string_view* args, size_t nargs, Callback cb);
+                 const std::string_view* args, size_t nargs, Callback cb) override;
     void evalsha(const Script& script, const std::vector<std::string_view>& keys,
                  const std::vector<std::string_view>& args, Callback cb) {
         evalsha(script, keys.data(), keys.size(), args.data(), args.size(), std::move(cb));
     }
     // As Client's, for every node (those made later too).
-    void add_script(const Script& script);
-    void add_script(const Script& script, std::string_view key, std::string_view channel = {});
-    void require(const std::vector<Argv>& checks);
+    void add_script(const Script& script) override;
+    void add_script(const Script& script, std::string_view key, std::string_view channel) override;
+    void add_script(const Script& script, std::string_view key) { add_script(script, key, {}); }
+    void require(const std::vector<Argv>& checks) override;
+    // An ASK reply to EVALSHA of `script` is handed to the caller as the error reply it is,
+    // not followed: for a script whose declared key is not a name it touches (the module's
+    // strict, flush and refund scripts declare PREFIX{ZONE:DIGEST}, which never exists), the
+    // source of a slot being migrated answers ASK whatever it holds, and the importing node
+    // would run the script without the source's data. No redirection happened: the node did not
+    // run it.
+    void dont_follow_ask(const Script& script);
 
     // Client::reply_unusable() on the node that serves `key` (the key the command was routed
     // by).
-    void reply_unusable(std::string_view key, const Result& result, std::string_view what) noexcept;
+    void reply_unusable(std::string_view key, const Result& result,
+                        std::string_view what) noexcept override;
 
     // Fails everything pending with Shutdown (from a 0 ms timer), closes every node; later
     // commands fail with Shutdown. Idempotent.
-    void close() noexcept;
+    void close() noexcept override;
     // Client::disconnect_idle() on every node; true when no connection is left and nothing is
     // pending.
-    bool disconnect_idle() noexcept;
+    bool disconnect_idle() noexcept override;
 
     // False when closed, when no map is known and the last question for one failed, or when
     // no master's Client is available().
-    bool available() const noexcept;
+    bool available() const noexcept override;
     // Whether a command for `key` would reach a node now: its master's Client is available(),
     // or no map is known yet and none failed to come (the command will wait for one).
-    bool available(std::string_view key) const noexcept;
-    size_t pending() const noexcept;    // caller's commands not answered yet
-    size_t abandoned() const noexcept;  // Client::abandoned() summed over the nodes
-    const Config& config() const noexcept { return cfg_.node; }
+    bool available(std::string_view key) const noexcept override;
+    size_t pending() const noexcept override;    // caller's commands not answered yet
+    size_t abandoned() const noexcept override;  // Client::abandoned() summed over the nodes
+    // Client::abandoned() of the node serving `key` (0 when none).
+    size_t abandoned(std::string_view key) const noexcept override;
+    bool clustered() const noexcept override { return true; }
+    const Config& config() const noexcept override { return cfg_.node; }
     const ClusterStats& stats() const noexcept { return stats_; }
     void set_metrics(core::metrics::RedisMetrics* metrics,
-                     core::metrics::WorkerGauge* gauge) noexcept;
+                     core::metrics::WorkerGauge* gauge) noexcept override;
 
     // For tests and diagnostics: the master serving `slot` ("" when unknown), the masters with
     // a Client, and that Client (nullptr when none).
@@ -217,6 +230,7 @@ class ClusterClient {
 
     std::vector<std::unique_ptr<Script>> scripts_;  // copies: for later nodes and resends
     std::vector<Argv> checks_;                      // permission checks, for every node
+    std::vector<std::string> no_ask_;               // dont_follow_ask(): script SHAs
     core::metrics::RedisMetrics* metrics_ = nullptr;
     core::metrics::WorkerGauge* gauge_ = nullptr;
 

@@ -344,6 +344,43 @@ out[2 * n + 1] = applied
 return out
 )lua";
 
+// Gives back one request per key that a strict call counted (a Redis Cluster request another
+// slot rejected); semantics in scripts.hpp.
+constexpr std::string_view lua_refund = R"lua(
+local n = #KEYS
+local now = int(ARGV[1])
+if n == 0 or #ARGV ~= 3 * n + 1 or now == nil then
+  return redis.error_reply('ERR throttle refund: expected a time and 3 arguments per key')
+end
+local fmod = math.fmod
+for i = 1, n do
+  local a, L, P = int(ARGV[3 * i - 1]), int(ARGV[3 * i]), int(ARGV[3 * i + 1])
+  if a == nil or L == nil or P == nil or a > 1 then
+    return redis.error_reply('ERR throttle refund: bad arguments for key ' .. i)
+  end
+  if L < 1 then L = 1 end
+  if P < 1 then P = 1 end
+  if a == 0 then
+    local k = KEYS[i] .. ':' .. fmt(now - fmod(now, P))
+    if count(k) > 0 then
+      redis.call('DECR', k)
+    end
+  else
+    local x = P * 1000
+    local T = (x - fmod(x, L)) / L
+    if T < 1 then T = 1 end
+    local k = KEYS[i] .. ':gcra'
+    local tat = count(k)
+    if tat > 0 then
+      tat = tat - T
+      if tat < 0 then tat = 0 end
+      redis.call('SET', k, fmt(tat), 'KEEPTTL')
+    end
+  end
+end
+return 1
+)lua";
+
 // "#!lua" makes it a Redis 7 function-flags script with no flags: in a cluster Redis then
 // refuses any key outside the slot of its KEYS (which the key layout guarantees never happens),
 // and refuses the script when it is out of memory (it writes).
@@ -689,6 +726,32 @@ bool parse_strict_batch_reply(const Reply& reply, const std::vector<size_t>& zon
 const Script& flush_script() {
     static const Script* script = new Script(source_of(lua_flush, true));
     return *script;
+}
+
+const Script& refund_script() {
+    static const Script* script = new Script(source_of(lua_refund, true));
+    return *script;
+}
+
+bool build_refund_args(int64_t now_ms, const std::vector<const StrictZone*>& zones,
+                       EvalArgs& out) noexcept {
+    out.clear();
+    if (zones.empty() || now_ms < 0) {
+        return false;
+    }
+    try {
+        out.add_arg(now_ms);
+        for (const StrictZone* z : zones) {
+            out.add_key(z->base);
+            out.add_arg(static_cast<uint64_t>(z->algorithm));
+            out.add_arg(z->limit);
+            out.add_arg(at_least_one(z->period_ms));
+        }
+    } catch (...) {
+        out.clear();
+        return false;
+    }
+    return true;
 }
 
 bool build_flush_args(int64_t period_ms, std::string_view batch_id, uint32_t id_ttl_ms,

@@ -14,9 +14,10 @@
 //   BASE ":flush:" ID = a flush batch with this id was applied (FLUSH below; "1", short ttl)
 // The scripts touch only these names, built from their KEYS. Both start with "#!lua" (Redis 7
 // script flags, none set): in a cluster Redis refuses a script that touches a name outside its
-// KEYS' slot (t/redis/scripts_test.cpp runs both on a one-node cluster). A strict call over
-// several zones or keys (a batch), or a flush batch, spans several slots: cluster support will
-// need one call per slot (and strict's all-or-nothing then only holds within a slot).
+// KEYS' slot (t/redis/scripts_test.cpp runs both on a one-node cluster). On a Redis Cluster the
+// module makes one call per slot (ngx/limit/strict.cpp, sync_flush.cpp): strict's
+// all-or-nothing holds within a call, and REFUND (below) gives back what one slot counted for
+// a request another slot rejected.
 //
 // STRICT (mode=strict; one atomic call decides a batch of m >= 1 requests, in order, each
 // all-or-nothing over its zones; a single request is a batch of one)
@@ -199,6 +200,24 @@ bool parse_strict_reply(const Reply& reply, size_t n, int64_t& now_ms,
 bool parse_strict_batch_reply(const Reply& reply, const std::vector<size_t>& zone_counts,
                               int64_t& now_ms,
                               std::vector<std::vector<StrictDecision>>& out) noexcept;
+
+// ---- REFUND (Redis Cluster) ----
+//
+// A request whose strict zones fall in several slots is decided by one strict call per slot;
+// when a slot rejects it (or cannot answer), the slots that admitted it counted it: REFUND gives
+// that back, so that a rejected request consumes nothing.
+//   KEYS = the BASE of each zone to give back (one slot: the zones one strict call admitted)
+//   ARGV = now_ms (the strict call's reply: the time it counted at), then per key 3 values:
+//          algorithm (0 sliding, 1 gcra), limit, period_ms
+//   sliding  BASE:W (W = now_ms - now_ms % P, the window it was counted in) is decremented by
+//            one (DECR, which keeps its expiry), unless missing or 0: never below 0.
+//   gcra     BASE:gcra, if present, moves back by one emission interval T (the strict script's
+//            T), not below 0, its expiry kept (SET ... KEEPTTL).
+//   Reply: 1. Not idempotent: sent once, never again (a refund lost to a timeout leaves the
+//   request counted: under-admission, bounded by the refunds lost).
+const Script& refund_script();
+bool build_refund_args(int64_t now_ms, const std::vector<const StrictZone*>& zones,
+                       EvalArgs& out) noexcept;
 
 // ---- FLUSH ----
 

@@ -338,6 +338,43 @@ TEST_F(RedisClusterTest, AskDuringAMigration) {
     EXPECT_EQ(logged(LogLevel::Error), 0) << all_logs();
 }
 
+// dont_follow_ask(): an ASK reply to that script's EVALSHA reaches the caller (the node did not
+// run it), the other scripts and commands still follow ASK.
+TEST_F(RedisClusterTest, DontFollowAskForAScript) {
+    RedisCluster cluster;
+    ASSERT_TRUE(cluster.start());
+    ClusterClient client(ev.loop(), config({cluster.node(0).address()}), logger());
+    std::string tag;
+    for (int n = 0; n < 1000 && tag.empty(); n++) {
+        if (cluster.owner("{ask" + std::to_string(n) + "}") == 1) {
+            tag = "{ask" + std::to_string(n);
+        }
+    }
+    std::string moved = tag + "}moved";
+    ASSERT_EQ(cluster.owner(moved), 1u);
+    ASSERT_TRUE(call(client, {"SET", moved, "m"}).result.ok());
+    ASSERT_TRUE(cluster.begin_migration(key_slot(moved), 1, 2, {moved}));
+
+    Script mine("return redis.call('GET', KEYS[1])");
+    Script other("return redis.call('STRLEN', KEYS[1])");
+    client.add_script(mine);
+    client.add_script(other);
+    client.dont_follow_ask(mine);
+    Outcome e = eval(client, mine, {moved}, {});
+    ASSERT_TRUE(e.result.ok()) << what(e);
+    EXPECT_TRUE(e.result.reply.is_error("ASK")) << what(e);
+    EXPECT_EQ(client.stats().asked, 0u);
+    Outcome o = eval(client, other, {moved}, {});
+    ASSERT_TRUE(o.result.ok()) << what(o);
+    EXPECT_EQ(o.result.reply.integer, 1) << what(o);
+    EXPECT_EQ(client.stats().asked, 1u);
+    Outcome g = call(client, {"GET", moved});
+    ASSERT_TRUE(g.result.ok()) << what(g);
+    EXPECT_EQ(g.result.reply.str, "m") << what(g);
+    EXPECT_EQ(client.stats().asked, 2u);
+    EXPECT_EQ(logged(LogLevel::Error), 0) << all_logs();
+}
+
 // A master killed: the commands of its slots fail fast (Disconnected, then CircuitOpen without
 // touching the network), the other masters' commands keep succeeding.
 TEST_F(RedisClusterTest, ANodeKilledFailsOnlyItsSlots) {

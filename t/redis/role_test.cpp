@@ -74,8 +74,8 @@ TEST_F(RedisRoleTest, ClusterNodeRefusedAtConnect) {
     EXPECT_TRUE(client.circuit_open() || client.stats().circuit_opens > 0);
     const std::string what =
         "the server is a Redis Cluster node: single-server throttle_redis "
-        "cannot use it (cluster support: not yet), point it at a standalone "
-        "Redis";
+        "cannot use it, use \"throttle_redis cluster ADDRESS ...\" (or point it at a "
+        "standalone Redis)";
     EXPECT_EQ(logged(LogLevel::Error, what), 1) << all_logs();
     EXPECT_LE(logged(LogLevel::Error), 2) << all_logs();  // and the circuit opening
     EXPECT_EQ(commandstat(ctl, "get"), 0);

@@ -2080,5 +2080,66 @@ TEST_F(RedisScriptsTest, StrictBatchCostPerDecision) {
     }
 }
 
+// REFUND (Redis Cluster): gives back one request per key a strict call counted, in the window
+// it was counted in (sliding) or by one emission (gcra); never below 0, expiry kept, a
+// missing key left missing; bad arguments are an error reply.
+TEST_F(RedisScriptsTest, RefundGivesBackOneRequest) {
+    const std::string s = base_key("t:", "s", "user");
+    const std::string g = base_key("t:", "g", "user");
+    const int64_t t0 = 1700000000000;
+    const int64_t w = window_of(t0, day_ms);
+    const StrictZone zs = sliding(s, 3, day_ms);
+    const StrictZone zg = gcra(g, 10, 1000, 3);  // T = 100 ms
+    auto refund = [&](int64_t now, std::vector<const StrictZone*> zones) {
+        EvalArgs a;
+        EXPECT_TRUE(build_refund_args(now, zones, a));
+        return eval(*client, refund_script(), a).reply;
+    };
+    for (int i = 0; i < 3; i++) {
+        ASSERT_TRUE(strict({zs, zg}, t0).d[0].allowed);
+    }
+    EXPECT_FALSE(strict({zs}, t0).d[0].allowed);
+    EXPECT_EQ(get(window_key(s, w)), "3");
+    const long long tat = number(get(g + ":gcra"));
+    EXPECT_EQ(tat, t0 * 1000 + 3 * 100000);
+    const long long pttl = number(ctl->run({"PTTL", window_key(s, w)}));
+
+    // Later (same window): the window it was counted in loses one; the TAT moves back 100 ms.
+    Reply r = refund(t0 + 5000, {&zs, &zg});
+    ASSERT_EQ(r.type, Reply::Type::Integer) << r.str;
+    EXPECT_EQ(get(window_key(s, w)), "2");
+    EXPECT_EQ(number(get(g + ":gcra")), tat - 100000);
+    EXPECT_GT(number(ctl->run({"PTTL", window_key(s, w)})), pttl - 60000);  // kept, not reset
+    EXPECT_GT(number(ctl->run({"PTTL", g + ":gcra"})), 0);
+    // The freed place admits one more, exactly.
+    EXPECT_TRUE(strict({zs}, t0 + 5000).d[0].allowed);
+    EXPECT_FALSE(strict({zs}, t0 + 5000).d[0].allowed);
+
+    // Never below 0, missing keys stay missing.
+    ctl->run({"SET", window_key(s, w), "0"});
+    ASSERT_EQ(refund(t0, {&zs}).type, Reply::Type::Integer);
+    EXPECT_EQ(get(window_key(s, w)), "0");
+    const StrictZone other = sliding(base_key("t:", "s", "nobody"), 3, day_ms);
+    const StrictZone otherg = gcra(base_key("t:", "g", "nobody"), 10, 1000, 3);
+    ASSERT_EQ(refund(t0, {&other, &otherg}).type, Reply::Type::Integer);
+    EXPECT_EQ(ctl->run({"EXISTS", window_key(other.base, w)}), "0");
+    EXPECT_EQ(ctl->run({"EXISTS", otherg.base + ":gcra"}), "0");
+
+    // Bad arguments: an error reply, nothing written.
+    EXPECT_TRUE(eval(*client, refund_script(),
+                     [&] {
+                         EvalArgs a;
+                         a.add_key(s);
+                         a.add_arg("x");
+                         a.add_arg("0");
+                         a.add_arg("3");
+                         a.add_arg("1000");
+                         return a;
+                     }())
+                    .reply.is_error());
+    EvalArgs none;
+    EXPECT_FALSE(build_refund_args(t0, {}, none));
+}
+
 }  // namespace
 }  // namespace throttle::redis::test

@@ -282,7 +282,7 @@ void Fill::store(ngx_http_request_t* r) {
     auto entry = std::make_shared<const std::string>(encode(r, now_ms(), ttl));
     drop_body();
     redis::EvalArgs args;
-    redis::Client* client = redis_client();
+    redis::Target* client = redis_client();
     redis::CacheTarget target = target_of(lock_);
     target.key = store_key_;
     const core::cache::VaryList& vary = decision_.vary;
@@ -344,7 +344,7 @@ void Fill::store(ngx_http_request_t* r) {
 // The vary record under the base key, for as long as the entry just stored.
 void Fill::store_record(const std::shared_ptr<const std::string>& record, int64_t ttl,
                         bool holds_lock) {
-    redis::Client* client = redis_client();
+    redis::Target* client = redis_client();
     redis::CacheTarget target = target_of(lock_);
     target.key = vary_.base;
     redis::EvalArgs args;
@@ -391,7 +391,7 @@ void Fill::release() noexcept {
 // RELEASE of the lock this fill holds; wakes the waiters (nothing stored under its key).
 void Fill::release_lock() noexcept {
     try {
-        redis::Client* client = redis_client();
+        redis::Target* client = redis_client();
         redis::EvalArgs args;
         if (client != nullptr && !worker_exiting() &&
             redis::build_cache_release_args(target_of(lock_), gen_, lock_.token, cache_channel(),

@@ -271,7 +271,7 @@ void refresh_or_serve_stale(const std::shared_ptr<CacheRequest>& cr,
         serve_later(*cr, cr->head ? CacheStatus::stale : CacheStatus::updating, std::move(entry));
         return;
     }
-    redis::Client* client = redis_client();
+    redis::Target* client = redis_client();
     try {
         std::vector<std::string> argv = redis::cache_fill_lock_argv(
             cr->target(), cr->gen, cr->token, static_cast<int64_t>(cache_lease_ms(*cr->conf)));
@@ -577,7 +577,7 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
     if (!core::cache::request_cacheable(facts)) {
         return decline(ctx, conf, CacheStatus::bypass);
     }
-    redis::Client* client = redis_client();
+    redis::Target* client = redis_client();
     if (client == nullptr || !client->available()) {
         return decline(ctx, conf, CacheStatus::bypass);
     }

@@ -102,7 +102,7 @@ void count_confirmed(const std::vector<std::string>& namespaces) noexcept {
 // Sends one invalidation; one Redis did not confirm goes (back) to the pending list. Returns
 // whether it was sent (`answered` is then called once with Redis' answer or failure).
 bool send(Pending&& p, std::function<void()> answered) noexcept {
-    redis::Client* client = redis_client();
+    redis::Target* client = redis_client();
     try {
         std::vector<std::string_view> names(p.namespaces.begin(), p.namespaces.end());
         redis::EvalArgs args;

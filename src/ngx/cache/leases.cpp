@@ -83,7 +83,7 @@ void FillLease::on_timer(ngx_event_t* ev) noexcept {
 }
 
 void FillLease::renew() noexcept {
-    redis::Client* client = redis_client();
+    redis::Target* client = redis_client();
     if (client == nullptr || worker_exiting()) {
         return;
     }

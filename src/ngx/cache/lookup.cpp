@@ -30,7 +30,7 @@ void fail_all(Batch& batch, redis::Failure why) noexcept {
 // One script call for the batch's lookups.
 void send(Batch&& batch) noexcept {
     auto held = std::make_shared<Batch>(std::move(batch));
-    redis::Client* client = redis_client();
+    redis::Target* client = redis_client();
     try {
         std::vector<redis::CacheLookupRequest> reqs;
         reqs.reserve(held->size());

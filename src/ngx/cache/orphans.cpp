@@ -52,7 +52,7 @@ void send(Orphan&& o) noexcept {
     if (orphans->loop->now_ms() >= o.give_up_at) {
         return;
     }
-    redis::Client* client = redis_client();
+    redis::Target* client = redis_client();
     try {
         redis::CacheTarget t;
         t.prefix = cache_prefix();

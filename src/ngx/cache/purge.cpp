@@ -68,7 +68,7 @@ ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept {
         return respond(r, NGX_HTTP_BAD_REQUEST,
                        "{\"error\":\"invalid namespace\",\"namespace\":\"%V\"}\n", shown, 0);
     }
-    redis::Client* client = redis_client();
+    redis::Target* client = redis_client();
     if (client == nullptr || !client->available()) {
         return respond(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                        "{\"error\":\"redis unavailable\",\"namespace\":\"%V\"}\n", ns, 0);

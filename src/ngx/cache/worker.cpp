@@ -27,7 +27,7 @@ void cache_worker_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loo
         return;
     }
     try {
-        redis::Client& client = *redis_client();
+        redis::Target& client = *redis_client();
         std::string base(view(mcf.redis->prefix));
         // The ACL check on connect (redis/permissions.hpp): a key of the cache's shape, the
         // fill channel the scripts publish to and the subscriber listens on.

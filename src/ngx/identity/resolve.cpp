@@ -144,8 +144,8 @@ void store_put(const IdentityMainConf& icf, const core::Sha256Digest& d, const A
     ngx_shmtx_unlock(&icf.shpool->mutex);
 }
 
-redis::Client* usable_redis() noexcept {
-    redis::Client* c = redis_client();
+redis::Target* usable_redis() noexcept {
+    redis::Target* c = redis_client();
     return c != nullptr && worker != nullptr && !worker_exiting() ? c : nullptr;
 }
 
@@ -159,7 +159,7 @@ void keep(const IdentityMainConf& icf, const core::Sha256Digest& d, const Answer
         return;
     }
     store_put(icf, d, a);
-    redis::Client* c = usable_redis();
+    redis::Target* c = usable_redis();
     if (!a.from_app || c == nullptr) {
         return;
     }
@@ -369,7 +369,7 @@ class IdentityResolution final : public RequestBound,
 
     // Redis first: NGX_DONE while it answers, else the subrequest at once.
     ngx_int_t start(IdentityState& st) noexcept {
-        redis::Client* c = usable_redis();
+        redis::Target* c = usable_redis();
         if (c != nullptr && c->available()) {
             try {
                 std::string key = redis_key(conf_of(request()), digest_);
@@ -631,7 +631,7 @@ void forget(ngx_http_request_t* r, const IdentityMainConf& icf,
     ngx_shmtx_lock(&icf.shpool->mutex);
     icf.table->erase(d);
     ngx_shmtx_unlock(&icf.shpool->mutex);
-    if (redis::Client* c = usable_redis()) {
+    if (redis::Target* c = usable_redis()) {
         try {
             c->command({"DEL", redis_key(icf, d)}, [](redis::Result&&) {});
         } catch (...) {
@@ -758,7 +758,7 @@ void identity_worker_init(const MainConf& mcf) noexcept {
 }
 
 void identity_worker_redis(const MainConf& mcf) {
-    redis::Client* c = redis_client();
+    redis::Target* c = redis_client();
     if (mcf.identity.credential == nullptr || c == nullptr || worker == nullptr) {
         return;
     }

@@ -692,7 +692,7 @@ bool applied_zones(ngx_http_request_t* r, const LimitLocConf& conf, const ZoneMa
         core::StoredKey sk = zones[i]->table->make_key(zones[i]->keyer.digest(key.data, key.len));
         c.applied[c.n++] = Applied{zones[i], sk, role, nullptr, core::Decision{}, 0, false};
     }
-    redis::Client* client = redis_client();
+    redis::Target* client = redis_client();
     if (remote && (client == nullptr || !client->available())) {
         fall_back(c);
         remote = false;

@@ -25,6 +25,14 @@
 // attempts left gives its counts back to the zone. The id outlives the retries by
 // id_margin_ms.
 //
+// Redis Cluster: the flush script's keys, and the batch id's key (KEYS[1]:flush:ID), must share
+// a slot: a flush's keys are grouped by slot, and each batch holds the keys of one slot (its id
+// key then lies in that slot too, tagged like its KEYS[1]). Each batch goes to its slot's
+// master; Client::abandoned() and the pacing are that node's. A batch whose node is down fails
+// unsent (circuit open, no connection): its counts go back to the zone and are sent with a
+// later flush, as with a single Redis that is down; the other nodes' batches go on. The final
+// flush at exit sends each batch to the master the worker last knew for its slot.
+//
 // Metrics (when some location has throttle_metrics): each flush that collected keys counts one
 // flush and its keys; its duration runs from the collection to the answer of its last batch
 // (observed only when every batch of it was answered); sync_last_flush is the time of the last
@@ -38,12 +46,15 @@
 #include <memory>
 #include <new>
 #include <random>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "core/sync.hpp"
 #include "ngx/limit/limit.hpp"
 #include "ngx/redis_link.hpp"
 #include "redis/blocking.hpp"
+#include "redis/cluster.hpp"
 #include "redis/scripts.hpp"
 
 namespace throttle::ngx {
@@ -97,6 +108,7 @@ struct SyncState {
     uint64_t random = 0;
     uint64_t seq = 0;
     bool stopped = false;  // the worker is exiting: nothing more is sent on the event loop
+    std::vector<std::string> slot_nodes;  // Redis Cluster: slot -> master, kept for the exit
 };
 
 SyncState* state = nullptr;  // owned
@@ -167,23 +179,61 @@ void settle(ZoneConf* zone, const std::vector<FlushItem>& items,
     ngx_shmtx_unlock(&zone->shpool->mutex);
 }
 
+// Redis Cluster: the items grouped by slot (stable), and where each slot's run ends, so that a
+// batch never spans slots.
+void group_by_slot(std::vector<FlushItem>& items, std::vector<size_t>& ends) {
+    std::vector<std::pair<uint16_t, size_t>> order;
+    order.reserve(items.size());
+    for (size_t i = 0; i < items.size(); i++) {
+        order.emplace_back(redis::key_slot(items[i].base), i);
+    }
+    std::stable_sort(order.begin(), order.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::vector<FlushItem> sorted;
+    sorted.reserve(items.size());
+    for (size_t i = 0; i < order.size(); i++) {
+        if (i > 0 && order[i].first != order[i - 1].first) {
+            ends.push_back(i);
+        }
+        sorted.push_back(std::move(items[order[i].second]));
+    }
+    ends.push_back(sorted.size());
+    items.swap(sorted);
+}
+
 // Splits collected items into batches with ids of their own, appended to `out`. If memory runs
 // out, the counts go back to the zone.
-void make_batches(ZoneConf* zone, std::vector<FlushItem>&& items, std::deque<BatchPtr>& out) {
+// by_slot: for a Redis Cluster, each batch within one slot.
+void make_batches(ZoneConf* zone, std::vector<FlushItem>&& items, std::deque<BatchPtr>& out,
+                  bool by_slot) {
     std::deque<BatchPtr> made;
+    std::vector<size_t> starts;  // made[k] takes items[starts[k] .. starts[k + 1])
     try {
-        for (size_t from = 0; from < items.size(); from += flush_batch) {
-            auto b = std::make_shared<Batch>();
-            b->id = next_id();
-            b->items.reserve(std::min(flush_batch, items.size() - from));
-            made.push_back(std::move(b));
+        std::vector<size_t> ends;  // where each slot's items end (one run without a cluster)
+        if (by_slot) {
+            group_by_slot(items, ends);
+        } else {
+            ends.push_back(items.size());
         }
+        size_t from = 0;
+        for (size_t end : ends) {
+            for (; from < end; from += std::min(flush_batch, end - from)) {
+                auto b = std::make_shared<Batch>();
+                b->id = next_id();
+                b->items.reserve(std::min(flush_batch, end - from));
+                made.push_back(std::move(b));
+                starts.push_back(from);
+            }
+        }
+        starts.push_back(items.size());
     } catch (...) {
         settle(zone, items, nullptr);
         throw;
     }
-    for (size_t i = 0; i < items.size(); i++) {
-        made[i / flush_batch]->items.push_back(std::move(items[i]));  // reserved: no throw
+    for (size_t k = 0; k + 1 < starts.size(); k++) {
+        for (size_t i = starts[k]; i < starts[k + 1]; i++) {
+            made[k]->items.push_back(std::move(items[i]));  // reserved: no throw
+        }
     }
     try {
         out.insert(out.end(), made.begin(), made.end());  // all or nothing
@@ -282,7 +332,7 @@ void failed(ZoneFlush& zf, const BatchPtr& b) noexcept {
 void pump(ZoneFlush& zf) noexcept;
 
 void pump_later(ZoneFlush& zf) noexcept {
-    redis::Client* client = redis_client();
+    redis::Target* client = redis_client();
     if (client != nullptr && zf.again && !zf.again->active()) {
         zf.again->start(client->config().command_timeout_ms);
     }
@@ -290,6 +340,13 @@ void pump_later(ZoneFlush& zf) noexcept {
 
 void done(ZoneFlush& zf, const BatchPtr& b, redis::Result&& r) noexcept {
     zf.in_flight--;
+    // Redis Cluster, a slot being migrated: its source answers ASK (not followed:
+    // dont_follow_ask()) without running the script: as if never sent, the counts go back to
+    // the zone for a later flush.
+    bool asked = r.ok() && (r.reply.is_error("ASK") || r.reply.is_error("TRYAGAIN"));
+    if (asked) {
+        r.unsent = true;
+    }
     if (!r.unsent && b->sends++ == 0) {
         b->first_sent_ms = b->tried_ms;
     }
@@ -304,7 +361,9 @@ void done(ZoneFlush& zf, const BatchPtr& b, redis::Result&& r) noexcept {
                            &zf.zone->name, b->id.c_str(), b->items.size());
         }
     } else {
-        redis_reply_unusable(r, "sync flush");
+        if (!asked) {
+            redis_reply_unusable(r, "sync flush", b->items.front().base);
+        }
         count_error(zf);
         if (!r.unsent) {
             // Without a reply the command may have run, or still wait in Redis' queue: the
@@ -321,9 +380,14 @@ void done(ZoneFlush& zf, const BatchPtr& b, redis::Result&& r) noexcept {
 
 // Sends queued batches while fewer than in_flight_max are in flight.
 void pump(ZoneFlush& zf) noexcept {
-    redis::Client* client = redis_client();
+    redis::Target* client = redis_client();
+    // A node still owing replies to timed-out commands is behind (a cluster: the node of the
+    // next batch's slot).
+    auto behind = [&]() noexcept {
+        return client->abandoned(std::string_view(zf.queue.front()->items.front().base)) > 0;
+    };
     while (state != nullptr && !state->stopped && client != nullptr &&
-           zf.in_flight < in_flight_max && client->abandoned() == 0 && !zf.queue.empty()) {
+           zf.in_flight < in_flight_max && !zf.queue.empty() && !behind()) {
         BatchPtr b = std::move(zf.queue.front());
         zf.queue.pop_front();
         try {
@@ -343,7 +407,7 @@ void pump(ZoneFlush& zf) noexcept {
         b->tried_ms = now_ms();
         zf.in_flight++;
     }
-    if (client != nullptr && client->abandoned() > 0 && !zf.queue.empty()) {
+    if (client != nullptr && !zf.queue.empty() && behind()) {
         pump_later(zf);
     }
 }
@@ -388,7 +452,7 @@ void tick(ZoneFlush& zf) noexcept {
     int64_t now = now_ms();
     bool idle = std::none_of(zf.queue.begin(), zf.queue.end(),
                              [](const BatchPtr& b) { return b->sends == 0; });
-    redis::Client* client = redis_client();
+    redis::Target* client = redis_client();
     const RedisSettings* rs = redis_settings();
     ngx_atomic_uint_t next = zone->shared->next_flush_ms;
     if (idle && client != nullptr && rs != nullptr && now >= static_cast<int64_t>(next) &&
@@ -399,7 +463,7 @@ void tick(ZoneFlush& zf) noexcept {
             int64_t started_us = zone->metrics != nullptr ? monotonic_us() : 0;
             std::vector<FlushItem> items = collect(zone, *rs, now);
             size_t keys = items.size(), before = zf.queue.size();
-            make_batches(zone, std::move(items), zf.queue);
+            make_batches(zone, std::move(items), zf.queue, rs->cluster != nullptr);
             flush_started(zone, zf.queue, keys, zf.queue.size() - before, now, started_us);
         } catch (const std::exception& e) {
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0, "throttle_zone \"%V\": flush failed: %s",
@@ -408,6 +472,16 @@ void tick(ZoneFlush& zf) noexcept {
     }
     requeue(zf, now);
     pump(zf);
+}
+
+// Redis Cluster, at exit: the master the worker last knew for b's slot.
+bool cluster_node(const RedisSettings& rs, const Batch& b, redis::Config& out) {
+    uint16_t slot = redis::key_slot(b.items.front().base);
+    if (state == nullptr || slot >= state->slot_nodes.size()) {
+        return false;
+    }
+    out = rs.cluster->node;
+    return redis::Address::parse(state->slot_nodes[slot], out.address) && out.address.valid();
 }
 
 // At exit, on a blocking connection (the event loop is gone): the batches still held (those
@@ -435,8 +509,13 @@ void final_flush(ZoneFlush& zf, const RedisSettings& rs) noexcept {
             redis::EvalArgs call;
             flush_args(zone, *b, call);
             bool sent = false;
-            redis::Result r = redis::eval_blocking(*rs.client, redis::flush_script(), call.keys(),
-                                                   call.args(), &sent);
+            redis::Config node;
+            if (rs.cluster != nullptr && !cluster_node(rs, *b, node)) {
+                throw std::runtime_error("no node known for the slot");
+            }
+            redis::Result r =
+                redis::eval_blocking(rs.cluster != nullptr ? node : *rs.client,
+                                     redis::flush_script(), call.keys(), call.args(), &sent);
             std::vector<std::pair<uint64_t, uint64_t>> totals;
             bool applied = false;
             if (parse(r, *b, totals, applied)) {
@@ -471,7 +550,7 @@ void final_flush(ZoneFlush& zf, const RedisSettings& rs) noexcept {
             int64_t now = now_ms(), started_us = monotonic_us();
             std::vector<FlushItem> items = collect(zone, rs, now);
             size_t keys = items.size();
-            make_batches(zone, std::move(items), rest);
+            make_batches(zone, std::move(items), rest, rs.cluster != nullptr);
             flush_started(zone, rest, keys, rest.size(), now, started_us);
         }
         for (const BatchPtr& b : rest) {
@@ -517,6 +596,9 @@ void sync_worker_init(const MainConf& mcf, redis::Loop& loop) {
     }
     if (!s->zones.empty()) {
         redis_client()->add_script(redis::flush_script(), permission_probe_key(mcf));
+        if (auto* cluster = dynamic_cast<redis::ClusterClient*>(redis_client())) {
+            cluster->dont_follow_ask(redis::flush_script());
+        }
     }
     s->random = worker_random();
     for (ZoneFlush& z : s->zones) {
@@ -536,6 +618,17 @@ void sync_worker_init(const MainConf& mcf, redis::Loop& loop) {
 void sync_worker_stop() noexcept {
     if (state != nullptr) {
         state->stopped = true;
+        auto* cluster = dynamic_cast<redis::ClusterClient*>(redis_client());
+        if (cluster != nullptr && !state->zones.empty()) {
+            try {  // for the final flush, once the client is closed
+                state->slot_nodes.resize(redis::kClusterSlots);
+                for (uint16_t slot = 0; slot < redis::kClusterSlots; slot++) {
+                    state->slot_nodes[slot] = cluster->node_of_slot(slot);
+                }
+            } catch (...) {
+                state->slot_nodes.clear();  // the final flush fails: counts stay in the zone
+            }
+        }
         for (ZoneFlush& z : state->zones) {
             z.timer->stop();
             z.again->stop();
