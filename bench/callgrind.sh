@@ -52,6 +52,9 @@
 #   strict_metrics   (not in the default set) strict, the same way
 #   strict_tls       (not in the default set) strict over TLS: redis-server's --tls-port with a
 #                    CA and server certificate made here by openssl (compare with strict)
+#   strict_cluster   (not in the default set) strict against a 3-master Redis Cluster started
+#                    here (lib.sh's cluster_start; throttle_redis cluster SEEDS): one key, so
+#                    every EVALSHA goes to the one master of its slot (compare with strict)
 #
 # Two modules: with BENCH_MODULE_B, every variant is measured with both, and
 # the table gives both counts and B/A, plus, for each variant whose B/A is off by
@@ -106,7 +109,7 @@ BODY_BYTES=100         # plain & co: the static file, as run.sh
 CACHE_BYTES=2048       # cache: the origin's JSON, about (as cache.sh: stored gzip'd, >= 1k)
 SESSION='sessionid=b3f1c0de5eed4a11'
 REQ_PATH='/api/items?sort=name&page=2'
-KNOWN='plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity throttle_metrics strict_metrics strict_tls'
+KNOWN='plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity throttle_metrics strict_metrics strict_tls strict_cluster'
 
 # --------------------------------------------------------------------------
 # Checks.
@@ -131,16 +134,18 @@ uses_redis() { [[ $1 == strict || $1 == strict_metrics || $1 == strict_tls || $1
 # has_metrics VARIANT: the variant's server has a throttle_metrics location
 has_metrics() { [[ $1 == *_metrics ]]; }
 is_cache() { [[ $1 == cache_* ]]; }
-want_redis=
+uses_cluster() { [[ $1 == strict_cluster ]]; }
+want_redis='' want_cluster=''
 for v in "${variants[@]}"; do uses_redis "$v" && want_redis=1; done
+for v in "${variants[@]}"; do uses_cluster "$v" && want_cluster=1; done
 for v in "${variants[@]}"; do [[ $v != strict_tls ]] || redis_tls=1; done
 
 packages=(valgrind curl)
-[[ -z $want_redis ]] || packages+=(redis-server)
+[[ -z $want_redis$want_cluster ]] || packages+=(redis-server)
 install_missing "${packages[@]}"
 need_nginx
 command -v callgrind_annotate >/dev/null || die "callgrind_annotate not found (apt-get install valgrind)"
-[[ -z $want_redis ]] || need redis_check
+[[ -z $want_redis$want_cluster ]] || need redis_check
 
 modules=(A)
 [[ -z $MODULE_B ]] || modules+=(B)
@@ -183,6 +188,7 @@ copy_module() { # copy_module A|B
 for m in "${modules[@]}"; do copy_module "$m"; done
 
 [[ -z $want_redis ]] || redis_start
+[[ -z $want_cluster ]] || cluster_start
 
 head -c "$BODY_BYTES" /dev/zero | tr '\0' 'x' >"$tmp/html/bench.txt"
 # an API-like JSON list, deterministic, about CACHE_BYTES
@@ -232,6 +238,11 @@ http_lines() {
         echo 'throttle_zone $binary_remote_addr zone=bstrict:10m rate=100000000r/d mode=strict;'
         echo 'throttle_secret "bench-secret-0123456789abcdef";'
         ;;
+    strict_cluster)
+        echo "throttle_redis cluster $(cluster_seeds) connect_timeout=10s timeout=10s;  # valgrind is slow"
+        echo 'throttle_zone $binary_remote_addr zone=bstrict:10m rate=100000000r/d mode=strict;'
+        echo 'throttle_secret "bench-secret-0123456789abcdef";'
+        ;;
     strict_tls)
         echo "throttle_redis 127.0.0.1:$redis_tls_port tls tls_ca=$tmp/tls/ca.pem connect_timeout=10s timeout=10s;  # valgrind is slow"
         echo 'throttle_zone $binary_remote_addr zone=bstrict:10m rate=100000000r/d mode=strict;'
@@ -252,7 +263,7 @@ location_lines() {
     throttle | throttle_metrics) echo 'throttle zone=bench;' ;;
     jwt | jwt_nocache) echo 'throttle zone=bjwt;' ;;
     identity) printf '%s\n' 'throttle_identity_resolve on;' 'throttle zone=bench;' ;;
-    strict | strict_metrics | strict_tls) echo 'throttle zone=bstrict;' ;;
+    strict | strict_metrics | strict_tls | strict_cluster) echo 'throttle zone=bstrict;' ;;
     cache_*)
         echo 'throttle_cache bench;'
         echo 'proxy_pass http://origin;'
@@ -350,7 +361,7 @@ WRITE_OUT='%{http_code} x-cache=%header{x-cache} content-encoding=%header{conten
 expected() {
     case $1 in
     plain | plain_nomod | limit_req) echo "200 x-cache= content-encoding= ratelimit-policy= bytes=$BODY_BYTES" ;;
-    throttle | strict | strict_tls | jwt | jwt_nocache | identity | *_metrics) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
+    throttle | strict | strict_tls | strict_cluster | jwt | jwt_nocache | identity | *_metrics) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
     cache_hit | cache_hit_vary) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;
     cache_hit_plain) echo "200 x-cache=HIT content-encoding= ratelimit-policy= bytes=$json_bytes" ;;
     esac
@@ -363,9 +374,15 @@ ask() {
     curl -s -o /dev/null "${args[@]}" -w "$WRITE_OUT" "$(url "$1")#[1-$2]" >"$3" || true
 }
 
-# evalsha_calls: EVALSHAs Redis ran since the run's CONFIG RESETSTAT
+# evalsha_calls VARIANT: EVALSHAs Redis (the cluster's masters, summed, for
+# strict_cluster) ran since the run's CONFIG RESETSTAT
 evalsha_calls() {
-    redis_cli info commandstats | tr -d '\r' | awk -F'[:=,]' '$1 == "cmdstat_evalsha" { print $3 }'
+    local i
+    if uses_cluster "$1"; then
+        for ((i = 0; i < CLUSTER_MASTERS; i++)); do cluster_cli "$i" info commandstats; done
+    else
+        redis_cli info commandstats
+    fi | tr -d '\r' | awk -F'[:=,]' '$1 == "cmdstat_evalsha" { n += $3 } END { print n + 0 }'
 }
 
 # layout_env LAYOUT: the extra environment variable of that heap layout, if any
@@ -387,6 +404,13 @@ measure() {
         redis_cli flushall >/dev/null
         redis_cli script flush >/dev/null
         redis_cli config resetstat >/dev/null
+    fi
+    if [[ -n $want_cluster ]]; then
+        for ((i = 0; i < CLUSTER_MASTERS; i++)); do
+            cluster_cli "$i" flushall >/dev/null
+            cluster_cli "$i" script flush >/dev/null
+            cluster_cli "$i" config resetstat >/dev/null
+        done
     fi
     mapfile -t args < <(client_args "$v")
     : >"$tmp/error.log"
@@ -423,7 +447,7 @@ measure() {
         $(head -1 "$tmp/cg/$name.answers") != $want ]]; then
         die "$name: the $count answers were not all \"$want\": $got"
     fi
-    [[ $v != strict* || $(evalsha_calls) -gt 0 ]] || die "$name: Redis saw no EVALSHA: strict did not ask Redis"
+    [[ $v != strict* || $(evalsha_calls "$v") -gt 0 ]] || die "$name: Redis saw no EVALSHA: strict did not ask Redis"
 
     # let nginx see curl's connection close, then stop it: callgrind writes $out
     sleep 0.3

@@ -249,12 +249,13 @@ redis_snapshot() {
         /^total_connections_received:/ { print "connections", $2 }' >"$1"
 }
 
-# redis_delta BEFORE AFTER: "COMMAND DELTA" for what changed in between, and
-# "connections DELTA"; the INFO command and the connection of the second
-# snapshot left out.
+# redis_delta BEFORE AFTER [NODES]: "COMMAND DELTA" for what changed in between,
+# and "connections DELTA"; the INFO command and the connections of the second
+# snapshot (one per node: NODES, 1 by default; a cluster_snapshot asks each master)
+# left out.
 redis_delta() {
-    awk 'NR == FNR { b[$1] = $2; next }
-         $1 == "connections" { print $1, $2 - b[$1] - 1; next }
+    awk -v nodes="${3:-1}" 'NR == FNR { b[$1] = $2; next }
+         $1 == "connections" { print $1, $2 - b[$1] - nodes; next }
          $1 != "info" && $2 - b[$1] > 0 { print $1, $2 - b[$1] }' "$1" "$2"
 }
 
@@ -510,4 +511,110 @@ show_results() {
         cp "$tmp/results.txt" "$1"
         say "table written to $1"
     fi
+}
+
+# --------------------------------------------------------------------------
+# A Redis Cluster of 3 masters (no replicas), for the variants that use
+# `throttle_redis cluster`: three redis-servers with --cluster-enabled yes on
+# free ports, joined by `redis-cli --cluster create --cluster-replicas 0`, as
+# t/lib/Throttle/Redis.pm's cluster() does. Started once, stopped on exit.
+# Commands per request are summed over the masters, CPU over their processes
+# (the cluster bus included: it is part of what a cluster costs).
+# --------------------------------------------------------------------------
+
+CLUSTER_MASTERS=3
+cluster_ports=() cluster_pids=()
+
+# cluster_cli I ARGS...: redis-cli against master I (0-based)
+cluster_cli() {
+    local i=$1
+    shift
+    redis-cli -h 127.0.0.1 -p "${cluster_ports[$i]}" "$@"
+}
+
+# cluster_seeds: "127.0.0.1:P1 127.0.0.1:P2 127.0.0.1:P3", for throttle_redis cluster
+cluster_seeds() {
+    local p seeds=()
+    for p in "${cluster_ports[@]}"; do seeds+=("127.0.0.1:$p"); done
+    echo "${seeds[*]}"
+}
+
+# cluster_up: every node says cluster_state:ok, all 16384 slots assigned, every
+# node known
+cluster_up() {
+    local i info
+    for ((i = 0; i < CLUSTER_MASTERS; i++)); do
+        info=$(cluster_cli "$i" cluster info 2>/dev/null | tr -d '\r') || return 1
+        grep -qx 'cluster_state:ok' <<<"$info" || return 1
+        grep -qx 'cluster_slots_assigned:16384' <<<"$info" || return 1
+        grep -qx "cluster_known_nodes:$CLUSTER_MASTERS" <<<"$info" || return 1
+    done
+}
+
+# cluster_start: start the cluster (once) and wait until it is up
+cluster_start() {
+    ((${#cluster_ports[@]} == 0)) || return 0
+    local i j dir addrs=()
+    read -r -a cluster_ports <<<"$(free_ports "$CLUSTER_MASTERS")"
+    for ((i = 0; i < CLUSTER_MASTERS; i++)); do
+        dir=$tmp/cluster/$i
+        mkdir -p "$dir"
+        redis-server --bind 127.0.0.1 --port "${cluster_ports[$i]}" --save '' --appendonly no \
+            --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" \
+            --cluster-node-timeout 5000 --dir "$dir" --logfile "$dir/redis.log" \
+            --daemonize no </dev/null &
+        cluster_pids+=("$!")
+        cleanup_pid "$!"
+        addrs+=("127.0.0.1:${cluster_ports[$i]}")
+    done
+    for ((i = 0; i < CLUSTER_MASTERS; i++)); do
+        for ((j = 0; j < 100; j++)); do
+            [[ $(cluster_cli "$i" ping 2>/dev/null) == PONG ]] && break
+            kill -0 "${cluster_pids[$i]}" 2>/dev/null || {
+                cat "$tmp/cluster/$i/redis.log" >&2
+                die "cluster node $i (redis-server) exited during startup"
+            }
+            sleep 0.05
+        done
+        [[ $(cluster_cli "$i" ping 2>/dev/null) == PONG ]] ||
+            die "cluster node on port ${cluster_ports[$i]} does not answer"
+    done
+    redis-cli --cluster create "${addrs[@]}" --cluster-replicas 0 --cluster-yes \
+        </dev/null >"$tmp/cluster/create.log" 2>&1 || {
+        cat "$tmp/cluster/create.log" >&2
+        die "redis-cli --cluster create failed"
+    }
+    for ((j = 0; j < 400; j++)); do
+        cluster_up && break
+        sleep 0.05
+    done
+    cluster_up || {
+        for ((i = 0; i < CLUSTER_MASTERS; i++)); do cluster_cli "$i" cluster info >&2 || true; done
+        die "the Redis Cluster did not come up within 20 s"
+    }
+    redis_version=$(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')
+}
+
+# cluster_snapshot FILE: as redis_snapshot, summed over the masters
+cluster_snapshot() {
+    local i
+    for ((i = 0; i < CLUSTER_MASTERS; i++)); do
+        cluster_cli "$i" info everything | tr -d '\r'
+    done | awk -F'[:,=]' '
+        /^cmdstat_/ { sub(/^cmdstat_/, "", $1); c[$1] += $3 }
+        /^total_connections_received:/ { conns += $2 }
+        END { for (k in c) print k, c[k]; print "connections", conns }' >"$1"
+}
+
+# cluster_calls NAME: wait up to 3 s until some master has seen NAME at least once
+cluster_calls() {
+    local i j
+    for ((j = 0; j < 60; j++)); do
+        for ((i = 0; i < CLUSTER_MASTERS; i++)); do
+            cluster_cli "$i" info commandstats | grep -q "^cmdstat_$1:calls=" && return 0
+        done
+        sleep 0.05
+    done
+    echo "no master of the Redis Cluster saw $1" >&2
+    return 1
 }

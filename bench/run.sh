@@ -188,7 +188,15 @@ variant_throttle_nohdr() {
 redis_info=''
 redis_setup() {
     redis_start
-    redis_info="redis-server $redis_version on 127.0.0.1:$redis_port, --save '' --appendonly no, not pinned"
+    redis_info+="redis-server $redis_version on 127.0.0.1:$redis_port, --save '' --appendonly no, not pinned. "
+}
+
+cluster_info=''
+cluster_setup() {
+    cluster_start
+    cluster_info="Redis Cluster: $CLUSTER_MASTERS masters (redis-server $redis_version, --cluster-enabled yes,"
+    cluster_info+=" no replicas) on 127.0.0.1:${cluster_ports[*]}, --save '' --appendonly no, not pinned;"
+    cluster_info+=" cluster variants: commands summed over the masters, redis us = the three processes"
 }
 
 # redis_calls NAME: wait up to 3 s until redis-server has seen NAME at least once
@@ -202,49 +210,70 @@ redis_calls() {
     return 1
 }
 
-variant_sync() {
+# The Redis variants are one function, by mode (strict, sync), target (one Redis,
+# or the 3-master Redis Cluster of lib.sh's cluster_start) and key shape: one key
+# ($binary_remote_addr: wrk has one address, so one hot key, one hash slot, one
+# master), or BENCH_KEYS keys (the zone keyed on $http_x_bench_key, wrk's script
+# bench/keys.lua sending k1 .. kN in turn: N keys, spread over the slots and so over
+# the cluster's masters). The cluster variants run in an nginx of their own (one
+# throttle_redis per http{}).
+KEYS_N=${BENCH_KEYS:-1000}
+
+# redis_variant MODE TARGET SHAPE ZONE ACTION [ARG]: MODE strict|sync, TARGET
+# single|cluster, SHAPE 1|n
+redis_variant() {
+    local mode=$1 target=$2 shape=$3 zone=$4 key zone_line redis_line
+    shift 4
+    if [[ $shape == n ]]; then key='$http_x_bench_key'; else key='$binary_remote_addr'; fi
+    if [[ $mode == strict ]]; then
+        # 1e8r/d is the largest sliding rate strict mode takes exactly
+        # (N x period_ms < 2^53: Redis' Lua computes in doubles).
+        zone_line="throttle_zone $key zone=$zone:10m rate=100000000r/d mode=strict;"
+    else
+        zone_line="throttle_zone $key zone=$zone:10m rate=1000000000r/s mode=sync sync=250ms;"
+    fi
+    if [[ $target == cluster ]]; then
+        redis_line="throttle_redis cluster $(cluster_seeds);"
+    else
+        redis_line="throttle_redis 127.0.0.1:$redis_port;"
+    fi
     case $1 in
     describe)
-        echo 'throttle_zone $binary_remote_addr zone=bsync:10m rate=1000000000r/s mode=sync' \
-            'sync=250ms;  throttle zone=bsync;  (throttle_redis on the benchmark'"'"'s redis-server)'
+        printf '%s throttle zone=%s;  (%s; %s)\n' "$zone_line" "$zone" \
+            "$([[ $target == cluster ]] && echo "throttle_redis cluster: $CLUSTER_MASTERS masters" || echo 'throttle_redis: one Redis')" \
+            "$([[ $shape == n ]] && echo "$KEYS_N keys, bench/keys.lua" || echo 'one key')"
         ;;
     packages) echo redis-server ;;
     check) module_check && redis_check ;;
-    setup) module_setup && redis_setup ;;
-    redis) echo yes ;;
+    setup)
+        module_setup
+        if [[ $target == cluster ]]; then cluster_setup; else redis_setup; fi
+        ;;
+    redis) if [[ $target == cluster ]]; then echo cluster; else echo yes; fi ;;
+    instance) [[ $target != cluster ]] || echo cluster ;;
     main) echo "load_module $module_loaded;" ;;
     http)
-        echo "throttle_redis 127.0.0.1:$redis_port;"
-        echo 'throttle_zone $binary_remote_addr zone=bsync:10m rate=1000000000r/s mode=sync sync=250ms;'
+        echo "$redis_line"
+        echo "$zone_line"
         echo 'throttle_secret "bench-secret-0123456789abcdef";'
         ;;
-    location) echo 'throttle zone=bsync;' ;;
-    verify) module_verify "$2" && redis_calls evalsha ;; # the first flush, within 250 ms
+    location) echo "throttle zone=$zone;" ;;
+    script) [[ $shape != n ]] || echo "$here/keys.lua $KEYS_N" ;;
+    verify) # strict: the first request's EVALSHA; sync: the first flush, within 250 ms
+        module_verify "$2" || return 1
+        if [[ $target == cluster ]]; then cluster_calls evalsha; else redis_calls evalsha; fi
+        ;;
     esac
 }
 
-variant_strict() {
-    case $1 in
-    describe)
-        # 1e8r/d is the largest sliding rate strict mode takes exactly
-        # (N x period_ms < 2^53: Redis' Lua computes in doubles).
-        echo 'throttle_zone $binary_remote_addr zone=bstrict:10m rate=100000000r/d mode=strict;' \
-            'throttle zone=bstrict;  (one EVALSHA per request)'
-        ;;
-    packages) echo redis-server ;;
-    check) module_check && redis_check ;;
-    setup) module_setup && redis_setup ;;
-    redis) echo yes ;;
-    main) echo "load_module $module_loaded;" ;;
-    http)
-        echo "throttle_redis 127.0.0.1:$redis_port;"
-        echo 'throttle_zone $binary_remote_addr zone=bstrict:10m rate=100000000r/d mode=strict;'
-        echo 'throttle_secret "bench-secret-0123456789abcdef";'
-        ;;
-    location) echo 'throttle zone=bstrict;' ;;
-    verify) module_verify "$2" && redis_calls evalsha ;;
-    esac
-}
+variant_sync() { redis_variant sync single 1 bsync "$@"; }
+variant_strict() { redis_variant strict single 1 bstrict "$@"; }
+variant_sync_cluster() { redis_variant sync cluster 1 bsync "$@"; }
+variant_strict_cluster() { redis_variant strict cluster 1 bstrict "$@"; }
+variant_sync_1k() { redis_variant sync single n bsync_k "$@"; }
+variant_strict_1k() { redis_variant strict single n bstrict_k "$@"; }
+variant_sync_cluster_1k() { redis_variant sync cluster n bsync_k "$@"; }
+variant_strict_cluster_1k() { redis_variant strict cluster n bstrict_k "$@"; }
 
 # The peer: the common OpenResty rate-limit pattern, one INCR per request on a
 # per-client key (EXPIRE when the INCR created it: a fixed window of 1 s),
@@ -434,10 +463,11 @@ done
 
 url() { echo "http://127.0.0.1:${port[$1]}/bench.txt"; }
 
-# Every variant must answer 200 with the whole file before we measure.
+# Every variant must answer 200 with the whole file before we measure (with the
+# first key of the many-keys variants' header; the others ignore it).
 for v in "${variants[@]}"; do
     code=$(await_answer "${instance_of[$v]}" \
-        curl -s -o "$tmp/body.$v" -D "$tmp/headers.$v" -w '%{http_code}' "$(url "$v")")
+        curl -s -o "$tmp/body.$v" -D "$tmp/headers.$v" -H 'X-Bench-Key: k1' -w '%{http_code}' "$(url "$v")")
     [[ $code == 200 ]] || {
         cat "$tmp/headers.$v" >&2 2>/dev/null || true
         die "$v: GET $(url "$v") answered $code, expected 200"
@@ -454,17 +484,41 @@ done
 
 wrk_args=(-t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency)
 run_wrk() { # run_wrk OUTFILE DURATION VARIANT
-    wrk_to "$1" "$3" -t"$THREADS" -c"$CONNECTIONS" -d"$2" --latency "$(url "$3")"
+    local script=() script_args=() s
+    read -r -a s <<<"$("variant_$3" script)"
+    if ((${#s[@]})); then # "PATH ARG...": wrk -s PATH URL -- ARG... THREADS
+        script=(-s "${s[0]}")
+        script_args=(-- "${s[@]:1}" "$THREADS")
+    fi
+    wrk_to "$1" "$3" -t"$THREADS" -c"$CONNECTIONS" -d"$2" --latency "${script[@]}" "$(url "$3")" "${script_args[@]}"
 }
 # A 429 or 503 in wrk's report means a limit kicked in.
 wrk_non2xx_why=' -- a limit rejected requests (429/503) or the file was not served; the numbers would be meaningless'
 
 warm_up variant "${variants[@]}"
 
+# uses_redis[V]: yes (the one redis-server) or cluster (the Redis Cluster's masters)
 declare -A uses_redis=()
 for v in "${variants[@]}"; do
-    [[ $("variant_$v" redis) != yes ]] || uses_redis[$v]=1
+    x=$("variant_$v" redis)
+    [[ -z $x ]] || uses_redis[$v]=$x
 done
+# snapshot V FILE: the Redis commands so far of what V talks to
+snapshot() {
+    case ${uses_redis[$1]:-} in
+    yes) redis_snapshot "$2" ;;
+    cluster) cluster_snapshot "$2" ;;
+    esac
+}
+# redis_pids_of V: the redis-server processes whose CPU time V's requests cost
+redis_pids_of() {
+    case ${uses_redis[$1]:-} in
+    cluster) echo "${cluster_pids[*]}" ;;
+    *) echo "${redis_pid:-}" ;;
+    esac
+}
+# nodes_of V: how many servers a snapshot of V asks (its own connections, left out)
+nodes_of() { if [[ ${uses_redis[$1]:-} == cluster ]]; then echo "$CLUSTER_MASTERS"; else echo 1; fi; }
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')
 declare -A rps_all=() p99_all=() requests=() cpu_nginx=() cpu_redis=()
@@ -474,12 +528,13 @@ for ((r = 1; r <= ROUNDS; r++)); do
     say "round $r/$ROUNDS: ${order[*]}"
     for v in "${order[@]}"; do
         f=$tmp/wrk.$v.$r
-        [[ -z ${uses_redis[$v]:-} ]] || redis_snapshot "$f.redis-before"
+        snapshot "$v" "$f.redis-before"
         read -r -a workers <<<"$(nginx_workers "${instance_of[$v]}")"
-        ng0=$(cpu_ticks "${workers[@]}") rd0=$(cpu_ticks ${redis_pid:+"$redis_pid"})
+        read -r -a rpids <<<"$(redis_pids_of "$v")"
+        ng0=$(cpu_ticks "${workers[@]}") rd0=$(cpu_ticks "${rpids[@]}")
         run_wrk "$f" "$DURATION" "$v"
-        ng1=$(cpu_ticks "${workers[@]}") rd1=$(cpu_ticks ${redis_pid:+"$redis_pid"})
-        [[ -z ${uses_redis[$v]:-} ]] || redis_snapshot "$f.redis-after"
+        ng1=$(cpu_ticks "${workers[@]}") rd1=$(cpu_ticks "${rpids[@]}")
+        snapshot "$v" "$f.redis-after"
         res=$(parse_wrk "$f" "$v (round $r)") || exit 1
         read -r rps _ p99 n <<<"$res"
         requests[$v]=$((${requests[$v]:-0} + n))
@@ -487,13 +542,13 @@ for ((r = 1; r <= ROUNDS; r++)); do
         cpu_redis[$v]=$((${cpu_redis[$v]:-0} + rd1 - rd0))
         extra=''
         if [[ -n ${uses_redis[$v]:-} ]]; then
-            redis_delta "$f.redis-before" "$f.redis-after" >>"$tmp/redis-calls.$v"
+            redis_delta "$f.redis-before" "$f.redis-after" "$(nodes_of "$v")" >>"$tmp/redis-calls.$v"
             echo "requests $n" >>"$tmp/redis-calls.$v"
-            extra=$(redis_delta "$f.redis-before" "$f.redis-after" |
+            extra=$(redis_delta "$f.redis-before" "$f.redis-after" "$(nodes_of "$v")" |
                 awk -v n="$n" '$1 != "connections" { c += $2 } END {
                     x = c / n; printf "  redis %s cmd/req", (x >= 0.01 || x == 0) ? sprintf("%.3f", x) : sprintf("%.2g", x) }')
         fi
-        say "  $(printf '%-14s %10.0f req/s  p99 %7.3f ms' "$v" "$rps" "$p99")$extra"
+        say "  $(printf '%-18s %10.0f req/s  p99 %7.3f ms' "$v" "$rps" "$p99")$extra"
         rps_all[$v]+="$rps "
         p99_all[$v]+="$p99 "
     done
@@ -517,6 +572,47 @@ for p in $PEERS; do
     [[ -n ${seen[$p]:-} ]] && peers+=("$p")
 done
 
+# stats_of V: "NGINX_US REDIS_US TRIPS CMDS" per request of a Redis variant, over
+# all its measured runs (trips: its EVALSHAs, or every command when it sends no script)
+stats_of() {
+    awk -v n="${requests[$1]}" -v a="${cpu_nginx[$1]}" -v b="${cpu_redis[$1]}" -v hz="$clk_tck" '
+        $1 == "requests" || $1 == "connections" { next }
+        { all += $2 }
+        $1 ~ /^(eval|evalsha|eval_ro|evalsha_ro|fcall|fcall_ro)$/ { scripted += $2 }
+        END {
+            trips = scripted > 0 ? scripted : all
+            printf "%.3f %.3f %.4f %.4f\n", a * 1e6 / hz / n, b * 1e6 / hz / n, trips / n, all / n
+        }' "$tmp/redis-calls.$1"
+}
+
+# cluster_vs_single: each cluster variant next to its one-Redis twin (the name
+# without "_cluster"), when both ran: per request, one Redis -> cluster (ratio)
+cluster_vs_single() {
+    local v b lines='' a_s b_s
+    for v in "${variants[@]}"; do
+        [[ ${uses_redis[$v]:-} == cluster && -n ${seen[${v/_cluster/}]:-} ]] || continue
+        b=${v/_cluster/}
+        a_s=$(stats_of "$b") b_s=$(stats_of "$v")
+        lines+=$(awk -v v="$v" -v b="$b" -v x="$a_s" -v y="$b_s" -v ra="${rps_med[$b]}" -v rb="${rps_med[$v]}" \
+            -v rr="$(paired_ratios "${rps_all[$v]}" "${rps_all[$b]}")" '
+            function r(p, q) { return q > 0 ? sprintf("%.2fx", p / q) : "-" }
+            function f(p) { return (p >= 0.01 || p == 0) ? sprintf("%.3f", p) : sprintf("%.2g", p) }
+            BEGIN {
+                split(x, s, " "); split(y, c, " ")
+                printf "  %-20s %-18s %6s   %6.2f -> %6.2f %6s   %6.2f -> %6.2f %6s   %s -> %s   %s -> %s   (req/s by round: %s)\n",
+                    v, "vs " b, r(rb, ra), s[1], c[1], r(c[1], s[1]), s[2], c[2], r(c[2], s[2]),
+                    f(s[3]), f(c[3]), f(s[4]), f(c[4]), rr
+            }')$'\n'
+    done
+    [[ -n $lines ]] || return 0
+    echo
+    echo "Redis Cluster ($CLUSTER_MASTERS masters) vs one Redis, the same zones and key shape, per request"
+    echo "(one Redis -> cluster; redis us summed over the masters' processes; trips = script calls):"
+    printf '  %-20s %-18s %6s   %-22s   %-22s   %-14s   %s\n' variant '' 'req/s' 'nginx us/req' \
+        'redis us/req' 'trips/req' 'cmds/req'
+    printf '%s' "$lines"
+}
+
 {
     echo "ngx_http_throttle_module benchmark ($(date -u '+%Y-%m-%d %H:%M UTC'))"
     echo "machine: $(machine)"
@@ -528,12 +624,12 @@ done
     echo "method:  ${WARMUP/#0/no} warm-up per variant, $ROUNDS interleaved round(s) of $DURATION each, median per variant"
     echo
     # req/s and p99 columns, then one req/s ratio and one p99 ratio per peer
-    header=$(printf '%-14s %10s %8s %7s' variant 'req/s' 'p99 ms' spread)
+    header=$(printf '%-18s %10s %8s %7s' variant 'req/s' 'p99 ms' spread)
     for p in "${peers[@]}"; do header+=$(printf '  %*s' $((${#p} + 8)) "req/s vs $p"); done
     for p in "${peers[@]}"; do header+=$(printf '  %*s' $((${#p} + 7)) "p99 vs $p"); done
     echo "$header"
     for v in "${variants[@]}"; do
-        line=$(printf '%-14s %10.0f %8.3f %6s%%' "$v" "${rps_med[$v]}" "${p99_med[$v]}" "${rps_spread[$v]}")
+        line=$(printf '%-18s %10.0f %8.3f %6s%%' "$v" "${rps_med[$v]}" "${p99_med[$v]}" "${rps_spread[$v]}")
         for p in "${peers[@]}"; do
             line+=$(printf '  %*sx' $((${#p} + 7)) "$(ratio "${rps_med[$v]}" "${rps_med[$p]}")")
         done
@@ -566,18 +662,18 @@ done
     echo
     echo "CPU time per request (user + system time of the nginx workers, and of redis-server,"
     echo "during the measured runs, over all requests; wrk's own time is not counted):"
-    printf '  %-12s %13s %13s %13s\n' variant 'nginx us/req' 'redis us/req' 'total us/req'
+    printf '  %-18s %13s %13s %13s\n' variant 'nginx us/req' 'redis us/req' 'total us/req'
     for v in "${variants[@]}"; do
         awk -v v="$v" -v n="${requests[$v]}" -v a="${cpu_nginx[$v]}" -v b="${cpu_redis[$v]}" \
             -v hz="$clk_tck" -v redis="${uses_redis[$v]:-}" 'BEGIN {
                 ng = a * 1e6 / hz / n; rd = b * 1e6 / hz / n
-                printf "  %-12s %13.2f %13s %13.2f\n", v, ng, redis ? sprintf("%.2f", rd) : "-", ng + (redis ? rd : 0)
+                printf "  %-18s %13.2f %13s %13.2f\n", v, ng, redis ? sprintf("%.2f", rd) : "-", ng + (redis ? rd : 0)
             }'
     done
     if ((${#uses_redis[@]})); then
         echo
         echo "Redis commands per request (INFO commandstats before and after every measured run):"
-        printf '  %-12s %10s %10s %10s %6s  %s\n' variant requests 'trips/req' 'cmds/req' conns \
+        printf '  %-18s %10s %10s %10s %6s  %s\n' variant requests 'trips/req' 'cmds/req' conns \
             'by command, per request'
         for v in "${variants[@]}"; do
             [[ -n ${uses_redis[$v]:-} ]] || continue
@@ -597,13 +693,14 @@ done
                         by = by sprintf(" %s %s", best, f(c[best] / n))
                         delete c[best]
                     }
-                    printf "  %-12s %10d %10s %10s %6d %s\n", v, n, f(trips / n), f(all / n), conns, by
+                    printf "  %-18s %10d %10s %10s %6d %s\n", v, n, f(trips / n), f(all / n), conns, by
                 }' "$tmp/redis-calls.$v"
         done
         echo "  trips = commands nginx sent (for a variant that calls scripts, its EVALSHAs; the"
         echo "  commands the scripts run inside Redis count in cmds/req and in the breakdown);"
         echo "  conns = connections Redis accepted during the measured runs."
-        echo "  $redis_info"
+        echo "  $redis_info$cluster_info"
+        cluster_vs_single
     fi
     echo
     echo "spread = (max - min) / median of req/s over the rounds; ratios are of medians."
@@ -611,11 +708,11 @@ done
     echo "show whether it holds in every round."
     echo "per-round req/s:"
     for v in "${variants[@]}"; do
-        round_row 14 "$v" "${rps_all[$v]}"
+        round_row 18 "$v" "${rps_all[$v]}"
     done
     echo "variants:"
     for v in "${variants[@]}"; do
-        printf '  %-14s %s\n' "$v" "$("variant_$v" describe)"
+        printf '  %-18s %s\n' "$v" "$("variant_$v" describe)"
     done
 } >"$tmp/results.txt"
 
