@@ -188,7 +188,8 @@ variant_throttle_nohdr() {
 redis_info=''
 redis_setup() {
     redis_start
-    redis_info+="redis-server $redis_version on 127.0.0.1:$redis_port, --save '' --appendonly no, not pinned. "
+    [[ -z $redis_info ]] || return 0
+    redis_info="redis-server $redis_version on 127.0.0.1:$redis_port, --save '' --appendonly no, not pinned. "
 }
 
 cluster_info=''
@@ -581,7 +582,7 @@ stats_of() {
         $1 ~ /^(eval|evalsha|eval_ro|evalsha_ro|fcall|fcall_ro)$/ { scripted += $2 }
         END {
             trips = scripted > 0 ? scripted : all
-            printf "%.3f %.3f %.4f %.4f\n", a * 1e6 / hz / n, b * 1e6 / hz / n, trips / n, all / n
+            printf "%.3f %.3f %.6g %.6g\n", a * 1e6 / hz / n, b * 1e6 / hz / n, trips / n, all / n
         }' "$tmp/redis-calls.$1"
 }
 
@@ -621,6 +622,12 @@ cluster_vs_single() {
         "static file of $BODY_BYTES bytes, access_log off"
     [[ -z $module_info ]] || echo "module:  $module_info"
     echo "wrk:     wrk ${wrk_args[*]} http://127.0.0.1:PORT/bench.txt${wrk_cpus:+ (pinned to CPU $wrk_cpus)}"
+    for v in "${variants[@]}"; do
+        [[ -z $("variant_$v" script) ]] || {
+            echo "         (*_1k variants: wrk ... -s bench/keys.lua URL -- $KEYS_N $THREADS: $KEYS_N keys in turn)"
+            break
+        }
+    done
     echo "method:  ${WARMUP/#0/no} warm-up per variant, $ROUNDS interleaved round(s) of $DURATION each, median per variant"
     echo
     # req/s and p99 columns, then one req/s ratio and one p99 ratio per peer
