@@ -22,6 +22,7 @@
 #   BENCH_PIN          auto|0|1: pin nginx and wrk to disjoint CPUs (auto: only
 #                      if a CPU is left over for the rest of the machine)
 #   BENCH_BODY_BYTES   size of the served file    (100)
+#   BENCH_KEYS         keys of the *_1k variants  (1000; bench/keys.lua sends them in turn)
 #   BENCH_MODULE       module path                (<repo>/build/ngx_http_throttle_module.so)
 #   BENCH_NGINX        nginx binary               (/usr/sbin/nginx)
 #   BENCH_OUT          also write the result table to this file
@@ -30,8 +31,13 @@
 # Missing Debian packages (wrk, curl, redis-server, and for the openresty peer
 # libnginx-mod-http-lua, lua-nginx-redis, lua-resty-core) are installed with
 # apt-get when run as root. All traffic goes to 127.0.0.1 (nginx and a
-# redis-server the script starts on a free port) and is bounded by
-# BENCH_DURATION.
+# redis-server the script starts on a free port; for the *_cluster variants, a
+# 3-master Redis Cluster it starts, lib.sh's cluster_start) and is bounded by
+# BENCH_DURATION. Not in the default set: strict_cluster, sync_cluster (the
+# same zones on `throttle_redis cluster`), and strict_1k, sync_1k,
+# strict_cluster_1k, sync_cluster_1k (zones keyed on $http_x_bench_key, wrk
+# sending BENCH_KEYS keys in turn): a cluster variant is printed next to its
+# one-Redis twin when both ran.
 
 set -euo pipefail
 
