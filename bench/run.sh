@@ -81,8 +81,10 @@ strict openresty 2.5"
 #   instance  the name of the nginx instance it runs in (default: main); a
 #             variant that loads other modules (the Lua peer) gets its own
 #             nginx, so the others are measured without them
-#   redis     print "yes" if it talks to the benchmark's redis-server: its
-#             Redis commands per request are measured
+#   redis     print "yes" if it talks to the benchmark's redis-server, "cluster"
+#             if to its Redis Cluster: its Redis commands per request (summed
+#             over the masters) and Redis CPU are measured
+#   script    "PATH ARG..." to run wrk with -s PATH URL -- ARG... BENCH_THREADS
 # Unknown actions print nothing. To add a variant, write one more function and
 # add its name to BENCH_VARIANTS.
 # --------------------------------------------------------------------------
