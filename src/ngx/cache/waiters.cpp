@@ -5,9 +5,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "ngx/cache/nsgen.hpp"
 #include "ngx/cache/request.hpp"
 #include "ngx/redis_link.hpp"
 #include "redis/cache_scripts.hpp"
+#include "redis/cluster.hpp"
 #include "redis/subscriber.hpp"
 
 namespace throttle::ngx {
@@ -72,6 +74,11 @@ void on_message(std::string_view msg) noexcept {
     bool stored = false;
     std::string_view e;
     if (!redis::parse_cache_fill_message(msg, stored, e)) {
+        uint64_t gen = 0;
+        std::string_view ns;
+        if (redis::parse_cache_purge_message(msg, gen, ns)) {
+            cache_ns_generation_seen(ns, gen);  // a purge on a Redis Cluster (nsgen.hpp)
+        }
         return;
     }
     try {
@@ -201,7 +208,14 @@ void waiters_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loop,
         auto w = std::make_unique<Waiters>();
         w->loop = &loop;
         w->channel = channel;
-        w->config = *mcf.redis->client;
+        if (mcf.redis->cluster != nullptr) {
+            // A Redis Cluster broadcasts classic PUBLISH to every node: any one will do, the
+            // first seed (purge messages lost meanwhile are covered by the mirrors' reads).
+            w->config = mcf.redis->cluster->node;
+            w->config.address = mcf.redis->cluster->seeds.at(0);
+        } else {
+            w->config = *mcf.redis->client;
+        }
         w->log = cycle->log;
         bool sentinel = !w->config.sentinels.empty();
         w->config.sentinels.clear();  // the subscriber is given the primary's address
