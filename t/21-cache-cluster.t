@@ -8,7 +8,8 @@
 # (the generation moved in Redis without one: the mirror's reads, every second); a master
 # killed: its users go upstream (no 5xx), the others still HIT; the namespace generation
 # unreadable: after the staleness bound (3 s) nobody is served from the cache. Every body
-# carries its user's id: no user ever gets another's.
+# carries its user's id: no user ever gets another's. Also: 48 concurrent lookups of 24 users (a
+# turn's batch split by slot), and a write invalidating two namespaces (two slots).
 
 use strict;
 use warnings;
@@ -35,6 +36,9 @@ http {
         throttle_cache_valid 200 60s;
         location /c/     { proxy_pass http://127.0.0.1:%%PORT_2%%; }
         location /write/ { throttle_cache_invalidate main; proxy_pass http://127.0.0.1:%%PORT_2%%; }
+        location /o/     { throttle_cache other; proxy_pass http://127.0.0.1:%%PORT_2%%; }
+        location /write2/ { throttle_cache_invalidate main other;
+                            proxy_pass http://127.0.0.1:%%PORT_2%%; }
         location /purge  { throttle_cache off; throttle_cache_purge $arg_ns; }
     }
     server {
@@ -131,6 +135,40 @@ for my $t ($t1, $t2) {
         . ($t == $t1 ? 'A' : 'B') . ')');
 }
 $body_of{u1} = hit_body($t1, 'u1');
+
+# --- Many users' lookups at once (one event-loop turn's batch holds several users' slots: one
+# call per slot): every one a HIT with its own body.
+{
+    my @r = $t1->concurrent(48, sub {
+        my $u = $users[$_[0] % @users];
+        ['GET', '/c/', ['Cookie' => "sessionid=$u"], undef, port => ($_[0] % 2 ? $t2 : $t1)->port];
+    });
+    my ($good, $hits) = (0, 0);
+    for my $i (0 .. $#r) {
+        my $u = $users[$i % @users];
+        $good++ if $r[$i]{status} == 200 && $r[$i]{body} =~ /^user=\Q$u\E id=/;
+        $hits++ if xc($r[$i]) eq 'HIT' && $r[$i]{body} eq ($body_of{$u} // '');
+        $fivexx++ if $r[$i]{status} >= 500;
+    }
+    is($good, 48, '48 concurrent lookups of 24 users: each its own user\'s body');
+    cmp_ok($hits, '>=', 24, 'at least every user on A hit its entry (B may still read its mirror)');
+}
+
+# --- A write invalidating two namespaces (two slots: one call each): both, that user only.
+{
+    my $o1 = hit_body($t1, 'u4', '/o/');
+    my $o5 = hit_body($t1, 'u5', '/o/');
+    my $c4 = hit_body($t1, 'u4');
+    my $w2 = $t1->request('POST', '/write2/', ['Cookie' => 'sessionid=u4'], 'x');
+    is($w2->{status}, 200, 'u4 writes to main and other');
+    my $r = get_as($t1, 'u4', '/o/');
+    isnt($r->{body}, $o1, 'u4: its entry in other is gone');
+    $r = get_as($t1, 'u4');
+    isnt($r->{body}, $c4, 'u4: its entry in main is gone');
+    $r = get_as($t1, 'u5', '/o/');
+    is(xc($r) . ' ' . $r->{body}, 'HIT ' . ($o5 // ''), 'u5 still hits in other');
+    $body_of{u4} = hit_body($t1, 'u4');
+}
 
 # --- A purge on A is seen by B: the message (or, at the latest, the mirror's next read).
 sub purge_seen_by_b {
