@@ -203,7 +203,15 @@ purge_seen_by_b('a purge without a message (only the mirror\'s reads see it)', 1
 my $ns_key = 'throttle:cache:{main}:g';
 my ($ns_master) = grep { ($masters[$_]->cli('EXISTS', $ns_key) // '') eq '1' } 0 .. $#masters;
 ok(defined $ns_master, 'the namespace generation key is on one master');
+# The first master when it can be (the fill channel's subscribers are on the first seed: they
+# must move to another node).
 my ($victim) = grep { $_ != ($ns_master // -1) && ($per_master{$_} // 0) > 0 } 0 .. 2;
+my $channel = 'throttle:cache:filled';
+sub numsub { my ($m) = @_; my (undef, $n) = $m->cli('PUBSUB', 'NUMSUB', $channel); $n // 0 }
+ok(wait_for(sub { my $n = 0; $n += numsub($_) for @masters; $n == 4 }, timeout => 10),
+    'the four workers\' fill channel subscribers are up');
+my $to_move = numsub($masters[$victim]);
+diag("$to_move fill channel subscribers on the master to be killed");
 my @lost = grep { ($master_of{$_} // -1) == $victim } @users;
 my @kept = grep { ($master_of{$_} // -1) != $victim } @users;
 $body_of{$_} = hit_body($t1, $_) for @kept;
@@ -215,6 +223,15 @@ ok(wait_for(sub {
     my $nodes = eval { scalar $masters[$alive]->cli('CLUSTER', 'NODES') } // '';
     $nodes =~ /^\S+ \Q${\ $masters[$victim]->address }\E\S* \S*\bfail\b/m;
 }, timeout => 15, step => 0.05), 'the cluster marked the killed master failed');
+SKIP: {
+    skip 'no subscriber on the killed master', 1 unless $to_move > 0;
+    my $moved = wait_for(sub {
+        my $n = 0;
+        $n += numsub($masters[$_]) for grep { $_ != $victim } 0 .. 2;
+        $n == 4;
+    }, timeout => 15, step => 0.05);
+    ok($moved, 'the subscribers\' node killed: every worker subscribed on another node');
+}
 my $others_hit = 0;
 for my $u (@kept) {
     my $r = get_as($t1, $u);
