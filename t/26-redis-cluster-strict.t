@@ -33,9 +33,6 @@ my @bad = (
         qr/"tls" is not supported with "cluster" yet/],
     ['cluster with a bad address', 'throttle_redis cluster 127.0.0.1:99999;',
         qr/invalid address "127.0.0.1:99999"/],
-    ['cluster with the cache', 'throttle_redis cluster 127.0.0.1:1;',
-        qr/the response cache \("throttle_cache"\) is not supported on a Redis Cluster yet/,
-        'throttle_cache c;'],
 );
 for my $c (@bad) {
     my ($name, $http, $want, $loc) = @$c;
@@ -67,6 +64,14 @@ http {
 }
 EOF
 ok($ok, 'cluster with seeds and the usual parameters: nginx -t passes') or diag $out;
+($ok, $out) = $t1->nginx_t(<<'EOF');
+http {
+    throttle_secret test-secret-0123456789abcdef;
+    throttle_redis cluster 127.0.0.1:1 timeout=1s;
+    server { listen 127.0.0.1:%%PORT%%; location / { throttle_cache c; return 200; } }
+}
+EOF
+ok($ok, 'cluster with the response cache: nginx -t passes') or diag $out;
 
 # --- a real cluster
 my $cluster = Throttle::Redis->cluster(t => $t1, masters => 3, replicas => 0);

@@ -292,6 +292,181 @@ end
 return out
 )lua";
 
+// ---- Redis Cluster variants (cache_scripts.hpp, "On a Redis Cluster") ----
+
+// LOOKUP BATCH with the namespace generation as ARGV (the worker's mirror): KEYS = the user
+// generation key of each lookup (all of one slot), ARGV = 8 per lookup (LOOKUP's 7, then NSGEN).
+constexpr std::string_view lua_lookup_batch_cluster = R"lua(
+local E = 'ERR throttle cache lookup batch: '
+local n = #ARGV / 8
+if n < 1 or n > 64 or n ~= floor(n) or #KEYS ~= n then
+  return redis.error_reply(E .. 'expected 1 to 64 lookups of 1 key and 8 arguments each')
+end
+local gv = redis.call('MGET', unpack(KEYS))
+local ks, out, found = {unpack(ARGV, 1, 2 * n)}, {unpack(ARGV, 1, 4 * n)}, 0  -- sized once
+for i = 1, n do
+  local a = 8 * i - 8
+  local prefix, ns, id, hex, want = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 6]
+  if KEYS[i] ~= prefix .. '{' .. ns .. ':' .. id .. '}:g' then
+    return redis.error_reply(sf('%slookup %d: the key is not the generation key of prefix, ' ..
+                                'namespace, id', E, i))
+  end
+  if #hex ~= 64 or not find(hex, '^[0-9a-f]*$') then
+    return redis.error_reply(sf('%slookup %d: the key is not 64 lowercase hex digits', E, i))
+  end
+  if want == '1' then
+    local lt = int(ARGV[a + 5])
+    if lt == nil or lt < 1 then
+      return redis.error_reply(sf('%slookup %d: bad lock ttl', E, i))
+    end
+    if not owner(ARGV[a + 7]) then
+      return redis.error_reply(sf('%slookup %d: bad owner token', E, i))
+    end
+  elseif want ~= '0' then
+    return redis.error_reply(sf('%slookup %d: want_lock is not 0 or 1', E, i))
+  end
+  local nt = ARGV[a + 8]
+  if #nt > 16 or not (nt == '0' or find(nt, '^[1-9]%d*$')) or tonumber(nt) >= 9007199254740992 then
+    return redis.error_reply(sf('%slookup %d: bad namespace generation', E, i))
+  end
+  local uv = gv[i]
+  if uv then found = found + 1 end
+  local ug, user_text = genv(uv)
+  ks[i] = prefix .. '{' .. ns .. ':' .. id .. '}:e:' .. nt .. '.' .. user_text .. ':' .. hex
+  out[4 * i - 3] = tonumber(nt)
+  out[4 * i - 2] = ug
+end
+local ev = redis.call('MGET', unpack(ks, 1, n))
+for i = 1, n do
+  if ev[i] then found = found + 1 end
+  ks[n + i] = KEYS[i]
+end
+if found < 2 * n and redis.call('EXISTS', unpack(ks)) ~= found then
+  return redis.error_reply(E .. 'a generation or entry key holds another type')
+end
+for i = 1, n do
+  local entry, lock = ev[i], 0
+  if not entry and ARGV[8 * i - 2] == '1' then
+    local ek, px = ks[i], sf('%d', int(ARGV[8 * i - 3]))
+    if redis.call('SET', ek .. ':l', ARGV[8 * i - 1], 'NX', 'PX', px) then
+      lock = 1
+    else
+      redis.call('SET', ek .. ':w', '1', 'PX', px)
+    end
+  end
+  out[4 * i - 1] = entry
+  out[4 * i] = lock
+end
+return out
+)lua";
+
+// STORE without the namespace generation key: KEYS = E, E":l", E":w", the user generation key;
+// ARGV as STORE's (NSGEN is the mirror's, only part of E). Checks the user generation only.
+constexpr std::string_view lua_store_cluster = R"lua(
+local E = 'ERR throttle cache store: '
+if #KEYS ~= 4 or #ARGV ~= 7 then
+  return redis.error_reply(E .. 'expected 4 keys and 7 arguments')
+end
+if KEYS[2] ~= KEYS[1] .. ':l' or KEYS[3] ~= KEYS[1] .. ':w' then
+  return redis.error_reply(E .. 'keys 2 and 3 are not the lock and waiter mark of key 1')
+end
+local ttl, gttl = int(ARGV[2]), int(ARGV[5])
+if #ARGV[1] == 0 or ttl == nil or ttl < 1 or gttl == nil or ttl > gttl then
+  return redis.error_reply(E .. 'empty entry or bad ttl')
+end
+if #ARGV[6] == 0 then
+  return redis.error_reply(E .. 'empty channel')
+end
+local token = ARGV[7]
+if not owner(token) then
+  return redis.error_reply(E .. 'bad owner token')
+end
+local _, user_text = gen(KEYS[4])
+local stored, flag = 0, '0'
+if user_text == ARGV[4] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', sf('%d', ttl))
+  redis.call('PEXPIRE', KEYS[4], sf('%d', gttl))
+  stored, flag = 1, '1'
+end
+local holder = redis.call('GET', KEYS[2])
+if holder == token then
+  redis.call('DEL', KEYS[2])
+end
+if (stored == 1 or not holder or holder == token) and redis.call('DEL', KEYS[3]) == 1 then
+  redis.call('PUBLISH', ARGV[6], flag .. KEYS[1])
+end
+return stored
+)lua";
+
+// ABANDON with the namespace generation as ARGV[7]: KEYS = the user generation key.
+constexpr std::string_view lua_abandon_cluster = R"lua(
+local E = 'ERR throttle cache abandon: '
+if #KEYS ~= 1 or #ARGV ~= 7 then
+  return redis.error_reply(E .. 'expected 1 key and 7 arguments')
+end
+local prefix, ns, id, hex, channel, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local tag = prefix .. '{' .. ns .. ':' .. id .. '}'
+if KEYS[1] ~= tag .. ':g' then
+  return redis.error_reply(E .. 'the key is not the generation key of prefix, namespace, id')
+end
+if #hex ~= 64 or find(hex, '[^0-9a-f]') then
+  return redis.error_reply(E .. 'the key is not 64 lowercase hex digits')
+end
+if #channel == 0 then
+  return redis.error_reply(E .. 'empty channel')
+end
+if not owner(token) then
+  return redis.error_reply(E .. 'bad owner token')
+end
+local _, ns_text = genv(ARGV[7])
+local _, user_text = gen(KEYS[1])
+local ek = tag .. ':e:' .. ns_text .. '.' .. user_text .. ':' .. hex
+local holder = redis.call('GET', ek .. ':l')
+if holder and holder ~= token then
+  return 0
+end
+local released = 0
+if holder then
+  released = redis.call('DEL', ek .. ':l')
+end
+if redis.call('DEL', ek .. ':w') == 1 then
+  redis.call('PUBLISH', channel, '0' .. ek)
+end
+return released
+)lua";
+
+// PURGE on a cluster: INVALIDATE of one namespace generation key, then PUBLISH CHANNEL
+// "g" GEN ":" NS (classic PUBLISH reaches the subscribers of every node).
+//   KEYS = namespace_generation_key(PREFIX, NS)   ARGV = generation_ttl_ms, CHANNEL, NS
+constexpr std::string_view lua_purge_cluster = R"lua(
+local gttl = int(ARGV[1])
+if #KEYS ~= 1 or #ARGV ~= 3 or gttl == nil or gttl < 1 or #ARGV[2] == 0 or #ARGV[3] == 0 then
+  return redis.error_reply('ERR throttle cache purge: expected 1 key, a ttl, a channel, a namespace')
+end
+local v = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], sf('%d', gttl))
+if v >= 9007199254740992 then
+  return redis.error_reply('ERR throttle cache purge: generation at 2^53')
+end
+redis.call('PUBLISH', ARGV[2], sf('g%d:%s', v, ARGV[3]))
+return {v}
+)lua";
+
+// The mirror's read of a namespace generation: GET it, and when it exists push its expiry to
+// ARGV[1] (a generation outlives every entry stored under it while any worker reads it).
+//   KEYS = namespace_generation_key(PREFIX, NS)   ARGV = ttl_ms   Reply: the generation.
+constexpr std::string_view lua_ns_generation = R"lua(
+local ttl = int(ARGV[1])
+if #KEYS ~= 1 or #ARGV ~= 1 or ttl == nil or ttl < 1 then
+  return redis.error_reply('ERR throttle cache namespace generation: expected 1 key and a ttl')
+end
+local g = genv(redis.call('GET', KEYS[1]))
+if g > 0 then
+  redis.call('PEXPIRE', KEYS[1], sf('%d', ttl))
+end
+return g
+)lua";
+
 std::string source_of(std::string_view body) {
     constexpr std::string_view shebang = "#!lua";
     std::string s;
@@ -393,6 +568,31 @@ const Script& cache_renew_script() {
 
 const Script& cache_abandon_script() {
     static const Script* script = new Script(source_of(lua_abandon));
+    return *script;
+}
+
+const Script& cache_lookup_batch_cluster_script() {
+    static const Script* script = new Script(source_of(lua_lookup_batch_cluster));
+    return *script;
+}
+
+const Script& cache_store_cluster_script() {
+    static const Script* script = new Script(source_of(lua_store_cluster));
+    return *script;
+}
+
+const Script& cache_abandon_cluster_script() {
+    static const Script* script = new Script(source_of(lua_abandon_cluster));
+    return *script;
+}
+
+const Script& cache_purge_cluster_script() {
+    static const Script* script = new Script(source_of(lua_purge_cluster));
+    return *script;
+}
+
+const Script& cache_ns_generation_script() {
+    static const Script* script = new Script(source_of(lua_ns_generation));
     return *script;
 }
 
@@ -662,6 +862,147 @@ bool parse_cache_fill_message(std::string_view msg, bool& stored,
     }
     stored = msg[0] == '1';
     entry_key = msg.substr(1);
+    return true;
+}
+
+// ---- Redis Cluster variants ----
+
+bool build_cache_lookup_batch_cluster_args(const CacheLookupRequest* reqs, const uint64_t* ns_gens,
+                                           size_t n, EvalArgs& out) noexcept {
+    out.clear();
+    if (n == 0 || n > cache_lookup_batch_max) {
+        return false;
+    }
+    try {
+        for (size_t i = 0; i < n; i++) {
+            const CacheLookupRequest& r = reqs[i];
+            if (!core::cache::valid_namespace(r.target.ns) ||
+                ns_gens[i] >= cache_generation_limit ||
+                (r.want_lock && (r.lock_ttl_ms < 1 || !valid_fill_token(r.token)))) {
+                out.clear();
+                return false;
+            }
+            out.add_key(core::cache::generation_key(r.target.prefix, r.target.ns, r.target.id));
+            out.add_arg(r.target.prefix);
+            out.add_arg(r.target.ns);
+            out.add_arg(r.target.id);
+            out.add_arg(core::hex(r.target.key));
+            out.add_arg(r.want_lock ? r.lock_ttl_ms : int64_t(0));
+            out.add_arg(std::string_view(r.want_lock ? "1" : "0"));
+            out.add_arg(r.want_lock ? r.token : std::string_view());
+            out.add_arg(ns_gens[i]);
+        }
+        return true;
+    } catch (...) {
+    }
+    out.clear();
+    return false;
+}
+
+bool build_cache_store_cluster_args(const CacheTarget& t, const core::cache::Generation& gen,
+                                    std::string_view token, std::string_view entry, int64_t ttl_ms,
+                                    std::string_view channel, EvalArgs& out) noexcept {
+    if (!build_cache_store_args(t, gen, token, entry, ttl_ms, channel, out)) {
+        return false;
+    }
+    try {
+        std::vector<std::string> keys(out.keys().begin(), out.keys().end() - 1);
+        std::vector<std::string> args(out.args().begin(), out.args().end());
+        out.clear();
+        for (const std::string& k : keys) {
+            out.add_key(k);
+        }
+        for (const std::string& a : args) {
+            out.add_arg(a);
+        }
+    } catch (...) {
+        out.clear();
+        return false;
+    }
+    return true;
+}
+
+bool build_cache_abandon_cluster_args(const CacheTarget& t, uint64_t ns_gen, std::string_view token,
+                                      std::string_view channel, EvalArgs& out) noexcept {
+    out.clear();
+    if (!core::cache::valid_namespace(t.ns) || channel.empty() || !valid_fill_token(token) ||
+        ns_gen >= cache_generation_limit) {
+        return false;
+    }
+    try {
+        out.add_key(core::cache::generation_key(t.prefix, t.ns, t.id));
+        out.add_arg(t.prefix);
+        out.add_arg(t.ns);
+        out.add_arg(t.id);
+        out.add_arg(core::hex(t.key));
+        out.add_arg(channel);
+        out.add_arg(token);
+        out.add_arg(ns_gen);
+    } catch (...) {
+        out.clear();
+        return false;
+    }
+    return true;
+}
+
+bool build_cache_purge_cluster_args(std::string_view prefix, std::string_view ns,
+                                    std::string_view channel, EvalArgs& out) noexcept {
+    out.clear();
+    if (!core::cache::valid_namespace(ns) || channel.empty()) {
+        return false;
+    }
+    try {
+        out.add_key(core::cache::namespace_generation_key(prefix, ns));
+        out.add_arg(cache_generation_ttl_ms);
+        out.add_arg(channel);
+        out.add_arg(ns);
+    } catch (...) {
+        out.clear();
+        return false;
+    }
+    return true;
+}
+
+bool build_cache_ns_generation_args(std::string_view prefix, std::string_view ns,
+                                    EvalArgs& out) noexcept {
+    out.clear();
+    if (!core::cache::valid_namespace(ns)) {
+        return false;
+    }
+    try {
+        out.add_key(core::cache::namespace_generation_key(prefix, ns));
+        out.add_arg(cache_ns_generation_ttl_ms);
+    } catch (...) {
+        out.clear();
+        return false;
+    }
+    return true;
+}
+
+bool parse_cache_ns_generation_reply(const Reply& reply, uint64_t& gen) noexcept {
+    return generation_of(reply, 0, gen);
+}
+
+bool parse_cache_purge_message(std::string_view msg, uint64_t& gen, std::string_view& ns) noexcept {
+    if (msg.size() < 4 || msg[0] != 'g') {
+        return false;
+    }
+    size_t colon = msg.find(':', 1);
+    if (colon == std::string_view::npos || colon == 1 || colon > 17 || colon + 1 == msg.size()) {
+        return false;
+    }
+    uint64_t v = 0;
+    for (size_t i = 1; i < colon; i++) {
+        if (msg[i] < '0' || msg[i] > '9' || (i == 1 && msg[i] == '0')) {
+            return false;
+        }
+        v = v * 10 + uint64_t(msg[i] - '0');
+    }
+    if (v >= cache_generation_limit) {
+        return false;
+    }
+    gen = v;
+    ns = msg.substr(colon + 1);
     return true;
 }
 

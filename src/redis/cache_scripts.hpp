@@ -3,10 +3,17 @@
 // replies come back as Reply. Key layout and entry format: src/core/cache_key.hpp,
 // src/core/cache_entry.hpp.
 //
-// Single Redis only. LOOKUP reads the user's generation PREFIX{NS:ID}:g and the namespace's
+// LOOKUP reads the user's generation PREFIX{NS:ID}:g and the namespace's
 // PREFIX{NS}:g in one script: two hash slots, which Redis Cluster refuses (CROSSSLOT). STORE
 // reads both too. Every other name a script touches shares the slot of PREFIX{NS:ID}. PUBLISH
 // (STORE, RELEASE) reaches every subscriber of the channel wherever the script runs.
+//
+// On a Redis Cluster (the "cluster" variants below) every call touches keys of one slot: the
+// namespace generation is not read by LOOKUP, STORE or ABANDON but passed as an ARGV (the value
+// of the worker's mirror, src/ngx/cache/nsgen.cpp), so LOOKUP BATCH reads only the users'
+// generation keys (one call per slot), STORE checks the user generation only (an entry stored
+// under a namespace generation that a purge has since moved is unreachable once the mirrors
+// move), and a purge (PURGE CLUSTER) publishes the new generation on the fill channel.
 //
 // Generations are exact integers below 2^53 (Lua numbers are doubles; INCR from 0 never gets
 // there). A generation key holding anything else than a canonical decimal ("0", "7", not "07",
@@ -313,5 +320,48 @@ bool build_cache_invalidate_namespace_args(std::string_view prefix, std::string_
 // exactly n integers in [1, 2^53).
 bool parse_cache_invalidate_reply(const Reply& reply, size_t n,
                                   std::vector<uint64_t>& generations) noexcept;
+
+// ---- Redis Cluster variants (see "On a Redis Cluster" above) ----
+//
+// LOOKUP BATCH CLUSTER: KEYS = generation_key(PREFIX, NS, ID) per lookup (all of one slot),
+//   ARGV = 8 per lookup: LOOKUP's 7, then NSGEN (the mirror's value, canonical decimal < 2^53).
+//   Reply and all-or-nothing checks as LOOKUP BATCH; the reply's ns_gen is NSGEN.
+// STORE CLUSTER: STORE's keys without the namespace generation key (4), STORE's ARGV; stores
+//   when the user generation still holds USERGEN (NSGEN only names E).
+// ABANDON CLUSTER: KEYS = generation_key(PREFIX, NS, ID), ARGV = ABANDON's 6, then NSGEN.
+// PURGE CLUSTER: KEYS = namespace_generation_key(PREFIX, NS), ARGV = generation_ttl_ms, CHANNEL,
+//   NS: INCR, PEXPIRE, PUBLISH CHANNEL "g" GEN ":" NS; reply: [GEN] (parse_cache_invalidate_reply
+//   with n = 1).
+// NS GENERATION: KEYS = namespace_generation_key(PREFIX, NS), ARGV = ttl_ms: the generation (0
+//   when missing); when it exists its expiry is pushed to ttl_ms (cache_ns_generation_ttl_ms: a
+//   day more than any entry lives, so a generation key outlives every entry stored under it
+//   while some worker reads it once in a while).
+const Script& cache_lookup_batch_cluster_script();
+const Script& cache_store_cluster_script();
+const Script& cache_abandon_cluster_script();
+const Script& cache_purge_cluster_script();
+const Script& cache_ns_generation_script();
+
+inline constexpr int64_t cache_ns_generation_ttl_ms =
+    cache_generation_ttl_ms + int64_t(86400) * 1000;
+
+// ns_gens[i]: lookup i's namespace generation. False as build_cache_lookup_batch_args(), or
+// for a generation at or above 2^53.
+bool build_cache_lookup_batch_cluster_args(const CacheLookupRequest* reqs, const uint64_t* ns_gens,
+                                           size_t n, EvalArgs& out) noexcept;
+bool build_cache_store_cluster_args(const CacheTarget& t, const core::cache::Generation& gen,
+                                    std::string_view token, std::string_view entry, int64_t ttl_ms,
+                                    std::string_view channel, EvalArgs& out) noexcept;
+bool build_cache_abandon_cluster_args(const CacheTarget& t, uint64_t ns_gen, std::string_view token,
+                                      std::string_view channel, EvalArgs& out) noexcept;
+bool build_cache_purge_cluster_args(std::string_view prefix, std::string_view ns,
+                                    std::string_view channel, EvalArgs& out) noexcept;
+bool build_cache_ns_generation_args(std::string_view prefix, std::string_view ns,
+                                    EvalArgs& out) noexcept;
+// False unless the reply is an integer in [0, 2^53).
+bool parse_cache_ns_generation_reply(const Reply& reply, uint64_t& gen) noexcept;
+// A PURGE CLUSTER message on the fill channel: "g" GEN ":" NS. False for anything else (the
+// fill messages "0"/"1" E among them).
+bool parse_cache_purge_message(std::string_view msg, uint64_t& gen, std::string_view& ns) noexcept;
 
 }  // namespace throttle::redis

@@ -22,6 +22,7 @@
 
 #include "core/cache_key.hpp"
 #include "core/hash.hpp"
+#include "redis/cluster.hpp"
 #include "support.hpp"
 
 namespace throttle::redis::test {
@@ -1750,6 +1751,168 @@ TEST_F(RedisCacheScriptsTest, DISABLED_BatchRedisCpu) {
             sc.name, script[0], script[1], script[0] / script[1], process[0], process[1],
             process[0] / process[1], wall[0], wall[1]);
     }
+}
+
+// ---- the Redis Cluster variants (the namespace generation as an ARGV: keys of one slot) ----
+
+// Every variant's keys share one slot; the purge message parses back; bad arguments are refused.
+TEST(RedisCacheScriptsUnit, ClusterVariantsTouchOneSlot) {
+    const CacheTarget a = target("tc:", "review", user_a, "/x/");
+    std::vector<CacheLookupRequest> reqs(3);
+    for (auto& r : reqs) {
+        r.target = a;
+    }
+    reqs[1].want_lock = true;
+    reqs[1].lock_ttl_ms = 5000;
+    reqs[1].token = tok;
+    const uint64_t gens[3] = {0, 7, 7};
+    EvalArgs args;
+    ASSERT_TRUE(build_cache_lookup_batch_cluster_args(reqs.data(), gens, 3, args));
+    ASSERT_EQ(args.keys().size(), 3u);
+    ASSERT_EQ(args.args().size(), 24u);
+    EXPECT_EQ(args.args()[7], "0");
+    EXPECT_EQ(args.args()[15], "7");
+    for (auto k : args.keys()) {
+        EXPECT_EQ(key_slot(k), key_slot(cc::generation_key("tc:", "review", user_a)));
+    }
+    const uint64_t too_big[1] = {cache_generation_limit};
+    EXPECT_FALSE(build_cache_lookup_batch_cluster_args(reqs.data(), too_big, 1, args));
+    EXPECT_FALSE(build_cache_lookup_batch_cluster_args(reqs.data(), gens, 0, args));
+
+    ASSERT_TRUE(build_cache_store_cluster_args(a, gen(3, 2), tok, "entry", 1000, "ch", args));
+    ASSERT_EQ(args.keys().size(), 4u);
+    EXPECT_EQ(args.args().size(), 7u);
+    for (auto k : args.keys()) {
+        EXPECT_EQ(key_slot(k), key_slot(args.keys()[0]));
+    }
+    EXPECT_EQ(args.keys()[0], cache_entry_key(a, gen(3, 2)));
+    ASSERT_TRUE(build_cache_abandon_cluster_args(a, 3, tok, "ch", args));
+    EXPECT_EQ(args.keys().size(), 1u);
+    EXPECT_EQ(args.args().back(), "3");
+    ASSERT_TRUE(build_cache_purge_cluster_args("tc:", "review", "ch", args));
+    EXPECT_EQ(args.keys().size(), 1u);
+    EXPECT_FALSE(build_cache_purge_cluster_args("tc:", "a:b", "ch", args));
+    EXPECT_FALSE(build_cache_ns_generation_args("tc:", "", args));
+
+    uint64_t g = 0;
+    std::string_view ns;
+    ASSERT_TRUE(parse_cache_purge_message("g12:review", g, ns));
+    EXPECT_EQ(g, 12u);
+    EXPECT_EQ(ns, "review");
+    for (const char* bad : {"", "g", "g1:", "g:review", "g01:review", "gx:review", "1abc", "0abc",
+                            "g9007199254740992:review", "g12review"}) {
+        EXPECT_FALSE(parse_cache_purge_message(bad, g, ns)) << bad;
+    }
+    bool stored = false;
+    std::string_view e;
+    EXPECT_FALSE(parse_cache_fill_message("g12:review", stored, e));  // old waiters ignore it
+}
+
+// The cluster lookup with the mirror's generation answers what the single LOOKUP answers when
+// the namespace key holds that generation; STORE CLUSTER stores where LOOKUP then finds it and
+// refuses after a user's invalidation; PURGE CLUSTER publishes the new generation; the
+// namespace generation read pushes the key's expiry; ABANDON CLUSTER drops an orphan lock.
+TEST_F(RedisCacheScriptsTest, ClusterVariantsMatchTheSingleScripts) {
+    const std::string ch = cache_fill_channel("tc:");
+    Listener listener(server->port(), ch);
+    ASSERT_TRUE(listener.ok());
+    const CacheTarget a = target("tc:", "review", user_a, "/cl/");
+    auto cl_lookup = [&](const CacheTarget& t, uint64_t nsgen, bool want_lock) {
+        CacheLookupRequest r;
+        r.target = t;
+        r.want_lock = want_lock;
+        r.lock_ttl_ms = 5000;
+        r.token = tok;
+        EvalArgs args;
+        EXPECT_TRUE(build_cache_lookup_batch_cluster_args(&r, &nsgen, 1, args));
+        Reply rep = eval(cache_lookup_batch_cluster_script(), args);
+        const std::string what = std::string(to_string(rep.type)) + " " + rep.str;
+        std::vector<CacheLookup> out;
+        EXPECT_TRUE(parse_cache_lookup_batch_reply(std::move(rep), 1, out)) << what;
+        return out.empty() ? CacheLookup() : out[0];
+    };
+    auto cl_store = [&](const CacheTarget& t, const CacheLookup& l, std::string_view entry) {
+        EvalArgs args;
+        EXPECT_TRUE(build_cache_store_cluster_args(t, l.generation(), tok, entry, 60000, ch, args));
+        Reply r = eval(cache_store_cluster_script(), args);
+        bool stored = false;
+        EXPECT_TRUE(parse_cache_store_reply(r, stored)) << to_string(r.type) << " " << r.str;
+        return stored;
+    };
+    auto ns_gen = [&]() {
+        EvalArgs args;
+        EXPECT_TRUE(build_cache_ns_generation_args("tc:", "review", args));
+        Reply r = eval(cache_ns_generation_script(), args);
+        uint64_t g = 99;
+        EXPECT_TRUE(parse_cache_ns_generation_reply(r, g)) << to_string(r.type) << " " << r.str;
+        return g;
+    };
+    auto purge = [&]() {
+        EvalArgs args;
+        EXPECT_TRUE(build_cache_purge_cluster_args("tc:", "review", ch, args));
+        Reply r = eval(cache_purge_cluster_script(), args);
+        std::vector<uint64_t> g;
+        EXPECT_TRUE(parse_cache_invalidate_reply(r, 1, g)) << to_string(r.type) << " " << r.str;
+        return g.empty() ? uint64_t(0) : g[0];
+    };
+
+    EXPECT_EQ(ns_gen(), 0u);
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "0");  // reading a missing generation creates nothing
+    CacheLookup m = cl_lookup(a, 0, true);
+    EXPECT_FALSE(m.hit);
+    EXPECT_TRUE(m.lock_taken);
+    ASSERT_TRUE(cl_store(a, m, "entry a"));
+    EXPECT_EQ(ctl->run({"EXISTS", cc::fill_lock_key(cache_entry_key(a, gen(0, 0)))}), "0");
+    EXPECT_EQ(lookup(a).entry, "entry a");  // the single LOOKUP finds it: same entry key
+    EXPECT_EQ(cl_lookup(a, 0, true).entry, "entry a");
+
+    // A purge: the namespace generation moves and is published; under it, a miss.
+    EXPECT_EQ(purge(), 1u);
+    EXPECT_EQ(listener.next(), "g1:review");
+    EXPECT_EQ(ns_gen(), 1u);
+    ctl->run({"PEXPIRE", cc::namespace_generation_key("tc:", "review"), "1000"});
+    EXPECT_EQ(ns_gen(), 1u);
+    EXPECT_GT(number(ctl->run({"PTTL", cc::namespace_generation_key("tc:", "review")})),
+              cache_generation_ttl_ms);  // pushed past every entry's life
+    CacheLookup after = cl_lookup(a, 1, false);
+    EXPECT_FALSE(after.hit);
+    EXPECT_EQ(after.ns_gen, 1u);
+    CacheLookup single = lookup(a);
+    EXPECT_EQ(single.ns_gen, after.ns_gen);
+    EXPECT_EQ(single.user_gen, after.user_gen);
+    EXPECT_EQ(single.hit, after.hit);
+
+    // A user's invalidation between lookup and store: refused, as STORE does.
+    CacheLookup l = cl_lookup(a, 1, true);
+    ASSERT_TRUE(l.lock_taken);
+    invalidate("tc:", user_a, {"review"});
+    EXPECT_FALSE(cl_store(a, l, "too late"));
+    EXPECT_FALSE(cl_lookup(a, 1, false).hit);
+    EXPECT_EQ(ctl->run({"EXISTS", cc::fill_lock_key(cache_entry_key(a, l.generation()))}), "0");
+
+    // ABANDON CLUSTER under the mirror's generation.
+    ASSERT_TRUE(cl_lookup(a, 1, true).lock_taken);
+    EvalArgs ab;
+    ASSERT_TRUE(build_cache_abandon_cluster_args(a, 1, tok, ch, ab));
+    Reply r = eval(cache_abandon_cluster_script(), ab);
+    bool released = false;
+    EXPECT_TRUE(parse_cache_abandon_reply(r, released));
+    EXPECT_TRUE(released);
+    EXPECT_TRUE(cl_lookup(a, 1, true).lock_taken);
+
+    // Malformed: a namespace generation that is not a canonical decimal, a wrong key.
+    EvalArgs good;
+    CacheLookupRequest rq;
+    rq.target = a;
+    const uint64_t one = 1;
+    ASSERT_TRUE(build_cache_lookup_batch_cluster_args(&rq, &one, 1, good));
+    std::vector<std::string> keys(good.keys().begin(), good.keys().end());
+    std::vector<std::string> args(good.args().begin(), good.args().end());
+    args[7] = "01";
+    EXPECT_EQ(raw(cache_lookup_batch_cluster_script(), keys, args).type, Reply::Type::Error);
+    args[7] = "1";
+    keys[0] = cc::namespace_generation_key("tc:", "review");
+    EXPECT_EQ(raw(cache_lookup_batch_cluster_script(), keys, args).type, Reply::Type::Error);
 }
 
 }  // namespace

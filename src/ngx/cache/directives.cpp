@@ -402,13 +402,6 @@ char* check_cache_main_conf(ngx_conf_t* cf, const MainConf& main) noexcept {
                       "the response cache (\"throttle_cache\") needs \"throttle_redis\"");
         return conf_error();
     }
-    if (mcf->cache.used && mcf->redis->cluster != nullptr) {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "the response cache (\"throttle_cache\") is not supported on a Redis "
-                      "Cluster yet (\"throttle_redis cluster\"): use a single Redis or "
-                      "Sentinels for it");
-        return conf_error();
-    }
     if (mcf->cache.user_file.data != nullptr && mcf->cache.secret.data == nullptr) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "\"throttle_cache_user\" in %V:%ui needs \"throttle_secret\" (the "

@@ -8,6 +8,7 @@
 #include "core/gzip.hpp"
 #include "ngx/cache/leases.hpp"
 #include "ngx/cache/memo.hpp"
+#include "ngx/cache/nsgen.hpp"
 #include "ngx/cache/orphans.hpp"
 #include "ngx/cache/refusals.hpp"
 #include "ngx/cache/vary.hpp"
@@ -20,6 +21,19 @@
 
 namespace throttle::ngx {
 namespace {
+
+// STORE, or on a Redis Cluster STORE CLUSTER (the namespace generation only names the entry).
+bool build_store_args(const redis::CacheTarget& t, const core::cache::Generation& gen,
+                      std::string_view token, std::string_view entry, int64_t ttl_ms,
+                      std::string_view channel, redis::EvalArgs& out) noexcept {
+    return cache_ns_mirrored()
+               ? redis::build_cache_store_cluster_args(t, gen, token, entry, ttl_ms, channel, out)
+               : redis::build_cache_store_args(t, gen, token, entry, ttl_ms, channel, out);
+}
+
+const redis::Script& store_script() {
+    return cache_ns_mirrored() ? redis::cache_store_cluster_script() : redis::cache_store_script();
+}
 
 namespace cm = core::metrics;
 
@@ -291,8 +305,7 @@ void Fill::store(ngx_http_request_t* r) {
         record = std::make_shared<const std::string>(core::cache::encode_vary_record(vary));
     }
     if (entry->empty() || client == nullptr || ttl < 1 ||
-        !redis::build_cache_store_args(target, gen_, lock_.token, *entry, ttl, cache_channel(),
-                                       args)) {
+        !build_store_args(target, gen_, lock_.token, *entry, ttl, cache_channel(), args)) {
         release();
         return;
     }
@@ -305,7 +318,7 @@ void Fill::store(ngx_http_request_t* r) {
     cm::CacheMetrics* m = conf_->metrics->m;
     if (lock_here) {
         client->evalsha(
-            redis::cache_store_script(), args.keys(), args.args(),
+            store_script(), args.keys(), args.args(),
             [e = entry_key_, lock = lock_, entry, m](redis::Result&& res) noexcept {
                 bool stored = false;
                 bool parsed = res.ok() && redis::parse_cache_store_reply(res.reply, stored);
@@ -319,16 +332,15 @@ void Fill::store(ngx_http_request_t* r) {
                 cache_fill_ended(e, stored, stored ? entry : nullptr);
             });
     } else {
-        client->evalsha(redis::cache_store_script(), args.keys(), args.args(),
-                        [entry, m](redis::Result&& res) noexcept {
-                            bool stored = false;
-                            bool parsed =
-                                res.ok() && redis::parse_cache_store_reply(res.reply, stored);
-                            if (!parsed) {
-                                log_redis_failure("store", res);
-                            }
-                            count_store(m, res, parsed, stored, entry->size());
-                        });
+        client->evalsha(
+            store_script(), args.keys(), args.args(), [entry, m](redis::Result&& res) noexcept {
+                bool stored = false;
+                bool parsed = res.ok() && redis::parse_cache_store_reply(res.reply, stored);
+                if (!parsed) {
+                    log_redis_failure("store", res);
+                }
+                count_store(m, res, parsed, stored, entry->size());
+            });
     }
     if (record) {
         cache_vary_memo_put(vary_.tag, vary);
@@ -348,14 +360,13 @@ void Fill::store_record(const std::shared_ptr<const std::string>& record, int64_
     redis::CacheTarget target = target_of(lock_);
     target.key = vary_.base;
     redis::EvalArgs args;
-    if (!redis::build_cache_store_args(target, gen_, lock_.token, *record, ttl, cache_channel(),
-                                       args)) {
+    if (!build_store_args(target, gen_, lock_.token, *record, ttl, cache_channel(), args)) {
         if (holds_lock) {
             release_lock();
         }
         return;
     }
-    client->evalsha(redis::cache_store_script(), args.keys(), args.args(),
+    client->evalsha(store_script(), args.keys(), args.args(),
                     [e = entry_key_, lock = lock_, holds_lock](redis::Result&& res) noexcept {
                         bool stored = false;
                         if (!res.ok() || !redis::parse_cache_store_reply(res.reply, stored)) {

@@ -4,6 +4,7 @@
 #include <memory>
 #include <unordered_map>
 
+#include "ngx/cache/nsgen.hpp"
 #include "ngx/cache/worker.hpp"
 #include "ngx/metrics.hpp"
 #include "ngx/redis_link.hpp"
@@ -103,6 +104,30 @@ void count_confirmed(const std::vector<std::string>& namespaces) noexcept {
 // whether it was sent (`answered` is then called once with Redis' answer or failure).
 bool send(Pending&& p, std::function<void()> answered) noexcept {
     redis::Target* client = redis_client();
+    if (cache_ns_mirrored() && p.namespaces.size() > 1) {
+        // A Redis Cluster: the user's generation keys of several namespaces are in several
+        // slots: one call per namespace; `answered` once every one answered.
+        try {
+            auto left = std::make_shared<size_t>(0);  // parts sent and not answered yet
+            auto all = std::make_shared<std::function<void()>>(std::move(answered));
+            std::function<void()> one = [left, all]() {
+                if (--*left == 0 && *all) {
+                    (*all)();
+                }
+            };
+            std::vector<std::string> names = std::move(p.namespaces);
+            for (std::string& ns : names) {
+                ++*left;  // a Target never answers from inside the call
+                if (!send(Pending{p.id, {std::move(ns)}}, one)) {
+                    --*left;
+                }
+            }
+            return *left > 0;
+        } catch (...) {
+            keep(std::move(p));
+            return false;
+        }
+    }
     try {
         std::vector<std::string_view> names(p.namespaces.begin(), p.namespaces.end());
         redis::EvalArgs args;

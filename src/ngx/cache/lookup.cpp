@@ -1,12 +1,15 @@
 // Cache lookups (see lookup.hpp).
 #include "ngx/cache/lookup.hpp"
 
+#include <map>
 #include <vector>
 
 #include "ngx/cache/leases.hpp"
+#include "ngx/cache/nsgen.hpp"
 #include "ngx/cache/request.hpp"
 #include "ngx/redis_link.hpp"
 #include "redis/cache_scripts.hpp"
+#include "redis/cluster.hpp"
 #include "redis/turn_batcher.hpp"
 
 namespace throttle::ngx {
@@ -27,6 +30,34 @@ void fail_all(Batch& batch, redis::Failure why) noexcept {
     }
 }
 
+// The answer to one script call for `held`'s lookups.
+void answer(const std::shared_ptr<Batch>& held, redis::Result&& res) noexcept {
+    std::vector<redis::CacheLookup> out;
+    bool good = false;
+    try {
+        good = res.ok() &&
+               redis::parse_cache_lookup_batch_reply(std::move(res.reply), held->size(), out);
+    } catch (...) {
+    }
+    if (!good) {
+        redis_reply_unusable(res, "cache lookup");  // its type is kept
+        fail_all(*held, res.failure);
+        return;
+    }
+    for (size_t i = 0; i < held->size(); i++) {
+        cache_lookup_done((*held)[i].cr, redis::Failure::None, &out[i], (*held)[i].want_lock);
+    }
+}
+
+redis::CacheLookupRequest request_of(const Queued& q) noexcept {
+    redis::CacheLookupRequest rq;
+    rq.target = q.cr->target();
+    rq.lock_ttl_ms = static_cast<int64_t>(cache_lease_ms(*q.cr->conf));
+    rq.want_lock = q.want_lock;
+    rq.token = q.cr->token;
+    return rq;
+}
+
 // One script call for the batch's lookups.
 void send(Batch&& batch) noexcept {
     auto held = std::make_shared<Batch>(std::move(batch));
@@ -35,12 +66,7 @@ void send(Batch&& batch) noexcept {
         std::vector<redis::CacheLookupRequest> reqs;
         reqs.reserve(held->size());
         for (const Queued& q : *held) {
-            redis::CacheLookupRequest rq;
-            rq.target = q.cr->target();
-            rq.lock_ttl_ms = static_cast<int64_t>(cache_lease_ms(*q.cr->conf));
-            rq.want_lock = q.want_lock;
-            rq.token = q.cr->token;
-            reqs.push_back(rq);
+            reqs.push_back(request_of(q));
         }
         redis::EvalArgs args;
         if (client == nullptr ||
@@ -49,26 +75,62 @@ void send(Batch&& batch) noexcept {
             return;
         }
         client->evalsha(redis::cache_lookup_batch_script(), args.keys(), args.args(),
-                        [held](redis::Result&& res) noexcept {
-                            std::vector<redis::CacheLookup> out;
-                            bool good = false;
-                            try {
-                                good = res.ok() && redis::parse_cache_lookup_batch_reply(
-                                                       std::move(res.reply), held->size(), out);
-                            } catch (...) {
-                            }
-                            if (!good) {
-                                redis_reply_unusable(res, "cache lookup");  // its type is kept
-                                fail_all(*held, res.failure);
-                                return;
-                            }
-                            for (size_t i = 0; i < held->size(); i++) {
-                                cache_lookup_done((*held)[i].cr, redis::Failure::None, &out[i],
-                                                  (*held)[i].want_lock);
-                            }
-                        });
+                        [held](redis::Result&& res) noexcept { answer(held, std::move(res)); });
     } catch (...) {
         fail_all(*held, redis::Failure::Invalid);
+    }
+}
+
+// On a Redis Cluster: one call per user slot, with each namespace's mirrored generation
+// (nsgen.hpp). A lookup whose namespace has no fresh mirror is a BYPASS (CircuitOpen: nothing
+// was asked).
+void send_cluster(Batch&& batch) noexcept {
+    redis::Target* client = redis_client();
+    std::map<uint16_t, std::pair<Batch, std::vector<uint64_t>>> by_slot;
+    try {
+        for (Queued& q : batch) {
+            uint64_t gen = 0;
+            if (client == nullptr || !cache_ns_generation(q.cr->target().ns, gen)) {
+                cache_lookup_done(q.cr, redis::Failure::CircuitOpen, nullptr, q.want_lock);
+                q.cr.reset();  // answered
+                continue;
+            }
+            const redis::CacheTarget t = q.cr->target();
+            auto& group =
+                by_slot[redis::key_slot(core::cache::generation_key(t.prefix, t.ns, t.id))];
+            group.first.push_back(std::move(q));
+            group.second.push_back(gen);
+        }
+    } catch (...) {
+        for (Queued& q : batch) {
+            if (q.cr) {
+                cache_lookup_done(q.cr, redis::Failure::Invalid, nullptr, q.want_lock);
+            }
+        }
+        for (auto& [slot, group] : by_slot) {
+            fail_all(group.first, redis::Failure::Invalid);
+        }
+        return;
+    }
+    for (auto& [slot, group] : by_slot) {
+        auto held = std::make_shared<Batch>(std::move(group.first));
+        try {
+            std::vector<redis::CacheLookupRequest> reqs;
+            reqs.reserve(held->size());
+            for (const Queued& q : *held) {
+                reqs.push_back(request_of(q));
+            }
+            redis::EvalArgs args;
+            if (!redis::build_cache_lookup_batch_cluster_args(reqs.data(), group.second.data(),
+                                                              reqs.size(), args)) {
+                fail_all(*held, redis::Failure::Invalid);
+                continue;
+            }
+            client->evalsha(redis::cache_lookup_batch_cluster_script(), args.keys(), args.args(),
+                            [held](redis::Result&& res) noexcept { answer(held, std::move(res)); });
+        } catch (...) {
+            fail_all(*held, redis::Failure::Invalid);
+        }
     }
 }
 
@@ -81,7 +143,8 @@ bool cache_lookup_submit(const std::shared_ptr<CacheRequest>& cr, bool want_lock
 
 void lookups_init(redis::Loop& loop) {
     batcher = new redis::TurnBatcher<Queued>(
-        loop, redis::cache_lookup_batch_max, send,
+        loop, redis::cache_lookup_batch_max,
+        [](Batch&& b) { cache_ns_mirrored() ? send_cluster(std::move(b)) : send(std::move(b)); },
         [](Queued& q) { return q.cr->gone(); },  // nothing to ask for a request that ended
         [](Queued& q) { cache_lookup_done(q.cr, redis::Failure::Invalid, nullptr, q.want_lock); });
 }

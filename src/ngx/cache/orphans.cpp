@@ -4,6 +4,7 @@
 #include <memory>
 #include <vector>
 
+#include "ngx/cache/nsgen.hpp"
 #include "ngx/cache/waiters.hpp"
 #include "ngx/cache/worker.hpp"
 #include "ngx/redis_link.hpp"
@@ -60,15 +61,20 @@ void send(Orphan&& o) noexcept {
         t.id = o.lock.id;
         t.key = o.lock.key;
         redis::EvalArgs args;
+        uint64_t ns_gen = 0;
+        const bool cluster = cache_ns_mirrored();
         if (client == nullptr || !client->available() ||
-            !redis::build_cache_abandon_args(t, o.lock.token, cache_channel(), args)) {
+            (cluster ? !cache_ns_generation(t.ns, ns_gen) ||
+                           !redis::build_cache_abandon_cluster_args(t, ns_gen, o.lock.token,
+                                                                    cache_channel(), args)
+                     : !redis::build_cache_abandon_args(t, o.lock.token, cache_channel(), args))) {
             keep(std::move(o));
             return;
         }
         auto held = std::make_shared<Orphan>(std::move(o));
         client->evalsha(
-            redis::cache_abandon_script(), args.keys(), args.args(),
-            [held](redis::Result&& res) noexcept {
+            cluster ? redis::cache_abandon_cluster_script() : redis::cache_abandon_script(),
+            args.keys(), args.args(), [held](redis::Result&& res) noexcept {
                 bool released = false;
                 bool answered = res.ok() && redis::parse_cache_abandon_reply(res.reply, released);
                 if (!answered) {

@@ -9,6 +9,8 @@
 
 #include "core/cache_key.hpp"
 #include "ngx/cache/cache.hpp"
+#include "ngx/cache/nsgen.hpp"
+#include "ngx/cache/waiters.hpp"
 #include "ngx/cache/worker.hpp"
 #include "ngx/metrics.hpp"
 #include "ngx/redis_link.hpp"
@@ -75,7 +77,13 @@ ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept {
     }
     try {
         redis::EvalArgs args;
-        if (!redis::build_cache_invalidate_namespace_args(cache_prefix(), view(ns), args)) {
+        // On a Redis Cluster the purge also publishes the new generation to every worker's
+        // mirror (nsgen.hpp).
+        const bool cluster = cache_ns_mirrored();
+        if (cluster
+                ? !redis::build_cache_purge_cluster_args(cache_prefix(), view(ns), cache_channel(),
+                                                         args)
+                : !redis::build_cache_invalidate_namespace_args(cache_prefix(), view(ns), args)) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
         auto p = bind_to_request<Purge>(r);
@@ -83,8 +91,8 @@ ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
         client->evalsha(
-            redis::cache_invalidate_script(), args.keys(), args.args(),
-            [p, ns](redis::Result&& res) noexcept {
+            cluster ? redis::cache_purge_cluster_script() : redis::cache_invalidate_script(),
+            args.keys(), args.args(), [p, ns](redis::Result&& res) noexcept {
                 if (p->gone() || worker_exiting()) {
                     return;
                 }
@@ -100,6 +108,7 @@ ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept {
                 }
                 ngx_int_t status;
                 if (good) {
+                    cache_ns_generation_seen(view(ns), gens[0]);
                     if (core::metrics::CacheMetrics* m = cache_metrics(*main_conf(req), view(ns))) {
                         core::metrics::add(m->purges);
                     }

@@ -5,15 +5,18 @@
 #include <unordered_map>
 #include <vector>
 
+#include "ngx/cache/nsgen.hpp"
 #include "ngx/cache/request.hpp"
 #include "ngx/redis_link.hpp"
 #include "redis/cache_scripts.hpp"
+#include "redis/cluster.hpp"
 #include "redis/subscriber.hpp"
 
 namespace throttle::ngx {
 namespace {
 
 constexpr uint64_t recent_ms = 1000;
+constexpr uint64_t rotate_ms = 500;  // a cluster's subscriber: the next seed after a failure
 
 // A channel message that found nobody waiting.
 struct Recent {
@@ -29,6 +32,11 @@ struct Waiters {
     ngx_log_t* log = nullptr;
     bool quiesced = false;
     std::unique_ptr<redis::Subscriber> sub;
+    // On a Redis Cluster: the seeds, the one subscribed on, and the move to the next one after
+    // a failure (any node hears every PUBLISH).
+    std::vector<redis::Address> seeds;
+    size_t seed = 0;
+    std::unique_ptr<redis::Timer> rotate;
     std::unordered_map<std::string, std::vector<std::shared_ptr<CacheRequest>>> waiting;
     std::unordered_map<std::string, unsigned> filling;
     std::array<Recent, 32> recent;
@@ -72,6 +80,11 @@ void on_message(std::string_view msg) noexcept {
     bool stored = false;
     std::string_view e;
     if (!redis::parse_cache_fill_message(msg, stored, e)) {
+        uint64_t gen = 0;
+        std::string_view ns;
+        if (redis::parse_cache_purge_message(msg, gen, ns)) {
+            cache_ns_generation_seen(ns, gen);  // a purge on a Redis Cluster (nsgen.hpp)
+        }
         return;
     }
     try {
@@ -167,11 +180,38 @@ void subscribe(Waiters& w) {
             ngx_log_error(log_level_of(level), log, 0, "throttle_cache: fill channel: %*s",
                           m.size(), m.data());
         });
+    if (!w.seeds.empty()) {
+        sub->set_on_state([](bool subscribed) noexcept {
+            if (!subscribed && ws != nullptr && !ws->quiesced && ws->rotate &&
+                !ws->rotate->active()) {
+                ws->rotate->start(rotate_ms);  // never replaced from inside its own callback
+            }
+        });
+    }
     if (w.sub) {
         w.sub->close();
     }
     w.sub = std::move(sub);
     w.sub->start();
+}
+
+// On a Redis Cluster: the subscriber failed on its node: the next seed.
+void next_seed() noexcept {
+    if (ws == nullptr || ws->quiesced || worker_exiting() || ws->seeds.empty() ||
+        (ws->sub && ws->sub->subscribed())) {
+        return;
+    }
+    try {
+        ws->seed = (ws->seed + 1) % ws->seeds.size();
+        ws->config.address = ws->seeds[ws->seed];
+        ngx_log_error(NGX_LOG_INFO, ws->log, 0,
+                      "throttle_cache: fill channel: subscribing on the cluster node %s",
+                      ws->config.address.to_string().c_str());
+        subscribe(*ws);
+    } catch (const std::exception& e) {
+        ngx_log_error(NGX_LOG_ERR, ws->log, 0,
+                      "throttle_cache: fill channel: cannot move to another node (%s)", e.what());
+    }
 }
 
 // With Sentinels: the primary is (now) `primary`: subscribe there. Called by the Sentinel
@@ -201,7 +241,17 @@ void waiters_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loop,
         auto w = std::make_unique<Waiters>();
         w->loop = &loop;
         w->channel = channel;
-        w->config = *mcf.redis->client;
+        if (mcf.redis->cluster != nullptr) {
+            // A Redis Cluster broadcasts classic PUBLISH to every node: any one will do. The
+            // first seed, then the next after each failure (purge messages lost meanwhile are
+            // covered by the mirrors' reads).
+            w->config = mcf.redis->cluster->node;
+            w->seeds = mcf.redis->cluster->seeds;
+            w->config.address = w->seeds.at(0);
+            w->rotate = loop.create_timer([]() noexcept { next_seed(); });
+        } else {
+            w->config = *mcf.redis->client;
+        }
         w->log = cycle->log;
         bool sentinel = !w->config.sentinels.empty();
         w->config.sentinels.clear();  // the subscriber is given the primary's address

@@ -4,6 +4,7 @@
 #include "ngx/cache/invalidate.hpp"
 #include "ngx/cache/lookup.hpp"
 #include "ngx/cache/memo.hpp"
+#include "ngx/cache/nsgen.hpp"
 #include "ngx/cache/orphans.hpp"
 #include "ngx/cache/refusals.hpp"
 #include "ngx/cache/waiters.hpp"
@@ -39,11 +40,22 @@ void cache_worker_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loo
               &redis::cache_abandon_script(), &redis::cache_invalidate_script()}) {
             client.add_script(*script, key, channel);
         }
+        if (client.clustered()) {
+            for (const redis::Script* script :
+                 {&redis::cache_lookup_batch_cluster_script(), &redis::cache_store_cluster_script(),
+                  &redis::cache_abandon_cluster_script(), &redis::cache_purge_cluster_script(),
+                  &redis::cache_ns_generation_script()}) {
+                client.add_script(*script, key, channel);
+            }
+        }
         client.require({{"SUBSCRIBE", channel}});
         prefix = new std::string(base + "cache:");
         memos_init();
         orphans_init(loop);
         invalidations_init(loop, mcf);
+        if (client.clustered()) {
+            nsgens_init(loop);
+        }
         lookups_init(loop);
         waiters_init(cycle, mcf, loop, redis::cache_fill_channel(base));
     } catch (const std::exception& e) {
@@ -59,6 +71,7 @@ void cache_worker_quiesce() noexcept {
 void cache_worker_exit() noexcept {
     waiters_exit();
     lookups_exit();
+    nsgens_exit();
     invalidations_exit();
     orphans_exit();
     memos_exit();
