@@ -55,6 +55,8 @@
 #   strict_cluster   (not in the default set) strict against a 3-master Redis Cluster started
 #                    here (lib.sh's cluster_start; throttle_redis cluster SEEDS): one key, so
 #                    every EVALSHA goes to the one master of its slot (compare with strict)
+#   cache_hit_cluster (not in the default set) cache_hit on that cluster: the namespace
+#                    generation from the worker's mirror, the lookup on the user's master
 #
 # Two modules: with BENCH_MODULE_B, every variant is measured with both, and
 # the table gives both counts and B/A, plus, for each variant whose B/A is off by
@@ -109,7 +111,7 @@ BODY_BYTES=100         # plain & co: the static file, as run.sh
 CACHE_BYTES=2048       # cache: the origin's JSON, about (as cache.sh: stored gzip'd, >= 1k)
 SESSION='sessionid=b3f1c0de5eed4a11'
 REQ_PATH='/api/items?sort=name&page=2'
-KNOWN='plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity throttle_metrics strict_metrics strict_tls strict_cluster'
+KNOWN='plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity throttle_metrics strict_metrics strict_tls strict_cluster cache_hit_cluster'
 
 # --------------------------------------------------------------------------
 # Checks.
@@ -134,7 +136,7 @@ uses_redis() { [[ $1 == strict || $1 == strict_metrics || $1 == strict_tls || $1
 # has_metrics VARIANT: the variant's server has a throttle_metrics location
 has_metrics() { [[ $1 == *_metrics ]]; }
 is_cache() { [[ $1 == cache_* ]]; }
-uses_cluster() { [[ $1 == strict_cluster ]]; }
+uses_cluster() { [[ $1 == strict_cluster || $1 == cache_hit_cluster ]]; }
 want_redis='' want_cluster=''
 for v in "${variants[@]}"; do uses_redis "$v" && want_redis=1; done
 for v in "${variants[@]}"; do uses_cluster "$v" && want_cluster=1; done
@@ -248,6 +250,11 @@ http_lines() {
         echo 'throttle_zone $binary_remote_addr zone=bstrict:10m rate=100000000r/d mode=strict;'
         echo 'throttle_secret "bench-secret-0123456789abcdef";'
         ;;
+    cache_hit_cluster)
+        echo "throttle_redis cluster $(cluster_seeds) connect_timeout=10s timeout=10s;  # valgrind is slow"
+        echo 'throttle_cache_secret "bench-cache-secret-0123456789abcdef";'
+        echo "upstream origin { server 127.0.0.1:$origin_port; keepalive 64; }"
+        ;;
     cache_*)
         echo "throttle_redis 127.0.0.1:$redis_port connect_timeout=10s timeout=10s;  # valgrind is slow"
         echo 'throttle_cache_secret "bench-cache-secret-0123456789abcdef";'
@@ -349,7 +356,7 @@ url() {
 # client_args VARIANT: curl's request headers for the variant
 client_args() {
     case $1 in
-    cache_hit) printf '%s\n' -H "Cookie: $SESSION" -H 'Accept-Encoding: gzip' ;;
+    cache_hit | cache_hit_cluster) printf '%s\n' -H "Cookie: $SESSION" -H 'Accept-Encoding: gzip' ;;
     cache_hit_vary) printf '%s\n' -H "Cookie: $SESSION" -H 'Accept-Encoding: gzip' -H 'Accept: application/json' ;;
     cache_hit_plain | identity) printf '%s\n' -H "Cookie: $SESSION" ;;
     jwt | jwt_nocache) printf '%s\n' -H "Authorization: Bearer $JWT" ;;
@@ -362,7 +369,7 @@ expected() {
     case $1 in
     plain | plain_nomod | limit_req) echo "200 x-cache= content-encoding= ratelimit-policy= bytes=$BODY_BYTES" ;;
     throttle | strict | strict_tls | strict_cluster | jwt | jwt_nocache | identity | *_metrics) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
-    cache_hit | cache_hit_vary) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;
+    cache_hit | cache_hit_vary | cache_hit_cluster) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;
     cache_hit_plain) echo "200 x-cache=HIT content-encoding= ratelimit-policy= bytes=$json_bytes" ;;
     esac
 }
@@ -568,18 +575,18 @@ layouts_note=''
     echo "          ${elapsed}s in all"
     echo
     if [[ -z $MODULE_B ]]; then
-        printf '%-16s %11s %9s' variant 'Ir/request' "${ref:+vs plain}"
+        printf '%-18s %11s %9s' variant 'Ir/request' "${ref:+vs plain}"
         ((LAYOUTS == 1)) && echo || printf '  %s\n' 'range over the layouts'
         for v in "${variants[@]}"; do
-            printf '%-16s %11s %9s' "$v" "${per_req[$v.A]}" "${ref:+$(ratio "${per_req[$v.A]}" "${per_req[$ref.A]}")x}"
+            printf '%-18s %11s %9s' "$v" "${per_req[$v.A]}" "${ref:+$(ratio "${per_req[$v.A]}" "${per_req[$ref.A]}")x}"
             ((LAYOUTS == 1)) && echo || printf '  %s\n' "$(range "${per_layout[$v.A]}")"
         done
     else
-        printf '%-16s %11s %11s %8s %10s %10s' variant 'A Ir/req' 'B Ir/req' 'B/A' \
+        printf '%-18s %11s %11s %8s %10s %10s' variant 'A Ir/req' 'B Ir/req' 'B/A' \
             "${ref:+A vs plain}" "${ref:+B vs plain}"
         ((LAYOUTS == 1)) && echo || printf '  %s\n' 'B/A in each layout'
         for v in "${variants[@]}"; do
-            printf '%-16s %11s %11s %8s %10s %10s' "$v" "${per_req[$v.A]}" "${per_req[$v.B]}" \
+            printf '%-18s %11s %11s %8s %10s %10s' "$v" "${per_req[$v.A]}" "${per_req[$v.B]}" \
                 "$(fmt_ratio "${per_req[$v.B]}" "${per_req[$v.A]}")" \
                 "${ref:+$(ratio "${per_req[$v.A]}" "${per_req[$ref.A]}")x}" \
                 "${ref:+$(ratio "${per_req[$v.B]}" "${per_req[$ref.B]}")x}"
@@ -592,7 +599,7 @@ layouts_note=''
         for m in "${modules[@]}"; do
             read -r -a xs <<<"${per_layout[$v.$m]}"
             for ((l = 1; l <= LAYOUTS; l++)); do
-                printf '  %-16s %s L%d %7s   Ir(%d) = %s  Ir(%d) = %s\n' "$v" "$m" "$l" "${xs[l - 1]}" \
+                printf '  %-18s %s L%d %7s   Ir(%d) = %s  Ir(%d) = %s\n' "$v" "$m" "$l" "${xs[l - 1]}" \
                     "$N0" "${ir[$v.$m.L$l.$N0]}" "$N" "${ir[$v.$m.L$l.$N]}"
             done
         done
