@@ -27,6 +27,16 @@
 #   throttle_users, throttle_gz_users, lua_users   as throttle, throttle_gz, lua
 #   static_users                                   as static: what the wrk script costs
 #   throttle_plain_users (not in the default set)  as throttle_plain
+# Redis Cluster (not in the default set: a 3-master cluster started here, lib.sh's
+# cluster_start; one http{} has one throttle_redis, so a second nginx instance of the module
+# of its own, "cluster", with throttle_redis cluster SEEDS and the same throttle location,
+# its misses going to the same origin):
+#   throttle_cluster, throttle_users_cluster       as throttle, throttle_users
+# A worker's first lookup of a namespace on a cluster is BYPASS until its namespace-
+# generation mirror is read: these are warmed with wrk passes (-t1 -c8, 1s) until a pass
+# left the origin's count unchanged. Their Redis CPU and commands are summed over the
+# masters (the cluster bus included); cluster/one-Redis ratios (req/s, CPU per request of
+# nginx and of Redis, Redis commands per request) are printed next to each other.
 # Every user's entry is stored before measuring: wrk passes of the same script at -c8 until
 # a pass that sent every user at least once left the origin's request count unchanged.
 # wrk runs against each in interleaved rounds; medians of req/s, p50 and p99 are
@@ -41,6 +51,8 @@
 # Knobs (environment):
 #   BENCH_CACHE_SCENARIOS   scenarios, in order           (upstream static throttle throttle_gz lua static_users
 #                                                          throttle_users throttle_gz_users lua_users)
+#                           also known: throttle_plain throttle_plain_users throttle_cluster
+#                           throttle_users_cluster
 #   BENCH_CACHE_USERS       distinct users of *_users     (2000)
 #   BENCH_WORKERS           nginx worker_processes        (1)
 #   BENCH_THREADS           wrk -t                        (1)
@@ -90,6 +102,7 @@ need_duration BENCH_CACHE_DURATION "$DURATION"
 
 known='upstream static throttle throttle_gz throttle_plain lua'
 known+=' static_users throttle_users throttle_gz_users throttle_plain_users lua_users'
+known+=' throttle_cluster throttle_users_cluster'
 read -r -a scenarios <<<"$SCENARIOS"
 ((${#scenarios[@]})) || die "BENCH_CACHE_SCENARIOS is empty"
 declare -A seen=()
@@ -99,6 +112,7 @@ for s in "${scenarios[@]}"; do
     seen[$s]=1
 done
 want_lua=${seen[lua]:-}${seen[lua_users]:-}
+want_cluster=${seen[throttle_cluster]:-}${seen[throttle_users_cluster]:-}
 
 packages=(wrk curl redis-server)
 [[ -z $want_lua ]] || packages+=("${LUA_PACKAGES[@]}")
@@ -116,6 +130,7 @@ need redis_check
 start_tmp throttle-bench-cache
 module_setup
 redis_start
+[[ -z $want_cluster ]] || cluster_start
 
 # --------------------------------------------------------------------------
 # The JSON bodies: an API-like list of items, deterministic, about N bytes.
@@ -149,18 +164,20 @@ gz_bytes=$(gzip -6 -c "$tmp/html/api/items.json" | wc -c)
 # and one per scenario.
 # --------------------------------------------------------------------------
 
-read -r p_origin p_origin_cache p_upstream p_static p_throttle p_plain p_lua <<<"$(free_ports 7)"
+read -r p_origin p_origin_cache p_upstream p_static p_throttle p_plain p_lua p_cluster <<<"$(free_ports 8)"
 declare -A port=([upstream]=$p_upstream [static]=$p_static [throttle]=$p_throttle
     [throttle_gz]=$p_throttle [throttle_plain]=$p_plain [lua]=$p_lua [static_users]=$p_static
     [throttle_users]=$p_throttle [throttle_gz_users]=$p_throttle [throttle_plain_users]=$p_plain
-    [lua_users]=$p_lua)
+    [lua_users]=$p_lua [throttle_cluster]=$p_cluster [throttle_users_cluster]=$p_cluster)
 declare -A instance_of=([upstream]=main [static]=main [throttle]=main [throttle_gz]=main
     [throttle_plain]=main [lua]=lua [static_users]=main [throttle_users]=main
-    [throttle_gz_users]=main [throttle_plain_users]=main [lua_users]=lua)
+    [throttle_gz_users]=main [throttle_plain_users]=main [lua_users]=lua
+    [throttle_cluster]=cluster [throttle_users_cluster]=cluster)
 # request headers besides the cookie
 declare -A accept=([throttle_gz]='Accept-Encoding: gzip' [throttle_gz_users]='Accept-Encoding: gzip')
 is_cache() { [[ $1 == throttle* || $1 == lua* ]]; }
-is_users() { [[ $1 == *_users ]]; }
+is_users() { [[ $1 == *_users || $1 == *_users_cluster ]]; }
+is_cluster() { [[ $1 == *_cluster ]]; }
 # cookie NAME: the session cookie of the first request (*_users: of user 1)
 cookie() { if is_users "$1"; then echo "sessionid=u1-$USER_SUFFIX"; else echo "$SESSION"; fi; }
 origin_log=$tmp/origin-cache.log
@@ -284,7 +301,34 @@ EOF
     } >"$tmp/nginx-lua.conf"
 fi
 
+if [[ -n $want_cluster ]]; then
+    {
+        conf_head cluster
+        echo "load_module $module_loaded;"
+        conf_http_head cluster
+        cat <<EOF
+    throttle_redis cluster $(cluster_seeds);
+    throttle_cache_secret "bench-cache-secret-0123456789abcdef";
+
+    server {  # throttle_cluster, throttle_users_cluster: as throttle, the cache on the cluster
+        listen 127.0.0.1:$p_cluster;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        add_header X-Cache \$throttle_cache_status always;
+        throttle_cache_user \$cookie_sessionid;
+        throttle_cache_valid 200 1h;
+        location /api/ {
+            throttle_cache bench;
+            proxy_pass http://origin_cache;
+        }
+    }
+}
+EOF
+    } >"$tmp/nginx-cluster.conf"
+fi
+
 nginx_start main "$tmp/nginx-main.conf"
+[[ -z $want_cluster ]] || nginx_start cluster "$tmp/nginx-cluster.conf"
 [[ -z $want_lua ]] || nginx_start lua "$tmp/nginx-lua.conf"
 
 url() { echo "http://127.0.0.1:${port[$1]}$REQ_PATH"; }
@@ -352,7 +396,11 @@ users_warm_s=$SECONDS
 users_list=()
 for s in "${scenarios[@]}"; do is_users "$s" && users_list+=("$s"); done
 for s in "${scenarios[@]}"; do
-    if ! is_users "$s" || ! is_cache "$s"; then continue; fi
+    if ! is_cache "$s" || ! { is_users "$s" || is_cluster "$s"; }; then continue; fi
+    # one user on a cluster: every worker's first lookup is BYPASS (to the origin) until
+    # its namespace-generation mirror is read; a pass without origin requests = all HITs
+    need_n=1
+    is_users "$s" && need_n=$USERS
     ok=
     for ((pass = 1; pass <= 12; pass++)); do
         f=$tmp/wrk.$s.fill.$pass
@@ -360,10 +408,10 @@ for s in "${scenarios[@]}"; do
         run_wrk "$f" 1s "$s" 1 8
         o1=$(origin_count)
         read -r _ _ _ n <<<"$(parse_wrk "$f" "$s (users warm-up, pass $pass)")"
-        say "$(printf 'users warm-up: %-20s pass %2d: %6d requests, origin +%d' "$s" "$pass" "$n" $((o1 - o0)))"
-        if ((n >= USERS && o1 == o0)); then ok=1; break; fi
+        say "$(printf 'warm-up: %-22s pass %2d: %6d requests, origin +%d' "$s" "$pass" "$n" $((o1 - o0)))"
+        if ((n >= need_n && o1 == o0)); then ok=1; break; fi
     done
-    [[ -n $ok ]] || die "$s: the caches of the $USERS users are still missing after $((pass - 1)) passes"
+    [[ -n $ok ]] || die "$s: still not all hits (origin requests) after $((pass - 1)) warm-up passes"
 done
 users_warm_s=$((SECONDS - users_warm_s))
 
@@ -377,20 +425,25 @@ for ((r = 1; r <= ROUNDS; r++)); do
     for s in "${order[@]}"; do
         f=$tmp/wrk.$s.$r
         read -r -a workers <<<"$(nginx_workers "${instance_of[$s]}")"
-        redis_snapshot "$f.redis-before"
+        if is_cluster "$s"; then
+            snapshot=cluster_snapshot nodes=$CLUSTER_MASTERS rpids=("${cluster_pids[@]}")
+        else
+            snapshot=redis_snapshot nodes=1 rpids=("$redis_pid")
+        fi
+        "$snapshot" "$f.redis-before"
         o0=$(origin_count)
-        ng0=$(cpu_ticks "${workers[@]}") rd0=$(cpu_ticks "$redis_pid")
+        ng0=$(cpu_ticks "${workers[@]}") rd0=$(cpu_ticks "${rpids[@]}")
         run_wrk "$f" "$DURATION" "$s"
-        ng1=$(cpu_ticks "${workers[@]}") rd1=$(cpu_ticks "$redis_pid")
+        ng1=$(cpu_ticks "${workers[@]}") rd1=$(cpu_ticks "${rpids[@]}")
         o1=$(origin_count)
-        redis_snapshot "$f.redis-after"
+        "$snapshot" "$f.redis-after"
         read -r rps p50 p99 n <<<"$(parse_wrk "$f" "$s (round $r)")"
         requests[$s]=$((${requests[$s]:-0} + n))
         cpu_nginx[$s]=$((${cpu_nginx[$s]:-0} + ng1 - ng0))
         cpu_redis[$s]=$((${cpu_redis[$s]:-0} + rd1 - rd0))
         origin_hits[$s]=$((${origin_hits[$s]:-0} + o1 - o0))
         # commands only: this table does not list the connections Redis accepted
-        redis_delta "$f.redis-before" "$f.redis-after" | awk '$1 != "connections"' >>"$tmp/redis-calls.$s"
+        redis_delta "$f.redis-before" "$f.redis-after" "$nodes" | awk '$1 != "connections"' >>"$tmp/redis-calls.$s"
         echo "requests $n" >>"$tmp/redis-calls.$s"
         say "  $(printf '%-20s %9.0f req/s  p50 %6.3f ms  p99 %6.3f ms  origin +%d' "$s" "$rps" "$p50" "$p99" $((o1 - o0)))"
         rps_all[$s]+="$rps "
@@ -468,6 +521,8 @@ describe() {
     throttle_gz_users) echo "throttle_gz, $USERS users in turn: the stored gzip body sent as it is; the identity memo misses" ;;
     throttle_plain_users) echo "throttle_plain, $USERS users in turn: entries stored uncompressed, nothing to inflate; the identity memo misses" ;;
     lua_users) echo "lua, $USERS users in turn: one key per user" ;;
+    throttle_cluster) echo "throttle, the cache on a $CLUSTER_MASTERS-master Redis Cluster (throttle_redis cluster SEEDS; own nginx instance of the module); Redis CPU and commands summed over the masters" ;;
+    throttle_users_cluster) echo "throttle_users ($USERS users in turn), the cache on the $CLUSTER_MASTERS-master Redis Cluster" ;;
     esac
 }
 
@@ -478,6 +533,7 @@ describe() {
     echo "nginx:   worker_processes $WORKERS in every instance, not pinned, access_log off; body $body_bytes bytes of JSON ($gz_bytes gzip'd)"
     echo "module:  $module_info"
     echo "redis:   redis-server $redis_version on 127.0.0.1:$redis_port, --save '' --appendonly no, not pinned"
+    [[ -z $want_cluster ]] || echo "cluster: $CLUSTER_MASTERS masters ($(cluster_seeds)), no replicas, --save '' --appendonly no, not pinned"
     echo "wrk:     wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency -H 'Cookie: $SESSION' 'http://127.0.0.1:PORT$REQ_PATH'"
     echo "         (one user; no Accept-Encoding, so every scenario sends the same $body_bytes-byte body,"
     echo "         except throttle_gz: wrk ... -H 'Accept-Encoding: gzip', answered with the stored gzip body)"
@@ -532,6 +588,21 @@ describe() {
                 u = ga * 1e6 / hz / na; v = gb * 1e6 / hz / nb
                 printf "CPU per request %s/%s = %.2fx nginx + redis (%.1f / %.1f us), %.2fx nginx alone\n",
                     a, b, x / y, x, y, u / v }'
+    done
+    # cluster / one Redis, next to each other: req/s, CPU per request, Redis commands per request
+    for pair in "throttle_cluster throttle" "throttle_users_cluster throttle_users"; do
+        read -r a b <<<"$pair"
+        [[ -n ${seen[$a]:-} && -n ${seen[$b]:-} ]] || continue
+        ca=$(awk '$1 == "requests" { n += $2; next } { c += $2 } END { printf "%.3f", n ? c / n : 0 }' "$tmp/redis-calls.$a")
+        cb=$(awk '$1 == "requests" { n += $2; next } { c += $2 } END { printf "%.3f", n ? c / n : 0 }' "$tmp/redis-calls.$b")
+        awk -v a="$a" -v b="$b" -v na="${requests[$a]}" -v nb="${requests[$b]}" -v hz="$clk_tck" \
+            -v ga="${cpu_nginx[$a]}" -v ra="${cpu_redis[$a]}" -v gb="${cpu_nginx[$b]}" -v rb="${cpu_redis[$b]}" \
+            -v rps="$(ratio "${rps_med[$a]}" "${rps_med[$b]}")" -v ca="$ca" -v cb="$cb" 'BEGIN {
+                u = ga * 1e6 / hz / na; v = gb * 1e6 / hz / nb
+                x = ra * 1e6 / hz / na; y = rb * 1e6 / hz / nb
+                printf "cluster/one Redis %s/%s: req/s %sx | nginx us/req %.2f/%.2f = %.2fx | redis us/req %.2f/%.2f = %s | redis commands/req %s/%s = %s\n",
+                    a, b, rps, u, v, u / v, x, y, (y > 0 ? sprintf("%.2fx", x / y) : "n/a"), ca, cb,
+                    (cb > 0 ? sprintf("%.2fx", ca / cb) : "n/a") }'
     done
     echo
     for s in "${scenarios[@]}"; do
