@@ -544,7 +544,7 @@ describe() {
     fi
     echo "method:  ${WARMUP/#0/no} warm-up per scenario, $ROUNDS interleaved round(s) of $DURATION each, median per scenario"
     echo
-    printf '%-20s %8s %7s %7s %7s %9s %9s %9s %6s\n' scenario 'req/s' 'p50 ms' 'p99 ms' spread \
+    printf '%-22s %8s %7s %7s %7s %9s %9s %9s %6s\n' scenario 'req/s' 'p50 ms' 'p99 ms' spread \
         'nginx us' 'redis us' 'total us' 'trips'
     for s in "${scenarios[@]}"; do
         # trips: commands nginx sent (EVALSHA for a script; the GETs it runs inside do not count)
@@ -554,7 +554,7 @@ describe() {
             -v sp="${rps_spread[$s]}" -v n="${requests[$s]}" -v a="${cpu_nginx[$s]}" \
             -v b="${cpu_redis[$s]}" -v hz="$clk_tck" -v trips="$trips" 'BEGIN {
                 x = a * 1e6 / hz / n; y = b * 1e6 / hz / n
-                printf "%-20s %8.0f %7.3f %7.3f %6s%% %9.2f %9.2f %9.2f %6s\n", s, rps, p50, p99, sp,
+                printf "%-22s %8.0f %7.3f %7.3f %6s%% %9.2f %9.2f %9.2f %6s\n", s, rps, p50, p99, sp,
                     x, y, x + y, trips }'
     done
     echo
@@ -623,10 +623,10 @@ describe() {
     echo "over all measured requests (wrk's own CPU not counted); trips = Redis commands sent per request"
     echo "per-round req/s:"
     for s in "${scenarios[@]}"; do
-        round_row 20 "$s" "${rps_all[$s]}"
+        round_row 22 "$s" "${rps_all[$s]}"
     done
     echo "scenarios:"
-    for s in "${scenarios[@]}"; do printf '  %-20s %s\n' "$s" "$(describe "$s")"; done
+    for s in "${scenarios[@]}"; do printf '  %-22s %s\n' "$s" "$(describe "$s")"; done
 } >"$tmp/results.txt"
 
 show_results "$OUT"
