@@ -576,7 +576,7 @@ TEST_F(RedisClusterTest, MovedStormOpensNoBreaker) {
     ASSERT_TRUE(call(client, {"SET", cluster.key_on(1, "warm"), "w"}).result.ok()) << all_logs();
     uint64_t issued = 1;
 
-    const int rounds = 4, per_round = 20;
+    const int rounds = 6, per_round = 20;
     size_t at = 0;
     int answered_commands = 0, answered_scripts = 0;
     for (int round = 0; round < rounds; round++) {
@@ -594,7 +594,7 @@ TEST_F(RedisClusterTest, MovedStormOpensNoBreaker) {
             << "round " << round << ": " << cluster.last_error;
         at = to;
         // Every node agrees before the next move (the cluster's own gossip settles).
-        ASSERT_TRUE(wait_for([&] { return cluster.owner(by_command) == to; }, 10000));
+        ASSERT_TRUE(cluster.settle_slot(slot, by_command, to)) << cluster.last_error;
         ASSERT_TRUE(ev.run_until(
             [&] {
                 return std::all_of(out.begin(), out.end(),

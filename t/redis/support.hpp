@@ -481,7 +481,70 @@ class RedisCluster {
         return true;
     }
 
-    std::string last_error;  // why begin_migration() or move_slot() returned false
+    // A field of CLUSTER INFO on node `i` ("" if missing).
+    std::string cluster_info(size_t i, const std::string& field) {
+        std::string info = Control(nodes_[i]->port()).run({"CLUSTER", "INFO"});
+        size_t at = info.find(field + ":");
+        if (at == std::string::npos) {
+            return std::string();
+        }
+        at += field.size() + 1;
+        return info.substr(at, info.find_first_of("\r\n", at) - at);
+    }
+    bool epochs_settled() {
+        std::string current = cluster_info(0, "cluster_current_epoch");
+        std::vector<std::string> mine;
+        for (size_t i = 0; i < nodes_.size(); i++) {
+            if (cluster_info(i, "cluster_current_epoch") != current) {
+                return false;
+            }
+            if (i < masters()) {  // a replica reports its master's epoch
+                mine.push_back(cluster_info(i, "cluster_my_epoch"));
+            }
+        }
+        std::sort(mine.begin(), mine.end());
+        return !current.empty() && std::adjacent_find(mine.begin(), mine.end()) == mine.end();
+    }
+
+    // Waits until `key` (of `slot`) is served by node `to` (owner()), re-asserting the move
+    // every 500 ms: CLUSTER BUMPEPOCH on `to`, then SETSLOT NODE on every node. A slot moved
+    // back and forth quickly can be taken back by an older claim gossiped late (Redis' own
+    // config-epoch race between the two masters), which is the cluster's doing, not the
+    // client's: the harness settles it instead of failing the test on it.
+    bool settle_slot(uint16_t slot, const std::string& key, size_t to,
+                     uint64_t timeout_ms = 10000) {
+        uint64_t deadline = mono_ms() + timeout_ms;
+        uint64_t next_assert = mono_ms() + 500;
+        while (owner(key) != to) {
+            uint64_t now = mono_ms();
+            if (now >= deadline) {
+                last_error =
+                    "slot " + std::to_string(slot) + " not settled on node " + std::to_string(to);
+                return false;
+            }
+            if (now >= next_assert) {
+                Control(nodes_[to]->port()).run({"CLUSTER", "BUMPEPOCH"});
+                std::string owner_id = id(to);
+                for (size_t i = 0; i < nodes_.size(); i++) {
+                    Control(nodes_[i]->port())
+                        .run({"CLUSTER", "SETSLOT", std::to_string(slot), "NODE", owner_id});
+                }
+                next_assert = now + 500;
+            }
+            usleep(2000);
+        }
+        // And no config-epoch collision left to resolve (equal epochs of two masters: Redis
+        // bumps one, and a claim gossiped before can then win again): every node reports the
+        // same current epoch, and the masters' own epochs are distinct.
+        if (!wait_for([&] { return epochs_settled(); },
+                      deadline > mono_ms() ? deadline - mono_ms() : 0)) {
+            last_error = "config epochs not settled";
+            return false;
+        }
+        return owner(key) == to;
+    }
+
+    std::string last_error;  // why begin_migration(), move_slot() or settle_slot() failed
 
    private:
     size_t replicas_;
