@@ -639,7 +639,7 @@ sub fill {
 # Kills every node (SIGKILL: a cluster has nothing to save).
 sub stop {
     my ($self) = @_;
-    $_->kill for $self->nodes;
+    $_->kill for grep { defined } $self->nodes;  # global destruction may have freed some
     return $self;
 }
 
