@@ -87,6 +87,10 @@ is($stored && $stored->{body}, $first && $first->{body}, 'the stored bytes');
 is($app->count(sub { $_[0]{uri} eq '/c/item' }), $upstream,
     'the application saw every request but the HIT');
 
+my @errors = $t->log_lines(qr/\[(?:warn|error|crit|alert|emerg)\].*throttle_(?:redis|cache)/);
+is(scalar @errors, 0, 'nothing failed over TLS with the right CA (the fill channel included)')
+    or diag(join "\n", @errors);
+
 # ---------------------------------------------------------------------------------------
 # a reload to a CA that did not sign the nodes' certificate
 
