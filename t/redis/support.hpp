@@ -485,8 +485,10 @@ class RedisCluster {
         if (keys.empty()) {
             return true;
         }
-        std::vector<std::string> migrate = {
-            "MIGRATE", "127.0.0.1", std::to_string(nodes_[to]->port()), "", "0", "5000", "KEYS"};
+        // A TLS cluster MIGRATEs over TLS (--tls-cluster): to the target's TLS port.
+        uint16_t port = tls_port_of_.empty() ? nodes_[to]->port() : tls_address(to).port;
+        std::vector<std::string> migrate = {"MIGRATE", "127.0.0.1", std::to_string(port), "", "0",
+                                            "5000",    "KEYS"};
         migrate.insert(migrate.end(), keys.begin(), keys.end());
         r = src.run(migrate);
         last_error = "MIGRATE: " + r;
