@@ -29,8 +29,6 @@ my @bad = (
         qr/"sentinel=m" is invalid with "cluster"/],
     ['cluster with a unix socket', 'throttle_redis cluster unix:/tmp/x.sock;',
         qr/invalid address "unix:\/tmp\/x.sock": a cluster node needs a host and port/],
-    ['cluster with tls', 'throttle_redis cluster 127.0.0.1:1 tls;',
-        qr/"tls" is not supported with "cluster" yet/],
     ['cluster with a bad address', 'throttle_redis cluster 127.0.0.1:99999;',
         qr/invalid address "127.0.0.1:99999"/],
 );

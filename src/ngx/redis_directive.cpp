@@ -83,12 +83,8 @@ bool finish_cluster(ngx_conf_t* cf, RedisSettings& settings, const redis::Config
                            cfg.db);
         return false;
     }
-    if (cfg.tls.enabled) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"tls\" is not supported with \"cluster\" yet: use a single Redis "
-                           "or Sentinels for TLS");
-        return false;
-    }
+    // With tls, every node's Client shares the context built by build_tls (the nodes are
+    // addressed by the IPs of the slot map: tls.hpp says what is verified).
     settings.cluster->node = cfg;
     return true;
 }

@@ -12,7 +12,8 @@
 // Certificate and host name verification are on by default: the peer's chain must lead to the
 // CA file's certificates (the system's store without one) and name the server: server_name
 // when set (also sent as SNI), else the address connected to (an IP address, matched against
-// the certificate's IP SANs; a unix socket: the chain only).
+// the certificate's IP SANs; a unix socket: the chain only). A Redis Cluster shares one context
+// over all its nodes: each is verified against the IP of the slot map, or server_name.
 #pragma once
 
 #include <memory>

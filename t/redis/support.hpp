@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -334,15 +335,45 @@ inline std::string redis_cli_bin() {
 // its master is up. node(0 .. masters-1) are the masters, the replicas follow.
 class RedisCluster {
    public:
+    // tls_dir: every node also has a TLS port (tls_address) with the certificates there
+    // (ca.crt, server.crt/key, client.crt/key: the cluster bus asks for a client certificate),
+    // --tls-cluster yes (the bus on port + 10000, TLS) and --tls-replication yes; the
+    // plaintext ports stay for Control and redis-cli.
     explicit RedisCluster(size_t masters = 3, std::vector<std::string> extra = {},
-                          size_t replicas = 0)
+                          size_t replicas = 0, const std::string& tls_dir = "")
         : replicas_(replicas) {
         for (size_t i = 0; i < masters * (1 + replicas); i++) {
             std::vector<std::string> args = {"--cluster-enabled",      "yes",
                                              "--cluster-config-file",  "nodes.conf",
                                              "--cluster-node-timeout", "1000"};
             args.insert(args.end(), extra.begin(), extra.end());
-            nodes_.push_back(std::make_unique<RedisServer>(args, free_cluster_port()));
+            uint16_t port = free_cluster_port();
+            if (!tls_dir.empty()) {
+                uint16_t tls = free_port();
+                tls_port_of_[port] = tls;
+                std::vector<std::string> t = {"--tls-port",
+                                              std::to_string(tls),
+                                              "--tls-cert-file",
+                                              tls_dir + "/server.crt",
+                                              "--tls-key-file",
+                                              tls_dir + "/server.key",
+                                              "--tls-ca-cert-file",
+                                              tls_dir + "/ca.crt",
+                                              "--tls-client-cert-file",
+                                              tls_dir + "/client.crt",
+                                              "--tls-client-key-file",
+                                              tls_dir + "/client.key",
+                                              "--tls-auth-clients",
+                                              "no",
+                                              "--tls-cluster",
+                                              "yes",
+                                              "--tls-replication",
+                                              "yes",
+                                              "--cluster-port",
+                                              std::to_string(port + 10000)};
+                args.insert(args.end(), t.begin(), t.end());
+            }
+            nodes_.push_back(std::make_unique<RedisServer>(args, port));
         }
     }
 
@@ -405,6 +436,13 @@ class RedisCluster {
         }
         return out;
     }
+    // The TLS address of node `i` (a cluster made with tls_dir).
+    Address tls_address(size_t i) const {
+        Address a;
+        a.host = "127.0.0.1";
+        a.port = tls_port_of_.at(nodes_[i]->port());
+        return a;
+    }
     std::string id(size_t i) { return Control(nodes_[i]->port()).run({"CLUSTER", "MYID"}); }
     // The node (index) that serves `key` as the cluster itself says: the one that does not
     // answer GET with a redirection. size() when none does.
@@ -447,8 +485,10 @@ class RedisCluster {
         if (keys.empty()) {
             return true;
         }
-        std::vector<std::string> migrate = {
-            "MIGRATE", "127.0.0.1", std::to_string(nodes_[to]->port()), "", "0", "5000", "KEYS"};
+        // A TLS cluster MIGRATEs over TLS (--tls-cluster): to the target's TLS port.
+        uint16_t port = tls_port_of_.empty() ? nodes_[to]->port() : tls_address(to).port;
+        std::vector<std::string> migrate = {"MIGRATE", "127.0.0.1", std::to_string(port), "", "0",
+                                            "5000",    "KEYS"};
         migrate.insert(migrate.end(), keys.begin(), keys.end());
         r = src.run(migrate);
         last_error = "MIGRATE: " + r;
@@ -549,6 +589,7 @@ class RedisCluster {
    private:
     size_t replicas_;
     std::vector<std::unique_ptr<RedisServer>> nodes_;
+    std::map<uint16_t, uint16_t> tls_port_of_;  // plaintext port -> TLS port
 };
 
 // A libevent loop the test drives.

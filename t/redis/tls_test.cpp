@@ -3,7 +3,7 @@
 // connection with the verify error logged, the breaker as for any failed connection, no hang),
 // verification off, a plaintext server, a server killed mid-pipeline and restarted, replies
 // larger than a TLS record, many pipelined commands, Sentinels over TLS, the subscriber over
-// TLS.
+// TLS, a Redis Cluster over TLS (routing to each master, MOVED followed).
 //
 // The certificates are made by the test with the `openssl` command in a temporary directory:
 // a CA, a server certificate for IP:127.0.0.1 and DNS:localhost, a client certificate, and a
@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "redis/cluster.hpp"
 #include "redis/subscriber.hpp"
 #include "support.hpp"
 
@@ -39,6 +40,7 @@ class Certs {
         }
     }
     bool ok() const { return ok_; }
+    const std::string& dir() const { return dir_; }
     std::string path(const std::string& name) const { return dir_ + "/" + name; }
 
    private:
@@ -397,6 +399,55 @@ TEST_F(RedisTlsTest, SubscriberOverTls) {
     EXPECT_EQ(ctl.run({"PUBLISH", "ch", "hello"}), "1");
     ASSERT_TRUE(ev.run_until([&] { return !received.empty(); }, 10000));
     EXPECT_EQ(received[0], "hello");
+}
+
+// A Redis Cluster whose nodes speak TLS (--tls-cluster yes), reached from one TLS seed: CLUSTER
+// SLOTS asked over TLS answers the nodes' TLS ports (Redis 7), so each master's Client connects
+// to its TLS port with the same settings; every key reaches its master; a slot moved: MOVED,
+// also answered with the TLS port, is followed over TLS.
+TEST_F(RedisTlsTest, ClusterOverTls) {
+    if (access(redis_cli_bin().c_str(), X_OK) != 0) {
+        GTEST_SKIP() << "redis-cli not found";
+    }
+    RedisCluster cluster(3, {}, 0, certs.dir());
+    ASSERT_TRUE(cluster.start());
+    ClusterConfig cc;
+    cc.seeds = {cluster.tls_address(0)};
+    cc.node = config(0);
+    cc.node.failure_threshold = 3;
+    ClusterClient client(ev.loop(), cc, logger());
+    auto run = [&](std::initializer_list<std::string_view> argv) {
+        Outcome o;
+        inside_call() = true;
+        client.command(argv, track(o));
+        inside_call() = false;
+        EXPECT_TRUE(ev.run_until([&] { return o.calls > 0; }, 10000));
+        return o;
+    };
+    for (size_t i = 0; i < cluster.size(); i++) {
+        std::string key = cluster.key_on(i);
+        ASSERT_FALSE(key.empty());
+        Outcome o = run({"SET", key, "v" + std::to_string(i)});
+        ASSERT_TRUE(o.result.ok()) << all_logs();
+        EXPECT_EQ(o.result.reply.str, "OK");
+        EXPECT_EQ(Control(cluster.node(i).port()).run({"GET", key}), "v" + std::to_string(i));
+        // The map holds the TLS ports: the commands went over TLS.
+        EXPECT_EQ(client.node_of_slot(key_slot(key)), cluster.tls_address(i).to_string());
+    }
+    EXPECT_EQ(client.masters(), 3u);
+    EXPECT_EQ(client.stats().moved, 0u);
+
+    std::string key = cluster.key_on(0, "moving");
+    uint16_t slot = key_slot(key);
+    ASSERT_TRUE(run({"SET", key, "before"}).result.ok()) << all_logs();
+    ASSERT_TRUE(cluster.move_slot(slot, 0, 2)) << cluster.last_error;
+    Outcome get = run({"GET", key});
+    ASSERT_TRUE(get.result.ok()) << all_logs();
+    EXPECT_EQ(get.result.reply.str, "before");
+    EXPECT_EQ(get.calls, 1);
+    EXPECT_EQ(client.stats().moved, 1u);
+    EXPECT_EQ(client.node_of_slot(slot), cluster.tls_address(2).to_string());
+    EXPECT_EQ(logged(LogLevel::Error), 0) << all_logs();
 }
 
 }  // namespace

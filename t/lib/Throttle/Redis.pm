@@ -71,7 +71,7 @@ my $SEQ = 0;
 # tls_port, with certificates made by `openssl` in tls_dir: ca.crt/ca.key, server.crt/key for
 # IP:127.0.0.1 and DNS:localhost, client.crt/key, and other.crt, a CA that signed none of
 # them; tls_auth_clients => 1 requires a client certificate; the plaintext port stays, for the
-# test's own redis-cli).
+# test's own redis-cli); tls_certs => DIR uses the certificates already made there.
 # Skips the test file when redis-server or redis-cli is missing.
 sub new {
     my ($class, %opt) = @_;
@@ -113,8 +113,8 @@ sub new {
         if $opt{cluster};
     if ($opt{tls}) {
         Test::More::plan(skip_all => 'no openssl command') if system('command -v openssl >/dev/null 2>&1');
-        my $dir = "$self->{dir}/tls";
-        Throttle::Redis::_make_certs($dir);
+        my $dir = $opt{tls_certs} // "$self->{dir}/tls";
+        Throttle::Redis::_make_certs($dir) unless $opt{tls_certs};
         $self->{tls_dir} = $dir;
         $self->{tls_port} = $opt{tls_port} // ($opt{t} ? $opt{t}->port("redis${n}tls")
                                                       : Throttle::Redis::_free_port());
@@ -122,6 +122,12 @@ sub new {
             '--tls-cert-file', "$dir/server.crt", '--tls-key-file', "$dir/server.key",
             '--tls-ca-cert-file', "$dir/ca.crt",
             '--tls-auth-clients', ($opt{tls_auth_clients} ? 'yes' : 'no');
+        # A TLS cluster node: the bus is TLS too, on port + 10000 (by default Redis puts it
+        # at tls_port + 10000 then), and it always asks the peer for a client certificate.
+        push @{ $self->{args} }, '--tls-cluster', 'yes', '--tls-replication', 'yes',
+            '--cluster-port', $self->{port} + 10000,
+            '--tls-client-cert-file', "$dir/client.crt", '--tls-client-key-file', "$dir/client.key"
+            if $opt{cluster};
     }
     if ($opt{sentinel}) {
         my $conf = "$self->{dir}/sentinel.conf";
@@ -465,7 +471,9 @@ sub clients {
 # (node_timeout => ms) and the options of new() (args => [...] goes to every node), joined by
 # redis-cli --cluster create; returns once every node says cluster_state:ok, 16384 slots
 # assigned and all nodes known, and every replica is attached to its master (20 s at most,
-# then it dies with the nodes' state).
+# then it dies with the nodes' state). tls => 1: every node also has a TLS port (new()'s tls,
+# one set of certificates for all, SAN IP:127.0.0.1) with --tls-cluster yes and
+# --tls-replication yes; ->tls_seeds are the masters' TLS addresses, ->tls_dir the certificates.
 sub cluster {
     my ($class, %opt) = @_;
     my $masters  = $opt{masters}  // 3;
@@ -474,8 +482,16 @@ sub cluster {
     my $timeout = $opt{node_timeout} // 1000;
     my @args = (@{ $opt{args} // [] }, '--cluster-node-timeout', $timeout);
     my %node_opt = map { exists $opt{$_} ? ($_ => $opt{$_}) : () } qw(t password users);
-    my @nodes = map { $class->new(%node_opt, cluster => 1, args => [@args]) }
-        1 .. $masters * (1 + $replicas);
+    my @nodes;
+    if ($opt{tls}) {
+        # TLS on every node (one set of certificates), the cluster bus and replication too
+        # (new()); the plaintext ports stay for redis-cli (--cluster create, the checks).
+        push @nodes, $class->new(%node_opt, cluster => 1, tls => 1, args => [@args]);
+        $node_opt{tls} = 1;
+        $node_opt{tls_certs} = $nodes[0]->tls_dir;
+    }
+    push @nodes, map { $class->new(%node_opt, cluster => 1, args => [@args]) }
+        1 .. $masters * (1 + $replicas) - @nodes;
     my $self = bless { nodes => \@nodes, owner => $$ }, 'Throttle::Redis::Cluster';
 
     my @cmd = ($nodes[0]{cli_path}, '--cluster', 'create', (map { $_->address } @nodes),
@@ -596,6 +612,8 @@ sub nodes    { @{ $_[0]{nodes} } }
 sub masters  { @{ $_[0]{masters} } }
 sub replicas { @{ $_[0]{replicas} // [] } }
 sub seeds    { join ' ', map { $_->address } $_[0]->masters }
+sub tls_seeds { join ' ', map { '127.0.0.1:' . $_->tls_port } $_[0]->masters }
+sub tls_dir   { ($_[0]->nodes)[0]->tls_dir }
 
 # redis-cli -c on the first master: follows MOVED/ASK.
 sub cli {
@@ -604,10 +622,16 @@ sub cli {
     return ($self->masters)[0]->cli($opt, '-c', @args);
 }
 
-# Replaces %%REDIS_CLUSTER%% (the masters' addresses, space-separated) in a config.
+# Replaces %%REDIS_CLUSTER%% (the masters' addresses, space-separated) in a config; with
+# tls => 1 also %%REDIS_CLUSTER_TLS%% (their TLS addresses) and %%REDIS_TLS_DIR%%.
 sub fill {
     my ($self, $text) = @_;
     my $seeds = $self->seeds;
+    if (my $dir = $self->tls_dir) {
+        my $tls = $self->tls_seeds;
+        $text =~ s/%%REDIS_CLUSTER_TLS%%/$tls/g;
+        $text =~ s/%%REDIS_TLS_DIR%%/$dir/g;
+    }
     $text =~ s/%%REDIS_CLUSTER%%/$seeds/g;
     return $text;
 }
@@ -615,7 +639,7 @@ sub fill {
 # Kills every node (SIGKILL: a cluster has nothing to save).
 sub stop {
     my ($self) = @_;
-    $_->kill for $self->nodes;
+    $_->kill for grep { defined } $self->nodes;  # global destruction may have freed some
     return $self;
 }
 
