@@ -167,6 +167,8 @@ std::string_view mode_name(Mode m) noexcept {
             return "sync";
         case Mode::strict:
             return "strict";
+        case Mode::lease:
+            return "lease";
         default:
             return "local";
     }

@@ -117,6 +117,10 @@ void* create_main_conf(ngx_conf_t* cf) noexcept {
     return mcf;
 }
 
+const char* mode_text(Mode m) noexcept {
+    return m == Mode::sync ? "sync" : m == Mode::strict ? "strict" : "lease";
+}
+
 char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept {
     auto* mcf = static_cast<MainConf*>(conf);
     auto** zones = static_cast<ZoneConf**>(mcf->limit.zones.elts);
@@ -130,7 +134,7 @@ char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept {
             ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                           "throttle_zone \"%V\" has \"mode=%s\" but \"throttle_redis\" is not "
                           "configured",
-                          &zones[i]->name, zones[i]->mode == Mode::sync ? "sync" : "strict");
+                          &zones[i]->name, mode_text(zones[i]->mode));
             return static_cast<char*>(NGX_CONF_ERROR);
         }
         if (zones[i]->mode != Mode::local && secret(*mcf).data == nullptr) {
@@ -139,7 +143,7 @@ char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept {
                           "throttle_zone \"%V\" has \"mode=%s\" but \"throttle_secret\" is not "
                           "set: its keys reach Redis as their keyed hash, set \"throttle_secret\" "
                           "(the same on every host)",
-                          &zones[i]->name, zones[i]->mode == Mode::sync ? "sync" : "strict");
+                          &zones[i]->name, mode_text(zones[i]->mode));
             return static_cast<char*>(NGX_CONF_ERROR);
         }
     }

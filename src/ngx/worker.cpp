@@ -4,6 +4,7 @@
 
 #include "ngx/cache/worker.hpp"
 #include "ngx/identity/identity.hpp"
+#include "ngx/limit/lease.hpp"
 #include "ngx/limit/strict.hpp"
 #include "ngx/limit/sync_flush.hpp"
 #include "ngx/metrics.hpp"
@@ -71,6 +72,7 @@ ngx_int_t init_worker(ngx_cycle_t* cycle) noexcept {
             cache_worker_init(cycle, *mcf, loop);
         }
         sync_worker_init(*mcf, loop);
+        lease_worker_init(*mcf, loop);
         identity_worker_redis(*mcf);
         redis_client()->start();
         start_sentinel_watch();
@@ -94,11 +96,13 @@ void exit_worker(ngx_cycle_t* cycle) noexcept {
     cache_worker_exit();
     strict_worker_exit();
     sync_worker_stop();
+    lease_worker_stop();
     // Closing the client answers what is still in flight (failed flushes give their counts
     // back to the zone), so the last flush sends everything.
     close_client();
     if (MainConf* mcf = main_conf(cycle)) {
         sync_final_flush(*mcf);
+        lease_final_return(*mcf);
     }
     close_redis_link();
     metrics_worker_exit();

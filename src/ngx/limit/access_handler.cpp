@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "ngx/limit/lease.hpp"
 #include "ngx/limit/limit.hpp"
 #include "ngx/limit/strict.hpp"
 #include "ngx/redis_link.hpp"
@@ -37,6 +38,7 @@ struct ZoneMark {
     bool counted;             // admitted and counted: no request of it is counted there again
     bool reported;            // metrics: an outcome was counted for it (once per client request)
     StrictRequest* deciding;  // held by a request of it while Redis decides (its Waiting)
+    LeaseOutcome lease;       // mode=lease: what the lease call it waited for answered
 };
 static_assert(std::is_trivially_destructible_v<ZoneMark>);
 
@@ -51,6 +53,7 @@ enum class Role : uint8_t {
     remote,  // decided by Redis (strict zones)
     open,    // strict zone, Redis unavailable, fallback=open: not applied
     closed,  // strict zone, Redis unavailable, fallback=closed: rejects
+    lease,   // lease zone: spends a unit of the host's lease (lease.hpp)
 };
 
 struct Applied {
@@ -61,13 +64,20 @@ struct Applied {
     core::Decision decision;
     int64_t token;  // record()'s token while a local zone holds a reservation
     bool full;      // this request found the zone full of unexpired keys (first time)
+    // Role::lease: the deadline of the lease a unit was spent from (0: none spent); no unit
+    // held and Redis must be asked (need); a prefetch to send after the locks (want, mark).
+    int64_t lease_deadline;
+    bool need;
+    uint32_t prefetch_want;
+    uint32_t prefetch_mark;
 };
 
 struct Check {
     Applied* applied;
     ngx_uint_t n;
-    bool fallback;  // some strict zone could not ask Redis
-    bool skipped;   // metrics: a zone counted an empty key (that may have made the contexts)
+    bool fallback;    // some strict zone could not ask Redis
+    bool skipped;     // metrics: a zone counted an empty key (that may have made the contexts)
+    bool need_lease;  // some lease zone holds no unit: its lease call must be waited for
 };
 
 // The marks of r's client request, indexed by ZoneConf::index. Without `make`, nullptr when
@@ -86,7 +96,7 @@ ZoneMark* marks_of(ngx_http_request_t* r, bool make) noexcept {
 
 // The zones a decision counts the request in (an open zone is skipped, a closed one rejects).
 bool counts(const Applied& a) noexcept {
-    return a.role == Role::local || a.role == Role::remote;
+    return a.role == Role::local || a.role == Role::remote || a.role == Role::lease;
 }
 
 // r was counted in c's zones: no other request of its client request is counted there again.
@@ -154,7 +164,8 @@ bool report(ZoneMark* marks, const ZoneConf& z, cm::Outcome o) noexcept {
         if (a.zone->metrics == nullptr || a.decision.allowed != admitted) {
             continue;  // rejected: a zone that would have admitted it counts nothing
         }
-        bool fallback = a.zone->mode == Mode::strict && a.role != Role::remote;
+        bool fallback = (a.zone->mode == Mode::strict && a.role != Role::remote) ||
+                        (a.zone->mode == Mode::lease && a.role != Role::lease);
         cm::Outcome o = admitted ? (dry        ? cm::Outcome::dry_run_passed
                                     : fallback ? cm::Outcome::fallback_passed
                                                : cm::Outcome::passed)
@@ -210,10 +221,92 @@ void find_states(Check& c, int64_t now) noexcept {
     }
 }
 
+// The lease state of a's key (under the locks).
+core::State* lease_state(const Applied& a) noexcept {
+    return a.zone->leases->lookup(a.zone->leases->make_key(a.key.digest)).state;
+}
+
+// Under the locks: a lease zone spends a unit of the host's lease; without one, it rejects
+// while Redis said the window admits nothing more (blocked_until), else Redis must be asked
+// (need: admitted for now, the caller waits for the lease call and decides again).
+void decide_lease(Check& c, Applied& a, int64_t now) noexcept {
+    ZoneConf* z = a.zone;
+    core::State* slot = lease_state(a);
+    core::lease::LeaseState l = core::lease::from_state(*slot);
+    a.decision = core::Decision{};
+    a.decision.limit = core::quota(z->policy);
+    a.need = false;
+    a.lease_deadline = 0;
+    if (core::lease::spend(l, now)) {
+        a.decision.allowed = true;
+        a.decision.remaining = l.held;
+        a.decision.reset_ms = ngx_max(l.deadline - now, 1);
+        a.lease_deadline = l.deadline;
+        uint32_t want = 0, mark = 0;
+        if (lease_after_spend(*z, l, now, want, mark)) {
+            a.prefetch_want = want;
+            a.prefetch_mark = mark;
+        }
+        *slot = core::lease::to_state(l);
+        return;
+    }
+    if (a.state->blocked_until > now) {
+        a.decision.allowed = false;
+        a.decision.retry_after_ms = a.state->blocked_until - now;
+        a.decision.reset_ms = a.decision.retry_after_ms;
+        return;
+    }
+    a.decision.allowed = true;
+    a.need = true;
+    c.need_lease = true;
+}
+
+// Under the locks: gives back the units lease zones spent (the request was not admitted, or
+// is decided again).
+void unspend_leases(Check& c) noexcept {
+    for (ngx_uint_t i = 0; i < c.n; i++) {
+        Applied& a = c.applied[i];
+        if (a.role == Role::lease && a.lease_deadline != 0) {
+            core::State* slot = lease_state(a);
+            core::lease::LeaseState l = core::lease::from_state(*slot);
+            core::lease::unspend(l, a.lease_deadline);
+            *slot = core::lease::to_state(l);
+            a.lease_deadline = 0;
+        }
+    }
+}
+
+// After the locks: the prefetches decide_lease() planned.
+void send_prefetches(Check& c) noexcept {
+    for (ngx_uint_t i = 0; i < c.n; i++) {
+        Applied& a = c.applied[i];
+        if (a.role == Role::lease && a.prefetch_want != 0) {
+            lease_prefetch(*a.zone, a.key, a.prefetch_want, a.prefetch_mark);
+            a.prefetch_want = 0;
+        }
+    }
+}
+
+// Lease zones whose call cannot be waited for (Redis unavailable) take their fallback.
+void lease_fall_back(Check& c) noexcept {
+    for (ngx_uint_t i = 0; i < c.n; i++) {
+        Applied& a = c.applied[i];
+        if (a.role == Role::lease && a.need) {
+            a.role = a.zone->fallback == Fallback::local  ? Role::local
+                     : a.zone->fallback == Fallback::open ? Role::open
+                                                          : Role::closed;
+            a.need = false;
+            c.fallback = true;
+        }
+    }
+    c.need_lease = false;
+}
+
 // Under the locks: decides what can be decided here. Returns false when some zone rejects. A
 // remote zone is rejected here only while Redis said its key is over the limit (blocked_until).
 bool decide_here(Check& c, int64_t now) noexcept {
     find_states(c, now);
+    c.need_lease = false;
     bool all = true;
     for (ngx_uint_t i = 0; i < c.n; i++) {
         Applied& a = c.applied[i];
@@ -232,6 +325,9 @@ bool decide_here(Check& c, int64_t now) noexcept {
                     a.decision.reset_ms = a.decision.retry_after_ms;
                     a.decision.remaining = 0;
                 }
+                break;
+            case Role::lease:
+                decide_lease(c, a, now);
                 break;
             case Role::open:
                 a.decision = core::Decision{};
@@ -257,7 +353,8 @@ bool decide_here(Check& c, int64_t now) noexcept {
 void record_here(Check& c, int64_t now, bool local, bool remote) noexcept {
     for (ngx_uint_t i = 0; i < c.n; i++) {
         Applied& a = c.applied[i];
-        if ((local && a.role == Role::local) || (remote && a.role == Role::remote)) {
+        if ((local && (a.role == Role::local || a.role == Role::lease)) ||
+            (remote && a.role == Role::remote)) {
             a.token = core::record(a.zone->policy, *a.state, now);
         }
     }
@@ -267,10 +364,11 @@ void record_here(Check& c, int64_t now, bool local, bool remote) noexcept {
 void unrecord_local(Check& c) noexcept {
     for (ngx_uint_t i = 0; i < c.n; i++) {
         Applied& a = c.applied[i];
-        if (a.role == Role::local) {
+        if (a.role == Role::local || a.role == Role::lease) {
             core::unrecord(a.zone->policy, *a.state, a.token);
         }
     }
+    unspend_leases(c);
 }
 
 void log_full(ngx_http_request_t* r, const Check& c) noexcept {
@@ -421,14 +519,87 @@ bool conclude(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, const 
 }
 
 // Decides everything here (no remote zone left). Returns whether the request was admitted.
+// Under the locks, after decide_here(): lease zones that hold no unit and cannot wait for a
+// lease call take their fallback, and the request is decided again.
+bool decide_without_waiting(Check& c, int64_t now, bool admitted) noexcept {
+    while (admitted && c.need_lease) {
+        unspend_leases(c);
+        lease_fall_back(c);
+        admitted = decide_here(c, now);
+    }
+    return admitted;
+}
+
 bool decide_locally(Check& c, int64_t now) noexcept {
     lock(c);
-    bool admitted = decide_here(c, now);
+    bool admitted = decide_without_waiting(c, now, decide_here(c, now));
     if (admitted) {
         record_here(c, now, true, true);
+    } else {
+        unspend_leases(c);
     }
     unlock(c);
+    send_prefetches(c);
     return admitted;
+}
+
+// A request waiting for a lease call of a lease zone of its that held no unit: once the call
+// is answered, it runs its check again (and finds units, the key blocked, or its fallback).
+class LeaseWaiting final : public LeaseRequest {
+   public:
+    LeaseWaiting(ngx_http_request_t* r, ngx_uint_t zone_index)
+        : LeaseRequest(r), index_(zone_index) {}
+
+    void leased(LeaseOutcome o) noexcept override {
+        ngx_http_request_t* r = request();
+        if (ZoneMark* marks = marks_of(r, true)) {
+            marks[index_].lease = o;
+        }
+        if (RequestCtx* ctx = get_ctx(r)) {
+            ctx->waiting = false;
+        }
+        resume();
+    }
+
+   private:
+    ngx_uint_t index_;
+};
+
+// Under the locks, decide_here() admitted but some lease zone holds no unit (need_lease): its
+// units spent are given back, the locks released, and r waits for the lease call (true: rc is
+// NGX_DONE). When it cannot (Redis unavailable), the locks are taken again, the lease zones
+// without units take their fallback and `admitted` is decided again (false).
+bool wait_for_lease(ngx_http_request_t* r, RequestCtx* ctx, Check& c, int64_t now,
+                    bool& admitted) noexcept {
+    unspend_leases(c);
+    Applied* need = nullptr;
+    for (ngx_uint_t i = 0; i < c.n && need == nullptr; i++) {
+        if (c.applied[i].role == Role::lease && c.applied[i].need) {
+            need = &c.applied[i];
+        }
+    }
+    LeaseAsk ask = lease_plan(*need->zone, need->key, now);
+    unlock(c);
+    send_prefetches(c);
+    bool asked = false;
+    try {
+        auto w = bind_to_request<LeaseWaiting>(r, need->zone->index);
+        if (w != nullptr) {
+            asked = true;
+            if (lease_wait(*need->zone, need->key, ask, w)) {
+                w->suspend();
+                ctx->waiting = true;
+                return true;
+            }
+        }
+    } catch (...) {
+    }
+    if (!asked) {
+        unmark_lease(*need->zone, need->key, ask.mark);
+    }
+    lock(c);
+    admitted = decide_without_waiting(c, now, decide_here(c, now));
+    return false;
 }
 
 // Gives back the local zones' reservations (Redis rejected, or could not answer).
@@ -685,12 +856,24 @@ bool applied_zones(ngx_http_request_t* r, const LimitLocConf& conf, const ZoneMa
                 busy = static_cast<Waiting*>(m.deciding);  // the only StrictRequest here
             }
         }
-        Role role = zones[i]->mode == Mode::strict ? Role::remote : Role::local;
+        Role role = zones[i]->mode == Mode::strict  ? Role::remote
+                    : zones[i]->mode == Mode::lease ? Role::lease
+                                                    : Role::local;
+        if (role == Role::lease && marks != nullptr &&
+            marks[zones[i]->index].lease == LeaseOutcome::failed) {
+            // The lease call this client request waited for failed: the zone's fallback.
+            const_cast<ZoneMark*>(marks)[zones[i]->index].lease = LeaseOutcome::none;
+            role = zones[i]->fallback == Fallback::local  ? Role::local
+                   : zones[i]->fallback == Fallback::open ? Role::open
+                                                          : Role::closed;
+            c.fallback = true;
+        }
         remote = remote || role == Role::remote;
         // The key's digest (two SHA-256 compressions for a short key; the bucket hash reads
         // only the table's seed, no lock needed). The key itself goes no further.
         core::StoredKey sk = zones[i]->table->make_key(zones[i]->keyer.digest(key.data, key.len));
-        c.applied[c.n++] = Applied{zones[i], sk, role, nullptr, core::Decision{}, 0, false};
+        c.applied[c.n++] =
+            Applied{zones[i], sk, role, nullptr, core::Decision{}, 0, false, 0, false, 0, 0};
     }
     redis::Target* client = redis_client();
     if (remote && (client == nullptr || !client->available())) {
@@ -709,10 +892,17 @@ bool decide_remote(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, C
                    int64_t now, ngx_int_t& rc) noexcept {
     lock(c);
     bool admitted = decide_here(c, now);
+    if (admitted && c.need_lease && wait_for_lease(r, ctx, c, now, admitted)) {
+        rc = NGX_DONE;  // the lease call first; then the check runs again
+        return true;
+    }
     if (admitted) {
         record_here(c, now, true, false);
+    } else {
+        unspend_leases(c);
     }
     unlock(c);
+    send_prefetches(c);
     if (!admitted) {
         rc = conclude(r, lcf, ctx, c, false) ? reject(r, lcf, ctx) : NGX_DECLINED;
         return true;
@@ -754,7 +944,7 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
         }
     }
     const RequestCtx* main = r == r->main ? ctx : get_ctx(r->main);
-    Check c{nullptr, 0, false, false};
+    Check c{nullptr, 0, false, false, false};
     bool remote = false;
     Waiting* busy = nullptr;
     if (!applied_zones(r, lcf->limit, main != nullptr ? main->marks : nullptr, c, remote, busy)) {
@@ -777,7 +967,18 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
     if (remote && decide_remote(r, lcf, ctx, c, now, rc)) {
         return rc;
     }
-    bool admitted = decide_locally(c, now);
+    lock(c);
+    bool admitted = decide_here(c, now);
+    if (admitted && c.need_lease && wait_for_lease(r, ctx, c, now, admitted)) {
+        return NGX_DONE;  // the lease call first; then the check runs again
+    }
+    if (admitted) {
+        record_here(c, now, true, true);
+    } else {
+        unspend_leases(c);
+    }
+    unlock(c);
+    send_prefetches(c);
     if (admitted) {
         mark_counted(r, c);
     }

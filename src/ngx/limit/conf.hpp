@@ -10,12 +10,13 @@
 
 namespace throttle::ngx {
 
-enum class Mode : uint8_t { local = 0, sync, strict };
+enum class Mode : uint8_t { local = 0, sync, strict, lease };
 enum class Fallback : uint8_t { local = 0, open, closed };
 
 // What every worker of a host shares for one zone (in the zone's shared memory).
 struct ZoneShared {
-    ngx_atomic_t next_flush_ms;  // mode=sync: the worker that moves this on flushes
+    ngx_atomic_t next_flush_ms;  // mode=sync: the worker that moves this on flushes;
+                                 // mode=lease: on sweeps (idle and expired leases back)
     core::SlotTable* table;
     size_t table_bytes;
 };
@@ -31,6 +32,8 @@ struct ZoneConf {
     Mode mode;
     Fallback fallback;
     ngx_msec_t sync_interval;
+    uint32_t lease_max;       // mode=lease: the most units a host holds for a key (lease=N)
+    core::SlotTable* leases;  // mode=lease: the host's leases (core/lease.hpp), by key
     ngx_slab_pool_t* shpool;
     ZoneShared* shared;
     core::SlotTable* table;    // shared->table

@@ -97,6 +97,63 @@ void note_size_change(ngx_shm_zone_t* shm_zone) noexcept {
     }
 }
 
+// The zone's region (sh->table, sh->table_bytes): one table of counts, or, for mode=lease, the
+// counts in its first half (8-byte aligned) and the host's leases (core/lease.hpp) in the rest.
+// The counts' tag says which (tag_lease_layout).
+constexpr uint64_t tag_lease_layout = 0x200;
+
+struct Tables {
+    core::SlotTable* counts = nullptr;
+    core::SlotTable* leases = nullptr;
+};
+
+size_t lease_split(size_t bytes) noexcept {
+    return (bytes / 2) & ~size_t(7);
+}
+
+Tables attach_tables(void* region, size_t bytes, bool lease) noexcept {
+    Tables t;
+    if (!lease) {
+        t.counts = core::SlotTable::attach(region, bytes);
+        if (t.counts != nullptr && (t.counts->tag() & tag_lease_layout)) {
+            t.counts = nullptr;
+        }
+        return t;
+    }
+    size_t half = lease_split(bytes);
+    core::SlotTable* counts = core::SlotTable::attach(region, half);
+    core::SlotTable* leases =
+        core::SlotTable::attach(static_cast<u_char*>(region) + half, bytes - half);
+    if (counts != nullptr && leases != nullptr && (counts->tag() & tag_lease_layout)) {
+        t.counts = counts;
+        t.leases = leases;
+    }
+    return t;
+}
+
+Tables create_tables(void* region, size_t bytes, bool lease, uint64_t algorithm,
+                     ngx_log_t* log) noexcept {
+    Tables t;
+    if (!lease) {
+        t.counts = create_table(region, bytes, log);
+        if (t.counts != nullptr) {
+            t.counts->set_tag(algorithm);
+        }
+        return t;
+    }
+    size_t half = lease_split(bytes);
+    core::SlotTable* counts = create_table(region, half, log);
+    core::SlotTable* leases =
+        region == nullptr ? nullptr
+                          : create_table(static_cast<u_char*>(region) + half, bytes - half, log);
+    if (counts != nullptr && leases != nullptr) {
+        counts->set_tag(algorithm | tag_lease_layout);
+        t.counts = counts;
+        t.leases = leases;
+    }
+    return t;
+}
+
 }  // namespace
 
 std::string redis_base(const RedisSettings& settings, const ZoneConf& zone,
@@ -138,6 +195,7 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept {
     auto* zone = static_cast<ZoneConf*>(shm_zone->data);
     auto* old = static_cast<ZoneConf*>(data);
     const uint64_t algorithm = static_cast<uint64_t>(zone->policy.algorithm);
+    const bool lease = zone->mode == Mode::lease;
 
     if (old != nullptr) {  // reload, same name and size: keep the counts
         if (old->key.value.len != zone->key.value.len ||
@@ -152,28 +210,37 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept {
         zone->shared = old->shared;
         ZoneShared* sh = zone->shared;
         ngx_shmtx_lock(&zone->shpool->mutex);
-        core::SlotTable* table = core::SlotTable::attach(sh->table, sh->table_bytes);
-        if (table == nullptr) {  // laid out by a module build with another layout
-            table = create_table(sh->table, sh->table_bytes, shm_zone->shm.log);
-            if (table == nullptr) {
+        Tables t = attach_tables(sh->table, sh->table_bytes, lease);
+        if (t.counts == nullptr) {
+            // Laid out for the other layout (a change to or from mode=lease), or by a module
+            // build with another layout.
+            bool other = attach_tables(sh->table, sh->table_bytes, !lease).counts != nullptr;
+            t = create_tables(sh->table, sh->table_bytes, lease, algorithm, shm_zone->shm.log);
+            if (t.counts == nullptr) {
                 ngx_shmtx_unlock(&zone->shpool->mutex);
                 return NGX_ERROR;
             }
-            table->set_tag(algorithm);
             ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
-                          "throttle_zone \"%V\" was laid out by another module version, "
-                          "its counts start over",
+                          other ? "throttle_zone \"%V\" changed to or from \"mode=lease\", "
+                                  "its counts start over"
+                                : "throttle_zone \"%V\" was laid out by another module version, "
+                                  "its counts start over",
                           &shm_zone->shm.name);
-        } else if ((table->tag() & tag_algorithm_mask) != algorithm) {
-            table->clear();
-            table->set_tag(algorithm);
+        } else if ((t.counts->tag() & tag_algorithm_mask) != algorithm) {
+            t.counts->clear();
+            t.counts->set_tag((t.counts->tag() & ~tag_algorithm_mask) | algorithm);
             ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
                           "throttle_zone \"%V\" changed its algorithm, its counts start over",
                           &shm_zone->shm.name);
         }
-        key_zone(zone, table, shm_zone->shm.log);
-        sh->table = table;
-        zone->table = table;
+        if (t.leases != nullptr) {
+            // A new generation of workers takes the leases over: the old ones keep them at exit.
+            t.leases->set_tag(t.leases->tag() + 1);
+        }
+        key_zone(zone, t.counts, shm_zone->shm.log);
+        sh->table = t.counts;
+        zone->table = t.counts;
+        zone->leases = t.leases;
         ngx_shmtx_unlock(&zone->shpool->mutex);
         return NGX_OK;
     }
@@ -197,21 +264,21 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept {
     // The table takes every page left: one contiguous run of whole pages.
     size_t bytes = shpool->pfree * ngx_pagesize;
     void* mem = ngx_slab_alloc(shpool, bytes);
-    core::SlotTable* table = create_table(mem, bytes, shm_zone->shm.log);
-    if (table == nullptr) {
+    Tables t = create_tables(mem, bytes, lease, algorithm, shm_zone->shm.log);
+    if (t.counts == nullptr) {
         ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0, "zone \"%V\" is too small",
                       &shm_zone->shm.name);
         return NGX_ERROR;
     }
-    table->set_tag(algorithm);
-    key_zone(zone, table, shm_zone->shm.log);
-    sh->table = table;
+    key_zone(zone, t.counts, shm_zone->shm.log);
+    sh->table = t.counts;
     sh->table_bytes = bytes;
     shpool->data = sh;
     zone->shared = sh;
-    zone->table = table;
+    zone->table = t.counts;
+    zone->leases = t.leases;
     ngx_log_error(NGX_LOG_INFO, shm_zone->shm.log, 0, "throttle_zone \"%V\" holds %uz keys",
-                  &shm_zone->shm.name, table->capacity());
+                  &shm_zone->shm.name, t.counts->capacity());
     return NGX_OK;
 }
 

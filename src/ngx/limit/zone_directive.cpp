@@ -1,5 +1,6 @@
 // throttle_zone KEY zone=NAME:SIZE rate=RATE [algorithm=sliding|gcra] [burst=N]
-//               [mode=local|sync|strict] [sync=TIME] [fallback=local|open|closed];
+//               [mode=local|sync|strict|lease] [sync=TIME] [lease=N]
+//               [fallback=local|open|closed];
 #include <string_view>
 
 #include "core/rate.hpp"
@@ -10,10 +11,14 @@
 namespace throttle::ngx {
 namespace {
 
+// lease=N: the most units of a key's quota one host holds (README "mode=lease").
+constexpr uint32_t default_lease_max = 100;
+constexpr ngx_int_t lease_max_max = 1000000;
+
 const EnumName<core::Algorithm> algorithms[] = {{"sliding", core::Algorithm::sliding},
                                                 {"gcra", core::Algorithm::gcra}};
 const EnumName<Mode> modes[] = {
-    {"local", Mode::local}, {"sync", Mode::sync}, {"strict", Mode::strict}};
+    {"local", Mode::local}, {"sync", Mode::sync}, {"strict", Mode::strict}, {"lease", Mode::lease}};
 const EnumName<Fallback> fallbacks[] = {
     {"local", Fallback::local}, {"open", Fallback::open}, {"closed", Fallback::closed}};
 
@@ -26,6 +31,8 @@ struct ZoneArgs {
     Param burst;
     Param sync;
     Param fallback_arg;
+    Param lease;
+    uint32_t lease_max = default_lease_max;
     Mode mode = Mode::local;
     Fallback fallback = Fallback::local;
     ngx_msec_t sync_interval = 1000;
@@ -95,6 +102,15 @@ bool parse_param(ngx_conf_t* cf, Params& params, const Param& p, ZoneArgs& z) no
         return parse_msec(cf, p, 10, NGX_MAX_INT32_VALUE, "sync interval", z.sync_interval,
                           " (10ms at least)");
     }
+    if (p.name == "lease") {
+        ngx_int_t n = 0;
+        if (!parse_number(cf, p, 1, lease_max_max, "lease size", n)) {
+            return false;
+        }
+        z.lease = p;
+        z.lease_max = static_cast<uint32_t>(n);
+        return true;
+    }
     if (p.name == "fallback") {
         z.fallback_arg = p;
         return parse_enum(cf, p, fallbacks, "fallback", z.fallback);
@@ -120,10 +136,21 @@ bool check(ngx_conf_t* cf, const ngx_str_t& directive, const ZoneArgs& z) noexce
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" requires \"mode=sync\"", z.sync.arg);
         return false;
     }
-    if (z.fallback_arg.arg != nullptr && z.mode != Mode::strict) {
+    if (z.fallback_arg.arg != nullptr && z.mode != Mode::strict && z.mode != Mode::lease) {
         // Local and sync zones always decide on this host's counts: nothing to fall back from.
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" requires \"mode=strict\"",
-                           z.fallback_arg.arg);
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" requires \"mode=strict\" or \"mode=lease\"", z.fallback_arg.arg);
+        return false;
+    }
+    if (z.lease.arg != nullptr && z.mode != Mode::lease) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" requires \"mode=lease\"", z.lease.arg);
+        return false;
+    }
+    if (z.mode == Mode::lease && z.policy.algorithm != core::Algorithm::sliding) {
+        // Units are counts in a window: a GCRA arrival time cannot be handed out in advance.
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"mode=lease\" requires \"algorithm=sliding\" (use \"mode=strict\" "
+                           "for gcra across hosts)");
         return false;
     }
     if (z.mode == Mode::sync && z.policy.algorithm != core::Algorithm::sliding) {
@@ -134,10 +161,12 @@ bool check(ngx_conf_t* cf, const ngx_str_t& directive, const ZoneArgs& z) noexce
         return false;
     }
     const core::Policy& p = z.policy;
-    if (z.mode == Mode::strict && !redis::strict_exact(static_cast<uint8_t>(p.algorithm),
-                                                       p.rate.limit, p.rate.period_ms, p.burst)) {
+    if ((z.mode == Mode::strict || z.mode == Mode::lease) &&
+        !redis::strict_exact(static_cast<uint8_t>(p.algorithm), p.rate.limit, p.rate.period_ms,
+                             p.burst)) {
         // Redis' Lua computes in doubles: exact below 2^53 only.
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "rate too large for \"mode=strict\"");
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "rate too large for \"mode=%s\"",
+                           z.mode == Mode::strict ? "strict" : "lease");
         return false;
     }
     return true;
@@ -180,6 +209,7 @@ char* define_zone(ngx_conf_t* cf, MainConf* mcf, const ngx_http_complex_value_t&
     zone->mode = z.mode;
     zone->fallback = z.fallback;
     zone->sync_interval = z.sync_interval;
+    zone->lease_max = z.lease_max;
     if (z.mode != Mode::local) {
         mcf->limit.remote_zones = true;
     }

@@ -1,0 +1,365 @@
+// mode=lease: lease calls, prefetches, returns and the sweep (see lease.hpp).
+#include "ngx/limit/lease.hpp"
+
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "ngx/limit/limit.hpp"
+#include "ngx/redis_link.hpp"
+#include "redis/blocking.hpp"
+#include "redis/cluster.hpp"
+#include "redis/lease_scripts.hpp"
+
+namespace throttle::ngx {
+namespace {
+
+namespace cl = core::lease;
+
+constexpr uint64_t sweep_ms = 1000;
+
+// A lease call of this worker in flight.
+struct Call {
+    ZoneConf* zone = nullptr;
+    core::StoredKey key;  // the counts table's key
+    std::string base;
+    uint32_t mark = 0;  // the host's call (lease state's `asked`), 0: a call of its own
+    int64_t sent_ms = 0;
+    std::vector<std::shared_ptr<LeaseRequest>> waiters;
+};
+
+struct LeaseWorker {
+    std::vector<ZoneConf*> zones;
+    std::vector<uint64_t> generations;  // each zone's lease table tag when this worker started
+    std::unordered_map<std::string, std::shared_ptr<Call>> host_calls;  // by base
+    std::unique_ptr<redis::Timer> sweep;
+    bool stopped = false;
+};
+
+LeaseWorker* worker = nullptr;  // owned
+
+// Under the lock: the lease of key (inserted when absent), read into l; store with put().
+core::State* lease_slot(ZoneConf& zone, const core::StoredKey& key) noexcept {
+    return zone.leases->lookup(zone.leases->make_key(key.digest)).state;
+}
+
+void send_return(ZoneConf& zone, const std::string& base, const cl::Giveback& back) noexcept {
+    redis::Target* client = redis_client();
+    if (back.units == 0 || client == nullptr || worker_exiting()) {
+        return;
+    }
+    try {
+        redis::EvalArgs call;
+        if (!redis::build_lease_return_args(base, back.window, back.units, call)) {
+            return;
+        }
+        std::string key = base;
+        client->evalsha(redis::lease_return_script(), call.keys(), call.args(),
+                        [key](redis::Result&& r) noexcept {
+                            uint64_t n = 0;
+                            if (r.ok() && !redis::parse_lease_return_reply(r.reply, n)) {
+                                redis_reply_unusable(r, "lease return", key);
+                            }
+                        });
+    } catch (...) {  // memory: the units stay counted (under-admission)
+    }
+    (void)zone;
+}
+
+void finish(const std::shared_ptr<Call>& c, redis::Result&& r) noexcept {
+    if (worker != nullptr && c->mark != 0) {
+        auto it = worker->host_calls.find(c->base);
+        if (it != worker->host_calls.end() && it->second == c) {
+            worker->host_calls.erase(it);
+        }
+    }
+    redis::LeaseGrant g;
+    bool good = r.ok() && redis::parse_lease_reply(r.reply, g);
+    if (!good && r.ok()) {
+        bool migrating = r.reply.is_error("ASK") || r.reply.is_error("TRYAGAIN");
+        if (!migrating) {
+            redis_reply_unusable(r, "lease", c->base);
+        }
+    }
+    ZoneConf& zone = *c->zone;
+    int64_t now = now_ms();
+    cl::Giveback back;
+    ngx_shmtx_lock(&zone.shpool->mutex);
+    core::State* slot = lease_slot(zone, c->key);
+    cl::LeaseState l = cl::from_state(*slot);
+    if (c->mark != 0) {
+        cl::done_asking(l, c->mark);
+    }
+    if (good && g.units > 0) {
+        int64_t deadline = c->sent_ms + g.left_ms;
+        back = cl::grant(l, g.window, deadline, static_cast<uint32_t>(g.units), now);
+    }
+    *slot = cl::to_state(l);
+    if (good && g.units == 0) {
+        core::State* counts = zone.table->lookup(c->key).state;
+        counts->blocked_until = now + ngx_max(g.retry_after_ms, 1);
+    }
+    ngx_shmtx_unlock(&zone.shpool->mutex);
+    send_return(zone, c->base, back);
+    LeaseOutcome o = !good         ? LeaseOutcome::failed
+                     : g.units > 0 ? LeaseOutcome::granted
+                                   : LeaseOutcome::refused;
+    std::vector<std::shared_ptr<LeaseRequest>> waiters = std::move(c->waiters);
+    for (const auto& w : waiters) {
+        if (!w->gone() && !worker_exiting()) {
+            w->leased(o);
+        }
+    }
+}
+
+// Sends a lease call. False when it could not be sent (nothing will be called back).
+bool send_call(const std::shared_ptr<Call>& c, uint32_t want) noexcept {
+    redis::Target* client = redis_client();
+    if (client == nullptr || worker == nullptr || worker->stopped || !client->available(c->base)) {
+        return false;
+    }
+    try {
+        redis::EvalArgs call;
+        const core::Policy& p = c->zone->policy;
+        if (!redis::build_lease_args(c->base, p.rate.limit, p.rate.period_ms, want, -1, call)) {
+            return false;
+        }
+        c->sent_ms = now_ms();
+        if (c->mark != 0) {
+            worker->host_calls[c->base] = c;
+        }
+        client->evalsha(redis::lease_script(), call.keys(), call.args(),
+                        [c](redis::Result&& r) noexcept { finish(c, std::move(r)); });
+        return true;
+    } catch (...) {
+        if (c->mark != 0) {
+            worker->host_calls.erase(c->base);
+        }
+        return false;
+    }
+}
+
+}  // namespace
+
+void unmark_lease(ZoneConf& zone, const core::StoredKey& key, uint32_t mark) noexcept {
+    if (mark == 0) {
+        return;
+    }
+    ngx_shmtx_lock(&zone.shpool->mutex);
+    core::State* slot = lease_slot(zone, key);
+    cl::LeaseState l = cl::from_state(*slot);
+    cl::done_asking(l, mark);
+    *slot = cl::to_state(l);
+    ngx_shmtx_unlock(&zone.shpool->mutex);
+}
+
+namespace {
+
+std::shared_ptr<Call> make_call(ZoneConf& zone, const core::StoredKey& key, uint32_t mark) {
+    auto c = std::make_shared<Call>();
+    c->zone = &zone;
+    c->key = key;
+    c->base = redis_base(*redis_settings(), zone, key);
+    c->mark = mark;
+    return c;
+}
+
+struct Back {
+    std::string base;
+    cl::Giveback back;
+};
+
+// Under the lock: takes the leases to give back from zone's table (all: at exit).
+std::vector<Back> collect(ZoneConf& zone, const RedisSettings& rs, int64_t now, bool all) {
+    std::vector<Back> out;
+    zone.leases->for_each([&](const core::StoredKey& k, core::State& s) {
+        cl::LeaseState l = cl::from_state(s);
+        if (l.held == 0) {
+            return;
+        }
+        cl::Giveback b = cl::take_back(l, now, cl::idle_return_s, all);
+        if (b.units == 0) {
+            return;
+        }
+        try {
+            out.push_back(Back{redis_base(rs, zone, k), b});
+        } catch (...) {
+            return;  // memory: kept (given back at a later sweep)
+        }
+        s = cl::to_state(l);
+    });
+    return out;
+}
+
+// One worker per host and second (the one that moves next_flush_ms on): gives back the leases
+// whose window is over or that sat idle.
+void sweep() noexcept {
+    if (worker == nullptr || worker->stopped) {
+        return;
+    }
+    int64_t now = now_ms();
+    for (ZoneConf* zone : worker->zones) {
+        ngx_atomic_t* next = &zone->shared->next_flush_ms;
+        ngx_atomic_uint_t at = *next;
+        if (static_cast<int64_t>(at) > now ||
+            !ngx_atomic_cmp_set(next, at, static_cast<ngx_atomic_uint_t>(now + sweep_ms - 50))) {
+            continue;
+        }
+        std::vector<Back> backs;
+        ngx_shmtx_lock(&zone->shpool->mutex);
+        try {
+            backs = collect(*zone, *redis_settings(), now, false);
+        } catch (...) {
+        }
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+        for (const Back& b : backs) {
+            send_return(*zone, b.base, b.back);
+        }
+    }
+    worker->sweep->start(sweep_ms);
+}
+
+}  // namespace
+
+LeaseAsk lease_plan(ZoneConf& zone, const core::StoredKey& key, int64_t now) noexcept {
+    LeaseAsk ask;
+    if (worker != nullptr) {
+        try {
+            if (worker->host_calls.count(redis_base(*redis_settings(), zone, key)) > 0) {
+                return ask;  // join this worker's call
+            }
+        } catch (...) {
+        }
+    }
+    core::State* slot = lease_slot(zone, key);
+    cl::LeaseState l = cl::from_state(*slot);
+    if (cl::asking(l, now)) {
+        ask.want = 1;  // another worker's call is in flight: one unit, for this request
+        return ask;
+    }
+    ask.want = cl::target_units(l, now, zone.lease_max);
+    ask.mark = cl::mark_asking(l, now);
+    *slot = cl::to_state(l);
+    return ask;
+}
+
+bool lease_after_spend(ZoneConf& zone, cl::LeaseState& l, int64_t now, uint32_t& want,
+                       uint32_t& mark) noexcept {
+    if (!cl::should_prefetch(l, now, zone.lease_max, want)) {
+        return false;
+    }
+    mark = cl::mark_asking(l, now);
+    return true;
+}
+
+bool lease_wait(ZoneConf& zone, const core::StoredKey& key, const LeaseAsk& ask,
+                std::shared_ptr<LeaseRequest> waiter) noexcept {
+    try {
+        if (ask.want == 0) {
+            auto it = worker != nullptr
+                          ? worker->host_calls.find(redis_base(*redis_settings(), zone, key))
+                          : decltype(worker->host_calls)::iterator{};
+            if (worker == nullptr || it == worker->host_calls.end()) {
+                return false;
+            }
+            it->second->waiters.push_back(std::move(waiter));
+            return true;
+        }
+        auto c = make_call(zone, key, ask.mark);
+        c->waiters.push_back(std::move(waiter));
+        if (send_call(c, ask.want)) {
+            return true;
+        }
+    } catch (...) {
+    }
+    unmark_lease(zone, key, ask.mark);
+    return false;
+}
+
+void lease_prefetch(ZoneConf& zone, const core::StoredKey& key, uint32_t want,
+                    uint32_t mark) noexcept {
+    try {
+        auto c = make_call(zone, key, mark);
+        if (send_call(c, want)) {
+            return;
+        }
+    } catch (...) {
+    }
+    unmark_lease(zone, key, mark);
+}
+
+void lease_worker_init(const MainConf& mcf, redis::Loop& loop) {
+    auto w = std::make_unique<LeaseWorker>();
+    auto** zones = static_cast<ZoneConf**>(mcf.limit.zones.elts);
+    for (ngx_uint_t i = 0; i < mcf.limit.zones.nelts; i++) {
+        if (zones[i]->mode == Mode::lease && zones[i]->leases != nullptr) {
+            w->zones.push_back(zones[i]);
+            ngx_shmtx_lock(&zones[i]->shpool->mutex);
+            w->generations.push_back(zones[i]->leases->tag());
+            ngx_shmtx_unlock(&zones[i]->shpool->mutex);
+        }
+    }
+    if (w->zones.empty()) {
+        return;
+    }
+    redis_client()->add_script(redis::lease_script(), permission_probe_key(mcf));
+    redis_client()->add_script(redis::lease_return_script(), permission_probe_key(mcf));
+    if (auto* cluster = dynamic_cast<redis::ClusterClient*>(redis_client())) {
+        cluster->dont_follow_ask(redis::lease_script());
+        cluster->dont_follow_ask(redis::lease_return_script());
+    }
+    w->sweep = loop.create_timer(sweep);
+    w->sweep->start(sweep_ms);
+    worker = w.release();
+}
+
+void lease_worker_stop() noexcept {
+    if (worker != nullptr) {
+        worker->stopped = true;
+        worker->sweep->stop();
+        worker->host_calls.clear();
+    }
+}
+
+void lease_final_return(const MainConf& mcf) noexcept {
+    if (worker == nullptr) {
+        return;
+    }
+    const RedisSettings* rs = mcf.redis;
+    for (size_t i = 0; rs != nullptr && rs->cluster == nullptr && i < worker->zones.size(); i++) {
+        ZoneConf* zone = worker->zones[i];
+        std::vector<Back> backs;
+        ngx_shmtx_lock(&zone->shpool->mutex);
+        bool newer = zone->leases->tag() != worker->generations[i];
+        if (!newer) {  // no reload took the zone over: this host stops, its leases go back
+            try {
+                backs = collect(*zone, *rs, now_ms(), true);
+            } catch (...) {
+            }
+        }
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+        for (const Back& b : backs) {
+            try {
+                redis::EvalArgs call;
+                if (!redis::build_lease_return_args(b.base, b.back.window, b.back.units, call)) {
+                    break;
+                }
+                redis::Result r = redis::eval_blocking(*rs->client, redis::lease_return_script(),
+                                                       call.keys(), call.args());
+                if (!r.ok() || r.reply.is_error()) {
+                    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                                  "throttle_zone \"%V\": leases not given back at exit (Redis "
+                                  "did not answer): their units wait for their window's end",
+                                  &zone->name);
+                    break;
+                }
+            } catch (...) {
+                break;
+            }
+        }
+    }
+    delete worker;
+    worker = nullptr;
+}
+
+}  // namespace throttle::ngx

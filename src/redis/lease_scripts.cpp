@@ -1,0 +1,195 @@
+// mode=lease scripts; semantics in lease_scripts.hpp.
+#include "redis/lease_scripts.hpp"
+
+#include <new>
+#include <string>
+
+namespace throttle::redis {
+namespace {
+
+// Mirrors the strict script's sliding-window arithmetic (scripts.cpp): every division through
+// fmod, exact on doubles below 2^53.
+constexpr std::string_view lua_lease = R"lua(#!lua
+local floor, fmod, sf = math.floor, math.fmod, string.format
+local E = 'ERR throttle lease: '
+local function int(s)
+  local v = tonumber(s)
+  if v == nil or v ~= v or v < 0 or v >= 9007199254740992 or v ~= floor(v) then
+    return nil
+  end
+  return v
+end
+local function count(k)
+  local v = redis.call('GET', k)
+  if not v then return 0 end
+  local n = int(v)
+  if n == nil then
+    error({err = 'ERR throttle: a counter key holds no integer'})
+  end
+  return n
+end
+if #KEYS ~= 1 or #ARGV ~= 4 then
+  return redis.error_reply(E .. 'expected one key, limit, period, want and clock')
+end
+local L, P, want = int(ARGV[1]), int(ARGV[2]), int(ARGV[3])
+if L == nil or P == nil or want == nil then
+  return redis.error_reply(E .. 'bad arguments')
+end
+if L < 1 then L = 1 end
+if P < 1 then P = 1 end
+if want < 1 then want = 1 end
+local now
+if ARGV[4] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+else
+  now = int(ARGV[4])
+  if now == nil then return redis.error_reply(E .. 'bad clock') end
+end
+local e = fmod(now, P)
+local W = now - e
+local left = P - e
+local ck = KEYS[1] .. ':' .. sf('%d', W)
+local cur, prev = count(ck), count(KEYS[1] .. ':' .. sf('%d', W - P))
+-- avail: the largest k with prev * left + (cur + k) * P <= L * P
+local avail = 0
+if cur < L then
+  local x = (L - cur) * P - prev * left
+  if x >= P then
+    avail = (x - fmod(x, P)) / P
+  end
+end
+if avail < 1 then
+  local retry
+  if cur < L then
+    local room = (L - cur - 1) * P
+    retry = left - (room - fmod(room, prev)) / prev
+  else
+    local x = (L - 1) * P
+    retry = left + P - (x - fmod(x, cur)) / cur
+  end
+  if retry < 1 then retry = 1 end
+  return {0, W, left, retry}
+end
+local share = (avail - fmod(avail, 8)) / 8
+if share < 1 then share = 1 end
+local g = want
+if g > share then g = share end
+if redis.call('INCRBY', ck, sf('%d', g)) == g then
+  redis.call('PEXPIRE', ck, sf('%d', 2 * P + 1000))
+end
+return {g, W, left, avail - g}
+)lua";
+
+constexpr std::string_view lua_return = R"lua(#!lua
+local floor = math.floor
+local function int(s)
+  local v = tonumber(s)
+  if v == nil or v ~= v or v < 0 or v >= 9007199254740992 or v ~= floor(v) then
+    return nil
+  end
+  return v
+end
+local W, n = int(ARGV[1]), int(ARGV[2])
+if #KEYS ~= 1 or #ARGV ~= 2 or W == nil or n == nil then
+  return redis.error_reply('ERR throttle lease return: expected one key, a window and units')
+end
+local k = KEYS[1] .. ':' .. string.format('%d', W)
+local v = redis.call('GET', k)
+if not v then return 0 end
+local c = int(v)
+if c == nil then
+  return redis.error_reply('ERR throttle: a counter key holds no integer')
+end
+if n > c then n = c end
+if n > 0 then redis.call('DECRBY', k, string.format('%d', n)) end
+return n
+)lua";
+
+bool integer(const Reply& r, long long& v) noexcept {
+    if (r.type != Reply::Type::Integer) {
+        return false;
+    }
+    v = r.integer;
+    return true;
+}
+
+}  // namespace
+
+const Script& lease_script() {
+    static const Script* s = new Script(std::string(lua_lease));
+    return *s;
+}
+
+const Script& lease_return_script() {
+    static const Script* s = new Script(std::string(lua_return));
+    return *s;
+}
+
+bool build_lease_args(std::string_view base, uint64_t limit, int64_t period_ms, uint64_t want,
+                      int64_t clock_ms, EvalArgs& out) noexcept {
+    try {
+        out.clear();
+        out.add_key(base);
+        out.add_arg(limit);
+        out.add_arg(period_ms);
+        out.add_arg(want > 0 ? want : uint64_t(1));
+        if (clock_ms < 0) {
+            out.add_arg(std::string_view());
+        } else {
+            out.add_arg(clock_ms);
+        }
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
+bool parse_lease_reply(const Reply& reply, LeaseGrant& out) noexcept {
+    if (reply.type != Reply::Type::Array || reply.elements.size() != 4) {
+        return false;
+    }
+    long long g = 0, w = 0, left = 0, v = 0;
+    if (!integer(reply.elements[0], g) || !integer(reply.elements[1], w) ||
+        !integer(reply.elements[2], left) || !integer(reply.elements[3], v) || g < 0 || w < 0 ||
+        left < 1 || v < 0) {
+        return false;
+    }
+    out = LeaseGrant{};
+    out.units = static_cast<uint64_t>(g);
+    out.window = w;
+    out.left_ms = left;
+    if (g > 0) {
+        out.remaining = static_cast<uint64_t>(v);
+    } else {
+        if (v < 1) {
+            return false;
+        }
+        out.retry_after_ms = v;
+    }
+    return true;
+}
+
+bool build_lease_return_args(std::string_view base, int64_t window, uint64_t units,
+                             EvalArgs& out) noexcept {
+    try {
+        out.clear();
+        out.add_key(base);
+        out.add_arg(window);
+        out.add_arg(units);
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
+bool parse_lease_return_reply(const Reply& reply, uint64_t& units) noexcept {
+    long long n = 0;
+    if (!integer(reply, n) || n < 0) {
+        return false;
+    }
+    units = static_cast<uint64_t>(n);
+    return true;
+}
+
+}  // namespace throttle::redis

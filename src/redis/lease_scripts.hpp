@@ -1,0 +1,59 @@
+// mode=lease: the two Lua scripts a lease zone runs in Redis, their arguments and replies
+// (layer: redis; no nginx header, no hiredis type). Keys as in scripts.hpp: BASE ":" W is the
+// sliding window starting at W, the same counter a strict zone counts requests in (a lease
+// zone's units are requests admitted in advance).
+//
+// LEASE (one key; grants units of its quota in the current window)
+//   KEYS = BASE
+//   ARGV = limit L, period_ms P, want (>= 1), clock ("" for Redis' TIME; epoch ms in tests)
+//   now = Redis' TIME in ms; W = now - now % P, e = now - W; cur = BASE:W, prev = BASE:(W - P)
+//   (missing: 0). avail = the most units the sliding window admits at this instant: the
+//   largest k with prev * (P - e) + (cur + k) * P <= L * P (what strict would admit, request
+//   by request, at now). Granted: g = min(want, max(1, floor(avail / share))) when avail >= 1
+//   (INCRBY BASE:W g; a key the call creates gets PEXPIRE 2P + 1000, as strict's), else 0.
+//   Reply: [g, W, P - e (ms left in the window), v] where v = avail - g (units left after the
+//   grant) when g >= 1, else the ms until one unit is admitted (strict's retry-after, >= 1).
+//   Exact while L * P < 2^53 (strict_exact()).
+//
+// RETURN (one key; gives back unspent units of window W)
+//   KEYS = BASE, ARGV = W, units (>= 1)
+//   BASE:W, if present, drops by min(units, its count): never below 0, its expiry kept (a
+//   window already expired is not created again). Reply: the units taken off.
+//   Not idempotent: sent once, never again (a return lost to a timeout leaves the units
+//   counted: under-admission, never over).
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+#include "redis/reply.hpp"
+#include "redis/script.hpp"
+#include "redis/scripts.hpp"
+
+namespace throttle::redis {
+
+inline constexpr uint64_t lease_share = 8;  // core::lease::lease_share
+
+const Script& lease_script();
+const Script& lease_return_script();
+
+struct LeaseGrant {
+    uint64_t units = 0;          // granted (0: refused)
+    int64_t window = 0;          // W, epoch ms
+    int64_t left_ms = 0;         // ms left in W at Redis' now (>= 1)
+    uint64_t remaining = 0;      // granted: units the window still admits after the grant
+    int64_t retry_after_ms = 0;  // refused: ms until one unit is admitted (>= 1)
+};
+
+// clock_ms < 0: Redis' TIME. False when memory runs out.
+bool build_lease_args(std::string_view base, uint64_t limit, int64_t period_ms, uint64_t want,
+                      int64_t clock_ms, EvalArgs& out) noexcept;
+// False unless the reply is an array of 4 integers of the shape above.
+bool parse_lease_reply(const Reply& reply, LeaseGrant& out) noexcept;
+
+bool build_lease_return_args(std::string_view base, int64_t window, uint64_t units,
+                             EvalArgs& out) noexcept;
+// The units taken off; false unless the reply is a non-negative integer.
+bool parse_lease_return_reply(const Reply& reply, uint64_t& units) noexcept;
+
+}  // namespace throttle::redis
