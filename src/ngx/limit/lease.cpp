@@ -17,6 +17,8 @@ namespace {
 namespace cl = core::lease;
 
 constexpr uint64_t sweep_ms = 1000;
+// A refused key is rejected locally, without asking, for at most this long.
+constexpr int64_t refused_hold_ms = 1000;
 
 // A lease call of this worker in flight.
 struct Call {
@@ -97,7 +99,9 @@ void finish(const std::shared_ptr<Call>& c, redis::Result&& r) noexcept {
     *slot = cl::to_state(l);
     if (good && g.units == 0) {
         core::State* counts = zone.table->lookup(c->key).state;
-        counts->blocked_until = now + ngx_max(g.retry_after_ms, 1);
+        // At most a second: units other hosts give back (idle, at their window's end) can be
+        // leased again, so the host asks again at most once a second while refused.
+        counts->blocked_until = now + ngx_min(ngx_max(g.retry_after_ms, 1), refused_hold_ms);
     }
     ngx_shmtx_unlock(&zone.shpool->mutex);
     send_return(zone, c->base, back);

@@ -1,0 +1,108 @@
+#!/usr/bin/perl
+# mode=lease is exact across hosts: two nginx instances (two workers each) share one Redis and
+# a first-come quota of 10,000 a day; hammered by both until neither admits any more, exactly
+# 10,000 pass in all -- never more -- while Redis sees a lease call per many requests (Redis
+# calls per admitted request printed, and checked well below one). A reload under load keeps
+# the leases (the new workers spend the same shared memory): the total stays exact. Redis
+# holds the units granted: exactly the admitted count once nothing is held any more.
+
+use strict;
+use warnings;
+use Test::More;
+use Throttle::Test;
+use Throttle::Redis;
+
+my $t1 = Throttle::Test->new(workers => 2)->need_fds(1100);
+my $redis = Throttle::Redis->new(t => $t1);
+
+my $conf = $redis->fill(<<'EOF');
+http {
+    throttle_secret test-secret-0123456789abcdef;
+    throttle_redis %%REDIS%% timeout=1s;
+    throttle_zone $http_x_key zone=q:1m rate=10000r/d mode=lease lease=200;
+
+    server {
+        listen 127.0.0.1:%%PORT%% backlog=4096 reuseport;
+        add_header X-Status $throttle_status always;
+        location /q/ { throttle zone=q; proxy_pass http://127.0.0.1:%%PORT_2%%; }
+    }
+    server {
+        listen 127.0.0.1:%%PORT_2%% backlog=4096;
+        location / { return 200 "ok\n"; }
+    }
+}
+EOF
+$t1->write_conf($conf)->run;
+my $t2 = Throttle::Test->new(workers => 2)->write_conf($conf)->run;
+
+# $n requests at once for $key, even ones to the first instance, odd to the second.
+sub both {
+    my ($n, $key) = @_;
+    return $t1->concurrent($n, sub {
+        ['GET', '/q/', { 'X-Key' => $key }, undef, port => ($_[0] % 2 ? $t2 : $t1)->port];
+    });
+}
+
+# Hammers $key with rounds of $n until two rounds in a row admit nothing (a lease call still
+# in flight after the first could bring units). $between->($round) runs after each round.
+# Returns (admitted, requests, by status, admitted per instance).
+sub hammer {
+    my ($key, $n, $between) = @_;
+    my ($ok, $sent, $quiet, %status) = (0, 0, 0);
+    my @by = (0, 0);
+    for my $round (1 .. 400) {
+        my @r = both($n, $key);
+        my $pass = 0;
+        for my $i (0 .. $#r) {
+            $status{ $r[$i]{status} }++;
+            next unless $r[$i]{status} == 200;
+            $pass++;
+            $by[$i % 2]++;
+        }
+        $ok += $pass;
+        $sent += $n;
+        $quiet = $pass ? 0 : $quiet + 1;
+        last if $quiet == 2;
+        $between->($round) if $between;
+    }
+    return ($ok, $sent, \%status, \@by);
+}
+
+sub counted {
+    my ($key) = @_;
+    return $redis->sum(Throttle::Redis::zone_base('q', $key) . ':*');
+}
+
+# The day's window must not end during the test.
+Throttle::Redis::clear_of_window_edge(86400, 120);
+
+# --- 10,000 a day, hammered by both instances: exactly 10,000 pass
+my $calls = $redis->script_calls;
+my ($ok, $sent, $status, $by) = hammer('campaign', 400);
+my $lease_calls = $redis->script_calls - $calls;
+is($ok, 10000, "exactly 10000 admitted of $sent requests across two instances");
+is(join(',', sort keys %$status), '200,429', 'only 200 and 429 answered');
+note("admitted per instance: $by->[0] + $by->[1]");
+ok($by->[0] > 0 && $by->[1] > 0, 'both instances admitted some');
+is(counted('campaign'), 10000, 'Redis counted exactly the 10000 units granted and spent');
+my $per = $lease_calls / 10000;
+diag(sprintf('mode=lease: %d script calls (lease, return) for 10000 admitted: %.4f per admitted '
+        . 'request, %.4f per request sent', $lease_calls, $per, $lease_calls / $sent));
+cmp_ok($per, '<', 0.2, 'well below one Redis call per admitted request');
+
+# --- a reload of one instance under load keeps its leases: the total stays exact
+my $reloaded = 0;
+($ok, $sent, $status, $by) = hammer('reload', 400, sub {
+    my ($round) = @_;
+    if ($round == 3) {
+        $t1->write_conf($conf);
+        $reloaded = $t1->reload;
+    }
+});
+ok($reloaded, 'instance 1 reloaded while the key was hammered');
+is($ok, 10000, "reload under load: exactly 10000 admitted of $sent");
+is(counted('reload'), 10000, 'reload: Redis counted exactly 10000');
+is(join(',', sort keys %$status), '200,429', 'reload: only 200 and 429 answered');
+
+$t2->finish;
+$t1->done;
