@@ -25,6 +25,7 @@ http {
         listen 127.0.0.1:%%PORT%% backlog=4096 reuseport;
         add_header X-Status $throttle_status always;
         location /q/ { throttle zone=q; proxy_pass http://127.0.0.1:%%PORT_2%%; }
+        location = /metrics { throttle_metrics; }
     }
     server {
         listen 127.0.0.1:%%PORT_2%% backlog=4096;
@@ -89,6 +90,23 @@ my $per = $lease_calls / 10000;
 diag(sprintf('mode=lease: %d script calls (lease, return) for 10000 admitted: %.4f per admitted '
         . 'request, %.4f per request sent', $lease_calls, $per, $lease_calls / $sent));
 cmp_ok($per, '<', 0.2, 'well below one Redis call per admitted request');
+
+# Metrics: units granted less units returned, over both instances, is what they admitted.
+sub metric {
+    my ($name) = @_;
+    my $sum = 0;
+    for my $t ($t1, $t2) {
+        my $text = $t->get('/metrics')->{body} // '';
+        $sum += $1 while $text =~ /^\Q$name\E\{zone="q",mode="lease"\} (\d+)$/mg;
+    }
+    return $sum;
+}
+my ($granted, $returned) = (metric('nginx_throttle_lease_units_granted_total'),
+    metric('nginx_throttle_lease_units_returned_total'));
+is($granted - $returned, 10000, "metrics: $granted units granted - $returned returned = 10000");
+cmp_ok(metric('nginx_throttle_leases_total'), '<=', metric('nginx_throttle_lease_calls_total'),
+    'metrics: leases taken <= lease calls');
+is(metric('nginx_throttle_lease_errors_total'), 0, 'metrics: no lease call failed');
 
 # --- a reload of one instance under load keeps its leases: the total stays exact
 my $reloaded = 0;

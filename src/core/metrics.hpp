@@ -82,6 +82,12 @@ struct ZoneMetrics {
     // mode=strict
     Counter strict_decisions;
     Histogram strict_decision_duration;  // microseconds, submit to answer
+    // mode=lease
+    Counter lease_calls;           // lease script calls sent
+    Counter leases;                // calls that granted units (leases taken or topped up)
+    Counter lease_units_granted;   // units Redis granted this host
+    Counter lease_units_returned;  // units Redis took back (idle, window over, exit)
+    Counter lease_errors;          // lease calls without a usable answer
 };
 
 inline void count(ZoneMetrics* m, Outcome o) noexcept {

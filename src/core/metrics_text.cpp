@@ -170,6 +170,9 @@ bool is_sync(const ZoneView& z) {
 bool is_strict(const ZoneView& z) {
     return z.mode == "strict";
 }
+bool is_lease(const ZoneView& z) {
+    return z.mode == "lease";
+}
 
 // Zone families with one number per zone.
 struct ZoneScalar {
@@ -200,6 +203,21 @@ const ZoneScalar zone_scalars[] = {
     {"nginx_throttle_strict_decisions_total", "counter",
      "Requests a strict zone had decided by Redis.", "strict_decisions", is_strict,
      [](const ZoneView& z) { return read(z.m->strict_decisions); }},
+    {"nginx_throttle_lease_calls_total", "counter",
+     "Lease calls a lease zone sent to Redis (requests without a unit, prefetches).", "lease_calls",
+     is_lease, [](const ZoneView& z) { return read(z.m->lease_calls); }},
+    {"nginx_throttle_leases_total", "counter", "Lease calls Redis answered with units.", "leases",
+     is_lease, [](const ZoneView& z) { return read(z.m->leases); }},
+    {"nginx_throttle_lease_units_granted_total", "counter",
+     "Units of its keys' quotas Redis granted this host.", "lease_units_granted", is_lease,
+     [](const ZoneView& z) { return read(z.m->lease_units_granted); }},
+    {"nginx_throttle_lease_units_returned_total", "counter",
+     "Unspent units this host gave back to Redis (idle, window over, exit).",
+     "lease_units_returned", is_lease,
+     [](const ZoneView& z) { return read(z.m->lease_units_returned); }},
+    {"nginx_throttle_lease_errors_total", "counter",
+     "Lease calls Redis did not answer usably (the requests took the fallback).", "lease_errors",
+     is_lease, [](const ZoneView& z) { return read(z.m->lease_errors); }},
 };
 
 struct ZoneHistogram {

@@ -172,8 +172,10 @@ bool report(ZoneMark* marks, const ZoneConf& z, cm::Outcome o) noexcept {
                                  : (dry        ? cm::Outcome::dry_run_rejected
                                     : fallback ? cm::Outcome::fallback_rejected
                                                : cm::Outcome::rejected);
+        // A lease zone's remaining is what this host holds, not what is left of the quota:
+        // no near_limit for it.
         if (report(marks, *a.zone, o) && admitted && a.role != Role::open &&
-            a.decision.remaining <= a.decision.limit / 10) {
+            a.role != Role::lease && a.decision.remaining <= a.decision.limit / 10) {
             cm::add(a.zone->metrics->near_limit);
         }
     }

@@ -56,16 +56,18 @@ void send_return(ZoneConf& zone, const std::string& base, const cl::Giveback& ba
             return;
         }
         std::string key = base;
+        core::metrics::ZoneMetrics* m = zone.metrics;
         client->evalsha(redis::lease_return_script(), call.keys(), call.args(),
-                        [key](redis::Result&& r) noexcept {
+                        [key, m](redis::Result&& r) noexcept {
                             uint64_t n = 0;
                             if (r.ok() && !redis::parse_lease_return_reply(r.reply, n)) {
                                 redis_reply_unusable(r, "lease return", key);
+                            } else if (r.ok() && m != nullptr) {
+                                core::metrics::add(m->lease_units_returned, n);
                             }
                         });
     } catch (...) {  // memory: the units stay counted (under-admission)
     }
-    (void)zone;
 }
 
 void finish(const std::shared_ptr<Call>& c, redis::Result&& r) noexcept {
@@ -84,6 +86,14 @@ void finish(const std::shared_ptr<Call>& c, redis::Result&& r) noexcept {
         }
     }
     ZoneConf& zone = *c->zone;
+    if (core::metrics::ZoneMetrics* m = zone.metrics) {
+        if (!good) {
+            core::metrics::add(m->lease_errors);
+        } else if (g.units > 0) {
+            core::metrics::add(m->leases);
+            core::metrics::add(m->lease_units_granted, g.units);
+        }
+    }
     int64_t now = now_ms();
     cl::Giveback back;
     ngx_shmtx_lock(&zone.shpool->mutex);
@@ -129,6 +139,9 @@ bool send_call(const std::shared_ptr<Call>& c, uint32_t want) noexcept {
             return false;
         }
         c->sent_ms = now_ms();
+        if (c->zone->metrics != nullptr) {
+            core::metrics::add(c->zone->metrics->lease_calls);
+        }
         if (c->mark != 0) {
             worker->host_calls[c->base] = c;
         }
@@ -350,12 +363,16 @@ void lease_final_return(const MainConf& mcf) noexcept {
                 }
                 redis::Result r = redis::eval_blocking(*rs->client, redis::lease_return_script(),
                                                        call.keys(), call.args());
-                if (!r.ok() || r.reply.is_error()) {
+                uint64_t n = 0;
+                if (!r.ok() || !redis::parse_lease_return_reply(r.reply, n)) {
                     ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                                   "throttle_zone \"%V\": leases not given back at exit (Redis "
                                   "did not answer): their units wait for their window's end",
                                   &zone->name);
                     break;
+                }
+                if (zone->metrics != nullptr) {
+                    core::metrics::add(zone->metrics->lease_units_returned, n);
                 }
             } catch (...) {
                 break;
