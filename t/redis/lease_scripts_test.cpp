@@ -1,0 +1,201 @@
+// mode=lease scripts (src/redis/lease_scripts.hpp) in a real redis-server: a lease grants at
+// most 1/8 of what the window still admits (at least 1), never more than want, and the units
+// granted over successive calls add up to exactly what strict would admit one by one (a
+// cross-check against core::evaluate() over random states and clocks); a refusal answers
+// strict's retry time and writes nothing; the window gets its expiry when the call creates it.
+// RETURN takes units off (never below 0) and never creates a window.
+#include "redis/lease_scripts.hpp"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "core/limiter.hpp"
+#include "core/sliding_window.hpp"
+#include "support.hpp"
+
+namespace throttle::redis::test {
+namespace {
+
+constexpr int64_t day_ms = 86400000;
+constexpr int64_t t0 = 1700006400000;  // a whole day (UTC midnight)
+
+class RedisLeaseScriptsTest : public ::testing::Test {
+   protected:
+    void SetUp() override {
+        if (!have_redis_server()) {
+            GTEST_SKIP() << "redis-server not found (set THROTTLE_REDIS_SERVER)";
+        }
+        server = std::make_unique<RedisServer>(std::vector<std::string>{}, 0);
+        ASSERT_TRUE(server->start());
+        ctl = std::make_unique<Control>(server->port());
+        ASSERT_TRUE(ctl->ok());
+        Config c;
+        c.address = server->address();
+        c.command_timeout_ms = 5000;
+        client = std::make_unique<Client>(ev.loop(), c);
+    }
+
+    Reply eval(const Script& s, const EvalArgs& a) {
+        Outcome o;
+        inside_call() = true;
+        client->evalsha(s, a.keys(), a.args(), track(o));
+        inside_call() = false;
+        EXPECT_TRUE(ev.run_until([&] { return o.calls > 0; }, 30000));
+        EXPECT_FALSE(o.synchronous);
+        EXPECT_TRUE(o.result.ok());
+        return std::move(o.result.reply);
+    }
+
+    LeaseGrant lease(const std::string& base, uint64_t L, int64_t P, uint64_t want, int64_t now) {
+        EvalArgs a;
+        EXPECT_TRUE(build_lease_args(base, L, P, want, now, a));
+        Reply r = eval(lease_script(), a);
+        LeaseGrant g;
+        EXPECT_TRUE(parse_lease_reply(r, g)) << to_string(r.type) << " " << r.str;
+        return g;
+    }
+
+    uint64_t give_back(const std::string& base, int64_t window, uint64_t units) {
+        EvalArgs a;
+        EXPECT_TRUE(build_lease_return_args(base, window, units, a));
+        Reply r = eval(lease_return_script(), a);
+        uint64_t n = 0;
+        EXPECT_TRUE(parse_lease_return_reply(r, n)) << to_string(r.type) << " " << r.str;
+        return n;
+    }
+
+    std::string key(const std::string& base, int64_t w) { return base + ":" + std::to_string(w); }
+
+    EventLoop ev;
+    std::unique_ptr<RedisServer> server;
+    std::unique_ptr<Control> ctl;
+    std::unique_ptr<Client> client;
+};
+
+TEST(RedisLeaseScriptsUnit, ArgumentsAndReplies) {
+    EvalArgs a;
+    ASSERT_TRUE(build_lease_args("b", 10, 1000, 0, -1, a));
+    ASSERT_EQ(a.keys().size(), 1u);
+    EXPECT_EQ(std::string(a.args()[2]), "1");  // want 0 is sent as 1
+    EXPECT_EQ(std::string(a.args()[3]), "");   // Redis' clock
+    Reply r;
+    r.type = Reply::Type::Array;
+    for (long long v : {3, 1000, 500, 7}) {
+        Reply e;
+        e.type = Reply::Type::Integer;
+        e.integer = v;
+        r.elements.push_back(e);
+    }
+    LeaseGrant g;
+    ASSERT_TRUE(parse_lease_reply(r, g));
+    EXPECT_EQ(g.units, 3u);
+    EXPECT_EQ(g.window, 1000);
+    EXPECT_EQ(g.left_ms, 500);
+    EXPECT_EQ(g.remaining, 7u);
+    r.elements[0].integer = 0;
+    ASSERT_TRUE(parse_lease_reply(r, g));
+    EXPECT_EQ(g.retry_after_ms, 7);
+    r.elements[3].integer = 0;  // a refusal with no retry time
+    EXPECT_FALSE(parse_lease_reply(r, g));
+    r.elements[2].integer = 0;
+    EXPECT_FALSE(parse_lease_reply(r, g));
+    r.elements.pop_back();
+    EXPECT_FALSE(parse_lease_reply(r, g));
+    uint64_t n = 0;
+    Reply i;
+    i.type = Reply::Type::Integer;
+    i.integer = -1;
+    EXPECT_FALSE(parse_lease_return_reply(i, n));
+}
+
+// 100 a day: grants of 1/8 of what is left (12, 11, 9, ...), then one at a time, exactly 100.
+TEST_F(RedisLeaseScriptsTest, GrantsAddUpToExactlyTheLimit) {
+    const std::string base = base_key("t:", "q", "k");
+    const int64_t now = t0 + 1000;
+    uint64_t total = 0, calls = 0, left = 100;
+    for (;;) {
+        LeaseGrant g = lease(base, 100, day_ms, 1000, now);
+        EXPECT_EQ(g.window, t0);
+        EXPECT_EQ(g.left_ms, day_ms - 1000);
+        if (g.units == 0) {
+            EXPECT_EQ(g.retry_after_ms, day_ms - 1000 + day_ms / 100);  // strict's
+            break;
+        }
+        uint64_t share = left / 8 > 0 ? left / 8 : 1;
+        EXPECT_EQ(g.units, share) << "left " << left;
+        left -= g.units;
+        EXPECT_EQ(g.remaining, left);
+        total += g.units;
+        calls++;
+    }
+    EXPECT_EQ(total, 100u);
+    EXPECT_EQ(ctl->run({"GET", key(base, t0)}), "100");
+    long long pttl = std::atoll(ctl->run({"PTTL", key(base, t0)}).c_str());
+    EXPECT_GT(pttl, 2 * day_ms);
+    EXPECT_LE(pttl, 2 * day_ms + 1000);
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "1");  // the refusals wrote nothing
+    EXPECT_GT(calls, 16u);                 // the last 15 one by one
+    LeaseGrant small = lease(base_key("t:", "q", "other"), 100, day_ms, 3, now);
+    EXPECT_EQ(small.units, 3u);  // want caps the grant
+}
+
+// Over random previous and current counts and clocks: the units granted one call after the
+// other add up to exactly what core's sliding window admits request by request at that now.
+TEST_F(RedisLeaseScriptsTest, MatchesStrictAdmissionsOverRandomStates) {
+    std::mt19937_64 rng(2024);
+    const core::Policy policy{core::Algorithm::sliding, core::Rate{50, 60000}, 0};
+    for (int round = 0; round < 60; round++) {
+        const std::string base = base_key("t:", "r", std::to_string(round));
+        const int64_t w = t0 + 60000 * static_cast<int64_t>(rng() % 1000);
+        const int64_t now = w + static_cast<int64_t>(rng() % 60000);
+        uint32_t prev = static_cast<uint32_t>(rng() % 70), cur = static_cast<uint32_t>(rng() % 55);
+        if (prev > 0) {
+            ctl->run({"SET", key(base, w - 60000), std::to_string(prev)});
+        }
+        if (cur > 0) {
+            ctl->run({"SET", key(base, w), std::to_string(cur)});
+        }
+        core::State s;
+        s.stamp = w;
+        s.prev = prev;
+        s.cur = cur;
+        uint64_t admitted = 0;
+        core::Decision first = core::evaluate(policy, s, now);
+        while (core::evaluate(policy, s, now).allowed) {
+            core::record(policy, s, now);
+            admitted++;
+        }
+        uint64_t granted = 0;
+        for (;;) {
+            LeaseGrant g = lease(base, 50, 60000, 1 + rng() % 20, now);
+            if (g.units == 0) {
+                if (granted == 0) {
+                    EXPECT_EQ(g.retry_after_ms, first.retry_after_ms) << round;
+                }
+                break;
+            }
+            granted += g.units;
+        }
+        EXPECT_EQ(granted, admitted) << "round " << round << " prev " << prev << " cur " << cur
+                                     << " e " << now - w;
+    }
+}
+
+TEST_F(RedisLeaseScriptsTest, ReturnTakesUnitsOffNeverBelowZeroNeverCreates) {
+    const std::string base = base_key("t:", "q", "r");
+    LeaseGrant g = lease(base, 100, day_ms, 10, t0 + 5);
+    ASSERT_EQ(g.units, 10u);
+    EXPECT_EQ(give_back(base, t0, 4), 4u);
+    EXPECT_EQ(ctl->run({"GET", key(base, t0)}), "6");
+    long long pttl = std::atoll(ctl->run({"PTTL", key(base, t0)}).c_str());
+    EXPECT_GT(pttl, 0);  // its expiry kept
+    EXPECT_EQ(give_back(base, t0, 100), 6u);
+    EXPECT_EQ(ctl->run({"GET", key(base, t0)}), "0");
+    EXPECT_EQ(give_back(base, t0, 1), 0u);
+    EXPECT_EQ(give_back(base, t0 - day_ms, 5), 0u);  // a window that is gone
+    EXPECT_EQ(ctl->run({"EXISTS", key(base, t0 - day_ms)}), "0");
+}
+
+}  // namespace
+}  // namespace throttle::redis::test
