@@ -135,6 +135,25 @@ while (time < $deadline) {
 }
 is($back, '200 PASSED', 'Redis back: leases again');
 
+# --- a reload keeps the leases (the new workers spend the same shared memory); a stop gives
+# them back
+my $e = 0;
+$e += to($t1, 100, '/q/', 'exit') for 1 .. 3;
+cmp_ok(counted('exit') - $e, '>', 0, 'instance 1 holds a lease of key "exit"');
+my $mark = $t1->log_mark;
+$t1->write_conf($conf);
+ok($t1->reload, 'instance 1 reloaded');
+ok(scalar($t1->log_lines(qr/throttle_zone "q": leases kept for the new workers/, $mark)),
+    'reload: the old workers kept the leases for the new ones');
+ok(!scalar($t1->log_lines(qr/given back at exit/, $mark)), 'reload: nothing given back');
+$e += to($t1, 100, '/q/', 'exit');
+is($e, 400, 'after the reload: 100 more admitted');
+$mark = $t1->log_mark;
+$t1->quit;
+is(counted('exit'), $e, 'stopped: Redis counts only what was admitted (the rest given back)');
+my @back = $t1->log_lines(qr/throttle_zone "q": \d+ units of \d+ leases given back at exit/, $mark);
+note(@back ? "at exit: $back[0]" : 'given back by the idle sweep before the exit');
+
 # --- nginx -t
 my $bad = sub {
     my ($params, $re, $name) = @_;

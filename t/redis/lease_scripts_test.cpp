@@ -177,8 +177,8 @@ TEST_F(RedisLeaseScriptsTest, MatchesStrictAdmissionsOverRandomStates) {
             }
             granted += g.units;
         }
-        EXPECT_EQ(granted, admitted) << "round " << round << " prev " << prev << " cur " << cur
-                                     << " e " << now - w;
+        EXPECT_EQ(granted, admitted)
+            << "round " << round << " prev " << prev << " cur " << cur << " e " << now - w;
     }
 }
 

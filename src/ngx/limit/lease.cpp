@@ -343,18 +343,32 @@ void lease_final_return(const MainConf& mcf) noexcept {
         return;
     }
     const RedisSettings* rs = mcf.redis;
-    for (size_t i = 0; rs != nullptr && rs->cluster == nullptr && i < worker->zones.size(); i++) {
+    for (size_t i = 0; rs != nullptr && i < worker->zones.size(); i++) {
         ZoneConf* zone = worker->zones[i];
         std::vector<Back> backs;
         ngx_shmtx_lock(&zone->shpool->mutex);
         bool newer = zone->leases->tag() != worker->generations[i];
-        if (!newer) {  // no reload took the zone over: this host stops, its leases go back
+        if (!newer && rs->cluster == nullptr) {  // this host stops: its leases go back
             try {
                 backs = collect(*zone, *rs, now_ms(), true);
             } catch (...) {
             }
         }
         ngx_shmtx_unlock(&zone->shpool->mutex);
+        if (newer) {
+            ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                          "throttle_zone \"%V\": leases kept for the new workers", &zone->name);
+            continue;
+        }
+        if (rs->cluster != nullptr) {
+            ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                          "throttle_zone \"%V\": leases not given back at exit on a Redis "
+                          "Cluster: their units wait for their window's end",
+                          &zone->name);
+            continue;
+        }
+        uint64_t units = 0;
+        size_t done = 0;
         for (const Back& b : backs) {
             try {
                 redis::EvalArgs call;
@@ -371,12 +385,19 @@ void lease_final_return(const MainConf& mcf) noexcept {
                                   &zone->name);
                     break;
                 }
+                units += n;
+                done++;
                 if (zone->metrics != nullptr) {
                     core::metrics::add(zone->metrics->lease_units_returned, n);
                 }
             } catch (...) {
                 break;
             }
+        }
+        if (done > 0) {
+            ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                          "throttle_zone \"%V\": %uL units of %uz leases given back at exit",
+                          &zone->name, units, done);
         }
     }
     delete worker;
