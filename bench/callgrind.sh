@@ -28,6 +28,9 @@
 #   limit_req        nginx's limit_req, as in run.sh
 #   throttle         throttle_zone (local mode) + throttle, as in run.sh
 #   strict           throttle_zone mode=strict against a redis-server started here
+#   lease            (not in the default set) throttle_zone mode=lease (strict's rate, default
+#                    lease=100) against the same redis-server: most requests spend a unit of the
+#                    host's lease in shared memory, about one in 50 to 100 asks Redis
 #   cache_hit        throttle_cache + throttle_cache_user $cookie_sessionid in front of
 #                    an origin server block of the same nginx (~2 KB JSON, stored gzip'd),
 #                    one user, Accept-Encoding: gzip; every measured request a HIT
@@ -111,7 +114,7 @@ BODY_BYTES=100         # plain & co: the static file, as run.sh
 CACHE_BYTES=2048       # cache: the origin's JSON, about (as cache.sh: stored gzip'd, >= 1k)
 SESSION='sessionid=b3f1c0de5eed4a11'
 REQ_PATH='/api/items?sort=name&page=2'
-KNOWN='plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity throttle_metrics strict_metrics strict_tls strict_cluster cache_hit_cluster'
+KNOWN='plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity throttle_metrics strict_metrics strict_tls strict_cluster cache_hit_cluster lease'
 
 # --------------------------------------------------------------------------
 # Checks.
@@ -132,7 +135,7 @@ for v in "${variants[@]}"; do
     [[ -z ${seen[$v]:-} ]] || die "variant \"$v\" is listed twice"
     seen[$v]=1
 done
-uses_redis() { [[ $1 == strict || $1 == strict_metrics || $1 == strict_tls || $1 == cache_* ]]; }
+uses_redis() { [[ $1 == strict || $1 == strict_metrics || $1 == strict_tls || $1 == lease || $1 == cache_* ]]; }
 # has_metrics VARIANT: the variant's server has a throttle_metrics location
 has_metrics() { [[ $1 == *_metrics ]]; }
 is_cache() { [[ $1 == cache_* ]]; }
@@ -240,6 +243,11 @@ http_lines() {
         echo 'throttle_zone $binary_remote_addr zone=bstrict:10m rate=100000000r/d mode=strict;'
         echo 'throttle_secret "bench-secret-0123456789abcdef";'
         ;;
+    lease)
+        echo "throttle_redis 127.0.0.1:$redis_port connect_timeout=10s timeout=10s;  # valgrind is slow"
+        echo 'throttle_zone $binary_remote_addr zone=blease:10m rate=100000000r/d mode=lease;'
+        echo 'throttle_secret "bench-secret-0123456789abcdef";'
+        ;;
     strict_cluster)
         echo "throttle_redis cluster $(cluster_seeds) connect_timeout=10s timeout=10s;  # valgrind is slow"
         echo 'throttle_zone $binary_remote_addr zone=bstrict:10m rate=100000000r/d mode=strict;'
@@ -271,6 +279,7 @@ location_lines() {
     jwt | jwt_nocache) echo 'throttle zone=bjwt;' ;;
     identity) printf '%s\n' 'throttle_identity_resolve on;' 'throttle zone=bench;' ;;
     strict | strict_metrics | strict_tls | strict_cluster) echo 'throttle zone=bstrict;' ;;
+    lease) echo 'throttle zone=blease;' ;;
     cache_*)
         echo 'throttle_cache bench;'
         echo 'proxy_pass http://origin;'
@@ -368,7 +377,7 @@ WRITE_OUT='%{http_code} x-cache=%header{x-cache} content-encoding=%header{conten
 expected() {
     case $1 in
     plain | plain_nomod | limit_req) echo "200 x-cache= content-encoding= ratelimit-policy= bytes=$BODY_BYTES" ;;
-    throttle | strict | strict_tls | strict_cluster | jwt | jwt_nocache | identity | *_metrics) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
+    throttle | strict | strict_tls | strict_cluster | lease | jwt | jwt_nocache | identity | *_metrics) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
     cache_hit | cache_hit_vary | cache_hit_cluster) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;
     cache_hit_plain) echo "200 x-cache=HIT content-encoding= ratelimit-policy= bytes=$json_bytes" ;;
     esac
@@ -455,6 +464,7 @@ measure() {
         die "$name: the $count answers were not all \"$want\": $got"
     fi
     [[ $v != strict* || $(evalsha_calls "$v") -gt 0 ]] || die "$name: Redis saw no EVALSHA: strict did not ask Redis"
+    [[ $v != lease || $(evalsha_calls "$v") -gt 0 ]] || die "$name: Redis saw no EVALSHA: lease took no lease"
 
     # let nginx see curl's connection close, then stop it: callgrind writes $out
     sleep 0.3

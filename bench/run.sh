@@ -37,7 +37,9 @@
 # same zones on `throttle_redis cluster`), and strict_1k, sync_1k,
 # strict_cluster_1k, sync_cluster_1k (zones keyed on $http_x_bench_key, wrk
 # sending BENCH_KEYS keys in turn): a cluster variant is printed next to its
-# one-Redis twin when both ran.
+# one-Redis twin when both ran. Also not in the default set: lease, lease_1k,
+# lease_10k (mode=lease, one key / BENCH_KEYS keys / 10,000 keys) and
+# strict_10k, sync_10k (10,000 keys) to compare them with.
 
 set -euo pipefail
 
@@ -228,13 +230,23 @@ redis_calls() {
 # throttle_redis per http{}).
 KEYS_N=${BENCH_KEYS:-1000}
 
-# redis_variant MODE TARGET SHAPE ZONE ACTION [ARG]: MODE strict|sync, TARGET
-# single|cluster, SHAPE 1|n
+# mode=lease (lease, lease_1k, lease_10k): the zone of strict's rate with
+# mode=lease (default lease=100); the 10k shape (and strict_10k, sync_10k) sends
+# 10,000 keys in turn whatever BENCH_KEYS says.
+KEYS_10K=10000
+
+# redis_variant MODE TARGET SHAPE ZONE ACTION [ARG]: MODE strict|sync|lease, TARGET
+# single|cluster, SHAPE 1|n|m (m: 10,000 keys)
 redis_variant() {
     local mode=$1 target=$2 shape=$3 zone=$4 key zone_line redis_line
     shift 4
-    if [[ $shape == n ]]; then key='$http_x_bench_key'; else key='$binary_remote_addr'; fi
-    if [[ $mode == strict ]]; then
+    local nkeys=$KEYS_N
+    [[ $shape != m ]] || nkeys=$KEYS_10K
+    if [[ $shape != 1 ]]; then key='$http_x_bench_key'; else key='$binary_remote_addr'; fi
+    if [[ $mode == lease ]]; then
+        # strict's rate: every unit granted is counted in Redis' window, as strict counts
+        zone_line="throttle_zone $key zone=$zone:10m rate=100000000r/d mode=lease;"
+    elif [[ $mode == strict ]]; then
         # 1e8r/d is the largest sliding rate strict mode takes exactly
         # (N x period_ms < 2^53: Redis' Lua computes in doubles).
         zone_line="throttle_zone $key zone=$zone:10m rate=100000000r/d mode=strict;"
@@ -250,7 +262,7 @@ redis_variant() {
     describe)
         printf '%s throttle zone=%s;  (%s; %s)\n' "$zone_line" "$zone" \
             "$([[ $target == cluster ]] && echo "throttle_redis cluster: $CLUSTER_MASTERS masters" || echo 'throttle_redis: one Redis')" \
-            "$([[ $shape == n ]] && echo "$KEYS_N keys, bench/keys.lua" || echo 'one key')"
+            "$([[ $shape != 1 ]] && echo "$nkeys keys, bench/keys.lua" || echo 'one key')"
         ;;
     packages) echo redis-server ;;
     check) module_check && redis_check ;;
@@ -267,7 +279,7 @@ redis_variant() {
         echo 'throttle_secret "bench-secret-0123456789abcdef";'
         ;;
     location) echo "throttle zone=$zone;" ;;
-    script) [[ $shape != n ]] || echo "$here/keys.lua $KEYS_N" ;;
+    script) [[ $shape == 1 ]] || echo "$here/keys.lua $nkeys" ;;
     verify) # strict: the first request's EVALSHA; sync: the first flush, within 250 ms
         module_verify "$2" || return 1
         if [[ $target == cluster ]]; then cluster_calls evalsha; else redis_calls evalsha; fi
@@ -283,6 +295,11 @@ variant_sync_1k() { redis_variant sync single n bsync_k "$@"; }
 variant_strict_1k() { redis_variant strict single n bstrict_k "$@"; }
 variant_sync_cluster_1k() { redis_variant sync cluster n bsync_k "$@"; }
 variant_strict_cluster_1k() { redis_variant strict cluster n bstrict_k "$@"; }
+variant_lease() { redis_variant lease single 1 blease "$@"; }
+variant_lease_1k() { redis_variant lease single n blease_k "$@"; }
+variant_lease_10k() { redis_variant lease single m blease_m "$@"; }
+variant_strict_10k() { redis_variant strict single m bstrict_m "$@"; }
+variant_sync_10k() { redis_variant sync single m bsync_m "$@"; }
 
 # The peer: the common OpenResty rate-limit pattern, one INCR per request on a
 # per-client key (EXPIRE when the INCR created it: a fixed window of 1 s),
@@ -632,7 +649,8 @@ cluster_vs_single() {
     echo "wrk:     wrk ${wrk_args[*]} http://127.0.0.1:PORT/bench.txt${wrk_cpus:+ (pinned to CPU $wrk_cpus)}"
     for v in "${variants[@]}"; do
         [[ -z $("variant_$v" script) ]] || {
-            echo "         (*_1k variants: wrk ... -s bench/keys.lua URL -- $KEYS_N $THREADS: $KEYS_N keys in turn)"
+            echo "         (*_1k variants: wrk ... -s bench/keys.lua URL -- $KEYS_N $THREADS: $KEYS_N keys in turn;"
+            echo "          *_10k: the same with $KEYS_10K keys)"
             break
         }
     done
