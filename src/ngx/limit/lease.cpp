@@ -30,11 +30,25 @@ struct Call {
     std::vector<std::shared_ptr<LeaseRequest>> waiters;
 };
 
+// Requests of this worker waiting for another worker's call for the key (the host's, marked
+// in the lease): the worker looks at the lease every poll_ms and wakes them when the call is
+// answered (units came, or the mark went), or, past its deadline, sends them to the fallback.
+struct Remote {
+    ZoneConf* zone = nullptr;
+    core::StoredKey key;
+    int64_t deadline_ms = 0;
+    std::vector<std::shared_ptr<LeaseRequest>> waiters;
+};
+
+constexpr uint64_t poll_ms = 1;
+
 struct LeaseWorker {
     std::vector<ZoneConf*> zones;
     std::vector<uint64_t> generations;  // each zone's lease table tag when this worker started
     std::unordered_map<std::string, std::shared_ptr<Call>> host_calls;  // by base
+    std::unordered_map<std::string, Remote> remote_waits;               // by base
     std::unique_ptr<redis::Timer> sweep;
+    std::unique_ptr<redis::Timer> poll;
     bool stopped = false;
 };
 
@@ -236,6 +250,43 @@ void sweep() noexcept {
     worker->sweep->start(sweep_ms);
 }
 
+void wake(std::vector<std::shared_ptr<LeaseRequest>>& waiters, LeaseOutcome o) noexcept {
+    std::vector<std::shared_ptr<LeaseRequest>> ws = std::move(waiters);
+    for (const auto& w : ws) {
+        if (!w->gone() && !worker_exiting()) {
+            w->leased(o);
+        }
+    }
+}
+
+// Every poll_ms while requests wait for another worker's call.
+void poll() noexcept {
+    if (worker == nullptr || worker->stopped) {
+        return;
+    }
+    int64_t now = now_ms();
+    for (auto it = worker->remote_waits.begin(); it != worker->remote_waits.end();) {
+        Remote& w = it->second;
+        ZoneConf& zone = *w.zone;
+        ngx_shmtx_lock(&zone.shpool->mutex);
+        cl::LeaseState l = cl::from_state(*lease_slot(zone, w.key));
+        ngx_shmtx_unlock(&zone.shpool->mutex);
+        bool answered = (l.held > 0 && now < l.deadline) || !cl::asking(l, now);
+        if (!answered && now < w.deadline_ms) {
+            ++it;
+            continue;
+        }
+        // Answered: the requests look again (units, or a call of their own now). Not answered
+        // in time (that worker died?): their fallback.
+        Remote done = std::move(w);
+        it = worker->remote_waits.erase(it);
+        wake(done.waiters, answered ? LeaseOutcome::granted : LeaseOutcome::failed);
+    }
+    if (!worker->remote_waits.empty() && !worker->stopped) {
+        worker->poll->start(poll_ms);
+    }
+}
+
 }  // namespace
 
 LeaseAsk lease_plan(ZoneConf& zone, const core::StoredKey& key, int64_t now) noexcept {
@@ -251,7 +302,7 @@ LeaseAsk lease_plan(ZoneConf& zone, const core::StoredKey& key, int64_t now) noe
     core::State* slot = lease_slot(zone, key);
     cl::LeaseState l = cl::from_state(*slot);
     if (cl::asking(l, now)) {
-        ask.want = 1;  // another worker's call is in flight: one unit, for this request
+        ask.remote = true;  // another worker's call is in flight: wait for it
         return ask;
     }
     ask.want = cl::target_units(l, now, zone.lease_max);
@@ -272,6 +323,25 @@ bool lease_after_spend(ZoneConf& zone, cl::LeaseState& l, int64_t now, uint32_t&
 bool lease_wait(ZoneConf& zone, const core::StoredKey& key, const LeaseAsk& ask,
                 std::shared_ptr<LeaseRequest> waiter) noexcept {
     try {
+        if (ask.remote) {
+            if (worker == nullptr || worker->stopped) {
+                return false;
+            }
+            std::string base = redis_base(*redis_settings(), zone, key);
+            auto [it, fresh] = worker->remote_waits.try_emplace(std::move(base));
+            if (fresh) {
+                const redis::Target* client = redis_client();
+                uint32_t timeout = client != nullptr ? client->config().command_timeout_ms : 1000;
+                it->second.zone = &zone;
+                it->second.key = key;
+                it->second.deadline_ms = now_ms() + timeout + 50;
+            }
+            it->second.waiters.push_back(std::move(waiter));
+            if (!worker->poll->active()) {
+                worker->poll->start(poll_ms);
+            }
+            return true;
+        }
         if (ask.want == 0) {
             auto it = worker != nullptr
                           ? worker->host_calls.find(redis_base(*redis_settings(), zone, key))
@@ -327,6 +397,7 @@ void lease_worker_init(const MainConf& mcf, redis::Loop& loop) {
     }
     w->sweep = loop.create_timer(sweep);
     w->sweep->start(sweep_ms);
+    w->poll = loop.create_timer(poll);
     worker = w.release();
 }
 
@@ -334,7 +405,9 @@ void lease_worker_stop() noexcept {
     if (worker != nullptr) {
         worker->stopped = true;
         worker->sweep->stop();
+        worker->poll->stop();
         worker->host_calls.clear();
+        worker->remote_waits.clear();
     }
 }
 

@@ -30,10 +30,13 @@ class LeaseRequest : public RequestBound {
 
 // Under the zone's lock (the caller holds it): what a request that found no unit in the lease
 // of `key` (the counts table's key) asks for. Returns the call to send (want > 0) after the
-// lock is released, via lease_wait(). Marks the host's call in flight when it is the host's.
+// lock is released, via lease_wait(). Marks the host's call in flight when it is the host's;
+// while another worker's is, the request waits for it (the worker polls the lease every ms
+// and wakes its waiters when the call was answered; past the Redis timeout: the fallback).
 struct LeaseAsk {
-    uint32_t want = 0;  // units to ask for (0: join this worker's call in flight)
-    uint32_t mark = 0;  // the host-wide in-flight mark it set (0: none: a call of its own)
+    uint32_t want = 0;    // units to ask for (0: join this worker's call in flight)
+    uint32_t mark = 0;    // the host-wide in-flight mark it set
+    bool remote = false;  // another worker's call is in flight: wait for its answer
 };
 LeaseAsk lease_plan(ZoneConf& zone, const core::StoredKey& key, int64_t now) noexcept;
 
