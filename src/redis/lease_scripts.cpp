@@ -28,57 +28,63 @@ local function count(k)
   end
   return n
 end
-if #KEYS ~= 1 or #ARGV ~= 4 then
-  return redis.error_reply(E .. 'expected one key, limit, period, want and clock')
+local n = #KEYS
+if n == 0 or #ARGV ~= 3 * n + 1 then
+  return redis.error_reply(E .. 'expected a clock and limit, period, want per key')
 end
-local L, P, want = int(ARGV[1]), int(ARGV[2]), int(ARGV[3])
-if L == nil or P == nil or want == nil then
-  return redis.error_reply(E .. 'bad arguments')
-end
-if L < 1 then L = 1 end
-if P < 1 then P = 1 end
-if want < 1 then want = 1 end
 local now
-if ARGV[4] == '' then
+if ARGV[1] == '' then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 else
-  now = int(ARGV[4])
+  now = int(ARGV[1])
   if now == nil then return redis.error_reply(E .. 'bad clock') end
 end
-local e = fmod(now, P)
-local W = now - e
-local left = P - e
-local ck = KEYS[1] .. ':' .. sf('%d', W)
-local cur, prev = count(ck), count(KEYS[1] .. ':' .. sf('%d', W - P))
--- avail: the largest k with prev * left + (cur + k) * P <= L * P
-local avail = 0
-if cur < L then
-  local x = (L - cur) * P - prev * left
-  if x >= P then
-    avail = (x - fmod(x, P)) / P
+local out = {}
+for i = 1, n do
+  local L, P, want = int(ARGV[3 * i - 1]), int(ARGV[3 * i]), int(ARGV[3 * i + 1])
+  if L == nil or P == nil or want == nil then
+    return redis.error_reply(E .. 'bad arguments for key ' .. i)
   end
-end
-if avail < 1 then
-  local retry
+  if L < 1 then L = 1 end
+  if P < 1 then P = 1 end
+  if want < 1 then want = 1 end
+  local e = fmod(now, P)
+  local W = now - e
+  local left = P - e
+  local ck = KEYS[i] .. ':' .. sf('%d', W)
+  local cur, prev = count(ck), count(KEYS[i] .. ':' .. sf('%d', W - P))
+  -- avail: the largest k with prev * left + (cur + k) * P <= L * P
+  local avail = 0
   if cur < L then
-    local room = (L - cur - 1) * P
-    retry = left - (room - fmod(room, prev)) / prev
-  else
-    local x = (L - 1) * P
-    retry = left + P - (x - fmod(x, cur)) / cur
+    local x = (L - cur) * P - prev * left
+    if x >= P then
+      avail = (x - fmod(x, P)) / P
+    end
   end
-  if retry < 1 then retry = 1 end
-  return {0, W, left, retry}
+  if avail < 1 then
+    local retry
+    if cur < L then
+      local room = (L - cur - 1) * P
+      retry = left - (room - fmod(room, prev)) / prev
+    else
+      local x = (L - 1) * P
+      retry = left + P - (x - fmod(x, cur)) / cur
+    end
+    if retry < 1 then retry = 1 end
+    out[4 * i - 3], out[4 * i - 2], out[4 * i - 1], out[4 * i] = 0, W, left, retry
+  else
+    local share = (avail - fmod(avail, 8)) / 8
+    if share < 1 then share = 1 end
+    local g = want
+    if g > share then g = share end
+    if redis.call('INCRBY', ck, sf('%d', g)) == g then
+      redis.call('PEXPIRE', ck, sf('%d', 2 * P + 1000))
+    end
+    out[4 * i - 3], out[4 * i - 2], out[4 * i - 1], out[4 * i] = g, W, left, avail - g
+  end
 end
-local share = (avail - fmod(avail, 8)) / 8
-if share < 1 then share = 1 end
-local g = want
-if g > share then g = share end
-if redis.call('INCRBY', ck, sf('%d', g)) == g then
-  redis.call('PEXPIRE', ck, sf('%d', 2 * P + 1000))
-end
-return {g, W, left, avail - g}
+return out
 )lua";
 
 constexpr std::string_view lua_return = R"lua(#!lua
@@ -126,18 +132,22 @@ const Script& lease_return_script() {
     return *s;
 }
 
-bool build_lease_args(std::string_view base, uint64_t limit, int64_t period_ms, uint64_t want,
-                      int64_t clock_ms, EvalArgs& out) noexcept {
+bool build_lease_args(const LeaseAsk* asks, size_t n, int64_t clock_ms, EvalArgs& out) noexcept {
+    if (n == 0) {
+        return false;
+    }
     try {
         out.clear();
-        out.add_key(base);
-        out.add_arg(limit);
-        out.add_arg(period_ms);
-        out.add_arg(want > 0 ? want : uint64_t(1));
         if (clock_ms < 0) {
             out.add_arg(std::string_view());
         } else {
             out.add_arg(clock_ms);
+        }
+        for (size_t i = 0; i < n; i++) {
+            out.add_key(asks[i].base);
+            out.add_arg(asks[i].limit);
+            out.add_arg(asks[i].period_ms);
+            out.add_arg(asks[i].want > 0 ? asks[i].want : uint64_t(1));
         }
         return true;
     } catch (...) {
@@ -145,27 +155,31 @@ bool build_lease_args(std::string_view base, uint64_t limit, int64_t period_ms, 
     }
 }
 
-bool parse_lease_reply(const Reply& reply, LeaseGrant& out) noexcept {
-    if (reply.type != Reply::Type::Array || reply.elements.size() != 4) {
+bool parse_lease_reply(const Reply& reply, size_t n, std::vector<LeaseGrant>& out) noexcept {
+    if (reply.type != Reply::Type::Array || n == 0 || reply.elements.size() != 4 * n) {
         return false;
     }
-    long long g = 0, w = 0, left = 0, v = 0;
-    if (!integer(reply.elements[0], g) || !integer(reply.elements[1], w) ||
-        !integer(reply.elements[2], left) || !integer(reply.elements[3], v) || g < 0 || w < 0 ||
-        left < 1 || v < 0) {
+    try {
+        out.assign(n, LeaseGrant{});
+    } catch (...) {
         return false;
     }
-    out = LeaseGrant{};
-    out.units = static_cast<uint64_t>(g);
-    out.window = w;
-    out.left_ms = left;
-    if (g > 0) {
-        out.remaining = static_cast<uint64_t>(v);
-    } else {
-        if (v < 1) {
+    for (size_t i = 0; i < n; i++) {
+        long long g = 0, w = 0, left = 0, v = 0;
+        const Reply* e = &reply.elements[4 * i];
+        if (!integer(e[0], g) || !integer(e[1], w) || !integer(e[2], left) || !integer(e[3], v) ||
+            g < 0 || w < 0 || left < 1 || v < 0 || (g == 0 && v < 1)) {
             return false;
         }
-        out.retry_after_ms = v;
+        LeaseGrant& o = out[i];
+        o.units = static_cast<uint64_t>(g);
+        o.window = w;
+        o.left_ms = left;
+        if (g > 0) {
+            o.remaining = static_cast<uint64_t>(v);
+        } else {
+            o.retry_after_ms = v;
+        }
     }
     return true;
 }

@@ -3,17 +3,20 @@
 // sliding window starting at W, the same counter a strict zone counts requests in (a lease
 // zone's units are requests admitted in advance).
 //
-// LEASE (one key; grants units of its quota in the current window)
-//   KEYS = BASE
-//   ARGV = limit L, period_ms P, want (>= 1), clock ("" for Redis' TIME; epoch ms in tests)
+// LEASE (a batch of n >= 1 keys, decided one after the other at one now; grants units of
+// each key's quota in the current window)
+//   KEYS = the BASE of each key (the same BASE may come twice: the second sees the first's grant)
+//   ARGV = clock ("" for Redis' TIME; epoch ms in tests), then per key: limit L, period_ms P,
+//          want (>= 1)
 //   now = Redis' TIME in ms; W = now - now % P, e = now - W; cur = BASE:W, prev = BASE:(W - P)
 //   (missing: 0). avail = the most units the sliding window admits at this instant: the
 //   largest k with prev * (P - e) + (cur + k) * P <= L * P (what strict would admit, request
 //   by request, at now). Granted: g = min(want, max(1, floor(avail / share))) when avail >= 1
 //   (INCRBY BASE:W g; a key the call creates gets PEXPIRE 2P + 1000, as strict's), else 0.
-//   Reply: [g, W, P - e (ms left in the window), v] where v = avail - g (units left after the
-//   grant) when g >= 1, else the ms until one unit is admitted (strict's retry-after, >= 1).
-//   Exact while L * P < 2^53 (strict_exact()).
+//   Reply, per key, flat: g, W, P - e (ms left in the window), v where v = avail - g (units
+//   left after the grant) when g >= 1, else the ms until one unit is admitted (strict's
+//   retry-after, >= 1). Exact while L * P < 2^53 (strict_exact()). On a Redis Cluster a call's
+//   keys must share a slot: the module sends one key per call there.
 //
 // RETURN (one key; gives back unspent units of window W)
 //   KEYS = BASE, ARGV = W, units (>= 1)
@@ -25,6 +28,7 @@
 
 #include <cstdint>
 #include <string_view>
+#include <vector>
 
 #include "redis/reply.hpp"
 #include "redis/script.hpp"
@@ -45,11 +49,20 @@ struct LeaseGrant {
     int64_t retry_after_ms = 0;  // refused: ms until one unit is admitted (>= 1)
 };
 
-// clock_ms < 0: Redis' TIME. False when memory runs out.
-bool build_lease_args(std::string_view base, uint64_t limit, int64_t period_ms, uint64_t want,
-                      int64_t clock_ms, EvalArgs& out) noexcept;
-// False unless the reply is an array of 4 integers of the shape above.
-bool parse_lease_reply(const Reply& reply, LeaseGrant& out) noexcept;
+struct LeaseAsk {
+    std::string_view base;
+    uint64_t limit = 0;
+    int64_t period_ms = 0;
+    uint64_t want = 0;  // 0 is sent as 1
+};
+
+// The most keys the module puts in one LEASE call (like strict_batch_max).
+inline constexpr size_t lease_batch_max = 128;
+
+// asks[0..n); clock_ms < 0: Redis' TIME. False when n == 0 or memory runs out.
+bool build_lease_args(const LeaseAsk* asks, size_t n, int64_t clock_ms, EvalArgs& out) noexcept;
+// out[0..n) (resized); false unless the reply is an array of 4n integers of the shape above.
+bool parse_lease_reply(const Reply& reply, size_t n, std::vector<LeaseGrant>& out) noexcept;
 
 bool build_lease_return_args(std::string_view base, int64_t window, uint64_t units,
                              EvalArgs& out) noexcept;

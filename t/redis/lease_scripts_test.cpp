@@ -47,13 +47,18 @@ class RedisLeaseScriptsTest : public ::testing::Test {
         return std::move(o.result.reply);
     }
 
-    LeaseGrant lease(const std::string& base, uint64_t L, int64_t P, uint64_t want, int64_t now) {
+    std::vector<LeaseGrant> leases(const std::vector<LeaseAsk>& asks, int64_t now) {
         EvalArgs a;
-        EXPECT_TRUE(build_lease_args(base, L, P, want, now, a));
+        EXPECT_TRUE(build_lease_args(asks.data(), asks.size(), now, a));
         Reply r = eval(lease_script(), a);
-        LeaseGrant g;
-        EXPECT_TRUE(parse_lease_reply(r, g)) << to_string(r.type) << " " << r.str;
+        std::vector<LeaseGrant> g;
+        EXPECT_TRUE(parse_lease_reply(r, asks.size(), g)) << to_string(r.type) << " " << r.str;
         return g;
+    }
+
+    LeaseGrant lease(const std::string& base, uint64_t L, int64_t P, uint64_t want, int64_t now) {
+        std::vector<LeaseGrant> g = leases({LeaseAsk{base, L, P, want}}, now);
+        return g.empty() ? LeaseGrant{} : g[0];
     }
 
     uint64_t give_back(const std::string& base, int64_t window, uint64_t units) {
@@ -75,38 +80,56 @@ class RedisLeaseScriptsTest : public ::testing::Test {
 
 TEST(RedisLeaseScriptsUnit, ArgumentsAndReplies) {
     EvalArgs a;
-    ASSERT_TRUE(build_lease_args("b", 10, 1000, 0, -1, a));
-    ASSERT_EQ(a.keys().size(), 1u);
-    EXPECT_EQ(std::string(a.args()[2]), "1");  // want 0 is sent as 1
-    EXPECT_EQ(std::string(a.args()[3]), "");   // Redis' clock
+    LeaseAsk asks[] = {{"b", 10, 1000, 0}, {"c", 5, 60000, 7}};
+    ASSERT_TRUE(build_lease_args(asks, 2, -1, a));
+    ASSERT_EQ(a.keys().size(), 2u);
+    ASSERT_EQ(a.args().size(), 7u);
+    EXPECT_EQ(std::string(a.args()[0]), "");   // Redis' clock
+    EXPECT_EQ(std::string(a.args()[3]), "1");  // want 0 is sent as 1
+    EXPECT_EQ(std::string(a.args()[6]), "7");
+    EXPECT_FALSE(build_lease_args(asks, 0, -1, a));
     Reply r;
     r.type = Reply::Type::Array;
-    for (long long v : {3, 1000, 500, 7}) {
+    for (long long v : {3, 1000, 500, 7, 0, 60000, 20, 9}) {
         Reply e;
         e.type = Reply::Type::Integer;
         e.integer = v;
         r.elements.push_back(e);
     }
-    LeaseGrant g;
-    ASSERT_TRUE(parse_lease_reply(r, g));
-    EXPECT_EQ(g.units, 3u);
-    EXPECT_EQ(g.window, 1000);
-    EXPECT_EQ(g.left_ms, 500);
-    EXPECT_EQ(g.remaining, 7u);
-    r.elements[0].integer = 0;
-    ASSERT_TRUE(parse_lease_reply(r, g));
-    EXPECT_EQ(g.retry_after_ms, 7);
-    r.elements[3].integer = 0;  // a refusal with no retry time
-    EXPECT_FALSE(parse_lease_reply(r, g));
-    r.elements[2].integer = 0;
-    EXPECT_FALSE(parse_lease_reply(r, g));
-    r.elements.pop_back();
-    EXPECT_FALSE(parse_lease_reply(r, g));
+    std::vector<LeaseGrant> g;
+    ASSERT_TRUE(parse_lease_reply(r, 2, g));
+    EXPECT_EQ(g[0].units, 3u);
+    EXPECT_EQ(g[0].window, 1000);
+    EXPECT_EQ(g[0].left_ms, 500);
+    EXPECT_EQ(g[0].remaining, 7u);
+    EXPECT_EQ(g[1].units, 0u);
+    EXPECT_EQ(g[1].retry_after_ms, 9);
+    EXPECT_FALSE(parse_lease_reply(r, 1, g));  // 8 integers are not one key's 4
+    r.elements[7].integer = 0;                 // a refusal with no retry time
+    EXPECT_FALSE(parse_lease_reply(r, 2, g));
+    r.elements[7].integer = 9;
+    r.elements[2].integer = 0;  // no time left in the window
+    EXPECT_FALSE(parse_lease_reply(r, 2, g));
     uint64_t n = 0;
     Reply i;
     i.type = Reply::Type::Integer;
     i.integer = -1;
     EXPECT_FALSE(parse_lease_return_reply(i, n));
+}
+
+// One call for several keys (the module's end-of-turn batch): each decided as alone, in order;
+// the same key twice sees the first grant.
+TEST_F(RedisLeaseScriptsTest, ABatchDecidesEachKeyInOrder) {
+    const std::string a = base_key("t:", "q", "a"), b = base_key("t:", "q", "b");
+    std::vector<LeaseGrant> g =
+        leases({{a, 100, day_ms, 50}, {b, 10, day_ms, 50}, {a, 100, day_ms, 50}}, t0 + 7);
+    ASSERT_EQ(g.size(), 3u);
+    EXPECT_EQ(g[0].units, 12u);  // 100 / 8
+    EXPECT_EQ(g[1].units, 1u);   // 10 / 8
+    EXPECT_EQ(g[2].units, 11u);  // 88 / 8
+    EXPECT_EQ(g[2].remaining, 77u);
+    EXPECT_EQ(ctl->run({"GET", key(a, t0)}), "23");
+    EXPECT_EQ(ctl->run({"GET", key(b, t0)}), "1");
 }
 
 // 100 a day: grants of 1/8 of what is left (12, 11, 9, ...), then one at a time, exactly 100.

@@ -1,6 +1,7 @@
 // mode=lease: lease calls, prefetches, returns and the sweep (see lease.hpp).
 #include "ngx/limit/lease.hpp"
 
+#include <new>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -10,6 +11,7 @@
 #include "redis/blocking.hpp"
 #include "redis/cluster.hpp"
 #include "redis/lease_scripts.hpp"
+#include "redis/turn_batcher.hpp"
 
 namespace throttle::ngx {
 namespace {
@@ -42,6 +44,12 @@ struct Remote {
 
 constexpr uint64_t poll_ms = 1;
 
+// A lease call queued for the end of the turn.
+struct Pending {
+    std::shared_ptr<Call> call;
+    uint32_t want = 0;
+};
+
 struct LeaseWorker {
     std::vector<ZoneConf*> zones;
     std::vector<uint64_t> generations;  // each zone's lease table tag when this worker started
@@ -49,6 +57,7 @@ struct LeaseWorker {
     std::unordered_map<std::string, Remote> remote_waits;               // by base
     std::unique_ptr<redis::Timer> sweep;
     std::unique_ptr<redis::Timer> poll;
+    std::unique_ptr<redis::TurnBatcher<Pending>> batcher;
     bool stopped = false;
 };
 
@@ -84,21 +93,16 @@ void send_return(ZoneConf& zone, const std::string& base, const cl::Giveback& ba
     }
 }
 
-void finish(const std::shared_ptr<Call>& c, redis::Result&& r) noexcept {
+// Redis answered c (grant), or could not (nullptr).
+void finish(const std::shared_ptr<Call>& c, const redis::LeaseGrant* grant) noexcept {
     if (worker != nullptr && c->mark != 0) {
         auto it = worker->host_calls.find(c->base);
         if (it != worker->host_calls.end() && it->second == c) {
             worker->host_calls.erase(it);
         }
     }
-    redis::LeaseGrant g;
-    bool good = r.ok() && redis::parse_lease_reply(r.reply, g);
-    if (!good && r.ok()) {
-        bool migrating = r.reply.is_error("ASK") || r.reply.is_error("TRYAGAIN");
-        if (!migrating) {
-            redis_reply_unusable(r, "lease", c->base);
-        }
-    }
+    bool good = grant != nullptr;
+    redis::LeaseGrant g = good ? *grant : redis::LeaseGrant{};
     ZoneConf& zone = *c->zone;
     if (core::metrics::ZoneMetrics* m = zone.metrics) {
         if (!good) {
@@ -140,27 +144,78 @@ void finish(const std::shared_ptr<Call>& c, redis::Result&& r) noexcept {
     }
 }
 
-// Sends a lease call. False when it could not be sent (nothing will be called back).
+// One LEASE call for calls[0..n) (a batch of the turn; on a cluster, one call each).
+void send_batch(std::vector<Pending>&& batch) noexcept {
+    redis::Target* client = redis_client();
+    auto held = std::make_shared<std::vector<Pending>>();
+    try {
+        *held = std::move(batch);
+        std::vector<redis::LeaseAsk> asks;
+        asks.reserve(held->size());
+        for (const Pending& p : *held) {
+            const core::Policy& pol = p.call->zone->policy;
+            asks.push_back(
+                redis::LeaseAsk{p.call->base, pol.rate.limit, pol.rate.period_ms, p.want});
+        }
+        redis::EvalArgs call;
+        if (client == nullptr || !redis::build_lease_args(asks.data(), asks.size(), -1, call)) {
+            throw std::bad_alloc();
+        }
+        client->evalsha(
+            redis::lease_script(), call.keys(), call.args(), [held](redis::Result&& r) noexcept {
+                std::vector<redis::LeaseGrant> out;
+                bool good = r.ok() && redis::parse_lease_reply(r.reply, held->size(), out);
+                if (!good && r.ok() && !r.reply.is_error("ASK") && !r.reply.is_error("TRYAGAIN")) {
+                    redis_reply_unusable(r, "lease", (*held)[0].call->base);
+                }
+                for (size_t i = 0; i < held->size(); i++) {
+                    finish((*held)[i].call, good ? &out[i] : nullptr);
+                }
+            });
+    } catch (...) {
+        for (const Pending& p : *held) {
+            finish(p.call, nullptr);
+        }
+    }
+}
+
+void send_turn(std::vector<Pending>&& batch) noexcept {
+    redis::Target* client = redis_client();
+    if (client != nullptr && client->clustered()) {
+        // A script's keys must share a slot: one call per key.
+        for (Pending& p : batch) {
+            std::vector<Pending> one;
+            try {
+                one.push_back(std::move(p));
+            } catch (...) {
+                finish(p.call, nullptr);
+                continue;
+            }
+            send_batch(std::move(one));
+        }
+        return;
+    }
+    send_batch(std::move(batch));
+}
+
+// Queues a lease call for the end of the turn (one LEASE call for the turn's calls). False
+// when it could not be queued (nothing will be called back).
 bool send_call(const std::shared_ptr<Call>& c, uint32_t want) noexcept {
     redis::Target* client = redis_client();
     if (client == nullptr || worker == nullptr || worker->stopped || !client->available(c->base)) {
         return false;
     }
     try {
-        redis::EvalArgs call;
-        const core::Policy& p = c->zone->policy;
-        if (!redis::build_lease_args(c->base, p.rate.limit, p.rate.period_ms, want, -1, call)) {
-            return false;
-        }
-        c->sent_ms = now_ms();
-        if (c->zone->metrics != nullptr) {
-            core::metrics::add(c->zone->metrics->lease_calls);
-        }
+        c->sent_ms = now_ms();  // the deadline counts from before the call leaves
         if (c->mark != 0) {
             worker->host_calls[c->base] = c;
         }
-        client->evalsha(redis::lease_script(), call.keys(), call.args(),
-                        [c](redis::Result&& r) noexcept { finish(c, std::move(r)); });
+        if (!worker->batcher->submit(Pending{c, want})) {
+            throw std::bad_alloc();
+        }
+        if (c->zone->metrics != nullptr) {
+            core::metrics::add(c->zone->metrics->lease_calls);
+        }
         return true;
     } catch (...) {
         if (c->mark != 0) {
@@ -398,6 +453,9 @@ void lease_worker_init(const MainConf& mcf, redis::Loop& loop) {
     w->sweep = loop.create_timer(sweep);
     w->sweep->start(sweep_ms);
     w->poll = loop.create_timer(poll);
+    w->batcher = std::make_unique<redis::TurnBatcher<Pending>>(
+        loop, redis::lease_batch_max, send_turn, nullptr,
+        [](Pending& p) { finish(p.call, nullptr); });
     worker = w.release();
 }
 
@@ -406,6 +464,7 @@ void lease_worker_stop() noexcept {
         worker->stopped = true;
         worker->sweep->stop();
         worker->poll->stop();
+        worker->batcher.reset();  // what is queued is dropped: the process ends
         worker->host_calls.clear();
         worker->remote_waits.clear();
     }
