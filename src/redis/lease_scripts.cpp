@@ -96,20 +96,31 @@ local function int(s)
   end
   return v
 end
-local W, n = int(ARGV[1]), int(ARGV[2])
-if #KEYS ~= 1 or #ARGV ~= 2 or W == nil or n == nil then
-  return redis.error_reply('ERR throttle lease return: expected one key, a window and units')
+local nk = #KEYS
+if nk == 0 or #ARGV ~= 2 * nk then
+  return redis.error_reply('ERR throttle lease return: expected a window and units per key')
 end
-local k = KEYS[1] .. ':' .. string.format('%d', W)
-local v = redis.call('GET', k)
-if not v then return 0 end
-local c = int(v)
-if c == nil then
-  return redis.error_reply('ERR throttle: a counter key holds no integer')
+local total = 0
+for i = 1, nk do
+  local W, n = int(ARGV[2 * i - 1]), int(ARGV[2 * i])
+  if W == nil or n == nil then
+    return redis.error_reply('ERR throttle lease return: bad arguments for key ' .. i)
+  end
+  local k = KEYS[i] .. ':' .. string.format('%d', W)
+  local v = redis.call('GET', k)
+  if v then
+    local c = int(v)
+    if c == nil then
+      return redis.error_reply('ERR throttle: a counter key holds no integer')
+    end
+    if n > c then n = c end
+    if n > 0 then
+      redis.call('DECRBY', k, string.format('%d', n))
+      total = total + n
+    end
+  end
 end
-if n > c then n = c end
-if n > 0 then redis.call('DECRBY', k, string.format('%d', n)) end
-return n
+return total
 )lua";
 
 bool integer(const Reply& r, long long& v) noexcept {
@@ -184,13 +195,17 @@ bool parse_lease_reply(const Reply& reply, size_t n, std::vector<LeaseGrant>& ou
     return true;
 }
 
-bool build_lease_return_args(std::string_view base, int64_t window, uint64_t units,
-                             EvalArgs& out) noexcept {
+bool build_lease_return_args(const LeaseReturn* returns, size_t n, EvalArgs& out) noexcept {
+    if (n == 0) {
+        return false;
+    }
     try {
         out.clear();
-        out.add_key(base);
-        out.add_arg(window);
-        out.add_arg(units);
+        for (size_t i = 0; i < n; i++) {
+            out.add_key(returns[i].base);
+            out.add_arg(returns[i].window);
+            out.add_arg(returns[i].units);
+        }
         return true;
     } catch (...) {
         return false;

@@ -18,12 +18,12 @@
 //   retry-after, >= 1). Exact while L * P < 2^53 (strict_exact()). On a Redis Cluster a call's
 //   keys must share a slot: the module sends one key per call there.
 //
-// RETURN (one key; gives back unspent units of window W)
-//   KEYS = BASE, ARGV = W, units (>= 1)
-//   BASE:W, if present, drops by min(units, its count): never below 0, its expiry kept (a
-//   window already expired is not created again). Reply: the units taken off.
+// RETURN (n >= 1 keys; gives back unspent units)
+//   KEYS = the BASE of each key, ARGV = per key: W, units
+//   Per key, BASE:W, if present, drops by min(units, its count): never below 0, its expiry kept
+//   (a window already expired is not created again). Reply: the units taken off in all.
 //   Not idempotent: sent once, never again (a return lost to a timeout leaves the units
-//   counted: under-admission, never over).
+//   counted: under-admission, never over). On a Redis Cluster: one key per call.
 #pragma once
 
 #include <cstdint>
@@ -64,8 +64,17 @@ bool build_lease_args(const LeaseAsk* asks, size_t n, int64_t clock_ms, EvalArgs
 // out[0..n) (resized); false unless the reply is an array of 4n integers of the shape above.
 bool parse_lease_reply(const Reply& reply, size_t n, std::vector<LeaseGrant>& out) noexcept;
 
-bool build_lease_return_args(std::string_view base, int64_t window, uint64_t units,
-                             EvalArgs& out) noexcept;
+struct LeaseReturn {
+    std::string_view base;
+    int64_t window = 0;
+    uint64_t units = 0;
+};
+bool build_lease_return_args(const LeaseReturn* returns, size_t n, EvalArgs& out) noexcept;
+inline bool build_lease_return_args(std::string_view base, int64_t window, uint64_t units,
+                                    EvalArgs& out) noexcept {
+    LeaseReturn r{base, window, units};
+    return build_lease_return_args(&r, 1, out);
+}
 // The units taken off; false unless the reply is a non-negative integer.
 bool parse_lease_return_reply(const Reply& reply, uint64_t& units) noexcept;
 

@@ -220,5 +220,20 @@ TEST_F(RedisLeaseScriptsTest, ReturnTakesUnitsOffNeverBelowZeroNeverCreates) {
     EXPECT_EQ(ctl->run({"EXISTS", key(base, t0 - day_ms)}), "0");
 }
 
+TEST_F(RedisLeaseScriptsTest, ReturnOfSeveralKeysInOneCall) {
+    const std::string a = base_key("t:", "q", "ra"), b = base_key("t:", "q", "rb");
+    ASSERT_EQ(lease(a, 1000, day_ms, 20, t0).units, 20u);
+    ASSERT_EQ(lease(b, 1000, day_ms, 30, t0).units, 30u);
+    LeaseReturn r[] = {{a, t0, 5}, {b, t0, 50}, {a, t0 - day_ms, 3}};
+    EvalArgs args;
+    ASSERT_TRUE(build_lease_return_args(r, 3, args));
+    uint64_t n = 0;
+    ASSERT_TRUE(parse_lease_return_reply(eval(lease_return_script(), args), n));
+    EXPECT_EQ(n, 35u);  // 5 of a, all 30 of b, nothing of a window that is gone
+    EXPECT_EQ(ctl->run({"GET", key(a, t0)}), "15");
+    EXPECT_EQ(ctl->run({"GET", key(b, t0)}), "0");
+    EXPECT_EQ(ctl->run({"EXISTS", key(a, t0 - day_ms)}), "0");
+}
+
 }  // namespace
 }  // namespace throttle::redis::test

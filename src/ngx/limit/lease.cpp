@@ -1,6 +1,7 @@
 // mode=lease: lease calls, prefetches, returns and the sweep (see lease.hpp).
 #include "ngx/limit/lease.hpp"
 
+#include <algorithm>
 #include <new>
 #include <string>
 #include <unordered_map>
@@ -68,28 +69,44 @@ core::State* lease_slot(ZoneConf& zone, const core::StoredKey& key) noexcept {
     return zone.leases->lookup(zone.leases->make_key(key.digest)).state;
 }
 
-void send_return(ZoneConf& zone, const std::string& base, const cl::Giveback& back) noexcept {
+// RETURN of returns[0..n) of one zone: one call per lease_batch_max of them (one per key on a
+// cluster). Lost replies are not sent again.
+void send_returns(ZoneConf& zone, const std::vector<redis::LeaseReturn>& returns) noexcept {
     redis::Target* client = redis_client();
-    if (back.units == 0 || client == nullptr || worker_exiting()) {
+    if (returns.empty() || client == nullptr || worker_exiting()) {
+        return;
+    }
+    size_t per_call = client->clustered() ? 1 : redis::lease_batch_max;
+    core::metrics::ZoneMetrics* m = zone.metrics;
+    for (size_t i = 0; i < returns.size(); i += per_call) {
+        size_t n = std::min(per_call, returns.size() - i);
+        try {
+            redis::EvalArgs call;
+            if (!redis::build_lease_return_args(&returns[i], n, call)) {
+                continue;
+            }
+            std::string key(returns[i].base);
+            client->evalsha(redis::lease_return_script(), call.keys(), call.args(),
+                            [key, m](redis::Result&& r) noexcept {
+                                uint64_t units = 0;
+                                if (r.ok() && !redis::parse_lease_return_reply(r.reply, units)) {
+                                    redis_reply_unusable(r, "lease return", key);
+                                } else if (r.ok() && m != nullptr) {
+                                    core::metrics::add(m->lease_units_returned, units);
+                                }
+                            });
+        } catch (...) {  // memory: the units stay counted (under-admission)
+        }
+    }
+}
+
+void send_return(ZoneConf& zone, const std::string& base, const cl::Giveback& back) noexcept {
+    if (back.units == 0) {
         return;
     }
     try {
-        redis::EvalArgs call;
-        if (!redis::build_lease_return_args(base, back.window, back.units, call)) {
-            return;
-        }
-        std::string key = base;
-        core::metrics::ZoneMetrics* m = zone.metrics;
-        client->evalsha(redis::lease_return_script(), call.keys(), call.args(),
-                        [key, m](redis::Result&& r) noexcept {
-                            uint64_t n = 0;
-                            if (r.ok() && !redis::parse_lease_return_reply(r.reply, n)) {
-                                redis_reply_unusable(r, "lease return", key);
-                            } else if (r.ok() && m != nullptr) {
-                                core::metrics::add(m->lease_units_returned, n);
-                            }
-                        });
-    } catch (...) {  // memory: the units stay counted (under-admission)
+        send_returns(zone, {redis::LeaseReturn{base, back.window, back.units}});
+    } catch (...) {
     }
 }
 
@@ -298,8 +315,14 @@ void sweep() noexcept {
         } catch (...) {
         }
         ngx_shmtx_unlock(&zone->shpool->mutex);
-        for (const Back& b : backs) {
-            send_return(*zone, b.base, b.back);
+        try {
+            std::vector<redis::LeaseReturn> returns;
+            returns.reserve(backs.size());
+            for (const Back& b : backs) {
+                returns.push_back(redis::LeaseReturn{b.base, b.back.window, b.back.units});
+            }
+            send_returns(*zone, returns);
+        } catch (...) {  // memory: those units stay counted (under-admission)
         }
     }
     worker->sweep->start(sweep_ms);
@@ -501,26 +524,33 @@ void lease_final_return(const MainConf& mcf) noexcept {
         }
         uint64_t units = 0;
         size_t done = 0;
-        for (const Back& b : backs) {
+        constexpr size_t per_call = 1024;  // each call is a connection of its own
+        for (size_t k = 0; k < backs.size(); k += per_call) {
             try {
+                size_t n = std::min(per_call, backs.size() - k);
+                std::vector<redis::LeaseReturn> returns;
+                for (size_t j = k; j < k + n; j++) {
+                    returns.push_back(redis::LeaseReturn{backs[j].base, backs[j].back.window,
+                                                         backs[j].back.units});
+                }
                 redis::EvalArgs call;
-                if (!redis::build_lease_return_args(b.base, b.back.window, b.back.units, call)) {
+                if (!redis::build_lease_return_args(returns.data(), n, call)) {
                     break;
                 }
                 redis::Result r = redis::eval_blocking(*rs->client, redis::lease_return_script(),
                                                        call.keys(), call.args());
-                uint64_t n = 0;
-                if (!r.ok() || !redis::parse_lease_return_reply(r.reply, n)) {
+                uint64_t got = 0;
+                if (!r.ok() || !redis::parse_lease_return_reply(r.reply, got)) {
                     ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                                   "throttle_zone \"%V\": leases not given back at exit (Redis "
                                   "did not answer): their units wait for their window's end",
                                   &zone->name);
                     break;
                 }
-                units += n;
-                done++;
+                units += got;
+                done += n;
                 if (zone->metrics != nullptr) {
-                    core::metrics::add(zone->metrics->lease_units_returned, n);
+                    core::metrics::add(zone->metrics->lease_units_returned, got);
                 }
             } catch (...) {
                 break;
