@@ -73,12 +73,12 @@ void unspend(LeaseState& l, int64_t deadline) noexcept {
     }
 }
 
-bool asking(const LeaseState& l, int64_t now_ms) noexcept {
+bool asking(const LeaseState& l, int64_t now_ms, uint32_t stale_ms) noexcept {
     if (l.asked == 0) {
         return false;
     }
     uint32_t since = static_cast<uint32_t>(now_ms) - (l.asked & ~uint32_t(1));
-    return since < ask_stale_ms;
+    return since < stale_ms;
 }
 
 uint32_t mark_asking(LeaseState& l, int64_t now_ms) noexcept {
@@ -92,9 +92,9 @@ void done_asking(LeaseState& l, uint32_t mark) noexcept {
     }
 }
 
-bool should_prefetch(const LeaseState& l, int64_t now_ms, uint32_t max_units,
-                     uint32_t& want) noexcept {
-    if (now_ms >= l.deadline || asking(l, now_ms)) {
+bool should_prefetch(const LeaseState& l, int64_t now_ms, uint32_t max_units, uint32_t& want,
+                     uint32_t stale_ms) noexcept {
+    if (now_ms >= l.deadline || asking(l, now_ms, stale_ms)) {
         return false;
     }
     uint32_t target = target_units(l, now_ms, max_units);

@@ -37,6 +37,7 @@ LeaseState from_state(const State& s) noexcept;
 State to_state(const LeaseState& l) noexcept;
 
 // A lease call in flight for longer is considered lost (its worker died): another may leave.
+// The default; the module passes its Redis timeout + 1 s.
 inline constexpr uint32_t ask_stale_ms = 3000;
 // A lease no request spent from for this long is given back (other hosts can use it).
 inline constexpr int64_t idle_return_s = 2;
@@ -55,15 +56,15 @@ bool spend(LeaseState& l, int64_t now_ms) noexcept;
 void unspend(LeaseState& l, int64_t deadline) noexcept;
 
 // A lease call of this host is in flight (and not stale).
-bool asking(const LeaseState& l, int64_t now_ms) noexcept;
+bool asking(const LeaseState& l, int64_t now_ms, uint32_t stale_ms = ask_stale_ms) noexcept;
 // Marks a lease call as leaving now; returns its mark (for done_asking()).
 uint32_t mark_asking(LeaseState& l, int64_t now_ms) noexcept;
 void done_asking(LeaseState& l, uint32_t mark) noexcept;
 
 // After a spend: the host should ask for more now (it holds at most half its target, no call
 // is in flight). `want` gets the units to ask: target - held.
-bool should_prefetch(const LeaseState& l, int64_t now_ms, uint32_t max_units,
-                     uint32_t& want) noexcept;
+bool should_prefetch(const LeaseState& l, int64_t now_ms, uint32_t max_units, uint32_t& want,
+                     uint32_t stale_ms = ask_stale_ms) noexcept;
 
 // Units to give back to Redis: `units` of window `window` (none when units == 0).
 struct Giveback {

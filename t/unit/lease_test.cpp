@@ -161,7 +161,9 @@ TEST(Lease, PrefetchAtHalfTheTargetOnceInFlight) {
     EXPECT_TRUE(asking(l, kT0 + 10));
     EXPECT_FALSE(should_prefetch(l, kT0 + 10, 100, want));  // one call at a time
     EXPECT_FALSE(asking(l, kT0 + ask_stale_ms));            // a lost call goes stale
-    done_asking(l, mark + 2);                               // another call's mark: kept
+    EXPECT_TRUE(asking(l, kT0 + 1049, 1050));
+    EXPECT_FALSE(asking(l, kT0 + 1050, 1050));  // after the module's own bound
+    done_asking(l, mark + 2);                   // another call's mark: kept
     EXPECT_NE(l.asked, 0u);
     done_asking(l, mark);
     EXPECT_EQ(l.asked, 0u);

@@ -64,6 +64,10 @@ struct LeaseWorker {
 
 LeaseWorker* worker = nullptr;  // owned
 
+// A host call's in-flight mark older than this is taken for lost (its worker died): the Redis
+// timeout (every call is answered or failed by then) + 1 s.
+uint32_t stale_ms = cl::ask_stale_ms;
+
 // Under the lock: the lease of key (inserted when absent), read into l; store with put().
 core::State* lease_slot(ZoneConf& zone, const core::StoredKey& key) noexcept {
     return zone.leases->lookup(zone.leases->make_key(key.digest)).state;
@@ -349,7 +353,7 @@ void poll() noexcept {
         ngx_shmtx_lock(&zone.shpool->mutex);
         cl::LeaseState l = cl::from_state(*lease_slot(zone, w.key));
         ngx_shmtx_unlock(&zone.shpool->mutex);
-        bool answered = (l.held > 0 && now < l.deadline) || !cl::asking(l, now);
+        bool answered = (l.held > 0 && now < l.deadline) || !cl::asking(l, now, stale_ms);
         if (!answered && now < w.deadline_ms) {
             ++it;
             continue;
@@ -379,7 +383,7 @@ LeaseAsk lease_plan(ZoneConf& zone, const core::StoredKey& key, int64_t now) noe
     }
     core::State* slot = lease_slot(zone, key);
     cl::LeaseState l = cl::from_state(*slot);
-    if (cl::asking(l, now)) {
+    if (cl::asking(l, now, stale_ms)) {
         ask.remote = true;  // another worker's call is in flight: wait for it
         return ask;
     }
@@ -391,7 +395,7 @@ LeaseAsk lease_plan(ZoneConf& zone, const core::StoredKey& key, int64_t now) noe
 
 bool lease_after_spend(ZoneConf& zone, cl::LeaseState& l, int64_t now, uint32_t& want,
                        uint32_t& mark) noexcept {
-    if (!cl::should_prefetch(l, now, zone.lease_max, want)) {
+    if (!cl::should_prefetch(l, now, zone.lease_max, want, stale_ms)) {
         return false;
     }
     mark = cl::mark_asking(l, now);
@@ -467,6 +471,7 @@ void lease_worker_init(const MainConf& mcf, redis::Loop& loop) {
     if (w->zones.empty()) {
         return;
     }
+    stale_ms = redis_client()->config().command_timeout_ms + 1000;
     redis_client()->add_script(redis::lease_script(), permission_probe_key(mcf));
     redis_client()->add_script(redis::lease_return_script(), permission_probe_key(mcf));
     if (auto* cluster = dynamic_cast<redis::ClusterClient*>(redis_client())) {
