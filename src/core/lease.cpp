@@ -73,8 +73,11 @@ void unspend(LeaseState& l, int64_t deadline) noexcept {
     }
 }
 
+// `asked` of a state whose last call failed: even, so never a mark (marks are odd).
+constexpr uint32_t asked_failed = 2;
+
 bool asking(const LeaseState& l, int64_t now_ms, uint32_t stale_ms) noexcept {
-    if (l.asked == 0) {
+    if (l.asked == 0 || l.asked == asked_failed) {
         return false;
     }
     uint32_t since = static_cast<uint32_t>(now_ms) - (l.asked & ~uint32_t(1));
@@ -90,6 +93,16 @@ void done_asking(LeaseState& l, uint32_t mark) noexcept {
     if (l.asked == mark) {
         l.asked = 0;
     }
+}
+
+void failed_asking(LeaseState& l, uint32_t mark) noexcept {
+    if (l.asked == mark) {
+        l.asked = asked_failed;
+    }
+}
+
+bool last_call_failed(const LeaseState& l) noexcept {
+    return l.asked == asked_failed;
 }
 
 bool should_prefetch(const LeaseState& l, int64_t now_ms, uint32_t max_units, uint32_t& want,

@@ -60,6 +60,10 @@ bool asking(const LeaseState& l, int64_t now_ms, uint32_t stale_ms = ask_stale_m
 // Marks a lease call as leaving now; returns its mark (for done_asking()).
 uint32_t mark_asking(LeaseState& l, int64_t now_ms) noexcept;
 void done_asking(LeaseState& l, uint32_t mark) noexcept;
+// The call of `mark` failed (no answer from Redis): noted until the next call is marked, so
+// that requests waiting for it elsewhere take their fallback at once.
+void failed_asking(LeaseState& l, uint32_t mark) noexcept;
+bool last_call_failed(const LeaseState& l) noexcept;
 
 // After a spend: the host should ask for more now (it holds at most half its target, no call
 // is in flight). `want` gets the units to ask: target - held.

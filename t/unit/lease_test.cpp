@@ -170,6 +170,20 @@ TEST(Lease, PrefetchAtHalfTheTargetOnceInFlight) {
     EXPECT_FALSE(should_prefetch(l, kT0 + 60'000, 100, want));  // the lease is over
 }
 
+TEST(Lease, AFailedCallIsNotedUntilTheNextMark) {
+    LeaseState l;
+    uint32_t mark = mark_asking(l, kT0);
+    failed_asking(l, mark + 2);  // another call's: nothing
+    EXPECT_FALSE(last_call_failed(l));
+    failed_asking(l, mark);
+    EXPECT_TRUE(last_call_failed(l));
+    EXPECT_FALSE(asking(l, kT0));
+    EXPECT_FALSE(asking(l, 2));  // never read as a mark sent at ms 2
+    mark_asking(l, kT0 + 5);
+    EXPECT_FALSE(last_call_failed(l));
+    EXPECT_TRUE(asking(l, kT0 + 5));
+}
+
 TEST(Lease, AskingMarkIsNeverZero) {
     LeaseState l;
     EXPECT_NE(mark_asking(l, 0), 0u);

@@ -138,8 +138,10 @@ void finish(const std::shared_ptr<Call>& c, const redis::LeaseGrant* grant) noex
     ngx_shmtx_lock(&zone.shpool->mutex);
     core::State* slot = lease_slot(zone, c->key);
     cl::LeaseState l = cl::from_state(*slot);
-    if (c->mark != 0) {
+    if (c->mark != 0 && good) {
         cl::done_asking(l, c->mark);
+    } else if (c->mark != 0) {
+        cl::failed_asking(l, c->mark);
     }
     if (good && g.units > 0) {
         int64_t deadline = c->sent_ms + g.left_ms;
@@ -353,16 +355,18 @@ void poll() noexcept {
         ngx_shmtx_lock(&zone.shpool->mutex);
         cl::LeaseState l = cl::from_state(*lease_slot(zone, w.key));
         ngx_shmtx_unlock(&zone.shpool->mutex);
-        bool answered = (l.held > 0 && now < l.deadline) || !cl::asking(l, now, stale_ms);
+        bool units = l.held > 0 && now < l.deadline;
+        bool failed = !units && cl::last_call_failed(l);
+        bool answered = units || !cl::asking(l, now, stale_ms);
         if (!answered && now < w.deadline_ms) {
             ++it;
             continue;
         }
-        // Answered: the requests look again (units, or a call of their own now). Not answered
-        // in time (that worker died?): their fallback.
+        // Answered: the requests look again (units, or a call of their own now). The call
+        // failed, or no answer in time (that worker died?): their fallback.
         Remote done = std::move(w);
         it = worker->remote_waits.erase(it);
-        wake(done.waiters, answered ? LeaseOutcome::granted : LeaseOutcome::failed);
+        wake(done.waiters, answered && !failed ? LeaseOutcome::granted : LeaseOutcome::failed);
     }
     if (!worker->remote_waits.empty() && !worker->stopped) {
         worker->poll->start(poll_ms);
