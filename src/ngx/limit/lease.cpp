@@ -28,7 +28,7 @@ struct Call {
     ZoneConf* zone = nullptr;
     core::StoredKey key;  // the counts table's key
     std::string base;
-    uint32_t mark = 0;  // the host's call (lease state's `asked`), 0: a call of its own
+    uint32_t mark = 0;  // its in-flight mark in the lease (`asked`): one call per key and host
     int64_t sent_ms = 0;
     std::vector<std::shared_ptr<LeaseRequest>> waiters;
 };
@@ -68,7 +68,7 @@ LeaseWorker* worker = nullptr;  // owned
 // timeout (every call is answered or failed by then) + 1 s.
 uint32_t stale_ms = cl::ask_stale_ms;
 
-// Under the lock: the lease of key (inserted when absent), read into l; store with put().
+// Under the lock: the lease state of key (inserted when absent; cl::from_state() reads it).
 core::State* lease_slot(ZoneConf& zone, const core::StoredKey& key) noexcept {
     return zone.leases->lookup(zone.leases->make_key(key.digest)).state;
 }

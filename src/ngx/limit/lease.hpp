@@ -1,7 +1,8 @@
 // mode=lease (layer: ngx): a host's leases of its keys' quotas, in each lease zone's lease
-// table (core/lease.hpp): lease calls (one in flight per key per host for the host's lease;
-// a worker's requests that find no unit wait for its call), prefetches, returns (window over,
-// idle, exit) and the sweep that finds them. Redis side: redis/lease_scripts.hpp.
+// table (core/lease.hpp): lease calls (one in flight per key per host, marked in the lease;
+// the host's requests that find no unit wait for it; a turn's calls go in one script call),
+// prefetches, returns (window over, idle, exit) and the sweep that finds them. Redis side:
+// redis/lease_scripts.hpp.
 #pragma once
 
 #include <memory>
@@ -17,7 +18,7 @@ enum class LeaseOutcome : uint8_t {
     none = 0,
     granted,  // units came (into the host's lease): look again
     refused,  // the window admits nothing more: the key is blocked (counts' blocked_until)
-    failed,   // Redis could not answer: the zone's fallback
+    failed,   // Redis could not answer (or the call waited for was lost): the zone's fallback
 };
 
 // A request waiting for a lease call (made by bind_to_request()).
@@ -49,7 +50,8 @@ bool lease_wait(ZoneConf& zone, const core::StoredKey& key, const LeaseAsk& ask,
 // (takes the zone's lock).
 void unmark_lease(ZoneConf& zone, const core::StoredKey& key, uint32_t mark) noexcept;
 
-// A prefetch of `want` units (the host's call: mark set by lease_spent()). Not under the lock.
+// A prefetch of `want` units (the host's call: mark set by lease_after_spend()). Not under the
+// lock.
 void lease_prefetch(ZoneConf& zone, const core::StoredKey& key, uint32_t want,
                     uint32_t mark) noexcept;
 
