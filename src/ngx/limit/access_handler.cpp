@@ -6,6 +6,11 @@
 // loop; when Redis cannot answer (down, slow, circuit open), each strict zone follows its
 // fallback: local (decide on this host's counts), open (skip it) or closed (reject).
 //
+// Lease zones (lease.hpp) are decided in shared memory too, with the local ones: a request
+// spends a unit of its host's lease of the key. When the lease holds none, the request gives
+// back what it spent elsewhere and waits for the host's lease call, then runs its check again;
+// when Redis cannot answer, the zone follows its fallback as a strict zone does.
+//
 // Subrequests (auth_request, mirror, SSI includes) are checked as main requests are. A zone
 // counts a client request at most once, across the main request, its internal redirects and
 // its subrequests: the zones it was counted in are marked on the main request (ZoneMark), and
@@ -520,7 +525,6 @@ bool conclude(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, const 
     return !lcf->limit.dry_run;
 }
 
-// Decides everything here (no remote zone left). Returns whether the request was admitted.
 // Under the locks, after decide_here(): lease zones that hold no unit and cannot wait for a
 // lease call take their fallback, and the request is decided again.
 bool decide_without_waiting(Check& c, int64_t now, bool admitted) noexcept {
@@ -532,6 +536,8 @@ bool decide_without_waiting(Check& c, int64_t now, bool admitted) noexcept {
     return admitted;
 }
 
+// Decides everything here (no remote zone left; a lease zone without a unit takes its
+// fallback: Redis just failed). Returns whether the request was admitted.
 bool decide_locally(Check& c, int64_t now) noexcept {
     lock(c);
     bool admitted = decide_without_waiting(c, now, decide_here(c, now));
