@@ -157,11 +157,12 @@ note(@back ? "at exit: $back[0]" : 'given back by the idle sweep before the exit
 # --- nginx -t
 my $bad = sub {
     my ($params, $re, $name) = @_;
+    my $rate = $params =~ /\brate=/ ? '' : 'rate=10r/s';
     my ($ok, $out) = $t1->nginx_t($redis->fill(<<"EOF"));
 http {
     throttle_secret test-secret-0123456789abcdef;
     throttle_redis %%REDIS%%;
-    throttle_zone \$http_x_key zone=z:1m rate=10r/s $params;
+    throttle_zone \$http_x_key zone=z:1m $rate $params;
     server { listen 127.0.0.1:%%PORT%%; location / { throttle zone=z; } }
 }
 EOF
@@ -175,6 +176,9 @@ $bad->('mode=lease lease=1000001', qr/invalid lease size "lease=1000001"/, 'leas
 $bad->('mode=strict lease=10', qr/"lease=10" requires "mode=lease"/, 'lease= without mode=lease');
 $bad->('mode=lease algorithm=gcra', qr/"mode=lease" requires "algorithm=sliding"/, 'gcra');
 $bad->('mode=lease sync=1s', qr/"sync=1s" requires "mode=sync"/, 'sync= with mode=lease');
+$bad->('mode=lease rate=1000000000r/d', qr/rate too large for "mode=lease"/,
+    'a rate Redis cannot count exactly');
+$bad->('mode=lease lease=5 lease=6', qr/"lease" is duplicate/, 'lease= twice');
 my ($ok, $out) = $t1->nginx_t(<<'EOF');
 http {
     throttle_zone $http_x_key zone=z:1m rate=10r/s mode=lease;
