@@ -20,11 +20,13 @@ http {
     throttle_secret test-secret-0123456789abcdef;
     throttle_redis %%REDIS%% timeout=1s;
     throttle_zone $http_x_key zone=q:1m rate=10000r/d mode=lease lease=200;
+    throttle_zone $http_x_key zone=few:1m rate=15r/d mode=lease lease=200;
 
     server {
         listen 127.0.0.1:%%PORT%% backlog=4096 reuseport;
         add_header X-Status $throttle_status always;
         location /q/ { throttle zone=q; proxy_pass http://127.0.0.1:%%PORT_2%%; }
+        location /few/ { throttle zone=few; proxy_pass http://127.0.0.1:%%PORT_2%%; }
         location = /metrics { throttle_metrics; }
     }
     server {
@@ -107,6 +109,28 @@ is($granted - $returned, 10000, "metrics: $granted units granted - $returned ret
 cmp_ok(metric('nginx_throttle_leases_total'), '<=', metric('nginx_throttle_lease_calls_total'),
     'metrics: leases taken <= lease calls');
 is(metric('nginx_throttle_lease_errors_total'), 0, 'metrics: no lease call failed');
+
+# --- near the limit the mode is strict: with fewer than 16 units left, every grant is one
+# unit, so each admitted request was one Redis decision (15r/d: all 15 of them)
+my %few;
+for my $i (1 .. 40) {
+    my $r = ($i % 2 ? $t2 : $t1)->get('/few/', 'X-Key' => 'few');
+    $few{ $r->{status} }++;
+    is($r->{headers}{'retry-after'}, 1, 'a refused lease zone says Retry-After: 1 (asked again then)')
+        if $r->{status} == 429 && $few{429} == 1;
+}
+is($few{200}, 15, '15r/d: exactly 15 of 40 admitted across the two instances');
+sub few_metric {
+    my ($name) = @_;
+    my $sum = 0;
+    for my $t ($t1, $t2) {
+        my $text = $t->get('/metrics')->{body} // '';
+        $sum += $1 while $text =~ /^\Q$name\E\{zone="few",mode="lease"\} (\d+)$/mg;
+    }
+    return $sum;
+}
+is(few_metric('nginx_throttle_leases_total'), 15, 'near the limit: 15 leases taken');
+is(few_metric('nginx_throttle_lease_units_granted_total'), 15, 'of one unit each');
 
 # --- a reload of one instance under load keeps its leases: the total stays exact
 my $reloaded = 0;
