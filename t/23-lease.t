@@ -21,11 +21,17 @@ http {
     throttle_redis %%REDIS%% timeout=1s;
     throttle_zone $http_x_key zone=q:1m rate=10000r/d mode=lease lease=200;
     throttle_zone $http_x_key zone=few:1m rate=15r/d mode=lease lease=200;
+    throttle_zone $http_x_key zone=ls:1m rate=30r/d mode=lease;
+    throttle_zone $http_x_key zone=st:1m rate=100r/d mode=strict;
+    throttle_zone $http_x_key zone=ls2:1m rate=100r/d mode=lease;
+    throttle_zone $http_x_key zone=st2:1m rate=40r/d mode=strict;
 
     server {
         listen 127.0.0.1:%%PORT%% backlog=4096 reuseport;
         add_header X-Status $throttle_status always;
         location /q/ { throttle zone=q; proxy_pass http://127.0.0.1:%%PORT_2%%; }
+        location /mix/ { throttle zone=ls; throttle zone=st; proxy_pass http://127.0.0.1:%%PORT_2%%; }
+        location /mix2/ { throttle zone=ls2; throttle zone=st2; proxy_pass http://127.0.0.1:%%PORT_2%%; }
         location /few/ { throttle zone=few; proxy_pass http://127.0.0.1:%%PORT_2%%; }
         location = /metrics { throttle_metrics; }
     }
@@ -131,6 +137,23 @@ sub few_metric {
 }
 is(few_metric('nginx_throttle_leases_total'), 15, 'near the limit: 15 leases taken');
 is(few_metric('nginx_throttle_lease_units_granted_total'), 15, 'of one unit each');
+
+# --- a lease zone and a strict zone in one location: all or nothing. The lease zone is
+# decided first (with a unit, or after its lease call), then Redis decides the strict one; a
+# request one of them rejects is counted in neither (a unit is given back to the lease).
+sub mixed {
+    my ($path, $key) = @_;
+    my @r = $t1->concurrent(300, sub {
+        ['GET', $path, { 'X-Key' => $key }, undef, port => ($_[0] % 2 ? $t2 : $t1)->port];
+    });
+    return scalar grep { $_->{status} == 200 } @r;
+}
+is(mixed('/mix/', 'm'), 30, 'lease 30r/d + strict 100r/d: exactly 30 of 300 admitted');
+is($redis->sum(Throttle::Redis::zone_base('st', 'm') . ':*'), 30,
+    'the strict zone counted only the 30 the lease zone admitted');
+is(mixed('/mix2/', 'm'), 40, 'lease 100r/d + strict 40r/d: exactly 40 of 300 admitted');
+is($redis->sum(Throttle::Redis::zone_base('st2', 'm') . ':*'), 40, 'the strict zone counted 40');
+is(mixed('/mix2/', 'm'), 0, 'and nothing more');
 
 # --- a reload of one instance under load keeps its leases: the total stays exact
 my $reloaded = 0;
