@@ -42,7 +42,8 @@ inline constexpr uint32_t ask_stale_ms = 3000;
 // A lease no request spent from for this long is given back (other hosts can use it).
 inline constexpr int64_t idle_return_s = 2;
 // Redis grants at most 1/lease_share of what the window still admits (so the last units are
-// shared: with fewer than 2 * lease_share left, one unit per call: strict).
+// shared: with fewer than 2 * lease_share left, one unit per call: strict); near the limit,
+// with more than 4 hosts asking there, 1/(2 x hosts) (redis/lease_scripts.hpp).
 inline constexpr uint64_t lease_share = 8;
 
 // Units the host should hold for its rate: the spends of the last full second (or of this

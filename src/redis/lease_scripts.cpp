@@ -29,8 +29,8 @@ local function count(k)
   return n
 end
 local n = #KEYS
-if n == 0 or #ARGV ~= 3 * n + 1 then
-  return redis.error_reply(E .. 'expected a clock and limit, period, want per key')
+if n == 0 or #ARGV ~= 4 * n + 1 then
+  return redis.error_reply(E .. 'expected a clock and limit, period, want, host per key')
 end
 local now
 if ARGV[1] == '' then
@@ -42,7 +42,8 @@ else
 end
 local out = {}
 for i = 1, n do
-  local L, P, want = int(ARGV[3 * i - 1]), int(ARGV[3 * i]), int(ARGV[3 * i + 1])
+  local L, P, want, host = int(ARGV[4 * i - 2]), int(ARGV[4 * i - 1]), int(ARGV[4 * i]),
+      ARGV[4 * i + 1]
   if L == nil or P == nil or want == nil then
     return redis.error_reply(E .. 'bad arguments for key ' .. i)
   end
@@ -75,6 +76,18 @@ for i = 1, n do
     out[4 * i - 3], out[4 * i - 2], out[4 * i - 1], out[4 * i] = 0, W, left, retry
   else
     local share = (avail - fmod(avail, 8)) / 8
+    if want > share and host ~= '' then
+      -- The share bites: hosts that asked near the limit in the last 10 s, and with more
+      -- than 4 of them, at most 1 / (2 x hosts) of what is left.
+      local hk = KEYS[i] .. ':h'
+      redis.call('ZADD', hk, sf('%d', now), host)
+      redis.call('ZREMRANGEBYSCORE', hk, '-inf', sf('%d', now - 10000))
+      redis.call('PEXPIRE', hk, '10000')
+      local H = redis.call('ZCARD', hk)
+      if H > 4 then
+        share = (avail - fmod(avail, 2 * H)) / (2 * H)
+      end
+    end
     if share < 1 then share = 1 end
     local g = want
     if g > share then g = share end
@@ -159,6 +172,7 @@ bool build_lease_args(const LeaseAsk* asks, size_t n, int64_t clock_ms, EvalArgs
             out.add_arg(asks[i].limit);
             out.add_arg(asks[i].period_ms);
             out.add_arg(asks[i].want > 0 ? asks[i].want : uint64_t(1));
+            out.add_arg(asks[i].host);
         }
         return true;
     } catch (...) {

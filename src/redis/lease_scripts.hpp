@@ -7,12 +7,16 @@
 // each key's quota in the current window)
 //   KEYS = the BASE of each key (the same BASE may come twice: the second sees the first's grant)
 //   ARGV = clock ("" for Redis' TIME; epoch ms in tests), then per key: limit L, period_ms P,
-//          want (>= 1)
+//          want (>= 1), host (the asking host's id, hex; "" for none)
 //   now = Redis' TIME in ms; W = now - now % P, e = now - W; cur = BASE:W, prev = BASE:(W - P)
 //   (missing: 0). avail = the most units the sliding window admits at this instant: the
 //   largest k with prev * (P - e) + (cur + k) * P <= L * P (what strict would admit, request
-//   by request, at now). Granted: g = min(want, max(1, floor(avail / share))) when avail >= 1
-//   (INCRBY BASE:W g; a key the call creates gets PEXPIRE 2P + 1000, as strict's), else 0.
+//   by request, at now). Granted: g = min(want, max(1, floor(avail / s))) when avail >= 1
+//   (INCRBY BASE:W g; a key the call creates gets PEXPIRE 2P + 1000, as strict's), else 0,
+//   where s = 8 (lease_share), or, when that share is below want (near the limit) and more
+//   than 4 hosts asked there in the last 10 s, 2 x those hosts: BASE ":h" is a sorted set of
+//   the hosts that asked near the limit (score: the ms they last did; older than 10 s removed;
+//   expiry 10 s), written only then.
 //   Reply, per key, flat: g, W, P - e (ms left in the window), v where v = avail - g (units
 //   left after the grant) when g >= 1, else the ms until one unit is admitted (strict's
 //   retry-after, >= 1). Exact while L * P < 2^53 (strict_exact()). On a Redis Cluster a call's
@@ -53,7 +57,8 @@ struct LeaseAsk {
     std::string_view base;
     uint64_t limit = 0;
     int64_t period_ms = 0;
-    uint64_t want = 0;  // 0 is sent as 1
+    uint64_t want = 0;      // 0 is sent as 1
+    std::string_view host;  // the host's id (hex), "" for none
 };
 
 // The most keys the module puts in one LEASE call (like strict_batch_max).

@@ -57,7 +57,7 @@ class RedisLeaseScriptsTest : public ::testing::Test {
     }
 
     LeaseGrant lease(const std::string& base, uint64_t L, int64_t P, uint64_t want, int64_t now) {
-        std::vector<LeaseGrant> g = leases({LeaseAsk{base, L, P, want}}, now);
+        std::vector<LeaseGrant> g = leases({LeaseAsk{base, L, P, want, ""}}, now);
         return g.empty() ? LeaseGrant{} : g[0];
     }
 
@@ -80,13 +80,14 @@ class RedisLeaseScriptsTest : public ::testing::Test {
 
 TEST(RedisLeaseScriptsUnit, ArgumentsAndReplies) {
     EvalArgs a;
-    LeaseAsk asks[] = {{"b", 10, 1000, 0}, {"c", 5, 60000, 7}};
+    LeaseAsk asks[] = {{"b", 10, 1000, 0, ""}, {"c", 5, 60000, 7, ""}};
     ASSERT_TRUE(build_lease_args(asks, 2, -1, a));
     ASSERT_EQ(a.keys().size(), 2u);
-    ASSERT_EQ(a.args().size(), 7u);
+    ASSERT_EQ(a.args().size(), 9u);
     EXPECT_EQ(std::string(a.args()[0]), "");   // Redis' clock
     EXPECT_EQ(std::string(a.args()[3]), "1");  // want 0 is sent as 1
-    EXPECT_EQ(std::string(a.args()[6]), "7");
+    EXPECT_EQ(std::string(a.args()[4]), "");   // no host id
+    EXPECT_EQ(std::string(a.args()[7]), "7");
     EXPECT_FALSE(build_lease_args(asks, 0, -1, a));
     Reply r;
     r.type = Reply::Type::Array;
@@ -121,8 +122,8 @@ TEST(RedisLeaseScriptsUnit, ArgumentsAndReplies) {
 // the same key twice sees the first grant.
 TEST_F(RedisLeaseScriptsTest, ABatchDecidesEachKeyInOrder) {
     const std::string a = base_key("t:", "q", "a"), b = base_key("t:", "q", "b");
-    std::vector<LeaseGrant> g =
-        leases({{a, 100, day_ms, 50}, {b, 10, day_ms, 50}, {a, 100, day_ms, 50}}, t0 + 7);
+    std::vector<LeaseGrant> g = leases(
+        {{a, 100, day_ms, 50, ""}, {b, 10, day_ms, 50, ""}, {a, 100, day_ms, 50, ""}}, t0 + 7);
     ASSERT_EQ(g.size(), 3u);
     EXPECT_EQ(g[0].units, 12u);  // 100 / 8
     EXPECT_EQ(g[1].units, 1u);   // 10 / 8
@@ -218,6 +219,39 @@ TEST_F(RedisLeaseScriptsTest, ReturnTakesUnitsOffNeverBelowZeroNeverCreates) {
     EXPECT_EQ(give_back(base, t0, 1), 0u);
     EXPECT_EQ(give_back(base, t0 - day_ms, 5), 0u);  // a window that is gone
     EXPECT_EQ(ctl->run({"EXISTS", key(base, t0 - day_ms)}), "0");
+}
+
+// Near the limit (the eighth of what is left is below want), the hosts that ask there are
+// counted: up to 4 the share stays an eighth, with 6 it is a twelfth (1 / (2 x hosts)). Far
+// from the limit nothing is written for it.
+TEST_F(RedisLeaseScriptsTest, NearTheLimitTheShareFollowsTheHostsAsking) {
+    const std::string base = base_key("t:", "q", "hosts");
+    auto ask = [&](const char* host, uint64_t want, int64_t now) {
+        std::vector<LeaseGrant> g = leases({LeaseAsk{base, 1000, day_ms, want, host}}, now);
+        return g.empty() ? uint64_t(0) : g[0].units;
+    };
+    EXPECT_EQ(ask("h1", 10, t0), 10u);  // 1000 / 8 >= 10: the share does not bite
+    EXPECT_EQ(ctl->run({"EXISTS", base + ":h"}), "0");
+    ctl->run({"SET", key(base, t0), "904"});  // 96 left
+    EXPECT_EQ(ask("h1", 50, t0 + 1), 12u);    // 96 / 8, one host known
+    EXPECT_EQ(ctl->run({"ZCARD", base + ":h"}), "1");
+    for (const char* h : {"h2", "h3", "h4"}) {
+        ask(h, 1, t0 + 2);  // want 1 <= the share: not counted
+    }
+    EXPECT_EQ(ctl->run({"ZCARD", base + ":h"}), "1");
+    ctl->run({"SET", key(base, t0), "904"});
+    for (const char* h : {"h2", "h3", "h4", "h5"}) {
+        ask(h, 1000, t0 + 3);
+        ctl->run({"SET", key(base, t0), "904"});
+    }
+    EXPECT_EQ(ctl->run({"ZCARD", base + ":h"}), "5");
+    EXPECT_EQ(ask("h6", 1000, t0 + 4), 8u);  // 6 hosts: 96 / 12
+    ctl->run({"SET", key(base, t0), "904"});
+    EXPECT_EQ(ask("h6", 1000, t0 + 20000), 12u);  // the others silent for 10 s: 96 / 8
+    EXPECT_EQ(ctl->run({"ZCARD", base + ":h"}), "1");
+    long long pttl = std::atoll(ctl->run({"PTTL", base + ":h"}).c_str());
+    EXPECT_GT(pttl, 0);
+    EXPECT_LE(pttl, 10000);
 }
 
 TEST_F(RedisLeaseScriptsTest, ReturnOfSeveralKeysInOneCall) {

@@ -7,6 +7,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/hash.hpp"
 #include "ngx/limit/limit.hpp"
 #include "ngx/redis_link.hpp"
 #include "redis/blocking.hpp"
@@ -54,6 +55,9 @@ struct Pending {
 struct LeaseWorker {
     std::vector<ZoneConf*> zones;
     std::vector<uint64_t> generations;  // each zone's lease table tag when this worker started
+    // Each zone's host id for Redis' count of the hosts asking near the limit: 16 hex digits of
+    // the lease table's random secret (every worker of the host, across reloads).
+    std::unordered_map<const ZoneConf*, std::string> host_ids;
     std::unordered_map<std::string, std::shared_ptr<Call>> host_calls;  // by base
     std::unordered_map<std::string, Remote> remote_waits;               // by base
     std::unique_ptr<redis::Timer> sweep;
@@ -177,8 +181,15 @@ void send_batch(std::vector<Pending>&& batch) noexcept {
         asks.reserve(held->size());
         for (const Pending& p : *held) {
             const core::Policy& pol = p.call->zone->policy;
+            std::string_view host;
+            if (worker != nullptr) {
+                auto h = worker->host_ids.find(p.call->zone);
+                if (h != worker->host_ids.end()) {
+                    host = h->second;
+                }
+            }
             asks.push_back(
-                redis::LeaseAsk{p.call->base, pol.rate.limit, pol.rate.period_ms, p.want});
+                redis::LeaseAsk{p.call->base, pol.rate.limit, pol.rate.period_ms, p.want, host});
         }
         redis::EvalArgs call;
         if (client == nullptr || !redis::build_lease_args(asks.data(), asks.size(), -1, call)) {
@@ -469,6 +480,7 @@ void lease_worker_init(const MainConf& mcf, redis::Loop& loop) {
             w->zones.push_back(zones[i]);
             ngx_shmtx_lock(&zones[i]->shpool->mutex);
             w->generations.push_back(zones[i]->leases->tag());
+            w->host_ids[zones[i]] = core::hex(zones[i]->leases->own_secret().data(), 8);
             ngx_shmtx_unlock(&zones[i]->shpool->mutex);
         }
     }
