@@ -135,12 +135,31 @@ while (time < $deadline) {
 }
 is($back, '200 PASSED', 'Redis back: leases again');
 
+# --- a reload cannot turn a zone into or out of mode=lease while it keeps its size (the old
+# workers would read their tables where the new layout puts others); with another size it can
+my $strict_conf = $conf =~ s/zone=q:1m  rate=2000r\/d mode=lease lease=200/zone=q:1m  rate=2000r\/d mode=strict/r;
+isnt($strict_conf, $conf, 'a configuration with zone q in mode=strict');
+my $mark = $t1->log_mark;
+$t1->write_conf($strict_conf);
+ok(!$t1->reload, 'reload to mode=strict with the same size: refused');
+ok(scalar($t1->log_lines(qr/\[emerg\].*throttle_zone "q" cannot change to or from "mode=lease" on a reload while it keeps its size: give it another size \(its counts start over\) or restart nginx/, $mark)),
+    'the reason is logged');
+is($t1->get('/q/', 'X-Key' => 'switch')->{status}, 200, 'the old configuration still serves');
+$t1->allow(qr/cannot change to or from "mode=lease" on a reload/);
+my $strict_2m = $strict_conf =~ s/zone=q:1m  rate=2000r\/d mode=strict/zone=q:2m  rate=2000r\/d mode=strict/r;
+$t1->write_conf($strict_2m);
+ok($t1->reload, 'reload to mode=strict with another size: done');
+is($t1->get('/q/', 'X-Key' => 'switch')->{status}, 200, 'mode=strict: a request passes');
+$t1->write_conf($conf);
+ok($t1->reload, 'and back to mode=lease at 1m');
+is($t1->get('/q/', 'X-Key' => 'switch2')->{status}, 200, 'mode=lease again: a request passes');
+
 # --- a reload keeps the leases (the new workers spend the same shared memory); a stop gives
 # them back
 my $e = 0;
 $e += to($t1, 100, '/q/', 'exit') for 1 .. 3;
 cmp_ok(counted('exit') - $e, '>', 0, 'instance 1 holds a lease of key "exit"');
-my $mark = $t1->log_mark;
+$mark = $t1->log_mark;
 $t1->write_conf($conf);
 ok($t1->reload, 'instance 1 reloaded');
 ok(scalar($t1->log_lines(qr/throttle_zone "q": leases kept for the new workers/, $mark)),

@@ -211,20 +211,27 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept {
         ZoneShared* sh = zone->shared;
         ngx_shmtx_lock(&zone->shpool->mutex);
         Tables t = attach_tables(sh->table, sh->table_bytes, lease);
-        if (t.counts == nullptr) {
-            // Laid out for the other layout (a change to or from mode=lease), or by a module
-            // build with another layout.
-            bool other = attach_tables(sh->table, sh->table_bytes, !lease).counts != nullptr;
+        if (t.counts == nullptr &&
+            attach_tables(sh->table, sh->table_bytes, !lease).counts != nullptr) {
+            // Laid out for the other layout: the old workers, still running, would go on
+            // reading their tables where the new layout puts others.
+            ngx_shmtx_unlock(&zone->shpool->mutex);
+            ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                          "throttle_zone \"%V\" cannot change to or from \"mode=lease\" on a "
+                          "reload while it keeps its size: give it another size (its counts "
+                          "start over) or restart nginx",
+                          &shm_zone->shm.name);
+            return NGX_ERROR;
+        }
+        if (t.counts == nullptr) {  // laid out by a module build with another layout
             t = create_tables(sh->table, sh->table_bytes, lease, algorithm, shm_zone->shm.log);
             if (t.counts == nullptr) {
                 ngx_shmtx_unlock(&zone->shpool->mutex);
                 return NGX_ERROR;
             }
             ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
-                          other ? "throttle_zone \"%V\" changed to or from \"mode=lease\", "
-                                  "its counts start over"
-                                : "throttle_zone \"%V\" was laid out by another module version, "
-                                  "its counts start over",
+                          "throttle_zone \"%V\" was laid out by another module version, "
+                          "its counts start over",
                           &shm_zone->shm.name);
         } else if ((t.counts->tag() & tag_algorithm_mask) != algorithm) {
             t.counts->clear();
