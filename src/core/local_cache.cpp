@@ -514,8 +514,8 @@ bool LocalCache::put(const LocalKey& k, const Generation& gen, const LocalSnapsh
     return true;
 }
 
-bool LocalCache::get(const LocalKey& k, int64_t now_ms, int64_t max_age_ms,
-                     std::string& out) noexcept {
+bool LocalCache::get(const LocalKey& k, int64_t now_ms, int64_t max_age_ms, std::string& out,
+                     Generation* gen) noexcept {
     View v = view_of(this);
     int s = find_ns(v, k.ns);
     if (s < 0) {
@@ -557,6 +557,10 @@ bool LocalCache::get(const LocalKey& k, int64_t now_ms, int64_t max_age_ms,
         size_t len = std::min(block_size, size_t(e.size) - off);
         std::memcpy(&out[off], v.blocks + size_t(b) * block_size, len);
         off += len;
+    }
+    if (gen != nullptr) {
+        gen->ns = e.ns_gen;
+        gen->user = e.user_gen;
     }
     lru_unlink(v, i);
     lru_push_front(v, i);

@@ -95,7 +95,9 @@ class LocalCache {
     // The entry under `k` if it may be served (see above) with a local age of at most
     // max_age_ms: its bytes copied into `out` (true). An entry that can never be served again
     // (older epoch or generations, past its local age or its stale time) is removed.
-    bool get(const LocalKey& k, int64_t now_ms, int64_t max_age_ms, std::string& out) noexcept;
+    // `gen` (if set) receives the generations it was stored under.
+    bool get(const LocalKey& k, int64_t now_ms, int64_t max_age_ms, std::string& out,
+             Generation* gen = nullptr) noexcept;
 
     // A lookup or an invalidation reported these generations: the mirror moves up to them.
     void observe(std::string_view ns, std::string_view id, const Generation& gen) noexcept;

@@ -311,6 +311,23 @@ inline bool build_cache_invalidate_args(std::string_view prefix, std::string_vie
     return build_cache_invalidate_args(prefix, id, namespaces.data(), namespaces.size(), out);
 }
 
+// The same, and publishes the new generations on `channel` (the fill channel; empty: publish
+// nothing) in one message, "u" ID " " GEN ":" NS [" " GEN ":" NS ...] (NS in the order given):
+// every host's local tier hears the write (ngx/cache/local.hpp). INVALIDATE's ARGV is then
+// generation_ttl_ms, CHANNEL, ID, NS x n. False also for an empty id with a channel.
+bool build_cache_invalidate_args(std::string_view prefix, std::string_view id,
+                                 const std::string_view* namespaces, size_t n,
+                                 std::string_view channel, EvalArgs& out) noexcept;
+
+// A user's write on the fill channel: `id` and `rest` (views into `msg`) for
+// next_cache_user_generation(). False unless msg is "u" ID " " and more.
+bool parse_cache_user_message(std::string_view msg, std::string_view& id,
+                              std::string_view& rest) noexcept;
+// The next "GEN:NS" of `rest` (advanced past it). False at the end or at a malformed item (the
+// rest is then dropped).
+bool next_cache_user_generation(std::string_view& rest, uint64_t& gen,
+                                std::string_view& ns) noexcept;
+
 // The namespace's generation: every user's entries in it at once. False when the namespace is
 // not valid or memory runs out.
 bool build_cache_invalidate_namespace_args(std::string_view prefix, std::string_view ns,

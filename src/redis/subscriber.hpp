@@ -63,6 +63,14 @@ class Subscriber final : private Connection::Owner {
 
     // True once Redis confirmed the SUBSCRIBE on the current connection.
     bool subscribed() const noexcept { return state_ == State::Subscribed; }
+
+    // Heartbeat (the response cache's local tier): while subscribed, a PING every interval_ms
+    // (Redis answers a pong in subscribed mode, after every message published before it). Set
+    // before start(); 0 (the default): none.
+    void set_heartbeat(uint32_t interval_ms) noexcept { heartbeat_ms_ = interval_ms; }
+    // Subscribed, and no PING has waited for its pong longer than max_lag_ms: the messages
+    // published up to about max_lag_ms ago have been delivered.
+    bool current(uint64_t max_lag_ms) const noexcept;
     // Messages received (handed to on_message) since construction.
     uint64_t messages() const noexcept { return messages_; }
     const std::string& channel() const noexcept { return channel_; }
@@ -102,10 +110,16 @@ class Subscriber final : private Connection::Owner {
     uint32_t failures_ = 0;     // consecutive failures (this incident)
     uint32_t backoff_ms_;
     uint64_t messages_ = 0;
+    uint32_t heartbeat_ms_ = 0;
+    uint32_t pings_ = 0;         // PINGs sent on this connection whose pong has not come
+    uint64_t ping_sent_at_ = 0;  // the oldest of them
 
     std::unique_ptr<Timer> timeout_timer_;  // connect, then confirmation
     std::unique_ptr<Timer> retry_timer_;    // backoff
     std::unique_ptr<Deferred> settle_;      // healthy() at the end of a confirmation's turn
+    std::unique_ptr<Timer> heartbeat_timer_;
+
+    void heartbeat() noexcept;
 };
 
 }  // namespace throttle::redis
