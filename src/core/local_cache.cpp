@@ -364,8 +364,12 @@ size_t LocalCache::max_entry() const noexcept {
     return size_t(v.h->blocks / 4) * block_size;
 }
 
-void LocalCache::observe(std::string_view ns, std::string_view id, const Generation& gen) noexcept {
+void LocalCache::observe(std::string_view ns, std::string_view id, const Generation& gen,
+                         const LocalSnapshot& seen) noexcept {
     View v = view_of(this);
+    if (seen.epoch != v.h->epoch) {
+        return;  // sent before the mirror started over
+    }
     int s = find_or_add_ns(v, ns);
     if (s < 0) {
         return;
@@ -403,7 +407,17 @@ void LocalCache::user_generation_seen(std::string_view ns, std::string_view id,
 }
 
 void LocalCache::bump_epoch() noexcept {
-    view_of(this).h->epoch++;
+    View v = view_of(this);
+    v.h->epoch++;
+    // Every entry is unusable now, and only lookups sent from now on may store or observe: the
+    // mirror starts over from what they (and the messages from now on) report. A Redis that
+    // restarted empty counts its generations from 0 again; a mirror kept from before would
+    // refuse every new entry.
+    for (uint32_t i = 0; i < v.h->ns_slots; i++) {
+        v.ns[i].gen = 0;
+        v.ns[i].anon_gen = 0;
+    }
+    std::memset(v.users, 0, sizeof(UserSlot) * v.h->user_slots);
 }
 
 void LocalCache::clear() noexcept {
@@ -528,7 +542,8 @@ bool LocalCache::get(const LocalKey& k, int64_t now_ms, int64_t max_age_ms, std:
     Entry& e = v.entries[i];
     const NsSlot& slot = v.ns[s];
     bool usable = e.epoch == v.h->epoch && e.ns_gen == slot.gen && now_ms < e.stale_until_ms &&
-                  now_ms >= e.stored_ms && now_ms - e.stored_ms <= max_age_ms;
+                  (now_ms < e.stored_ms || now_ms - e.stored_ms <= max_age_ms);  // another
+                                                                                 // worker's clock
     if (usable) {
         if (is_anon(k.id)) {
             usable = e.user_gen == slot.anon_gen;

@@ -99,14 +99,18 @@ class LocalCache {
     bool get(const LocalKey& k, int64_t now_ms, int64_t max_age_ms, std::string& out,
              Generation* gen = nullptr) noexcept;
 
-    // A lookup or an invalidation reported these generations: the mirror moves up to them.
-    void observe(std::string_view ns, std::string_view id, const Generation& gen) noexcept;
+    // A lookup sent at `seen` reported these generations: the mirror moves up to them (unless
+    // the epoch moved since: bump_epoch() started the mirror over).
+    void observe(std::string_view ns, std::string_view id, const Generation& gen,
+                 const LocalSnapshot& seen) noexcept;
     // A purge's message: the namespace's generation is now at least `gen`.
     void ns_generation_seen(std::string_view ns, uint64_t gen) noexcept;
     // A user's write: their generation in `ns` is now at least `gen`. Always recorded (the
     // least recently used record of the set is evicted when full).
     void user_generation_seen(std::string_view ns, std::string_view id, uint64_t gen) noexcept;
-    // Messages may have been lost: every entry stored so far becomes unusable.
+    // Messages may have been lost: every entry stored so far becomes unusable, and the mirror
+    // starts over (namespace and user generations back to 0, raised again by what lookups sent
+    // from now on and messages report).
     void bump_epoch() noexcept;
 
     void clear() noexcept;

@@ -147,7 +147,7 @@ TEST_F(LocalCacheTest, ALookupThatSawANewerGenerationRaisesTheMirror) {
     std::string out;
     EXPECT_FALSE(get(anon_key(1), out));
     EXPECT_TRUE(get(anon_key(2), out));
-    t->observe("review", "anon", gen(3, 0));
+    t->observe("review", "anon", gen(3, 0), t->snapshot());
     EXPECT_FALSE(get(anon_key(2), out));
 }
 
@@ -213,6 +213,23 @@ TEST_F(LocalCacheTest, EpochBumpMakesEverythingOlderUnusable) {
     EXPECT_FALSE(t->put(anon_key(2), gen(0, 0), before, "y", now + 60'000, now + 120'000, now));
     ASSERT_TRUE(put(anon_key(2), gen(0, 0), "y"));
     EXPECT_TRUE(get(anon_key(2), out));
+}
+
+TEST_F(LocalCacheTest, EpochBumpStartsTheMirrorOver) {
+    // Redis restarted empty: generations count from 0 again.
+    ASSERT_TRUE(put(anon_key(1), gen(7, 0), "x"));
+    LocalKey a{"review", user_a, key_of(1)};
+    ASSERT_TRUE(put(a, gen(7, 4), "a"));
+    LocalSnapshot before = t->snapshot();
+    t->bump_epoch();
+    t->observe("review", "anon", gen(9, 0), before);  // a lookup sent before: ignored
+    ASSERT_TRUE(put(anon_key(1), gen(0, 0), "after restart"));
+    ASSERT_TRUE(put(a, gen(0, 0), "a after restart"));
+    std::string out;
+    ASSERT_TRUE(get(anon_key(1), out));
+    EXPECT_EQ(out, "after restart");
+    ASSERT_TRUE(get(a, out));
+    EXPECT_EQ(out, "a after restart");
 }
 
 TEST_F(LocalCacheTest, LocalAgeAndFreshnessBoundServing) {

@@ -500,8 +500,9 @@ void cache_lookup_done(const std::shared_ptr<CacheRequest>& cr, redis::Failure f
     if (RequestCtx* ctx = get_ctx(c.request())) {
         ctx->cache_tier = 2;  // redis
     }
-    if (c.conf->local.zone != nullptr) {
-        cache_local_observe(*c.conf, c.id, c.gen);  // the mirror moves up to what Redis said
+    if (c.local_keep) {
+        // The mirror moves up to what Redis said.
+        cache_local_observe(*c.conf, c.id, c.gen, c.local_seen);
     }
     if (answer->hit) {
         on_hit(cr, *answer);

@@ -331,12 +331,13 @@ void cache_local_put(const CacheLocConf& conf, const core::cache::LocalKey& k,
 }
 
 void cache_local_observe(const CacheLocConf& conf, std::string_view id,
-                         const core::cache::Generation& gen) noexcept {
+                         const core::cache::Generation& gen,
+                         const core::cache::LocalSnapshot& seen) noexcept {
     if (conf.local.zone == nullptr || conf.local.zone->table == nullptr) {
         return;
     }
     Locked lock(*conf.local.zone);
-    conf.local.zone->table->observe(view(conf.ns), id, gen);
+    conf.local.zone->table->observe(view(conf.ns), id, gen, seen);
 }
 
 void cache_local_count_untrusted(const CacheLocConf& conf) noexcept {

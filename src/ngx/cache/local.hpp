@@ -87,7 +87,8 @@ void cache_local_put(const CacheLocConf& conf, const core::cache::LocalKey& k,
 
 // A lookup's answer carried these generations (the mirror moves up to them).
 void cache_local_observe(const CacheLocConf& conf, std::string_view id,
-                         const core::cache::Generation& gen) noexcept;
+                         const core::cache::Generation& gen,
+                         const core::cache::LocalSnapshot& seen) noexcept;
 
 // Messages and confirmations, for every zone of this configuration.
 void cache_local_ns_generation(std::string_view ns, uint64_t gen) noexcept;
