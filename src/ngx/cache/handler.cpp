@@ -648,7 +648,7 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
     key_path_and_query(r, in.path, in.query);
     key_origin(r, in);
     in.extra = view(extra);  // throttle_cache_key
-    cr->key = core::cache::cache_key(in);
+    cr->key = cache_request_key(in);
     cr->base_key = cr->key;
     cr->tag_host = in.host;
     cr->tag_path = in.path;
