@@ -285,10 +285,14 @@ sub until_local {
 # ---------------------------------------------------------------------------------------
 # Reload keeps the zone (same name and size): entries are answered locally again after it.
 {
+    my $created = () = $t->error_log =~ /throttle_cache_local zone "hot" keeps entries/g;
+    is($created, 1, 'the zone was laid out once at start');
     my $mark = $t->log_mark;
     $t->reload;
     my $r = until_local($t, '/anon/a');
     is(tier($r), 'local', 'after reload: local hits again');
+    $created = () = $t->error_log =~ /throttle_cache_local zone "hot" keeps entries/g;
+    is($created, 1, 'reload: the zone was kept (attached, not laid out again)');
     $t->log_unlike(qr/\[(?:alert|emerg|crit)\]/, 'reload: no alert', $mark);
 }
 
