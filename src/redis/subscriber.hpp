@@ -13,6 +13,12 @@
 // (reply_guard.hpp) is a failure too: the connection is dropped, never the process. TCP
 // keepalive is on, so a peer that vanished silently is noticed too (after about 30 s).
 //
+// With a heartbeat (set_heartbeat()), a subscribed connection also sends PING every interval
+// (never two outstanding); Redis answers a pong in subscribed mode, queued after every message
+// published before it, so current(max_lag) tells an owner whether what was published up to
+// about that long ago has been delivered (the response cache's local tier trusts its copies
+// only then). While a PING is outstanding its pong is read as a command's reply.
+//
 // Messages published while no connection is subscribed are lost: pub/sub keeps nothing. The
 // payload view passed to on_message is valid only during the call. on_message is never called
 // from inside start() or close(), nor after close(); it may call close(). An exception it throws
