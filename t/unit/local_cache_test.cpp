@@ -5,8 +5,11 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 using namespace throttle::core;
@@ -280,6 +283,113 @@ TEST(LocalCacheSize, ManyNamespacesFillTheTableThenRefuse) {
         }
     }
     EXPECT_EQ(stored, static_cast<int>(LocalCache::ns_slots));
+}
+
+}  // namespace
+
+namespace {
+
+// A random sequence of stores, reads, purge and write messages, epoch bumps and time steps,
+// against a model of what may be served: the table never serves an entry the model says is
+// invalidated (an older generation than any reported since the last epoch bump, an older
+// epoch, past its local age), never other bytes than the last stored under that key, and
+// never holds more blocks than it has.
+TEST(LocalCacheModel, NeverServesWhatAnInvalidationCovers) {
+    Buffer buf(160 * 1024);  // small: evictions and user-record evictions happen
+    LocalCache* t = LocalCache::create(buf.mem, buf.size);
+    ASSERT_NE(t, nullptr);
+    std::mt19937_64 rng(12345);
+    const std::vector<std::string> nss = {"a", "b"};
+    std::vector<std::string> ids = {"anon"};
+    for (int i = 0; i < 300; i++) {
+        ids.push_back(std::string(60, 'u') + std::to_string(1000 + i));
+    }
+    struct Stored {
+        std::string bytes;
+        Generation gen;
+        uint64_t epoch;
+        int64_t at;
+    };
+    std::map<std::tuple<std::string, std::string, int>, Stored> last;
+    // The model's mirror since the last bump: the max of what was reported.
+    std::map<std::string, uint64_t> ns_max;
+    std::map<std::pair<std::string, std::string>, uint64_t> user_max;
+    // What "Redis" holds now: generations only move up.
+    std::map<std::string, uint64_t> redis_ns;
+    std::map<std::pair<std::string, std::string>, uint64_t> redis_user;
+    uint64_t epoch = 1;
+    int64_t now = 1'000'000;
+    const int64_t ttl = 5'000;
+    size_t served = 0;
+    for (int step = 0; step < 200000; step++) {
+        const std::string& ns = nss[rng() % nss.size()];
+        const std::string& id = ids[rng() % (rng() % 4 == 0 ? ids.size() : 8)];
+        const int k = int(rng() % 6);
+        const auto key = std::make_tuple(ns, id, k);
+        switch (rng() % 10) {
+            case 0:
+            case 1:
+            case 2: {  // a lookup answered (sent now: its snapshot), stored
+                LocalSnapshot seen = t->snapshot();
+                Generation g;
+                g.ns = redis_ns[ns];
+                g.user = redis_user[{ns, id}];
+                std::string bytes = "v" + std::to_string(step) + std::string(rng() % 3000, 'x');
+                if (t->put(LocalKey{ns, id, key_of(k)}, g, seen, bytes, now + 60'000, now + 120'000,
+                           now)) {
+                    last[key] = Stored{bytes, g, epoch, now};
+                }
+                ns_max[ns] = std::max(ns_max[ns], g.ns);
+                user_max[{ns, id}] = std::max(user_max[{ns, id}], g.user);
+                break;
+            }
+            case 3: {  // a purge and its message
+                uint64_t g = ++redis_ns[ns];
+                t->ns_generation_seen(ns, g);
+                ns_max[ns] = std::max(ns_max[ns], g);
+                break;
+            }
+            case 4: {  // a user's write and its message
+                uint64_t g = ++redis_user[{ns, id}];
+                t->user_generation_seen(ns, id, g);
+                user_max[{ns, id}] = std::max(user_max[{ns, id}], g);
+                break;
+            }
+            case 5:
+                if (rng() % 50 == 0) {  // a resubscription
+                    t->bump_epoch();
+                    epoch++;
+                    ns_max.clear();
+                    user_max.clear();
+                }
+                break;
+            case 6:
+                now += int64_t(rng() % 700);
+                break;
+            default: {  // a read
+                std::string out;
+                Generation g;
+                if (!t->get(LocalKey{ns, id, key_of(k)}, now, ttl, out, &g)) {
+                    break;
+                }
+                served++;
+                auto it = last.find(key);
+                ASSERT_NE(it, last.end()) << "served what was never stored";
+                const Stored& s = it->second;
+                ASSERT_EQ(out, s.bytes) << "served other bytes than the last stored";
+                ASSERT_EQ(s.epoch, epoch) << "served an entry of an older epoch";
+                ASSERT_LE(now - s.at, ttl) << "served past its local age";
+                ASSERT_EQ(g.ns, ns_max[ns]) << "served under an older namespace generation";
+                ASSERT_EQ(g.ns, redis_ns[ns]) << "a purge this host heard of";
+                ASSERT_EQ(g.user, (redis_user[{ns, id}])) << "a write this host heard of";
+                break;
+            }
+        }
+        ASSERT_LE(t->stats().blocks_used, t->stats().blocks);
+    }
+    EXPECT_GT(served, 1000u);
+    EXPECT_GT(t->stats().evictions, 0u);
+    EXPECT_GT(t->stats().user_evictions, 0u);
 }
 
 }  // namespace
