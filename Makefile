@@ -81,8 +81,11 @@ unit: | deps
 	cmake --build $(BUILD)/unit -j2
 	cd $(BUILD)/unit && ctest --output-on-failure
 
+# Two test files at a time (each starts its own nginx and redis-server on free ports): the suite
+# takes about half the time of a serial run on 2 cores. TEST_JOBS=1 runs it serially.
+TEST_JOBS ?= 2
 integration: $(MODULE)
-	prove -I t/lib t/
+	prove -j$(TEST_JOBS) -I t/lib t/
 
 test: unit integration
 

@@ -20,6 +20,13 @@
 #   lua          the OpenResty peer (Debian's libnginx-mod-http-lua + lua-resty-redis,
 #                own nginx instance): cache-aside in content_by_lua (bench/cache_peer.lua),
 #                GET per request, SET EX on a miss; warmed, every request is a hit
+#   throttle_local  one hot anonymous URL (throttle_cache without throttle_cache_user,
+#                throttle_cache_credentials off: the cookie wrk sends is not an identity)
+#                with throttle_cache_local zone=bench_local:32m: every measured request is a
+#                local hit, no Redis command (the fill channel's heartbeat PINGs excepted)
+#   lua_local    its OpenResty peer (lua instance): mlcache-style, a lua_shared_dict in
+#                front of Redis in front of the upstream (bench/cache_local_peer.lua, 10 s in
+#                the dict, as throttle_cache_local's default ttl), the same anonymous URL
 # Many users: the scenarios above send one cookie, so the module's per-worker memos (the
 # identity HMAC, 512 slots; inflated gzip bodies, 64 slots) always hit. These send
 # BENCH_CACHE_USERS distinct cookies in turn (wrk -s bench/cache_users.lua:
@@ -49,7 +56,8 @@
 #
 # `make bench` runs it after bench/run.sh; alone: bash bench/cache.sh.
 # Knobs (environment):
-#   BENCH_CACHE_SCENARIOS   scenarios, in order           (upstream static throttle throttle_gz lua static_users
+#   BENCH_CACHE_SCENARIOS   scenarios, in order           (upstream static throttle throttle_gz lua
+#                                                          throttle_local lua_local static_users
 #                                                          throttle_users throttle_gz_users lua_users)
 #                           also known: throttle_plain throttle_plain_users throttle_cluster
 #                           throttle_users_cluster
@@ -79,7 +87,7 @@ prog=bench-cache
 # shellcheck source=lib.sh
 source "$here/lib.sh"
 
-SCENARIOS=${BENCH_CACHE_SCENARIOS:-upstream static throttle throttle_gz lua static_users throttle_users throttle_gz_users lua_users}
+SCENARIOS=${BENCH_CACHE_SCENARIOS:-upstream static throttle throttle_gz lua throttle_local lua_local static_users throttle_users throttle_gz_users lua_users}
 USERS=${BENCH_CACHE_USERS:-2000}
 DURATION=${BENCH_CACHE_DURATION:-6s}
 BODY_BYTES=${BENCH_CACHE_BODY_BYTES:-2048}
@@ -90,6 +98,8 @@ USER_SUFFIX='9c41e07a2d5fb863' # *_users: Cookie: sessionid=u<i>-$USER_SUFFIX, i
 USERS_SCRIPT=$here/cache_users.lua
 REQ_PATH='/api/items?sort=name&page=2'
 GOAL_LUA=2 # throttle/lua req/s
+GOAL_LOCAL_STATIC=0.95 # throttle_local/static req/s
+GOAL_LOCAL_COMMANDS=0.001 # throttle_local: Redis commands per request, at most
 
 # --------------------------------------------------------------------------
 # Checks, packages.
@@ -100,7 +110,7 @@ need_count BENCH_CACHE_BODY_BYTES "$BODY_BYTES"
 need_count BENCH_CACHE_USERS "$USERS"
 need_duration BENCH_CACHE_DURATION "$DURATION"
 
-known='upstream static throttle throttle_gz throttle_plain lua'
+known='upstream static throttle throttle_gz throttle_plain lua throttle_local lua_local'
 known+=' static_users throttle_users throttle_gz_users throttle_plain_users lua_users'
 known+=' throttle_cluster throttle_users_cluster'
 read -r -a scenarios <<<"$SCENARIOS"
@@ -111,7 +121,7 @@ for s in "${scenarios[@]}"; do
     [[ -z ${seen[$s]:-} ]] || die "scenario \"$s\" is listed twice"
     seen[$s]=1
 done
-want_lua=${seen[lua]:-}${seen[lua_users]:-}
+want_lua=${seen[lua]:-}${seen[lua_users]:-}${seen[lua_local]:-}
 want_cluster=${seen[throttle_cluster]:-}${seen[throttle_users_cluster]:-}
 
 packages=(wrk curl redis-server)
@@ -164,15 +174,17 @@ gz_bytes=$(gzip -6 -c "$tmp/html/api/items.json" | wc -c)
 # and one per scenario.
 # --------------------------------------------------------------------------
 
-read -r p_origin p_origin_cache p_upstream p_static p_throttle p_plain p_lua p_cluster <<<"$(free_ports 8)"
+read -r p_origin p_origin_cache p_upstream p_static p_throttle p_plain p_lua p_cluster p_local p_lua_local <<<"$(free_ports 10)"
 declare -A port=([upstream]=$p_upstream [static]=$p_static [throttle]=$p_throttle
+    [throttle_local]=$p_local [lua_local]=$p_lua_local
     [throttle_gz]=$p_throttle [throttle_plain]=$p_plain [lua]=$p_lua [static_users]=$p_static
     [throttle_users]=$p_throttle [throttle_gz_users]=$p_throttle [throttle_plain_users]=$p_plain
     [lua_users]=$p_lua [throttle_cluster]=$p_cluster [throttle_users_cluster]=$p_cluster)
 declare -A instance_of=([upstream]=main [static]=main [throttle]=main [throttle_gz]=main
     [throttle_plain]=main [lua]=lua [static_users]=main [throttle_users]=main
     [throttle_gz_users]=main [throttle_plain_users]=main [lua_users]=lua
-    [throttle_cluster]=cluster [throttle_users_cluster]=cluster)
+    [throttle_cluster]=cluster [throttle_users_cluster]=cluster [throttle_local]=main
+    [lua_local]=lua)
 # request headers besides the cookie
 declare -A accept=([throttle_gz]='Accept-Encoding: gzip' [throttle_gz_users]='Accept-Encoding: gzip')
 is_cache() { [[ $1 == throttle* || $1 == lua* ]]; }
@@ -243,6 +255,21 @@ conf_http_head() { # conf_http_head INSTANCE
         }
     }
 
+    server {  # throttle_local: one hot anonymous URL, the local tier in front of Redis
+        listen 127.0.0.1:$p_local;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        add_header X-Cache \$throttle_cache_status always;
+        add_header X-Cache-Tier \$throttle_cache_tier always;
+        throttle_cache_valid 200 1h;
+        throttle_cache_credentials off;
+        location /api/ {
+            throttle_cache bench_local;
+            throttle_cache_local zone=bench_local:32m;
+            proxy_pass http://origin_cache;
+        }
+    }
+
     server {  # throttle, throttle_gz: the response cache in front of the origin
         listen 127.0.0.1:$p_throttle;
         proxy_http_version 1.1;
@@ -276,12 +303,29 @@ EOF
 if [[ -n $want_lua ]]; then
     sed -e "s/%%REDIS_PORT%%/$redis_port/" -e "s/%%POOL_SIZE%%/$(lua_pool_size)/" \
         "$here/cache_peer.lua" >"$tmp/cache_peer.lua"
+    sed -e "s/%%REDIS_PORT%%/$redis_port/" -e "s/%%POOL_SIZE%%/$(lua_pool_size)/" \
+        "$here/cache_local_peer.lua" >"$tmp/cache_local_peer.lua"
     {
         conf_head lua
         for f in "${LUA_MODULES[@]}"; do echo "load_module $f;"; done
         conf_http_head lua
         cat <<EOF
     lua_package_path "/usr/share/lua/5.1/?.lua;;";
+    lua_shared_dict cache_local 32m;
+
+    server {  # lua_local: mlcache-style, a shared dict in front of Redis
+        listen 127.0.0.1:$p_lua_local;
+        location /api/ {
+            content_by_lua_file $tmp/cache_local_peer.lua;
+        }
+        location /_origin/ {
+            internal;
+            rewrite ^/_origin(/.*)\$ \$1 break;
+            proxy_pass http://origin_cache;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
 
     server {  # lua: cache-aside in content_by_lua, lua-resty-redis
         listen 127.0.0.1:$p_lua;
@@ -521,6 +565,8 @@ describe() {
     throttle_gz_users) echo "throttle_gz, $USERS users in turn: the stored gzip body sent as it is; the identity memo misses" ;;
     throttle_plain_users) echo "throttle_plain, $USERS users in turn: entries stored uncompressed, nothing to inflate; the identity memo misses" ;;
     lua_users) echo "lua, $USERS users in turn: one key per user" ;;
+    throttle_local) echo "throttle_cache bench_local (anonymous: no throttle_cache_user, throttle_cache_credentials off); throttle_cache_local zone=bench_local:32m (ttl 10s): every measured request a local hit, entry stored gzip'd and inflated per hit" ;;
+    lua_local) echo "content_by_lua_file bench/cache_local_peer.lua: lua_shared_dict (10 s) -> Redis GET -> location.capture, the anonymous key md5(uri, sorted args) (lua instance)" ;;
     throttle_cluster) echo "throttle, the cache on a $CLUSTER_MASTERS-master Redis Cluster (throttle_redis cluster SEEDS; own nginx instance of the module); Redis CPU and commands summed over the masters" ;;
     throttle_users_cluster) echo "throttle_users ($USERS users in turn), the cache on the $CLUSTER_MASTERS-master Redis Cluster" ;;
     esac
@@ -563,13 +609,17 @@ describe() {
         "static upstream" "throttle_users lua_users" "throttle_gz_users lua_users" "throttle_users static" \
         "throttle_gz_users static" "lua_users static" "static_users static" "throttle_users throttle" \
         "throttle_gz_users throttle_gz" "throttle_plain_users lua_users" "throttle_plain_users throttle_users" \
-        "throttle_plain_users throttle_plain" "lua_users lua"; do
+        "throttle_plain_users throttle_plain" "lua_users lua" "throttle_local static" "lua_local static" \
+        "throttle_local lua_local" "throttle_local throttle" "lua_local lua"; do
         read -r a b <<<"$pair"
         [[ -n ${seen[$a]:-} && -n ${seen[$b]:-} ]] || continue
         line="$a/$b = $(ratio "${rps_med[$a]}" "${rps_med[$b]}")x req/s"
         line+=" (round by round: $(paired_ratios "${rps_all[$a]}" "${rps_all[$b]}"))"
         line+=", p50 $(ratio "${p50_med[$a]}" "${p50_med[$b]}")x, p99 $(ratio "${p99_med[$a]}" "${p99_med[$b]}")x"
-        if [[ $b == lua* && $a == throttle* ]]; then
+        if [[ $a == throttle_local && $b == static ]]; then
+            x=$(ratio "${rps_med[$a]}" "${rps_med[$b]}")
+            line+=$(awk -v x="$x" -v g="$GOAL_LOCAL_STATIC" 'BEGIN { printf "; goal >= %.2fx: %s", g, (x >= g) ? "met" : "NOT met" }')
+        elif [[ $b == lua* && $a == throttle* && $a != throttle_local ]]; then
             x=$(ratio "${rps_med[$a]}" "${rps_med[$b]}")
             line+=$(awk -v x="$x" -v g="$GOAL_LUA" 'BEGIN { printf "; goal >= %.2fx: %s", g, (x >= g) ? "met" : "NOT met" }')
         fi
@@ -579,7 +629,8 @@ describe() {
     for pair in "lua throttle" "lua throttle_gz" "lua throttle_plain" "throttle static" "throttle_gz static" \
         "lua_users throttle_users" "lua_users throttle_gz_users" "throttle_users static" \
         "throttle_gz_users static" "throttle_users throttle" "throttle_gz_users throttle_gz" \
-        "lua_users throttle_plain_users" "throttle_plain_users throttle_users" "lua_users lua"; do
+        "lua_users throttle_plain_users" "throttle_plain_users throttle_users" "lua_users lua" \
+        "lua_local throttle_local" "throttle_local static" "throttle_local throttle"; do
         read -r a b <<<"$pair"
         [[ -n ${seen[$a]:-} && -n ${seen[$b]:-} ]] || continue
         awk -v a="$a" -v b="$b" -v na="${requests[$a]}" -v nb="${requests[$b]}" -v hz="$clk_tck" \
@@ -603,6 +654,15 @@ describe() {
                 printf "cluster/one Redis %s/%s: req/s %sx | nginx us/req %.2f/%.2f = %.2fx | redis us/req %.2f/%.2f = %s | redis commands/req %s/%s = %s\n",
                     a, b, rps, u, v, u / v, x, y, (y > 0 ? sprintf("%.2fx", x / y) : "n/a"), ca, cb,
                     (cb > 0 ? sprintf("%.2fx", ca / cb) : "n/a") }'
+    done
+    echo
+    for s in throttle_local lua_local throttle lua; do
+        [[ -n ${seen[$s]:-} ]] || continue
+        awk -v s="$s" -v g="$GOAL_LOCAL_COMMANDS" '$1 == "requests" { n += $2; next } { c += $2 }
+            END { x = n ? c / n : 0
+                  printf "redis commands per request %-14s %.5f (every command, heartbeat PINGs included)%s\n", s, x,
+                      (s == "throttle_local") ? sprintf("; goal <= %s: %s", g, (x <= g) ? "met" : "NOT met") : "" }' \
+            "$tmp/redis-calls.$s"
     done
     echo
     for s in "${scenarios[@]}"; do

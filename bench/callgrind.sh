@@ -60,6 +60,10 @@
 #                    every EVALSHA goes to the one master of its slot (compare with strict)
 #   cache_hit_cluster (not in the default set) cache_hit on that cluster: the namespace
 #                    generation from the worker's mirror, the lookup on the user's master
+#   cache_hit_local  (not in the default set) one anonymous URL (no cookie sent) with
+#                    throttle_cache_local zone=cg_local:4m: every measured request a local
+#                    hit (shared memory, no Redis command), Accept-Encoding: gzip; compare
+#                    with cache_hit (a Redis hit)
 #
 # Two modules: with BENCH_MODULE_B, every variant is measured with both, and
 # the table gives both counts and B/A, plus, for each variant whose B/A is off by
@@ -114,7 +118,7 @@ BODY_BYTES=100         # plain & co: the static file, as run.sh
 CACHE_BYTES=2048       # cache: the origin's JSON, about (as cache.sh: stored gzip'd, >= 1k)
 SESSION='sessionid=b3f1c0de5eed4a11'
 REQ_PATH='/api/items?sort=name&page=2'
-KNOWN='plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity throttle_metrics strict_metrics strict_tls strict_cluster cache_hit_cluster lease'
+KNOWN='plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity throttle_metrics strict_metrics strict_tls strict_cluster cache_hit_cluster cache_hit_local lease'
 
 # --------------------------------------------------------------------------
 # Checks.
@@ -282,6 +286,7 @@ location_lines() {
     lease) echo 'throttle zone=blease;' ;;
     cache_*)
         echo 'throttle_cache bench;'
+        [[ $1 != cache_hit_local ]] || echo 'throttle_cache_local zone=cg_local:4m;'
         echo 'proxy_pass http://origin;'
         ;;
     esac
@@ -366,6 +371,7 @@ url() {
 client_args() {
     case $1 in
     cache_hit | cache_hit_cluster) printf '%s\n' -H "Cookie: $SESSION" -H 'Accept-Encoding: gzip' ;;
+    cache_hit_local) printf '%s\n' -H 'Accept-Encoding: gzip' ;; # anonymous: the local tier
     cache_hit_vary) printf '%s\n' -H "Cookie: $SESSION" -H 'Accept-Encoding: gzip' -H 'Accept: application/json' ;;
     cache_hit_plain | identity) printf '%s\n' -H "Cookie: $SESSION" ;;
     jwt | jwt_nocache) printf '%s\n' -H "Authorization: Bearer $JWT" ;;
@@ -378,7 +384,7 @@ expected() {
     case $1 in
     plain | plain_nomod | limit_req) echo "200 x-cache= content-encoding= ratelimit-policy= bytes=$BODY_BYTES" ;;
     throttle | strict | strict_tls | strict_cluster | lease | jwt | jwt_nocache | identity | *_metrics) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
-    cache_hit | cache_hit_vary | cache_hit_cluster) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;
+    cache_hit | cache_hit_vary | cache_hit_cluster | cache_hit_local) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;
     cache_hit_plain) echo "200 x-cache=HIT content-encoding= ratelimit-policy= bytes=$json_bytes" ;;
     esac
 }
@@ -465,6 +471,9 @@ measure() {
     fi
     [[ $v != strict* || $(evalsha_calls "$v") -gt 0 ]] || die "$name: Redis saw no EVALSHA: strict did not ask Redis"
     [[ $v != lease || $(evalsha_calls "$v") -gt 0 ]] || die "$name: Redis saw no EVALSHA: lease took no lease"
+    # the local tier: the warm-up's lookups and store only, none per measured request
+    [[ $v != cache_hit_local || $(evalsha_calls "$v") -lt 20 ]] ||
+        die "$name: Redis saw $(evalsha_calls "$v") EVALSHAs: the hits were not local"
 
     # let nginx see curl's connection close, then stop it: callgrind writes $out
     sleep 0.3

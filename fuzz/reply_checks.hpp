@@ -207,6 +207,25 @@ inline void parse_all(const Reply& reply, size_t first_zones) {
         if (parse_cache_fill_message(e.str, b, key)) {
             FUZZ_CHECK(!key.empty() && key.data() == e.str.data() + 1);
         }
+        // a purge's or a user's write (the local tier's mirror): views into the payload,
+        // generations below 2^53, a bounded walk
+        uint64_t g = 0;
+        std::string_view ns;
+        if (parse_cache_purge_message(e.str, g, ns)) {
+            FUZZ_CHECK(g < cache_generation_limit && !ns.empty());
+            FUZZ_CHECK(ns.data() + ns.size() == e.str.data() + e.str.size());
+        }
+        std::string_view id, rest;
+        if (parse_cache_user_message(e.str, id, rest)) {
+            FUZZ_CHECK(!id.empty() && id.data() == e.str.data() + 1);
+            size_t items = 0;
+            while (next_cache_user_generation(rest, g, ns)) {
+                FUZZ_CHECK(g < cache_generation_limit && !ns.empty());
+                FUZZ_CHECK(ns.data() >= e.str.data() &&
+                           ns.data() + ns.size() <= e.str.data() + e.str.size());
+                FUZZ_CHECK(++items <= e.str.size());
+            }
+        }
     }
 }
 

@@ -75,6 +75,10 @@ rr("chunked", arr(i(1700000000000), i(4), i(1000)), step=1)
 SUB = arr(bulk(b"subscribe"), bulk(b"cache:filled"), i(1))
 rr("pubsub-message", SUB + arr(bulk(b"message"), bulk(b"cache:filled"), bulk(b"1" + b"k" * 10)),
    pubsub=True)
+rr("pubsub-purge", SUB + arr(bulk(b"message"), bulk(b"cache:filled"), bulk(b"g12:review")),
+   pubsub=True)
+rr("pubsub-user-write", SUB + arr(bulk(b"message"), bulk(b"cache:filled"),
+   bulk(b"u" + b"a" * 64 + b" 3:review 1:analytics")), pubsub=True)
 rr("pubsub-unsubscribe-short", SUB + arr(bulk(b"unsubscribe"), bulk(b"c")), pubsub=True)
 rr("pubsub-integer-first", SUB + arr(i(1), bulk(b"c"), i(1)), pubsub=True)
 rr("pubsub-error", SUB + b"-ERR no\r\n", pubsub=True)

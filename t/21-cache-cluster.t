@@ -9,7 +9,9 @@
 # killed: its users go upstream (no 5xx), the others still HIT; the namespace generation
 # unreadable: after the staleness bound (3 s) nobody is served from the cache. Every body
 # carries its user's id: no user ever gets another's. Also: 48 concurrent lookups of 24 users (a
-# turn's batch split by slot), and a write invalidating two namespaces (two slots).
+# turn's batch split by slot), and a write invalidating two namespaces (two slots). The local
+# tier (throttle_cache_local, users=on) on the cluster: local hits, a purge on A and a user's
+# write on A seen by B (the messages: classic PUBLISH reaches every node).
 
 use strict;
 use warnings;
@@ -40,6 +42,11 @@ http {
         location /write2/ { throttle_cache_invalidate main other;
                             proxy_pass http://127.0.0.1:%%PORT_2%%; }
         location /purge  { throttle_cache off; throttle_cache_purge $arg_ns; }
+        location /l/     { throttle_cache loc; throttle_cache_local zone=cl:1m users=on;
+                           add_header X-Tier $throttle_cache_tier always;
+                           add_header X-Cache $throttle_cache_status always;
+                           proxy_pass http://127.0.0.1:%%PORT_2%%; }
+        location /lw/    { throttle_cache_invalidate loc; proxy_pass http://127.0.0.1:%%PORT_2%%; }
     }
     server {
         listen 127.0.0.1:%%PORT_2%% backlog=4096;
@@ -168,6 +175,32 @@ $body_of{u1} = hit_body($t1, 'u1');
     $r = get_as($t1, 'u5', '/o/');
     is(xc($r) . ' ' . $r->{body}, 'HIT ' . ($o5 // ''), 'u5 still hits in other');
     $body_of{u4} = hit_body($t1, 'u4');
+}
+
+# --- The local tier on the cluster: a purge and a write on A reach B's tier.
+{
+    my $local = sub {
+        my ($t, $user) = @_;
+        my $r;
+        wait_for(sub { $r = get_as($t, $user, '/l/x'); ($r->{headers}{'x-tier'} // '') eq 'local' },
+            timeout => 10, step => 0.02);
+        return $r;
+    };
+    my $a1 = $local->($t1, 'lu1');
+    my $b1 = $local->($t2, 'lu1');
+    is($a1->{headers}{'x-tier'}, 'local', 'local tier on a cluster: A');
+    is($b1->{headers}{'x-tier'}, 'local', 'local tier on a cluster: B');
+    my $before = $b1->{body};
+    my $p = $t1->request('POST', '/purge?ns=loc');
+    is($p->{status}, 200, 'local tier: purge on A');
+    ok(wait_for(sub { get_as($t2, 'lu1', '/l/x')->{body} ne $before }, timeout => 10, step => 0.005),
+        'local tier: B stops serving the purged entry');
+    my $b2 = $local->($t2, 'lu1');
+    my $w = $t1->request('POST', '/lw/', ['Cookie' => 'sessionid=lu1'], 'x');
+    is($w->{status}, 200, 'local tier: lu1 writes on A');
+    isnt(get_as($t1, 'lu1', '/l/x')->{body}, $b2->{body}, 'local tier: A at once: not the old entry');
+    ok(wait_for(sub { get_as($t2, 'lu1', '/l/x')->{body} ne $b2->{body} }, timeout => 10,
+        step => 0.005), 'local tier: B after the message');
 }
 
 # --- A purge on A is seen by B: the message (or, at the latest, the mirror's next read).

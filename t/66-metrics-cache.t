@@ -90,6 +90,10 @@ my %family = (
     nginx_throttle_cache_stored_bytes_total => ['stored_bytes'],
     nginx_throttle_cache_invalidations_total => ['invalidations'],
     nginx_throttle_cache_purges_total => ['purges'],
+    nginx_throttle_cache_local_hits_total => ['local_hits'],
+    nginx_throttle_cache_local_stores_total => ['local_stores'],
+    nginx_throttle_cache_local_evictions_total => ['local_evictions'],
+    nginx_throttle_cache_local_untrusted_total => ['local_untrusted'],
 );
 
 sub prometheus {
@@ -146,7 +150,8 @@ sub expected_all {
         $e{"$ns/lookups:$_"} = 0 for @statuses;
         $e{"$ns/refusals:$_"} = 0 for @reasons;
         $e{"$ns/fill_waits:$_"} = 0 for @outcomes;
-        $e{"$ns/$_"} = 0 for qw(stores stored_bytes invalidations purges);
+        $e{"$ns/$_"} = 0 for qw(stores stored_bytes invalidations purges local_hits local_stores
+                                   local_evictions local_untrusted);
     }
     $e{$_} = $want->{$_} for keys %$want;
     return \%e;

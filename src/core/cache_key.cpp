@@ -74,6 +74,7 @@ std::string identity_digest(const HmacSha256Key& secret, std::string_view identi
 }
 
 std::string identity_digest(std::string_view secret, std::string_view identity) {
+    if (identity.empty()) return std::string(anonymous_identity);  // no key schedule for it
     return identity_digest(HmacSha256Key(secret.data(), secret.size()), identity);
 }
 
@@ -166,6 +167,34 @@ std::string fill_waiter_key(std::string_view entry_key) {
     s.append(entry_key);
     s.append(":w");
     return s;
+}
+
+Sha256Digest CacheKeyMemo::key(const CacheKeyInput& in) {
+    const std::string_view fields[] = {
+        in.ns,   in.identity_digest, method_class(in.method), in.path, in.query, in.scheme, in.host,
+        in.extra};
+    size_t total = 0;
+    for (std::string_view f : fields) {
+        total += 4 + f.size();
+    }
+    if (total > max_input) {
+        return cache_key(in);
+    }
+    scratch_.clear();
+    for (std::string_view f : fields) {
+        const auto n = static_cast<uint32_t>(f.size());
+        scratch_.append(reinterpret_cast<const char*>(&n), sizeof(n));
+        scratch_.append(f);
+    }
+    Slot& s = slots_[siphash24(seed_, scratch_.data(), scratch_.size()) % slots];
+    if (s.input == scratch_) {
+        hits_++;
+        return s.key;
+    }
+    Sha256Digest k = cache_key(in);
+    s.input = scratch_;
+    s.key = k;
+    return k;
 }
 
 }  // namespace throttle::core::cache

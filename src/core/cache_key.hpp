@@ -67,6 +67,7 @@
 // key bytes then parse back unambiguously, and KEYHEX alone already separates every request.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -103,6 +104,33 @@ struct CacheKeyInput {
 // The fixed-length digest of a request (see above). May throw std::bad_alloc (the sort holds
 // one pair of views per query argument). KEYHEX is core::hex() of it: 64 lowercase hex digits.
 Sha256Digest cache_key(const CacheKeyInput& in);
+
+// A per-worker memo of cache_key(): the last keys of `slots` distinct inputs (a hot URL's key is
+// computed once, not per request: SHA-256 over the fields is most of what a cache hit costs).
+// A slot holds the exact inputs (each length-prefixed: the identity as its digest, never the
+// identity itself) and the key; a lookup compares all of them, so only the same inputs can
+// match. Inputs longer than max_input in all are not memoised. Not thread-safe.
+class CacheKeyMemo {
+   public:
+    static constexpr size_t slots = 256;
+    static constexpr size_t max_input = 512;
+
+    explicit CacheKeyMemo(const SipKey& seed) noexcept : seed_(seed) {}
+
+    // cache_key(in). May throw std::bad_alloc.
+    Sha256Digest key(const CacheKeyInput& in);
+    size_t hits() const noexcept { return hits_; }
+
+   private:
+    struct Slot {
+        std::string input;
+        Sha256Digest key{};
+    };
+    SipKey seed_;
+    std::array<Slot, slots> slots_{};
+    std::string scratch_;
+    size_t hits_ = 0;
+};
 
 // Generations are numbers Redis INCRs; a missing key reads as 0.
 struct Generation {

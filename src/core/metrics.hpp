@@ -162,6 +162,11 @@ struct CacheMetrics {
     Counter invalidations;
     Counter purges;
     Counter fill_waits[fill_wait_count];
+    Counter local_hits;       // answered from the local tier (throttle_cache_local)
+    Counter local_stores;     // entries kept in the local tier
+    Counter local_evictions;  // live local entries dropped for room
+    Counter local_untrusted;  // lookups that skipped the local tier: its subscriber lagged or
+                              // was not subscribed
 };
 
 inline constexpr size_t max_name = 127;  // bytes of a zone, namespace or target name

@@ -293,6 +293,15 @@ const CacheScalar cache_scalars[] = {
      "invalidations", [](const CacheMetrics& m) -> const Counter& { return m.invalidations; }},
     {"nginx_throttle_cache_purges_total", "Purges of the whole namespace.", "purges",
      [](const CacheMetrics& m) -> const Counter& { return m.purges; }},
+    {"nginx_throttle_cache_local_hits_total", "Lookups answered from the local tier.", "local_hits",
+     [](const CacheMetrics& m) -> const Counter& { return m.local_hits; }},
+    {"nginx_throttle_cache_local_stores_total", "Entries kept in the local tier.", "local_stores",
+     [](const CacheMetrics& m) -> const Counter& { return m.local_stores; }},
+    {"nginx_throttle_cache_local_evictions_total", "Live local-tier entries dropped to make room.",
+     "local_evictions", [](const CacheMetrics& m) -> const Counter& { return m.local_evictions; }},
+    {"nginx_throttle_cache_local_untrusted_total",
+     "Lookups that skipped the local tier: its fill-channel subscriber lagged or was down.",
+     "local_untrusted", [](const CacheMetrics& m) -> const Counter& { return m.local_untrusted; }},
 };
 
 // A cache family with one label over an array of counters.

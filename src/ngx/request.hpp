@@ -48,7 +48,8 @@ struct RequestCtx {
     // subrequests) did in each zone, by ZoneConf::index (limit/access_handler.cpp); nullptr
     // until a zone was counted or is being decided.
     ZoneMark* marks;
-    CacheStatus cache_status;  // main request only, as the four below
+    CacheStatus cache_status;  // main request only, as the five below
+    uint8_t cache_tier;        // $throttle_cache_tier: 0 none, 1 local, 2 redis
     bool cache_served;         // the response is a stored entry (cache/serve.cpp), of age:
     int64_t cache_age_s;       // the Age header sent with it
     CacheHold* hold;           // a write's response held until its invalidation is answered

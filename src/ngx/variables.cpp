@@ -142,6 +142,19 @@ ngx_int_t cache_status_variable(ngx_http_request_t* r, ngx_http_variable_value_t
     return set_value(v, cache_status_names[static_cast<ngx_uint_t>(ctx->cache_status)]);
 }
 
+// $throttle_cache_tier: "local" (answered from the local tier), "redis" (Redis answered the
+// lookup); empty otherwise.
+ngx_int_t cache_tier_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
+                              uintptr_t) noexcept {
+    static ngx_str_t names[] = {ngx_null_string, ngx_string("local"), ngx_string("redis")};
+    const RequestCtx* ctx = get_ctx(r->main);
+    if (ctx == nullptr || ctx->cache_tier == 0 || ctx->cache_tier > 2) {
+        set_not_found(v);
+        return NGX_OK;
+    }
+    return set_value(v, names[ctx->cache_tier]);
+}
+
 // $throttle_cache_age: the Age of the entry a HIT, STALE or UPDATING response served.
 ngx_int_t cache_age_variable(ngx_http_request_t* r, ngx_http_variable_value_t* v,
                              uintptr_t) noexcept {
@@ -159,6 +172,8 @@ ngx_http_variable_t variables[] = {
     {ngx_string("throttle_cache_status"), nullptr, cache_status_variable, 0,
      NGX_HTTP_VAR_NOCACHEABLE, 0},
     {ngx_string("throttle_cache_age"), nullptr, cache_age_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
+    {ngx_string("throttle_cache_tier"), nullptr, cache_tier_variable, 0, NGX_HTTP_VAR_NOCACHEABLE,
+     0},
     {ngx_string("throttle_status"), nullptr, status_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
     {ngx_string("throttle_zone"), nullptr, zone_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},
     {ngx_string("throttle_limit"), nullptr, limit_variable, 0, NGX_HTTP_VAR_NOCACHEABLE, 0},

@@ -3,6 +3,7 @@
 // redis).
 #include "redis/cache_scripts.hpp"
 
+#include <cstring>
 #include <utility>
 
 namespace throttle::redis {
@@ -277,10 +278,13 @@ return released
 constexpr std::string_view lua_invalidate = R"lua(
 local n = #KEYS
 local gttl = int(ARGV[1])
-if n == 0 or #ARGV ~= 1 or gttl == nil or gttl < 1 then
+local publish = #ARGV > 1
+if n == 0 or gttl == nil or gttl < 1 or (#ARGV ~= 1 and #ARGV ~= n + 3) or
+   (publish and (#ARGV[2] == 0 or #ARGV[3] == 0)) then
   return redis.error_reply('ERR throttle cache invalidate: expected keys and a generation ttl')
 end
 local out = {}
+local msg = {}
 for i = 1, n do
   local v = redis.call('INCR', KEYS[i])
   redis.call('PEXPIRE', KEYS[i], sf('%d', gttl))
@@ -288,6 +292,12 @@ for i = 1, n do
     return redis.error_reply('ERR throttle cache invalidate: generation at 2^53')
   end
   out[i] = v
+  if publish then
+    msg[i] = sf('%d:%s', v, ARGV[i + 3])
+  end
+end
+if publish then
+  redis.call('PUBLISH', ARGV[2], 'u' .. ARGV[3] .. ' ' .. table.concat(msg, ' '))
 end
 return out
 )lua";
@@ -1006,13 +1016,59 @@ bool parse_cache_purge_message(std::string_view msg, uint64_t& gen, std::string_
     return true;
 }
 
+bool parse_cache_user_message(std::string_view msg, std::string_view& id,
+                              std::string_view& rest) noexcept {
+    if (msg.size() < 2 || msg[0] != 'u') {
+        return false;
+    }
+    size_t sp = msg.find(' ');
+    if (sp == std::string_view::npos || sp == 1 || sp + 1 >= msg.size()) {
+        return false;
+    }
+    id = msg.substr(1, sp - 1);
+    rest = msg.substr(sp + 1);
+    return true;
+}
+
+bool next_cache_user_generation(std::string_view& rest, uint64_t& gen,
+                                std::string_view& ns) noexcept {
+    if (rest.empty()) {
+        return false;
+    }
+    size_t sp = rest.find(' ');
+    std::string_view item = rest.substr(0, sp);
+    rest = sp == std::string_view::npos ? std::string_view() : rest.substr(sp + 1);
+    // "GEN:NS" is a purge message without its "g".
+    if (item.size() < 3 || item.size() > 100) {
+        rest = {};
+        return false;
+    }
+    char buf[128];
+    buf[0] = 'g';
+    std::memcpy(buf + 1, item.data(), item.size());
+    std::string_view as_purge(buf, item.size() + 1);
+    std::string_view n;
+    if (!parse_cache_purge_message(as_purge, gen, n)) {
+        rest = {};
+        return false;
+    }
+    ns = item.substr(n.data() - buf - 1);
+    return true;
+}
+
 // ---- INVALIDATE ----
 
 bool build_cache_invalidate_args(std::string_view prefix, std::string_view id,
                                  const std::string_view* namespaces, size_t n,
                                  EvalArgs& out) noexcept {
+    return build_cache_invalidate_args(prefix, id, namespaces, n, {}, out);
+}
+
+bool build_cache_invalidate_args(std::string_view prefix, std::string_view id,
+                                 const std::string_view* namespaces, size_t n,
+                                 std::string_view channel, EvalArgs& out) noexcept {
     out.clear();
-    if (n == 0) {
+    if (n == 0 || (!channel.empty() && id.empty())) {
         return false;
     }
     try {
@@ -1024,6 +1080,13 @@ bool build_cache_invalidate_args(std::string_view prefix, std::string_view id,
             out.add_key(core::cache::generation_key(prefix, namespaces[i], id));
         }
         out.add_arg(cache_generation_ttl_ms);
+        if (!channel.empty()) {
+            out.add_arg(channel);
+            out.add_arg(id);
+            for (size_t i = 0; i < n; i++) {
+                out.add_arg(namespaces[i]);
+            }
+        }
     } catch (...) {
         out.clear();
         return false;

@@ -111,8 +111,11 @@
 // INVALIDATE (a user's write, an upstream's header, an operator)
 //   KEYS = generation keys (any number >= 1; the user's keys in several namespaces, or one
 //          namespace_generation_key for everyone in a namespace)
-//   ARGV = generation_ttl_ms (>= 1)
-//   INCR each key, then PEXPIRE it to generation_ttl_ms (every time). Reply: the new values,
+//   ARGV = generation_ttl_ms (>= 1) [, CHANNEL, ID, NS x #KEYS]
+//   INCR each key, then PEXPIRE it to generation_ttl_ms (every time). With the optional ARGV
+//   (a user's keys, the names of their namespaces in KEYS order), last one PUBLISH CHANNEL
+//   "u" ID " " GEN ":" NS [" " GEN ":" NS ...]: every host's local tier hears the write
+//   (ngx/cache/local.hpp). Reply: the new values,
 //   in KEYS order. A key holding no integer is an error reply (INCR's); so is a value at or
 //   above 2^53 (keys before it were already incremented: harmless, it only invalidates more).
 //
@@ -311,6 +314,23 @@ inline bool build_cache_invalidate_args(std::string_view prefix, std::string_vie
     return build_cache_invalidate_args(prefix, id, namespaces.data(), namespaces.size(), out);
 }
 
+// The same, and publishes the new generations on `channel` (the fill channel; empty: publish
+// nothing) in one message, "u" ID " " GEN ":" NS [" " GEN ":" NS ...] (NS in the order given):
+// every host's local tier hears the write (ngx/cache/local.hpp). INVALIDATE's ARGV is then
+// generation_ttl_ms, CHANNEL, ID, NS x n. False also for an empty id with a channel.
+bool build_cache_invalidate_args(std::string_view prefix, std::string_view id,
+                                 const std::string_view* namespaces, size_t n,
+                                 std::string_view channel, EvalArgs& out) noexcept;
+
+// A user's write on the fill channel: `id` and `rest` (views into `msg`) for
+// next_cache_user_generation(). False unless msg is "u" ID " " and more.
+bool parse_cache_user_message(std::string_view msg, std::string_view& id,
+                              std::string_view& rest) noexcept;
+// The next "GEN:NS" of `rest` (advanced past it). False at the end or at a malformed item (the
+// rest is then dropped).
+bool next_cache_user_generation(std::string_view& rest, uint64_t& gen,
+                                std::string_view& ns) noexcept;
+
 // The namespace's generation: every user's entries in it at once. False when the namespace is
 // not valid or memory runs out.
 bool build_cache_invalidate_namespace_args(std::string_view prefix, std::string_view ns,
@@ -331,7 +351,8 @@ bool parse_cache_invalidate_reply(const Reply& reply, size_t n,
 // ABANDON CLUSTER: KEYS = generation_key(PREFIX, NS, ID), ARGV = ABANDON's 6, then NSGEN.
 // PURGE CLUSTER: KEYS = namespace_generation_key(PREFIX, NS), ARGV = generation_ttl_ms, CHANNEL,
 //   NS: INCR, PEXPIRE, PUBLISH CHANNEL "g" GEN ":" NS; reply: [GEN] (parse_cache_invalidate_reply
-//   with n = 1).
+//   with n = 1). The module sends it on one Redis too (the purge handler, whenever the fill
+//   channel runs): the message is what moves every host's local tier (ngx/cache/local.hpp).
 // NS GENERATION: KEYS = namespace_generation_key(PREFIX, NS), ARGV = ttl_ms: the generation (0
 //   when missing); when it exists its expiry is pushed to ttl_ms (cache_ns_generation_ttl_ms: a
 //   day more than any entry lives, so a generation key outlives every entry stored under it

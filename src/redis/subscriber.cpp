@@ -78,6 +78,7 @@ Subscriber::Subscriber(Loop& loop, Config config, std::string channel, OnMessage
             healthy();
         }
     });
+    heartbeat_timer_ = loop_.create_timer([this] { heartbeat(); });
     retry_timer_ = loop_.create_timer([this] {
         if (!closed_ && connection_ == nullptr) {
             connect();
@@ -103,9 +104,34 @@ void Subscriber::close() noexcept {
     closed_ = true;
     timeout_timer_->stop();
     retry_timer_->stop();
+    heartbeat_timer_->stop();
     settle_->cancel();
     state_ = State::Idle;
+    pings_ = 0;
     connection_.reset();  // also from inside its own callbacks (see the top)
+}
+
+bool Subscriber::current(uint64_t max_lag_ms) const noexcept {
+    if (state_ != State::Subscribed) {
+        return false;
+    }
+    return pings_ == 0 || loop_.now_ms() - ping_sent_at_ <= max_lag_ms;
+}
+
+// A PING unless one is still waiting for its pong (current() tells how long).
+void Subscriber::heartbeat() noexcept {
+    if (closed_ || state_ != State::Subscribed || connection_ == nullptr) {
+        return;
+    }
+    if (pings_ == 0) {
+        const char* argv[1] = {"PING"};
+        size_t lens[1] = {4};
+        if (connection_->append(1, argv, lens)) {
+            pings_ = 1;
+            ping_sent_at_ = loop_.now_ms();
+        }
+    }
+    heartbeat_timer_->start(heartbeat_ms_);
 }
 
 void Subscriber::log(LogLevel level, std::string_view message) const noexcept {
@@ -148,8 +174,9 @@ void Subscriber::on_lost(Connection::Loss, std::string_view message) noexcept {
     lost(message);
 }
 
+// A pong is a reply to a command (an array of 2, which the guard would refuse as a message).
 bool Subscriber::awaiting_reply() const noexcept {
-    return auth_pending_;
+    return auth_pending_ || pings_ > 0;
 }
 
 // A handshake that cannot be queued is failed from timeout_timer_ at once.
@@ -209,7 +236,9 @@ void Subscriber::lost(std::string_view what) noexcept {
     connection_.reset();    // also from inside its own callbacks (see the top)
     state_ = State::Idle;
     auth_pending_ = false;
+    pings_ = 0;
     timeout_timer_->stop();
+    heartbeat_timer_->stop();
     settle_->cancel();
     failure(why);
 }
@@ -259,6 +288,11 @@ void Subscriber::on_reply(redisReply* r) noexcept {
         lost(cat("connection lost: ", text_of(r)));
         return;
     }
+    if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 && pings_ > 0 &&
+        is_word(r->element[0], "pong")) {
+        pings_ = 0;
+        return;
+    }
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 3) {
         return;
     }
@@ -271,6 +305,9 @@ void Subscriber::on_reply(redisReply* r) noexcept {
         state_ = State::Subscribed;
         timeout_timer_->stop();
         settle_->post();
+        if (heartbeat_ms_ > 0) {
+            heartbeat_timer_->start(heartbeat_ms_);
+        }
         log(LogLevel::Debug, cat(name_, ": subscribed to \"", channel_, "\""));
         notify(true);
     }

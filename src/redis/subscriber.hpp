@@ -13,6 +13,12 @@
 // (reply_guard.hpp) is a failure too: the connection is dropped, never the process. TCP
 // keepalive is on, so a peer that vanished silently is noticed too (after about 30 s).
 //
+// With a heartbeat (set_heartbeat()), a subscribed connection also sends PING every interval
+// (never two outstanding); Redis answers a pong in subscribed mode, queued after every message
+// published before it, so current(max_lag) tells an owner whether what was published up to
+// about that long ago has been delivered (the response cache's local tier trusts its copies
+// only then). While a PING is outstanding its pong is read as a command's reply.
+//
 // Messages published while no connection is subscribed are lost: pub/sub keeps nothing. The
 // payload view passed to on_message is valid only during the call. on_message is never called
 // from inside start() or close(), nor after close(); it may call close(). An exception it throws
@@ -63,6 +69,14 @@ class Subscriber final : private Connection::Owner {
 
     // True once Redis confirmed the SUBSCRIBE on the current connection.
     bool subscribed() const noexcept { return state_ == State::Subscribed; }
+
+    // Heartbeat (the response cache's local tier): while subscribed, a PING every interval_ms
+    // (Redis answers a pong in subscribed mode, after every message published before it). Set
+    // before start(); 0 (the default): none.
+    void set_heartbeat(uint32_t interval_ms) noexcept { heartbeat_ms_ = interval_ms; }
+    // Subscribed, and no PING has waited for its pong longer than max_lag_ms: the messages
+    // published up to about max_lag_ms ago have been delivered.
+    bool current(uint64_t max_lag_ms) const noexcept;
     // Messages received (handed to on_message) since construction.
     uint64_t messages() const noexcept { return messages_; }
     const std::string& channel() const noexcept { return channel_; }
@@ -102,10 +116,16 @@ class Subscriber final : private Connection::Owner {
     uint32_t failures_ = 0;     // consecutive failures (this incident)
     uint32_t backoff_ms_;
     uint64_t messages_ = 0;
+    uint32_t heartbeat_ms_ = 0;
+    uint32_t pings_ = 0;         // PINGs sent on this connection whose pong has not come
+    uint64_t ping_sent_at_ = 0;  // the oldest of them
 
     std::unique_ptr<Timer> timeout_timer_;  // connect, then confirmation
     std::unique_ptr<Timer> retry_timer_;    // backoff
     std::unique_ptr<Deferred> settle_;      // healthy() at the end of a confirmation's turn
+    std::unique_ptr<Timer> heartbeat_timer_;
+
+    void heartbeat() noexcept;
 };
 
 }  // namespace throttle::redis

@@ -918,6 +918,59 @@ TEST_F(RedisCacheScriptsTest, WaiterMarkOnlyWhenLockContended) {
     EXPECT_EQ(ctl->run({"EXISTS", cc::fill_lock_key(e)}), "0");
 }
 
+// INVALIDATE with a channel publishes the user's new generations in one message (the local
+// tier's mirror on every host, ngx/cache/local.hpp); without one it publishes nothing.
+TEST_F(RedisCacheScriptsTest, InvalidatePublishesTheNewGenerations) {
+    const std::string ch = cache_fill_channel("tc:");
+    Listener listener(server->port(), ch);
+    ASSERT_TRUE(listener.ok());
+    std::vector<std::string_view> names{"review", "analytics"};
+    EvalArgs a;
+    ASSERT_TRUE(build_cache_invalidate_args("tc:", user_a, names.data(), names.size(), ch, a));
+    Reply r = eval(cache_invalidate_script(), a);
+    std::vector<uint64_t> g;
+    ASSERT_TRUE(parse_cache_invalidate_reply(r, 2, g)) << to_string(r.type) << " " << r.str;
+    EXPECT_EQ(g, (std::vector<uint64_t>{1, 1}));
+    const std::string msg = listener.next();
+    EXPECT_EQ(msg, "u" + std::string(user_a) + " 1:review 1:analytics");
+    std::string_view id, rest, ns;
+    uint64_t gen = 0;
+    ASSERT_TRUE(parse_cache_user_message(msg, id, rest));
+    EXPECT_EQ(id, user_a);
+    ASSERT_TRUE(next_cache_user_generation(rest, gen, ns));
+    EXPECT_EQ(gen, 1u);
+    EXPECT_EQ(ns, "review");
+    ASSERT_TRUE(next_cache_user_generation(rest, gen, ns));
+    EXPECT_EQ(ns, "analytics");
+    EXPECT_FALSE(next_cache_user_generation(rest, gen, ns));
+    // Without a channel (the old call): the generations move, nothing is published.
+    EXPECT_EQ(invalidate("tc:", user_a, {"review"}), (std::vector<uint64_t>{2}));
+    EXPECT_EQ(ctl->run({"PUBLISH", ch, "marker"}), "1");
+    EXPECT_EQ(listener.next(), "marker");
+    // Malformed: an id with a channel but no namespace names is refused by the script.
+    EvalArgs bad;
+    bad.add_key(cc::generation_key("tc:", "review", user_a));
+    bad.add_arg(cache_generation_ttl_ms);
+    bad.add_arg(ch);
+    EXPECT_EQ(eval(cache_invalidate_script(), bad).type, Reply::Type::Error);
+}
+
+TEST(RedisCacheScriptsUnit, UserMessages) {
+    std::string_view id, rest, ns;
+    uint64_t gen = 0;
+    EXPECT_FALSE(parse_cache_user_message("g1:review", id, rest));
+    EXPECT_FALSE(parse_cache_user_message("u", id, rest));
+    EXPECT_FALSE(parse_cache_user_message("uabc", id, rest));
+    EXPECT_FALSE(parse_cache_user_message("u abc", id, rest));
+    ASSERT_TRUE(parse_cache_user_message("uanon 3:a 07:b 5:c", id, rest));
+    EXPECT_EQ(id, "anon");
+    ASSERT_TRUE(next_cache_user_generation(rest, gen, ns));
+    EXPECT_EQ(gen, 3u);
+    EXPECT_EQ(ns, "a");
+    EXPECT_FALSE(next_cache_user_generation(rest, gen, ns));  // "07": not canonical
+    EXPECT_FALSE(next_cache_user_generation(rest, gen, ns));  // and the rest is dropped
+}
+
 // STORE publishes "1" E (stored) or "0" E (refused) on the prefix's fill channel, and deletes the
 // mark, only when a waiter marked the entry; without one it publishes nothing.
 TEST_F(RedisCacheScriptsTest, StorePublishesOnlyToMarkedWaiters) {

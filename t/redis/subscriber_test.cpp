@@ -283,6 +283,49 @@ TEST_F(RedisSubscriberTest, UnconfirmedSubscribeTimesOut) {
     ASSERT_TRUE(ev.run_until([&] { return received.size() == 1; }, 5000));
 }
 
+// The heartbeat (the cache's local tier): while subscribed, a PING every interval; its pong
+// (a reply of 2 elements, not a message) is read without dropping the connection, messages in
+// between are delivered; a paused server leaves the PING unanswered: current() turns false
+// after max_lag_ms and true again once the pong arrives after the resume.
+TEST_F(RedisSubscriberTest, HeartbeatTellsALaggingConnection) {
+    RedisServer server;
+    ASSERT_TRUE(server.start());
+    Control ctl(server.port());
+    auto sub = make(config(server.address()));
+    sub->set_heartbeat(20);
+    EXPECT_FALSE(sub->current(100));
+    start(*sub);
+    ASSERT_TRUE(ev.run_until([&] { return sub->subscribed(); }, 5000));
+    EXPECT_TRUE(sub->current(100));
+    ctl.run({"CONFIG", "RESETSTAT"});
+    ev.run_for(300);
+    // INFO commandstats: the PINGs reached the server; the connection stood.
+    const std::string stats = ctl.run({"INFO", "commandstats"});
+    const size_t at = stats.find("cmdstat_ping:calls=");
+    ASSERT_NE(at, std::string::npos) << stats;
+    EXPECT_GE(std::stoi(stats.substr(at + 19)), 5);
+    EXPECT_TRUE(sub->subscribed());
+    EXPECT_TRUE(sub->current(100));
+    EXPECT_EQ(ctl.run({"PUBLISH", "ch", "between pings"}), "1");
+    ASSERT_TRUE(ev.run_until([&] { return received.size() == 1; }, 5000));
+    EXPECT_EQ(received[0], "between pings");
+    EXPECT_EQ(logged(LogLevel::Error), 0);
+
+    server.pause();
+    ASSERT_TRUE(ev.run_until([&] { return !sub->current(100); }, 5000));
+    EXPECT_TRUE(sub->subscribed());  // lagging, not lost
+    EXPECT_TRUE(sub->current(60000));
+    server.resume();
+    ASSERT_TRUE(ev.run_until([&] { return sub->current(100); }, 5000));
+    EXPECT_EQ(logged(LogLevel::Error), 0);
+
+    // No heartbeat set: nothing is sent, current() is subscribed().
+    auto quiet = make(config(server.address()), "other");
+    start(*quiet);
+    ASSERT_TRUE(ev.run_until([&] { return quiet->subscribed(); }, 5000));
+    EXPECT_TRUE(quiet->current(0));
+}
+
 TEST_F(RedisSubscriberTest, CloseStopsDelivery) {
     RedisServer server;
     ASSERT_TRUE(server.start());

@@ -353,3 +353,68 @@ TEST(CacheKey, ManyArguments) {
 }
 
 }  // namespace
+
+namespace {
+
+// The memo answers exactly cache_key() for every input: same inputs hit, any field changed
+// misses, slots shared by many inputs only evict each other, long inputs bypass it.
+TEST(CacheKeyMemo, AnswersExactlyCacheKey) {
+    CacheKeyMemo memo(throttle::core::SipKey{1, 2});
+    const std::string alice(64, 'a');
+    std::vector<CacheKeyInput> inputs;
+    std::vector<std::string> paths;
+    for (int i = 0; i < 600; i++) {
+        paths.push_back("/p/" + std::to_string(i));
+    }
+    for (int i = 0; i < 600; i++) {
+        inputs.push_back(input("review", i % 2 ? std::string_view(alice) : std::string_view("anon"),
+                               i % 3 ? "GET" : "HEAD", paths[size_t(i)], i % 5 ? "b=2&a=1" : ""));
+    }
+    for (int round = 0; round < 3; round++) {
+        for (const CacheKeyInput& in : inputs) {
+            ASSERT_EQ(memo.key(in), cache_key(in));
+        }
+    }
+    EXPECT_GT(memo.hits(), 0u);
+    // The same request twice in a row: the second is a hit.
+    size_t before = memo.hits();
+    EXPECT_EQ(memo.key(inputs[7]), cache_key(inputs[7]));
+    EXPECT_EQ(memo.key(inputs[7]), cache_key(inputs[7]));
+    EXPECT_GE(memo.hits(), before + 1);
+    // Each field matters.
+    CacheKeyInput base = input("review", alice, "GET", "/x", "a=1");
+    const Sha256Digest k = memo.key(base);
+    CacheKeyInput v = base;
+    v.ns = "other";
+    EXPECT_NE(memo.key(v), k);
+    v = base;
+    v.identity_digest = "anon";
+    EXPECT_NE(memo.key(v), k);
+    v = base;
+    v.query = "a=2";
+    EXPECT_NE(memo.key(v), k);
+    v = base;
+    v.host = "b.test";
+    EXPECT_NE(memo.key(v), k);
+    v = base;
+    v.scheme = "https";
+    EXPECT_NE(memo.key(v), k);
+    v = base;
+    v.extra = "en";
+    EXPECT_NE(memo.key(v), k);
+    EXPECT_EQ(memo.key(base), k);
+    // Inputs longer than max_input: computed, not memoised, still exact.
+    const std::string long_path(CacheKeyMemo::max_input, 'p');
+    CacheKeyInput big = input("review", alice, "GET", long_path, "");
+    before = memo.hits();
+    EXPECT_EQ(memo.key(big), cache_key(big));
+    EXPECT_EQ(memo.key(big), cache_key(big));
+    EXPECT_EQ(memo.hits(), before);
+}
+
+TEST(CacheKey, AnonymousIdentityNeedsNoKey) {
+    EXPECT_EQ(identity_digest("any secret", ""), "anon");
+    EXPECT_EQ(identity_digest("", ""), "anon");
+}
+
+}  // namespace

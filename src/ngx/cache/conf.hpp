@@ -1,6 +1,7 @@
 // The response cache's configuration (layer: ngx; directives in cache/directives.cpp).
 #pragma once
 
+#include "ngx/cache/local.hpp"
 #include "ngx/ngx.hpp"
 
 namespace throttle::ngx {
@@ -14,6 +15,7 @@ struct CacheMainConf {
     ngx_str_t user_file;  // where throttle_cache_user was first used (secret check)
     ngx_uint_t user_line;
     size_t inflate_memory;  // throttle_cache_inflate_memory: per worker, bytes of inflated bodies
+    ngx_array_t* local_zones;  // of CacheLocalZone* (throttle_cache_local); nullptr: none
 };
 
 // throttle_cache_inflate_memory's default.
@@ -53,6 +55,7 @@ struct CacheLocConf {
     ngx_array_t* invalidate;          // of ngx_str_t namespaces; nullptr: none
     ngx_str_t invalidate_header;      // len 0: off; data null: unset
     ngx_http_complex_value_t* purge;  // throttle_cache_purge's namespace
+    CacheLocalConf local;             // throttle_cache_local; zone NGX_CONF_UNSET_PTR: unset
 };
 
 // Whether the location looks up and stores responses / acts on writes.

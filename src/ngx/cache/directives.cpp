@@ -353,6 +353,7 @@ void init_cache_loc_conf(CacheLocConf& conf) noexcept {
     conf.credentials = static_cast<ngx_array_t*>(NGX_CONF_UNSET_PTR);
     conf.invalidate = static_cast<ngx_array_t*>(NGX_CONF_UNSET_PTR);
     conf.purge = nullptr;  // not inherited: it is the location's handler
+    conf.local.zone = static_cast<CacheLocalZone*>(NGX_CONF_UNSET_PTR);
 }
 
 // The values' ranges were checked when their directives were read (the *_post handlers).
@@ -392,6 +393,15 @@ char* merge_cache_loc_conf(ngx_conf_t* cf, const CacheLocConf& prev, CacheLocCon
     if (conf.invalidate_header.data == nullptr) {
         ngx_str_set(&conf.invalidate_header, "X-Throttle-Invalidate");
     }
+    if (conf.local.zone == NGX_CONF_UNSET_PTR) {
+        conf.local = prev.local;
+        if (conf.local.zone == NGX_CONF_UNSET_PTR) {
+            conf.local.zone = nullptr;
+        }
+    }
+    if (conf.local.zone != nullptr && conf.local.max_size > conf.max_size) {
+        conf.local.max_size = conf.max_size;  // nothing larger is stored anyway
+    }
     return NGX_CONF_OK;
 }
 
@@ -409,7 +419,7 @@ char* check_cache_main_conf(ngx_conf_t* cf, const MainConf& main) noexcept {
                       &mcf->cache.user_file, mcf->cache.user_line);
         return conf_error();
     }
-    return NGX_CONF_OK;
+    return check_cache_local_zones(cf, *mcf);
 }
 
 }  // namespace throttle::ngx

@@ -2,11 +2,13 @@
 #include "ngx/cache/fill.hpp"
 
 #include <algorithm>
+#include <functional>
 #include <memory>
 #include <new>
 
 #include "core/gzip.hpp"
 #include "ngx/cache/leases.hpp"
+#include "ngx/cache/local.hpp"
 #include "ngx/cache/memo.hpp"
 #include "ngx/cache/nsgen.hpp"
 #include "ngx/cache/orphans.hpp"
@@ -316,10 +318,17 @@ void Fill::store(ngx_http_request_t* r) {
     over_ = true;
     end_lease();
     cm::CacheMetrics* m = conf_->metrics->m;
+    std::function<void()> keep;  // the local tier's copy, once Redis stored
+    if (local_ && cache_local_applies(*conf_, lock_.id) && entry->size() <= conf_->local.max_size) {
+        keep = [conf = conf_, ns = lock_.ns, id = lock_.id, key = store_key_, gen = gen_,
+                seen = local_seen_, entry]() {
+            cache_local_put(*conf, core::cache::LocalKey{ns, id, key}, gen, seen, *entry);
+        };
+    }
     if (lock_here) {
         client->evalsha(
             store_script(), args.keys(), args.args(),
-            [e = entry_key_, lock = lock_, entry, m](redis::Result&& res) noexcept {
+            [e = entry_key_, lock = lock_, entry, m, keep](redis::Result&& res) noexcept {
                 bool stored = false;
                 bool parsed = res.ok() && redis::parse_cache_store_reply(res.reply, stored);
                 if (!parsed) {
@@ -329,18 +338,25 @@ void Fill::store(ngx_http_request_t* r) {
                     }
                 }
                 count_store(m, res, parsed, stored, entry->size());
+                if (stored && keep) {
+                    keep();
+                }
                 cache_fill_ended(e, stored, stored ? entry : nullptr);
             });
     } else {
-        client->evalsha(
-            store_script(), args.keys(), args.args(), [entry, m](redis::Result&& res) noexcept {
-                bool stored = false;
-                bool parsed = res.ok() && redis::parse_cache_store_reply(res.reply, stored);
-                if (!parsed) {
-                    log_redis_failure("store", res);
-                }
-                count_store(m, res, parsed, stored, entry->size());
-            });
+        client->evalsha(store_script(), args.keys(), args.args(),
+                        [entry, m, keep](redis::Result&& res) noexcept {
+                            bool stored = false;
+                            bool parsed =
+                                res.ok() && redis::parse_cache_store_reply(res.reply, stored);
+                            if (!parsed) {
+                                log_redis_failure("store", res);
+                            }
+                            count_store(m, res, parsed, stored, entry->size());
+                            if (stored && keep) {
+                                keep();
+                            }
+                        });
     }
     if (record) {
         cache_vary_memo_put(vary_.tag, vary);

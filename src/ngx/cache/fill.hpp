@@ -74,6 +74,12 @@ class Fill {
     // std::bad_alloc.
     void begin(ngx_http_request_t* r, const CacheLocConf* conf, FillLock lock,
                const core::cache::Generation& gen, std::string entry_key, const FillVary& vary);
+    // The local tier (local.hpp) keeps what this fill stores, if Redis confirms it and the host
+    // is still as `seen` (the lookup's snapshot).
+    void keep_locally(const core::cache::LocalSnapshot& seen) noexcept {
+        local_ = true;
+        local_seen_ = seen;
+    }
     // Holds the lock and has not stored or released it yet.
     bool active() const noexcept { return holder_ && !over_; }
     bool capturing() const noexcept { return capture_; }
@@ -106,6 +112,8 @@ class Fill {
     core::Sha256Digest store_key_{};  // where the captured response goes
     bool holder_ = false;
     bool over_ = false;
+    bool local_ = false;
+    core::cache::LocalSnapshot local_seen_{};
     // Capture of the upstream's response
     bool capture_ = false;
     core::cache::Decision decision_;

@@ -41,6 +41,7 @@
 #include "ngx/cache/cache.hpp"
 #include "ngx/cache/invalidate.hpp"
 #include "ngx/cache/leases.hpp"
+#include "ngx/cache/local.hpp"
 #include "ngx/cache/lookup.hpp"
 #include "ngx/cache/memo.hpp"
 #include "ngx/cache/orphans.hpp"
@@ -370,6 +371,10 @@ void on_hit(const std::shared_ptr<CacheRequest>& cr, redis::CacheLookup& out) no
     c.view_valid = true;  // `entry` is what serve_later() keeps
     switch (core::cache::freshness(c.decoded, now_ms())) {
         case core::cache::Freshness::fresh:
+            if (c.local_keep) {
+                cache_local_put(*c.conf, core::cache::LocalKey{view(c.conf->ns), c.id, c.key},
+                                c.gen, c.local_seen, *entry);
+            }
             serve_later(c, CacheStatus::hit, std::move(entry));
             return;
         case core::cache::Freshness::stale:
@@ -492,6 +497,13 @@ void cache_lookup_done(const std::shared_ptr<CacheRequest>& cr, redis::Failure f
         pass(c, CacheStatus::error);
         return;
     }
+    if (RequestCtx* ctx = get_ctx(c.request())) {
+        ctx->cache_tier = 2;  // redis
+    }
+    if (c.local_keep) {
+        // The mirror moves up to what Redis said.
+        cache_local_observe(*c.conf, c.id, c.gen, c.local_seen);
+    }
     if (answer->hit) {
         on_hit(cr, *answer);
     } else {
@@ -560,6 +572,35 @@ void key_origin(ngx_http_request_t* r, core::cache::CacheKeyInput& in) noexcept 
     }
 }
 
+// The request's entry from the local tier, if it may be served (fresh, within its local age,
+// under the mirrored generations): cr is then ready for cache_serve() (HIT, tier local).
+bool serve_local(ngx_http_request_t* r, CacheRequest& cr, RequestCtx* ctx) {
+    auto bytes = std::make_shared<std::string>();
+    core::cache::Generation gen;
+    if (!cache_local_get(*cr.conf, core::cache::LocalKey{view(cr.conf->ns), cr.id, cr.key}, *bytes,
+                         gen)) {
+        return false;
+    }
+    core::cache::DecodeLimits limits;
+    limits.max_size = cr.conf->max_size;
+    std::shared_ptr<const std::string> entry = std::move(bytes);
+    if (!core::cache::decode(*entry, cr.decoded, limits) ||
+        core::cache::freshness(cr.decoded, now_ms()) != core::cache::Freshness::fresh) {
+        return false;
+    }
+    cr.entry = std::move(entry);
+    cr.view_valid = true;
+    cr.gen = gen;
+    cr.entry_key = redis::cache_entry_key(cr.target(), gen);  // the inflated-body memo's key
+    cr.status = CacheStatus::hit;
+    cr.step = CacheRequest::Step::serve;
+    ctx->cache_status = CacheStatus::hit;
+    ctx->cache_tier = 1;  // local
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "throttle_cache: answered from the local tier");
+    return true;
+}
+
 // Starts the lookup of a new request. NGX_DONE: it waits for Redis; NGX_DECLINED: it goes on
 // without the cache (ctx->cache_status says why).
 ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestCtx* ctx) {
@@ -578,10 +619,15 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
         return decline(ctx, conf, CacheStatus::bypass);
     }
     redis::Target* client = redis_client();
-    if (client == nullptr || !client->available()) {
+    const bool redis_up = client != nullptr && client->available();
+    if (!redis_up && conf.local.zone == nullptr) {
         return decline(ctx, conf, CacheStatus::bypass);
     }
     std::string id = cache_identity(view(main_conf(r)->cache.secret), view(identity));
+    const bool local = cache_local_applies(conf, id);
+    if (!redis_up && !local) {
+        return decline(ctx, conf, CacheStatus::bypass);
+    }
     if (cache_invalidation_pending(view(conf.ns), id)) {
         // This user's write is not confirmed by Redis yet: their entries may be stale.
         return decline(ctx, conf, CacheStatus::bypass);
@@ -602,7 +648,7 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
     key_path_and_query(r, in.path, in.query);
     key_origin(r, in);
     in.extra = view(extra);  // throttle_cache_key
-    cr->key = core::cache::cache_key(in);
+    cr->key = cache_request_key(in);
     cr->base_key = cr->key;
     cr->tag_host = in.host;
     cr->tag_path = in.path;
@@ -613,10 +659,30 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
         cr->step = CacheRequest::Step::done;
         return decline(ctx, conf, CacheStatus::bypass);  // a header it varies on is too long
     }
+    ctx->cache = cr.get();
+    if (local) {
+        // The local tier first: trusted while this worker's subscriber hears every message;
+        // without Redis at all, its entries serve up to their local age (ttl) regardless.
+        const bool trusted = cache_local_trusted();
+        if (trusted || !redis_up) {
+            if (serve_local(r, *cr, ctx)) {
+                return cache_serve(r, *cr);
+            }
+        } else {
+            cache_local_count_untrusted(conf);
+        }
+        if (trusted) {
+            cr->local_keep = true;
+            cr->local_seen = cache_local_snapshot(conf);
+        }
+    }
+    if (!redis_up) {
+        cr->step = CacheRequest::Step::done;
+        return decline(ctx, conf, CacheStatus::bypass);
+    }
     if (cr->fills) {
         cr->token = cache_fill_token();
     }
-    ctx->cache = cr.get();
     if (!cache_lookup_submit(cr, cr->fills)) {
         cr->step = CacheRequest::Step::done;
         return decline(ctx, conf, CacheStatus::error);

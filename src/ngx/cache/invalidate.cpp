@@ -4,7 +4,9 @@
 #include <memory>
 #include <unordered_map>
 
+#include "ngx/cache/local.hpp"
 #include "ngx/cache/nsgen.hpp"
+#include "ngx/cache/waiters.hpp"
 #include "ngx/cache/worker.hpp"
 #include "ngx/metrics.hpp"
 #include "ngx/redis_link.hpp"
@@ -132,34 +134,41 @@ bool send(Pending&& p, std::function<void()> answered) noexcept {
         std::vector<std::string_view> names(p.namespaces.begin(), p.namespaces.end());
         redis::EvalArgs args;
         if (client == nullptr || !client->available() ||
-            !redis::build_cache_invalidate_args(cache_prefix(), p.id, names, args)) {
+            !redis::build_cache_invalidate_args(cache_prefix(), p.id, names.data(), names.size(),
+                                                cache_channel(), args)) {
             keep(std::move(p));
             return false;
         }
         auto held = std::make_shared<Pending>(std::move(p));
-        client->evalsha(redis::cache_invalidate_script(), args.keys(), args.args(),
-                        [held, answered = std::move(answered)](redis::Result&& res) noexcept {
-                            Answer answer{answered};
-                            std::vector<uint64_t> gens;
-                            bool good = false;
-                            try {
-                                good = res.ok() && redis::parse_cache_invalidate_reply(
-                                                       res.reply, held->namespaces.size(), gens);
-                            } catch (...) {
-                            }
-                            if (good) {
-                                count_confirmed(held->namespaces);
-                            }
-                            if (good || worker_exiting()) {
-                                return;
-                            }
-                            redis_reply_unusable(res, "cache invalidation");
-                            ngx_log_error(
-                                NGX_LOG_INFO, ngx_cycle->log, 0,
-                                "throttle_cache: invalidation failed (%s), retrying",
-                                res.ok() ? "unexpected reply" : redis::to_string(res.failure));
-                            keep(std::move(*held));
-                        });
+        client->evalsha(
+            redis::cache_invalidate_script(), args.keys(), args.args(),
+            [held, answered = std::move(answered)](redis::Result&& res) noexcept {
+                Answer answer{answered};
+                std::vector<uint64_t> gens;
+                bool good = false;
+                try {
+                    good = res.ok() && redis::parse_cache_invalidate_reply(
+                                           res.reply, held->namespaces.size(), gens);
+                } catch (...) {
+                }
+                if (good) {
+                    count_confirmed(held->namespaces);
+                    // This host's local tier at once, before the held write
+                    // response is released (`answer`, below): the writer's next
+                    // read here sees the write. Other hosts: the message.
+                    for (size_t i = 0; i < gens.size(); i++) {
+                        cache_local_user_generation(held->namespaces[i], held->id, gens[i]);
+                    }
+                }
+                if (good || worker_exiting()) {
+                    return;
+                }
+                redis_reply_unusable(res, "cache invalidation");
+                ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                              "throttle_cache: invalidation failed (%s), retrying",
+                              res.ok() ? "unexpected reply" : redis::to_string(res.failure));
+                keep(std::move(*held));
+            });
         return true;
     } catch (...) {
         keep(std::move(p));

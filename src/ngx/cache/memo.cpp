@@ -7,6 +7,7 @@
 #include "core/cache_identity.hpp"
 #include "core/cache_key.hpp"
 #include "core/gzip.hpp"
+#include "ngx/ngx.hpp"
 
 namespace throttle::ngx {
 namespace {
@@ -33,6 +34,7 @@ struct Memos {
     std::array<PlainSlot, plain_slots> plain;
     std::array<VarySlot, cache_vary_memo_slots> vary;
     size_t vary_used = 0;  // slots in use
+    std::unique_ptr<core::cache::CacheKeyMemo> keys;
 };
 
 Memos* memos = nullptr;   // owned; deleted in memos_exit
@@ -133,7 +135,19 @@ void cache_vary_memo_forget(uint64_t tag) noexcept {
 }
 
 void memos_init() {
-    memos = new Memos();
+    auto m = std::make_unique<Memos>();
+    core::SipKey seed;
+    seed.k0 = (static_cast<uint64_t>(ngx_random()) << 32) ^ static_cast<uint64_t>(ngx_random());
+    seed.k1 = (static_cast<uint64_t>(ngx_random()) << 32) ^ static_cast<uint64_t>(ngx_pid);
+    m->keys = std::make_unique<core::cache::CacheKeyMemo>(seed);
+    memos = m.release();
+}
+
+core::Sha256Digest cache_request_key(const core::cache::CacheKeyInput& in) {
+    if (memos == nullptr || !memos->keys) {
+        return core::cache::cache_key(in);
+    }
+    return memos->keys->key(in);
 }
 
 void memos_exit() noexcept {

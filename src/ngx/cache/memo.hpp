@@ -9,12 +9,17 @@
 #include <string_view>
 
 #include "core/cache_entry.hpp"
+#include "core/cache_key.hpp"
 #include "core/cache_vary.hpp"
 
 namespace throttle::ngx {
 
 // core::cache::identity_digest(secret, identity), through the memo. May throw std::bad_alloc.
 std::string cache_identity(std::string_view secret, std::string_view identity);
+
+// core::cache::cache_key(in), from the worker's memo of the last 256 inputs
+// (core::cache::CacheKeyMemo). May throw std::bad_alloc.
+core::Sha256Digest cache_request_key(const core::cache::CacheKeyInput& in);
 // Plain bodies up to this size are inflated whole and memoised; larger ones are streamed
 // (serve.cpp), never held whole.
 inline constexpr size_t cache_plain_memo_max = 256 * 1024;

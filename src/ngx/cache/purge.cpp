@@ -9,6 +9,7 @@
 
 #include "core/cache_key.hpp"
 #include "ngx/cache/cache.hpp"
+#include "ngx/cache/local.hpp"
 #include "ngx/cache/nsgen.hpp"
 #include "ngx/cache/waiters.hpp"
 #include "ngx/cache/worker.hpp"
@@ -77,10 +78,11 @@ ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept {
     }
     try {
         redis::EvalArgs args;
-        // On a Redis Cluster the purge also publishes the new generation to every worker's
-        // mirror (nsgen.hpp).
-        const bool cluster = cache_ns_mirrored();
-        if (cluster
+        // The purge publishes the new generation on the fill channel: every worker's mirror on
+        // a Redis Cluster (nsgen.hpp), every host's local tier (local.hpp). Without a channel
+        // (the subscriber could not start) it only moves the generation.
+        const bool publish = !cache_channel().empty();
+        if (publish
                 ? !redis::build_cache_purge_cluster_args(cache_prefix(), view(ns), cache_channel(),
                                                          args)
                 : !redis::build_cache_invalidate_namespace_args(cache_prefix(), view(ns), args)) {
@@ -91,7 +93,7 @@ ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
         client->evalsha(
-            cluster ? redis::cache_purge_cluster_script() : redis::cache_invalidate_script(),
+            publish ? redis::cache_purge_cluster_script() : redis::cache_invalidate_script(),
             args.keys(), args.args(), [p, ns](redis::Result&& res) noexcept {
                 if (p->gone() || worker_exiting()) {
                     return;
@@ -109,6 +111,7 @@ ngx_int_t cache_purge_handler(ngx_http_request_t* r) noexcept {
                 ngx_int_t status;
                 if (good) {
                     cache_ns_generation_seen(view(ns), gens[0]);
+                    cache_local_ns_generation(view(ns), gens[0]);  // this host: at once
                     if (core::metrics::CacheMetrics* m = cache_metrics(*main_conf(req), view(ns))) {
                         core::metrics::add(m->purges);
                     }

@@ -91,6 +91,11 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
 
     Fill fill;  // this request's fill, when it holds the fill lock
 
+    // The local tier (local.hpp): whether what Redis answers is kept there, and the host's
+    // state when the lookup was sent.
+    bool local_keep = false;
+    core::cache::LocalSnapshot local_seen{};
+
     // The wait: an nginx timer, deleted when the request ends. It expires once per lease (the
     // request looks again) and at the cap, throttle_cache_lock_timeout after the wait began.
     RequestTimer<CacheRequest> wait_timer{};

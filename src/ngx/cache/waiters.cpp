@@ -5,6 +5,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "ngx/cache/local.hpp"
 #include "ngx/cache/nsgen.hpp"
 #include "ngx/cache/request.hpp"
 #include "ngx/redis_link.hpp"
@@ -85,6 +86,7 @@ void on_message(std::string_view msg) noexcept {
         if (redis::parse_cache_purge_message(msg, gen, ns)) {
             cache_ns_generation_seen(ns, gen);  // a purge on a Redis Cluster (nsgen.hpp)
         }
+        cache_local_message(msg);  // a purge's or a write's: the local tier's mirror
         return;
     }
     try {
@@ -166,6 +168,10 @@ bool cache_filling_here(const std::string& e) noexcept {
     return ws != nullptr && ws->filling.count(e) > 0;
 }
 
+bool cache_fill_channel_current(uint64_t max_lag_ms) noexcept {
+    return ws != nullptr && ws->sub && ws->sub->current(max_lag_ms);
+}
+
 const std::string& cache_channel() noexcept {
     return ws ? ws->channel : none;
 }
@@ -180,14 +186,22 @@ void subscribe(Waiters& w) {
             ngx_log_error(log_level_of(level), log, 0, "throttle_cache: fill channel: %*s",
                           m.size(), m.data());
         });
-    if (!w.seeds.empty()) {
-        sub->set_on_state([](bool subscribed) noexcept {
-            if (!subscribed && ws != nullptr && !ws->quiesced && ws->rotate &&
-                !ws->rotate->active()) {
-                ws->rotate->start(rotate_ms);  // never replaced from inside its own callback
-            }
-        });
+    if (cache_local_used()) {
+        // The local tier trusts what it stored only while this subscriber hears every message:
+        // a heartbeat tells a lagging connection, and each (re)subscription makes the entries
+        // stored before it unusable (messages may have been lost meanwhile).
+        sub->set_heartbeat(cache_local_heartbeat_ms);
     }
+    sub->set_on_state([](bool subscribed) noexcept {
+        if (subscribed) {
+            cache_local_resubscribed();
+            return;
+        }
+        if (ws != nullptr && !ws->seeds.empty() && !ws->quiesced && ws->rotate &&
+            !ws->rotate->active()) {
+            ws->rotate->start(rotate_ms);  // never replaced from inside its own callback
+        }
+    });
     if (w.sub) {
         w.sub->close();
     }

@@ -34,6 +34,9 @@ void cache_fill_started(const std::string& e) noexcept;
 void cache_fill_ended(const std::string& e, bool stored,
                       const std::shared_ptr<const std::string>& entry) noexcept;
 bool cache_filling_here(const std::string& e) noexcept;
+// Whether the fill channel is subscribed and its heartbeat answered within max_lag_ms (the
+// local tier's trust, local.hpp).
+bool cache_fill_channel_current(uint64_t max_lag_ms) noexcept;
 // The pub/sub channel of fills; empty without a subscriber.
 const std::string& cache_channel() noexcept;
 

@@ -2,6 +2,7 @@
 #include "ngx/cache/worker.hpp"
 
 #include "ngx/cache/invalidate.hpp"
+#include "ngx/cache/local.hpp"
 #include "ngx/cache/lookup.hpp"
 #include "ngx/cache/memo.hpp"
 #include "ngx/cache/nsgen.hpp"
@@ -37,19 +38,20 @@ void cache_worker_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loo
         for (const redis::Script* script :
              {&redis::cache_lookup_batch_script(), &redis::cache_store_script(),
               &redis::cache_release_script(), &redis::cache_renew_script(),
-              &redis::cache_abandon_script(), &redis::cache_invalidate_script()}) {
+              &redis::cache_abandon_script(), &redis::cache_invalidate_script(),
+              &redis::cache_purge_cluster_script()}) {
             client.add_script(*script, key, channel);
         }
         if (client.clustered()) {
             for (const redis::Script* script :
                  {&redis::cache_lookup_batch_cluster_script(), &redis::cache_store_cluster_script(),
-                  &redis::cache_abandon_cluster_script(), &redis::cache_purge_cluster_script(),
-                  &redis::cache_ns_generation_script()}) {
+                  &redis::cache_abandon_cluster_script(), &redis::cache_ns_generation_script()}) {
                 client.add_script(*script, key, channel);
             }
         }
         client.require({{"SUBSCRIBE", channel}});
         prefix = new std::string(base + "cache:");
+        cache_local_worker_init(mcf);  // before the fill channel's subscriber (its heartbeat)
         memos_init();
         orphans_init(loop);
         invalidations_init(loop, mcf);
@@ -70,6 +72,7 @@ void cache_worker_quiesce() noexcept {
 
 void cache_worker_exit() noexcept {
     waiters_exit();
+    cache_local_worker_exit();
     lookups_exit();
     nsgens_exit();
     invalidations_exit();
