@@ -360,6 +360,9 @@ void poll() noexcept {
         return;
     }
     int64_t now = now_ms();
+    // Woken after the walk: a woken request runs its check at once (resume()), which may wait
+    // again and change remote_waits.
+    std::vector<std::pair<Remote, LeaseOutcome>> done;
     for (auto it = worker->remote_waits.begin(); it != worker->remote_waits.end();) {
         Remote& w = it->second;
         ZoneConf& zone = *w.zone;
@@ -375,11 +378,19 @@ void poll() noexcept {
         }
         // Answered: the requests look again (units, or a call of their own now). The call
         // failed, or no answer in time (that worker died?): their fallback.
-        Remote done = std::move(w);
+        try {
+            done.emplace_back(std::move(w),
+                              answered && !failed ? LeaseOutcome::granted : LeaseOutcome::failed);
+        } catch (...) {  // memory: they wait for the next poll
+            ++it;
+            continue;
+        }
         it = worker->remote_waits.erase(it);
-        wake(done.waiters, answered && !failed ? LeaseOutcome::granted : LeaseOutcome::failed);
     }
-    if (!worker->remote_waits.empty() && !worker->stopped) {
+    for (auto& [w, o] : done) {
+        wake(w.waiters, o);
+    }
+    if (worker != nullptr && !worker->remote_waits.empty() && !worker->stopped) {
         worker->poll->start(poll_ms);
     }
 }
