@@ -38,7 +38,7 @@ sub count_of {    # the sum of a key's window counters, on whichever master hold
     my $base = Throttle::Redis::zone_base('q', $key);
     my $n = 0;
     for my $m ($cluster->masters) {
-        $n += $m->cli('GET', $_) // 0 for grep { length } $m->cli('KEYS', "$base:*");
+        $n += $m->cli('GET', $_) // 0 for grep { /:\d+\z/ } $m->cli('KEYS', "$base:*");
     }
     return $n;
 }
