@@ -36,7 +36,8 @@
 # BENCH_DURATION. Not in the default set: strict_cluster, sync_cluster (the
 # same zones on `throttle_redis cluster`), and strict_1k, sync_1k,
 # strict_cluster_1k, sync_cluster_1k (zones keyed on $http_x_bench_key, wrk
-# sending BENCH_KEYS keys in turn): a cluster variant is printed next to its
+# sending BENCH_KEYS keys in turn), sync_100k, strict_100k (the same with
+# 100,000 keys): a cluster variant is printed next to its
 # one-Redis twin when both ran.
 
 set -euo pipefail
@@ -226,14 +227,18 @@ redis_calls() {
 # bench/keys.lua sending k1 .. kN in turn: N keys, spread over the slots and so over
 # the cluster's masters). The cluster variants run in an nginx of their own (one
 # throttle_redis per http{}).
+# The *_100k variants: the same with 100,000 keys (sync at scale: each key sees a
+# request every 100,000 / (requests/s) seconds, so most flushes carry a key per request).
 KEYS_N=${BENCH_KEYS:-1000}
+KEYS_100K=100000
 
 # redis_variant MODE TARGET SHAPE ZONE ACTION [ARG]: MODE strict|sync, TARGET
-# single|cluster, SHAPE 1|n
+# single|cluster, SHAPE 1|n|100k
 redis_variant() {
-    local mode=$1 target=$2 shape=$3 zone=$4 key zone_line redis_line
+    local mode=$1 target=$2 shape=$3 zone=$4 key zone_line redis_line nkeys=1
     shift 4
-    if [[ $shape == n ]]; then key='$http_x_bench_key'; else key='$binary_remote_addr'; fi
+    if [[ $shape == n ]]; then nkeys=$KEYS_N; elif [[ $shape == 100k ]]; then nkeys=$KEYS_100K; fi
+    if [[ $shape != 1 ]]; then key='$http_x_bench_key'; else key='$binary_remote_addr'; fi
     if [[ $mode == strict ]]; then
         # 1e8r/d is the largest sliding rate strict mode takes exactly
         # (N x period_ms < 2^53: Redis' Lua computes in doubles).
@@ -250,7 +255,7 @@ redis_variant() {
     describe)
         printf '%s throttle zone=%s;  (%s; %s)\n' "$zone_line" "$zone" \
             "$([[ $target == cluster ]] && echo "throttle_redis cluster: $CLUSTER_MASTERS masters" || echo 'throttle_redis: one Redis')" \
-            "$([[ $shape == n ]] && echo "$KEYS_N keys, bench/keys.lua" || echo 'one key')"
+            "$([[ $shape != 1 ]] && echo "$nkeys keys, bench/keys.lua" || echo 'one key')"
         ;;
     packages) echo redis-server ;;
     check) module_check && redis_check ;;
@@ -267,7 +272,7 @@ redis_variant() {
         echo 'throttle_secret "bench-secret-0123456789abcdef";'
         ;;
     location) echo "throttle zone=$zone;" ;;
-    script) [[ $shape != n ]] || echo "$here/keys.lua $KEYS_N" ;;
+    script) [[ $shape == 1 ]] || echo "$here/keys.lua $nkeys" ;;
     verify) # strict: the first request's EVALSHA; sync: the first flush, within 250 ms
         module_verify "$2" || return 1
         if [[ $target == cluster ]]; then cluster_calls evalsha; else redis_calls evalsha; fi
@@ -282,6 +287,8 @@ variant_strict_cluster() { redis_variant strict cluster 1 bstrict "$@"; }
 variant_sync_1k() { redis_variant sync single n bsync_k "$@"; }
 variant_strict_1k() { redis_variant strict single n bstrict_k "$@"; }
 variant_sync_cluster_1k() { redis_variant sync cluster n bsync_k "$@"; }
+variant_sync_100k() { redis_variant sync single 100k bsync_h "$@"; }
+variant_strict_100k() { redis_variant strict single 100k bstrict_h "$@"; }
 variant_strict_cluster_1k() { redis_variant strict cluster n bstrict_k "$@"; }
 
 # The peer: the common OpenResty rate-limit pattern, one INCR per request on a
