@@ -1,10 +1,11 @@
 #!/usr/bin/perl
 # mode=sync at scale (issue 14 item 4): a flush takes only the keys changed since the last
 # one, a few hundred per hold of the zone's lock. With 100,000 distinct keys (one request
-# each; more keys than the table's list of changed keys holds, so flushes also fall back to a
-# walk of every slot): Redis ends up with exactly what nginx admitted, every key is sent once,
+# each): Redis ends up with exactly what nginx admitted, every key is sent once,
 # and once the traffic stops a flush sends nothing at all (Redis' commandstats do not move
-# while the flush clock does).
+# while the flush clock does). Then the same keys again while Redis is down: more keys change
+# than the list holds, and the first flush after Redis is back (a walk of every slot) brings
+# Redis exactly what nginx admitted meanwhile.
 #
 # Scale: TEST_SYNC_KEYS (default 100000).
 
@@ -99,27 +100,31 @@ function response()
 end
 LUA
 
-Throttle::Redis::clear_of_window_edge(3600, 300);
+# Sends the keys (one request each), interrupting wrk once the log shows every key admitted
+# ("PASSED\n" per line: wrk's threads stop at their share, but wrk waits out -d).
+sub run_wrk {
+    my $pid = fork // die "fork: $!\n";
+    if ($pid == 0) {
+        open STDOUT, '>', $t->testdir . '/wrk.out';
+        open STDERR, '>&', \*STDOUT;
+        { exec $wrk, "-t$threads", '-c64', '-d300s', '-s', $t->testdir . '/keys.lua',
+            'http://127.0.0.1:' . $t->port . '/' };
+        POSIX::_exit(127);
+    }
+    my $log = $t->testdir . '/st.log';
+    Throttle::Redis::wait_for(sub {
+        kill 'INT', $pid if (-s $log // 0) >= 7 * $keys;
+        waitpid($pid, WNOHANG) == $pid;
+    }, timeout => 300, step => 0.5) or kill 'KILL', $pid;
+    is($? >> 8, 0, 'wrk ran') or diag($t->read_file('wrk.out'));
+}
+
+Throttle::Redis::clear_of_window_edge(3600, 600);
 
 is($t->get('/k?k=warm')->{status}, 200, 'a first request passes');
 ok(Throttle::Redis::wait_for(sub { redis_sum() == 1 }, timeout => 10), 'and reaches Redis');
 
-my $pid = fork // die "fork: $!\n";
-if ($pid == 0) {
-    open STDOUT, '>', $t->testdir . '/wrk.out';
-    open STDERR, '>&', \*STDOUT;
-    { exec $wrk, "-t$threads", '-c64', '-d300s', '-s', $t->testdir . '/keys.lua',
-        'http://127.0.0.1:' . $t->port . '/' };
-    POSIX::_exit(127);
-}
-# wrk's threads stop at their share, but wrk waits out -d: it is interrupted once the log
-# shows every key admitted ("PASSED\n" per line).
-my $log = $t->testdir . '/st.log';
-Throttle::Redis::wait_for(sub {
-    kill 'INT', $pid if (-s $log // 0) >= 7 * ($keys + 1);
-    waitpid($pid, WNOHANG) == $pid;
-}, timeout => 300, step => 0.5) or kill 'KILL', $pid;
-is($? >> 8, 0, 'wrk ran') or diag($t->read_file('wrk.out'));
+run_wrk();
 my $admitted = admitted();
 cmp_ok($admitted, '>=', $keys + 1, "$keys distinct keys admitted");
 
@@ -168,9 +173,26 @@ $at = flush_after(time);
 ok(defined($at) && defined flush_after($at), 'two more flushes');
 is(evalsha(), $calls + 1, 'and nothing more sent');
 
+# --- The same keys again while Redis is down: the table's list of changed keys (a quarter of
+# its slots: fewer than the keys) overflows, and the first flush once Redis is back walks every
+# slot. Redis starts empty: it ends with exactly what nginx admitted meanwhile.
+$redis->kill;
+truncate $t->testdir . '/st.log', 0;
+run_wrk();
+my $admitted2 = admitted();
+cmp_ok($admitted2, '>=', $keys, "$keys keys admitted again (decided locally)");
+$redis->start;
+$final = Throttle::Redis::wait_for(sub { my $s = redis_sum(); $s >= $admitted2 ? $s : 0 },
+    timeout => 120, step => 1);
+is($final, $admitted2, "Redis back: it holds exactly what nginx admitted meanwhile ($admitted2)");
+$at = flush_after(time);
+ok(defined($at) && defined flush_after($at), 'two more flushes');
+is(redis_sum(), $admitted2, 'and still exactly that');
+
 # For the record (never asserted): the longest hold of the zone's lock by a flush.
 my ($hold) = sort { $b <=> $a } map { /lock hold so far in this worker: (\d+) us/ ? $1 : () }
     $t->log_lines(qr/longest sync lock hold/);
 diag("longest lock hold of a flush: $hold us") if defined $hold;
 
+$t->done;
 done_testing;

@@ -178,7 +178,9 @@ std::vector<FlushItem> collect(ZoneConf* zone, const RedisSettings& rs, int64_t 
     int64_t longest = 0;
     while (more) {
         // Room for a whole step before the lock: nothing below allocates under it.
-        items.reserve(items.size() + collect_step);
+        if (items.capacity() - items.size() < collect_step) {
+            items.reserve(std::max(2 * items.capacity(), items.size() + collect_step));
+        }
         ngx_shmtx_lock(&zone->shpool->mutex);
         int64_t t0 = monotonic_us();
         if (first) {
