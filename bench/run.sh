@@ -27,6 +27,7 @@
 #   BENCH_NGINX        nginx binary               (/usr/sbin/nginx)
 #   BENCH_OUT          also write the result table to this file
 #   BENCH_KEEP=1       keep the temp directory (config, error log, raw wrk output)
+#   BENCH_LOG_LEVEL    nginx error_log level      (warn; info shows sync flushes' longest lock hold)
 #
 # Missing Debian packages (wrk, curl, redis-server, and for the openresty peer
 # libnginx-mod-http-lua, lua-nginx-redis, lua-resty-core) are installed with

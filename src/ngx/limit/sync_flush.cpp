@@ -104,6 +104,7 @@ struct ZoneFlush {
     std::deque<BatchPtr> queue;           // to send, in order
     std::vector<BatchPtr> retry;          // failed after they may have reached Redis
     size_t in_flight = 0;
+    int64_t hold_logged_us = 0;  // the longest lock hold logged (note_hold)
 };
 
 struct SyncState {
@@ -155,13 +156,11 @@ void settle(ZoneConf* zone, const std::vector<FlushItem>& items,
     ngx_shmtx_unlock(&zone->shpool->mutex);
 }
 
-// Lock holds of this worker's flushes (collecting), in microseconds: the longest so far is
-// logged at info level whenever it grows past twice the last one logged.
-int64_t longest_hold_logged_us = 0;
-
-void note_hold(const ZoneConf* zone, int64_t us) noexcept {
-    if (us > 2 * longest_hold_logged_us) {
-        longest_hold_logged_us = us;
+// Lock holds of this worker's flushes of a zone (collecting), in microseconds: the longest so
+// far is logged at info level whenever it grows past twice the last one logged.
+void note_hold(const ZoneConf* zone, int64_t& logged_us, int64_t us) noexcept {
+    if (us > 2 * logged_us) {
+        logged_us = us;
         ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
                       "throttle_zone \"%V\": longest sync lock hold so far in this worker: %L us",
                       &zone->name, us);
@@ -171,7 +170,8 @@ void note_hold(const ZoneConf* zone, int64_t us) noexcept {
 // Takes the unsent counts of the keys changed since the last flush (the table's changed keys;
 // every key when they overflowed), collect_step keys (or slots) per lock hold, so that
 // requests wait at most one short step for the lock, whatever the zone's size.
-std::vector<FlushItem> collect(ZoneConf* zone, const RedisSettings& rs, int64_t now) {
+std::vector<FlushItem> collect(ZoneConf* zone, const RedisSettings& rs, int64_t now,
+                               int64_t& logged_us) {
     std::vector<FlushItem> items;
     core::SlotTable::ChangedWalk walk;
     bool first = true, more = true;
@@ -197,7 +197,7 @@ std::vector<FlushItem> collect(ZoneConf* zone, const RedisSettings& rs, int64_t 
         longest = std::max(longest, monotonic_us() - t0);
         ngx_shmtx_unlock(&zone->shpool->mutex);
     }
-    note_hold(zone, longest);
+    note_hold(zone, logged_us, longest);
     try {
         for (FlushItem& it : items) {
             it.base = redis_base(rs, *zone, it.key);
@@ -491,7 +491,7 @@ void tick(ZoneFlush& zf) noexcept {
                            static_cast<ngx_atomic_uint_t>(now) + zone->sync_interval)) {
         try {
             int64_t started_us = zone->metrics != nullptr ? monotonic_us() : 0;
-            std::vector<FlushItem> items = collect(zone, *rs, now);
+            std::vector<FlushItem> items = collect(zone, *rs, now, zf.hold_logged_us);
             size_t keys = items.size(), before = zf.queue.size();
             make_batches(zone, std::move(items), zf.queue, rs->cluster != nullptr);
             flush_started(zone, zf.queue, keys, zf.queue.size() - before, now, started_us);
@@ -578,7 +578,7 @@ void final_flush(ZoneFlush& zf, const RedisSettings& rs) noexcept {
         std::deque<BatchPtr> rest;
         if (!down) {
             int64_t now = now_ms(), started_us = monotonic_us();
-            std::vector<FlushItem> items = collect(zone, rs, now);
+            std::vector<FlushItem> items = collect(zone, rs, now, zf.hold_logged_us);
             size_t keys = items.size();
             make_batches(zone, std::move(items), rest, rs.cluster != nullptr);
             flush_started(zone, rest, keys, rest.size(), now, started_us);
@@ -621,7 +621,7 @@ void sync_worker_init(const MainConf& mcf, redis::Loop& loop) {
     auto** zones = static_cast<ZoneConf**>(mcf.limit.zones.elts);
     for (ngx_uint_t i = 0; i < mcf.limit.zones.nelts; i++) {
         if (zones[i]->mode == Mode::sync) {
-            s->zones.push_back(ZoneFlush{zones[i], nullptr, nullptr, {}, {}, 0});
+            s->zones.push_back(ZoneFlush{zones[i], nullptr, nullptr, {}, {}, 0, 0});
         }
     }
     if (!s->zones.empty()) {
