@@ -195,4 +195,3 @@ my ($hold) = sort { $b <=> $a } map { /lock hold so far in this worker: (\d+) us
 diag("longest lock hold of a flush: $hold us") if defined $hold;
 
 $t->done;
-done_testing;
