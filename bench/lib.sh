@@ -295,7 +295,7 @@ user root;
 daemon off;
 worker_processes $WORKERS;
 pid $tmp/nginx-$1.pid;
-error_log $tmp/error.log warn;
+error_log $tmp/error.log ${BENCH_LOG_LEVEL:-warn};
 EOF
 }
 

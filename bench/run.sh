@@ -27,6 +27,7 @@
 #   BENCH_NGINX        nginx binary               (/usr/sbin/nginx)
 #   BENCH_OUT          also write the result table to this file
 #   BENCH_KEEP=1       keep the temp directory (config, error log, raw wrk output)
+#   BENCH_LOG_LEVEL    nginx error_log level      (warn; info shows sync flushes' longest lock hold)
 #
 # Missing Debian packages (wrk, curl, redis-server, and for the openresty peer
 # libnginx-mod-http-lua, lua-nginx-redis, lua-resty-core) are installed with
@@ -36,10 +37,11 @@
 # BENCH_DURATION. Not in the default set: strict_cluster, sync_cluster (the
 # same zones on `throttle_redis cluster`), and strict_1k, sync_1k,
 # strict_cluster_1k, sync_cluster_1k (zones keyed on $http_x_bench_key, wrk
-# sending BENCH_KEYS keys in turn): a cluster variant is printed next to its
-# one-Redis twin when both ran. Also not in the default set: lease, lease_1k,
-# lease_10k (mode=lease, one key / BENCH_KEYS keys / 10,000 keys) and
-# strict_10k, sync_10k (10,000 keys) to compare them with.
+# sending BENCH_KEYS keys in turn), sync_100k, strict_100k (the same with
+# 100,000 keys): a cluster variant is printed next to its one-Redis twin when
+# both ran. Also not in the default set: lease, lease_1k, lease_10k (mode=lease,
+# one key / BENCH_KEYS keys / 10,000 keys) and strict_10k, sync_10k (10,000
+# keys) to compare them with.
 
 set -euo pipefail
 
@@ -228,7 +230,10 @@ redis_calls() {
 # bench/keys.lua sending k1 .. kN in turn: N keys, spread over the slots and so over
 # the cluster's masters). The cluster variants run in an nginx of their own (one
 # throttle_redis per http{}).
+# The *_100k variants: the same with 100,000 keys (sync at scale: each key sees a
+# request every 100,000 / (requests/s) seconds, so most flushes carry a key per request).
 KEYS_N=${BENCH_KEYS:-1000}
+KEYS_100K=100000
 
 # mode=lease (lease, lease_1k, lease_10k): the zone of strict's rate with
 # mode=lease (default lease=100); the 10k shape (and strict_10k, sync_10k) sends
@@ -236,12 +241,15 @@ KEYS_N=${BENCH_KEYS:-1000}
 KEYS_10K=10000
 
 # redis_variant MODE TARGET SHAPE ZONE ACTION [ARG]: MODE strict|sync|lease, TARGET
-# single|cluster, SHAPE 1|n|m (m: 10,000 keys)
+# single|cluster, SHAPE 1|n|m|100k (m: 10,000 keys, 100k: 100,000 keys)
 redis_variant() {
-    local mode=$1 target=$2 shape=$3 zone=$4 key zone_line redis_line
+    local mode=$1 target=$2 shape=$3 zone=$4 key zone_line redis_line nkeys=1
     shift 4
-    local nkeys=$KEYS_N
-    [[ $shape != m ]] || nkeys=$KEYS_10K
+    case $shape in
+        n) nkeys=$KEYS_N ;;
+        m) nkeys=$KEYS_10K ;;
+        100k) nkeys=$KEYS_100K ;;
+    esac
     if [[ $shape != 1 ]]; then key='$http_x_bench_key'; else key='$binary_remote_addr'; fi
     if [[ $mode == lease ]]; then
         # strict's rate: every unit granted is counted in Redis' window, as strict counts
@@ -294,6 +302,8 @@ variant_strict_cluster() { redis_variant strict cluster 1 bstrict "$@"; }
 variant_sync_1k() { redis_variant sync single n bsync_k "$@"; }
 variant_strict_1k() { redis_variant strict single n bstrict_k "$@"; }
 variant_sync_cluster_1k() { redis_variant sync cluster n bsync_k "$@"; }
+variant_sync_100k() { redis_variant sync single 100k bsync_h "$@"; }
+variant_strict_100k() { redis_variant strict single 100k bstrict_h "$@"; }
 variant_strict_cluster_1k() { redis_variant strict cluster n bstrict_k "$@"; }
 variant_lease() { redis_variant lease single 1 blease "$@"; }
 variant_lease_1k() { redis_variant lease single n blease_k "$@"; }

@@ -14,11 +14,18 @@
 // keying its digests were made with (ZoneKeyer::fingerprint(), set by the caller).
 // Lookup is O(1) expected. When every slot is in use, inserting evicts the least recently
 // used key.
+// Changed keys (for mode=sync's flushes): every lookup() lists its key in a bounded FIFO ring
+// of slot indices kept in the block (capacity / 4 entries, 1 byte per key; a flag in the slot
+// says "listed", so a key is listed at most once). When the ring is full the table notes an
+// overflow instead, and the next pass over the changed keys walks every slot. A flush takes the
+// changed keys in bounded steps (take_changed()), so its caller can release the lock between
+// them. Layout: [Header][bucket heads][ring: uint32 x ring size][Slot x capacity].
 #pragma once
 
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "core/hash.hpp"
 #include "core/limiter.hpp"
@@ -43,7 +50,7 @@ struct LookupResult {
 
 class SlotTable {
    public:
-    static constexpr uint32_t magic_value = 0x54484c34;  // "THL4" (keyed 16-byte digests)
+    static constexpr uint32_t magic_value = 0x54484c35;  // "THL5" (keyed digests, changed ring)
 
     // Lays out an empty table in [mem, mem + size). mem must be 8-byte aligned. `seed` and
     // `secret` are random (the caller's entropy). Returns nullptr when size cannot hold at
@@ -81,6 +88,29 @@ class SlotTable {
     uint64_t tag() const noexcept;
     void set_tag(uint64_t tag) noexcept;
 
+    // A pass over the keys changed since the previous pass (plain data, kept by the caller
+    // between lock holds).
+    struct ChangedWalk {
+        bool full = false;       // the ring overflowed: every slot is visited
+        uint32_t next_slot = 0;  // full: the next slot index to visit
+        uint32_t listed = 0;     // ring entries still to take in this pass
+    };
+    // Starts a pass: takes the overflow note (a full walk) and the ring's current length.
+    // Keys changed after this call are listed for this pass or, when they do not fit, the next.
+    ChangedWalk begin_changed() noexcept;
+    // Calls fn(const StoredKey&, State&) for changed keys, visiting at most `max` (>= 1) slots
+    // or ring entries; a ring entry is unlisted when visited. Returns true while the pass has
+    // more to visit. Every key changed before begin_changed() is visited by the pass (unless
+    // evicted meanwhile); it may also visit keys that did not change.
+    template <typename Fn>
+    bool take_changed(ChangedWalk& walk, size_t max, Fn&& fn) noexcept;
+    // Lists the key as changed (e.g. its unsent counts went back into it); false when absent.
+    bool mark_changed(const StoredKey& key) noexcept;
+    // Keys listed as changed now, and whether the ring overflowed since the last pass began.
+    size_t changed_listed() const noexcept;
+    bool changed_overflow() const noexcept;
+    size_t changed_capacity() const noexcept;
+
     // Calls fn(const StoredKey&, State&) for every key, most recently used first.
     template <typename Fn>
     void for_each(Fn&& fn) noexcept;
@@ -92,11 +122,21 @@ class SlotTable {
     Header* header() noexcept;
     const Header* header() const noexcept;
     void visit(void (*cb)(void*, const StoredKey&, State&), void* arg) noexcept;
+    bool visit_changed(ChangedWalk& walk, size_t max, void (*cb)(void*, const StoredKey&, State&),
+                       void* arg) noexcept;
 };
 
 template <typename Fn>
 void SlotTable::for_each(Fn&& fn) noexcept {
     visit([](void* arg, const StoredKey& k, State& s) { (*static_cast<Fn*>(arg))(k, s); }, &fn);
+}
+
+template <typename Fn>
+bool SlotTable::take_changed(ChangedWalk& walk, size_t max, Fn&& fn) noexcept {
+    using F = std::remove_reference_t<Fn>;
+    return visit_changed(
+        walk, max, [](void* arg, const StoredKey& k, State& s) { (*static_cast<F*>(arg))(k, s); },
+        const_cast<void*>(static_cast<const void*>(&fn)));
 }
 
 }  // namespace throttle::core

@@ -323,6 +323,16 @@ for i = 1, n do
     return redis.error_reply('ERR throttle flush: bad arguments for key ' .. i)
   end
 end
+-- The server's clock in ms, read once and only when a window was created: a window whose
+-- expiry time has passed is deleted by its PEXPIREAT and reads 0.
+local clock
+local function now()
+  if clock == nil then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+  end
+  return clock
+end
 local applied = 1
 if not redis.call('SET', KEYS[1] .. ':flush:' .. id, '1', 'NX', 'PX', fmt(ttl)) then
   applied = 0
@@ -331,14 +341,25 @@ local out = {}
 for i = 1, n do
   local ck = KEYS[i] .. ':' .. fmt(w[i])
   local pk = KEYS[i] .. ':' .. fmt(w[i] - P)
-  if applied == 1 and dc[i] > 0 and redis.call('INCRBY', ck, fmt(dc[i])) == dc[i] then
-    redis.call('PEXPIREAT', ck, fmt(w[i] + 2 * P + 1000))
+  local c, p
+  if applied == 1 and dc[i] > 0 then
+    c = redis.call('INCRBY', ck, fmt(dc[i]))
+    if c == dc[i] then
+      local at = w[i] + 2 * P + 1000
+      redis.call('PEXPIREAT', ck, fmt(at))
+      if at <= now() then c = 0 end
+    end
   end
-  if applied == 1 and dp[i] > 0 and redis.call('INCRBY', pk, fmt(dp[i])) == dp[i] then
-    redis.call('PEXPIREAT', pk, fmt(w[i] - P + 2 * P + 1000))
+  if applied == 1 and dp[i] > 0 then
+    p = redis.call('INCRBY', pk, fmt(dp[i]))
+    if p == dp[i] then
+      local at = w[i] - P + 2 * P + 1000
+      redis.call('PEXPIREAT', pk, fmt(at))
+      if at <= now() then p = 0 end
+    end
   end
-  out[2 * i - 1] = count(ck)
-  out[2 * i] = count(pk)
+  out[2 * i - 1] = c or count(ck)
+  out[2 * i] = p or count(pk)
 end
 out[2 * n + 1] = applied
 return out

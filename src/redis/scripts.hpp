@@ -77,9 +77,11 @@
 //   and only reads the totals. A sender must not send an id again once ttl may have run out.
 //   Applying, per key: if delta_cur > 0, INCRBY BASE:W delta_cur and, if that created the key
 //   (the result equals delta_cur), PEXPIREAT BASE:W W + 2P + 1000; likewise delta_prev on
-//   BASE:(W - P) with PEXPIREAT (W - P) + 2P + 1000. Then both totals are read (missing: 0). A
-//   window whose expiry time has already passed (a delta held through a long outage) is
-//   deleted at once by its PEXPIREAT and reads 0: it no longer weighs in any decision anyway.
+//   BASE:(W - P) with PEXPIREAT (W - P) + 2P + 1000. The totals are INCRBY's results, and
+//   read (missing: 0) for a window nothing was added to. A window whose expiry time has
+//   already passed (a delta held through a long outage) is deleted at once by its PEXPIREAT
+//   and reads 0 (the script compares with TIME, read once): it no longer weighs in any
+//   decision anyway.
 //   Every argument is checked before anything is written.
 //   Reply: [g_cur, g_prev] per key, flat (core::sync::apply_global()'s inputs), then 1 when
 //   this call applied the deltas, 0 when the id had been seen: 2n + 1 integers.

@@ -906,6 +906,32 @@ TEST_F(RedisScriptsTest, FlushExpirySetOnlyOnCreation) {
     EXPECT_EQ(number(ctl->run({"PEXPIRETIME", prev})), w + 6 * P);
 }
 
+// A delta held through a long outage, for windows whose expiry time has passed: the windows
+// are deleted at once by their PEXPIREAT and the totals read 0 (the script answers from
+// INCRBY, so this is its clock's comparison); a window still alive answers its count.
+TEST_F(RedisScriptsTest, FlushOfExpiredWindowsReadsZero) {
+    const int64_t P = 60000;
+    const int64_t w = window_of(redis_now_ms(), P) - 4 * P;  // cur and prev both expired
+    FlushEntry old;
+    old.base = base_key("t:", "z", "old");
+    old.window = w;
+    old.delta_cur = 5;
+    old.delta_prev = 2;
+    FlushEntry live;
+    live.base = base_key("t:", "z", "live");
+    live.window = w + 4 * P;  // the current window: cur and prev alive
+    live.delta_cur = 3;
+    live.delta_prev = 1;
+    auto t = flush(*client, P, {old, live});
+    ASSERT_EQ(t.size(), 2u);
+    EXPECT_EQ(t[0], std::make_pair(uint64_t(0), uint64_t(0)));
+    EXPECT_EQ(t[1], std::make_pair(uint64_t(3), uint64_t(1)));
+    EXPECT_EQ(ctl->run({"EXISTS", window_key(old.base, w)}), "0");
+    EXPECT_EQ(ctl->run({"EXISTS", window_key(old.base, w - P)}), "0");
+    EXPECT_EQ(get(window_key(live.base, w + 4 * P)), "3");
+    EXPECT_EQ(get(window_key(live.base, w + 3 * P)), "1");
+}
+
 // A delta for the previous window lands in the previous window's key only; zero deltas only
 // read.
 TEST_F(RedisScriptsTest, FlushPrevDeltaAndZeroDeltas) {

@@ -1,6 +1,7 @@
 // The slot table: lookups, LRU eviction, keyed keys (no key byte ever in the block), attach
-// after reload, position independence, and a randomized comparison against a straightforward
-// model.
+// after reload, position independence, a randomized comparison against a straightforward
+// model, and the changed keys (mode=sync's flushes): listed once, taken in steps, a full walk
+// after an overflow, kept across attach, and no unsent count ever left behind.
 #include "core/slot_table.hpp"
 
 #include <gtest/gtest.h>
@@ -124,7 +125,7 @@ TEST(SlotTable, Density) {
                 SlotTable::bytes_per_key());
     EXPECT_GE(t->capacity(), 11000u);            // limit_req: about 8,000
     EXPECT_GE(t->capacity(), 13500u);            // 72-byte slots since keys are digests
-    EXPECT_LE(SlotTable::bytes_per_key(), 76u);  // 72-byte slot + bucket head
+    EXPECT_LE(SlotTable::bytes_per_key(), 77u);  // 72-byte slot + bucket head + ring quarter
     // bytes_per_key() counts a whole bucket head per slot; there are fewer heads than slots,
     // so it is an upper bound and the table holds at least size / bytes_per_key() keys.
     EXPECT_GE(t->capacity(), (b.size - 256) / SlotTable::bytes_per_key());
@@ -627,3 +628,285 @@ TEST(SlotTable, RandomizedAgainstModel) {
 }
 
 }  // namespace
+
+// --- Changed keys (mode=sync's flushes walk only them).
+
+// A pass over the changed keys in steps of `step`; returns the digests visited (in order).
+std::vector<StoredKey> pass(SlotTable* t, size_t step, size_t* steps = nullptr) {
+    std::vector<StoredKey> seen;
+    SlotTable::ChangedWalk w = t->begin_changed();
+    size_t n = 0;
+    bool more = true;
+    while (more) {
+        more = t->take_changed(w, step, [&](const StoredKey& k, State&) { seen.push_back(k); });
+        n++;
+        EXPECT_LE(n, t->capacity() + t->changed_capacity() + 1) << "a pass must end";
+        if (n > t->capacity() + t->changed_capacity() + 1) {
+            break;
+        }
+    }
+    if (steps != nullptr) {
+        *steps = n;
+    }
+    return seen;
+}
+
+bool contains(const std::vector<StoredKey>& v, const StoredKey& k) {
+    for (const StoredKey& x : v) {
+        if (same_key(x, k)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+TEST(SlotTableChanged, ListedOnceTakenInStepsThenEmpty) {
+    Block b(64 << 10);
+    SlotTable* t = make_table(b);
+    ASSERT_NE(t, nullptr);
+    ASSERT_GE(t->changed_capacity(), 100u);
+    EXPECT_EQ(t->changed_listed(), 0u);
+    EXPECT_TRUE(pass(t, 4).empty());  // a new table has nothing to flush
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 50; i++) {
+            lookup(t, key_of(i));
+        }
+    }
+    EXPECT_EQ(t->changed_listed(), 50u);  // each key once, however often it was looked up
+    EXPECT_FALSE(t->changed_overflow());
+    size_t steps = 0;
+    std::vector<StoredKey> seen = pass(t, 7, &steps);
+    ASSERT_EQ(seen.size(), 50u);
+    EXPECT_EQ(steps, 8u);  // ceil(50 / 7): never more than a step per take_changed()
+    for (int i = 0; i < 50; i++) {
+        EXPECT_TRUE(contains(seen, key(t, key_of(i)))) << i;
+    }
+    EXPECT_EQ(t->changed_listed(), 0u);
+    EXPECT_TRUE(pass(t, 7).empty());  // nothing changed since: nothing visited
+    // find() changes nothing; mark_changed() lists a key, and only a key that is there.
+    find(t, key_of(3));
+    EXPECT_TRUE(pass(t, 7).empty());
+    EXPECT_TRUE(t->mark_changed(key(t, key_of(3))));
+    EXPECT_FALSE(t->mark_changed(key(t, "absent")));
+    seen = pass(t, 7);
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_TRUE(same_key(seen[0], key(t, key_of(3))));
+}
+
+TEST(SlotTableChanged, OverflowFallsBackToAFullWalk) {
+    Block b(block_for(64));
+    SlotTable* t = make_table(b);
+    ASSERT_NE(t, nullptr);
+    const size_t ring = t->changed_capacity();
+    ASSERT_LT(ring, t->capacity());
+    const int n = static_cast<int>(ring) + 5;  // fits the table, not the ring
+    for (int i = 0; i < n; i++) {
+        lookup(t, key_of(i));
+    }
+    EXPECT_EQ(t->changed_listed(), ring);
+    EXPECT_TRUE(t->changed_overflow());
+    size_t steps = 0;
+    std::vector<StoredKey> seen = pass(t, 3, &steps);
+    for (int i = 0; i < n; i++) {
+        EXPECT_TRUE(contains(seen, key(t, key_of(i)))) << i;  // not one key left out
+    }
+    // Every slot, then the ring: at most `step` of them per take_changed().
+    EXPECT_GE(steps, (t->capacity() + ring) / 3);
+    EXPECT_FALSE(t->changed_overflow());
+    EXPECT_EQ(t->changed_listed(), 0u);
+    EXPECT_TRUE(pass(t, 3).empty());  // back to listing: nothing changed since
+    lookup(t, key_of(1));
+    seen = pass(t, 3);
+    ASSERT_EQ(seen.size(), 1u);
+}
+
+TEST(SlotTableChanged, ChangesDuringAPassAreVisitedNowOrByTheNext) {
+    Block b(block_for(400));
+    SlotTable* t = make_table(b);
+    ASSERT_NE(t, nullptr);
+    for (int full = 0; full < 2; full++) {
+        const int n = full ? static_cast<int>(t->changed_capacity()) + 20 : 60;
+        for (int i = 0; i < n; i++) {
+            lookup(t, key_of(i));
+        }
+        ASSERT_EQ(t->changed_overflow(), full == 1);
+        SlotTable::ChangedWalk w = t->begin_changed();
+        std::vector<StoredKey> seen;
+        auto take = [&](const StoredKey& k, State&) { seen.push_back(k); };
+        ASSERT_TRUE(t->take_changed(w, 5, take));
+        // Between two steps (the lock released): keys already visited change again, new keys
+        // come.
+        for (const StoredKey& k : std::vector<StoredKey>(seen)) {
+            t->lookup(k);
+        }
+        for (int i = 0; i < 10; i++) {
+            lookup(t, "new-" + std::to_string(full) + "-" + std::to_string(i));
+        }
+        while (t->take_changed(w, 5, take)) {
+        }
+        for (int i = 0; i < n; i++) {
+            EXPECT_TRUE(contains(seen, key(t, key_of(i)))) << i;
+        }
+        std::vector<StoredKey> next = pass(t, 5);
+        for (int i = 0; i < 5; i++) {
+            EXPECT_TRUE(contains(next, seen[static_cast<size_t>(i)])) << "changed again: " << i;
+        }
+        for (int i = 0; i < 10; i++) {
+            StoredKey k = key(t, "new-" + std::to_string(full) + "-" + std::to_string(i));
+            EXPECT_TRUE(contains(seen, k) || contains(next, k)) << "new: " << i;
+        }
+        EXPECT_TRUE(pass(t, 5).empty());
+    }
+}
+
+TEST(SlotTableChanged, SurviveAttachAndMove) {
+    Block b(block_for(200));
+    SlotTable* t = make_table(b);
+    ASSERT_NE(t, nullptr);
+    for (int i = 0; i < 30; i++) {
+        lookup(t, key_of(i));
+    }
+    // A pass half done when nginx reloads: the rest is still listed in the block.
+    SlotTable::ChangedWalk w = t->begin_changed();
+    std::vector<StoredKey> seen;
+    t->take_changed(w, 10, [&](const StoredKey& k, State&) { seen.push_back(k); });
+    ASSERT_EQ(seen.size(), 10u);
+
+    Block copy(b.size);  // mapped elsewhere after the reload
+    std::memcpy(copy.data(), b.data(), b.size);
+    std::memset(b.data(), 0x5a, b.size);
+    SlotTable* u = SlotTable::attach(copy.data(), copy.size);
+    ASSERT_NE(u, nullptr);
+    EXPECT_EQ(u->changed_listed(), 20u);
+    std::vector<StoredKey> rest = pass(u, 4);
+    EXPECT_EQ(rest.size(), 20u);
+    for (int i = 0; i < 30; i++) {
+        StoredKey k = key(u, key_of(i));
+        EXPECT_TRUE(contains(seen, k) != contains(rest, k)) << i;  // exactly one of them
+    }
+    // The overflow note survives too.
+    for (int i = 0; i < static_cast<int>(u->capacity()); i++) {
+        lookup(u, key_of(i));
+    }
+    ASSERT_TRUE(u->changed_overflow());
+    SlotTable* v = SlotTable::attach(copy.data(), copy.size);
+    ASSERT_NE(v, nullptr);
+    EXPECT_TRUE(v->changed_overflow());
+    std::vector<StoredKey> all = pass(v, 64);  // every slot, then the ring's entries
+    EXPECT_EQ(all.size(), v->capacity() + v->changed_capacity());
+    for (int i = 0; i < static_cast<int>(v->capacity()); i++) {
+        EXPECT_TRUE(contains(all, key(v, key_of(i)))) << i;
+    }
+}
+
+TEST(SlotTableChanged, ClearForgetsTheChangedKeys) {
+    Block b(block_for(64));
+    SlotTable* t = make_table(b);
+    ASSERT_NE(t, nullptr);
+    for (int i = 0; i < static_cast<int>(t->capacity()); i++) {
+        lookup(t, key_of(i));
+    }
+    EXPECT_TRUE(t->changed_overflow());
+    t->clear();
+    EXPECT_FALSE(t->changed_overflow());
+    EXPECT_EQ(t->changed_listed(), 0u);
+    EXPECT_TRUE(pass(t, 8).empty());
+    lookup(t, "after");
+    EXPECT_EQ(pass(t, 8).size(), 1u);
+}
+
+// No lost counts: requests count unsent requests into keys (each lookup adds to unsent_cur, as
+// a sync zone's decision does); flushes take them in random steps, some of which "fail" and
+// give the counts back (mark_changed, as sync_flush's settle() does); the table is sometimes
+// attached again, and its small ring overflows now and then. Whatever was counted is either
+// taken by a successful flush or still in the table, and after a last pass nothing is left.
+TEST(SlotTableChanged, RandomizedNoLostCounts) {
+    for (uint64_t seed = 1; seed <= 6; seed++) {
+        std::mt19937_64 rng(seed);
+        Block b(block_for(seed % 2 ? 64 : 512));
+        SlotTable* t = make_table(b);
+        ASSERT_NE(t, nullptr);
+        // Fewer keys than slots: nothing is evicted (eviction drops counts by design).
+        const int keys = static_cast<int>(t->capacity()) - 1;
+        uint64_t counted = 0, flushed = 0;
+        auto flush = [&](bool fail, bool traffic) {
+            SlotTable::ChangedWalk w = t->begin_changed();
+            bool more = true;
+            while (more) {
+                std::vector<std::pair<StoredKey, uint32_t>> taken;
+                more = t->take_changed(w, 1 + rng() % 9, [&](const StoredKey& k, State& s) {
+                    if (s.unsent_cur > 0) {
+                        taken.emplace_back(k, s.unsent_cur);
+                        s.unsent_cur = 0;
+                    }
+                });
+                // Requests between two steps.
+                for (int r = traffic ? static_cast<int>(rng() % 6) : 0; r > 0; r--) {
+                    lookup(t, key_of(static_cast<int>(rng() % keys))).state->unsent_cur++;
+                    counted++;
+                }
+                for (auto& [k, n] : taken) {
+                    if (fail) {
+                        State* s = t->find(k);
+                        ASSERT_NE(s, nullptr);
+                        s->unsent_cur += n;
+                        ASSERT_TRUE(t->mark_changed(k));
+                    } else {
+                        flushed += n;
+                    }
+                }
+            }
+        };
+        for (int round = 0; round < 400; round++) {
+            int burst = static_cast<int>(rng() % (round % 50 == 0 ? 4 * keys : 12));
+            for (int r = 0; r < burst; r++) {
+                lookup(t, key_of(static_cast<int>(rng() % keys))).state->unsent_cur++;
+                counted++;
+            }
+            if (rng() % 20 == 0) {
+                t = SlotTable::attach(b.data(), b.size);  // a reload
+                ASSERT_NE(t, nullptr);
+            }
+            flush(rng() % 5 == 0, true);
+            uint64_t left = 0;
+            t->for_each([&](const StoredKey&, State& s) { left += s.unsent_cur; });
+            ASSERT_EQ(flushed + left, counted) << "seed " << seed << " round " << round;
+        }
+        ASSERT_EQ(t->evictions(), 0u);
+        flush(false, false);  // the last flush, no more traffic: takes everything
+        uint64_t left = 0;
+        t->for_each([&](const StoredKey&, State& s) { left += s.unsent_cur; });
+        EXPECT_EQ(left, 0u) << "seed " << seed;
+        EXPECT_EQ(flushed, counted) << "seed " << seed;
+    }
+}
+
+// A key evicted while listed leaves its slot listed for the key that takes the slot: the ring
+// never holds a slot twice and never grows past its size.
+TEST(SlotTableChanged, EvictionKeepsTheRingConsistent) {
+    Block b(block_for(32));
+    SlotTable* t = make_table(b);
+    ASSERT_NE(t, nullptr);
+    std::mt19937_64 rng(3);
+    for (int round = 0; round < 200; round++) {
+        for (int r = static_cast<int>(rng() % 40); r > 0; r--) {
+            lookup(t, key_of(static_cast<int>(rng() % 200)));
+            ASSERT_LE(t->changed_listed(), t->changed_capacity());
+        }
+        if (rng() % 2) {
+            bool overflow = t->changed_overflow();
+            std::vector<StoredKey> seen = pass(t, 1 + rng() % 5);
+            if (!overflow) {
+                // Without an overflow, a pass visits each listed slot once.
+                for (size_t i = 0; i < seen.size(); i++) {
+                    for (size_t j = i + 1; j < seen.size(); j++) {
+                        ASSERT_FALSE(same_key(seen[i], seen[j]));
+                    }
+                }
+            }
+            // Every key in the table now is listed fresh after its next lookup.
+            EXPECT_EQ(t->changed_listed(), 0u);
+        }
+    }
+    EXPECT_GT(t->evictions(), 0u);
+}

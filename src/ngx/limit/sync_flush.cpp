@@ -1,9 +1,11 @@
 // mode=sync flushes (see sync_flush.hpp).
 //
-// A flush takes the unsent counts of every key of a zone (core::sync::take_unsent) into
-// batches of at most flush_batch keys, each with an id of its own (pid, a random number drawn
-// at worker start, a sequence). The flush script applies a batch once per id (scripts.hpp), so
-// a batch whose reply did not come -- a timeout, a lost connection: Redis may have applied it
+// A flush takes the unsent counts of the keys changed since the last flush (the slot table
+// lists them; when its list overflowed, every key) with core::sync::take_unsent, at most
+// collect_step keys per hold of the zone's lock (requests never wait behind a whole zone),
+// into batches of at most flush_batch keys, each with an id of its own (pid, a random number
+// drawn at worker start, a sequence). The flush script applies a batch once per id (scripts.hpp),
+// so a batch whose reply did not come -- a timeout, a lost connection: Redis may have applied it
 // -- is sent again with the same id and is never counted twice. Only a batch that cannot have
 // reached Redis (circuit open) gives its counts back to the zone, where they join the next
 // batch under a new id.
@@ -61,9 +63,10 @@ namespace throttle::ngx {
 namespace {
 
 constexpr size_t flush_batch = redis::flush_batch_max;
-constexpr size_t in_flight_max = 2;      // batches of one zone in flight, per worker
-constexpr uint32_t sends_max = 4;        // sends of one batch, the first included
-constexpr int64_t id_margin_ms = 30000;  // how much longer Redis remembers a batch id
+constexpr size_t collect_step = flush_batch;  // changed keys (or slots) per lock hold
+constexpr size_t in_flight_max = 2;           // batches of one zone in flight, per worker
+constexpr uint32_t sends_max = 4;             // sends of one batch, the first included
+constexpr int64_t id_margin_ms = 30000;       // how much longer Redis remembers a batch id
 constexpr int64_t retry_window_min_ms = 5000;
 constexpr int64_t retry_window_max_ms = 60000;
 
@@ -101,6 +104,7 @@ struct ZoneFlush {
     std::deque<BatchPtr> queue;           // to send, in order
     std::vector<BatchPtr> retry;          // failed after they may have reached Redis
     size_t in_flight = 0;
+    int64_t hold_logged_us = 0;  // the longest lock hold logged (note_hold)
 };
 
 struct SyncState {
@@ -131,34 +135,6 @@ std::string next_id() {
     return std::string(buf, static_cast<size_t>(std::max(n, 0)));
 }
 
-// Takes the unsent counts of every key of a zone (under its lock).
-std::vector<FlushItem> collect(ZoneConf* zone, const RedisSettings& rs, int64_t now) {
-    std::vector<FlushItem> items;
-    ngx_shmtx_lock(&zone->shpool->mutex);
-    try {
-        zone->table->for_each([&](const core::StoredKey& k, core::State& s) {
-            core::sync::Delta d = core::sync::take_unsent(zone->policy.rate, s, now);
-            if (!d.empty()) {
-                items.push_back(FlushItem{k, d, std::string()});
-            }
-        });
-    } catch (...) {
-        // Out of memory half way: give back what was taken.
-        for (FlushItem& it : items) {
-            if (core::State* s = zone->table->find(it.key)) {
-                core::sync::restore_unsent(zone->policy.rate, *s, it.delta, now);
-            }
-        }
-        ngx_shmtx_unlock(&zone->shpool->mutex);
-        throw;
-    }
-    ngx_shmtx_unlock(&zone->shpool->mutex);
-    for (FlushItem& it : items) {
-        it.base = redis_base(rs, *zone, it.key);
-    }
-    return items;
-}
-
 // Folds a batch's outcome back into the zone: the global totals, or the counts to resend.
 void settle(ZoneConf* zone, const std::vector<FlushItem>& items,
             const std::vector<std::pair<uint64_t, uint64_t>>* totals) noexcept {
@@ -174,9 +150,63 @@ void settle(ZoneConf* zone, const std::vector<FlushItem>& items,
             core::sync::apply_global(zone->policy.rate, *s, items[i].delta, t.first, t.second, now);
         } else {
             core::sync::restore_unsent(zone->policy.rate, *s, items[i].delta, now);
+            zone->table->mark_changed(items[i].key);  // sent with the next flush
         }
     }
     ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+// Lock holds of this worker's flushes of a zone (collecting), in microseconds: the longest so
+// far is logged at info level whenever it grows past twice the last one logged.
+void note_hold(const ZoneConf* zone, int64_t& logged_us, int64_t us) noexcept {
+    if (us > 2 * logged_us) {
+        logged_us = us;
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "throttle_zone \"%V\": longest sync lock hold so far in this worker: %L us",
+                      &zone->name, us);
+    }
+}
+
+// Takes the unsent counts of the keys changed since the last flush (the table's changed keys;
+// every key when they overflowed), collect_step keys (or slots) per lock hold, so that
+// requests wait at most one short step for the lock, whatever the zone's size.
+std::vector<FlushItem> collect(ZoneConf* zone, const RedisSettings& rs, int64_t now,
+                               int64_t& logged_us) {
+    std::vector<FlushItem> items;
+    core::SlotTable::ChangedWalk walk;
+    bool first = true, more = true;
+    int64_t longest = 0;
+    while (more) {
+        // Room for a whole step before the lock: nothing below allocates under it.
+        if (items.capacity() - items.size() < collect_step) {
+            items.reserve(std::max(2 * items.capacity(), items.size() + collect_step));
+        }
+        ngx_shmtx_lock(&zone->shpool->mutex);
+        int64_t t0 = monotonic_us();
+        if (first) {
+            walk = zone->table->begin_changed();
+            first = false;
+        }
+        more = zone->table->take_changed(
+            walk, collect_step, [&](const core::StoredKey& k, core::State& s) noexcept {
+                core::sync::Delta d = core::sync::take_unsent(zone->policy.rate, s, now);
+                if (!d.empty()) {
+                    items.push_back(FlushItem{k, d, std::string()});  // reserved: no throw
+                }
+            });
+        longest = std::max(longest, monotonic_us() - t0);
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+    }
+    note_hold(zone, logged_us, longest);
+    try {
+        for (FlushItem& it : items) {
+            it.base = redis_base(rs, *zone, it.key);
+        }
+    } catch (...) {
+        settle(zone, items, nullptr);  // out of memory: the counts go back to the zone
+        throw;
+    }
+    return items;
 }
 
 // Redis Cluster: the items grouped by slot (stable), and where each slot's run ends, so that a
@@ -461,7 +491,7 @@ void tick(ZoneFlush& zf) noexcept {
                            static_cast<ngx_atomic_uint_t>(now) + zone->sync_interval)) {
         try {
             int64_t started_us = zone->metrics != nullptr ? monotonic_us() : 0;
-            std::vector<FlushItem> items = collect(zone, *rs, now);
+            std::vector<FlushItem> items = collect(zone, *rs, now, zf.hold_logged_us);
             size_t keys = items.size(), before = zf.queue.size();
             make_batches(zone, std::move(items), zf.queue, rs->cluster != nullptr);
             flush_started(zone, zf.queue, keys, zf.queue.size() - before, now, started_us);
@@ -548,7 +578,7 @@ void final_flush(ZoneFlush& zf, const RedisSettings& rs) noexcept {
         std::deque<BatchPtr> rest;
         if (!down) {
             int64_t now = now_ms(), started_us = monotonic_us();
-            std::vector<FlushItem> items = collect(zone, rs, now);
+            std::vector<FlushItem> items = collect(zone, rs, now, zf.hold_logged_us);
             size_t keys = items.size();
             make_batches(zone, std::move(items), rest, rs.cluster != nullptr);
             flush_started(zone, rest, keys, rest.size(), now, started_us);
@@ -591,7 +621,7 @@ void sync_worker_init(const MainConf& mcf, redis::Loop& loop) {
     auto** zones = static_cast<ZoneConf**>(mcf.limit.zones.elts);
     for (ngx_uint_t i = 0; i < mcf.limit.zones.nelts; i++) {
         if (zones[i]->mode == Mode::sync) {
-            s->zones.push_back(ZoneFlush{zones[i], nullptr, nullptr, {}, {}, 0});
+            s->zones.push_back(ZoneFlush{zones[i], nullptr, nullptr, {}, {}, 0, 0});
         }
     }
     if (!s->zones.empty()) {
