@@ -870,10 +870,14 @@ void Client::keep_args(Pending& p, const std::string_view* argv, size_t argc) {
     for (size_t i = 0; i < argc; i++) {
         total += argv[i].size();
     }
-    p.args.reserve(total);
-    p.lens.reserve(argc);
+    const size_t at = p.args.size();
+    p.args.resize(at + total);  // once, then copied in place
+    char* out = p.args.data() + at;
     for (size_t i = 0; i < argc; i++) {
-        p.args.append(argv[i].data(), argv[i].size());
+        if (!argv[i].empty()) {
+            std::memcpy(out, argv[i].data(), argv[i].size());
+            out += argv[i].size();
+        }
         p.lens.push_back(argv[i].size());
     }
 }
