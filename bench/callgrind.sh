@@ -27,6 +27,8 @@
 #   plain            static 100-byte file, no throttle directive
 #   limit_req        nginx's limit_req, as in run.sh
 #   throttle         throttle_zone (local mode) + throttle, as in run.sh
+#   sync             throttle_zone mode=sync sync=250ms against a redis-server started here
+#                    (not in the default set; in make bench-instr's)
 #   strict           throttle_zone mode=strict against a redis-server started here
 #   lease            (not in the default set) throttle_zone mode=lease (strict's rate, default
 #                    lease=100) against the same redis-server: most requests spend a unit of the
@@ -60,10 +62,22 @@
 #                    every EVALSHA goes to the one master of its slot (compare with strict)
 #   cache_hit_cluster (not in the default set) cache_hit on that cluster: the namespace
 #                    generation from the worker's mirror, the lookup on the user's master
+#   static_json      (not in the default set) the cache's reference: the origin's JSON served as a
+#                    static file at the cache's URL (plain nginx serving the same response); when
+#                    measured, the cache variants' extra is counted against it
+#   cache_hit_users  (not in the default set) cache_hit with BENCH_CG_USERS users' cookies in turn
+#                    (one curl -K config of --next blocks, one connection): warmed with a pass
+#                    of misses, then passes until every user's answer is a HIT
 #   cache_hit_local  (not in the default set) one anonymous URL (no cookie sent) with
 #                    throttle_cache_local zone=cg_local:4m: every measured request a local
 #                    hit (shared memory, no Redis command), Accept-Encoding: gzip; compare
 #                    with cache_hit (a Redis hit)
+#
+# The extra: after the table, each variant's Ir/request over plain nginx serving
+# the same response (plain; static_json for the cache when measured), and the
+# BENCH_CG_TOP functions with the most extra self Ir per request (the variant's
+# per-function counts minus the reference's; the last module's). `make bench-instr`
+# runs the set issue 14 asks for.
 #
 # Two modules: with BENCH_MODULE_B, every variant is measured with both, and
 # the table gives both counts and B/A, plus, for each variant whose B/A is off by
@@ -87,6 +101,8 @@
 #                          lie (plain moved by up to 2.7 % between layouts)
 #   BENCH_NGINX            nginx binary         (/usr/sbin/nginx)
 #   BENCH_CG_OUT           also write the result table to this file
+#   BENCH_CG_USERS         cache_hit_users' users (2000)
+#   BENCH_CG_TOP           functions listed per variant for its extra over plain (5)
 #   BENCH_CG_METRICS=1     every variant's server also has `location = /metrics { throttle_metrics; }`
 #                          (never requested): the counters are on, so a request pays for counting
 #                          (without it nothing is counted; each counter costs a null check)
