@@ -5,6 +5,8 @@
 #   make run        install what is missing, build, start nginx on 127.0.0.1:8080 (foreground)
 #   make test       install what is missing, build, run unit and integration tests
 #   make bench      benchmark: plain, limit_req, throttle local/sync/strict, OpenResty+Redis
+#   make bench-instr  instructions per request (callgrind) of every variant, its extra over
+#                   plain nginx and the functions behind it (bench/callgrind.sh)
 #   make asan       the module built with ASan/UBSan (build/asan/) and the prove suite run on it
 #   make fuzz       libFuzzer (clang, ASan/UBSan) on what comes from outside: Redis replies,
 #                   stored cache entries and gzip bodies, cache-key fields, response and request
@@ -38,7 +40,7 @@ DEB_PACKAGES := build-essential g++ cmake make perl nginx nginx-dev libpcre2-dev
 
 SOURCES := $(wildcard src/*/*.cpp src/*/*.hpp src/*/*/*.cpp src/*/*/*.hpp) config
 
-.PHONY: all deps run test unit integration bench clean format format-check asan fuzz fuzz-long
+.PHONY: all deps run test unit integration bench bench-callgrind bench-instr clean format format-check asan fuzz fuzz-long
 all: $(MODULE)
 
 deps:
@@ -139,6 +141,11 @@ bench: $(MODULE)
 	bash bench/run.sh
 bench-callgrind: $(MODULE)
 	bash bench/callgrind.sh
+# instructions per request of every variant, its extra over plain nginx serving the same
+# response and the functions behind it (issue 14's measure); ~10 minutes
+BENCH_INSTR_VARIANTS ?= plain limit_req throttle sync strict lease throttle_metrics static_json cache_hit cache_hit_plain cache_hit_users cache_hit_local
+bench-instr: $(MODULE)
+	BENCH_CG_VARIANTS="$(BENCH_INSTR_VARIANTS)" bash bench/callgrind.sh
 
 FORMATTED := $(wildcard src/*/*.cpp src/*/*.hpp src/*/*/*.cpp src/*/*/*.hpp \
                          t/unit/*.cpp t/unit/*.hpp t/redis/*.cpp t/redis/*.hpp fuzz/*.cpp)

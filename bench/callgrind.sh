@@ -27,6 +27,8 @@
 #   plain            static 100-byte file, no throttle directive
 #   limit_req        nginx's limit_req, as in run.sh
 #   throttle         throttle_zone (local mode) + throttle, as in run.sh
+#   sync             throttle_zone mode=sync sync=250ms against a redis-server started here
+#                    (not in the default set; in make bench-instr's)
 #   strict           throttle_zone mode=strict against a redis-server started here
 #   lease            (not in the default set) throttle_zone mode=lease (strict's rate, default
 #                    lease=100) against the same redis-server: most requests spend a unit of the
@@ -60,10 +62,22 @@
 #                    every EVALSHA goes to the one master of its slot (compare with strict)
 #   cache_hit_cluster (not in the default set) cache_hit on that cluster: the namespace
 #                    generation from the worker's mirror, the lookup on the user's master
+#   static_json      (not in the default set) the cache's reference: the origin's JSON served as a
+#                    static file at the cache's URL (plain nginx serving the same response); when
+#                    measured, the cache variants' extra is counted against it
+#   cache_hit_users  (not in the default set) cache_hit with BENCH_CG_USERS users' cookies in turn
+#                    (one curl -K config of --next blocks, one connection): warmed with a pass
+#                    of misses, then passes until every user's answer is a HIT
 #   cache_hit_local  (not in the default set) one anonymous URL (no cookie sent) with
 #                    throttle_cache_local zone=cg_local:4m: every measured request a local
 #                    hit (shared memory, no Redis command), Accept-Encoding: gzip; compare
 #                    with cache_hit (a Redis hit)
+#
+# The extra: after the table, each variant's Ir/request over plain nginx serving
+# the same response (plain; static_json for the cache when measured), and the
+# BENCH_CG_TOP functions with the most extra self Ir per request (the variant's
+# per-function counts minus the reference's; the last module's). `make bench-instr`
+# runs the set issue 14 asks for.
 #
 # Two modules: with BENCH_MODULE_B, every variant is measured with both, and
 # the table gives both counts and B/A, plus, for each variant whose B/A is off by
@@ -87,6 +101,8 @@
 #                          lie (plain moved by up to 2.7 % between layouts)
 #   BENCH_NGINX            nginx binary         (/usr/sbin/nginx)
 #   BENCH_CG_OUT           also write the result table to this file
+#   BENCH_CG_USERS         cache_hit_users' users (2000)
+#   BENCH_CG_TOP           functions listed per variant for its extra over plain (5)
 #   BENCH_CG_METRICS=1     every variant's server also has `location = /metrics { throttle_metrics; }`
 #                          (never requested): the counters are on, so a request pays for counting
 #                          (without it nothing is counted; each counter costs a null check)
@@ -118,7 +134,9 @@ BODY_BYTES=100         # plain & co: the static file, as run.sh
 CACHE_BYTES=2048       # cache: the origin's JSON, about (as cache.sh: stored gzip'd, >= 1k)
 SESSION='sessionid=b3f1c0de5eed4a11'
 REQ_PATH='/api/items?sort=name&page=2'
-KNOWN='plain limit_req throttle strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity throttle_metrics strict_metrics strict_tls strict_cluster cache_hit_cluster cache_hit_local lease'
+KNOWN='plain limit_req throttle sync strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity throttle_metrics strict_metrics strict_tls strict_cluster cache_hit_cluster cache_hit_local cache_hit_users static_json lease'
+USERS=${BENCH_CG_USERS:-2000} # cache_hit_users: the users' cookies, in turn
+TOP=${BENCH_CG_TOP:-5}         # functions listed per variant for its extra over the reference
 
 # --------------------------------------------------------------------------
 # Checks.
@@ -130,6 +148,8 @@ need_count BENCH_CG_BASE "$N0"
 [[ $DIFF_PCT =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "BENCH_CG_DIFF_PCT must be a number of percent, not \"$DIFF_PCT\""
 need_count BENCH_CG_DIFF_LINES "$DIFF_LINES"
 need_count BENCH_CG_LAYOUTS "$LAYOUTS"
+need_count BENCH_CG_USERS "$USERS"
+need_count BENCH_CG_TOP "$TOP"
 
 read -r -a variants <<<"$VARIANTS"
 ((${#variants[@]})) || die "BENCH_CG_VARIANTS is empty"
@@ -139,7 +159,7 @@ for v in "${variants[@]}"; do
     [[ -z ${seen[$v]:-} ]] || die "variant \"$v\" is listed twice"
     seen[$v]=1
 done
-uses_redis() { [[ $1 == strict || $1 == strict_metrics || $1 == strict_tls || $1 == lease || $1 == cache_* ]]; }
+uses_redis() { [[ $1 == sync || $1 == strict || $1 == strict_metrics || $1 == strict_tls || $1 == lease || $1 == cache_* ]]; }
 # has_metrics VARIANT: the variant's server has a throttle_metrics location
 has_metrics() { [[ $1 == *_metrics ]]; }
 is_cache() { [[ $1 == cache_* ]]; }
@@ -247,6 +267,11 @@ http_lines() {
         echo 'throttle_zone $binary_remote_addr zone=bstrict:10m rate=100000000r/d mode=strict;'
         echo 'throttle_secret "bench-secret-0123456789abcdef";'
         ;;
+    sync)
+        echo "throttle_redis 127.0.0.1:$redis_port connect_timeout=10s timeout=10s;  # valgrind is slow"
+        echo 'throttle_zone $binary_remote_addr zone=bsync:10m rate=1000000000r/s mode=sync sync=250ms;'
+        echo 'throttle_secret "bench-secret-0123456789abcdef";'
+        ;;
     lease)
         echo "throttle_redis 127.0.0.1:$redis_port connect_timeout=10s timeout=10s;  # valgrind is slow"
         echo 'throttle_zone $binary_remote_addr zone=blease:10m rate=100000000r/d mode=lease;'
@@ -284,6 +309,7 @@ location_lines() {
     identity) printf '%s\n' 'throttle_identity_resolve on;' 'throttle zone=bench;' ;;
     strict | strict_metrics | strict_tls | strict_cluster) echo 'throttle zone=bstrict;' ;;
     lease) echo 'throttle zone=blease;' ;;
+    sync) echo 'throttle zone=bsync;' ;;
     cache_*)
         echo 'throttle_cache bench;'
         [[ $1 != cache_hit_local ]] || echo 'throttle_cache_local zone=cg_local:4m;'
@@ -339,6 +365,8 @@ $(location_lines "$v" | sed 's/^/            /')
     }
 EOF
     else
+        # static_json: the cache's reference, the origin's JSON as a static file at the cache's URL
+        [[ $v != static_json ]] || echo "        location = /api/items { try_files /api/items.json =404; }"
         echo "        location = /bench.txt {"
         location_lines "$v" | sed 's/^/            /'
         echo "        }"
@@ -365,11 +393,12 @@ EOF
 # does not send the fragment: COUNT requests for the very same URL, one keep-alive
 # connection.
 url() {
-    if is_cache "$1"; then echo "http://127.0.0.1:$port$REQ_PATH"; else echo "http://127.0.0.1:$port/bench.txt"; fi
+    if is_cache "$1" || [[ $1 == static_json ]]; then echo "http://127.0.0.1:$port$REQ_PATH"; else echo "http://127.0.0.1:$port/bench.txt"; fi
 }
 # client_args VARIANT: curl's request headers for the variant
 client_args() {
     case $1 in
+    cache_hit_users) printf '%s\n' -H "Cookie: $(user_cookie 0)" -H 'Accept-Encoding: gzip' ;;
     cache_hit | cache_hit_cluster) printf '%s\n' -H "Cookie: $SESSION" -H 'Accept-Encoding: gzip' ;;
     cache_hit_local) printf '%s\n' -H 'Accept-Encoding: gzip' ;; # anonymous: the local tier
     cache_hit_vary) printf '%s\n' -H "Cookie: $SESSION" -H 'Accept-Encoding: gzip' -H 'Accept: application/json' ;;
@@ -383,15 +412,39 @@ WRITE_OUT='%{http_code} x-cache=%header{x-cache} content-encoding=%header{conten
 expected() {
     case $1 in
     plain | plain_nomod | limit_req) echo "200 x-cache= content-encoding= ratelimit-policy= bytes=$BODY_BYTES" ;;
-    throttle | strict | strict_tls | strict_cluster | lease | jwt | jwt_nocache | identity | *_metrics) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
-    cache_hit | cache_hit_vary | cache_hit_cluster | cache_hit_local) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;
+    static_json) echo "200 x-cache= content-encoding= ratelimit-policy= bytes=$json_bytes" ;;
+    throttle | sync | strict | strict_tls | strict_cluster | lease | jwt | jwt_nocache | identity | *_metrics) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
+    cache_hit | cache_hit_vary | cache_hit_cluster | cache_hit_local | cache_hit_users) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;
     cache_hit_plain) echo "200 x-cache=HIT content-encoding= ratelimit-policy= bytes=$json_bytes" ;;
     esac
+}
+
+# user_cookie I: user I's session cookie (cache_hit_users)
+user_cookie() { printf 'sessionid=u%06d5eed4a11' "$1"; }
+
+# ask_users FIRST COUNT OUTFILE: COUNT requests on one connection (curl --next in a
+# config file: curl keeps the connection between them), users FIRST, FIRST + 1, ..
+# in turn modulo USERS, Accept-Encoding: gzip; -w lines to OUTFILE
+ask_users() {
+    local i cfg=$tmp/cg/users.$1.$2.curl
+    if [[ ! -s $cfg ]]; then
+        for ((i = 0; i < $2; i++)); do
+            printf 'url = "%s"\nheader = "Cookie: %s"\nheader = "Accept-Encoding: gzip"\n' \
+                "$(url cache_hit_users)" "$(user_cookie $((($1 + i) % USERS)))"
+            printf 'silent\noutput = "/dev/null"\nwrite-out = "%s"\n' "${WRITE_OUT%\\n}\\n"
+            ((i + 1 == $2)) || echo next
+        done >"$cfg"
+    fi
+    curl -K "$cfg" >"$3" || true
 }
 
 # ask VARIANT COUNT OUTFILE: COUNT requests on one connection, -w lines to OUTFILE
 ask() {
     local args
+    if [[ $1 == cache_hit_users ]]; then
+        ask_users 0 "$2" "$3"
+        return
+    fi
     mapfile -t args < <(client_args "$1")
     curl -s -o /dev/null "${args[@]}" -w "$WRITE_OUT" "$(url "$1")#[1-$2]" >"$3" || true
 }
@@ -451,7 +504,18 @@ measure() {
         die "$name: GET $(url "$v") answered $code"
     }
     # the cache: the first request stored the entry (MISS); ask until it is a HIT
-    if is_cache "$v"; then
+    if [[ $v == cache_hit_users ]]; then
+        # every user's entry: one pass of misses (user 0's was the first request),
+        # then passes until every user's answer is a HIT
+        ask_users 1 $((USERS - 1)) "$tmp/cg/$name.warm"
+        for ((i = 1; i <= 20; i++)); do
+            ask_users 0 "$USERS" "$tmp/cg/$name.warm"
+            ! grep -qv x-cache=HIT "$tmp/cg/$name.warm" && break
+            sleep 0.2
+        done
+        ! grep -qv x-cache=HIT "$tmp/cg/$name.warm" || die "$name: not every user's answer was a HIT after $i passes"
+        echo "$i" >"$tmp/cg/$name.warm-requests"
+    elif is_cache "$v"; then
         for ((i = 1; i <= 50; i++)); do
             ask "$v" 1 "$tmp/cg/$name.warm"
             [[ $(cat "$tmp/cg/$name.warm") == *x-cache=HIT* ]] && break
@@ -526,6 +590,25 @@ diff_functions() {
         awk -F'\t' -v n="$DIFF_LINES" 'NR <= n {
             f = $5; if (length(f) > 150) f = substr(f, 1, 147) "..." # C++ names can be very long
             printf "    %+9.1f %9.1f %9.1f  %s\n", $2, $3, $4, f }'
+}
+
+# ref_of VARIANT: the variant its extra cost is counted against: plain nginx
+# serving the same response (static_json for the cache, if measured; else plain)
+ref_of() {
+    if is_cache "$1" && [[ -n ${seen[static_json]:-} ]]; then echo static_json; else echo plain; fi
+}
+
+# extra_functions VARIANT REF MODULE: the functions that make most of VARIANT's
+# extra Ir per request over REF (self Ir per request, VARIANT - REF, layout 1),
+# TOP lines "    +EXTRA  FUNCTION"
+extra_functions() {
+    LC_ALL=C join -t $'\t' -1 2 -2 2 -a 1 -a 2 -e 0 -o 0,1.1,2.1 \
+        <(per_function "$tmp/cg/$2.$3.L1.$N.out" "$tmp/cg/$2.$3.L1.$N0.out" | LC_ALL=C sort -t $'\t' -k2,2) \
+        <(per_function "$tmp/cg/$1.$3.L1.$N.out" "$tmp/cg/$1.$3.L1.$N0.out" | LC_ALL=C sort -t $'\t' -k2,2) |
+        awk -F'\t' '{ print $3 - $2 "\t" $1 }' | sort -t $'\t' -k1,1gr |
+        awk -F'\t' -v n="$TOP" 'NR <= n {
+            f = $2; if (length(f) > 110) f = substr(f, 1, 107) "..."
+            printf "      %+8.0f  %s\n", $1, f }'
 }
 
 # --------------------------------------------------------------------------
@@ -610,6 +693,25 @@ layouts_note=''
                 "${ref:+$(ratio "${per_req[$v.A]}" "${per_req[$ref.A]}")x}" \
                 "${ref:+$(ratio "${per_req[$v.B]}" "${per_req[$ref.B]}")x}"
             ((LAYOUTS == 1)) && echo || printf '  %s\n' "$(by_layout "$v")"
+        done
+    fi
+    if [[ -n $ref ]]; then
+        # the extra over plain nginx serving the same response, and where it goes
+        m=${modules[-1]}
+        echo
+        echo "extra over plain nginx serving the same response (module $m; ref = plain, or static_json for"
+        echo "the cache when measured), and the $TOP functions with the most extra self Ir per request:"
+        printf '%-18s %11s %11s %9s %9s\n' variant 'Ir/request' ref 'vs ref' 'extra Ir'
+        for v in "${variants[@]}"; do
+            r=$(ref_of "$v")
+            printf '%-18s %11s %11s %9s %+9d\n' "$v" "${per_req[$v.$m]}" "$r" \
+                "$(fmt_ratio "${per_req[$v.$m]}" "${per_req[$r.$m]}")x" $((per_req[$v.$m] - per_req[$r.$m]))
+        done
+        for v in "${variants[@]}"; do
+            r=$(ref_of "$v")
+            [[ $v != "$r" && $v != plain && $v != static_json ]] || continue
+            echo "  $v - $r:"
+            extra_functions "$v" "$r" "$m"
         done
     fi
     echo

@@ -112,7 +112,7 @@ Sha256Digest cache_key(const CacheKeyInput& in);
 // match. Inputs longer than max_input in all are not memoised. Not thread-safe.
 class CacheKeyMemo {
    public:
-    static constexpr size_t slots = 256;
+    static constexpr size_t slots = 4096;  // 2,000 users in turn: most find their slot
     static constexpr size_t max_input = 512;
 
     explicit CacheKeyMemo(const SipKey& seed) noexcept : seed_(seed) {}

@@ -831,7 +831,18 @@ void Client::established() noexcept {
 
 Client::Pending& Client::new_pending(std::list<Pending>& list, Kind kind, Callback cb,
                                      uint64_t deadline) {
-    list.emplace_back();
+    if (spare_.empty()) {
+        list.emplace_back();
+    } else {
+        // A spare node: no allocation, and its argument buffers keep their capacity.
+        list.splice(list.end(), spare_, spare_.begin());
+        Pending& q = list.back();
+        std::string args = std::move(q.args);
+        std::vector<size_t> lens = std::move(q.lens);
+        q = Pending{};
+        q.args = std::move(args);
+        q.lens = std::move(lens);
+    }
     Pending& p = list.back();
     p.self = std::prev(list.end());
     p.kind = kind;
@@ -840,15 +851,33 @@ Client::Pending& Client::new_pending(std::list<Pending>& list, Kind kind, Callba
     return p;
 }
 
+// Takes a finished command out of `from`: its callback is released at once (as erase would),
+// its node and argument buffers are kept for the next command (new_pending), up to
+// max_spare of them.
+void Client::recycle(std::list<Pending>& from, std::list<Pending>::iterator it) noexcept {
+    if (spare_.size() >= max_spare || it->args.capacity() > max_spare_args) {
+        from.erase(it);
+        return;
+    }
+    it->cb = nullptr;
+    it->args.clear();
+    it->lens.clear();
+    spare_.splice(spare_.begin(), from, it);
+}
+
 void Client::keep_args(Pending& p, const std::string_view* argv, size_t argc) {
     size_t total = 0;
     for (size_t i = 0; i < argc; i++) {
         total += argv[i].size();
     }
-    p.args.reserve(total);
-    p.lens.reserve(argc);
+    const size_t at = p.args.size();
+    p.args.resize(at + total);  // once, then copied in place
+    char* out = p.args.data() + at;
     for (size_t i = 0; i < argc; i++) {
-        p.args.append(argv[i].data(), argv[i].size());
+        if (!argv[i].empty()) {
+            std::memcpy(out, argv[i].data(), argv[i].size());
+            out += argv[i].size();
+        }
         p.lens.push_back(argv[i].size());
     }
 }
@@ -924,7 +953,7 @@ void Client::send_internal(Kind kind, std::initializer_list<std::string_view> ar
     Pending& p = new_pending(inflight_, kind, nullptr, loop_.now_ms() + cfg_.command_timeout_ms);
     p.script = script;
     if (!send(p, argv.begin(), argv.size())) {
-        inflight_.erase(p.self);
+        recycle(inflight_, p.self);
         throw std::runtime_error("not sent");
     }
 }
@@ -937,12 +966,12 @@ void Client::fail(std::list<Pending>& from, Pending& p, Failure why) noexcept {
     }
     if (p.abandoned) {
         abandoned_--;
-        from.erase(p.self);  // its caller was told already
+        recycle(from, p.self);  // its caller was told already
     } else if (p.kind == Kind::User || p.kind == Kind::EvalSha) {
         p.failure = why;
         done_.splice(done_.end(), from, p.self);
     } else {
-        from.erase(p.self);
+        recycle(from, p.self);
     }
 }
 
@@ -1053,7 +1082,7 @@ void Client::command(const std::string_view* argv, size_t argc, Callback cb,
         try {
             keep_args(p, argv, argc);
         } catch (...) {
-            waiting_.erase(p.self);
+            recycle(waiting_, p.self);
             throw;
         }
         arm_deadline(deadline);
@@ -1120,7 +1149,7 @@ void Client::send_probe() {
         new_pending(inflight_, Kind::Probe, nullptr, loop_.now_ms() + cfg_.command_timeout_ms);
     p.script = script_index(permission_probe_script());
     if (!send(p, argv.data(), argv.size())) {
-        inflight_.erase(p.self);
+        recycle(inflight_, p.self);
         throw std::runtime_error("not sent");
     }
 }
@@ -1159,7 +1188,7 @@ void Client::evalsha(const Script& script, const std::string_view* keys, size_t 
         keep_args(p, keys, nkeys);
         keep_args(p, args, nargs);
     } catch (...) {
-        list.erase(p.self);
+        recycle(list, p.self);
         throw;
     }
     if (&list == &waiting_) {
@@ -1180,7 +1209,7 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
     if (p.abandoned) {
         stats_.late_replies++;  // its caller was told Timeout: read and dropped
         abandoned_--;
-        inflight_.erase(p.self);
+        recycle(inflight_, p.self);
         return;
     }
     bool error = r->type == REDIS_REPLY_ERROR;
@@ -1196,7 +1225,7 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
             probe_reply(p, r);
             return;
         case Kind::Asking:
-            inflight_.erase(p.self);  // the command after it answers for both
+            recycle(inflight_, p.self);  // the command after it answers for both
             return;
         case Kind::Role:
         case Kind::Info:
@@ -1252,7 +1281,7 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
     answered();
     Result result = reply_result(r);
     Callback cb = std::move(p.cb);
-    inflight_.erase(p.self);
+    recycle(inflight_, p.self);
     invoke(cb, std::move(result), this);  // last: the callback may call close()
 }
 
@@ -1268,11 +1297,11 @@ void Client::handshake_reply(Pending& p, redisReply* r) noexcept {
     if (p.kind == Kind::ScriptLoad) {
         const std::string& sha = scripts_[p.script].sha;
         if (r->type == REDIS_REPLY_STRING && text == sha) {
-            inflight_.erase(p.self);
+            recycle(inflight_, p.self);
             return;
         }
         if (r->type == REDIS_REPLY_ERROR) {
-            inflight_.erase(p.self);  // before count_failure(): opening drops the connection
+            recycle(inflight_, p.self);  // before count_failure(): opening drops the connection
             count_error(RedisError::script);
             count_failure(cat("SCRIPT LOAD failed: ", printable(text)));
             return;
@@ -1295,7 +1324,7 @@ void Client::handshake_reply(Pending& p, redisReply* r) noexcept {
         return;
     }
     bool ping = p.kind == Kind::Ping;
-    inflight_.erase(p.self);
+    recycle(inflight_, p.self);
     if (ping && breaker_ == Breaker::HalfOpen) {
         set_breaker(Breaker::Closed);  // the failure count stays: the next failure reopens
         log(LogLevel::Debug, cat(name_, ": probe connected, circuit closed"));
@@ -1341,7 +1370,7 @@ void Client::probe_reply(Pending& p, redisReply* r) noexcept {
                             ": the module's scripts call them (grant them with ACL SETUSER)"));
         return;
     }
-    inflight_.erase(p.self);
+    recycle(inflight_, p.self);
     check_passed();
 }
 
@@ -1356,7 +1385,7 @@ void Client::role_reply(Pending& p, redisReply* r) noexcept {
     if (r->type == REDIS_REPLY_ERROR) {
         log(LogLevel::Debug,
             cat(name_, ": ", what, " refused (", printable(text, 60), "): role check skipped"));
-        inflight_.erase(p.self);
+        recycle(inflight_, p.self);
         check_passed();
         return;
     }
@@ -1406,7 +1435,7 @@ void Client::role_reply(Pending& p, redisReply* r) noexcept {
         connection_lost(Failure::Disconnected, RedisError::connection, misconfigured);
         return;
     }
-    inflight_.erase(p.self);
+    recycle(inflight_, p.self);
     check_passed();
 }
 
@@ -1420,7 +1449,7 @@ void Client::topology_error(Pending& p, redisReply* r, std::string_view why) noe
     Result result = reply_result(r);
     count_reply(p, true);
     Callback cb = std::move(p.cb);
-    inflight_.erase(p.self);  // before connection_lost(): it is answered, not failed
+    recycle(inflight_, p.self);  // before connection_lost(): it is answered, not failed
     connection_lost(Failure::Disconnected, RedisError::connection, what);
     invoke(cb, std::move(result), this);
 }
@@ -1432,7 +1461,7 @@ void Client::cluster_reply(Pending& p, redisReply* r) noexcept {
     Result result = reply_result(r);
     count_reply(p, false);
     Callback cb = std::move(p.cb);
-    inflight_.erase(p.self);
+    recycle(inflight_, p.self);
     invoke(cb, std::move(result), this);
 }
 
@@ -1458,7 +1487,7 @@ void Client::evalsha_error(Pending& p, redisReply* r) noexcept {
     Result result = reply_result(r);
     count_reply(p, true);
     Callback cb = std::move(p.cb);
-    inflight_.erase(p.self);  // before count_failure(): opening drops the connection
+    recycle(inflight_, p.self);  // before count_failure(): opening drops the connection
     count_failure(what);
     invoke(cb, std::move(result), this);
 }

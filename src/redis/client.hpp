@@ -415,6 +415,9 @@ class Client final : public Target, private Connection::Owner {
     void established() noexcept;
 
     Pending& new_pending(std::list<Pending>& list, Kind kind, Callback cb, uint64_t deadline);
+    void recycle(std::list<Pending>& from, std::list<Pending>::iterator it) noexcept;
+    static constexpr size_t max_spare = 64;            // spare_'s most nodes
+    static constexpr size_t max_spare_args = 1 << 14;  // a larger argument buffer is freed
     static void keep_args(Pending& p, const std::string_view* argv, size_t argc);
     bool send(Pending& p, const std::string_view* argv, size_t argc) noexcept;
     bool send_kept(Pending& p) noexcept;
@@ -459,6 +462,7 @@ class Client final : public Target, private Connection::Owner {
     std::list<Pending> inflight_;  // sent on connection_, awaiting a reply, in order
     std::list<Pending> waiting_;   // issued while connecting: sent once connected
     std::list<Pending> done_;      // failures to deliver from defer_timer_
+    std::list<Pending> spare_;     // finished nodes, no callback, for new_pending to reuse
     std::vector<ScriptEntry> scripts_;
     std::vector<Argv> checks_;  // the permission probe's command lines; empty: no probe
     Stats stats_;

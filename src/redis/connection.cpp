@@ -93,13 +93,13 @@ size_t digits(size_t n) noexcept {
     return d;
 }
 
-void put_number(std::string& out, char kind, size_t n) {
-    char buf[24];
-    buf[0] = kind;
-    auto res = std::to_chars(buf + 1, buf + sizeof(buf) - 2, n);
-    res.ptr[0] = '\r';
-    res.ptr[1] = '\n';
-    out.append(buf, size_t(res.ptr + 2 - buf));
+// KIND, n's decimal digits and CRLF at p, in [p, end); returns the end of what it wrote.
+char* put_number(char* p, char* end, char kind, size_t n) noexcept {
+    *p++ = kind;
+    p = std::to_chars(p, end, n).ptr;
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
 }
 
 }  // namespace
@@ -216,15 +216,24 @@ bool Connection::append(size_t argc, const char* const* argv, const size_t* lens
             out_.clear();
             out_pos_ = 0;
         }
-        out_.reserve(out_.size() + need);
-        put_number(out_, '*', argc);
+        // `need` is exact: grow once, then write in place (one append per piece cost about
+        // as much as the rest of the command's path).
+        const size_t at = out_.size();
+        out_.resize(at + need);
+        char* p = &out_[at];
+        char* end = out_.data() + out_.size();
+        p = put_number(p, end, '*', argc);
         for (size_t i = 0; i < argc; i++) {
-            put_number(out_, '$', lens[i]);
-            out_.append(argv[i], lens[i]);
-            out_.append("\r\n", 2);
+            p = put_number(p, end, '$', lens[i]);
+            if (lens[i] > 0) {
+                std::memcpy(p, argv[i], lens[i]);
+                p += lens[i];
+            }
+            *p++ = '\r';
+            *p++ = '\n';
         }
     } catch (...) {
-        return false;  // reserve() threw: nothing appended
+        return false;  // resize() threw: nothing appended
     }
     if (state_ == State::Open) {
         flush_->post();

@@ -877,9 +877,11 @@ bool applied_zones(ngx_http_request_t* r, const LimitLocConf& conf, const ZoneMa
             c.fallback = true;
         }
         remote = remote || role == Role::remote;
-        // The key's digest (two SHA-256 compressions for a short key; the bucket hash reads
-        // only the table's seed, no lock needed). The key itself goes no further.
-        core::StoredKey sk = zones[i]->table->make_key(zones[i]->keyer.digest(key.data, key.len));
+        // The key's digest (two SHA-256 compressions for a short key, unless this worker's
+        // memo has the key; the bucket hash reads only the table's seed, no lock needed). The
+        // key itself goes no further.
+        core::StoredKey sk =
+            zones[i]->key_memo.key(zones[i]->keyer, *zones[i]->table, key.data, key.len);
         c.applied[c.n++] =
             Applied{zones[i], sk, role, nullptr, core::Decision{}, 0, false, 0, false, 0, 0};
     }

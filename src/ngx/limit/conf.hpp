@@ -1,6 +1,7 @@
 // Rate limiting's configuration (layer: ngx): zones, and what a location applies.
 #pragma once
 
+#include "core/key_memo.hpp"
 #include "core/key_watch.hpp"
 #include "core/limiter.hpp"
 #include "core/metrics.hpp"
@@ -36,9 +37,12 @@ struct ZoneConf {
     core::SlotTable* leases;  // mode=lease: the host's leases (core/lease.hpp), by key
     ngx_slab_pool_t* shpool;
     ZoneShared* shared;
-    core::SlotTable* table;    // shared->table
-    const ngx_str_t* secret;   // throttle_secret (MainConf's); data == nullptr: none
-    core::ZoneKeyer keyer;     // set by init_zone: the secret's, or the zone's own random one
+    core::SlotTable* table;   // shared->table
+    const ngx_str_t* secret;  // throttle_secret (MainConf's); data == nullptr: none
+    core::ZoneKeyer keyer;    // set by init_zone: the secret's, or the zone's own random one
+    // This worker's memo of recent keys and their stored keys in `table` (core/key_memo.hpp):
+    // written on the request path without a lock, each worker has its own copy of the conf.
+    core::KeyMemo key_memo;
     ngx_str_t first_use_file;  // where `throttle` first named it, for "unknown zone"
     ngx_uint_t first_use_line;
     // This worker's watch for a key empty whenever credentials are sent (a wrong cookie name),

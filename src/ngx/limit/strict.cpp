@@ -229,7 +229,9 @@ void send(Batch&& batch) noexcept {
         for (const auto& req : *held) {
             requests.push_back(&req->zones());
         }
-        redis::EvalArgs call;
+        // One per worker, reused: its buffers keep their capacity (evalsha copies the
+        // arguments it keeps; build_strict_batch_args clears it first).
+        static redis::EvalArgs call;
         if (client == nullptr || !redis::build_strict_batch_args(requests, call)) {
             fail_all(*held);
             return;
