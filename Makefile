@@ -87,7 +87,7 @@ unit: | deps
 # takes about half the time of a serial run on 2 cores. TEST_JOBS=1 runs it serially.
 TEST_JOBS ?= 2
 integration: $(MODULE)
-	prove -j$(TEST_JOBS) -I t/lib t/
+	prove -j$(TEST_JOBS) --timer -I t/lib t/
 
 test: unit integration
 
