@@ -8,26 +8,11 @@ namespace throttle::redis {
 namespace {
 
 // Mirrors the strict script's sliding-window arithmetic (scripts.cpp): every division through
-// fmod, exact on doubles below 2^53.
-constexpr std::string_view lua_lease = R"lua(#!lua
-local floor, fmod, sf = math.floor, math.fmod, string.format
+// fmod, exact on doubles below 2^53. Both are built by source_of() (scripts.hpp): "#!lua" and
+// the helpers int(s), count(k) of the flush script (floor comes with them).
+constexpr std::string_view lua_lease = R"lua(
+local fmod, sf = math.fmod, string.format
 local E = 'ERR throttle lease: '
-local function int(s)
-  local v = tonumber(s)
-  if v == nil or v ~= v or v < 0 or v >= 9007199254740992 or v ~= floor(v) then
-    return nil
-  end
-  return v
-end
-local function count(k)
-  local v = redis.call('GET', k)
-  if not v then return 0 end
-  local n = int(v)
-  if n == nil then
-    error({err = 'ERR throttle: a counter key holds no integer'})
-  end
-  return n
-end
 local n = #KEYS
 if n == 0 or #ARGV ~= 4 * n + 1 then
   return redis.error_reply(E .. 'expected a clock and limit, period, want, host per key')
@@ -100,15 +85,7 @@ end
 return out
 )lua";
 
-constexpr std::string_view lua_return = R"lua(#!lua
-local floor = math.floor
-local function int(s)
-  local v = tonumber(s)
-  if v == nil or v ~= v or v < 0 or v >= 9007199254740992 or v ~= floor(v) then
-    return nil
-  end
-  return v
-end
+constexpr std::string_view lua_return = R"lua(
 local nk = #KEYS
 if nk == 0 or #ARGV ~= 2 * nk then
   return redis.error_reply('ERR throttle lease return: expected a window and units per key')
@@ -147,12 +124,12 @@ bool integer(const Reply& r, long long& v) noexcept {
 }  // namespace
 
 const Script& lease_script() {
-    static const Script* s = new Script(std::string(lua_lease));
+    static const Script* s = new Script(source_of(lua_lease, true));
     return *s;
 }
 
 const Script& lease_return_script() {
-    static const Script* s = new Script(std::string(lua_return));
+    static const Script* s = new Script(source_of(lua_return, true));
     return *s;
 }
 

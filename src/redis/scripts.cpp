@@ -402,21 +402,6 @@ end
 return 1
 )lua";
 
-// "#!lua" makes it a Redis 7 function-flags script with no flags: in a cluster Redis then
-// refuses any key outside the slot of its KEYS (which the key layout guarantees never happens),
-// and refuses the script when it is out of memory (it writes).
-std::string source_of(std::string_view body, bool helpers) {
-    constexpr std::string_view shebang = "#!lua";
-    std::string s;
-    s.reserve(shebang.size() + lua_helpers.size() + body.size());
-    s.append(shebang);
-    if (helpers) {
-        s.append(lua_helpers);  // starts with a newline
-    }
-    s.append(body);  // starts with a newline
-    return s;
-}
-
 int64_t at_least_one(int64_t v) noexcept {
     return v > 0 ? v : 1;
 }
@@ -436,6 +421,21 @@ constexpr uint64_t two_pow_53 = uint64_t(1) << 53;
 constexpr uint64_t capacity_max = 1000000000;  // core::max_rate_limit
 
 }  // namespace
+
+// "#!lua" makes it a Redis 7 function-flags script with no flags: in a cluster Redis then
+// refuses any key outside the slot of its KEYS (which the key layout guarantees never happens),
+// and refuses the script when it is out of memory (it writes).
+std::string source_of(std::string_view body, bool helpers) {
+    constexpr std::string_view shebang = "#!lua";
+    std::string s;
+    s.reserve(shebang.size() + lua_helpers.size() + body.size());
+    s.append(shebang);
+    if (helpers) {
+        s.append(lua_helpers);  // starts with a newline
+    }
+    s.append(body);  // starts with a newline
+    return s;
+}
 
 std::string base_key(std::string_view prefix, std::string_view zone, std::string_view key) {
     std::string s;

@@ -255,4 +255,11 @@ bool parse_flush_reply(const Reply& reply, size_t n,
                        std::vector<std::pair<uint64_t, uint64_t>>& totals,
                        bool* applied = nullptr) noexcept;
 
+// A script's source: "#!lua" (Redis 7 script flags, none set: in a cluster Redis refuses a name
+// outside its KEYS' slot, and the script when it is out of memory), then, with `helpers`, the
+// Lua helpers int(s), fmt(x), count(k) (non-negative integers below 2^53; count raises an
+// error reply for a non-integer value), then `body` (which starts with a newline). May throw
+// std::bad_alloc.
+std::string source_of(std::string_view body, bool helpers);
+
 }  // namespace throttle::redis
