@@ -97,7 +97,8 @@ is(counted('campaign'), 10000, 'Redis counted exactly the 10000 units granted an
 my $per = $lease_calls / 10000;
 diag(sprintf('mode=lease: %d script calls (lease, return) for 10000 admitted: %.4f per admitted '
         . 'request, %.4f per request sent', $lease_calls, $per, $lease_calls / $sent));
-cmp_ok($per, '<', 0.2, 'well below one Redis call per admitted request');
+# How many calls a lease saves is a cost, measured by bench/run.sh (variants lease, lease_1k):
+# it depends on the machine's speed, so it is printed above and not asserted here.
 
 # Metrics: units granted less units returned, over both instances, is what they admitted.
 sub metric {
