@@ -1,6 +1,6 @@
-// SHA-256 and SHA-1 (FIPS 180-4), HMAC-SHA256 (RFC 2104), SipHash-2-4 (Aumasson & Bernstein,
-// reference algorithm) and the hex encoder. Portable C++: byte order is handled explicitly, no
-// unaligned loads.
+// SHA-256 (OpenSSL's block function), SHA-1 (FIPS 180-4, portable), HMAC-SHA256 (RFC 2104),
+// SipHash-2-4 (Aumasson & Bernstein, reference algorithm) and the hex encoder. The portable
+// parts handle byte order explicitly, no unaligned loads.
 #include "core/hash.hpp"
 
 #include <cstring>
@@ -8,25 +8,6 @@
 namespace throttle::core {
 
 namespace {
-
-constexpr uint32_t sha256_k[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-};
-
-constexpr uint32_t sha256_h0[8] = {
-    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
-};
-
-inline uint32_t rotr32(uint32_t x, unsigned n) {
-    return (x >> n) | (x << (32 - n));
-}
 
 inline uint32_t rotl32(uint32_t x, unsigned n) {
     return (x << n) | (x >> (32 - n));
@@ -53,45 +34,6 @@ inline uint64_t load_le64(const uint8_t* p) {
         v = (v << 8) | p[i];
     }
     return v;
-}
-
-void sha256_compress(uint32_t h[8], const uint8_t block[64]) {
-    uint32_t w[64];
-    for (int t = 0; t < 16; t++) {
-        w[t] = load_be32(block + 4 * t);
-    }
-    for (int t = 16; t < 64; t++) {
-        uint32_t s0 = rotr32(w[t - 15], 7) ^ rotr32(w[t - 15], 18) ^ (w[t - 15] >> 3);
-        uint32_t s1 = rotr32(w[t - 2], 17) ^ rotr32(w[t - 2], 19) ^ (w[t - 2] >> 10);
-        w[t] = w[t - 16] + s0 + w[t - 7] + s1;
-    }
-
-    uint32_t a = h[0], b = h[1], c = h[2], d = h[3];
-    uint32_t e = h[4], f = h[5], g = h[6], hh = h[7];
-    for (int t = 0; t < 64; t++) {
-        uint32_t s1 = rotr32(e, 6) ^ rotr32(e, 11) ^ rotr32(e, 25);
-        uint32_t ch = (e & f) ^ (~e & g);
-        uint32_t t1 = hh + s1 + ch + sha256_k[t] + w[t];
-        uint32_t s0 = rotr32(a, 2) ^ rotr32(a, 13) ^ rotr32(a, 22);
-        uint32_t maj = (a & b) ^ (a & c) ^ (b & c);
-        uint32_t t2 = s0 + maj;
-        hh = g;
-        g = f;
-        f = e;
-        e = d + t1;
-        d = c;
-        c = b;
-        b = a;
-        a = t1 + t2;
-    }
-    h[0] += a;
-    h[1] += b;
-    h[2] += c;
-    h[3] += d;
-    h[4] += e;
-    h[5] += f;
-    h[6] += g;
-    h[7] += hh;
 }
 
 void sha1_compress(uint32_t h[5], const uint8_t block[64]) {
@@ -178,43 +120,21 @@ Sha1Digest sha1(const void* data, size_t len) noexcept {
     return out;
 }
 
-Sha256::Sha256() noexcept : block_{} {
-    std::memcpy(h_, sha256_h0, sizeof h_);
+// SHA256_Init/Update/Final are deprecated in OpenSSL 3.0 in favour of EVP, whose per-message
+// set-up costs more than the two compressions a key digest needs; they remain in 3.x and go
+// straight to the block function (SHA-NI, AVX2 or SSSE3, chosen at run time).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+
+Sha256::Sha256() noexcept {
+    SHA256_Init(&ctx_);
 }
 
 void Sha256::update(const void* data, size_t len) noexcept {
     if (len == 0) {
         return;  // data may be null
     }
-    const uint8_t* p = static_cast<const uint8_t*>(data);
-    total_ += len;
-
-    if (used_ > 0) {
-        size_t n = 64 - used_;
-        if (n > len) {
-            n = len;
-        }
-        std::memcpy(block_ + used_, p, n);
-        used_ += n;
-        p += n;
-        len -= n;
-        if (used_ < 64) {
-            return;
-        }
-        sha256_compress(h_, block_);
-        used_ = 0;
-    }
-
-    while (len >= 64) {
-        sha256_compress(h_, p);
-        p += 64;
-        len -= 64;
-    }
-
-    if (len > 0) {
-        std::memcpy(block_, p, len);
-        used_ = len;
-    }
+    SHA256_Update(&ctx_, data, len);
 }
 
 void Sha256::put_u64(uint64_t v) noexcept {
@@ -232,31 +152,14 @@ void Sha256::put_field(std::string_view s) noexcept {
 }
 
 Sha256Digest Sha256::finish() noexcept {
-    uint64_t bits = total_ * 8;
-
-    block_[used_++] = 0x80;
-    if (used_ > 56) {
-        std::memset(block_ + used_, 0, 64 - used_);
-        sha256_compress(h_, block_);
-        used_ = 0;
-    }
-    std::memset(block_ + used_, 0, 56 - used_);
-    for (int i = 0; i < 8; i++) {
-        block_[63 - i] = static_cast<uint8_t>(bits >> (8 * i));
-    }
-    sha256_compress(h_, block_);
-
     Sha256Digest out;
-    for (int i = 0; i < 8; i++) {
-        store_be32(out.data() + 4 * i, h_[i]);
-    }
-
+    SHA256_Final(out.data(), &ctx_);
     // Leave the object ready for a new message.
-    std::memcpy(h_, sha256_h0, sizeof h_);
-    total_ = 0;
-    used_ = 0;
+    SHA256_Init(&ctx_);
     return out;
 }
+
+#pragma GCC diagnostic pop
 
 Sha256Digest sha256(const void* data, size_t len) noexcept {
     Sha256 ctx;

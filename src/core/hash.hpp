@@ -4,6 +4,8 @@
 // becomes text goes through it. Pure C++, no nginx or hiredis header (layer: core).
 #pragma once
 
+#include <openssl/sha.h>
+
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -30,7 +32,9 @@ using Sha256Digest = std::array<uint8_t, 32>;
 Sha256Digest sha256(const void* data, size_t len) noexcept;
 Sha256Digest hmac_sha256(const void* key, size_t key_len, const void* data, size_t len) noexcept;
 
-// Incremental SHA-256, for digests over several pieces.
+// Incremental SHA-256, for digests over several pieces. OpenSSL's block function underneath
+// (libcrypto, which nginx links anyway): it uses the CPU's SHA extensions when present, and
+// AVX2/SSSE3 code otherwise. Copyable (a plain struct), no heap.
 class Sha256 {
    public:
     Sha256() noexcept;
@@ -42,10 +46,7 @@ class Sha256 {
     Sha256Digest finish() noexcept;
 
    private:
-    uint32_t h_[8];
-    uint64_t total_ = 0;
-    uint8_t block_[64];
-    size_t used_ = 0;
+    SHA256_CTX ctx_;
 };
 
 // HMAC-SHA256 (RFC 2104) under one key, with the key's two padded blocks hashed once: each MAC
