@@ -268,7 +268,11 @@ SKIP: {
 my $others_hit = 0;
 for my $u (@kept) {
     my $r = get_as($t1, $u);
-    $others_hit++ if xc($r) eq 'HIT' && $r->{body} eq ($body_of{$u} // '');
+    if (xc($r) eq 'HIT' && $r->{body} eq ($body_of{$u} // '')) {
+        $others_hit++;
+    } else {
+        diag("kept user $u: status $r->{status}, X-Cache '" . xc($r) . "', body '$r->{body}'");
+    }
 }
 is($others_hit, scalar @kept, 'users of the other masters still hit');
 my $fallback = 0;

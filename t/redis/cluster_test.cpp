@@ -127,7 +127,7 @@ TEST_F(RedisClusterTest, KeySlotIsTheServers) {
 // turn all come back.
 TEST_F(RedisClusterTest, RoutesEachKeyToItsMaster) {
     RedisCluster cluster;
-    ASSERT_TRUE(cluster.start());
+    ASSERT_TRUE(cluster.start()) << cluster.why_not_started;
     ClusterClient client(ev.loop(), config({cluster.node(0).address()}), logger());
     std::vector<std::string> keys;
     for (size_t i = 0; i < cluster.size(); i++) {
@@ -175,7 +175,7 @@ TEST_F(RedisClusterTest, RoutesEachKeyToItsMaster) {
 // no key are refused (Invalid), from the loop, without touching the network.
 TEST_F(RedisClusterTest, EvalshaInOneSlotAndCrossSlotRefused) {
     RedisCluster cluster;
-    ASSERT_TRUE(cluster.start());
+    ASSERT_TRUE(cluster.start()) << cluster.why_not_started;
     ClusterClient client(ev.loop(), config({cluster.node(1).address()}), logger());
     Script incr2(
         "return redis.call('INCRBY', KEYS[1], ARGV[1]) + redis.call('INCRBY', KEYS[2], "
@@ -218,7 +218,7 @@ TEST_F(RedisClusterTest, EvalshaInOneSlotAndCrossSlotRefused) {
 // goes there directly.
 TEST_F(RedisClusterTest, MovedAfterTheSlotMoved) {
     RedisCluster cluster;
-    ASSERT_TRUE(cluster.start());
+    ASSERT_TRUE(cluster.start()) << cluster.why_not_started;
     ClusterClient client(ev.loop(), config({cluster.node(0).address()}), logger());
     std::string key = cluster.key_on(0, "moving");
     uint16_t slot = key_slot(key);
@@ -249,7 +249,7 @@ TEST_F(RedisClusterTest, MovedAfterTheSlotMoved) {
 // With refresh_every_ms the map follows a slot moved while no command went to it: no MOVED.
 TEST_F(RedisClusterTest, PeriodicRefreshSeesAMovedSlot) {
     RedisCluster cluster;
-    ASSERT_TRUE(cluster.start());
+    ASSERT_TRUE(cluster.start()) << cluster.why_not_started;
     ClusterConfig cfg = config({cluster.node(0).address()});
     cfg.refresh_every_ms = 50;
     ClusterClient client(ev.loop(), cfg, logger());
@@ -272,7 +272,7 @@ TEST_F(RedisClusterTest, PeriodicRefreshSeesAMovedSlot) {
 // new one (ASKING first); a key not moved yet is served by the old master; the map is unchanged.
 TEST_F(RedisClusterTest, AskDuringAMigration) {
     RedisCluster cluster;
-    ASSERT_TRUE(cluster.start());
+    ASSERT_TRUE(cluster.start()) << cluster.why_not_started;
     auto m = std::make_unique<core::metrics::RedisMetrics>();
     ClusterClient client(ev.loop(), config({cluster.node(0).address()}), logger());
     client.set_metrics(m.get(), nullptr);
@@ -342,7 +342,7 @@ TEST_F(RedisClusterTest, AskDuringAMigration) {
 // run it), the other scripts and commands still follow ASK.
 TEST_F(RedisClusterTest, DontFollowAskForAScript) {
     RedisCluster cluster;
-    ASSERT_TRUE(cluster.start());
+    ASSERT_TRUE(cluster.start()) << cluster.why_not_started;
     ClusterClient client(ev.loop(), config({cluster.node(0).address()}), logger());
     std::string tag;
     for (int n = 0; n < 1000 && tag.empty(); n++) {
@@ -379,7 +379,7 @@ TEST_F(RedisClusterTest, DontFollowAskForAScript) {
 // touching the network), the other masters' commands keep succeeding.
 TEST_F(RedisClusterTest, ANodeKilledFailsOnlyItsSlots) {
     RedisCluster cluster(3, {"--cluster-require-full-coverage", "no"});
-    ASSERT_TRUE(cluster.start());
+    ASSERT_TRUE(cluster.start()) << cluster.why_not_started;
     ClusterClient client(ev.loop(), config({cluster.node(0).address()}), logger());
     std::vector<std::string> keys;
     for (size_t i = 0; i < cluster.size(); i++) {
@@ -415,7 +415,7 @@ TEST_F(RedisClusterTest, ANodeKilledFailsOnlyItsSlots) {
 // is retired.
 TEST_F(RedisClusterTest, FollowsAFailover) {
     RedisCluster cluster(3, {}, 1);
-    ASSERT_TRUE(cluster.start());
+    ASSERT_TRUE(cluster.start()) << cluster.why_not_started;
     ClusterClient client(ev.loop(), config({cluster.node(0).address()}), logger());
     std::string key = cluster.key_on(2, "fo");
     uint16_t slot = key_slot(key);
@@ -461,7 +461,7 @@ TEST_F(RedisClusterTest, FollowsAFailover) {
 // command no longer pending there), and the metrics count the command once.
 TEST_F(RedisClusterTest, ResendKeepsTheOriginalDeadline) {
     RedisCluster cluster(3, {"--cluster-require-full-coverage", "no"});
-    ASSERT_TRUE(cluster.start());
+    ASSERT_TRUE(cluster.start()) << cluster.why_not_started;
     ClusterConfig cfg = config({cluster.node(0).address()});
     cfg.node.command_timeout_ms = 1000;
     cfg.node.stuck_timeout_ms = 10000;
@@ -519,7 +519,7 @@ TEST_F(RedisClusterTest, ResendKeepsTheOriginalDeadline) {
 // (and errors{script}): failure_threshold of them open that node's circuit, not the others'.
 TEST_F(RedisClusterTest, ScriptErrorCountsForItsNodesBreaker) {
     RedisCluster cluster;
-    ASSERT_TRUE(cluster.start());
+    ASSERT_TRUE(cluster.start()) << cluster.why_not_started;
     ClusterConfig cfg = config({cluster.node(0).address()});
     cfg.node.cooldown_initial_ms = 60000;
     cfg.node.cooldown_max_ms = 60000;
@@ -557,7 +557,7 @@ TEST_F(RedisClusterTest, ScriptErrorCountsForItsNodesBreaker) {
 // error is counted, and metrics commands is exactly the caller's commands.
 TEST_F(RedisClusterTest, MovedStormOpensNoBreaker) {
     RedisCluster cluster;
-    ASSERT_TRUE(cluster.start());
+    ASSERT_TRUE(cluster.start()) << cluster.why_not_started;
     ClusterConfig cfg = config({cluster.node(0).address()});
     cfg.node.failure_threshold = 1;
     cfg.refresh_interval_ms = 10000;  // the map follows the MOVEDs, not a refresh
@@ -643,7 +643,7 @@ TEST_F(RedisClusterTest, MovedStormOpensNoBreaker) {
 // command connects again.
 TEST_F(RedisClusterTest, MetricsAndDisconnectIdle) {
     RedisCluster cluster;
-    ASSERT_TRUE(cluster.start());
+    ASSERT_TRUE(cluster.start()) << cluster.why_not_started;
     auto m = std::make_unique<core::metrics::RedisMetrics>();
     auto g = std::make_unique<core::metrics::WorkerGauge>();
     ClusterClient client(ev.loop(), config({cluster.node(0).address()}), logger());
@@ -678,7 +678,7 @@ TEST_F(RedisClusterTest, MetricsAndDisconnectIdle) {
 // The first seed is down: the second one gives the map.
 TEST_F(RedisClusterTest, FirstSeedDown) {
     RedisCluster cluster;
-    ASSERT_TRUE(cluster.start());
+    ASSERT_TRUE(cluster.start()) << cluster.why_not_started;
     ClusterClient client(ev.loop(), config({dead(), cluster.node(1).address()}), logger());
     Outcome o = call(client, {"SET", "seeded", "1"});
     ASSERT_TRUE(o.result.ok()) << what(o) << "\n" << all_logs();
@@ -710,7 +710,7 @@ TEST_F(RedisClusterTest, NoSeedAnswers) {
 // close() fails what is pending with Shutdown, from the loop; later commands too.
 TEST_F(RedisClusterTest, CloseFailsPendingWithShutdown) {
     RedisCluster cluster;
-    ASSERT_TRUE(cluster.start());
+    ASSERT_TRUE(cluster.start()) << cluster.why_not_started;
     ClusterClient client(ev.loop(), config({cluster.node(0).address()}), logger());
     Outcome pending;
     inside_call() = true;

@@ -25,6 +25,8 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -76,11 +78,16 @@ inline bool port_is_free(uint16_t port) {
 }
 
 // A free port P for a cluster-enabled redis-server: its cluster bus listens on P + 10000,
-// which must be free too and below 65536 (an ephemeral port above 55535 would not start).
+// which must be free too. Both are taken below the kernel's ephemeral range (32768 and up
+// here), from 10000-22767 at random: free_port()'s ports are ephemeral ones, which any outgoing
+// connection (ours, redis-cli's, the cluster bus's own) may take as its source port between the
+// choice and the server's bind, and a node that cannot bind does not start.
 inline uint16_t free_cluster_port() {
+    static std::mt19937 pick(std::random_device{}());
+    std::uniform_int_distribution<int> range(10000, 22767);
     for (int attempt = 0; attempt < 1000; attempt++) {
-        uint16_t p = free_port();
-        if (p <= 55535 && port_is_free(static_cast<uint16_t>(p + 10000))) {
+        uint16_t p = static_cast<uint16_t>(range(pick));
+        if (port_is_free(p) && port_is_free(static_cast<uint16_t>(p + 10000))) {
             return p;
         }
     }
@@ -341,46 +348,38 @@ class RedisCluster {
     // plaintext ports stay for Control and redis-cli.
     explicit RedisCluster(size_t masters = 3, std::vector<std::string> extra = {},
                           size_t replicas = 0, const std::string& tls_dir = "")
-        : replicas_(replicas) {
-        for (size_t i = 0; i < masters * (1 + replicas); i++) {
-            std::vector<std::string> args = {"--cluster-enabled",      "yes",
-                                             "--cluster-config-file",  "nodes.conf",
-                                             "--cluster-node-timeout", "1000"};
-            args.insert(args.end(), extra.begin(), extra.end());
-            uint16_t port = free_cluster_port();
-            if (!tls_dir.empty()) {
-                uint16_t tls = free_port();
-                tls_port_of_[port] = tls;
-                std::vector<std::string> t = {"--tls-port",
-                                              std::to_string(tls),
-                                              "--tls-cert-file",
-                                              tls_dir + "/server.crt",
-                                              "--tls-key-file",
-                                              tls_dir + "/server.key",
-                                              "--tls-ca-cert-file",
-                                              tls_dir + "/ca.crt",
-                                              "--tls-client-cert-file",
-                                              tls_dir + "/client.crt",
-                                              "--tls-client-key-file",
-                                              tls_dir + "/client.key",
-                                              "--tls-auth-clients",
-                                              "no",
-                                              "--tls-cluster",
-                                              "yes",
-                                              "--tls-replication",
-                                              "yes",
-                                              "--cluster-port",
-                                              std::to_string(port + 10000)};
-                args.insert(args.end(), t.begin(), t.end());
-            }
-            nodes_.push_back(std::make_unique<RedisServer>(args, port));
-        }
+        : replicas_(replicas),
+          count_(masters * (1 + replicas)),
+          extra_(std::move(extra)),
+          tls_dir_(tls_dir) {
+        make_nodes();
     }
 
+    // Starts the nodes and makes them one cluster. A cluster that does not come up (a port
+    // taken between its choice and the node's bind, a bus that never converged on a loaded
+    // machine) is torn down and made again on fresh ports, up to three times; why each attempt
+    // failed is in why_not_started (the tests print it). What the tests check begins after.
     bool start() {
+        std::string log;
+        for (int attempt = 1; attempt <= 3; attempt++) {
+            if (start_once()) {
+                why_not_started = log;
+                return true;
+            }
+            log += "attempt " + std::to_string(attempt) + ": " + why_not_started + "\n";
+            nodes_.clear();
+            tls_port_of_.clear();
+            make_nodes();
+        }
+        why_not_started = log;
+        return false;
+    }
+
+    bool start_once() {
         std::string cmd = redis_cli_bin() + " --cluster create";
         for (auto& n : nodes_) {
             if (!n->start()) {
+                why_not_started = "node on port " + std::to_string(n->port()) + " did not start";
                 return false;
             }
             cmd += " 127.0.0.1:" + std::to_string(n->port());
@@ -388,6 +387,7 @@ class RedisCluster {
         cmd +=
             " --cluster-replicas " + std::to_string(replicas_) + " --cluster-yes > /dev/null 2>&1";
         if (std::system(cmd.c_str()) != 0) {
+            why_not_started = "redis-cli --cluster create failed";
             return false;
         }
         std::string known = "cluster_known_nodes:" + std::to_string(nodes_.size()) + "\r\n";
@@ -406,6 +406,13 @@ class RedisCluster {
             },
             20000);
         if (!ok) {
+            why_not_started = "no cluster_state:ok with every slot and node within 20 s:";
+            for (auto& n : nodes_) {
+                Control c(n->port());
+                std::string info = c.ok() ? c.run({"CLUSTER", "INFO"}) : "(no answer)";
+                why_not_started += "\n" + std::to_string(n->port()) + ": " +
+                                   info.substr(0, info.find("cluster_stats_messages"));
+            }
             return false;
         }
         // Masters first (redis-cli chose them), then the replicas once attached.
@@ -584,10 +591,77 @@ class RedisCluster {
         return owner(key) == to;
     }
 
-    std::string last_error;  // why begin_migration(), move_slot() or settle_slot() failed
+    std::string last_error;       // why begin_migration(), move_slot() or settle_slot() failed
+    std::string why_not_started;  // what went wrong in start()'s attempts
 
    private:
+    // Ports for the nodes: each distinct from every other chosen (free_port() may return a
+    // port again once its probe socket is closed) and from every bus port (port + 10000).
+    static bool clashes(uint16_t p, const std::set<uint16_t>& taken) {
+        return taken.count(p) != 0 || taken.count(static_cast<uint16_t>(p + 10000)) != 0;
+    }
+    static uint16_t distinct_cluster_port(std::set<uint16_t>& taken) {
+        for (int attempt = 0; attempt < 1000; attempt++) {
+            uint16_t p = free_cluster_port();
+            if (p != 0 && !clashes(p, taken)) {
+                taken.insert(p);
+                taken.insert(static_cast<uint16_t>(p + 10000));
+                return p;
+            }
+        }
+        return 0;
+    }
+    static uint16_t distinct_port(std::set<uint16_t>& taken) {
+        for (int attempt = 0; attempt < 1000; attempt++) {
+            uint16_t p = free_port();
+            if (taken.count(p) == 0) {
+                taken.insert(p);
+                return p;
+            }
+        }
+        return 0;
+    }
+    void make_nodes() {
+        std::set<uint16_t> taken;
+        for (size_t i = 0; i < count_; i++) {
+            std::vector<std::string> args = {"--cluster-enabled",      "yes",
+                                             "--cluster-config-file",  "nodes.conf",
+                                             "--cluster-node-timeout", "1000"};
+            args.insert(args.end(), extra_.begin(), extra_.end());
+            uint16_t port = distinct_cluster_port(taken);
+            if (!tls_dir_.empty()) {
+                uint16_t tls = distinct_port(taken);
+                tls_port_of_[port] = tls;
+                std::vector<std::string> t = {"--tls-port",
+                                              std::to_string(tls),
+                                              "--tls-cert-file",
+                                              tls_dir_ + "/server.crt",
+                                              "--tls-key-file",
+                                              tls_dir_ + "/server.key",
+                                              "--tls-ca-cert-file",
+                                              tls_dir_ + "/ca.crt",
+                                              "--tls-client-cert-file",
+                                              tls_dir_ + "/client.crt",
+                                              "--tls-client-key-file",
+                                              tls_dir_ + "/client.key",
+                                              "--tls-auth-clients",
+                                              "no",
+                                              "--tls-cluster",
+                                              "yes",
+                                              "--tls-replication",
+                                              "yes",
+                                              "--cluster-port",
+                                              std::to_string(port + 10000)};
+                args.insert(args.end(), t.begin(), t.end());
+            }
+            nodes_.push_back(std::make_unique<RedisServer>(args, port));
+        }
+    }
+
     size_t replicas_;
+    size_t count_;
+    std::vector<std::string> extra_;
+    std::string tls_dir_;
     std::vector<std::unique_ptr<RedisServer>> nodes_;
     std::map<uint16_t, uint16_t> tls_port_of_;  // plaintext port -> TLS port
 };

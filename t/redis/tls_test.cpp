@@ -410,7 +410,7 @@ TEST_F(RedisTlsTest, ClusterOverTls) {
         GTEST_SKIP() << "redis-cli not found";
     }
     RedisCluster cluster(3, {}, 0, certs.dir());
-    ASSERT_TRUE(cluster.start());
+    ASSERT_TRUE(cluster.start()) << cluster.why_not_started;
     ClusterConfig cc;
     cc.seeds = {cluster.tls_address(0)};
     cc.node = config(0);
