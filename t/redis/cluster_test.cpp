@@ -439,7 +439,7 @@ TEST_F(RedisClusterTest, FollowsAFailover) {
         },
         30000);
     ASSERT_TRUE(served) << what(o) << "\n" << all_logs();
-    EXPECT_EQ(o.result.reply.str, "kept");
+    EXPECT_EQ(o.result.reply.str, "kept") << what(o) << "\n" << all_logs();
     EXPECT_GT(failures, 0);
     std::string now_served_by = client.node_of_slot(slot);
     EXPECT_NE(now_served_by, cluster.node(2).address().to_string());
