@@ -510,8 +510,12 @@ bool Connection::drain() noexcept {
             return true;
         }
         owner_.on_reply(static_cast<redisReply*>(reply));
-        freeReplyObject(reply);
-        if (*dead || state_ != State::Open) {
+        if (*dead) {
+            freeReplyObject(reply);  // the guard went with the Connection
+            return false;
+        }
+        guard_.recycle(static_cast<redisReply*>(reply));  // its objects serve the next replies
+        if (state_ != State::Open) {
             return false;
         }
     }
