@@ -132,7 +132,7 @@ void RequestBound::pool_cleanup(void* data) noexcept {
     obj.gone_ = true;
     obj.keep_worker(false);
     obj.request_ended();
-    delete held;
+    held->~shared_ptr();  // the pool frees its memory
 }
 
 }  // namespace throttle::ngx

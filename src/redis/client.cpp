@@ -838,10 +838,8 @@ Client::Pending& Client::new_pending(std::list<Pending>& list, Kind kind, Callba
         list.splice(list.end(), spare_, spare_.begin());
         Pending& q = list.back();
         std::string args = std::move(q.args);
-        std::vector<size_t> lens = std::move(q.lens);
         q = Pending{};
         q.args = std::move(args);
-        q.lens = std::move(lens);
     }
     Pending& p = list.back();
     p.self = std::prev(list.end());
@@ -861,24 +859,54 @@ void Client::recycle(std::list<Pending>& from, std::list<Pending>::iterator it) 
     }
     it->cb = nullptr;
     it->args.clear();
-    it->lens.clear();
     spare_.splice(spare_.begin(), from, it);
+}
+
+namespace {
+
+size_t resp_digits(size_t n) noexcept {
+    size_t d = 1;
+    while (n >= 10) {
+        n /= 10;
+        d++;
+    }
+    return d;
+}
+
+char* put_resp_number(char* p, char* end, char kind, size_t n) noexcept {
+    *p++ = kind;
+    p = std::to_chars(p, end, n).ptr;
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+}  // namespace
+
+void Client::keep_header(Pending& p, size_t argc) {
+    p.args.clear();
+    const size_t need = 1 + resp_digits(argc) + 2;
+    p.args.resize(need);
+    put_resp_number(p.args.data(), p.args.data() + need, '*', argc);
 }
 
 void Client::keep_args(Pending& p, const std::string_view* argv, size_t argc) {
     size_t total = 0;
     for (size_t i = 0; i < argc; i++) {
-        total += argv[i].size();
+        total += 1 + resp_digits(argv[i].size()) + 2 + argv[i].size() + 2;
     }
     const size_t at = p.args.size();
-    p.args.resize(at + total);  // once, then copied in place
+    p.args.resize(at + total);  // once (exact), then written in place
     char* out = p.args.data() + at;
+    char* end = p.args.data() + p.args.size();
     for (size_t i = 0; i < argc; i++) {
+        out = put_resp_number(out, end, '$', argv[i].size());
         if (!argv[i].empty()) {
             std::memcpy(out, argv[i].data(), argv[i].size());
             out += argv[i].size();
         }
-        p.lens.push_back(argv[i].size());
+        *out++ = '\r';
+        *out++ = '\n';
     }
 }
 
@@ -899,6 +927,11 @@ bool Client::send(Pending& p, const std::string_view* argv, size_t argc) noexcep
 // Hands one prepared command to the connection and starts its deadline. `p` is the last of
 // inflight_: replies come in the order of the commands.
 bool Client::submit(Pending& p, size_t argc, const char** argv, const size_t* lens) noexcept {
+    return submit(p, std::string_view(), argc, argv, lens);
+}
+
+bool Client::submit(Pending& p, std::string_view resp, size_t argc, const char** argv,
+                    const size_t* lens) noexcept {
     bool first = inflight_.size() == 1;  // the connection owed nothing before `p`
     if (p.asking) {
         // ASKING holds for the next command on the connection only: it goes right before.
@@ -918,7 +951,7 @@ bool Client::submit(Pending& p, size_t argc, const char** argv, const size_t* le
             return false;
         }
     }
-    if (!connection_->append(argc, argv, lens)) {
+    if (!(resp.empty() ? connection_->append(argc, argv, lens) : connection_->append_raw(resp))) {
         return false;
     }
     if (first) {
@@ -932,20 +965,10 @@ bool Client::submit(Pending& p, size_t argc, const char** argv, const size_t* le
 }
 
 bool Client::send_kept(Pending& p) noexcept {
-    size_t argc = p.lens.size();
-    if (connection_ == nullptr) {
+    if (connection_ == nullptr || p.args.empty()) {
         return false;
     }
-    ArgvArrays a;
-    if (!a.init(argc)) {
-        return false;
-    }
-    const char* at = p.args.data();
-    for (size_t i = 0; i < argc; i++) {
-        a.set(i, at, p.lens[i]);
-        at += p.lens[i];
-    }
-    return submit(p, argc, a.ptrs(), a.lens());
+    return submit(p, p.args, 0, nullptr, nullptr);
 }
 
 // Handshake and reload commands; throws std::bad_alloc or std::runtime_error when not sent.
@@ -1080,6 +1103,7 @@ void Client::command(const std::string_view* argv, size_t argc, Callback cb,
         p.resend = opts.resend;
         p.asking = opts.asking;
         try {
+            keep_header(p, argc);
             keep_args(p, argv, argc);
         } catch (...) {
             recycle(waiting_, p.self);
@@ -1182,8 +1206,7 @@ void Client::evalsha(const Script& script, const std::string_view* keys, size_t 
         auto res = std::to_chars(numkeys, numkeys + sizeof(numkeys), nkeys);
         std::string_view head[] = {"EVALSHA", scripts_[index].sha,
                                    std::string_view(numkeys, size_t(res.ptr - numkeys))};
-        size_t total = 3 + nkeys + nargs;
-        p.lens.reserve(total);
+        keep_header(p, 3 + nkeys + nargs);
         keep_args(p, head, 3);
         keep_args(p, keys, nkeys);
         keep_args(p, args, nargs);
@@ -1282,7 +1305,9 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
     Result result = reply_result(r);
     Callback cb = std::move(p.cb);
     recycle(inflight_, p.self);
-    invoke(cb, std::move(result), this);  // last: the callback may call close()
+    invoke(cb, std::move(result), this);  // the callback may call close()
+    // What the callback left of the reply (its buffers' capacity) serves the next one.
+    spare_reply_ = std::move(result.reply);
 }
 
 // Handshake replies are known in advance: an error fails the connection, and so does any
@@ -1469,6 +1494,11 @@ void Client::cluster_reply(Pending& p, redisReply* r) noexcept {
 // to convert it into.
 Result Client::reply_result(redisReply* r) noexcept {
     Result result;
+    result.reply = std::move(spare_reply_);  // emptied, its capacity kept
+    result.reply.type = Reply::Type::Nil;
+    result.reply.integer = 0;
+    result.reply.str.clear();
+    result.reply.elements.clear();
     try {
         convert_reply(r, result.reply);
     } catch (...) {
@@ -1530,7 +1560,6 @@ bool Client::abandon(Pending& p) noexcept {
     p.abandoned = true;
     p.cb = nullptr;
     std::string().swap(p.args);  // kept for a NOSCRIPT re-send, which it will not get
-    std::vector<size_t>().swap(p.lens);
     abandoned_++;
     stats_.timeouts++;
     timeouts_unlogged_++;

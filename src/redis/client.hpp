@@ -362,8 +362,7 @@ class Client final : public Target, private Connection::Owner {
         uint64_t deadline = 0;
         uint64_t sent_us = 0;  // when first sent (timed), Loop::now_us()
         Callback cb;
-        std::string args;          // argument bytes, when kept (waiting, EVALSHA)
-        std::vector<size_t> lens;  // their lengths
+        std::string args;  // the command in RESP, when kept (waiting, EVALSHA)
         std::list<Pending>::iterator self;
     };
     struct ScriptEntry {
@@ -418,10 +417,16 @@ class Client final : public Target, private Connection::Owner {
     void recycle(std::list<Pending>& from, std::list<Pending>::iterator it) noexcept;
     static constexpr size_t max_spare = 64;            // spare_'s most nodes
     static constexpr size_t max_spare_args = 1 << 14;  // a larger argument buffer is freed
+    // The command kept in p.args, in RESP: the header for argc arguments (p.args replaced),
+    // then the arguments.
+    static void keep_header(Pending& p, size_t argc);
     static void keep_args(Pending& p, const std::string_view* argv, size_t argc);
     bool send(Pending& p, const std::string_view* argv, size_t argc) noexcept;
     bool send_kept(Pending& p) noexcept;
     bool submit(Pending& p, size_t argc, const char** argv, const size_t* lens) noexcept;
+    // The same with the command in RESP (resp, when not empty, instead of argv).
+    bool submit(Pending& p, std::string_view resp, size_t argc, const char** argv,
+                const size_t* lens) noexcept;
     void send_internal(Kind kind, std::initializer_list<std::string_view> argv, size_t script = 0);
     void fail(std::list<Pending>& from, Pending& p, Failure why) noexcept;  // moves p to done_
     void fail_all(Failure why, bool by_deadline) noexcept;
@@ -464,6 +469,7 @@ class Client final : public Target, private Connection::Owner {
     std::list<Pending> done_;      // failures to deliver from defer_timer_
     std::list<Pending> spare_;     // finished nodes, no callback, for new_pending to reuse
     std::vector<ScriptEntry> scripts_;
+    Reply spare_reply_;  // a reply a callback is done with: reply_result() reuses its buffers
     std::vector<Argv> checks_;  // the permission probe's command lines; empty: no probe
     Stats stats_;
 

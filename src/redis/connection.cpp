@@ -241,6 +241,22 @@ bool Connection::append(size_t argc, const char* const* argv, const size_t* lens
     return true;
 }
 
+bool Connection::append_raw(std::string_view resp) noexcept {
+    try {
+        if (out_pos_ > 0 && out_pos_ == out_.size()) {
+            out_.clear();
+            out_pos_ = 0;
+        }
+        out_.append(resp);
+    } catch (...) {
+        return false;  // append() threw: nothing appended
+    }
+    if (state_ == State::Open) {
+        flush_->post();
+    }
+    return true;
+}
+
 // The SSL object for the socket: SNI and the name to verify (tls.hpp says which).
 bool Connection::start_tls(const Address& a, std::string& error) noexcept {
     ERR_clear_error();
@@ -510,8 +526,12 @@ bool Connection::drain() noexcept {
             return true;
         }
         owner_.on_reply(static_cast<redisReply*>(reply));
-        freeReplyObject(reply);
-        if (*dead || state_ != State::Open) {
+        if (*dead) {
+            freeReplyObject(reply);  // the guard went with the Connection
+            return false;
+        }
+        guard_.recycle(static_cast<redisReply*>(reply));  // its objects serve the next replies
+        if (state_ != State::Open) {
             return false;
         }
     }

@@ -75,6 +75,9 @@ class Connection {
     // Appends one command (argv[0] is its name) to the output buffer, sent at the end of the
     // turn once connected. False (nothing appended) when out of memory.
     bool append(size_t argc, const char* const* argv, const size_t* lens) noexcept;
+    // Appends commands already in RESP (whole commands). False (nothing appended) when out of
+    // memory.
+    bool append_raw(std::string_view resp) noexcept;
 
     bool connected() const noexcept { return state_ == State::Open; }
     // Connected, the TLS handshake under way.

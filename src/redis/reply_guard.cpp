@@ -15,6 +15,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
+#include <cstring>
 #include <utility>
 
 #include "redis/message.hpp"
@@ -72,6 +74,117 @@ ReplyGuard::ReplyGuard(Mode mode, ReplyLimits limits, std::function<bool()> awai
 
 ReplyGuard::~ReplyGuard() {
     detach();
+    free_spares();
+}
+
+void ReplyGuard::free_spares() noexcept {
+    while (spare_replies_ != nullptr) {
+        redisReply* r = spare_replies_;
+        spare_replies_ = reinterpret_cast<redisReply*>(r->element);
+        free(r);
+    }
+    n_spare_replies_ = 0;
+    for (size_t c = 0; c < array_classes; c++) {
+        while (spare_arrays_[c] != nullptr) {
+            void** a = static_cast<void**>(spare_arrays_[c]);
+            spare_arrays_[c] = a[0];
+            free(a);
+        }
+        n_spare_arrays_[c] = 0;
+    }
+}
+
+namespace {
+
+// The capacity class of an array of n >= 1 elements: capacity 1 << class.
+size_t array_class(size_t n) noexcept {
+    size_t c = 0;
+    while ((size_t(1) << c) < n) {
+        c++;
+    }
+    return c;
+}
+
+}  // namespace
+
+redisReply* ReplyGuard::new_reply(int type) noexcept {
+    redisReply* r = spare_replies_;
+    if (r != nullptr) {
+        spare_replies_ = reinterpret_cast<redisReply*>(r->element);
+        n_spare_replies_--;
+        *r = redisReply{};
+    } else {
+        r = static_cast<redisReply*>(calloc(1, sizeof(redisReply)));
+        if (r == nullptr) {
+            return nullptr;
+        }
+    }
+    r->type = type;
+    return r;
+}
+
+redisReply** ReplyGuard::new_elements(size_t n) noexcept {
+    size_t c = array_class(n);
+    if (c >= array_classes) {
+        return static_cast<redisReply**>(calloc(n, sizeof(redisReply*)));
+    }
+    void** a = static_cast<void**>(spare_arrays_[c]);
+    if (a != nullptr) {
+        spare_arrays_[c] = a[0];
+        n_spare_arrays_[c]--;
+    } else {
+        a = static_cast<void**>(malloc((size_t(1) << c) * sizeof(void*)));
+        if (a == nullptr) {
+            return nullptr;
+        }
+    }
+    std::memset(a, 0, n * sizeof(void*));
+    return reinterpret_cast<redisReply**>(a);
+}
+
+void ReplyGuard::link(const redisReadTask* task, redisReply* r) noexcept {
+    if (task->parent != nullptr) {
+        auto* parent = static_cast<redisReply*>(task->parent->obj);
+        parent->element[task->idx] = r;
+    }
+}
+
+void ReplyGuard::recycle(redisReply* r) noexcept {
+    if (r == nullptr) {
+        return;
+    }
+    switch (r->type) {
+        case REDIS_REPLY_ARRAY:
+            if (r->element != nullptr) {
+                for (size_t i = 0; i < r->elements; i++) {
+                    recycle(r->element[i]);
+                }
+                size_t c = array_class(r->elements);
+                if (c < array_classes && n_spare_arrays_[c] < max_spare_arrays) {
+                    void** a = reinterpret_cast<void**>(r->element);
+                    a[0] = spare_arrays_[c];
+                    spare_arrays_[c] = a;
+                    n_spare_arrays_[c]++;
+                } else {
+                    free(r->element);
+                }
+            }
+            break;
+        case REDIS_REPLY_STRING:
+        case REDIS_REPLY_STATUS:
+        case REDIS_REPLY_ERROR:
+            free(r->str);
+            break;
+        default:
+            break;
+    }
+    if (n_spare_replies_ < max_spare_replies) {
+        r->element = reinterpret_cast<redisReply**>(spare_replies_);
+        spare_replies_ = r;
+        n_spare_replies_++;
+    } else {
+        free(r);
+    }
 }
 
 void ReplyGuard::attach(redisReader* reader) noexcept {
@@ -209,12 +322,27 @@ bool ReplyGuard::check_buffered() noexcept {
     return true;
 }
 
+// The four functions build what hiredis' own (hiredis.c) would, from the spare objects.
 void* ReplyGuard::create_string(const redisReadTask* task, char* str, size_t len) {
     ReplyGuard* g = guard_of(task);
     if (g == nullptr || !g->admit(task, task->type, len, std::string_view(str, len))) {
         return nullptr;
     }
-    return g->hiredis_fn_->createString(task, str, len);
+    char* buf = static_cast<char*>(malloc(len + 1));
+    if (buf == nullptr) {
+        return nullptr;
+    }
+    redisReply* r = g->new_reply(task->type);
+    if (r == nullptr) {
+        free(buf);
+        return nullptr;
+    }
+    std::memcpy(buf, str, len);
+    buf[len] = '\0';
+    r->str = buf;
+    r->len = len;
+    link(task, r);
+    return r;
 }
 
 void* ReplyGuard::create_array(const redisReadTask* task, int elements) {
@@ -222,7 +350,20 @@ void* ReplyGuard::create_array(const redisReadTask* task, int elements) {
     if (g == nullptr || !g->admit(task, REDIS_REPLY_ARRAY, uint64_t(elements), {})) {
         return nullptr;
     }
-    return g->hiredis_fn_->createArray(task, elements);
+    redisReply* r = g->new_reply(REDIS_REPLY_ARRAY);
+    if (r == nullptr) {
+        return nullptr;
+    }
+    if (elements > 0) {
+        r->element = g->new_elements(size_t(elements));
+        if (r->element == nullptr) {
+            g->recycle(r);
+            return nullptr;
+        }
+    }
+    r->elements = size_t(elements > 0 ? elements : 0);
+    link(task, r);
+    return r;
 }
 
 void* ReplyGuard::create_integer(const redisReadTask* task, long long value) {
@@ -230,7 +371,13 @@ void* ReplyGuard::create_integer(const redisReadTask* task, long long value) {
     if (g == nullptr || !g->admit(task, REDIS_REPLY_INTEGER, 0, {})) {
         return nullptr;
     }
-    return g->hiredis_fn_->createInteger(task, value);
+    redisReply* r = g->new_reply(REDIS_REPLY_INTEGER);
+    if (r == nullptr) {
+        return nullptr;
+    }
+    r->integer = value;
+    link(task, r);
+    return r;
 }
 
 void* ReplyGuard::create_nil(const redisReadTask* task) {
@@ -238,7 +385,12 @@ void* ReplyGuard::create_nil(const redisReadTask* task) {
     if (g == nullptr || !g->admit(task, REDIS_REPLY_NIL, 0, {})) {
         return nullptr;
     }
-    return g->hiredis_fn_->createNil(task);
+    redisReply* r = g->new_reply(REDIS_REPLY_NIL);
+    if (r == nullptr) {
+        return nullptr;
+    }
+    link(task, r);
+    return r;
 }
 
 }  // namespace throttle::redis

@@ -39,6 +39,7 @@
 struct redisReader;
 struct redisReadTask;
 struct redisReplyObjectFunctions;
+struct redisReply;
 
 namespace throttle::redis {
 
@@ -68,7 +69,22 @@ class ReplyGuard {
     // Why the guard stopped the current (or last) reader; empty if it did not.
     const std::string& violation() const noexcept { return violation_; }
 
+    // Frees a complete reply the guarded reader made, keeping its objects for the next replies
+    // (hiredis' freeReplyObject() frees them as well: they are malloc()ed as hiredis' own).
+    void recycle(redisReply* reply) noexcept;
+
    private:
+    // hiredis' reply objects, built by the guard's functions as hiredis' own would be, from
+    // the spare objects of replies recycled before (a reply of the usual size allocates
+    // nothing): redisReply structs, and element arrays by capacity (1, 2, 4, .. 256).
+    static constexpr size_t array_classes = 9;
+    static constexpr uint32_t max_spare_replies = 256;
+    static constexpr uint32_t max_spare_arrays = 16;  // per capacity
+    redisReply* new_reply(int type) noexcept;
+    redisReply** new_elements(size_t n) noexcept;
+    static void link(const redisReadTask* task, redisReply* r) noexcept;
+    void free_spares() noexcept;
+
     static void* create_string(const redisReadTask* task, char* str, size_t len);
     static void* create_array(const redisReadTask* task, int elements);
     static void* create_integer(const redisReadTask* task, long long value);
@@ -85,6 +101,11 @@ class ReplyGuard {
 
     redisReader* reader_ = nullptr;
     redisReplyObjectFunctions* hiredis_fn_ = nullptr;  // the reader's own functions
+
+    redisReply* spare_replies_ = nullptr;  // linked through their `element`
+    uint32_t n_spare_replies_ = 0;
+    void* spare_arrays_[array_classes] = {};  // linked through their first pointer
+    uint32_t n_spare_arrays_[array_classes] = {};
 
     uint64_t elements_ = 0;  // announced by the reply being read
     uint64_t bytes_ = 0;     // carried by its strings

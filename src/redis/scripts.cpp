@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <charconv>
 #include <climits>
+#include <cstring>
 #include <functional>
 #include <unordered_map>
 
@@ -451,14 +452,41 @@ std::string base_key(std::string_view prefix, std::string_view zone, std::string
 
 // ---- EvalArgs ----
 
+std::string_view EvalArgs::store(std::string_view bytes) {
+    if (bytes.empty()) {
+        return {};
+    }
+    if (bytes.size() > block_size / 4) {
+        large_.emplace_back();  // the slot first: if the copy's allocation throws, no leak
+        large_.back().reset(new char[bytes.size()]);
+        std::memcpy(large_.back().get(), bytes.data(), bytes.size());
+        return {large_.back().get(), bytes.size()};
+    }
+    for (;;) {
+        if (block_ < blocks_.size()) {
+            if (block_size - used_ >= bytes.size()) {
+                char* at = blocks_[block_].get() + used_;
+                std::memcpy(at, bytes.data(), bytes.size());
+                used_ += bytes.size();
+                return {at, bytes.size()};
+            }
+            block_++;
+            used_ = 0;
+            continue;
+        }
+        std::unique_ptr<char[]> block(new char[block_size]);
+        blocks_.push_back(std::move(block));
+        block_ = blocks_.size() - 1;
+        used_ = 0;
+    }
+}
+
 void EvalArgs::add_key(std::string_view key) {
-    bytes_.emplace_back(key);  // if the push_back below throws, these bytes are only unused
-    keys_.push_back(bytes_.back());
+    keys_.push_back(store(key));  // if the push_back throws, the bytes are only unused
 }
 
 void EvalArgs::add_arg(std::string_view arg) {
-    bytes_.emplace_back(arg);
-    args_.push_back(bytes_.back());
+    args_.push_back(store(arg));
 }
 
 void EvalArgs::add_arg(int64_t value) {
@@ -476,7 +504,12 @@ void EvalArgs::add_arg(uint64_t value) {
 void EvalArgs::clear() noexcept {
     keys_.clear();
     args_.clear();
-    bytes_.clear();
+    large_.clear();
+    if (blocks_.size() > max_kept_blocks) {
+        blocks_.resize(max_kept_blocks);
+    }
+    block_ = 0;
+    used_ = 0;
 }
 
 // ---- STRICT ----
@@ -528,6 +561,35 @@ struct SlotIdHash {
 // Up to this many distinct zones a linear search finds them faster than a hash table.
 constexpr size_t linear_slots_max = 16;
 
+// fill_strict_args()' working vectors, kept from call to call (their capacity: no allocation
+// once they have held a batch that large). Single-threaded, like the Loop; never destroyed.
+struct StrictScratch {
+    std::vector<WirePolicy> policies;
+    std::vector<SlotId> slots;
+    std::vector<uint32_t> refs;
+    std::vector<uint8_t> starts;
+    std::vector<uint32_t> per_policy;
+    std::vector<uint32_t> next;
+    std::vector<uint32_t> number;
+    std::vector<std::string_view> keys;
+
+    void clear() noexcept {
+        policies.clear();
+        slots.clear();
+        refs.clear();
+        starts.clear();
+        per_policy.clear();
+        next.clear();
+        number.clear();
+        keys.clear();
+    }
+};
+
+StrictScratch& strict_scratch() {
+    static StrictScratch* scratch = new StrictScratch();
+    return *scratch;
+}
+
 // KEYS and ARGV of one strict call deciding requests 0 .. m-1 (request_at(i) gives a ZoneSpan):
 // see scripts.hpp for the layout. May throw std::bad_alloc.
 template <typename RequestAt>
@@ -535,10 +597,12 @@ bool fill_strict_args(size_t m, RequestAt request_at, EvalArgs& out) {
     if (m == 0) {
         return false;
     }
-    std::vector<WirePolicy> policies;
-    std::vector<SlotId> slots;
-    std::vector<uint32_t> refs;                              // slot index of each zone, in order
-    std::vector<uint8_t> starts;                             // 1 where a request starts
+    StrictScratch& scratch = strict_scratch();
+    scratch.clear();
+    std::vector<WirePolicy>& policies = scratch.policies;
+    std::vector<SlotId>& slots = scratch.slots;
+    std::vector<uint32_t>& refs = scratch.refs;              // slot index of each zone, in order
+    std::vector<uint8_t>& starts = scratch.starts;           // 1 where a request starts
     std::unordered_map<SlotId, uint32_t, SlotIdHash> index;  // once slots outgrow linear search
     for (size_t i = 0; i < m; i++) {
         const ZoneSpan r = request_at(i);
@@ -578,16 +642,20 @@ bool fill_strict_args(size_t m, RequestAt request_at, EvalArgs& out) {
         }
     }
     // KEYS grouped by policy, each group in order of first use.
-    std::vector<uint32_t> per_policy(policies.size(), 0);
+    std::vector<uint32_t>& per_policy = scratch.per_policy;
+    per_policy.assign(policies.size(), 0);
     for (const SlotId& id : slots) {
         per_policy[id.policy]++;
     }
-    std::vector<uint32_t> next(policies.size(), 0);
+    std::vector<uint32_t>& next = scratch.next;
+    next.assign(policies.size(), 0);
     for (size_t pi = 1; pi < policies.size(); pi++) {
         next[pi] = next[pi - 1] + per_policy[pi - 1];
     }
-    std::vector<uint32_t> number(slots.size());
-    std::vector<std::string_view> keys(slots.size());
+    std::vector<uint32_t>& number = scratch.number;
+    number.resize(slots.size());
+    std::vector<std::string_view>& keys = scratch.keys;
+    keys.resize(slots.size());
     for (size_t si = 0; si < slots.size(); si++) {
         number[si] = next[slots[si].policy]++;
         keys[number[si]] = slots[si].base;

@@ -94,7 +94,7 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <deque>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -131,7 +131,18 @@ class EvalArgs {
     const std::vector<std::string_view>& args() const noexcept { return args_; }
 
    private:
-    std::deque<std::string> bytes_;  // a deque never moves its elements when it grows
+    // Copies `bytes` where it stays until clear(); may throw std::bad_alloc.
+    std::string_view store(std::string_view bytes);
+
+    // The bytes, in blocks that never move (a reused EvalArgs allocates nothing once its
+    // blocks hold a call's arguments): small arguments packed in blocks_ (kept by clear(), up
+    // to max_kept_blocks), larger ones in a block of their own (large_, freed by clear()).
+    static constexpr size_t block_size = 4096;
+    static constexpr size_t max_kept_blocks = 16;
+    std::vector<std::unique_ptr<char[]>> blocks_;
+    std::vector<std::unique_ptr<char[]>> large_;
+    size_t block_ = 0;  // the block being filled
+    size_t used_ = 0;   // its bytes in use
     std::vector<std::string_view> keys_;
     std::vector<std::string_view> args_;
 };

@@ -57,8 +57,10 @@ class TurnBatcher {
    private:
     void flush() noexcept {
         // `sending_` keeps its capacity from turn to turn; submit() refills `queue_` meanwhile.
+        // `batch_` too: send() may take its buffer, or swap it for one of its own (kept empty).
         sending_.swap(queue_);
-        std::vector<Item> batch;
+        std::vector<Item>& batch = batch_;
+        batch.clear();
         try {
             batch.reserve(std::min(sending_.size(), max_));
         } catch (...) {
@@ -75,12 +77,13 @@ class TurnBatcher {
             }
             if (batch.size() == max_) {
                 send_(std::move(batch));
-                batch = std::vector<Item>();
+                batch.clear();  // valid after a move: empty (or the buffer send() gave)
             }
         }
         if (!batch.empty()) {
             send_(std::move(batch));
         }
+        batch.clear();
         sending_.clear();
     }
 
@@ -91,6 +94,7 @@ class TurnBatcher {
     std::unique_ptr<Deferred> deferred_;
     std::vector<Item> queue_;
     std::vector<Item> sending_;
+    std::vector<Item> batch_;
 };
 
 }  // namespace throttle::redis

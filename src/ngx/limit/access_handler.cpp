@@ -721,11 +721,41 @@ class Follower final : public RequestBound {
     }
 };
 
+// Zone lists of Waitings that ended, kept for the next ones with their capacity and their
+// strings' (a request that waits allocates nothing for them once a few have waited). Never
+// destroyed; single-threaded, like the worker.
+std::vector<std::vector<redis::StrictZone>>& spare_zone_lists() {
+    static auto* spares = new std::vector<std::vector<redis::StrictZone>>();
+    return *spares;
+}
+constexpr size_t max_spare_zone_lists = 64;
+
+std::vector<redis::StrictZone> take_zone_list() noexcept {
+    std::vector<std::vector<redis::StrictZone>>& spares = spare_zone_lists();
+    if (spares.empty()) {
+        return {};
+    }
+    std::vector<redis::StrictZone> zones = std::move(spares.back());
+    spares.pop_back();
+    return zones;
+}
+
+void give_back_zone_list(std::vector<redis::StrictZone>&& zones) noexcept {
+    std::vector<std::vector<redis::StrictZone>>& spares = spare_zone_lists();
+    if (spares.size() < max_spare_zone_lists && zones.capacity() > 0) {
+        try {
+            spares.push_back(std::move(zones));
+        } catch (...) {
+        }
+    }
+}
+
 // A request waiting for Redis to decide its strict zones.
 class Waiting final : public StrictRequest {
    public:
     Waiting(ngx_http_request_t* r, const Check& c, std::vector<redis::StrictZone>&& zones)
         : StrictRequest(r), check_(c), zones_(std::move(zones)) {}
+    ~Waiting() override { give_back_zone_list(std::move(zones_)); }
 
     // Metrics: when the decision was submitted to Redis (monotonic_us()).
     void set_submitted(int64_t us) noexcept { submitted_us_ = us; }
@@ -773,18 +803,27 @@ ngx_int_t follow(ngx_http_request_t* r, RequestCtx* ctx, Waiting& w) noexcept {
 bool ask_redis(ngx_http_request_t* r, Check& c) noexcept {
     const RedisSettings* rs = redis_settings();
     try {
-        std::vector<redis::StrictZone> zones;
-        zones.reserve(c.n);
+        // A recycled list: its elements' strings keep their capacity, the bases are written
+        // into them.
+        std::vector<redis::StrictZone> zones = take_zone_list();
+        size_t k = 0;
         for (ngx_uint_t i = 0; i < c.n; i++) {
             const Applied& a = c.applied[i];
             if (a.role != Role::remote) {
                 continue;
             }
+            if (k == zones.size()) {
+                zones.emplace_back();
+            }
+            redis::StrictZone& z = zones[k++];
             const core::Policy& p = a.zone->policy;
-            zones.push_back(redis::StrictZone{static_cast<uint8_t>(p.algorithm), p.rate.limit,
-                                              p.rate.period_ms, p.burst,
-                                              redis_base(*rs, *a.zone, a.key)});
+            z.algorithm = static_cast<uint8_t>(p.algorithm);
+            z.limit = p.rate.limit;
+            z.period_ms = p.rate.period_ms;
+            z.burst = p.burst;
+            redis_base(*rs, *a.zone, a.key, z.base);
         }
+        zones.resize(k);
         auto w = bind_to_request<Waiting>(r, c, std::move(zones));
         if (w == nullptr || !hold_zones(r, c, w.get())) {
             return false;

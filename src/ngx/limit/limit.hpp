@@ -16,6 +16,9 @@ namespace throttle::ngx {
 // throttle_secret. The key itself never reaches Redis.
 std::string redis_base(const RedisSettings& settings, const ZoneConf& zone,
                        const core::StoredKey& key);
+// The same, into `out` (replaced; its capacity reused). May throw std::bad_alloc.
+void redis_base(const RedisSettings& settings, const ZoneConf& zone, const core::StoredKey& key,
+                std::string& out);
 // A key of the shape zone keys have (PREFIX{probe:probe}:0), for the connect-time ACL check of
 // the scripts' commands (redis/permissions.hpp).
 std::string permission_probe_key(const MainConf& mcf);

@@ -215,6 +215,76 @@ void send_cluster(Batch&& batch, redis::Target& client) noexcept {
     }
 }
 
+// Batches waiting for their reply: one per call in flight, recycled with their capacity (a
+// reply callback holds a plain pointer: no allocation for it). Never destroyed.
+std::vector<Batch*>& spare_batches() {
+    static auto* spares = new std::vector<Batch*>();
+    return *spares;
+}
+constexpr size_t max_spare_batches = 16;
+
+// A batch holding `from`'s requests; `from` gets an empty vector (of the capacity a spare had,
+// for the batcher to fill again). May throw std::bad_alloc.
+Batch* hold(Batch& from) {
+    std::vector<Batch*>& spares = spare_batches();
+    Batch* b = nullptr;
+    if (!spares.empty()) {
+        b = spares.back();
+        spares.pop_back();
+    } else {
+        b = new Batch();
+    }
+    b->swap(from);
+    return b;
+}
+
+void give_back(Batch* b) noexcept {
+    b->clear();
+    std::vector<Batch*>& spares = spare_batches();
+    if (spares.size() < max_spare_batches) {
+        try {
+            spares.push_back(b);
+            return;
+        } catch (...) {
+        }
+    }
+    delete b;
+}
+
+// Reused by decide() from reply to reply (capacity kept).
+struct ReplyScratch {
+    std::vector<size_t> counts;
+    std::vector<std::vector<redis::StrictDecision>> out;
+    bool busy = false;
+};
+
+// The batch's reply: every request gets its decisions, or fails (its fallback).
+void decide(Batch& batch, redis::Result& r) noexcept {
+    static auto* kept = new ReplyScratch();
+    ReplyScratch local;  // only should a delivery run into another reply (never expected)
+    ReplyScratch& s = kept->busy ? local : *kept;
+    s.busy = true;
+    s.counts.clear();
+    int64_t redis_now = 0;
+    bool good = false;
+    try {
+        for (const auto& req : batch) {
+            s.counts.push_back(req->zones().size());
+        }
+        good = r.ok() && redis::parse_strict_batch_reply(r.reply, s.counts, redis_now, s.out);
+    } catch (...) {
+    }
+    if (!good) {
+        redis_reply_unusable(r, "strict decisions");
+        fail_all(batch);
+    } else {
+        for (size_t i = 0; i < batch.size(); i++) {
+            deliver(*batch[i], s.out[i].data());
+        }
+    }
+    s.busy = false;
+}
+
 // One script call for the batch's requests (a Redis Cluster: one per slot).
 void send(Batch&& batch) noexcept {
     redis::Target* client = redis_client();
@@ -222,48 +292,38 @@ void send(Batch&& batch) noexcept {
         send_cluster(std::move(batch), *client);
         return;
     }
-    auto held = std::make_shared<Batch>(std::move(batch));
+    Batch* held = nullptr;
     try {
-        std::vector<const std::vector<redis::StrictZone>*> requests;
-        requests.reserve(held->size());
-        for (const auto& req : *held) {
-            requests.push_back(&req->zones());
-        }
+        held = hold(batch);
+    } catch (...) {
+        fail_all(batch);
+        return;
+    }
+    try {
         // One per worker, reused: its buffers keep their capacity (evalsha copies the
         // arguments it keeps; build_strict_batch_args clears it first).
-        static redis::EvalArgs call;
-        if (client == nullptr || !redis::build_strict_batch_args(requests, call)) {
+        static auto* requests = new std::vector<const std::vector<redis::StrictZone>*>();
+        static auto* call = new redis::EvalArgs();
+        requests->clear();
+        for (const auto& req : *held) {
+            requests->push_back(&req->zones());
+        }
+        if (client == nullptr || !redis::build_strict_batch_args(*requests, *call)) {
             fail_all(*held);
+            give_back(held);
             return;
         }
         if (batch_sizes != nullptr) {
             core::metrics::observe_size(*batch_sizes, held->size());
         }
-        client->evalsha(redis::strict_batch_script(), call.keys(), call.args(),
+        client->evalsha(redis::strict_batch_script(), call->keys(), call->args(),
                         [held](redis::Result&& r) noexcept {
-                            std::vector<size_t> counts;
-                            std::vector<std::vector<redis::StrictDecision>> out;
-                            int64_t redis_now = 0;
-                            bool good = false;
-                            try {
-                                for (const auto& req : *held) {
-                                    counts.push_back(req->zones().size());
-                                }
-                                good = r.ok() && redis::parse_strict_batch_reply(r.reply, counts,
-                                                                                 redis_now, out);
-                            } catch (...) {
-                            }
-                            if (!good) {
-                                redis_reply_unusable(r, "strict decisions");
-                                fail_all(*held);
-                                return;
-                            }
-                            for (size_t i = 0; i < held->size(); i++) {
-                                deliver(*(*held)[i], out[i].data());
-                            }
+                            decide(*held, r);
+                            give_back(held);
                         });
-    } catch (...) {
+    } catch (...) {  // nothing was queued: the callback will not be called
         fail_all(*held);
+        give_back(held);
     }
 }
 

@@ -3,6 +3,7 @@
 // keyed digests its keys are stored and sent as); and the Redis names of its keys.
 #include <sys/random.h>
 
+#include <cstring>
 #include <new>
 #include <string_view>
 
@@ -158,7 +159,35 @@ Tables create_tables(void* region, size_t bytes, bool lease, uint64_t algorithm,
 
 std::string redis_base(const RedisSettings& settings, const ZoneConf& zone,
                        const core::StoredKey& key) {
-    return redis::base_key(view(settings.prefix), view(zone.name), core::hex(key.digest));
+    std::string out;
+    redis_base(settings, zone, key, out);
+    return out;
+}
+
+// base_key(prefix, zone, hex(digest)), written in place (no temporary strings).
+void redis_base(const RedisSettings& settings, const ZoneConf& zone, const core::StoredKey& key,
+                std::string& out) {
+    static constexpr char digits[] = "0123456789abcdef";
+    const std::string_view prefix = view(settings.prefix);
+    const std::string_view name = view(zone.name);
+    const size_t n = key.digest.size();
+    out.resize(prefix.size() + name.size() + 2 * n + 3);
+    char* p = out.data();
+    if (!prefix.empty()) {
+        std::memcpy(p, prefix.data(), prefix.size());
+        p += prefix.size();
+    }
+    *p++ = '{';
+    if (!name.empty()) {
+        std::memcpy(p, name.data(), name.size());
+        p += name.size();
+    }
+    *p++ = ':';
+    for (size_t i = 0; i < n; i++) {
+        *p++ = digits[key.digest[i] >> 4];
+        *p++ = digits[key.digest[i] & 0xf];
+    }
+    *p = '}';
 }
 
 std::string permission_probe_key(const MainConf& mcf) {
