@@ -55,32 +55,23 @@ size_t decimal_digits(uint64_t v) noexcept {
     return n + 1 - (v < powers[n] ? 1 : 0);
 }
 
-// The two digits of d < 100 at q.
-void put_pair(u_char* q, uint32_t d) noexcept {
-    q[0] = static_cast<u_char>(digit_pairs[2 * d]);
-    q[1] = static_cast<u_char>(digit_pairs[2 * d + 1]);
-}
-
-// The digits of v, four at a time from the last, ending at q (v has at least one digit).
+// The digits of v, two at a time from the last, ending at q (v has at least one digit).
+// (Four at a time, with one more division per step, took more instructions.)
 template <typename U>
 void put_digits(u_char* q, U v) noexcept {
-    while (v >= 10000) {
-        auto four = static_cast<uint32_t>(v % 10000);
-        v /= 10000;
-        q -= 4;
-        put_pair(q, four / 100);
-        put_pair(q + 2, four % 100);
-    }
-    auto rest = static_cast<uint32_t>(v);  // < 10000
-    if (rest >= 100) {
+    while (v >= 100) {
+        size_t i = static_cast<size_t>(v % 100) * 2;
+        v /= 100;
         q -= 2;
-        put_pair(q, rest % 100);
-        rest /= 100;
+        q[0] = static_cast<u_char>(digit_pairs[i]);
+        q[1] = static_cast<u_char>(digit_pairs[i + 1]);
     }
-    if (rest >= 10) {
-        put_pair(q - 2, rest);
+    if (v >= 10) {
+        size_t i = static_cast<size_t>(v) * 2;
+        q[-2] = static_cast<u_char>(digit_pairs[i]);
+        q[-1] = static_cast<u_char>(digit_pairs[i + 1]);
     } else {
-        q[-1] = static_cast<u_char>('0' + rest);
+        q[-1] = static_cast<u_char>('0' + v);
     }
 }
 
