@@ -2,7 +2,8 @@
 // (ZoneKeyer::digest, two SHA-256 compressions, ~9,000 instructions) and the slot table's
 // bucket hash (SlotTable::make_key, SipHash of the digest). The same client sends many
 // requests; each but its first one in a while finds its key here for the cost of one SipHash
-// of the key and one compare. Pure C++, no nginx header (layer: core).
+// of the key (SipHash-1-3: it only picks the slot) and one compare. Pure C++, no nginx header
+// (layer: core).
 //
 // Nothing persistent changes: a hit returns exactly what the miss computed (the full key is
 // compared, never its hash alone), so the digests in the shared table and in Redis are the

@@ -25,6 +25,24 @@ int64_t record(const Policy& policy, State& state, int64_t now_ms) noexcept {
     return state.stamp;
 }
 
+Decision admit(const Policy& policy, State& state, int64_t now_ms, int64_t& token) noexcept {
+    Decision d;
+    if (policy.algorithm == Algorithm::gcra) {
+        d = gcra::evaluate(policy, state, now_ms);
+        if (d.allowed) {
+            gcra::record(policy, state, now_ms);
+            token = state.stamp;
+        }
+    } else {
+        d = sliding_window::admit(policy.rate, state, now_ms);
+        if (d.allowed) {
+            token = state.stamp;
+        }
+    }
+    d.limit = quota(policy);
+    return d;
+}
+
 namespace {
 uint32_t minus_one(uint32_t v) noexcept {
     return v > 0 ? v - 1 : 0;

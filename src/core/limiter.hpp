@@ -65,6 +65,10 @@ Decision evaluate(const Policy& policy, const State& state, int64_t now_ms) noex
 // Returns a token for unrecord(): state.stamp right after counting.
 int64_t record(const Policy& policy, State& state, int64_t now_ms) noexcept;
 
+// evaluate() and, when it admits, record() (its token in `token`; unchanged when rejected),
+// at the same now_ms: the same decision and state as the two calls, in one step.
+Decision admit(const Policy& policy, State& state, int64_t now_ms, int64_t& token) noexcept;
+
 // Takes back one request record() counted (a reservation that another check then refused),
 // given record()'s token, even if other requests were counted since. Sliding: the count of
 // the window it was counted in drops by one (nothing when that window is older than the

@@ -32,29 +32,31 @@ int64_t to_ms(i128 v) noexcept {
 }
 
 // The smallest w >= 1 (ms after window start + elapsed) at which one request is admitted,
-// given that it is refused now. P, L >= 1.
-i128 retry_after(u128 P, u128 L, u128 e, u128 cur, u128 prev) noexcept {
+// given that it is refused now. P, L >= 1. U: unsigned __int128, or uint64_t where every
+// product fits (see decide()).
+template <typename U>
+U retry_after(U P, U L, U e, U cur, U prev) noexcept {
     if (cur + 1 <= L) {
         // Still in this window (or exactly at its end): solve prev * (P - e - w) <= R.
         // Refused now means prev * (P - e) > R >= 0, so prev > 0 and q < P - e, so w >= 1.
         // If q == 0 then w = P - e: the next window starts, where prev becomes cur and
         // (cur + 1) * P <= L * P admits.
-        u128 R = (L - cur - 1) * P;
-        u128 q = R / prev;
-        return static_cast<i128>(P - e - q);
+        U R = (L - cur - 1) * P;
+        U q = R / prev;
+        return P - e - q;
     }
     // cur >= L: refused for the rest of this window whatever prev is. In the next window the
     // old cur becomes prev and the new cur is 0: solve cur * (P - e') <= (L - 1) * P for the
     // smallest e'. cur >= L > L - 1 means q < P, so e' is in 1 .. P; e' == P is the start of
     // the window after the next one, where both counts are 0 and L >= 1 admits.
-    u128 q = (L - 1) * P / cur;
-    u128 e_next = P - q;
-    return static_cast<i128>(P - e + e_next);
+    U q = (L - 1) * P / cur;
+    U e_next = P - q;
+    return P - e + e_next;
 }
 
-}  // namespace
-
-Rolled roll(const Rate& rate, const State& state, int64_t now_ms) noexcept {
+// roll(), inlined into the steps below.
+[[gnu::always_inline]] inline Rolled roll_to(const Rate& rate, const State& state,
+                                             int64_t now_ms) noexcept {
     const i128 P = period_of(rate);
     const i128 now = now_ms > 0 ? now_ms : 0;
     const i128 stamp = state.stamp;
@@ -92,16 +94,17 @@ Rolled roll(const Rate& rate, const State& state, int64_t now_ms) noexcept {
     return r;
 }
 
-Decision evaluate(const Rate& rate, const State& state, int64_t now_ms) noexcept {
-    const u128 P = static_cast<u128>(period_of(rate));
-    const u128 L = limit_of(rate);
-    const Rolled r = roll(rate, state, now_ms);
-    const u128 e = static_cast<u128>(r.elapsed);
-    const u128 cur = r.cur;
-    const u128 prev = r.prev;
+// evaluate() of the state rolled to now (r), in U (see decide()).
+template <typename U>
+[[gnu::always_inline]] inline Decision decide_in(const Rate& rate, const Rolled& r) noexcept {
+    const U P = static_cast<U>(period_of(rate));
+    const U L = limit_of(rate);
+    const U e = static_cast<U>(r.elapsed);
+    const U cur = r.cur;
+    const U prev = r.prev;
 
-    const u128 weighted = prev * (P - e) + (cur + 1) * P;
-    const u128 allowance = L * P;
+    const U weighted = prev * (P - e) + (cur + 1) * P;
+    const U allowance = L * P;
 
     Decision d;
     d.limit = static_cast<uint64_t>(L);
@@ -112,27 +115,62 @@ Decision evaluate(const Rate& rate, const State& state, int64_t now_ms) noexcept
         // reset: when the next request is admitted once this one and the `remaining` after it
         // are counted now. cur + 1 + remaining more would be refused now (remaining is a
         // floor), which retry_after() needs.
-        const u128 spent = cur + 1 + d.remaining;
-        const int64_t t = to_ms(static_cast<i128>(r.lead) + retry_after(P, L, e, spent, prev));
+        const U spent = cur + 1 + d.remaining;
+        const int64_t t = to_ms(static_cast<i128>(r.lead) +
+                                static_cast<i128>(retry_after<U>(P, L, e, spent, prev)));
         d.reset_ms = t > 0 ? t : 1;
         d.retry_after_ms = 0;
         return d;
     }
 
     d.remaining = 0;
-    const int64_t w = to_ms(static_cast<i128>(r.lead) + retry_after(P, L, e, cur, prev));
+    const int64_t w =
+        to_ms(static_cast<i128>(r.lead) + static_cast<i128>(retry_after<U>(P, L, e, cur, prev)));
     d.retry_after_ms = w > 0 ? w : 1;
     d.reset_ms = d.retry_after_ms;  // nothing remains: more quota comes when one is admitted
     return d;
 }
 
-void record(const Rate& rate, State& state, int64_t now_ms) noexcept {
-    const Rolled r = roll(rate, state, now_ms);
+// evaluate() of the state rolled to now (r). In 64 bits when P < 2^31 and L < 2^32 (every
+// rate nginx configures in practice): then, with counts < 2^32 and e < P, every product and
+// sum above is below 2^64 and every result below 2^33, so both widths compute the same.
+[[gnu::always_inline]] inline Decision decide(const Rate& rate, const Rolled& r) noexcept {
+    if (rate.period_ms < (int64_t{1} << 31) && rate.limit < (uint64_t{1} << 32)) {
+        return decide_in<uint64_t>(rate, r);
+    }
+    return decide_in<u128>(rate, r);
+}
+
+// record() of the state rolled to now (r).
+[[gnu::always_inline]] inline void count(State& state, const Rolled& r) noexcept {
     state.stamp = r.start;
     state.prev = r.prev;
     state.cur = r.cur < count_max ? r.cur + 1 : count_max;
     state.unsent_prev = r.unsent_prev;
     state.unsent_cur = r.unsent_cur < count_max ? r.unsent_cur + 1 : count_max;
+}
+
+}  // namespace
+
+Rolled roll(const Rate& rate, const State& state, int64_t now_ms) noexcept {
+    return roll_to(rate, state, now_ms);
+}
+
+Decision evaluate(const Rate& rate, const State& state, int64_t now_ms) noexcept {
+    return decide(rate, roll_to(rate, state, now_ms));
+}
+
+void record(const Rate& rate, State& state, int64_t now_ms) noexcept {
+    count(state, roll_to(rate, state, now_ms));
+}
+
+Decision admit(const Rate& rate, State& state, int64_t now_ms) noexcept {
+    const Rolled r = roll_to(rate, state, now_ms);
+    const Decision d = decide(rate, r);
+    if (d.allowed) {
+        count(state, r);  // what record() at the same now_ms does: it rolls to the same r
+    }
+    return d;
 }
 
 bool is_idle(const Rate& rate, const State& state, int64_t now_ms) noexcept {

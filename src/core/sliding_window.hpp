@@ -70,6 +70,10 @@ Decision evaluate(const Rate& rate, const State& state, int64_t now_ms) noexcept
 // in cur and in unsent_cur.
 void record(const Rate& rate, State& state, int64_t now_ms) noexcept;
 
+// evaluate() and, when it admits, record(), at the same now_ms: the same decision and the
+// same state as the two calls, with one roll (the zone's lock is held for less).
+Decision admit(const Rate& rate, State& state, int64_t now_ms) noexcept;
+
 // Both counts are zero (whatever the stamp), or both windows are past
 // (now >= stamp + 2 * period_ms).
 bool is_idle(const Rate& rate, const State& state, int64_t now_ms) noexcept;

@@ -76,7 +76,7 @@ RequestCtx* get_ctx(ngx_http_request_t* r) noexcept {
     return nullptr;
 }
 
-RequestCtx* create_ctx(ngx_http_request_t* r) noexcept {
+RequestCtx* create_ctx(ngx_http_request_t* r, size_t extra) noexcept {
     RequestCtx* main = nullptr;
     if (r != r->main) {
         main = get_ctx(r->main);
@@ -84,12 +84,23 @@ RequestCtx* create_ctx(ngx_http_request_t* r) noexcept {
             return nullptr;
         }
     }
-    ngx_pool_cleanup_t* c = ngx_pool_cleanup_add(r->pool, sizeof(RequestCtx));
+    // The cleanup entry, the context and `extra` in one allocation, the entry linked in as
+    // ngx_pool_cleanup_add() does (which allocates the entry and its data apart).
+    static_assert(sizeof(ngx_pool_cleanup_t) % alignof(RequestCtx) == 0);
+    static_assert(sizeof(RequestCtx) % 8 == 0);  // what follows it is 8-aligned
+    auto* c = static_cast<ngx_pool_cleanup_t*>(
+        ngx_palloc(r->pool, sizeof(ngx_pool_cleanup_t) + sizeof(RequestCtx) + extra));
     if (c == nullptr) {
         return nullptr;
     }
+    // All zero, as RequestCtx{} (a trivial type: every field's zero is its "none"), and extra.
+    static_assert(std::is_trivially_default_constructible_v<RequestCtx>);
+    ngx_memzero(c + 1, sizeof(RequestCtx) + extra);
+    auto* ctx = new (c + 1) RequestCtx;
     c->handler = ctx_marker;
-    auto* ctx = new (c->data) RequestCtx{};
+    c->data = ctx;
+    c->next = r->pool->cleanup;
+    r->pool->cleanup = c;
     ctx->owner = r;
     ngx_http_set_ctx(r, ctx, ngx_http_throttle_module);
     if (main != nullptr) {

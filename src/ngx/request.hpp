@@ -32,16 +32,17 @@ struct IdentityState;
 // One per request: the main request and each subrequest have their own (nginx gives a
 // subrequest a context array of its own), kept across internal redirects (see request.cpp).
 struct RequestCtx {
-    ngx_http_request_t* owner;   // the request this context belongs to
-    Outcome outcome;             // the last decision made for this request
-    bool waiting;                // a decision is pending: Redis, or another request's (limit)
-    bool respond;                // decided while waiting: the handler still has to answer
-    bool headers;                // throttle_headers of the location that decided
-    bool sub_ctxs;               // main request: some subrequest has a context of its own
-    const void* decided_in;      // the location (its LocConf) whose zones were decided last
-    const ngx_str_t* zone_name;  // the zone the RateLimit fields describe
-    const ngx_str_t* policy;     // its RateLimit-Policy value
-    uint64_t limit;              // its quota (the policy's q=)
+    ngx_http_request_t* owner;      // the request this context belongs to
+    Outcome outcome;                // the last decision made for this request
+    bool waiting;                   // a decision is pending: Redis, or another request's (limit)
+    bool respond;                   // decided while waiting: the handler still has to answer
+    bool headers;                   // throttle_headers of the location that decided
+    bool sub_ctxs;                  // main request: some subrequest has a context of its own
+    const void* decided_in;         // the location (its LocConf) whose zones were decided last
+    const ngx_str_t* zone_name;     // the zone the RateLimit fields describe
+    const ngx_str_t* policy;        // its RateLimit-Policy value
+    const ngx_str_t* limit_prefix;  // the start of its RateLimit value: "NAME";r=
+    uint64_t limit;                 // its quota (the policy's q=)
     uint64_t remaining;
     int64_t reset_s;
     int64_t retry_after_s;
@@ -61,8 +62,9 @@ static_assert(std::is_trivially_destructible_v<RequestCtx>);
 
 // The context of r itself (a subrequest's, not its main request's), or nullptr.
 RequestCtx* get_ctx(ngx_http_request_t* r) noexcept;
-// Makes r's context; for a subrequest, the main request's too if it has none yet.
-RequestCtx* create_ctx(ngx_http_request_t* r) noexcept;
+// Makes r's context; for a subrequest, the main request's too if it has none yet. `extra`
+// zeroed bytes follow the context (8-aligned, at ctx + 1), in the same allocation.
+RequestCtx* create_ctx(ngx_http_request_t* r, size_t extra = 0) noexcept;
 
 // r is the subrequest that asks the application who a credential is (identity/resolve.cpp):
 // no zone counts it, the cache does not look it up.

@@ -76,14 +76,20 @@ struct Applied {
     uint32_t prefetch_want;
     uint32_t prefetch_mark;
 };
+static_assert(std::is_trivially_copyable_v<Applied>);
 
 struct Check {
-    Applied* applied;
+    Applied* applied;  // on the handler's stack for a few zones; in the pool once Redis decides
     ngx_uint_t n;
     bool fallback;    // some strict zone could not ask Redis
     bool skipped;     // metrics: a zone counted an empty key (that may have made the contexts)
     bool need_lease;  // some lease zone holds no unit: its lease call must be waited for
+    bool lease;       // some zone is a lease zone (Role::lease): its units and prefetches
+    bool full;        // some zone found itself full (Applied::full): log_full() says so
 };
+
+// Zones a location applies that the check keeps on the handler's stack (more: in the pool).
+constexpr ngx_uint_t stack_zones = 4;
 
 // The marks of r's client request, indexed by ZoneConf::index. Without `make`, nullptr when
 // no zone was marked yet; with it, nullptr only when memory ran out.
@@ -105,9 +111,9 @@ bool counts(const Applied& a) noexcept {
 }
 
 // r was counted in c's zones: no other request of its client request is counted there again.
-// Out of memory, nothing is marked (the zones may then count it again).
-void mark_counted(ngx_http_request_t* r, const Check& c) noexcept {
-    ZoneMark* marks = marks_of(r, true);
+// Out of memory, nothing is marked (the zones may then count it again). ctx: r's.
+void mark_counted(ngx_http_request_t* r, const RequestCtx* ctx, const Check& c) noexcept {
+    ZoneMark* marks = r == r->main && ctx->marks != nullptr ? ctx->marks : marks_of(r, true);
     for (ngx_uint_t i = 0; marks != nullptr && i < c.n; i++) {
         if (counts(c.applied[i])) {
             marks[c.applied[i].zone->index].counted = true;
@@ -222,6 +228,7 @@ void find_states(Check& c, int64_t now) noexcept {
             if (!(z->table->tag() & tag_full_logged)) {
                 z->table->set_tag(z->table->tag() | tag_full_logged);
                 a.full = true;
+                c.full = true;
             }
         }
         a.state = res.state;
@@ -271,6 +278,9 @@ void decide_lease(Check& c, Applied& a, int64_t now) noexcept {
 // Under the locks: gives back the units lease zones spent (the request was not admitted, or
 // is decided again).
 void unspend_leases(Check& c) noexcept {
+    if (!c.lease) {
+        return;
+    }
     for (ngx_uint_t i = 0; i < c.n; i++) {
         Applied& a = c.applied[i];
         if (a.role == Role::lease && a.lease_deadline != 0) {
@@ -285,6 +295,9 @@ void unspend_leases(Check& c) noexcept {
 
 // After the locks: the prefetches decide_lease() planned.
 void send_prefetches(Check& c) noexcept {
+    if (!c.lease) {
+        return;
+    }
     for (ngx_uint_t i = 0; i < c.n; i++) {
         Applied& a = c.applied[i];
         if (a.role == Role::lease && a.prefetch_want != 0) {
@@ -379,6 +392,9 @@ void unrecord_local(Check& c) noexcept {
 }
 
 void log_full(ngx_http_request_t* r, const Check& c) noexcept {
+    if (!c.full) {
+        return;
+    }
     for (ngx_uint_t i = 0; i < c.n; i++) {
         if (c.applied[i].full) {
             ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
@@ -392,6 +408,10 @@ void log_full(ngx_http_request_t* r, const Check& c) noexcept {
 // Picks the zone the response describes: the rejecting zone that asks the longest wait,
 // or, when all admitted, the one with the fewest requests left (open zones excluded).
 const Applied* most_restrictive(const Check& c, bool admitted) noexcept {
+    if (c.n == 1) {  // the loop below, for one zone
+        const Applied& a = c.applied[0];
+        return (admitted ? a.role != Role::open : !a.decision.allowed) ? &a : nullptr;
+    }
     const Applied* best = nullptr;
     for (ngx_uint_t i = 0; i < c.n; i++) {
         const Applied& a = c.applied[i];
@@ -500,7 +520,8 @@ bool conclude(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, const 
     if (shown != nullptr && !keep) {
         ctx->zone_name = &shown->zone->name;
         ctx->policy = &shown->zone->policy_header;
-        ctx->limit = core::quota(shown->zone->policy);
+        ctx->limit_prefix = &shown->zone->limit_prefix;
+        ctx->limit = shown->decision.limit;  // every decision says quota(policy)
         ctx->remaining = shown->decision.remaining;
         ctx->reset_s = ceil_seconds(shown->decision.reset_ms);
         ctx->retry_after_s =
@@ -516,6 +537,7 @@ bool conclude(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx, const 
         shown = &c.applied[0];
         ctx->zone_name = &shown->zone->name;
         ctx->policy = &shown->zone->policy_header;
+        ctx->limit_prefix = &shown->zone->limit_prefix;
         ctx->limit = core::quota(shown->zone->policy);
     }
     ngx_log_error(lcf->limit.log_level, r->connection->log, 0,
@@ -698,7 +720,7 @@ void settle(ngx_http_request_t* r, Check& c, const redis::StrictDecision* decisi
         unlock(c);
     }
     if (admitted) {
-        mark_counted(r, c);
+        mark_counted(r, ctx, c);
     }
     ctx->respond = conclude(r, lcf, ctx, c, admitted);
 }
@@ -802,6 +824,13 @@ ngx_int_t follow(ngx_http_request_t* r, RequestCtx* ctx, Waiting& w) noexcept {
 // when that was not possible.
 bool ask_redis(ngx_http_request_t* r, Check& c) noexcept {
     const RedisSettings* rs = redis_settings();
+    // The check outlives the handler's stack now: the request's pool keeps it for settle().
+    auto* kept = static_cast<Applied*>(ngx_palloc(r->pool, c.n * sizeof(Applied)));
+    if (kept == nullptr) {
+        return false;
+    }
+    ngx_memcpy(kept, c.applied, c.n * sizeof(Applied));
+    c.applied = kept;
     try {
         // A recycled list: its elements' strings keep their capacity, the bases are written
         // into them.
@@ -842,6 +871,24 @@ bool ask_redis(ngx_http_request_t* r, Check& c) noexcept {
     }
 }
 
+// The zone's key for r (empty: the zone does not apply). A key that is one variable is read
+// as ngx_http_complex_value() reads it (flushed, "not found" is empty), without its copy.
+bool key_of(ngx_http_request_t* r, const ZoneConf& zone, ngx_str_t& key) noexcept {
+    if (zone.key_index == NGX_ERROR) {
+        return ngx_http_complex_value(r, const_cast<ngx_http_complex_value_t*>(&zone.key), &key) ==
+               NGX_OK;
+    }
+    ngx_http_variable_value_t* v = ngx_http_get_flushed_variable(r, zone.key_index);
+    if (v == nullptr || v->not_found) {
+        key.len = 0;
+        key.data = nullptr;
+    } else {
+        key.len = v->len;
+        key.data = v->data;
+    }
+    return true;
+}
+
 // Watches a zone whose key reads a credential for a key that is empty whenever one is sent
 // (core/key_watch.hpp): said once per worker and zone, at warn.
 void watch_key(ngx_http_request_t* r, ZoneConf& zone, bool empty) noexcept {
@@ -870,18 +917,15 @@ void watch_key(ngx_http_request_t* r, ZoneConf& zone, bool empty) noexcept {
 // The zones of the location whose key is not empty for this request and that its client
 // request was not counted in yet (marks, nullptr when none), in c. `busy`: a request that holds
 // one of them while Redis decides, if any. False on error.
+// (`c.applied`: room for the location's zones, on the stack or in the pool.)
 bool applied_zones(ngx_http_request_t* r, const LimitLocConf& conf, const ZoneMark* marks, Check& c,
                    bool& remote, Waiting*& busy) noexcept {
     ngx_uint_t total = conf.zones->nelts;
     auto** zones = static_cast<ZoneConf**>(conf.zones->elts);
-    c.applied = static_cast<Applied*>(ngx_palloc(r->pool, total * sizeof(Applied)));
-    if (c.applied == nullptr) {
-        return false;
-    }
     remote = false;
     for (ngx_uint_t i = 0; i < total; i++) {
         ngx_str_t key;
-        if (ngx_http_complex_value(r, &zones[i]->key, &key) != NGX_OK) {
+        if (!key_of(r, *zones[i], key)) {
             return false;
         }
         if (zones[i]->key_watch.watching() && r == r->main) {
@@ -916,12 +960,13 @@ bool applied_zones(ngx_http_request_t* r, const LimitLocConf& conf, const ZoneMa
             c.fallback = true;
         }
         remote = remote || role == Role::remote;
+        c.lease = c.lease || role == Role::lease;
         // The key's digest (two SHA-256 compressions for a short key, unless this worker's
         // memo has the key; the bucket hash reads only the table's seed, no lock needed). The
         // key itself goes no further.
         core::StoredKey sk =
             zones[i]->key_memo.key(zones[i]->keyer, *zones[i]->table, key.data, key.len);
-        c.applied[c.n++] =
+        new (&c.applied[c.n++])
             Applied{zones[i], sk, role, nullptr, core::Decision{}, 0, false, 0, false, 0, 0};
     }
     redis::Target* client = redis_client();
@@ -930,6 +975,30 @@ bool applied_zones(ngx_http_request_t* r, const LimitLocConf& conf, const ZoneMa
         remote = false;
     }
     return true;
+}
+
+// r's context, made by its first check: a main request's holds its client request's marks
+// (one allocation for both, zeroed), which mark_counted() then finds at once.
+RequestCtx* new_ctx(ngx_http_request_t* r) noexcept {
+    if (r != r->main) {
+        return create_ctx(r);
+    }
+    size_t n = main_conf(r)->limit.zones.nelts;
+    RequestCtx* ctx = create_ctx(r, n * sizeof(ZoneMark));
+    if (ctx != nullptr) {
+        ctx->marks = reinterpret_cast<ZoneMark*>(ctx + 1);
+    }
+    return ctx;
+}
+
+// Under the lock of c's one zone, a local one: decide_here() and, when it admits,
+// record_here() in one step (core::admit: the same decision, state and token).
+bool admit_one(Check& c, int64_t now) noexcept {
+    find_states(c, now);
+    c.need_lease = false;
+    Applied& a = c.applied[0];
+    a.decision = core::admit(a.zone->policy, *a.state, now, a.token);
+    return a.decision.allowed;
 }
 
 // Some zone is strict: the zones decided here first (a request they reject costs Redis
@@ -993,10 +1062,16 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
         }
     }
     const RequestCtx* main = r == r->main ? ctx : get_ctx(r->main);
-    Check c{nullptr, 0, false, false, false};
+    Check c{nullptr, 0, false, false, false, false, false};
+    alignas(Applied) unsigned char room[stack_zones * sizeof(Applied)];
+    ngx_uint_t total = lcf->limit.zones->nelts;
+    c.applied = total <= stack_zones
+                    ? reinterpret_cast<Applied*>(room)
+                    : static_cast<Applied*>(ngx_palloc(r->pool, total * sizeof(Applied)));
     bool remote = false;
     Waiting* busy = nullptr;
-    if (!applied_zones(r, lcf->limit, main != nullptr ? main->marks : nullptr, c, remote, busy)) {
+    if (c.applied == nullptr ||
+        !applied_zones(r, lcf->limit, main != nullptr ? main->marks : nullptr, c, remote, busy)) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     if (c.n == 0) {
@@ -1005,7 +1080,7 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
     if (ctx == nullptr && c.skipped) {
         ctx = get_ctx(r);  // counting a skipped zone may have made it (the main request's)
     }
-    if (ctx == nullptr && (ctx = create_ctx(r)) == nullptr) {
+    if (ctx == nullptr && (ctx = new_ctx(r)) == nullptr) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     if (busy != nullptr) {
@@ -1017,19 +1092,24 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
         return rc;
     }
     lock(c);
-    bool admitted = decide_here(c, now);
-    if (admitted && c.need_lease && wait_for_lease(r, ctx, c, now, admitted)) {
-        return NGX_DONE;  // the lease call first; then the check runs again
-    }
-    if (admitted) {
-        record_here(c, now, true, true);
+    bool admitted;
+    if (c.n == 1 && c.applied[0].role == Role::local) {
+        admitted = admit_one(c, now);  // the common case: one local or sync zone
     } else {
-        unspend_leases(c);
+        admitted = decide_here(c, now);
+        if (admitted && c.need_lease && wait_for_lease(r, ctx, c, now, admitted)) {
+            return NGX_DONE;  // the lease call first; then the check runs again
+        }
+        if (admitted) {
+            record_here(c, now, true, true);
+        } else {
+            unspend_leases(c);
+        }
     }
     unlock(c);
     send_prefetches(c);
     if (admitted) {
-        mark_counted(r, c);
+        mark_counted(r, ctx, c);
     }
     if (!conclude(r, lcf, ctx, c, admitted)) {
         return NGX_DECLINED;

@@ -27,9 +27,13 @@ struct ZoneConf {
     ngx_str_t name;
     ngx_shm_zone_t* shm_zone;
     ngx_http_complex_value_t key;  // key.value.data == nullptr until throttle_zone is read
+    // The key is one variable ("$binary_remote_addr"): its index, read without the script
+    // engine (same value, no copy). NGX_ERROR: anything else, evaluated as a complex value.
+    ngx_int_t key_index;
     core::Policy policy;
     ngx_uint_t index;         // declaration order: zones are always locked in this order
     ngx_str_t policy_header;  // RateLimit-Policy value, fixed per zone: "NAME";q=Q;w=W
+    ngx_str_t limit_prefix;   // the start of its RateLimit value, fixed too: "NAME";r=
     Mode mode;
     Fallback fallback;
     ngx_msec_t sync_interval;

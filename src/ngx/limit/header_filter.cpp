@@ -21,18 +21,70 @@ ngx_int_t add_header(ngx_http_request_t* r, const ngx_str_t& name, u_char* value
     return NGX_OK;
 }
 
-// Decimal digits of v at p (ngx_sprintf costs several times more on this path).
-u_char* put_number(u_char* p, uint64_t v) noexcept {
-    u_char tmp[NGX_INT64_LEN];
-    size_t n = 0;
-    do {
-        tmp[n++] = static_cast<u_char>('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    while (n > 0) {
-        *p++ = tmp[--n];
+// Two decimal digits of each value below 100.
+constexpr char digit_pairs[] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+// How many decimal digits v has (1 for 0).
+size_t decimal_digits(uint64_t v) noexcept {
+    static constexpr uint64_t powers[] = {0,
+                                          10ULL,
+                                          100ULL,
+                                          1000ULL,
+                                          10000ULL,
+                                          100000ULL,
+                                          1000000ULL,
+                                          10000000ULL,
+                                          100000000ULL,
+                                          1000000000ULL,
+                                          10000000000ULL,
+                                          100000000000ULL,
+                                          1000000000000ULL,
+                                          10000000000000ULL,
+                                          100000000000000ULL,
+                                          1000000000000000ULL,
+                                          10000000000000000ULL,
+                                          100000000000000000ULL,
+                                          1000000000000000000ULL,
+                                          10000000000000000000ULL};
+    // floor(log10(2) * bits) is the count or one less (1233 / 4096 ~ log10(2)).
+    size_t bits = 64 - static_cast<size_t>(__builtin_clzll(v | 1));
+    size_t n = (bits * 1233) >> 12;
+    return n + 1 - (v < powers[n] ? 1 : 0);
+}
+
+// The digits of v, two at a time from the last, ending at q (v has at least one digit).
+// (Four at a time, with one more division per step, took more instructions.)
+template <typename U>
+void put_digits(u_char* q, U v) noexcept {
+    while (v >= 100) {
+        size_t i = static_cast<size_t>(v % 100) * 2;
+        v /= 100;
+        q -= 2;
+        q[0] = static_cast<u_char>(digit_pairs[i]);
+        q[1] = static_cast<u_char>(digit_pairs[i + 1]);
     }
-    return p;
+    if (v >= 10) {
+        size_t i = static_cast<size_t>(v) * 2;
+        q[-2] = static_cast<u_char>(digit_pairs[i]);
+        q[-1] = static_cast<u_char>(digit_pairs[i + 1]);
+    } else {
+        q[-1] = static_cast<u_char>('0' + v);
+    }
+}
+
+// Decimal digits of v at p (ngx_sprintf costs several times more on this path), in 32-bit
+// arithmetic when v fits. Returns the end.
+u_char* put_number(u_char* p, uint64_t v) noexcept {
+    u_char* end = p + decimal_digits(v);
+    if (v <= UINT32_MAX) {
+        put_digits(end, static_cast<uint32_t>(v));
+    } else {
+        put_digits(end, v);
+    }
+    return end;
 }
 
 u_char* put(u_char* p, const char* s, size_t len) noexcept {
@@ -55,14 +107,14 @@ ngx_int_t header_filter(ngx_http_request_t* r) noexcept {
         if (add_header(r, rate_limit_policy, ctx->policy->data, ctx->policy->len) != NGX_OK) {
             return NGX_ERROR;
         }
-        size_t len = ctx->zone_name->len + sizeof("\"\";r=;t=") + 2 * NGX_INT64_LEN;
+        // RateLimit: the zone's prefix "NAME";r= (fixed) and the two numbers.
+        const ngx_str_t& prefix = *ctx->limit_prefix;
+        size_t len = prefix.len + sizeof(";t=") - 1 + 2 * NGX_INT64_LEN;
         auto* buf = static_cast<u_char*>(ngx_pnalloc(r->pool, len));
         if (buf == nullptr) {
             return NGX_ERROR;
         }
-        u_char* p = put(buf, "\"", 1);
-        p = ngx_cpymem(p, ctx->zone_name->data, ctx->zone_name->len);
-        p = put(p, "\";r=", 4);
+        u_char* p = ngx_cpymem(buf, prefix.data, prefix.len);
         p = put_number(p, ctx->remaining);
         p = put(p, ";t=", 3);
         p = put_number(p, static_cast<uint64_t>(ctx->reset_s));

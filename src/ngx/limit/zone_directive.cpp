@@ -172,6 +172,23 @@ bool check(ngx_conf_t* cf, const ngx_str_t& directive, const ZoneArgs& z) noexce
     return true;
 }
 
+// The index of the variable KEY is when it is exactly one ("$name", not a capture "$1" nor
+// "${name}"), else NGX_ERROR. The complex value was compiled already: the variable is known.
+ngx_int_t key_variable_index(ngx_conf_t* cf, const ngx_str_t& key) noexcept {
+    if (key.len < 2 || key.data[0] != '$' || (key.data[1] >= '0' && key.data[1] <= '9')) {
+        return NGX_ERROR;
+    }
+    for (size_t i = 1; i < key.len; i++) {
+        u_char ch = key.data[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '_')) {
+            return NGX_ERROR;
+        }
+    }
+    ngx_str_t name{key.len - 1, key.data + 1};
+    return ngx_http_get_variable_index(cf, &name);
+}
+
 // Gives the zone named by the parameters its key, policy and shared memory.
 char* define_zone(ngx_conf_t* cf, MainConf* mcf, const ngx_http_complex_value_t& key,
                   const ZoneArgs& z) noexcept {
@@ -189,6 +206,7 @@ char* define_zone(ngx_conf_t* cf, MainConf* mcf, const ngx_http_complex_value_t&
         return conf_error();
     }
     zone->key = key;
+    zone->key_index = key_variable_index(cf, key.value);
     try {
         zone->key_watch.sources = core::credential_sources(
             {reinterpret_cast<const char*>(key.value.data), key.value.len});
@@ -206,6 +224,12 @@ char* define_zone(ngx_conf_t* cf, MainConf* mcf, const ngx_http_complex_value_t&
         ngx_sprintf(zone->policy_header.data, "\"%V\";q=%uL;w=%L", &zone->name,
                     core::quota(z.policy), core::window_seconds(z.policy)) -
         zone->policy_header.data;
+    zone->limit_prefix.data = static_cast<u_char*>(ngx_pnalloc(cf->pool, len));
+    if (zone->limit_prefix.data == nullptr) {
+        return conf_error();
+    }
+    zone->limit_prefix.len =
+        ngx_sprintf(zone->limit_prefix.data, "\"%V\";r=", &zone->name) - zone->limit_prefix.data;
     zone->mode = z.mode;
     zone->fallback = z.fallback;
     zone->sync_interval = z.sync_interval;
