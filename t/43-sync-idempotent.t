@@ -61,7 +61,7 @@ sub redis_sum { my $v = $redis->cli('EVAL', $sum_script, 0, 'throttle:{many:*');
 sub given_up {
     my ($mark) = @_;
     my $n = 0;
-    $n += $1 for map { /batch\(es\) of (\d+) keys given up/ ? $1 : () } $t->log_lines(qr/given up/, $mark);
+    $n += $_ for map { /batch\(es\) of (\d+) keys given up/ ? $1 : () } $t->log_lines(qr/given up/, $mark);
     return $n;
 }
 
