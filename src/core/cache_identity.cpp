@@ -119,24 +119,22 @@ bool header_is_variable(std::string_view header_name, std::string_view var) noex
     return true;
 }
 
-IdentityMemo::IdentityMemo(const void* secret, size_t secret_len) noexcept
-    : secret_(secret, secret_len) {}
+IdentityMemo::IdentityMemo(const void* secret, size_t secret_len, const SipKey& key) noexcept
+    : secret_(secret, secret_len), key_(key) {}
 
 std::string IdentityMemo::digest(std::string_view identity) {
     if (identity.empty()) {
         return std::string(anonymous_identity);
     }
-    Sha256Digest h = sha256(identity.data(), identity.size());
-    uint64_t index = 0;
-    std::memcpy(&index, h.data(), sizeof(index));
-    Slot& slot = slots_[index % slots];
-    if (slot.used && slot.identity_hash == h) {
+    const Sip128 t = siphash24_128(key_, identity.data(), identity.size());
+    Slot& slot = slots_[t.lo % slots];
+    if (slot.used && slot.tag == t) {
         ++hits_;
         return std::string(slot.digest.data(), slot.digest.size());
     }
     std::string d = identity_digest(secret_, identity);
     if (d.size() == slot.digest.size()) {
-        slot.identity_hash = h;
+        slot.tag = t;
         std::memcpy(slot.digest.data(), d.data(), d.size());
         slot.used = true;
     }

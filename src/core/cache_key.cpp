@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -180,19 +181,24 @@ Sha256Digest CacheKeyMemo::key(const CacheKeyInput& in) {
     if (total > max_input) {
         return cache_key(in);
     }
-    scratch_.clear();
+    char* out = scratch_.data();
     for (std::string_view f : fields) {
         const auto n = static_cast<uint32_t>(f.size());
-        scratch_.append(reinterpret_cast<const char*>(&n), sizeof(n));
-        scratch_.append(f);
+        std::memcpy(out, &n, sizeof(n));
+        out += sizeof(n);
+        if (!f.empty()) {
+            std::memcpy(out, f.data(), f.size());
+            out += f.size();
+        }
     }
-    Slot& s = slots_[siphash24(seed_, scratch_.data(), scratch_.size()) % slots];
-    if (s.input == scratch_) {
+    const std::string_view input(scratch_.data(), static_cast<size_t>(out - scratch_.data()));
+    Slot& s = slots_[siphash13(seed_, input.data(), input.size()) % slots];
+    if (std::string_view(s.input) == input) {
         hits_++;
         return s.key;
     }
     Sha256Digest k = cache_key(in);
-    s.input = scratch_;
+    s.input.assign(input);
     s.key = k;
     return k;
 }

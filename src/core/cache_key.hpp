@@ -109,7 +109,9 @@ Sha256Digest cache_key(const CacheKeyInput& in);
 // computed once, not per request: SHA-256 over the fields is most of what a cache hit costs).
 // A slot holds the exact inputs (each length-prefixed: the identity as its digest, never the
 // identity itself) and the key; a lookup compares all of them, so only the same inputs can
-// match. Inputs longer than max_input in all are not memoised. Not thread-safe.
+// match. Inputs longer than max_input in all are not memoised. The slot index is SipHash-1-3
+// of the input under the memo's seed (keyed: a client cannot aim at slots; and a cheap index
+// is enough, since the whole input is compared). Not thread-safe.
 class CacheKeyMemo {
    public:
     static constexpr size_t slots = 4096;  // 2,000 users in turn: most find their slot
@@ -128,7 +130,7 @@ class CacheKeyMemo {
     };
     SipKey seed_;
     std::array<Slot, slots> slots_{};
-    std::string scratch_;
+    std::array<char, max_input> scratch_{};  // this lookup's input, built in place
     size_t hits_ = 0;
 };
 

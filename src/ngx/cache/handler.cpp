@@ -378,6 +378,12 @@ void on_hit(const std::shared_ptr<CacheRequest>& cr, redis::CacheLookup& out) no
             serve_later(c, CacheStatus::hit, std::move(entry));
             return;
         case core::cache::Freshness::stale:
+            try {
+                c.entry_key_now();  // the refresh fills under it
+            } catch (...) {
+                pass(c, CacheStatus::error);
+                return;
+            }
             refresh_or_serve_stale(cr, std::move(entry));
             return;
         case core::cache::Freshness::expired:
@@ -492,7 +498,10 @@ void cache_lookup_done(const std::shared_ptr<CacheRequest>& cr, redis::Failure f
     }
     try {
         c.gen = answer->generation();
-        c.entry_key = redis::cache_entry_key(c.target(), c.gen);
+        c.entry_key.clear();
+        if (!answer->hit) {
+            c.entry_key_now();  // a miss waits or fills under it
+        }
     } catch (...) {
         pass(c, CacheStatus::error);
         return;
@@ -591,7 +600,7 @@ bool serve_local(ngx_http_request_t* r, CacheRequest& cr, RequestCtx* ctx) {
     cr.entry = std::move(entry);
     cr.view_valid = true;
     cr.gen = gen;
-    cr.entry_key = redis::cache_entry_key(cr.target(), gen);  // the inflated-body memo's key
+    cr.entry_key.clear();  // computed when needed (the inflated-body memo's key)
     cr.status = CacheStatus::hit;
     cr.step = CacheRequest::Step::serve;
     ctx->cache_status = CacheStatus::hit;

@@ -80,7 +80,16 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
     }
     bool vary_followed = false;  // a vary record was followed already (never twice)
     core::cache::Generation gen;
-    std::string entry_key;  // E, once the generations are known
+    // E, once the generations are known: computed at once for a miss (waits and fills key on
+    // it), when first needed for a hit (entry_key_now(): a fresh hit served as stored never
+    // needs it). Empty: not computed for the current gen and key.
+    std::string entry_key;
+    const std::string& entry_key_now() {  // may throw std::bad_alloc
+        if (entry_key.empty()) {
+            entry_key = redis::cache_entry_key(target(), gen);
+        }
+        return entry_key;
+    }
 
     std::shared_ptr<const std::string> entry;  // what to serve (Step::serve)
     core::cache::EntryView decoded;            // entry, decoded (valid while `entry` lives)

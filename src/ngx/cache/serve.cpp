@@ -340,7 +340,7 @@ ngx_int_t cache_serve(ngx_http_request_t* r, CacheRequest& cr) noexcept {
     }
     if (inflate) {
         try {
-            cr.plain = cache_plain_body(cr.entry_key, v);
+            cr.plain = cache_plain_body(cr.entry_key_now(), v);
         } catch (...) {
             cr.plain = nullptr;
         }
