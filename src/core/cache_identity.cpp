@@ -1,6 +1,7 @@
 #include "core/cache_identity.hpp"
 
 #include <cstring>
+#include <new>
 #include <utility>
 
 #include "core/cache_key.hpp"
@@ -123,22 +124,42 @@ IdentityMemo::IdentityMemo(const void* secret, size_t secret_len, const SipKey& 
     : secret_(secret, secret_len), key_(key) {}
 
 std::string IdentityMemo::digest(std::string_view identity) {
+    char out[64];
+    size_t n = digest_to(identity, out);
+    return std::string(out, n);
+}
+
+size_t IdentityMemo::digest_to(std::string_view identity, char (&out)[64]) {
     if (identity.empty()) {
-        return std::string(anonymous_identity);
+        std::memcpy(out, anonymous_identity.data(), anonymous_identity.size());
+        return anonymous_identity.size();
     }
     const Sip128 t = siphash24_128(key_, identity.data(), identity.size());
-    Slot& slot = slots_[t.lo % slots];
-    if (slot.used && slot.tag == t) {
-        ++hits_;
-        return std::string(slot.digest.data(), slot.digest.size());
+    Slot* set = &slots_[(t.lo % (slots / ways)) * ways];
+    Slot* victim = &set[0];
+    if (++tick_ == 0) {  // wrapped: forget the order (0 means empty)
+        for (Slot& s : slots_) s.used_at = s.used_at != 0 ? 1 : 0;
+        tick_ = 2;
+    }
+    for (size_t w = 0; w < ways; ++w) {
+        Slot& slot = set[w];
+        if (slot.used_at != 0 && slot.tag == t) {
+            ++hits_;
+            slot.used_at = tick_;
+            std::memcpy(out, slot.digest.data(), slot.digest.size());
+            return slot.digest.size();
+        }
+        if (slot.used_at < victim->used_at) victim = &slot;
     }
     std::string d = identity_digest(secret_, identity);
-    if (d.size() == slot.digest.size()) {
-        slot.tag = t;
-        std::memcpy(slot.digest.data(), d.data(), d.size());
-        slot.used = true;
+    if (d.size() != sizeof(out)) {
+        throw std::bad_alloc();  // not reached: a non-empty identity's digest is 64 hex digits
     }
-    return d;
+    std::memcpy(out, d.data(), d.size());
+    std::memcpy(victim->digest.data(), d.data(), d.size());
+    victim->tag = t;
+    victim->used_at = tick_;
+    return d.size();
 }
 
 }  // namespace throttle::core::cache

@@ -192,14 +192,25 @@ Sha256Digest CacheKeyMemo::key(const CacheKeyInput& in) {
         }
     }
     const std::string_view input(scratch_.data(), static_cast<size_t>(out - scratch_.data()));
-    Slot& s = slots_[siphash13(seed_, input.data(), input.size()) % slots];
-    if (std::string_view(s.input) == input) {
-        hits_++;
-        return s.key;
+    Slot* set = &slots_[(siphash13(seed_, input.data(), input.size()) % (slots / ways)) * ways];
+    Slot* victim = &set[0];
+    if (++tick_ == 0) {  // wrapped: forget the order (0 means empty)
+        for (Slot& s : slots_) s.used_at = s.used_at != 0 ? 1 : 0;
+        tick_ = 2;
+    }
+    for (size_t w = 0; w < ways; ++w) {
+        Slot& s = set[w];
+        if (s.used_at != 0 && std::string_view(s.input) == input) {
+            hits_++;
+            s.used_at = tick_;
+            return s.key;
+        }
+        if (s.used_at < victim->used_at) victim = &s;
     }
     Sha256Digest k = cache_key(in);
-    s.input.assign(input);
-    s.key = k;
+    victim->input.assign(input);
+    victim->key = k;
+    victim->used_at = tick_;
     return k;
 }
 

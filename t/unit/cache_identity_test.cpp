@@ -108,7 +108,7 @@ TEST(IdentityMemo, NeverAnotherIdentitysDigest) {
 
 TEST(IdentityMemo, FixedSizeKeepsNoIdentity) {
     // No member owns heap memory: the memo's bytes are its size, whatever it has seen.
-    static_assert(sizeof(IdentityMemo) < 512 * 1024, "about 360 KB per worker (4,096 slots)");
+    static_assert(sizeof(IdentityMemo) < 1024 * 1024, "about 720 KB per worker (8,192 slots)");
     IdentityMemo memo(secret.data(), secret.size(), memo_key);
     std::string token = "secret-session-token-0123456789";
     memo.digest(token);
@@ -138,29 +138,38 @@ TEST(IdentityMemo, TheKeyChangesSlotsNeverDigests) {
     }
 }
 
-TEST(IdentityMemo, IdentitiesSharingASlotKeepTheirOwnDigests) {
-    // Find identities whose tags land in one slot (the key is known here, as a client never
-    // knows it), and ask for them in turn: each evicts the other, none gets the other's digest.
-    std::vector<std::string> same_slot;
-    const uint64_t want =
-        throttle::core::siphash24_128(memo_key, "u-0", 3).lo % IdentityMemo::slots;
-    for (int i = 0; same_slot.size() < 3 && i < 1000000; ++i) {
+TEST(IdentityMemo, IdentitiesSharingASetKeepTheirOwnDigests) {
+    // Find one more identity than a set holds, all in one set (the key is known here, as a
+    // client never knows it), and ask for them in turn: they evict each other (least recently
+    // used first), none ever gets another's digest.
+    constexpr size_t sets = IdentityMemo::slots / IdentityMemo::ways;
+    std::vector<std::string> same_set;
+    const uint64_t want = throttle::core::siphash24_128(memo_key, "u-0", 3).lo % sets;
+    for (int i = 0; same_set.size() < IdentityMemo::ways + 1 && i < 10000000; ++i) {
         std::string id = "u-" + std::to_string(i);
-        if (throttle::core::siphash24_128(memo_key, id.data(), id.size()).lo %
-                IdentityMemo::slots ==
-            want) {
-            same_slot.push_back(id);
+        if (throttle::core::siphash24_128(memo_key, id.data(), id.size()).lo % sets == want) {
+            same_set.push_back(id);
         }
     }
-    ASSERT_EQ(same_slot.size(), 3u);
+    ASSERT_EQ(same_set.size(), IdentityMemo::ways + 1);
     IdentityMemo memo(secret.data(), secret.size(), memo_key);
     for (int round = 0; round < 3; ++round) {
-        for (const std::string& id : same_slot) {
+        for (const std::string& id : same_set) {
             ASSERT_EQ(memo.digest(id), identity_digest(secret, id)) << id;
             ASSERT_EQ(memo.digest(id), identity_digest(secret, id)) << id;  // now from the memo
         }
     }
-    EXPECT_EQ(memo.hits(), 9u);  // each identity's second ask of each round
+    // Each identity's second ask of each round; the first asks all miss (five in turn through
+    // four ways, least recently used out).
+    EXPECT_EQ(memo.hits(), 3 * same_set.size());
+    // Four of them in turn fit: after one pass, every ask is a hit.
+    size_t before = memo.hits();
+    for (int round = 0; round < 3; ++round) {
+        for (size_t k = 0; k < IdentityMemo::ways; ++k) {
+            ASSERT_EQ(memo.digest(same_set[k]), identity_digest(secret, same_set[k]));
+        }
+    }
+    EXPECT_GE(memo.hits(), before + 2 * IdentityMemo::ways);
 }
 
 }  // namespace

@@ -3,7 +3,9 @@
 
 #include <sys/random.h>
 
+#include <algorithm>
 #include <array>
+#include <cstring>
 #include <functional>
 
 #include "core/cache_identity.hpp"
@@ -48,9 +50,12 @@ size_t inflate_held = 0;  // this worker's, see cache_inflate_reserve()
 
 }  // namespace
 
-std::string cache_identity(std::string_view secret, std::string_view identity) {
+size_t cache_identity_to(std::string_view secret, std::string_view identity, char (&out)[64]) {
     if (memos == nullptr || identity.empty() || !memos->identity_key_ok) {
-        return core::cache::identity_digest(secret, identity);
+        std::string d = core::cache::identity_digest(secret, identity);
+        size_t n = std::min(d.size(), sizeof(out));  // "anon" or 64 hex digits
+        std::memcpy(out, d.data(), n);
+        return n;
     }
     if (!memos->identities || memos->secret != secret) {  // never mix digests of two secrets
         memos->identities.reset();
@@ -58,7 +63,13 @@ std::string cache_identity(std::string_view secret, std::string_view identity) {
         memos->identities = std::make_unique<core::cache::IdentityMemo>(
             secret.data(), secret.size(), memos->identity_key);
     }
-    return memos->identities->digest(identity);
+    return memos->identities->digest_to(identity, out);
+}
+
+std::string cache_identity(std::string_view secret, std::string_view identity) {
+    char out[64];
+    size_t n = cache_identity_to(secret, identity, out);
+    return std::string(out, n);
 }
 
 std::shared_ptr<const std::string> cache_plain_body(std::string_view entry_key,
