@@ -86,7 +86,11 @@ size_t cookie_occurrences(std::string_view cookie_header, std::string_view name)
     size_t count = 0;
     std::string_view rest = cookie_header;
     for (;;) {
-        size_t end = rest.find_first_of(";,");
+        // A plain loop: find_first_of(";,") calls memchr once per byte.
+        size_t end = 0;
+        while (end < rest.size() && rest[end] != ';' && rest[end] != ',') {
+            ++end;
+        }
         std::string_view pair = rest.substr(0, end);
         while (!pair.empty() && http::is_ows(pair.front())) {
             pair.remove_prefix(1);
@@ -100,7 +104,7 @@ size_t cookie_occurrences(std::string_view cookie_header, std::string_view name)
                 ++count;
             }
         }
-        if (end == std::string_view::npos) {
+        if (end == rest.size()) {
             return count;
         }
         rest.remove_prefix(end + 1);
