@@ -1,6 +1,7 @@
 #include "core/cache_identity.hpp"
 
 #include <cstring>
+#include <new>
 #include <utility>
 
 #include "core/cache_key.hpp"
@@ -85,7 +86,11 @@ size_t cookie_occurrences(std::string_view cookie_header, std::string_view name)
     size_t count = 0;
     std::string_view rest = cookie_header;
     for (;;) {
-        size_t end = rest.find_first_of(";,");
+        // A plain loop: find_first_of(";,") calls memchr once per byte.
+        size_t end = 0;
+        while (end < rest.size() && rest[end] != ';' && rest[end] != ',') {
+            ++end;
+        }
         std::string_view pair = rest.substr(0, end);
         while (!pair.empty() && http::is_ows(pair.front())) {
             pair.remove_prefix(1);
@@ -99,7 +104,7 @@ size_t cookie_occurrences(std::string_view cookie_header, std::string_view name)
                 ++count;
             }
         }
-        if (end == std::string_view::npos) {
+        if (end == rest.size()) {
             return count;
         }
         rest.remove_prefix(end + 1);
@@ -119,28 +124,46 @@ bool header_is_variable(std::string_view header_name, std::string_view var) noex
     return true;
 }
 
-IdentityMemo::IdentityMemo(const void* secret, size_t secret_len) noexcept
-    : secret_(secret, secret_len) {}
+IdentityMemo::IdentityMemo(const void* secret, size_t secret_len, const SipKey& key) noexcept
+    : secret_(secret, secret_len), key_(key) {}
 
 std::string IdentityMemo::digest(std::string_view identity) {
+    char out[64];
+    size_t n = digest_to(identity, out);
+    return std::string(out, n);
+}
+
+size_t IdentityMemo::digest_to(std::string_view identity, char (&out)[64]) {
     if (identity.empty()) {
-        return std::string(anonymous_identity);
+        std::memcpy(out, anonymous_identity.data(), anonymous_identity.size());
+        return anonymous_identity.size();
     }
-    Sha256Digest h = sha256(identity.data(), identity.size());
-    uint64_t index = 0;
-    std::memcpy(&index, h.data(), sizeof(index));
-    Slot& slot = slots_[index % slots];
-    if (slot.used && slot.identity_hash == h) {
-        ++hits_;
-        return std::string(slot.digest.data(), slot.digest.size());
+    const Sip128 t = siphash24_128(key_, identity.data(), identity.size());
+    Slot* set = &slots_[(t.lo % (slots / ways)) * ways];
+    Slot* victim = &set[0];
+    if (++tick_ == 0) {  // wrapped: forget the order (0 means empty)
+        for (Slot& s : slots_) s.used_at = s.used_at != 0 ? 1 : 0;
+        tick_ = 2;
+    }
+    for (size_t w = 0; w < ways; ++w) {
+        Slot& slot = set[w];
+        if (slot.used_at != 0 && slot.tag == t) {
+            ++hits_;
+            slot.used_at = tick_;
+            std::memcpy(out, slot.digest.data(), slot.digest.size());
+            return slot.digest.size();
+        }
+        if (slot.used_at < victim->used_at) victim = &slot;
     }
     std::string d = identity_digest(secret_, identity);
-    if (d.size() == slot.digest.size()) {
-        slot.identity_hash = h;
-        std::memcpy(slot.digest.data(), d.data(), d.size());
-        slot.used = true;
+    if (d.size() != sizeof(out)) {
+        throw std::bad_alloc();  // not reached: a non-empty identity's digest is 64 hex digits
     }
-    return d;
+    std::memcpy(out, d.data(), d.size());
+    std::memcpy(victim->digest.data(), d.data(), d.size());
+    victim->tag = t;
+    victim->used_at = tick_;
+    return d.size();
 }
 
 }  // namespace throttle::core::cache

@@ -58,32 +58,51 @@ size_t cookie_occurrences(std::string_view cookie_header, std::string_view name)
 bool header_is_variable(std::string_view header_name, std::string_view var) noexcept;
 
 // identity_digest() through a memo, for a worker whose requests repeat the same few
-// identities (an HMAC is three SHA-256 compressions for a session token; the memo's lookup
-// one). It keeps no identity: a slot holds SHA-256(identity) and the digest, and a lookup
-// compares all 32 bytes of SHA-256(identity), so only the same identity can match (two
-// identities sharing a slot, or a prefix of a 64-bit hash, only evict each other). Its size
-// is fixed whatever the identities (`slots` slots, no heap): 400 distinct 1 MB cookies cost
-// it nothing more than 400 session ids.
+// identities (an HMAC is two SHA-256 compressions and a hex encoding per request; the memo's
+// lookup one SipHash). It keeps no identity: a slot holds T = SipHash-2-4-128(K, identity)
+// under a key K drawn at random for the memo (per worker, never written anywhere, never sent),
+// and the digest; a lookup finds the slot by T and compares all 128 bits of T.
+//   - No raw identity is stored: T is a PRF output under a secret key, not the identity.
+//   - A client cannot aim at a slot (to evict another user's digest, or to collide with it):
+//     without K it cannot compute T for any identity, its own included.
+//   - Only the same identity can match: another identity's digest would be served only if its
+//     T equals the stored T in all 128 bits, a collision of a PRF under a secret key (about
+//     2^-128 per pair; even 2^32 identities give about 2^-65 over the memo's life). Two
+//     identities sharing a slot, or a prefix of T, only evict each other.
+// Its size is fixed whatever the identities (`slots` slots, no heap): 400 distinct 1 MB
+// cookies cost it nothing more than 400 session ids.
+//
+// Slots form sets of `ways` (4): an identity may sit in any slot of the set its tag picks, and
+// a new one replaces the set's least recently used. 2,000 users in turn: about 2 % share a set
+// with four others (direct-mapped 4,096 slots: 38 % shared a slot, and missed on every pass).
 class IdentityMemo {
    public:
-    static constexpr size_t slots = 4096;  // 2,000 users in turn: most find their slot
+    static constexpr size_t slots = 8192;
+    static constexpr size_t ways = 4;
 
-    IdentityMemo(const void* secret, size_t secret_len) noexcept;
+    // `key` must be secret and random (getrandom()): it is what keeps clients from aiming at
+    // slots and from colliding tags.
+    IdentityMemo(const void* secret, size_t secret_len, const SipKey& key) noexcept;
 
     // identity_digest(secret, identity). May throw std::bad_alloc (the returned string).
     std::string digest(std::string_view identity);
+    // The same written to `out` (no heap when the memo has it); returns its length (4 or 64).
+    // May throw std::bad_alloc (a miss computes the digest as a string).
+    size_t digest_to(std::string_view identity, char (&out)[64]);
 
     size_t hits() const noexcept { return hits_; }  // digests answered from the memo
 
    private:
     struct Slot {
-        Sha256Digest identity_hash{};   // SHA-256(identity)
+        Sip128 tag{};                   // SipHash-2-4-128(key_, identity)
         std::array<char, 64> digest{};  // identity_digest(), 64 hex digits
-        bool used = false;
+        uint32_t used_at = 0;           // tick_ when last found or stored; 0: empty
     };
 
     HmacSha256Key secret_;
+    SipKey key_;
     std::array<Slot, slots> slots_{};
+    uint32_t tick_ = 0;
     size_t hits_ = 0;
 };
 

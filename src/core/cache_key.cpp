@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -180,20 +181,36 @@ Sha256Digest CacheKeyMemo::key(const CacheKeyInput& in) {
     if (total > max_input) {
         return cache_key(in);
     }
-    scratch_.clear();
+    char* out = scratch_.data();
     for (std::string_view f : fields) {
         const auto n = static_cast<uint32_t>(f.size());
-        scratch_.append(reinterpret_cast<const char*>(&n), sizeof(n));
-        scratch_.append(f);
+        std::memcpy(out, &n, sizeof(n));
+        out += sizeof(n);
+        if (!f.empty()) {
+            std::memcpy(out, f.data(), f.size());
+            out += f.size();
+        }
     }
-    Slot& s = slots_[siphash24(seed_, scratch_.data(), scratch_.size()) % slots];
-    if (s.input == scratch_) {
-        hits_++;
-        return s.key;
+    const std::string_view input(scratch_.data(), static_cast<size_t>(out - scratch_.data()));
+    Slot* set = &slots_[(siphash13(seed_, input.data(), input.size()) % (slots / ways)) * ways];
+    Slot* victim = &set[0];
+    if (++tick_ == 0) {  // wrapped: forget the order (0 means empty)
+        for (Slot& s : slots_) s.used_at = s.used_at != 0 ? 1 : 0;
+        tick_ = 2;
+    }
+    for (size_t w = 0; w < ways; ++w) {
+        Slot& s = set[w];
+        if (s.used_at != 0 && std::string_view(s.input) == input) {
+            hits_++;
+            s.used_at = tick_;
+            return s.key;
+        }
+        if (s.used_at < victim->used_at) victim = &s;
     }
     Sha256Digest k = cache_key(in);
-    s.input = scratch_;
-    s.key = k;
+    victim->input.assign(input);
+    victim->key = k;
+    victim->used_at = tick_;
     return k;
 }
 

@@ -109,10 +109,15 @@ Sha256Digest cache_key(const CacheKeyInput& in);
 // computed once, not per request: SHA-256 over the fields is most of what a cache hit costs).
 // A slot holds the exact inputs (each length-prefixed: the identity as its digest, never the
 // identity itself) and the key; a lookup compares all of them, so only the same inputs can
-// match. Inputs longer than max_input in all are not memoised. Not thread-safe.
+// match. Inputs longer than max_input in all are not memoised. The slot index is SipHash-1-3
+// of the input under the memo's seed (keyed: a client cannot aim at slots; and a cheap index
+// is enough, since the whole input is compared). Not thread-safe.
 class CacheKeyMemo {
    public:
-    static constexpr size_t slots = 4096;  // 2,000 users in turn: most find their slot
+    // Sets of `ways` slots, least recently used replaced (as IdentityMemo): 2,000 users in turn
+    // mostly find their key.
+    static constexpr size_t slots = 8192;
+    static constexpr size_t ways = 4;
     static constexpr size_t max_input = 512;
 
     explicit CacheKeyMemo(const SipKey& seed) noexcept : seed_(seed) {}
@@ -125,10 +130,12 @@ class CacheKeyMemo {
     struct Slot {
         std::string input;
         Sha256Digest key{};
+        uint32_t used_at = 0;  // tick_ when last found or stored; 0: empty
     };
     SipKey seed_;
     std::array<Slot, slots> slots_{};
-    std::string scratch_;
+    std::array<char, max_input> scratch_{};  // this lookup's input, built in place
+    uint32_t tick_ = 0;
     size_t hits_ = 0;
 };
 

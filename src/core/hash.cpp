@@ -252,4 +252,83 @@ uint64_t siphash24(const SipKey& key, const void* data, size_t len) noexcept {
     return v0 ^ v1 ^ v2 ^ v3;
 }
 
+namespace {
+
+// SipHash-C-D (C compression rounds per block, D finalisation rounds), 64- or 128-bit output.
+template <int C, int D, bool Wide>
+Sip128 siphash_cd(const SipKey& key, const void* data, size_t len) noexcept {
+    const uint8_t* p = static_cast<const uint8_t*>(data);
+    uint64_t v0 = 0x736f6d6570736575ULL ^ key.k0;
+    uint64_t v1 = 0x646f72616e646f6dULL ^ key.k1;
+    uint64_t v2 = 0x6c7967656e657261ULL ^ key.k0;
+    uint64_t v3 = 0x7465646279746573ULL ^ key.k1;
+    if (Wide) {
+        v1 ^= 0xee;
+    }
+    auto round = [&]() {
+        v0 += v1;
+        v1 = rotl64(v1, 13);
+        v1 ^= v0;
+        v0 = rotl64(v0, 32);
+        v2 += v3;
+        v3 = rotl64(v3, 16);
+        v3 ^= v2;
+        v0 += v3;
+        v3 = rotl64(v3, 21);
+        v3 ^= v0;
+        v2 += v1;
+        v1 = rotl64(v1, 17);
+        v1 ^= v2;
+        v2 = rotl64(v2, 32);
+    };
+    size_t blocks = len / 8;
+    for (size_t i = 0; i < blocks; i++, p += 8) {
+        uint64_t m;
+        std::memcpy(&m, p, 8);  // x86-64 and every target nginx runs on here: little-endian
+        if constexpr (__BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__) {
+            m = load_le64(p);
+        }
+        v3 ^= m;
+        for (int r = 0; r < C; r++) round();
+        v0 ^= m;
+    }
+    uint64_t b = static_cast<uint64_t>(len) << 56;
+    size_t left = len % 8;
+    for (size_t i = 0; i < left; i++) {
+        b |= uint64_t{p[i]} << (8 * i);
+    }
+    v3 ^= b;
+    for (int r = 0; r < C; r++) round();
+    v0 ^= b;
+    v2 ^= Wide ? 0xee : 0xff;
+    for (int r = 0; r < D; r++) round();
+    Sip128 out;
+    out.lo = v0 ^ v1 ^ v2 ^ v3;
+    if (Wide) {
+        v1 ^= 0xdd;
+        for (int r = 0; r < D; r++) round();
+        out.hi = v0 ^ v1 ^ v2 ^ v3;
+    }
+    return out;
+}
+
+}  // namespace
+
+uint64_t siphash13(const SipKey& key, const void* data, size_t len) noexcept {
+    return siphash_cd<1, 3, false>(key, data, len).lo;
+}
+
+Sip128 siphash24_128(const SipKey& key, const void* data, size_t len) noexcept {
+    return siphash_cd<2, 4, true>(key, data, len);
+}
+
+void hex_to(char* out, const void* data, size_t len) noexcept {
+    static constexpr char digits[] = "0123456789abcdef";
+    const auto* p = static_cast<const uint8_t*>(data);
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = digits[p[i] >> 4];
+        out[2 * i + 1] = digits[p[i] & 15];
+    }
+}
+
 }  // namespace throttle::core

@@ -70,4 +70,27 @@ struct SipKey {
 
 uint64_t siphash24(const SipKey& key, const void* data, size_t len) noexcept;
 
+// SipHash-1-3: one compression round per 8-byte block and three finalisation rounds (the
+// variant Rust's HashMap and CPython use), for hash-table slots over longer keys where
+// SipHash-2-4 costs too much; still keyed, so a client cannot aim at slots without the key.
+// The same algorithm as siphash24() with fewer rounds (one template in hash.cpp).
+uint64_t siphash13(const SipKey& key, const void* data, size_t len) noexcept;
+
+// SipHash-2-4 with its 128-bit output (the reference implementation's outlen = 16: lo is the
+// first 8 bytes of the tag, little-endian, hi the next 8). A PRF under a secret key: a memo
+// that keys slots by it and compares all 128 bits needs no stronger hash as long as the key
+// stays secret (see core::cache::IdentityMemo).
+struct Sip128 {
+    uint64_t lo = 0;
+    uint64_t hi = 0;
+    friend bool operator==(const Sip128& a, const Sip128& b) noexcept {
+        return a.lo == b.lo && a.hi == b.hi;
+    }
+    friend bool operator!=(const Sip128& a, const Sip128& b) noexcept { return !(a == b); }
+};
+Sip128 siphash24_128(const SipKey& key, const void* data, size_t len) noexcept;
+
+// Writes 2 * len lowercase hex digits to out (no terminator): hex() without a string.
+void hex_to(char* out, const void* data, size_t len) noexcept;
+
 }  // namespace throttle::core

@@ -217,6 +217,26 @@ TEST(CacheEntry, HeaderContentRejected) {
     EXPECT_TRUE(rejected("Transfer-Encoding", "chunked"));
     EXPECT_TRUE(rejected("Content-Length", "24"));
     EXPECT_TRUE(rejected("X-Accel-Redirect", "/internal"));
+    // CR, LF and NUL at every position of values of several lengths (the check reads eight bytes
+    // at a time, then the tail); bytes next to them (0x0c, 0x0e, 0x8a, 0x8d, 0x80, 0xff, 0x01)
+    // are fine anywhere.
+    for (size_t len = 1; len <= 21; ++len) {
+        for (size_t at = 0; at < len; ++at) {
+            for (char bad : {'\r', '\n', '\0'}) {
+                std::string v(len, 'v');
+                v[at] = bad;
+                ASSERT_TRUE(rejected("X-Ok", v)) << len << " " << at << " " << int(bad);
+            }
+            for (unsigned char fine : {0x0c, 0x0e, 0x8a, 0x8d, 0x80, 0xff, 0x01, 0x2d}) {
+                std::string v(len, 'v');
+                v[at] = static_cast<char>(fine);
+                Entry e = sample();
+                e.headers.push_back({"X-Ok", v});
+                ASSERT_TRUE(valid(e)) << len << " " << at << " " << int(fine);
+                ASSERT_TRUE(dec(encode(e), d)) << len << " " << at << " " << int(fine);
+            }
+        }
+    }
 
     Entry e = sample();
     e.headers.push_back({std::string(entry_max_name, 'n'), std::string(entry_max_value, 'v')});

@@ -72,9 +72,10 @@ TEST(CacheIdentity, HeaderIsVariable) {
 }
 
 const std::string secret = "memo-secret-0123456789";
+const throttle::core::SipKey memo_key{0x0123456789abcdefULL, 0xfedcba9876543210ULL};
 
 TEST(IdentityMemo, SameDigestsAsWithout) {
-    IdentityMemo memo(secret.data(), secret.size());
+    IdentityMemo memo(secret.data(), secret.size(), memo_key);
     std::vector<std::string> ids = {"a", "sessionid-token", std::string(4096, 'x'),
                                     std::string("\0\xff\n", 3), std::string(1 << 20, 'y')};
     for (int round = 0; round < 2; ++round) {
@@ -88,7 +89,7 @@ TEST(IdentityMemo, SameDigestsAsWithout) {
 
 TEST(IdentityMemo, NeverAnotherIdentitysDigest) {
     // Far more identities than slots: many share a slot, each gets its own digest, always.
-    IdentityMemo memo(secret.data(), secret.size());
+    IdentityMemo memo(secret.data(), secret.size(), memo_key);
     std::vector<std::string> ids;
     for (int i = 0; i < 4000; ++i) ids.push_back("sid-" + std::to_string(i));
     for (int round = 0; round < 3; ++round) {
@@ -107,8 +108,8 @@ TEST(IdentityMemo, NeverAnotherIdentitysDigest) {
 
 TEST(IdentityMemo, FixedSizeKeepsNoIdentity) {
     // No member owns heap memory: the memo's bytes are its size, whatever it has seen.
-    static_assert(sizeof(IdentityMemo) < 512 * 1024, "about 420 KB per worker (4,096 slots)");
-    IdentityMemo memo(secret.data(), secret.size());
+    static_assert(sizeof(IdentityMemo) < 1024 * 1024, "about 720 KB per worker (8,192 slots)");
+    IdentityMemo memo(secret.data(), secret.size(), memo_key);
     std::string token = "secret-session-token-0123456789";
     memo.digest(token);
     const auto* bytes = reinterpret_cast<const char*>(&memo);
@@ -118,11 +119,57 @@ TEST(IdentityMemo, FixedSizeKeepsNoIdentity) {
 }
 
 TEST(IdentityMemo, DigestsDependOnTheSecret) {
-    IdentityMemo a(secret.data(), secret.size());
+    IdentityMemo a(secret.data(), secret.size(), memo_key);
     std::string other = "another-secret-0123456789";
-    IdentityMemo b(other.data(), other.size());
+    IdentityMemo b(other.data(), other.size(), memo_key);
     EXPECT_NE(a.digest("sid"), b.digest("sid"));
     EXPECT_EQ(b.digest("sid"), identity_digest(other, "sid"));
+}
+
+TEST(IdentityMemo, TheKeyChangesSlotsNeverDigests) {
+    IdentityMemo a(secret.data(), secret.size(), memo_key);
+    IdentityMemo b(secret.data(), secret.size(), throttle::core::SipKey{1, 2});
+    for (int round = 0; round < 2; ++round) {
+        for (int i = 0; i < 100; ++i) {
+            std::string id = "sid-" + std::to_string(i);
+            ASSERT_EQ(a.digest(id), b.digest(id));
+            ASSERT_EQ(a.digest(id), identity_digest(secret, id));
+        }
+    }
+}
+
+TEST(IdentityMemo, IdentitiesSharingASetKeepTheirOwnDigests) {
+    // Find one more identity than a set holds, all in one set (the key is known here, as a
+    // client never knows it), and ask for them in turn: they evict each other (least recently
+    // used first), none ever gets another's digest.
+    constexpr size_t sets = IdentityMemo::slots / IdentityMemo::ways;
+    std::vector<std::string> same_set;
+    const uint64_t want = throttle::core::siphash24_128(memo_key, "u-0", 3).lo % sets;
+    for (int i = 0; same_set.size() < IdentityMemo::ways + 1 && i < 10000000; ++i) {
+        std::string id = "u-" + std::to_string(i);
+        if (throttle::core::siphash24_128(memo_key, id.data(), id.size()).lo % sets == want) {
+            same_set.push_back(id);
+        }
+    }
+    ASSERT_EQ(same_set.size(), IdentityMemo::ways + 1);
+    IdentityMemo memo(secret.data(), secret.size(), memo_key);
+    for (int round = 0; round < 3; ++round) {
+        for (const std::string& id : same_set) {
+            ASSERT_EQ(memo.digest(id), identity_digest(secret, id)) << id;
+            ASSERT_EQ(memo.digest(id), identity_digest(secret, id)) << id;  // now from the memo
+        }
+    }
+    // Each identity's second ask of each round; the first asks all miss (five in turn through
+    // four ways, least recently used out).
+    EXPECT_EQ(memo.hits(), 3 * same_set.size());
+    // Four of them in turn fit: after one pass, every ask is a hit.
+    size_t before = memo.hits();
+    for (int round = 0; round < 3; ++round) {
+        for (size_t k = 0; k < IdentityMemo::ways; ++k) {
+            ASSERT_EQ(memo.digest(same_set[k]), identity_digest(secret, same_set[k]));
+        }
+    }
+    EXPECT_GE(memo.hits(), before + 2 * IdentityMemo::ways);
 }
 
 }  // namespace

@@ -412,6 +412,32 @@ TEST(CacheKeyMemo, AnswersExactlyCacheKey) {
     EXPECT_EQ(memo.hits(), before);
 }
 
+// More inputs than slots: sets overflow, their inputs evict each other (least recently used
+// first), and every answer is still exactly cache_key(). A set's inputs asked in turn stay.
+TEST(CacheKeyMemo, FullSetsEvictNeverMix) {
+    CacheKeyMemo memo(throttle::core::SipKey{3, 4});
+    const std::string alice(64, 'a');
+    std::vector<std::string> paths;
+    for (size_t i = 0; i < CacheKeyMemo::slots * 2; i++) {
+        paths.push_back("/q/" + std::to_string(i));
+    }
+    for (int round = 0; round < 2; round++) {
+        for (const std::string& p : paths) {
+            CacheKeyInput in = input("review", alice, "GET", p, "");
+            ASSERT_EQ(memo.key(in), cache_key(in)) << p;
+        }
+    }
+    // A few inputs in turn, far fewer than a set's ways can hold in all: all hits after one pass.
+    size_t before = memo.hits();
+    for (int round = 0; round < 3; round++) {
+        for (size_t i = 0; i < 3; i++) {
+            CacheKeyInput in = input("review", alice, "GET", paths[i], "");
+            ASSERT_EQ(memo.key(in), cache_key(in));
+        }
+    }
+    EXPECT_GE(memo.hits(), before + 6);
+}
+
 TEST(CacheKey, AnonymousIdentityNeedsNoKey) {
     EXPECT_EQ(identity_digest("any secret", ""), "anon");
     EXPECT_EQ(identity_digest("", ""), "anon");

@@ -33,6 +33,7 @@
 // ended it, woken otherwise. A request that ends (the client left) before its status is set
 // counts nothing.
 #include <algorithm>
+#include <cstring>
 #include <iterator>
 #include <new>
 
@@ -275,7 +276,7 @@ void refresh_or_serve_stale(const std::shared_ptr<CacheRequest>& cr,
     redis::Target* client = redis_client();
     try {
         std::vector<std::string> argv = redis::cache_fill_lock_argv(
-            cr->target(), cr->gen, cr->token, static_cast<int64_t>(cache_lease_ms(*cr->conf)));
+            cr->target(), cr->gen, cr->token(), static_cast<int64_t>(cache_lease_ms(*cr->conf)));
         std::vector<std::string_view> args(argv.begin(), argv.end());
         auto held = std::make_shared<std::shared_ptr<const std::string>>(std::move(entry));
         client->command(args, [cr, held](redis::Result&& res) noexcept {
@@ -372,12 +373,18 @@ void on_hit(const std::shared_ptr<CacheRequest>& cr, redis::CacheLookup& out) no
     switch (core::cache::freshness(c.decoded, now_ms())) {
         case core::cache::Freshness::fresh:
             if (c.local_keep) {
-                cache_local_put(*c.conf, core::cache::LocalKey{view(c.conf->ns), c.id, c.key},
+                cache_local_put(*c.conf, core::cache::LocalKey{view(c.conf->ns), c.id(), c.key},
                                 c.gen, c.local_seen, *entry);
             }
             serve_later(c, CacheStatus::hit, std::move(entry));
             return;
         case core::cache::Freshness::stale:
+            try {
+                c.entry_key_now();  // the refresh fills under it
+            } catch (...) {
+                pass(c, CacheStatus::error);
+                return;
+            }
             refresh_or_serve_stale(cr, std::move(entry));
             return;
         case core::cache::Freshness::expired:
@@ -492,7 +499,10 @@ void cache_lookup_done(const std::shared_ptr<CacheRequest>& cr, redis::Failure f
     }
     try {
         c.gen = answer->generation();
-        c.entry_key = redis::cache_entry_key(c.target(), c.gen);
+        c.entry_key.clear();
+        if (!answer->hit) {
+            c.entry_key_now();  // a miss waits or fills under it
+        }
     } catch (...) {
         pass(c, CacheStatus::error);
         return;
@@ -502,7 +512,7 @@ void cache_lookup_done(const std::shared_ptr<CacheRequest>& cr, redis::Failure f
     }
     if (c.local_keep) {
         // The mirror moves up to what Redis said.
-        cache_local_observe(*c.conf, c.id, c.gen, c.local_seen);
+        cache_local_observe(*c.conf, c.id(), c.gen, c.local_seen);
     }
     if (answer->hit) {
         on_hit(cr, *answer);
@@ -577,8 +587,8 @@ void key_origin(ngx_http_request_t* r, core::cache::CacheKeyInput& in) noexcept 
 bool serve_local(ngx_http_request_t* r, CacheRequest& cr, RequestCtx* ctx) {
     auto bytes = std::make_shared<std::string>();
     core::cache::Generation gen;
-    if (!cache_local_get(*cr.conf, core::cache::LocalKey{view(cr.conf->ns), cr.id, cr.key}, *bytes,
-                         gen)) {
+    if (!cache_local_get(*cr.conf, core::cache::LocalKey{view(cr.conf->ns), cr.id(), cr.key},
+                         *bytes, gen)) {
         return false;
     }
     core::cache::DecodeLimits limits;
@@ -591,7 +601,7 @@ bool serve_local(ngx_http_request_t* r, CacheRequest& cr, RequestCtx* ctx) {
     cr.entry = std::move(entry);
     cr.view_valid = true;
     cr.gen = gen;
-    cr.entry_key = redis::cache_entry_key(cr.target(), gen);  // the inflated-body memo's key
+    cr.entry_key.clear();  // computed when needed (the inflated-body memo's key)
     cr.status = CacheStatus::hit;
     cr.step = CacheRequest::Step::serve;
     ctx->cache_status = CacheStatus::hit;
@@ -623,7 +633,9 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
     if (!redis_up && conf.local.zone == nullptr) {
         return decline(ctx, conf, CacheStatus::bypass);
     }
-    std::string id = cache_identity(view(main_conf(r)->cache.secret), view(identity));
+    char id_buf[64];
+    const std::string_view id(
+        id_buf, cache_identity_to(view(main_conf(r)->cache.secret), view(identity), id_buf));
     const bool local = cache_local_applies(conf, id);
     if (!redis_up && !local) {
         return decline(ctx, conf, CacheStatus::bypass);
@@ -640,10 +652,11 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
     if (cr == nullptr) {
         return decline(ctx, conf, CacheStatus::error);
     }
-    cr->id = std::move(id);
+    std::memcpy(cr->id_buf, id.data(), id.size());
+    cr->id_len = static_cast<uint8_t>(id.size());
     core::cache::CacheKeyInput in;
     in.ns = view(conf.ns);
-    in.identity_digest = cr->id;
+    in.identity_digest = cr->id();
     in.method = view(r->method_name);
     key_path_and_query(r, in.path, in.query);
     key_origin(r, in);
@@ -681,7 +694,7 @@ ngx_int_t start_lookup(ngx_http_request_t* r, const CacheLocConf& conf, RequestC
         return decline(ctx, conf, CacheStatus::bypass);
     }
     if (cr->fills) {
-        cr->token = cache_fill_token();
+        cr->token_len = static_cast<uint8_t>(cache_fill_token_to(cr->token_buf));
     }
     if (!cache_lookup_submit(cr, cr->fills)) {
         cr->step = CacheRequest::Step::done;

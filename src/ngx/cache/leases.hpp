@@ -30,6 +30,9 @@ ngx_msec_t cache_lease_ms(const CacheLocConf& conf) noexcept;
 // A new owner token: this worker's random seed (16 hex digits, read once per worker), its pid
 // and a counter, "SEED.PID.N". May throw std::bad_alloc.
 std::string cache_fill_token();
+// The same written to `out` (16 + 1 + 20 + 1 + 20 bytes at most); returns its length.
+inline constexpr size_t cache_fill_token_max = 58;
+size_t cache_fill_token_to(char (&out)[cache_fill_token_max]) noexcept;
 
 class FillLease final : public RequestBound, public std::enable_shared_from_this<FillLease> {
    public:

@@ -54,31 +54,47 @@ redis::CacheLookupRequest request_of(const Queued& q) noexcept {
     rq.target = q.cr->target();
     rq.lock_ttl_ms = static_cast<int64_t>(cache_lease_ms(*q.cr->conf));
     rq.want_lock = q.want_lock;
-    rq.token = q.cr->token;
+    rq.token = q.cr->token();
     return rq;
 }
+
+// What send() builds a call from, kept between calls so that their vectors keep their
+// capacity (no allocation for them in steady state). The client copies the arguments before
+// evalsha() returns. `busy` while in use: a send() reached from inside one (a failure answered
+// at once) builds its own.
+struct SendScratch {
+    std::vector<redis::CacheLookupRequest> reqs;
+    redis::EvalArgs args;
+    bool busy = false;
+};
+SendScratch* send_scratch = nullptr;  // owned
 
 // One script call for the batch's lookups.
 void send(Batch&& batch) noexcept {
     auto held = std::make_shared<Batch>(std::move(batch));
     redis::Target* client = redis_client();
+    SendScratch local;
+    SendScratch& sc = send_scratch != nullptr && !send_scratch->busy ? *send_scratch : local;
+    sc.busy = true;
     try {
-        std::vector<redis::CacheLookupRequest> reqs;
-        reqs.reserve(held->size());
+        sc.reqs.clear();
         for (const Queued& q : *held) {
-            reqs.push_back(request_of(q));
+            sc.reqs.push_back(request_of(q));
         }
-        redis::EvalArgs args;
         if (client == nullptr ||
-            !redis::build_cache_lookup_batch_args(reqs.data(), reqs.size(), args)) {
+            !redis::build_cache_lookup_batch_args(sc.reqs.data(), sc.reqs.size(), sc.args)) {
+            sc.busy = false;
             fail_all(*held, redis::Failure::Invalid);
             return;
         }
-        client->evalsha(redis::cache_lookup_batch_script(), args.keys(), args.args(),
+        client->evalsha(redis::cache_lookup_batch_script(), sc.args.keys(), sc.args.args(),
                         [held](redis::Result&& res) noexcept { answer(held, std::move(res)); });
     } catch (...) {
+        sc.busy = false;
         fail_all(*held, redis::Failure::Invalid);
+        return;
     }
+    sc.busy = false;
 }
 
 // On a Redis Cluster: one call per user slot, with each namespace's mirrored generation
@@ -142,6 +158,7 @@ bool cache_lookup_submit(const std::shared_ptr<CacheRequest>& cr, bool want_lock
 }
 
 void lookups_init(redis::Loop& loop) {
+    send_scratch = new SendScratch();
     batcher = new redis::TurnBatcher<Queued>(
         loop, redis::cache_lookup_batch_max,
         [](Batch&& b) { cache_ns_mirrored() ? send_cluster(std::move(b)) : send(std::move(b)); },
@@ -152,6 +169,8 @@ void lookups_init(redis::Loop& loop) {
 void lookups_exit() noexcept {
     delete batcher;
     batcher = nullptr;
+    delete send_scratch;
+    send_scratch = nullptr;
 }
 
 }  // namespace throttle::ngx

@@ -1,7 +1,11 @@
 // Per-worker memos (see memo.hpp).
 #include "ngx/cache/memo.hpp"
 
+#include <sys/random.h>
+
+#include <algorithm>
 #include <array>
+#include <cstring>
 #include <functional>
 
 #include "core/cache_identity.hpp"
@@ -29,7 +33,11 @@ struct VarySlot {
 };
 
 struct Memos {
-    std::string secret;                                     // the one `identities` hashes with
+    std::string secret;  // the one `identities` hashes with
+    // The identity memo's SipHash key, from getrandom(); without one (no entropy) there is no
+    // identity memo: every lookup computes the HMAC.
+    core::SipKey identity_key;
+    bool identity_key_ok = false;
     std::unique_ptr<core::cache::IdentityMemo> identities;  // fixed size, keeps no identity
     std::array<PlainSlot, plain_slots> plain;
     std::array<VarySlot, cache_vary_memo_slots> vary;
@@ -42,17 +50,26 @@ size_t inflate_held = 0;  // this worker's, see cache_inflate_reserve()
 
 }  // namespace
 
-std::string cache_identity(std::string_view secret, std::string_view identity) {
-    if (memos == nullptr || identity.empty()) {
-        return core::cache::identity_digest(secret, identity);
+size_t cache_identity_to(std::string_view secret, std::string_view identity, char (&out)[64]) {
+    if (memos == nullptr || identity.empty() || !memos->identity_key_ok) {
+        std::string d = core::cache::identity_digest(secret, identity);
+        size_t n = std::min(d.size(), sizeof(out));  // "anon" or 64 hex digits
+        std::memcpy(out, d.data(), n);
+        return n;
     }
     if (!memos->identities || memos->secret != secret) {  // never mix digests of two secrets
         memos->identities.reset();
         memos->secret.assign(secret);
-        memos->identities =
-            std::make_unique<core::cache::IdentityMemo>(secret.data(), secret.size());
+        memos->identities = std::make_unique<core::cache::IdentityMemo>(
+            secret.data(), secret.size(), memos->identity_key);
     }
-    return memos->identities->digest(identity);
+    return memos->identities->digest_to(identity, out);
+}
+
+std::string cache_identity(std::string_view secret, std::string_view identity) {
+    char out[64];
+    size_t n = cache_identity_to(secret, identity, out);
+    return std::string(out, n);
 }
 
 std::shared_ptr<const std::string> cache_plain_body(std::string_view entry_key,
@@ -134,11 +151,31 @@ void cache_vary_memo_forget(uint64_t tag) noexcept {
     }
 }
 
+namespace {
+
+// 16 bytes from the kernel's generator (false when it has none yet: early boot).
+bool random_key(core::SipKey& key) noexcept {
+    uint64_t k[2];
+    if (getrandom(k, sizeof k, GRND_NONBLOCK) != static_cast<ssize_t>(sizeof k)) {
+        return false;
+    }
+    key.k0 = k[0];
+    key.k1 = k[1];
+    return true;
+}
+
+}  // namespace
+
 void memos_init() {
     auto m = std::make_unique<Memos>();
+    m->identity_key_ok = random_key(m->identity_key);
     core::SipKey seed;
-    seed.k0 = (static_cast<uint64_t>(ngx_random()) << 32) ^ static_cast<uint64_t>(ngx_random());
-    seed.k1 = (static_cast<uint64_t>(ngx_random()) << 32) ^ static_cast<uint64_t>(ngx_pid);
+    if (!random_key(seed)) {
+        // The key memo compares whole inputs: a guessable seed lets a client aim at slots (to
+        // evict), never match another input.
+        seed.k0 = (static_cast<uint64_t>(ngx_random()) << 32) ^ static_cast<uint64_t>(ngx_random());
+        seed.k1 = (static_cast<uint64_t>(ngx_random()) << 32) ^ static_cast<uint64_t>(ngx_pid);
+    }
     m->keys = std::make_unique<core::cache::CacheKeyMemo>(seed);
     memos = m.release();
 }

@@ -16,8 +16,10 @@ namespace throttle::ngx {
 
 // core::cache::identity_digest(secret, identity), through the memo. May throw std::bad_alloc.
 std::string cache_identity(std::string_view secret, std::string_view identity);
+// The same written to `out`; returns its length ("anon": 4, else 64). May throw std::bad_alloc.
+size_t cache_identity_to(std::string_view secret, std::string_view identity, char (&out)[64]);
 
-// core::cache::cache_key(in), from the worker's memo of the last 256 inputs
+// core::cache::cache_key(in), from the worker's memo of recent inputs (8,192 slots)
 // (core::cache::CacheKeyMemo). May throw std::bad_alloc.
 core::Sha256Digest cache_request_key(const core::cache::CacheKeyInput& in);
 // Plain bodies up to this size are inflated whole and memoised; larger ones are streamed

@@ -59,8 +59,14 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
     bool head = false;
     bool fills = false;  // may take the fill lock: not HEAD, not conditional
 
-    std::string id;     // identity digest ("anon" or 64 hex)
-    std::string token;  // the owner token its fill lock is taken with (fills only)
+    // The identity digest ("anon" or 64 hex) and the owner token its fill lock is taken with
+    // (fills only), kept inline: no heap per request.
+    char id_buf[64];
+    uint8_t id_len = 0;
+    char token_buf[cache_fill_token_max];
+    uint8_t token_len = 0;
+    std::string_view id() const noexcept { return {id_buf, id_len}; }
+    std::string_view token() const noexcept { return {token_buf, token_len}; }
     // The key looked up: the base key, or the variant key of `vary` (vary.hpp).
     core::Sha256Digest key{};
     core::Sha256Digest base_key{};  // core::cache::cache_key() of the request
@@ -80,7 +86,16 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
     }
     bool vary_followed = false;  // a vary record was followed already (never twice)
     core::cache::Generation gen;
-    std::string entry_key;  // E, once the generations are known
+    // E, once the generations are known: computed at once for a miss (waits and fills key on
+    // it), when first needed for a hit (entry_key_now(): a fresh hit served as stored never
+    // needs it). Empty: not computed for the current gen and key.
+    std::string entry_key;
+    const std::string& entry_key_now() {  // may throw std::bad_alloc
+        if (entry_key.empty()) {
+            entry_key = redis::cache_entry_key(target(), gen);
+        }
+        return entry_key;
+    }
 
     std::shared_ptr<const std::string> entry;  // what to serve (Step::serve)
     core::cache::EntryView decoded;            // entry, decoded (valid while `entry` lives)
@@ -115,13 +130,14 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
         redis::CacheTarget t;
         t.prefix = cache_prefix();
         t.ns = {reinterpret_cast<const char*>(conf->ns.data), conf->ns.len};
-        t.id = id;
+        t.id = id();
         t.key = key;
         return t;
     }
     // The fill lock this request's lookup may take, in owned bytes. May throw std::bad_alloc.
     FillLock fill_lock() const {
-        return FillLock{std::string(target().ns), id, key, token, cache_lease_ms(*conf)};
+        return FillLock{std::string(target().ns), std::string(id()), key, std::string(token()),
+                        cache_lease_ms(*conf)};
     }
 
    protected:

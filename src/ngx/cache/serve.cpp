@@ -9,6 +9,8 @@
 // range, SSI, ...), and this request's write handler refills it when the client took it. A
 // slow client holds two buffers and zlib's state, not the body. Each request counts what it
 // holds against throttle_cache_inflate_memory; a hit that would pass it goes upstream (BYPASS).
+#include <cstring>
+
 #include "core/gzip.hpp"
 #include "core/http_text.hpp"
 #include "ngx/cache/memo.hpp"
@@ -50,6 +52,31 @@ ngx_table_elt_t* push_header(ngx_http_request_t* r, std::string_view name,
     return h;
 }
 
+// Whether a stored header name is `lit` (lowercase letters and '-' only), in any letter case,
+// eight bytes at a time. Only for names decode() accepted (tokens): OR-ing 0x20 maps a byte to a
+// lowercase letter only from that letter or its capital, and to '-' only from '-' or CR, which
+// a token cannot hold.
+bool name_is(std::string_view name, std::string_view lit) noexcept {
+    if (name.size() != lit.size()) {
+        return false;
+    }
+    size_t i = 0;
+    for (; i + 8 <= name.size(); i += 8) {
+        uint64_t a, b;
+        std::memcpy(&a, name.data() + i, 8);
+        std::memcpy(&b, lit.data() + i, 8);
+        if ((a | 0x2020202020202020ULL) != b) {
+            return false;
+        }
+    }
+    for (; i < name.size(); i++) {
+        if ((name[i] | 0x20) != lit[i]) {
+            return false;
+        }
+    }
+    return true;
+}
+
 bool mentions_accept_encoding(std::string_view vary) noexcept {
     static constexpr std::string_view ae = "accept-encoding";
     for (size_t i = 0; i + ae.size() <= vary.size(); i++) {
@@ -77,11 +104,29 @@ bool set_headers(ngx_http_request_t* r, const core::cache::EntryView& v, bool gz
     bool vary_ae = false;
     for (size_t i = 0; i < v.header_count; i++) {
         const core::cache::HeaderView& h = v.headers[i];
-        if (core::http::iequals(h.name, "content-type")) {
+        // The names this loop looks for, told apart by length first (one compare per header).
+        enum class Known { other, content_type, vary, etag, last_modified };
+        Known known = Known::other;
+        switch (h.name.size()) {
+            case 4:
+                known = name_is(h.name, "vary")   ? Known::vary
+                        : name_is(h.name, "etag") ? Known::etag
+                                                  : Known::other;
+                break;
+            case 12:
+                known = name_is(h.name, "content-type") ? Known::content_type : Known::other;
+                break;
+            case 13:
+                known = name_is(h.name, "last-modified") ? Known::last_modified : Known::other;
+                break;
+            default:
+                break;
+        }
+        if (known == Known::content_type) {
             set_content_type(r, h.value);
             continue;
         }
-        if (core::http::iequals(h.name, "vary") && mentions_accept_encoding(h.value)) {
+        if (known == Known::vary && mentions_accept_encoding(h.value)) {
             vary_ae = true;
         }
         ngx_table_elt_t* t = push_header(r, h.name, h.value);
@@ -89,9 +134,9 @@ bool set_headers(ngx_http_request_t* r, const core::cache::EntryView& v, bool gz
             return false;
         }
         // nginx's not_modified filter answers If-None-Match / If-Modified-Since from these.
-        if (core::http::iequals(h.name, "etag")) {
+        if (known == Known::etag) {
             r->headers_out.etag = t;
-        } else if (core::http::iequals(h.name, "last-modified")) {
+        } else if (known == Known::last_modified) {
             time_t lm = ngx_parse_http_time(t->value.data, t->value.len);
             if (lm != NGX_ERROR) {
                 r->headers_out.last_modified = t;
@@ -340,7 +385,7 @@ ngx_int_t cache_serve(ngx_http_request_t* r, CacheRequest& cr) noexcept {
     }
     if (inflate) {
         try {
-            cr.plain = cache_plain_body(cr.entry_key, v);
+            cr.plain = cache_plain_body(cr.entry_key_now(), v);
         } catch (...) {
             cr.plain = nullptr;
         }
