@@ -34,7 +34,7 @@ $t->write_conf($fake->fill(<<'EOF'))->run;
 http {
     throttle_secret test-secret-0123456789abcdef;
     throttle_redis %%FAKE_REDIS%% timeout=50ms;
-    throttle_zone $arg_k zone=many:16m rate=1000r/h mode=sync sync=200ms;
+    throttle_zone $arg_k zone=many:16m rate=1000r/d mode=sync sync=200ms;
     log_format st '$throttle_status';
 
     server {
@@ -89,7 +89,10 @@ function response()
 end
 LUA
 
-Throttle::Redis::clear_of_window_edge(3600, 300);
+# A daily window: the run must not cross its edge (a delta of a window before the previous
+# one is dropped), and waiting for the edge to pass happens only in the last minutes of a UTC
+# day, where an hourly window made every run in the last 5-10 minutes of an hour wait that long.
+Throttle::Redis::clear_of_window_edge(86400, 300);
 
 my $mark0 = $t->log_mark;
 is($t->get('/k?k=warm')->{status}, 200, 'a first request passes');
