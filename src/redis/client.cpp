@@ -45,6 +45,7 @@
 
 #include "redis/hiredis_reply.hpp"
 #include "redis/message.hpp"
+#include "redis/scripts.hpp"
 
 namespace throttle::redis {
 namespace {
@@ -1210,6 +1211,81 @@ void Client::evalsha(const Script& script, const std::string_view* keys, size_t 
         keep_args(p, head, 3);
         keep_args(p, keys, nkeys);
         keep_args(p, args, nargs);
+    } catch (...) {
+        recycle(list, p.self);
+        throw;
+    }
+    if (&list == &waiting_) {
+        arm_deadline(deadline);
+        return;
+    }
+    if (!send_kept(p)) {
+        fail(inflight_, p, Failure::Disconnected);
+        if (!defer_timer_->active()) {
+            defer_timer_->start(0);
+        }
+    }
+}
+
+void Client::evalsha(const Script& script, const EvalResp& call, Callback cb) {
+    size_t index = script_index(script);
+    if (!admit(cb)) {
+        return;
+    }
+    uint64_t deadline = 0;
+    const SendOptions opts;
+    if (past_deadline(cb, opts, deadline)) {
+        return;
+    }
+    std::list<Pending>& list =
+        conn_ == Conn::Connecting || conn_ == Conn::Checking ? waiting_ : inflight_;
+    Pending& p = new_pending(list, Kind::EvalSha, std::move(cb), deadline);
+    p.script = index;
+    try {
+        // *<argc> $7 EVALSHA $<n> <sha> $<d> <nkeys>, then the call's RESP as it is.
+        const std::string_view sha = scripts_[index].sha;
+        const std::string_view keys = call.keys_resp();
+        const std::string_view args = call.args_resp();
+        char head[96];
+        char* at = head;
+        *at++ = '*';
+        at = std::to_chars(at, head + 24, 3 + call.nkeys() + call.nargs()).ptr;
+        constexpr std::string_view name = "\r\n$7\r\nEVALSHA\r\n$";
+        std::memcpy(at, name.data(), name.size());
+        at += name.size();
+        at = std::to_chars(at, head + 48, sha.size()).ptr;
+        *at++ = '\r';
+        *at++ = '\n';
+        char numkeys[24];
+        char* nk_end = std::to_chars(numkeys, numkeys + sizeof(numkeys), call.nkeys()).ptr;
+        char tail[48];
+        char* t = tail;
+        *t++ = '\r';
+        *t++ = '\n';
+        *t++ = '$';
+        t = std::to_chars(t, tail + 24, size_t(nk_end - numkeys)).ptr;
+        *t++ = '\r';
+        *t++ = '\n';
+        std::memcpy(t, numkeys, size_t(nk_end - numkeys));
+        t += nk_end - numkeys;
+        *t++ = '\r';
+        *t++ = '\n';
+        const size_t h = size_t(at - head), n = size_t(t - tail);
+        p.args.resize(h + sha.size() + n + keys.size() + args.size());  // then written in place
+        char* out = p.args.data();
+        std::memcpy(out, head, h);
+        out += h;
+        std::memcpy(out, sha.data(), sha.size());
+        out += sha.size();
+        std::memcpy(out, tail, n);
+        out += n;
+        if (!keys.empty()) {
+            std::memcpy(out, keys.data(), keys.size());
+            out += keys.size();
+        }
+        if (!args.empty()) {
+            std::memcpy(out, args.data(), args.size());
+        }
     } catch (...) {
         recycle(list, p.self);
         throw;

@@ -512,6 +512,119 @@ void EvalArgs::clear() noexcept {
     used_ = 0;
 }
 
+// ---- EvalResp ----
+
+void EvalResp::Buffer::grow(size_t n) {
+    size_t want = std::max<size_t>(2 * capacity, 256);
+    if (want - size < n) {
+        want = size + n;
+    }
+    std::unique_ptr<char[]> more(new char[want]);
+    if (size > 0) {
+        std::memcpy(more.get(), bytes.get(), size);
+    }
+    bytes = std::move(more);
+    capacity = want;
+}
+
+void EvalResp::put(Buffer& to, std::string_view bytes) {
+    char* const start = to.room(1 + 20 + 2 + bytes.size() + 2);
+    char* at = start;
+    *at++ = '$';
+    at = std::to_chars(at, at + 20, bytes.size()).ptr;
+    *at++ = '\r';
+    *at++ = '\n';
+    if (!bytes.empty()) {
+        std::memcpy(at, bytes.data(), bytes.size());
+        at += bytes.size();
+    }
+    *at++ = '\r';
+    *at++ = '\n';
+    to.size += size_t(at - start);
+}
+
+// "$<digits>\r\n<digits>\r\n" of an integer.
+template <typename Int>
+void EvalResp::put_integer(Buffer& to, Int value) {
+    char* const start = to.room(5 + 20 + 2);
+    if (value >= 0 && value < 10) {  // most of them: "$1\r\nD\r\n"
+        std::memcpy(start, "$1\r\n0\r\n", 7);
+        start[4] = char('0' + value);
+        to.size += 7;
+        return;
+    }
+    char* digits = start + 4;  // after "$N\r\n"; moved up by one for 10 digits or more
+    char* end = std::to_chars(digits, digits + 20, value).ptr;
+    const size_t d = size_t(end - digits);
+    if (d >= 10) {
+        std::memmove(digits + 1, digits, d);
+        digits++;
+        end++;
+        start[1] = char('0' + d / 10);
+        start[2] = char('0' + d % 10);
+    } else {
+        start[1] = char('0' + d);
+    }
+    start[0] = '$';
+    digits[-2] = '\r';
+    digits[-1] = '\n';
+    *end++ = '\r';
+    *end++ = '\n';
+    to.size += size_t(end - start);
+}
+
+void EvalResp::add_arg(int64_t value) {
+    put_integer(args_, value);
+    nargs_++;
+}
+
+void EvalResp::add_arg(uint64_t value) {
+    put_integer(args_, value);
+    nargs_++;
+}
+
+void EvalResp::clear() noexcept {
+    for (Buffer* b : {&keys_, &args_}) {
+        if (b->capacity > max_kept) {
+            b->bytes.reset();
+            b->capacity = 0;
+        }
+        b->size = 0;
+    }
+    nkeys_ = 0;
+    nargs_ = 0;
+}
+
+namespace {
+
+// The strings of `resp` (put()'s "$<len>\r\n<bytes>\r\n" ...) appended to `out`.
+void resp_views(std::string_view resp, std::vector<std::string_view>& out) {
+    size_t at = 0;
+    while (at < resp.size()) {
+        size_t len = 0;
+        at++;  // '$'
+        while (resp[at] != '\r') {
+            len = len * 10 + size_t(resp[at] - '0');
+            at++;
+        }
+        at += 2;
+        out.push_back(resp.substr(at, len));
+        at += len + 2;
+    }
+}
+
+}  // namespace
+
+void EvalResp::views(std::vector<std::string_view>& keys,
+                     std::vector<std::string_view>& args) const {
+    keys.clear();
+    args.clear();
+    keys.reserve(nkeys_);
+    args.reserve(nargs_);
+    resp_views(keys_.view(), keys);
+    resp_views(args_.view(), args);
+}
+
 // ---- STRICT ----
 
 namespace {
@@ -592,8 +705,8 @@ StrictScratch& strict_scratch() {
 
 // KEYS and ARGV of one strict call deciding requests 0 .. m-1 (request_at(i) gives a ZoneSpan):
 // see scripts.hpp for the layout. May throw std::bad_alloc.
-template <typename RequestAt>
-bool fill_strict_args(size_t m, RequestAt request_at, EvalArgs& out) {
+template <typename RequestAt, typename Out>
+bool fill_strict_args(size_t m, RequestAt request_at, Out& out) {
     if (m == 0) {
         return false;
     }
@@ -751,6 +864,23 @@ bool build_strict_args(const StrictZone* zones, size_t n, EvalArgs& out) noexcep
 
 bool build_strict_batch_args(const std::vector<const std::vector<StrictZone>*>& requests,
                              EvalArgs& out) noexcept {
+    out.clear();
+    try {
+        const auto at = [&](size_t i) {
+            const std::vector<StrictZone>* r = requests[i];
+            return r == nullptr ? ZoneSpan{} : ZoneSpan{r->data(), r->size()};
+        };
+        if (fill_strict_args(requests.size(), at, out)) {
+            return true;
+        }
+    } catch (...) {
+    }
+    out.clear();
+    return false;
+}
+
+bool build_strict_batch_args(const std::vector<const std::vector<StrictZone>*>& requests,
+                             EvalResp& out) noexcept {
     out.clear();
     try {
         const auto at = [&](size_t i) {
