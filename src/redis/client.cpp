@@ -1131,7 +1131,9 @@ size_t Client::script_index(const Script& script) {
             return i;
         }
     }
-    scripts_.push_back(ScriptEntry{script.sha(), script.source()});
+    scripts_.push_back(ScriptEntry{
+        script.sha(), script.source(),
+        cat("\r\n$7\r\nEVALSHA\r\n$", script.sha().size(), "\r\n", script.sha(), "\r\n")});
     if (conn_ == Conn::Connected || conn_ == Conn::Checking) {
         try {
             send_internal(Kind::ScriptLoad, {"SCRIPT", "LOAD", script.source()},
@@ -1243,42 +1245,36 @@ void Client::evalsha(const Script& script, const EvalResp& call, Callback cb) {
     p.script = index;
     try {
         // *<argc> $7 EVALSHA $<n> <sha> $<d> <nkeys>, then the call's RESP as it is.
-        const std::string_view sha = scripts_[index].sha;
+        const std::string_view head = scripts_[index].head;
         const std::string_view keys = call.keys_resp();
         const std::string_view args = call.args_resp();
-        char head[96];
-        char* at = head;
-        *at++ = '*';
-        at = std::to_chars(at, head + 24, 3 + call.nkeys() + call.nargs()).ptr;
-        constexpr std::string_view name = "\r\n$7\r\nEVALSHA\r\n$";
-        std::memcpy(at, name.data(), name.size());
-        at += name.size();
-        at = std::to_chars(at, head + 48, sha.size()).ptr;
-        *at++ = '\r';
-        *at++ = '\n';
-        char numkeys[24];
-        char* nk_end = std::to_chars(numkeys, numkeys + sizeof(numkeys), call.nkeys()).ptr;
-        char tail[48];
-        char* t = tail;
-        *t++ = '\r';
-        *t++ = '\n';
-        *t++ = '$';
-        t = std::to_chars(t, tail + 24, size_t(nk_end - numkeys)).ptr;
-        *t++ = '\r';
-        *t++ = '\n';
-        std::memcpy(t, numkeys, size_t(nk_end - numkeys));
-        t += nk_end - numkeys;
-        *t++ = '\r';
-        *t++ = '\n';
-        const size_t h = size_t(at - head), n = size_t(t - tail);
-        p.args.resize(h + sha.size() + n + keys.size() + args.size());  // then written in place
-        char* out = p.args.data();
-        std::memcpy(out, head, h);
-        out += h;
-        std::memcpy(out, sha.data(), sha.size());
-        out += sha.size();
-        std::memcpy(out, tail, n);
-        out += n;
+        char argc[24];
+        argc[0] = '*';
+        const size_t a = size_t(
+            std::to_chars(argc + 1, argc + sizeof(argc), 3 + call.nkeys() + call.nargs()).ptr -
+            argc);
+        char digits[24];
+        const size_t d =
+            size_t(std::to_chars(digits, digits + sizeof(digits), call.nkeys()).ptr - digits);
+        char numkeys[48];  // "$<d>\r\n<nkeys>\r\n"
+        char* o = numkeys;
+        *o++ = '$';
+        o = std::to_chars(o, o + 4, d).ptr;
+        *o++ = '\r';
+        *o++ = '\n';
+        std::memcpy(o, digits, d);
+        o += d;
+        *o++ = '\r';
+        *o++ = '\n';
+        const std::string_view nkeys_resp(numkeys, size_t(o - numkeys));
+        p.args.resize(a + head.size() + nkeys_resp.size() + keys.size() + args.size());
+        char* out = p.args.data();  // written in place
+        std::memcpy(out, argc, a);
+        out += a;
+        std::memcpy(out, head.data(), head.size());
+        out += head.size();
+        std::memcpy(out, nkeys_resp.data(), nkeys_resp.size());
+        out += nkeys_resp.size();
         if (!keys.empty()) {
             std::memcpy(out, keys.data(), keys.size());
             out += keys.size();
@@ -1382,8 +1378,18 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
     Callback cb = std::move(p.cb);
     recycle(inflight_, p.self);
     invoke(cb, std::move(result), this);  // the callback may call close()
-    // What the callback left of the reply (its buffers' capacity) serves the next one.
-    spare_reply_ = std::move(result.reply);
+    // What the callback left of the reply (its buffers' capacity) serves the next one, when
+    // small: a large reply's memory is not kept.
+    bool small = result.reply.str.capacity() <= 16384 && result.reply.elements.capacity() <= 256;
+    for (size_t i = 0; small && i < result.reply.elements.size(); i++) {
+        const Reply& e = result.reply.elements[i];
+        small = e.elements.capacity() == 0 && e.str.capacity() <= 1024;
+    }
+    if (small) {
+        spare_reply_ = std::move(result.reply);
+    } else {
+        spare_reply_ = Reply();
+    }
 }
 
 // Handshake replies are known in advance: an error fails the connection, and so does any
@@ -1570,11 +1576,8 @@ void Client::cluster_reply(Pending& p, redisReply* r) noexcept {
 // to convert it into.
 Result Client::reply_result(redisReply* r) noexcept {
     Result result;
-    result.reply = std::move(spare_reply_);  // emptied, its capacity kept
-    result.reply.type = Reply::Type::Nil;
-    result.reply.integer = 0;
-    result.reply.str.clear();
-    result.reply.elements.clear();
+    // The last reply's buffers, elements included: convert_reply() sets every field.
+    result.reply = std::move(spare_reply_);
     try {
         convert_reply(r, result.reply);
     } catch (...) {

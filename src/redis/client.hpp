@@ -370,6 +370,7 @@ class Client final : public Target, private Connection::Owner {
     struct ScriptEntry {
         std::string sha;
         std::string source;
+        std::string head;            // "\r\n$7\r\nEVALSHA\r\n$40\r\n<sha>\r\n": after "*<argc>"
         bool reload_logged = false;  // a NOSCRIPT reload was logged; no answer since
     };
 

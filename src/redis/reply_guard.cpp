@@ -334,7 +334,7 @@ const char* canonical_integer(const char* p, const char* end, long long& value) 
         p++;
     }
     const char* digits = p;
-    long long v = 0;
+    unsigned long long v = 0;  // wraps past 20 digits: refused below anyway
     for (; p < end; p++) {
         const unsigned digit = unsigned(static_cast<unsigned char>(*p)) - '0';
         if (digit > 9) {
@@ -347,7 +347,7 @@ const char* canonical_integer(const char* p, const char* end, long long& value) 
         p[0] != '\r' || p[1] != '\n') {
         return nullptr;
     }
-    value = negative ? -v : v;
+    value = negative ? -static_cast<long long>(v) : static_cast<long long>(v);
     return p + 2;
 }
 

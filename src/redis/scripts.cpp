@@ -7,6 +7,7 @@
 #include <climits>
 #include <cstring>
 #include <functional>
+#include <type_traits>
 #include <unordered_map>
 
 namespace throttle::redis {
@@ -553,6 +554,14 @@ void EvalResp::put_integer(Buffer& to, Int value) {
         to.size += 7;
         return;
     }
+    if constexpr (std::is_signed_v<Int>) {
+        if (value < 0 && value > -10) {  // a request's first zone: "$2\r\n-D\r\n"
+            std::memcpy(start, "$2\r\n-0\r\n", 8);
+            start[5] = char('0' - value);
+            to.size += 8;
+            return;
+        }
+    }
     char* digits = start + 4;  // after "$N\r\n"; moved up by one for 10 digits or more
     char* end = std::to_chars(digits, digits + 20, value).ptr;
     const size_t d = size_t(end - digits);
@@ -703,12 +712,62 @@ StrictScratch& strict_scratch() {
     return *scratch;
 }
 
+// A policy's four arguments: algorithm, limit, period_ms, burst.
+void add_policy(EvalArgs& out, const WirePolicy& p) {
+    out.add_arg(p.algorithm);
+    out.add_arg(p.limit);
+    out.add_arg(p.period_ms);
+    out.add_arg(p.burst);
+}
+
+// The same in RESP, from a per-worker memo of the policies written last (a zone's policy does
+// not change from call to call: its digits are written once). Never destroyed.
+void add_policy(EvalResp& out, const WirePolicy& p) {
+    struct Written {
+        WirePolicy policy;
+        EvalResp resp;
+        bool valid = false;  // false while it is written (should that throw)
+    };
+    static constexpr size_t memo_size = 4;
+    static auto* memo = new Written[memo_size];
+    static size_t used = 0;
+    static size_t next = 0;  // the one to replace (round robin)
+    for (size_t i = 0; i < used; i++) {
+        if (memo[i].valid && memo[i].policy == p) {
+            out.add_args_resp(memo[i].resp.args_resp(), 4);
+            return;
+        }
+    }
+    Written& w = memo[used < memo_size ? used++ : next++ % memo_size];
+    w.valid = false;
+    w.resp.clear();
+    w.resp.add_arg(p.algorithm);
+    w.resp.add_arg(p.limit);
+    w.resp.add_arg(p.period_ms);
+    w.resp.add_arg(p.burst);
+    w.policy = p;
+    w.valid = true;
+    out.add_args_resp(w.resp.args_resp(), 4);
+}
+
 // KEYS and ARGV of one strict call deciding requests 0 .. m-1 (request_at(i) gives a ZoneSpan):
 // see scripts.hpp for the layout. May throw std::bad_alloc.
 template <typename RequestAt, typename Out>
 bool fill_strict_args(size_t m, RequestAt request_at, Out& out) {
     if (m == 0) {
         return false;
+    }
+    if (m == 1) {  // one request of one zone (a turn of one request): no grouping to do
+        const ZoneSpan r = request_at(0);
+        if (r.zones != nullptr && r.n == 1) {
+            const WirePolicy p = wire_policy(r.zones[0]);
+            out.add_key(r.zones[0].base);
+            out.add_arg(std::string_view());  // the clock: Redis' TIME
+            add_policy(out, p);
+            out.add_arg(uint64_t(1));
+            out.add_arg(int64_t(-1));
+            return true;
+        }
     }
     StrictScratch& scratch = strict_scratch();
     scratch.clear();
@@ -778,11 +837,7 @@ bool fill_strict_args(size_t m, RequestAt request_at, Out& out) {
     }
     out.add_arg(std::string_view());  // the clock: Redis' TIME
     for (size_t pi = 0; pi < policies.size(); pi++) {
-        const WirePolicy& p = policies[pi];
-        out.add_arg(p.algorithm);
-        out.add_arg(p.limit);
-        out.add_arg(p.period_ms);
-        out.add_arg(p.burst);
+        add_policy(out, policies[pi]);
         out.add_arg(per_policy[pi]);
     }
     for (size_t q = 0; q < refs.size(); q++) {

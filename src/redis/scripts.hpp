@@ -94,6 +94,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -170,6 +171,15 @@ class EvalResp {
     void add_arg(int64_t value);
     void add_arg(uint64_t value);
     void add_arg(uint32_t value) { add_arg(static_cast<uint64_t>(value)); }
+    // n arguments already in RESP (as args_resp() gives them). May throw std::bad_alloc.
+    void add_args_resp(std::string_view resp, size_t n) {
+        char* at = args_.room(resp.size());
+        if (!resp.empty()) {
+            std::memcpy(at, resp.data(), resp.size());
+        }
+        args_.size += resp.size();
+        nargs_ += n;
+    }
     void clear() noexcept;
 
     size_t nkeys() const noexcept { return nkeys_; }

@@ -234,9 +234,20 @@ TEST(RedisScriptsUnit, StrictBatchArgumentsInResp) {
     for (const auto& r : many) {
         all.push_back(&r);
     }
+    // More policies than the writer's memo of written policies holds, and one zone alone.
+    std::vector<std::vector<StrictZone>> policies;
+    for (int i = 0; i < 6; i++) {
+        policies.push_back({sliding("p" + std::to_string(i), 10 + uint64_t(i), 1000 * (i + 1))});
+    }
+    std::vector<const std::vector<StrictZone>*> six;
+    for (const auto& r : policies) {
+        six.push_back(&r);
+    }
     EvalResp x;
     for (const auto& batch : {std::vector<const std::vector<StrictZone>*>{&r1, &r2, &r1, &r3, &r4},
-                              std::vector<const std::vector<StrictZone>*>{&r3}, all}) {
+                              std::vector<const std::vector<StrictZone>*>{&r3}, all, six, six,
+                              std::vector<const std::vector<StrictZone>*>{&r2},
+                              std::vector<const std::vector<StrictZone>*>{&policies[5]}, six}) {
         EvalArgs y;
         ASSERT_TRUE(build_strict_batch_args(batch, x));
         ASSERT_TRUE(build_strict_batch_args(batch, y));
