@@ -45,6 +45,7 @@
 
 #include "redis/hiredis_reply.hpp"
 #include "redis/message.hpp"
+#include "redis/scripts.hpp"
 
 namespace throttle::redis {
 namespace {
@@ -1130,7 +1131,9 @@ size_t Client::script_index(const Script& script) {
             return i;
         }
     }
-    scripts_.push_back(ScriptEntry{script.sha(), script.source()});
+    scripts_.push_back(ScriptEntry{
+        script.sha(), script.source(),
+        cat("\r\n$7\r\nEVALSHA\r\n$", script.sha().size(), "\r\n", script.sha(), "\r\n")});
     if (conn_ == Conn::Connected || conn_ == Conn::Checking) {
         try {
             send_internal(Kind::ScriptLoad, {"SCRIPT", "LOAD", script.source()},
@@ -1210,6 +1213,75 @@ void Client::evalsha(const Script& script, const std::string_view* keys, size_t 
         keep_args(p, head, 3);
         keep_args(p, keys, nkeys);
         keep_args(p, args, nargs);
+    } catch (...) {
+        recycle(list, p.self);
+        throw;
+    }
+    if (&list == &waiting_) {
+        arm_deadline(deadline);
+        return;
+    }
+    if (!send_kept(p)) {
+        fail(inflight_, p, Failure::Disconnected);
+        if (!defer_timer_->active()) {
+            defer_timer_->start(0);
+        }
+    }
+}
+
+void Client::evalsha(const Script& script, const EvalResp& call, Callback cb) {
+    size_t index = script_index(script);
+    if (!admit(cb)) {
+        return;
+    }
+    uint64_t deadline = 0;
+    const SendOptions opts;
+    if (past_deadline(cb, opts, deadline)) {
+        return;
+    }
+    std::list<Pending>& list =
+        conn_ == Conn::Connecting || conn_ == Conn::Checking ? waiting_ : inflight_;
+    Pending& p = new_pending(list, Kind::EvalSha, std::move(cb), deadline);
+    p.script = index;
+    try {
+        // *<argc> $7 EVALSHA $<n> <sha> $<d> <nkeys>, then the call's RESP as it is.
+        const std::string_view head = scripts_[index].head;
+        const std::string_view keys = call.keys_resp();
+        const std::string_view args = call.args_resp();
+        char argc[24];
+        argc[0] = '*';
+        const size_t a = size_t(
+            std::to_chars(argc + 1, argc + sizeof(argc), 3 + call.nkeys() + call.nargs()).ptr -
+            argc);
+        char digits[24];
+        const size_t d =
+            size_t(std::to_chars(digits, digits + sizeof(digits), call.nkeys()).ptr - digits);
+        char numkeys[48];  // "$<d>\r\n<nkeys>\r\n"
+        char* o = numkeys;
+        *o++ = '$';
+        o = std::to_chars(o, o + 4, d).ptr;
+        *o++ = '\r';
+        *o++ = '\n';
+        std::memcpy(o, digits, d);
+        o += d;
+        *o++ = '\r';
+        *o++ = '\n';
+        const std::string_view nkeys_resp(numkeys, size_t(o - numkeys));
+        p.args.resize(a + head.size() + nkeys_resp.size() + keys.size() + args.size());
+        char* out = p.args.data();  // written in place
+        std::memcpy(out, argc, a);
+        out += a;
+        std::memcpy(out, head.data(), head.size());
+        out += head.size();
+        std::memcpy(out, nkeys_resp.data(), nkeys_resp.size());
+        out += nkeys_resp.size();
+        if (!keys.empty()) {
+            std::memcpy(out, keys.data(), keys.size());
+            out += keys.size();
+        }
+        if (!args.empty()) {
+            std::memcpy(out, args.data(), args.size());
+        }
     } catch (...) {
         recycle(list, p.self);
         throw;
@@ -1306,8 +1378,18 @@ void Client::handle_reply(Pending& p, redisReply* r) noexcept {
     Callback cb = std::move(p.cb);
     recycle(inflight_, p.self);
     invoke(cb, std::move(result), this);  // the callback may call close()
-    // What the callback left of the reply (its buffers' capacity) serves the next one.
-    spare_reply_ = std::move(result.reply);
+    // What the callback left of the reply (its buffers' capacity) serves the next one, when
+    // small: a large reply's memory is not kept.
+    bool small = result.reply.str.capacity() <= 16384 && result.reply.elements.capacity() <= 256;
+    for (size_t i = 0; small && i < result.reply.elements.size(); i++) {
+        const Reply& e = result.reply.elements[i];
+        small = e.elements.capacity() == 0 && e.str.capacity() <= 1024;
+    }
+    if (small) {
+        spare_reply_ = std::move(result.reply);
+    } else {
+        spare_reply_ = Reply();
+    }
 }
 
 // Handshake replies are known in advance: an error fails the connection, and so does any
@@ -1494,11 +1576,8 @@ void Client::cluster_reply(Pending& p, redisReply* r) noexcept {
 // to convert it into.
 Result Client::reply_result(redisReply* r) noexcept {
     Result result;
-    result.reply = std::move(spare_reply_);  // emptied, its capacity kept
-    result.reply.type = Reply::Type::Nil;
-    result.reply.integer = 0;
-    result.reply.str.clear();
-    result.reply.elements.clear();
+    // The last reply's buffers, elements included: convert_reply() sets every field.
+    result.reply = std::move(spare_reply_);
     try {
         convert_reply(r, result.reply);
     } catch (...) {

@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "redis/message.hpp"
+#include "redis/scripts.hpp"
 
 namespace throttle::redis {
 namespace {
@@ -267,6 +268,13 @@ void ClusterClient::evalsha(const Script& script, const std::string_view* keys, 
     if (invalid) {
         fail_soon(ops_.back(), Failure::Invalid);
     }
+}
+
+void ClusterClient::evalsha(const Script& script, const EvalResp& call, Callback cb) {
+    std::vector<std::string_view> keys;
+    std::vector<std::string_view> args;
+    call.views(keys, args);
+    evalsha(script, keys.data(), keys.size(), args.data(), args.size(), std::move(cb));
 }
 
 // Queues `op` (may throw std::bad_alloc: then nothing is queued) and sends it unless it is

@@ -124,6 +124,8 @@ class ClusterClient final : public Target {
                  const std::vector<std::string_view>& args, Callback cb) {
         evalsha(script, keys.data(), keys.size(), args.data(), args.size(), std::move(cb));
     }
+    // The same, the keys and arguments read back from their RESP.
+    void evalsha(const Script& script, const EvalResp& call, Callback cb) override;
     // As Client's, for every node (those made later too).
     void add_script(const Script& script) override;
     void add_script(const Script& script, std::string_view key, std::string_view channel) override;

@@ -486,7 +486,14 @@ bool Connection::read_all() noexcept {
         std::string why;
         ssize_t n = read_some(buf, sizeof(buf), why);
         if (n > 0) {
-            if (redisReaderFeed(reader_, buf, size_t(n)) != REDIS_OK) {
+            size_t used = 0;
+            if (!quick(buf, size_t(n), used)) {
+                return false;
+            }
+            if (used == size_t(n)) {
+                continue;
+            }
+            if (redisReaderFeed(reader_, buf + used, size_t(n) - used) != REDIS_OK) {
                 lost(Loss::Io, "connection lost: out of memory");
                 return false;
             }
@@ -504,6 +511,31 @@ bool Connection::read_all() noexcept {
         }
         lost(Loss::Io, cat("connection lost: ", why));
         return false;
+    }
+}
+
+// The replies at the start of buf[0..n) the guard parses without the reader (quick_reply()),
+// to the owner in order; `used` their bytes, the rest is for the reader. False when the
+// connection ended (or the Connection is gone).
+bool Connection::quick(const char* buf, size_t n, size_t& used) noexcept {
+    bool* dead = dead_;
+    used = 0;
+    for (;;) {
+        size_t len = 0;
+        redisReply* reply = guard_.quick_reply(buf + used, n - used, len);
+        if (reply == nullptr) {
+            return true;
+        }
+        used += len;
+        owner_.on_reply(reply);
+        if (*dead) {
+            freeReplyObject(reply);  // the guard went with the Connection
+            return false;
+        }
+        guard_.recycle(reply);
+        if (state_ != State::Open) {
+            return false;
+        }
     }
 }
 

@@ -2,8 +2,9 @@
 // Subscriber. It owns the socket (non-blocking connect over TCP or a unix socket, TCP_NODELAY,
 // optional TCP keepalive), an output buffer of RESP-formatted commands written at the end of
 // the loop turn they were issued in (one write for a turn's commands: pipelining), and the
-// reply parser: hiredis' redisReader behind a ReplyGuard (reply_guard.hpp), each complete reply
-// handed to the owner in order; optionally TLS (tls.hpp: OpenSSL on the fd, a non-blocking
+// reply parser: hiredis' redisReader behind a ReplyGuard (reply_guard.hpp; the guard parses the
+// common shapes itself while the reader holds nothing: ReplyGuard::quick_reply), each complete
+// reply handed to the owner in order; optionally TLS (tls.hpp: OpenSSL on the fd, a non-blocking
 // handshake with SNI, certificate and host name verification; WANT_READ / WANT_WRITE in both
 // directions). It watches the socket through the Loop (loop.hpp) and reads until the socket
 // (or TLS) would block, so either loop (nginx's, libevent's) drives the same code.
@@ -94,6 +95,7 @@ class Connection {
     ssize_t read_some(char* buf, size_t len, std::string& why) noexcept;
     ssize_t write_some(const char* buf, size_t len, std::string& why) noexcept;
     bool read_all() noexcept;
+    bool quick(const char* buf, size_t n, size_t& used) noexcept;
     bool drain() noexcept;
     bool flush() noexcept;
     void lost(Loss loss, std::string_view message) noexcept;

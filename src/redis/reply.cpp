@@ -53,25 +53,28 @@ const char* to_string(Reply::Type t) noexcept {
 namespace throttle::redis {
 
 void convert_reply(const redisReply* r, Reply& out) {
+    // Every field is set: `out` may be a reply used before (its buffers' capacity reused,
+    // elements included).
+    out.integer = 0;
     switch (r->type) {
         case REDIS_REPLY_STRING:
-            out.type = Reply::Type::String;
-            out.str.assign(r->str, r->len);
-            break;
         case REDIS_REPLY_STATUS:
-            out.type = Reply::Type::Status;
-            out.str.assign(r->str, r->len);
-            break;
         case REDIS_REPLY_ERROR:
-            out.type = Reply::Type::Error;
+            out.type = r->type == REDIS_REPLY_STRING   ? Reply::Type::String
+                       : r->type == REDIS_REPLY_STATUS ? Reply::Type::Status
+                                                       : Reply::Type::Error;
             out.str.assign(r->str, r->len);
+            out.elements.clear();
             break;
         case REDIS_REPLY_INTEGER:
             out.type = Reply::Type::Integer;
             out.integer = r->integer;
+            out.str.clear();
+            out.elements.clear();
             break;
         case REDIS_REPLY_ARRAY:
             out.type = Reply::Type::Array;
+            out.str.clear();
             out.elements.resize(r->elements);
             for (size_t i = 0; i < r->elements; i++) {
                 convert_reply(r->element[i], out.elements[i]);
@@ -79,6 +82,8 @@ void convert_reply(const redisReply* r, Reply& out) {
             break;
         default:
             out.type = Reply::Type::Nil;
+            out.str.clear();
+            out.elements.clear();
             break;
     }
 }

@@ -322,6 +322,147 @@ bool ReplyGuard::check_buffered() noexcept {
     return true;
 }
 
+namespace {
+
+// A canonical decimal integer at [p, end) up to its CRLF: "0", or an optional '-' and 1 to 18
+// digits without a leading zero ("-0" is not canonical). Sets `value` and returns the position
+// after the CRLF; null when the line is not that (or not complete).
+const char* canonical_integer(const char* p, const char* end, long long& value) noexcept {
+    bool negative = false;
+    if (p < end && *p == '-') {
+        negative = true;
+        p++;
+    }
+    const char* digits = p;
+    unsigned long long v = 0;  // wraps past 20 digits: refused below anyway
+    for (; p < end; p++) {
+        const unsigned digit = unsigned(static_cast<unsigned char>(*p)) - '0';
+        if (digit > 9) {
+            break;
+        }
+        v = v * 10 + digit;
+    }
+    const size_t d = size_t(p - digits);
+    if (d == 0 || d > 18 || (d > 1 && *digits == '0') || (negative && v == 0) || end - p < 2 ||
+        p[0] != '\r' || p[1] != '\n') {
+        return nullptr;
+    }
+    value = negative ? -static_cast<long long>(v) : static_cast<long long>(v);
+    return p + 2;
+}
+
+}  // namespace
+
+redisReply* ReplyGuard::quick_reply(const char* p, size_t n, size_t& used) noexcept {
+    used = 0;
+    if (mode_ != Mode::Commands || reader_ == nullptr || !violation_.empty() || n < 4) {
+        return nullptr;
+    }
+    const redisReader* rd = reader_;
+    if (rd->err != 0 || rd->ridx >= 0 || rd->pos < rd->len) {
+        return nullptr;  // the reader is inside a reply: it goes on
+    }
+    const char* const start = p;
+    const char* const end = p + n;
+    // One element (or the reply itself) of the quick shapes: its object, or null.
+    uint64_t bytes = 0;
+    const auto one = [&](const char*& at) -> redisReply* {
+        if (end - at < 4) {
+            return nullptr;
+        }
+        const char kind = *at++;
+        long long v = 0;
+        if (kind == ':') {
+            const char* next = canonical_integer(at, end, v);
+            if (next == nullptr) {
+                return nullptr;
+            }
+            redisReply* r = new_reply(REDIS_REPLY_INTEGER);
+            if (r != nullptr) {
+                r->integer = v;
+                at = next;
+            }
+            return r;
+        }
+        if (kind != '$') {
+            return nullptr;
+        }
+        if (end - at >= 4 && std::memcmp(at, "-1\r\n", 4) == 0) {
+            redisReply* r = new_reply(REDIS_REPLY_NIL);
+            if (r != nullptr) {
+                at += 4;
+            }
+            return r;
+        }
+        const char* body = canonical_integer(at, end, v);
+        if (body == nullptr || v < 0 || end - body < v + 2 || body[v] != '\r' ||
+            body[v + 1] != '\n') {
+            return nullptr;
+        }
+        bytes += uint64_t(v);
+        if (bytes > limits_.max_bytes) {
+            return nullptr;
+        }
+        char* buf = static_cast<char*>(malloc(size_t(v) + 1));
+        if (buf == nullptr) {
+            return nullptr;
+        }
+        redisReply* r = new_reply(REDIS_REPLY_STRING);
+        if (r == nullptr) {
+            free(buf);
+            return nullptr;
+        }
+        std::memcpy(buf, body, size_t(v));
+        buf[v] = '\0';
+        r->str = buf;
+        r->len = size_t(v);
+        at = body + v + 2;
+        return r;
+    };
+    const char* at = p;
+    redisReply* reply = nullptr;
+    if (*at == '*') {
+        long long count = 0;
+        const char* next = canonical_integer(at + 1, end, count);
+        if (next == nullptr || count < 0 || count > 256 || uint64_t(count) > limits_.max_elements) {
+            return nullptr;
+        }
+        at = next;
+        reply = new_reply(REDIS_REPLY_ARRAY);
+        if (reply == nullptr) {
+            return nullptr;
+        }
+        if (count > 0) {
+            reply->element = new_elements(size_t(count));
+            if (reply->element == nullptr) {
+                recycle(reply);
+                return nullptr;
+            }
+            reply->elements = size_t(count);
+            for (long long i = 0; i < count; i++) {
+                redisReply* e = one(at);
+                if (e == nullptr) {
+                    recycle(reply);  // the elements made so far with it
+                    return nullptr;
+                }
+                reply->element[i] = e;
+            }
+        }
+    } else {
+        reply = one(at);
+        if (reply == nullptr) {
+            return nullptr;
+        }
+    }
+    // Complete and within the limits. Nobody waiting for it: the reader refuses it as before.
+    if (!awaited_()) {
+        recycle(reply);
+        return nullptr;
+    }
+    used = size_t(at - start);
+    return reply;
+}
+
 // The four functions build what hiredis' own (hiredis.c) would, from the spare objects.
 void* ReplyGuard::create_string(const redisReadTask* task, char* str, size_t len) {
     ReplyGuard* g = guard_of(task);

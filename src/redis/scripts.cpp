@@ -7,6 +7,7 @@
 #include <climits>
 #include <cstring>
 #include <functional>
+#include <type_traits>
 #include <unordered_map>
 
 namespace throttle::redis {
@@ -512,6 +513,127 @@ void EvalArgs::clear() noexcept {
     used_ = 0;
 }
 
+// ---- EvalResp ----
+
+void EvalResp::Buffer::grow(size_t n) {
+    size_t want = std::max<size_t>(2 * capacity, 256);
+    if (want - size < n) {
+        want = size + n;
+    }
+    std::unique_ptr<char[]> more(new char[want]);
+    if (size > 0) {
+        std::memcpy(more.get(), bytes.get(), size);
+    }
+    bytes = std::move(more);
+    capacity = want;
+}
+
+void EvalResp::put(Buffer& to, std::string_view bytes) {
+    char* const start = to.room(1 + 20 + 2 + bytes.size() + 2);
+    char* at = start;
+    *at++ = '$';
+    at = std::to_chars(at, at + 20, bytes.size()).ptr;
+    *at++ = '\r';
+    *at++ = '\n';
+    if (!bytes.empty()) {
+        std::memcpy(at, bytes.data(), bytes.size());
+        at += bytes.size();
+    }
+    *at++ = '\r';
+    *at++ = '\n';
+    to.size += size_t(at - start);
+}
+
+// "$<digits>\r\n<digits>\r\n" of an integer.
+template <typename Int>
+void EvalResp::put_integer(Buffer& to, Int value) {
+    char* const start = to.room(5 + 20 + 2);
+    if (value >= 0 && value < 10) {  // most of them: "$1\r\nD\r\n"
+        std::memcpy(start, "$1\r\n0\r\n", 7);
+        start[4] = char('0' + value);
+        to.size += 7;
+        return;
+    }
+    if constexpr (std::is_signed_v<Int>) {
+        if (value < 0 && value > -10) {  // a request's first zone: "$2\r\n-D\r\n"
+            std::memcpy(start, "$2\r\n-0\r\n", 8);
+            start[5] = char('0' - value);
+            to.size += 8;
+            return;
+        }
+    }
+    char* digits = start + 4;  // after "$N\r\n"; moved up by one for 10 digits or more
+    char* end = std::to_chars(digits, digits + 20, value).ptr;
+    const size_t d = size_t(end - digits);
+    if (d >= 10) {
+        std::memmove(digits + 1, digits, d);
+        digits++;
+        end++;
+        start[1] = char('0' + d / 10);
+        start[2] = char('0' + d % 10);
+    } else {
+        start[1] = char('0' + d);
+    }
+    start[0] = '$';
+    digits[-2] = '\r';
+    digits[-1] = '\n';
+    *end++ = '\r';
+    *end++ = '\n';
+    to.size += size_t(end - start);
+}
+
+void EvalResp::add_arg(int64_t value) {
+    put_integer(args_, value);
+    nargs_++;
+}
+
+void EvalResp::add_arg(uint64_t value) {
+    put_integer(args_, value);
+    nargs_++;
+}
+
+void EvalResp::clear() noexcept {
+    for (Buffer* b : {&keys_, &args_}) {
+        if (b->capacity > max_kept) {
+            b->bytes.reset();
+            b->capacity = 0;
+        }
+        b->size = 0;
+    }
+    nkeys_ = 0;
+    nargs_ = 0;
+}
+
+namespace {
+
+// The strings of `resp` (put()'s "$<len>\r\n<bytes>\r\n" ...) appended to `out`.
+void resp_views(std::string_view resp, std::vector<std::string_view>& out) {
+    size_t at = 0;
+    while (at < resp.size()) {
+        size_t len = 0;
+        at++;  // '$'
+        while (resp[at] != '\r') {
+            len = len * 10 + size_t(resp[at] - '0');
+            at++;
+        }
+        at += 2;
+        out.push_back(resp.substr(at, len));
+        at += len + 2;
+    }
+}
+
+}  // namespace
+
+void EvalResp::views(std::vector<std::string_view>& keys,
+                     std::vector<std::string_view>& args) const {
+    keys.clear();
+    args.clear();
+    keys.reserve(nkeys_);
+    args.reserve(nargs_);
+    resp_views(keys_.view(), keys);
+    resp_views(args_.view(), args);
+}
+
 // ---- STRICT ----
 
 namespace {
@@ -590,12 +712,62 @@ StrictScratch& strict_scratch() {
     return *scratch;
 }
 
+// A policy's four arguments: algorithm, limit, period_ms, burst.
+void add_policy(EvalArgs& out, const WirePolicy& p) {
+    out.add_arg(p.algorithm);
+    out.add_arg(p.limit);
+    out.add_arg(p.period_ms);
+    out.add_arg(p.burst);
+}
+
+// The same in RESP, from a per-worker memo of the policies written last (a zone's policy does
+// not change from call to call: its digits are written once). Never destroyed.
+void add_policy(EvalResp& out, const WirePolicy& p) {
+    struct Written {
+        WirePolicy policy;
+        EvalResp resp;
+        bool valid = false;  // false while it is written (should that throw)
+    };
+    static constexpr size_t memo_size = 4;
+    static auto* memo = new Written[memo_size];
+    static size_t used = 0;
+    static size_t next = 0;  // the one to replace (round robin)
+    for (size_t i = 0; i < used; i++) {
+        if (memo[i].valid && memo[i].policy == p) {
+            out.add_args_resp(memo[i].resp.args_resp(), 4);
+            return;
+        }
+    }
+    Written& w = memo[used < memo_size ? used++ : next++ % memo_size];
+    w.valid = false;
+    w.resp.clear();
+    w.resp.add_arg(p.algorithm);
+    w.resp.add_arg(p.limit);
+    w.resp.add_arg(p.period_ms);
+    w.resp.add_arg(p.burst);
+    w.policy = p;
+    w.valid = true;
+    out.add_args_resp(w.resp.args_resp(), 4);
+}
+
 // KEYS and ARGV of one strict call deciding requests 0 .. m-1 (request_at(i) gives a ZoneSpan):
 // see scripts.hpp for the layout. May throw std::bad_alloc.
-template <typename RequestAt>
-bool fill_strict_args(size_t m, RequestAt request_at, EvalArgs& out) {
+template <typename RequestAt, typename Out>
+bool fill_strict_args(size_t m, RequestAt request_at, Out& out) {
     if (m == 0) {
         return false;
+    }
+    if (m == 1) {  // one request of one zone (a turn of one request): no grouping to do
+        const ZoneSpan r = request_at(0);
+        if (r.zones != nullptr && r.n == 1) {
+            const WirePolicy p = wire_policy(r.zones[0]);
+            out.add_key(r.zones[0].base);
+            out.add_arg(std::string_view());  // the clock: Redis' TIME
+            add_policy(out, p);
+            out.add_arg(uint64_t(1));
+            out.add_arg(int64_t(-1));
+            return true;
+        }
     }
     StrictScratch& scratch = strict_scratch();
     scratch.clear();
@@ -665,11 +837,7 @@ bool fill_strict_args(size_t m, RequestAt request_at, EvalArgs& out) {
     }
     out.add_arg(std::string_view());  // the clock: Redis' TIME
     for (size_t pi = 0; pi < policies.size(); pi++) {
-        const WirePolicy& p = policies[pi];
-        out.add_arg(p.algorithm);
-        out.add_arg(p.limit);
-        out.add_arg(p.period_ms);
-        out.add_arg(p.burst);
+        add_policy(out, policies[pi]);
         out.add_arg(per_policy[pi]);
     }
     for (size_t q = 0; q < refs.size(); q++) {
@@ -751,6 +919,23 @@ bool build_strict_args(const StrictZone* zones, size_t n, EvalArgs& out) noexcep
 
 bool build_strict_batch_args(const std::vector<const std::vector<StrictZone>*>& requests,
                              EvalArgs& out) noexcept {
+    out.clear();
+    try {
+        const auto at = [&](size_t i) {
+            const std::vector<StrictZone>* r = requests[i];
+            return r == nullptr ? ZoneSpan{} : ZoneSpan{r->data(), r->size()};
+        };
+        if (fill_strict_args(requests.size(), at, out)) {
+            return true;
+        }
+    } catch (...) {
+    }
+    out.clear();
+    return false;
+}
+
+bool build_strict_batch_args(const std::vector<const std::vector<StrictZone>*>& requests,
+                             EvalResp& out) noexcept {
     out.clear();
     try {
         const auto at = [&](size_t i) {

@@ -94,6 +94,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -147,6 +148,76 @@ class EvalArgs {
     std::vector<std::string_view> args_;
 };
 
+// The same KEYS and ARGV written once, in RESP ("$<len>\r\n<bytes>\r\n" each), for
+// Target::evalsha(script, const EvalResp&, cb): a Client copies them after its EVALSHA header as
+// they are, without formatting them again (it keeps that copy for a re-send after NOSCRIPT or a
+// reconnect). Keys and arguments may come in any order. A reused EvalResp allocates nothing
+// once its buffers have held a call that large.
+class EvalResp {
+   public:
+    EvalResp() = default;
+    EvalResp(const EvalResp&) = delete;
+    EvalResp& operator=(const EvalResp&) = delete;
+
+    // May throw std::bad_alloc.
+    void add_key(std::string_view key) {
+        put(keys_, key);
+        nkeys_++;
+    }
+    void add_arg(std::string_view arg) {
+        put(args_, arg);
+        nargs_++;
+    }
+    void add_arg(int64_t value);
+    void add_arg(uint64_t value);
+    void add_arg(uint32_t value) { add_arg(static_cast<uint64_t>(value)); }
+    // n arguments already in RESP (as args_resp() gives them). May throw std::bad_alloc.
+    void add_args_resp(std::string_view resp, size_t n) {
+        char* at = args_.room(resp.size());
+        if (!resp.empty()) {
+            std::memcpy(at, resp.data(), resp.size());
+        }
+        args_.size += resp.size();
+        nargs_ += n;
+    }
+    void clear() noexcept;
+
+    size_t nkeys() const noexcept { return nkeys_; }
+    size_t nargs() const noexcept { return nargs_; }
+    std::string_view keys_resp() const noexcept { return keys_.view(); }
+    std::string_view args_resp() const noexcept { return args_.view(); }
+    // Views of the keys and the arguments (into this EvalResp, valid until it changes), for a
+    // target that needs them one by one. May throw std::bad_alloc.
+    void views(std::vector<std::string_view>& keys, std::vector<std::string_view>& args) const;
+
+   private:
+    // Bytes written in place (a std::string's append costs more than the copy here).
+    struct Buffer {
+        std::unique_ptr<char[]> bytes;
+        size_t size = 0;
+        size_t capacity = 0;
+
+        // Room for n more bytes at the end; may throw std::bad_alloc.
+        char* room(size_t n) {
+            if (capacity - size < n) {
+                grow(n);
+            }
+            return bytes.get() + size;
+        }
+        void grow(size_t n);
+        std::string_view view() const noexcept { return {bytes.get(), size}; }
+    };
+    static void put(Buffer& to, std::string_view bytes);
+    template <typename Int>
+    static void put_integer(Buffer& to, Int value);
+
+    static constexpr size_t max_kept = 1 << 16;  // clear() frees a larger buffer
+    Buffer keys_;
+    Buffer args_;
+    size_t nkeys_ = 0;
+    size_t nargs_ = 0;
+};
+
 // ---- STRICT ----
 
 struct StrictZone {
@@ -198,6 +269,9 @@ inline bool build_strict_args(const std::vector<StrictZone>& zones, EvalArgs& ou
 // strict_batch_max.
 bool build_strict_batch_args(const std::vector<const std::vector<StrictZone>*>& requests,
                              EvalArgs& out) noexcept;
+// The same, in RESP (what the module sends on one Redis).
+bool build_strict_batch_args(const std::vector<const std::vector<StrictZone>*>& requests,
+                             EvalResp& out) noexcept;
 
 // Parses the reply of a strict call over one request of n zones into now_ms (Redis' clock,
 // epoch ms) and out[0..n) (resized to n). False, with now_ms and out unspecified, unless the

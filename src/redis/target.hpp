@@ -24,6 +24,7 @@
 namespace throttle::redis {
 
 struct Config;
+class EvalResp;
 using Callback = std::function<void(Result&& result)>;
 
 class Target {
@@ -48,6 +49,9 @@ class Target {
                  const std::vector<std::string_view>& args, Callback cb) {
         evalsha(script, keys.data(), keys.size(), args.data(), args.size(), std::move(cb));
     }
+    // The same with the keys and arguments in RESP (scripts.hpp): a Client copies them as they
+    // are; a cluster reads them back.
+    virtual void evalsha(const Script& script, const EvalResp& call, Callback cb) = 0;
     virtual void add_script(const Script& script) = 0;
     virtual void add_script(const Script& script, std::string_view key,
                             std::string_view channel) = 0;

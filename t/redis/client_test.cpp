@@ -251,6 +251,81 @@ TEST_F(RedisClientTest, CommandsOfOneTurnLeaveInOneWrite) {
     }
 }
 
+// The keys and arguments written once in RESP (EvalResp, what the strict path sends): the same
+// command as with views, sent while connecting, on an open connection, and again after NOSCRIPT.
+TEST_F(RedisClientTest, EvalshaInRespIsTheSameCommand) {
+    RedisServer server;
+    ASSERT_TRUE(server.start());
+    Control ctl(server.port());
+    Client client(ev.loop(), config(server), logger());
+
+    Script script(
+        "redis.call('SET', KEYS[1], ARGV[1])\n"
+        "return {#KEYS, #ARGV, KEYS[1], redis.call('INCR', KEYS[2]), ARGV[1], ARGV[2], ARGV[3], "
+        "ARGV[4], ARGV[5]}");
+    const std::string key("s\0k", 3);
+    const std::string arg("a\r\n\0z", 5);
+    const std::string big(70000, 'b');  // a length of five digits
+    EvalResp call;
+    call.add_arg(arg);  // arguments and keys in any order
+    call.add_key(key);
+    call.add_arg(int64_t(-1234567890123456789));
+    call.add_key("evals");
+    call.add_arg(std::string_view());
+    call.add_arg(uint64_t(18446744073709551615u));
+    call.add_arg(big);
+    ASSERT_EQ(call.nkeys(), 2u);
+    ASSERT_EQ(call.nargs(), 5u);
+
+    const auto check = [&](const Outcome& o, long long incr) {
+        ASSERT_TRUE(o.result.ok()) << to_string(o.result.failure);
+        const Reply& r = o.result.reply;
+        ASSERT_EQ(r.type, Reply::Type::Array) << r.str;
+        ASSERT_EQ(r.elements.size(), 9u);
+        EXPECT_EQ(r.elements[0].integer, 2);
+        EXPECT_EQ(r.elements[1].integer, 5);
+        EXPECT_EQ(r.elements[2].str, key);
+        EXPECT_EQ(r.elements[3].integer, incr);
+        EXPECT_EQ(r.elements[4].str, arg);
+        EXPECT_EQ(r.elements[5].str, "-1234567890123456789");
+        EXPECT_EQ(r.elements[6].str, "");
+        EXPECT_EQ(r.elements[7].str, "18446744073709551615");
+        EXPECT_EQ(r.elements[8].str, big);
+    };
+    // First use: issued before the connection exists (kept until connected).
+    Outcome first;
+    inside_call() = true;
+    client.evalsha(script, call, track(first));
+    inside_call() = false;
+    ASSERT_TRUE(ev.run_until([&] { return first.calls > 0; }, 5000));
+    check(first, 1);
+    EXPECT_EQ(ctl.run({"GET", key}), arg);
+
+    // On the open connection; then after SCRIPT FLUSH: NOSCRIPT, reloaded, the kept command
+    // sent again.
+    Outcome second;
+    client.evalsha(script, call, track(second));
+    ASSERT_TRUE(ev.run_until([&] { return second.calls > 0; }, 5000));
+    check(second, 2);
+    EXPECT_EQ(ctl.run({"SCRIPT", "FLUSH"}), "OK");
+    Outcome third;
+    client.evalsha(script, call, track(third));
+    ASSERT_TRUE(ev.run_until([&] { return third.calls > 0; }, 5000));
+    check(third, 3);
+    EXPECT_EQ(client.stats().noscript_reloads, 1u);
+
+    // Read back one by one, the views are what was added.
+    std::vector<std::string_view> keys, args;
+    call.views(keys, args);
+    EXPECT_EQ(keys, (std::vector<std::string_view>{key, "evals"}));
+    EXPECT_EQ(args, (std::vector<std::string_view>{arg, "-1234567890123456789", "",
+                                                   "18446744073709551615", big}));
+    call.clear();
+    EXPECT_EQ(call.nkeys() + call.nargs(), 0u);
+    EXPECT_TRUE(call.keys_resp().empty() && call.args_resp().empty());
+    expect_once({&first, &second, &third});
+}
+
 TEST_F(RedisClientTest, EvalshaLoadsScriptsAndReloadsOnNoscript) {
     RedisServer server;
     ASSERT_TRUE(server.start());

@@ -9,6 +9,7 @@
 // closed -- and each incident is logged once.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 
 #include "fake_server.hpp"
@@ -372,6 +373,106 @@ TEST_F(HostileServerTest, ReplyLimits) {
     EXPECT_EQ(client.stats().refused, refused.size());
     EXPECT_GE(server.connections(), int(refused.size()));  // one each (then backoff)
     EXPECT_EQ(client.stats().timeouts, 0u);
+}
+
+// The replies the guard parses itself (flat arrays of integers, bulk strings and nils, written
+// canonically: ReplyGuard::quick_reply) and those it leaves to hiredis' reader, alone and
+// pipelined into one read in any order: each command gets its own reply, the same either way.
+TEST_F(HostileServerTest, QuickAndReaderRepliesAgree) {
+    using T = Reply::Type;
+    const std::map<std::string, std::string> answers = {
+        {"flat", "*6\r\n:1\r\n$3\r\nabc\r\n$-1\r\n$0\r\n\r\n:-5\r\n$4\r\na\r\nb\r\n"},
+        {"int-18", ":-999999999999999999\r\n"},
+        {"int-19", ":9223372036854775807\r\n"},  // more digits than the guard takes
+        {"int-zero", ":0\r\n"},
+        {"nested", "*2\r\n*1\r\n:1\r\n$1\r\nx\r\n"},
+        {"empty", "*0\r\n"},
+        {"nil", "$-1\r\n"},
+        {"nil-array", "*-1\r\n"},
+        {"status", "+OK\r\n"},
+        {"error", "-ERR no\r\n"},
+    };
+    const auto check = [&](const std::string& tag, const Reply& r) {
+        SCOPED_TRACE(tag);
+        if (tag == "flat") {
+            ASSERT_EQ(r.type, T::Array);
+            ASSERT_EQ(r.elements.size(), 6u);
+            EXPECT_EQ(r.elements[0].type, T::Integer);
+            EXPECT_EQ(r.elements[0].integer, 1);
+            EXPECT_EQ(r.elements[1].type, T::String);
+            EXPECT_EQ(r.elements[1].str, "abc");
+            EXPECT_TRUE(r.elements[2].is_nil());
+            EXPECT_EQ(r.elements[3].type, T::String);
+            EXPECT_EQ(r.elements[3].str, "");
+            EXPECT_EQ(r.elements[4].integer, -5);
+            EXPECT_EQ(r.elements[5].str, "a\r\nb");
+        } else if (tag == "int-18") {
+            EXPECT_EQ(r.type, T::Integer);
+            EXPECT_EQ(r.integer, -999999999999999999LL);
+        } else if (tag == "int-19") {
+            EXPECT_EQ(r.type, T::Integer);
+            EXPECT_EQ(r.integer, 9223372036854775807LL);
+        } else if (tag == "int-zero") {
+            EXPECT_EQ(r.type, T::Integer);
+            EXPECT_EQ(r.integer, 0);
+        } else if (tag == "nested") {
+            ASSERT_EQ(r.type, T::Array);
+            ASSERT_EQ(r.elements.size(), 2u);
+            ASSERT_EQ(r.elements[0].type, T::Array);
+            ASSERT_EQ(r.elements[0].elements.size(), 1u);
+            EXPECT_EQ(r.elements[0].elements[0].integer, 1);
+            EXPECT_EQ(r.elements[1].str, "x");
+        } else if (tag == "empty") {
+            EXPECT_EQ(r.type, T::Array);
+            EXPECT_TRUE(r.elements.empty());
+        } else if (tag == "nil" || tag == "nil-array") {
+            EXPECT_TRUE(r.is_nil());
+        } else if (tag == "status") {
+            EXPECT_EQ(r.type, T::Status);
+            EXPECT_EQ(r.str, "OK");
+        } else {
+            EXPECT_TRUE(r.is_error());
+            EXPECT_EQ(r.str, "ERR no");
+        }
+    };
+    FakeServer server([&](const std::vector<std::string>& argv) {
+        return FakeServer::Answer{answers.at(argv.back())};
+    });
+    Config cfg = config(server);
+    cfg.failure_threshold = 0;
+    Client client(ev.loop(), cfg, logger());
+    std::vector<std::string> tags;
+    for (const auto& a : answers) {
+        tags.push_back(a.first);
+    }
+    for (int round = 0; round < 4; round++) {
+        // One by one, then all at once (one turn: pipelined), in turn forwards and backwards.
+        std::vector<std::string> order = tags;
+        if (round % 2 == 1) {
+            std::reverse(order.begin(), order.end());
+        }
+        std::vector<Outcome> outs(order.size());
+        settle(client);
+        for (size_t i = 0; i < order.size(); i++) {
+            eval(client, order[i], outs[i]);
+            if (round < 2) {
+                ASSERT_TRUE(ev.run_until([&] { return outs[i].calls > 0; }, 5000)) << order[i];
+            }
+        }
+        ASSERT_TRUE(ev.run_until(
+            [&] {
+                return std::all_of(outs.begin(), outs.end(),
+                                   [](const Outcome& o) { return o.calls > 0; });
+            },
+            5000));
+        for (size_t i = 0; i < order.size(); i++) {
+            EXPECT_EQ(outs[i].calls, 1) << order[i];
+            ASSERT_TRUE(outs[i].result.ok()) << order[i] << "\n" << all_logs();
+            check(order[i], outs[i].result.reply);
+        }
+    }
+    EXPECT_EQ(client.stats().refused, 0u);
+    EXPECT_EQ(server.connections(), 1) << all_logs();
 }
 
 // Handshake replies are known: one that is not what the command answers means the replies are

@@ -221,6 +221,57 @@ TEST(RedisScriptsUnit, StrictBatchArguments) {
     EXPECT_TRUE(x.args().empty());
 }
 
+// In RESP the same strings as in views, each "$<len>\r\n<bytes>\r\n".
+TEST(RedisScriptsUnit, StrictBatchArgumentsInResp) {
+    const StrictZone a = sliding("a", 10, 1000), b = sliding(std::string("b\0\r\n", 4), 10, 1000),
+                     g = gcra("g", 3, 1000, 0), ab = sliding("a", 20, 60000);
+    const std::vector<StrictZone> r1 = {a, g}, r2 = {b}, r3 = {ab, a, g}, r4 = {b, b};
+    std::vector<std::vector<StrictZone>> many;
+    for (int i = 0; i < 100; i++) {
+        many.push_back({sliding("k" + std::to_string(i % 40), 10, 1000)});
+    }
+    std::vector<const std::vector<StrictZone>*> all;
+    for (const auto& r : many) {
+        all.push_back(&r);
+    }
+    // More policies than the writer's memo of written policies holds, and one zone alone.
+    std::vector<std::vector<StrictZone>> policies;
+    for (int i = 0; i < 6; i++) {
+        policies.push_back({sliding("p" + std::to_string(i), 10 + uint64_t(i), 1000 * (i + 1))});
+    }
+    std::vector<const std::vector<StrictZone>*> six;
+    for (const auto& r : policies) {
+        six.push_back(&r);
+    }
+    EvalResp x;
+    for (const auto& batch : {std::vector<const std::vector<StrictZone>*>{&r1, &r2, &r1, &r3, &r4},
+                              std::vector<const std::vector<StrictZone>*>{&r3}, all, six, six,
+                              std::vector<const std::vector<StrictZone>*>{&r2},
+                              std::vector<const std::vector<StrictZone>*>{&policies[5]}, six}) {
+        EvalArgs y;
+        ASSERT_TRUE(build_strict_batch_args(batch, x));
+        ASSERT_TRUE(build_strict_batch_args(batch, y));
+        std::vector<std::string_view> keys, args;
+        x.views(keys, args);
+        EXPECT_EQ(strings(keys), strings(y.keys()));
+        EXPECT_EQ(strings(args), strings(y.args()));
+        EXPECT_EQ(x.nkeys(), y.keys().size());
+        EXPECT_EQ(x.nargs(), y.args().size());
+        std::string resp;
+        for (std::string_view v : y.args()) {
+            resp += "$" + std::to_string(v.size()) + "\r\n" + std::string(v) + "\r\n";
+        }
+        EXPECT_EQ(x.args_resp(), resp);
+    }
+    ASSERT_TRUE(build_strict_batch_args({&r2}, x));
+    EXPECT_EQ(x.keys_resp(), std::string_view("$4\r\nb\0\r\n\r\n", 10));
+    EXPECT_EQ(x.args_resp(),
+              "$0\r\n\r\n$1\r\n0\r\n$2\r\n10\r\n$4\r\n1000\r\n$1\r\n0\r\n$1\r\n1\r\n$2\r\n-1\r\n");
+    EXPECT_FALSE(build_strict_batch_args({&r1, nullptr}, x));
+    EXPECT_EQ(x.nkeys() + x.nargs(), 0u);
+    EXPECT_TRUE(x.keys_resp().empty() && x.args_resp().empty());
+}
+
 TEST(RedisScriptsUnit, FlushArguments) {
     std::vector<FlushEntry> entries(2);
     entries[0].base = std::string("a\0b", 3);

@@ -301,9 +301,9 @@ void send(Batch&& batch) noexcept {
     }
     try {
         // One per worker, reused: its buffers keep their capacity (evalsha copies the
-        // arguments it keeps; build_strict_batch_args clears it first).
+        // arguments, written once in RESP; build_strict_batch_args clears it first).
         static auto* requests = new std::vector<const std::vector<redis::StrictZone>*>();
-        static auto* call = new redis::EvalArgs();
+        static auto* call = new redis::EvalResp();
         requests->clear();
         for (const auto& req : *held) {
             requests->push_back(&req->zones());
@@ -316,11 +316,10 @@ void send(Batch&& batch) noexcept {
         if (batch_sizes != nullptr) {
             core::metrics::observe_size(*batch_sizes, held->size());
         }
-        client->evalsha(redis::strict_batch_script(), call->keys(), call->args(),
-                        [held](redis::Result&& r) noexcept {
-                            decide(*held, r);
-                            give_back(held);
-                        });
+        client->evalsha(redis::strict_batch_script(), *call, [held](redis::Result&& r) noexcept {
+            decide(*held, r);
+            give_back(held);
+        });
     } catch (...) {  // nothing was queued: the callback will not be called
         fail_all(*held);
         give_back(held);
