@@ -274,9 +274,10 @@ is(scalar(grep { length $_->{body} == 2000 } @r), 250, 'every body complete');
 # connection processes are reaped: no zombie once the connections closed (nginx keeps its
 # idle HTTP/1.1 upstream connections of /ka/ open, each with its live process)
 sub zombies {
+    # A process gone since the listing (reaped meanwhile) is no zombie: its stat does not open.
     grep {
-        open my $fh, '<', "/proc/$_/stat" or next;
-        (<$fh> // '') =~ /\)\s+Z/
+        my $fh;
+        open($fh, '<', "/proc/$_/stat") && (<$fh> // '') =~ /\)\s+Z/
     } $app->processes;
 }
 my $deadline = time + 10;
@@ -319,8 +320,8 @@ is($r->{headers}{'x-app-n'}, $seq + 1, 'sequence kept across a restart');
     my $took = time - $t0;
     ok($took < 4.5, sprintf('DESTROY stops the app at once (%.2fs; 5 s when SIGTERM is ignored)', $took));
     my @left = grep {
-        open my $fh, '<', "/proc/$_/stat" or next;
-        (<$fh> // '') =~ /\)\s+\S\s+\d+\s+(\d+)/ && $1 == $tpg
+        my $fh;
+        open($fh, '<', "/proc/$_/stat") && (<$fh> // '') =~ /\)\s+\S\s+\d+\s+(\d+)/ && $1 == $tpg
     } grep { /^\d+$/ } do { opendir my $d, '/proc'; readdir $d };
     is(scalar @left, 0, 'no process left after DESTROY');
 }
