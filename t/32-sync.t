@@ -116,6 +116,8 @@ for my $step ([$t1, 'first', 51, 52], [$t2, 'second', 53, 54]) {
 }
 
 # --- Redis commands per request: one script call per host per interval, whatever the traffic
+# (the bound below is in intervals elapsed; calls per request depend on the machine's speed:
+# printed by the note, measured by bench/run.sh)
 $redis->reset_stats;
 my $start = time;
 my $sent = 0;
@@ -131,7 +133,6 @@ my $calls = ($stats->{evalsha} // 0) + ($stats->{eval} // 0);
 my $flushes_max = 2 * (int(($elapsed + 0.5) / 0.1) + 2);
 note(sprintf 'load: %d requests in %.2fs, %d script calls (%.3f per request), at most %d allowed',
     $sent, $elapsed, $calls, $calls / $sent, $flushes_max);
-ok($calls / $sent < 0.2, sprintf('load: %.3f script calls per request, far below one', $calls / $sent));
 ok($calls <= $flushes_max, "load: at most one call per host per 100ms interval ($calls <= $flushes_max)");
 ok($calls >= 2, 'load: both hosts flushed');
 
