@@ -15,14 +15,13 @@
 use strict;
 use warnings;
 use Test::More;
-use POSIX qw(WNOHANG);
 use Throttle::Test;
 use Throttle::Redis;
+use Throttle::SyncKeys;
 use Throttle::FakeRedis;
 use Time::HiRes qw(time sleep);
 
-my ($wrk) = grep { -x } map { "$_/wrk" } split /:/, $ENV{PATH};
-plan skip_all => 'wrk not found' unless $wrk;
+plan skip_all => 'wrk not found' unless Throttle::SyncKeys::wrk_path();
 
 my $keys = $ENV{TEST_SYNC_KEYS} // 100000;
 my $t = Throttle::Test->new(workers => 2)->need_fds(400);
@@ -44,15 +43,8 @@ http {
 }
 EOF
 
-# The sum of every window counter of the zone (batch ids left out), in one call.
-my $sum_script = <<'LUA';
-local s = 0
-for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
-  if not string.find(k, ':flush:', 1, true) then s = s + tonumber(redis.call('GET', k)) end
-end
-return s
-LUA
-sub redis_sum { my $v = $redis->cli('EVAL', $sum_script, 0, 'throttle:{many:*'); $v =~ /^\d+$/ ? $v : -1 }
+my $sk = Throttle::SyncKeys->new(t => $t, redis => $redis, keys => $keys);
+sub redis_sum { $sk->redis_sum }
 
 # Key counts in batches the module gave up on (sent 4 times, no reply in time): Redis counted
 # each once or not at all, as the warning says. On a quiet machine none is given up here (one
@@ -64,30 +56,6 @@ sub given_up {
     $n += $_ for map { /batch\(es\) of (\d+) keys given up/ ? $1 : () } $t->log_lines(qr/given up/, $mark);
     return $n;
 }
-
-sub admitted {
-    open my $fh, '<', $t->testdir . '/st.log' or return 0;
-    my $n = 0;
-    while (<$fh>) { $n++ if /^PASSED$/ }
-    return $n;
-}
-
-# wrk: thread i sends keys i-1, i-2, ... (one request each) and stops after its share.
-my $threads = 2;
-my $share = int($keys / $threads);
-$t->write_file('keys.lua', <<"LUA");
-local threads = 0
-function setup(thread) thread:set("id", threads) threads = threads + 1 end
-local n, got = 0, 0
-function request()
-  n = n + 1
-  return wrk.format("GET", "/k?k=" .. id .. "-" .. n)
-end
-function response()
-  got = got + 1
-  if got >= $share then wrk.thread:stop() end
-end
-LUA
 
 # A daily window: the run must not cross its edge (a delta of a window before the previous
 # one is dropped), and waiting for the edge to pass happens only in the last minutes of a UTC
@@ -109,28 +77,12 @@ my $connections = $fake->connections;
 $fake->mode('slow', 150, 5);
 my $evalsha0 = $fake->count('EVALSHA');
 
-# Traffic, sampling Redis meanwhile.
-my $pid = fork // die "fork: $!\n";
-if ($pid == 0) {
-    open STDOUT, '>', $t->testdir . '/wrk.out';
-    open STDERR, '>&', \*STDOUT;
-    { exec $wrk, "-t$threads", '-c64', '-d300s', '-s', $t->testdir . '/keys.lua',
-        'http://127.0.0.1:' . $t->port . '/' };
-    POSIX::_exit(127);
-}
+# Traffic, sampling Redis meanwhile (a sample reads every key: Redis is busy meanwhile).
 my @samples;
 my $started = time;
-# wrk's threads stop at their share, but wrk itself waits out -d: it is interrupted (SIGINT,
-# it prints its summary) once the log shows every key admitted ("PASSED\n" per line).
-my $log = $t->testdir . '/st.log';
-while (waitpid($pid, WNOHANG) != $pid) {
-    push @samples, redis_sum();
-    kill 'INT', $pid if (-s $log // 0) >= 7 * ($keys + 1);
-    sleep 3;    # a sample reads every key: Redis is busy meanwhile
-}
-is($? >> 8, 0, 'wrk ran') or diag($t->read_file('wrk.out'));
+$sk->run_wrk(enough => $keys + 1, step => 3, tick => sub { push @samples, redis_sum() });
 like($t->read_file('wrk.out'), qr/requests in/, 'wrk finished');
-my $admitted = admitted();
+my $admitted = $sk->admitted;
 my $elapsed = time - $started;
 cmp_ok($admitted, '>=', $keys, "$keys distinct keys admitted");
 diag(sprintf '%d requests admitted in %.1f s', $admitted, $elapsed);

@@ -12,13 +12,12 @@
 use strict;
 use warnings;
 use Test::More;
-use POSIX qw(WNOHANG);
 use Throttle::Test;
 use Throttle::Redis;
+use Throttle::SyncKeys;
 use Time::HiRes qw(time sleep);
 
-my ($wrk) = grep { -x } map { "$_/wrk" } split /:/, $ENV{PATH};
-plan skip_all => 'wrk not found' unless $wrk;
+plan skip_all => 'wrk not found' unless Throttle::SyncKeys::wrk_path();
 
 my $keys = $ENV{TEST_SYNC_KEYS} // 100000;
 my $t = Throttle::Test->new(workers => 2)->need_fds(400);
@@ -39,22 +38,10 @@ http {
 }
 EOF
 
-# The sum of every window counter of the zone (batch ids left out), in one call.
-my $sum_script = <<'LUA';
-local s = 0
-for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
-  if not string.find(k, ':flush:', 1, true) then s = s + tonumber(redis.call('GET', k)) end
-end
-return s
-LUA
-sub redis_sum { my $v = $redis->cli('EVAL', $sum_script, 0, 'throttle:{many:*'); $v =~ /^\d+$/ ? $v : -1 }
-
-sub admitted {
-    open my $fh, '<', $t->testdir . '/st.log' or return 0;
-    my $n = 0;
-    while (<$fh>) { $n++ if /^PASSED$/ }
-    return $n;
-}
+my $sk = Throttle::SyncKeys->new(t => $t, redis => $redis, keys => $keys);
+sub redis_sum { $sk->redis_sum }
+sub admitted  { $sk->admitted }
+sub run_wrk   { $sk->run_wrk(enough => $keys) }
 
 # One sample of the zone's metrics: name (without labels) => value.
 sub metrics {
@@ -81,42 +68,6 @@ sub flush_after {
         $at > $since + 0.002;
     }, timeout => 20, step => 0.05) or return undef;
     return $at;
-}
-
-# wrk: thread i sends keys i-1, i-2, ... (one request each) and stops after its share.
-my $threads = 2;
-my $share = int($keys / $threads);
-$t->write_file('keys.lua', <<"LUA");
-local threads = 0
-function setup(thread) thread:set("id", threads) threads = threads + 1 end
-local n, got = 0, 0
-function request()
-  n = n + 1
-  return wrk.format("GET", "/k?k=" .. id .. "-" .. n)
-end
-function response()
-  got = got + 1
-  if got >= $share then wrk.thread:stop() end
-end
-LUA
-
-# Sends the keys (one request each), interrupting wrk once the log shows every key admitted
-# ("PASSED\n" per line: wrk's threads stop at their share, but wrk waits out -d).
-sub run_wrk {
-    my $pid = fork // die "fork: $!\n";
-    if ($pid == 0) {
-        open STDOUT, '>', $t->testdir . '/wrk.out';
-        open STDERR, '>&', \*STDOUT;
-        { exec $wrk, "-t$threads", '-c64', '-d300s', '-s', $t->testdir . '/keys.lua',
-            'http://127.0.0.1:' . $t->port . '/' };
-        POSIX::_exit(127);
-    }
-    my $log = $t->testdir . '/st.log';
-    Throttle::Redis::wait_for(sub {
-        kill 'INT', $pid if (-s $log // 0) >= 7 * $keys;
-        waitpid($pid, WNOHANG) == $pid;
-    }, timeout => 300, step => 0.5) or kill 'KILL', $pid;
-    is($? >> 8, 0, 'wrk ran') or diag($t->read_file('wrk.out'));
 }
 
 # A daily window: the run must not cross its edge (a delta of a window before the previous
