@@ -9,6 +9,7 @@
 #include "ngx/conf.hpp"
 #include "ngx/directive_args.hpp"
 #include "ngx/metrics.hpp"
+#include "ngx/shm_zone.hpp"
 #include "redis/cache_scripts.hpp"
 
 namespace throttle::ngx {
@@ -21,11 +22,6 @@ namespace cm = core::metrics;
 const char local_zone_tag = 0;
 
 // Where the table lies in the zone (every worker finds it there after a reload).
-struct LocalShared {
-    void* mem;
-    size_t bytes;
-};
-
 struct Worker {
     CacheLocalZone** zones = nullptr;
     ngx_uint_t nzones = 0;
@@ -46,38 +42,27 @@ ngx_int_t init_local_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept {
     auto* old = static_cast<CacheLocalZone*>(data);
     if (old != nullptr) {  // reload, same name and size: keep the entries and the mirror
         z->shpool = old->shpool;
-        auto* sh = static_cast<LocalShared*>(z->shpool->data);
-        Locked lock(*z);
-        z->table = core::cache::LocalCache::attach(sh->mem, sh->bytes);
-        if (z->table == nullptr) {  // laid out by another module version
-            z->table = core::cache::LocalCache::create(sh->mem, sh->bytes);
-        }
+        auto* r = static_cast<ShmRegion*>(z->shpool->data);
+        z->table = keep_table<core::cache::LocalCache>(z->shpool, r->mem, r->bytes);
         return z->table != nullptr ? NGX_OK : NGX_ERROR;
     }
-    auto* shpool = reinterpret_cast<ngx_slab_pool_t*>(shm_zone->shm.addr);
-    z->shpool = shpool;
-    if (shm_zone->shm.exists) {  // Windows only
+    z->shpool = reinterpret_cast<ngx_slab_pool_t*>(shm_zone->shm.addr);
+    void* mem;
+    size_t bytes;
+    auto* r = static_cast<ShmRegion*>(
+        shm_zone_fresh(shm_zone, "throttle_cache_local zone", sizeof(ShmRegion), mem, bytes));
+    if (r == nullptr) {
         return NGX_ERROR;
     }
-    static const char log_fmt[] = " in throttle_cache_local zone \"\"";
-    shpool->log_ctx =
-        static_cast<u_char*>(ngx_slab_alloc(shpool, sizeof(log_fmt) + shm_zone->shm.name.len));
-    auto* sh = static_cast<LocalShared*>(ngx_slab_calloc(shpool, sizeof(LocalShared)));
-    if (shpool->log_ctx == nullptr || sh == nullptr) {
-        return NGX_ERROR;
-    }
-    ngx_sprintf(shpool->log_ctx, " in throttle_cache_local zone \"%V\"%Z", &shm_zone->shm.name);
-    size_t bytes = shpool->pfree * ngx_pagesize;
-    void* mem = ngx_slab_alloc(shpool, bytes);
     z->table = mem ? core::cache::LocalCache::create(mem, bytes) : nullptr;
     if (z->table == nullptr) {
         ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0, "zone \"%V\" is too small",
                       &shm_zone->shm.name);
         return NGX_ERROR;
     }
-    sh->mem = mem;
-    sh->bytes = bytes;
-    shpool->data = sh;
+    r->mem = mem;
+    r->bytes = bytes;
+    z->shpool->data = r;
     ngx_log_error(NGX_LOG_INFO, shm_zone->shm.log, 0,
                   "throttle_cache_local zone \"%V\" keeps entries of up to %uz bytes",
                   &shm_zone->shm.name, z->table->max_entry());

@@ -9,6 +9,7 @@
 #include "core/identity_table.hpp"
 #include "ngx/directive_args.hpp"
 #include "ngx/identity/identity.hpp"
+#include "ngx/shm_zone.hpp"
 
 namespace throttle::ngx {
 namespace {
@@ -18,49 +19,32 @@ namespace {
 const char identity_zone_tag = 0;
 
 // What every worker shares: where the table lies in the zone.
-struct IdentityShared {
-    void* mem;
-    size_t bytes;
-};
-
 ngx_int_t init_identity_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept {
     auto* icf = static_cast<IdentityMainConf*>(shm_zone->data);
     auto* old = static_cast<IdentityMainConf*>(data);
     if (old != nullptr) {  // reload, same name and size: keep the resolutions
         icf->shpool = old->shpool;
-        auto* sh = static_cast<IdentityShared*>(icf->shpool->data);
-        ngx_shmtx_lock(&icf->shpool->mutex);
-        icf->table = core::identity::Table::attach(sh->mem, sh->bytes);
-        if (icf->table == nullptr) {  // laid out by another module version
-            icf->table = core::identity::Table::create(sh->mem, sh->bytes);
-        }
-        ngx_shmtx_unlock(&icf->shpool->mutex);
+        auto* r = static_cast<ShmRegion*>(icf->shpool->data);
+        icf->table = keep_table<core::identity::Table>(icf->shpool, r->mem, r->bytes);
         return icf->table != nullptr ? NGX_OK : NGX_ERROR;
     }
-    auto* shpool = reinterpret_cast<ngx_slab_pool_t*>(shm_zone->shm.addr);
-    icf->shpool = shpool;
-    if (shm_zone->shm.exists) {  // Windows only
+    icf->shpool = reinterpret_cast<ngx_slab_pool_t*>(shm_zone->shm.addr);
+    void* mem;
+    size_t bytes;
+    auto* r = static_cast<ShmRegion*>(
+        shm_zone_fresh(shm_zone, "throttle_identity zone", sizeof(ShmRegion), mem, bytes));
+    if (r == nullptr) {
         return NGX_ERROR;
     }
-    static const char log_fmt[] = " in throttle_identity zone \"\"";
-    shpool->log_ctx =
-        static_cast<u_char*>(ngx_slab_alloc(shpool, sizeof(log_fmt) + shm_zone->shm.name.len));
-    auto* sh = static_cast<IdentityShared*>(ngx_slab_calloc(shpool, sizeof(IdentityShared)));
-    if (shpool->log_ctx == nullptr || sh == nullptr) {
-        return NGX_ERROR;
-    }
-    ngx_sprintf(shpool->log_ctx, " in throttle_identity zone \"%V\"%Z", &shm_zone->shm.name);
-    size_t bytes = shpool->pfree * ngx_pagesize;
-    void* mem = ngx_slab_alloc(shpool, bytes);
     icf->table = mem ? core::identity::Table::create(mem, bytes) : nullptr;
     if (icf->table == nullptr) {
         ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0, "zone \"%V\" is too small",
                       &shm_zone->shm.name);
         return NGX_ERROR;
     }
-    sh->mem = mem;
-    sh->bytes = bytes;
-    shpool->data = sh;
+    r->mem = mem;
+    r->bytes = bytes;
+    icf->shpool->data = r;
     ngx_log_error(NGX_LOG_INFO, shm_zone->shm.log, 0, "throttle_identity zone \"%V\" holds %uz",
                   &shm_zone->shm.name, icf->table->capacity());
     return NGX_OK;

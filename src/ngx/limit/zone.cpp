@@ -9,6 +9,7 @@
 
 #include "core/hash.hpp"
 #include "ngx/limit/limit.hpp"
+#include "ngx/shm_zone.hpp"
 #include "redis/scripts.hpp"
 
 namespace throttle::ngx {
@@ -299,23 +300,15 @@ ngx_int_t init_zone(ngx_shm_zone_t* shm_zone, void* data) noexcept {
 
     auto* shpool = reinterpret_cast<ngx_slab_pool_t*>(shm_zone->shm.addr);
     zone->shpool = shpool;
-    if (shm_zone->shm.exists) {  // Windows only
-        return NGX_ERROR;
-    }
     note_size_change(shm_zone);
 
-    static const char log_fmt[] = " in throttle_zone \"\"";
-    size_t log_len = sizeof(log_fmt) + shm_zone->shm.name.len;
-    shpool->log_ctx = static_cast<u_char*>(ngx_slab_alloc(shpool, log_len));
-    auto* sh = static_cast<ZoneShared*>(ngx_slab_calloc(shpool, sizeof(ZoneShared)));
-    if (shpool->log_ctx == nullptr || sh == nullptr) {
+    void* mem;
+    size_t bytes;
+    auto* sh = static_cast<ZoneShared*>(
+        shm_zone_fresh(shm_zone, "throttle_zone", sizeof(ZoneShared), mem, bytes));
+    if (sh == nullptr) {
         return NGX_ERROR;
     }
-    ngx_sprintf(shpool->log_ctx, " in throttle_zone \"%V\"%Z", &shm_zone->shm.name);
-
-    // The table takes every page left: one contiguous run of whole pages.
-    size_t bytes = shpool->pfree * ngx_pagesize;
-    void* mem = ngx_slab_alloc(shpool, bytes);
     Tables t = create_tables(mem, bytes, lease, algorithm, shm_zone->shm.log);
     if (t.counts == nullptr) {
         ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0, "zone \"%V\" is too small",
