@@ -60,8 +60,19 @@ struct RequestCtx {
 };
 static_assert(std::is_trivially_destructible_v<RequestCtx>);
 
-// The context of r itself (a subrequest's, not its main request's), or nullptr.
-RequestCtx* get_ctx(ngx_http_request_t* r) noexcept;
+// get_ctx() when r's context slot is empty and r may have lost it (an internal redirect or a
+// filter finalization clears the slot): the search of r's pool cleanups.
+RequestCtx* find_ctx(ngx_http_request_t* r) noexcept;
+
+// The context of r itself (a subrequest's, not its main request's), or nullptr. Inline: every
+// filter asks, and the slot answers for most requests.
+inline RequestCtx* get_ctx(ngx_http_request_t* r) noexcept {
+    auto* ctx = static_cast<RequestCtx*>(ngx_http_get_module_ctx(r, ngx_http_throttle_module));
+    if (ctx != nullptr || !(r->internal || r->filter_finalize)) {
+        return ctx;
+    }
+    return find_ctx(r);
+}
 // Makes r's context; for a subrequest, the main request's too if it has none yet. `extra`
 // zeroed bytes follow the context (8-aligned, at ctx + 1), in the same allocation.
 RequestCtx* create_ctx(ngx_http_request_t* r, size_t extra = 0) noexcept;
