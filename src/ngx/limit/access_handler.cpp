@@ -1133,11 +1133,20 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
     if (remote && decide_remote(r, lcf, ctx, c, now, rc)) {
         return rc;
     }
-    lock(c);
     bool admitted;
     if (c.n == 1 && c.applied[0].role == Role::local) {
-        admitted = admit_one(c, now);  // the common case: one local or sync zone
+        // The common case: one local or sync zone (lock(), unlock() for it; no lease).
+        ngx_shmtx_t* mutex = &c.applied[0].zone->shpool->mutex;
+        ngx_shmtx_lock(mutex);
+        admitted = admit_one(c, now);
+        ngx_shmtx_unlock(mutex);
+        if (admitted && !c.full && ctx->zone_name == nullptr &&
+            c.applied[0].zone->metrics == nullptr) {
+            conclude_admitted_one(r, lcf, ctx, c);  // as below, for this case
+            return NGX_DECLINED;
+        }
     } else {
+        lock(c);
         admitted = decide_here(c, now);
         if (admitted && c.need_lease && wait_for_lease(r, ctx, c, now, admitted)) {
             return NGX_DONE;  // the lease call first; then the check runs again
@@ -1147,13 +1156,8 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
         } else {
             unspend_leases(c);
         }
-    }
-    unlock(c);
-    send_prefetches(c);
-    if (admitted && c.n == 1 && c.applied[0].role == Role::local && !c.full &&
-        ctx->zone_name == nullptr && c.applied[0].zone->metrics == nullptr) {
-        conclude_admitted_one(r, lcf, ctx, c);  // the common case, as below
-        return NGX_DECLINED;
+        unlock(c);
+        send_prefetches(c);
     }
     if (admitted) {
         mark_counted(r, ctx, c);
