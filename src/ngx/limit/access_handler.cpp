@@ -40,12 +40,13 @@ namespace throttle::ngx {
 
 // What a client request did in one zone (RequestCtx::marks of its main request).
 struct ZoneMark {
+    StrictRequest* deciding;  // held by a request of it while Redis decides (its Waiting)
     bool counted;             // admitted and counted: no request of it is counted there again
     bool reported;            // metrics: an outcome was counted for it (once per client request)
-    StrictRequest* deciding;  // held by a request of it while Redis decides (its Waiting)
     LeaseOutcome lease;       // mode=lease: what the lease call it waited for answered
 };
 static_assert(std::is_trivially_destructible_v<ZoneMark>);
+static_assert(sizeof(ZoneMark) == 16);  // the pointer first: 16 bytes a zone, not 24
 
 namespace {
 
