@@ -54,6 +54,8 @@
 #                    with throttle (the same zone keyed on the address, no identity)
 #   throttle_metrics (not in the default set) throttle, plus a location with throttle_metrics
 #                    (never asked): the zone counts its outcomes (compare with throttle)
+#   throttle_nohdr   (not in the default set) throttle with throttle_headers off: the limit
+#                    without the RateLimit fields (limit_req sends none; compare with both)
 #   strict_metrics   (not in the default set) strict, the same way
 #   strict_tls       (not in the default set) strict over TLS: redis-server's --tls-port with a
 #                    CA and server certificate made here by openssl (compare with strict)
@@ -134,7 +136,7 @@ BODY_BYTES=100         # plain & co: the static file, as run.sh
 CACHE_BYTES=2048       # cache: the origin's JSON, about (as cache.sh: stored gzip'd, >= 1k)
 SESSION='sessionid=b3f1c0de5eed4a11'
 REQ_PATH='/api/items?sort=name&page=2'
-KNOWN='plain limit_req throttle sync strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity throttle_metrics strict_metrics strict_tls strict_cluster cache_hit_cluster cache_hit_local cache_hit_users static_json lease'
+KNOWN='plain limit_req throttle sync strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity throttle_metrics throttle_nohdr strict_metrics strict_tls strict_cluster cache_hit_cluster cache_hit_local cache_hit_users static_json lease'
 USERS=${BENCH_CG_USERS:-2000} # cache_hit_users: the users' cookies, in turn
 TOP=${BENCH_CG_TOP:-5}         # functions listed per variant for its extra over the reference
 
@@ -251,7 +253,7 @@ read -r port origin_port <<<"$(free_ports 2)"
 http_lines() {
     case $1 in
     limit_req) echo 'limit_req_zone $binary_remote_addr zone=bench_lr:10m rate=1000000r/s;' ;;
-    throttle | throttle_metrics) echo 'throttle_zone $binary_remote_addr zone=bench:10m rate=1000000000r/s;' ;;
+    throttle | throttle_metrics | throttle_nohdr) echo 'throttle_zone $binary_remote_addr zone=bench:10m rate=1000000000r/s;' ;;
     jwt | jwt_nocache)
         echo "throttle_jwt key=hs:file:$tmp/jwt.secret alg=HS256$([[ $1 == jwt ]] || echo ' cache=0');"
         echo 'throttle_zone $throttle_jwt_claim_user_id zone=bjwt:10m rate=1000000000r/s;'
@@ -305,6 +307,7 @@ location_lines() {
     case $1 in
     limit_req) echo 'limit_req zone=bench_lr burst=1000000 nodelay;' ;;
     throttle | throttle_metrics) echo 'throttle zone=bench;' ;;
+    throttle_nohdr) printf '%s\n' 'throttle zone=bench;' 'throttle_headers off;' ;;
     jwt | jwt_nocache) echo 'throttle zone=bjwt;' ;;
     identity) printf '%s\n' 'throttle_identity_resolve on;' 'throttle zone=bench;' ;;
     strict | strict_metrics | strict_tls | strict_cluster) echo 'throttle zone=bstrict;' ;;
@@ -411,7 +414,7 @@ client_args() {
 WRITE_OUT='%{http_code} x-cache=%header{x-cache} content-encoding=%header{content-encoding} ratelimit-policy=%header{ratelimit-policy} bytes=%{size_download}\n'
 expected() {
     case $1 in
-    plain | plain_nomod | limit_req) echo "200 x-cache= content-encoding= ratelimit-policy= bytes=$BODY_BYTES" ;;
+    plain | plain_nomod | limit_req | throttle_nohdr) echo "200 x-cache= content-encoding= ratelimit-policy= bytes=$BODY_BYTES" ;;
     static_json) echo "200 x-cache= content-encoding= ratelimit-policy= bytes=$json_bytes" ;;
     throttle | sync | strict | strict_tls | strict_cluster | lease | jwt | jwt_nocache | identity | *_metrics) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
     cache_hit | cache_hit_vary | cache_hit_cluster | cache_hit_local | cache_hit_users) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;

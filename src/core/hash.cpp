@@ -236,11 +236,20 @@ Sip128 siphash_cd(const SipKey& key, const void* data, size_t len) noexcept {
         v1 ^= v2;
         v2 = rotl64(v2, 32);
     };
+    // n (1 to 4, a constant here) rounds, unrolled: a loop's counter cost about a third of a
+    // round each time.
+    static_assert(C >= 1 && C <= 4 && D >= 1 && D <= 4);
+    auto rounds = [&](int n) {
+        round();
+        if (n > 1) round();
+        if (n > 2) round();
+        if (n > 3) round();
+    };
     size_t blocks = len / 8;
     for (size_t i = 0; i < blocks; i++, p += 8) {
         uint64_t m = load_le64(p);
         v3 ^= m;
-        for (int r = 0; r < C; r++) round();
+        rounds(C);
         v0 ^= m;
     }
     uint64_t b = static_cast<uint64_t>(len) << 56;
@@ -258,15 +267,15 @@ Sip128 siphash_cd(const SipKey& key, const void* data, size_t len) noexcept {
         }
     }
     v3 ^= b;
-    for (int r = 0; r < C; r++) round();
+    rounds(C);
     v0 ^= b;
     v2 ^= Wide ? 0xee : 0xff;
-    for (int r = 0; r < D; r++) round();
+    rounds(D);
     Sip128 out;
     out.lo = v0 ^ v1 ^ v2 ^ v3;
     if (Wide) {
         v1 ^= 0xdd;
-        for (int r = 0; r < D; r++) round();
+        rounds(D);
         out.hi = v0 ^ v1 ^ v2 ^ v3;
     }
     return out;

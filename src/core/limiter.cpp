@@ -26,18 +26,18 @@ int64_t record(const Policy& policy, State& state, int64_t now_ms) noexcept {
 }
 
 Decision admit(const Policy& policy, State& state, int64_t now_ms, int64_t& token) noexcept {
-    Decision d;
-    if (policy.algorithm == Algorithm::gcra) {
-        d = gcra::evaluate(policy, state, now_ms);
-        if (d.allowed) {
-            gcra::record(policy, state, now_ms);
-            token = state.stamp;
-        }
-    } else {
-        d = sliding_window::admit(policy.rate, state, now_ms);
+    if (policy.algorithm != Algorithm::gcra) {
+        // d.limit is the window's limit (at least 1): quota(policy) already.
+        Decision d = sliding_window::admit(policy.rate, state, now_ms);
         if (d.allowed) {
             token = state.stamp;
         }
+        return d;
+    }
+    Decision d = gcra::evaluate(policy, state, now_ms);
+    if (d.allowed) {
+        gcra::record(policy, state, now_ms);
+        token = state.stamp;
     }
     d.limit = quota(policy);
     return d;

@@ -57,11 +57,23 @@ U retry_after(U P, U L, U e, U cur, U prev) noexcept {
 // roll(), inlined into the steps below.
 [[gnu::always_inline]] inline Rolled roll_to(const Rate& rate, const State& state,
                                              int64_t now_ms) noexcept {
+    Rolled r;
+    // The common case first, in 64 bits: now in the state's window (0 <= now - stamp < P; the
+    // subtraction cannot overflow when both are >= 0). The same as the second branch below.
+    if (now_ms >= 0 && state.stamp >= 0 && now_ms >= state.stamp &&
+        now_ms - state.stamp < period_of(rate)) {
+        r.start = state.stamp;
+        r.elapsed = now_ms - state.stamp;
+        r.cur = state.cur;
+        r.prev = state.prev;
+        r.unsent_cur = state.unsent_cur;
+        r.unsent_prev = state.unsent_prev;
+        return r;
+    }
     const i128 P = period_of(rate);
     const i128 now = now_ms > 0 ? now_ms : 0;
     const i128 stamp = state.stamp;
 
-    Rolled r;
     if (now < stamp) {
         // The clock stepped backwards: keep everything, pretend we are at the stamp.
         r.start = state.stamp;
@@ -116,8 +128,11 @@ template <typename U>
         // are counted now. cur + 1 + remaining more would be refused now (remaining is a
         // floor), which retry_after() needs.
         const U spent = cur + 1 + d.remaining;
-        const int64_t t = to_ms(static_cast<i128>(r.lead) +
-                                static_cast<i128>(retry_after<U>(P, L, e, spent, prev)));
+        const U w = retry_after<U>(P, L, e, spent, prev);
+        // Without a lead, in 64 bits when w fits (always, for U = uint64_t: w < 2^33).
+        const int64_t t = r.lead == 0 && w <= static_cast<U>(int64_max)
+                              ? static_cast<int64_t>(w)
+                              : to_ms(static_cast<i128>(r.lead) + static_cast<i128>(w));
         d.reset_ms = t > 0 ? t : 1;
         d.retry_after_ms = 0;
         return d;

@@ -22,6 +22,17 @@ constexpr size_t align8(size_t n) {
     return (n + 7) & ~size_t{7};
 }
 
+// a == b in two 8-byte compares (std::array's == calls memcmp).
+bool same_digest(const KeyDigest& a, const KeyDigest& b) noexcept {
+    static_assert(key_digest_len == 16);
+    uint64_t a0, a1, b0, b1;
+    std::memcpy(&a0, a.data(), 8);
+    std::memcpy(&a1, a.data() + 8, 8);
+    std::memcpy(&b0, b.data(), 8);
+    std::memcpy(&b1, b.data() + 8, 8);
+    return a0 == b0 && a1 == b1;
+}
+
 }  // namespace
 
 struct SlotTable::Header {
@@ -226,7 +237,7 @@ struct View {
     uint32_t chain_find(const StoredKey& k) {
         for (uint32_t i = bucket_of(k.hash); i != none; i = slots[i].next) {
             const Slot& s = slots[i];
-            if (s.hash == k.hash && s.key == k.digest) {
+            if (s.hash == k.hash && same_digest(s.key, k.digest)) {
                 return i;
             }
         }

@@ -54,11 +54,7 @@ void RequestBound::keep_worker(bool on) noexcept {
     }
 }
 
-RequestCtx* get_ctx(ngx_http_request_t* r) noexcept {
-    auto* ctx = static_cast<RequestCtx*>(ngx_http_get_module_ctx(r, ngx_http_throttle_module));
-    if (ctx != nullptr || !(r->internal || r->filter_finalize)) {
-        return ctx;
-    }
+RequestCtx* find_ctx(ngx_http_request_t* r) noexcept {
     if (r != r->main) {
         // Subrequests are always internal: search only when some subrequest has a context.
         RequestCtx* main = get_ctx(r->main);
@@ -68,7 +64,7 @@ RequestCtx* get_ctx(ngx_http_request_t* r) noexcept {
     }
     for (ngx_pool_cleanup_t* c = r->pool->cleanup; c != nullptr; c = c->next) {
         if (c->handler == ctx_marker && static_cast<RequestCtx*>(c->data)->owner == r) {
-            ctx = static_cast<RequestCtx*>(c->data);
+            auto* ctx = static_cast<RequestCtx*>(c->data);
             ngx_http_set_ctx(r, ctx, ngx_http_throttle_module);
             return ctx;
         }

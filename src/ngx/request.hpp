@@ -12,7 +12,7 @@
 
 namespace throttle::ngx {
 
-enum class Outcome : ngx_uint_t {
+enum class Outcome : uint8_t {
     none = 0,
     passed,
     rejected,
@@ -31,6 +31,7 @@ struct IdentityState;
 
 // One per request: the main request and each subrequest have their own (nginx gives a
 // subrequest a context array of its own), kept across internal redirects (see request.cpp).
+// (The one-byte fields together: every request a zone decides makes one, zeroed.)
 struct RequestCtx {
     ngx_http_request_t* owner;      // the request this context belongs to
     Outcome outcome;                // the last decision made for this request
@@ -38,6 +39,9 @@ struct RequestCtx {
     bool respond;                   // decided while waiting: the handler still has to answer
     bool headers;                   // throttle_headers of the location that decided
     bool sub_ctxs;                  // main request: some subrequest has a context of its own
+    CacheStatus cache_status;       // main request only, as the two below and the five after
+    uint8_t cache_tier;             // $throttle_cache_tier: 0 none, 1 local, 2 redis
+    bool cache_served;              // the response is a stored entry (cache/serve.cpp), of age:
     const void* decided_in;         // the location (its LocConf) whose zones were decided last
     const ngx_str_t* zone_name;     // the zone the RateLimit fields describe
     const ngx_str_t* policy;        // its RateLimit-Policy value
@@ -50,18 +54,26 @@ struct RequestCtx {
     // subrequests) did in each zone, by ZoneConf::index (limit/access_handler.cpp); nullptr
     // until a zone was counted or is being decided.
     ZoneMark* marks;
-    CacheStatus cache_status;  // main request only, as the five below
-    uint8_t cache_tier;        // $throttle_cache_tier: 0 none, 1 local, 2 redis
-    bool cache_served;         // the response is a stored entry (cache/serve.cpp), of age:
-    int64_t cache_age_s;       // the Age header sent with it
-    CacheHold* hold;           // a write's response held until its invalidation is answered
-    CacheRequest* cache;       // the response cache's state (cache/request.hpp), or nullptr
-    IdentityState* identity;   // main request only: its verified identity (identity/resolve.cpp)
+    int64_t cache_age_s;      // the Age header sent with a stored entry (cache_served)
+    CacheHold* hold;          // a write's response held until its invalidation is answered
+    CacheRequest* cache;      // the response cache's state (cache/request.hpp), or nullptr
+    IdentityState* identity;  // main request only: its verified identity (identity/resolve.cpp)
 };
 static_assert(std::is_trivially_destructible_v<RequestCtx>);
 
-// The context of r itself (a subrequest's, not its main request's), or nullptr.
-RequestCtx* get_ctx(ngx_http_request_t* r) noexcept;
+// get_ctx() when r's context slot is empty and r may have lost it (an internal redirect or a
+// filter finalization clears the slot): the search of r's pool cleanups.
+RequestCtx* find_ctx(ngx_http_request_t* r) noexcept;
+
+// The context of r itself (a subrequest's, not its main request's), or nullptr. Inline: every
+// filter asks, and the slot answers for most requests.
+inline RequestCtx* get_ctx(ngx_http_request_t* r) noexcept {
+    auto* ctx = static_cast<RequestCtx*>(ngx_http_get_module_ctx(r, ngx_http_throttle_module));
+    if (ctx != nullptr || !(r->internal || r->filter_finalize)) {
+        return ctx;
+    }
+    return find_ctx(r);
+}
 // Makes r's context; for a subrequest, the main request's too if it has none yet. `extra`
 // zeroed bytes follow the context (8-aligned, at ctx + 1), in the same allocation.
 RequestCtx* create_ctx(ngx_http_request_t* r, size_t extra = 0) noexcept;

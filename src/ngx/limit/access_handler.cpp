@@ -40,12 +40,13 @@ namespace throttle::ngx {
 
 // What a client request did in one zone (RequestCtx::marks of its main request).
 struct ZoneMark {
+    StrictRequest* deciding;  // held by a request of it while Redis decides (its Waiting)
     bool counted;             // admitted and counted: no request of it is counted there again
     bool reported;            // metrics: an outcome was counted for it (once per client request)
-    StrictRequest* deciding;  // held by a request of it while Redis decides (its Waiting)
     LeaseOutcome lease;       // mode=lease: what the lease call it waited for answered
 };
 static_assert(std::is_trivially_destructible_v<ZoneMark>);
+static_assert(sizeof(ZoneMark) == 16);  // the pointer first: 16 bytes a zone, not 24
 
 namespace {
 
@@ -214,6 +215,23 @@ bool live(const core::Policy& policy, const core::State& s, int64_t now) noexcep
     return !core::is_idle(policy, s, now) || s.blocked_until > now;
 }
 
+// Under the locks: a's key evicted a key (victim: its state); if that one's counts were still
+// live, the zone is full (counted in its metrics; logged once per zone, by log_full()).
+void find_full(Check& c, Applied& a, const core::State& victim, int64_t now) noexcept {
+    ZoneConf* z = a.zone;
+    if (!live(z->policy, victim, now)) {
+        return;
+    }
+    if (z->metrics != nullptr) {
+        cm::add(z->metrics->evictions);
+    }
+    if (!(z->table->tag() & tag_full_logged)) {
+        z->table->set_tag(z->table->tag() | tag_full_logged);
+        a.full = true;
+        c.full = true;
+    }
+}
+
 // Under the locks: finds (or creates) every key's state; notes a zone that had to evict a key
 // whose counts were still live (counted in its metrics; logged once per zone, by log_full()).
 void find_states(Check& c, int64_t now) noexcept {
@@ -221,15 +239,8 @@ void find_states(Check& c, int64_t now) noexcept {
         Applied& a = c.applied[i];
         ZoneConf* z = a.zone;
         core::LookupResult res = z->table->lookup(a.key);
-        if (res.evicted && live(z->policy, res.victim, now)) {
-            if (z->metrics != nullptr) {
-                cm::add(z->metrics->evictions);
-            }
-            if (!(z->table->tag() & tag_full_logged)) {
-                z->table->set_tag(z->table->tag() | tag_full_logged);
-                a.full = true;
-                c.full = true;
-            }
+        if (res.evicted) {
+            find_full(c, a, res.victim, now);
         }
         a.state = res.state;
     }
@@ -969,10 +980,12 @@ bool applied_zones(ngx_http_request_t* r, const LimitLocConf& conf, const ZoneMa
         new (&c.applied[c.n++])
             Applied{zones[i], sk, role, nullptr, core::Decision{}, 0, false, 0, false, 0, 0};
     }
-    redis::Target* client = redis_client();
-    if (remote && (client == nullptr || !client->available())) {
-        fall_back(c);
-        remote = false;
+    if (remote) {
+        redis::Target* client = redis_client();
+        if (client == nullptr || !client->available()) {
+            fall_back(c);
+            remote = false;
+        }
     }
     return true;
 }
@@ -994,11 +1007,41 @@ RequestCtx* new_ctx(ngx_http_request_t* r) noexcept {
 // Under the lock of c's one zone, a local one: decide_here() and, when it admits,
 // record_here() in one step (core::admit: the same decision, state and token).
 bool admit_one(Check& c, int64_t now) noexcept {
-    find_states(c, now);
-    c.need_lease = false;
     Applied& a = c.applied[0];
-    a.decision = core::admit(a.zone->policy, *a.state, now, a.token);
+    ZoneConf* z = a.zone;
+    core::LookupResult res = z->table->lookup(a.key);
+    if (res.evicted) [[unlikely]] {
+        find_full(c, a, res.victim, now);
+    }
+    a.state = res.state;
+    c.need_lease = false;
+    a.decision = core::admit(z->policy, *a.state, now, a.token);
     return a.decision.allowed;
+}
+
+// conclude() of an admission by one zone decided here (Role::local), for a request this
+// location decides first (no earlier decision to keep describing) with the zone's metrics off:
+// the same fields, without the search for the zone to show and the comparisons with an
+// earlier decision. ctx: r's; its client request's marks, when r is the main request.
+void conclude_admitted_one(ngx_http_request_t* r, const LocConf* lcf, RequestCtx* ctx,
+                           const Check& c) noexcept {
+    const Applied& a = c.applied[0];
+    if (r == r->main && ctx->marks != nullptr) {
+        ctx->marks[a.zone->index].counted = true;  // mark_counted(), for this one zone
+    } else {
+        mark_counted(r, ctx, c);
+    }
+    bool fallback = c.fallback || ctx->outcome == Outcome::passed_fallback;
+    ctx->outcome = fallback ? Outcome::passed_fallback : Outcome::passed;
+    ctx->decided_in = lcf;
+    ctx->headers = lcf->limit.headers;
+    ctx->zone_name = &a.zone->name;
+    ctx->policy = &a.zone->policy_header;
+    ctx->limit_prefix = &a.zone->limit_prefix;
+    ctx->limit = a.decision.limit;
+    ctx->remaining = a.decision.remaining;
+    ctx->reset_s = ceil_seconds(a.decision.reset_ms);
+    ctx->retry_after_s = 0;
 }
 
 // Some zone is strict: the zones decided here first (a request they reject costs Redis
@@ -1091,11 +1134,20 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
     if (remote && decide_remote(r, lcf, ctx, c, now, rc)) {
         return rc;
     }
-    lock(c);
     bool admitted;
     if (c.n == 1 && c.applied[0].role == Role::local) {
-        admitted = admit_one(c, now);  // the common case: one local or sync zone
+        // The common case: one local or sync zone (lock(), unlock() for it; no lease).
+        ngx_shmtx_t* mutex = &c.applied[0].zone->shpool->mutex;
+        ngx_shmtx_lock(mutex);
+        admitted = admit_one(c, now);
+        ngx_shmtx_unlock(mutex);
+        if (admitted && !c.full && ctx->zone_name == nullptr &&
+            c.applied[0].zone->metrics == nullptr) {
+            conclude_admitted_one(r, lcf, ctx, c);  // as below, for this case
+            return NGX_DECLINED;
+        }
     } else {
+        lock(c);
         admitted = decide_here(c, now);
         if (admitted && c.need_lease && wait_for_lease(r, ctx, c, now, admitted)) {
             return NGX_DONE;  // the lease call first; then the check runs again
@@ -1105,9 +1157,9 @@ ngx_int_t access_handler(ngx_http_request_t* r) noexcept {
         } else {
             unspend_leases(c);
         }
+        unlock(c);
+        send_prefetches(c);
     }
-    unlock(c);
-    send_prefetches(c);
     if (admitted) {
         mark_counted(r, ctx, c);
     }

@@ -8,16 +8,25 @@ namespace {
 
 ngx_http_output_header_filter_pt next_header_filter;
 
+// Appends a header to r's response: ngx_list_push()'s common case (room left in the last
+// part) inline, the call only when a new part is needed.
 ngx_int_t add_header(ngx_http_request_t* r, const ngx_str_t& name, u_char* value,
                      size_t len) noexcept {
-    auto* h = static_cast<ngx_table_elt_t*>(ngx_list_push(&r->headers_out.headers));
-    if (h == nullptr) {
+    ngx_list_t* l = &r->headers_out.headers;
+    ngx_list_part_t* last = l->last;
+    ngx_table_elt_t* h;
+    if (last->nelts < l->nalloc) {
+        h = static_cast<ngx_table_elt_t*>(last->elts) + last->nelts++;
+    } else if ((h = static_cast<ngx_table_elt_t*>(ngx_list_push(l))) == nullptr) {
         return NGX_ERROR;
     }
     h->hash = 1;
     h->key = name;
     h->value.data = value;
     h->value.len = len;
+#if nginx_version >= 1023000
+    h->next = nullptr;
+#endif
     return NGX_OK;
 }
 
@@ -55,30 +64,27 @@ size_t decimal_digits(uint64_t v) noexcept {
     return n + 1 - (v < powers[n] ? 1 : 0);
 }
 
-// The digits of v, two at a time from the last, ending at q (v has at least one digit).
-// (Four at a time, with one more division per step, took more instructions.)
+// The digits of v, two at a time from the last (one 2-byte copy each), ending at q (v has at
+// least one digit). (Four at a time, with one more division per step, took more instructions.)
 template <typename U>
 void put_digits(u_char* q, U v) noexcept {
     while (v >= 100) {
-        size_t i = static_cast<size_t>(v % 100) * 2;
-        v /= 100;
+        U hi = v / 100;
         q -= 2;
-        q[0] = static_cast<u_char>(digit_pairs[i]);
-        q[1] = static_cast<u_char>(digit_pairs[i + 1]);
+        ngx_memcpy(q, digit_pairs + static_cast<size_t>(v - hi * 100) * 2, 2);
+        v = hi;
     }
     if (v >= 10) {
-        size_t i = static_cast<size_t>(v) * 2;
-        q[-2] = static_cast<u_char>(digit_pairs[i]);
-        q[-1] = static_cast<u_char>(digit_pairs[i + 1]);
+        ngx_memcpy(q - 2, digit_pairs + static_cast<size_t>(v) * 2, 2);
     } else {
         q[-1] = static_cast<u_char>('0' + v);
     }
 }
 
-// Decimal digits of v at p (ngx_sprintf costs several times more on this path), in 32-bit
-// arithmetic when v fits. Returns the end.
-u_char* put_number(u_char* p, uint64_t v) noexcept {
-    u_char* end = p + decimal_digits(v);
+// The decimal digits of v (`digits` of them: decimal_digits(v)) at p, in 32-bit arithmetic
+// when v fits (ngx_sprintf costs several times more on this path). Returns the end.
+u_char* put_number(u_char* p, uint64_t v, size_t digits) noexcept {
+    u_char* end = p + digits;
     if (v <= UINT32_MAX) {
         put_digits(end, static_cast<uint32_t>(v));
     } else {
@@ -102,33 +108,38 @@ ngx_int_t header_filter(ngx_http_request_t* r) noexcept {
     if (ctx == nullptr || ctx->outcome == Outcome::none || ctx->waiting) {
         return next_header_filter(r);
     }
+    bool rejected = ctx->outcome == Outcome::rejected || ctx->outcome == Outcome::rejected_fallback;
+    if (!ctx->headers && !rejected) {
+        return next_header_filter(r);
+    }
+    // The values in one allocation of their exact length: RateLimit's (the zone's prefix
+    // "NAME";r= and the two numbers), then Retry-After's. RateLimit-Policy is fixed per zone.
+    size_t remaining_digits = 0, reset_digits = 0, retry_digits = 0, len = 0;
     if (ctx->headers) {
-        // RateLimit-Policy is fixed per zone; RateLimit: "NAME";r=R;t=T
-        if (add_header(r, rate_limit_policy, ctx->policy->data, ctx->policy->len) != NGX_OK) {
-            return NGX_ERROR;
-        }
-        // RateLimit: the zone's prefix "NAME";r= (fixed) and the two numbers.
-        const ngx_str_t& prefix = *ctx->limit_prefix;
-        size_t len = prefix.len + sizeof(";t=") - 1 + 2 * NGX_INT64_LEN;
-        auto* buf = static_cast<u_char*>(ngx_pnalloc(r->pool, len));
-        if (buf == nullptr) {
-            return NGX_ERROR;
-        }
-        u_char* p = ngx_cpymem(buf, prefix.data, prefix.len);
-        p = put_number(p, ctx->remaining);
+        remaining_digits = decimal_digits(ctx->remaining);
+        reset_digits = decimal_digits(static_cast<uint64_t>(ctx->reset_s));
+        len = ctx->limit_prefix->len + remaining_digits + sizeof(";t=") - 1 + reset_digits;
+    }
+    if (rejected) {
+        retry_digits = decimal_digits(static_cast<uint64_t>(ctx->retry_after_s));
+    }
+    auto* buf = static_cast<u_char*>(ngx_pnalloc(r->pool, len + retry_digits));
+    if (buf == nullptr) {
+        return NGX_ERROR;
+    }
+    if (ctx->headers) {
+        u_char* p = ngx_cpymem(buf, ctx->limit_prefix->data, ctx->limit_prefix->len);
+        p = put_number(p, ctx->remaining, remaining_digits);
         p = put(p, ";t=", 3);
-        p = put_number(p, static_cast<uint64_t>(ctx->reset_s));
-        if (add_header(r, rate_limit, buf, p - buf) != NGX_OK) {
+        put_number(p, static_cast<uint64_t>(ctx->reset_s), reset_digits);
+        if (add_header(r, rate_limit_policy, ctx->policy->data, ctx->policy->len) != NGX_OK ||
+            add_header(r, rate_limit, buf, len) != NGX_OK) {
             return NGX_ERROR;
         }
     }
-    if (ctx->outcome == Outcome::rejected || ctx->outcome == Outcome::rejected_fallback) {
-        auto* buf = static_cast<u_char*>(ngx_pnalloc(r->pool, NGX_INT64_LEN));
-        if (buf == nullptr) {
-            return NGX_ERROR;
-        }
-        u_char* p = put_number(buf, static_cast<uint64_t>(ctx->retry_after_s));
-        if (add_header(r, retry_after, buf, p - buf) != NGX_OK) {
+    if (rejected) {
+        put_number(buf + len, static_cast<uint64_t>(ctx->retry_after_s), retry_digits);
+        if (add_header(r, retry_after, buf + len, retry_digits) != NGX_OK) {
             return NGX_ERROR;
         }
     }
