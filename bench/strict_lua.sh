@@ -51,8 +51,9 @@ need redis_check
 CALLGRIND=${STRICT_LUA_CALLGRIND:-0}
 start_tmp strict_lua
 if [[ $CALLGRIND == 1 ]]; then
-    command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
+    if ! command -v valgrind >/dev/null || ! command -v callgrind_control >/dev/null; then
         die "valgrind is needed for STRICT_LUA_CALLGRIND=1 (apt-get install valgrind)"
+    fi
     redis_port=$(free_ports 1)
     mkdir -p "$tmp/redis" "$tmp/cg"
     valgrind --tool=callgrind --callgrind-out-file="$tmp/cg/out.%p" \
@@ -134,7 +135,7 @@ measure() {
         [[ -n $usec && $ncalls -gt 0 ]] || die "no evalsha in commandstats"
         if [[ $CALLGRIND == 1 ]]; then
             callgrind_control -d "$redis_pid" >/dev/null 2>&1
-            dump=$(ls -t "$tmp/cg/out.$redis_pid".* | head -1)
+            for dump in "$tmp/cg/out.$redis_pid".*; do :; done  # the one dump (each is removed)
             # thousands of instructions per call (INFO and CONFIG counted too: a constant)
             usec=$(awk -v n="$calls" '/^(summary|totals):/ { printf "%.1f", $2 / n / 1000; exit }' "$dump")
             rm -f "$dump"
