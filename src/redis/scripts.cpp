@@ -53,7 +53,7 @@ end
 // changed is written once at the end, with numbers formatted by '%d' (Redis' own conversion of
 // a Lua number is '%.17g', twice as slow).
 constexpr std::string_view lua_strict = R"lua(
-local KEYS, ARGV, tonumber, floor, fmod = KEYS, ARGV, tonumber, math.floor, math.fmod
+local KEYS, ARGV, tonumber, fmod = KEYS, ARGV, tonumber, math.fmod
 local sf, E = string.format, 'ERR throttle strict: '
 local nk, na = #KEYS, #ARGV
 if nk == 0 or na < 7 then
@@ -62,14 +62,170 @@ end
 local now = ARGV[1]
 if now == '' then
   local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+  local u = tonumber(t[2])  -- below 1e6: u % 1000 is exact
+  now = tonumber(t[1]) * 1000 + (u - u % 1000) / 1000
 else
   now = tonumber(now)
-  if not now or now < 0 or now >= 9007199254740992 or now ~= floor(now) then
+  if not now or now < 0 or now >= 9007199254740992 or now % 1 ~= 0 then
     return redis.error_reply(E .. 'bad clock')
   end
 end
 local nowu = now * 1000
+
+-- One key (a lone request, or a batch on one hot key): the same checks, reads, decisions and
+-- writes as the general path below, on locals instead of tables (a table Redis' Lua grows
+-- costs more than a decision). Every zone reference is then -1 or 1: all of a request's zones
+-- see the same state, so they decide alike; counted, the request adds one per zone to a
+-- sliding window and moves the TAT once (what the general path's commit does).
+if nk == 1 then
+  -- tonumber() (strtod) costs more than a comparison: the usual 0 and 1 are compared
+  local a, L, P, B, c = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6]
+  if a == '0' then a = 0 elseif a == '1' then a = 1 else a = tonumber(a) end
+  if B == '0' then B = 0 else B = tonumber(B) end
+  if c == '1' then c = 1 else c = tonumber(c) end
+  if not (a and L and P and B and c) or (a ~= 0 and a ~= 1) or
+      L < 0 or L >= 9007199254740992 or L % 1 ~= 0 or
+      P < 0 or P >= 9007199254740992 or P % 1 ~= 0 or
+      B < 0 or B >= 9007199254740992 or B % 1 ~= 0 or
+      c < 1 or c % 1 ~= 0 or c > 1 then
+    return redis.error_reply(E .. 'bad policy at argument 2')
+  end
+  if L < 1 then L = 1 end
+  if P < 1 then P = 1 end
+  local cur, prev, e, T, CT, name = 0, 0, 0, 0, 0, nil
+  if a == 0 then
+    e = fmod(now, P)
+    name = KEYS[1] .. ':' .. sf('%d', now - e)
+  else
+    local C = B > 0 and B or L
+    if C > 1000000000 then C = 1000000000 end
+    local x = P * 1000
+    T = (x - fmod(x, L)) / L
+    if T < 1 then T = 1 end
+    CT = C * T
+    name = KEYS[1] .. ':gcra'
+  end
+  local v = redis.call('GET', name)
+  if v then
+    cur = tonumber(v)
+    if not cur or cur < 0 or cur >= 9007199254740992 or cur % 1 ~= 0 then
+      return redis.error_reply('ERR throttle: a counter key holds no integer')
+    end
+  end
+  if a == 0 then
+    v = redis.call('GET', KEYS[1] .. ':' .. sf('%d', now - e - P))
+    if v then
+      prev = tonumber(v)
+      if not prev or prev < 0 or prev >= 9007199254740992 or prev % 1 ~= 0 then
+        return redis.error_reply('ERR throttle: a counter key holds no integer')
+      end
+    end
+  end
+  local out, o = nil, 1
+  if na < 2007 then
+    out = {now, unpack(ARGV, 1, 2 * (na - 6))}  -- sized once; every slot is rewritten
+  else
+    out = {now}
+  end
+  -- cur: the window's count (sliding) or the TAT (gcra), as the requests before left it;
+  -- added: what the call counted (sliding), or 1 once it moved the TAT (gcra); nz: zones of
+  -- the request so far. v, reset: the decision at that state, once known (known). A refused
+  -- request changes nothing, so the decision stays; a counted one moves it exactly: sliding,
+  -- x = (L - cur - 1) * P - prev * (P - e) falls by nz * P, so v = floor(x / P) falls by nz
+  -- and spent = cur + 1 + v (hence reset) stays; gcra, wait grows by T (the TAT is past now
+  -- once moved), so v falls by 1 and x = wait + (v + 1) * T - C * T (hence reset) stays. Both
+  -- admit again while that v >= 0; otherwise the decision is computed afresh.
+  local left, added, nz, known, v, reset = P - e, 0, 0, false, 0, 0
+  for q = 7, na + 1 do
+    local s, z = ARGV[q], -1
+    if s ~= '-1' then
+      if s == '1' and q > 7 then
+        z = 1
+      elseif q <= na then
+        z = tonumber(s)
+        if not z or z % 1 ~= 0 or z == 0 or z > 1 or z < -1 or (q == 7 and z > 0) then
+          return redis.error_reply(E .. 'bad zone reference at argument ' .. q)
+        end
+      end
+    end
+    if z < 0 then
+      if nz > 0 and v >= 0 then
+        if a == 0 then
+          cur, added, v = cur + nz, added + nz, v - nz
+        else
+          if cur < nowu then cur = nowu end
+          cur, added, v = cur + T, 1, v - 1
+        end
+        known = v >= 0
+      end
+      if q > na then break end
+      nz = 0
+    end
+    if not known then
+      known = true
+      if a == 0 then
+        local room = (L - cur - 1) * P
+        if cur < L and prev * left <= room then
+          local x = room - prev * left
+          v = (x - fmod(x, P)) / P
+          local spent = cur + 1 + v
+          if spent < L then
+            x = (L - spent - 1) * P
+            reset = left - (x - fmod(x, prev)) / prev
+          else
+            x = (L - 1) * P
+            reset = left + P - (x - fmod(x, spent)) / spent
+          end
+          if reset < 1 then reset = 1 end
+        else
+          local retry
+          if cur < L then
+            retry = left - (room - fmod(room, prev)) / prev
+          else
+            local x = (L - 1) * P
+            retry = left + P - (x - fmod(x, cur)) / cur
+          end
+          if retry < 1 then retry = 1 end
+          v, reset = -retry, retry
+        end
+      else
+        local tat = cur
+        if tat < nowu then tat = nowu end
+        local wait = tat + T - nowu
+        if wait <= CT then
+          local x = CT - wait
+          v = (x - fmod(x, T)) / T
+          x = wait + (v + 1) * T - CT
+          local r = fmod(x, 1000)
+          reset = (x - r) / 1000 + (r > 0 and 1 or 0)
+        else
+          local x = wait - CT
+          local r = fmod(x, 1000)
+          reset = (x - r) / 1000 + (r > 0 and 1 or 0)
+          v = -reset
+        end
+      end
+    end
+    nz = nz + 1
+    out[o + 1], out[o + 2] = v, reset
+    o = o + 2
+  end
+  if added > 0 then
+    if a == 1 then
+      local x = cur - nowu
+      local r = fmod(x, 1000)
+      redis.call('SET', name, sf('%d', cur), 'PX',
+          sf('%d', (x - r) / 1000 + (r > 0 and 1 or 0) + 1000))
+    elseif cur == added then
+      redis.call('SET', name, added == 1 and '1' or sf('%d', added), 'PX', sf('%d', 2 * P + 1000))
+    elseif added == 1 then
+      redis.call('INCR', name)
+    else
+      redis.call('INCRBY', name, sf('%d', added))
+    end
+  end
+  return out
+end
 
 -- Policies. A policy is a table: sliding {0, L, P, P - e, 2P + 1000}, gcra {1, T, C * T}.
 -- Per key s: sp[s], its policy; nm[2s - 1], the name it is decided on (sliding: its window,
@@ -84,10 +240,10 @@ while s < nk do
   local a, L, P, B, c = tonumber(ARGV[j]), tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]),
       tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4])
   if not (a and L and P and B and c) or (a ~= 0 and a ~= 1) or
-      L < 0 or L >= 9007199254740992 or L ~= floor(L) or
-      P < 0 or P >= 9007199254740992 or P ~= floor(P) or
-      B < 0 or B >= 9007199254740992 or B ~= floor(B) or
-      c < 1 or c ~= floor(c) or s + c > nk then
+      L < 0 or L >= 9007199254740992 or L % 1 ~= 0 or
+      P < 0 or P >= 9007199254740992 or P % 1 ~= 0 or
+      B < 0 or B >= 9007199254740992 or B % 1 ~= 0 or
+      c < 1 or c % 1 ~= 0 or s + c > nk then
     return redis.error_reply(E .. 'bad policy at argument ' .. j)
   end
   j = j + 5
@@ -133,7 +289,7 @@ if nn <= 2 then
       local v, x = redis.call('GET', name), 0
       if v then
         x = tonumber(v)
-        if not x or x < 0 or x >= 9007199254740992 or x ~= floor(x) then
+        if not x or x < 0 or x >= 9007199254740992 or x % 1 ~= 0 then
           return redis.error_reply('ERR throttle: a counter key holds no integer')
         end
       end
@@ -151,7 +307,7 @@ while i <= nn do
     local v = got[q - i + 1]
     if v then
       local x = tonumber(v)
-      if not x or x < 0 or x >= 9007199254740992 or x ~= floor(x) then
+      if not x or x < 0 or x >= 9007199254740992 or x % 1 ~= 0 then
         return redis.error_reply('ERR throttle: a counter key holds no integer')
       end
       val[nm[q]] = x
@@ -190,7 +346,7 @@ for q = first, na + 1 do
   local z = -1
   if q <= na then
     z = tonumber(ARGV[q])
-    if not z or z ~= floor(z) or z == 0 or z > nk or z < -nk or (q == first and z > 0) then
+    if not z or z % 1 ~= 0 or z == 0 or z > nk or z < -nk or (q == first and z > 0) then
       return redis.error_reply(E .. 'bad zone reference at argument ' .. q)
     end
   end

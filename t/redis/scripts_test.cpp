@@ -2034,6 +2034,97 @@ TEST_F(RedisScriptsTest, StrictBatchDecisionsMatchCore) {
         compared, calls, admitted, refused, flips);
 }
 
+// The script's one-key path (a lone request, a batch on one hot key) against its general
+// path, which the same call takes when KEYS holds a second key no request uses: the same
+// replies, the same counts left behind, expiry set in the same cases. Policies small enough
+// that batches go from admitting to refusing; requests hold the zone up to three times.
+TEST_F(RedisScriptsTest, StrictOneKeyPathEqualsGeneralPath) {
+    CaseMaker make(20261207);
+    const std::string& source = strict_script().source();
+    const size_t cases = 600;
+    size_t flips = 0, decisions = 0;
+    for (size_t c = 0; c < cases; c++) {
+        const bool gcra = make.chance(0.5);
+        const uint64_t L = make.uniform(0, 3) == 0 ? make.log_uniform(100000) : make.uniform(1, 12);
+        const int64_t P = make.chance(0.2) ? int64_t(make.uniform(1, 5000)) : make.period();
+        const uint64_t B = gcra && make.chance(0.5) ? make.uniform(0, 20) : 0;
+        const int64_t now = 1700000000000 + int64_t(make.uniform(0, 10 * uint64_t(day_ms)));
+        const std::string fast = base_key("d:", "z", "one" + std::to_string(c));
+        const std::string slow = base_key("d:", "z", "gen" + std::to_string(c));
+        const std::string unused = base_key("d:", "z", "unused" + std::to_string(c));
+        // The name each call writes (the current window, or the TAT), under both bases.
+        std::vector<std::string> names;
+        for (const std::string& base : {fast, slow}) {
+            names.push_back(gcra ? base + ":gcra" : window_key(base, window_of(now, P)));
+        }
+        // The same state under both bases.
+        const uint64_t cur_count = make.chance(0.3) ? 0 : make.uniform(1, L + 2);
+        const uint64_t prev_count = make.chance(0.3) ? 0 : make.uniform(1, L + 2);
+        const bool with_ttl = make.chance(0.5);
+        const int64_t tat_us = int64_t(now * 1000) +
+                               int64_t(make.uniform(0, 4 * uint64_t(P) * 1000)) - int64_t(P) * 1000;
+        const bool has_tat = tat_us > 0 && make.chance(0.8);
+        for (const std::string& base : {fast, slow}) {
+            if (!gcra) {
+                const int64_t W = window_of(now, P);
+                if (cur_count > 0) {
+                    std::vector<std::string> set = {"SET", window_key(base, W),
+                                                    std::to_string(cur_count)};
+                    if (with_ttl) {
+                        set.insert(set.end(), {"PX", "600000"});
+                    }
+                    ctl->run(set);
+                }
+                if (prev_count > 0) {
+                    ctl->run({"SET", window_key(base, W - P), std::to_string(prev_count)});
+                }
+            } else if (has_tat) {
+                ctl->run({"SET", base + ":gcra", std::to_string(tat_us)});
+            }
+        }
+        // The requests: -1, then 1 for each further time the request holds the zone.
+        std::vector<std::string> refs;
+        const size_t m = make.uniform(1, 60);
+        for (size_t i = 0; i < m; i++) {
+            refs.push_back("-1");
+            for (size_t n = make.chance(0.2) ? make.uniform(1, 2) : 0; n > 0; n--) {
+                refs.push_back("1");
+            }
+        }
+        const std::vector<std::string> policy = {gcra ? "1" : "0", std::to_string(L),
+                                                 std::to_string(P), std::to_string(B)};
+        std::vector<std::string> one = {"EVAL", source, "1", fast, std::to_string(now)};
+        one.insert(one.end(), policy.begin(), policy.end());
+        one.push_back("1");
+        one.insert(one.end(), refs.begin(), refs.end());
+        std::vector<std::string> general = {"EVAL", source, "2", slow, unused, std::to_string(now)};
+        general.insert(general.end(), policy.begin(), policy.end());
+        general.push_back("2");
+        general.insert(general.end(), refs.begin(), refs.end());
+        const std::string a = ctl->run(one), b = ctl->run(general);
+        const std::string what = "case " + std::to_string(c) + (gcra ? " gcra" : " sliding") +
+                                 " L " + std::to_string(L) + " P " + std::to_string(P) + " burst " +
+                                 std::to_string(B) + " now " + std::to_string(now);
+        ASSERT_EQ(a, b) << what;
+        ASSERT_EQ(a.compare(0, 1, "["), 0) << what << ": " << a;
+        ASSERT_EQ(ctl->run({"GET", names[0]}), ctl->run({"GET", names[1]})) << what;
+        const long long ttl_a = std::atoll(ctl->run({"PTTL", names[0]}).c_str());
+        const long long ttl_b = std::atoll(ctl->run({"PTTL", names[1]}).c_str());
+        ASSERT_EQ(ttl_a < 0, ttl_b < 0) << what << ": pttl " << ttl_a << " " << ttl_b;
+        if (ttl_a < 0) {
+            ASSERT_EQ(ttl_a, ttl_b) << what;
+        }
+        EXPECT_EQ(ctl->run({"EXISTS", unused + ":gcra"}), "0") << what;
+        flips += a.find(",-") != std::string::npos && a.find(",0,") != std::string::npos;
+        decisions += refs.size();
+    }
+    EXPECT_GT(flips, cases / 10);  // batches that admitted and refused
+    std::printf(
+        "compared %zu zone decisions in %zu pairs of calls (%zu batches both admitted "
+        "and refused)\n",
+        decisions, cases, flips);
+}
+
 // ---- what a decision costs Redis ----
 
 // A numeric field of INFO (decimals kept), or -1.
