@@ -160,8 +160,10 @@ bool cache_lookup_submit(const std::shared_ptr<CacheRequest>& cr, bool want_lock
 void lookups_init(redis::Loop& loop) {
     send_scratch = new SendScratch();
     batcher = new redis::TurnBatcher<Queued>(
-        loop, redis::cache_lookup_batch_max,
-        [](Batch&& b) { cache_ns_mirrored() ? send_cluster(std::move(b)) : send(std::move(b)); },
+        loop, redis::cache_lookup_batch_max, 0,
+        [](Batch&& b, uint64_t) {
+            cache_ns_mirrored() ? send_cluster(std::move(b)) : send(std::move(b));
+        },
         [](Queued& q) { return q.cr->gone(); },  // nothing to ask for a request that ended
         [](Queued& q) { cache_lookup_done(q.cr, redis::Failure::Invalid, nullptr, q.want_lock); });
 }

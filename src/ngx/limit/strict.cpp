@@ -14,7 +14,25 @@ namespace {
 
 using Batch = std::vector<std::shared_ptr<StrictRequest>>;
 
+// Script calls of this worker in flight at once (TurnBatcher): the decisions that arrive while
+// they are out wait, and go together in the next call when one completes (natural batching).
+constexpr size_t max_calls_in_flight = 1;
+
 redis::TurnBatcher<std::shared_ptr<StrictRequest>>* batcher = nullptr;  // owned
+
+// One call send() made has completed (its reply, error or failure delivered): the batcher may
+// send the next. Not after the worker's exit began (the batcher is gone).
+void call_done() noexcept {
+    if (batcher != nullptr) {
+        batcher->done();
+    }
+}
+
+// The deadline of a call for requests the oldest of which was queued at `queued_ms`: each
+// request's own timeout counts from when it was queued, as when it was sent at once.
+uint64_t deadline_of(const redis::Target& client, uint64_t queued_ms) noexcept {
+    return queued_ms + client.config().command_timeout_ms;
+}
 // Metrics: requests per script call, in the Redis target's entry; nullptr when metrics are off.
 core::metrics::Histogram* batch_sizes = nullptr;
 
@@ -64,6 +82,12 @@ struct Part {
     std::vector<size_t> zones;  // its zones in this slot
 };
 
+// A batch split by slot: complete (call_done()) when every slot call is answered or failed.
+struct ClusterBatch {
+    std::vector<ClusterRequest> requests;
+    size_t calls = 0;  // slot calls not answered yet
+};
+
 void refund(const ClusterRequest& cr, redis::Target& client) noexcept {
     const std::vector<redis::StrictZone>& zones = cr.req->zones();
     for (const auto& c : cr.counted) {
@@ -103,9 +127,8 @@ void conclude(ClusterRequest& cr) noexcept {
     deliver(*cr.req, cr.failed ? nullptr : cr.decisions.data());
 }
 
-void slot_answered(const std::shared_ptr<std::vector<ClusterRequest>>& held,
-                   const std::vector<Part>& parts, const std::string& key,
-                   redis::Result&& r) noexcept {
+void slot_answered(const std::shared_ptr<ClusterBatch>& held, const std::vector<Part>& parts,
+                   const std::string& key, redis::Result&& r) noexcept {
     std::vector<std::vector<redis::StrictDecision>> out;
     int64_t redis_now = 0;
     bool good = false;
@@ -124,7 +147,7 @@ void slot_answered(const std::shared_ptr<std::vector<ClusterRequest>>& held,
         redis_reply_unusable(r, "strict decisions", key);
     }
     for (size_t i = 0; i < parts.size(); i++) {
-        ClusterRequest& cr = (*held)[parts[i].request];
+        ClusterRequest& cr = held->requests[parts[i].request];
         if (!good) {
             cr.failed = true;
         } else {
@@ -144,15 +167,19 @@ void slot_answered(const std::shared_ptr<std::vector<ClusterRequest>>& held,
             conclude(cr);
         }
     }
+    if (--held->calls == 0) {
+        call_done();
+    }
 }
 
-void send_cluster(Batch&& batch, redis::Target& client) noexcept {
-    std::shared_ptr<std::vector<ClusterRequest>> held;
+void send_cluster(Batch&& batch, redis::Target& client, uint64_t deadline) noexcept {
+    std::shared_ptr<ClusterBatch> held;
     std::map<uint16_t, std::vector<Part>> slots;
     try {
-        held = std::make_shared<std::vector<ClusterRequest>>(batch.size());
+        held = std::make_shared<ClusterBatch>();
+        held->requests.resize(batch.size());
         for (size_t i = 0; i < batch.size(); i++) {
-            ClusterRequest& cr = (*held)[i];
+            ClusterRequest& cr = held->requests[i];
             cr.req = std::move(batch[i]);
             const std::vector<redis::StrictZone>& zones = cr.req->zones();
             cr.decisions.resize(zones.size());
@@ -169,21 +196,23 @@ void send_cluster(Batch&& batch, redis::Target& client) noexcept {
         if (held == nullptr) {
             fail_all(batch);
         } else {
-            for (auto& cr : *held) {
+            for (auto& cr : held->requests) {
                 if (cr.req != nullptr) {
                     deliver(*cr.req, nullptr);
                 }
             }
         }
+        call_done();
         return;
     }
+    held->calls = slots.size();  // each slot_answered() once, below or from its callback
     for (auto& [slot, parts] : slots) {
         bool sent = false;
         try {
             std::vector<std::vector<redis::StrictZone>> subs(parts.size());
             std::vector<const std::vector<redis::StrictZone>*> requests;
             for (size_t i = 0; i < parts.size(); i++) {
-                const auto& zones = (*held)[parts[i].request].req->zones();
+                const auto& zones = held->requests[parts[i].request].req->zones();
                 for (size_t z : parts[i].zones) {
                     subs[i].push_back(zones[z]);
                 }
@@ -198,10 +227,11 @@ void send_cluster(Batch&& batch, redis::Target& client) noexcept {
                     core::metrics::observe_size(*batch_sizes, parts.size());
                 }
                 auto mine = std::make_shared<std::vector<Part>>(parts);
-                client.evalsha(redis::strict_batch_script(), call.keys(), call.args(),
-                               [held, mine, key](redis::Result&& r) noexcept {
-                                   slot_answered(held, *mine, key, std::move(r));
-                               });
+                client.evalsha_until(deadline, redis::strict_batch_script(), call.keys().data(),
+                                     call.keys().size(), call.args().data(), call.args().size(),
+                                     [held, mine, key](redis::Result&& r) noexcept {
+                                         slot_answered(held, *mine, key, std::move(r));
+                                     });
                 sent = true;
             }
         } catch (...) {
@@ -285,11 +315,12 @@ void decide(Batch& batch, redis::Result& r) noexcept {
     s.busy = false;
 }
 
-// One script call for the batch's requests (a Redis Cluster: one per slot).
-void send(Batch&& batch) noexcept {
+// One script call for the batch's requests (a Redis Cluster: one per slot), whose oldest was
+// queued at `queued_ms`. call_done() once it completed, or at once when it could not be made.
+void send(Batch&& batch, uint64_t queued_ms) noexcept {
     redis::Target* client = redis_client();
     if (client != nullptr && client->clustered()) {
-        send_cluster(std::move(batch), *client);
+        send_cluster(std::move(batch), *client, deadline_of(*client, queued_ms));
         return;
     }
     Batch* held = nullptr;
@@ -297,6 +328,7 @@ void send(Batch&& batch) noexcept {
         held = hold(batch);
     } catch (...) {
         fail_all(batch);
+        call_done();
         return;
     }
     try {
@@ -311,18 +343,22 @@ void send(Batch&& batch) noexcept {
         if (client == nullptr || !redis::build_strict_batch_args(*requests, *call)) {
             fail_all(*held);
             give_back(held);
+            call_done();
             return;
         }
         if (batch_sizes != nullptr) {
             core::metrics::observe_size(*batch_sizes, held->size());
         }
-        client->evalsha(redis::strict_batch_script(), *call, [held](redis::Result&& r) noexcept {
-            decide(*held, r);
-            give_back(held);
-        });
+        client->evalsha_until(deadline_of(*client, queued_ms), redis::strict_batch_script(), *call,
+                              [held](redis::Result&& r) noexcept {
+                                  decide(*held, r);
+                                  give_back(held);
+                                  call_done();
+                              });
     } catch (...) {  // nothing was queued: the callback will not be called
         fail_all(*held);
         give_back(held);
+        call_done();
     }
 }
 
@@ -347,7 +383,7 @@ void strict_worker_init(const MainConf& mcf, redis::Loop& loop) {
         }
     }
     batcher = new redis::TurnBatcher<std::shared_ptr<StrictRequest>>(
-        loop, redis::strict_batch_max, send,
+        loop, redis::strict_batch_max, max_calls_in_flight, send,
         [](std::shared_ptr<StrictRequest>& req) { return req->gone(); },  // nothing to ask
         [](std::shared_ptr<StrictRequest>& req) { deliver(*req, nullptr); });
 }
