@@ -22,7 +22,23 @@ struct Queued {
 
 using Batch = std::vector<Queued>;
 
+// Lookup calls of this worker in flight at once (TurnBatcher): the lookups that arrive while
+// one is out wait, and go together in the next call when it completes (natural batching).
+constexpr size_t max_calls_in_flight = 1;
+
 redis::TurnBatcher<Queued>* batcher = nullptr;  // owned
+
+// One call send() or send_cluster() made has completed (a cluster: all its slot calls).
+void call_done() noexcept {
+    if (batcher != nullptr) {
+        batcher->done();
+    }
+}
+
+// A call's deadline: its oldest lookup's timeout counts from when it was queued.
+uint64_t deadline_of(const redis::Target& client, uint64_t queued_ms) noexcept {
+    return queued_ms + client.config().command_timeout_ms;
+}
 
 void fail_all(Batch& batch, redis::Failure why) noexcept {
     for (Queued& q : batch) {
@@ -69,8 +85,8 @@ struct SendScratch {
 };
 SendScratch* send_scratch = nullptr;  // owned
 
-// One script call for the batch's lookups.
-void send(Batch&& batch) noexcept {
+// One script call for the batch's lookups, the oldest queued at `queued_ms`; call_done() once.
+void send(Batch&& batch, uint64_t queued_ms) noexcept {
     auto held = std::make_shared<Batch>(std::move(batch));
     redis::Target* client = redis_client();
     SendScratch local;
@@ -85,13 +101,21 @@ void send(Batch&& batch) noexcept {
             !redis::build_cache_lookup_batch_args(sc.reqs.data(), sc.reqs.size(), sc.args)) {
             sc.busy = false;
             fail_all(*held, redis::Failure::Invalid);
+            call_done();
             return;
         }
-        client->evalsha(redis::cache_lookup_batch_script(), sc.args.keys(), sc.args.args(),
-                        [held](redis::Result&& res) noexcept { answer(held, std::move(res)); });
+        const auto& keys = sc.args.keys();
+        const auto& args = sc.args.args();
+        client->evalsha_until(deadline_of(*client, queued_ms), redis::cache_lookup_batch_script(),
+                              keys.data(), keys.size(), args.data(), args.size(),
+                              [held](redis::Result&& res) noexcept {
+                                  answer(held, std::move(res));
+                                  call_done();
+                              });
     } catch (...) {
         sc.busy = false;
         fail_all(*held, redis::Failure::Invalid);
+        call_done();
         return;
     }
     sc.busy = false;
@@ -100,7 +124,7 @@ void send(Batch&& batch) noexcept {
 // On a Redis Cluster: one call per user slot, with each namespace's mirrored generation
 // (nsgen.hpp). A lookup whose namespace has no fresh mirror is a BYPASS (CircuitOpen: nothing
 // was asked).
-void send_cluster(Batch&& batch) noexcept {
+void send_cluster(Batch&& batch, uint64_t queued_ms) noexcept {
     redis::Target* client = redis_client();
     std::map<uint16_t, std::pair<Batch, std::vector<uint64_t>>> by_slot;
     try {
@@ -126,6 +150,27 @@ void send_cluster(Batch&& batch) noexcept {
         for (auto& [slot, group] : by_slot) {
             fail_all(group.first, redis::Failure::Invalid);
         }
+        call_done();
+        return;
+    }
+    // Slot calls not answered yet: the batch completes with the last (none: at once).
+    std::shared_ptr<size_t> calls;
+    try {
+        calls = std::make_shared<size_t>(by_slot.size());
+    } catch (...) {
+        for (auto& [slot, group] : by_slot) {
+            fail_all(group.first, redis::Failure::Invalid);
+        }
+        call_done();
+        return;
+    }
+    auto slot_done = [calls]() noexcept {
+        if (--*calls == 0) {
+            call_done();
+        }
+    };
+    if (by_slot.empty()) {
+        call_done();
         return;
     }
     for (auto& [slot, group] : by_slot) {
@@ -140,12 +185,19 @@ void send_cluster(Batch&& batch) noexcept {
             if (!redis::build_cache_lookup_batch_cluster_args(reqs.data(), group.second.data(),
                                                               reqs.size(), args)) {
                 fail_all(*held, redis::Failure::Invalid);
+                slot_done();
                 continue;
             }
-            client->evalsha(redis::cache_lookup_batch_cluster_script(), args.keys(), args.args(),
-                            [held](redis::Result&& res) noexcept { answer(held, std::move(res)); });
+            client->evalsha_until(deadline_of(*client, queued_ms),
+                                  redis::cache_lookup_batch_cluster_script(), args.keys().data(),
+                                  args.keys().size(), args.args().data(), args.args().size(),
+                                  [held, slot_done](redis::Result&& res) noexcept {
+                                      answer(held, std::move(res));
+                                      slot_done();
+                                  });
         } catch (...) {
             fail_all(*held, redis::Failure::Invalid);
+            slot_done();
         }
     }
 }
@@ -160,9 +212,10 @@ bool cache_lookup_submit(const std::shared_ptr<CacheRequest>& cr, bool want_lock
 void lookups_init(redis::Loop& loop) {
     send_scratch = new SendScratch();
     batcher = new redis::TurnBatcher<Queued>(
-        loop, redis::cache_lookup_batch_max, 0,
-        [](Batch&& b, uint64_t) {
-            cache_ns_mirrored() ? send_cluster(std::move(b)) : send(std::move(b));
+        loop, redis::cache_lookup_batch_max, max_calls_in_flight,
+        [](Batch&& b, uint64_t queued_ms) {
+            cache_ns_mirrored() ? send_cluster(std::move(b), queued_ms)
+                                : send(std::move(b), queued_ms);
         },
         [](Queued& q) { return q.cr->gone(); },  // nothing to ask for a request that ended
         [](Queued& q) { cache_lookup_done(q.cr, redis::Failure::Invalid, nullptr, q.want_lock); });
