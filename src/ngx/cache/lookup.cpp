@@ -31,7 +31,7 @@ constexpr size_t max_calls_in_flight = 0;
 
 redis::TurnBatcher<Queued>* batcher = nullptr;  // owned
 
-// One call send() or send_cluster() made has completed (a cluster: all its slot calls).
+// One call send() made has completed, or send_cluster() issued its slot calls.
 void call_done() noexcept {
     if (batcher != nullptr) {
         batcher->done();
@@ -156,26 +156,8 @@ void send_cluster(Batch&& batch, uint64_t queued_ms) noexcept {
         call_done();
         return;
     }
-    // Slot calls not answered yet: the batch completes with the last (none: at once).
-    std::shared_ptr<size_t> calls;
-    try {
-        calls = std::make_shared<size_t>(by_slot.size());
-    } catch (...) {
-        for (auto& [slot, group] : by_slot) {
-            fail_all(group.first, redis::Failure::Invalid);
-        }
-        call_done();
-        return;
-    }
-    auto slot_done = [calls]() noexcept {
-        if (--*calls == 0) {
-            call_done();
-        }
-    };
-    if (by_slot.empty()) {
-        call_done();
-        return;
-    }
+    // The batch leaves the in-flight count once its slot calls are issued: they go to several
+    // nodes, and one slow node must not hold every slot's lookups behind it.
     for (auto& [slot, group] : by_slot) {
         auto held = std::make_shared<Batch>(std::move(group.first));
         try {
@@ -188,21 +170,17 @@ void send_cluster(Batch&& batch, uint64_t queued_ms) noexcept {
             if (!redis::build_cache_lookup_batch_cluster_args(reqs.data(), group.second.data(),
                                                               reqs.size(), args)) {
                 fail_all(*held, redis::Failure::Invalid);
-                slot_done();
                 continue;
             }
-            client->evalsha_until(deadline_of(*client, queued_ms),
-                                  redis::cache_lookup_batch_cluster_script(), args.keys().data(),
-                                  args.keys().size(), args.args().data(), args.args().size(),
-                                  [held, slot_done](redis::Result&& res) noexcept {
-                                      answer(held, std::move(res));
-                                      slot_done();
-                                  });
+            client->evalsha_until(
+                deadline_of(*client, queued_ms), redis::cache_lookup_batch_cluster_script(),
+                args.keys().data(), args.keys().size(), args.args().data(), args.args().size(),
+                [held](redis::Result&& res) noexcept { answer(held, std::move(res)); });
         } catch (...) {
             fail_all(*held, redis::Failure::Invalid);
-            slot_done();
         }
     }
+    call_done();
 }
 
 }  // namespace
