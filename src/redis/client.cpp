@@ -1229,13 +1229,25 @@ void Client::evalsha(const Script& script, const std::string_view* keys, size_t 
     }
 }
 
+void Client::evalsha_until(uint64_t deadline, const Script& script, const std::string_view* keys,
+                           size_t nkeys, const std::string_view* args, size_t nargs, Callback cb) {
+    SendOptions opts;
+    opts.deadline = deadline;
+    evalsha(script, keys, nkeys, args, nargs, std::move(cb), opts);
+}
+
 void Client::evalsha(const Script& script, const EvalResp& call, Callback cb) {
+    evalsha_until(0, script, call, std::move(cb));
+}
+
+void Client::evalsha_until(uint64_t at, const Script& script, const EvalResp& call, Callback cb) {
     size_t index = script_index(script);
     if (!admit(cb)) {
         return;
     }
     uint64_t deadline = 0;
-    const SendOptions opts;
+    SendOptions opts;
+    opts.deadline = at;
     if (past_deadline(cb, opts, deadline)) {
         return;
     }

@@ -256,6 +256,12 @@ class Client final : public Target, private Connection::Owner {
                  const std::string_view* args, size_t nargs, Callback cb, const SendOptions& opts);
     // The same with the keys and arguments in RESP (EvalResp, scripts.hpp), copied as they are.
     void evalsha(const Script& script, const EvalResp& call, Callback cb) override;
+    // With an explicit deadline (Target's; SendOptions::deadline).
+    void evalsha_until(uint64_t deadline, const Script& script, const std::string_view* keys,
+                       size_t nkeys, const std::string_view* args, size_t nargs,
+                       Callback cb) override;
+    void evalsha_until(uint64_t deadline, const Script& script, const EvalResp& call,
+                       Callback cb) override;
     // Registers a script so that it is loaded on connect, before it is first used. With a
     // `key` (and the `channel` it publishes to), the commands the script calls are checked on
     // every connect against the user's ACL (permissions.hpp): a user who may not run one of

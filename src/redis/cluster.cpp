@@ -1,8 +1,8 @@
 // Redis Cluster routing (layer: redis). See cluster.hpp for the contract.
 //
-// Every caller's command is an Op, kept in ops_ (deadline order: each deadline is now +
-// command_timeout_ms when the call is made) until it is delivered, and handed to the Client of
-// its slot's master with that deadline (SendOptions). The node's callback delivers it, or
+// Every caller's command is an Op, kept in ops_ (its deadline: now + command_timeout_ms when the
+// call is made, or the one evalsha() was given) until it is delivered, and handed to the Client
+// of its slot's master with that deadline (SendOptions). The node's callback delivers it, or
 // follows one redirection (MOVED: the map updated, ASK: ASKING first) by handing it to another
 // node, with the same deadline: the node's Client fails it with Timeout at it. deadline_timer_
 // covers only the Ops waiting for the slot map (in no Client). Failures known at once are
@@ -243,6 +243,12 @@ void ClusterClient::command_for_key(std::string_view key, const std::string_view
 
 void ClusterClient::evalsha(const Script& script, const std::string_view* keys, size_t nkeys,
                             const std::string_view* args, size_t nargs, Callback cb) {
+    evalsha_until(0, script, keys, nkeys, args, nargs, std::move(cb));
+}
+
+void ClusterClient::evalsha_until(uint64_t deadline, const Script& script,
+                                  const std::string_view* keys, size_t nkeys,
+                                  const std::string_view* args, size_t nargs, Callback cb) {
     size_t known = scripts_.size();
     const Script& own = own_script(script);  // loaded by the nodes made from now on too
     if (scripts_.size() != known) {
@@ -264,23 +270,30 @@ void ClusterClient::evalsha(const Script& script, const std::string_view* keys, 
     if (!invalid) {
         op->keep(keys, nkeys, args, nargs);
     }
-    submit(std::move(op));
+    submit(std::move(op), deadline);
     if (invalid) {
         fail_soon(ops_.back(), Failure::Invalid);
     }
 }
 
 void ClusterClient::evalsha(const Script& script, const EvalResp& call, Callback cb) {
+    evalsha_until(0, script, call, std::move(cb));
+}
+
+void ClusterClient::evalsha_until(uint64_t deadline, const Script& script, const EvalResp& call,
+                                  Callback cb) {
     std::vector<std::string_view> keys;
     std::vector<std::string_view> args;
     call.views(keys, args);
-    evalsha(script, keys.data(), keys.size(), args.data(), args.size(), std::move(cb));
+    evalsha_until(deadline, script, keys.data(), keys.size(), args.data(), args.size(),
+                  std::move(cb));
 }
 
 // Queues `op` (may throw std::bad_alloc: then nothing is queued) and sends it unless it is
-// refused at once (the caller fails it right after) or the client is closed.
-void ClusterClient::submit(OpPtr op) {
-    op->deadline = loop_.now_ms() + cfg_.node.command_timeout_ms;
+// refused at once (the caller fails it right after) or the client is closed. Its deadline:
+// `deadline`, or (0) now + command_timeout_ms.
+void ClusterClient::submit(OpPtr op, uint64_t deadline) {
+    op->deadline = deadline != 0 ? deadline : loop_.now_ms() + cfg_.node.command_timeout_ms;
     ops_.push_back(op);
     op->self = std::prev(ops_.end());
     if (closed_) {

@@ -126,6 +126,13 @@ class ClusterClient final : public Target {
     }
     // The same, the keys and arguments read back from their RESP.
     void evalsha(const Script& script, const EvalResp& call, Callback cb) override;
+    // With an explicit deadline (Target's): the Op's deadline, where it would be now +
+    // command_timeout_ms.
+    void evalsha_until(uint64_t deadline, const Script& script, const std::string_view* keys,
+                       size_t nkeys, const std::string_view* args, size_t nargs,
+                       Callback cb) override;
+    void evalsha_until(uint64_t deadline, const Script& script, const EvalResp& call,
+                       Callback cb) override;
     // As Client's, for every node (those made later too).
     void add_script(const Script& script) override;
     void add_script(const Script& script, std::string_view key, std::string_view channel) override;
@@ -178,7 +185,7 @@ class ClusterClient final : public Target {
     struct Op;
     using OpPtr = std::shared_ptr<Op>;
 
-    void submit(OpPtr op);
+    void submit(OpPtr op, uint64_t deadline = 0);
     void dispatch(const OpPtr& op) noexcept;
     void send_to(Node& node, const OpPtr& op, bool asking) noexcept;
     void on_result(const OpPtr& op, Node* node, Result&& r) noexcept;
@@ -214,7 +221,7 @@ class ClusterClient final : public Target {
     std::vector<std::unique_ptr<Node>> retired_;  // left the map, destroyed when idle
     std::vector<Node*> slots_;                    // slot -> master; empty: no map yet
 
-    std::list<OpPtr> ops_;         // the caller's commands not delivered yet, in deadline order
+    std::list<OpPtr> ops_;         // the caller's commands not delivered yet, in call order
     std::vector<OpPtr> waiting_;   // for the slot map
     size_t deferred_ = 0;          // ops_ failed, waiting for defer_timer_
     uint64_t armed_deadline_ = 0;  // deadline_timer_'s, while active

@@ -52,6 +52,15 @@ class Target {
     // The same with the keys and arguments in RESP (scripts.hpp): a Client copies them as they
     // are; a cluster reads them back.
     virtual void evalsha(const Script& script, const EvalResp& call, Callback cb) = 0;
+    // The two above with the command's absolute deadline on the Loop's clock (Loop::now_ms();
+    // 0: now + command_timeout_ms, as above). Already past: not sent, fails with Timeout
+    // (unsent), never from inside the call. For a caller that counts its own time from before
+    // the call (a request that waited in a queue for its turn).
+    virtual void evalsha_until(uint64_t deadline, const Script& script,
+                               const std::string_view* keys, size_t nkeys,
+                               const std::string_view* args, size_t nargs, Callback cb) = 0;
+    virtual void evalsha_until(uint64_t deadline, const Script& script, const EvalResp& call,
+                               Callback cb) = 0;
     virtual void add_script(const Script& script) = 0;
     virtual void add_script(const Script& script, std::string_view key,
                             std::string_view channel) = 0;

@@ -314,6 +314,24 @@ TEST_F(RedisClientTest, EvalshaInRespIsTheSameCommand) {
     check(third, 3);
     EXPECT_EQ(client.stats().noscript_reloads, 1u);
 
+    // With the caller's deadline (evalsha_until, as a queued strict batch sends it): one ahead
+    // is answered as any; one already past is not sent and fails with Timeout, from the loop.
+    Outcome ahead, past;
+    client.evalsha_until(ev.loop().now_ms() + 5000, script, call, track(ahead));
+    ASSERT_TRUE(ev.run_until([&] { return ahead.calls > 0; }, 5000));
+    check(ahead, 4);
+    inside_call() = true;
+    client.evalsha_until(std::max<uint64_t>(ev.loop().now_ms(), 1), script, call, track(past));
+    inside_call() = false;
+    ASSERT_TRUE(ev.run_until([&] { return past.calls > 0; }, 5000));
+    EXPECT_EQ(past.result.failure, Failure::Timeout);
+    EXPECT_TRUE(past.result.unsent);
+    EXPECT_FALSE(past.synchronous);
+    Outcome after;
+    client.evalsha(script, call, track(after));
+    ASSERT_TRUE(ev.run_until([&] { return after.calls > 0; }, 5000));
+    check(after, 5);  // the one past its deadline never ran
+
     // Read back one by one, the views are what was added.
     std::vector<std::string_view> keys, args;
     call.views(keys, args);
@@ -323,7 +341,7 @@ TEST_F(RedisClientTest, EvalshaInRespIsTheSameCommand) {
     call.clear();
     EXPECT_EQ(call.nkeys() + call.nargs(), 0u);
     EXPECT_TRUE(call.keys_resp().empty() && call.args_resp().empty());
-    expect_once({&first, &second, &third});
+    expect_once({&first, &second, &third, &ahead, &past, &after});
 }
 
 TEST_F(RedisClientTest, EvalshaLoadsScriptsAndReloadsOnNoscript) {

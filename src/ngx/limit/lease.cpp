@@ -509,7 +509,8 @@ void lease_worker_init(const MainConf& mcf, redis::Loop& loop) {
     w->sweep->start(sweep_ms);
     w->poll = loop.create_timer(poll);
     w->batcher = std::make_unique<redis::TurnBatcher<Pending>>(
-        loop, redis::lease_batch_max, send_turn, nullptr,
+        loop, redis::lease_batch_max, 0,
+        [](std::vector<Pending>&& batch, uint64_t) { send_turn(std::move(batch)); }, nullptr,
         [](Pending& p) { finish(p.call, nullptr); });
     worker = w.release();
 }

@@ -15,6 +15,11 @@ package Throttle::FakeRedis;
 #                server at once (it runs now) and sends its reply 150 ms later; replies on a
 #                connection keep their order, the proxy serves the others meanwhile;
 #                mode('slow', 150, 3): only every third EVALSHA (counted over all connections)
+#   hold         the real reply, held back until the mode changes (then sent, in order): the
+#                server runs each EVALSHA at once; `held` says how many were waiting for their
+#                reply on one connection at most
+#   reset        while replies are held: their connections are closed (the client sees a
+#                reset with calls in flight); otherwise as ok
 #
 # SUBSCRIBE is confirmed here and nothing is ever published to it.
 #
@@ -52,7 +57,7 @@ my %ANSWER = (
     wrong_shape => ":1\r\n",
 );
 
-sub modes { ('ok', 'surplus', 'slow', sort keys %ANSWER) }
+sub modes { ('ok', 'surplus', 'slow', 'hold', 'reset', sort keys %ANSWER) }
 
 # Options: t => Throttle::Test (directory and port), redis => Throttle::Redis (the real one).
 sub new {
@@ -97,6 +102,12 @@ sub _events {
 # Connections accepted, and commands received by name (upper case), since the start.
 sub connections { scalar grep { /^accept$/ } $_[0]->_events }
 sub count { my ($self, $name) = @_; scalar grep { /^cmd \Q$name\E$/ } $self->_events }
+# The most EVALSHA replies held (mode hold) at once on one connection, since the start.
+sub held {
+    my $max = 0;
+    for (map { /^held (\d+)$/ ? $1 : () } $_[0]->_events) { $max = $_ if $_ > $max }
+    return $max;
+}
 
 sub start {
     my ($self) = @_;
@@ -210,6 +221,7 @@ sub _serve {
     my $sel = IO::Select->new($listen);
     my %conn;    # fileno => { sock, buf, up, out => [[due, bytes], ...] }
     my $slow_seq = 0;
+    my $forever = 9e99;    # the due time of a reply held (mode hold)
     local $SIG{PIPE} = 'IGNORE';
     my $write = sub {
         my ($s, $out) = @_;
@@ -236,8 +248,26 @@ sub _serve {
         close $c->{sock};
         close $c->{up}{sock} if $c->{up};
     };
+    # Held replies: kept while the mode is hold; sent when it changes, or, in mode reset,
+    # dropped with their connection.
+    my $release = sub {
+        my @holding = grep { grep { $_->[0] == $forever } @{ $_->{out} } } values %conn;
+        return 0 unless @holding;
+        open my $fh, '<', "$dir/mode" or return 1;
+        my $mode = <$fh> // 'ok';
+        return 1 if $mode eq 'hold';
+        for my $c (@holding) {
+            if ($mode eq 'reset') {
+                print $ev "reset\n";
+                $close->($c);
+                next;
+            }
+            $_->[0] = 0 for grep { $_->[0] == $forever } @{ $c->{out} };
+        }
+        return 0;
+    };
     while (1) {
-        my $wait = 1;
+        my $wait = $release->() ? 0.01 : 1;
         for my $c (values %conn) {
             next unless @{ $c->{out} };
             my $left = $c->{out}[0][0] - time;
@@ -262,7 +292,7 @@ sub _serve {
             while (my $argv = _command(\$c->{buf})) {
                 my $name = uc $argv->[0];
                 print $ev "cmd $name\n";
-                my ($out, $end, $delay) = ('', 0, 0);
+                my ($out, $end, $delay, $mode_of_cmd) = ('', 0, 0, 'ok');
                 if ($name eq 'SUBSCRIBE') {
                     $out = join '', map {
                         "*3\r\n\$9\r\nsubscribe\r\n\$" . length($argv->[$_]) . "\r\n$argv->[$_]\r\n:$_\r\n"
@@ -288,6 +318,12 @@ sub _serve {
                         $out = _reply($c->{up});
                         $out .= $out if $mode eq 'surplus';
                     }
+                    $mode_of_cmd = $mode;
+                }
+                if ($mode_of_cmd eq 'hold') {
+                    push @{ $c->{out} }, [$forever, $out];
+                    print $ev 'held ' . scalar(grep { $_->[0] == $forever } @{ $c->{out} }) . "\n";
+                    next;
                 }
                 if ($delay || @{ $c->{out} }) {
                     my $due = time + $delay;
