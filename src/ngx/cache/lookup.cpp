@@ -4,6 +4,7 @@
 #include <map>
 #include <vector>
 
+#include "ngx/cache/fast_lookup.hpp"
 #include "ngx/cache/leases.hpp"
 #include "ngx/cache/nsgen.hpp"
 #include "ngx/cache/request.hpp"
@@ -15,12 +16,8 @@
 namespace throttle::ngx {
 namespace {
 
-struct Queued {
-    std::shared_ptr<CacheRequest> cr;
-    bool want_lock;
-};
-
-using Batch = std::vector<Queued>;
+using Queued = CacheQueued;
+using Batch = CacheLookupBatch;
 
 redis::TurnBatcher<Queued>* batcher = nullptr;  // owned
 
@@ -45,6 +42,7 @@ void answer(const std::shared_ptr<Batch>& held, redis::Result&& res) noexcept {
         return;
     }
     for (size_t i = 0; i < held->size(); i++) {
+        cache_lookup_seen(*(*held)[i].cr, out[i]);  // the fast lookup's next guess
         cache_lookup_done((*held)[i].cr, redis::Failure::None, &out[i], (*held)[i].want_lock);
     }
 }
@@ -161,7 +159,10 @@ void lookups_init(redis::Loop& loop) {
     send_scratch = new SendScratch();
     batcher = new redis::TurnBatcher<Queued>(
         loop, redis::cache_lookup_batch_max,
-        [](Batch&& b) { cache_ns_mirrored() ? send_cluster(std::move(b)) : send(std::move(b)); },
+        [](Batch&& b) {
+            cache_ns_mirrored() ? send_cluster(std::move(b))
+                                : cache_fast_lookup(std::move(b), send);
+        },
         [](Queued& q) { return q.cr->gone(); },  // nothing to ask for a request that ended
         [](Queued& q) { cache_lookup_done(q.cr, redis::Failure::Invalid, nullptr, q.want_lock); });
 }

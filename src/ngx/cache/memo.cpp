@@ -11,6 +11,7 @@
 #include "core/cache_identity.hpp"
 #include "core/cache_key.hpp"
 #include "core/gzip.hpp"
+#include "core/hash.hpp"
 #include "ngx/ngx.hpp"
 
 namespace throttle::ngx {
@@ -32,6 +33,15 @@ struct VarySlot {
     core::cache::VaryList list;
 };
 
+// One slot of the generation memo: a target's (or namespace's) tag, 0 when empty.
+struct GenerationSlot {
+    uint64_t tag = 0;
+    uint64_t gen = 0;
+};
+constexpr size_t generation_ways = 4;
+constexpr size_t generation_sets = cache_generation_memo_slots / generation_ways;
+static_assert((generation_sets & (generation_sets - 1)) == 0, "a power of two");
+
 struct Memos {
     std::string secret;  // the one `identities` hashes with
     // The identity memo's SipHash key, from getrandom(); without one (no entropy) there is no
@@ -43,6 +53,10 @@ struct Memos {
     std::array<VarySlot, cache_vary_memo_slots> vary;
     size_t vary_used = 0;  // slots in use
     std::unique_ptr<core::cache::CacheKeyMemo> keys;
+    // The generation memo's key (no memo without one: every guess is 0) and slots.
+    core::SipKey generation_key;
+    bool generation_key_ok = false;
+    std::array<GenerationSlot, cache_generation_memo_slots> generations{};
 };
 
 Memos* memos = nullptr;   // owned; deleted in memos_exit
@@ -153,6 +167,89 @@ void cache_vary_memo_forget(uint64_t tag) noexcept {
 
 namespace {
 
+// The tag of a user target (`id` non-null) or of a namespace: SipHash-1-3 of the framed fields
+// (a kind byte, each field's length and bytes), never 0. 0 when there is no memo or the fields
+// do not fit the frame (a prefix of hundreds of bytes: no memo for it).
+uint64_t generation_tag(std::string_view prefix, std::string_view ns,
+                        const std::string_view* id) noexcept {
+    if (memos == nullptr || !memos->generation_key_ok) {
+        return 0;
+    }
+    char buf[512];
+    size_t len = 0;
+    auto put = [&](std::string_view f) {
+        if (len + 4 + f.size() > sizeof buf) {
+            return false;
+        }
+        uint32_t n = static_cast<uint32_t>(f.size());
+        std::memcpy(buf + len, &n, 4);
+        std::memcpy(buf + len + 4, f.data(), f.size());
+        len += 4 + f.size();
+        return true;
+    };
+    buf[len++] = id != nullptr ? 'u' : 'n';
+    if (!put(prefix) || !put(ns) || (id != nullptr && !put(*id))) {
+        return 0;
+    }
+    uint64_t h = core::siphash13(memos->generation_key, buf, len);
+    return h != 0 ? h : 1;
+}
+
+GenerationSlot* generation_find(uint64_t tag) noexcept {
+    GenerationSlot* set = &memos->generations[(tag & (generation_sets - 1)) * generation_ways];
+    for (size_t w = 0; w < generation_ways; w++) {
+        if (set[w].tag == tag) {
+            return &set[w];
+        }
+    }
+    return nullptr;
+}
+
+uint64_t generation_get(uint64_t tag) noexcept {
+    if (tag == 0) {
+        return 0;
+    }
+    const GenerationSlot* s = generation_find(tag);
+    return s != nullptr ? s->gen : 0;
+}
+
+void generation_put(uint64_t tag, uint64_t gen) noexcept {
+    if (tag == 0) {
+        return;
+    }
+    GenerationSlot* s = generation_find(tag);
+    if (s == nullptr) {
+        GenerationSlot* set = &memos->generations[(tag & (generation_sets - 1)) * generation_ways];
+        s = &set[(tag >> 40) % generation_ways];  // a victim the tag picks: no LRU to keep
+        for (size_t w = 0; w < generation_ways; w++) {
+            if (set[w].tag == 0) {
+                s = &set[w];
+                break;
+            }
+        }
+        s->tag = tag;
+    }
+    s->gen = gen;
+}
+
+}  // namespace
+
+core::cache::Generation cache_generation_guess(std::string_view prefix, std::string_view ns,
+                                               std::string_view id) noexcept {
+    core::cache::Generation g;
+    g.ns = generation_get(generation_tag(prefix, ns, nullptr));
+    g.user = generation_get(generation_tag(prefix, ns, &id));
+    return g;
+}
+
+void cache_generation_seen(std::string_view prefix, std::string_view ns, std::string_view id,
+                           const core::cache::Generation& gen) noexcept {
+    generation_put(generation_tag(prefix, ns, nullptr), gen.ns);
+    generation_put(generation_tag(prefix, ns, &id), gen.user);
+}
+
+namespace {
+
 // 16 bytes from the kernel's generator (false when it has none yet: early boot).
 bool random_key(core::SipKey& key) noexcept {
     uint64_t k[2];
@@ -177,6 +274,7 @@ void memos_init() {
         seed.k1 = (static_cast<uint64_t>(ngx_random()) << 32) ^ static_cast<uint64_t>(ngx_pid);
     }
     m->keys = std::make_unique<core::cache::CacheKeyMemo>(seed);
+    m->generation_key_ok = random_key(m->generation_key);
     memos = m.release();
 }
 

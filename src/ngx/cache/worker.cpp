@@ -50,6 +50,9 @@ void cache_worker_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loo
             }
         }
         client.require({{"SUBSCRIBE", channel}});
+        if (!client.clustered()) {
+            client.require({{"MGET", key, key}});  // the fast lookup (fast_lookup.hpp)
+        }
         prefix = new std::string(base + "cache:");
         cache_local_worker_init(mcf);  // before the fill channel's subscriber (its heartbeat)
         memos_init();
