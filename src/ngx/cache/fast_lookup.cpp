@@ -1,6 +1,7 @@
 // The fast cache lookup (see fast_lookup.hpp).
 #include "ngx/cache/fast_lookup.hpp"
 
+#include <array>
 #include <new>
 #include <utility>
 
@@ -16,7 +17,8 @@ CacheFastStats stats;
 // What one MGET asked, kept until its reply.
 struct Held {
     CacheLookupBatch batch;
-    std::vector<core::cache::Generation> guesses;
+    CacheScriptSend script = nullptr;
+    std::array<core::cache::Generation, redis::cache_lookup_batch_max> guesses;  // no allocation
 };
 
 // What cache_fast_lookup() builds an MGET from, kept between calls so that its vectors keep
@@ -29,9 +31,9 @@ struct Scratch {
 };
 Scratch* scratch_ptr = nullptr;
 
-void answer(const std::shared_ptr<Held>& held, CacheScriptSend script,
-            redis::Result&& res) noexcept {
+void answer(const std::shared_ptr<Held>& held, redis::Result&& res) noexcept {
     CacheLookupBatch& batch = held->batch;
+    CacheScriptSend script = held->script;
     if (!res.ok()) {
         for (CacheQueued& q : batch) {
             cache_lookup_done(q.cr, res.failure, nullptr, false);
@@ -45,9 +47,15 @@ void answer(const std::shared_ptr<Held>& held, CacheScriptSend script,
                                                       batch.size(), out);
     } catch (...) {
     }
+    size_t answered = 0;
+    for (size_t i = 0; parsed && i < batch.size(); i++) {
+        answered += out[i].hit;
+    }
     CacheLookupBatch rest;
     try {
-        rest.reserve(batch.size());
+        if (answered < batch.size()) {
+            rest.reserve(batch.size() - answered);
+        }
     } catch (...) {
         for (CacheQueued& q : batch) {
             cache_lookup_done(q.cr, redis::Failure::Invalid, nullptr, false);
@@ -98,19 +106,18 @@ void cache_fast_lookup(CacheLookupBatch&& batch, CacheScriptSend script) noexcep
     try {
         held = std::make_shared<Held>();
         held->batch = std::move(batch);
-        held->guesses.reserve(held->batch.size());
+        held->script = script;
         scratch.targets.clear();
-        for (const CacheQueued& q : held->batch) {
-            const redis::CacheTarget t = q.cr->target();
+        for (size_t i = 0; i < held->batch.size(); i++) {
+            const redis::CacheTarget t = held->batch[i].cr->target();
             scratch.targets.push_back(t);
-            held->guesses.push_back(cache_generation_guess(t.prefix, t.ns, t.id));
+            held->guesses[i] = cache_generation_guess(t.ns, t.id);
         }
         if (redis::build_cache_fast_lookup_argv(scratch.targets.data(), held->guesses.data(),
                                                 scratch.targets.size(), scratch.argv)) {
             const auto& argv = scratch.argv.args();
-            client->command(argv.data(), argv.size(), [held, script](redis::Result&& res) noexcept {
-                answer(held, script, std::move(res));
-            });
+            client->command(argv.data(), argv.size(),
+                            [held](redis::Result&& res) noexcept { answer(held, std::move(res)); });
             stats.mgets++;
             scratch.busy = false;
             return;
@@ -124,7 +131,7 @@ void cache_fast_lookup(CacheLookupBatch&& batch, CacheScriptSend script) noexcep
 
 void cache_lookup_seen(const CacheRequest& cr, const redis::CacheLookup& answer) noexcept {
     const redis::CacheTarget t = cr.target();
-    cache_generation_seen(t.prefix, t.ns, t.id, answer.generation());
+    cache_generation_seen(t.ns, t.id, answer.generation());
 }
 
 const CacheFastStats& cache_fast_stats() noexcept {

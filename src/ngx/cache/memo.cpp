@@ -167,31 +167,24 @@ void cache_vary_memo_forget(uint64_t tag) noexcept {
 
 namespace {
 
-// The tag of a user target (`id` non-null) or of a namespace: SipHash-1-3 of the framed fields
-// (a kind byte, each field's length and bytes), never 0. 0 when there is no memo or the fields
-// do not fit the frame (a prefix of hundreds of bytes: no memo for it).
-uint64_t generation_tag(std::string_view prefix, std::string_view ns,
-                        const std::string_view* id) noexcept {
+// The tag of a user target (`id` non-null) or of a namespace: SipHash-1-3 of a kind byte, the
+// namespace's length and bytes, and the identity digest, never 0; 0 when there is no memo. The
+// prefix is left out (one per worker: cache_prefix()); two targets that share a tag only cost
+// a wrong guess.
+uint64_t generation_tag(std::string_view ns, const std::string_view* id) noexcept {
     if (memos == nullptr || !memos->generation_key_ok) {
         return 0;
     }
-    char buf[512];
-    size_t len = 0;
-    auto put = [&](std::string_view f) {
-        if (len + 4 + f.size() > sizeof buf) {
-            return false;
-        }
-        uint32_t n = static_cast<uint32_t>(f.size());
-        std::memcpy(buf + len, &n, 4);
-        std::memcpy(buf + len + 4, f.data(), f.size());
-        len += 4 + f.size();
-        return true;
-    };
-    buf[len++] = id != nullptr ? 'u' : 'n';
-    if (!put(prefix) || !put(ns) || (id != nullptr && !put(*id))) {
-        return 0;
+    char buf[2 + 255 + 128];
+    const size_t nl = ns.size() < 255 ? ns.size() : 255;  // valid namespaces: at most 64
+    const size_t il = id == nullptr ? 0 : (id->size() < 128 ? id->size() : 128);  // 64 or "anon"
+    buf[0] = id != nullptr ? 'u' : 'n';
+    buf[1] = static_cast<char>(nl);
+    std::memcpy(buf + 2, ns.data(), nl);
+    if (il > 0) {
+        std::memcpy(buf + 2 + nl, id->data(), il);
     }
-    uint64_t h = core::siphash13(memos->generation_key, buf, len);
+    uint64_t h = core::siphash13(memos->generation_key, buf, 2 + nl + il);
     return h != 0 ? h : 1;
 }
 
@@ -234,18 +227,17 @@ void generation_put(uint64_t tag, uint64_t gen) noexcept {
 
 }  // namespace
 
-core::cache::Generation cache_generation_guess(std::string_view prefix, std::string_view ns,
-                                               std::string_view id) noexcept {
+core::cache::Generation cache_generation_guess(std::string_view ns, std::string_view id) noexcept {
     core::cache::Generation g;
-    g.ns = generation_get(generation_tag(prefix, ns, nullptr));
-    g.user = generation_get(generation_tag(prefix, ns, &id));
+    g.ns = generation_get(generation_tag(ns, nullptr));
+    g.user = generation_get(generation_tag(ns, &id));
     return g;
 }
 
-void cache_generation_seen(std::string_view prefix, std::string_view ns, std::string_view id,
+void cache_generation_seen(std::string_view ns, std::string_view id,
                            const core::cache::Generation& gen) noexcept {
-    generation_put(generation_tag(prefix, ns, nullptr), gen.ns);
-    generation_put(generation_tag(prefix, ns, &id), gen.user);
+    generation_put(generation_tag(ns, nullptr), gen.ns);
+    generation_put(generation_tag(ns, &id), gen.user);
 }
 
 namespace {
