@@ -13,6 +13,7 @@ namespace throttle::ngx {
 namespace {
 
 CacheFastStats stats;
+bool script_failing = false;  // cache_script_answered(false) last
 
 // What one MGET asked, kept until its reply.
 struct Held {
@@ -89,7 +90,8 @@ void answer(const std::shared_ptr<Held>& held, redis::Result&& res) noexcept {
 
 void cache_fast_lookup(CacheLookupBatch&& batch, CacheScriptSend script) noexcept {
     redis::Target* client = redis_client();
-    if (client == nullptr || batch.empty() || batch.size() > redis::cache_lookup_batch_max) {
+    if (client == nullptr || script_failing || batch.empty() ||
+        batch.size() > redis::cache_lookup_batch_max) {
         script(std::move(batch));
         return;
     }
@@ -127,6 +129,10 @@ void cache_fast_lookup(CacheLookupBatch&& batch, CacheScriptSend script) noexcep
     scratch.busy = false;
     // No MGET was sent: the script path answers (and checks the arguments as it always did).
     script(held ? std::move(held->batch) : std::move(batch));
+}
+
+void cache_script_answered(bool ok) noexcept {
+    script_failing = !ok;
 }
 
 void cache_lookup_seen(const CacheRequest& cr, const redis::CacheLookup& answer) noexcept {

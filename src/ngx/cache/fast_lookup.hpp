@@ -38,6 +38,14 @@ using CacheScriptSend = void (*)(CacheLookupBatch&& batch);
 // from inside this call.
 void cache_fast_lookup(CacheLookupBatch&& batch, CacheScriptSend script) noexcept;
 
+// How the last LOOKUP BATCH call went (lookup.cpp tells every answer and failure). After a
+// failed one (no reply, an error reply, a reply of the wrong shape), batches skip the MGET and
+// go to the script, as without the fast path, until a script call is answered: a Redis whose
+// scripts fail (NOSCRIPT forever, a proxy that mangles them) then fails every lookup in a row,
+// so the circuit breaker opens and the incident is logged once, instead of an MGET answered
+// between two failures making each failure a new incident.
+void cache_script_answered(bool ok) noexcept;
+
 // What a LOOKUP BATCH answer says of the lookup's generations, for the next guesses.
 void cache_lookup_seen(const CacheRequest& cr, const redis::CacheLookup& answer) noexcept;
 

@@ -36,6 +36,7 @@ void answer(const std::shared_ptr<Batch>& held, redis::Result&& res) noexcept {
                redis::parse_cache_lookup_batch_reply(std::move(res.reply), held->size(), out);
     } catch (...) {
     }
+    cache_script_answered(good);  // after a failure, the fast lookup waits for a good answer
     if (!good) {
         redis_reply_unusable(res, "cache lookup");  // its type is kept
         fail_all(*held, res.failure);
