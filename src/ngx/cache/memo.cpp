@@ -57,6 +57,9 @@ struct Memos {
     core::SipKey generation_key;
     bool generation_key_ok = false;
     std::array<GenerationSlot, cache_generation_memo_slots> generations{};
+    char last_ns[64];  // the last namespace_tag() computed, for the next lookup
+    size_t last_ns_len = 0;
+    uint64_t last_ns_tag = 0;  // 0: none
 };
 
 Memos* memos = nullptr;   // owned; deleted in memos_exit
@@ -167,24 +170,45 @@ void cache_vary_memo_forget(uint64_t tag) noexcept {
 
 namespace {
 
-// The tag of a user target (`id` non-null) or of a namespace: SipHash-1-3 of a kind byte, the
-// namespace's length and bytes, and the identity digest, never 0; 0 when there is no memo. The
-// prefix is left out (one per worker: cache_prefix()); two targets that share a tag only cost
-// a wrong guess.
-uint64_t generation_tag(std::string_view ns, const std::string_view* id) noexcept {
+// A namespace's tag: SipHash-1-3 of a kind byte and the name, never 0; 0 when there is no memo.
+// The last namespace's tag is kept (a worker's lookups mostly repeat one). The prefix is left
+// out (one per worker: cache_prefix()).
+uint64_t namespace_tag(std::string_view ns) noexcept {
     if (memos == nullptr || !memos->generation_key_ok) {
         return 0;
     }
-    char buf[2 + 255 + 128];
-    const size_t nl = ns.size() < 255 ? ns.size() : 255;  // valid namespaces: at most 64
-    const size_t il = id == nullptr ? 0 : (id->size() < 128 ? id->size() : 128);  // 64 or "anon"
-    buf[0] = id != nullptr ? 'u' : 'n';
-    buf[1] = static_cast<char>(nl);
-    std::memcpy(buf + 2, ns.data(), nl);
-    if (il > 0) {
-        std::memcpy(buf + 2 + nl, id->data(), il);
+    Memos& m = *memos;
+    if (m.last_ns_tag != 0 && ns.size() == m.last_ns_len &&
+        std::memcmp(ns.data(), m.last_ns, ns.size()) == 0) {
+        return m.last_ns_tag;
     }
-    uint64_t h = core::siphash13(memos->generation_key, buf, 2 + nl + il);
+    char buf[1 + 255];
+    const size_t nl = ns.size() < 255 ? ns.size() : 255;  // valid namespaces: at most 64
+    buf[0] = 'n';
+    std::memcpy(buf + 1, ns.data(), nl);
+    uint64_t h = core::siphash13(m.generation_key, buf, 1 + nl);
+    h = h != 0 ? h : 1;
+    if (ns.size() <= sizeof m.last_ns) {
+        std::memcpy(m.last_ns, ns.data(), ns.size());
+        m.last_ns_len = ns.size();
+        m.last_ns_tag = h;
+    }
+    return h;
+}
+
+// A user target's tag: SipHash-1-3 of a kind byte, the namespace's tag and the identity
+// digest's first 16 bytes (64 bits of an HMAC, or "anon"), never 0; 0 without a namespace tag.
+// Two identities that share those bytes only share a guess.
+uint64_t user_tag(uint64_t ns_tag, std::string_view id) noexcept {
+    if (ns_tag == 0) {
+        return 0;
+    }
+    char buf[1 + 8 + 16];
+    const size_t il = id.size() < 16 ? id.size() : 16;
+    buf[0] = 'u';
+    std::memcpy(buf + 1, &ns_tag, 8);
+    std::memcpy(buf + 9, id.data(), il);
+    uint64_t h = core::siphash13(memos->generation_key, buf, 9 + il);
     return h != 0 ? h : 1;
 }
 
@@ -229,15 +253,17 @@ void generation_put(uint64_t tag, uint64_t gen) noexcept {
 
 core::cache::Generation cache_generation_guess(std::string_view ns, std::string_view id) noexcept {
     core::cache::Generation g;
-    g.ns = generation_get(generation_tag(ns, nullptr));
-    g.user = generation_get(generation_tag(ns, &id));
+    const uint64_t nt = namespace_tag(ns);
+    g.ns = generation_get(nt);
+    g.user = generation_get(user_tag(nt, id));
     return g;
 }
 
 void cache_generation_seen(std::string_view ns, std::string_view id,
                            const core::cache::Generation& gen) noexcept {
-    generation_put(generation_tag(ns, nullptr), gen.ns);
-    generation_put(generation_tag(ns, &id), gen.user);
+    const uint64_t nt = namespace_tag(ns);
+    generation_put(nt, gen.ns);
+    generation_put(user_tag(nt, id), gen.user);
 }
 
 namespace {
