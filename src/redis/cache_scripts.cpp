@@ -3,7 +3,9 @@
 // redis).
 #include "redis/cache_scripts.hpp"
 
+#include <charconv>
 #include <cstring>
+#include <system_error>
 #include <utility>
 
 namespace throttle::redis {
@@ -177,8 +179,11 @@ local stored, flag = 0, '0'
 if ns_text == ARGV[3] and user_text == ARGV[4] then
   local gx = sf('%d', gttl)
   redis.call('SET', KEYS[1], ARGV[1], 'PX', sf('%d', ttl))
-  redis.call('PEXPIRE', KEYS[4], gx)
-  redis.call('PEXPIRE', KEYS[5], gx)
+  for k = 4, 5 do  -- a missing generation key is created as '0' (the fast lookup needs it)
+    if not redis.call('SET', KEYS[k], '0', 'NX', 'PX', gx) then
+      redis.call('PEXPIRE', KEYS[k], gx)
+    end
+  end
   stored, flag = 1, '1'
 end
 local holder = redis.call('GET', KEYS[2])
@@ -688,6 +693,83 @@ bool parse_cache_lookup_batch_reply(Reply&& reply, size_t n,
         if (!parse_lookup_elements(e, l)) {
             return false;
         }
+        if (l.hit) {
+            l.entry = std::move(e[2].str);
+        } else {
+            l.entry.clear();
+        }
+    }
+    return true;
+}
+
+// ---- FAST LOOKUP ----
+
+bool build_cache_fast_lookup_argv(const CacheTarget* targets,
+                                  const core::cache::Generation* guesses, size_t n,
+                                  EvalArgs& out) noexcept {
+    out.clear();
+    if (n == 0 || n > cache_lookup_batch_max) {
+        return false;
+    }
+    try {
+        out.add_arg(std::string_view("MGET"));
+        for (size_t i = 0; i < n; i++) {
+            const CacheTarget& t = targets[i];
+            if (!core::cache::valid_namespace(t.ns) || guesses[i].ns >= cache_generation_limit ||
+                guesses[i].user >= cache_generation_limit) {
+                out.clear();
+                return false;
+            }
+            out.add_arg(core::cache::generation_key(t.prefix, t.ns, t.id));
+            out.add_arg(core::cache::namespace_generation_key(t.prefix, t.ns));
+            out.add_arg(cache_entry_key(t, guesses[i]));
+        }
+    } catch (...) {
+        out.clear();
+        return false;
+    }
+    return true;
+}
+
+namespace {
+
+// Whether a generation key's value read by MGET is exactly `g` as LOOKUP writes it in the entry
+// key (a canonical decimal); nil is never a match.
+bool holds_generation(const Reply& e, uint64_t g) noexcept {
+    if (e.type != Reply::Type::String) {
+        return false;
+    }
+    char buf[24];
+    auto [end, ec] = std::to_chars(buf, buf + sizeof buf, g);
+    return ec == std::errc() && e.str == std::string_view(buf, size_t(end - buf));
+}
+
+}  // namespace
+
+bool parse_cache_fast_lookup_reply(Reply&& reply, const core::cache::Generation* guesses, size_t n,
+                                   std::vector<CacheLookup>& out) noexcept {
+    if (reply.type != Reply::Type::Array || n == 0 || n > cache_lookup_batch_max ||
+        reply.elements.size() != 3 * n) {
+        return false;
+    }
+    for (const Reply& e : reply.elements) {
+        if (e.type != Reply::Type::Nil && e.type != Reply::Type::String) {
+            return false;
+        }
+    }
+    try {
+        out.resize(n);
+    } catch (...) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        Reply* e = reply.elements.data() + 3 * i;
+        CacheLookup& l = out[i];
+        l.ns_gen = guesses[i].ns;
+        l.user_gen = guesses[i].user;
+        l.lock_taken = false;
+        l.hit = holds_generation(e[0], guesses[i].user) && holds_generation(e[1], guesses[i].ns) &&
+                e[2].type == Reply::Type::String && !e[2].str.empty();
         if (l.hit) {
             l.entry = std::move(e[2].str);
         } else {

@@ -498,6 +498,108 @@ TEST(RedisCacheScriptsUnit, ScriptsAreBuiltOnce) {
 
 // ---- against redis-server ----
 
+// The fast lookup's MGET: per lookup its user generation key, its namespace generation key and
+// its entry key under the guessed generations, in order.
+TEST(RedisCacheScriptsUnit, FastLookupArguments) {
+    const CacheTarget ts[] = {target("tc:", "review", user_a, "/a"),
+                              target("x{y}:", "n", "anon", "/b")};
+    const cc::Generation gs[] = {gen(0, 0), gen(3, 9007199254740991)};
+    EvalArgs a;
+    ASSERT_TRUE(build_cache_fast_lookup_argv(ts, gs, 2, a));
+    EXPECT_TRUE(a.keys().empty());
+    const std::vector<std::string> want = {
+        "MGET",
+        cc::generation_key("tc:", "review", user_a),
+        cc::namespace_generation_key("tc:", "review"),
+        cache_entry_key(ts[0], gs[0]),
+        cc::generation_key("x{y}:", "n", "anon"),
+        cc::namespace_generation_key("x{y}:", "n"),
+        cache_entry_key(ts[1], gs[1]),
+    };
+    EXPECT_EQ(strings(a.args()), want);
+    EXPECT_NE(want[6].find(":e:3.9007199254740991:"), std::string::npos);
+
+    EXPECT_FALSE(build_cache_fast_lookup_argv(ts, gs, 0, a));
+    EXPECT_TRUE(a.args().empty());
+    std::vector<CacheTarget> many(cache_lookup_batch_max + 1, ts[0]);
+    std::vector<cc::Generation> many_gs(many.size());
+    EXPECT_TRUE(
+        build_cache_fast_lookup_argv(many.data(), many_gs.data(), cache_lookup_batch_max, a));
+    EXPECT_EQ(a.args().size(), 1 + 3 * cache_lookup_batch_max);
+    EXPECT_FALSE(build_cache_fast_lookup_argv(many.data(), many_gs.data(), many.size(), a));
+    EXPECT_TRUE(a.args().empty());
+    const CacheTarget bad_ns[] = {target("tc:", "re view", user_a, "/a")};
+    EXPECT_FALSE(build_cache_fast_lookup_argv(bad_ns, gs, 1, a));
+    const cc::Generation too_big[] = {gen(cache_generation_limit, 0)};
+    EXPECT_FALSE(build_cache_fast_lookup_argv(ts, too_big, 1, a));
+    const cc::Generation too_big_user[] = {gen(0, cache_generation_limit)};
+    EXPECT_FALSE(build_cache_fast_lookup_argv(ts, too_big_user, 1, a));
+}
+
+// A lookup is answered only when both generations read back as the guesses' canonical decimals
+// and the entry is a non-empty string; anything else is no answer (the script is asked).
+TEST(RedisCacheScriptsUnit, ParseFastLookupReply) {
+    const Reply nil;
+    auto reply_of = [](std::vector<Reply> e) { return array(std::move(e)); };
+    const cc::Generation gs[] = {gen(2, 7), gen(0, 0)};
+    std::vector<CacheLookup> out;
+
+    ASSERT_TRUE(parse_cache_fast_lookup_reply(
+        reply_of({bulk("7"), bulk("2"), bulk("entry"), bulk("0"), bulk("0"), bulk("e2")}), gs, 2,
+        out));
+    ASSERT_EQ(out.size(), 2u);
+    EXPECT_TRUE(out[0].hit);
+    EXPECT_EQ(out[0].entry, "entry");
+    EXPECT_EQ(out[0].ns_gen, 2u);
+    EXPECT_EQ(out[0].user_gen, 7u);
+    EXPECT_FALSE(out[0].lock_taken);
+    EXPECT_TRUE(out[1].hit);
+    EXPECT_EQ(out[1].entry, "e2");
+
+    // Not answered: a nil generation (missing or another type), another value, a value that is
+    // not canonical, the two generations swapped, no entry, an empty entry.
+    const std::vector<std::vector<Reply>> misses = {
+        {nil, bulk("2"), bulk("entry")},
+        {bulk("7"), nil, bulk("entry")},
+        {bulk("8"), bulk("2"), bulk("entry")},
+        {bulk("7"), bulk("3"), bulk("entry")},
+        {bulk("07"), bulk("2"), bulk("entry")},
+        {bulk("7"), bulk("+2"), bulk("entry")},
+        {bulk("7 "), bulk("2"), bulk("entry")},
+        {bulk("2"), bulk("7"), bulk("entry")},
+        {bulk("7"), bulk("2"), nil},
+        {bulk("7"), bulk("2"), bulk("")},
+    };
+    for (const std::vector<Reply>& m : misses) {
+        std::vector<Reply> e = m;
+        e.push_back(bulk("0"));
+        e.push_back(bulk("0"));
+        e.push_back(bulk("e2"));
+        ASSERT_TRUE(parse_cache_fast_lookup_reply(reply_of(e), gs, 2, out));
+        EXPECT_FALSE(out[0].hit) << m[0].str << " " << m[1].str << " " << m[2].str;
+        EXPECT_TRUE(out[0].entry.empty());
+        EXPECT_TRUE(out[1].hit);
+    }
+    // A guess of 0 never matches a missing key.
+    ASSERT_TRUE(parse_cache_fast_lookup_reply(reply_of({nil, nil, bulk("e")}), gs + 1, 1, out));
+    EXPECT_FALSE(out[0].hit);
+
+    // Refused: another shape.
+    EXPECT_FALSE(parse_cache_fast_lookup_reply(reply_of({bulk("7"), bulk("2")}), gs, 1, out));
+    EXPECT_FALSE(parse_cache_fast_lookup_reply(
+        reply_of({bulk("7"), bulk("2"), bulk("e"), bulk("0")}), gs, 1, out));
+    EXPECT_FALSE(
+        parse_cache_fast_lookup_reply(reply_of({integer(7), bulk("2"), bulk("e")}), gs, 1, out));
+    EXPECT_FALSE(parse_cache_fast_lookup_reply(reply_of({bulk("7"), bulk("2"), array({bulk("e")})}),
+                                               gs, 1, out));
+    Reply err;
+    err.type = Reply::Type::Error;
+    err.str = "NOPERM this user has no permissions to run the 'mget' command";
+    EXPECT_FALSE(parse_cache_fast_lookup_reply(Reply(err), gs, 1, out));
+    EXPECT_FALSE(parse_cache_fast_lookup_reply(bulk("x"), gs, 1, out));
+    EXPECT_FALSE(parse_cache_fast_lookup_reply(reply_of({}), gs, 0, out));
+}
+
 class RedisCacheScriptsTest : public ::testing::Test {
    protected:
     void SetUp() override {
@@ -548,6 +650,32 @@ class RedisCacheScriptsTest : public ::testing::Test {
         std::vector<CacheLookup> out;
         EXPECT_TRUE(parse_cache_lookup_batch_reply(std::move(r), reqs.size(), out)) << what;
         return out;
+    }
+
+    // The fast lookup's MGET for targets under guesses, through the client; its parsed answers.
+    std::vector<CacheLookup> fast_lookup(const std::vector<CacheTarget>& ts,
+                                         const std::vector<cc::Generation>& guesses) {
+        EvalArgs a;
+        EXPECT_TRUE(build_cache_fast_lookup_argv(ts.data(), guesses.data(), ts.size(), a));
+        Outcome o;
+        client->command(a.args().data(), a.args().size(), track(o));
+        EXPECT_TRUE(ev.run_until([&] { return o.calls > 0; }, 30000));
+        EXPECT_TRUE(o.result.ok()) << to_string(o.result.failure);
+        std::vector<CacheLookup> out;
+        EXPECT_TRUE(parse_cache_fast_lookup_reply(std::move(o.result.reply), guesses.data(),
+                                                  ts.size(), out));
+        return out;
+    }
+
+    // LOOKUP's reply for one target (an error reply too: `ok` false).
+    CacheLookup lookup_or_error(const CacheTarget& t, bool want_lock, std::string_view token,
+                                bool& ok) {
+        EvalArgs a;
+        EXPECT_TRUE(build_cache_lookup_args(t, 5000, want_lock, token, a));
+        Reply r = eval(cache_lookup_script(), a);
+        CacheLookup l;
+        ok = parse_cache_lookup_reply(std::move(r), l);
+        return l;
     }
 
     // Every key in Redis (all strings), sorted: its name, value and PTTL (-1: no expiry).
@@ -719,7 +847,7 @@ TEST_F(RedisCacheScriptsTest, MissStoreHitExactBytes) {
     ASSERT_EQ(h.entry.size(), entry.size());
     EXPECT_TRUE(h.entry == entry);
     EXPECT_EQ(ctl->run({"GET", cache_entry_key(t, gen(0, 0))}), entry);
-    EXPECT_EQ(ctl->run({"DBSIZE"}), "1");  // the entry only: no generation key yet
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "3");  // the entry and its two generation keys ("0")
     // Another path of the same user misses.
     EXPECT_FALSE(lookup(target("tc:", "review", user_a, "/api/review/other/")).hit);
 }
@@ -845,8 +973,8 @@ TEST_F(RedisCacheScriptsTest, StoreRefreshesGenerationExpiry) {
     const std::string ug = cc::generation_key("tc:", "review", user_a);
     const std::string ng = cc::namespace_generation_key("tc:", "review");
     ASSERT_TRUE(store(t, lookup(t), "e"));
-    EXPECT_EQ(ctl->run({"EXISTS", ug}), "0");
-    EXPECT_EQ(ctl->run({"EXISTS", ng}), "0");
+    EXPECT_EQ(ctl->run({"GET", ug}), "0");  // created (StoreCreatesMissingGenerationKeysAsZero)
+    EXPECT_EQ(ctl->run({"GET", ng}), "0");
     ctl->run({"SET", ug, "4", "PX", "10000"});
     ctl->run({"SET", ng, "2"});  // no expiry at all: gets one
     CacheLookup l = lookup(t);
@@ -1809,6 +1937,160 @@ TEST_F(RedisCacheScriptsTest, DISABLED_BatchRedisCpu) {
 // ---- the Redis Cluster variants (the namespace generation as an ARGV: keys of one slot) ----
 
 // Every variant's keys share one slot; the purge message parses back; bad arguments are refused.
+// The fast lookup answers only what LOOKUP answers, byte for byte. On random datasets --
+// generations set, bumped after entries were stored, missing, non-canonical ("07"), keys of
+// another type (a hash at a generation key, a list at an entry key), entries under current and
+// old generations, empty entries -- and random guesses (right, 0, off by one), every fast hit is
+// a hit LOOKUP gives at that moment with the same generations and bytes; every lookup LOOKUP
+// answers with an error is no fast hit; and a hit whose generations were guessed and whose
+// generation keys exist is always a fast hit (the fast path misses nothing it could serve).
+TEST_F(RedisCacheScriptsTest, FastLookupHitsAreLookupHits) {
+    std::vector<CacheTarget> universe;
+    for (std::string_view p : {"tc:", "x{y}:"}) {
+        for (std::string_view ns : {"review", "n"}) {
+            for (const std::string* id : {&user_a, &user_b}) {
+                for (std::string_view path : {"/a", "/b"}) {
+                    universe.push_back(target(p, ns, *id, path));
+                }
+            }
+        }
+    }
+    std::mt19937 rng(20261207);
+    auto pick = [&](size_t n) { return size_t(rng() % n); };
+    auto chance = [&](size_t pct) { return pick(100) < pct; };
+    size_t fast_hits = 0, script_hits_guessed = 0, errors = 0, wrong_guess = 0, missing_gen = 0;
+    for (int c = 0; c < 300; c++) {
+        SCOPED_TRACE("case " + std::to_string(c));
+        ctl->run({"FLUSHALL"});
+        std::map<std::string, std::string> gens;  // generation key -> its text ("" missing)
+        auto gen_text = [&](const std::string& k) { return gens.count(k) ? gens[k] : ""; };
+        std::vector<const CacheTarget*> hot;
+        for (size_t i = 1 + pick(4); i > 0; i--) {
+            hot.push_back(&universe[pick(universe.size())]);
+        }
+        for (const CacheTarget* t : hot) {
+            for (const std::string& k : {cc::namespace_generation_key(t->prefix, t->ns),
+                                         cc::generation_key(t->prefix, t->ns, t->id)}) {
+                if (gens.count(k)) {
+                    continue;
+                }
+                size_t r = pick(100);
+                if (r < 60) {
+                    gens[k] = std::to_string(pick(4));
+                    ctl->run({"SET", k, gens[k]});
+                } else if (r < 65) {
+                    gens[k] = "0" + std::to_string(1 + pick(3));  // not canonical
+                    ctl->run({"SET", k, gens[k]});
+                } else if (r < 70) {
+                    gens[k] = "(hash)";
+                    ctl->run({"HSET", k, "f", "1"});
+                } else {
+                    gens[k] = "";  // missing
+                }
+            }
+        }
+        auto value_of = [](const std::string& text) -> uint64_t {
+            return text.empty() || text[0] == '(' ? 0 : std::stoull(text);
+        };
+        for (const CacheTarget* t : hot) {
+            const cc::Generation g =
+                gen(value_of(gen_text(cc::namespace_generation_key(t->prefix, t->ns))),
+                    value_of(gen_text(cc::generation_key(t->prefix, t->ns, t->id))));
+            const std::string e = cache_entry_key(*t, g);
+            size_t r = pick(100);
+            if (r < 60) {
+                ctl->run({"SET", e, "entry " + e + " " + std::to_string(c)});
+            } else if (r < 65) {
+                ctl->run({"RPUSH", e, "x"});
+            } else if (r < 68) {
+                ctl->run({"SET", e, ""});
+            }
+            if (chance(20)) {  // an older entry, under other generations
+                ctl->run({"SET", cache_entry_key(*t, gen(g.ns, g.user + 1)), "old"});
+            }
+        }
+        const size_t n = 1 + pick(8);
+        std::vector<CacheTarget> ts;
+        std::vector<cc::Generation> guesses;
+        for (size_t i = 0; i < n; i++) {
+            const CacheTarget& t = *hot[pick(hot.size())];
+            ts.push_back(t);
+            cc::Generation g = gen(value_of(gen_text(cc::namespace_generation_key(t.prefix, t.ns))),
+                                   value_of(gen_text(cc::generation_key(t.prefix, t.ns, t.id))));
+            size_t r = pick(100);
+            if (r < 15) {
+                g = gen(0, 0);
+            } else if (r < 25) {
+                g.user++;
+            } else if (r < 30) {
+                g.ns++;
+            }
+            guesses.push_back(g);
+        }
+        const std::vector<CacheLookup> fast = fast_lookup(ts, guesses);
+        ASSERT_EQ(fast.size(), n);
+        for (size_t i = 0; i < n; i++) {
+            bool ok = false;
+            const CacheLookup l = lookup_or_error(ts[i], chance(50), tok, ok);
+            const bool guessed = ok && l.ns_gen == guesses[i].ns && l.user_gen == guesses[i].user;
+            const bool keys_exist =
+                !gen_text(cc::namespace_generation_key(ts[i].prefix, ts[i].ns)).empty() &&
+                !gen_text(cc::generation_key(ts[i].prefix, ts[i].ns, ts[i].id)).empty();
+            if (fast[i].hit) {
+                fast_hits++;
+                ASSERT_TRUE(ok) << "a fast hit where LOOKUP answers an error, lookup " << i;
+                EXPECT_TRUE(same_lookup(fast[i], l)) << "lookup " << i;
+            } else {
+                EXPECT_FALSE(ok && l.hit && guessed && keys_exist)
+                    << "a hit the fast lookup could have served, lookup " << i;
+            }
+            errors += !ok;
+            script_hits_guessed += ok && l.hit && guessed;
+            wrong_guess += ok && l.hit && !guessed;
+            missing_gen += ok && l.hit && guessed && !keys_exist;
+        }
+    }
+    // Every path was taken, many times.
+    EXPECT_GT(fast_hits, 100u);
+    EXPECT_GT(errors, 50u);
+    EXPECT_GT(wrong_guess, 30u);
+    EXPECT_GT(missing_gen, 10u);  // an entry under a missing (0) generation: only the script
+    EXPECT_GT(script_hits_guessed, fast_hits);
+}
+
+// STORE creates a missing generation key as "0" with the generation ttl, so that a stored
+// entry's generation keys exist (the fast lookup trusts no nil); an existing one keeps its
+// value. INVALIDATE counts from it as from a missing key.
+TEST_F(RedisCacheScriptsTest, StoreCreatesMissingGenerationKeysAsZero) {
+    const CacheTarget t = target("tc:", "review", user_a, "/z");
+    const std::string ug = cc::generation_key("tc:", "review", user_a);
+    const std::string ng = cc::namespace_generation_key("tc:", "review");
+    CacheLookup l = lookup(t);
+    EXPECT_EQ(ctl->run({"DBSIZE"}), "0");
+    ASSERT_TRUE(store(t, l, "e0"));
+    EXPECT_EQ(ctl->run({"GET", ug}), "0");
+    EXPECT_EQ(ctl->run({"GET", ng}), "0");
+    EXPECT_GT(number(ctl->run({"PTTL", ug})), cache_generation_ttl_ms - 60000);
+    EXPECT_GT(number(ctl->run({"PTTL", ng})), cache_generation_ttl_ms - 60000);
+    // The fast lookup now serves it under 0.0.
+    std::vector<CacheLookup> f = fast_lookup({t}, {gen(0, 0)});
+    ASSERT_EQ(f.size(), 1u);
+    EXPECT_TRUE(f[0].hit);
+    EXPECT_EQ(f[0].entry, "e0");
+    // A store refused (a generation moved) creates nothing.
+    const CacheTarget u = target("tc:", "other", user_b, "/z");
+    CacheLookup lu = lookup(u);
+    invalidate("tc:", user_b, {"other"});
+    EXPECT_FALSE(store(u, lu, "late"));
+    EXPECT_EQ(ctl->run({"EXISTS", cc::namespace_generation_key("tc:", "other")}), "0");
+    EXPECT_EQ(invalidate("tc:", user_a, {"review"}), std::vector<uint64_t>{1});
+    EXPECT_EQ(invalidate_namespace("tc:", "review"), std::vector<uint64_t>{1});
+    // Now the old entry is out of reach, for the fast lookup too.
+    f = fast_lookup({t}, {gen(0, 0)});
+    EXPECT_FALSE(f[0].hit);
+    EXPECT_FALSE(lookup(t).hit);
+}
+
 TEST(RedisCacheScriptsUnit, ClusterVariantsTouchOneSlot) {
     const CacheTarget a = target("tc:", "review", user_a, "/x/");
     std::vector<CacheLookupRequest> reqs(3);

@@ -4,6 +4,7 @@
 #include <map>
 #include <vector>
 
+#include "ngx/cache/fast_lookup.hpp"
 #include "ngx/cache/leases.hpp"
 #include "ngx/cache/nsgen.hpp"
 #include "ngx/cache/request.hpp"
@@ -15,12 +16,8 @@
 namespace throttle::ngx {
 namespace {
 
-struct Queued {
-    std::shared_ptr<CacheRequest> cr;
-    bool want_lock;
-};
-
-using Batch = std::vector<Queued>;
+using Queued = CacheQueued;
+using Batch = CacheLookupBatch;
 
 // Lookup calls of this worker in flight at once (TurnBatcher; 0: no limit, every turn's lookups
 // go at its end). 1 (as strict) was measured and changed nothing: bench/cache.sh, throttle
@@ -58,12 +55,14 @@ void answer(const std::shared_ptr<Batch>& held, redis::Result&& res) noexcept {
                redis::parse_cache_lookup_batch_reply(std::move(res.reply), held->size(), out);
     } catch (...) {
     }
+    cache_script_answered(good);  // after a failure, the fast lookup waits for a good answer
     if (!good) {
         redis_reply_unusable(res, "cache lookup");  // its type is kept
         fail_all(*held, res.failure);
         return;
     }
     for (size_t i = 0; i < held->size(); i++) {
+        cache_lookup_seen(*(*held)[i].cr, out[i]);  // the fast lookup's next guess
         cache_lookup_done((*held)[i].cr, redis::Failure::None, &out[i], (*held)[i].want_lock);
     }
 }
@@ -88,8 +87,9 @@ struct SendScratch {
 };
 SendScratch* send_scratch = nullptr;  // owned
 
-// One script call for the batch's lookups, the oldest queued at `queued_ms`; call_done() once.
-void send(Batch&& batch, uint64_t queued_ms) noexcept {
+// One script call for the batch's lookups, the oldest queued at `queued_ms`; call_done() once
+// when `counted` (a batch the batcher handed over, not the fast path's rest).
+void send(Batch&& batch, uint64_t queued_ms, bool counted = true) noexcept {
     auto held = std::make_shared<Batch>(std::move(batch));
     redis::Target* client = redis_client();
     SendScratch local;
@@ -104,24 +104,39 @@ void send(Batch&& batch, uint64_t queued_ms) noexcept {
             !redis::build_cache_lookup_batch_args(sc.reqs.data(), sc.reqs.size(), sc.args)) {
             sc.busy = false;
             fail_all(*held, redis::Failure::Invalid);
-            call_done();
+            if (counted) {
+                call_done();
+            }
             return;
         }
         const auto& keys = sc.args.keys();
         const auto& args = sc.args.args();
         client->evalsha_until(deadline_of(*client, queued_ms), redis::cache_lookup_batch_script(),
                               keys.data(), keys.size(), args.data(), args.size(),
-                              [held](redis::Result&& res) noexcept {
+                              [held, counted](redis::Result&& res) noexcept {
                                   answer(held, std::move(res));
-                                  call_done();
+                                  if (counted) {
+                                      call_done();
+                                  }
                               });
     } catch (...) {
         sc.busy = false;
         fail_all(*held, redis::Failure::Invalid);
-        call_done();
+        if (counted) {
+            call_done();
+        }
         return;
     }
     sc.busy = false;
+}
+
+redis::Loop* lookup_loop = nullptr;
+
+// The fast path's second call (fast_lookup.hpp): LOOKUP BATCH for the lookups the MGET did not
+// answer, its timeout counted from now. Their batch left the in-flight count when it went to
+// the MGET.
+void send_rest(Batch&& batch) noexcept {
+    send(std::move(batch), lookup_loop->now_ms(), false);
 }
 
 // On a Redis Cluster: one call per user slot, with each namespace's mirrored generation
@@ -191,12 +206,17 @@ bool cache_lookup_submit(const std::shared_ptr<CacheRequest>& cr, bool want_lock
 }
 
 void lookups_init(redis::Loop& loop) {
+    lookup_loop = &loop;
     send_scratch = new SendScratch();
     batcher = new redis::TurnBatcher<Queued>(
         loop, redis::cache_lookup_batch_max, max_calls_in_flight,
         [](Batch&& b, uint64_t queued_ms) {
-            cache_ns_mirrored() ? send_cluster(std::move(b), queued_ms)
-                                : send(std::move(b), queued_ms);
+            if (cache_ns_mirrored()) {
+                send_cluster(std::move(b), queued_ms);
+            } else {
+                cache_fast_lookup(std::move(b), send_rest);
+                call_done();  // issued (the cache has no in-flight limit: see above)
+            }
         },
         [](Queued& q) { return q.cr->gone(); },  // nothing to ask for a request that ended
         [](Queued& q) { cache_lookup_done(q.cr, redis::Failure::Invalid, nullptr, q.want_lock); });

@@ -11,6 +11,7 @@
 #include "core/cache_identity.hpp"
 #include "core/cache_key.hpp"
 #include "core/gzip.hpp"
+#include "core/hash.hpp"
 #include "ngx/ngx.hpp"
 
 namespace throttle::ngx {
@@ -32,6 +33,15 @@ struct VarySlot {
     core::cache::VaryList list;
 };
 
+// One slot of the generation memo: a target's (or namespace's) tag, 0 when empty.
+struct GenerationSlot {
+    uint64_t tag = 0;
+    uint64_t gen = 0;
+};
+constexpr size_t generation_ways = 4;
+constexpr size_t generation_sets = cache_generation_memo_slots / generation_ways;
+static_assert((generation_sets & (generation_sets - 1)) == 0, "a power of two");
+
 struct Memos {
     std::string secret;  // the one `identities` hashes with
     // The identity memo's SipHash key, from getrandom(); without one (no entropy) there is no
@@ -43,6 +53,13 @@ struct Memos {
     std::array<VarySlot, cache_vary_memo_slots> vary;
     size_t vary_used = 0;  // slots in use
     std::unique_ptr<core::cache::CacheKeyMemo> keys;
+    // The generation memo's key (no memo without one: every guess is 0) and slots.
+    core::SipKey generation_key;
+    bool generation_key_ok = false;
+    std::array<GenerationSlot, cache_generation_memo_slots> generations{};
+    char last_ns[64];  // the last namespace_tag() computed, for the next lookup
+    size_t last_ns_len = 0;
+    uint64_t last_ns_tag = 0;  // 0: none
 };
 
 Memos* memos = nullptr;   // owned; deleted in memos_exit
@@ -153,6 +170,104 @@ void cache_vary_memo_forget(uint64_t tag) noexcept {
 
 namespace {
 
+// A namespace's tag: SipHash-1-3 of a kind byte and the name, never 0; 0 when there is no memo.
+// The last namespace's tag is kept (a worker's lookups mostly repeat one). The prefix is left
+// out (one per worker: cache_prefix()).
+uint64_t namespace_tag(std::string_view ns) noexcept {
+    if (memos == nullptr || !memos->generation_key_ok) {
+        return 0;
+    }
+    Memos& m = *memos;
+    if (m.last_ns_tag != 0 && ns.size() == m.last_ns_len &&
+        std::memcmp(ns.data(), m.last_ns, ns.size()) == 0) {
+        return m.last_ns_tag;
+    }
+    char buf[1 + 255];
+    const size_t nl = ns.size() < 255 ? ns.size() : 255;  // valid namespaces: at most 64
+    buf[0] = 'n';
+    std::memcpy(buf + 1, ns.data(), nl);
+    uint64_t h = core::siphash13(m.generation_key, buf, 1 + nl);
+    h = h != 0 ? h : 1;
+    if (ns.size() <= sizeof m.last_ns) {
+        std::memcpy(m.last_ns, ns.data(), ns.size());
+        m.last_ns_len = ns.size();
+        m.last_ns_tag = h;
+    }
+    return h;
+}
+
+// A user target's tag: SipHash-1-3 of a kind byte, the namespace's tag and the identity
+// digest's first 16 bytes (64 bits of an HMAC, or "anon"), never 0; 0 without a namespace tag.
+// Two identities that share those bytes only share a guess.
+uint64_t user_tag(uint64_t ns_tag, std::string_view id) noexcept {
+    if (ns_tag == 0) {
+        return 0;
+    }
+    char buf[1 + 8 + 16];
+    const size_t il = id.size() < 16 ? id.size() : 16;
+    buf[0] = 'u';
+    std::memcpy(buf + 1, &ns_tag, 8);
+    std::memcpy(buf + 9, id.data(), il);
+    uint64_t h = core::siphash13(memos->generation_key, buf, 9 + il);
+    return h != 0 ? h : 1;
+}
+
+GenerationSlot* generation_find(uint64_t tag) noexcept {
+    GenerationSlot* set = &memos->generations[(tag & (generation_sets - 1)) * generation_ways];
+    for (size_t w = 0; w < generation_ways; w++) {
+        if (set[w].tag == tag) {
+            return &set[w];
+        }
+    }
+    return nullptr;
+}
+
+uint64_t generation_get(uint64_t tag) noexcept {
+    if (tag == 0) {
+        return 0;
+    }
+    const GenerationSlot* s = generation_find(tag);
+    return s != nullptr ? s->gen : 0;
+}
+
+void generation_put(uint64_t tag, uint64_t gen) noexcept {
+    if (tag == 0) {
+        return;
+    }
+    GenerationSlot* s = generation_find(tag);
+    if (s == nullptr) {
+        GenerationSlot* set = &memos->generations[(tag & (generation_sets - 1)) * generation_ways];
+        s = &set[(tag >> 40) % generation_ways];  // a victim the tag picks: no LRU to keep
+        for (size_t w = 0; w < generation_ways; w++) {
+            if (set[w].tag == 0) {
+                s = &set[w];
+                break;
+            }
+        }
+        s->tag = tag;
+    }
+    s->gen = gen;
+}
+
+}  // namespace
+
+core::cache::Generation cache_generation_guess(std::string_view ns, std::string_view id) noexcept {
+    core::cache::Generation g;
+    const uint64_t nt = namespace_tag(ns);
+    g.ns = generation_get(nt);
+    g.user = generation_get(user_tag(nt, id));
+    return g;
+}
+
+void cache_generation_seen(std::string_view ns, std::string_view id,
+                           const core::cache::Generation& gen) noexcept {
+    const uint64_t nt = namespace_tag(ns);
+    generation_put(nt, gen.ns);
+    generation_put(user_tag(nt, id), gen.user);
+}
+
+namespace {
+
 // 16 bytes from the kernel's generator (false when it has none yet: early boot).
 bool random_key(core::SipKey& key) noexcept {
     uint64_t k[2];
@@ -177,6 +292,7 @@ void memos_init() {
         seed.k1 = (static_cast<uint64_t>(ngx_random()) << 32) ^ static_cast<uint64_t>(ngx_pid);
     }
     m->keys = std::make_unique<core::cache::CacheKeyMemo>(seed);
+    m->generation_key_ok = random_key(m->generation_key);
     memos = m.release();
 }
 

@@ -51,6 +51,20 @@ bool cache_vary_memo_used() noexcept;
 void cache_vary_memo_put(uint64_t tag, const core::cache::VaryList& list) noexcept;
 void cache_vary_memo_forget(uint64_t tag) noexcept;
 
+// The generations this worker last saw for a target (namespace, identity digest; the prefix is
+// the worker's one cache_prefix()) and for its namespace: the fast lookup's guess
+// (fast_lookup.hpp). A hint only: the fast lookup serves an entry only when Redis holds
+// exactly the guessed generations, so a wrong or outdated guess (another worker's write, a
+// purge, two targets sharing a tag) costs the script call, never a wrong answer. Unknown: 0.
+// Fixed size: cache_generation_memo_slots slots in sets of 4, keyed by a SipHash-1-3 of the
+// namespace (and of its tag with the identity digest's first 16 bytes) under a random per-worker
+// key (no memo without one: every guess is 0); each slot one
+// 64-bit tag and one generation (128 KB per worker). Users and namespaces share it.
+inline constexpr size_t cache_generation_memo_slots = 8192;
+core::cache::Generation cache_generation_guess(std::string_view ns, std::string_view id) noexcept;
+void cache_generation_seen(std::string_view ns, std::string_view id,
+                           const core::cache::Generation& gen) noexcept;
+
 void memos_init();  // may throw
 void memos_exit() noexcept;
 

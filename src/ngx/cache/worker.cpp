@@ -1,6 +1,7 @@
 // The response cache in one worker (see worker.hpp).
 #include "ngx/cache/worker.hpp"
 
+#include "ngx/cache/fast_lookup.hpp"
 #include "ngx/cache/invalidate.hpp"
 #include "ngx/cache/local.hpp"
 #include "ngx/cache/lookup.hpp"
@@ -50,6 +51,9 @@ void cache_worker_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loo
             }
         }
         client.require({{"SUBSCRIBE", channel}});
+        if (!client.clustered()) {
+            client.require({{"MGET", key, key}});  // the fast lookup (fast_lookup.hpp)
+        }
         prefix = new std::string(base + "cache:");
         cache_local_worker_init(mcf);  // before the fill channel's subscriber (its heartbeat)
         memos_init();
@@ -71,6 +75,13 @@ void cache_worker_quiesce() noexcept {
 }
 
 void cache_worker_exit() noexcept {
+    const CacheFastStats& fs = cache_fast_stats();
+    if (fs.mgets > 0) {
+        ngx_log_error(NGX_LOG_DEBUG, ngx_cycle->log, 0,
+                      "throttle_cache: fast lookup: %uL MGETs, %uL hits served from them, %uL "
+                      "lookups sent on to the script",
+                      fs.mgets, fs.fast_hits, fs.to_script);
+    }
     waiters_exit();
     cache_local_worker_exit();
     lookups_exit();
