@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 # The memo of inflated bodies (issue 14, item 3): a client without Accept-Encoding: gzip gets a
-# stored gzip body inflated, and a worker keeps what it inflated, found by a keyed digest of the
-# stored gzip bytes (core/inflate_memo.hpp), not by the entry: users served the same body share
+# stored gzip body inflated, and a worker keeps what it inflated, found by the stored gzip bytes
+# themselves (core/inflate_memo.hpp), not by the entry: users served the same body share
 # one inflation; users served different bodies never get each other's. The Redis lookup still
 # decides what is served: an invalidated entry is never answered from the memo. The memo is
 # bounded in bytes (throttle_cache_inflate_memo): a full one evicts, and an evicted body is
@@ -160,7 +160,8 @@ sub stored {
     is($again->{body}, $r->{body}, 'the new body');
 }
 
-# ---- a full memo evicts (12k: three 4,000-byte bodies); evicted bodies come back right
+# ---- a full memo evicts (12k: fewer than four 4,000-byte bodies with their gzip bytes); evicted
+# bodies come back right
 
 {
     my @users = qw(u1 u2 u3 u4);
@@ -169,7 +170,7 @@ sub stored {
     my $mark = $t->log_mark;
     my @wrong;
     for my $pass (1 .. 3) {
-        for my $u (@users) {    # four bodies in turn through room for three: each evicts
+        for my $u (@users) {    # four bodies in turn through room for fewer: each evicts
             my $r = $t->get('/per/ev?_size=4000', user($u));
             push @wrong, "$u pass $pass" if xc($r) ne 'HIT' || $r->{body} ne $body{$u};
         }

@@ -1,6 +1,9 @@
 // The memo of inflated bodies (see inflate_memo.hpp).
 #include "core/inflate_memo.hpp"
 
+#include <cstring>
+#include <new>
+
 #include "core/gzip.hpp"
 
 namespace throttle::core::cache {
@@ -39,19 +42,32 @@ void InflateMemo::push_head(uint32_t i) noexcept {
 void InflateMemo::drop(uint32_t i) noexcept {
     Slot& s = slots_[i];
     unlink(i);
-    bytes_ -= s.body->size();
+    bytes_ -= s.body->size() + s.gz.size();
     count_--;
     s.body.reset();
+    s.gz.clear();
+    s.gz.shrink_to_fit();
     s.used_at = 0;
 }
 
+uint64_t InflateMemo::tag_of(std::string_view gz) const noexcept {
+    // The member's trailer (CRC-32 and length mod 2^32) and its size: 16 bytes, two blocks.
+    uint64_t in[2] = {0, gz.size()};
+    size_t n = gz.size() < 8 ? gz.size() : 8;
+    if (n > 0) {
+        std::memcpy(in, gz.data() + gz.size() - n, n);
+    }
+    return siphash13(key_, in, sizeof in);
+}
+
 std::shared_ptr<const std::string> InflateMemo::plain(std::string_view gz, size_t plain_size) {
-    const Sip128 t = siphash24_128(key_, gz.data(), gz.size());
-    const uint32_t first = static_cast<uint32_t>((t.lo % (slots / ways)) * ways);
+    const uint64_t t = tag_of(gz);
+    const uint32_t first = static_cast<uint32_t>((t % (slots / ways)) * ways);
     uint32_t victim = first;
     for (uint32_t i = first; i < first + ways; i++) {
         Slot& s = slots_[i];
-        if (s.body && s.tag == t && s.body->size() == plain_size) {
+        if (s.body && s.tag == t && s.body->size() == plain_size && s.gz.size() == gz.size() &&
+            std::memcmp(s.gz.data(), gz.data(), gz.size()) == 0) {
             hits_++;
             s.used_at = ++tick_;
             if (head_ != i) {
@@ -71,7 +87,8 @@ std::shared_ptr<const std::string> InflateMemo::plain(std::string_view gz, size_
     if (!gzip_decompress(gz, *out, plain_size) || out->size() != plain_size) {
         return nullptr;
     }
-    if (plain_size > max_bytes_) {
+    const size_t cost = plain_size + gz.size();
+    if (cost > max_bytes_) {
         return out;
     }
     Slot& v = slots_[victim];
@@ -79,17 +96,22 @@ std::shared_ptr<const std::string> InflateMemo::plain(std::string_view gz, size_
         drop(victim);
         evictions_++;
     }
-    while (bytes_ + plain_size > max_bytes_ && tail_ != none) {
+    while (bytes_ + cost > max_bytes_ && tail_ != none) {
         drop(tail_);
         evictions_++;
     }
+    try {
+        v.gz.assign(gz.data(), gz.size());
+    } catch (const std::bad_alloc&) {
+        return out;  // the slot stays empty
+    }
     v.tag = t;
-    v.body = out;
+    v.body = std::move(out);
     v.used_at = ++tick_;
-    bytes_ += plain_size;
+    bytes_ += cost;
     count_++;
     push_head(victim);
-    return out;
+    return v.body;
 }
 
 }  // namespace throttle::core::cache

@@ -2,26 +2,30 @@
 // plain bytes of a stored gzip body, found by what was stored, not by whose it is. Pure C++,
 // no nginx header (layer: core).
 //
-// Content, not entries. A slot is found by T = SipHash-2-4-128(K, gzip bytes) under a key K
-// drawn at random per worker (never written anywhere, never sent), and holds the bytes those
-// gzip bytes inflate to. Identical gzip bytes always inflate to identical plain bytes (one
-// gzip member, checked to its CRC-32 and length), so:
+// Content, not entries. A slot holds a stored gzip body's bytes and the bytes they inflate
+// to, and is found by those gzip bytes: a lookup picks a set by T = SipHash-1-3(K, the gzip
+// member's last 8 bytes (its CRC-32 and length) and its size) under a key K drawn at random per
+// worker (never written anywhere, never sent), then compares the whole gzip bytes with the
+// slot's (memcmp: about 50 instructions for 700 bytes, where a keyed digest of them all costs
+// about 3,000). Identical gzip bytes always inflate to identical plain bytes (one gzip member,
+// checked to its CRC-32 and length), so:
 //   - a hit serves exactly what inflating the stored body would give, whoever asks: the memo
-//     cannot show one user another's data. Another body's plain bytes would be served only if
-//     its T equals this body's in all 128 bits, a collision of a PRF under a secret key (about
-//     2^-128 per pair); a client cannot aim at one (or at a set, to evict) without K;
+//     cannot show one user another's data (the comparison is exact: no digest collision);
 //   - whether the entry may be served at all is still decided by the lookup that fetched the
 //     gzip bytes (Redis or the local tier): an invalidated entry is never fetched, so never
 //     inflated, whatever the memo holds;
 //   - users that are served the same body (the same page for every user of a tenant, an
 //     anonymous page) share one slot: memory grows with distinct bodies, not with users;
-//   - a body that does not inflate (corrupt, truncated, larger than the size its entry says) is
-//     never stored, so it fails the same way on every hit.
+//   - a body that does not inflate (corrupt, truncated, other than the size its entry says) is
+//     never stored, so it fails the same way on every hit;
+//   - a client cannot aim at a set without K: bodies it chose (with a CRC-32 it forced) evict
+//     from random sets, as any other bodies would.
 // Bounded: at most `slots` bodies (sets of `ways`, the set's least recently used replaced) and
-// at most max_bytes of plain bytes in all (the least recently used over all sets evicted
-// first). A body larger than max_bytes is inflated and returned, not kept. Bodies are shared
-// (shared_ptr): one a request still sends outlives its eviction, and the caller counts what
-// requests hold (throttle_cache_inflate_memory). Not thread-safe (one per worker).
+// at most max_bytes in all, gzip and plain bytes counted (the least recently used over all sets
+// evicted first). A body whose two forms pass max_bytes is inflated and returned, not kept.
+// Bodies are shared (shared_ptr): one a request still sends outlives its eviction, and the
+// caller counts what requests hold (throttle_cache_inflate_memory). Not thread-safe (one per
+// worker).
 #pragma once
 
 #include <cstddef>
@@ -40,8 +44,8 @@ class InflateMemo {
     static constexpr size_t slots = 4096;
     static constexpr size_t ways = 4;
 
-    // `key` must be secret and random (getrandom()). max_bytes: plain bytes kept in all
-    // (0: nothing is kept; every call inflates). May throw std::bad_alloc (the slot table).
+    // `key` must be secret and random (getrandom()). max_bytes: gzip and plain bytes kept in
+    // all (0: nothing is kept; every call inflates). May throw std::bad_alloc (the slot table).
     InflateMemo(const SipKey& key, size_t max_bytes);
 
     // The bytes the gzip member `gz` inflates to, when they are exactly `plain_size` bytes
@@ -50,7 +54,7 @@ class InflateMemo {
     // May throw std::bad_alloc.
     std::shared_ptr<const std::string> plain(std::string_view gz, size_t plain_size);
 
-    size_t bytes() const noexcept { return bytes_; }  // plain bytes kept
+    size_t bytes() const noexcept { return bytes_; }  // gzip and plain bytes kept
     size_t count() const noexcept { return count_; }  // bodies kept
     size_t max_bytes() const noexcept { return max_bytes_; }
     uint64_t hits() const noexcept { return hits_; }            // answered from the memo
@@ -59,8 +63,9 @@ class InflateMemo {
    private:
     static constexpr uint32_t none = UINT32_MAX;
     struct Slot {
-        Sip128 tag{};                             // SipHash-2-4-128(key_, gzip bytes)
-        std::shared_ptr<const std::string> body;  // nullptr: empty
+        uint64_t tag = 0;                         // tag_of(gz)
+        std::string gz;                           // the gzip bytes
+        std::shared_ptr<const std::string> body;  // what they inflate to; nullptr: empty
         uint64_t used_at = 0;                     // tick_ when last found or stored
         uint32_t newer = none;                    // the LRU list over all sets: toward head_
         uint32_t older = none;                    // toward tail_
@@ -69,6 +74,7 @@ class InflateMemo {
     void unlink(uint32_t i) noexcept;
     void push_head(uint32_t i) noexcept;
     void drop(uint32_t i) noexcept;  // empties slot i
+    uint64_t tag_of(std::string_view gz) const noexcept;
 
     SipKey key_;
     size_t max_bytes_;

@@ -15,7 +15,7 @@ struct CacheMainConf {
     ngx_str_t user_file;  // where throttle_cache_user was first used (secret check)
     ngx_uint_t user_line;
     size_t inflate_memory;  // throttle_cache_inflate_memory: per worker, bytes of inflated bodies
-    size_t inflate_memo;    // throttle_cache_inflate_memo: per worker, the memo's plain bytes
+    size_t inflate_memo;    // throttle_cache_inflate_memo: per worker, the memo's bytes
     ngx_array_t* local_zones;  // of CacheLocalZone* (throttle_cache_local); nullptr: none
 };
 

@@ -27,8 +27,8 @@ core::Sha256Digest cache_request_key(const core::cache::CacheKeyInput& in);
 // (serve.cpp), never held whole.
 inline constexpr size_t cache_plain_memo_max = 256 * 1024;
 // The plain body of a gzip entry (v.plain_size bytes), through the worker's memo of inflated
-// bodies (core/inflate_memo.hpp: found by a keyed digest of the gzip bytes, so users served
-// the same body share it, and no user can be served another's). nullptr when the body does
+// bodies (core/inflate_memo.hpp: found by the gzip bytes themselves, so users served the
+// same body share it, and no user can be served another's). nullptr when the body does
 // not inflate to exactly v.plain_size bytes; from_memo says whether the memo had it. May throw
 // std::bad_alloc.
 std::shared_ptr<const std::string> cache_plain_body(const core::cache::EntryView& v,
