@@ -20,6 +20,9 @@ use Throttle::Redis;
 use Throttle::App;
 
 my $t = Throttle::Test->new(workers => 1, log_level => 'debug');
+my $binary = $ENV{TEST_NGINX_BINARY} // '/usr/sbin/nginx';
+plan(skip_all => "$binary has no debug log (--with-debug): this file reads it")
+    unless `$binary -V 2>&1` =~ /--with-debug/;
 my $redis = Throttle::Redis->new(t => $t);
 my $app = Throttle::App->new(t => $t)->start;
 
