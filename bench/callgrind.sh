@@ -684,18 +684,18 @@ layouts_note=''
     echo "          ${elapsed}s in all"
     echo
     if [[ -z $MODULE_B ]]; then
-        printf '%-18s %11s %9s' variant 'Ir/request' "${ref:+vs plain}"
+        printf '%-21s %11s %9s' variant 'Ir/request' "${ref:+vs plain}"
         ((LAYOUTS == 1)) && echo || printf '  %s\n' 'range over the layouts'
         for v in "${variants[@]}"; do
-            printf '%-18s %11s %9s' "$v" "${per_req[$v.A]}" "${ref:+$(ratio "${per_req[$v.A]}" "${per_req[$ref.A]}")x}"
+            printf '%-21s %11s %9s' "$v" "${per_req[$v.A]}" "${ref:+$(ratio "${per_req[$v.A]}" "${per_req[$ref.A]}")x}"
             ((LAYOUTS == 1)) && echo || printf '  %s\n' "$(range "${per_layout[$v.A]}")"
         done
     else
-        printf '%-18s %11s %11s %8s %10s %10s' variant 'A Ir/req' 'B Ir/req' 'B/A' \
+        printf '%-21s %11s %11s %8s %10s %10s' variant 'A Ir/req' 'B Ir/req' 'B/A' \
             "${ref:+A vs plain}" "${ref:+B vs plain}"
         ((LAYOUTS == 1)) && echo || printf '  %s\n' 'B/A in each layout'
         for v in "${variants[@]}"; do
-            printf '%-18s %11s %11s %8s %10s %10s' "$v" "${per_req[$v.A]}" "${per_req[$v.B]}" \
+            printf '%-21s %11s %11s %8s %10s %10s' "$v" "${per_req[$v.A]}" "${per_req[$v.B]}" \
                 "$(fmt_ratio "${per_req[$v.B]}" "${per_req[$v.A]}")" \
                 "${ref:+$(ratio "${per_req[$v.A]}" "${per_req[$ref.A]}")x}" \
                 "${ref:+$(ratio "${per_req[$v.B]}" "${per_req[$ref.B]}")x}"
@@ -708,10 +708,10 @@ layouts_note=''
         echo
         echo "extra over plain nginx serving the same response (module $m; ref = plain, or static_json for"
         echo "the cache when measured), and the $TOP functions with the most extra self Ir per request:"
-        printf '%-18s %11s %11s %9s %9s\n' variant 'Ir/request' ref 'vs ref' 'extra Ir'
+        printf '%-21s %11s %11s %9s %9s\n' variant 'Ir/request' ref 'vs ref' 'extra Ir'
         for v in "${variants[@]}"; do
             r=$(ref_of "$v")
-            printf '%-18s %11s %11s %9s %+9d\n' "$v" "${per_req[$v.$m]}" "$r" \
+            printf '%-21s %11s %11s %9s %+9d\n' "$v" "${per_req[$v.$m]}" "$r" \
                 "$(fmt_ratio "${per_req[$v.$m]}" "${per_req[$r.$m]}")x" $((per_req[$v.$m] - per_req[$r.$m]))
         done
         for v in "${variants[@]}"; do
@@ -727,7 +727,7 @@ layouts_note=''
         for m in "${modules[@]}"; do
             read -r -a xs <<<"${per_layout[$v.$m]}"
             for ((l = 1; l <= LAYOUTS; l++)); do
-                printf '  %-18s %s L%d %7s   Ir(%d) = %s  Ir(%d) = %s\n' "$v" "$m" "$l" "${xs[l - 1]}" \
+                printf '  %-21s %s L%d %7s   Ir(%d) = %s  Ir(%d) = %s\n' "$v" "$m" "$l" "${xs[l - 1]}" \
                     "$N0" "${ir[$v.$m.L$l.$N0]}" "$N" "${ir[$v.$m.L$l.$N]}"
             done
         done
