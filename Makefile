@@ -143,7 +143,7 @@ bench-callgrind: $(MODULE)
 	bash bench/callgrind.sh
 # instructions per request of every variant, its extra over plain nginx serving the same
 # response and the functions behind it (issue 14's measure); ~10 minutes
-BENCH_INSTR_VARIANTS ?= plain limit_req throttle sync strict lease throttle_metrics static_json cache_hit cache_hit_plain cache_hit_users cache_hit_local
+BENCH_INSTR_VARIANTS ?= plain limit_req throttle sync strict lease throttle_metrics static_json cache_hit cache_hit_plain cache_hit_users cache_hit_users_plain cache_hit_local
 bench-instr: $(MODULE)
 	BENCH_CG_VARIANTS="$(BENCH_INSTR_VARIANTS)" bash bench/callgrind.sh
 

@@ -28,9 +28,10 @@
 #                front of Redis in front of the upstream (bench/cache_local_peer.lua, 10 s in
 #                the dict, as throttle_cache_local's default ttl), the same anonymous URL
 # Many users: the scenarios above send one cookie, so the module's per-worker memos (the
-# identity HMAC, 512 slots; inflated gzip bodies, 64 slots) always hit. These send
-# BENCH_CACHE_USERS distinct cookies in turn (wrk -s bench/cache_users.lua:
-# sessionid=u<i>-<suffix>, one after the other), same URL, same locations:
+# identity HMAC, the request key) always hit. These send BENCH_CACHE_USERS distinct cookies in
+# turn (wrk -s bench/cache_users.lua: sessionid=u<i>-<suffix>, one after the other), same URL,
+# same locations (every user's entry holds the same JSON: the memo of inflated bodies, found by
+# the gzip bytes, inflates it once for all of them):
 #   throttle_users, throttle_gz_users, lua_users   as throttle, throttle_gz, lua
 #   static_users                                   as static: what the wrk script costs
 #   throttle_plain_users (not in the default set)  as throttle_plain

@@ -70,6 +70,9 @@
 #   cache_hit_users  (not in the default set) cache_hit with BENCH_CG_USERS users' cookies in turn
 #                    (one curl -K config of --next blocks, one connection): warmed with a pass
 #                    of misses, then passes until every user's answer is a HIT
+#   cache_hit_users_plain (not in the default set) cache_hit_users, the client sends no
+#                    Accept-Encoding: every hit serves the stored gzip body inflated (from
+#                    the worker's memo of inflated bodies when it holds it)
 #   cache_hit_local  (not in the default set) one anonymous URL (no cookie sent) with
 #                    throttle_cache_local zone=cg_local:4m: every measured request a local
 #                    hit (shared memory, no Redis command), Accept-Encoding: gzip; compare
@@ -136,8 +139,8 @@ BODY_BYTES=100         # plain & co: the static file, as run.sh
 CACHE_BYTES=2048       # cache: the origin's JSON, about (as cache.sh: stored gzip'd, >= 1k)
 SESSION='sessionid=b3f1c0de5eed4a11'
 REQ_PATH='/api/items?sort=name&page=2'
-KNOWN='plain limit_req throttle sync strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity throttle_metrics throttle_nohdr strict_metrics strict_tls strict_cluster cache_hit_cluster cache_hit_local cache_hit_users static_json lease'
-USERS=${BENCH_CG_USERS:-2000} # cache_hit_users: the users' cookies, in turn
+KNOWN='plain limit_req throttle sync strict cache_hit cache_hit_vary cache_hit_plain plain_nomod jwt jwt_nocache identity throttle_metrics throttle_nohdr strict_metrics strict_tls strict_cluster cache_hit_cluster cache_hit_local cache_hit_users cache_hit_users_plain static_json lease'
+USERS=${BENCH_CG_USERS:-2000} # cache_hit_users(_plain): the users' cookies, in turn
 TOP=${BENCH_CG_TOP:-5}         # functions listed per variant for its extra over the reference
 
 # --------------------------------------------------------------------------
@@ -402,6 +405,7 @@ url() {
 client_args() {
     case $1 in
     cache_hit_users) printf '%s\n' -H "Cookie: $(user_cookie 0)" -H 'Accept-Encoding: gzip' ;;
+    cache_hit_users_plain) printf '%s\n' -H "Cookie: $(user_cookie 0)" ;;
     cache_hit | cache_hit_cluster) printf '%s\n' -H "Cookie: $SESSION" -H 'Accept-Encoding: gzip' ;;
     cache_hit_local) printf '%s\n' -H 'Accept-Encoding: gzip' ;; # anonymous: the local tier
     cache_hit_vary) printf '%s\n' -H "Cookie: $SESSION" -H 'Accept-Encoding: gzip' -H 'Accept: application/json' ;;
@@ -418,34 +422,37 @@ expected() {
     static_json) echo "200 x-cache= content-encoding= ratelimit-policy= bytes=$json_bytes" ;;
     throttle | sync | strict | strict_tls | strict_cluster | lease | jwt | jwt_nocache | identity | *_metrics) echo "200 x-cache= content-encoding= ratelimit-policy=?* bytes=$BODY_BYTES" ;;
     cache_hit | cache_hit_vary | cache_hit_cluster | cache_hit_local | cache_hit_users) echo "200 x-cache=HIT content-encoding=gzip ratelimit-policy= bytes=?*" ;;
-    cache_hit_plain) echo "200 x-cache=HIT content-encoding= ratelimit-policy= bytes=$json_bytes" ;;
+    cache_hit_plain | cache_hit_users_plain) echo "200 x-cache=HIT content-encoding= ratelimit-policy= bytes=$json_bytes" ;;
     esac
 }
 
-# user_cookie I: user I's session cookie (cache_hit_users)
+# user_cookie I: user I's session cookie (cache_hit_users, cache_hit_users_plain)
 user_cookie() { printf 'sessionid=u%06d5eed4a11' "$1"; }
+# is_users VARIANT: whether the variant sends many users' cookies
+is_users() { [[ $1 == cache_hit_users || $1 == cache_hit_users_plain ]]; }
 
-# ask_users FIRST COUNT OUTFILE: COUNT requests on one connection (curl --next in a
+# ask_users VARIANT FIRST COUNT OUTFILE: COUNT requests on one connection (curl --next in a
 # config file: curl keeps the connection between them), users FIRST, FIRST + 1, ..
-# in turn modulo USERS, Accept-Encoding: gzip; -w lines to OUTFILE
+# in turn modulo USERS, Accept-Encoding: gzip unless VARIANT is cache_hit_users_plain;
+# -w lines to OUTFILE
 ask_users() {
-    local i cfg=$tmp/cg/users.$1.$2.curl
+    local i cfg=$tmp/cg/users.$1.$2.$3.curl
     if [[ ! -s $cfg ]]; then
-        for ((i = 0; i < $2; i++)); do
-            printf 'url = "%s"\nheader = "Cookie: %s"\nheader = "Accept-Encoding: gzip"\n' \
-                "$(url cache_hit_users)" "$(user_cookie $((($1 + i) % USERS)))"
+        for ((i = 0; i < $3; i++)); do
+            printf 'url = "%s"\nheader = "Cookie: %s"\n' "$(url "$1")" "$(user_cookie $((($2 + i) % USERS)))"
+            [[ $1 == cache_hit_users_plain ]] || printf 'header = "Accept-Encoding: gzip"\n'
             printf 'silent\noutput = "/dev/null"\nwrite-out = "%s"\n' "${WRITE_OUT%\\n}\\n"
-            ((i + 1 == $2)) || echo next
+            ((i + 1 == $3)) || echo next
         done >"$cfg"
     fi
-    curl -K "$cfg" >"$3" || true
+    curl -K "$cfg" >"$4" || true
 }
 
 # ask VARIANT COUNT OUTFILE: COUNT requests on one connection, -w lines to OUTFILE
 ask() {
     local args
-    if [[ $1 == cache_hit_users ]]; then
-        ask_users 0 "$2" "$3"
+    if is_users "$1"; then
+        ask_users "$1" 0 "$2" "$3"
         return
     fi
     mapfile -t args < <(client_args "$1")
@@ -507,12 +514,12 @@ measure() {
         die "$name: GET $(url "$v") answered $code"
     }
     # the cache: the first request stored the entry (MISS); ask until it is a HIT
-    if [[ $v == cache_hit_users ]]; then
+    if is_users "$v"; then
         # every user's entry: one pass of misses (user 0's was the first request),
         # then passes until every user's answer is a HIT
-        ask_users 1 $((USERS - 1)) "$tmp/cg/$name.warm"
+        ask_users "$v" 1 $((USERS - 1)) "$tmp/cg/$name.warm"
         for ((i = 1; i <= 20; i++)); do
-            ask_users 0 "$USERS" "$tmp/cg/$name.warm"
+            ask_users "$v" 0 "$USERS" "$tmp/cg/$name.warm"
             ! grep -qv x-cache=HIT "$tmp/cg/$name.warm" && break
             sleep 0.2
         done
@@ -680,18 +687,18 @@ layouts_note=''
     echo "          ${elapsed}s in all"
     echo
     if [[ -z $MODULE_B ]]; then
-        printf '%-18s %11s %9s' variant 'Ir/request' "${ref:+vs plain}"
+        printf '%-21s %11s %9s' variant 'Ir/request' "${ref:+vs plain}"
         ((LAYOUTS == 1)) && echo || printf '  %s\n' 'range over the layouts'
         for v in "${variants[@]}"; do
-            printf '%-18s %11s %9s' "$v" "${per_req[$v.A]}" "${ref:+$(ratio "${per_req[$v.A]}" "${per_req[$ref.A]}")x}"
+            printf '%-21s %11s %9s' "$v" "${per_req[$v.A]}" "${ref:+$(ratio "${per_req[$v.A]}" "${per_req[$ref.A]}")x}"
             ((LAYOUTS == 1)) && echo || printf '  %s\n' "$(range "${per_layout[$v.A]}")"
         done
     else
-        printf '%-18s %11s %11s %8s %10s %10s' variant 'A Ir/req' 'B Ir/req' 'B/A' \
+        printf '%-21s %11s %11s %8s %10s %10s' variant 'A Ir/req' 'B Ir/req' 'B/A' \
             "${ref:+A vs plain}" "${ref:+B vs plain}"
         ((LAYOUTS == 1)) && echo || printf '  %s\n' 'B/A in each layout'
         for v in "${variants[@]}"; do
-            printf '%-18s %11s %11s %8s %10s %10s' "$v" "${per_req[$v.A]}" "${per_req[$v.B]}" \
+            printf '%-21s %11s %11s %8s %10s %10s' "$v" "${per_req[$v.A]}" "${per_req[$v.B]}" \
                 "$(fmt_ratio "${per_req[$v.B]}" "${per_req[$v.A]}")" \
                 "${ref:+$(ratio "${per_req[$v.A]}" "${per_req[$ref.A]}")x}" \
                 "${ref:+$(ratio "${per_req[$v.B]}" "${per_req[$ref.B]}")x}"
@@ -704,10 +711,10 @@ layouts_note=''
         echo
         echo "extra over plain nginx serving the same response (module $m; ref = plain, or static_json for"
         echo "the cache when measured), and the $TOP functions with the most extra self Ir per request:"
-        printf '%-18s %11s %11s %9s %9s\n' variant 'Ir/request' ref 'vs ref' 'extra Ir'
+        printf '%-21s %11s %11s %9s %9s\n' variant 'Ir/request' ref 'vs ref' 'extra Ir'
         for v in "${variants[@]}"; do
             r=$(ref_of "$v")
-            printf '%-18s %11s %11s %9s %+9d\n' "$v" "${per_req[$v.$m]}" "$r" \
+            printf '%-21s %11s %11s %9s %+9d\n' "$v" "${per_req[$v.$m]}" "$r" \
                 "$(fmt_ratio "${per_req[$v.$m]}" "${per_req[$r.$m]}")x" $((per_req[$v.$m] - per_req[$r.$m]))
         done
         for v in "${variants[@]}"; do
@@ -723,7 +730,7 @@ layouts_note=''
         for m in "${modules[@]}"; do
             read -r -a xs <<<"${per_layout[$v.$m]}"
             for ((l = 1; l <= LAYOUTS; l++)); do
-                printf '  %-18s %s L%d %7s   Ir(%d) = %s  Ir(%d) = %s\n' "$v" "$m" "$l" "${xs[l - 1]}" \
+                printf '  %-21s %s L%d %7s   Ir(%d) = %s  Ir(%d) = %s\n' "$v" "$m" "$l" "${xs[l - 1]}" \
                     "$N0" "${ir[$v.$m.L$l.$N0]}" "$N" "${ir[$v.$m.L$l.$N]}"
             done
         done

@@ -51,6 +51,9 @@ ngx_command_t commands[] = {
     {ngx_string("throttle_cache_inflate_memory"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_size_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, cache.inflate_memory),
      nullptr},
+    {ngx_string("throttle_cache_inflate_memo"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_size_slot, NGX_HTTP_MAIN_CONF_OFFSET, offsetof(MainConf, cache.inflate_memo),
+     nullptr},
     {ngx_string("throttle_cache"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      throttle_cache_directive, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
@@ -114,6 +117,7 @@ void* create_main_conf(ngx_conf_t* cf) noexcept {
     }
     auto* mcf = new (mem) MainConf{};
     mcf->cache.inflate_memory = NGX_CONF_UNSET_SIZE;
+    mcf->cache.inflate_memo = NGX_CONF_UNSET_SIZE;
     if (ngx_array_init(&mcf->limit.zones, cf->pool, 4, sizeof(ZoneConf*)) != NGX_OK) {
         return nullptr;
     }
@@ -151,6 +155,7 @@ char* init_main_conf(ngx_conf_t* cf, void* conf) noexcept {
         }
     }
     ngx_conf_init_size_value(mcf->cache.inflate_memory, default_inflate_memory);
+    ngx_conf_init_size_value(mcf->cache.inflate_memo, default_inflate_memo);
     if (check_identity_main_conf(cf, *mcf) != NGX_CONF_OK) {
         return static_cast<char*>(NGX_CONF_ERROR);
     }

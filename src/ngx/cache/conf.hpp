@@ -15,11 +15,15 @@ struct CacheMainConf {
     ngx_str_t user_file;  // where throttle_cache_user was first used (secret check)
     ngx_uint_t user_line;
     size_t inflate_memory;  // throttle_cache_inflate_memory: per worker, bytes of inflated bodies
+    size_t inflate_memo;    // throttle_cache_inflate_memo: per worker, the memo's bytes
     ngx_array_t* local_zones;  // of CacheLocalZone* (throttle_cache_local); nullptr: none
 };
 
 // throttle_cache_inflate_memory's default.
 inline constexpr size_t default_inflate_memory = 32 * 1024 * 1024;
+// throttle_cache_inflate_memo's default: as much as the memo of 64 bodies of up to 256 KB it
+// replaced could hold.
+inline constexpr size_t default_inflate_memo = 16 * 1024 * 1024;
 
 // A $cookie_NAME or $http_NAME variable throttle_cache_user or throttle_cache_key reads
 // (core::cache::identity_variables): a request that sends it more than once bypasses the cache.

@@ -601,7 +601,7 @@ bool serve_local(ngx_http_request_t* r, CacheRequest& cr, RequestCtx* ctx) {
     cr.entry = std::move(entry);
     cr.view_valid = true;
     cr.gen = gen;
-    cr.entry_key.clear();  // computed when needed (the inflated-body memo's key)
+    cr.entry_key.clear();  // computed when needed
     cr.status = CacheStatus::hit;
     cr.step = CacheRequest::Step::serve;
     ctx->cache_status = CacheStatus::hit;

@@ -6,26 +6,16 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
-#include <functional>
 
 #include "core/cache_identity.hpp"
 #include "core/cache_key.hpp"
 #include "core/gzip.hpp"
 #include "core/hash.hpp"
+#include "core/inflate_memo.hpp"
 #include "ngx/ngx.hpp"
 
 namespace throttle::ngx {
 namespace {
-
-constexpr size_t plain_slots = 64;
-constexpr size_t plain_max_bytes = cache_plain_memo_max;
-
-struct PlainSlot {
-    std::string entry_key;
-    int64_t stored_at_ms = 0;
-    std::string trailer;  // the gzip member's last 8 bytes (CRC-32, length)
-    std::shared_ptr<const std::string> body;
-};
 
 struct VarySlot {
     uint64_t tag = 0;
@@ -49,7 +39,9 @@ struct Memos {
     core::SipKey identity_key;
     bool identity_key_ok = false;
     std::unique_ptr<core::cache::IdentityMemo> identities;  // fixed size, keeps no identity
-    std::array<PlainSlot, plain_slots> plain;
+    // Inflated bodies, under a SipHash key of their own from getrandom(); without one (no
+    // entropy) or with a budget of 0 there is none: every hit for a client without gzip inflates.
+    std::unique_ptr<core::cache::InflateMemo> plain;
     std::array<VarySlot, cache_vary_memo_slots> vary;
     size_t vary_used = 0;  // slots in use
     std::unique_ptr<core::cache::CacheKeyMemo> keys;
@@ -89,27 +81,18 @@ std::string cache_identity(std::string_view secret, std::string_view identity) {
     return std::string(out, n);
 }
 
-std::shared_ptr<const std::string> cache_plain_body(std::string_view entry_key,
-                                                    const core::cache::EntryView& v) {
-    std::string_view trailer = v.body.size() >= 8 ? v.body.substr(v.body.size() - 8) : v.body;
-    PlainSlot* m = nullptr;
-    if (memos != nullptr && v.plain_size <= plain_max_bytes) {
-        size_t h = std::hash<std::string_view>{}(entry_key) ^ std::hash<int64_t>{}(v.stored_at_ms);
-        m = &memos->plain[h % plain_slots];
-        if (m->body && m->stored_at_ms == v.stored_at_ms && m->entry_key == entry_key &&
-            m->trailer == trailer) {
-            return m->body;
-        }
+std::shared_ptr<const std::string> cache_plain_body(const core::cache::EntryView& v,
+                                                    bool& from_memo) {
+    from_memo = false;
+    if (memos != nullptr && memos->plain && v.plain_size <= cache_plain_memo_max) {
+        uint64_t hits = memos->plain->hits();
+        auto body = memos->plain->plain(v.body, v.plain_size);
+        from_memo = memos->plain->hits() != hits;
+        return body;
     }
     auto out = std::make_shared<std::string>();
-    if (!core::gzip_decompress(v.body, *out, v.plain_size)) {
+    if (!core::gzip_decompress(v.body, *out, v.plain_size) || out->size() != v.plain_size) {
         return nullptr;
-    }
-    if (m != nullptr) {
-        m->entry_key.assign(entry_key);
-        m->stored_at_ms = v.stored_at_ms;
-        m->trailer.assign(trailer);
-        m->body = out;
     }
     return out;
 }
@@ -281,9 +264,13 @@ bool random_key(core::SipKey& key) noexcept {
 
 }  // namespace
 
-void memos_init() {
+void memos_init(size_t inflate_memo) {
     auto m = std::make_unique<Memos>();
     m->identity_key_ok = random_key(m->identity_key);
+    core::SipKey plain_key;
+    if (inflate_memo > 0 && random_key(plain_key)) {
+        m->plain = std::make_unique<core::cache::InflateMemo>(plain_key, inflate_memo);
+    }
     core::SipKey seed;
     if (!random_key(seed)) {
         // The key memo compares whole inputs: a guessable seed lets a client aim at slots (to

@@ -1,7 +1,8 @@
 // Per-worker memos of the cache's costly computations (layer: ngx): identity digests (an
 // HMAC per request; a session's requests repeat the same identity; core::cache::IdentityMemo:
 // fixed size, keeps digests, never identities), inflated bodies of gzip entries served to
-// clients that do not accept gzip, and the vary lists of varying resources (a round trip).
+// clients that do not accept gzip (core::cache::InflateMemo: keyed by the stored gzip bytes,
+// bounded in bytes), and the vary lists of varying resources (a round trip).
 #pragma once
 
 #include <memory>
@@ -25,11 +26,13 @@ core::Sha256Digest cache_request_key(const core::cache::CacheKeyInput& in);
 // Plain bodies up to this size are inflated whole and memoised; larger ones are streamed
 // (serve.cpp), never held whole.
 inline constexpr size_t cache_plain_memo_max = 256 * 1024;
-// The plain body of a gzip entry, through a memo of recently inflated bodies (keyed by the entry
-// key, its store time and the gzip trailer: only that exact entry's bytes can match). nullptr
-// when the body does not inflate. May throw std::bad_alloc.
-std::shared_ptr<const std::string> cache_plain_body(std::string_view entry_key,
-                                                    const core::cache::EntryView& v);
+// The plain body of a gzip entry (v.plain_size bytes), through the worker's memo of inflated
+// bodies (core/inflate_memo.hpp: found by the gzip bytes themselves, so users served the
+// same body share it, and no user can be served another's). nullptr when the body does
+// not inflate to exactly v.plain_size bytes; from_memo says whether the memo had it. May throw
+// std::bad_alloc.
+std::shared_ptr<const std::string> cache_plain_body(const core::cache::EntryView& v,
+                                                    bool& from_memo);
 
 // Bytes this worker holds for bodies inflated for clients that do not accept gzip (whole
 // bodies and streams, counted per request while it lives), against throttle_cache_inflate_memory.
@@ -65,7 +68,8 @@ core::cache::Generation cache_generation_guess(std::string_view ns, std::string_
 void cache_generation_seen(std::string_view ns, std::string_view id,
                            const core::cache::Generation& gen) noexcept;
 
-void memos_init();  // may throw
+// inflate_memo: the memo of inflated bodies' byte budget (throttle_cache_inflate_memo; 0: none).
+void memos_init(size_t inflate_memo);  // may throw
 void memos_exit() noexcept;
 
 }  // namespace throttle::ngx

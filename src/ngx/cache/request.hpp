@@ -86,9 +86,9 @@ struct CacheRequest final : RequestBound, std::enable_shared_from_this<CacheRequ
     }
     bool vary_followed = false;  // a vary record was followed already (never twice)
     core::cache::Generation gen;
-    // E, once the generations are known: computed at once for a miss (waits and fills key on
-    // it), when first needed for a hit (entry_key_now(): a fresh hit served as stored never
-    // needs it). Empty: not computed for the current gen and key.
+    // E, once the generations are known: computed when first needed (entry_key_now(): a miss
+    // waits and fills under it, so does a stale hit's refresh; a fresh hit never needs it).
+    // Empty: not computed for the current gen and key.
     std::string entry_key;
     const std::string& entry_key_now() {  // may throw std::bad_alloc
         if (entry_key.empty()) {

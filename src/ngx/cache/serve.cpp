@@ -4,11 +4,12 @@
 // and nginx's range filter cuts 200s (206).
 //
 // Inflating for a client that does not accept gzip: a body up to cache_plain_memo_max is
-// inflated whole (memoised per worker); a larger one streams (PlainStream): a 64 KB buffer is
-// inflated when one is free, passed down the output filters (all of them see plain bytes:
-// range, SSI, ...), and this request's write handler refills it when the client took it. A
-// slow client holds two buffers and zlib's state, not the body. Each request counts what it
-// holds against throttle_cache_inflate_memory; a hit that would pass it goes upstream (BYPASS).
+// inflated whole (memoised per worker, by its gzip bytes: memo.hpp); a larger one streams
+// (PlainStream): a 64 KB buffer is inflated when one is free, passed down the output filters (all
+// of them see plain bytes: range, SSI, ...), and this request's write handler refills it when the
+// client took it. A slow client holds two buffers and zlib's state, not the body. Each request
+// counts what it holds against throttle_cache_inflate_memory; a hit that would pass it goes
+// upstream (BYPASS).
 #include <cstring>
 
 #include "core/gzip.hpp"
@@ -384,11 +385,14 @@ ngx_int_t cache_serve(ngx_http_request_t* r, CacheRequest& cr) noexcept {
         return NGX_DONE;
     }
     if (inflate) {
+        bool from_memo = false;
         try {
-            cr.plain = cache_plain_body(cr.entry_key_now(), v);
+            cr.plain = cache_plain_body(v, from_memo);
         } catch (...) {
             cr.plain = nullptr;
         }
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0, "throttle_cache: plain body %s",
+                       from_memo ? "from the inflate memo" : "inflated");
         if (!cr.plain) {
             ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                           "throttle_cache: a stored body does not decompress");

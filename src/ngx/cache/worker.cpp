@@ -56,7 +56,7 @@ void cache_worker_init(ngx_cycle_t* cycle, const MainConf& mcf, redis::Loop& loo
         }
         prefix = new std::string(base + "cache:");
         cache_local_worker_init(mcf);  // before the fill channel's subscriber (its heartbeat)
-        memos_init();
+        memos_init(mcf.cache.inflate_memo);
         orphans_init(loop);
         invalidations_init(loop, mcf);
         if (client.clustered()) {
