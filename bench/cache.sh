@@ -12,7 +12,7 @@
 #   throttle     throttle_cache + throttle_cache_user $cookie_sessionid +
 #                throttle_cache_valid 200 1h in front of the same origin; warmed,
 #                every measured request is a HIT. The entry is stored gzip'd (the
-#                default, >= 1k) and wrk sends no Accept-Encoding: inflated per hit
+#                default, >= 1k) and wrk sends no Accept-Encoding: inflated once (memo)
 #   throttle_gz  the same, the client sends Accept-Encoding: gzip (as browsers do):
 #                the stored gzip body is sent as it is
 #   throttle_plain  (not in the default set) as throttle with
@@ -557,16 +557,16 @@ describe() {
     case $1 in
     upstream) echo "proxy_pass (keepalive 64) to the origin, a second server block of the same nginx serving the JSON file" ;;
     static) echo "the same nginx serving the JSON file directly (try_files)" ;;
-    throttle) echo "throttle_cache bench; throttle_cache_user \$cookie_sessionid; throttle_cache_valid 200 1h; proxy_pass to the origin; add_header X-Cache \$throttle_cache_status; entry stored gzip'd (default gzip_min_length 1k), inflated for this client" ;;
+    throttle) echo "throttle_cache bench; throttle_cache_user \$cookie_sessionid; throttle_cache_valid 200 1h; proxy_pass to the origin; add_header X-Cache \$throttle_cache_status; entry stored gzip'd (default gzip_min_length 1k), inflated for this client (once per worker: the memo of inflated bodies)" ;;
     throttle_gz) echo "the same location, the client sends Accept-Encoding: gzip: the stored gzip body is sent as it is (its Content-Length in the sample below)" ;;
     throttle_plain) echo "as throttle, plus throttle_cache_gzip_min_length 100m: entry stored uncompressed, nothing to inflate" ;;
     lua) echo "content_by_lua_file bench/cache_peer.lua: md5(cookie, uri, sorted args) -> GET (set_keepalive 60s, pool $(lua_pool_size)); miss: location.capture + SET EX (libnginx-mod-http-lua $(lua_module_version), own nginx instance)" ;;
     static_users) echo "static, requested with the $USERS users' cookies in turn (the cost of wrk's script)" ;;
-    throttle_users) echo "throttle, $USERS users in turn: one entry per user, each stored gzip'd and inflated per hit; the per-worker memos (identity HMAC 512 slots, inflated bodies 64) miss" ;;
+    throttle_users) echo "throttle, $USERS users in turn: one entry per user, each stored gzip'd; the users' bodies are equal, so the memo of inflated bodies (found by the gzip bytes) inflates once; the identity and key memos (8,192 slots in sets of 4) hold every user" ;;
     throttle_gz_users) echo "throttle_gz, $USERS users in turn: the stored gzip body sent as it is; the identity memo misses" ;;
     throttle_plain_users) echo "throttle_plain, $USERS users in turn: entries stored uncompressed, nothing to inflate; the identity memo misses" ;;
     lua_users) echo "lua, $USERS users in turn: one key per user" ;;
-    throttle_local) echo "throttle_cache bench_local (anonymous: no throttle_cache_user, throttle_cache_credentials off); throttle_cache_local zone=bench_local:32m (ttl 10s): every measured request a local hit, entry stored gzip'd and inflated per hit" ;;
+    throttle_local) echo "throttle_cache bench_local (anonymous: no throttle_cache_user, throttle_cache_credentials off); throttle_cache_local zone=bench_local:32m (ttl 10s): every measured request a local hit, entry stored gzip'd, inflated once per worker (the memo of inflated bodies)" ;;
     lua_local) echo "content_by_lua_file bench/cache_local_peer.lua: lua_shared_dict (10 s) -> Redis GET -> location.capture, the anonymous key md5(uri, sorted args) (lua instance)" ;;
     throttle_cluster) echo "throttle, the cache on a $CLUSTER_MASTERS-master Redis Cluster (throttle_redis cluster SEEDS; own nginx instance of the module); Redis CPU and commands summed over the masters" ;;
     throttle_users_cluster) echo "throttle_users ($USERS users in turn), the cache on the $CLUSTER_MASTERS-master Redis Cluster" ;;
