@@ -177,7 +177,8 @@ module_setup() {
 }
 
 # --------------------------------------------------------------------------
-# redis-server: one per run, on a free port, no persistence, stopped on exit.
+# redis-server: one per run, on a free port (and the unix socket $tmp/redis/redis.sock), no
+# persistence, stopped on exit.
 # --------------------------------------------------------------------------
 
 redis_port='' redis_pid='' redis_version=''
@@ -205,6 +206,7 @@ redis_start() {
             --tls-auth-clients no)
     fi
     redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
+        --unixsocket "$tmp/redis/redis.sock" --unixsocketperm 777 \
         --dir "$tmp/redis" --logfile "$tmp/redis/redis.log" --daemonize no "${tls_args[@]}" </dev/null &
     redis_pid=$!
     cleanup_pid "$redis_pid"

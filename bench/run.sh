@@ -241,7 +241,7 @@ KEYS_100K=100000
 KEYS_10K=10000
 
 # redis_variant MODE TARGET SHAPE ZONE ACTION [ARG]: MODE strict|sync|lease, TARGET
-# single|cluster, SHAPE 1|n|m|100k (m: 10,000 keys, 100k: 100,000 keys)
+# single|unix|cluster (unix: the same Redis through its unix socket, an nginx of its own), SHAPE 1|n|m|100k (m: 10,000 keys, 100k: 100,000 keys)
 redis_variant() {
     local mode=$1 target=$2 shape=$3 zone=$4 key zone_line redis_line nkeys=1
     shift 4
@@ -263,13 +263,15 @@ redis_variant() {
     fi
     if [[ $target == cluster ]]; then
         redis_line="throttle_redis cluster $(cluster_seeds);"
+    elif [[ $target == unix ]]; then
+        redis_line="throttle_redis unix:${tmp:-}/redis/redis.sock;"
     else
         redis_line="throttle_redis 127.0.0.1:$redis_port;"
     fi
     case $1 in
     describe)
         printf '%s throttle zone=%s;  (%s; %s)\n' "$zone_line" "$zone" \
-            "$([[ $target == cluster ]] && echo "throttle_redis cluster: $CLUSTER_MASTERS masters" || echo 'throttle_redis: one Redis')" \
+            "$(case $target in cluster) echo "throttle_redis cluster: $CLUSTER_MASTERS masters" ;; unix) echo 'throttle_redis: one Redis, unix socket' ;; *) echo 'throttle_redis: one Redis' ;; esac)" \
             "$([[ $shape != 1 ]] && echo "$nkeys keys, bench/keys.lua" || echo 'one key')"
         ;;
     packages) echo redis-server ;;
@@ -279,7 +281,7 @@ redis_variant() {
         if [[ $target == cluster ]]; then cluster_setup; else redis_setup; fi
         ;;
     redis) if [[ $target == cluster ]]; then echo cluster; else echo yes; fi ;;
-    instance) [[ $target != cluster ]] || echo cluster ;;
+    instance) [[ $target == single ]] || echo "$target" ;;
     main) echo "load_module $module_loaded;" ;;
     http)
         echo "$redis_line"
@@ -297,6 +299,7 @@ redis_variant() {
 
 variant_sync() { redis_variant sync single 1 bsync "$@"; }
 variant_strict() { redis_variant strict single 1 bstrict "$@"; }
+variant_strict_unix() { redis_variant strict unix 1 bstrict "$@"; }
 variant_sync_cluster() { redis_variant sync cluster 1 bsync "$@"; }
 variant_strict_cluster() { redis_variant strict cluster 1 bstrict "$@"; }
 variant_sync_1k() { redis_variant sync single n bsync_k "$@"; }
