@@ -41,7 +41,8 @@
 # 100,000 keys): a cluster variant is printed next to its one-Redis twin when
 # both ran. Also not in the default set: lease, lease_1k, lease_10k (mode=lease,
 # one key / BENCH_KEYS keys / 10,000 keys) and strict_10k, sync_10k (10,000
-# keys) to compare them with.
+# keys) to compare them with, and strict_unix (strict's zone with Redis through
+# its unix socket, an nginx of its own).
 
 set -euo pipefail
 
