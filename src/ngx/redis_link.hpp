@@ -17,6 +17,12 @@ ngx_uint_t log_level_of(redis::LogLevel level) noexcept;
 // This worker's Redis client (one Redis, or a Redis Cluster: redis/target.hpp); nullptr when
 // nothing needs Redis (or outside workers).
 redis::Target* redis_client() noexcept;
+
+// The deadline (Loop::now_ms() clock) of a command for work queued at `queued_ms`: its timeout
+// counts from then, as when it is sent at once (Target::evalsha_until).
+inline uint64_t redis_deadline_from(const redis::Target& client, uint64_t queued_ms) noexcept {
+    return queued_ms + client.config().command_timeout_ms;
+}
 const RedisSettings* redis_settings() noexcept;
 // True once the worker began to exit: callbacks must not resume requests any more.
 bool worker_exiting() noexcept;

@@ -35,11 +35,6 @@ void call_done() noexcept {
     }
 }
 
-// A call's deadline: its oldest lookup's timeout counts from when it was queued.
-uint64_t deadline_of(const redis::Target& client, uint64_t queued_ms) noexcept {
-    return queued_ms + client.config().command_timeout_ms;
-}
-
 void fail_all(Batch& batch, redis::Failure why) noexcept {
     for (Queued& q : batch) {
         cache_lookup_done(q.cr, why, nullptr, q.want_lock);
@@ -111,8 +106,9 @@ void send(Batch&& batch, uint64_t queued_ms, bool counted = true) noexcept {
         }
         const auto& keys = sc.args.keys();
         const auto& args = sc.args.args();
-        client->evalsha_until(deadline_of(*client, queued_ms), redis::cache_lookup_batch_script(),
-                              keys.data(), keys.size(), args.data(), args.size(),
+        client->evalsha_until(redis_deadline_from(*client, queued_ms),
+                              redis::cache_lookup_batch_script(), keys.data(), keys.size(),
+                              args.data(), args.size(),
                               [held, counted](redis::Result&& res) noexcept {
                                   answer(held, std::move(res));
                                   if (counted) {
@@ -188,7 +184,7 @@ void send_cluster(Batch&& batch, uint64_t queued_ms) noexcept {
                 continue;
             }
             client->evalsha_until(
-                deadline_of(*client, queued_ms), redis::cache_lookup_batch_cluster_script(),
+                redis_deadline_from(*client, queued_ms), redis::cache_lookup_batch_cluster_script(),
                 args.keys().data(), args.keys().size(), args.args().data(), args.args().size(),
                 [held](redis::Result&& res) noexcept { answer(held, std::move(res)); });
         } catch (...) {

@@ -31,11 +31,6 @@ void call_done() noexcept {
     }
 }
 
-// The deadline of a call for requests the oldest of which was queued at `queued_ms`: each
-// request's own timeout counts from when it was queued, as when it was sent at once.
-uint64_t deadline_of(const redis::Target& client, uint64_t queued_ms) noexcept {
-    return queued_ms + client.config().command_timeout_ms;
-}
 // Metrics: requests per script call, in the Redis target's entry; nullptr when metrics are off.
 core::metrics::Histogram* batch_sizes = nullptr;
 
@@ -322,7 +317,7 @@ void decide(Batch& batch, redis::Result& r) noexcept {
 void send(Batch&& batch, uint64_t queued_ms) noexcept {
     redis::Target* client = redis_client();
     if (client != nullptr && client->clustered()) {
-        send_cluster(std::move(batch), *client, deadline_of(*client, queued_ms));
+        send_cluster(std::move(batch), *client, redis_deadline_from(*client, queued_ms));
         return;
     }
     Batch* held = nullptr;
@@ -351,8 +346,8 @@ void send(Batch&& batch, uint64_t queued_ms) noexcept {
         if (batch_sizes != nullptr) {
             core::metrics::observe_size(*batch_sizes, held->size());
         }
-        client->evalsha_until(deadline_of(*client, queued_ms), redis::strict_batch_script(), *call,
-                              [held](redis::Result&& r) noexcept {
+        client->evalsha_until(redis_deadline_from(*client, queued_ms), redis::strict_batch_script(),
+                              *call, [held](redis::Result&& r) noexcept {
                                   decide(*held, r);
                                   give_back(held);
                                   call_done();
